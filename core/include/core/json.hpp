@@ -1,0 +1,28 @@
+// JSON helpers on nlohmann::json: parsing that returns Result instead of
+// throwing, and typed field access with messages that name the field.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+
+namespace tokend::json {
+
+using Json = nlohmann::json;
+
+// Parses a whole document; trailing garbage and depth > max_depth are errors.
+Result<Json> parse(std::string_view text, std::string_view what, std::size_t max_depth = 64);
+
+// Field accessors: absent → nullopt (or error for required), wrong type →
+// invalid_argument naming the field and the expected type.
+Result<std::string> required_string(const Json& obj, std::string_view key);
+Result<std::optional<std::string>> optional_string(const Json& obj, std::string_view key);
+Result<std::optional<std::int64_t>> optional_int(const Json& obj, std::string_view key);
+Result<std::optional<bool>> optional_bool(const Json& obj, std::string_view key);
+
+}  // namespace tokend::json

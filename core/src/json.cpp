@@ -1,0 +1,68 @@
+#include "core/json.hpp"
+
+#include <fmt/format.h>
+
+namespace tokend::json {
+
+Result<Json> parse(std::string_view text, std::string_view what, std::size_t max_depth) {
+  // The callback stops nesting before the recursive parser goes deep, so a
+  // hostile "[[[[...]]]]" cannot exhaust the stack.
+  std::size_t depth = 0;
+  bool too_deep = false;
+  auto cb = [&](int, Json::parse_event_t ev, Json&) {
+    if (ev == Json::parse_event_t::object_start || ev == Json::parse_event_t::array_start) {
+      if (++depth > max_depth) too_deep = true;
+    } else if (ev == Json::parse_event_t::object_end || ev == Json::parse_event_t::array_end) {
+      --depth;
+    }
+    return !too_deep;
+  };
+  Json j = Json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/false);
+  if (too_deep) {
+    return fail(Errc::invalid_argument,
+                fmt::format("{} nests deeper than {} levels", what, max_depth));
+  }
+  if (j.is_discarded()) {
+    return fail(Errc::invalid_argument, fmt::format("{} is not valid JSON", what));
+  }
+  return j;
+}
+
+Result<std::string> required_string(const Json& obj, std::string_view key) {
+  auto v = optional_string(obj, key);
+  if (!v) return std::unexpected(v.error());
+  if (!*v) return fail(Errc::invalid_argument, fmt::format("field \"{}\" is required", key));
+  return std::move(**v);
+}
+
+Result<std::optional<std::string>> optional_string(const Json& obj, std::string_view key) {
+  if (!obj.is_object()) return fail(Errc::invalid_argument, "expected a JSON object");
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return std::optional<std::string>{};
+  if (!it->is_string()) {
+    return fail(Errc::invalid_argument, fmt::format("field \"{}\" must be a string", key));
+  }
+  return std::optional<std::string>{it->get<std::string>()};
+}
+
+Result<std::optional<std::int64_t>> optional_int(const Json& obj, std::string_view key) {
+  if (!obj.is_object()) return fail(Errc::invalid_argument, "expected a JSON object");
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return std::optional<std::int64_t>{};
+  if (!it->is_number_integer()) {
+    return fail(Errc::invalid_argument, fmt::format("field \"{}\" must be an integer", key));
+  }
+  return std::optional<std::int64_t>{it->get<std::int64_t>()};
+}
+
+Result<std::optional<bool>> optional_bool(const Json& obj, std::string_view key) {
+  if (!obj.is_object()) return fail(Errc::invalid_argument, "expected a JSON object");
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return std::optional<bool>{};
+  if (!it->is_boolean()) {
+    return fail(Errc::invalid_argument, fmt::format("field \"{}\" must be true or false", key));
+  }
+  return std::optional<bool>{it->get<bool>()};
+}
+
+}  // namespace tokend::json

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Installs tokend's dependencies (Debian 12 or newer) and builds it.
+#
+#   scripts/setup.sh [BUILD_DIR] [extra cmake args...]
+#
+# Idempotent and quick the second time: apt is skipped when every package is
+# already installed, and the build is incremental. On Debian 12 (bookworm)
+# SQLCipher 4 and Catch2 3 come from bookworm-backports, which is enabled by
+# adding the suite to the machine's existing apt sources (no mirror is named
+# here).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build_dir=${1:-$repo/build}
+shift || true
+
+packages=(
+  build-essential cmake ninja-build pkg-config python3
+  libuv1-dev libcurl4-openssl-dev nlohmann-json3-dev
+  libboost-dev libboost-program-options-dev libspdlog-dev libfmt-dev
+  libsystemd-dev openssl
+)
+# Needed at a newer version than bookworm's own.
+newer_packages=(libsqlcipher-dev libcatch2-dev)
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+codename() {
+  . /etc/os-release
+  printf '%s' "${VERSION_CODENAME:-}"
+}
+
+# Adds bookworm-backports next to bookworm in the existing sources.
+enable_backports() {
+  if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    return 1
+  fi
+  log "enabling bookworm-backports in the existing apt sources"
+  local f changed=1
+  # deb822 files: extend the Suites line that lists bookworm itself.
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    if grep -Eq '^Suites:.*(^|[[:space:]])bookworm([[:space:]]|$)' "$f"; then
+      as_root sed -i -E '/^Suites:/{/(^|[[:space:]])bookworm([[:space:]]|$)/s/$/ bookworm-backports/}' "$f"
+      changed=0
+    fi
+  done
+  # One-line format: copy each "deb URI bookworm ..." line with the suite changed.
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    local lines
+    lines=$(grep -E '^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?[^[:space:]]+[[:space:]]+bookworm[[:space:]]' "$f" || true)
+    if [ -n "$lines" ]; then
+      printf '%s\n' "$lines" | sed -E 's/([[:space:]])bookworm([[:space:]])/\1bookworm-backports\2/' |
+        as_root tee /etc/apt/sources.list.d/tokend-bookworm-backports.list >/dev/null
+      changed=0
+      break
+    fi
+  done
+  if [ "$changed" -ne 0 ]; then
+    log "could not find a bookworm entry in the apt sources to add backports to"
+    exit 1
+  fi
+  return 0
+}
+
+installed_version() {
+  dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | sed -n 's/^install ok installed //p'
+}
+
+needs_install() {
+  local p
+  for p in "${packages[@]}" "${newer_packages[@]}"; do
+    [ -n "$(installed_version "$p")" ] || return 0
+  done
+  # SQLCipher must be 4.x and Catch2 3.x (bookworm's own are 3.4 and 2.x).
+  case "$(installed_version libsqlcipher-dev)" in 4.*) ;; *) return 0 ;; esac
+  case "$(installed_version libcatch2-dev)" in 3.*) ;; *) return 0 ;; esac
+  return 1
+}
+
+install_packages() {
+  if ! needs_install; then
+    log "dependencies already installed"
+    return
+  fi
+  local newer=("${newer_packages[@]}")
+  if [ "$(codename)" = bookworm ]; then
+    enable_backports || true
+    newer=("${newer_packages[@]/%//bookworm-backports}")
+  fi
+  log "installing packages"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${packages[@]}" "${newer[@]}"
+}
+
+build() {
+  if [ ! -f "$build_dir/build.ninja" ]; then
+    log "configuring $build_dir"
+    cmake -S "$repo" -B "$build_dir" -G Ninja "$@" >/dev/null
+  elif [ $# -gt 0 ]; then
+    cmake "$build_dir" "$@" >/dev/null
+  fi
+  log "building $build_dir"
+  cmake --build "$build_dir"
+}
+
+install_packages
+build "$@"

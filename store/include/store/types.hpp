@@ -1,0 +1,74 @@
+// What the store holds (DESIGN §4): profiles, their credentials, audit events.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "core/error.hpp"
+#include "core/json.hpp"
+#include "core/secret.hpp"
+
+namespace tokend::store {
+
+enum class CredentialKind { oauth2, api_token, pat };
+std::string_view to_string(CredentialKind k) noexcept;
+Result<CredentialKind> parse_credential_kind(std::string_view s);
+
+// DESIGN §5 lifecycle states.
+enum class CredState { empty, valid, refreshing, backoff, reauth_required, login_pending, expired, disabled };
+std::string_view to_string(CredState s) noexcept;
+Result<CredState> parse_cred_state(std::string_view s);
+
+struct Profile {
+  std::string name;
+  CredentialKind kind = CredentialKind::oauth2;
+  std::string provider;        // "atlassian", "generic", "mcp" or "" for static kinds
+  json::Json config = json::Json::object();  // non-secret settings
+  Secret secret_config;        // JSON text: client_secret and the like
+  std::int64_t created_at_ms = 0;
+  std::int64_t updated_at_ms = 0;
+};
+
+// A token set as received from a provider or supplied by the user.
+struct TokenSet {
+  Secret access_token;
+  Secret refresh_token;                  // empty: the provider did not rotate it
+  std::string token_type = "Bearer";
+  std::string scope;
+  std::optional<std::int64_t> expires_at_ms;  // nullopt: does not expire
+  std::int64_t obtained_at_ms = 0;
+};
+
+struct Credential {
+  std::string profile;
+  Secret access_token;
+  Secret refresh_token;
+  Secret previous_refresh_token;               // kept for the provider's reuse window
+  std::optional<std::int64_t> previous_refresh_until_ms;
+  std::string token_type;
+  std::string scope;
+  std::optional<std::int64_t> expires_at_ms;
+  std::optional<std::int64_t> obtained_at_ms;
+  std::int64_t generation = 0;                 // bumped by every token-set update
+  CredState state = CredState::empty;
+  std::string last_error;
+  std::optional<std::int64_t> refresh_inflight_since_ms;  // marker committed before a refresh is sent
+};
+
+struct AuditEvent {
+  std::int64_t id = 0;
+  std::int64_t at_ms = 0;
+  std::string kind;      // "peer_denied", "proxy", "profile_put", ...
+  std::string profile;
+  std::optional<std::int64_t> peer_uid;
+  std::optional<std::int64_t> peer_pid;
+  json::Json detail = json::Json::object();
+};
+
+// Profile names appear in URLs and file names: 1-64 chars of [A-Za-z0-9._-],
+// not starting with '.' or '-'.
+Result<> validate_profile_name(std::string_view name);
+
+}  // namespace tokend::store

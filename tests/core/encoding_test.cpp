@@ -1,0 +1,18 @@
+#include <catch2/catch_test_macros.hpp>
+
+#include "core/encoding.hpp"
+
+TEST_CASE("hex round trip and rejection of bad input", "[core][encoding]") {
+  CHECK(tokend::hex_encode(std::string("\x00\xff\x10", 3)) == "00ff10");
+  CHECK(*tokend::hex_decode("00FF10") == std::string("\x00\xff\x10", 3));
+  CHECK_FALSE(tokend::hex_decode("abc"));
+  CHECK_FALSE(tokend::hex_decode("zz"));
+}
+
+TEST_CASE("base64 known answers (RFC 4648 §10)", "[core][encoding]") {
+  const std::pair<const char*, const char*> vectors[] = {
+      {"", ""}, {"f", "Zg=="}, {"fo", "Zm8="}, {"foo", "Zm9v"},
+      {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"}};
+  for (const auto& [in, out] : vectors) CHECK(tokend::base64_encode(in) == out);
+  CHECK(tokend::base64url_encode("\xfb\xff") == "-_8");
+}

@@ -1,0 +1,36 @@
+#include <catch2/catch_test_macros.hpp>
+
+#include "core/json.hpp"
+
+namespace json = tokend::json;
+
+TEST_CASE("json::parse returns errors instead of throwing", "[core][json]") {
+  CHECK(json::parse(R"({"a":1})", "body"));
+  auto bad = json::parse(R"({"a":)", "request body");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().message == "request body is not valid JSON");
+  CHECK_FALSE(json::parse(R"({"a":1} trailing)", "body"));
+  CHECK_FALSE(json::parse("", "body"));
+}
+
+TEST_CASE("json::parse refuses deep nesting before recursing", "[core][json]") {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  auto r = json::parse(deep, "body");
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message.find("nests deeper") != std::string::npos);
+  CHECK(json::parse(std::string(10, '[') + std::string(10, ']'), "body"));
+}
+
+TEST_CASE("typed field access names the field", "[core][json]") {
+  const auto j = *json::parse(R"({"s":"x","i":5,"b":true,"n":null,"wrong":3})", "body");
+  CHECK(*json::required_string(j, "s") == "x");
+  CHECK(json::optional_int(j, "i")->value() == 5);
+  CHECK(json::optional_bool(j, "b")->value());
+  CHECK_FALSE(json::optional_string(j, "n")->has_value());
+  auto r = json::required_string(j, "missing");
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message == "field \"missing\" is required");
+  auto w = json::optional_string(j, "wrong");
+  REQUIRE_FALSE(w);
+  CHECK(w.error().message == "field \"wrong\" must be a string");
+}

@@ -1,0 +1,114 @@
+"""Shared helpers for end-to-end tests that drive the real binaries.
+
+No sleeps stand in for behaviour: every wait polls a condition against a
+deadline and fails with what was seen so far.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+DEFAULT_DEADLINE = 20.0
+
+
+def wait_for(predicate, what, deadline=DEFAULT_DEADLINE, interval=0.01):
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+        time.sleep(interval)
+
+
+class XdgTree:
+    """A private HOME with XDG dirs, removed on close."""
+
+    def __init__(self):
+        self.root = tempfile.mkdtemp(prefix="tokend-e2e-")
+        os.chmod(self.root, 0o700)
+        self.home = os.path.join(self.root, "home")
+        self.runtime = os.path.join(self.root, "run")
+        for d in (self.home, self.runtime):
+            os.makedirs(d, mode=0o700)
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": self.home,
+            "XDG_RUNTIME_DIR": self.runtime,
+            "XDG_DATA_HOME": os.path.join(self.home, ".local", "share"),
+            "XDG_CONFIG_HOME": os.path.join(self.home, ".config"),
+            "NO_COLOR": "1",
+        }
+        for sanitizer in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
+            if sanitizer in os.environ:
+                self.env[sanitizer] = os.environ[sanitizer]
+
+    @property
+    def db(self):
+        return os.path.join(self.env["XDG_DATA_HOME"], "tokend", "tokens.db")
+
+    @property
+    def key_file(self):
+        return os.path.join(self.env["XDG_CONFIG_HOME"], "tokend", "db.key")
+
+    @property
+    def socket(self):
+        return os.path.join(self.runtime, "tokend", "tokend.sock")
+
+    def close(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Daemon:
+    """A running tokend whose stderr is collected line by line."""
+
+    def __init__(self, binary, env, args=()):
+        self.lines = []
+        self._lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [binary, *args], env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def output(self):
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, needle, deadline=DEFAULT_DEADLINE):
+        def seen():
+            if needle in self.output():
+                return True
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=5)
+                if needle in self.output():
+                    return True
+                raise AssertionError(
+                    f"tokend exited ({self.proc.returncode}) before printing {needle!r}:\n{self.output()}")
+            return False
+        wait_for(seen, f"{needle!r} in tokend output", deadline)
+
+    def stop(self, sig=signal.SIGTERM, deadline=DEFAULT_DEADLINE):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"tokend did not exit within {deadline}s of signal {sig}")
+        self._reader.join(timeout=5)
+        return code
+
+    def wait_exit(self, deadline=DEFAULT_DEADLINE):
+        code = self.proc.wait(timeout=deadline)
+        self._reader.join(timeout=5)
+        return code
