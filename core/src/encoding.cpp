@@ -19,7 +19,7 @@ std::string base64_with(std::string_view bytes, std::string_view alphabet, bool 
   std::string out;
   out.reserve((bytes.size() + 2) / 3 * 4);
   std::size_t i = 0;
-  auto at = [&](std::size_t k) { return static_cast<unsigned char>(bytes[k]); };
+  auto at = [&](std::size_t k) { return static_cast<unsigned>(static_cast<unsigned char>(bytes[k])); };
   for (; i + 3 <= bytes.size(); i += 3) {
     const unsigned v = (at(i) << 16U) | (at(i + 1) << 8U) | at(i + 2);
     out += alphabet[(v >> 18U) & 63U];

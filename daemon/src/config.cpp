@@ -1,5 +1,8 @@
 #include "daemon/config.hpp"
 
+#include <pwd.h>
+
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -15,19 +18,27 @@ std::string_view version() { return TOKEND_VERSION; }
 
 namespace {
 
-// Flags that may also come from the environment and the config file.
 struct Setting {
-  const char* name;      // flag and INI key
-  const char* env;       // environment variable
+  const char* name;  // flag and INI key
+  const char* env;
   const char* help;
 };
 
+// Every setting except --config. Keep docs/API.md and README in step.
 constexpr Setting k_settings[] = {
     {"socket", "TOKEND_SOCKET", "Unix socket path"},
     {"db", "TOKEND_DB", "database file"},
     {"key-file", "TOKEND_KEY_FILE", "database key file"},
     {"log-level", "TOKEND_LOG_LEVEL", "trace|debug|info|warn|error|critical|off (default info)"},
     {"log-format", "TOKEND_LOG_FORMAT", "text|json (default text)"},
+    {"allow-uid", "TOKEND_ALLOW_UID", "comma-separated users (uid or name) allowed besides yourself"},
+    {"max-connections", "TOKEND_MAX_CONNECTIONS", "open API connections (default 1024; more get 503)"},
+    {"max-header-bytes", "TOKEND_MAX_HEADER_BYTES", "request header size (default 16384; more get 431)"},
+    {"max-body-bytes", "TOKEND_MAX_BODY_BYTES", "request body size (default 1048576; more get 413)"},
+    {"idle-timeout", "TOKEND_IDLE_TIMEOUT", "close idle keep-alive connections after (default 60s)"},
+    {"request-timeout", "TOKEND_REQUEST_TIMEOUT", "time to send a whole request (default 10s; then 408)"},
+    {"heartbeat-interval", "TOKEND_HEARTBEAT_INTERVAL", "event stream heartbeat (default 15s)"},
+    {"drain-timeout", "TOKEND_DRAIN_TIMEOUT", "on SIGTERM, wait this long for requests in flight (default 10s)"},
 };
 
 std::optional<std::string> lookup(const po::variables_map& vm, const char* key) {
@@ -35,15 +46,47 @@ std::optional<std::string> lookup(const po::variables_map& vm, const char* key) 
   return vm[key].as<std::string>();
 }
 
+Result<std::uint64_t> parse_count(std::string_view name, std::string_view text, std::uint64_t lo, std::uint64_t hi) {
+  std::uint64_t n = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc{} || end != text.data() + text.size() || n < lo || n > hi) {
+    return fail(Errc::config, fmt::format("{} must be a whole number from {} to {} (got '{}')", name, lo, hi, text));
+  }
+  return n;
+}
+
+Result<uid_t> parse_user(std::string_view text) {
+  std::uint64_t n = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec == std::errc{} && end == text.data() + text.size()) return static_cast<uid_t>(n);
+  const std::string name(text);
+  if (const passwd* pw = ::getpwnam(name.c_str()); pw != nullptr) return pw->pw_uid;
+  return fail(Errc::config, fmt::format("allow-uid: no user named '{}'", name));
+}
+
 }  // namespace
+
+Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
+  double value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  const std::string_view unit(end, static_cast<std::size_t>(text.data() + text.size() - end));
+  double scale = 0;
+  if (unit.empty() || unit == "s") scale = 1000;
+  else if (unit == "ms") scale = 1;
+  else if (unit == "m" || unit == "min") scale = 60'000;
+  else if (unit == "h") scale = 3'600'000;
+  if (ec != std::errc{} || scale == 0 || value < 0 || value > 1e7) {
+    return fail(Errc::config, fmt::format("'{}' is not a duration; write e.g. 250ms, 10s, 5m or 1h", text));
+  }
+  return std::chrono::milliseconds(static_cast<std::int64_t>(value * scale));
+}
 
 Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup& env) {
   po::options_description general("Options");
   general.add_options()("help,h", "show this help and exit")("version", "show the version and exit")(
       "config", po::value<std::string>(), "config file (INI; env TOKEND_CONFIG)");
   for (const auto& s : k_settings) {
-    general.add_options()(s.name, po::value<std::string>(),
-                          fmt::format("{} (env {})", s.help, s.env).c_str());
+    general.add_options()(s.name, po::value<std::string>(), fmt::format("{} (env {})", s.help, s.env).c_str());
   }
 
   ParsedArgs out;
@@ -63,7 +106,9 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
           "config file (INI, keys named like the flags, e.g. `log-level = debug`), the default.\n"
           "Defaults follow XDG: socket $XDG_RUNTIME_DIR/tokend/tokend.sock, database\n"
           "$XDG_DATA_HOME/tokend/tokens.db, key $XDG_CONFIG_HOME/tokend/db.key, config\n"
-          "$XDG_CONFIG_HOME/tokend/tokend.conf.\n";
+          "$XDG_CONFIG_HOME/tokend/tokend.conf. Durations: 250ms, 10s, 5m, 1h.\n"
+          "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the config file (log\n"
+          "level and format, allow-uid, limits and timeouts; paths need a restart).\n";
   out.help_text = help.str();
   if (flags.count("help") != 0) {
     out.action = ParsedArgs::Action::help;
@@ -83,9 +128,7 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
   const bool config_named = path_flags.config.has_value() || env("TOKEND_CONFIG").has_value();
   if (std::filesystem::exists(defaults.config)) {
     std::ifstream in(defaults.config);
-    if (!in) {
-      return fail(Errc::config, fmt::format("cannot read config file {}", defaults.config.string()));
-    }
+    if (!in) return fail(Errc::config, fmt::format("cannot read config file {}", defaults.config.string()));
     po::options_description file_options;
     for (const auto& s : k_settings) file_options.add_options()(s.name, po::value<std::string>());
     try {
@@ -97,34 +140,81 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
     return fail(Errc::config, fmt::format("config file {} does not exist", defaults.config.string()));
   }
 
-  auto setting = [&](const Setting& s) -> std::optional<std::string> {
-    if (auto v = lookup(flags, s.name)) return v;
-    if (auto v = env(s.env); v && !v->empty()) return v;
-    return lookup(file, s.name);
+  auto setting = [&](const char* name) -> std::optional<std::string> {
+    for (const auto& s : k_settings) {
+      if (std::string_view(s.name) != name) continue;
+      if (auto v = lookup(flags, s.name)) return v;
+      if (auto v = env(s.env); v && !v->empty()) return v;
+      return lookup(file, s.name);
+    }
+    return std::nullopt;
   };
 
   PathOverrides overrides = path_flags;
-  // Only values that did not come from the environment need overriding:
-  // resolve_paths already reads the environment itself.
-  if (auto v = lookup(flags, "socket")) overrides.socket = *v;
-  else if (!env("TOKEND_SOCKET")) if (auto f = lookup(file, "socket")) overrides.socket = *f;
-  if (auto v = lookup(flags, "db")) overrides.database = *v;
-  else if (!env("TOKEND_DB")) if (auto f = lookup(file, "db")) overrides.database = *f;
-  if (auto v = lookup(flags, "key-file")) overrides.key_file = *v;
-  else if (!env("TOKEND_KEY_FILE")) if (auto f = lookup(file, "key-file")) overrides.key_file = *f;
+  if (auto v = setting("socket")) overrides.socket = *v;
+  if (auto v = setting("db")) overrides.database = *v;
+  if (auto v = setting("key-file")) {
+    overrides.key_file = *v;
+  }
   out.config.paths = resolve_paths(env, overrides);
 
-  auto level = setting(k_settings[3]);
-  auto format = setting(k_settings[4]);
-  if (level) {
-    auto l = log::parse_level(*level);
+  Config& c = out.config;
+  if (auto v = setting("log-level")) {
+    auto l = log::parse_level(*v);
     if (!l) return std::unexpected(l.error());
-    out.config.log.level = *l;
+    c.log.level = *l;
   }
-  if (format) {
-    auto f = log::parse_format(*format);
+  if (auto v = setting("log-format")) {
+    auto f = log::parse_format(*v);
     if (!f) return std::unexpected(f.error());
-    out.config.log.format = *f;
+    c.log.format = *f;
+  }
+  if (auto v = setting("allow-uid")) {
+    std::string_view rest = *v;
+    while (!rest.empty()) {
+      const auto comma = rest.find(',');
+      std::string_view item = rest.substr(0, comma);
+      while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+      while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+      if (!item.empty()) {
+        auto uid = parse_user(item);
+        if (!uid) return std::unexpected(uid.error());
+        c.allowed_uids.insert(*uid);
+      }
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  struct CountSetting {
+    const char* name;
+    std::size_t* target;
+    std::uint64_t lo, hi;
+  };
+  const CountSetting counts[] = {
+      {"max-connections", &c.limits.max_connections, 1, 1'000'000},
+      {"max-header-bytes", &c.limits.max_header_bytes, 1024, 1024 * 1024},
+      {"max-body-bytes", &c.limits.max_body_bytes, 1024, 1024ULL * 1024 * 1024},
+  };
+  for (const auto& cs : counts) {
+    if (auto v = setting(cs.name)) {
+      auto n = parse_count(cs.name, *v, cs.lo, cs.hi);
+      if (!n) return std::unexpected(n.error());
+      *cs.target = static_cast<std::size_t>(*n);
+    }
+  }
+  const std::pair<const char*, std::chrono::milliseconds*> durations[] = {
+      {"idle-timeout", &c.limits.idle_timeout},
+      {"request-timeout", &c.limits.request_timeout},
+      {"heartbeat-interval", &c.heartbeat},
+      {"drain-timeout", &c.drain_timeout},
+  };
+  for (const auto& [name, target] : durations) {
+    if (auto v = setting(name)) {
+      auto d = parse_duration(*v);
+      if (!d) return std::unexpected(d.error().context(name));
+      if (d->count() < 10) return fail(Errc::config, fmt::format("{} must be at least 10ms", name));
+      *target = *d;
+    }
   }
   return out;
 }

@@ -2,18 +2,27 @@
 // then the INI config file, then built-in defaults (first found wins).
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/paths.hpp"
+#include "ipc/server.hpp"
 
 namespace tokend::daemon {
 
 struct Config {
   Paths paths;
   log::Options log;
+  ipc::ServerLimits limits;
+  std::set<uid_t> allowed_uids;                  // besides our own
+  std::chrono::milliseconds heartbeat{15'000};   // event stream keep-alive comments
+  std::chrono::milliseconds drain_timeout{10'000};
 };
 
 struct ParsedArgs {
@@ -25,6 +34,9 @@ struct ParsedArgs {
 
 // argv parsing plus env and config file. Errors are usage errors (exit 2).
 Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup& env);
+
+// "250ms", "10s", "5m", "1h" or a bare number of seconds.
+Result<std::chrono::milliseconds> parse_duration(std::string_view text);
 
 std::string_view version();
 

@@ -1,0 +1,133 @@
+#include "daemon/daemon.hpp"
+
+#include <sys/resource.h>
+
+#include <csignal>
+
+#include <spdlog/spdlog.h>
+
+#include "core/clock.hpp"
+#include "daemon/startup.hpp"
+#include "daemon/systemd.hpp"
+#include "ipc/api.hpp"
+#include "ipc/server.hpp"
+#include "net/loop.hpp"
+#include "refresh/events.hpp"
+#include "refresh/token_service.hpp"
+
+namespace tokend::daemon {
+
+namespace {
+
+// Many clients at once need many descriptors: use the hard limit.
+void raise_fd_limit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &lim);
+  }
+}
+
+}  // namespace
+
+int run_daemon(const Config& initial, const EnvLookup& env, const std::function<Result<Config>()>& reparse) {
+  Config config = initial;
+  raise_fd_limit();
+  // A client that disconnects mid-write must not kill us.
+  std::signal(SIGPIPE, SIG_IGN);
+
+  SystemClock clock;
+  auto store = open_store(config.paths, env, clock);
+  if (!store) {
+    spdlog::critical("{}", store.error().message);
+    return 1;
+  }
+
+  net::Loop loop;
+  int exit_code = 0;
+  {
+    refresh::EventBus events;
+    refresh::TokenService tokens(*store, clock, events);
+    if (auto r = tokens.load(); !r) {
+      spdlog::critical("loading profiles: {}", r.error().message);
+      return 1;
+    }
+    ipc::Router router;
+    ipc::Api api(loop, tokens, events, clock, {std::string(version()), config.heartbeat});
+    api.register_routes(router);
+    ipc::Server server(loop, router, config.limits);
+    api.set_server(&server);
+    server.set_allowed_uids(config.allowed_uids);
+    server.on_denied_peer([&](const ipc::Peer& peer) {
+      store::AuditEvent e;
+      e.kind = "peer_denied";
+      e.peer_uid = peer.uid;
+      e.peer_pid = peer.pid;
+      (void)store->append_audit(e);
+    });
+
+    const int activated = activated_socket();
+    auto listening = activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
+    if (!listening) {
+      spdlog::critical("{}", listening.error().message);
+      return 1;
+    }
+
+    auto sigterm = net::Signal::create(loop);
+    auto sigint = net::Signal::create(loop);
+    auto sighup = net::Signal::create(loop);
+    if (!sigterm || !sigint || !sighup) {
+      spdlog::critical("cannot install signal handlers");
+      return 1;
+    }
+    bool stopping = false;
+    auto stop = [&](int sig) {
+      if (stopping) return;
+      stopping = true;
+      spdlog::info("received {}, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      notify("STOPPING=1");
+      api.close();
+      server.drain(config.drain_timeout, [&] {
+        sigterm->close();
+        sigint->close();
+        sighup->close();
+      });
+    };
+    (void)sigterm->start(SIGTERM, stop);
+    (void)sigint->start(SIGINT, stop);
+    (void)sighup->start(SIGHUP, [&](int) {
+      auto fresh = reparse();
+      if (!fresh) {
+        spdlog::error("SIGHUP: configuration not reloaded: {}", fresh.error().message);
+        return;
+      }
+      if (fresh->paths.socket != config.paths.socket || fresh->paths.database != config.paths.database ||
+          fresh->paths.key_file != config.paths.key_file) {
+        spdlog::warn("SIGHUP: socket, database and key file changes take effect after a restart");
+      }
+      spdlog::default_logger()->set_level(fresh->log.level);
+      server.set_limits(fresh->limits);
+      server.set_allowed_uids(fresh->allowed_uids);
+      config.log = fresh->log;
+      config.limits = fresh->limits;
+      config.allowed_uids = fresh->allowed_uids;
+      config.drain_timeout = fresh->drain_timeout;
+      spdlog::info("configuration reloaded");
+      notify("STATUS=configuration reloaded");
+    });
+
+    spdlog::info("tokend {} ready: {} profile(s), database {}, socket {}{}", version(), tokens.size(),
+                 config.paths.database.string(),
+                 activated >= 0 ? std::string("(socket activation)") : config.paths.socket.string(), "");
+    notify(fmt::format("READY=1\nSTATUS=serving {} profile(s)", tokens.size()));
+    loop.run();
+  }
+  if (const int rc = loop.close(); rc != 0) {
+    spdlog::error("event loop closed with handles still open ({})", rc);
+    exit_code = 1;
+  }
+  spdlog::info("tokend stopped");
+  return exit_code;
+}
+
+}  // namespace tokend::daemon

@@ -1,0 +1,52 @@
+// The /v1 API handlers (DESIGN §7), documented in docs/API.md.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "core/clock.hpp"
+#include "ipc/router.hpp"
+#include "ipc/server.hpp"
+#include "net/loop.hpp"
+#include "refresh/events.hpp"
+#include "refresh/token_service.hpp"
+
+namespace tokend::ipc {
+
+struct ApiOptions {
+  std::string version;
+  std::chrono::milliseconds heartbeat{15'000};  // SSE comment line interval
+};
+
+class Api {
+ public:
+  Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, const Clock& clock,
+      ApiOptions options);
+  ~Api();
+  Api(const Api&) = delete;
+  Api& operator=(const Api&) = delete;
+
+  void register_routes(Router& router);
+  // For /v1/metrics and /v1/health.
+  void set_server(const Server* server) { m_server = server; }
+  // Ends every event stream and stops the heartbeat.
+  void close();
+
+  class Streams;
+
+ private:
+  refresh::TokenService& m_tokens;
+  refresh::EventBus& m_events;
+  const Clock& m_clock;
+  ApiOptions m_options;
+  const Server* m_server = nullptr;
+  MonoTime m_started;
+  std::unique_ptr<Streams> m_streams;
+  std::map<std::string, std::uint64_t> m_token_requests;  // "profile|result" -> count
+};
+
+// Rendering shared by handlers and tests.
+json::Json profile_json(const refresh::ProfileView& v, std::int64_t now_ms);
+
+}  // namespace tokend::ipc

@@ -1,0 +1,65 @@
+// The HTTP vocabulary handlers see. Beast stays inside the server's codec;
+// handlers work on these plain types.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/json.hpp"
+
+namespace tokend::ipc {
+
+// Who is on the other end of the socket (SO_PEERCRED / getpeereid).
+struct Peer {
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+  pid_t pid = 0;  // 0 when the platform cannot tell
+};
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+struct Request {
+  std::string method;   // as sent, e.g. "GET"
+  std::string target;   // as sent, e.g. "/v1/profiles/x/token?min_valid=60"
+  std::string path;     // percent-decoded path without the query
+  std::vector<std::pair<std::string, std::string>> query;  // decoded
+  Headers headers;
+  std::string body;
+  bool keep_alive = true;
+  unsigned version = 11;  // 10 or 11
+
+  [[nodiscard]] std::optional<std::string_view> header(std::string_view name) const;
+  [[nodiscard]] std::optional<std::string_view> query_param(std::string_view name) const;
+};
+
+struct Response {
+  int status = 200;
+  Headers headers;
+  std::string body;
+  bool close = false;  // close the connection after this response
+
+  static Response json(int status, const json::Json& body);
+  // {"error": {"code": ..., "message": ...}} plus extra fields.
+  static Response error(int status, std::string_view code, std::string_view message,
+                        const json::Json& extra = json::Json::object());
+};
+
+// The HTTP status for an error code.
+int status_for(Errc code);
+std::string_view error_code_name(Errc code);
+Response error_response(const Error& e, const json::Json& extra = json::Json::object());
+
+// Splits "a=b&c=d", percent-decoding; nullopt on malformed escapes.
+std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(std::string_view q);
+// Percent-decodes a path; nullopt on malformed escapes or an encoded '/' or NUL
+// (which would let a caller smuggle separators past the router).
+std::optional<std::string> decode_path(std::string_view p);
+
+}  // namespace tokend::ipc

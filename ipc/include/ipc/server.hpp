@@ -1,0 +1,80 @@
+// HTTP/1.1 on a Unix socket, on the libuv loop (DESIGN §7).
+//
+// Peer credentials are read at accept: only allowed uids get in; anyone else
+// gets 403 and an audit callback. Requests are parsed with Beast on plain
+// buffers, answered in order (pipelining works), and every limit has its
+// answer: 431 (header bytes), 413 (body bytes), 503 (connections), 408
+// (request not complete in time); idle keep-alive connections are closed.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "core/error.hpp"
+#include "ipc/router.hpp"
+#include "net/loop.hpp"
+
+namespace tokend::ipc {
+
+struct ServerLimits {
+  std::size_t max_header_bytes = 16 * 1024;
+  std::size_t max_body_bytes = 1024 * 1024;
+  std::size_t max_connections = 1024;
+  std::chrono::milliseconds idle_timeout{60'000};      // keep-alive with nothing pending
+  std::chrono::milliseconds request_timeout{10'000};   // first byte to complete request
+  std::size_t max_write_queue_bytes = 4 * 1024 * 1024; // stop reading a peer that does not read
+};
+
+struct ServerStats {
+  std::uint64_t connections_accepted = 0;
+  std::uint64_t connections_refused = 0;  // over the limit
+  std::uint64_t peers_denied = 0;
+  std::uint64_t requests = 0;
+  std::uint64_t open_connections = 0;
+  std::map<int, std::uint64_t> responses_by_status;
+};
+
+class Server {
+ public:
+  using DeniedPeerHook = std::function<void(const Peer&)>;
+
+  Server(net::Loop& loop, Router& router, ServerLimits limits);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Creates the socket at `path` (directory 0700, socket 0600). A live server
+  // already there is an error; a stale socket file is replaced.
+  Result<> listen_path(const std::filesystem::path& path);
+  // Serves an already listening socket (systemd socket activation).
+  Result<> listen_fd(int fd);
+
+  void set_allowed_uids(std::set<uid_t> uids);  // the daemon's own uid is always allowed
+  void set_limits(const ServerLimits& limits);
+  void on_denied_peer(DeniedPeerHook hook);
+
+  // Stops accepting, lets requests in flight finish (streams are closed),
+  // then calls `done`. Connections still busy after `grace` are closed.
+  void drain(std::chrono::milliseconds grace, std::function<void()> done);
+  // Closes everything now.
+  void close();
+
+  [[nodiscard]] const ServerStats& stats() const;
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> m_impl;
+};
+
+// Peer credentials of a connected Unix socket.
+Result<Peer> peer_of(int fd);
+
+}  // namespace tokend::ipc

@@ -1,0 +1,281 @@
+#include "ipc/api.hpp"
+
+#include <charconv>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace tokend::ipc {
+
+using refresh::Event;
+
+namespace {
+
+std::optional<std::int64_t> to_seconds(std::optional<std::int64_t> ms) {
+  if (!ms) return std::nullopt;
+  return *ms / 1000;
+}
+
+json::Json nullable(std::optional<std::int64_t> v) { return v ? json::Json(*v) : json::Json(nullptr); }
+
+// Reads an integer query parameter in [lo, hi].
+Result<std::optional<std::int64_t>> int_param(const Request& req, std::string_view name,
+                                              std::int64_t lo, std::int64_t hi) {
+  auto v = req.query_param(name);
+  if (!v) return std::optional<std::int64_t>{};
+  std::int64_t n = 0;
+  const auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), n);
+  if (ec != std::errc{} || end != v->data() + v->size() || n < lo || n > hi) {
+    return fail(Errc::invalid_argument,
+                fmt::format("query parameter {} must be a whole number of seconds from {} to {}", name, lo, hi));
+  }
+  return std::optional<std::int64_t>{n};
+}
+
+std::string sse_frame(const Event& e) {
+  json::Json data = {{"id", e.id}, {"type", e.type}, {"profile", e.profile}, {"at", e.at_ms / 1000}, {"at_ms", e.at_ms}};
+  for (const auto& [k, v] : e.data.items()) data[k] = v;
+  return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.id, e.type,
+                     data.dump(-1, ' ', false, json::Json::error_handler_t::replace));
+}
+
+std::string escape_label(std::string_view v) {
+  std::string out;
+  for (const char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+Response reauth_error(const Error& e, std::string_view profile) {
+  return error_response(e, {{"command", fmt::format("tokenctl login {}", profile)}});
+}
+
+}  // namespace
+
+json::Json profile_json(const refresh::ProfileView& v, std::int64_t now_ms) {
+  json::Json j = {
+      {"name", v.name},
+      {"kind", store::to_string(v.kind)},
+      {"provider", v.provider},
+      {"state", store::to_string(v.state)},
+      {"expires_at", nullable(to_seconds(v.expires_at_ms))},
+      {"expires_in", v.expires_at_ms ? json::Json((*v.expires_at_ms - now_ms) / 1000) : json::Json(nullptr)},
+      {"obtained_at", nullable(to_seconds(v.obtained_at_ms))},
+      {"next_refresh_at", nullable(to_seconds(v.next_refresh_at_ms))},
+      {"last_error", v.last_error},
+      {"has_token", v.has_token},
+      {"has_refresh_token", v.has_refresh_token},
+      {"has_client_secret", v.has_client_secret},
+      {"generation", v.generation},
+      {"updated_at", v.updated_at_ms / 1000},
+      {"config", v.config},
+  };
+  return j;
+}
+
+// Open event streams and their subscriptions; one heartbeat timer for all.
+class Api::Streams {
+ public:
+  Streams(net::Loop& loop, std::chrono::milliseconds heartbeat) : m_heartbeat(heartbeat) {
+    auto t = net::Timer::create(loop);
+    if (t) m_timer = std::move(*t);
+  }
+
+  void add(std::shared_ptr<Stream> stream, refresh::EventBus::Subscription sub) {
+    const std::uint64_t id = m_next++;
+    m_open.emplace(id, Entry{stream, std::move(sub)});
+    stream->on_close([this, id] { m_open.erase(id); });
+    if (m_open.size() == 1 && m_timer.valid()) {
+      const auto ms = static_cast<std::uint64_t>(m_heartbeat.count());
+      m_timer.start(ms, ms, [this] { beat(); });
+    }
+  }
+
+  void beat() {
+    std::vector<std::shared_ptr<Stream>> streams;
+    for (auto& [_, e] : m_open) streams.push_back(e.stream);
+    for (auto& s : streams) s->send(": heartbeat\n\n");
+    if (m_open.empty()) m_timer.stop();
+  }
+
+  void close() {
+    m_timer.close();
+    auto open = std::move(m_open);
+    m_open.clear();
+    for (auto& [_, e] : open) e.stream->close();
+  }
+
+  [[nodiscard]] std::size_t size() const { return m_open.size(); }
+
+ private:
+  struct Entry {
+    std::shared_ptr<Stream> stream;
+    refresh::EventBus::Subscription sub;
+  };
+  std::chrono::milliseconds m_heartbeat;
+  net::Timer m_timer;
+  std::map<std::uint64_t, Entry> m_open;
+  std::uint64_t m_next = 1;
+};
+
+Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, const Clock& clock,
+         ApiOptions options)
+    : m_tokens(tokens),
+      m_events(events),
+      m_clock(clock),
+      m_options(std::move(options)),
+      m_started(clock.mono_now()),
+      m_streams(std::make_unique<Streams>(loop, m_options.heartbeat)) {}
+
+Api::~Api() { close(); }
+
+void Api::close() {
+  if (m_streams) m_streams->close();
+}
+
+void Api::register_routes(Router& router) {
+  router.add("GET", "/v1/health", [this](const std::shared_ptr<Exchange>& ex) {
+    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started);
+    ex->respond(Response::json(200, {{"status", "ok"},
+                                     {"version", m_options.version},
+                                     {"uptime_s", uptime.count()},
+                                     {"profiles", m_tokens.size()},
+                                     {"pid", ::getpid()}}));
+  });
+
+  router.add("GET", "/v1/profiles", [this](const std::shared_ptr<Exchange>& ex) {
+    const auto now = to_unix_ms(m_clock.wall_now());
+    json::Json list = json::Json::array();
+    for (const auto& v : m_tokens.list()) list.push_back(profile_json(v, now));
+    ex->respond(Response::json(200, {{"profiles", list}}));
+  });
+
+  router.add("GET", "/v1/profiles/{name}", [this](const std::shared_ptr<Exchange>& ex) {
+    auto v = m_tokens.get(ex->param("name"));
+    if (!v) return ex->respond(error_response(v.error()));
+    ex->respond(Response::json(200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
+  });
+
+  router.add("PUT", "/v1/profiles/{name}", [this](const std::shared_ptr<Exchange>& ex) {
+    auto body = json::parse(ex->request().body, "request body");
+    if (!body) return ex->respond(error_response(body.error()));
+    auto spec = refresh::parse_profile_spec(ex->param("name"), *body, to_unix_ms(m_clock.wall_now()));
+    if (!spec) return ex->respond(error_response(spec.error()));
+    auto created = m_tokens.put_profile(std::move(*spec));
+    if (!created) return ex->respond(error_response(created.error()));
+    auto v = m_tokens.get(ex->param("name"));
+    if (!v) return ex->respond(error_response(v.error()));
+    ex->respond(Response::json(*created ? 201 : 200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
+  });
+
+  router.add("DELETE", "/v1/profiles/{name}", [this](const std::shared_ptr<Exchange>& ex) {
+    if (auto r = m_tokens.remove_profile(ex->param("name")); !r) return ex->respond(error_response(r.error()));
+    Response res;
+    res.status = 204;
+    ex->respond(std::move(res));
+  });
+
+  router.add("GET", "/v1/profiles/{name}/token", [this](const std::shared_ptr<Exchange>& ex) {
+    const std::string name(ex->param("name"));
+    auto min_valid = int_param(ex->request(), "min_valid", 0, 86'400);
+    if (!min_valid) return ex->respond(error_response(min_valid.error()));
+    auto wait = int_param(ex->request(), "wait", 0, 3'600);
+    if (!wait) return ex->respond(error_response(wait.error()));
+    refresh::TokenRequest req;
+    if (*min_valid) req.min_valid_s = **min_valid;
+    auto grant = m_tokens.token(name, req);
+    ++m_token_requests[name + (grant ? "|ok" : "|" + std::string(errc_name(grant.error().code)))];
+    if (!grant) {
+      if (grant.error().code == Errc::reauth_required) return ex->respond(reauth_error(grant.error(), name));
+      return ex->respond(error_response(grant.error()));
+    }
+    const auto now = to_unix_ms(m_clock.wall_now());
+    ex->respond(Response::json(
+        200, {{"token", grant->token.reveal()},
+              {"token_type", grant->token_type},
+              {"authorization", grant->authorization.reveal()},
+              {"expires_at", nullable(to_seconds(grant->expires_at_ms))},
+              {"expires_in", grant->expires_at_ms ? json::Json((*grant->expires_at_ms - now) / 1000) : json::Json(nullptr)}}));
+  });
+
+  router.add("GET", "/v1/events", [this](const std::shared_ptr<Exchange>& ex) {
+    std::optional<std::string> only;
+    if (auto p = ex->request().query_param("profile")) only = std::string(*p);
+    auto stream = ex->start_stream(200, {{"Content-Type", "text/event-stream"},
+                                         {"Cache-Control", "no-cache"},
+                                         {"X-Accel-Buffering", "no"}});
+    if (!stream) return;
+    stream->send(": tokend event stream\n\n");
+    std::weak_ptr<Stream> weak = stream;
+    auto sub = m_events.subscribe([weak, only](const Event& e) {
+      if (only && e.profile != *only) return;
+      if (auto s = weak.lock()) s->send(sse_frame(e));
+    });
+    m_streams->add(std::move(stream), std::move(sub));
+  });
+
+  router.add("GET", "/v1/metrics", [this](const std::shared_ptr<Exchange>& ex) {
+    const auto now = to_unix_ms(m_clock.wall_now());
+    std::string out;
+    auto metric = [&](std::string_view name, std::string_view type, std::string_view help) {
+      out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+    };
+    metric("tokend_build_info", "gauge", "Version of the running tokend.");
+    out += fmt::format("tokend_build_info{{version=\"{}\"}} 1\n", escape_label(m_options.version));
+    metric("tokend_uptime_seconds", "gauge", "Seconds since tokend started.");
+    out += fmt::format("tokend_uptime_seconds {}\n",
+                       std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started).count());
+    const auto views = m_tokens.list();
+    metric("tokend_profiles", "gauge", "Number of profiles.");
+    out += fmt::format("tokend_profiles {}\n", views.size());
+    metric("tokend_token_expiry_seconds", "gauge", "Seconds until the profile's access token expires.");
+    for (const auto& v : views) {
+      if (v.expires_at_ms) {
+        out += fmt::format("tokend_token_expiry_seconds{{profile=\"{}\"}} {}\n", escape_label(v.name),
+                           (*v.expires_at_ms - now) / 1000);
+      }
+    }
+    metric("tokend_profile_state", "gauge", "1 for the state each profile is in.");
+    for (const auto& v : views) {
+      out += fmt::format("tokend_profile_state{{profile=\"{}\",state=\"{}\"}} 1\n", escape_label(v.name),
+                         store::to_string(v.state));
+    }
+    metric("tokend_token_requests_total", "counter", "Token requests by profile and result.");
+    for (const auto& [key, n] : m_token_requests) {
+      const auto bar = key.find('|');
+      out += fmt::format("tokend_token_requests_total{{profile=\"{}\",result=\"{}\"}} {}\n",
+                         escape_label(key.substr(0, bar)), key.substr(bar + 1), n);
+    }
+    metric("tokend_event_streams", "gauge", "Open /v1/events streams.");
+    out += fmt::format("tokend_event_streams {}\n", m_streams->size());
+    if (m_server != nullptr) {
+      const auto& s = m_server->stats();
+      metric("tokend_http_connections_open", "gauge", "Open API connections.");
+      out += fmt::format("tokend_http_connections_open {}\n", s.open_connections);
+      metric("tokend_http_connections_total", "counter", "API connections accepted.");
+      out += fmt::format("tokend_http_connections_total {}\n", s.connections_accepted);
+      metric("tokend_http_connections_refused_total", "counter", "Connections refused over the connection limit.");
+      out += fmt::format("tokend_http_connections_refused_total {}\n", s.connections_refused);
+      metric("tokend_http_peers_denied_total", "counter", "Connections from users not allowed.");
+      out += fmt::format("tokend_http_peers_denied_total {}\n", s.peers_denied);
+      metric("tokend_http_requests_total", "counter", "API requests.");
+      out += fmt::format("tokend_http_requests_total {}\n", s.requests);
+      metric("tokend_http_responses_total", "counter", "API responses by status.");
+      for (const auto& [code, n] : s.responses_by_status) {
+        out += fmt::format("tokend_http_responses_total{{code=\"{}\"}} {}\n", code, n);
+      }
+    }
+    Response r;
+    r.headers.emplace_back("Content-Type", "text/plain; version=0.0.4");
+    r.body = std::move(out);
+    ex->respond(std::move(r));
+  });
+}
+
+}  // namespace tokend::ipc

@@ -1,0 +1,848 @@
+#include "ipc/server.hpp"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/beast/core/buffers_range.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/serializer.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/write.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+
+#include "core/fs.hpp"
+
+namespace tokend::ipc {
+
+namespace http = boost::beast::http;
+namespace asio = boost::asio;
+
+class Connection;
+
+namespace {
+
+constexpr std::size_t k_read_buffer_bytes = 64 * 1024;
+constexpr std::chrono::milliseconds k_linger{1000};
+
+template <class F>
+void guarded(const char* where, F&& f) noexcept {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    spdlog::error("unhandled exception in {}: {}", where, e.what());
+  } catch (...) {
+    spdlog::error("unhandled exception in {}", where);
+  }
+}
+
+// Which answer a parse error gets.
+std::pair<int, std::string_view> status_for_parse_error(const boost::system::error_code& ec) {
+  if (ec == http::error::header_limit) return {431, "request header is larger than the limit"};
+  if (ec == http::error::body_limit) return {413, "request body is larger than the limit"};
+  if (ec == http::error::buffer_overflow) return {431, "request header is larger than the limit"};
+  return {400, "malformed HTTP request"};
+}
+
+std::string serialize(http::response<http::string_body>& res) {
+  std::string out;
+  out.reserve(256 + res.body().size());
+  http::response_serializer<http::string_body> sr{res};
+  boost::system::error_code ec;
+  do {
+    sr.next(ec, [&](boost::system::error_code&, const auto& buffers) {
+      for (const auto b : boost::beast::buffers_range_ref(buffers)) {
+        out.append(static_cast<const char*>(b.data()), b.size());
+      }
+      sr.consume(boost::beast::buffer_bytes(buffers));
+    });
+  } while (!ec && !sr.is_done());
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+class Server::Impl {
+ public:
+  Impl(net::Loop& loop, Router& router, ServerLimits limits)
+      : m_loop(loop), m_router(router), m_limits(limits), m_own_uid(::geteuid()) {}
+
+  Result<> listen_fd(int fd);
+  Result<> listen_path(const std::filesystem::path& path);
+  void on_connection(int status);
+  void remove(Connection* c);
+  void drain(std::chrono::milliseconds grace, std::function<void()> done);
+  void close_all();
+  void close_listener();
+  void check_drained();
+  [[nodiscard]] bool uid_allowed(uid_t uid) const { return uid == m_own_uid || m_allowed.contains(uid); }
+
+  net::Loop& m_loop;
+  Router& m_router;
+  ServerLimits m_limits;
+  uid_t m_own_uid;
+  std::set<uid_t> m_allowed;
+  DeniedPeerHook m_denied_hook;
+  uv_pipe_t* m_listener = nullptr;
+  std::filesystem::path m_socket_path;
+  ino_t m_socket_inode = 0;
+  std::map<Connection*, std::shared_ptr<Connection>> m_connections;
+  ServerStats m_stats;
+  bool m_draining = false;
+  std::function<void()> m_drain_done;
+  uv_timer_t* m_drain_timer = nullptr;
+  std::unique_ptr<char[]> m_read_buffer{new char[k_read_buffer_bytes]};
+  bool m_read_buffer_in_use = false;
+};
+
+// ---------------------------------------------------------------------------
+
+class ExchangeImpl;
+class StreamImpl;
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  enum class State { idle, reading, busy, streaming, closing, lingering, closed };
+
+  Connection(Server::Impl& server) : m_server(server) {
+    m_pipe.data = this;
+    m_timer.data = this;
+  }
+
+  Result<> init(uv_stream_t* listener);
+  void start(bool refuse_busy);
+  void respond(ExchangeImpl* ex, Response response);
+  std::shared_ptr<Stream> start_stream(ExchangeImpl* ex, int status, Headers headers);
+  bool stream_send(std::string_view bytes);
+  void close();
+  void close_after_flush();
+  void drain();
+  [[nodiscard]] State state() const { return m_state; }
+  [[nodiscard]] bool is_closed() const { return m_state == State::closed || m_closing_handles; }
+  [[nodiscard]] const Peer& peer() const { return m_peer; }
+
+  Peer m_peer;
+
+ private:
+  friend class Server::Impl;
+  void on_read(ssize_t nread, const uv_buf_t* buf);
+  void pump();
+  void dispatch(Request request);
+  void fail_request(int status, std::string_view message);
+  void write(std::string data);
+  void on_write_done(int status);
+  void arm_timer(std::chrono::milliseconds after);
+  void on_timer();
+  void finish_response(bool close);
+  void begin_linger();
+  void maybe_pause_reading();
+  void resume_reading();
+
+  Server::Impl& m_server;
+  uv_pipe_t m_pipe{};
+  uv_timer_t m_timer{};
+  int m_pending_closes = 0;
+  bool m_closing_handles = false;
+  State m_state = State::idle;
+  std::string m_inbuf;
+  std::optional<http::request_parser<http::string_body>> m_parser;
+  std::shared_ptr<ExchangeImpl> m_current;
+  std::shared_ptr<StreamImpl> m_stream;
+  std::size_t m_pending_writes = 0;
+  bool m_close_after_write = false;
+  bool m_reading = false;
+  bool m_counted = false;  // included in open_connections
+};
+
+class StreamImpl final : public Stream {
+ public:
+  explicit StreamImpl(std::weak_ptr<Connection> c) : m_conn(std::move(c)) {}
+  bool send(std::string_view bytes) override {
+    auto c = m_conn.lock();
+    return c && !c->is_closed() && c->stream_send(bytes);
+  }
+  [[nodiscard]] bool open() const override {
+    auto c = m_conn.lock();
+    return c && !c->is_closed() && !m_closed_fired;
+  }
+  void on_close(std::function<void()> cb) override { m_on_close.push_back(std::move(cb)); }
+  void close() override {
+    if (auto c = m_conn.lock()) c->close_after_flush();
+  }
+  void fire_closed() {
+    if (m_closed_fired) return;
+    m_closed_fired = true;
+    auto cbs = std::move(m_on_close);
+    for (auto& cb : cbs) guarded("stream close callback", cb);
+  }
+
+ private:
+  std::weak_ptr<Connection> m_conn;
+  std::vector<std::function<void()>> m_on_close;
+  bool m_closed_fired = false;
+};
+
+class ExchangeImpl final : public Exchange {
+ public:
+  ExchangeImpl(std::weak_ptr<Connection> c, Request r, Peer p)
+      : m_conn(std::move(c)), m_request(std::move(r)), m_peer(p) {}
+  [[nodiscard]] const Request& request() const override { return m_request; }
+  [[nodiscard]] const Peer& peer() const override { return m_peer; }
+  [[nodiscard]] std::string_view param(std::string_view name) const override {
+    auto it = m_params.find(name);
+    return it == m_params.end() ? std::string_view{} : std::string_view(it->second);
+  }
+  void respond(Response response) override {
+    if (m_answered) return;
+    m_answered = true;
+    if (auto c = m_conn.lock()) c->respond(this, std::move(response));
+  }
+  std::shared_ptr<Stream> start_stream(int status, Headers headers) override {
+    if (m_answered) return nullptr;
+    m_answered = true;
+    auto c = m_conn.lock();
+    if (!c) return nullptr;
+    return c->start_stream(this, status, std::move(headers));
+  }
+  [[nodiscard]] bool pending() const override {
+    auto c = m_conn.lock();
+    return !m_answered && c && !c->is_closed();
+  }
+  void on_abandon(std::function<void()> cb) override { m_on_abandon.push_back(std::move(cb)); }
+  void abandon() {
+    if (m_answered) return;
+    m_answered = true;
+    auto cbs = std::move(m_on_abandon);
+    for (auto& cb : cbs) guarded("abandon callback", cb);
+  }
+
+  std::map<std::string, std::string, std::less<>> m_params;
+
+ private:
+  std::weak_ptr<Connection> m_conn;
+  Request m_request;
+  Peer m_peer;
+  bool m_answered = false;
+  std::vector<std::function<void()>> m_on_abandon;
+};
+
+// ---------------------------------------------------------------------------
+// Connection
+
+Result<> Connection::init(uv_stream_t* listener) {
+  // Neither init can fail on Linux or macOS (they only fill in structures),
+  // which keeps close() simple: both handles always exist.
+  (void)uv_pipe_init(m_server.m_loop.get(), &m_pipe, 0);
+  (void)uv_timer_init(m_server.m_loop.get(), &m_timer);
+  m_pending_closes = 2;
+  if (const int rc = uv_accept(listener, reinterpret_cast<uv_stream_t*>(&m_pipe)); rc != 0) {
+    return std::unexpected(net::uv_error(rc, "accepting a connection"));
+  }
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&m_pipe), &fd) != 0) {
+    return fail(Errc::io, "connection has no file descriptor");
+  }
+  auto peer = peer_of(fd);
+  if (!peer) return std::unexpected(peer.error());
+  m_peer = *peer;
+  return {};
+}
+
+void Connection::start(bool refuse_busy) {
+  m_counted = true;
+  ++m_server.m_stats.open_connections;
+  resume_reading();
+  if (refuse_busy) {
+    ++m_server.m_stats.connections_refused;
+    fail_request(503, "too many connections to tokend; try again");
+    return;
+  }
+  if (!m_server.uid_allowed(m_peer.uid)) {
+    ++m_server.m_stats.peers_denied;
+    spdlog::warn("refused connection from uid {} pid {}: not allowed to use tokend", m_peer.uid,
+                 m_peer.pid);
+    if (m_server.m_denied_hook) guarded("denied-peer hook", [&] { m_server.m_denied_hook(m_peer); });
+    fail_request(403, "this user is not allowed to use tokend (ask its owner to add your uid "
+                      "to allow-uid in tokend.conf)");
+    return;
+  }
+  arm_timer(m_server.m_limits.idle_timeout);
+}
+
+void Connection::resume_reading() {
+  if (m_reading || is_closed()) return;
+  const int rc = uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&m_pipe),
+      [](uv_handle_t* h, size_t, uv_buf_t* buf) {
+        auto* c = static_cast<Connection*>(h->data);
+        // One buffer for all connections: reads are consumed synchronously.
+        auto& srv = c->m_server;
+        if (srv.m_read_buffer_in_use) {
+          buf->base = nullptr;
+          buf->len = 0;
+          return;
+        }
+        srv.m_read_buffer_in_use = true;
+        buf->base = srv.m_read_buffer.get();
+        buf->len = k_read_buffer_bytes;
+      },
+      [](uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
+        auto* c = static_cast<Connection*>(s->data);
+        if (buf->base == c->m_server.m_read_buffer.get()) c->m_server.m_read_buffer_in_use = false;
+        auto keep = c->shared_from_this();
+        guarded("connection read", [&] { c->on_read(nread, buf); });
+      });
+  m_reading = rc == 0;
+}
+
+void Connection::maybe_pause_reading() {
+  const std::size_t queued = uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&m_pipe));
+  const bool too_much_input =
+      m_inbuf.size() > m_server.m_limits.max_header_bytes + m_server.m_limits.max_body_bytes;
+  if (m_reading && (queued > m_server.m_limits.max_write_queue_bytes || too_much_input)) {
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&m_pipe));
+    m_reading = false;
+  }
+}
+
+void Connection::on_read(ssize_t nread, const uv_buf_t* buf) {
+  if (nread == 0) return;
+  if (nread < 0) {
+    // EOF or error: the peer is gone (a half-close cannot carry a request).
+    close();
+    return;
+  }
+  if (m_state == State::lingering) return;  // discarding until the peer closes
+  if (m_state == State::closing || m_state == State::closed || m_state == State::streaming) return;
+  m_inbuf.append(buf->base, static_cast<std::size_t>(nread));
+  pump();
+  maybe_pause_reading();
+}
+
+void Connection::pump() {
+  while ((m_state == State::idle || m_state == State::reading) && !m_inbuf.empty()) {
+    if (m_state == State::idle) {
+      m_state = State::reading;
+      arm_timer(m_server.m_limits.request_timeout);
+    }
+    if (!m_parser) {
+      m_parser.emplace();
+      m_parser->header_limit(static_cast<std::uint32_t>(m_server.m_limits.max_header_bytes));
+      m_parser->body_limit(m_server.m_limits.max_body_bytes);
+      m_parser->eager(true);
+    }
+    boost::system::error_code ec;
+    const std::size_t used = m_parser->put(asio::buffer(m_inbuf.data(), m_inbuf.size()), ec);
+    m_inbuf.erase(0, used);
+    if (ec == http::error::need_more) {
+      if (m_inbuf.size() > m_server.m_limits.max_header_bytes && !m_parser->is_header_done()) {
+        fail_request(431, "request header is larger than the limit");
+      }
+      break;
+    }
+    if (ec) {
+      const auto [status, message] = status_for_parse_error(ec);
+      fail_request(status, message);
+      return;
+    }
+    if (!m_parser->is_done()) continue;
+
+    auto msg = m_parser->release();
+    m_parser.reset();
+    Request req;
+    req.method = std::string(msg.method_string());
+    req.target = std::string(msg.target());
+    req.version = msg.version();
+    req.keep_alive = msg.keep_alive();
+    for (const auto& field : msg) {
+      req.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+    }
+    req.body = std::move(msg.body());
+    dispatch(std::move(req));
+  }
+  if (m_state == State::idle && m_inbuf.empty()) arm_timer(m_server.m_limits.idle_timeout);
+}
+
+void Connection::dispatch(Request req) {
+  m_state = State::busy;
+  uv_timer_stop(&m_timer);
+  ++m_server.m_stats.requests;
+
+  // Validate and route first; the exchange is built once, with the final request.
+  std::optional<Response> early;
+  Router::Match match;
+  const auto qpos = req.target.find('?');
+  if (m_server.m_draining) {
+    early = Response::error(503, "shutting_down", "tokend is shutting down");
+    early->close = true;
+  } else if (req.target.empty() || req.target.front() != '/') {
+    early = Response::error(400, "bad_request", "request target must be an absolute path");
+  } else if (auto path = decode_path(std::string_view(req.target).substr(0, qpos)); !path) {
+    early = Response::error(400, "bad_request", "request path has a malformed or forbidden escape");
+  } else {
+    req.path = std::move(*path);
+    if (qpos != std::string::npos) {
+      auto query = parse_query(std::string_view(req.target).substr(qpos + 1));
+      if (query) {
+        req.query = std::move(*query);
+      } else {
+        early = Response::error(400, "bad_request", "query string has a malformed escape");
+      }
+    }
+  }
+  if (!early) {
+    match = m_server.m_router.match(req.method, req.path);
+    if (match.handler == nullptr && !match.allowed.empty()) {
+      std::string allow;
+      for (const auto& m : match.allowed) allow += (allow.empty() ? "" : ", ") + m;
+      static constexpr std::string_view k_methods[] = {"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"};
+      const bool known = std::find(std::begin(k_methods), std::end(k_methods), req.method) != std::end(k_methods);
+      early = known ? Response::error(405, "method_not_allowed",
+                                      fmt::format("{} is not allowed on this path; use {}", req.method, allow))
+                    : Response::error(501, "not_implemented", "unknown HTTP method");
+      early->headers.emplace_back("Allow", allow);
+    } else if (match.handler == nullptr) {
+      early = Response::error(404, "not_found", "no such endpoint; see docs/API.md");
+    }
+  }
+
+  auto ex = std::make_shared<ExchangeImpl>(weak_from_this(), std::move(req), m_peer);
+  m_current = ex;
+  if (early) {
+    ex->respond(std::move(*early));
+    return;
+  }
+  ex->m_params = std::move(match.params);
+  try {
+    (*match.handler)(ex);
+  } catch (const std::exception& e) {
+    spdlog::error("handler failed: {}", e.what());
+    ex->respond(Response::error(500, "internal", "internal error"));
+  }
+}
+
+void Connection::respond(ExchangeImpl* ex, Response response) {
+  if (m_current.get() != ex || m_state != State::busy) return;
+  const auto hold = std::move(m_current);  // keeps `ex` alive to the end of this call
+  http::response<http::string_body> res{static_cast<http::status>(response.status),
+                                        ex->request().version == 10 ? 10U : 11U};
+  res.set(http::field::server, "tokend");
+  for (auto& [k, v] : response.headers) res.insert(k, v);
+  res.body() = std::move(response.body);
+  const bool close = response.close || !ex->request().keep_alive || m_server.m_draining;
+  res.keep_alive(!close);
+  res.prepare_payload();
+  ++m_server.m_stats.responses_by_status[response.status];
+  write(serialize(res));
+  finish_response(close);
+}
+
+void Connection::finish_response(bool close) {
+  if (close) {
+    m_state = State::closing;
+    m_close_after_write = true;
+    if (m_pending_writes == 0) begin_linger();
+    return;
+  }
+  m_state = State::idle;
+  pump();
+  resume_reading();
+}
+
+std::shared_ptr<Stream> Connection::start_stream(ExchangeImpl* ex, int status, Headers headers) {
+  if (m_current.get() != ex || m_state != State::busy) return nullptr;
+  const auto hold = std::move(m_current);
+  http::response<http::empty_body> res{static_cast<http::status>(status), 11};
+  res.set(http::field::server, "tokend");
+  for (auto& [k, v] : headers) res.insert(k, v);
+  // Close-delimited body: the stream ends when the connection does.
+  res.keep_alive(false);
+  std::ostringstream os;
+  os << res.base();
+  ++m_server.m_stats.responses_by_status[status];
+  write(os.str());
+  m_state = State::streaming;
+  m_inbuf.clear();
+  m_stream = std::make_shared<StreamImpl>(weak_from_this());
+  return m_stream;
+}
+
+bool Connection::stream_send(std::string_view bytes) {
+  if (m_state != State::streaming) return false;
+  // A subscriber that does not read gets cut off rather than buffered forever.
+  if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&m_pipe)) >
+      m_server.m_limits.max_write_queue_bytes) {
+    close();
+    return false;
+  }
+  write(std::string(bytes));
+  return true;
+}
+
+void Connection::close_after_flush() {
+  if (is_closed() || m_state == State::closing || m_state == State::lingering) return;
+  m_state = State::closing;
+  m_close_after_write = true;
+  if (m_pending_writes == 0) begin_linger();
+}
+
+void Connection::fail_request(int status, std::string_view message) {
+  // After a protocol error the byte stream cannot be trusted: answer, close.
+  m_parser.reset();
+  m_inbuf.clear();
+  m_state = State::busy;
+  auto ex = std::make_shared<ExchangeImpl>(weak_from_this(), Request{}, m_peer);
+  m_current = ex;
+  const std::string_view code = status == 431   ? "header_too_large"
+                                : status == 413 ? "body_too_large"
+                                : status == 408 ? "request_timeout"
+                                : status == 403 ? "forbidden"
+                                : status == 503 ? "unavailable"
+                                                : "bad_request";
+  Response r = Response::error(status, code, message);
+  r.close = true;
+  ex->respond(std::move(r));
+}
+
+namespace {
+struct WriteReq {
+  uv_write_t req{};
+  std::string data;
+};
+}  // namespace
+
+void Connection::write(std::string data) {
+  if (is_closed()) return;
+  auto* w = new WriteReq{};
+  w->data = std::move(data);
+  w->req.data = w;
+  uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+  ++m_pending_writes;
+  auto self = shared_from_this();
+  // The WriteReq keeps a reference: the connection outlives its writes.
+  const int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&m_pipe), &buf, 1,
+                          [](uv_write_t* req, int status) {
+                            auto* wr = static_cast<WriteReq*>(req->data);
+                            auto* c = static_cast<Connection*>(req->handle->data);
+                            delete wr;
+                            guarded("write completion", [&] { c->on_write_done(status); });
+                          });
+  if (rc != 0) {
+    --m_pending_writes;
+    delete w;
+    close();
+  }
+}
+
+void Connection::on_write_done(int status) {
+  --m_pending_writes;
+  if (status != 0) {
+    close();
+    return;
+  }
+  if (m_close_after_write && m_pending_writes == 0 && m_state == State::closing) {
+    begin_linger();
+    return;
+  }
+  if (m_state == State::idle || m_state == State::reading) resume_reading();
+}
+
+void Connection::begin_linger() {
+  if (is_closed()) return;
+  // Half-close and discard what the peer still sends for a moment, so our
+  // final answer is not destroyed by a reset from unread input.
+  m_state = State::lingering;
+  auto* req = new uv_shutdown_t{};
+  req->data = this;
+  auto self = shared_from_this();
+  if (uv_shutdown(req, reinterpret_cast<uv_stream_t*>(&m_pipe), [](uv_shutdown_t* r, int) { delete r; }) != 0) {
+    delete req;
+    close();
+    return;
+  }
+  resume_reading();
+  arm_timer(k_linger);
+}
+
+void Connection::arm_timer(std::chrono::milliseconds after) {
+  if (is_closed()) return;
+  uv_timer_start(
+      &m_timer,
+      [](uv_timer_t* t) {
+        auto* c = static_cast<Connection*>(t->data);
+        auto keep = c->shared_from_this();
+        guarded("connection timer", [&] { c->on_timer(); });
+      },
+      static_cast<std::uint64_t>(after.count()), 0);
+}
+
+void Connection::on_timer() {
+  switch (m_state) {
+    case State::reading:
+      fail_request(408, "request not received in time");
+      break;
+    case State::idle:
+    case State::lingering:
+    case State::closing:
+      close();
+      break;
+    default:
+      break;
+  }
+}
+
+void Connection::drain() {
+  switch (m_state) {
+    case State::idle:
+    case State::reading:
+    case State::lingering:
+      close();
+      break;
+    case State::streaming:
+      close_after_flush();
+      break;
+    default:
+      break;  // busy: closes after its answer (respond sees m_draining)
+  }
+}
+
+void Connection::close() {
+  if (m_closing_handles) return;
+  m_closing_handles = true;
+  m_state = State::closed;
+  if (auto ex = std::move(m_current)) ex->abandon();
+  if (auto st = std::move(m_stream)) st->fire_closed();
+  auto on_closed = [](uv_handle_t* h) {
+    auto* c = static_cast<Connection*>(h->data);
+    if (--c->m_pending_closes == 0) c->m_server.remove(c);
+  };
+  uv_close(reinterpret_cast<uv_handle_t*>(&m_pipe), on_closed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&m_timer), on_closed);
+}
+
+// ---------------------------------------------------------------------------
+// Server::Impl
+
+Result<> Server::Impl::listen_fd(int fd) {
+  m_listener = new uv_pipe_t{};
+  if (const int rc = uv_pipe_init(m_loop.get(), m_listener, 0); rc != 0) {
+    delete m_listener;
+    m_listener = nullptr;
+    return std::unexpected(net::uv_error(rc, "initialising the listener"));
+  }
+  m_listener->data = this;
+  if (const int rc = uv_pipe_open(m_listener, fd); rc != 0) {
+    close_listener();
+    return std::unexpected(net::uv_error(rc, "using the listening socket"));
+  }
+  const int rc = uv_listen(reinterpret_cast<uv_stream_t*>(m_listener), 511,
+                           [](uv_stream_t* s, int status) {
+                             auto* self = static_cast<Server::Impl*>(s->data);
+                             guarded("accept", [&] { self->on_connection(status); });
+                           });
+  if (rc != 0) {
+    close_listener();
+    return std::unexpected(net::uv_error(rc, "listening on the socket"));
+  }
+  return {};
+}
+
+Result<> Server::Impl::listen_path(const std::filesystem::path& path) {
+  if (auto r = fs::ensure_private_dir(path.parent_path()); !r) {
+    return std::unexpected(r.error().context("socket directory"));
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string p = path.string();
+  if (p.size() >= sizeof addr.sun_path) {
+    return fail(Errc::config, fmt::format("socket path {} is longer than the {} bytes a Unix "
+                                          "socket allows; choose a shorter --socket",
+                                          p, sizeof addr.sun_path - 1));
+  }
+  std::memcpy(addr.sun_path, p.c_str(), p.size() + 1);
+
+  struct stat st {};
+  if (::lstat(p.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return fail(Errc::config, fmt::format("{} exists and is not a socket; move it away or "
+                                            "choose another --socket",
+                                            p));
+    }
+    const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const bool live = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    if (probe >= 0) ::close(probe);
+    if (live) {
+      return fail(Errc::already_exists,
+                  fmt::format("another tokend is already running on {}; stop it first "
+                              "(systemctl --user stop tokend, or kill it) or use another --socket",
+                              p));
+    }
+    ::unlink(p.c_str());  // stale: nobody answers
+    spdlog::info("replaced stale socket {}", p);
+  }
+
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return fail(Errc::io, "creating a socket: " + errno_text(errno));
+  const mode_t old = ::umask(077);
+  const int b = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  const int err = errno;
+  ::umask(old);
+  if (b != 0) {
+    ::close(fd);
+    return fail(Errc::io, fmt::format("binding {}: {}", p, errno_text(err)));
+  }
+  ::chmod(p.c_str(), 0600);
+  if (::listen(fd, 511) != 0) {
+    ::close(fd);
+    return fail(Errc::io, fmt::format("listening on {}: {}", p, errno_text(errno)));
+  }
+  if (::lstat(p.c_str(), &st) == 0) m_socket_inode = st.st_ino;
+  m_socket_path = path;
+  return listen_fd(fd);
+}
+
+void Server::Impl::on_connection(int status) {
+  if (status != 0) {
+    spdlog::warn("accept failed: {}", uv_strerror(status));
+    return;
+  }
+  auto conn = std::make_shared<Connection>(*this);
+  auto r = conn->init(reinterpret_cast<uv_stream_t*>(m_listener));
+  m_connections.emplace(conn.get(), conn);
+  if (!r) {
+    spdlog::warn("{}", r.error().message);
+    conn->close();
+    return;
+  }
+  ++m_stats.connections_accepted;
+  const bool over_limit = m_connections.size() > m_limits.max_connections;
+  conn->start(over_limit);
+}
+
+void Server::Impl::remove(Connection* c) {
+  auto it = m_connections.find(c);
+  if (it == m_connections.end()) return;
+  if (it->second->m_counted) --m_stats.open_connections;
+  m_connections.erase(it);
+  check_drained();
+}
+
+void Server::Impl::close_listener() {
+  if (m_listener == nullptr) return;
+  uv_close(reinterpret_cast<uv_handle_t*>(m_listener), [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
+  m_listener = nullptr;
+  // Remove the socket file if it is still the one we created.
+  if (!m_socket_path.empty()) {
+    struct stat st {};
+    if (::lstat(m_socket_path.c_str(), &st) == 0 && st.st_ino == m_socket_inode) {
+      ::unlink(m_socket_path.c_str());
+    }
+    m_socket_path.clear();
+  }
+}
+
+void Server::Impl::drain(std::chrono::milliseconds grace, std::function<void()> done) {
+  m_draining = true;
+  m_drain_done = std::move(done);
+  close_listener();
+  std::vector<std::shared_ptr<Connection>> conns;
+  for (auto& [_, c] : m_connections) conns.push_back(c);
+  for (auto& c : conns) c->drain();
+  if (m_connections.empty()) {
+    check_drained();
+    return;
+  }
+  m_drain_timer = new uv_timer_t{};
+  uv_timer_init(m_loop.get(), m_drain_timer);
+  m_drain_timer->data = this;
+  uv_timer_start(
+      m_drain_timer,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Server::Impl*>(t->data);
+        spdlog::warn("{} connection(s) still busy after the drain grace period; closing them",
+                     self->m_connections.size());
+        self->close_all();
+      },
+      static_cast<std::uint64_t>(grace.count()), 0);
+}
+
+void Server::Impl::check_drained() {
+  if (!m_draining || !m_connections.empty() || !m_drain_done) return;
+  if (m_drain_timer != nullptr) {
+    uv_close(reinterpret_cast<uv_handle_t*>(m_drain_timer), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    m_drain_timer = nullptr;
+  }
+  auto done = std::move(m_drain_done);
+  m_drain_done = nullptr;
+  done();
+}
+
+void Server::Impl::close_all() {
+  close_listener();
+  std::vector<std::shared_ptr<Connection>> conns;
+  for (auto& [_, c] : m_connections) conns.push_back(c);
+  for (auto& c : conns) c->close();
+}
+
+// ---------------------------------------------------------------------------
+
+Server::Server(net::Loop& loop, Router& router, ServerLimits limits)
+    : m_impl(std::make_unique<Impl>(loop, router, limits)) {}
+
+Server::~Server() {
+  m_impl->m_drain_done = nullptr;
+  m_impl->close_all();
+  if (m_impl->m_drain_timer != nullptr) {
+    uv_close(reinterpret_cast<uv_handle_t*>(m_impl->m_drain_timer), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    m_impl->m_drain_timer = nullptr;
+  }
+  // Connections are freed by their close callbacks, which need the Impl:
+  // run the loop until they have happened.
+  // Never call this from inside a loop callback.
+  while (!m_impl->m_connections.empty()) uv_run(m_impl->m_loop.get(), UV_RUN_NOWAIT);
+}
+
+Result<> Server::listen_path(const std::filesystem::path& path) { return m_impl->listen_path(path); }
+Result<> Server::listen_fd(int fd) { return m_impl->listen_fd(fd); }
+void Server::set_allowed_uids(std::set<uid_t> uids) { m_impl->m_allowed = std::move(uids); }
+void Server::set_limits(const ServerLimits& limits) { m_impl->m_limits = limits; }
+void Server::on_denied_peer(DeniedPeerHook hook) { m_impl->m_denied_hook = std::move(hook); }
+void Server::drain(std::chrono::milliseconds grace, std::function<void()> done) {
+  m_impl->drain(grace, std::move(done));
+}
+void Server::close() { m_impl->close_all(); }
+const ServerStats& Server::stats() const { return m_impl->m_stats; }
+
+Result<Peer> peer_of(int fd) {
+  Peer p;
+#if defined(SO_PEERCRED)
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return fail(Errc::io, "reading peer credentials: " + errno_text(errno));
+  }
+  p.uid = cred.uid;
+  p.gid = cred.gid;
+  p.pid = cred.pid;
+#else
+  if (::getpeereid(fd, &p.uid, &p.gid) != 0) {
+    return fail(Errc::io, "reading peer credentials: " + errno_text(errno));
+  }
+#if defined(LOCAL_PEERPID)
+  socklen_t len = sizeof p.pid;
+  ::getsockopt(fd, SOL_LOCAL, LOCAL_PEERPID, &p.pid, &len);
+#endif
+#endif
+  return p;
+}
+
+}  // namespace tokend::ipc

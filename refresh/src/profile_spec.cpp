@@ -1,0 +1,216 @@
+#include "refresh/profile_spec.hpp"
+
+#include <algorithm>
+#include <array>
+#include <set>
+
+#include <fmt/format.h>
+
+namespace tokend::refresh {
+
+namespace {
+
+using json::Json;
+using store::CredentialKind;
+
+constexpr std::size_t k_max_field_bytes = 8192;   // URLs, ids, emails
+constexpr std::size_t k_max_token_bytes = 16384;  // JWTs can be a few kB
+
+// Non-secret settings stored in the profile config, per kind.
+const std::set<std::string, std::less<>> k_common = {"kind", "provider", "site", "api_base",
+                                                     "refresh_buffer", "description"};
+const std::set<std::string, std::less<>> k_oauth2 = {
+    "client_id", "client_secret", "scopes", "authorize_url", "token_url", "redirect_uri",
+    "issuer", "mcp_server", "audience", "access_token", "refresh_token", "expires_in",
+    "expires_at", "token_type", "scope", "revocation_url", "userinfo_url", "pkce"};
+const std::set<std::string, std::less<>> k_api_token = {"email", "token"};
+const std::set<std::string, std::less<>> k_pat = {"token"};
+const std::set<std::string, std::less<>> k_url_fields = {
+    "site", "api_base", "authorize_url", "token_url", "issuer", "mcp_server", "revocation_url",
+    "userinfo_url"};
+const std::set<std::string, std::less<>> k_secret_fields = {"client_secret", "token", "access_token",
+                                                            "refresh_token"};
+
+Error bad(std::string message) { return Error{Errc::invalid_argument, std::move(message)}; }
+
+bool is_loopback_host(std::string_view host) {
+  if (host == "localhost" || host == "[::1]") return true;
+  return host.starts_with("127.") &&
+         std::all_of(host.begin(), host.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; });
+}
+
+Result<std::string> string_field(const Json& body, std::string_view key, std::size_t max) {
+  const auto& v = body.at(std::string(key));
+  if (!v.is_string()) return std::unexpected(bad(fmt::format("field \"{}\" must be a string", key)));
+  auto s = v.get<std::string>();
+  if (s.size() > max) {
+    return std::unexpected(bad(fmt::format("field \"{}\" is longer than {} bytes", key, max)));
+  }
+  for (const char c : s) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return std::unexpected(bad(fmt::format("field \"{}\" contains a control character", key)));
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+Result<> check_endpoint_url(std::string_view field, std::string_view url) {
+  std::string_view rest;
+  bool https = false;
+  if (url.starts_with("https://")) {
+    https = true;
+    rest = url.substr(8);
+  } else if (url.starts_with("http://")) {
+    rest = url.substr(7);
+  } else {
+    return std::unexpected(bad(fmt::format("field \"{}\" must be an https:// URL", field)));
+  }
+  const auto end = rest.find_first_of("/?#");
+  std::string_view authority = rest.substr(0, end);
+  if (authority.find('@') != std::string_view::npos) {
+    return std::unexpected(bad(fmt::format("field \"{}\" must not contain credentials (user@host)", field)));
+  }
+  std::string_view host = authority;
+  if (host.starts_with('[')) {
+    host = host.substr(0, host.find(']') + 1);
+  } else {
+    host = host.substr(0, host.find(':'));
+  }
+  if (host.empty() || host.find_first_of(" \t\\") != std::string_view::npos) {
+    return std::unexpected(bad(fmt::format("field \"{}\" has no valid host", field)));
+  }
+  if (!https && !is_loopback_host(host)) {
+    return std::unexpected(bad(fmt::format(
+        "field \"{}\" must use https (plain http is accepted only for loopback hosts)", field)));
+  }
+  return {};
+}
+
+Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, std::int64_t now_ms) {
+  if (auto r = store::validate_profile_name(name); !r) return std::unexpected(r.error());
+  if (!body.is_object()) return std::unexpected(bad("the request body must be a JSON object"));
+
+  auto kind_name = json::required_string(body, "kind");
+  if (!kind_name) return std::unexpected(kind_name.error());
+  auto kind = store::parse_credential_kind(*kind_name);
+  if (!kind) return std::unexpected(kind.error());
+
+  const auto& allowed = *kind == CredentialKind::oauth2      ? k_oauth2
+                        : *kind == CredentialKind::api_token ? k_api_token
+                                                             : k_pat;
+  for (const auto& [key, _] : body.items()) {
+    if (!k_common.contains(key) && !allowed.contains(key)) {
+      return std::unexpected(bad(fmt::format("field \"{}\" is not known for kind {}", key.substr(0, 64), *kind_name)));
+    }
+  }
+
+  ProfileSpec spec;
+  store::Profile& p = spec.profile;
+  p.name = std::string(name);
+  p.kind = *kind;
+  p.config = Json::object();
+  Json secrets = Json::object();
+  std::optional<std::string> access;
+  std::optional<std::string> refresh;
+
+  for (const auto& [key, value] : body.items()) {
+    if (key == "kind" || value.is_null()) continue;
+    if (key == "scopes") {
+      Json scopes = Json::array();
+      if (value.is_string()) {
+        std::string_view s = value.get_ref<const std::string&>();
+        while (!s.empty()) {
+          const auto sp = s.find(' ');
+          if (sp != 0) scopes.push_back(std::string(s.substr(0, sp)));
+          if (sp == std::string_view::npos) break;
+          s.remove_prefix(sp + 1);
+        }
+      } else if (value.is_array() && std::all_of(value.begin(), value.end(), [](const Json& v) { return v.is_string(); })) {
+        scopes = value;
+      } else {
+        return std::unexpected(bad("field \"scopes\" must be a list of strings or a space-separated string"));
+      }
+      p.config["scopes"] = scopes;
+      continue;
+    }
+    if (key == "refresh_buffer" || key == "expires_in" || key == "expires_at") {
+      if (!value.is_number_integer()) return std::unexpected(bad(fmt::format("field \"{}\" must be an integer (seconds)", key)));
+      const auto n = value.get<std::int64_t>();
+      if (n < 0 || n > 10LL * 365 * 24 * 3600 * (key == "expires_at" ? 10 : 1)) {
+        return std::unexpected(bad(fmt::format("field \"{}\" is out of range", key)));
+      }
+      if (key == "refresh_buffer") p.config[key] = n;
+      continue;  // expiry handled with the token set below
+    }
+    if (key == "pkce") {
+      if (!value.is_string() || (value != "S256" && value != "off" && value != "required")) {
+        return std::unexpected(bad("field \"pkce\" must be \"S256\", \"required\" or \"off\""));
+      }
+      p.config[key] = value;
+      continue;
+    }
+    const bool secret = k_secret_fields.contains(key);
+    auto s = string_field(body, key, secret ? k_max_token_bytes : k_max_field_bytes);
+    if (!s) return std::unexpected(s.error());
+    if (s->empty()) return std::unexpected(bad(fmt::format("field \"{}\" is empty", key)));
+    if (k_url_fields.contains(key)) {
+      if (auto r = check_endpoint_url(key, *s); !r) return std::unexpected(r.error());
+    }
+    if (key == "access_token" || (key == "token")) {
+      access = std::move(*s);
+    } else if (key == "refresh_token") {
+      refresh = std::move(*s);
+    } else if (key == "client_secret") {
+      secrets[key] = std::move(*s);
+    } else if (key == "provider") {
+      if (*s != "atlassian" && *s != "generic" && *s != "mcp") {
+        return std::unexpected(bad("field \"provider\" must be atlassian, generic or mcp"));
+      }
+      p.provider = *s;
+    } else if (key == "token_type" || key == "scope") {
+      continue;  // part of the supplied token set, read below
+    } else if (key == "email" && s->find('@') == std::string::npos) {
+      return std::unexpected(bad("field \"email\" must be an email address"));
+    } else {
+      p.config[key] = std::move(*s);
+    }
+  }
+
+  // Per-kind requirements.
+  if (*kind == CredentialKind::api_token) {
+    if (!p.config.contains("email")) return std::unexpected(bad("kind api-token needs \"email\""));
+    if (!access) return std::unexpected(bad("kind api-token needs \"token\""));
+    if (!p.config.contains("site")) return std::unexpected(bad("kind api-token needs \"site\" (https://YOUR-SITE.atlassian.net)"));
+  } else if (*kind == CredentialKind::pat) {
+    if (!access) return std::unexpected(bad("kind pat needs \"token\""));
+    if (!p.config.contains("site")) return std::unexpected(bad("kind pat needs \"site\" (your Jira or Confluence Data Center URL)"));
+  } else {
+    if (p.provider.empty()) p.provider = "generic";
+    if (refresh && !access) return std::unexpected(bad("a refresh_token needs an access_token with it"));
+    if (p.provider == "mcp" && !p.config.contains("mcp_server")) {
+      return std::unexpected(bad("provider mcp needs \"mcp_server\" (the MCP server URL)"));
+    }
+  }
+  if (!secrets.empty()) p.secret_config = Secret(secrets.dump());
+
+  if (access) {
+    store::TokenSet t;
+    t.access_token = Secret::adopt(std::move(*access));
+    if (refresh) t.refresh_token = Secret::adopt(std::move(*refresh));
+    t.obtained_at_ms = now_ms;
+    t.token_type = *kind == CredentialKind::api_token ? "Basic" : "Bearer";
+    if (auto tt = body.find("token_type"); tt != body.end() && tt->is_string()) t.token_type = tt->get<std::string>();
+    if (auto sc = body.find("scope"); sc != body.end() && sc->is_string()) t.scope = sc->get<std::string>();
+    if (auto e = body.find("expires_in"); e != body.end() && e->is_number_integer()) {
+      t.expires_at_ms = now_ms + e->get<std::int64_t>() * 1000;
+    } else if (auto a = body.find("expires_at"); a != body.end() && a->is_number_integer()) {
+      t.expires_at_ms = a->get<std::int64_t>() * 1000;
+    }
+    spec.tokens = std::move(t);
+  }
+  return spec;
+}
+
+}  // namespace tokend::refresh
