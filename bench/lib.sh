@@ -1,5 +1,7 @@
+# shellcheck shell=bash disable=SC2034  # TOKEND_PID etc. are for the caller
 # Shared by bench/token_bench.sh and bench/cli_bench.sh; sourced, not run.
 # Expects: set -euo pipefail in the caller, $bench_dir set to this folder.
+# shellcheck disable=SC2154  # bench_dir comes from the caller
 
 log() { printf '%s\n' "$*" >&2; }
 die() { printf '%s: error: %s\n' "${0##*/}" "$*" >&2; exit 1; }
@@ -70,7 +72,7 @@ tokend_env() {
 # make_xdg DIR — creates the private XDG tree (0700).
 make_xdg() {
   local dir=$1
-  mkdir -p -m 0700 "$dir/home" "$dir/run" "$dir/home/.local/share" "$dir/home/.config"
+  (umask 077 && mkdir -p "$dir/home" "$dir/run" "$dir/home/.local/share" "$dir/home/.config")
 }
 
 # start_tokend BIN DIR SOCKET DEADLINE [ARGS...] — launches tokend and waits

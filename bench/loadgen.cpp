@@ -22,8 +22,8 @@
 // plain buffers.
 //
 // Exit codes: 0 the run completed (non-2xx and errors are reported, not
-// fatal), 1 the run could not be done (cannot connect, nothing answered),
-// 2 usage.
+// fatal), 1 the run could not be done (cannot connect, nothing answered, or
+// the server went away mid-run), 2 usage.
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -171,6 +171,7 @@ struct Results {
   std::uint64_t non_2xx = 0;
   std::uint64_t errors = 0;  // connection, I/O and parse errors
   std::uint64_t reconnects = 0;
+  bool stopped_early = false;  // every connection was lost before the end
   std::map<unsigned, std::uint64_t> statuses;
 };
 
@@ -219,8 +220,14 @@ class Loop {
         }
         if ((ev.events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) read_some(i);
       }
+      restart_pending();
+      if (dead_ == conns_.size()) {  // the server is gone: nothing left to measure
+        res_.stopped_early = true;
+        break;
+      }
     }
-    measured_s_ = std::chrono::duration<double>(Clock::now() - measure_from_).count();
+    const auto stop = std::min(Clock::now(), end_);
+    measured_s_ = std::max(0.0, std::chrono::duration<double>(stop - measure_from_).count());
     for (auto& c : conns_)
       if (c.fd >= 0) ::close(c.fd);
     ::close(epfd_);
@@ -259,26 +266,38 @@ class Loop {
     return true;
   }
 
-  // Drops a broken connection and opens a new one (the in-flight request, if
-  // any, is lost and counted as an error by the caller).
+  // Drops a broken connection; it is reopened after the current batch of
+  // events (never from inside the handler, so a server that accepts and
+  // closes at once cannot drive this into unbounded recursion). The
+  // in-flight request, if any, is lost and counted as an error by the caller.
   void reconnect(std::size_t i) {
     Conn& c = conns_[i];
     ::close(c.fd);  // also removes it from the epoll set
     c.fd = -1;
-    if (Clock::now() >= end_) return;
-    int err = 0;
-    if (!open(i, err)) {
-      // The server went away: keep counting errors but do not spin; give up
-      // on this connection for the rest of the run.
-      ++res_.errors;
-      if (!warned_) {
-        std::cerr << "loadgen: " << connect_message(err) << '\n';
-        warned_ = true;
+    c.awaiting = false;
+    restart_.push_back(i);
+  }
+
+  void restart_pending() {
+    std::vector<std::size_t> todo;
+    todo.swap(restart_);
+    for (const auto i : todo) {
+      if (Clock::now() >= end_) return;
+      int err = 0;
+      if (!open(i, err)) {
+        // Cannot reconnect: the server went away. Count it and give up on
+        // this connection for the rest of the run rather than spin.
+        ++res_.errors;
+        ++dead_;
+        if (!warned_) {
+          std::cerr << "loadgen: " << connect_message(err) << '\n';
+          warned_ = true;
+        }
+        continue;
       }
-      return;
+      ++res_.reconnects;
+      send(i);
     }
-    ++res_.reconnects;
-    send(i);
   }
 
   void fail(std::size_t i) {
@@ -408,6 +427,8 @@ class Loop {
   std::vector<Conn> conns_;
   Results res_;
   Clock::time_point start_{}, measure_from_{}, end_{};
+  std::vector<std::size_t> restart_;  // connections to reopen after this batch
+  std::size_t dead_ = 0;               // connections that could not be reopened
   double measured_s_ = 0;
   bool warned_ = false;
 };
@@ -456,6 +477,7 @@ int main(int argc, char** argv) {
     j["non_2xx"] = r.non_2xx;
     j["errors"] = r.errors;
     j["reconnects"] = r.reconnects;
+    j["stopped_early"] = r.stopped_early;
     nlohmann::json statuses = nlohmann::json::object();
     for (const auto& [status, n] : r.statuses) statuses[std::to_string(status)] = n;
     j["statuses"] = statuses;
@@ -475,5 +497,8 @@ int main(int argc, char** argv) {
     std::printf("\nerrors       %llu  (reconnects %llu)\n", static_cast<unsigned long long>(r.errors),
                 static_cast<unsigned long long>(r.reconnects));
   }
-  return count == 0 ? 1 : 0;
+  if (r.stopped_early)
+    std::cerr << "loadgen: every connection was lost and could not be reopened; the run stopped "
+                 "early\n";
+  return count == 0 || r.stopped_early ? 1 : 0;
 }

@@ -129,7 +129,7 @@ token_path=/v1/profiles/bench/token
 start_nginx() {
   local d=$tmp/nginx nginx_bin body opt dirs=""
   nginx_bin=$(cmd_path nginx)
-  mkdir -p -m 0700 "$d" "$d/tmp"
+  (umask 077 && mkdir -p "$d/tmp")
   # A token-shaped answer of 300 bytes (no single quotes: it sits in '...').
   body='{"access_token":"'$(random_hex 20)'","token_type":"Bearer","expires_at":"2030-01-01T00:00:00Z","expires_in":3600,"profile":"bench","kind":"pat","scope":"read:jira-work write:jira-work read:confluence-content.all offline_access","state":"valid","site":"https://jira.example.com"}'
   # Temp paths go to the temp dir, for the modules this nginx was built with
@@ -207,19 +207,19 @@ warm_ms=$(ms "$warmup")
 log "each run: ${warmup}s warm-up + ${duration}s measured; targets: $targets; tools: $tools; connections: $conns_list"
 
 run_h2load() {  # TARGET CONNS
-  local t=$1 c=$2 sock out lf=() logf=""
+  local t=$1 c=$2 sock out lf=() logf=()
   sock=$(sock_of "$t")
   out=$tmp/h2load-$t-$c.txt
   if [[ $h2load_latency -eq 1 ]]; then
-    logf=$tmp/h2load-$t-$c.log
-    lf=(--log-file="$logf")
+    logf=("$tmp/h2load-$t-$c.log")
+    lf=(--log-file="${logf[0]}")
   fi
   # -t 1: one client thread, like loadgen; the server has the other core.
   h2load --h1 -t 1 -B "unix:$sock" -c "$c" -D "${dur_ms}ms" --warm-up-time="${warm_ms}ms" \
     "${lf[@]}" "http://localhost$token_path" >"$out" 2>&1 \
     || { cat "$out" >&2; die "h2load against $t (c=$c) failed"; }
   python3 "$bench_dir/benchutil.py" row --tool h2load --target "$t" --connections "$c" \
-    "$out" $logf >>"$results"
+    "$out" "${logf[@]}" >>"$results"
 }
 
 run_loadgen() {  # TARGET CONNS

@@ -164,6 +164,10 @@ changed=0
 # tokend refuses it.
 ensure_dir() {
 	local dir=$1 mode=$2 private=${3:-}
+	if [ -n "$private" ] && [ -L "$dir" ]; then
+		warn "$dir is a symbolic link; tokend refuses it: replace it with a directory (mkdir -m $mode)"
+		return 0
+	fi
 	if [ -d "$dir" ]; then
 		if [ -n "$private" ] && [ "$(file_mode "$dir")" != "$mode" ]; then
 			warn "$dir has mode $(file_mode "$dir"); tokend requires $mode: chmod $mode '$dir'"
@@ -275,7 +279,9 @@ dropin_dir=$unitdir/tokend.service.d
 datadir=$home/.local/share/tokend
 confdir=$config_home/tokend
 
-systemd_escape() { printf '%s' "$1" | sed -e 's/%/%%/g' -e 's/\$/$$/g'; }
+# ExecStart's executable path: specifiers (%) are expanded there, variables
+# ($) are not.
+systemd_escape() { printf '%s' "$1" | sed -e 's/%/%%/g'; }
 
 # True when an unprivileged process may create a user namespace and mount
 # inside it, which PrivateUsers=yes (and the mount sandboxing behind it) needs.

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <charconv>
 #include <ctime>
 #include <functional>
 #include <map>
@@ -11,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "core/encoding.hpp"
+#include "core/names.hpp"
 #include "core/paths.hpp"
 #include "ctl/completion.hpp"
 #include "ctl/format.hpp"
@@ -126,12 +128,28 @@ po::variables_map parse(const std::vector<std::string>& args, const po::options_
 
 std::string need(const po::variables_map& vm, const char* name, std::string_view what) {
   if (vm.count(name) == 0) throw UsageError{fmt::format("missing {}", what)};
-  return vm[name].as<std::string>();
+  std::string v = vm[name].as<std::string>();
+  if (std::string_view(name) == "profile") {
+    if (auto ok = validate_profile_name(v); !ok) throw UsageError{ok.error().message};
+  }
+  return v;
 }
 
 std::optional<std::string> opt(const po::variables_map& vm, const char* name) {
   if (vm.count(name) == 0) return std::nullopt;
   return vm[name].as<std::string>();
+}
+
+// A whole number of seconds in [0, max]. (Boost's unsigned parsing wraps "-5".)
+std::optional<unsigned> seconds(const po::variables_map& vm, const char* name, unsigned max) {
+  auto v = opt(vm, name);
+  if (!v) return std::nullopt;
+  unsigned n = 0;
+  const auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), n);
+  if (ec != std::errc{} || end != v->data() + v->size() || n > max) {
+    throw UsageError{fmt::format("--{} must be a whole number of seconds from 0 to {}", name, max)};
+  }
+  return n;
 }
 
 // ---------------------------------------------------------------------------
@@ -160,6 +178,7 @@ int cmd_status(Ctx& ctx, const std::vector<std::string>& args) {
   auto vm = parse(args, o, {"profile"});
   const bool as_json = vm.count("json") != 0;
   if (auto name = opt(vm, "profile")) {
+    if (auto ok = validate_profile_name(*name); !ok) throw UsageError{ok.error().message};
     auto c = call(ctx, "GET", "/v1/profiles/" + seg(*name));
     if (c.exit != k_ok) return c.exit;
     say(ctx.io.out, as_json ? c.body.dump(2) + "\n" : render_profile_detail(c.body, now_s(), ctx.colour));
@@ -197,8 +216,8 @@ int cmd_list(Ctx& ctx, const std::vector<std::string>& args) {
 
 int cmd_token(Ctx& ctx, const std::vector<std::string>& args) {
   po::options_description o("tokenctl token PROFILE [--min-valid S] [--wait S] [--format F]");
-  o.add_options()("min-valid", po::value<unsigned>(), "seconds the token must stay valid (default 60)")(
-      "wait", po::value<unsigned>(), "seconds to wait for a refresh or login in progress")(
+  o.add_options()("min-valid", po::value<std::string>(), "seconds the token must stay valid (default 60)")(
+      "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress")(
       "format", po::value<std::string>()->default_value("raw"), "raw|header|json|env|exec-credential");
   auto vm = parse(args, o, {"profile"});
   const std::string name = need(vm, "profile", "PROFILE");
@@ -207,13 +226,13 @@ int cmd_token(Ctx& ctx, const std::vector<std::string>& args) {
   std::string target = "/v1/profiles/" + seg(name) + "/token";
   std::string sep = "?";
   std::chrono::milliseconds timeout = std::chrono::seconds(30);
-  if (vm.count("min-valid") != 0) {
-    target += fmt::format("{}min_valid={}", sep, vm["min-valid"].as<unsigned>());
+  if (auto mv = seconds(vm, "min-valid", 86'400)) {
+    target += fmt::format("{}min_valid={}", sep, *mv);
     sep = "&";
   }
-  if (vm.count("wait") != 0) {
-    target += fmt::format("{}wait={}", sep, vm["wait"].as<unsigned>());
-    timeout += std::chrono::seconds(vm["wait"].as<unsigned>());
+  if (auto w = seconds(vm, "wait", 3'600)) {
+    target += fmt::format("{}wait={}", sep, *w);
+    timeout += std::chrono::seconds(*w);
   }
   auto c = call(ctx, "GET", target, {}, timeout);
   if (c.exit != k_ok) return c.exit;
@@ -225,11 +244,11 @@ int cmd_token(Ctx& ctx, const std::vector<std::string>& args) {
 
 int cmd_headers(Ctx& ctx, const std::vector<std::string>& args) {
   po::options_description o("tokenctl headers PROFILE");
-  o.add_options()("min-valid", po::value<unsigned>(), "seconds the token must stay valid (default 60)");
+  o.add_options()("min-valid", po::value<std::string>(), "seconds the token must stay valid (default 60)");
   auto vm = parse(args, o, {"profile"});
   const std::string name = need(vm, "profile", "PROFILE");
   std::string target = "/v1/profiles/" + seg(name) + "/token";
-  if (vm.count("min-valid") != 0) target += fmt::format("?min_valid={}", vm["min-valid"].as<unsigned>());
+  if (auto mv = seconds(vm, "min-valid", 86'400)) target += fmt::format("?min_valid={}", *mv);
   auto c = call(ctx, "GET", target);
   if (c.exit != k_ok) return c.exit;
   std::string out = json::Json{{"Authorization", c.body.value("authorization", "")}}.dump() + "\n";
@@ -254,7 +273,7 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
       "email", po::value<std::string>(), "account email (api-token)")(
       "token-file", po::value<std::string>(), "file holding the API token, PAT or access token, or - for stdin")(
       "refresh-token-file", po::value<std::string>(), "file holding a refresh token, or - for stdin")(
-      "expires-in", po::value<unsigned>(), "seconds the supplied access token stays valid")(
+      "expires-in", po::value<std::string>(), "seconds the supplied access token stays valid")(
       "api-base", po::value<std::string>(), "base URL for proxied calls (generic)");
   auto vm = parse(args, o, {"profile"});
   const std::string name = need(vm, "profile", "PROFILE");
@@ -277,7 +296,7 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
   for (const auto& [flag, field] : plain) {
     if (auto v = opt(vm, flag)) body[field] = *v;
   }
-  if (vm.count("expires-in") != 0) body["expires_in"] = vm["expires-in"].as<unsigned>();
+  if (auto e = seconds(vm, "expires-in", 10U * 365 * 24 * 3600)) body["expires_in"] = *e;
 
   std::vector<Secret> held;  // wiped on return
   auto secret_from = [&](const char* flag, const char* field, std::string_view what, bool required) -> int {
@@ -333,7 +352,10 @@ int cmd_monitor(Ctx& ctx, const std::vector<std::string>& args) {
   auto vm = parse(args, o, {"profile"});
   const bool as_json = vm.count("json") != 0;
   std::string target = "/v1/events";
-  if (auto p = opt(vm, "profile")) target += "?profile=" + seg(*p);
+  if (auto p = opt(vm, "profile")) {
+    if (auto ok = validate_profile_name(*p); !ok) throw UsageError{ok.error().message};
+    target += "?profile=" + seg(*p);
+  }
   auto client = ipc::Client::connect(ctx.socket);
   if (!client) return error(ctx, fmt::format("{}; {}", client.error().message, k_start_hint), k_unreachable);
   int status = 0;

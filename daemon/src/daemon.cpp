@@ -53,7 +53,7 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
       return 1;
     }
     ipc::Router router;
-    ipc::Api api(loop, tokens, events, clock, {std::string(version()), config.heartbeat});
+    ipc::Api api(loop, tokens, events, *store, clock, {std::string(version()), config.heartbeat});
     api.register_routes(router);
     ipc::Server server(loop, router, config.limits);
     api.set_server(&server);

@@ -124,10 +124,11 @@ class Api::Streams {
   std::uint64_t m_next = 1;
 };
 
-Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, const Clock& clock,
-         ApiOptions options)
+Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, store::Store& store,
+         const Clock& clock, ApiOptions options)
     : m_tokens(tokens),
       m_events(events),
+      m_store(store),
       m_clock(clock),
       m_options(std::move(options)),
       m_started(clock.mono_now()),
@@ -218,6 +219,24 @@ void Api::register_routes(Router& router) {
       if (auto s = weak.lock()) s->send(sse_frame(e));
     });
     m_streams->add(std::move(stream), std::move(sub));
+  });
+
+  router.add("GET", "/v1/audit", [this](const std::shared_ptr<Exchange>& ex) {
+    auto limit = int_param(ex->request(), "limit", 1, 10'000);
+    if (!limit) return ex->respond(error_response(limit.error()));
+    auto events = m_store.recent_audit(static_cast<std::size_t>(limit->value_or(100)));
+    if (!events) return ex->respond(error_response(events.error()));
+    json::Json list = json::Json::array();
+    for (const auto& e : *events) {
+      list.push_back({{"id", e.id},
+                      {"at", e.at_ms / 1000},
+                      {"kind", e.kind},
+                      {"profile", e.profile},
+                      {"peer_uid", nullable(e.peer_uid)},
+                      {"peer_pid", nullable(e.peer_pid)},
+                      {"detail", e.detail}});
+    }
+    ex->respond(Response::json(200, {{"events", list}}));
   });
 
   router.add("GET", "/v1/metrics", [this](const std::shared_ptr<Exchange>& ex) {

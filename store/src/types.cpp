@@ -55,20 +55,4 @@ Result<CredState> parse_cred_state(std::string_view s) {
   return fail(Errc::corrupt, "unknown credential state '" + std::string(s) + "'");
 }
 
-Result<> validate_profile_name(std::string_view name) {
-  const auto bad = [&] {
-    return fail(Errc::invalid_argument,
-                "profile name '" + std::string(name.substr(0, 64)) +
-                    "' is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
-                    "not starting with '.' or '-'");
-  };
-  if (name.empty() || name.size() > 64 || name.front() == '.' || name.front() == '-') return bad();
-  for (const char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '.' || c == '_' || c == '-';
-    if (!ok) return bad();
-  }
-  return {};
-}
-
 }  // namespace tokend::store

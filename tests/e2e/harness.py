@@ -14,6 +14,49 @@ import time
 DEFAULT_DEADLINE = 20.0
 
 
+def binaries():
+    """--tokend PATH --tokenctl PATH from argv (removed so unittest ignores them)."""
+    import sys
+    found = {"tokend": "build/daemon/tokend", "tokenctl": "build/ctl/tokenctl"}
+    rest = [sys.argv[0]]
+    args = sys.argv[1:]
+    i = 0
+    while i < len(args):
+        if args[i] in ("--tokend", "--tokenctl") and i + 1 < len(args):
+            found[args[i][2:]] = os.path.abspath(args[i + 1])
+            i += 2
+        else:
+            rest.append(args[i])
+            i += 1
+    sys.argv[:] = rest
+    return found["tokend"], found["tokenctl"]
+
+
+def run_ctl(tokenctl, env, *args, input=None, timeout=DEFAULT_DEADLINE):
+    """Runs tokenctl; returns CompletedProcess with text stdout/stderr."""
+    return subprocess.run([tokenctl, *args], env=env, input=input, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def http_over_unix(socket_path, request_bytes, deadline=DEFAULT_DEADLINE):
+    """Sends raw bytes, returns everything until the server closes (or deadline)."""
+    import socket as so
+    s = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    s.settimeout(deadline)
+    s.connect(socket_path)
+    s.sendall(request_bytes)
+    chunks = []
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        s.close()
+    return b"".join(chunks)
+
+
 def wait_for(predicate, what, deadline=DEFAULT_DEADLINE, interval=0.01):
     end = time.monotonic() + deadline
     while True:
@@ -84,6 +127,10 @@ class Daemon:
         with self._lock:
             return "\n".join(self.lines)
 
+    def wait_ready(self, socket_path, deadline=DEFAULT_DEADLINE):
+        self.wait_for_line("ready", deadline)
+        wait_for(lambda: os.path.exists(socket_path), f"socket {socket_path}", deadline)
+
     def wait_for_line(self, needle, deadline=DEFAULT_DEADLINE):
         def seen():
             if needle in self.output():
@@ -106,9 +153,11 @@ class Daemon:
             self.proc.kill()
             raise AssertionError(f"tokend did not exit within {deadline}s of signal {sig}")
         self._reader.join(timeout=5)
+        self.proc.stdout.close()
         return code
 
     def wait_exit(self, deadline=DEFAULT_DEADLINE):
         code = self.proc.wait(timeout=deadline)
         self._reader.join(timeout=5)
+        self.proc.stdout.close()
         return code

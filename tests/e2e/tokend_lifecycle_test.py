@@ -4,9 +4,9 @@ import stat
 import sys
 import unittest
 
-from harness import Daemon, XdgTree
+from harness import Daemon, XdgTree, binaries
 
-TOKEND = sys.argv.pop(1) if len(sys.argv) > 1 else "build/daemon/tokend"
+TOKEND, TOKENCTL = binaries()
 
 
 class LifecycleTest(unittest.TestCase):

@@ -21,8 +21,8 @@ struct ApiOptions {
 
 class Api {
  public:
-  Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, const Clock& clock,
-      ApiOptions options);
+  Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, store::Store& store,
+      const Clock& clock, ApiOptions options);
   ~Api();
   Api(const Api&) = delete;
   Api& operator=(const Api&) = delete;
@@ -38,6 +38,7 @@ class Api {
  private:
   refresh::TokenService& m_tokens;
   refresh::EventBus& m_events;
+  store::Store& m_store;
   const Clock& m_clock;
   ApiOptions m_options;
   const Server* m_server = nullptr;

@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "core/json.hpp"
+#include "core/names.hpp"
 #include "core/secret.hpp"
 
 namespace tokend::store {
@@ -67,8 +68,6 @@ struct AuditEvent {
   json::Json detail = json::Json::object();
 };
 
-// Profile names appear in URLs and file names: 1-64 chars of [A-Za-z0-9._-],
-// not starting with '.' or '-'.
-Result<> validate_profile_name(std::string_view name);
+using tokend::validate_profile_name;
 
 }  // namespace tokend::store

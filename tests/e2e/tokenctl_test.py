@@ -1,0 +1,289 @@
+"""tokend + tokenctl end to end: every credential kind, every token format,
+status, monitor, exit codes, socket rules, other users, SIGHUP, SIGTERM."""
+import json
+import os
+import pwd
+import signal
+import stat
+import subprocess
+import threading
+import unittest
+
+from harness import Daemon, XdgTree, binaries, run_ctl, wait_for, http_over_unix
+
+TOKEND, TOKENCTL = binaries()
+
+API_TOKEN = "ATATT3x-api-token-MARKER-0001"
+PAT = "pat-MARKER-0002-data-center"
+ACCESS = "eyJ.access-MARKER-0003.sig"
+REFRESH = "refresh-MARKER-0004"
+SECRETS = (API_TOKEN, PAT, ACCESS, REFRESH)
+
+
+class TokenctlTest(unittest.TestCase):
+    def setUp(self):
+        self.xdg = XdgTree()
+        self.env = self.xdg.env
+        self.daemon = Daemon(TOKEND, self.env, ["--log-level", "debug"])
+        self.daemon.wait_ready(self.xdg.socket)
+
+    def tearDown(self):
+        if self.daemon.proc.poll() is None:
+            self.daemon.stop()
+        self.xdg.close()
+
+    def ctl(self, *args, input=None, expect=0):
+        r = run_ctl(TOKENCTL, self.env, *args, input=input)
+        self.assertEqual(r.returncode, expect, f"tokenctl {' '.join(args)}\nstdout: {r.stdout}\nstderr: {r.stderr}")
+        return r
+
+    def secret_file(self, name, content):
+        path = os.path.join(self.xdg.root, name)
+        with open(path, "w") as f:
+            f.write(content + "\n")
+        os.chmod(path, 0o600)
+        return path
+
+    def add_all_kinds(self):
+        self.ctl("add", "cloud", "--kind", "api-token", "--site", "https://example.atlassian.net",
+                 "--email", "me@example.com", "--token-file", self.secret_file("api", API_TOKEN))
+        self.ctl("add", "dc", "--kind", "pat", "--site", "https://jira.corp.example",
+                 "--token-file", "-", input=PAT + "\n")
+        self.ctl("add", "oauth", "--kind", "oauth2", "--provider", "generic",
+                 "--token-url", "https://auth.example/token", "--client-id", "cid",
+                 "--token-file", self.secret_file("access", ACCESS),
+                 "--refresh-token-file", self.secret_file("refresh", REFRESH), "--expires-in", "3600")
+
+    def test_every_kind_in_every_format(self):
+        self.add_all_kinds()
+        import base64
+        basic = "Basic " + base64.b64encode(f"me@example.com:{API_TOKEN}".encode()).decode()
+        cases = {
+            "cloud": (API_TOKEN, basic, "Basic"),
+            "dc": (PAT, "Bearer " + PAT, "Bearer"),
+            "oauth": (ACCESS, "Bearer " + ACCESS, "Bearer"),
+        }
+        for name, (token, authorization, token_type) in cases.items():
+            with self.subTest(profile=name):
+                self.assertEqual(self.ctl("token", name).stdout, token + "\n")
+                self.assertEqual(self.ctl("token", name, "--format", "raw").stdout, token + "\n")
+                self.assertEqual(self.ctl("token", name, "--format", "header").stdout,
+                                 f"Authorization: {authorization}\n")
+                j = json.loads(self.ctl("token", name, "--format", "json").stdout)
+                self.assertEqual(j["token"], token)
+                self.assertEqual(j["authorization"], authorization)
+                self.assertEqual(j["token_type"], token_type)
+                env_out = self.ctl("token", name, "--format", "env").stdout
+                parsed = subprocess.run(["sh", "-c", env_out + 'printf %s "$TOKEND_AUTHORIZATION"'],
+                                        capture_output=True, text=True).stdout
+                self.assertEqual(parsed, authorization)
+                ec = json.loads(self.ctl("token", name, "--format", "exec-credential").stdout)
+                self.assertEqual(ec["kind"], "ExecCredential")
+                self.assertEqual(ec["apiVersion"], "client.authentication.k8s.io/v1")
+                self.assertEqual(ec["status"]["token"], token)
+                headers = json.loads(self.ctl("headers", name).stdout)
+                self.assertEqual(headers, {"Authorization": authorization})
+        j = json.loads(self.ctl("token", "oauth", "--format", "json").stdout)
+        self.assertTrue(3500 <= j["expires_in"] <= 3600)
+        ec = json.loads(self.ctl("token", "oauth", "--format", "exec-credential").stdout)
+        self.assertRegex(ec["status"]["expirationTimestamp"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+    def test_status_table_and_json_show_no_secrets(self):
+        self.add_all_kinds()
+        table = self.ctl("status").stdout
+        for name in ("cloud", "dc", "oauth"):
+            self.assertIn(name, table)
+        self.assertIn("PROFILE", table)
+        self.assertIn("does not expire", table)
+        self.assertNotIn("\x1b[", table, "no colour when stdout is not a terminal")
+        profiles = json.loads(self.ctl("status", "--json").stdout)
+        self.assertEqual(sorted(p["name"] for p in profiles), ["cloud", "dc", "oauth"])
+        oauth = next(p for p in profiles if p["name"] == "oauth")
+        self.assertEqual(oauth["state"], "valid")
+        self.assertTrue(oauth["has_refresh_token"])
+        self.assertEqual(oauth["config"]["client_id"], "cid")
+        detail = self.ctl("status", "oauth").stdout
+        self.assertIn("refresh token  yes", detail)
+        listing = self.ctl("list").stdout + self.ctl("list", "--json").stdout + detail + table
+        listing += json.dumps(profiles)
+        for secret in SECRETS:
+            self.assertNotIn(secret, listing)
+        self.assertEqual(self.ctl("list", "-q").stdout.split(), ["cloud", "dc", "oauth"])
+
+    def test_monitor_sees_profile_events(self):
+        mon = subprocess.Popen([TOKENCTL, "monitor", "--json"], env=self.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        lines = []
+        reader = threading.Thread(target=lambda: [lines.append(l) for l in mon.stdout], daemon=True)
+        reader.start()
+        try:
+            # The subscription exists once the metrics count the stream.
+            wait_for(lambda: "tokend_event_streams 1" in http_over_unix(
+                self.xdg.socket, b"GET /v1/metrics HTTP/1.1\r\nConnection: close\r\n\r\n").decode(),
+                "monitor subscribed")
+            self.add_all_kinds()
+            self.ctl("add", "dc", "--kind", "pat", "--site", "https://jira2.corp.example", "--token-file", "-",
+                     input=PAT + "\n")
+            self.ctl("remove", "cloud")
+            want = [("profile_added", "cloud"), ("profile_added", "dc"), ("profile_added", "oauth"),
+                    ("profile_updated", "dc"), ("profile_removed", "cloud")]
+            wait_for(lambda: len(lines) >= len(want), f"{len(want)} events (have {lines})")
+            got = [(json.loads(l)["type"], json.loads(l)["profile"]) for l in lines[:len(want)]]
+            self.assertEqual(got, want)
+            for l in lines:
+                for secret in SECRETS:
+                    self.assertNotIn(secret, l)
+        finally:
+            mon.send_signal(signal.SIGINT)
+            mon.wait(timeout=10)
+
+    def test_monitor_ends_with_exit_3_when_tokend_stops(self):
+        mon = subprocess.Popen([TOKENCTL, "monitor"], env=self.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: "tokend_event_streams 1" in http_over_unix(
+            self.xdg.socket, b"GET /v1/metrics HTTP/1.1\r\nConnection: close\r\n\r\n").decode(),
+            "monitor subscribed")
+        self.assertEqual(self.daemon.stop(), 0, self.daemon.output())
+        self.assertEqual(mon.wait(timeout=20), 3)
+        self.assertIn("closed the event stream", mon.stderr.read())
+
+    def test_errors_and_exit_codes(self):
+        r = self.ctl("token", "missing", expect=1)
+        self.assertIn("no profile named 'missing'", r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.ctl("add", "empty", "--kind", "oauth2", "--token-url", "https://auth.example/token")
+        r = self.ctl("token", "empty", expect=4)
+        self.assertIn("tokenctl login empty", r.stderr)
+        r = self.ctl("token", expect=2)
+        self.assertIn("Usage: tokenctl token", r.stderr)
+        self.ctl("frobnicate", expect=2)
+        r = self.ctl("token", "empty", "--format", "yaml", expect=2)
+        self.assertIn("unknown format 'yaml'", r.stderr)
+        r = self.ctl("add", "x", "--kind", "pat", "--site", "https://a.example", "--token-file", "-", input="", expect=2)
+        self.assertIn("empty", r.stderr)
+        r = self.ctl("add", "x", "--kind", "pat", "--site", "http://plain.example", "--token-file", "-",
+                     input="secret-never-echoed\n", expect=1)
+        self.assertIn("https", r.stderr)
+        self.assertNotIn("secret-never-echoed", r.stderr)
+        r = self.ctl("add", "bad/name", "--kind", "pat", "--site", "https://a.example", "--token-file", "-",
+                     input="t\n", expect=2)
+        self.assertIn("not allowed", r.stderr)
+        r = self.ctl("add", "x", "--kind", "pat", "--site", "https://a.example", "--token-file", "-",
+                     "--refresh-token-file", "-", input="t\n", expect=2)
+        self.assertIn("only one secret", r.stderr)
+        # Nothing was stored by the failed adds.
+        self.assertEqual(self.ctl("list", "-q").stdout.split(), ["empty"])
+        r = self.ctl("token", "empty", "--min-valid", "-5", expect=2)
+
+    def test_daemon_not_reachable_is_exit_3_naming_socket_and_start_command(self):
+        env = dict(self.env, TOKEND_SOCKET=os.path.join(self.xdg.root, "nothing.sock"))
+        r = run_ctl(TOKENCTL, env, "token", "x")
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("nothing.sock", r.stderr)
+        self.assertIn("systemctl --user start tokend", r.stderr)
+        r = run_ctl(TOKENCTL, env, "ping")
+        self.assertEqual(r.returncode, 3)
+
+    def test_ping_version_completion(self):
+        self.assertIn("is running on " + self.xdg.socket, self.ctl("ping").stdout)
+        self.assertRegex(self.ctl("version").stdout, r"^tokenctl \d+\.\d+\.\d+\n$")
+        bash = self.ctl("completion", "bash").stdout
+        self.assertIn("complete -F _tokenctl tokenctl", bash)
+        r = subprocess.run(["bash", "-n"], input=bash, text=True, capture_output=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("#compdef tokenctl", self.ctl("completion", "zsh").stdout)
+        self.ctl("completion", "fish", expect=2)
+
+    def test_socket_and_directory_permissions(self):
+        st = os.stat(self.xdg.socket)
+        self.assertTrue(stat.S_ISSOCK(st.st_mode))
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(self.xdg.socket)).st_mode), 0o700)
+
+    def test_second_daemon_refused_and_stale_socket_replaced(self):
+        second = Daemon(TOKEND, self.env)
+        self.assertNotEqual(second.wait_exit(), 0)
+        self.assertIn("already running", second.output())
+        self.assertIn(self.xdg.socket, second.output())
+        self.assertEqual(self.ctl("ping").returncode, 0, "the first daemon keeps serving")
+        # kill -9 leaves the socket file behind; the next start replaces it.
+        self.daemon.stop(signal.SIGKILL)
+        self.assertTrue(os.path.exists(self.xdg.socket))
+        self.daemon = Daemon(TOKEND, self.env)
+        self.daemon.wait_ready(self.xdg.socket)
+        self.assertIn("replaced stale socket", self.daemon.output())
+        self.ctl("ping")
+
+    def test_loose_socket_directory_is_refused(self):
+        self.assertEqual(self.daemon.stop(), 0)
+        os.chmod(os.path.dirname(self.xdg.socket), 0o755)
+        d = Daemon(TOKEND, self.env)
+        self.assertNotEqual(d.wait_exit(), 0)
+        self.assertIn("chmod 700 " + os.path.dirname(self.xdg.socket), d.output())
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to run a client as another user (runuser -u nobody)")
+    def test_other_user_gets_403_and_an_audit_event(self):
+        # Open the path up on purpose: the peer-credential check must still refuse.
+        os.chmod(self.xdg.root, 0o711)
+        os.chmod(self.xdg.runtime, 0o711)
+        os.chmod(os.path.dirname(self.xdg.socket), 0o711)
+        os.chmod(self.xdg.socket, 0o666)
+        nobody = pwd.getpwnam("nobody").pw_uid
+        code = ("import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
+                "s.sendall(b'GET /v1/profiles HTTP/1.1\\r\\nConnection: close\\r\\n\\r\\n');"
+                "d=b''\nwhile True:\n b=s.recv(4096)\n if not b: break\n d+=b\nprint(d.decode())")
+        r = subprocess.run(["runuser", "-u", "nobody", "--", "python3", "-c", code, self.xdg.socket],
+                           capture_output=True, text=True, timeout=20)
+        self.assertIn("HTTP/1.1 403", r.stdout, r.stderr)
+        self.assertIn('"forbidden"', r.stdout)
+        audit = json.loads(http_over_unix(self.xdg.socket,
+                                          b"GET /v1/audit?limit=10 HTTP/1.1\r\nConnection: close\r\n\r\n"
+                                          ).decode().split("\r\n\r\n", 1)[1])
+        denied = [e for e in audit["events"] if e["kind"] == "peer_denied"]
+        self.assertEqual(len(denied), 1, audit)
+        self.assertEqual(denied[0]["peer_uid"], nobody)
+        self.assertGreater(denied[0]["peer_pid"], 0)
+        # allow-uid lets that user in after a SIGHUP reload.
+        conf = os.path.join(self.env["XDG_CONFIG_HOME"], "tokend", "tokend.conf")
+        with open(conf, "w") as f:
+            f.write("allow-uid = nobody\n")
+        self.daemon.proc.send_signal(signal.SIGHUP)
+        self.daemon.wait_for_line("configuration reloaded")
+        r = subprocess.run(["runuser", "-u", "nobody", "--", "python3", "-c", code, self.xdg.socket],
+                           capture_output=True, text=True, timeout=20)
+        self.assertIn("HTTP/1.1 200", r.stdout, r.stderr)
+
+    def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(self):
+        conf = os.path.join(self.env["XDG_CONFIG_HOME"], "tokend", "tokend.conf")
+        with open(conf, "w") as f:
+            f.write("max-header-bytes = nonsense\n")
+        self.daemon.proc.send_signal(signal.SIGHUP)
+        self.daemon.wait_for_line("configuration not reloaded")
+        self.assertIn("max-header-bytes", self.daemon.output())
+        self.ctl("ping")
+        with open(conf, "w") as f:
+            f.write("max-header-bytes = 2048\n")
+        self.daemon.proc.send_signal(signal.SIGHUP)
+        self.daemon.wait_for_line("configuration reloaded")
+        raw = http_over_unix(self.xdg.socket, b"GET /v1/health HTTP/1.1\r\nX-Pad: " + b"a" * 4000 + b"\r\n\r\n")
+        self.assertTrue(raw.startswith(b"HTTP/1.1 431"), raw[:60])
+
+    def test_sigterm_exits_0_and_no_secret_reaches_logs_or_disk(self):
+        self.add_all_kinds()
+        for name in ("cloud", "dc", "oauth"):
+            self.ctl("token", name)
+        self.assertEqual(self.daemon.stop(), 0)
+        self.assertFalse(os.path.exists(self.xdg.socket), "socket removed on clean exit")
+        out = self.daemon.output()
+        data_dir = os.path.dirname(self.xdg.db)
+        blobs = [out.encode()]
+        for f in os.listdir(data_dir):
+            with open(os.path.join(data_dir, f), "rb") as fh:
+                blobs.append(fh.read())
+        for secret in SECRETS:
+            for blob in blobs:
+                self.assertNotIn(secret.encode(), blob)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,59 @@
+#include <catch2/catch_test_macros.hpp>
+
+#include "ipc/http.hpp"
+#include "ipc/router.hpp"
+
+using namespace tokend::ipc;
+
+TEST_CASE("router matches parameters, rest segments and reports allowed methods", "[ipc][router]") {
+  Router r;
+  int hit = 0;
+  r.add("GET", "/v1/profiles", [&](const auto&) { hit = 1; });
+  r.add("GET", "/v1/profiles/{name}", [&](const auto&) { hit = 2; });
+  r.add("PUT", "/v1/profiles/{name}", [&](const auto&) { hit = 3; });
+  r.add("GET", "/v1/profiles/{name}/token", [&](const auto&) { hit = 4; });
+  r.add("GET", "/v1/proxy/{name}/{rest...}", [&](const auto&) { hit = 5; });
+
+  auto m = r.match("GET", "/v1/profiles/jira");
+  REQUIRE(m.handler);
+  CHECK(m.params["name"] == "jira");
+  (*m.handler)(nullptr);
+  CHECK(hit == 2);
+  m = r.match("GET", "/v1/profiles/jira/token");
+  REQUIRE(m.handler);
+  m = r.match("DELETE", "/v1/profiles/jira");
+  CHECK_FALSE(m.handler);
+  CHECK(m.allowed == std::vector<std::string>{"GET", "PUT"});
+  m = r.match("GET", "/v1/proxy/jira/rest/api/3/myself");
+  REQUIRE(m.handler);
+  CHECK(m.params["rest"] == "rest/api/3/myself");
+  CHECK(m.params["name"] == "jira");
+  CHECK_FALSE(r.match("GET", "/v1/profiles/a/b/c").handler);
+  CHECK_FALSE(r.match("GET", "/v2/profiles").handler);
+  CHECK(r.match("GET", "/v1/profiles").handler);
+}
+
+TEST_CASE("path decoding refuses encoded separators and bad escapes", "[ipc][http]") {
+  CHECK(*decode_path("/v1/a%20b") == "/v1/a b");
+  CHECK_FALSE(decode_path("/v1/a%2Fb"));
+  CHECK_FALSE(decode_path("/v1/a%2fb"));
+  CHECK_FALSE(decode_path("/v1/a%00"));
+  CHECK_FALSE(decode_path("/v1/a%"));
+  CHECK_FALSE(decode_path("/v1/a%4"));
+  CHECK_FALSE(decode_path("/v1/a%zz"));
+  auto q = parse_query("a=1&b=x+y&c=%41&&d");
+  REQUIRE(q);
+  REQUIRE(q->size() == 4);
+  CHECK((*q)[1].second == "x y");
+  CHECK((*q)[2].second == "A");
+  CHECK((*q)[3].first == "d");
+  CHECK_FALSE(parse_query("a=%G1"));
+}
+
+TEST_CASE("error responses carry code and message", "[ipc][http]") {
+  auto r = error_response(tokend::Error{tokend::Errc::not_found, "no profile named 'x'"});
+  CHECK(r.status == 404);
+  CHECK(r.body.find(R"("code":"not_found")") != std::string::npos);
+  CHECK(status_for(tokend::Errc::reauth_required) == 401);
+  CHECK(status_for(tokend::Errc::invalid_argument) == 400);
+}
