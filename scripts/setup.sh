@@ -19,6 +19,7 @@ packages=(
   libuv1-dev libcurl4-openssl-dev nlohmann-json3-dev
   libboost-dev libboost-program-options-dev libspdlog-dev libfmt-dev
   libsystemd-dev openssl
+  systemd procps  # systemd-analyze and systemd-socket-activate for the unit tests; kill for ExecReload
 )
 # Needed at a newer version than bookworm's own.
 newer_packages=(libsqlcipher-dev libcatch2-dev)

@@ -126,6 +126,9 @@ Result<Options> resolve_options(std::optional<std::string> flag_level,
 void setup_with_sink(const Options& options, spdlog::sink_ptr sink) {
   if (options.format == Format::json) {
     sink->set_pattern("%v");
+  } else if (process_env()("JOURNAL_STREAM")) {
+    // Under systemd the journal stamps each line itself.
+    sink->set_pattern("%^%-5l%$ %v");
   } else {
     sink->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z %^%-5l%$ %v");
   }

@@ -2,7 +2,11 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <csignal>
+#include <fstream>
+#include <tuple>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
@@ -26,6 +30,38 @@ void raise_fd_limit() {
     lim.rlim_cur = lim.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &lim);
   }
+}
+
+// Inside a user namespace (systemd's PrivateUsers=yes) every uid without a
+// mapping shows up as the overflow uid, so allowing that uid would allow
+// everyone; an allowed uid without a mapping can never match.
+std::set<uid_t> usable_allowed_uids(const std::set<uid_t>& wanted) {
+  std::ifstream map("/proc/self/uid_map");
+  std::vector<std::tuple<std::uint64_t, std::uint64_t, std::uint64_t>> ranges;
+  std::uint64_t inside = 0, outside = 0, count = 0;
+  while (map >> inside >> outside >> count) ranges.emplace_back(inside, outside, count);
+  const bool namespaced = !(ranges.size() == 1 && std::get<0>(ranges[0]) == 0 && std::get<1>(ranges[0]) == 0 &&
+                            std::get<2>(ranges[0]) == 4294967295ULL);
+  if (!namespaced) return wanted;
+  std::uint64_t overflow = 65534;
+  std::ifstream("/proc/sys/kernel/overflowuid") >> overflow;
+  std::set<uid_t> usable;
+  for (const uid_t uid : wanted) {
+    if (uid == overflow) {
+      spdlog::warn("allow-uid {} ignored: in this user namespace every unmapped user appears as uid {}, so "
+                   "allowing it would let everyone in (systemd PrivateUsers=yes)", uid, overflow);
+      continue;
+    }
+    const bool mapped = std::any_of(ranges.begin(), ranges.end(), [&](const auto& r) {
+      return uid >= std::get<0>(r) && uid < std::get<0>(r) + std::get<2>(r);
+    });
+    if (!mapped) {
+      spdlog::warn("allow-uid {}: that user is not visible in tokend's user namespace (systemd "
+                   "PrivateUsers=yes) and will be refused; see systemd/README.md", uid);
+    }
+    usable.insert(uid);
+  }
+  return usable;
 }
 
 }  // namespace
@@ -57,7 +93,7 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
     api.register_routes(router);
     ipc::Server server(loop, router, config.limits);
     api.set_server(&server);
-    server.set_allowed_uids(config.allowed_uids);
+    server.set_allowed_uids(usable_allowed_uids(config.allowed_uids));
     server.on_denied_peer([&](const ipc::Peer& peer) {
       store::AuditEvent e;
       e.kind = "peer_denied";
@@ -107,7 +143,7 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
       }
       spdlog::default_logger()->set_level(fresh->log.level);
       server.set_limits(fresh->limits);
-      server.set_allowed_uids(fresh->allowed_uids);
+      server.set_allowed_uids(usable_allowed_uids(fresh->allowed_uids));
       config.log = fresh->log;
       config.limits = fresh->limits;
       config.allowed_uids = fresh->allowed_uids;

@@ -161,6 +161,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool m_close_after_write = false;
   bool m_reading = false;
   bool m_counted = false;  // included in open_connections
+  bool m_peer_eof = false;  // the peer half-closed while we owed an answer
 };
 
 class StreamImpl final : public Stream {
@@ -317,7 +318,15 @@ void Connection::maybe_pause_reading() {
 void Connection::on_read(ssize_t nread, const uv_buf_t* buf) {
   if (nread == 0) return;
   if (nread < 0) {
-    // EOF or error: the peer is gone (a half-close cannot carry a request).
+    if (nread == UV_EOF && m_state == State::busy) {
+      // Half-closed after sending a request: it still wants the answer.
+      m_peer_eof = true;
+      return;
+    }
+    if (nread == UV_EOF && m_pending_writes > 0 && m_state != State::streaming) {
+      close_after_flush();
+      return;
+    }
     close();
     return;
   }
@@ -355,6 +364,13 @@ void Connection::pump() {
       return;
     }
     if (!m_parser->is_done()) continue;
+    // RFC 7230 §3.3.3: a Transfer-Encoding whose last coding is not chunked
+    // leaves the body length unknowable; answer 400 and close rather than
+    // read the rest as another request (request smuggling).
+    if (m_parser->get().count(http::field::transfer_encoding) != 0 && !m_parser->chunked()) {
+      fail_request(400, "Transfer-Encoding must end with chunked");
+      return;
+    }
 
     auto msg = m_parser->release();
     m_parser.reset();
@@ -447,7 +463,7 @@ void Connection::respond(ExchangeImpl* ex, Response response) {
 }
 
 void Connection::finish_response(bool close) {
-  if (close) {
+  if (close || m_peer_eof) {
     m_state = State::closing;
     m_close_after_write = true;
     if (m_pending_writes == 0) begin_linger();
