@@ -4,7 +4,9 @@
 #include <mutex>
 
 #include <fmt/chrono.h>
-#include <regex>
+#include <algorithm>
+#include <cctype>
+#include <vector>
 
 #include <spdlog/details/os.h>
 #include <spdlog/sinks/base_sink.h>
@@ -18,22 +20,96 @@ namespace tokend::log {
 
 namespace {
 
-// Masks credential-shaped substrings. Each pattern keeps its first group
-// (the key) and replaces the value.
-const std::vector<std::regex>& redaction_patterns() {
-  static const std::vector<std::regex> patterns = [] {
-    const auto flags = std::regex::ECMAScript | std::regex::icase | std::regex::optimize;
-    return std::vector<std::regex>{
-        // Authorization: Bearer xxx / Basic xxx (header or prose)
-        std::regex(R"re(((?:authorization|proxy-authorization)\s*[:=]\s*"?(?:bearer|basic|token)?\s*)[^\s",;]+)re", flags),
-        std::regex(R"re(((?:bearer|basic)\s+)[A-Za-z0-9\-._~+/]{8,}=*)re", flags),
-        // key=value in URLs and form bodies
-        std::regex(R"re(((?:access_token|refresh_token|id_token|client_secret|code_verifier|password|token|code|api_key|secret)=)[^&\s"']+)re", flags),
-        // "key": "value" in JSON
-        std::regex(R"re(("(?:access_token|refresh_token|id_token|client_secret|previous_refresh_token|code_verifier|password|token|secret|api_token)"\s*:\s*")[^"]*)re", flags),
-    };
-  }();
-  return patterns;
+// The redaction guard: finds credential-shaped values and masks them.
+// A scanner rather than std::regex: it runs on every log line.
+struct Span {
+  std::size_t begin;
+  std::size_t end;
+};
+
+constexpr std::string_view k_form_keys[] = {"access_token", "refresh_token", "id_token", "client_secret",
+                                            "code_verifier", "password", "token", "code", "api_key", "secret"};
+constexpr std::string_view k_json_keys[] = {"access_token", "refresh_token", "id_token", "client_secret",
+                                            "previous_refresh_token", "code_verifier", "password", "token",
+                                            "secret", "api_token"};
+
+bool is_word(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+bool is_token_char(char c) {
+  return is_word(c) || c == '.' || c == '~' || c == '+' || c == '/' || c == '=';
+}
+bool at_word_start(std::string_view s, std::size_t i) { return i == 0 || !is_word(s[i - 1]); }
+std::size_t skip_spaces(std::string_view s, std::size_t i) {
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) ++i;
+  return i;
+}
+std::size_t value_end(std::string_view s, std::size_t i, std::string_view stops) {
+  while (i < s.size() && stops.find(s[i]) == std::string_view::npos && s[i] != ' ' && s[i] != '\t' &&
+         s[i] != '\n' && s[i] != '\r') {
+    ++i;
+  }
+  return i;
+}
+
+// Every occurrence of `key` starting a word in the lower-cased line.
+template <class F>
+void for_each_word(std::string_view lower, std::string_view key, F&& f) {
+  for (std::size_t i = lower.find(key); i != std::string_view::npos; i = lower.find(key, i + 1)) {
+    if (at_word_start(lower, i)) f(i + key.size());
+  }
+}
+
+void collect(std::string_view line, std::string_view lower, std::vector<Span>& spans) {
+  // key=value in URLs and form bodies
+  for (const auto key : k_form_keys) {
+    for_each_word(lower, key, [&](std::size_t i) {
+      if (i < line.size() && line[i] == '=') {
+        const std::size_t e = value_end(line, i + 1, "&\"'");
+        if (e > i + 1) spans.push_back({i + 1, e});
+      }
+    });
+  }
+  // "key": "value" in JSON
+  for (const auto key : k_json_keys) {
+    const std::string quoted = "\"" + std::string(key) + "\"";
+    for (std::size_t i = lower.find(quoted); i != std::string_view::npos; i = lower.find(quoted, i + 1)) {
+      std::size_t j = skip_spaces(line, i + quoted.size());
+      if (j >= line.size() || line[j] != ':') continue;
+      j = skip_spaces(line, j + 1);
+      if (j >= line.size() || line[j] != '"') continue;
+      std::size_t e = ++j;
+      while (e < line.size() && !(line[e] == '"' && line[e - 1] != '\\')) ++e;
+      if (e > j) spans.push_back({j, e});
+    }
+  }
+  // Authorization: <scheme> <credential>
+  for (const auto key : {std::string_view("authorization"), std::string_view("proxy-authorization")}) {
+    for_each_word(lower, key, [&](std::size_t i) {
+      i = skip_spaces(line, i);
+      if (i >= line.size() || (line[i] != ':' && line[i] != '=')) return;
+      i = skip_spaces(line, i + 1);
+      if (i < line.size() && line[i] == '"') ++i;
+      for (const auto scheme : {std::string_view("bearer "), std::string_view("basic "), std::string_view("token ")}) {
+        if (lower.substr(i, scheme.size()) == scheme) {
+          i = skip_spaces(line, i + scheme.size());
+          break;
+        }
+      }
+      const std::size_t e = value_end(line, i, ",;\"");
+      if (e > i) spans.push_back({i, e});
+    });
+  }
+  // Bearer/Basic followed by something token-shaped, anywhere.
+  for (const auto scheme : {std::string_view("bearer"), std::string_view("basic")}) {
+    for_each_word(lower, scheme, [&](std::size_t i) {
+      const std::size_t b = skip_spaces(line, i);
+      if (b == i) return;
+      std::size_t e = b;
+      while (e < line.size() && is_token_char(line[e])) ++e;
+      if (e - b >= 8) spans.push_back({b, e});
+    });
+  }
 }
 
 // Wraps a sink: formats the record, redacts, and hands the result on.
@@ -78,11 +154,23 @@ std::optional<std::string> env_value(const char* name) { return process_env()(na
 }  // namespace
 
 std::string redact(std::string_view line) {
-  std::string s(line);
-  for (const auto& re : redaction_patterns()) {
-    s = std::regex_replace(s, re, "$1" + std::string(Secret::k_redacted));
+  std::string lower(line);
+  for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::vector<Span> spans;
+  collect(line, lower, spans);
+  if (spans.empty()) return std::string(line);
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  std::string out;
+  out.reserve(line.size());
+  std::size_t pos = 0;
+  for (const auto& sp : spans) {
+    if (sp.end <= pos) continue;  // inside a span already masked
+    if (sp.begin > pos) out.append(line.substr(pos, sp.begin - pos));
+    out += Secret::k_redacted;
+    pos = sp.end;
   }
-  return s;
+  out.append(line.substr(pos));
+  return out;
 }
 
 Result<spdlog::level::level_enum> parse_level(std::string_view s) {
