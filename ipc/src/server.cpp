@@ -162,6 +162,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool m_reading = false;
   bool m_counted = false;  // included in open_connections
   bool m_peer_eof = false;  // the peer half-closed while we owed an answer
+  bool m_pumping = false;   // pump() is on the stack
 };
 
 class StreamImpl final : public Stream {
@@ -338,6 +339,15 @@ void Connection::on_read(ssize_t nread, const uv_buf_t* buf) {
 }
 
 void Connection::pump() {
+  // Answers to pipelined requests call back into pump() (respond ->
+  // finish_response); the running loop picks up the next request instead,
+  // so the stack does not grow with the number of pipelined requests.
+  if (m_pumping) return;
+  m_pumping = true;
+  struct Reset {
+    bool& flag;
+    ~Reset() { flag = false; }
+  } reset{m_pumping};
   while ((m_state == State::idle || m_state == State::reading) && !m_inbuf.empty()) {
     if (m_state == State::idle) {
       m_state = State::reading;
@@ -660,7 +670,7 @@ Result<> Server::Impl::listen_fd(int fd) {
     close_listener();
     return std::unexpected(net::uv_error(rc, "using the listening socket"));
   }
-  const int rc = uv_listen(reinterpret_cast<uv_stream_t*>(m_listener), 511,
+  const int rc = uv_listen(reinterpret_cast<uv_stream_t*>(m_listener), SOMAXCONN,
                            [](uv_stream_t* s, int status) {
                              auto* self = static_cast<Server::Impl*>(s->data);
                              guarded("accept", [&] { self->on_connection(status); });
@@ -717,7 +727,7 @@ Result<> Server::Impl::listen_path(const std::filesystem::path& path) {
     return fail(Errc::io, fmt::format("binding {}: {}", p, errno_text(err)));
   }
   ::chmod(p.c_str(), 0600);
-  if (::listen(fd, 511) != 0) {
+  if (::listen(fd, SOMAXCONN) != 0) {
     ::close(fd);
     return fail(Errc::io, fmt::format("listening on {}: {}", p, errno_text(errno)));
   }

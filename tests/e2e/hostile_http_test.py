@@ -8,7 +8,7 @@ import socket
 import time
 import unittest
 
-from harness import Daemon, XdgTree, binaries
+from harness import Daemon, XdgTree, binaries, wait_for
 
 TOKEND, TOKENCTL = binaries()
 CLOSE = "close"          # the server closes without an answer
@@ -156,11 +156,21 @@ class HostileHttpTest(unittest.TestCase):
         cls.xdg.close()
         assert code == 0, f"tokend exited {code}:\n{cls.daemon.output()}"
 
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        s.connect(self.xdg.socket)
-        return s
+    def connect(self, deadline=10.0):
+        # A full listen backlog answers EAGAIN on Unix sockets: retry until
+        # the server has accepted enough (bounded by the deadline).
+        end = time.monotonic() + deadline
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            try:
+                s.connect(self.xdg.socket)
+                return s
+            except BlockingIOError:
+                s.close()
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.001)
 
     def read_all(self, s):
         data = b""
@@ -211,27 +221,44 @@ class HostileHttpTest(unittest.TestCase):
 
     def test_many_pipelined_requests_are_all_answered(self):
         s = self.connect()
-        n = 1000
+        n = 5000
         s.sendall(b"GET /v1/health HTTP/1.1\r\n\r\n" * (n - 1) + b"GET /v1/health HTTP/1.1\r\nConnection: close\r\n\r\n")
+        # (10,000 would do as well: answering does not recurse per request.)
         raw = self.read_all(s)
         s.close()
         self.assertEqual(raw.count(b"HTTP/1.1 200 OK"), n)
 
     def test_2000_simultaneous_connections(self):
         socks = []
-        for _ in range(2000):
-            socks.append(self.connect())
-        for s in socks:
-            s.sendall(b"GET /v1/health HTTP/1.1\r\nConnection: close\r\n\r\n")
         statuses = {}
-        for s in socks:
-            raw = self.read_all(s)
-            s.close()
-            got = status_of(raw) if raw else CLOSE
-            statuses[got] = statuses.get(got, 0) + 1
+        try:
+            for _ in range(2000):
+                socks.append(self.connect())
+            for s in socks:
+                try:
+                    s.sendall(b"GET /v1/health HTTP/1.1\r\nConnection: close\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # refused over the limit and already closed
+            for s in socks:
+                raw = self.read_all(s)
+                got = status_of(raw) if raw else CLOSE
+                statuses[got] = statuses.get(got, 0) + 1
+        finally:
+            for s in socks:
+                s.close()
         self.assertLessEqual(set(statuses), {200, 503, CLOSE}, statuses)
         self.assertGreaterEqual(statuses.get(200, 0), 1024 - 10, statuses)
-        self.assert_still_serving()
+        # The server counts our 2,000 connections until it has seen each close;
+        # until then it rightly answers 503. Poll for recovery, with a deadline.
+        def healthy():
+            s = self.connect()
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nConnection: close\r\n\r\n")
+            raw = self.read_all(s)
+            s.close()
+            self.assertIn(status_of(raw), (200, 503), raw[:200])
+            return status_of(raw) == 200
+        wait_for(healthy, "tokend to serve again after the connection storm")
+        self.assertIsNone(self.daemon.proc.poll(), "tokend died")
 
 
 if __name__ == "__main__":
