@@ -39,6 +39,10 @@ constexpr Setting k_settings[] = {
     {"request-timeout", "TOKEND_REQUEST_TIMEOUT", "time to send a whole request (default 10s; then 408)"},
     {"heartbeat-interval", "TOKEND_HEARTBEAT_INTERVAL", "event stream heartbeat (default 15s)"},
     {"drain-timeout", "TOKEND_DRAIN_TIMEOUT", "on SIGTERM, wait this long for requests in flight (default 10s)"},
+    {"refresh-buffer", "TOKEND_REFRESH_BUFFER", "refresh this long before expiry (default 5m; per profile: refresh_buffer)"},
+    {"max-concurrent-refreshes", "TOKEND_MAX_CONCURRENT_REFRESHES", "refreshes in flight at once (default 8)"},
+    {"http-timeout", "TOKEND_HTTP_TIMEOUT", "timeout of one call to a provider (default 30s)"},
+    {"ca-bundle", "TOKEND_CA_BUNDLE", "CA certificates for provider TLS (default: the system's)"},
 };
 
 std::optional<std::string> lookup(const po::variables_map& vm, const char* key) {
@@ -194,6 +198,7 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
       {"max-connections", &c.limits.max_connections, 1, 1'000'000},
       {"max-header-bytes", &c.limits.max_header_bytes, 1024, 1024 * 1024},
       {"max-body-bytes", &c.limits.max_body_bytes, 1024, 1024ULL * 1024 * 1024},
+      {"max-concurrent-refreshes", &c.max_concurrent_refreshes, 1, 1024},
   };
   for (const auto& cs : counts) {
     if (auto v = setting(cs.name)) {
@@ -207,6 +212,8 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
       {"request-timeout", &c.limits.request_timeout},
       {"heartbeat-interval", &c.heartbeat},
       {"drain-timeout", &c.drain_timeout},
+      {"refresh-buffer", &c.refresh_buffer},
+      {"http-timeout", &c.http_timeout},
   };
   for (const auto& [name, target] : durations) {
     if (auto v = setting(name)) {
@@ -215,6 +222,10 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
       if (d->count() < 10) return fail(Errc::config, fmt::format("{} must be at least 10ms", name));
       *target = *d;
     }
+  }
+  if (auto v = setting("ca-bundle")) {
+    if (!std::filesystem::exists(*v)) return fail(Errc::config, fmt::format("ca-bundle {} does not exist", *v));
+    c.ca_bundle = *v;
   }
   return out;
 }

@@ -8,6 +8,7 @@
 #include <tuple>
 #include <vector>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "core/clock.hpp"
@@ -15,7 +16,9 @@
 #include "daemon/systemd.hpp"
 #include "ipc/api.hpp"
 #include "ipc/server.hpp"
+#include "net/http_client.hpp"
 #include "net/loop.hpp"
+#include "refresh/timer_port.hpp"
 #include "refresh/events.hpp"
 #include "refresh/token_service.hpp"
 
@@ -83,7 +86,16 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
   int exit_code = 0;
   {
     refresh::EventBus events;
-    refresh::TokenService tokens(*store, clock, events);
+    net::HttpClientOptions http_options;
+    http_options.ca_bundle = config.ca_bundle;
+    http_options.user_agent = fmt::format("tokend/{}", version());
+    net::HttpClient http(loop, http_options);
+    refresh::UvTimerPort refresh_timer(loop, clock);
+    refresh::EngineOptions engine;
+    engine.policy.buffer = config.refresh_buffer;
+    engine.max_concurrent = config.max_concurrent_refreshes;
+    engine.http_timeout = config.http_timeout;
+    refresh::TokenService tokens(*store, clock, events, refresh_timer, http, engine);
     if (auto r = tokens.load(); !r) {
       spdlog::critical("loading profiles: {}", r.error().message);
       return 1;
@@ -123,6 +135,9 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
       spdlog::info("received {}, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
       notify("STOPPING=1");
       api.close();
+      tokens.shutdown();
+      http.close();
+      refresh_timer.close();
       server.drain(config.drain_timeout, [&] {
         sigterm->close();
         sigint->close();

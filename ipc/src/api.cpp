@@ -190,19 +190,36 @@ void Api::register_routes(Router& router) {
     if (!wait) return ex->respond(error_response(wait.error()));
     refresh::TokenRequest req;
     if (*min_valid) req.min_valid_s = **min_valid;
-    auto grant = m_tokens.token(name, req);
-    ++m_token_requests[name + (grant ? "|ok" : "|" + std::string(errc_name(grant.error().code)))];
-    if (!grant) {
-      if (grant.error().code == Errc::reauth_required) return ex->respond(reauth_error(grant.error(), name));
-      return ex->respond(error_response(grant.error()));
-    }
-    const auto now = to_unix_ms(m_clock.wall_now());
-    ex->respond(Response::json(
-        200, {{"token", grant->token.reveal()},
-              {"token_type", grant->token_type},
-              {"authorization", grant->authorization.reveal()},
-              {"expires_at", nullable(to_seconds(grant->expires_at_ms))},
-              {"expires_in", grant->expires_at_ms ? json::Json((*grant->expires_at_ms - now) / 1000) : json::Json(nullptr)}}));
+    // Answers at once when the token is good enough, else after the
+    // profile's single refresh. The exchange ignores an answer to a caller
+    // that has gone.
+    m_tokens.token_async(name, req, [this, ex, name](Result<refresh::TokenGrant> grant) {
+      ++m_token_requests[name + (grant ? "|ok" : "|" + std::string(errc_name(grant.error().code)))];
+      if (!grant) {
+        if (grant.error().code == Errc::reauth_required) return ex->respond(reauth_error(grant.error(), name));
+        return ex->respond(error_response(grant.error()));
+      }
+      const auto now = to_unix_ms(m_clock.wall_now());
+      ex->respond(Response::json(
+          200, {{"token", grant->token.reveal()},
+                {"token_type", grant->token_type},
+                {"authorization", grant->authorization.reveal()},
+                {"expires_at", nullable(to_seconds(grant->expires_at_ms))},
+                {"expires_in", grant->expires_at_ms ? json::Json((*grant->expires_at_ms - now) / 1000) : json::Json(nullptr)}}));
+    });
+  });
+
+  router.add("POST", "/v1/profiles/{name}/refresh", [this](const std::shared_ptr<Exchange>& ex) {
+    const std::string name(ex->param("name"));
+    m_tokens.refresh(name, [this, ex, name](Result<> outcome) {
+      if (!outcome) {
+        if (outcome.error().code == Errc::reauth_required) return ex->respond(reauth_error(outcome.error(), name));
+        return ex->respond(error_response(outcome.error()));
+      }
+      auto v = m_tokens.get(name);
+      if (!v) return ex->respond(error_response(v.error()));
+      ex->respond(Response::json(200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
+    });
   });
 
   router.add("GET", "/v1/events", [this](const std::shared_ptr<Exchange>& ex) {
@@ -271,6 +288,14 @@ void Api::register_routes(Router& router) {
       out += fmt::format("tokend_token_requests_total{{profile=\"{}\",result=\"{}\"}} {}\n",
                          escape_label(key.substr(0, bar)), key.substr(bar + 1), n);
     }
+    const auto& es = m_tokens.stats();
+    metric("tokend_refreshes_total", "counter", "Refreshes by outcome.");
+    out += fmt::format("tokend_refreshes_total{{result=\"ok\"}} {}\n", es.refreshes_ok);
+    out += fmt::format("tokend_refreshes_total{{result=\"failed\"}} {}\n", es.refreshes_failed);
+    metric("tokend_refreshes_in_flight", "gauge", "Refreshes in flight now.");
+    out += fmt::format("tokend_refreshes_in_flight {}\n", es.in_flight);
+    metric("tokend_refreshes_in_flight_peak", "gauge", "Most refreshes in flight at once since start.");
+    out += fmt::format("tokend_refreshes_in_flight_peak {}\n", es.peak_in_flight);
     metric("tokend_event_streams", "gauge", "Open /v1/events streams.");
     out += fmt::format("tokend_event_streams {}\n", m_streams->size());
     if (m_server != nullptr) {

@@ -22,7 +22,8 @@ const std::set<std::string, std::less<>> k_common = {"kind", "provider", "site",
 const std::set<std::string, std::less<>> k_oauth2 = {
     "client_id", "client_secret", "scopes", "authorize_url", "token_url", "redirect_uri",
     "issuer", "mcp_server", "audience", "access_token", "refresh_token", "expires_in",
-    "expires_at", "token_type", "scope", "revocation_url", "userinfo_url", "pkce"};
+    "expires_at", "token_type", "scope", "revocation_url", "userinfo_url", "pkce",
+    "token_endpoint_auth", "reuse_window"};
 const std::set<std::string, std::less<>> k_api_token = {"email", "token"};
 const std::set<std::string, std::less<>> k_pat = {"token"};
 const std::set<std::string, std::less<>> k_url_fields = {
@@ -133,6 +134,20 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
         return std::unexpected(bad("field \"scopes\" must be a list of strings or a space-separated string"));
       }
       p.config["scopes"] = scopes;
+      continue;
+    }
+    if (key == "token_endpoint_auth") {
+      if (!value.is_string() || (value != "client_secret_basic" && value != "client_secret_post" && value != "none")) {
+        return std::unexpected(bad("field \"token_endpoint_auth\" must be client_secret_basic, client_secret_post or none"));
+      }
+      p.config[key] = value;
+      continue;
+    }
+    if (key == "reuse_window") {
+      if (!value.is_number_integer() || value.get<std::int64_t>() < 0 || value.get<std::int64_t>() > 86'400) {
+        return std::unexpected(bad("field \"reuse_window\" must be a number of seconds from 0 to 86400"));
+      }
+      p.config[key] = value;
       continue;
     }
     if (key == "refresh_buffer" || key == "expires_in" || key == "expires_at") {

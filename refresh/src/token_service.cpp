@@ -1,23 +1,60 @@
 #include "refresh/token_service.hpp"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <random>
 
 #include "core/encoding.hpp"
+#include "refresh/oauth.hpp"
 
 namespace tokend::refresh {
 
 using store::CredentialKind;
 using store::CredState;
 
+namespace {
+
+// The timer wakes at least this often, so a suspend (the monotonic clock
+// stands still while the wall clock moves) or a clock step is noticed.
+constexpr Millis k_max_sleep{30'000};
+
+std::function<double()> default_random() {
+  auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
+  return [rng] { return std::uniform_real_distribution<double>(0.0, 1.0)(*rng); };
+}
+
+}  // namespace
+
 TokenService::TokenService(store::Store& store, const Clock& clock, EventBus& events)
     : m_store(store), m_clock(clock), m_events(events) {}
 
-void TokenService::audit(std::string_view kind, std::string_view profile) {
+TokenService::TokenService(store::Store& store, const Clock& clock, EventBus& events, TimerPort& timer,
+                           net::HttpTransport& http, EngineOptions options)
+    : m_store(store), m_clock(clock), m_events(events), m_timer(&timer), m_http(&http), m_options(std::move(options)) {
+  if (!m_options.random01) m_options.random01 = default_random();
+}
+
+TokenService::~TokenService() { shutdown(); }
+
+void TokenService::shutdown() {
+  if (m_shut_down) return;
+  m_shut_down = true;
+  if (m_timer != nullptr) m_timer->disarm();
+  for (auto& [name, e] : m_entries) {
+    if (e.rt.in_flight && m_http != nullptr) m_http->cancel(e.rt.http_id);
+    e.rt.in_flight = false;
+    auto waiters = std::move(e.rt.waiters);
+    for (auto& w : waiters) w(fail(Errc::unavailable, "tokend is shutting down"));
+  }
+}
+
+void TokenService::audit(std::string_view kind, std::string_view profile, json::Json detail) {
   store::AuditEvent e;
   e.kind = std::string(kind);
   e.profile = std::string(profile);
-  // The audit log is best effort: a failed audit write must not undo a change
-  // that was already committed.
+  e.detail = std::move(detail);
+  // Best effort: a failed audit write must not undo a committed change.
   (void)m_store.append_audit(e);
 }
 
@@ -27,46 +64,111 @@ Result<> TokenService::load() {
   auto credentials = m_store.list_credentials();
   if (!credentials) return std::unexpected(credentials.error());
   m_entries.clear();
+  m_due.clear();
   for (auto& p : *profiles) {
     std::string name = p.name;
-    m_entries.emplace(std::move(name), Entry{std::move(p), {}});
+    m_entries.emplace(std::move(name), Entry{std::move(p), {}, {}});
   }
   for (auto& c : *credentials) {
     auto it = m_entries.find(c.profile);
     if (it != m_entries.end()) it->second.credential = std::move(c);
   }
+  for (auto& [name, e] : m_entries) {
+    if (!can_refresh(e)) {
+      schedule_from_token(e);
+      continue;
+    }
+    const auto& c = e.credential;
+    if (c.refresh_inflight_since_ms || c.state == CredState::refreshing || c.state == CredState::backoff ||
+        c.state == CredState::expired) {
+      // Killed mid-refresh, or it was failing: try again now. The provider's
+      // reuse window makes the same refresh token work a second time.
+      if (c.refresh_inflight_since_ms) {
+        spdlog::info("profile {}: a refresh was in flight when tokend stopped; retrying it", name);
+      }
+      schedule(e, m_clock.wall_now());
+    } else {
+      schedule_from_token(e);
+    }
+  }
+  rearm();
   return {};
+}
+
+bool TokenService::can_refresh(const Entry& e) const {
+  return m_http != nullptr && e.profile.kind == CredentialKind::oauth2 && !e.credential.refresh_token.empty() &&
+         e.credential.state != CredState::reauth_required && e.credential.state != CredState::disabled;
+}
+
+Millis TokenService::buffer_of(const Entry& e) const {
+  auto it = e.profile.config.find("refresh_buffer");
+  if (it != e.profile.config.end() && it->is_number_integer()) return Millis(it->get<std::int64_t>() * 1000);
+  return m_options.policy.buffer;
+}
+
+// --- profiles --------------------------------------------------------------
+
+void TokenService::reload_credential(Entry& e) {
+  if (auto c = m_store.get_credential(e.profile.name)) e.credential = std::move(*c);
 }
 
 Result<bool> TokenService::put_profile(ProfileSpec spec) {
   const std::string name = spec.profile.name;
-  const bool is_new = !m_entries.contains(name);
+  auto existing = m_entries.find(name);
+  const bool is_new = existing == m_entries.end();
   // The kind decides how the stored token is used: changing it invalidates
   // the old credential unless a new one is supplied.
-  const bool kind_changed = !is_new && m_entries.at(name).profile.kind != spec.profile.kind;
+  const bool kind_changed = !is_new && existing->second.profile.kind != spec.profile.kind;
   if (auto r = m_store.put_profile(spec.profile); !r) return std::unexpected(r.error());
   if (spec.tokens) {
     if (auto r = m_store.store_token_set(name, *spec.tokens); !r) return std::unexpected(r.error());
   } else if (kind_changed) {
     if (auto r = m_store.clear_credential(name); !r) return std::unexpected(r.error());
+  } else if (!is_new && existing->second.credential.state == CredState::reauth_required &&
+             !existing->second.credential.refresh_token.empty()) {
+    // A fixed configuration (e.g. a corrected client secret) gets another try.
+    (void)m_store.set_state(name, CredState::valid, "");
   }
   auto profile = m_store.get_profile(name);
   if (!profile) return std::unexpected(profile.error());
   auto credential = m_store.get_credential(name);
   if (!credential) return std::unexpected(credential.error());
-  m_entries.insert_or_assign(name, Entry{std::move(*profile), std::move(*credential)});
+
+  Runtime rt;
+  if (!is_new) {
+    // Keep a refresh in flight (and its waiters) across a profile update.
+    rt = std::move(existing->second.rt);
+    rt.failures = 0;
+  }
+  auto& e = m_entries.insert_or_assign(name, Entry{std::move(*profile), std::move(*credential), std::move(rt)}).first->second;
   audit(is_new ? "profile_added" : "profile_updated", name);
   m_events.publish(is_new ? "profile_added" : "profile_updated", name, now_ms(),
-                   {{"kind", store::to_string(spec.profile.kind)},
-                    {"state", store::to_string(m_entries.at(name).credential.state)}});
+                   {{"kind", store::to_string(e.profile.kind)}, {"state", store::to_string(e.credential.state)}});
+  if (!e.rt.in_flight) {
+    schedule_from_token(e);
+    rearm();
+  }
   return is_new;
 }
 
 Result<> TokenService::remove_profile(std::string_view name) {
   if (auto r = m_store.delete_profile(name); !r) return r;
-  if (auto it = m_entries.find(name); it != m_entries.end()) m_entries.erase(it);
+  if (auto it = m_entries.find(name); it != m_entries.end()) {
+    Entry& e = it->second;
+    if (e.rt.in_flight && m_http != nullptr) {
+      m_http->cancel(e.rt.http_id);
+      e.rt.in_flight = false;
+      --m_stats.in_flight;
+    }
+    if (e.rt.due) m_due.erase({*e.rt.due, it->first});
+    auto waiters = std::move(e.rt.waiters);
+    m_entries.erase(it);
+    for (auto& w : waiters) w(fail(Errc::not_found, fmt::format("profile '{}' was removed", name)));
+    start_queued();
+  }
   audit("profile_removed", name);
   m_events.publish("profile_removed", std::string(name), now_ms());
+  rearm();
   return {};
 }
 
@@ -85,8 +187,10 @@ ProfileView TokenService::view_of(const Entry& e) const {
   v.has_client_secret = !e.profile.secret_config.empty();
   v.generation = e.credential.generation;
   v.updated_at_ms = e.profile.updated_at_ms;
-  // A valid token past its expiry is reported as expired.
-  if (v.state == CredState::valid && v.expires_at_ms && *v.expires_at_ms <= now_ms()) {
+  if (e.rt.due && can_refresh(e)) v.next_refresh_at_ms = to_unix_ms(*e.rt.due);
+  // A token past its expiry is reported as expired, whatever was stored.
+  if ((v.state == CredState::valid || v.state == CredState::backoff) && v.expires_at_ms &&
+      *v.expires_at_ms <= now_ms()) {
     v.state = CredState::expired;
   }
   return v;
@@ -105,32 +209,26 @@ Result<ProfileView> TokenService::get(std::string_view name) const {
   return view_of(it->second);
 }
 
-Result<TokenGrant> TokenService::token(std::string_view name, const TokenRequest& request) {
-  auto it = m_entries.find(name);
-  if (it == m_entries.end()) {
-    return fail(Errc::not_found,
-                fmt::format("no profile named '{}'; see tokenctl list, or add it with tokenctl add", name));
-  }
-  const Entry& e = it->second;
+// --- tokens ----------------------------------------------------------------
+
+Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name, const TokenRequest& request) const {
   const store::Credential& c = e.credential;
-  if (c.access_token.empty()) {
-    return fail(Errc::reauth_required,
-                fmt::format("profile '{}' has no token yet; run: tokenctl login {}", name, name));
-  }
-  if (c.state == CredState::disabled) {
-    return fail(Errc::unavailable, fmt::format("profile '{}' is disabled", name));
-  }
   if (c.state == CredState::reauth_required) {
     return fail(Errc::reauth_required,
                 fmt::format("profile '{}' needs a new login ({}); run: tokenctl login {}", name,
                             c.last_error.empty() ? "refreshing is no longer possible" : c.last_error, name));
   }
+  if (c.access_token.empty()) {
+    return fail(Errc::reauth_required, fmt::format("profile '{}' has no token yet; run: tokenctl login {}", name, name));
+  }
+  if (c.state == CredState::disabled) return fail(Errc::unavailable, fmt::format("profile '{}' is disabled", name));
 
   TokenGrant g;
   g.token = c.access_token;
   g.expires_at_ms = c.expires_at_ms;
   if (e.profile.kind == CredentialKind::api_token) {
-    const std::string email = e.profile.config.value("email", "");
+    std::string email;
+    if (auto it = e.profile.config.find("email"); it != e.profile.config.end() && it->is_string()) email = *it;
     std::string pair = email + ":" + std::string(c.access_token.reveal());
     g.authorization = Secret::adopt("Basic " + base64_encode(pair));
     secure_wipe(pair);
@@ -138,20 +236,292 @@ Result<TokenGrant> TokenService::token(std::string_view name, const TokenRequest
     return g;
   }
   g.token_type = c.token_type.empty() || c.token_type == "bearer" ? "Bearer" : c.token_type;
-  g.authorization = Secret::adopt(g.token_type + " " + std::string(c.access_token.reveal()));
-
   if (c.expires_at_ms) {
     // Validity is judged on the wall clock at every request.
     const std::int64_t left_ms = *c.expires_at_ms - now_ms();
     if (left_ms < request.min_valid_s * 1000) {
+      const std::string why = c.last_error.empty() ? std::string() : fmt::format(" (last refresh: {})", c.last_error);
       return fail(Errc::unavailable,
-                  fmt::format("the token of '{}' is valid for {} s, less than the {} s asked for, "
-                              "and tokend cannot renew it yet; supply a new one with "
-                              "tokenctl add {} --kind oauth2 --token-file FILE",
-                              name, std::max<std::int64_t>(0, left_ms / 1000), request.min_valid_s, name));
+                  fmt::format("the token of '{}' is valid for {} s, less than the {} s asked for{}", name,
+                              std::max<std::int64_t>(0, left_ms / 1000), request.min_valid_s, why));
     }
   }
+  g.authorization = Secret::adopt(g.token_type + " " + std::string(c.access_token.reveal()));
   return g;
+}
+
+Result<TokenGrant> TokenService::token(std::string_view name, const TokenRequest& request) {
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) {
+    return fail(Errc::not_found, fmt::format("no profile named '{}'; see tokenctl list, or add it with tokenctl add", name));
+  }
+  return grant_of(it->second, name, request);
+}
+
+void TokenService::token_async(const std::string& name, const TokenRequest& request, GrantCallback done) {
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) {
+    done(token(name, request));
+    return;
+  }
+  auto now = grant_of(it->second, name, request);
+  if (now || now.error().code != Errc::unavailable || !can_refresh(it->second)) {
+    done(std::move(now));
+    return;
+  }
+  // Not valid for long enough: wait on the profile's (single) refresh.
+  refresh(name, [this, name, request, done = std::move(done)](Result<> outcome) {
+    auto e = m_entries.find(name);
+    if (e == m_entries.end()) {
+      done(fail(Errc::not_found, fmt::format("profile '{}' was removed", name)));
+      return;
+    }
+    auto g = grant_of(e->second, name, request);
+    if (!g && !outcome && g.error().code == Errc::unavailable) {
+      done(std::unexpected(Error{outcome.error().code == Errc::reauth_required ? Errc::reauth_required : Errc::unavailable,
+                                 g.error().message + "; refreshing failed: " + outcome.error().message}));
+      return;
+    }
+    done(std::move(g));
+  });
+}
+
+void TokenService::refresh(const std::string& name, DoneCallback done) {
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) {
+    done(fail(Errc::not_found, fmt::format("no profile named '{}'", name)));
+    return;
+  }
+  Entry& e = it->second;
+  if (e.profile.kind != CredentialKind::oauth2) {
+    done(fail(Errc::invalid_argument, fmt::format("profile '{}' holds an {} that is not refreshed", name,
+                                                  e.profile.kind == CredentialKind::pat ? "access token (PAT)" : "API token")));
+    return;
+  }
+  if (m_http == nullptr || m_shut_down) {
+    done(fail(Errc::unavailable, "refreshing is not available"));
+    return;
+  }
+  if (e.credential.refresh_token.empty()) {
+    done(fail(Errc::reauth_required, fmt::format("profile '{}' has no refresh token; run: tokenctl login {}", name, name)));
+    return;
+  }
+  if (e.credential.state == CredState::reauth_required) {
+    done(fail(Errc::reauth_required, fmt::format("profile '{}' needs a new login ({}); run: tokenctl login {}", name,
+                                                 e.credential.last_error, name)));
+    return;
+  }
+  e.rt.waiters.push_back(std::move(done));
+  start_refresh(name);
+}
+
+// --- engine ----------------------------------------------------------------
+
+void TokenService::schedule(Entry& e, std::optional<WallTime> at) {
+  if (e.rt.due) m_due.erase({*e.rt.due, e.profile.name});
+  e.rt.due = at;
+  if (at) m_due.insert({*at, e.profile.name});
+}
+
+void TokenService::schedule_from_token(Entry& e) {
+  const auto& c = e.credential;
+  if (m_timer == nullptr || e.profile.kind != CredentialKind::oauth2 || !c.expires_at_ms ||
+      c.state == CredState::reauth_required || c.access_token.empty()) {
+    schedule(e, std::nullopt);
+    return;
+  }
+  const WallTime expires = from_unix_ms(*c.expires_at_ms);
+  const WallTime obtained = from_unix_ms(c.obtained_at_ms.value_or(*c.expires_at_ms - 3'600'000));
+  if (can_refresh(e)) {
+    schedule(e, refresh_due(obtained, expires, buffer_of(e), m_options.policy.max_jitter, m_options.random01()));
+    return;
+  }
+  // No refresh token: warn when it is about to expire, and mark it expired.
+  const WallTime warn = expires - buffer_of(e);
+  schedule(e, e.rt.expiring_sent_for == c.generation ? expires : warn);
+}
+
+void TokenService::rearm() {
+  if (m_timer == nullptr || m_shut_down) return;
+  const WallTime wall = m_clock.wall_now();
+  Millis sleep = k_max_sleep;
+  if (!m_due.empty()) {
+    sleep = std::min(sleep, std::max(Millis(0), std::chrono::duration_cast<Millis>(m_due.begin()->first - wall)));
+  }
+  m_timer->arm(m_clock.mono_now() + sleep, [this] { on_tick(); });
+}
+
+void TokenService::on_tick() {
+  const WallTime now = m_clock.wall_now();
+  std::vector<std::string> due;
+  while (!m_due.empty() && m_due.begin()->first <= now) {
+    due.push_back(m_due.begin()->second);
+    auto it = m_entries.find(m_due.begin()->second);
+    m_due.erase(m_due.begin());
+    if (it != m_entries.end()) it->second.rt.due.reset();
+  }
+  for (const auto& name : due) {
+    auto it = m_entries.find(name);
+    if (it == m_entries.end()) continue;
+    Entry& e = it->second;
+    if (can_refresh(e)) {
+      start_refresh(name);
+      continue;
+    }
+    // A token that cannot be refreshed: announce expiry, then mark it.
+    const auto& c = e.credential;
+    if (!c.expires_at_ms || c.access_token.empty()) continue;
+    if (*c.expires_at_ms <= to_unix_ms(now)) {
+      if (c.state != CredState::reauth_required && e.profile.kind == CredentialKind::oauth2) {
+        const std::string why = "the access token expired and there is no refresh token";
+        (void)m_store.set_state(name, CredState::reauth_required, why);
+        reload_credential(e);
+        m_events.publish("reauth_required", name, now_ms(), {{"reason", why}, {"command", "tokenctl login " + name}});
+      }
+    } else {
+      if (e.rt.expiring_sent_for != c.generation) {
+        e.rt.expiring_sent_for = c.generation;
+        m_events.publish("expiring", name, now_ms(), {{"expires_at", *c.expires_at_ms / 1000}});
+      }
+      schedule(e, from_unix_ms(*c.expires_at_ms));
+    }
+  }
+  rearm();
+}
+
+void TokenService::start_refresh(const std::string& name) {
+  auto it = m_entries.find(name);
+  if (it == m_entries.end() || m_shut_down) return;
+  Entry& e = it->second;
+  if (e.rt.in_flight || e.rt.queued) return;  // single flight: waiters join it
+  if (m_stats.in_flight >= m_options.max_concurrent) {
+    e.rt.queued = true;
+    m_ready.push_back(name);
+    return;
+  }
+  launch(e);
+}
+
+void TokenService::start_queued() {
+  while (!m_ready.empty() && m_stats.in_flight < m_options.max_concurrent && !m_shut_down) {
+    const std::string name = m_ready.front();
+    m_ready.pop_front();
+    auto it = m_entries.find(name);
+    if (it == m_entries.end()) continue;
+    it->second.rt.queued = false;
+    launch(it->second);
+  }
+}
+
+void TokenService::launch(Entry& e) {
+  const std::string name = e.profile.name;
+  schedule(e, std::nullopt);
+  auto endpoint = token_endpoint_of(e.profile);
+  if (!endpoint) {
+    (void)m_store.set_state(name, CredState::reauth_required, endpoint.error().message);
+    reload_credential(e);
+    m_events.publish("refresh_failed", name, now_ms(), {{"error", endpoint.error().message}, {"kind", "config"}});
+    finish(e, std::unexpected(Error{Errc::reauth_required, endpoint.error().message}));
+    return;
+  }
+  const WallTime sent_at = m_clock.wall_now();
+  // Rotation safety: the marker is on disk before the refresh token leaves.
+  if (auto r = m_store.mark_refresh_inflight(name, to_unix_ms(sent_at)); !r) {
+    spdlog::error("profile {}: cannot record the refresh: {}", name, r.error().message);
+    finish(e, std::unexpected(r.error()));
+    schedule(e, sent_at + backoff_delay(++e.rt.failures, m_options.random01(), std::nullopt, m_options.policy));
+    rearm();
+    return;
+  }
+  e.credential.refresh_inflight_since_ms = to_unix_ms(sent_at);
+  e.credential.state = CredState::refreshing;
+  e.rt.in_flight = true;
+  ++m_stats.refreshes_started;
+  ++m_stats.in_flight;
+  m_stats.peak_in_flight = std::max(m_stats.peak_in_flight, m_stats.in_flight);
+  const std::int64_t generation = e.credential.generation;
+  spdlog::debug("profile {}: refreshing (generation {})", name, generation);
+  e.rt.http_id = m_http->start(make_refresh_request(*endpoint, e.credential.refresh_token, m_options.http_timeout),
+                               [this, name, sent_at, generation](Result<net::HttpResponse> r) {
+                                 on_refresh_done(name, std::move(r), sent_at, generation);
+                               });
+}
+
+void TokenService::finish(Entry& e, Result<> outcome) {
+  auto waiters = std::move(e.rt.waiters);
+  e.rt.waiters.clear();
+  for (auto& w : waiters) w(outcome);
+}
+
+void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResponse> result, WallTime sent_at,
+                                   std::int64_t generation) {
+  --m_stats.in_flight;
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) {
+    start_queued();
+    return;
+  }
+  Entry& e = it->second;
+  e.rt.in_flight = false;
+  auto endpoint = token_endpoint_of(e.profile);
+  const Millis default_lifetime = endpoint ? endpoint->default_lifetime : Millis(3'600'000);
+  auto tokens = interpret_token_response(result, sent_at, default_lifetime);
+
+  if (tokens) {
+    const Millis reuse = endpoint ? endpoint->reuse_window : Millis(0);
+    auto committed = m_store.store_token_set(name, *tokens, generation, now_ms() + reuse.count());
+    if (!committed) {
+      // The profile was replaced meanwhile (a PUT with new tokens): its
+      // credential wins; this answer belongs to the old one.
+      spdlog::warn("profile {}: refreshed tokens not stored: {}", name, committed.error().message);
+      reload_credential(e);
+      finish(e, std::unexpected(committed.error()));
+    } else {
+      reload_credential(e);
+      ++m_stats.refreshes_ok;
+      e.rt.failures = 0;
+      schedule_from_token(e);
+      spdlog::info("profile {}: refreshed, valid for {} s", name,
+                   (*e.credential.expires_at_ms - now_ms()) / 1000);
+      // Committed first; now wake the waiters and tell the subscribers.
+      finish(e, {});
+      m_events.publish("refreshed", name, now_ms(),
+                       {{"expires_at", *e.credential.expires_at_ms / 1000}, {"generation", e.credential.generation}});
+    }
+  } else {
+    ++m_stats.refreshes_failed;
+    const RefreshFailure& f = tokens.error();
+    if (f.kind == FailureKind::transient) {
+      ++e.rt.failures;
+      const Millis delay = backoff_delay(e.rt.failures, m_options.random01(), f.retry_after, m_options.policy);
+      const bool expired = e.credential.expires_at_ms && *e.credential.expires_at_ms <= now_ms();
+      (void)m_store.set_state(name, expired ? CredState::expired : CredState::backoff, f.message);
+      reload_credential(e);
+      schedule(e, m_clock.wall_now() + delay);
+      spdlog::warn("profile {}: refresh failed ({}); retrying in {} ms", name, f.message, delay.count());
+      m_events.publish("refresh_failed", name, now_ms(),
+                       {{"error", f.message}, {"kind", "transient"}, {"retry_in_ms", delay.count()}});
+      if (e.credential.expires_at_ms && *e.credential.expires_at_ms - now_ms() < buffer_of(e).count() &&
+          e.rt.expiring_sent_for != e.credential.generation) {
+        e.rt.expiring_sent_for = e.credential.generation;
+        m_events.publish("expiring", name, now_ms(), {{"expires_at", *e.credential.expires_at_ms / 1000}});
+      }
+      finish(e, fail(Errc::transient, f.message));
+    } else {
+      const std::string message = f.kind == FailureKind::config ? "configuration: " + f.message : f.message;
+      (void)m_store.set_state(name, CredState::reauth_required, message);
+      reload_credential(e);
+      schedule(e, std::nullopt);
+      spdlog::warn("profile {}: {}; a new login is needed (tokenctl login {})", name, message, name);
+      audit("reauth_required", name, {{"reason", message}});
+      m_events.publish("refresh_failed", name, now_ms(),
+                       {{"error", message}, {"kind", f.kind == FailureKind::config ? "config" : "reauth"}});
+      m_events.publish("reauth_required", name, now_ms(), {{"reason", message}, {"command", "tokenctl login " + name}});
+      finish(e, fail(Errc::reauth_required, message));
+    }
+  }
+  start_queued();
+  rearm();
 }
 
 }  // namespace tokend::refresh

@@ -23,6 +23,11 @@ struct Config {
   std::set<uid_t> allowed_uids;                  // besides our own
   std::chrono::milliseconds heartbeat{15'000};   // event stream keep-alive comments
   std::chrono::milliseconds drain_timeout{10'000};
+  // Refreshing.
+  std::chrono::milliseconds refresh_buffer{300'000};
+  std::size_t max_concurrent_refreshes = 8;
+  std::chrono::milliseconds http_timeout{30'000};
+  std::string ca_bundle;  // empty: the system trust store
 };
 
 struct ParsedArgs {

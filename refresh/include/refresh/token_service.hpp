@@ -1,19 +1,37 @@
-// The token service: profiles and their credentials in memory (loaded from
-// the store at start, written through on every change), tokens served from
-// memory, events published after each committed change.
+// The token service: profiles and credentials in memory (loaded from the
+// store at start, written through on every change), tokens served from
+// memory, and the refresh engine (DESIGN §5):
+//
+// - each OAuth profile with a refresh token is scheduled at refresh_due();
+//   one timer is armed for the earliest deadline (and at least every 30 s, so
+//   a suspend or clock jump is noticed: schedules are kept in wall time);
+// - at most one refresh per profile is in flight; token requests that need a
+//   fresh token wait on it; a global cap limits concurrent refreshes;
+// - the in-flight marker is committed before a request is sent, and the new
+//   token set is committed in one transaction before any waiter is woken or
+//   any event is published; the previous refresh token is kept for the
+//   provider's reuse window;
+// - transient failures back off (full jitter, Retry-After honoured) while a
+//   still-valid token keeps being served; invalid_grant -> reauth_required.
 //
 // Single-threaded: call from the loop thread only.
 #pragma once
 
+#include <deque>
+#include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/clock.hpp"
 #include "core/error.hpp"
+#include "net/http_client.hpp"
 #include "refresh/events.hpp"
+#include "refresh/policy.hpp"
 #include "refresh/profile_spec.hpp"
+#include "refresh/timer_port.hpp"
 #include "store/store.hpp"
 
 namespace tokend::refresh {
@@ -48,11 +66,35 @@ struct TokenRequest {
   std::int64_t min_valid_s = 60;
 };
 
+struct EngineOptions {
+  RefreshPolicy policy;
+  std::size_t max_concurrent = 8;
+  Millis http_timeout{30'000};
+  std::function<double()> random01;  // uniform [0,1); jitter and backoff
+};
+
+struct EngineStats {
+  std::uint64_t refreshes_started = 0;
+  std::uint64_t refreshes_ok = 0;
+  std::uint64_t refreshes_failed = 0;
+  std::size_t in_flight = 0;
+  std::size_t peak_in_flight = 0;
+};
+
 class TokenService {
  public:
-  TokenService(store::Store& store, const Clock& clock, EventBus& events);
+  using GrantCallback = std::function<void(Result<TokenGrant>)>;
+  using DoneCallback = std::function<void(Result<>)>;
 
-  // Reads every profile and credential from the store.
+  // Without a transport and timer the service serves stored tokens but never
+  // refreshes (tests of the API layer).
+  TokenService(store::Store& store, const Clock& clock, EventBus& events);
+  TokenService(store::Store& store, const Clock& clock, EventBus& events, TimerPort& timer,
+               net::HttpTransport& http, EngineOptions options);
+  ~TokenService();
+
+  // Reads every profile and credential and schedules refreshes (a refresh
+  // left in flight by a crash is retried at once).
   Result<> load();
 
   // Creates or replaces; returns true when the profile was new.
@@ -62,21 +104,65 @@ class TokenService {
   [[nodiscard]] Result<ProfileView> get(std::string_view name) const;
   [[nodiscard]] std::size_t size() const { return m_entries.size(); }
 
+  // Immediate answer from memory; Errc::unavailable when the token is not
+  // valid for min_valid (the asynchronous variant refreshes first).
   Result<TokenGrant> token(std::string_view name, const TokenRequest& request);
+  // Answers now when possible, else after the (single) refresh.
+  void token_async(const std::string& name, const TokenRequest& request, GrantCallback done);
+  // Forces a refresh (joins one in flight).
+  void refresh(const std::string& name, DoneCallback done);
+
+  [[nodiscard]] const EngineStats& stats() const { return m_stats; }
+  // Stops timers and cancels requests in flight (waiters get unavailable).
+  void shutdown();
 
  private:
+  struct Runtime {
+    std::optional<WallTime> due;  // next scheduled action
+    int failures = 0;
+    bool in_flight = false;
+    bool queued = false;
+    std::uint64_t http_id = 0;
+    std::vector<DoneCallback> waiters;
+    std::int64_t expiring_sent_for = -1;  // generation the expiring event was sent for
+  };
   struct Entry {
     store::Profile profile;
     store::Credential credential;
+    Runtime rt;
   };
+
   [[nodiscard]] ProfileView view_of(const Entry& e) const;
-  void audit(std::string_view kind, std::string_view profile);
   [[nodiscard]] std::int64_t now_ms() const { return to_unix_ms(m_clock.wall_now()); }
+  [[nodiscard]] bool can_refresh(const Entry& e) const;
+  [[nodiscard]] Millis buffer_of(const Entry& e) const;
+  Result<TokenGrant> grant_of(const Entry& e, std::string_view name, const TokenRequest& request) const;
+  void audit(std::string_view kind, std::string_view profile, json::Json detail = json::Json::object());
+
+  // Engine.
+  void schedule(Entry& e, std::optional<WallTime> at);
+  void schedule_from_token(Entry& e);
+  void rearm();
+  void on_tick();
+  void start_refresh(const std::string& name);
+  void launch(Entry& e);
+  void on_refresh_done(const std::string& name, Result<net::HttpResponse> result, WallTime sent_at,
+                       std::int64_t generation);
+  void finish(Entry& e, Result<> outcome);
+  void start_queued();
+  void reload_credential(Entry& e);
 
   store::Store& m_store;
   const Clock& m_clock;
   EventBus& m_events;
+  TimerPort* m_timer = nullptr;
+  net::HttpTransport* m_http = nullptr;
+  EngineOptions m_options;
+  EngineStats m_stats;
   std::map<std::string, Entry, std::less<>> m_entries;
+  std::set<std::pair<WallTime, std::string>> m_due;  // wall-time schedule
+  std::deque<std::string> m_ready;                   // waiting for a refresh slot
+  bool m_shut_down = false;
 };
 
 }  // namespace tokend::refresh

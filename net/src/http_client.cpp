@@ -1,0 +1,360 @@
+#include "net/http_client.hpp"
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <mutex>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace tokend::net {
+
+namespace {
+
+struct Transfer {
+  std::uint64_t id = 0;
+  CURL* easy = nullptr;
+  curl_slist* headers = nullptr;
+  HttpRequest request;
+  HttpClient::Callback done;
+  HttpHeaders response_headers;
+  std::string body;
+  std::size_t max_body = 0;  // 0: no cap
+  bool too_large = false;
+  char error[CURL_ERROR_SIZE] = {};
+
+  ~Transfer() {
+    curl_slist_free_all(headers);
+    secure_wipe(body);
+  }
+};
+
+// One per socket libcurl asks us to watch.
+struct SocketContext {
+  uv_poll_t poll{};
+  curl_socket_t fd = CURL_SOCKET_BAD;
+  HttpClient::Impl* owner = nullptr;
+};
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+void global_init() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+Error transfer_error(CURLcode code, const Transfer& t) {
+  const std::string detail = t.error[0] != '\0' ? t.error : curl_easy_strerror(code);
+  switch (code) {
+    case CURLE_OPERATION_TIMEDOUT:
+      return Error{Errc::timeout, fmt::format("no answer from {} within the timeout", t.request.url)};
+    case CURLE_FILESIZE_EXCEEDED:
+    case CURLE_WRITE_ERROR:
+      if (t.too_large || code == CURLE_FILESIZE_EXCEEDED) {
+        return Error{Errc::limit_exceeded, fmt::format("the answer from {} is larger than the limit", t.request.url)};
+      }
+      break;
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+      return Error{Errc::invalid_argument, fmt::format("cannot request {}: {}", t.request.url, detail)};
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CONNECT_ERROR:
+      return Error{Errc::transient, fmt::format("TLS with {} failed: {}", t.request.url, detail)};
+    default:
+      break;
+  }
+  return Error{Errc::transient, fmt::format("request to {} failed: {}", t.request.url, detail)};
+}
+
+}  // namespace
+
+std::string_view HttpResponse::header(std::string_view lower_name) const {
+  for (const auto& [k, v] : headers) {
+    if (k == lower_name) return v;
+  }
+  return {};
+}
+
+class HttpClient::Impl {
+ public:
+  Impl(Loop& loop, HttpClientOptions options) : m_loop(loop), m_options(std::move(options)) {
+    global_init();
+    m_multi = curl_multi_init();
+    if (m_multi == nullptr) throw std::runtime_error("curl_multi_init failed");
+    uv_timer_init(loop.get(), &m_timer);
+    m_timer.data = this;
+    curl_multi_setopt(m_multi, CURLMOPT_SOCKETFUNCTION, &Impl::on_socket);
+    curl_multi_setopt(m_multi, CURLMOPT_SOCKETDATA, this);
+    curl_multi_setopt(m_multi, CURLMOPT_TIMERFUNCTION, &Impl::on_timer_change);
+    curl_multi_setopt(m_multi, CURLMOPT_TIMERDATA, this);
+    curl_multi_setopt(m_multi, CURLMOPT_MAX_HOST_CONNECTIONS, m_options.max_connections_per_host);
+  }
+
+  ~Impl() { close(); }
+
+  std::uint64_t start(HttpRequest request, Callback done) {
+    const std::uint64_t id = m_next_id++;
+    auto t = std::make_unique<Transfer>();
+    t->id = id;
+    t->request = std::move(request);
+    t->done = std::move(done);
+    if (m_multi == nullptr) {
+      fail_later(std::move(t), Error{Errc::unavailable, "the HTTP client is closed"});
+      return id;
+    }
+    t->easy = curl_easy_init();
+    if (t->easy == nullptr) {
+      fail_later(std::move(t), Error{Errc::internal, "curl_easy_init failed"});
+      return id;
+    }
+    configure(*t);
+    Transfer* raw = t.get();
+    m_transfers.emplace(id, std::move(t));
+    if (const CURLMcode rc = curl_multi_add_handle(m_multi, raw->easy); rc != CURLM_OK) {
+      auto owned = take(id);
+      fail_later(std::move(owned), Error{Errc::internal, curl_multi_strerror(rc)});
+    }
+    return id;
+  }
+
+  void cancel(std::uint64_t id) {
+    auto t = take(id);
+    if (t) t->done = nullptr;
+  }
+
+  void close() {
+    if (m_multi == nullptr) return;
+    std::vector<std::uint64_t> ids;
+    for (const auto& [id, _] : m_transfers) ids.push_back(id);
+    for (const auto id : ids) cancel(id);
+    // Cleanup calls our socket callback with CURL_POLL_REMOVE for each socket
+    // still watched; those close their poll handles.
+    curl_multi_cleanup(m_multi);
+    m_multi = nullptr;
+    uv_timer_stop(&m_timer);
+    uv_close(reinterpret_cast<uv_handle_t*>(&m_timer), nullptr);
+  }
+
+  [[nodiscard]] std::size_t in_flight() const { return m_transfers.size(); }
+
+ private:
+  void configure(Transfer& t) {
+    CURL* e = t.easy;
+    curl_easy_setopt(e, CURLOPT_URL, t.request.url.c_str());
+    curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t.error);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (!m_options.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, m_options.ca_bundle.c_str());
+    curl_easy_setopt(e, CURLOPT_USERAGENT, m_options.user_agent.c_str());
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(m_options.connect_timeout.count()));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(t.request.timeout.count()));
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
+    t.max_body = m_options.max_response_bytes;
+    if (m_options.max_response_bytes > 0) {
+      // Refuses early when the server announces a larger body.
+      curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(m_options.max_response_bytes));
+    }
+    const std::string& m = t.request.method;
+    if (m == "POST" || !t.request.body.empty()) {
+      curl_easy_setopt(e, CURLOPT_POST, 1L);
+      // Not copied by libcurl: the Secret in the Transfer outlives the transfer.
+      curl_easy_setopt(e, CURLOPT_POSTFIELDS, t.request.body.reveal().data());
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t.request.body.size()));
+    }
+    if (m != "GET" && m != "POST") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
+    if (m == "HEAD") curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    for (const auto& [k, v] : t.request.headers) {
+      const std::string line = k + ": " + v;
+      t.headers = curl_slist_append(t.headers, line.c_str());
+    }
+    // No "Expect: 100-continue" round trip for small bodies.
+    t.headers = curl_slist_append(t.headers, "Expect:");
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t.headers);
+  }
+
+  std::unique_ptr<Transfer> take(std::uint64_t id) {
+    auto it = m_transfers.find(id);
+    if (it == m_transfers.end()) return nullptr;
+    auto t = std::move(it->second);
+    m_transfers.erase(it);
+    if (t->easy != nullptr) {
+      if (m_multi != nullptr) curl_multi_remove_handle(m_multi, t->easy);
+      curl_easy_cleanup(t->easy);
+      t->easy = nullptr;
+    }
+    return t;
+  }
+
+  // Reports an error from the loop, not from inside start().
+  void fail_later(std::unique_ptr<Transfer> t, Error e) {
+    auto* timer = new uv_timer_t{};
+    struct Pending {
+      std::unique_ptr<Transfer> t;
+      Error e;
+    };
+    uv_timer_init(m_loop.get(), timer);
+    timer->data = new Pending{std::move(t), std::move(e)};
+    uv_timer_start(
+        timer,
+        [](uv_timer_t* h) {
+          auto* p = static_cast<Pending*>(h->data);
+          if (p->t->done) p->t->done(std::unexpected(p->e));
+          delete p;
+          uv_close(reinterpret_cast<uv_handle_t*>(h), [](uv_handle_t* x) { delete reinterpret_cast<uv_timer_t*>(x); });
+        },
+        0, 0);
+  }
+
+  static size_t on_body(char* data, size_t size, size_t n, void* user) {
+    auto* t = static_cast<Transfer*>(user);
+    const size_t bytes = size * n;
+    if (t->max_body > 0 && t->body.size() + bytes > t->max_body) {
+      t->too_large = true;
+      return 0;  // aborts with CURLE_WRITE_ERROR
+    }
+    t->body.append(data, bytes);
+    return bytes;
+  }
+
+  static size_t on_header(char* data, size_t size, size_t n, void* user) {
+    auto* t = static_cast<Transfer*>(user);
+    const size_t bytes = size * n;
+    std::string_view line(data, bytes);
+    if (line.starts_with("HTTP/")) {
+      t->response_headers.clear();  // a new response (after 100 Continue)
+      return bytes;
+    }
+    const auto colon = line.find(':');
+    if (colon == std::string_view::npos) return bytes;
+    std::string_view value = line.substr(colon + 1);
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+    while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
+    t->response_headers.emplace_back(lower(line.substr(0, colon)), std::string(value));
+    return bytes;
+  }
+
+  static int on_timer_change(CURLM*, long timeout_ms, void* user) {
+    auto* self = static_cast<Impl*>(user);
+    if (timeout_ms < 0) {
+      uv_timer_stop(&self->m_timer);
+    } else {
+      // Even 0 goes through the loop: never call libcurl from inside its own
+      // timer callback.
+      uv_timer_start(
+          &self->m_timer,
+          [](uv_timer_t* h) {
+            auto* s = static_cast<Impl*>(h->data);
+            int running = 0;
+            curl_multi_socket_action(s->m_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+            s->drain();
+          },
+          static_cast<std::uint64_t>(timeout_ms), 0);
+    }
+    return 0;
+  }
+
+  static int on_socket(CURL*, curl_socket_t fd, int what, void* user, void* socketp) {
+    auto* self = static_cast<Impl*>(user);
+    auto* ctx = static_cast<SocketContext*>(socketp);
+    if (what == CURL_POLL_REMOVE) {
+      if (ctx != nullptr) {
+        uv_poll_stop(&ctx->poll);
+        uv_close(reinterpret_cast<uv_handle_t*>(&ctx->poll),
+                 [](uv_handle_t* h) { delete static_cast<SocketContext*>(h->data); });
+        if (self->m_multi != nullptr) curl_multi_assign(self->m_multi, fd, nullptr);
+      }
+      return 0;
+    }
+    if (ctx == nullptr) {
+      ctx = new SocketContext{};
+      ctx->fd = fd;
+      ctx->owner = self;
+      if (uv_poll_init_socket(self->m_loop.get(), &ctx->poll, fd) != 0) {
+        delete ctx;
+        return -1;
+      }
+      ctx->poll.data = ctx;
+      curl_multi_assign(self->m_multi, fd, ctx);
+    }
+    int events = 0;
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= UV_READABLE;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= UV_WRITABLE;
+    uv_poll_start(&ctx->poll, events, [](uv_poll_t* p, int status, int ev) {
+      auto* c = static_cast<SocketContext*>(p->data);
+      int flags = 0;
+      if (status < 0) {
+        flags = CURL_CSELECT_ERR;
+      } else {
+        if ((ev & UV_READABLE) != 0) flags |= CURL_CSELECT_IN;
+        if ((ev & UV_WRITABLE) != 0) flags |= CURL_CSELECT_OUT;
+      }
+      Impl* owner = c->owner;
+      int running = 0;
+      curl_multi_socket_action(owner->m_multi, c->fd, flags, &running);
+      owner->drain();
+    });
+    return 0;
+  }
+
+  // Hands finished transfers to their callbacks.
+  void drain() {
+    int pending = 0;
+    while (m_multi != nullptr) {
+      CURLMsg* msg = curl_multi_info_read(m_multi, &pending);
+      if (msg == nullptr) break;
+      if (msg->msg != CURLMSG_DONE) continue;
+      Transfer* raw = nullptr;
+      curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &raw);
+      const CURLcode code = msg->data.result;
+      long status = 0;
+      curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+      auto t = take(raw->id);
+      if (!t || !t->done) continue;
+      if (code != CURLE_OK) {
+        t->done(std::unexpected(transfer_error(code, *t)));
+        continue;
+      }
+      HttpResponse r;
+      r.status = status;
+      r.headers = std::move(t->response_headers);
+      r.body = Secret::adopt(std::move(t->body));
+      t->done(std::move(r));
+    }
+  }
+
+ private:
+  Loop& m_loop;
+  HttpClientOptions m_options;
+  CURLM* m_multi = nullptr;
+  uv_timer_t m_timer{};
+  std::map<std::uint64_t, std::unique_ptr<Transfer>> m_transfers;
+  std::uint64_t m_next_id = 1;
+};
+
+HttpClient::HttpClient(Loop& loop, HttpClientOptions options)
+    : m_impl(std::make_unique<Impl>(loop, std::move(options))) {}
+HttpClient::~HttpClient() = default;
+std::uint64_t HttpClient::start(HttpRequest request, Callback done) {
+  return m_impl->start(std::move(request), std::move(done));
+}
+void HttpClient::cancel(std::uint64_t id) { m_impl->cancel(id); }
+void HttpClient::close() { m_impl->close(); }
+std::size_t HttpClient::in_flight() const { return m_impl->in_flight(); }
+
+}  // namespace tokend::net

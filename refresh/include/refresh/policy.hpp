@@ -1,0 +1,33 @@
+// Pure refresh policy (DESIGN §5): when to refresh, how long to back off.
+// Inputs in, decision out — no clock, no randomness of their own.
+#pragma once
+
+#include <chrono>
+#include <optional>
+
+#include "core/clock.hpp"
+
+namespace tokend::refresh {
+
+struct RefreshPolicy {
+  Millis buffer{300'000};       // refresh this long before expiry
+  Millis max_jitter{30'000};    // spread refreshes over up to this much earlier
+  Millis min_backoff{1'000};
+  Millis max_backoff{300'000};
+  Millis max_retry_after{3'600'000};  // a longer Retry-After is capped
+};
+
+// When a token obtained at `obtained`, expiring at `expires`, is refreshed:
+// expires - buffer - jitter, where jitter = jitter01 * min(max_jitter,
+// lifetime / 10). A lifetime shorter than twice the buffer refreshes at two
+// thirds of the lifetime instead (minus the same jitter).
+WallTime refresh_due(WallTime obtained, WallTime expires, Millis buffer, Millis max_jitter,
+                     double jitter01);
+
+// Exponential backoff with full jitter: random01 * min(max, min * 2^failures),
+// at least `min_backoff`; a server's Retry-After wins when it is longer.
+// `failures` counts consecutive failures, starting at 1.
+Millis backoff_delay(int failures, double random01, std::optional<Millis> retry_after,
+                     const RefreshPolicy& policy);
+
+}  // namespace tokend::refresh

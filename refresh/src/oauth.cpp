@@ -1,0 +1,239 @@
+#include "refresh/oauth.hpp"
+
+#include <charconv>
+#include <ctime>
+
+#include <fmt/format.h>
+
+#include "core/encoding.hpp"
+#include "core/json.hpp"
+
+namespace tokend::refresh {
+
+namespace {
+
+constexpr std::string_view k_atlassian_token_url = "https://auth.atlassian.com/oauth/token";
+constexpr std::int64_t k_max_lifetime_s = 10LL * 365 * 24 * 3600;
+
+std::string snippet(std::string_view body) {
+  // A short, printable, single-line excerpt of a non-JSON answer for errors.
+  std::string out;
+  for (const char c : body.substr(0, 80)) out += (static_cast<unsigned char>(c) < 0x20) ? ' ' : c;
+  return out;
+}
+
+// A string field, or `fallback` when absent or of another type (upstream
+// JSON is hostile: nlohmann's value() would throw on a wrong type).
+std::string str_field(const json::Json& j, const char* key, std::string fallback = {}) {
+  if (!j.is_object()) return fallback;
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : fallback;
+}
+
+std::int64_t int_field(const json::Json& j, const char* key, std::int64_t fallback) {
+  if (!j.is_object()) return fallback;
+  auto it = j.find(key);
+  return it != j.end() && it->is_number_integer() ? it->get<std::int64_t>() : fallback;
+}
+
+RefreshFailure transient(std::string message, std::optional<Millis> retry_after = std::nullopt) {
+  return RefreshFailure{FailureKind::transient, std::move(message), retry_after};
+}
+
+}  // namespace
+
+std::string form_encode(std::string_view s) {
+  std::string out;
+  for (const char c : s) {
+    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                       c == '.' || c == '_' || c == '~';
+    if (plain) {
+      out += c;
+    } else if (c == ' ') {
+      out += '+';
+    } else {
+      out += fmt::format("%{:02X}", static_cast<unsigned>(static_cast<unsigned char>(c)));
+    }
+  }
+  return out;
+}
+
+Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
+  TokenEndpoint e;
+  const bool atlassian = p.provider == "atlassian";
+  e.token_url = str_field(p.config, "token_url", atlassian ? std::string(k_atlassian_token_url) : std::string());
+  if (e.token_url.empty()) {
+    return fail(Errc::config, fmt::format("profile '{}' has no token_url; set it with tokenctl add {} --token-url URL",
+                                          p.name, p.name));
+  }
+  e.client_id = str_field(p.config, "client_id");
+  if (!p.secret_config.empty()) {
+    auto secrets = json::parse(p.secret_config.reveal(), "stored secret config");
+    if (secrets && secrets->contains("client_secret") && (*secrets)["client_secret"].is_string()) {
+      e.client_secret = Secret((*secrets)["client_secret"].get_ref<const std::string&>());
+    }
+  }
+  const std::string auth = str_field(p.config, "token_endpoint_auth");
+  if (auth == "client_secret_post") {
+    e.auth = ClientAuth::post;
+  } else if (auth == "none" || (auth.empty() && e.client_secret.empty())) {
+    e.auth = ClientAuth::none;
+  } else {
+    e.auth = atlassian && auth.empty() ? ClientAuth::post : ClientAuth::basic;
+  }
+  e.json_body = atlassian;
+  if (atlassian && e.client_secret.empty()) {
+    return fail(Errc::config, fmt::format("profile '{}' uses the atlassian provider, which needs a client secret; "
+                                          "add it with tokenctl add {} --client-secret-file FILE", p.name, p.name));
+  }
+  // Atlassian keeps a rotated refresh token usable for 10 minutes.
+  const std::int64_t reuse = int_field(p.config, "reuse_window", atlassian ? 600 : 0);
+  e.reuse_window = Millis(reuse * 1000);
+  return e;
+}
+
+net::HttpRequest make_refresh_request(const TokenEndpoint& e, const Secret& refresh_token, Millis timeout) {
+  net::HttpRequest r;
+  r.method = "POST";
+  r.url = e.token_url;
+  r.timeout = timeout;
+  r.headers.emplace_back("Accept", "application/json");
+  std::string body;
+  if (e.json_body) {
+    json::Json j = {{"grant_type", "refresh_token"}, {"refresh_token", refresh_token.reveal()}};
+    if (!e.client_id.empty()) j["client_id"] = e.client_id;
+    if (e.auth == ClientAuth::post && !e.client_secret.empty()) j["client_secret"] = e.client_secret.reveal();
+    if (!e.scope.empty()) j["scope"] = e.scope;
+    body = j.dump();
+    r.headers.emplace_back("Content-Type", "application/json");
+  } else {
+    body = "grant_type=refresh_token&refresh_token=" + form_encode(refresh_token.reveal());
+    if (e.auth != ClientAuth::basic && !e.client_id.empty()) body += "&client_id=" + form_encode(e.client_id);
+    if (e.auth == ClientAuth::post && !e.client_secret.empty()) {
+      body += "&client_secret=" + form_encode(e.client_secret.reveal());
+    }
+    if (!e.scope.empty()) body += "&scope=" + form_encode(e.scope);
+    r.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
+  }
+  if (e.auth == ClientAuth::basic) {
+    // RFC 6749 §2.3.1: both parts form-encoded before base64.
+    std::string pair = form_encode(e.client_id) + ":" + form_encode(e.client_secret.reveal());
+    r.headers.emplace_back("Authorization", "Basic " + base64_encode(pair));
+    secure_wipe(pair);
+  }
+  r.body = Secret::adopt(std::move(body));
+  return r;
+}
+
+std::optional<Millis> parse_retry_after(std::string_view v, WallTime now) {
+  while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
+  std::int64_t seconds = 0;
+  const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), seconds);
+  if (ec == std::errc{} && end == v.data() + v.size()) {
+    if (seconds < 0) return std::nullopt;
+    return Millis(std::min<std::int64_t>(seconds, 86'400) * 1000);
+  }
+  std::tm tm{};
+  const std::string s(v);
+  if (::strptime(s.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm) == nullptr) return std::nullopt;
+  const auto at = std::chrono::system_clock::from_time_t(::timegm(&tm));
+  if (at <= now) return Millis(0);
+  return std::chrono::duration_cast<Millis>(at - now);
+}
+
+std::expected<store::TokenSet, RefreshFailure> interpret_token_response(const Result<net::HttpResponse>& result,
+                                                                         WallTime sent_at, Millis default_lifetime) {
+  if (!result) {
+    return std::unexpected(transient(fmt::format("token endpoint unreachable: {}", result.error().message)));
+  }
+  const net::HttpResponse& r = *result;
+  const std::string_view body = r.body.reveal();
+  const std::string_view type = r.header("content-type");
+  const auto retry_after = parse_retry_after(r.header("retry-after"), sent_at);
+  const bool json_type = type.find("json") != std::string_view::npos;
+
+  if (r.status == 429) {
+    return std::unexpected(transient("the token endpoint is rate limiting (429)", retry_after));
+  }
+  if (r.status >= 500) {
+    return std::unexpected(transient(fmt::format("the token endpoint failed with {}{}", r.status,
+                                                 json_type ? "" : " (an HTML error page)"),
+                                     retry_after));
+  }
+  auto parsed = json::parse(body, "the token endpoint's answer");
+  if (r.status != 200) {
+    std::string error;
+    std::string description;
+    if (parsed && parsed->is_object()) {
+      error = str_field(*parsed, "error");
+      description = str_field(*parsed, "error_description");
+    }
+    const std::string detail = description.empty() ? error : fmt::format("{}: {}", error, description);
+    if (error == "invalid_grant") {
+      // Atlassian answers 403, the RFC 400: either way the grant is gone.
+      return std::unexpected(RefreshFailure{FailureKind::reauth,
+                                            fmt::format("the provider rejected the refresh token ({})", detail), {}});
+    }
+    if (error == "invalid_client" || r.status == 401) {
+      return std::unexpected(RefreshFailure{
+          FailureKind::config,
+          fmt::format("the provider rejected the client credentials ({}); check client_id and client secret",
+                      detail.empty() ? std::to_string(r.status) : detail),
+          {}});
+    }
+    if (error == "unauthorized_client" || error == "unsupported_grant_type" || error == "invalid_scope" ||
+        error == "invalid_request") {
+      return std::unexpected(RefreshFailure{FailureKind::config, fmt::format("the provider refused the refresh ({})", detail), {}});
+    }
+    if (r.status == 404 || r.status == 405) {
+      return std::unexpected(RefreshFailure{FailureKind::config,
+                                            fmt::format("the token endpoint answered {}; check token_url", r.status), {}});
+    }
+    return std::unexpected(transient(fmt::format("the token endpoint answered {}{}", r.status,
+                                                 detail.empty() ? "" : " (" + detail + ")"),
+                                     retry_after));
+  }
+  if (!parsed) {
+    if (!json_type || body.starts_with("<")) {
+      return std::unexpected(transient(fmt::format("the token endpoint answered with HTML or text, not JSON "
+                                                   "(a login page or proxy?): '{}'", snippet(body))));
+    }
+    return std::unexpected(transient("the token endpoint's answer is not valid JSON (truncated?)"));
+  }
+  const json::Json& j = *parsed;
+  if (!j.is_object()) return std::unexpected(transient("the token endpoint's answer is not a JSON object"));
+  auto access = j.find("access_token");
+  if (access == j.end() || !access->is_string() || access->get_ref<const std::string&>().empty()) {
+    return std::unexpected(transient("the token endpoint's answer has no access_token"));
+  }
+  std::int64_t lifetime_s = -1;
+  auto exp = j.find("expires_in");
+  if (exp == j.end() || exp->is_null()) {
+    lifetime_s = default_lifetime.count() / 1000;
+  } else if (exp->is_number_integer()) {
+    lifetime_s = exp->get<std::int64_t>();
+  } else if (exp->is_string()) {
+    // Some providers send the number as a string; accept digits only.
+    const auto& s = exp->get_ref<const std::string&>();
+    std::int64_t n = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    if (ec == std::errc{} && end == s.data() + s.size()) lifetime_s = n;
+  }
+  if (lifetime_s <= 0 || lifetime_s > k_max_lifetime_s) {
+    return std::unexpected(transient(fmt::format("the token endpoint's answer has an unusable expires_in ({})",
+                                                 exp == j.end() ? "absent" : exp->dump().substr(0, 40))));
+  }
+  store::TokenSet t;
+  t.access_token = Secret(access->get_ref<const std::string&>());
+  if (auto rt = j.find("refresh_token"); rt != j.end() && rt->is_string()) {
+    t.refresh_token = Secret(rt->get_ref<const std::string&>());
+  }
+  t.token_type = str_field(j, "token_type", "Bearer");
+  if (t.token_type.empty() || t.token_type == "bearer") t.token_type = "Bearer";
+  t.scope = str_field(j, "scope");
+  t.obtained_at_ms = to_unix_ms(sent_at);
+  t.expires_at_ms = to_unix_ms(sent_at) + lifetime_s * 1000;
+  return t;
+}
+
+}  // namespace tokend::refresh
