@@ -336,6 +336,42 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
   return k_ok;
 }
 
+int cmd_renew(Ctx& ctx, const std::vector<std::string>& args) {
+  po::options_description o("tokenctl renew PROFILE | --all");
+  o.add_options()("all", "every OAuth profile that has a refresh token");
+  auto vm = parse(args, o, {"profile"});
+  std::vector<std::string> names;
+  if (vm.count("all") != 0) {
+    if (vm.count("profile") != 0) throw UsageError{"give a PROFILE or --all, not both"};
+    auto c = call(ctx, "GET", "/v1/profiles");
+    if (c.exit != k_ok) return c.exit;
+    for (const auto& p : c.body["profiles"]) {
+      if (p.value("kind", "") == "oauth2" && p.value("has_refresh_token", false)) names.push_back(p.value("name", ""));
+    }
+    if (names.empty()) {
+      say(ctx.io.out, "no OAuth profile with a refresh token\n");
+      return k_ok;
+    }
+  } else {
+    names.push_back(need(vm, "profile", "PROFILE or --all"));
+  }
+  int worst = k_ok;
+  for (const auto& name : names) {
+    auto c = call(ctx, "POST", "/v1/profiles/" + seg(name) + "/refresh", {}, std::chrono::seconds(120));
+    if (c.exit != k_ok) {
+      worst = std::max(worst, c.exit);
+      continue;
+    }
+    const auto exp = c.body.find("expires_at");
+    const std::string until = exp != c.body.end() && exp->is_number_integer()
+                                  ? fmt::format("valid until {} ({})", rfc3339(exp->get<std::int64_t>()),
+                                                relative_time(exp->get<std::int64_t>(), now_s()))
+                                  : "no expiry";
+    say(ctx.io.out, fmt::format("{}: renewed, {}\n", name, until));
+  }
+  return worst;
+}
+
 int cmd_remove(Ctx& ctx, const std::vector<std::string>& args) {
   po::options_description o("tokenctl remove PROFILE");
   auto vm = parse(args, o, {"profile"});
@@ -418,6 +454,7 @@ constexpr Command k_commands[] = {
     {"token", cmd_token, "token PROFILE [--min-valid S] [--wait S] [--format raw|header|json|env|exec-credential]"},
     {"headers", cmd_headers, "headers PROFILE                     {\"Authorization\": ...} for an MCP headersHelper"},
     {"add", cmd_add, "add PROFILE --kind oauth2|api-token|pat [...]   store a profile (see tokenctl add --help)"},
+    {"renew", cmd_renew, "renew PROFILE | --all                refresh now and print the new expiry"},
     {"remove", cmd_remove, "remove PROFILE                      delete a profile and its tokens"},
     {"monitor", cmd_monitor, "monitor [PROFILE] [--json]          live events until Ctrl-C"},
     {"ping", cmd_ping, "ping                                is tokend running?"},

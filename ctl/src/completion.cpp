@@ -10,7 +10,7 @@ _tokenctl() {
   cur="${COMP_WORDS[COMP_CWORD]}"
   prev="${COMP_WORDS[COMP_CWORD-1]}"
   cmd="${COMP_WORDS[1]}"
-  local commands="status list token headers add remove monitor ping version completion"
+  local commands="status list token headers add renew remove monitor ping version completion"
   if [ "$COMP_CWORD" -eq 1 ]; then
     COMPREPLY=($(compgen -W "$commands --socket --help" -- "$cur"))
     return
@@ -23,7 +23,7 @@ _tokenctl() {
     completion) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")); return ;;
   esac
   case "$cmd" in
-    status|token|headers|remove|monitor)
+    status|token|headers|renew|remove|monitor)
       if [ "$COMP_CWORD" -eq 2 ]; then
         COMPREPLY=($(compgen -W "$(tokenctl list -q 2>/dev/null)" -- "$cur"))
         return
@@ -48,6 +48,7 @@ _tokenctl() {
     'token:print a valid token'
     'headers:Authorization header as JSON'
     'add:store a profile'
+    'renew:refresh now'
     'remove:delete a profile'
     'monitor:live events'
     'ping:is tokend running?'
@@ -59,7 +60,7 @@ _tokenctl() {
     return
   fi
   case "$words[2]" in
-    status|token|headers|remove|monitor)
+    status|token|headers|renew|remove|monitor)
       if (( CURRENT == 3 )); then
         local -a profiles
         profiles=(${(f)"$(tokenctl list -q 2>/dev/null)"})

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Test-side helper for the fake OAuth provider, and its self-test.
 
-    from fake_upstream.client import FakeUpstream      # or sys.path-insert this dir
+    sys.path.insert(0, "<repo>/tests/fake_upstream"); from client import FakeUpstream
+    # or, with <repo>/tests on sys.path: from fake_upstream.client import FakeUpstream
 
     with FakeUpstream() as up:                 # CA + server process, port from a port file
         up.add_client("cid", "secret", "client_secret_basic")
@@ -20,6 +21,7 @@ import argparse
 import base64
 import hashlib
 import http.client
+import importlib.util
 import json
 import os
 import secrets
@@ -37,8 +39,18 @@ import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from make_ca import make_ca  # noqa: E402
+
+
+def _load_make_ca():
+    """make_ca.py next to this file, loaded without touching sys.path."""
+    spec = importlib.util.spec_from_file_location("fake_upstream_make_ca",
+                                                  os.path.join(HERE, "make_ca.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_ca
+
+
+make_ca = _load_make_ca()
 
 DEFAULT_DEADLINE = 20.0
 

@@ -436,7 +436,7 @@ class UpstreamState:
         scope = DEFAULT_SCOPE if scope is None else scope
         _check_type("scope", scope, str)
         if access_lifetime is not None:
-            _check_int("access_lifetime", access_lifetime)
+            _check_int("access_lifetime", access_lifetime, 1)
         with self.lock:
             if client_id not in self.clients:
                 raise ApiError(400, "unknown_client", f"client {client_id!r} is not registered")
@@ -830,7 +830,7 @@ def _validate_knob(key, value):
     if key in ("reuse_window",):
         _check_int(key, value, 0)
     elif key == "access_lifetime":
-        _check_int(key, value)
+        _check_int(key, value, 1)
     elif key == "refresh_lifetime":
         if value is not None:
             _check_int(key, value, 0)
@@ -1537,7 +1537,8 @@ def main(argv=None):
     signal.signal(signal.SIGINT, stop)
     if args.port_file:
         write_port_file(args.port_file, port)
-    print(f"fake_upstream: listening on https://{args.host}:{port}", file=sys.stderr, flush=True)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"fake_upstream: listening on https://{host}:{port}", file=sys.stderr, flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
