@@ -274,6 +274,7 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
       "token-file", po::value<std::string>(), "file holding the API token, PAT or access token, or - for stdin")(
       "refresh-token-file", po::value<std::string>(), "file holding a refresh token, or - for stdin")(
       "expires-in", po::value<std::string>(), "seconds the supplied access token stays valid")(
+      "reuse-window", po::value<std::string>(), "seconds the provider accepts a rotated refresh token (atlassian: 600)")(
       "api-base", po::value<std::string>(), "base URL for proxied calls (generic)");
   auto vm = parse(args, o, {"profile"});
   const std::string name = need(vm, "profile", "PROFILE");
@@ -297,6 +298,7 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
     if (auto v = opt(vm, flag)) body[field] = *v;
   }
   if (auto e = seconds(vm, "expires-in", 10U * 365 * 24 * 3600)) body["expires_in"] = *e;
+  if (auto w = seconds(vm, "reuse-window", 86'400)) body["reuse_window"] = *w;
 
   std::vector<Secret> held;  // wiped on return
   auto secret_from = [&](const char* flag, const char* field, std::string_view what, bool required) -> int {
