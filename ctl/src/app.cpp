@@ -274,6 +274,7 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
       "token-file", po::value<std::string>(), "file holding the API token, PAT or access token, or - for stdin")(
       "refresh-token-file", po::value<std::string>(), "file holding a refresh token, or - for stdin")(
       "expires-in", po::value<std::string>(), "seconds the supplied access token stays valid")(
+      "token-endpoint-auth", po::value<std::string>(), "client_secret_basic (default), client_secret_post or none")(
       "reuse-window", po::value<std::string>(), "seconds the provider accepts a rotated refresh token (atlassian: 600)")(
       "api-base", po::value<std::string>(), "base URL for proxied calls (generic)");
   auto vm = parse(args, o, {"profile"});
@@ -293,7 +294,7 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
       {"provider", "provider"}, {"client-id", "client_id"}, {"scopes", "scopes"},
       {"issuer", "issuer"},     {"authorize-url", "authorize_url"}, {"token-url", "token_url"},
       {"redirect-uri", "redirect_uri"}, {"mcp-server", "mcp_server"}, {"site", "site"},
-      {"email", "email"},       {"api-base", "api_base"}};
+      {"email", "email"},       {"api-base", "api_base"}, {"token-endpoint-auth", "token_endpoint_auth"}};
   for (const auto& [flag, field] : plain) {
     if (auto v = opt(vm, flag)) body[field] = *v;
   }
