@@ -275,6 +275,9 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
       "refresh-token-file", po::value<std::string>(), "file holding a refresh token, or - for stdin")(
       "expires-in", po::value<std::string>(), "seconds the supplied access token stays valid")(
       "token-endpoint-auth", po::value<std::string>(), "client_secret_basic (default), client_secret_post or none")(
+      "sink-file", po::value<std::vector<std::string>>(), "also write the token to this file at every refresh (0600)")(
+      "sink-dotenv", po::value<std::vector<std::string>>(),
+      "also update VARIABLE in this .env file: PATH[=VARIABLE] (default ACCESS_TOKEN)")(
       "reuse-window", po::value<std::string>(), "seconds the provider accepts a rotated refresh token (atlassian: 600)")(
       "api-base", po::value<std::string>(), "base URL for proxied calls (generic)");
   auto vm = parse(args, o, {"profile"});
@@ -300,6 +303,26 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
   }
   if (auto e = seconds(vm, "expires-in", 10U * 365 * 24 * 3600)) body["expires_in"] = *e;
   if (auto w = seconds(vm, "reuse-window", 86'400)) body["reuse_window"] = *w;
+  if (vm.count("sink-file") != 0 || vm.count("sink-dotenv") != 0) {
+    json::Json sinks = json::Json::array();
+    auto absolute = [](const std::string& p) {
+      return std::filesystem::path(p).is_absolute() ? p : std::filesystem::absolute(p).string();
+    };
+    if (vm.count("sink-file") != 0) {
+      for (const auto& p : vm["sink-file"].as<std::vector<std::string>>()) {
+        sinks.push_back({{"type", "file"}, {"path", absolute(p)}});
+      }
+    }
+    if (vm.count("sink-dotenv") != 0) {
+      for (const auto& spec : vm["sink-dotenv"].as<std::vector<std::string>>()) {
+        const auto eq = spec.rfind('=');
+        json::Json sink = {{"type", "dotenv"}, {"path", absolute(spec.substr(0, eq))}};
+        if (eq != std::string::npos) sink["variable"] = spec.substr(eq + 1);
+        sinks.push_back(std::move(sink));
+      }
+    }
+    body["sinks"] = std::move(sinks);
+  }
 
   std::vector<Secret> held;  // wiped on return
   auto secret_from = [&](const char* flag, const char* field, std::string_view what, bool required) -> int {

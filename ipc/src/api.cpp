@@ -166,6 +166,10 @@ void Api::register_routes(Router& router) {
   router.add("PUT", "/v1/profiles/{name}", [this](const std::shared_ptr<Exchange>& ex) {
     auto body = json::parse(ex->request().body, "request body");
     if (!body) return ex->respond(error_response(body.error()));
+    // Sinks write files as tokend's user: only that user may configure them.
+    if (body->is_object() && body->contains("sinks") && ex->peer().uid != ::geteuid()) {
+      return ex->respond(Response::error(403, "forbidden", "only tokend's own user may configure sinks"));
+    }
     auto spec = refresh::parse_profile_spec(ex->param("name"), *body, to_unix_ms(m_clock.wall_now()));
     if (!spec) return ex->respond(error_response(spec.error()));
     auto created = m_tokens.put_profile(std::move(*spec));

@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "refresh/sinks.hpp"
+
 namespace tokend::refresh {
 
 namespace {
@@ -18,7 +20,7 @@ constexpr std::size_t k_max_token_bytes = 16384;  // JWTs can be a few kB
 
 // Non-secret settings stored in the profile config, per kind.
 const std::set<std::string, std::less<>> k_common = {"kind", "provider", "site", "api_base",
-                                                     "refresh_buffer", "description"};
+                                                     "refresh_buffer", "description", "sinks"};
 const std::set<std::string, std::less<>> k_oauth2 = {
     "client_id", "client_secret", "scopes", "authorize_url", "token_url", "redirect_uri",
     "issuer", "mcp_server", "audience", "access_token", "refresh_token", "expires_in",
@@ -134,6 +136,12 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
         return std::unexpected(bad("field \"scopes\" must be a list of strings or a space-separated string"));
       }
       p.config["scopes"] = scopes;
+      continue;
+    }
+    if (key == "sinks") {
+      auto sinks = validate_sinks(value);
+      if (!sinks) return std::unexpected(sinks.error());
+      p.config[key] = std::move(*sinks);
       continue;
     }
     if (key == "token_endpoint_auth") {

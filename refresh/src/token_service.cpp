@@ -7,6 +7,7 @@
 
 #include "core/encoding.hpp"
 #include "refresh/oauth.hpp"
+#include "refresh/sinks.hpp"
 
 namespace tokend::refresh {
 
@@ -142,6 +143,9 @@ Result<bool> TokenService::put_profile(ProfileSpec spec) {
   }
   auto& e = m_entries.insert_or_assign(name, Entry{std::move(*profile), std::move(*credential), std::move(rt)}).first->second;
   audit(is_new ? "profile_added" : "profile_updated", name);
+  if (auto w = write_sinks(e.profile, e.credential); !w) {
+    m_events.publish("sink_failed", name, now_ms(), {{"error", w.error().message}});
+  }
   m_events.publish(is_new ? "profile_added" : "profile_updated", name, now_ms(),
                    {{"kind", store::to_string(e.profile.kind)}, {"state", store::to_string(e.credential.state)}});
   if (!e.rt.in_flight) {
@@ -481,9 +485,12 @@ void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResp
       ++m_stats.refreshes_ok;
       e.rt.failures = 0;
       schedule_from_token(e);
-      spdlog::info("profile {}: refreshed, valid for {} s", name,
+      spdlog::debug("profile {}: refreshed, valid for {} s", name,
                    (*e.credential.expires_at_ms - now_ms()) / 1000);
-      // Committed first; now wake the waiters and tell the subscribers.
+      // Committed first; now the sinks, the waiters and the subscribers.
+      if (auto w = write_sinks(e.profile, e.credential); !w) {
+        m_events.publish("sink_failed", name, now_ms(), {{"error", w.error().message}});
+      }
       finish(e, {});
       m_events.publish("refreshed", name, now_ms(),
                        {{"expires_at", *e.credential.expires_at_ms / 1000}, {"generation", e.credential.generation}});

@@ -202,6 +202,30 @@ class RefreshTest(unittest.TestCase):
         self.assertEqual(stats["refreshes_by_grant"][g["grant_id"]], 1)
         self.assertEqual(stats["max_concurrent_by_grant"][g["grant_id"]], 1)
 
+    def test_sinks_follow_every_refresh(self):
+        env_file = os.path.join(self.xdg.root, "project.env")
+        with open(env_file, "w") as f:
+            f.write("# written by the token manager script\nJIRA_URL=https://example.atlassian.net\n"
+                    "JIRA_OAUTH_ACCESS_TOKEN=stale\nOTHER='kept as is'\n")
+        os.chmod(env_file, 0o600)
+        token_file = os.path.join(self.xdg.root, "token")
+        g = self.up.add_grant(CLIENT_ID, access_lifetime=3600)
+        r = self.ctl("add", "s", "--kind", "oauth2", "--token-url", self.up.token_url, "--client-id", CLIENT_ID,
+                     "--client-secret-file", self.secret_file("cs", CLIENT_SECRET),
+                     "--token-file", self.secret_file("at", g["access_token"]),
+                     "--refresh-token-file", self.secret_file("rt", g["refresh_token"]), "--expires-in", "3600",
+                     "--sink-file", token_file, "--sink-dotenv", env_file + "=JIRA_OAUTH_ACCESS_TOKEN")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for _ in range(2):
+            self.assertEqual(self.ctl("renew", "s").returncode, 0)
+            current = self.token("s")[1]
+            with open(token_file) as f:
+                self.assertEqual(f.read(), current + "\n")
+            self.assertEqual(os.stat(token_file).st_mode & 0o777, 0o600)
+            with open(env_file) as f:
+                self.assertEqual(f.read(), "# written by the token manager script\nJIRA_URL=https://example.atlassian.net\n"
+                                           f"JIRA_OAUTH_ACCESS_TOKEN={current}\nOTHER='kept as is'\n")
+
     def test_no_refresh_token_rotated_away_survives_a_restart(self):
         g = self.add_profile()
         self.ctl("renew", "p")
