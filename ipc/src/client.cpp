@@ -90,6 +90,48 @@ std::string serialize_request(std::string_view method, std::string_view target, 
 
 }  // namespace
 
+// Feeds received bytes to `parser` until it is done, the peer closes, or the
+// callback asked to stop. deadline: none when nullopt.
+Result<> Client::receive(http::basic_parser<false>& parser, const bool& stop,
+                         std::optional<std::chrono::steady_clock::time_point> deadline) {
+  std::string buf;
+  char chunk[16 * 1024];
+  struct Wipe {
+    char* p;
+    std::size_t n;
+    ~Wipe() { secure_wipe(p, n); }
+  } wipe{chunk, sizeof chunk};
+  while (!parser.is_done() && !stop) {
+    if (deadline) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());
+      pollfd pfd{m_fd, POLLIN, 0};
+      const int pr = left.count() <= 0 ? 0 : ::poll(&pfd, 1, static_cast<int>(left.count()));
+      if (pr == 0) return fail(Errc::timeout, "tokend did not answer in time");
+      if (pr < 0 && errno == EINTR) continue;
+    }
+    const ssize_t n = ::recv(m_fd, chunk, sizeof chunk, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(Errc::unavailable, fmt::format("reading from tokend: {}", errno_text(errno)));
+    }
+    boost::system::error_code ec;
+    if (n == 0) {
+      parser.put_eof(ec);
+      if (ec || !parser.is_done()) return fail(Errc::protocol, "tokend closed the connection before answering");
+      return {};
+    }
+    buf.append(chunk, static_cast<std::size_t>(n));
+    for (;;) {
+      const std::size_t used = parser.put(asio::buffer(buf.data(), buf.size()), ec);
+      buf.erase(0, used);
+      if (ec == http::error::need_more) break;
+      if (ec) return fail(Errc::protocol, "malformed answer from tokend: " + ec.message());
+      if (parser.is_done() || buf.empty()) break;
+    }
+  }
+  return {};
+}
+
 Result<Client> Client::connect(const std::filesystem::path& socket) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -138,38 +180,14 @@ Result<ClientResponse> Client::request(std::string_view method, std::string_view
     out.body.append(d);
     return true;
   };
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  std::string buf;
-  char chunk[16 * 1024];
-  while (!parser.is_done()) {
-    if (timeout.count() > 0) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      pollfd pfd{m_fd, POLLIN, 0};
-      const int pr = left.count() <= 0 ? 0 : ::poll(&pfd, 1, static_cast<int>(left.count()));
-      if (pr == 0) return fail(Errc::timeout, fmt::format("tokend did not answer within {} s", timeout.count() / 1000));
-      if (pr < 0 && errno == EINTR) continue;
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (timeout.count() > 0) deadline = std::chrono::steady_clock::now() + timeout;
+  if (auto r = receive(parser, parser.stop, deadline); !r) {
+    if (r.error().code == Errc::timeout) {
+      return fail(Errc::timeout, fmt::format("tokend did not answer within {} s", timeout.count() / 1000));
     }
-    const ssize_t n = ::recv(m_fd, chunk, sizeof chunk, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail(Errc::unavailable, fmt::format("reading from tokend: {}", errno_text(errno)));
-    }
-    boost::system::error_code ec;
-    if (n == 0) {
-      parser.put_eof(ec);
-      if (ec || !parser.is_done()) return fail(Errc::protocol, "tokend closed the connection before answering");
-      break;
-    }
-    buf.append(chunk, static_cast<std::size_t>(n));
-    for (;;) {
-      const std::size_t used = parser.put(asio::buffer(buf.data(), buf.size()), ec);
-      buf.erase(0, used);
-      if (ec == http::error::need_more) break;
-      if (ec) return fail(Errc::protocol, "malformed answer from tokend: " + ec.message());
-      if (parser.is_done() || buf.empty()) break;
-    }
+    return std::unexpected(r.error());
   }
-  secure_wipe(chunk, sizeof chunk);
   out.status = parser.status;
   out.headers = std::move(parser.headers);
   return out;
@@ -182,28 +200,9 @@ Result<> Client::stream(std::string_view target, const std::function<void(int)>&
   parser.body_limit(boost::none);
   parser.on_status = on_status;
   parser.on_data = on_data;
-  std::string buf;
-  char chunk[16 * 1024];
-  while (!parser.is_done() && !parser.stop) {
-    const ssize_t n = ::recv(m_fd, chunk, sizeof chunk, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail(Errc::unavailable, fmt::format("reading from tokend: {}", errno_text(errno)));
-    }
-    boost::system::error_code ec;
-    if (n == 0) {
-      parser.put_eof(ec);
-      return {};
-    }
-    buf.append(chunk, static_cast<std::size_t>(n));
-    for (;;) {
-      const std::size_t used = parser.put(asio::buffer(buf.data(), buf.size()), ec);
-      buf.erase(0, used);
-      if (ec == http::error::need_more) break;
-      if (ec) return fail(Errc::protocol, "malformed answer from tokend: " + ec.message());
-      if (parser.is_done() || buf.empty()) break;
-    }
-  }
+  auto r = receive(parser, parser.stop, std::nullopt);
+  // An event stream ends when tokend closes it: that is not an error here.
+  if (!r && r.error().code != Errc::protocol) return r;
   return {};
 }
 

@@ -14,6 +14,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "core/guard.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <sstream>
@@ -31,17 +33,6 @@ namespace {
 
 constexpr std::size_t k_read_buffer_bytes = 64 * 1024;
 constexpr std::chrono::milliseconds k_linger{1000};
-
-template <class F>
-void guarded(const char* where, F&& f) noexcept {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    spdlog::error("unhandled exception in {}: {}", where, e.what());
-  } catch (...) {
-    spdlog::error("unhandled exception in {}", where);
-  }
-}
 
 // Which answer a parse error gets.
 std::pair<int, std::string_view> status_for_parse_error(const boost::system::error_code& ec) {

@@ -2,22 +2,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include "core/guard.hpp"
+
 #include <fmt/format.h>
 
 namespace tokend::net {
 
 namespace {
-
-template <class F>
-void guarded(const char* where, F&& f) noexcept {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    spdlog::error("unhandled exception in {} callback: {}", where, e.what());
-  } catch (...) {
-    spdlog::error("unhandled exception in {} callback", where);
-  }
-}
 
 }  // namespace
 

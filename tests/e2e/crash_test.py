@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
 from client import FakeUpstream  # noqa: E402
-from harness import Daemon, XdgTree, binaries, run_ctl, wait_for  # noqa: E402
+from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, wait_for  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
 ROUNDS = int(os.environ.get("TOKEND_CRASH_ROUNDS", "200"))
@@ -49,11 +49,7 @@ class CrashTest(unittest.TestCase):
         return d
 
     def secret_file(self, name, content):
-        path = os.path.join(self.xdg.root, name)
-        with open(path, "w") as f:
-            f.write(content + "\n")
-        os.chmod(path, 0o600)
-        return path
+        return secret_file(self.xdg.root, name, content)
 
     def seed_profile(self, reuse_window):
         g = self.up.add_grant(CLIENT_ID, access_lifetime=1)

@@ -32,6 +32,15 @@ def binaries():
     return found["tokend"], found["tokenctl"]
 
 
+def secret_file(directory, name, content):
+    """Writes a secret for tokenctl to read (mode 0600), returns its path."""
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(content + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 def run_ctl(tokenctl, env, *args, input=None, timeout=DEFAULT_DEADLINE):
     """Runs tokenctl; returns CompletedProcess with text stdout/stderr."""
     return subprocess.run([tokenctl, *args], env=env, input=input, capture_output=True,

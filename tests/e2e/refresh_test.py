@@ -13,7 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
 from client import FakeUpstream  # noqa: E402
-from harness import Daemon, XdgTree, binaries, run_ctl, wait_for  # noqa: E402
+from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, wait_for  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
 CLIENT_ID = "tokend-test"
@@ -83,11 +83,7 @@ class RefreshTest(unittest.TestCase):
         return run_ctl(TOKENCTL, self.env, *args, input=input, timeout=60)
 
     def secret_file(self, name, content):
-        path = os.path.join(self.xdg.root, name)
-        with open(path, "w") as f:
-            f.write(content + "\n")
-        os.chmod(path, 0o600)
-        return path
+        return secret_file(self.xdg.root, name, content)
 
     def add_profile(self, name="p", lifetime=3600, reuse_window=600, grant_lifetime=3600):
         """`lifetime`: what tokend is told the supplied token has left;

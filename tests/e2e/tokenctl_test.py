@@ -9,7 +9,7 @@ import subprocess
 import threading
 import unittest
 
-from harness import Daemon, XdgTree, binaries, run_ctl, wait_for, http_over_unix
+from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, wait_for, http_over_unix
 
 TOKEND, TOKENCTL = binaries()
 
@@ -38,11 +38,7 @@ class TokenctlTest(unittest.TestCase):
         return r
 
     def secret_file(self, name, content):
-        path = os.path.join(self.xdg.root, name)
-        with open(path, "w") as f:
-            f.write(content + "\n")
-        os.chmod(path, 0o600)
-        return path
+        return secret_file(self.xdg.root, name, content)
 
     def add_all_kinds(self):
         self.ctl("add", "cloud", "--kind", "api-token", "--site", "https://example.atlassian.net",

@@ -7,10 +7,16 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <optional>
 #include <string_view>
 
 #include "core/error.hpp"
 #include "ipc/http.hpp"
+
+namespace boost::beast::http {
+template <bool isRequest>
+class basic_parser;
+}
 
 namespace tokend::ipc {
 
@@ -45,6 +51,8 @@ class Client {
  private:
   Client(int fd, std::filesystem::path socket) : m_fd(fd), m_socket(std::move(socket)) {}
   Result<> send_all(std::string_view bytes);
+  Result<> receive(boost::beast::http::basic_parser<false>& parser, const bool& stop,
+                   std::optional<std::chrono::steady_clock::time_point> deadline);
   int m_fd;
   std::filesystem::path m_socket;
 };
