@@ -128,7 +128,7 @@ class RefreshTest(unittest.TestCase):
     def test_fault_matrix(self):
         transient = ["rate_limited", "server_error_500", "bad_gateway_502", "unavailable_503", "truncated_json",
                      "missing_access_token", "expires_in_negative", "expires_in_garbage", "html_200", "slow",
-                     "drop", "reset_mid_body", "drop_after_rotate"]
+                     "drop", "reset_mid_body", "drop_after_rotate", "huge_body"]
         reauth = ["invalid_grant_standard", "invalid_grant_atlassian", "invalid_client"]
         accepted = ["expires_in_string", "expires_in_absent"]
         for mode in transient + reauth + accepted:
@@ -163,6 +163,8 @@ class RefreshTest(unittest.TestCase):
                     continue
                 self.assertEqual(r.returncode, 1, r.stderr)
                 self.assertIn(st["state"], ("backoff", "refreshing"), st)
+                if mode == "huge_body":
+                    self.assertIn("larger than the limit", st["last_error"])
                 self.assertTrue(st["last_error"] or st["state"] == "refreshing")
                 # The still-valid token keeps being served, unchanged.
                 code, tok, err = self.token(name, 60)
@@ -171,6 +173,14 @@ class RefreshTest(unittest.TestCase):
                 wait_for(lambda: self.status(name)["state"] == "valid" and self.token(name)[1] != before,
                          f"{mode}: automatic recovery", deadline=30)
         self.assertNotIn("AddressSanitizer", self.daemon.output())
+
+    def test_upstream_connections_are_reused(self):
+        self.add_profile()
+        self.up.clear_log()
+        for _ in range(5):
+            self.assertEqual(self.ctl("renew", "p").returncode, 0)
+        conns = {e["connection"] for e in self.up.log() if e.get("path") == "/oauth/token"}
+        self.assertEqual(len(conns), 1, f"5 refreshes over {len(conns)} connections")
 
     def test_500_concurrent_requests_make_one_upstream_refresh(self):
         g = self.add_profile(lifetime=30)  # valid 30 s; callers want 120; refreshed ones live 3600

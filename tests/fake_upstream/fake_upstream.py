@@ -78,6 +78,7 @@ FAULT_MODES = {
     "reset_mid_body": {"token", "resource"},
     "drop_after_rotate": {"token"},
     "invalid_token": {"resource"},
+    "huge_body": {"token", "resource"},
 }
 
 #: Modes after which the request is processed normally (the grant DOES change).
@@ -1070,6 +1071,9 @@ class App:
                                  headers=retry if status == 503 else [])
         if mode == "html_200":
             return Response.html(200, SSO_LOGIN_PAGE)
+        if mode == "huge_body":
+            # A well-formed but 2 MiB answer: clients must cap what they read.
+            return Response.json(200, {"error": "padding", "padding": "x" * (2 * 1024 * 1024)})
         if mode == "drop":
             return Response(0, action="drop", rst=fault.rst)
         # The rest answer with a (broken) token response whose tokens are bogus.
