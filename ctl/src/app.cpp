@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <sstream>
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -36,6 +37,11 @@ struct Ctx {
 
 struct UsageError {
   std::string message;
+};
+
+// Thrown by parse() for COMMAND --help: carries the command's option list.
+struct HelpRequest {
+  std::string options;
 };
 
 void say(std::FILE* f, const std::string& s) {
@@ -105,6 +111,14 @@ Call call(const Ctx& ctx, std::string_view method, const std::string& target, st
 // Parses a command's options; positional arguments in order of `positional`.
 po::variables_map parse(const std::vector<std::string>& args, const po::options_description& opts,
                         const std::vector<std::string>& positional, bool allow_extra = false) {
+  for (const auto& a : args) {
+    if (a == "--") break;
+    if (a == "--help" || a == "-h") {
+      std::ostringstream os;
+      if (!opts.options().empty()) os << "\n" << opts;
+      throw HelpRequest{os.str()};
+    }
+  }
   po::options_description all;
   all.add(opts);
   po::positional_options_description pos;
@@ -537,15 +551,11 @@ int run(const std::vector<std::string>& args, const Io& io) {
   const std::vector<std::string> rest(args.begin() + static_cast<std::ptrdiff_t>(i) + 1, args.end());
   for (const auto& c : k_commands) {
     if (name != c.name) continue;
-    for (const auto& a : rest) {
-      if (a == "--") break;
-      if (a == "--help" || a == "-h") {
-        say(io.out, fmt::format("Usage: tokenctl {}\n", c.synopsis));
-        return k_ok;
-      }
-    }
     try {
       return c.fn(ctx, rest);
+    } catch (const HelpRequest& h) {
+      say(io.out, fmt::format("Usage: tokenctl {}\n{}", c.synopsis, h.options));
+      return k_ok;
     } catch (const UsageError& e) {
       say(io.err, fmt::format("tokenctl {}: {}\nUsage: tokenctl {}\n", name, e.message, c.synopsis));
       return k_usage;

@@ -180,6 +180,13 @@ class TokenctlTest(unittest.TestCase):
         r = run_ctl(TOKENCTL, env, "ping")
         self.assertEqual(r.returncode, 3)
 
+    def test_command_help_lists_its_options(self):
+        out = self.ctl("add", "--help").stdout
+        for flag in ("--kind", "--token-file", "--client-secret-file", "--sink-dotenv", "--reuse-window"):
+            self.assertIn(flag, out)
+        self.assertIn("--format", self.ctl("token", "--help").stdout)
+        self.assertIn("Usage: tokenctl ping", self.ctl("ping", "--help").stdout)
+
     def test_ping_version_completion(self):
         self.assertIn("is running on " + self.xdg.socket, self.ctl("ping").stdout)
         self.assertRegex(self.ctl("version").stdout, r"^tokenctl \d+\.\d+\.\d+\n$")
