@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,24 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "fake_upstream"))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
 from client import FakeUpstream  # noqa: E402
-from harness import Daemon, XdgTree, wait_for  # noqa: E402
-
-
-def request(sock_path, method, target, body=None):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(60)
-    s.connect(sock_path)
-    data = body.encode() if body else b""
-    s.sendall(f"{method} {target} HTTP/1.1\r\nConnection: close\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
-    out = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        out += b
-    s.close()
-    head, _, payload = out.partition(b"\r\n\r\n")
-    return int(head[9:12]), payload.decode(errors="replace")
+from harness import Daemon, XdgTree, unix_request as request  # noqa: E402
 
 
 def proc_stat(pid):

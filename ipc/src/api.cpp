@@ -198,7 +198,15 @@ void Api::register_routes(Router& router) {
     // profile's single refresh. The exchange ignores an answer to a caller
     // that has gone.
     m_tokens.token_async(name, req, [this, ex, name](Result<refresh::TokenGrant> grant) {
-      ++m_token_requests[name + (grant ? "|ok" : "|" + std::string(errc_name(grant.error().code)))];
+      // Names that are not profiles share one series: a caller looping over
+      // random names must not grow memory or the metric's cardinality.
+      const bool known = grant || grant.error().code != Errc::not_found;
+      const std::string_view key = known ? std::string_view(name) : std::string_view("(unknown)");
+      auto counts = m_token_requests.find(key);
+      if (counts == m_token_requests.end()) {
+        counts = m_token_requests.emplace(std::string(key), std::map<std::string_view, std::uint64_t>{}).first;
+      }
+      ++counts->second[grant ? std::string_view("ok") : errc_name(grant.error().code)];
       if (!grant) {
         if (grant.error().code == Errc::reauth_required) return ex->respond(reauth_error(grant.error(), name));
         return ex->respond(error_response(grant.error()));
@@ -287,10 +295,11 @@ void Api::register_routes(Router& router) {
                          store::to_string(v.state));
     }
     metric("tokend_token_requests_total", "counter", "Token requests by profile and result.");
-    for (const auto& [key, n] : m_token_requests) {
-      const auto bar = key.find('|');
-      out += fmt::format("tokend_token_requests_total{{profile=\"{}\",result=\"{}\"}} {}\n",
-                         escape_label(key.substr(0, bar)), key.substr(bar + 1), n);
+    for (const auto& [profile, results] : m_token_requests) {
+      for (const auto& [result, n] : results) {
+        out += fmt::format("tokend_token_requests_total{{profile=\"{}\",result=\"{}\"}} {}\n",
+                           escape_label(profile), result, n);
+      }
     }
     const auto& es = m_tokens.stats();
     metric("tokend_refreshes_total", "counter", "Refreshes by outcome.");

@@ -445,9 +445,12 @@ void TokenService::launch(Entry& e) {
   m_stats.peak_in_flight = std::max(m_stats.peak_in_flight, m_stats.in_flight);
   const std::int64_t generation = e.credential.generation;
   spdlog::debug("profile {}: refreshing (generation {})", name, generation);
+  // What the answer needs from the endpoint travels with the request: the
+  // profile config is not parsed a second time.
   e.rt.http_id = m_http->start(make_refresh_request(*endpoint, e.credential.refresh_token, m_options.http_timeout),
-                               [this, name, sent_at, generation](Result<net::HttpResponse> r) {
-                                 on_refresh_done(name, std::move(r), sent_at, generation);
+                               [this, name, sent_at, generation, reuse = endpoint->reuse_window,
+                                lifetime = endpoint->default_lifetime](Result<net::HttpResponse> r) {
+                                 on_refresh_done(name, std::move(r), sent_at, generation, reuse, lifetime);
                                });
 }
 
@@ -458,7 +461,7 @@ void TokenService::finish(Entry& e, Result<> outcome) {
 }
 
 void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResponse> result, WallTime sent_at,
-                                   std::int64_t generation) {
+                                   std::int64_t generation, Millis reuse, Millis default_lifetime) {
   --m_stats.in_flight;
   auto it = m_entries.find(name);
   if (it == m_entries.end()) {
@@ -467,12 +470,9 @@ void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResp
   }
   Entry& e = it->second;
   e.rt.in_flight = false;
-  auto endpoint = token_endpoint_of(e.profile);
-  const Millis default_lifetime = endpoint ? endpoint->default_lifetime : Millis(3'600'000);
   auto tokens = interpret_token_response(result, sent_at, default_lifetime);
 
   if (tokens) {
-    const Millis reuse = endpoint ? endpoint->reuse_window : Millis(0);
     auto committed = m_store.store_token_set(name, *tokens, generation, now_ms() + reuse.count());
     if (!committed) {
       // The profile was replaced meanwhile (a PUT with new tokens): its

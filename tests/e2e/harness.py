@@ -32,6 +32,15 @@ def binaries():
     return found["tokend"], found["tokenctl"]
 
 
+def unix_request(socket_path, method, target, body=None, deadline=DEFAULT_DEADLINE):
+    """One request with Connection: close; returns (status, body text)."""
+    data = body.encode() if body else b""
+    raw = http_over_unix(socket_path, f"{method} {target} HTTP/1.1\r\nConnection: close\r\n"
+                                      f"Content-Length: {len(data)}\r\n\r\n".encode() + data, deadline)
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head[9:12]), payload.decode(errors="replace")
+
+
 def secret_file(directory, name, content):
     """Writes a secret for tokenctl to read (mode 0600), returns its path."""
     path = os.path.join(directory, name)

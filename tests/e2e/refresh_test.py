@@ -4,7 +4,6 @@ design names, a valid token keeps being served, nothing stored changes on a
 bad answer, and recovery happens on its own."""
 import json
 import os
-import socket
 import sys
 import threading
 import unittest
@@ -13,28 +12,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
 from client import FakeUpstream  # noqa: E402
-from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, wait_for  # noqa: E402
+from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, unix_request, wait_for  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
 CLIENT_ID = "tokend-test"
 CLIENT_SECRET = "cs-MARKER-client-secret"
 ALL_LOGS = []
-
-
-def raw_get(sock_path, target, timeout=30):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(sock_path)
-    s.sendall(f"GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
-    data = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        data += b
-    s.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head[9:12]), json.loads(body)
 
 
 class RefreshTest(unittest.TestCase):
@@ -190,9 +173,9 @@ class RefreshTest(unittest.TestCase):
         lock = threading.Lock()
 
         def ask():
-            status, body = raw_get(self.xdg.socket, "/v1/profiles/p/token?min_valid=120", timeout=60)
+            status, text = unix_request(self.xdg.socket, "GET", "/v1/profiles/p/token?min_valid=120", deadline=60)
             with lock:
-                results.append((status, body.get("token")))
+                results.append((status, json.loads(text).get("token")))
 
         threads = [threading.Thread(target=ask) for _ in range(500)]
         for t in threads:

@@ -44,7 +44,9 @@ class Api {
   const Server* m_server = nullptr;
   MonoTime m_started;
   std::unique_ptr<Streams> m_streams;
-  std::map<std::string, std::uint64_t> m_token_requests;  // "profile|result" -> count
+  // profile -> result ("ok" or an error code) -> count; looked up without
+  // allocating on the token path once a profile has been seen.
+  std::map<std::string, std::map<std::string_view, std::uint64_t>, std::less<>> m_token_requests;
 };
 
 // Rendering shared by handlers and tests.

@@ -147,7 +147,7 @@ class TokenService {
   void start_refresh(const std::string& name);
   void launch(Entry& e);
   void on_refresh_done(const std::string& name, Result<net::HttpResponse> result, WallTime sent_at,
-                       std::int64_t generation);
+                       std::int64_t generation, Millis reuse, Millis default_lifetime);
   void finish(Entry& e, Result<> outcome);
   void start_queued();
   void reload_credential(Entry& e);
