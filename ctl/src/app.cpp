@@ -1,23 +1,34 @@
 #include "ctl/app.hpp"
 
+#include <poll.h>
+#include <strings.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <ctime>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <optional>
+#include <span>
 #include <sstream>
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "core/encoding.hpp"
 #include "core/names.hpp"
 #include "core/paths.hpp"
+#include "ctl/browser.hpp"
 #include "ctl/completion.hpp"
+#include "ctl/dotenv.hpp"
 #include "ctl/format.hpp"
+#include "ctl/import.hpp"
 #include "ctl/input.hpp"
+#include "ctl/interrupt.hpp"
 #include "ipc/client.hpp"
 
 namespace tokend::ctl {
@@ -71,40 +82,80 @@ std::string seg(std::string_view s) {
   return out;
 }
 
-// A call to tokend; on failure, returns the exit code after printing why.
+// A string or integer field of an answer; empty/nullopt when absent or of
+// another type (answers are trusted, but a wrong type must not throw).
+std::string jstr(const json::Json& j, const char* key) {
+  if (!j.is_object()) return {};
+  const auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string{};
+}
+
+std::optional<std::int64_t> jint(const json::Json& j, const char* key) {
+  if (!j.is_object()) return std::nullopt;
+  const auto it = j.find(key);
+  if (it == j.end() || !it->is_number_integer()) return std::nullopt;
+  return it->get<std::int64_t>();
+}
+
+bool jbool(const json::Json& j, const char* key) {
+  if (!j.is_object()) return false;
+  const auto it = j.find(key);
+  return it != j.end() && it->is_boolean() && it->get<bool>();
+}
+
+// Overwrites every string in a JSON value (request bodies carrying secrets).
+void wipe_strings(json::Json& j) {
+  if (j.is_string()) {
+    secure_wipe(j.get_ref<std::string&>());
+  } else if (j.is_structured()) {
+    for (auto& v : j) wipe_strings(v);
+  }
+}
+
+// The message of an {"error": {...}} answer, or `fallback`.
+std::string error_message(const json::Json& body, std::string fallback) {
+  if (body.is_object() && body.contains("error") && body["error"].is_object()) {
+    if (auto m = jstr(body["error"], "message"); !m.empty()) return m;
+  }
+  return fallback;
+}
+
+// A call to tokend. On failure `exit` is the exit code and `message` says
+// why; the message is printed unless the caller asked for a quiet call.
 struct Call {
   std::optional<ipc::ClientResponse> response;
   json::Json body;
   int exit = k_ok;
+  std::string message;
 };
 
+enum class Report { print, quiet };
+
 Call call(const Ctx& ctx, std::string_view method, const std::string& target, std::string_view body = {},
-          std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+          std::chrono::milliseconds timeout = std::chrono::seconds(30), Report report = Report::print) {
   Call c;
+  auto finish = [&](std::string message, int code) {
+    c.message = std::move(message);
+    c.exit = code;
+    if (report == Report::print) error(ctx, c.message, code);
+    return c;
+  };
   auto client = ipc::Client::connect(ctx.socket);
-  if (!client) {
-    c.exit = error(ctx, fmt::format("{}; {}", client.error().message, k_start_hint), k_unreachable);
-    return c;
-  }
+  if (!client) return finish(fmt::format("{}; {}", client.error().message, k_start_hint), k_unreachable);
   auto r = client->request(method, target, body, {}, timeout);
-  if (!r) {
-    c.exit = error(ctx, r.error().message, r.error().code == Errc::unavailable ? k_unreachable : k_error);
-    return c;
-  }
+  if (!r) return finish(r.error().message, r.error().code == Errc::unavailable ? k_unreachable : k_error);
   if (!r->body.empty()) {
     auto j = json::parse(r->body, "tokend's answer");
     if (j) c.body = std::move(*j);
   }
-  if (r->status >= 400) {
-    std::string code;
-    std::string message = fmt::format("tokend answered {}", r->status);
-    if (c.body.is_object() && c.body.contains("error") && c.body["error"].is_object()) {
-      code = c.body["error"].value("code", "");
-      message = c.body["error"].value("message", message);
-    }
-    c.exit = error(ctx, message, code == "reauth_required" ? k_reauth : k_error);
-  }
+  const int status = r->status;
   c.response = std::move(*r);
+  if (status >= 400) {
+    std::string code;
+    if (c.body.is_object() && c.body.contains("error") && c.body["error"].is_object()) code = jstr(c.body["error"], "code");
+    return finish(error_message(c.body, fmt::format("tokend answered {}", status)),
+                  code == "reauth_required" ? k_reauth : k_error);
+  }
   return c;
 }
 
@@ -271,52 +322,70 @@ int cmd_headers(Ctx& ctx, const std::vector<std::string>& args) {
   return k_ok;
 }
 
-int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
-  po::options_description o("tokenctl add PROFILE --kind oauth2|api-token|pat [options]");
-  o.add_options()("kind", po::value<std::string>(), "oauth2, api-token or pat")(
-      "provider", po::value<std::string>(), "atlassian, generic or mcp (oauth2)")(
+// The settings `add` and `import` share: every oauth2 field of the profile
+// API that is not a secret, plus site, api_base and sinks (all kinds).
+void add_profile_options(po::options_description& o) {
+  o.add_options()("provider", po::value<std::string>(), "atlassian, generic or mcp (oauth2)")(
       "client-id", po::value<std::string>(), "OAuth client id")(
-      "client-secret-file", po::value<std::string>(), "file holding the client secret, or - for stdin")(
       "scopes", po::value<std::string>(), "space-separated scopes")(
-      "issuer", po::value<std::string>(), "issuer URL for discovery")(
+      "issuer", po::value<std::string>(), "issuer URL for discovery (RFC 8414 / OIDC)")(
       "authorize-url", po::value<std::string>(), "authorization endpoint")(
       "token-url", po::value<std::string>(), "token endpoint")(
-      "redirect-uri", po::value<std::string>(), "loopback redirect URI")(
+      "device-authorization-url", po::value<std::string>(), "device authorization endpoint (RFC 8628, login --device)")(
+      "revocation-url", po::value<std::string>(), "token revocation endpoint (RFC 7009, used by logout)")(
+      "userinfo-url", po::value<std::string>(), "endpoint tokenctl test calls (generic, mcp)")(
+      "redirect-uri", po::value<std::string>(), "redirect URI (http://127.0.0.1:PORT/PATH is served by tokend)")(
       "mcp-server", po::value<std::string>(), "MCP server URL (provider mcp)")(
-      "site", po::value<std::string>(), "Jira/Confluence site URL")(
-      "email", po::value<std::string>(), "account email (api-token)")(
-      "token-file", po::value<std::string>(), "file holding the API token, PAT or access token, or - for stdin")(
-      "refresh-token-file", po::value<std::string>(), "file holding a refresh token, or - for stdin")(
-      "expires-in", po::value<std::string>(), "seconds the supplied access token stays valid")(
+      "resource", po::value<std::string>(), "resource indicator (RFC 8707)")(
+      "audience", po::value<std::string>(), "audience parameter of the authorization request")(
+      "pkce", po::value<std::string>(), "S256 (default), required or off")(
       "token-endpoint-auth", po::value<std::string>(), "client_secret_basic (default), client_secret_post or none")(
+      "reuse-window", po::value<std::string>(), "seconds the provider accepts a rotated refresh token (atlassian: 600)")(
+      "refresh-buffer", po::value<std::string>(), "refresh this many seconds before expiry (default: tokend's)")(
+      "site", po::value<std::string>(), "Jira/Confluence site URL")(
+      "api-base", po::value<std::string>(), "base URL for proxied calls (generic)")(
       "sink-file", po::value<std::vector<std::string>>(), "also write the token to this file at every refresh (0600)")(
       "sink-dotenv", po::value<std::vector<std::string>>(),
-      "also update VARIABLE in this .env file: PATH[=VARIABLE] (default ACCESS_TOKEN)")(
-      "reuse-window", po::value<std::string>(), "seconds the provider accepts a rotated refresh token (atlassian: 600)")(
-      "api-base", po::value<std::string>(), "base URL for proxied calls (generic)");
-  auto vm = parse(args, o, {"profile"});
-  const std::string name = need(vm, "profile", "PROFILE");
-  const std::string kind = need(vm, "kind", "--kind oauth2|api-token|pat");
-  if (kind != "oauth2" && kind != "api-token" && kind != "pat") {
-    throw UsageError{fmt::format("unknown kind '{}'; use oauth2, api-token or pat", kind)};
-  }
-  int stdin_users = 0;
-  for (const char* f : {"client-secret-file", "token-file", "refresh-token-file"}) {
-    if (opt(vm, f) == "-") ++stdin_users;
-  }
-  if (stdin_users > 1) throw UsageError{"only one secret can come from standard input (-)"};
+      "also update VARIABLE in this .env file: PATH[=VARIABLE] (default ACCESS_TOKEN)");
+}
 
-  json::Json body = {{"kind", kind}};
+void check_choice(const po::variables_map& vm, const char* flag, std::initializer_list<std::string_view> choices) {
+  const auto v = opt(vm, flag);
+  if (!v) return;
+  for (const auto c : choices) {
+    if (*v == c) return;
+  }
+  throw UsageError{fmt::format("--{} must be one of: {}", flag, fmt::join(choices, ", "))};
+}
+
+// Sets the fields of add_profile_options() given on the command line.
+void apply_profile_options(const po::variables_map& vm, json::Json& body) {
+  check_choice(vm, "provider", {"atlassian", "generic", "mcp"});
+  check_choice(vm, "pkce", {"S256", "required", "off"});
+  check_choice(vm, "token-endpoint-auth", {"client_secret_basic", "client_secret_post", "none"});
   const std::pair<const char*, const char*> plain[] = {
-      {"provider", "provider"}, {"client-id", "client_id"}, {"scopes", "scopes"},
-      {"issuer", "issuer"},     {"authorize-url", "authorize_url"}, {"token-url", "token_url"},
-      {"redirect-uri", "redirect_uri"}, {"mcp-server", "mcp_server"}, {"site", "site"},
-      {"email", "email"},       {"api-base", "api_base"}, {"token-endpoint-auth", "token_endpoint_auth"}};
+      {"provider", "provider"},
+      {"client-id", "client_id"},
+      {"scopes", "scopes"},
+      {"issuer", "issuer"},
+      {"authorize-url", "authorize_url"},
+      {"token-url", "token_url"},
+      {"device-authorization-url", "device_authorization_url"},
+      {"revocation-url", "revocation_url"},
+      {"userinfo-url", "userinfo_url"},
+      {"redirect-uri", "redirect_uri"},
+      {"mcp-server", "mcp_server"},
+      {"resource", "resource"},
+      {"audience", "audience"},
+      {"pkce", "pkce"},
+      {"token-endpoint-auth", "token_endpoint_auth"},
+      {"site", "site"},
+      {"api-base", "api_base"}};
   for (const auto& [flag, field] : plain) {
     if (auto v = opt(vm, flag)) body[field] = *v;
   }
-  if (auto e = seconds(vm, "expires-in", 10U * 365 * 24 * 3600)) body["expires_in"] = *e;
   if (auto w = seconds(vm, "reuse-window", 86'400)) body["reuse_window"] = *w;
+  if (auto b = seconds(vm, "refresh-buffer", 86'400)) body["refresh_buffer"] = *b;
   if (vm.count("sink-file") != 0 || vm.count("sink-dotenv") != 0) {
     json::Json sinks = json::Json::array();
     auto absolute = [](const std::string& p) {
@@ -337,6 +406,33 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
     }
     body["sinks"] = std::move(sinks);
   }
+}
+
+int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
+  po::options_description o("tokenctl add PROFILE --kind oauth2|api-token|pat [options]");
+  o.add_options()("kind", po::value<std::string>(), "oauth2, api-token or pat");
+  add_profile_options(o);
+  o.add_options()("client-secret-file", po::value<std::string>(), "file holding the client secret, or - for stdin")(
+      "email", po::value<std::string>(), "account email (api-token)")(
+      "token-file", po::value<std::string>(), "file holding the API token, PAT or access token, or - for stdin")(
+      "refresh-token-file", po::value<std::string>(), "file holding a refresh token, or - for stdin")(
+      "expires-in", po::value<std::string>(), "seconds the supplied access token stays valid");
+  auto vm = parse(args, o, {"profile"});
+  const std::string name = need(vm, "profile", "PROFILE");
+  const std::string kind = need(vm, "kind", "--kind oauth2|api-token|pat");
+  if (kind != "oauth2" && kind != "api-token" && kind != "pat") {
+    throw UsageError{fmt::format("unknown kind '{}'; use oauth2, api-token or pat", kind)};
+  }
+  int stdin_users = 0;
+  for (const char* f : {"client-secret-file", "token-file", "refresh-token-file"}) {
+    if (opt(vm, f) == "-") ++stdin_users;
+  }
+  if (stdin_users > 1) throw UsageError{"only one secret can come from standard input (-)"};
+
+  json::Json body = {{"kind", kind}};
+  apply_profile_options(vm, body);
+  if (auto e = opt(vm, "email")) body["email"] = *e;
+  if (auto e = seconds(vm, "expires-in", 10U * 365 * 24 * 3600)) body["expires_in"] = *e;
 
   std::vector<Secret> held;  // wiped on return
   auto secret_from = [&](const char* flag, const char* field, std::string_view what, bool required) -> int {
@@ -367,12 +463,93 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
   secret_from("client-secret-file", "client_secret", "client secret", false);
 
   std::string payload = body.dump();
-  body.clear();
+  wipe_strings(body);
   auto c = call(ctx, "PUT", "/v1/profiles/" + seg(name), payload);
   secure_wipe(payload);
   if (c.exit != k_ok) return c.exit;
   say(ctx.io.out, fmt::format("{} profile {} ({}), state {}\n", c.response->status == 201 ? "added" : "updated", name,
                               c.body.value("kind", kind), c.body.value("state", "?")));
+  return k_ok;
+}
+
+int cmd_import(Ctx& ctx, const std::vector<std::string>& args) {
+  po::options_description o("tokenctl import PROFILE --dotenv FILE | --from-env [options]");
+  o.add_options()("dotenv", po::value<std::string>(), "read the JIRA_OAUTH_* variables from this .env file")(
+      "from-env", "read them from the environment");
+  add_profile_options(o);
+  auto vm = parse(args, o, {"profile"});
+  const std::string name = need(vm, "profile", "PROFILE");
+  const auto dotenv = opt(vm, "dotenv");
+  const bool from_env = vm.count("from-env") != 0;
+  if (dotenv.has_value() == from_env) throw UsageError{"give either --dotenv FILE or --from-env"};
+
+  DotenvValues vars;
+  if (dotenv) {
+    auto r = read_dotenv_file(*dotenv);
+    if (!r) {
+      if (r.error().code == Errc::io) throw UsageError{r.error().message};
+      return error(ctx, r.error().message);
+    }
+    vars = std::move(*r);
+  } else {
+    const EnvLookup env = process_env();
+    for (const auto& names : {std::span<const std::string_view>(k_import_required),
+                              std::span<const std::string_view>(k_import_optional)}) {
+      for (const auto n : names) {
+        if (auto v = env(std::string(n).c_str())) vars.insert_or_assign(std::string(n), Secret::adopt(std::move(*v)));
+      }
+    }
+  }
+  // Flags override the file's values (and satisfy a missing variable).
+  const std::pair<const char*, const char*> overrides[] = {{"client-id", "JIRA_OAUTH_CLIENT_ID"},
+                                                          {"redirect-uri", "JIRA_OAUTH_REDIRECT_URI"},
+                                                          {"scopes", "JIRA_OAUTH_SCOPES"},
+                                                          {"site", "JIRA_OAUTH_SITE"}};
+  for (const auto& [flag, variable] : overrides) {
+    if (auto v = opt(vm, flag)) vars.insert_or_assign(variable, Secret(*v));
+  }
+  const std::string provider = opt(vm, "provider").value_or("atlassian");
+  auto body = import_profile_body(vars, provider);
+  vars.clear();
+  const std::string source = dotenv ? *dotenv : "the environment";
+  if (!body) {
+    if (body.error().code == Errc::not_found) throw UsageError{fmt::format("{} in {}", body.error().message, source)};
+    return error(ctx, fmt::format("{}: {}", source, body.error().message));
+  }
+  apply_profile_options(vm, *body);
+  const bool has_sink = body->contains("sinks");
+
+  std::string payload = body->dump();
+  wipe_strings(*body);
+  auto c = call(ctx, "PUT", "/v1/profiles/" + seg(name), payload);
+  secure_wipe(payload);
+  if (c.exit != k_ok) return c.exit;
+
+  const std::string shown_provider = jstr(c.body, "provider").empty() ? provider : jstr(c.body, "provider");
+  std::string next;
+  if (auto n = jint(c.body, "next_refresh_at")) {
+    next = "next refresh " + relative_time(n, now_s());
+  } else if (jstr(c.body, "state") == "refreshing") {
+    next = "refreshing now";
+  } else {
+    next = fmt::format("no refresh scheduled (state {})", jstr(c.body, "state"));
+  }
+  say(ctx.io.out, fmt::format("Imported {}{} ({} OAuth, {}); {}\n", name,
+                              c.response->status == 200 ? " over the existing profile" : "", shown_provider,
+                              jbool(c.body, "has_refresh_token") ? "refresh token stored" : "no refresh token", next));
+  if (!has_sink) {
+    std::string note = fmt::format(
+        "Note: tokend refreshes {} from now on. A refresh can replace the refresh token, and then the one in {} stops "
+        "working{}: stop any script that refreshes it.",
+        name, dotenv ? *dotenv : "your scripts' environment",
+        shown_provider == "atlassian" ? " (Atlassian accepts the previous one for 10 minutes)" : "");
+    if (dotenv) {
+      note += fmt::format(" Scripts that only read the access token can have tokend keep it current there: add "
+                          "--sink-dotenv {}=JIRA_OAUTH_ACCESS_TOKEN.",
+                          *dotenv);
+    }
+    say(ctx.io.err, note + "\n");
+  }
   return k_ok;
 }
 
@@ -420,6 +597,298 @@ int cmd_remove(Ctx& ctx, const std::vector<std::string>& args) {
   if (c.exit != k_ok) return c.exit;
   say(ctx.io.out, fmt::format("removed profile {}\n", name));
   return k_ok;
+}
+
+int cmd_logout(Ctx& ctx, const std::vector<std::string>& args) {
+  po::options_description o("tokenctl logout PROFILE");
+  auto vm = parse(args, o, {"profile"});
+  const std::string name = need(vm, "profile", "PROFILE");
+  auto c = call(ctx, "POST", "/v1/profiles/" + seg(name) + "/logout", {}, std::chrono::seconds(60));
+  if (c.exit != k_ok) return c.exit;
+  if (jbool(c.body, "revoked")) {
+    say(ctx.io.out, fmt::format("Logged out of {}; the provider revoked the token.\n", name));
+  } else {
+    const std::string reason = jstr(c.body, "reason");
+    say(ctx.io.out, fmt::format("Logged out of {} (tokens forgotten; not revoked: {}).\n", name,
+                                reason.empty() ? "tokend gave no reason" : reason));
+  }
+  return k_ok;
+}
+
+int cmd_test(Ctx& ctx, const std::vector<std::string>& args) {
+  po::options_description o("tokenctl test PROFILE [--json]");
+  o.add_options()("json", "print tokend's whole answer (including the provider's body) as JSON");
+  auto vm = parse(args, o, {"profile"});
+  const std::string name = need(vm, "profile", "PROFILE");
+  auto c = call(ctx, "POST", "/v1/profiles/" + seg(name) + "/test", {}, std::chrono::seconds(60));
+  if (c.exit != k_ok) return c.exit;
+  const bool ok = jbool(c.body, "ok");
+  if (vm.count("json") != 0) {
+    say(ctx.io.out, c.body.dump(2) + "\n");
+  } else {
+    std::string line = fmt::format("{} {}: {} {}", ok ? "OK" : "FAILED", name,
+                                   jint(c.body, "status").value_or(0), jstr(c.body, "url"));
+    if (const auto summary = jstr(c.body, "summary"); !summary.empty()) line += " \u2014 " + summary;
+    say(ctx.io.out, line + "\n");
+  }
+  return ok ? k_ok : k_error;
+}
+
+// --- login -----------------------------------------------------------------
+
+constexpr std::string_view k_paste_prompt =
+    "After you approve, paste the URL your browser ended on (or just the code) here:\n";
+
+std::string login_path(const std::string& name) { return "/v1/profiles/" + seg(name) + "/login"; }
+
+// "Logged in: NAME (...)" with the token's expiry from the profile (the
+// flow's answer is the fallback).
+int logged_in(const Ctx& ctx, const std::string& name, const json::Json& flow) {
+  auto p = call(ctx, "GET", "/v1/profiles/" + seg(name), {}, std::chrono::seconds(10), Report::quiet);
+  auto expires_at = p.exit == k_ok ? jint(p.body, "expires_at") : jint(flow, "expires_at");
+  const auto now = now_s();
+  say(ctx.io.out, expires_at ? fmt::format("Logged in: {} (token valid until {}, {})\n", name,
+                                           local_clock_time(*expires_at, now), relative_time(expires_at, now))
+                             : fmt::format("Logged in: {} (the token does not expire)\n", name));
+  return k_ok;
+}
+
+// How a flow ended, from a GET .../login or login/complete answer: nullopt
+// while it is pending, else the exit code after saying so.
+std::optional<int> login_outcome(const Ctx& ctx, const std::string& name, const json::Json& flow) {
+  const std::string state = jstr(flow, "state");
+  if (state == "pending") return std::nullopt;
+  if (state == "succeeded") return logged_in(ctx, name, flow);
+  std::string message = error_message(flow, "");
+  if (message.empty()) {
+    if (state == "expired") {
+      message = fmt::format("the login for {} expired before it was finished; run tokenctl login {} again", name, name);
+    } else if (state == "cancelled") {
+      message = fmt::format("the login for {} was cancelled (another login for it started, or it was cancelled "
+                            "through the API)", name);
+    } else if (state == "none") {
+      message = fmt::format("tokend has no login for {} in progress (was tokend restarted?); run tokenctl login {} again",
+                            name, name);
+    } else {
+      message = fmt::format("the login for {} ended: {}", name, state.empty() ? "tokend did not say how" : state);
+    }
+  }
+  return error(ctx, message);
+}
+
+// Cancels the pending flow on a fresh connection and reports `message`,
+// unless the flow ended by itself in the meantime.
+int cancel_login(const Ctx& ctx, const std::string& name, const std::string& message) {
+  auto c = call(ctx, "DELETE", login_path(name), {}, std::chrono::seconds(10), Report::quiet);
+  if (c.exit == k_unreachable) return error(ctx, c.message, k_unreachable);
+  if (c.response && c.response->status == 409) {
+    auto st = call(ctx, "GET", login_path(name), {}, std::chrono::seconds(10), Report::quiet);
+    if (st.exit == k_ok && jstr(st.body, "state") == "succeeded") return logged_in(ctx, name, st.body);
+  }
+  return error(ctx, message);
+}
+
+// Finishes the flow with a pasted line. nullopt: keep waiting (blank line, or
+// the code was refused and the flow still takes another).
+std::optional<int> complete_login(const Ctx& ctx, const std::string& name, std::string& line) {
+  auto body = login_paste_body(line);
+  secure_wipe(line);
+  if (!body) {
+    say(ctx.io.err, std::string(k_paste_prompt));
+    return std::nullopt;
+  }
+  std::string payload = body->dump();
+  wipe_strings(*body);
+  auto c = call(ctx, "POST", login_path(name) + "/complete", payload, std::chrono::seconds(120), Report::quiet);
+  secure_wipe(payload);
+  if (c.exit == k_ok) return login_outcome(ctx, name, c.body);
+  if (c.exit == k_unreachable) return error(ctx, c.message, k_unreachable);
+  // Refused (wrong state, an error= in the URL, a bad code, or no code flow
+  // pending): the flow's own state says whether it is over.
+  auto st = call(ctx, "GET", login_path(name), {}, std::chrono::seconds(10), Report::quiet);
+  if (st.exit != k_ok) return error(ctx, c.message, c.exit);
+  if (jstr(st.body, "state") == "pending") {
+    error(ctx, c.message);
+    say(ctx.io.err, std::string(k_paste_prompt));
+    return std::nullopt;
+  }
+  if (jstr(st.body, "state") == "succeeded") return logged_in(ctx, name, st.body);
+  if (error_message(st.body, "").empty()) return error(ctx, c.message, c.exit);
+  return login_outcome(ctx, name, st.body);
+}
+
+struct LoginWait {
+  std::string name;
+  std::chrono::steady_clock::time_point deadline;
+  unsigned timeout_s = 600;
+  bool read_paste = false;                   // also take a pasted redirect URL or code
+  std::optional<BackgroundProcess> browser;  // reaped while waiting
+  std::string opener;
+};
+
+// Long-polls GET .../login?wait=N until the flow leaves pending, watching
+// stdin for a pasted line (w.read_paste) and the interrupt pipe at the same
+// time. Ctrl-C and the timeout cancel the flow.
+int wait_for_login(const Ctx& ctx, LoginWait& w, const InterruptWatch& interrupt) {
+  using clock = std::chrono::steady_clock;
+  constexpr auto k_answer_grace = std::chrono::seconds(15);
+  const int in_fd = ::fileno(ctx.io.in);
+  bool stdin_open = w.read_paste && in_fd >= 0;
+  std::string pasted;  // a line being typed or pasted; wiped
+  struct Wipe {
+    std::string& s;
+    ~Wipe() { secure_wipe(s); }
+  } wipe{pasted};
+  std::optional<ipc::Client> poller;
+  std::optional<clock::time_point> answer_due;  // set while a GET is outstanding
+  const std::string lost = fmt::format("lost the connection to tokend at {}; {}", ctx.socket.string(), k_start_hint);
+
+  for (;;) {
+    if (interrupt.interrupted()) {
+      if (::isatty(::fileno(ctx.io.err)) != 0) say(ctx.io.err, "\n");
+      return cancel_login(ctx, w.name, "login cancelled");
+    }
+    if (w.browser) {
+      if (auto status = w.browser->reap(); status && *status != 0) {
+        say(ctx.io.err, fmt::format("({} failed (status {}); open the URL above yourself)\n", w.opener, *status));
+      }
+    }
+    const auto now = clock::now();
+    if (now >= w.deadline) {
+      return cancel_login(ctx, w.name, fmt::format("the login did not finish within {} s; cancelled it", w.timeout_s));
+    }
+    if (!answer_due) {
+      if (!poller) {
+        auto c = ipc::Client::connect(ctx.socket);
+        if (!c) return error(ctx, fmt::format("{}; {}", c.error().message, k_start_hint), k_unreachable);
+        poller.emplace(std::move(*c));
+      }
+      const auto left = std::chrono::ceil<std::chrono::seconds>(w.deadline - now).count();
+      const auto wait_s = std::clamp<std::int64_t>(left, 1, 30);
+      if (!poller->send_request("GET", fmt::format("{}?wait={}", login_path(w.name), wait_s))) {
+        return error(ctx, lost, k_unreachable);
+      }
+      answer_due = now + std::chrono::seconds(wait_s) + k_answer_grace;
+    }
+
+    pollfd fds[3];
+    nfds_t n = 0;
+    fds[n++] = {poller->fd(), POLLIN, 0};
+    const nfds_t in_slot = stdin_open ? n : 3;
+    if (stdin_open) fds[n++] = {in_fd, POLLIN, 0};
+    if (interrupt.fd() >= 0) fds[n++] = {interrupt.fd(), POLLIN, 0};
+    // Wake at least once a second to notice the browser helper exiting.
+    const auto until = std::min({w.deadline, *answer_due, now + std::chrono::seconds(1)});
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count();
+    const int pr = ::poll(fds, n, static_cast<int>(std::max<std::int64_t>(ms, 0)));
+    if (pr < 0) {
+      if (errno == EINTR) continue;
+      return error(ctx, "waiting for the login: " + errno_text(errno));
+    }
+
+    if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+      auto r = poller->read_response(k_answer_grace);
+      answer_due.reset();
+      if (!r) return error(ctx, r.error().code == Errc::timeout ? r.error().message : lost, k_unreachable);
+      json::Json flow;
+      if (auto j = json::parse(r->body, "tokend's answer")) flow = std::move(*j);
+      if (r->status >= 400) return error(ctx, error_message(flow, fmt::format("tokend answered {}", r->status)));
+      if (auto rc = login_outcome(ctx, w.name, flow)) return *rc;
+      for (const auto& [k, v] : r->headers) {
+        if (k.size() == 10 && ::strncasecmp(k.c_str(), "connection", 10) == 0 && v == "close") poller.reset();
+      }
+    } else if (clock::now() >= *answer_due) {
+      return error(ctx, "tokend did not answer while the login was pending", k_error);
+    }
+
+    if (in_slot < n && (fds[in_slot].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+      char chunk[4096];
+      const ssize_t got = ::read(in_fd, chunk, sizeof chunk);
+      if (got < 0 && errno != EINTR && errno != EAGAIN) stdin_open = false;
+      if (got == 0) {
+        stdin_open = false;
+        if (!pasted.empty()) pasted += '\n';  // a last line without a newline
+      }
+      if (got > 0) pasted.append(chunk, static_cast<std::size_t>(got));
+      secure_wipe(chunk, sizeof chunk);
+      if (pasted.size() > 64 * 1024) {
+        secure_wipe(pasted);
+        pasted.clear();
+        say(ctx.io.err, "tokenctl: that line is longer than 64 KiB; paste the redirect URL or the code\n");
+      }
+      std::size_t nl;
+      while ((nl = pasted.find('\n')) != std::string::npos) {
+        std::string line = pasted.substr(0, nl);
+        std::fill(pasted.begin(), pasted.begin() + static_cast<std::ptrdiff_t>(nl) + 1, '\0');
+        pasted.erase(0, nl + 1);
+        if (auto rc = complete_login(ctx, w.name, line)) return *rc;
+      }
+    }
+  }
+}
+
+int cmd_login(Ctx& ctx, const std::vector<std::string>& args) {
+  po::options_description o("tokenctl login PROFILE [--device] [--no-browser] [--timeout S]");
+  o.add_options()("device", "device authorization grant (RFC 8628): enter a code shown here on any device")(
+      "no-browser", "do not open a browser: print the URL and read back the redirect URL or code you paste")(
+      "timeout", po::value<std::string>(), "seconds to wait for the login to finish (default 600)");
+  auto vm = parse(args, o, {"profile"});
+  LoginWait w;
+  w.name = need(vm, "profile", "PROFILE");
+  const bool device = vm.count("device") != 0;
+  const bool no_browser = vm.count("no-browser") != 0;
+  w.timeout_s = seconds(vm, "timeout", 86'400).value_or(600);
+  if (w.timeout_s == 0) throw UsageError{"--timeout must be at least 1 second"};
+
+  // Starting may take a while (discovery, client registration); Ctrl-C then
+  // still ends tokenctl the default way, and a flow tokend starts after all
+  // expires or is replaced by the next login.
+  const json::Json request = {{"flow", device ? "device" : "code"}, {"listen", true}};
+  auto started = call(ctx, "POST", login_path(w.name), request.dump(), std::chrono::seconds(90));
+  if (started.exit != k_ok) return started.exit;
+  InterruptWatch interrupt;  // from here on Ctrl-C cancels the flow
+  w.deadline = std::chrono::steady_clock::now() + std::chrono::seconds(w.timeout_s);
+
+  const EnvLookup env = process_env();
+  const auto opener = no_browser ? std::nullopt : url_opener(env);
+  // Starts the browser; false (after saying why) when that did not work.
+  auto open_browser = [&](const std::string& url) {
+    if (!opener) return false;
+    auto p = BackgroundProcess::start(*opener, url);
+    if (!p) {
+      say(ctx.io.err, fmt::format("tokenctl: {}\n", p.error().message));
+      return false;
+    }
+    w.browser.emplace(std::move(*p));
+    w.opener = *opener;
+    return true;
+  };
+  const auto& a = started.body;
+  if (device) {
+    say(ctx.io.err, fmt::format("To sign in, open {} and enter the code {}\n", jstr(a, "verification_uri"),
+                                jstr(a, "user_code")));
+    const std::string complete = jstr(a, "verification_uri_complete");
+    if (!complete.empty()) say(ctx.io.err, fmt::format("  (or open {}, which has the code filled in)\n", complete));
+    open_browser(complete.empty() ? jstr(a, "verification_uri") : complete);
+  } else {
+    const std::string url = jstr(a, "authorize_url");
+    const bool listening = jbool(a, "listening");
+    if (open_browser(url)) {
+      say(ctx.io.err, fmt::format("Opening your browser to sign in to {}... If it does not open, visit:\n  {}\n",
+                                  w.name, url));
+    } else {
+      if (!no_browser && !opener) {
+        say(ctx.io.err, "(No browser to open here: DISPLAY and WAYLAND_DISPLAY are not set; BROWSER picks one.)\n");
+      }
+      say(ctx.io.err, fmt::format("To sign in to {}, open this URL in a browser:\n  {}\n", w.name, url));
+    }
+    // A paste finishes the flow when the browser is elsewhere, or when tokend
+    // cannot catch the redirect itself.
+    w.read_paste = no_browser || !listening || !w.browser;
+  }
+  say(ctx.io.err, "Waiting for the login to finish (Ctrl-C cancels)...\n");
+  if (w.read_paste) say(ctx.io.err, std::string(k_paste_prompt));
+  return wait_for_login(ctx, w, interrupt);
 }
 
 int cmd_monitor(Ctx& ctx, const std::vector<std::string>& args) {
@@ -494,6 +963,11 @@ constexpr Command k_commands[] = {
     {"token", cmd_token, "token PROFILE [--min-valid S] [--wait S] [--format raw|header|json|env|exec-credential]"},
     {"headers", cmd_headers, "headers PROFILE                     {\"Authorization\": ...} for an MCP headersHelper"},
     {"add", cmd_add, "add PROFILE --kind oauth2|api-token|pat [...]   store a profile (see tokenctl add --help)"},
+    {"import", cmd_import,
+     "import PROFILE --dotenv FILE | --from-env [...]   take over a script's JIRA_OAUTH_* token set"},
+    {"login", cmd_login, "login PROFILE [--device] [--no-browser] [--timeout S]   sign in with the browser"},
+    {"logout", cmd_logout, "logout PROFILE                      revoke and forget the tokens"},
+    {"test", cmd_test, "test PROFILE [--json]               check the token against the provider"},
     {"renew", cmd_renew, "renew PROFILE | --all                refresh now and print the new expiry"},
     {"remove", cmd_remove, "remove PROFILE                      delete a profile and its tokens"},
     {"monitor", cmd_monitor, "monitor [PROFILE] [--json]          live events until Ctrl-C"},

@@ -73,6 +73,19 @@ std::string rfc3339(std::int64_t unix_s) {
   return buf;
 }
 
+std::string local_clock_time(std::int64_t at_s, std::int64_t now_s) {
+  const std::time_t at = static_cast<std::time_t>(at_s);
+  const std::time_t now = static_cast<std::time_t>(now_s);
+  std::tm at_tm{};
+  std::tm now_tm{};
+  ::localtime_r(&at, &at_tm);
+  ::localtime_r(&now, &now_tm);
+  const bool same_day = at_tm.tm_year == now_tm.tm_year && at_tm.tm_yday == now_tm.tm_yday;
+  char buf[32];
+  std::strftime(buf, sizeof buf, same_day ? "%H:%M" : "%Y-%m-%d %H:%M", &at_tm);
+  return buf;
+}
+
 std::string relative_time(std::optional<std::int64_t> at_s, std::int64_t now_s) {
   if (!at_s) return "never";
   const std::int64_t d = *at_s - now_s;

@@ -168,11 +168,19 @@ Result<> Client::send_all(std::string_view bytes) {
 
 Result<ClientResponse> Client::request(std::string_view method, std::string_view target, std::string_view body,
                                        const Headers& headers, std::chrono::milliseconds timeout) {
+  if (auto sent = send_request(method, target, body, headers); !sent) return std::unexpected(sent.error());
+  return read_response(timeout);
+}
+
+Result<> Client::send_request(std::string_view method, std::string_view target, std::string_view body,
+                              const Headers& headers) {
   std::string wire = serialize_request(method, target, body, headers);
   auto sent = send_all(wire);
   std::fill(wire.begin(), wire.end(), '\0');
-  if (!sent) return std::unexpected(sent.error());
+  return sent;
+}
 
+Result<ClientResponse> Client::read_response(std::chrono::milliseconds timeout) {
   ClientResponse out;
   StreamingParser parser;
   parser.body_limit(64 * 1024 * 1024);

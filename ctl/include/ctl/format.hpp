@@ -23,6 +23,9 @@ std::string shell_quote(std::string_view v);
 std::string relative_time(std::optional<std::int64_t> at_s, std::int64_t now_s);
 // RFC 3339 UTC ("2026-11-22T10:00:00Z").
 std::string rfc3339(std::int64_t unix_s);
+// Local time for people: "14:05" on the same local day as now_s, else
+// "2026-11-23 14:05".
+std::string local_clock_time(std::int64_t at_s, std::int64_t now_s);
 
 // The status table; colour only when `colour`.
 std::string render_status_table(const json::Json& profiles, std::int64_t now_s, bool colour);

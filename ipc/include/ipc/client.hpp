@@ -42,6 +42,17 @@ class Client {
                                  std::string_view body = {}, const Headers& headers = {},
                                  std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
+  // request() in two halves, for a caller that waits on the answer together
+  // with other input (tokenctl login polls stdin, a signal pipe and this
+  // connection): send_request() writes the request without reading; fd()
+  // turns readable when the answer starts to arrive (or tokend closes);
+  // read_response() then reads that one answer. One request outstanding at
+  // a time.
+  Result<> send_request(std::string_view method, std::string_view target, std::string_view body = {},
+                        const Headers& headers = {});
+  Result<ClientResponse> read_response(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  [[nodiscard]] int fd() const noexcept { return m_fd; }
+
   // Sends a GET and hands body bytes to on_data as they arrive, until the
   // server closes or on_data returns false. on_status sees the status first
   // (and the whole body of an error reply through on_data).
