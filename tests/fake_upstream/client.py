@@ -24,6 +24,7 @@ import http.client
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -75,6 +76,10 @@ class Reply:
     def json(self):
         return json.loads(self.body)
 
+    @property
+    def location(self):
+        return self.headers.get("location")
+
     def __repr__(self):
         return f"Reply({self.status}, {self.headers!r}, {self.body[:200]!r})"
 
@@ -83,6 +88,27 @@ def basic_auth(client_id, client_secret):
     """RFC 6749 §2.3.1: both parts form-urlencoded, then Basic."""
     raw = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(client_secret)}"
     return "Basic " + base64.b64encode(raw.encode()).decode()
+
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+def pkce_challenge(verifier):
+    """RFC 7636 S256: base64url(SHA-256(verifier)) without padding."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def make_pkce():
+    """A fresh (code_verifier, S256 code_challenge) pair."""
+    verifier = secrets.token_urlsafe(48)
+    return verifier, pkce_challenge(verifier)
+
+
+def redirect_params(location):
+    """The query parameters of a redirect Location (last value wins), e.g. {"code", "state"}."""
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query,
+                                       keep_blank_values=True))
 
 
 class UpstreamClient:
@@ -101,6 +127,42 @@ class UpstreamClient:
     @property
     def userinfo_url(self):
         return self.base_url + "/me"
+
+    @property
+    def issuer(self):
+        return self.base_url
+
+    @property
+    def tenant_issuer(self):
+        return self.base_url + "/tenant"
+
+    @property
+    def authorize_endpoint(self):
+        return self.base_url + "/authorize"
+
+    @property
+    def device_authorization_url(self):
+        return self.base_url + "/oauth/device/code"
+
+    @property
+    def revocation_url(self):
+        return self.base_url + "/oauth/revoke"
+
+    @property
+    def registration_url(self):
+        return self.base_url + "/register"
+
+    @property
+    def mcp_url(self):
+        return self.base_url + "/mcp"
+
+    @property
+    def prm_url(self):
+        return self.base_url + "/.well-known/oauth-protected-resource/mcp"
+
+    @property
+    def accessible_resources_url(self):
+        return self.base_url + "/oauth/token/accessible-resources"
 
     def ssl_context(self):
         return ssl.create_default_context(cafile=self.ca_file)
@@ -138,6 +200,139 @@ class UpstreamClient:
             body = urllib.parse.urlencode(params)
         return self.request("POST", path, body, headers, **kw)
 
+    @staticmethod
+    def client_auth(params, client_id, client_secret=None, auth_method=None):
+        """(params, auth) for token_request: client_secret_basic (default with a secret),
+        client_secret_post, or none (client_id in the body)."""
+        params = dict(params)
+        if auth_method is None:
+            auth_method = "none" if client_secret is None else "client_secret_basic"
+        if auth_method == "client_secret_basic":
+            return params, (client_id, client_secret)
+        params["client_id"] = client_id
+        if auth_method == "client_secret_post":
+            params["client_secret"] = client_secret
+        return params, None
+
+    def _client_post(self, path, params, client_id, client_secret=None, auth_method=None,
+                     as_json=False, **kw):
+        params, auth = self.client_auth(params, client_id, client_secret, auth_method)
+        return self.token_request(params, auth=auth, as_json=as_json, path=path, **kw)
+
+    # -- authorization code ------------------------------------------------------
+
+    def authorize_url(self, client_id, redirect_uri=None, state=None, scope=None,
+                      code_challenge=None, code_challenge_method="S256", resource=None,
+                      path="/authorize", **extra):
+        """An authorization-request URL; None values are left out; `resource` may be a list."""
+        params = [("response_type", "code")]
+        for k, v in (("client_id", client_id), ("redirect_uri", redirect_uri), ("state", state), ("scope", scope),
+                     ("code_challenge", code_challenge)):
+            if v is not None:
+                params.append((k, v))
+        if code_challenge is not None and code_challenge_method is not None:
+            params.append(("code_challenge_method", code_challenge_method))
+        for r in ([resource] if isinstance(resource, str) else resource or []):
+            params.append(("resource", r))
+        params += [(k, v) for k, v in extra.items() if v is not None]
+        return self.base_url + path + "?" + urllib.parse.urlencode(params)
+
+    def authorize(self, client_id, redirect_uri=None, **kw):
+        """GET the authorization endpoint (redirects are not followed). Reply (.location)."""
+        url = self.authorize_url(client_id, redirect_uri, **kw)
+        split = urllib.parse.urlsplit(url)
+        return self.request("GET", split.path + "?" + split.query)
+
+    def exchange_code(self, code, redirect_uri, client_id, client_secret=None, auth_method=None,
+                      code_verifier=None, resource=None, as_json=False, **kw):
+        """grant_type=authorization_code at the token endpoint. Reply."""
+        params = {"grant_type": "authorization_code", "code": code}
+        for k, v in (("redirect_uri", redirect_uri), ("code_verifier", code_verifier),
+                     ("resource", resource)):
+            if v is not None:
+                params[k] = v
+        return self._client_post("/oauth/token", params, client_id, client_secret, auth_method,
+                                 as_json, **kw)
+
+    def code_login(self, client_id, redirect_uri, client_secret=None, auth_method=None,
+                   scope=None, resource=None, pkce=True, **authorize_params):
+        """A whole code flow (authorize, then exchange, PKCE S256 by default) -> token response
+        dict. Raises AssertionError when a step does not succeed."""
+        verifier, challenge = make_pkce() if pkce else (None, None)
+        state = secrets.token_urlsafe(12)
+        r = self.authorize(client_id, redirect_uri, state=state, scope=scope,
+                           code_challenge=challenge, resource=resource, **authorize_params)
+        if r.status != 302:
+            raise AssertionError(f"authorize answered {r.status}: {r.body[:200]!r}")
+        got = redirect_params(r.headers["location"])
+        if "code" not in got or got.get("state") != state:
+            raise AssertionError(f"authorize redirected with {sorted(got)}")
+        r = self.exchange_code(got["code"], redirect_uri, client_id, client_secret, auth_method,
+                               code_verifier=verifier,
+                               resource=resource if isinstance(resource, str) else None)
+        if r.status != 200:
+            raise AssertionError(f"code exchange answered {r.status}: {r.body[:200]!r}")
+        return r.json()
+
+    # -- device authorization grant (RFC 8628) ---------------------------------------
+
+    def device_authorize(self, client_id, client_secret=None, auth_method=None, scope=None,
+                         resource=None, as_json=False, **kw):
+        """POST /oauth/device/code. Reply (200: device_code, user_code, verification_uri, ...)."""
+        params = {k: v for k, v in (("scope", scope), ("resource", resource)) if v is not None}
+        return self._client_post("/oauth/device/code", params, client_id, client_secret,
+                                 auth_method, as_json, **kw)
+
+    def device_poll(self, device_code, client_id, client_secret=None, auth_method=None, **kw):
+        """One device-code poll at the token endpoint. Reply."""
+        return self._client_post("/oauth/token", {"grant_type": DEVICE_GRANT,
+                                                  "device_code": device_code},
+                                 client_id, client_secret, auth_method, **kw)
+
+    # -- other endpoints -------------------------------------------------------------
+
+    def revoke(self, token, client_id, client_secret=None, auth_method=None, token_type_hint=None,
+               **kw):
+        """POST /oauth/revoke (RFC 7009). Reply (200, empty body)."""
+        params = {"token": token}
+        if token_type_hint is not None:
+            params["token_type_hint"] = token_type_hint
+        return self._client_post("/oauth/revoke", params, client_id, client_secret, auth_method,
+                                 **kw)
+
+    def register(self, metadata):
+        """POST /register (RFC 7591) with a metadata dict. Reply (201 on success)."""
+        return self.request("POST", "/register", json.dumps(metadata),
+                            {"Content-Type": "application/json"})
+
+    def discovery(self, kind="oauth", tenant=False, form=None):
+        """GET a discovery document. kind "oauth" (RFC 8414) or "oidc"; tenant: the issuer
+        BASE/tenant, in RFC 8414 path-insert form for oauth and path-append form for oidc
+        (form="insert" asks for /.well-known/openid-configuration/tenant). Reply."""
+        if kind == "oauth":
+            path = "/.well-known/oauth-authorization-server" + ("/tenant" if tenant else "")
+        elif not tenant:
+            path = "/.well-known/openid-configuration"
+        elif form == "insert":
+            path = "/.well-known/openid-configuration/tenant"
+        else:
+            path = "/tenant/.well-known/openid-configuration"
+        return self.request("GET", path)
+
+    def mcp_request(self, token=None, method="POST", body=None):
+        """A request to the MCP server (BASE/mcp). Reply."""
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = "Bearer " + token
+        if body is None and method == "POST":
+            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        return self.request(method, "/mcp", body, headers)
+
+    def accessible_resources(self, token=None):
+        """GET /oauth/token/accessible-resources. Reply."""
+        headers = {"Authorization": "Bearer " + token} if token is not None else {}
+        return self.request("GET", "/oauth/token/accessible-resources", headers=headers)
+
     # -- control API -------------------------------------------------------------
 
     def control(self, method, path, obj=None):
@@ -154,15 +349,21 @@ class UpstreamClient:
     def reset(self):
         return self.control("POST", "reset", {})
 
-    def add_client(self, client_id, client_secret=None, auth_method=None):
+    def add_client(self, client_id, client_secret=None, auth_method=None, redirect_uris=None):
         spec = {"client_id": client_id, "client_secret": client_secret}
         if auth_method is not None:
             spec["auth_method"] = auth_method
+        if redirect_uris is not None:
+            spec["redirect_uris"] = redirect_uris
         return self.control("POST", "clients", spec)
 
-    def add_grant(self, client_id, scope=None, access_lifetime=None, sub=None):
+    def clients(self):
+        return self.control("GET", "clients")["clients"]
+
+    def add_grant(self, client_id, scope=None, access_lifetime=None, sub=None, resource=None):
         spec = {"client_id": client_id}
-        for k, v in (("scope", scope), ("access_lifetime", access_lifetime), ("sub", sub)):
+        for k, v in (("scope", scope), ("access_lifetime", access_lifetime), ("sub", sub),
+                     ("resource", resource)):
             if v is not None:
                 spec[k] = v
         return self.control("POST", "grants", spec)
@@ -211,6 +412,39 @@ class UpstreamClient:
 
     def tokens(self):
         return self.control("GET", "tokens")["tokens"]
+
+    def device_codes(self):
+        """Every device authorization: status, interval, polls, slow_downs, poll_times
+        (time.monotonic()), poll_spacings, answers, grant_id, ..."""
+        return self.control("GET", "device")["device_codes"]
+
+    def device(self, user_code):
+        return self.control("GET", f"device/{urllib.parse.quote(user_code)}")
+
+    def approve_device(self, user_code=None, sub=None):
+        """The user approves (user_code None: the newest pending device authorization)."""
+        spec = {} if user_code is None else {"user_code": user_code}
+        if sub is not None:
+            spec["sub"] = sub
+        return self.control("POST", "device/approve", spec)
+
+    def deny_device(self, user_code=None):
+        return self.control("POST", "device/deny", {} if user_code is None else
+                            {"user_code": user_code})
+
+    def force_slow_down(self, user_code=None, count=1):
+        """The next `count` polls of that device code (None: of any device code) get slow_down."""
+        spec = {"count": count}
+        if user_code is not None:
+            spec["user_code"] = user_code
+        return self.control("POST", "device/slow_down", spec)
+
+    def set_sites(self, sites):
+        """Sites for /oauth/token/accessible-resources: [{"id", "url", "name"}, ...]."""
+        return self.control("POST", "sites", {"sites": sites})["sites"]
+
+    def sites(self):
+        return self.control("GET", "sites")["sites"]
 
     def wait_for_log(self, predicate, what, deadline=DEFAULT_DEADLINE):
         """Polls the request log until an entry satisfies predicate; returns it."""
@@ -950,6 +1184,547 @@ def t_authorization_code(up):
     expect_eq(up.grant(gid)["revoked_reason"], "code_reuse", "code reuse revokes")
 
 
+# -- authorization endpoint, device flow, discovery, MCP, registration, revocation
+
+REDIRECT = "http://127.0.0.1:8765/callback"
+REDIRECT_Q = "http://127.0.0.1:8765/cb?profile=jira"
+
+
+def _authorize_ok(up, client_id, redirect_uri, **kw):
+    r = up.authorize(client_id, redirect_uri, **kw)
+    expect_eq(r.status, 302, "authorize status")
+    expect_eq(r.headers.get("cache-control"), "no-store", "authorize cache-control")
+    return r.location, redirect_params(r.location)
+
+
+def _description(reply):
+    return reply.json().get("error_description", "")
+
+
+def _bearer_get(up, path, token):
+    return up.request("GET", path, headers={"Authorization": "Bearer " + token})
+
+
+def t_code_flow(up):
+    seed(up)
+    up.add_client(CID, SECRET, "client_secret_basic", redirect_uris=[REDIRECT, REDIRECT_Q])
+    verifier, challenge = make_pkce()
+    loc, got = _authorize_ok(up, CID, REDIRECT, state="st-1", scope="read:jira-work offline_access",
+                             code_challenge=challenge, audience="api.atlassian.com",
+                             prompt="consent", resource="https://api.example.test/")
+    expect(loc.startswith(REDIRECT + "?code=code-"), "Location", loc)
+    expect_eq(got["state"], "st-1", "state echoed")
+    info = up.log()[-1]["authorize"]
+    for k, v in (("audience", "api.atlassian.com"), ("prompt", "consent"), ("state", "st-1"),
+                 ("code_challenge", challenge), ("code_challenge_method", "S256"),
+                 ("resource", "https://api.example.test/")):
+        expect_eq(info["params"].get(k), v, f"log: {k}")
+    expect_eq(info["outcome"], "code", "log: outcome")
+    code = got["code"]
+    r = up.exchange_code(code, REDIRECT, CID, SECRET, code_verifier=make_pkce()[0])
+    expect_oauth_error(r, 400, "invalid_grant")
+    expect("does not match" in _description(r), "PKCE mismatch described", r.body)
+    r = up.exchange_code(code, REDIRECT, CID, SECRET)
+    expect_oauth_error(r, 400, "invalid_grant")
+    expect("code_verifier required" in _description(r), "missing verifier described", r.body)
+    expect_oauth_error(up.exchange_code(code, REDIRECT_Q, CID, SECRET, code_verifier=verifier),
+                       400, "invalid_grant")
+    expect_oauth_error(up.exchange_code(code, REDIRECT, CID, SECRET, code_verifier=verifier,
+                                        resource="https://elsewhere.example/"), 400, "invalid_target")
+    body = expect_token_set(up.exchange_code(code, REDIRECT, CID, SECRET, code_verifier=verifier,
+                                             resource="https://api.example.test/", as_json=True))
+    expect_eq(body["scope"], "read:jira-work offline_access", "scope")
+    gid = up.log()[-1]["grant_id"]
+    g = up.grant(gid)
+    expect_eq((g["source"], g["resource"], g["scope"]),
+              ("code", "https://api.example.test/", "read:jira-work offline_access"), "grant")
+    expect_eq(_bearer_get(up, "/me", body["access_token"]).status, 200, "access token works")
+    b2 = expect_token_set(refresh(up, body["refresh_token"]))      # the usual grant machinery
+    r = up.exchange_code(code, REDIRECT, CID, SECRET, code_verifier=verifier)
+    expect_oauth_error(r, 400, "invalid_grant")
+    expect("already used" in _description(r), "reuse described", r.body)
+    g = up.grant(gid)
+    expect_eq((g["alive"], g["revoked_reason"]), (False, "code_reuse"), "reused code revokes the grant")
+    expect_eq(_bearer_get(up, "/me", b2["access_token"]).status, 401, "its access tokens die")
+    expect_oauth_error(refresh(up, b2["refresh_token"]), 403, "invalid_grant")
+    loc, got = _authorize_ok(up, CID, REDIRECT_Q, state="s2", code_challenge=challenge,
+                             path="/oauth/authorize")
+    expect(loc.startswith(REDIRECT_Q + "&code="), "appended with & to a query", loc)
+    up.add_client("other", "other-secret", "client_secret_post")
+    expect_oauth_error(up.exchange_code(got["code"], REDIRECT_Q, "other", "other-secret",
+                                        "client_secret_post", code_verifier=verifier),
+                       400, "invalid_grant")
+    up.advance_clock(600)
+    r = up.exchange_code(got["code"], REDIRECT_Q, CID, SECRET, code_verifier=verifier)
+    expect_oauth_error(r, 400, "invalid_grant")
+    expect("expired" in _description(r), "expiry described", r.body)
+    up.config(code_lifetime=30)
+    _, got = _authorize_ok(up, CID, REDIRECT, code_challenge=challenge)
+    up.advance_clock(31)
+    expect_oauth_error(up.exchange_code(got["code"], REDIRECT, CID, SECRET, code_verifier=verifier),
+                       400, "invalid_grant")
+    expect(up.stats()["authorizations"] >= 3, "authorizations counted")
+
+
+def _page_error(up, client_id, redirect_uri, what, **kw):
+    r = up.authorize(client_id, redirect_uri, **kw)
+    expect_eq(r.status, 400, what)
+    expect("location" not in r.headers, what + ": no redirect", r.headers)
+    expect(r.headers.get("content-type", "").startswith("text/html"), what + ": HTML", r.headers)
+
+
+def _redirect_error(up, error, *args, **kw):
+    loc, got = _authorize_ok(up, *args, **kw)
+    expect_eq(got.get("error"), error, "redirected error")
+    expect("code" not in got, "no code with an error", got)
+    return loc, got
+
+
+def t_authorize_errors(up):
+    up.reset()
+    up.add_client("reg", None, "none", redirect_uris=[REDIRECT])
+    up.add_client("any", None, "none")
+    verifier, challenge = make_pkce()
+    kw = {"state": "s", "code_challenge": challenge}
+    _page_error(up, "nobody", REDIRECT, "unknown client", **kw)
+    _page_error(up, None, REDIRECT, "no client_id", **kw)
+    _page_error(up, "reg", "http://127.0.0.1:9999/other", "unregistered redirect_uri", **kw)
+    for bad in ("http://example.com/cb", "ftp://127.0.0.1/cb", REDIRECT + "#frag", "cb"):
+        _page_error(up, "any", bad, f"redirect_uri {bad}", **kw)
+    for good in ("http://[::1]:1/cb", "http://localhost:2/cb", "http://127.1.2.3/cb",
+                 "https://app.example.com/cb"):
+        loc, got = _authorize_ok(up, "any", good, **kw)
+        expect(loc.startswith(good + "?code="), good, loc)
+    loc, got = _authorize_ok(up, "reg", None, **kw)
+    expect(loc.startswith(REDIRECT + "?code="), "the one registered redirect_uri is the default", loc)
+    _, got = _redirect_error(up, "invalid_request", "reg", REDIRECT, state="s",
+                             code_challenge=verifier, code_challenge_method="plain")
+    expect_eq(got.get("state"), "s", "state on errors")
+    _redirect_error(up, "invalid_request", "reg", REDIRECT, state="s", code_challenge=challenge,
+                    code_challenge_method=None)
+    _redirect_error(up, "invalid_request", "reg", REDIRECT, code_challenge="short",
+                    code_challenge_method="S256")
+    r = up.request("GET", "/authorize?" + urllib.parse.urlencode(
+        {"response_type": "token", "client_id": "reg", "redirect_uri": REDIRECT, "state": "s"}))
+    expect_eq(redirect_params(r.location).get("error"), "unsupported_response_type", "response_type")
+    up.config(consent="deny")
+    loc, got = _redirect_error(up, "access_denied", "reg", REDIRECT, **kw)
+    expect(loc.endswith("?error=access_denied&error_description=The+user+denied+consent&state=s"),
+           "deny Location", loc)
+    expect_eq(up.log()[-1]["authorize"]["outcome"], "access_denied", "log outcome")
+    up.config(consent="approve", pkce_required=True)
+    _redirect_error(up, "invalid_request", "reg", REDIRECT, state="s")
+    _authorize_ok(up, "reg", REDIRECT, **kw)
+    up.config(pkce_required=False)
+    _, got = _authorize_ok(up, "reg", REDIRECT, state="s")
+    expect_oauth_error(up.exchange_code(got["code"], REDIRECT, "reg", code_verifier=verifier),
+                       400, "invalid_grant")     # a verifier without a challenge: downgrade refused
+    expect_token_set(up.exchange_code(got["code"], REDIRECT, "reg"))
+    s = up.stats()
+    expect_eq(s["consent_denied"], 1, "consent_denied")
+    expect_eq(s["requests_by_target"].get("authorize"), 20, "requests_by_target")
+
+
+def t_offline_access(up):
+    up.reset()
+    up.add_client("pub", None, "none", redirect_uris=[REDIRECT])
+    body = up.code_login("pub", REDIRECT, scope="read:jira-work")
+    expect("refresh_token" in body, "default: refresh token without offline_access", body)
+    up.config(require_offline_access=True)
+    body = up.code_login("pub", REDIRECT, scope="read:jira-work")
+    expect("refresh_token" not in body and body["access_token"].startswith("at-"),
+           "no refresh token without offline_access", body)
+    body = up.code_login("pub", REDIRECT, scope="read:jira-work offline_access")
+    expect(body.get("refresh_token", "").startswith("rt-"), "refresh token with offline_access", body)
+
+
+def t_device_flow(up):
+    up.reset()
+    up.add_client("dev", None, "none")
+    up.config(device_interval=0, device_slow_down_increment=0.5)
+    r = up.device_authorize("dev", scope="read:jira-work offline_access", resource=up.mcp_url)
+    expect_eq(r.status, 200, "device authorization")
+    expect_eq(r.headers.get("cache-control"), "no-store", "cache-control")
+    d = r.json()
+    uc = d["user_code"]
+    expect(re.fullmatch(r"[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}", uc), "user_code", uc)
+    expect(d["device_code"].startswith("dc-"), "device_code", d)
+    expect_eq(d["verification_uri"], up.base_url + "/device", "verification_uri")
+    expect_eq(d["verification_uri_complete"], f"{up.base_url}/device?user_code={uc}",
+              "verification_uri_complete")
+    expect_eq((d["expires_in"], d["interval"]), (600, 0), "expires_in, interval")
+    expect_eq(up.request("GET", "/device?user_code=" + uc).status, 200, "verification page")
+    dc = d["device_code"]
+    poll = lambda: up.device_poll(dc, "dev")   # noqa: E731
+    expect_oauth_error(poll(), 400, "authorization_pending")
+    expect_oauth_error(poll(), 400, "authorization_pending")          # interval 0: any spacing
+    up.force_slow_down(uc)
+    expect_oauth_error(poll(), 400, "slow_down")                      # forced, one-shot
+    expect_oauth_error(poll(), 400, "slow_down")                      # too soon: 0.5 s required now
+    time.sleep(1.05)                                                  # 1.0 s required now
+    expect_oauth_error(poll(), 400, "authorization_pending")
+    expect_oauth_error(up.device_poll(dc, "nobody"), 401, "invalid_client")
+    up.approve_device(uc.lower().replace("-", ""))                    # case and dash insensitive
+    time.sleep(1.05)
+    body = expect_token_set(poll())
+    expect_oauth_error(poll(), 400, "invalid_grant")                  # one-shot
+    rec = up.device(uc)
+    expect_eq((rec["status"], rec["polls"], rec["slow_downs"], rec["interval"]),
+              ("consumed", 7, 2, 1.0), "device record")
+    expect_eq(rec["answers"], ["authorization_pending", "authorization_pending", "slow_down",
+                               "slow_down", "authorization_pending", "tokens", "invalid_grant"],
+              "answers")
+    sp = rec["poll_spacings"]
+    expect(max(sp[:3]) < 0.5 and min(sp[3:5]) >= 1.0, "spacing grew after slow_down", sp)
+    expect_eq(len(rec["poll_times"]), 7, "poll times")
+    g = up.grant(rec["grant_id"])
+    expect_eq((g["source"], g["resource"], g["client_id"]), ("device", up.mcp_url, "dev"), "grant")
+    expect_eq(up.mcp_request(body["access_token"]).status, 200, "device token is bound to the MCP URL")
+    entry = [e for e in up.log() if e.get("device") and e["device"].get("answer") == "tokens"][-1]
+    expect_eq((entry["device"]["user_code"], entry["device"]["poll"]), (uc, 6), "log")
+
+    up.config(device_interval=1, device_slow_down_increment=5)      # the RFC's 5 s
+    d2 = up.device_authorize("dev").json()
+    expect_eq(d2["interval"], 1, "interval announced")
+    expect_oauth_error(up.device_poll(d2["device_code"], "dev"), 400, "authorization_pending")
+    expect_oauth_error(up.device_poll(d2["device_code"], "dev"), 400, "slow_down")
+    expect_eq(up.device(d2["user_code"])["interval"], 6, "interval grew by 5 s")
+    d3 = up.device_authorize("dev").json()
+    up.deny_device(d3["user_code"])
+    expect_oauth_error(up.device_poll(d3["device_code"], "dev"), 400, "access_denied")
+    try:
+        up.approve_device(d3["user_code"])
+    except ControlError as e:
+        expect_eq(e.status, 409, "approve after deny")
+    else:
+        raise AssertionError("approved a denied device code")
+    d4 = up.device_authorize("dev").json()
+    up.advance_clock(600)
+    expect_oauth_error(up.device_poll(d4["device_code"], "dev"), 400, "expired_token")
+    up.config(device_interval=0, device_auto_approve_after=2)
+    d5 = up.device_authorize("dev").json()
+    expect_oauth_error(up.device_poll(d5["device_code"], "dev"), 400, "authorization_pending")
+    expect_token_set(up.device_poll(d5["device_code"], "dev"))
+    expect_eq(up.device(d5["user_code"])["approved_by"], "auto", "auto-approved")
+    up.config(device_auto_approve_after=0, device_slow_down_increment=0.2)
+    up.force_slow_down()                                   # armed before the device code exists
+    up.add_client("conf", SECRET, "client_secret_basic")
+    d6 = up.device_authorize("conf", SECRET).json()
+    expect_oauth_error(up.device_poll(d6["device_code"], "conf", SECRET), 400, "slow_down")
+    up.approve_device()                                    # the newest pending one
+    time.sleep(0.25)
+    expect_token_set(up.device_poll(d6["device_code"], "conf", SECRET))
+    expect_oauth_error(up.device_poll(d6["device_code"], "dev"), 400, "invalid_grant")  # other client
+    expect_eq(up.device_authorize("conf", "wrong").status, 401, "device endpoint authenticates")
+    try:
+        up.device("ZZZZ-ZZZZ")
+    except ControlError as e:
+        expect_eq(e.status, 404, "unknown user code")
+    s = up.stats()
+    expect_eq((s["device_authorizations"], s["slow_downs"], s["device_grants"]), (6, 4, 3), "stats")
+    expect_eq(s["device_polls"], 15, "device_polls")
+
+
+def t_discovery(up):
+    up.reset()
+    base = up.base_url
+    cases = [("oauth", False, None, base), ("oauth", True, None, base + "/tenant"),
+             ("oidc", False, None, base), ("oidc", True, None, base + "/tenant"),
+             ("oidc", True, "insert", base + "/tenant")]
+    for kind, tenant, form, issuer in cases:
+        r = up.discovery(kind, tenant, form)
+        expect_eq(r.status, 200, f"{kind} tenant={tenant}")
+        doc = r.json()
+        expect_eq(doc["issuer"], issuer, "issuer")
+        for k, v in (("authorization_endpoint", base + "/authorize"),
+                     ("token_endpoint", base + "/oauth/token"),
+                     ("device_authorization_endpoint", base + "/oauth/device/code"),
+                     ("revocation_endpoint", base + "/oauth/revoke"),
+                     ("registration_endpoint", base + "/register"),
+                     ("userinfo_endpoint", base + "/me"),
+                     ("code_challenge_methods_supported", ["S256"]),
+                     ("response_types_supported", ["code"]),
+                     ("scopes_supported", ["openid", "profile", "email", "offline_access",
+                                           "read:jira-work"])):
+            expect_eq(doc.get(k), v, k)
+        expect_eq(set(doc["grant_types_supported"]),
+                  {"authorization_code", "refresh_token", DEVICE_GRANT}, "grant types")
+        expect_eq(set(doc["token_endpoint_auth_methods_supported"]),
+                  {"client_secret_basic", "client_secret_post", "none"}, "auth methods")
+        expect(("jwks_uri" in doc) == (kind == "oidc"), "jwks_uri only in OIDC", doc)
+    expect_eq(up.request("GET", "/.well-known/jwks.json").json(), {"keys": []}, "jwks")
+    expect_eq(up.request("GET", "/tenant/.well-known/oauth-authorization-server").status, 404,
+              "RFC 8414 is path-insert, not path-append")
+    expect_eq(up.request("GET", "/.well-known/oauth-authorization-server/other").status, 404,
+              "unknown tenant")
+    for mode, oauth, oidc in (("oauth_only", 200, 404), ("oidc_only", 404, 200), ("none", 404, 404)):
+        up.config(discovery=mode)
+        for tenant in (False, True):
+            expect_eq(up.discovery("oauth", tenant).status, oauth, f"{mode}: oauth")
+            expect_eq(up.discovery("oidc", tenant).status, oidc, f"{mode}: oidc")
+    up.config(discovery="both", omit_endpoints=["device_authorization_endpoint", "revocation_endpoint"],
+              scopes_supported=["read:me"], issuer_override="https://evil.example")
+    doc = up.discovery("oauth").json()
+    expect("device_authorization_endpoint" not in doc and "revocation_endpoint" not in doc,
+           "omitted", doc)
+    expect(DEVICE_GRANT not in doc["grant_types_supported"], "no device grant type", doc)
+    expect_eq((doc["scopes_supported"], doc["issuer"]), (["read:me"], "https://evil.example"),
+              "scopes_supported, issuer_override")
+    try:
+        up.config(omit_endpoints=["nope"])
+    except ControlError as e:
+        expect_eq(e.status, 400, "unknown endpoint name")
+    else:
+        raise AssertionError("accepted omit_endpoints=['nope']")
+    up.fault("unavailable_503", target="discovery")
+    expect_eq(up.discovery("oidc").status, 503, "discovery fault")
+
+
+def t_mcp_resource(up):
+    up.reset()
+    up.add_client("mcp-client", None, "none")
+    challenge = f'Bearer resource_metadata="{up.prm_url}"'
+    r = up.mcp_request()
+    expect_eq((r.status, r.headers.get("www-authenticate")), (401, challenge), "challenge")
+    for path in ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"):
+        doc = up.request("GET", path).json()
+        expect_eq((doc["resource"], doc["authorization_servers"], doc["bearer_methods_supported"]),
+                  (up.mcp_url, [up.base_url], ["header"]), path)
+        expect(isinstance(doc["scopes_supported"], list), "scopes_supported", doc)
+    body = up.code_login("mcp-client", REDIRECT, scope="openid offline_access", resource=up.mcp_url)
+    r = up.mcp_request(body["access_token"])
+    expect_eq((r.status, r.json()), (200, {"jsonrpc": "2.0", "id": 1, "result": {"ok": True}}), "MCP")
+    r = up.mcp_request(body["access_token"], method="GET")
+    expect_eq((r.status, r.json()), (200, {"jsonrpc": "2.0", "result": {"ok": True}}), "any method")
+    r = up.token_request({"grant_type": "refresh_token", "refresh_token": body["refresh_token"],
+                          "client_id": "mcp-client"})
+    expect_eq(up.mcp_request(expect_token_set(r)["access_token"]).status, 200,
+              "refreshed tokens keep the resource")
+    for what, grant in (("no resource", up.add_grant("mcp-client")),
+                        ("another resource", up.add_grant("mcp-client",
+                                                          resource="https://other.example/mcp"))):
+        r = up.mcp_request(grant["access_token"])
+        h = r.headers.get("www-authenticate", "")
+        expect_eq(r.status, 401, what)
+        expect(h.startswith('Bearer error="invalid_token"') and h.endswith(
+            f'resource_metadata="{up.prm_url}"'), what + ": challenge", h)
+    expect_eq(up.mcp_request("at-unknown").status, 401, "unknown token")
+    listed = up.add_grant("mcp-client", resource=["https://x.example/", up.mcp_url])
+    expect_eq(up.mcp_request(listed["access_token"]).status, 200, "one of several resources")
+    up.config(prm_via_challenge_only=True, prm_authorization_server="tenant")
+    for path in ("/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"):
+        expect_eq(up.request("GET", path).status, 404, path + " hidden")
+    h = up.mcp_request().headers["www-authenticate"]
+    url = h.split('resource_metadata="', 1)[1].rstrip('"')
+    expect(url != up.prm_url and url.startswith(up.base_url + "/"), "challenge points elsewhere", h)
+    doc = up.request("GET", urllib.parse.urlsplit(url).path).json()
+    expect_eq((doc["resource"], doc["authorization_servers"]), (up.mcp_url, [up.tenant_issuer]),
+              "PRM via the challenge, tenant issuer")
+    up.revoke_grant(listed["grant_id"])
+    expect_eq(up.mcp_request(listed["access_token"]).status, 401, "revoked")
+
+
+def t_dynamic_registration(up):
+    up.reset()
+    r = up.register({"redirect_uris": [REDIRECT], "client_name": "tokend",
+                     "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"]})
+    expect_eq(r.status, 201, "registered")
+    pub = r.json()
+    expect(pub["client_id"].startswith("dcr-") and "client_secret" not in pub, "public client", pub)
+    expect_eq((pub["client_name"], pub["redirect_uris"], pub["token_endpoint_auth_method"]),
+              ("tokend", [REDIRECT], "none"), "metadata echoed")
+    expect(isinstance(pub["client_id_issued_at"], int), "client_id_issued_at", pub)
+    r = up.register({"redirect_uris": ["http://localhost:9/cb", "https://app.example/cb"],
+                     "token_endpoint_auth_method": "client_secret_basic"})
+    conf = r.json()
+    expect_eq(r.status, 201, "registered")
+    expect(conf["client_secret"].startswith("cs-") and conf["client_secret_expires_at"] == 0,
+           "confidential client", conf)
+    clients = {c["client_id"]: c for c in up.clients()}
+    expect_eq((clients[pub["client_id"]]["registered"], clients[pub["client_id"]]["redirect_uris"]),
+              (True, [REDIRECT]), "listed")
+    tokens = up.code_login(conf["client_id"], "http://localhost:9/cb", conf["client_secret"])
+    expect_token_set(up.token_request({"grant_type": "refresh_token",
+                                       "refresh_token": tokens["refresh_token"]},
+                                      auth=(conf["client_id"], conf["client_secret"])))
+    up.code_login(pub["client_id"], REDIRECT)
+    _page_error(up, pub["client_id"], "http://127.0.0.1:1/elsewhere", "unregistered redirect_uri")
+    for meta, error in (({"redirect_uris": ["http://example.com/cb"]}, "invalid_redirect_uri"),
+                        ({"client_name": "x"}, "invalid_redirect_uri"),
+                        ({"redirect_uris": []}, "invalid_redirect_uri"),
+                        ({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "private_key_jwt"},
+                         "invalid_client_metadata"),
+                        ({"redirect_uris": [REDIRECT], "grant_types": ["password"]},
+                         "invalid_client_metadata"),
+                        ({"redirect_uris": [REDIRECT], "response_types": ["token"]},
+                         "invalid_client_metadata")):
+        expect_oauth_error(up.register(meta), 400, error)
+    expect_oauth_error(up.request("POST", "/register", "not json",
+                                  {"Content-Type": "application/json"}), 400, "invalid_client_metadata")
+    expect_eq(up.stats()["registrations"], 2, "registrations")
+    listed = [t for t in up.tokens() if t["kind"] == "client_secret"]
+    expect_eq([(t["token"], t["valid"]) for t in listed], [(conf["client_secret"], True)],
+              "client secret in /_control/tokens")
+
+
+def t_revocation(up):
+    g = seed(up)
+    r = up.revoke(g["refresh_token"], CID, SECRET, token_type_hint="refresh_token")
+    expect_eq((r.status, r.body), (200, b""), "revoked")
+    state = up.grant(g["grant_id"])
+    expect_eq((state["alive"], state["revoked_reason"]), (False, "client_revocation"), "grant revoked")
+    expect_eq(_bearer_get(up, "/me", g["access_token"]).status, 401, "access token dead")
+    expect_oauth_error(refresh(up, g["refresh_token"]), 403, "invalid_grant")
+    entry = [e for e in up.log() if e["path"] == "/oauth/revoke"][-1]
+    expect_eq((entry["revocation"]["token_kind"], entry["grant_id"], entry["status"]),
+              ("refresh", g["grant_id"], 200), "log")
+    expect_eq(up.revoke("rt-never-issued", CID, SECRET).status, 200, "unknown token: 200")
+    g2 = up.add_grant(CID)
+    expect_eq(up.revoke(g2["access_token"], CID, SECRET, token_type_hint="access_token").status, 200,
+              "access token")
+    expect(not up.grant(g2["grant_id"])["alive"], "revoking an access token revokes the grant")
+    g3 = up.add_grant(CID)
+    expect_oauth_error(up.revoke(g3["refresh_token"], CID, "wrong"), 401, "invalid_client")
+    up.add_client("other", None, "none")
+    expect_oauth_error(up.revoke(g3["refresh_token"], "other"), 400, "unauthorized_client")
+    expect_oauth_error(up.token_request({"client_id": "other"}, path="/oauth/revoke"),
+                       400, "invalid_request")
+    up.fault("unavailable_503", target="revoke")
+    expect_eq(up.revoke(g3["refresh_token"], CID, SECRET).status, 503, "revoke fault")
+    expect(up.grant(g3["grant_id"])["alive"], "a failed revocation revokes nothing")
+    expect_eq(up.revoke(g3["refresh_token"], CID, SECRET, as_json=True).status, 200, "JSON body")
+    expect_eq(up.stats()["revocations"], 4, "revocations")
+
+
+def t_accessible_resources(up):
+    g = seed(up)
+    r = up.accessible_resources(g["access_token"])
+    expect_eq(r.status, 200, "status")
+    sites = r.json()
+    expect_eq([(s["id"], s["url"], s["name"]) for s in sites],
+              [("11111111-1111-1111-1111-111111111111", "https://acme.atlassian.net", "acme")],
+              "default site")
+    expect_eq(sites[0]["scopes"], g["scope"].split(), "scopes")
+    expect(sites[0]["avatarUrl"].startswith("https://"), "avatarUrl", sites[0])
+    expect_eq(up.accessible_resources().status, 401, "no token")
+    expect_eq(up.accessible_resources("at-unknown").status, 401, "unknown token")
+    two = [{"id": "a1", "url": "https://a.atlassian.net", "name": "a"},
+           {"id": "b2", "url": "https://b.atlassian.net", "name": "b"}]
+    expect_eq(up.set_sites(two), two, "set")
+    expect_eq([s["name"] for s in up.accessible_resources(g["access_token"]).json()], ["a", "b"],
+              "two sites")
+    expect_eq(up.sites(), two, "get")
+    try:
+        up.set_sites([{"id": 1}])
+    except ControlError as e:
+        expect_eq(e.status, 400, "bad site")
+    else:
+        raise AssertionError("accepted a bad site")
+    up.revoke_grant(g["grant_id"])
+    expect_eq(up.accessible_resources(g["access_token"]).status, 401, "revoked")
+    up.reset()
+    expect_eq([s["name"] for s in up.sites()], ["acme"], "reset restores the default site")
+
+
+class _CallbackServer:
+    """A plain-http loopback callback, like tokend's, counting the requests it gets."""
+
+    def __init__(self):
+        import http.server
+
+        hits = self.hits = []
+        codes = set()
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits.append(self.path)
+                code = redirect_params(self.path).get("code")
+                fresh = code is not None and code not in codes
+                codes.add(code)
+                body = (b"<html><body>Login complete; you can close this tab.</body></html>"
+                        if fresh else b"<html><body>This login link was already used.</body></html>")
+                self.send_response(200 if fresh else 400)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/callback"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _run_browser(up, url, mode, log):
+    env = dict(os.environ, FAKE_BROWSER_CA=up.ca_file, FAKE_BROWSER_LOG=log, FAKE_BROWSER_MODE=mode,
+               FAKE_BROWSER_TIMEOUT="5")
+    started = time.monotonic()
+    p = subprocess.run([sys.executable, FAKE_BROWSER, url], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=30)
+    expect(time.monotonic() - started < 10, "returns quickly")
+    with open(log) as f:
+        record = json.loads(f.read().splitlines()[-1])
+    return p, record
+
+
+FAKE_BROWSER = os.path.join(HERE, "..", "e2e", "fake_browser.py")
+
+
+def t_fake_browser(up):
+    if not os.path.exists(FAKE_BROWSER):
+        print("     (tests/e2e/fake_browser.py not found; skipped)")
+        return
+    up.reset()
+    cb = _CallbackServer()
+    workdir = tempfile.mkdtemp(prefix="fake-browser-")
+    try:
+        up.add_client("browser", None, "none", redirect_uris=[cb.url])
+        verifier, challenge = make_pkce()
+        url = up.authorize_url("browser", cb.url, state="st", code_challenge=challenge)
+        log = os.path.join(workdir, "browser.jsonl")
+        p, rec = _run_browser(up, url, "follow", log)
+        expect_eq(p.returncode, 0, "exit status")
+        expect_eq((rec["authorize_status"], rec["callback_status"]), (302, 200), "statuses")
+        expect(rec["location"].startswith(cb.url + "?code="), "location", rec["location"])
+        expect("close this tab" in rec["callback_body_excerpt"], "body excerpt", rec)
+        expect_eq(len(cb.hits), 1, "callback called once")
+        expect_eq(redirect_params(cb.hits[0])["state"], "st", "state reached the callback")
+        code = redirect_params(cb.hits[0])["code"]
+        expect(code not in p.stderr.decode(), "no code on stderr")
+        expect_token_set(up.exchange_code(code, cb.url, "browser", code_verifier=verifier))
+        p, rec = _run_browser(up, url, "authorize_only", log)
+        expect_eq((p.returncode, rec["callback_status"], len(cb.hits)), (0, None, 1), "no callback")
+        expect_eq(p.stdout.decode().strip(), rec["location"], "Location on stdout")
+        p, rec = _run_browser(up, url, "replay", log)
+        expect_eq((rec["callback_status"], rec["replay_status"], len(cb.hits)), (200, 400, 3), "replay")
+        up.config(consent="deny")
+        p, rec = _run_browser(up, url, "follow", log)
+        expect_eq(redirect_params(rec["location"])["error"], "access_denied", "denied")
+        up.config(consent="approve")
+        p, rec = _run_browser(up, up.authorize_url("nobody", cb.url), "follow", log)
+        expect_eq((p.returncode, rec["authorize_status"], rec["location"]), (0, 400, None),
+                  "error page, nothing followed")
+        cb.close()
+        p, rec = _run_browser(up, url, "follow", log)
+        expect_eq((p.returncode, rec["authorize_status"], rec["callback_status"]), (0, 302, None),
+                  "callback down: exit 0")
+        expect(rec["error"].startswith("callback: "), "error logged", rec)
+        expect_eq(subprocess.run([sys.executable, FAKE_BROWSER], capture_output=True).returncode, 2,
+                  "usage error")
+        env = dict(os.environ, FAKE_BROWSER_MODE="bogus")
+        expect_eq(subprocess.run([sys.executable, FAKE_BROWSER, url], env=env,
+                                 capture_output=True).returncode, 2, "bad mode")
+    finally:
+        cb.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def t_non_rotating(up):
     g = seed(up, rotate_refresh_tokens=False)
     for _ in range(2):
@@ -1010,6 +1785,11 @@ def t_restart_with_state(up_unused, workdir, ca_dir):
                       state_file=state_file, quiet=True) as up:
         g = seed(up)
         b = expect_token_set(refresh(up, g["refresh_token"]))
+        reg = up.register({"redirect_uris": [REDIRECT]}).json()
+        up.config(device_interval=0)
+        d = up.device_authorize(reg["client_id"], resource=up.mcp_url).json()
+        expect_oauth_error(up.device_poll(d["device_code"], reg["client_id"]), 400,
+                           "authorization_pending")
         port = up.port
         expect_eq(up.stop(), 0, "exit code after SIGTERM")
         up.start()
@@ -1017,6 +1797,12 @@ def t_restart_with_state(up_unused, workdir, ca_dir):
         state = up.grant(g["grant_id"])
         expect_eq(state["current_refresh_token"], b["refresh_token"], "state survived")
         expect_token_set(refresh(up, g["refresh_token"]))   # still within the window
+        expect_eq(up.stats()["registrations"], 1, "registrations survived")
+        body = up.code_login(reg["client_id"], REDIRECT, resource=up.mcp_url)
+        expect_eq(up.mcp_request(body["access_token"]).status, 200, "registered client survived")
+        up.approve_device(d["user_code"])
+        expect_token_set(up.device_poll(d["device_code"], reg["client_id"]))
+        expect_eq(up.device(d["user_code"])["polls"], 2, "device code survived")
         expect_eq(up.stop(), 0, "exit code")
 
 
@@ -1061,6 +1847,16 @@ def self_test(base_url=None, ca_file=None, verbose=False):
             ("500 concurrent connections", t_concurrency),
             ("concurrent refreshes of one grant are counted", t_concurrent_same_grant),
             ("authorization_code + PKCE", t_authorization_code),
+            ("authorize + code exchange, PKCE, code reuse revokes", t_code_flow),
+            ("authorize: error page vs redirect, consent, pkce_required", t_authorize_errors),
+            ("require_offline_access", t_offline_access),
+            ("device authorization grant, slow_down", t_device_flow),
+            ("discovery: RFC 8414 / OIDC, tenant issuer, knobs", t_discovery),
+            ("MCP protected resource: PRM, challenge, resource binding", t_mcp_resource),
+            ("dynamic client registration", t_dynamic_registration),
+            ("revocation", t_revocation),
+            ("accessible resources (Atlassian)", t_accessible_resources),
+            ("fake browser (tests/e2e/fake_browser.py)", t_fake_browser),
             ("non-rotating provider", t_non_rotating),
             ("refresh_lifetime and scope", t_refresh_lifetime_and_scope),
             ("control API", t_control_api),

@@ -7,8 +7,19 @@
 Serves HTTPS (TLS 1.2+, HTTP/1.1 keep-alive) on one port:
 
 * ``POST /oauth/token`` (and ``/oauth2/token``): the token endpoint, with
-  rotating refresh tokens, a reuse window and reuse detection;
+  rotating refresh tokens, a reuse window and reuse detection; grant types
+  ``refresh_token``, ``authorization_code`` (PKCE S256) and
+  ``urn:ietf:params:oauth:grant-type:device_code`` (RFC 8628);
+* ``GET /authorize`` (and ``/oauth/authorize``): the authorization endpoint,
+  consent decided by a knob (no user interface);
+* ``POST /oauth/device/code``: device authorization (RFC 8628);
+* ``POST /oauth/revoke``: revocation (RFC 7009); ``POST /register``: dynamic
+  client registration (RFC 7591);
+* ``/.well-known/...``: RFC 8414 / OIDC discovery (also for the issuer
+  ``BASE/tenant``) and RFC 9728 protected-resource metadata for ``BASE/mcp``;
 * ``GET /me`` (and ``/oauth/userinfo``): a resource that checks Bearer tokens;
+  ``GET /oauth/token/accessible-resources`` (Atlassian); ``/mcp``: an MCP
+  server that wants tokens bound (RFC 8707) to its URL;
 * ``/_control/...``: JSON control API for tests (seeding, knobs, fault
   injection, request log, statistics).
 
@@ -22,7 +33,9 @@ import binascii
 import copy
 import hashlib
 import hmac
+import html
 import http.server
+import ipaddress
 import json
 import os
 import re
@@ -43,7 +56,20 @@ SERVER_NAME = "fake-upstream"
 MAX_BODY = 10 * 1024 * 1024
 IDLE_TIMEOUT = 120.0
 DEFAULT_SCOPE = "read:jira-work read:jira-user offline_access"
-CODE_LIFETIME = 600
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"   # RFC 8628 §6.1: no vowels, no look-alikes
+#: RFC 7636 §4.1: code_verifier (and an S256 code_challenge) alphabet and length.
+PKCE_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+#: Metadata members that the knob ``omit_endpoints`` may drop from discovery documents.
+ENDPOINT_NAMES = ("authorization_endpoint", "token_endpoint", "device_authorization_endpoint",
+                  "revocation_endpoint", "registration_endpoint", "userinfo_endpoint", "jwks_uri")
+#: Authorization-request parameters copied into the request log (none of them is a secret).
+AUTHORIZE_LOGGED = ("response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge",
+                    "code_challenge_method", "audience", "prompt", "resource", "response_mode",
+                    "login_hint", "nonce")
+DEFAULT_SITES = [{"id": "11111111-1111-1111-1111-111111111111",
+                  "url": "https://acme.atlassian.net", "name": "acme"}]
+SITE_AVATAR = "https://site-admin-avatar-cdn.prod.public.atl-paas.net/avatars/240/rocket.png"
 
 DEFAULT_CONFIG = {
     "reuse_window": 600,              # seconds a rotated refresh token stays usable (Atlassian: 600)
@@ -53,32 +79,52 @@ DEFAULT_CONFIG = {
     "rotate_refresh_tokens": True,    # False = non-rotating provider (no refresh_token in refresh responses)
     "token_latency": 0.0,             # seconds every token-endpoint request waits before being processed
     "log_limit": 100000,              # request-log entries kept (oldest dropped first)
+    # authorization endpoint and codes
+    "consent": "approve",             # "approve" or "deny": what the (absent) user answers at /authorize
+    "pkce_required": False,           # True: an authorization request without code_challenge is refused
+    "code_lifetime": 600,             # seconds an authorization code stays valid (fake clock)
+    "require_offline_access": False,  # True: a refresh token only when the scope has offline_access
+    # device authorization grant (RFC 8628)
+    "device_expires_in": 600,         # device-code lifetime (fake clock)
+    "device_interval": 1,             # polling interval announced (and enforced, on the real clock)
+    "device_slow_down_increment": 5,  # seconds added to the required interval by each slow_down
+    "device_auto_approve_after": 0,   # N > 0: the N-th poll of a device code approves it
+    # discovery (RFC 8414 / OIDC) and protected-resource metadata (RFC 9728)
+    "discovery": "both",              # "both" | "oauth_only" | "oidc_only" | "none"
+    "omit_endpoints": [],             # metadata members left out of the discovery documents
+    "scopes_supported": ["openid", "profile", "email", "offline_access", "read:jira-work"],
+    "issuer_override": None,          # a string: the documents claim this issuer (mismatch tests)
+    "prm_via_challenge_only": False,  # True: the well-known PRM paths 404; only the challenge's URL works
+    "prm_authorization_server": "root",  # "root" (BASE) or "tenant" (BASE/tenant) in the PRM document
 }
 
 ATLASSIAN_INVALID_GRANT = "Unknown or invalid refresh token."
+
+#: Fault targets: which endpoints a queued fault applies to (see App.ROUTES).
+FAULT_TARGETS = {"token", "resource", "mcp", "authorize", "device", "revoke", "register", "discovery"}
 
 #: Fault modes; value = targets the mode may be queued for.
 FAULT_MODES = {
     "invalid_grant_standard": {"token"},
     "invalid_grant_atlassian": {"token"},
     "invalid_client": {"token"},
-    "rate_limited": {"token", "resource"},
-    "server_error_500": {"token", "resource"},
-    "bad_gateway_502": {"token", "resource"},
-    "unavailable_503": {"token", "resource"},
+    "rate_limited": FAULT_TARGETS,
+    "server_error_500": FAULT_TARGETS,
+    "bad_gateway_502": FAULT_TARGETS,
+    "unavailable_503": FAULT_TARGETS,
     "truncated_json": {"token"},
     "missing_access_token": {"token"},
     "expires_in_string": {"token"},
     "expires_in_negative": {"token"},
     "expires_in_absent": {"token"},
     "expires_in_garbage": {"token"},
-    "html_200": {"token", "resource"},
-    "slow": {"token", "resource"},
-    "drop": {"token", "resource"},
-    "reset_mid_body": {"token", "resource"},
+    "html_200": FAULT_TARGETS,
+    "slow": FAULT_TARGETS,
+    "drop": FAULT_TARGETS,
+    "reset_mid_body": FAULT_TARGETS,
     "drop_after_rotate": {"token"},
-    "invalid_token": {"resource"},
-    "huge_body": {"token", "resource"},
+    "invalid_token": {"resource", "mcp"},
+    "huge_body": FAULT_TARGETS,
 }
 
 #: Modes after which the request is processed normally (the grant DOES change).
@@ -182,6 +228,12 @@ class Client:
     client_id: str
     client_secret: str | None
     auth_methods: list
+    redirect_uris: list = field(default_factory=list)   # empty: any https or loopback http URI
+    registered: bool = False         # made by dynamic client registration (POST /register)
+    client_name: str | None = None
+    grant_types: list | None = None
+    response_types: list | None = None
+    client_id_issued_at: int | None = None
 
 
 @dataclass
@@ -199,6 +251,7 @@ class Grant:
     rotations: int = 0
     refreshes: int = 0
     source: str = "control"
+    resource: str | list | None = None   # RFC 8707 resource(s) the tokens are bound to
 
 
 @dataclass
@@ -231,6 +284,30 @@ class AuthCode:
     expires_at: float
     used_at: float | None = None
     grant_id: str | None = None
+    resource: str | list | None = None
+    source: str = "control"
+
+
+@dataclass
+class DeviceCode:
+    """One device authorization (RFC 8628). Poll times are on the REAL monotonic clock."""
+    device_code: str
+    user_code: str
+    client_id: str
+    scope: str
+    resource: str | list | None
+    issued_at: float                 # fake clock
+    expires_at: float                # fake clock
+    interval: float                  # seconds now required between polls (grows with slow_down)
+    status: str = "pending"          # pending | approved | denied | consumed
+    approved_by: str | None = None   # "control" | "auto"
+    sub: str | None = None
+    polls: int = 0
+    slow_downs: int = 0
+    forced_slow_downs: int = 0       # armed one-shot slow_down answers still to give
+    poll_times: list = field(default_factory=list)   # time.monotonic() of each poll
+    answers: list = field(default_factory=list)      # per poll: the error code, or "tokens"
+    grant_id: str | None = None
 
 
 @dataclass
@@ -252,6 +329,15 @@ def _new_stats():
         "successful_refreshes": 0,
         "refreshes_by_grant": {},
         "code_exchanges": 0,
+        "authorizations": 0,
+        "consent_denied": 0,
+        "device_authorizations": 0,
+        "device_polls": 0,
+        "slow_downs": 0,
+        "device_grants": 0,
+        "registrations": 0,
+        "revocations": 0,
+        "requests_by_target": {},
         "reuse_detections": 0,
         "revoked_grants": 0,
         "errors_by_code": {},
@@ -285,13 +371,16 @@ class UpstreamState:
     # -- basics ------------------------------------------------------------
 
     def _reset_locked(self):
-        self.config = dict(DEFAULT_CONFIG)
+        self.config = copy.deepcopy(DEFAULT_CONFIG)
         self.clock_offset = 0.0
         self.clients = {}
         self.grants = {}
         self.refresh_tokens = {}
         self.access_tokens = {}
         self.codes = {}
+        self.device_codes = {}       # device_code -> DeviceCode
+        self.forced_slow_downs_any = 0   # armed slow_down answers for the next poll of any device code
+        self.sites = copy.deepcopy(DEFAULT_SITES)
         self.issued = []             # every token ever handed out, in order
         self.faults = []
         self.log = []
@@ -324,7 +413,8 @@ class UpstreamState:
                 if key not in DEFAULT_CONFIG:
                     raise ApiError(400, "unknown_knob", f"unknown config key {key!r}")
                 _validate_knob(key, value)
-                self.config[key] = value
+            for key, value in updates.items():   # all or nothing
+                self.config[key] = copy.deepcopy(value)
             self._save()
             return dict(self.config)
 
@@ -341,6 +431,8 @@ class UpstreamState:
             "refresh_tokens": [asdict(t) for t in self.refresh_tokens.values()],
             "access_tokens": [asdict(t) for t in self.access_tokens.values()],
             "codes": [asdict(c) for c in self.codes.values()],
+            "device_codes": [asdict(d) for d in self.device_codes.values()],
+            "sites": self.sites,
             "issued": self.issued,
             "stats": {k: v for k, v in self.stats.items()
                       if k not in ("in_flight_token_requests", "in_flight_by_grant")},
@@ -377,12 +469,18 @@ class UpstreamState:
         self.refresh_tokens = {t["token"]: RefreshToken(**t) for t in data["refresh_tokens"]}
         self.access_tokens = {t["token"]: AccessToken(**t) for t in data["access_tokens"]}
         self.codes = {c["code"]: AuthCode(**c) for c in data["codes"]}
+        self.device_codes = {d["device_code"]: DeviceCode(**d) for d in data.get("device_codes", [])}
+        self.sites = data.get("sites", self.sites)
         self.issued = data["issued"]
         self.stats.update(data["stats"])
 
     # -- clients and grants ------------------------------------------------
 
-    def register_client(self, client_id, client_secret, auth_method):
+    def register_client(self, client_id, client_secret, auth_method, redirect_uris=None):
+        if redirect_uris is None:
+            redirect_uris = []
+        if not isinstance(redirect_uris, list) or not all(isinstance(u, str) for u in redirect_uris):
+            raise invalid_request("redirect_uris must be a list of strings")
         if not isinstance(client_id, str) or not client_id:
             raise invalid_request("client_id must be a non-empty string")
         if client_secret is not None and not isinstance(client_secret, str):
@@ -397,7 +495,7 @@ class UpstreamState:
                 raise invalid_request(f"auth_method must be one of {AUTH_METHODS} or a list of them")
             if ("none" in methods) != (client_secret is None) or ("none" in methods and len(methods) > 1):
                 raise invalid_request("auth_method 'none' goes with client_secret null, and only then")
-        client = Client(client_id, client_secret, methods)
+        client = Client(client_id, client_secret, methods, list(redirect_uris))
         with self.lock:
             self.clients[client_id] = client
             self._save()
@@ -424,31 +522,43 @@ class UpstreamState:
                             "issued_at": now, "source": source, "valid_when_issued": True})
         return token
 
-    def _new_grant_locked(self, client_id, scope, sub, access_lifetime, source):
+    def _new_grant_locked(self, client_id, scope, sub, access_lifetime, source, resource=None):
         self._grant_seq += 1
         gid = f"grant-{self._grant_seq}"
         grant = Grant(gid, client_id, scope, sub or f"fake-user-{self._grant_seq}",
-                      access_lifetime, self.now(), source=source)
+                      access_lifetime, self.now(), source=source, resource=resource)
         self.grants[gid] = grant
         return grant
 
-    def create_grant(self, client_id, scope=None, access_lifetime=None, sub=None):
+    def _login_tokens_locked(self, grant, now, source):
+        """The token response of a fresh login (code or device): access token, and a refresh
+        token unless require_offline_access is on and the scope lacks offline_access."""
+        at, lifetime = self._issue_access(grant, now, source)
+        body = {"access_token": at.token, "token_type": "Bearer", "expires_in": lifetime}
+        if not self.config["require_offline_access"] or "offline_access" in grant.scope.split():
+            body["refresh_token"] = self._issue_refresh(grant, now, source).token
+        body["scope"] = grant.scope
+        return body
+
+    def create_grant(self, client_id, scope=None, access_lifetime=None, sub=None, resource=None):
         """A token family as if a user had just logged in."""
         scope = DEFAULT_SCOPE if scope is None else scope
         _check_type("scope", scope, str)
+        _check_resource(resource)
         if access_lifetime is not None:
             _check_int("access_lifetime", access_lifetime, 1)
         with self.lock:
             if client_id not in self.clients:
                 raise ApiError(400, "unknown_client", f"client {client_id!r} is not registered")
-            grant = self._new_grant_locked(client_id, scope, sub, access_lifetime, "control")
+            grant = self._new_grant_locked(client_id, scope, sub, access_lifetime, "control",
+                                           resource)
             now = self.now()
             at, lifetime = self._issue_access(grant, now, "control")
             rt = self._issue_refresh(grant, now, "control")
             self._save()
             return {"grant_id": grant.grant_id, "access_token": at.token,
                     "refresh_token": rt.token, "expires_in": lifetime, "token_type": "Bearer",
-                    "scope": grant.scope, "sub": grant.sub}
+                    "scope": grant.scope, "sub": grant.sub, "resource": grant.resource}
 
     def _revoke_locked(self, grant, reason):
         if grant.revoked_at is None:
@@ -515,17 +625,25 @@ class UpstreamState:
                     t = self.refresh_tokens.get(rec["token"])
                     rec["valid"] = t is not None and self._refresh_status(t, now) in (
                         "current", "previous_within_window")
-                else:
+                elif rec["kind"] == "code":
                     c = self.codes.get(rec["token"])
                     rec["valid"] = c is not None and c.used_at is None and c.expires_at > now
+                elif rec["kind"] == "device_code":
+                    d = self.device_codes.get(rec["token"])
+                    rec["valid"] = (d is not None and d.status in ("pending", "approved")
+                                    and d.expires_at > now)
+                else:   # client_secret
+                    c = self.clients.get(rec.get("client_id") or "")
+                    rec["valid"] = c is not None and c.client_secret == rec["token"]
                 out.append(rec)
             return out
 
     # -- authorization codes -----------------------------------------------
 
     def create_code(self, client_id, scope=None, redirect_uri=None, code_challenge=None,
-                    code_challenge_method=None, sub=None):
+                    code_challenge_method=None, sub=None, resource=None, source="control"):
         scope = DEFAULT_SCOPE if scope is None else scope
+        _check_resource(resource)
         if code_challenge is not None and code_challenge_method is None:
             code_challenge_method = "plain"
         if code_challenge_method not in (None, "S256", "plain"):
@@ -534,13 +652,249 @@ class UpstreamState:
             if client_id not in self.clients:
                 raise ApiError(400, "unknown_client", f"client {client_id!r} is not registered")
             now = self.now()
+            lifetime = self.config["code_lifetime"]
             code = AuthCode("code-" + secrets.token_urlsafe(24), client_id, scope, sub, redirect_uri,
-                            code_challenge, code_challenge_method, now + CODE_LIFETIME)
+                            code_challenge, code_challenge_method, now + lifetime,
+                            resource=resource, source=source)
             self.codes[code.code] = code
             self.issued.append({"token": code.code, "kind": "code", "grant_id": None,
-                                "issued_at": now, "source": "control", "valid_when_issued": True})
+                                "issued_at": now, "source": source, "valid_when_issued": True})
+            if source == "authorize":
+                self.stats["authorizations"] += 1
             self._save()
-            return {"code": code.code, "expires_in": CODE_LIFETIME}
+            return {"code": code.code, "expires_in": lifetime}
+
+    def client_snapshot(self, client_id):
+        with self.lock:
+            client = self.clients.get(client_id or "")
+            return copy.deepcopy(client) if client else None
+
+    def count(self, stat, n=1):
+        with self.lock:
+            self.stats[stat] += n
+            self._save()
+
+    # -- device authorization (RFC 8628) -----------------------------------------
+
+    def create_device_code(self, client, scope, resource):
+        with self.lock:
+            now = self.now()
+            while True:
+                raw = "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(8))
+                user_code = f"{raw[:4]}-{raw[4:]}"
+                if all(d.user_code != user_code for d in self.device_codes.values()):
+                    break
+            dc = DeviceCode("dc-" + secrets.token_urlsafe(32), user_code, client.client_id,
+                            DEFAULT_SCOPE if scope is None else scope, resource, now,
+                            now + self.config["device_expires_in"], self.config["device_interval"])
+            self.device_codes[dc.device_code] = dc
+            self.issued.append({"token": dc.device_code, "kind": "device_code", "grant_id": None,
+                                "issued_at": now, "source": "device", "valid_when_issued": True})
+            self.stats["device_authorizations"] += 1
+            self._save()
+            return copy.deepcopy(dc)
+
+    def _find_device_locked(self, user_code):
+        """By user code (case and dash insensitive); None = the newest pending one."""
+        if user_code is None:
+            pending = [d for d in self.device_codes.values() if d.status == "pending"]
+            if not pending:
+                raise ApiError(404, "not_found", "no pending device authorization")
+            return pending[-1]
+        if not isinstance(user_code, str):
+            raise invalid_request("user_code must be a string")
+        want = user_code.upper().replace("-", "")
+        for d in self.device_codes.values():
+            if d.user_code.replace("-", "") == want:
+                return d
+        raise ApiError(404, "not_found", f"no device authorization with user code {user_code!r}")
+
+    def describe_device(self, dc):
+        out = asdict(dc)
+        times = dc.poll_times
+        out["poll_spacings"] = [round(b - a, 6) for a, b in zip(times, times[1:])]
+        out["expired"] = dc.expires_at <= self.now()
+        return out
+
+    def list_device_codes(self):
+        with self.lock:
+            return [self.describe_device(d) for d in self.device_codes.values()]
+
+    def get_device(self, user_code):
+        with self.lock:
+            return self.describe_device(self._find_device_locked(user_code))
+
+    def decide_device(self, user_code, approve, sub=None):
+        """The user's answer on the verification page (control API)."""
+        with self.lock:
+            dc = self._find_device_locked(user_code)
+            if dc.status in ("consumed", "denied") or (dc.status == "approved" and not approve):
+                raise ApiError(409, "conflict", f"device authorization is already {dc.status}")
+            if approve:
+                dc.status, dc.approved_by = "approved", "control"
+                if sub is not None:
+                    _check_type("sub", sub, str)
+                    dc.sub = sub
+            else:
+                dc.status = "denied"
+            self._save()
+            return self.describe_device(dc)
+
+    def arm_slow_down(self, user_code, count):
+        """The next `count` polls (of that device code, or of any) are answered slow_down."""
+        _check_int("count", count, 1)
+        with self.lock:
+            if user_code is None:
+                self.forced_slow_downs_any += count
+                return {"user_code": None, "armed": self.forced_slow_downs_any}
+            dc = self._find_device_locked(user_code)
+            dc.forced_slow_downs += count
+            self._save()
+            return {"user_code": dc.user_code, "armed": dc.forced_slow_downs}
+
+    def poll_device(self, client, device_code):
+        """grant_type=device_code, one poll. Returns (DeviceCode copy | None, body | ApiError)."""
+        with self.lock:
+            dc = self.device_codes.get(device_code)
+            if dc is None:
+                return None, ApiError(400, "invalid_grant", "device code is unknown")
+            if dc.client_id != client.client_id:
+                return copy.deepcopy(dc), ApiError(400, "invalid_grant",
+                                                   "device code was issued to another client")
+            mono = time.monotonic()
+            previous = dc.poll_times[-1] if dc.poll_times else None
+            dc.polls += 1
+            dc.poll_times.append(mono)
+            self.stats["device_polls"] += 1
+            result = self._device_answer_locked(dc, mono, previous)
+            dc.answers.append(result.error if isinstance(result, ApiError) else "tokens")
+            self._save()
+            return copy.deepcopy(dc), result
+
+    def _device_answer_locked(self, dc, mono, previous):
+        now = self.now()
+        if dc.status == "consumed":
+            return ApiError(400, "invalid_grant", "device code was already used")
+        if dc.expires_at <= now:
+            return ApiError(400, "expired_token", "the device code has expired")
+        if dc.status == "denied":
+            return ApiError(400, "access_denied", "the user denied the authorization request")
+        forced = dc.forced_slow_downs > 0 or self.forced_slow_downs_any > 0
+        if forced or (previous is not None and mono - previous < dc.interval):
+            if dc.forced_slow_downs > 0:
+                dc.forced_slow_downs -= 1
+            elif forced:
+                self.forced_slow_downs_any -= 1
+            dc.interval += self.config["device_slow_down_increment"]
+            dc.slow_downs += 1
+            self.stats["slow_downs"] += 1
+            return ApiError(400, "slow_down", f"polling too fast; wait {dc.interval:g} s between polls")
+        auto = self.config["device_auto_approve_after"]
+        if dc.status == "pending" and auto and dc.polls >= auto:
+            dc.status, dc.approved_by = "approved", "auto"
+        if dc.status == "pending":
+            return ApiError(400, "authorization_pending", "the user has not yet approved the request")
+        grant = self._new_grant_locked(dc.client_id, dc.scope, dc.sub, None, "device", dc.resource)
+        dc.status, dc.grant_id = "consumed", grant.grant_id
+        self.stats["device_grants"] += 1
+        return self._login_tokens_locked(grant, now, "device")
+
+    # -- dynamic client registration (RFC 7591) ------------------------------------
+
+    def register_dynamic_client(self, meta):
+        """POST /register. Returns the 201 body, or raises ApiError (400)."""
+        def bad(error, description):
+            return ApiError(400, error, description)
+        uris = meta.get("redirect_uris")
+        if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+            raise bad("invalid_redirect_uri", "redirect_uris must be a non-empty list of strings")
+        for uri in uris:
+            problem = redirect_uri_problem(uri)
+            if problem:
+                raise bad("invalid_redirect_uri", f"redirect URI {uri!r}: {problem}")
+        method = meta.get("token_endpoint_auth_method", "none")
+        if method not in AUTH_METHODS:
+            raise bad("invalid_client_metadata",
+                      f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}")
+        grant_types = meta.get("grant_types", ["authorization_code", "refresh_token"])
+        known = ("authorization_code", "refresh_token", DEVICE_GRANT)
+        if (not isinstance(grant_types, list) or not grant_types
+                or not all(g in known for g in grant_types)):
+            raise bad("invalid_client_metadata", f"grant_types must be a list from {', '.join(known)}")
+        response_types = meta.get("response_types", ["code"])
+        if not isinstance(response_types, list) or not all(r == "code" for r in response_types):
+            raise bad("invalid_client_metadata", "response_types may only contain 'code'")
+        for name in ("client_name", "scope", "client_uri", "software_id", "software_version"):
+            if name in meta and not isinstance(meta[name], str):
+                raise bad("invalid_client_metadata", f"{name} must be a string")
+        with self.lock:
+            now = self.now()
+            client_id = "dcr-" + secrets.token_urlsafe(12)
+            secret = None if method == "none" else "cs-" + secrets.token_urlsafe(32)
+            client = Client(client_id, secret, [method], list(uris), registered=True,
+                            client_name=meta.get("client_name"), grant_types=grant_types,
+                            response_types=response_types, client_id_issued_at=int(now))
+            self.clients[client_id] = client
+            if secret:
+                self.issued.append({"token": secret, "kind": "client_secret", "grant_id": None,
+                                    "client_id": client_id, "issued_at": now, "source": "register",
+                                    "valid_when_issued": True})
+            self.stats["registrations"] += 1
+            self._save()
+        body = {k: v for k, v in meta.items()
+                if k in ("client_name", "scope", "client_uri", "software_id", "software_version")}
+        body.update({"client_id": client_id, "client_id_issued_at": int(now),
+                     "redirect_uris": list(uris), "grant_types": grant_types,
+                     "response_types": response_types, "token_endpoint_auth_method": method})
+        if secret:
+            body["client_secret"] = secret
+            body["client_secret_expires_at"] = 0
+        return body
+
+    # -- revocation (RFC 7009) ------------------------------------------------------
+
+    def revoke_token(self, client, token):
+        """Returns (token kind, grant id, ApiError | None). Unknown tokens are fine (RFC 7009 §2.2)."""
+        with self.lock:
+            rec = self.refresh_tokens.get(token)
+            kind = "refresh"
+            if rec is None:
+                rec, kind = self.access_tokens.get(token), "access"
+            if rec is None:
+                self.stats["revocations"] += 1
+                self._save()
+                return "unknown", None, None
+            grant = self.grants[rec.grant_id]
+            if grant.client_id != client.client_id:
+                return kind, grant.grant_id, ApiError(400, "unauthorized_client",
+                                                      "the token was issued to another client")
+            self._revoke_locked(grant, "client_revocation")
+            self.stats["revocations"] += 1
+            self._save()
+            return kind, grant.grant_id, None
+
+    # -- Atlassian accessible resources ----------------------------------------------
+
+    def set_sites(self, sites):
+        if not isinstance(sites, list):
+            raise invalid_request("sites must be a list")
+        for site in sites:
+            if not isinstance(site, dict) or not all(
+                    isinstance(site.get(k), str) for k in ("id", "url", "name")):
+                raise invalid_request("each site needs string id, url and name")
+            if "scopes" in site and (not isinstance(site["scopes"], list) or not all(
+                    isinstance(x, str) for x in site["scopes"])):
+                raise invalid_request("a site's scopes must be a list of strings")
+            if "avatarUrl" in site and not isinstance(site["avatarUrl"], str):
+                raise invalid_request("a site's avatarUrl must be a string")
+        with self.lock:
+            self.sites = copy.deepcopy(sites)
+            self._save()
+            return copy.deepcopy(self.sites)
+
+    def get_sites(self):
+        with self.lock:
+            return copy.deepcopy(self.sites)
 
     # -- the token endpoint's state changes ---------------------------------
 
@@ -553,6 +907,9 @@ class UpstreamState:
             code = self.codes.get(params.get("code") or "")
             if code is not None:
                 return code.grant_id, None
+            dc = self.device_codes.get(params.get("device_code") or "")
+            if dc is not None:
+                return dc.grant_id, None
             return None, ("unknown" if params.get("refresh_token") else None)
 
     def authenticate(self, authorization, params):
@@ -645,43 +1002,57 @@ class UpstreamState:
             self._save()
             return status, grant.grant_id, body
 
-    def exchange_code(self, client, code_value, redirect_uri, verifier):
+    def exchange_code(self, client, code_value, redirect_uri, verifier, resource=None):
         """grant_type=authorization_code. Returns (grant_id, body | ApiError)."""
+        def invalid_grant(description):
+            return ApiError(400, "invalid_grant", description)
         with self.lock:
             now = self.now()
             code = self.codes.get(code_value or "")
-            if code is None or code.client_id != client.client_id:
-                return None, ApiError(400, "invalid_grant", "authorization code is unknown")
+            if code is None:
+                return None, invalid_grant("authorization code is unknown")
+            if code.client_id != client.client_id:
+                return None, invalid_grant("authorization code was issued to another client")
             if code.used_at is not None:
+                # RFC 6749 §4.1.2: deny, and revoke what the first use produced.
                 if code.grant_id in self.grants:
                     self._revoke_locked(self.grants[code.grant_id], "code_reuse")
                 self._save()
-                return code.grant_id, ApiError(400, "invalid_grant",
-                                               "authorization code was already used")
+                return code.grant_id, invalid_grant("authorization code was already used; "
+                                                    "the grant issued from it has been revoked")
             if code.expires_at <= now:
-                return None, ApiError(400, "invalid_grant", "authorization code has expired")
+                return None, invalid_grant("authorization code has expired")
             if code.redirect_uri is not None and redirect_uri != code.redirect_uri:
-                return None, ApiError(400, "invalid_grant", "redirect_uri does not match")
+                return None, invalid_grant("redirect_uri missing" if redirect_uri is None else
+                                           "redirect_uri does not match the authorization request")
             if code.code_challenge is not None:
                 if not verifier:
-                    return None, ApiError(400, "invalid_grant", "code_verifier required")
+                    return None, invalid_grant("code_verifier required (the authorization request "
+                                               "had a code_challenge)")
+                if not PKCE_RE.fullmatch(verifier):
+                    return None, invalid_grant("code_verifier malformed (RFC 7636: 43-128 characters "
+                                               "of A-Z a-z 0-9 - . _ ~)")
                 if code.code_challenge_method == "S256":
                     computed = base64.urlsafe_b64encode(
-                        hashlib.sha256(verifier.encode("ascii", "replace")).digest()).rstrip(b"=").decode()
+                        hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
                 else:
                     computed = verifier
                 if not hmac.compare_digest(computed, code.code_challenge):
-                    return None, ApiError(400, "invalid_grant", "code_verifier does not match")
+                    return None, invalid_grant("code_verifier does not match the code_challenge")
+            elif verifier:
+                return None, invalid_grant("code_verifier sent, but the authorization request had "
+                                           "no code_challenge")
+            if resource is not None and not _resource_matches(code.resource, resource):
+                return None, ApiError(400, "invalid_target", "resource differs from the one in the "
+                                      "authorization request")
             code.used_at = now
-            grant = self._new_grant_locked(client.client_id, code.scope, code.sub, None, "code")
+            grant = self._new_grant_locked(client.client_id, code.scope, code.sub, None, "code",
+                                           code.resource)
             code.grant_id = grant.grant_id
-            at, lifetime = self._issue_access(grant, now, "code")
-            rt = self._issue_refresh(grant, now, "code")
+            body = self._login_tokens_locked(grant, now, "code")
             self.stats["code_exchanges"] += 1
             self._save()
-            return grant.grant_id, {"access_token": at.token, "token_type": "Bearer",
-                                    "expires_in": lifetime, "refresh_token": rt.token,
-                                    "scope": grant.scope}
+            return grant.grant_id, body
 
     def bogus_token_body(self, scope, source):
         """A realistic token response whose tokens are NOT valid anywhere (for faults)."""
@@ -753,6 +1124,8 @@ class UpstreamState:
         with self.lock:
             s = self.stats
             s["requests"] += 1
+            by_target = s["requests_by_target"]
+            by_target[target or "none"] = by_target.get(target or "none", 0) + 1
             if target == "token":
                 s["token_requests"] += 1
                 s["in_flight_token_requests"] += 1
@@ -827,6 +1200,60 @@ def _check_int(name, value, minimum=None):
                               (f" >= {minimum}" if minimum is not None else ""))
 
 
+def _check_resource(resource):
+    """A grant's RFC 8707 resource: null, a string, or a list of strings."""
+    if resource is None or isinstance(resource, str):
+        return
+    if not isinstance(resource, list) or not resource or not all(isinstance(r, str) for r in resource):
+        raise invalid_request("resource must be a string, a non-empty list of strings, or null")
+
+
+def _resource_matches(bound, resource):
+    """Whether `resource` is (one of) the resource(s) a code or grant is bound to."""
+    if isinstance(bound, list):
+        return resource in bound
+    return bound is not None and bound == resource
+
+
+def is_loopback_host(host):
+    """127.0.0.0/8, ::1 and localhost (RFC 8252 §7.3, DESIGN §6)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redirect_uri_problem(uri):
+    """None if `uri` may be a redirect URI (https, or http on a loopback host), else why not."""
+    if not isinstance(uri, str):
+        return "not a string"
+    try:
+        split = urllib.parse.urlsplit(uri)
+        split.port   # raises on a bad port
+    except ValueError:
+        return "not a valid URI"
+    if split.fragment or uri.endswith("#"):
+        return "must not have a fragment"
+    if split.scheme == "https" and split.hostname:
+        return None
+    if split.scheme == "http" and is_loopback_host(split.hostname):
+        return None
+    return "must be https, or http on a loopback host"
+
+
+def _check_str_list(key, value, allowed=None):
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid_request(f"{key} must be a list of strings")
+    if allowed is not None:
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            raise invalid_request(f"{key}: unknown {unknown}; known: {list(allowed)}")
+
+
 def _validate_knob(key, value):
     if key in ("reuse_window",):
         _check_int(key, value, 0)
@@ -840,8 +1267,32 @@ def _validate_knob(key, value):
     elif key == "invalid_grant_style":
         if value not in ("standard", "atlassian"):
             raise invalid_request("invalid_grant_style must be 'standard' or 'atlassian'")
-    elif key == "rotate_refresh_tokens":
+    elif key in ("rotate_refresh_tokens", "pkce_required", "require_offline_access",
+                 "prm_via_challenge_only"):
         _check_type(key, value, bool)
+    elif key in ("code_lifetime", "device_expires_in"):
+        _check_int(key, value, 1)
+    elif key in ("device_interval", "device_auto_approve_after"):
+        _check_int(key, value, 0)
+    elif key == "device_slow_down_increment":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise invalid_request("device_slow_down_increment must be a number >= 0")
+    elif key == "consent":
+        if value not in ("approve", "deny"):
+            raise invalid_request("consent must be 'approve' or 'deny'")
+    elif key == "discovery":
+        if value not in ("both", "oauth_only", "oidc_only", "none"):
+            raise invalid_request("discovery must be 'both', 'oauth_only', 'oidc_only' or 'none'")
+    elif key == "omit_endpoints":
+        _check_str_list(key, value, ENDPOINT_NAMES)
+    elif key == "scopes_supported":
+        _check_str_list(key, value)
+    elif key == "issuer_override":
+        if value is not None:
+            _check_type(key, value, str)
+    elif key == "prm_authorization_server":
+        if value not in ("root", "tenant"):
+            raise invalid_request("prm_authorization_server must be 'root' or 'tenant'")
     elif key == "token_latency":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise invalid_request("token_latency must be a number >= 0")
@@ -881,6 +1332,10 @@ def _parse_fault(spec):
 # --------------------------------------------------------------------------
 # Requests and the application (route table)
 
+_ACCESS_ERRORS = {"unknown": "the access token is unknown",
+                  "expired": "the access token has expired",
+                  "grant_revoked": "the access token has been revoked"}
+
 
 @dataclass
 class Request:
@@ -892,14 +1347,15 @@ class Request:
     client_address: str
     connection_id: int
     request_on_connection: int
+    raw_query: str = ""          # the query string as sent (repeated parameters kept)
 
 
 @dataclass
 class Route:
-    method: str
+    method: str                  # "*": any method
     pattern: str                 # regex, matched against the whole path
     handler: str                 # name of an App method taking (ctx, **path_groups)
-    target: str | None = None    # "token" / "resource": logged, counted, fault-injectable; None = control
+    target: str | None = None    # a FAULT_TARGETS name: logged, counted, fault-injectable; None = control
 
 
 class Context:
@@ -925,8 +1381,27 @@ class App:
     ROUTES = [
         Route("POST", r"/oauth/token", "token", target="token"),
         Route("POST", r"/oauth2/token", "token", target="token"),
+        Route("GET", r"/authorize", "authorize", target="authorize"),
+        Route("GET", r"/oauth/authorize", "authorize", target="authorize"),
+        Route("GET", r"/device", "device_page", target="authorize"),
+        Route("POST", r"/oauth/device/code", "device_authorization", target="device"),
+        Route("POST", r"/oauth/revoke", "revoke", target="revoke"),
+        Route("POST", r"/register", "register", target="register"),
+        Route("GET", r"/\.well-known/oauth-authorization-server(?P<tenant>/tenant)?",
+              "discovery_oauth", target="discovery"),
+        Route("GET", r"/\.well-known/openid-configuration(?P<tenant>/tenant)?",
+              "discovery_oidc", target="discovery"),
+        Route("GET", r"(?P<tenant>/tenant)/\.well-known/openid-configuration",
+              "discovery_oidc", target="discovery"),
+        Route("GET", r"/\.well-known/jwks\.json", "jwks", target="discovery"),
+        Route("GET", r"/\.well-known/oauth-protected-resource(?P<suffix>/mcp)?",
+              "protected_resource_metadata", target="discovery"),
+        Route("GET", r"/meta/oauth-protected-resource/mcp", "protected_resource_metadata_alt",
+              target="discovery"),
+        Route("*", r"/mcp", "mcp", target="mcp"),
         Route("GET", r"/me", "userinfo", target="resource"),
         Route("GET", r"/oauth/userinfo", "userinfo", target="resource"),
+        Route("GET", r"/oauth/token/accessible-resources", "accessible_resources", target="resource"),
         Route("GET", r"/_control/health", "control_health"),
         Route("POST", r"/_control/reset", "control_reset"),
         Route("POST", r"/_control/clients", "control_add_client"),
@@ -947,10 +1422,18 @@ class App:
         Route("GET", r"/_control/stats", "control_stats"),
         Route("DELETE", r"/_control/stats", "control_clear_stats"),
         Route("GET", r"/_control/tokens", "control_tokens"),
+        Route("GET", r"/_control/device", "control_list_devices"),
+        Route("POST", r"/_control/device/approve", "control_device_approve"),
+        Route("POST", r"/_control/device/deny", "control_device_deny"),
+        Route("POST", r"/_control/device/slow_down", "control_device_slow_down"),
+        Route("GET", r"/_control/device/(?P<user_code>[^/]+)", "control_get_device"),
+        Route("GET", r"/_control/sites", "control_get_sites"),
+        Route("POST", r"/_control/sites", "control_set_sites"),
     ]
 
-    def __init__(self, state):
+    def __init__(self, state, base_url="https://127.0.0.1"):
         self.state = state
+        self.base_url = base_url     # the issuer; main() sets it once the port is known
         self._compiled = [(r, re.compile(r.pattern + r"\Z")) for r in self.ROUTES]
 
     # -- dispatch --------------------------------------------------------------
@@ -961,7 +1444,7 @@ class App:
         for route, rx in self._compiled:
             m = rx.match(path)
             if m:
-                if route.method == method:
+                if route.method in (method, "*"):
                     return route, m.groupdict()
                 allowed.append(route.method)
         return None, allowed
@@ -982,6 +1465,7 @@ class App:
             "grant_type": None, "refresh_token": None, "refresh_token_status": None,
             "grant_id": None, "fault": None, "status": None, "error": None,
             "issued": None, "delivered": False, "duration": None,
+            "target": route.target if route else None,
         }
         ctx = Context(request, route, groups if route else {}, None if route else groups, entry)
         if ctx.logged:
@@ -1035,7 +1519,7 @@ class App:
             return handler(ctx, **ctx.groups)
         except ApiError as err:
             ctx.entry["error"] = err.error
-            return err.response(no_store=ctx.target == "token")
+            return err.response(no_store=ctx.target in ("token", "device", "revoke", "register"))
 
     # -- faults --------------------------------------------------------------------
 
@@ -1142,6 +1626,7 @@ class App:
         e["grant_type"] = params.get("grant_type")
         e["refresh_token"] = params.get("refresh_token")
         e["client_id"] = params.get("client_id")
+        e["resource"] = params.get("resource")
         ctx.grant_id, status = self.state.peek_grant_id(params)
         e["grant_id"] = ctx.grant_id
         e["refresh_token_status"] = status
@@ -1163,10 +1648,21 @@ class App:
         elif grant_type == "authorization_code":
             if not params.get("code"):
                 raise invalid_request("code missing")
+            e["resource"] = params.get("resource")
             grant_id, result = self.state.exchange_code(client, params["code"],
                                                         params.get("redirect_uri"),
-                                                        params.get("code_verifier"))
+                                                        params.get("code_verifier"),
+                                                        params.get("resource"))
             e["grant_id"] = grant_id
+        elif grant_type == DEVICE_GRANT:
+            if not params.get("device_code"):
+                raise invalid_request("device_code missing")
+            dc, result = self.state.poll_device(client, params["device_code"])
+            if dc is not None:
+                e["grant_id"] = dc.grant_id
+                e["device"] = {"user_code": dc.user_code, "poll": dc.polls,
+                               "interval": dc.interval, "slow_downs": dc.slow_downs,
+                               "answer": dc.answers[-1] if dc.answers else None}
         else:
             raise ApiError(400, "unsupported_grant_type", f"grant_type {grant_type!r} not supported")
         if isinstance(result, ApiError):
@@ -1187,23 +1683,312 @@ class App:
         resp.error = error or "unauthorized"
         return resp
 
-    def userinfo(self, ctx):
+    @staticmethod
+    def _bearer_token(ctx):
+        """The token of an ``Authorization: Bearer`` header, or None."""
         auth = ctx.request.headers.get("authorization", "")
         scheme, _, token = auth.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return token.strip()
+
+    def userinfo(self, ctx):
+        token = self._bearer_token(ctx)
+        if token is None:
             return self._bearer_challenge()
-        status, grant, at = self.state.check_access_token(token.strip())
+        status, grant, at = self.state.check_access_token(token)
         if grant is not None:
             ctx.entry["grant_id"] = grant.grant_id
         if status != "valid":
-            return self._bearer_challenge("invalid_token", {
-                "unknown": "the access token is unknown",
-                "expired": "the access token has expired",
-                "grant_revoked": "the access token has been revoked"}[status])
+            return self._bearer_challenge("invalid_token", _ACCESS_ERRORS[status])
         return Response.json(200, {"sub": grant.sub, "account_id": grant.sub,
                                    "grant_id": grant.grant_id, "client_id": grant.client_id,
                                    "scope": at.scope, "expires_at": at.expires_at,
                                    "email": f"{grant.sub}@example.test", "name": "Fake User"})
+
+    # -- authorization endpoint ---------------------------------------------------------------
+
+    @staticmethod
+    def _page(status, title, text):
+        body = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
+                f"</title></head>\n<body><h1>{html.escape(title)}</h1>\n<p>{html.escape(text)}</p>"
+                f"</body></html>\n")
+        return Response.html(status, body, headers=[("Cache-Control", "no-store")])
+
+    @staticmethod
+    def _redirect(uri, params):
+        sep = "&" if urllib.parse.urlsplit(uri).query else ("" if uri.endswith("?") else "?")
+        location = uri + sep + urllib.parse.urlencode(params)
+        resp = Response.html(302, "<html><body>Redirecting</body></html>\n",
+                             headers=[("Location", location), ("Cache-Control", "no-store")])
+        return resp
+
+    def authorize(self, ctx):
+        """GET /authorize: RFC 6749 §4.1.1 with PKCE (S256 only) and RFC 8707 resource."""
+        pairs = urllib.parse.parse_qsl(ctx.request.raw_query, keep_blank_values=True)
+        values = {}
+        for k, v in pairs:
+            values.setdefault(k, []).append(v)
+        info = {"param_names": [k for k, _ in pairs],
+                "params": {k: (v[0] if len(v) == 1 else v) for k, v in values.items()
+                           if k in AUTHORIZE_LOGGED},
+                "outcome": None}
+        ctx.entry["authorize"] = info
+
+        def one(name):
+            v = values.get(name)
+            return v[0] if v else None
+
+        def page(outcome, text):
+            info["outcome"] = ctx.entry["error"] = outcome
+            return self._page(400, "Authorization error", text)
+
+        client_id, redirect_uri, state = one("client_id"), one("redirect_uri"), one("state")
+        ctx.entry["client_id"] = client_id
+        # Errors about the client or the redirect URI are shown, never redirected (§4.1.2.1).
+        if len(values.get("client_id", [])) > 1 or len(values.get("redirect_uri", [])) > 1:
+            return page("invalid_request", "client_id and redirect_uri must not be repeated.")
+        client = self.state.client_snapshot(client_id)
+        if client is None:
+            return page("unknown_client", "Unknown client_id." if client_id else "client_id missing.")
+        if redirect_uri is None:
+            if len(client.redirect_uris) != 1:
+                return page("invalid_redirect_uri", "redirect_uri missing.")
+            redirect_uri = client.redirect_uris[0]
+        elif client.redirect_uris:
+            if redirect_uri not in client.redirect_uris:
+                return page("invalid_redirect_uri", "redirect_uri is not registered for this client.")
+        else:
+            problem = redirect_uri_problem(redirect_uri)
+            if problem:
+                return page("invalid_redirect_uri", f"redirect_uri {problem}.")
+
+        def error(code, description):
+            info["outcome"] = ctx.entry["error"] = code
+            params = {"error": code, "error_description": description}
+            if state is not None:
+                params["state"] = state
+            return self._redirect(redirect_uri, params)
+
+        repeated = sorted(k for k, v in values.items() if len(v) > 1 and k != "resource")
+        if repeated:
+            return error("invalid_request", f"repeated parameters: {', '.join(repeated)}")
+        if one("response_type") != "code":
+            return error("unsupported_response_type", "only response_type=code is supported")
+        challenge, method = one("code_challenge"), one("code_challenge_method")
+        if challenge is not None:
+            if method != "S256":
+                return error("invalid_request", "code_challenge_method must be S256 "
+                             "(plain is not accepted)")
+            if not PKCE_RE.fullmatch(challenge):
+                return error("invalid_request", "code_challenge is malformed")
+        elif method is not None:
+            return error("invalid_request", "code_challenge_method without code_challenge")
+        elif self.state.config["pkce_required"]:
+            return error("invalid_request", "PKCE required: code_challenge missing")
+        resources = values.get("resource", [])
+        for r in resources:
+            split = urllib.parse.urlsplit(r)
+            if not split.scheme or not split.netloc or split.fragment:
+                return error("invalid_target", "resource must be an absolute URI without a fragment")
+        if self.state.config["consent"] == "deny":
+            self.state.count("consent_denied")
+            return error("access_denied", "The user denied consent")
+        resource = None if not resources else resources[0] if len(resources) == 1 else resources
+        code = self.state.create_code(client.client_id, one("scope") or "", redirect_uri, challenge,
+                                      method, None, resource, source="authorize")["code"]
+        info["outcome"] = "code"
+        ctx.entry["issued"] = {"code": code}
+        params = {"code": code}
+        if state is not None:
+            params["state"] = state
+        return self._redirect(redirect_uri, params)
+
+    def device_page(self, ctx):
+        """The verification URI: a page to look at. Approval is a control call."""
+        user_code = ctx.request.query.get("user_code", "")
+        return self._page(200, "Device sign-in",
+                          f"Enter the code shown on your device. Code: {user_code}".strip())
+
+    # -- device authorization (RFC 8628) -----------------------------------------------------
+
+    def device_authorization(self, ctx):
+        params = self.parse_token_body(ctx.request)
+        ctx.entry["body"] = params
+        client, method = self.state.authenticate(ctx.request.headers.get("authorization"), params)
+        ctx.entry["client_id"], ctx.entry["client_auth"] = client.client_id, method
+        resource = params.get("resource")
+        if resource is not None:
+            split = urllib.parse.urlsplit(resource)
+            if not split.scheme or not split.netloc or split.fragment:
+                raise ApiError(400, "invalid_target", "resource must be an absolute URI")
+        dc = self.state.create_device_code(client, params.get("scope"), resource)
+        ctx.entry["device"] = {"user_code": dc.user_code, "interval": dc.interval}
+        ctx.entry["resource"] = resource
+        verification = self.base_url + "/device"
+        return Response.json(200, {
+            "device_code": dc.device_code, "user_code": dc.user_code,
+            "verification_uri": verification,
+            "verification_uri_complete": verification + "?" + urllib.parse.urlencode(
+                {"user_code": dc.user_code}),
+            "expires_in": self.state.config["device_expires_in"], "interval": dc.interval},
+            no_store=True)
+
+    # -- revocation (RFC 7009) and registration (RFC 7591) -----------------------------------
+
+    def revoke(self, ctx):
+        params = self.parse_token_body(ctx.request)
+        ctx.entry["body"] = params
+        client, method = self.state.authenticate(ctx.request.headers.get("authorization"), params)
+        ctx.entry["client_id"], ctx.entry["client_auth"] = client.client_id, method
+        token = params.get("token")
+        if not token:
+            raise invalid_request("token missing")
+        kind, grant_id, err = self.state.revoke_token(client, token)
+        ctx.entry["grant_id"] = grant_id
+        ctx.entry["revocation"] = {"token_type_hint": params.get("token_type_hint"),
+                                   "token_kind": kind, "grant_id": grant_id}
+        if err is not None:
+            raise err
+        return Response(200, b"", [("Cache-Control", "no-store")])
+
+    def register(self, ctx):
+        try:
+            meta = json.loads(ctx.request.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "invalid_client_metadata", "body must be a JSON object") from None
+        if not isinstance(meta, dict):
+            raise ApiError(400, "invalid_client_metadata", "body must be a JSON object")
+        ctx.entry["body"] = meta
+        body = self.state.register_dynamic_client(meta)
+        ctx.entry["client_id"] = body["client_id"]
+        ctx.entry["registration"] = {"client_id": body["client_id"],
+                                     "token_endpoint_auth_method": body["token_endpoint_auth_method"],
+                                     "redirect_uris": body["redirect_uris"]}
+        return Response.json(201, body, no_store=True)
+
+    # -- discovery (RFC 8414, OIDC) and protected-resource metadata (RFC 9728) -----------------
+
+    def _metadata(self, tenant, oidc):
+        cfg = self.state.config
+        b = self.base_url
+        issuer = cfg["issuer_override"] or (b + "/tenant" if tenant else b)
+        doc = {
+            "issuer": issuer,
+            "authorization_endpoint": b + "/authorize",
+            "token_endpoint": b + "/oauth/token",
+            "device_authorization_endpoint": b + "/oauth/device/code",
+            "revocation_endpoint": b + "/oauth/revoke",
+            "registration_endpoint": b + "/register",
+            "userinfo_endpoint": b + "/me",
+            "scopes_supported": list(cfg["scopes_supported"]),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_GRANT],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        }
+        if oidc:
+            doc.update({"jwks_uri": b + "/.well-known/jwks.json",
+                        "subject_types_supported": ["public"],
+                        "id_token_signing_alg_values_supported": ["RS256"]})
+        for name in cfg["omit_endpoints"]:
+            doc.pop(name, None)
+        if "device_authorization_endpoint" not in doc:
+            doc["grant_types_supported"].remove(DEVICE_GRANT)
+        return doc
+
+    def _not_found(self, ctx):
+        return Response.json(404, {"error": "not_found", "path": ctx.request.path})
+
+    def discovery_oauth(self, ctx, tenant=None):
+        if self.state.config["discovery"] not in ("both", "oauth_only"):
+            return self._not_found(ctx)
+        return Response.json(200, self._metadata(bool(tenant), oidc=False))
+
+    def discovery_oidc(self, ctx, tenant=None):
+        if self.state.config["discovery"] not in ("both", "oidc_only"):
+            return self._not_found(ctx)
+        return Response.json(200, self._metadata(bool(tenant), oidc=True))
+
+    def jwks(self, ctx):
+        return Response.json(200, {"keys": []})
+
+    @property
+    def mcp_resource(self):
+        return self.base_url + "/mcp"
+
+    def prm_url(self):
+        """Where the MCP server's 401 challenge points (resource_metadata)."""
+        if self.state.config["prm_via_challenge_only"]:
+            return self.base_url + "/meta/oauth-protected-resource/mcp"
+        return self.base_url + "/.well-known/oauth-protected-resource/mcp"
+
+    def _prm_document(self):
+        cfg = self.state.config
+        server = self.base_url + ("/tenant" if cfg["prm_authorization_server"] == "tenant" else "")
+        return {"resource": self.mcp_resource, "authorization_servers": [server],
+                "scopes_supported": list(cfg["scopes_supported"]),
+                "bearer_methods_supported": ["header"], "resource_name": "fake MCP server"}
+
+    def protected_resource_metadata(self, ctx, suffix=None):
+        if self.state.config["prm_via_challenge_only"]:
+            return self._not_found(ctx)
+        return Response.json(200, self._prm_document())
+
+    def protected_resource_metadata_alt(self, ctx):
+        return Response.json(200, self._prm_document())
+
+    def mcp(self, ctx):
+        """The MCP server (any method): wants a token bound to BASE/mcp (RFC 8707, MCP auth)."""
+        meta = f'resource_metadata="{self.prm_url()}"'
+
+        def challenge(error=None, description=None):
+            value = "Bearer " + (f'error="{error}", error_description="{description}", '
+                                 if error else "") + meta
+            resp = Response.json(401, {"error": error or "unauthorized",
+                                       "error_description": description or "Bearer token required"},
+                                 headers=[("WWW-Authenticate", value)])
+            resp.error = error or "unauthorized"
+            return resp
+
+        token = self._bearer_token(ctx)
+        if token is None:
+            return challenge()
+        status, grant, _ = self.state.check_access_token(token)
+        if grant is not None:
+            ctx.entry["grant_id"] = grant.grant_id
+        if status != "valid":
+            return challenge("invalid_token", f"the access token is {status.replace('_', ' ')}")
+        if not _resource_matches(grant.resource, self.mcp_resource):
+            return challenge("invalid_token", "the access token is not for this resource")
+        answer = {"jsonrpc": "2.0"}
+        try:
+            request = json.loads(ctx.request.body or b"null")
+        except ValueError:
+            request = None
+        if isinstance(request, dict) and "id" in request:
+            answer["id"] = request["id"]
+        answer["result"] = {"ok": True}
+        return Response.json(200, answer)
+
+    # -- Atlassian accessible resources ------------------------------------------------------
+
+    def accessible_resources(self, ctx):
+        token = self._bearer_token(ctx)
+        if token is None:
+            return self._bearer_challenge()
+        status, grant, at = self.state.check_access_token(token)
+        if grant is not None:
+            ctx.entry["grant_id"] = grant.grant_id
+        if status != "valid":
+            return self._bearer_challenge("invalid_token", _ACCESS_ERRORS[status])
+        sites = [{"id": site["id"], "url": site["url"], "name": site["name"],
+                  "scopes": site.get("scopes", at.scope.split()),
+                  "avatarUrl": site.get("avatarUrl", SITE_AVATAR)}
+                 for site in self.state.get_sites()]
+        return Response.json(200, sites)
 
     # -- control API -------------------------------------------------------------------------
 
@@ -1232,7 +2017,7 @@ class App:
     def control_add_client(self, ctx):
         b = self._json_body(ctx)
         return Response.json(200, self.state.register_client(
-            b.get("client_id"), b.get("client_secret"), b.get("auth_method")))
+            b.get("client_id"), b.get("client_secret"), b.get("auth_method"), b.get("redirect_uris")))
 
     def control_list_clients(self, ctx):
         with self.state.lock:
@@ -1241,7 +2026,8 @@ class App:
     def control_add_grant(self, ctx):
         b = self._json_body(ctx)
         return Response.json(200, self.state.create_grant(
-            b.get("client_id"), b.get("scope"), b.get("access_lifetime"), b.get("sub")))
+            b.get("client_id"), b.get("scope"), b.get("access_lifetime"), b.get("sub"),
+            b.get("resource")))
 
     def control_list_grants(self, ctx):
         return Response.json(200, {"grants": self.state.list_grants()})
@@ -1256,7 +2042,7 @@ class App:
         b = self._json_body(ctx)
         return Response.json(200, self.state.create_code(
             b.get("client_id"), b.get("scope"), b.get("redirect_uri"), b.get("code_challenge"),
-            b.get("code_challenge_method"), b.get("sub")))
+            b.get("code_challenge_method"), b.get("sub"), b.get("resource")))
 
     def control_get_config(self, ctx):
         with self.state.lock:
@@ -1302,6 +2088,36 @@ class App:
 
     def control_tokens(self, ctx):
         return Response.json(200, {"tokens": self.state.list_tokens()})
+
+    def control_list_devices(self, ctx):
+        return Response.json(200, {"device_codes": self.state.list_device_codes()})
+
+    def control_get_device(self, ctx, user_code):
+        return Response.json(200, self.state.get_device(urllib.parse.unquote(user_code)))
+
+    def control_device_approve(self, ctx):
+        b = self._json_body(ctx, default={})
+        return Response.json(200, self.state.decide_device(b.get("user_code"), True, b.get("sub")))
+
+    def control_device_deny(self, ctx):
+        b = self._json_body(ctx, default={})
+        return Response.json(200, self.state.decide_device(b.get("user_code"), False))
+
+    def control_device_slow_down(self, ctx):
+        b = self._json_body(ctx, default={})
+        return Response.json(200, self.state.arm_slow_down(b.get("user_code"), b.get("count", 1)))
+
+    def control_get_sites(self, ctx):
+        return Response.json(200, {"sites": self.state.get_sites()})
+
+    def control_set_sites(self, ctx):
+        try:
+            obj = json.loads(ctx.request.body or b"null")
+        except ValueError:
+            raise invalid_request("malformed JSON") from None
+        if isinstance(obj, dict):
+            obj = obj.get("sites")
+        return Response.json(200, {"sites": self.state.set_sites(obj)})
 
 
 # --------------------------------------------------------------------------
@@ -1394,7 +2210,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         request = Request(self.command, split.path, dict(urllib.parse.parse_qsl(split.query)),
                           headers, body, self.client_address[0], self.connection_id,
-                          self.requests_on_connection)
+                          self.requests_on_connection, split.query)
         app = self.server.app
         ctx = app.begin(request)
         resp, delivered = None, False
@@ -1530,9 +2346,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     state = UpstreamState(args.state_file)
-    server = Server((args.host, args.port), make_ssl_context(args.cert, args.key), App(state),
+    app = App(state)
+    server = Server((args.host, args.port), make_ssl_context(args.cert, args.key), app,
                     quiet=args.quiet)
     port = server.server_address[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    app.base_url = f"https://{host}:{port}"
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -1541,8 +2360,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, stop)
     if args.port_file:
         write_port_file(args.port_file, port)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"fake_upstream: listening on https://{host}:{port}", file=sys.stderr, flush=True)
+    print(f"fake_upstream: listening on {app.base_url}", file=sys.stderr, flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
