@@ -18,7 +18,7 @@ packages=(
   build-essential cmake ninja-build pkg-config python3
   libuv1-dev libcurl4-openssl-dev nlohmann-json3-dev
   libboost-dev libboost-program-options-dev libspdlog-dev libfmt-dev
-  libsystemd-dev openssl
+  libsystemd-dev openssl libssl-dev  # libssl-dev: SHA-256 for PKCE (libcrypto is already loaded via SQLCipher)
   systemd procps  # systemd-analyze and systemd-socket-activate for the unit tests; kill for ExecReload
 )
 # Needed at a newer version than bookworm's own.

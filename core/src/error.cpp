@@ -22,6 +22,7 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::protocol: return "protocol";
     case Errc::transient: return "transient";
     case Errc::reauth_required: return "reauth_required";
+    case Errc::login_failed: return "login_failed";
     case Errc::internal: return "internal";
   }
   return "internal";

@@ -43,6 +43,10 @@ constexpr Setting k_settings[] = {
     {"max-concurrent-refreshes", "TOKEND_MAX_CONCURRENT_REFRESHES", "refreshes in flight at once (default 8)"},
     {"http-timeout", "TOKEND_HTTP_TIMEOUT", "timeout of one call to a provider (default 30s)"},
     {"ca-bundle", "TOKEND_CA_BUNDLE", "CA certificates for provider TLS (default: the system's)"},
+    {"login-timeout", "TOKEND_LOGIN_TIMEOUT", "how long a started login waits for the user (default 10m)"},
+    {"notify-command", "TOKEND_NOTIFY_COMMAND",
+     "run with /bin/sh -c when a profile needs a new login; $TOKEND_PROFILE, $TOKEND_REASON and "
+     "$TOKEND_LOGIN_COMMAND are set (e.g. notify-send \"tokend\" \"$TOKEND_LOGIN_COMMAND\")"},
 };
 
 std::optional<std::string> lookup(const po::variables_map& vm, const char* key) {
@@ -214,6 +218,7 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
       {"drain-timeout", &c.drain_timeout},
       {"refresh-buffer", &c.refresh_buffer},
       {"http-timeout", &c.http_timeout},
+      {"login-timeout", &c.login_timeout},
   };
   for (const auto& [name, target] : durations) {
     if (auto v = setting(name)) {
@@ -227,6 +232,7 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
     if (!std::filesystem::exists(*v)) return fail(Errc::config, fmt::format("ca-bundle {} does not exist", *v));
     c.ca_bundle = *v;
   }
+  if (auto v = setting("notify-command")) c.notify_command = *v;
   return out;
 }
 

@@ -14,12 +14,15 @@
 #include "core/clock.hpp"
 #include "daemon/startup.hpp"
 #include "daemon/systemd.hpp"
+#include "notify.hpp"
 #include "ipc/api.hpp"
+#include "ipc/callback_listener.hpp"
 #include "ipc/server.hpp"
 #include "net/http_client.hpp"
 #include "net/loop.hpp"
 #include "refresh/timer_port.hpp"
 #include "refresh/events.hpp"
+#include "refresh/login.hpp"
 #include "refresh/token_service.hpp"
 
 namespace tokend::daemon {
@@ -100,8 +103,16 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
       spdlog::critical("loading profiles: {}", r.error().message);
       return 1;
     }
+    refresh::UvTimerPort login_timer(loop, clock);
+    ipc::UvCallbackPort callbacks(loop);
+    refresh::LoginOptions login_options;
+    login_options.flow_timeout = config.login_timeout;
+    login_options.http_timeout = config.http_timeout;
+    refresh::LoginManager login(tokens, clock, events, login_timer, http, &callbacks, login_options);
+    Notifier notifier(loop, events, config.notify_command);
     ipc::Router router;
     ipc::Api api(loop, tokens, events, *store, clock, {std::string(version()), config.heartbeat});
+    api.set_login(&login);
     api.register_routes(router);
     ipc::Server server(loop, router, config.limits);
     api.set_server(&server);
@@ -135,9 +146,12 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
       spdlog::info("received {}, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
       notify("STOPPING=1");
       api.close();
+      login.shutdown();
+      notifier.close();
       tokens.shutdown();
       http.close();
       refresh_timer.close();
+      login_timer.close();
       server.drain(config.drain_timeout, [&] {
         sigterm->close();
         sigint->close();
@@ -163,6 +177,8 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
       config.limits = fresh->limits;
       config.allowed_uids = fresh->allowed_uids;
       config.drain_timeout = fresh->drain_timeout;
+      config.notify_command = fresh->notify_command;
+      notifier.set_command(fresh->notify_command);
       spdlog::info("configuration reloaded");
       notify("STATUS=configuration reloaded");
     });

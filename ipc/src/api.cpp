@@ -1,5 +1,6 @@
 #include "ipc/api.hpp"
 
+#include <algorithm>
 #include <charconv>
 
 #include <fmt/format.h>
@@ -124,6 +125,73 @@ class Api::Streams {
   std::uint64_t m_next = 1;
 };
 
+// Requests that wait for something to happen to a profile — a login to
+// finish, a token to arrive — up to a deadline. One bus subscription for
+// all of them; one timer each.
+class Api::Waits {
+ public:
+  using Done = std::function<void(bool happened)>;
+
+  Waits(net::Loop& loop, refresh::EventBus& bus) : m_loop(loop) {
+    m_sub = bus.subscribe([this](const Event& e) { on_event(e); });
+  }
+
+  // Errc::limit_exceeded when too many are waiting already.
+  Result<> add(std::string profile, std::vector<std::string> types, std::chrono::milliseconds timeout, Done done) {
+    if (m_waiting.size() >= k_max_waiting) {
+      return fail(Errc::limit_exceeded, "too many requests are waiting already; try again later");
+    }
+    auto timer = net::Timer::create(m_loop);
+    if (!timer) return std::unexpected(timer.error());
+    const std::uint64_t id = m_next++;
+    auto& w = m_waiting.emplace(id, Waiter{std::move(profile), std::move(types), std::move(*timer), std::move(done)})
+                  .first->second;
+    w.timer.start(static_cast<std::uint64_t>(timeout.count()), 0, [this, id] { fire(id, false); });
+    return {};
+  }
+
+  void close() {
+    auto waiting = std::move(m_waiting);
+    m_waiting.clear();
+    for (auto& [_, w] : waiting) {
+      w.timer.close();
+      w.done(false);
+    }
+    m_sub.reset();
+  }
+
+ private:
+  static constexpr std::size_t k_max_waiting = 4096;
+  struct Waiter {
+    std::string profile;
+    std::vector<std::string> types;
+    net::Timer timer;
+    Done done;
+  };
+
+  void on_event(const Event& e) {
+    std::vector<std::uint64_t> hit;
+    for (const auto& [id, w] : m_waiting) {
+      if (w.profile == e.profile && std::find(w.types.begin(), w.types.end(), e.type) != w.types.end()) hit.push_back(id);
+    }
+    for (const auto id : hit) fire(id, true);
+  }
+
+  void fire(std::uint64_t id, bool happened) {
+    auto it = m_waiting.find(id);
+    if (it == m_waiting.end()) return;
+    Waiter w = std::move(it->second);
+    m_waiting.erase(it);
+    w.timer.close();
+    w.done(happened);
+  }
+
+  net::Loop& m_loop;
+  refresh::EventBus::Subscription m_sub;
+  std::map<std::uint64_t, Waiter> m_waiting;
+  std::uint64_t m_next = 1;
+};
+
 Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, store::Store& store,
          const Clock& clock, ApiOptions options)
     : m_tokens(tokens),
@@ -132,12 +200,60 @@ Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& even
       m_clock(clock),
       m_options(std::move(options)),
       m_started(clock.mono_now()),
-      m_streams(std::make_unique<Streams>(loop, m_options.heartbeat)) {}
+      m_streams(std::make_unique<Streams>(loop, m_options.heartbeat)),
+      m_waits(std::make_unique<Waits>(loop, events)) {}
 
 Api::~Api() { close(); }
 
 void Api::close() {
   if (m_streams) m_streams->close();
+  if (m_waits) m_waits->close();
+}
+
+// Answers a token request; with wait_s > 0 a profile that needs a login
+// holds the answer until a login (or a PUT with a token) succeeds, or the
+// wait runs out. The exchange ignores an answer to a caller that has gone.
+void Api::answer_token(const std::shared_ptr<Exchange>& ex, const std::string& name, const refresh::TokenRequest& req,
+                       std::int64_t wait_s, Result<refresh::TokenGrant> grant) {
+  if (!grant && grant.error().code == Errc::reauth_required && wait_s > 0) {
+    auto waiting = m_waits->add(name, {"login_succeeded", "profile_updated", "refreshed"}, std::chrono::seconds(wait_s),
+                                [this, ex, name, req, error = grant.error()](bool happened) {
+                                  if (!happened) return answer_token(ex, name, req, 0, std::unexpected(error));
+                                  m_tokens.token_async(name, req, [this, ex, name, req](Result<refresh::TokenGrant> g) {
+                                    answer_token(ex, name, req, 0, std::move(g));
+                                  });
+                                });
+    if (waiting) return;
+  }
+  // Names that are not profiles share one series: a caller looping over
+  // random names must not grow memory or the metric's cardinality.
+  const bool known = grant || grant.error().code != Errc::not_found;
+  const std::string_view key = known ? std::string_view(name) : std::string_view("(unknown)");
+  auto counts = m_token_requests.find(key);
+  if (counts == m_token_requests.end()) {
+    counts = m_token_requests.emplace(std::string(key), std::map<std::string_view, std::uint64_t>{}).first;
+  }
+  ++counts->second[grant ? std::string_view("ok") : errc_name(grant.error().code)];
+  if (!grant) {
+    if (grant.error().code == Errc::reauth_required) return ex->respond(reauth_error(grant.error(), name));
+    return ex->respond(error_response(grant.error()));
+  }
+  const auto now = to_unix_ms(m_clock.wall_now());
+  ex->respond(Response::json(
+      200, {{"token", grant->token.reveal()},
+            {"token_type", grant->token_type},
+            {"authorization", grant->authorization.reveal()},
+            {"expires_at", nullable(to_seconds(grant->expires_at_ms))},
+            {"expires_in", grant->expires_at_ms ? json::Json((*grant->expires_at_ms - now) / 1000) : json::Json(nullptr)}}));
+}
+
+void Api::audit_peer(const std::shared_ptr<Exchange>& ex, std::string_view kind, std::string_view profile) {
+  store::AuditEvent e;
+  e.kind = std::string(kind);
+  e.profile = std::string(profile);
+  e.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
+  e.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
+  (void)m_store.append_audit(e);  // best effort
 }
 
 void Api::register_routes(Router& router) {
@@ -197,27 +313,9 @@ void Api::register_routes(Router& router) {
     // Answers at once when the token is good enough, else after the
     // profile's single refresh. The exchange ignores an answer to a caller
     // that has gone.
-    m_tokens.token_async(name, req, [this, ex, name](Result<refresh::TokenGrant> grant) {
-      // Names that are not profiles share one series: a caller looping over
-      // random names must not grow memory or the metric's cardinality.
-      const bool known = grant || grant.error().code != Errc::not_found;
-      const std::string_view key = known ? std::string_view(name) : std::string_view("(unknown)");
-      auto counts = m_token_requests.find(key);
-      if (counts == m_token_requests.end()) {
-        counts = m_token_requests.emplace(std::string(key), std::map<std::string_view, std::uint64_t>{}).first;
-      }
-      ++counts->second[grant ? std::string_view("ok") : errc_name(grant.error().code)];
-      if (!grant) {
-        if (grant.error().code == Errc::reauth_required) return ex->respond(reauth_error(grant.error(), name));
-        return ex->respond(error_response(grant.error()));
-      }
-      const auto now = to_unix_ms(m_clock.wall_now());
-      ex->respond(Response::json(
-          200, {{"token", grant->token.reveal()},
-                {"token_type", grant->token_type},
-                {"authorization", grant->authorization.reveal()},
-                {"expires_at", nullable(to_seconds(grant->expires_at_ms))},
-                {"expires_in", grant->expires_at_ms ? json::Json((*grant->expires_at_ms - now) / 1000) : json::Json(nullptr)}}));
+    const std::int64_t wait_s = wait->value_or(0);
+    m_tokens.token_async(name, req, [this, ex, name, req, wait_s](Result<refresh::TokenGrant> grant) {
+      answer_token(ex, name, req, wait_s, std::move(grant));
     });
   });
 
@@ -232,6 +330,100 @@ void Api::register_routes(Router& router) {
       if (!v) return ex->respond(error_response(v.error()));
       ex->respond(Response::json(200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
     });
+  });
+
+  // --- login flows (DESIGN §6) ---
+  auto no_login = [](const std::shared_ptr<Exchange>& ex) {
+    ex->respond(Response::error(503, "unavailable", "login flows are not available in this tokend"));
+  };
+  auto respond_json = [this](const std::shared_ptr<Exchange>& ex, const std::string& name) {
+    return [this, ex, name](Result<json::Json> r) {
+      if (!r) {
+        if (r.error().code == Errc::reauth_required) return ex->respond(reauth_error(r.error(), name));
+        return ex->respond(error_response(r.error()));
+      }
+      ex->respond(Response::json(200, *r));
+    };
+  };
+
+  router.add("POST", "/v1/profiles/{name}/login", [this, no_login, respond_json](const std::shared_ptr<Exchange>& ex) {
+    if (m_login == nullptr) return no_login(ex);
+    const std::string name(ex->param("name"));
+    refresh::LoginRequest req;
+    if (!ex->request().body.empty()) {
+      auto body = json::parse(ex->request().body, "request body");
+      if (!body) return ex->respond(error_response(body.error()));
+      if (!body->is_object()) return ex->respond(error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
+      for (const auto& [k, v] : body->items()) {
+        if (k == "flow") {
+          if (v != "code" && v != "device") {
+            return ex->respond(error_response(Error{Errc::invalid_argument, "field \"flow\" must be \"code\" or \"device\""}));
+          }
+          req.device = v == "device";
+        } else if (k == "listen") {
+          if (!v.is_boolean()) return ex->respond(error_response(Error{Errc::invalid_argument, "field \"listen\" must be true or false"}));
+          req.listen = v.get<bool>();
+        } else {
+          return ex->respond(error_response(Error{Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
+        }
+      }
+    }
+    if (!m_tokens.get(name)) return ex->respond(error_response(m_tokens.get(name).error()));
+    audit_peer(ex, "login_started", name);
+    m_login->start(name, req, respond_json(ex, name));
+  });
+
+  router.add("GET", "/v1/profiles/{name}/login", [this, no_login](const std::shared_ptr<Exchange>& ex) {
+    if (m_login == nullptr) return no_login(ex);
+    const std::string name(ex->param("name"));
+    if (auto v = m_tokens.get(name); !v) return ex->respond(error_response(v.error()));
+    auto wait = int_param(ex->request(), "wait", 0, 3'600);
+    if (!wait) return ex->respond(error_response(wait.error()));
+    if (wait->value_or(0) > 0 && m_login->pending(name)) {
+      auto waiting = m_waits->add(name, {"login_succeeded", "login_failed", "login_cancelled"},
+                                  std::chrono::seconds(**wait), [this, ex, name](bool) {
+                                    ex->respond(Response::json(200, m_login != nullptr ? m_login->status(name) : json::Json::object()));
+                                  });
+      if (waiting) return;
+      return ex->respond(error_response(waiting.error()));
+    }
+    ex->respond(Response::json(200, m_login->status(name)));
+  });
+
+  router.add("POST", "/v1/profiles/{name}/login/complete", [this, no_login](const std::shared_ptr<Exchange>& ex) {
+    if (m_login == nullptr) return no_login(ex);
+    const std::string name(ex->param("name"));
+    auto body = json::parse(ex->request().body, "request body");
+    if (!body) return ex->respond(error_response(body.error()));
+    m_login->complete(name, *body, [ex](Result<json::Json> r) {
+      if (!r) return ex->respond(error_response(r.error()));
+      const auto state = r->value("state", std::string());
+      if (state == "succeeded") return ex->respond(Response::json(200, *r));
+      const json::Json& err = r->contains("error") ? (*r)["error"] : json::Json::object();
+      ex->respond(Response::error(400, "login_failed", err.value("message", std::string("the login failed")),
+                                  {{"reason", err.value("reason", std::string())}, {"login", *r}}));
+    });
+  });
+
+  router.add("DELETE", "/v1/profiles/{name}/login", [this, no_login](const std::shared_ptr<Exchange>& ex) {
+    if (m_login == nullptr) return no_login(ex);
+    if (auto r = m_login->cancel(std::string(ex->param("name"))); !r) return ex->respond(error_response(r.error()));
+    Response res;
+    res.status = 204;
+    ex->respond(std::move(res));
+  });
+
+  router.add("POST", "/v1/profiles/{name}/logout", [this, no_login, respond_json](const std::shared_ptr<Exchange>& ex) {
+    if (m_login == nullptr) return no_login(ex);
+    const std::string name(ex->param("name"));
+    audit_peer(ex, "logout_requested", name);
+    m_login->logout(name, respond_json(ex, name));
+  });
+
+  router.add("POST", "/v1/profiles/{name}/test", [this, no_login, respond_json](const std::shared_ptr<Exchange>& ex) {
+    if (m_login == nullptr) return no_login(ex);
+    const std::string name(ex->param("name"));
+    m_login->test(name, respond_json(ex, name));
   });
 
   router.add("GET", "/v1/events", [this](const std::shared_ptr<Exchange>& ex) {

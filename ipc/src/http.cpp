@@ -2,39 +2,9 @@
 
 #include <strings.h>
 
+#include "core/encoding.hpp"
+
 namespace tokend::ipc {
-
-namespace {
-
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    if (c == '%') {
-      if (i + 2 >= s.size()) return std::nullopt;  // needs two hex digits
-      const int hi = hex_digit(s[i + 1]);
-      const int lo = hex_digit(s[i + 2]);
-      if (hi < 0 || lo < 0) return std::nullopt;
-      out += static_cast<char>(hi * 16 + lo);
-      i += 2;
-    } else if (c == '+' && plus_is_space) {
-      out += ' ';
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-}  // namespace
 
 std::optional<std::string_view> Request::header(std::string_view name) const {
   for (const auto& [k, v] : headers) {
@@ -68,7 +38,8 @@ Response Response::error(int status, std::string_view code, std::string_view mes
 
 int status_for(Errc code) {
   switch (code) {
-    case Errc::invalid_argument: return 400;
+    case Errc::invalid_argument:
+    case Errc::login_failed: return 400;
     case Errc::not_found: return 404;
     case Errc::already_exists:
     case Errc::conflict: return 409;
@@ -96,23 +67,11 @@ Response error_response(const Error& e, const json::Json& extra) {
 }
 
 std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(std::string_view q) {
-  std::vector<std::pair<std::string, std::string>> out;
-  while (!q.empty()) {
-    const auto amp = q.find('&');
-    const std::string_view part = q.substr(0, amp);
-    q = amp == std::string_view::npos ? std::string_view{} : q.substr(amp + 1);
-    if (part.empty()) continue;
-    const auto eq = part.find('=');
-    auto key = percent_decode(part.substr(0, eq), true);
-    auto value = percent_decode(eq == std::string_view::npos ? std::string_view{} : part.substr(eq + 1), true);
-    if (!key || !value) return std::nullopt;
-    out.emplace_back(std::move(*key), std::move(*value));
-  }
-  return out;
+  return tokend::parse_query(q);
 }
 
 std::optional<std::string> decode_path(std::string_view p) {
-  auto d = percent_decode(p, false);
+  auto d = tokend::percent_decode(p, false);
   if (!d) return std::nullopt;
   // An encoded slash or NUL changes the meaning of the path: refuse.
   for (std::size_t i = 0; i + 2 < p.size(); ++i) {

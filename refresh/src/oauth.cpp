@@ -12,15 +12,7 @@ namespace tokend::refresh {
 
 namespace {
 
-constexpr std::string_view k_atlassian_token_url = "https://auth.atlassian.com/oauth/token";
 constexpr std::int64_t k_max_lifetime_s = 10LL * 365 * 24 * 3600;
-
-std::string snippet(std::string_view body) {
-  // A short, printable, single-line excerpt of a non-JSON answer for errors.
-  std::string out;
-  for (const char c : body.substr(0, 80)) out += (static_cast<unsigned char>(c) < 0x20) ? ' ' : c;
-  return out;
-}
 
 // A string field, or `fallback` when absent or of another type (upstream
 // JSON is hostile: nlohmann's value() would throw on a wrong type).
@@ -42,29 +34,50 @@ RefreshFailure transient(std::string message, std::optional<Millis> retry_after 
 
 }  // namespace
 
-std::string form_encode(std::string_view s) {
+
+std::string printable_excerpt(std::string_view text, std::size_t max) {
   std::string out;
-  for (const char c : s) {
-    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-                       c == '.' || c == '_' || c == '~';
-    if (plain) {
-      out += c;
-    } else if (c == ' ') {
-      out += '+';
-    } else {
-      out += fmt::format("%{:02X}", static_cast<unsigned>(static_cast<unsigned char>(c)));
-    }
+  for (const char c : text.substr(0, max)) {
+    const auto u = static_cast<unsigned char>(c);
+    out += (u < 0x20 || u == 0x7f) ? ' ' : c;
   }
   return out;
+}
+
+ProviderEndpoints endpoints_of(const store::Profile& p) {
+  ProviderEndpoints e;
+  const bool atlassian = p.provider == "atlassian";
+  json::Json discovered = json::Json::object();
+  if (auto it = p.config.find("discovered"); it != p.config.end() && it->is_object()) discovered = *it;
+  auto pick = [&](const char* field, const char* metadata, std::string_view preset = {}) {
+    std::string v = str_field(p.config, field);
+    if (v.empty() && metadata != nullptr) v = str_field(discovered, metadata);
+    if (v.empty()) v = std::string(preset);
+    return v;
+  };
+  e.issuer = pick("issuer", "issuer");
+  e.authorize_url = pick("authorize_url", "authorization_endpoint", atlassian ? k_atlassian_authorize_url : "");
+  e.token_url = pick("token_url", "token_endpoint", atlassian ? k_atlassian_token_url : "");
+  e.device_url = pick("device_authorization_url", "device_authorization_endpoint");
+  e.revocation_url = pick("revocation_url", "revocation_endpoint");
+  e.registration_url = pick("registration_url", "registration_endpoint");
+  e.userinfo_url = pick("userinfo_url", "userinfo_endpoint");
+  e.api_base = pick("api_base", nullptr, atlassian ? k_atlassian_api_base : "");
+  if (auto it = discovered.find("scopes_supported"); it != discovered.end() && it->is_array()) {
+    for (const auto& s : *it) {
+      if (s.is_string()) e.scopes_supported.push_back(s.get<std::string>());
+    }
+  }
+  return e;
 }
 
 Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
   TokenEndpoint e;
   const bool atlassian = p.provider == "atlassian";
-  e.token_url = str_field(p.config, "token_url", atlassian ? std::string(k_atlassian_token_url) : std::string());
+  e.token_url = endpoints_of(p).token_url;
   if (e.token_url.empty()) {
-    return fail(Errc::config, fmt::format("profile '{}' has no token_url; set it with tokenctl add {} --token-url URL",
-                                          p.name, p.name));
+    return fail(Errc::config, fmt::format("profile '{}' has no token_url; set it with tokenctl add {} --token-url URL "
+                                          "(or --issuer URL for discovery)", p.name, p.name));
   }
   e.client_id = str_field(p.config, "client_id");
   if (!p.secret_config.empty()) {
@@ -86,13 +99,17 @@ Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
     return fail(Errc::config, fmt::format("profile '{}' uses the atlassian provider, which needs a client secret; "
                                           "add it with tokenctl add {} --client-secret-file FILE", p.name, p.name));
   }
+  e.resource = str_field(p.config, "resource");
+  if (e.resource.empty()) {
+    if (auto it = p.config.find("discovered"); it != p.config.end()) e.resource = str_field(*it, "resource");
+  }
   // Atlassian keeps a rotated refresh token usable for 10 minutes.
   const std::int64_t reuse = int_field(p.config, "reuse_window", atlassian ? 600 : 0);
   e.reuse_window = Millis(reuse * 1000);
   return e;
 }
 
-net::HttpRequest make_refresh_request(const TokenEndpoint& e, const Secret& refresh_token, Millis timeout) {
+net::HttpRequest make_token_request(const TokenEndpoint& e, const TokenParams& params, Millis timeout) {
   net::HttpRequest r;
   r.method = "POST";
   r.url = e.token_url;
@@ -100,19 +117,24 @@ net::HttpRequest make_refresh_request(const TokenEndpoint& e, const Secret& refr
   r.headers.emplace_back("Accept", "application/json");
   std::string body;
   if (e.json_body) {
-    json::Json j = {{"grant_type", "refresh_token"}, {"refresh_token", refresh_token.reveal()}};
+    json::Json j = json::Json::object();
+    for (const auto& [k, v] : params) j[std::string(k)] = v;
     if (!e.client_id.empty()) j["client_id"] = e.client_id;
     if (e.auth == ClientAuth::post && !e.client_secret.empty()) j["client_secret"] = e.client_secret.reveal();
-    if (!e.scope.empty()) j["scope"] = e.scope;
+    if (!e.resource.empty()) j["resource"] = e.resource;
     body = j.dump();
     r.headers.emplace_back("Content-Type", "application/json");
   } else {
-    body = "grant_type=refresh_token&refresh_token=" + form_encode(refresh_token.reveal());
-    if (e.auth != ClientAuth::basic && !e.client_id.empty()) body += "&client_id=" + form_encode(e.client_id);
-    if (e.auth == ClientAuth::post && !e.client_secret.empty()) {
-      body += "&client_secret=" + form_encode(e.client_secret.reveal());
-    }
-    if (!e.scope.empty()) body += "&scope=" + form_encode(e.scope);
+    auto add = [&body](std::string_view k, std::string_view v) {
+      if (!body.empty()) body += '&';
+      body += form_encode(k);
+      body += '=';
+      body += form_encode(v);
+    };
+    for (const auto& [k, v] : params) add(k, v);
+    if (e.auth != ClientAuth::basic && !e.client_id.empty()) add("client_id", e.client_id);
+    if (e.auth == ClientAuth::post && !e.client_secret.empty()) add("client_secret", e.client_secret.reveal());
+    if (!e.resource.empty()) add("resource", e.resource);
     r.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
   }
   if (e.auth == ClientAuth::basic) {
@@ -123,6 +145,22 @@ net::HttpRequest make_refresh_request(const TokenEndpoint& e, const Secret& refr
   }
   r.body = Secret::adopt(std::move(body));
   return r;
+}
+
+net::HttpRequest make_refresh_request(const TokenEndpoint& e, const Secret& refresh_token, Millis timeout) {
+  TokenParams params = {{"grant_type", "refresh_token"}, {"refresh_token", refresh_token.reveal()}};
+  if (!e.scope.empty()) params.emplace_back("scope", e.scope);
+  return make_token_request(e, params, timeout);
+}
+
+OAuthError oauth_error_of(const net::HttpResponse& r) {
+  OAuthError out;
+  auto parsed = json::parse(r.body.reveal(), "an OAuth error");
+  if (parsed && parsed->is_object()) {
+    out.error = printable_excerpt(str_field(*parsed, "error"), 64);
+    out.description = printable_excerpt(str_field(*parsed, "error_description"));
+  }
+  return out;
 }
 
 std::optional<Millis> parse_retry_after(std::string_view v, WallTime now) {
@@ -196,7 +234,7 @@ std::expected<store::TokenSet, RefreshFailure> interpret_token_response(const Re
   if (!parsed) {
     if (!json_type || body.starts_with("<")) {
       return std::unexpected(transient(fmt::format("the token endpoint answered with HTML or text, not JSON "
-                                                   "(a login page or proxy?): '{}'", snippet(body))));
+                                                   "(a login page or proxy?): '{}'", printable_excerpt(body, 80))));
     }
     return std::unexpected(transient("the token endpoint's answer is not valid JSON (truncated?)"));
   }

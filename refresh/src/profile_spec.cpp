@@ -25,12 +25,13 @@ const std::set<std::string, std::less<>> k_oauth2 = {
     "client_id", "client_secret", "scopes", "authorize_url", "token_url", "redirect_uri",
     "issuer", "mcp_server", "audience", "access_token", "refresh_token", "expires_in",
     "expires_at", "token_type", "scope", "revocation_url", "userinfo_url", "pkce",
-    "token_endpoint_auth", "reuse_window"};
+    "token_endpoint_auth", "reuse_window", "device_authorization_url", "registration_url", "resource",
+    "cloud_id"};
 const std::set<std::string, std::less<>> k_api_token = {"email", "token"};
 const std::set<std::string, std::less<>> k_pat = {"token"};
 const std::set<std::string, std::less<>> k_url_fields = {
     "site", "api_base", "authorize_url", "token_url", "issuer", "mcp_server", "revocation_url",
-    "userinfo_url"};
+    "userinfo_url", "device_authorization_url", "registration_url", "resource", "redirect_uri"};
 const std::set<std::string, std::less<>> k_secret_fields = {"client_secret", "token", "access_token",
                                                             "refresh_token"};
 

@@ -25,6 +25,29 @@ std::function<double()> default_random() {
   return [rng] { return std::uniform_real_distribution<double>(0.0, 1.0)(*rng); };
 }
 
+// What tokend itself wrote into a profile's config (discovery results, a
+// dynamically registered client, the Atlassian cloud id) survives a PUT that
+// does not mention it, as long as what it was derived from is unchanged.
+void keep_managed_config(const store::Profile& old, store::Profile& next) {
+  const auto& o = old.config;
+  auto& n = next.config;
+  auto same = [&](const char* key) { return o.value(key, json::Json()) == n.value(key, json::Json()); };
+  if (o.contains("discovered") && !n.contains("discovered") && same("issuer") && same("mcp_server")) {
+    n["discovered"] = o["discovered"];
+  }
+  if (o.value("client_registered", false) && !n.contains("client_id") && next.secret_config.empty() &&
+      same("issuer") && same("mcp_server")) {
+    for (const char* key : {"client_id", "client_registered", "token_endpoint_auth", "redirect_uri"}) {
+      if (o.contains(key) && !n.contains(key)) n[key] = o[key];
+    }
+    next.secret_config = old.secret_config;
+  }
+  if (o.contains("cloud_id") && !n.contains("cloud_id") && same("site") && same("client_id")) {
+    n["cloud_id"] = o["cloud_id"];
+    if (o.contains("cloud_url")) n["cloud_url"] = o["cloud_url"];
+  }
+}
+
 }  // namespace
 
 TokenService::TokenService(store::Store& store, const Clock& clock, EventBus& events)
@@ -120,6 +143,7 @@ Result<bool> TokenService::put_profile(ProfileSpec spec) {
   // The kind decides how the stored token is used: changing it invalidates
   // the old credential unless a new one is supplied.
   const bool kind_changed = !is_new && existing->second.profile.kind != spec.profile.kind;
+  if (!is_new && !kind_changed) keep_managed_config(existing->second.profile, spec.profile);
   if (auto r = m_store.put_profile(spec.profile); !r) return std::unexpected(r.error());
   if (spec.tokens) {
     if (auto r = m_store.store_token_set(name, *spec.tokens); !r) return std::unexpected(r.error());
@@ -211,6 +235,78 @@ Result<ProfileView> TokenService::get(std::string_view name) const {
   auto it = m_entries.find(name);
   if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
   return view_of(it->second);
+}
+
+Result<store::Profile> TokenService::profile_of(std::string_view name) const {
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
+  return it->second.profile;
+}
+
+Result<store::Credential> TokenService::credential_of(std::string_view name) const {
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
+  return it->second.credential;
+}
+
+Result<> TokenService::update_profile(const store::Profile& profile) {
+  auto it = m_entries.find(profile.name);
+  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", profile.name));
+  if (auto r = m_store.put_profile(profile); !r) return r;
+  auto stored = m_store.get_profile(profile.name);
+  if (!stored) return std::unexpected(stored.error());
+  it->second.profile = std::move(*stored);
+  return {};
+}
+
+void TokenService::abandon_refresh(Entry& e, const Error& why) {
+  if (e.rt.in_flight && m_http != nullptr) {
+    m_http->cancel(e.rt.http_id);
+    e.rt.in_flight = false;
+    --m_stats.in_flight;
+  }
+  finish(e, std::unexpected(why));
+}
+
+Result<> TokenService::install_tokens(const std::string& name, const store::TokenSet& tokens) {
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("profile '{}' was removed", name));
+  Entry& e = it->second;
+  // A login replaces the credential whatever generation it had.
+  if (auto r = m_store.store_token_set(name, tokens); !r) return std::unexpected(r.error());
+  const bool was_in_flight = e.rt.in_flight;
+  if (was_in_flight && m_http != nullptr) {
+    m_http->cancel(e.rt.http_id);
+    e.rt.in_flight = false;
+    --m_stats.in_flight;
+  }
+  reload_credential(e);
+  e.rt.failures = 0;
+  schedule_from_token(e);
+  audit("login", name);
+  if (auto w = write_sinks(e.profile, e.credential); !w) {
+    m_events.publish("sink_failed", name, now_ms(), {{"error", w.error().message}});
+  }
+  // Waiters on the abandoned refresh: the new token is there for them.
+  finish(e, {});
+  if (was_in_flight) start_queued();
+  rearm();
+  return {};
+}
+
+Result<> TokenService::forget_tokens(const std::string& name) {
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
+  Entry& e = it->second;
+  if (auto r = m_store.clear_credential(name); !r) return r;
+  const bool was_in_flight = e.rt.in_flight;
+  abandon_refresh(e, Error{Errc::reauth_required, fmt::format("profile '{}' was logged out", name)});
+  reload_credential(e);
+  schedule(e, std::nullopt);
+  audit("logout", name);
+  if (was_in_flight) start_queued();
+  rearm();
+  return {};
 }
 
 // --- tokens ----------------------------------------------------------------

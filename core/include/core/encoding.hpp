@@ -4,6 +4,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace tokend {
 
@@ -13,5 +15,12 @@ std::optional<std::string> hex_decode(std::string_view hex);
 
 std::string base64url_encode(std::string_view bytes);  // no padding
 std::string base64_encode(std::string_view bytes);     // with padding
+
+// application/x-www-form-urlencoded / RFC 3986 unreserved kept, space as '+'.
+std::string form_encode(std::string_view s);
+// nullopt on a malformed escape.
+std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space);
+// Splits "a=b&c=d", percent-decoding; nullopt on malformed escapes.
+std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(std::string_view q);
 
 }  // namespace tokend

@@ -28,6 +28,7 @@ enum class Errc {
   protocol,           // peer spoke something we do not understand
   transient,          // temporary upstream failure, retry later
   reauth_required,    // refreshing is no longer possible
+  login_failed,       // a login flow ended without a token
   internal,
 };
 

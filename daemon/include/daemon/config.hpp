@@ -28,6 +28,9 @@ struct Config {
   std::size_t max_concurrent_refreshes = 8;
   std::chrono::milliseconds http_timeout{30'000};
   std::string ca_bundle;  // empty: the system trust store
+  // Logins.
+  std::chrono::milliseconds login_timeout{600'000};
+  std::string notify_command;  // run on reauth_required; empty: none
 };
 
 struct ParsedArgs {

@@ -10,6 +10,7 @@
 #include "ipc/server.hpp"
 #include "net/loop.hpp"
 #include "refresh/events.hpp"
+#include "refresh/login.hpp"
 #include "refresh/token_service.hpp"
 
 namespace tokend::ipc {
@@ -30,12 +31,19 @@ class Api {
   void register_routes(Router& router);
   // For /v1/metrics and /v1/health.
   void set_server(const Server* server) { m_server = server; }
+  // Login, logout and test endpoints answer 503 without one.
+  void set_login(refresh::LoginManager* login) { m_login = login; }
   // Ends every event stream and stops the heartbeat.
   void close();
 
   class Streams;
+  class Waits;
 
  private:
+  void answer_token(const std::shared_ptr<Exchange>& ex, const std::string& name, const refresh::TokenRequest& req,
+                    std::int64_t wait_s, Result<refresh::TokenGrant> grant);
+  void audit_peer(const std::shared_ptr<Exchange>& ex, std::string_view kind, std::string_view profile);
+
   refresh::TokenService& m_tokens;
   refresh::EventBus& m_events;
   store::Store& m_store;
@@ -44,6 +52,8 @@ class Api {
   const Server* m_server = nullptr;
   MonoTime m_started;
   std::unique_ptr<Streams> m_streams;
+  std::unique_ptr<Waits> m_waits;
+  refresh::LoginManager* m_login = nullptr;
   // profile -> result ("ok" or an error code) -> count; looked up without
   // allocating on the token path once a profile has been seen.
   std::map<std::string, std::map<std::string_view, std::uint64_t>, std::less<>> m_token_requests;

@@ -1,11 +1,14 @@
-// OAuth 2.0 token endpoint: building the refresh_token grant and judging the
-// answer (RFC 6749 §5-6). Pure functions over HTTP values.
+// OAuth 2.0 protocol pieces as pure functions over HTTP values: provider
+// endpoints (preset, configured, discovered), token requests for every grant
+// and judging the answer (RFC 6749 §5-6).
 #pragma once
 
 #include <chrono>
 #include <expected>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/clock.hpp"
 #include "core/error.hpp"
@@ -17,6 +20,26 @@ namespace tokend::refresh {
 
 enum class ClientAuth { basic, post, none };
 
+// Where a provider's endpoints are: configured fields win, then what
+// discovery stored in config.discovered, then the preset. Empty: unknown.
+struct ProviderEndpoints {
+  std::string issuer;
+  std::string authorize_url;
+  std::string token_url;
+  std::string device_url;        // RFC 8628 device authorization
+  std::string revocation_url;    // RFC 7009
+  std::string registration_url;  // RFC 7591
+  std::string userinfo_url;
+  std::string api_base;          // atlassian: the API gateway
+  std::vector<std::string> scopes_supported;
+};
+ProviderEndpoints endpoints_of(const store::Profile& profile);
+
+// The atlassian preset's fixed values.
+inline constexpr std::string_view k_atlassian_authorize_url = "https://auth.atlassian.com/authorize";
+inline constexpr std::string_view k_atlassian_token_url = "https://auth.atlassian.com/oauth/token";
+inline constexpr std::string_view k_atlassian_api_base = "https://api.atlassian.com";
+
 struct TokenEndpoint {
   std::string token_url;
   std::string client_id;
@@ -24,6 +47,7 @@ struct TokenEndpoint {
   ClientAuth auth = ClientAuth::basic;
   bool json_body = false;      // Atlassian documents a JSON body
   std::string scope;           // sent with the refresh only when set
+  std::string resource;        // RFC 8707, sent with every token request when set
   Millis reuse_window{0};      // how long the provider accepts the previous refresh token
   Millis default_lifetime{3'600'000};  // when a response has no expires_in
 };
@@ -31,8 +55,22 @@ struct TokenEndpoint {
 // From a profile: its config, its secret config and the provider preset.
 Result<TokenEndpoint> token_endpoint_of(const store::Profile& profile);
 
+// A POST to the token endpoint with `params` (grant_type and the grant's
+// fields) plus client authentication and `resource`, as form or JSON.
+using TokenParams = std::vector<std::pair<std::string_view, std::string_view>>;
+net::HttpRequest make_token_request(const TokenEndpoint& endpoint, const TokenParams& params, Millis timeout);
+
 net::HttpRequest make_refresh_request(const TokenEndpoint& endpoint, const Secret& refresh_token,
                                       Millis timeout);
+
+// The RFC 6749 §5.2 error of a non-2xx JSON answer ("" when there is none).
+struct OAuthError {
+  std::string error;
+  std::string description;  // printable, at most 200 bytes
+};
+OAuthError oauth_error_of(const net::HttpResponse& response);
+// A short printable excerpt of an untrusted string for messages.
+std::string printable_excerpt(std::string_view text, std::size_t max = 200);
 
 enum class FailureKind {
   transient,  // network, timeout, 5xx, 429, malformed answer: back off and retry
@@ -53,6 +91,5 @@ std::expected<store::TokenSet, RefreshFailure> interpret_token_response(
 // Retry-After as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
 std::optional<Millis> parse_retry_after(std::string_view value, WallTime now);
 
-std::string form_encode(std::string_view s);
 
 }  // namespace tokend::refresh

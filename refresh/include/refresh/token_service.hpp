@@ -112,6 +112,18 @@ class TokenService {
   // Forces a refresh (joins one in flight).
   void refresh(const std::string& name, DoneCallback done);
 
+  // For the login manager. profile_of includes the secret config.
+  [[nodiscard]] Result<store::Profile> profile_of(std::string_view name) const;
+  [[nodiscard]] Result<store::Credential> credential_of(std::string_view name) const;
+  // Stores a config change the daemon made (discovered metadata, a
+  // registered client, the cloud id); the credential is untouched.
+  Result<> update_profile(const store::Profile& profile);
+  // A login's token set: committed, state valid, refresh scheduled, sinks
+  // written; a refresh in flight for the old credential is abandoned.
+  Result<> install_tokens(const std::string& name, const store::TokenSet& tokens);
+  // Logout: tokens forgotten (state empty).
+  Result<> forget_tokens(const std::string& name);
+
   [[nodiscard]] const EngineStats& stats() const { return m_stats; }
   // Stops timers and cancels requests in flight (waiters get unavailable).
   void shutdown();
@@ -151,6 +163,7 @@ class TokenService {
   void finish(Entry& e, Result<> outcome);
   void start_queued();
   void reload_credential(Entry& e);
+  void abandon_refresh(Entry& e, const Error& why);
 
   store::Store& m_store;
   const Clock& m_clock;

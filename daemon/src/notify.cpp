@@ -1,0 +1,96 @@
+#include "notify.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <vector>
+
+extern char** environ;
+
+namespace tokend::daemon {
+
+namespace {
+
+constexpr std::size_t k_max_running = 4;
+
+struct Process {
+  uv_process_t handle{};
+  Notifier* owner = nullptr;
+  std::set<uv_process_t*>* running = nullptr;
+};
+
+}  // namespace
+
+Notifier::Notifier(net::Loop& loop, refresh::EventBus& events, std::string command)
+    : m_loop(loop), m_command(std::move(command)) {
+  m_sub = events.subscribe([this](const refresh::Event& e) {
+    if (e.type == "reauth_required") run(e);
+  });
+}
+
+Notifier::~Notifier() { close(); }
+
+void Notifier::close() {
+  m_sub.reset();
+  for (uv_process_t* p : m_running) {
+    (void)uv_process_kill(p, SIGTERM);
+    static_cast<Process*>(p->data)->running = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(p), [](uv_handle_t* h) { delete static_cast<Process*>(h->data); });
+  }
+  m_running.clear();
+}
+
+void Notifier::run(const refresh::Event& e) {
+  if (m_command.empty()) return;
+  if (m_running.size() >= k_max_running) {
+    spdlog::warn("notify-command not run for {}: {} still running", e.profile, m_running.size());
+    return;
+  }
+  std::vector<std::string> env_strings;
+  for (char** v = environ; v != nullptr && *v != nullptr; ++v) {
+    const std::string_view s(*v);
+    if (s.starts_with("TOKEND_PROFILE=") || s.starts_with("TOKEND_REASON=") || s.starts_with("TOKEND_LOGIN_COMMAND=")) {
+      continue;
+    }
+    env_strings.emplace_back(s);
+  }
+  const auto reason = e.data.value("reason", std::string());
+  env_strings.push_back("TOKEND_PROFILE=" + e.profile);
+  env_strings.push_back("TOKEND_REASON=" + reason);
+  env_strings.push_back("TOKEND_LOGIN_COMMAND=tokenctl login " + e.profile);
+  std::vector<char*> env;
+  for (auto& s : env_strings) env.push_back(s.data());
+  env.push_back(nullptr);
+  std::string sh = "/bin/sh";
+  std::string dash_c = "-c";
+  std::vector<char*> args = {sh.data(), dash_c.data(), m_command.data(), nullptr};
+
+  uv_stdio_container_t stdio[3];
+  stdio[0].flags = UV_IGNORE;
+  stdio[1].flags = UV_IGNORE;
+  stdio[2].flags = UV_INHERIT_FD;
+  stdio[2].data.fd = 2;
+  uv_process_options_t options{};
+  options.file = sh.c_str();
+  options.args = args.data();
+  options.env = env.data();
+  options.stdio_count = 3;
+  options.stdio = stdio;
+  options.exit_cb = [](uv_process_t* p, std::int64_t status, int signal) {
+    auto* proc = static_cast<Process*>(p->data);
+    if (status != 0 || signal != 0) spdlog::warn("notify-command exited with status {} (signal {})", status, signal);
+    if (proc->running != nullptr) proc->running->erase(p);
+    uv_close(reinterpret_cast<uv_handle_t*>(p), [](uv_handle_t* h) { delete static_cast<Process*>(h->data); });
+  };
+  auto* proc = new Process();
+  proc->handle.data = proc;
+  proc->owner = this;
+  proc->running = &m_running;
+  if (const int rc = uv_spawn(m_loop.get(), &proc->handle, &options); rc != 0) {
+    spdlog::warn("notify-command could not be started: {}", uv_strerror(rc));
+    uv_close(reinterpret_cast<uv_handle_t*>(&proc->handle), [](uv_handle_t* h) { delete static_cast<Process*>(h->data); });
+    return;
+  }
+  m_running.insert(&proc->handle);
+}
+
+}  // namespace tokend::daemon

@@ -1,0 +1,35 @@
+// notify_command (DESIGN §5): when a profile needs a new login, run the
+// user's command (e.g. notify-send) with /bin/sh -c. The profile and the
+// login command are passed in the environment, never spliced into the
+// command text.
+#pragma once
+
+#include <set>
+#include <string>
+
+#include "net/loop.hpp"
+#include "refresh/events.hpp"
+
+namespace tokend::daemon {
+
+class Notifier {
+ public:
+  Notifier(net::Loop& loop, refresh::EventBus& events, std::string command);
+  ~Notifier();
+  Notifier(const Notifier&) = delete;
+  Notifier& operator=(const Notifier&) = delete;
+
+  void set_command(std::string command) { m_command = std::move(command); }
+  // Stops commands still running (SIGTERM) and releases their handles.
+  void close();
+
+ private:
+  void run(const refresh::Event& e);
+
+  net::Loop& m_loop;
+  std::string m_command;
+  refresh::EventBus::Subscription m_sub;
+  std::set<uv_process_t*> m_running;
+};
+
+}  // namespace tokend::daemon

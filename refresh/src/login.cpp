@@ -1,0 +1,1278 @@
+#include "refresh/login.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "core/encoding.hpp"
+#include "net/url.hpp"
+#include "refresh/discovery.hpp"
+#include "refresh/oauth.hpp"
+#include "refresh/pkce.hpp"
+#include "refresh/profile_spec.hpp"
+
+namespace tokend::refresh {
+
+using json::Json;
+
+namespace {
+
+constexpr std::string_view k_default_redirect_uri = "http://127.0.0.1:8976/callback";
+constexpr std::string_view k_device_grant = "urn:ietf:params:oauth:grant-type:device_code";
+constexpr Millis k_default_device_interval{5'000};
+constexpr Millis k_slow_down_step{5'000};  // RFC 8628 §3.5
+constexpr Millis k_max_device_lifetime{1'800'000};
+
+std::string str_of(const Json& j, const char* key) {
+  if (!j.is_object()) return {};
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+std::vector<std::string> list_of(const Json& j, const char* key) {
+  std::vector<std::string> out;
+  if (!j.is_object()) return out;
+  if (auto it = j.find(key); it != j.end() && it->is_array()) {
+    for (const auto& v : *it) {
+      if (v.is_string()) out.push_back(v.get<std::string>());
+    }
+  }
+  return out;
+}
+
+bool contains(const std::vector<std::string>& v, std::string_view s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+std::string join(const std::vector<std::string>& v, std::string_view sep) {
+  std::string out;
+  for (const auto& s : v) {
+    if (!out.empty()) out += sep;
+    out += s;
+  }
+  return out;
+}
+
+std::string html_escape(std::string_view s) {
+  std::string out;
+  for (const char c : s) {
+    switch (c) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string page(std::string_view title, std::string_view text) {
+  return fmt::format(
+      "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>tokend: {0}</title></head>\n"
+      "<body style=\"font-family: sans-serif; margin: 3em\"><h1>{0}</h1><p>{1}</p></body></html>\n",
+      html_escape(title), html_escape(text));
+}
+
+// Lower-cased scheme://host[:port] without a trailing slash, for comparing sites.
+std::string site_key(std::string_view url) {
+  auto u = net::parse_url(url, "site");
+  if (!u) return std::string(url);
+  std::string host = u->host;
+  std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return fmt::format("{}://{}:{}", u->scheme, host, u->port);
+}
+
+}  // namespace
+
+struct LoginManager::Flow {
+  std::uint64_t id = 0;
+  std::string profile;
+  bool device = false;
+  enum class Phase { resolving, awaiting, exchanging, finishing, done } phase = Phase::resolving;
+  std::string state = "pending";  // pending, succeeded, failed, cancelled, expired
+  std::string reason;
+  std::string message;
+  std::string warning;
+  Json extra = Json::object();
+  MonoTime deadline{};
+  std::int64_t expires_at_ms = 0;
+  std::optional<std::int64_t> token_expires_at_ms;
+  store::Profile resolved;
+  TokenEndpoint endpoint;
+  std::uint64_t http_id = 0;
+  bool http_pending = false;
+  // code
+  Secret state_value;
+  std::optional<Pkce> pkce;
+  std::string redirect_uri;
+  std::string callback_path;
+  std::string authorize_url;
+  std::unique_ptr<CallbackListener> listener;
+  std::function<void(CallbackReply)> browser_reply;
+  std::vector<JsonCallback> completions;
+  // device
+  Secret device_code;
+  std::string user_code;
+  std::string verification_uri;
+  std::string verification_uri_complete;
+  Millis interval{k_default_device_interval};
+  std::optional<MonoTime> next_poll;
+};
+
+LoginManager::LoginManager(TokenService& tokens, const Clock& clock, EventBus& events, TimerPort& timer,
+                           net::HttpTransport& http, CallbackPort* callbacks, LoginOptions options)
+    : m_tokens(tokens),
+      m_clock(clock),
+      m_events(events),
+      m_timer(timer),
+      m_http(http),
+      m_callbacks(callbacks),
+      m_options(std::move(options)) {
+  if (!m_options.random) m_options.random = [](std::size_t n) { return random_urlsafe(n); };
+}
+
+LoginManager::~LoginManager() { shutdown(); }
+
+void LoginManager::shutdown() {
+  if (m_shut_down) return;
+  m_shut_down = true;
+  *m_alive = false;
+  m_timer.disarm();
+  for (auto& [id, _] : m_requests) m_http.cancel(id);
+  m_requests.clear();
+  for (auto& [name, f] : m_flows) {
+    if (f->state == "pending") fail_flow(*f, "cancelled", "shutdown", "tokend is shutting down");
+  }
+}
+
+LoginManager::Flow* LoginManager::find(const std::string& profile, std::uint64_t id) {
+  auto it = m_flows.find(profile);
+  if (it == m_flows.end() || it->second->id != id) return nullptr;
+  return it->second.get();
+}
+
+// --- HTTP helpers ------------------------------------------------------------
+
+void LoginManager::fetch_json(std::string url, std::function<void(Result<Json>, const net::HttpResponse*)> done,
+                              net::HttpHeaders headers) {
+  net::HttpRequest r;
+  r.method = "GET";
+  r.url = url;
+  r.timeout = m_options.http_timeout;
+  r.headers = std::move(headers);
+  r.headers.emplace_back("Accept", "application/json");
+  auto alive = m_alive;
+  // The id is known only after start() returns; the callback never runs
+  // before that (HttpTransport calls back on a later loop iteration).
+  auto id_holder = std::make_shared<std::uint64_t>(0);
+  *id_holder = m_http.start(std::move(r), [this, alive, id_holder, url, done = std::move(done)](
+                                              Result<net::HttpResponse> res) {
+    if (!*alive) return;
+    m_requests.erase(*id_holder);
+    if (!res) {
+      done(fail(res.error().code == Errc::timeout ? Errc::transient : Errc::transient,
+                fmt::format("{} could not be reached: {}", url, res.error().message)),
+           nullptr);
+      return;
+    }
+    if (res->status != 200) {
+      done(fail(res->status >= 500 ? Errc::transient : Errc::protocol,
+                fmt::format("{} answered {}", url, res->status)),
+           &*res);
+      return;
+    }
+    auto j = json::parse(res->body.reveal(), url);
+    if (!j) {
+      done(fail(Errc::protocol, fmt::format("{} did not answer JSON", url)), &*res);
+      return;
+    }
+    done(std::move(*j), &*res);
+  });
+  m_requests.emplace(*id_holder, true);
+}
+
+// --- resolving: discovery and registration ------------------------------------
+
+namespace {
+
+// Tries `urls` in order; the first JSON answer wins, 404s move on.
+struct UrlTrial {
+  std::vector<std::string> urls;
+  std::size_t next = 0;
+  std::vector<std::string> tried;
+};
+
+}  // namespace
+
+void LoginManager::resolve(const std::string& name, std::function<void(Result<store::Profile>)> next) {
+  auto p = m_tokens.profile_of(name);
+  if (!p) {
+    next(std::unexpected(p.error()));
+    return;
+  }
+  if (p->kind != store::CredentialKind::oauth2) {
+    next(fail(Errc::invalid_argument,
+              fmt::format("profile '{}' holds a static {}; there is nothing to log in to (replace it with tokenctl add)",
+                          name, p->kind == store::CredentialKind::pat ? "personal access token" : "API token")));
+    return;
+  }
+  const Json& config = p->config;
+  const Json discovered = config.value("discovered", Json::object());
+  const std::string mcp_server = str_of(config, "mcp_server");
+  const std::string issuer = str_of(config, "issuer");
+  auto profile = std::make_shared<store::Profile>(std::move(*p));
+  auto alive = m_alive;
+
+  // Step 3: dynamic client registration when there is no client id.
+  auto register_client = [this, alive, name, profile, next]() {
+    if (!str_of(profile->config, "client_id").empty()) {
+      next(*profile);
+      return;
+    }
+    const ProviderEndpoints ep = endpoints_of(*profile);
+    if (ep.registration_url.empty()) {
+      next(fail(Errc::invalid_argument,
+                fmt::format("profile '{}' has no client_id and the provider offers no dynamic client registration; "
+                            "register an app with the provider and run tokenctl add {} --client-id ID",
+                            name, name)));
+      return;
+    }
+    const std::string redirect = str_of(profile->config, "redirect_uri").empty()
+                                     ? std::string(k_default_redirect_uri)
+                                     : str_of(profile->config, "redirect_uri");
+    const auto methods = list_of(profile->config.value("discovered", Json::object()),
+                                 "token_endpoint_auth_methods_supported");
+    const std::string auth = methods.empty() || contains(methods, "none") ? "none"
+                             : contains(methods, "client_secret_basic") ? "client_secret_basic"
+                                                                         : "client_secret_post";
+    Json body = {{"client_name", "tokend"},
+                 {"redirect_uris", {redirect}},
+                 {"grant_types", {"authorization_code", "refresh_token"}},
+                 {"response_types", {"code"}},
+                 {"token_endpoint_auth_method", auth}};
+    net::HttpRequest r;
+    r.method = "POST";
+    r.url = ep.registration_url;
+    r.timeout = m_options.http_timeout;
+    r.headers = {{"Content-Type", "application/json"}, {"Accept", "application/json"}};
+    r.body = Secret::adopt(body.dump());
+    auto id = std::make_shared<std::uint64_t>(0);
+    *id = m_http.start(std::move(r), [this, alive, id, name, profile, next, redirect, url = ep.registration_url](
+                                         Result<net::HttpResponse> res) {
+      if (!*alive) return;
+      m_requests.erase(*id);
+      if (!res) {
+        next(fail(Errc::transient, fmt::format("client registration at {} failed: {}", url, res.error().message)));
+        return;
+      }
+      if (res->status != 201 && res->status != 200) {
+        const auto err = oauth_error_of(*res);
+        next(fail(Errc::protocol, fmt::format("client registration at {} was refused ({}{}{})", url, res->status,
+                                              err.error.empty() ? "" : ": " + err.error,
+                                              err.description.empty() ? "" : ": " + err.description)));
+        return;
+      }
+      auto j = json::parse(res->body.reveal(), "the registration answer");
+      const std::string client_id = j ? str_of(*j, "client_id") : std::string();
+      if (client_id.empty() || client_id.size() > 1024) {
+        next(fail(Errc::protocol, fmt::format("client registration at {} answered without a client_id", url)));
+        return;
+      }
+      profile->config["client_id"] = client_id;
+      profile->config["client_registered"] = true;
+      profile->config["redirect_uri"] = redirect;
+      const std::string method = str_of(*j, "token_endpoint_auth_method");
+      profile->config["token_endpoint_auth"] = method.empty() ? "none" : method;
+      const std::string secret = str_of(*j, "client_secret");
+      if (!secret.empty()) {
+        Json secrets = {{"client_secret", secret}};
+        profile->secret_config = Secret::adopt(secrets.dump());
+      } else {
+        profile->config["token_endpoint_auth"] = "none";
+      }
+      // Kept so the next login (and the next start) reuses it.
+      if (auto stored = m_tokens.update_profile(*profile); !stored) {
+        next(std::unexpected(stored.error()));
+        return;
+      }
+      spdlog::info("profile {}: registered client {} at {}", name, client_id, url);
+      m_events.publish("client_registered", name, to_unix_ms(m_clock.wall_now()), {{"client_id", client_id}});
+      next(*profile);
+    });
+    m_requests.emplace(*id, true);
+  };
+
+  // Step 2: authorization server metadata for `as_issuer`.
+  auto discover_as = [this, alive, name, profile, register_client, next](std::string as_issuer, Json extra) {
+    auto urls = metadata_urls(as_issuer);
+    if (!urls) {
+      next(std::unexpected(urls.error()));
+      return;
+    }
+    auto trial = std::make_shared<UrlTrial>(UrlTrial{std::move(*urls), 0, {}});
+    auto step = std::make_shared<std::function<void()>>();
+    *step = [this, alive, trial, step, as_issuer, extra, name, profile, register_client, next]() {
+      if (trial->next >= trial->urls.size()) {
+        *step = nullptr;
+        next(fail(Errc::protocol, fmt::format("no authorization server metadata found for issuer {} (tried {})",
+                                              as_issuer, join(trial->tried, ", "))));
+        return;
+      }
+      const std::string url = trial->urls[trial->next++];
+      trial->tried.push_back(url);
+      fetch_json(url, [alive, trial, step, url, as_issuer, extra, name, profile, register_client, next, this](
+                          Result<Json> j, const net::HttpResponse* res) {
+        if (!j) {
+          if (res != nullptr && (res->status == 404 || res->status == 400 || res->status == 405)) {
+            (*step)();
+            return;
+          }
+          *step = nullptr;
+          next(std::unexpected(j.error()));
+          return;
+        }
+        *step = nullptr;
+        auto checked = check_server_metadata(*j, as_issuer);
+        if (!checked) {
+          next(std::unexpected(checked.error()));
+          return;
+        }
+        Json found = std::move(*checked);
+        for (const auto& [k, v] : extra.items()) found[k] = v;
+        found["at"] = to_unix_ms(m_clock.wall_now()) / 1000;
+        profile->config["discovered"] = std::move(found);
+        if (auto stored = m_tokens.update_profile(*profile); !stored) {
+          next(std::unexpected(stored.error()));
+          return;
+        }
+        spdlog::info("profile {}: discovered the authorization server {}", name, as_issuer);
+        register_client();
+      });
+    };
+    (*step)();
+  };
+
+  if (profile->provider == "mcp") {
+    if (!str_of(discovered, "resource").empty() && same_resource(str_of(discovered, "resource"), mcp_server) &&
+        !str_of(discovered, "token_endpoint").empty()) {
+      register_client();
+      return;
+    }
+    // Step 1: the protected resource metadata, from the server's 401
+    // challenge or the well-known paths.
+    auto with_prm = [this, alive, name, mcp_server, discover_as, next](Result<Json> j) {
+      if (!j) {
+        next(std::unexpected(j.error()));
+        return;
+      }
+      auto prm = check_resource_metadata(*j, mcp_server);
+      if (!prm) {
+        next(std::unexpected(prm.error()));
+        return;
+      }
+      Json extra = {{"resource", prm->resource}, {"authorization_server", prm->authorization_servers.front()}};
+      if (!prm->scopes_supported.empty()) extra["resource_scopes"] = prm->scopes_supported;
+      discover_as(prm->authorization_servers.front(), std::move(extra));
+    };
+    auto from_well_known = [this, alive, mcp_server, with_prm, next]() {
+      auto urls = protected_resource_urls(mcp_server);
+      if (!urls) {
+        next(std::unexpected(urls.error()));
+        return;
+      }
+      auto trial = std::make_shared<UrlTrial>(UrlTrial{std::move(*urls), 0, {}});
+      auto step = std::make_shared<std::function<void()>>();
+      *step = [this, trial, step, mcp_server, with_prm]() {
+        if (trial->next >= trial->urls.size()) {
+          *step = nullptr;
+          with_prm(fail(Errc::protocol, fmt::format("no protected resource metadata found for {} (tried {})", mcp_server,
+                                                    join(trial->tried, ", "))));
+          return;
+        }
+        const std::string url = trial->urls[trial->next++];
+        trial->tried.push_back(url);
+        fetch_json(url, [trial, step, with_prm](Result<Json> j, const net::HttpResponse* res) {
+          if (!j && res != nullptr && (res->status == 404 || res->status == 405)) {
+            (*step)();
+            return;
+          }
+          *step = nullptr;
+          with_prm(std::move(j));
+        });
+      };
+      (*step)();
+    };
+    // An unauthenticated call to the MCP server; its 401 names the metadata.
+    net::HttpRequest probe;
+    probe.method = "GET";
+    probe.url = mcp_server;
+    probe.timeout = m_options.http_timeout;
+    probe.headers = {{"Accept", "application/json, text/event-stream"}};
+    auto id = std::make_shared<std::uint64_t>(0);
+    *id = m_http.start(std::move(probe), [this, alive, id, mcp_server, with_prm, from_well_known](
+                                             Result<net::HttpResponse> res) {
+      if (!*alive) return;
+      m_requests.erase(*id);
+      std::optional<std::string> metadata_url;
+      if (res && res->status == 401) metadata_url = resource_metadata_of(res->header("www-authenticate"));
+      if (metadata_url) {
+        if (auto ok = check_endpoint_url("resource_metadata", *metadata_url); !ok) {
+          with_prm(fail(Errc::protocol, fmt::format("the MCP server's challenge names an unusable metadata URL: {}",
+                                                    ok.error().message)));
+          return;
+        }
+        fetch_json(*metadata_url, [with_prm](Result<Json> j, const net::HttpResponse*) { with_prm(std::move(j)); });
+        return;
+      }
+      from_well_known();
+    });
+    m_requests.emplace(*id, true);
+    return;
+  }
+
+  const ProviderEndpoints ep = endpoints_of(*profile);
+  const bool have_endpoints = !ep.token_url.empty() && !ep.authorize_url.empty();
+  const bool fresh = str_of(discovered, "issuer") == issuer && !str_of(discovered, "token_endpoint").empty();
+  if (!issuer.empty() && (!fresh || !have_endpoints)) {
+    discover_as(issuer, Json::object());
+    return;
+  }
+  register_client();
+}
+
+// --- starting ----------------------------------------------------------------
+
+void LoginManager::start(const std::string& name, LoginRequest request, JsonCallback done) {
+  if (m_shut_down) {
+    done(fail(Errc::unavailable, "tokend is shutting down"));
+    return;
+  }
+  // A new start replaces a pending flow (its listener frees the port first).
+  if (auto it = m_flows.find(name); it != m_flows.end() && it->second->state == "pending") {
+    fail_flow(*it->second, "cancelled", "replaced", "a newer login for this profile replaced it");
+  }
+  auto flow = std::make_unique<Flow>();
+  Flow& f = *flow;
+  f.id = m_next_flow++;
+  f.profile = name;
+  f.device = request.device;
+  f.deadline = m_clock.mono_now() + m_options.flow_timeout;
+  f.expires_at_ms = to_unix_ms(m_clock.wall_now()) + m_options.flow_timeout.count();
+  const std::uint64_t id = f.id;
+  const bool listen = request.listen;
+  m_flows.insert_or_assign(name, std::move(flow));
+  resolve(name, [this, name, id, listen, done = std::move(done)](Result<store::Profile> p) {
+    Flow* fp = find(name, id);
+    if (fp == nullptr || fp->state != "pending") {
+      done(fail(Errc::conflict, fmt::format("the login for '{}' was cancelled", name)));
+      return;
+    }
+    Flow& fl = *fp;
+    if (!p) {
+      // Nothing to report as a flow: the start itself failed.
+      m_flows.erase(name);
+      done(std::unexpected(p.error()));
+      return;
+    }
+    fl.resolved = std::move(*p);
+    auto endpoint = token_endpoint_of(fl.resolved);
+    if (!endpoint) {
+      m_flows.erase(name);
+      done(fail(Errc::invalid_argument, endpoint.error().message));
+      return;
+    }
+    fl.endpoint = std::move(*endpoint);
+    if (fl.endpoint.client_id.empty()) {
+      m_flows.erase(name);
+      done(fail(Errc::invalid_argument, fmt::format("profile '{}' has no client_id; set it with tokenctl add {} --client-id ID",
+                                                    name, name)));
+      return;
+    }
+    fl.extra["listen"] = listen;
+    if (fl.device) {
+      begin_device(fl, done);
+    } else {
+      begin_code(fl, done);
+    }
+  });
+}
+
+namespace {
+
+std::vector<std::string> scopes_for(const store::Profile& p) {
+  std::vector<std::string> scopes = list_of(p.config, "scopes");
+  const Json discovered = p.config.value("discovered", Json::object());
+  const auto as_scopes = list_of(discovered, "scopes_supported");
+  if (p.provider == "atlassian") {
+    if (scopes.empty()) scopes = {"read:jira-work", "read:jira-user"};
+    if (!contains(scopes, "offline_access")) scopes.emplace_back("offline_access");
+  } else if (p.provider == "mcp" && scopes.empty()) {
+    scopes = list_of(discovered, "resource_scopes");
+    if (scopes.empty()) scopes = as_scopes;
+    // offline_access where offered, so that a refresh token comes back.
+    if (contains(as_scopes, "offline_access") && !contains(scopes, "offline_access")) scopes.emplace_back("offline_access");
+  }
+  return scopes;
+}
+
+}  // namespace
+
+void LoginManager::begin_code(Flow& f, JsonCallback done) {
+  const store::Profile& p = f.resolved;
+  const ProviderEndpoints ep = endpoints_of(p);
+  const std::string& name = f.profile;
+  auto fail_start = [&](Error e) {
+    const std::string profile = f.profile;
+    m_flows.erase(profile);
+    done(std::unexpected(std::move(e)));
+  };
+  if (ep.authorize_url.empty()) {
+    fail_start(Error{Errc::invalid_argument,
+                     fmt::format("profile '{}' has no authorize_url; set it with tokenctl add {} --authorize-url URL "
+                                 "(or --issuer URL for discovery)", name, name)});
+    return;
+  }
+  f.redirect_uri = str_of(p.config, "redirect_uri");
+  if (f.redirect_uri.empty()) f.redirect_uri = k_default_redirect_uri;
+  auto redirect = net::parse_url(f.redirect_uri, "the redirect URI");
+  if (!redirect) {
+    fail_start(redirect.error());
+    return;
+  }
+  f.callback_path = redirect->path;
+
+  const std::string pkce_mode = p.config.value("pkce", std::string("S256"));
+  const auto methods = list_of(p.config.value("discovered", Json::object()), "code_challenge_methods_supported");
+  if (pkce_mode == "required" && !methods.empty() && !contains(methods, "S256")) {
+    fail_start(Error{Errc::invalid_argument,
+                     fmt::format("profile '{}' requires PKCE but the provider does not offer S256", name)});
+    return;
+  }
+  auto state = m_options.random(32);
+  auto entropy = m_options.random(32);
+  if (!state || !entropy) {
+    fail_start(Error{Errc::internal, "no randomness for the login"});
+    return;
+  }
+  f.state_value = std::move(*state);
+  if (pkce_mode != "off") {
+    // 32 bytes of entropy as base64url: 43 characters, the RFC's minimum.
+    f.pkce = Pkce{Secret(entropy->reveal().substr(0, 43)), {}};
+    f.pkce->challenge = pkce_challenge(f.pkce->verifier.reveal());
+  }
+
+  std::vector<std::pair<std::string, std::string>> q;
+  if (p.provider == "atlassian") q.emplace_back("audience", "api.atlassian.com");
+  q.emplace_back("client_id", f.endpoint.client_id);
+  const auto scopes = scopes_for(p);
+  if (!scopes.empty()) q.emplace_back("scope", join(scopes, " "));
+  q.emplace_back("redirect_uri", f.redirect_uri);
+  q.emplace_back("state", std::string(f.state_value.reveal()));
+  q.emplace_back("response_type", "code");
+  if (p.provider == "atlassian") q.emplace_back("prompt", "consent");
+  if (f.pkce) {
+    q.emplace_back("code_challenge", f.pkce->challenge);
+    q.emplace_back("code_challenge_method", "S256");
+  }
+  if (p.provider != "atlassian" && !str_of(p.config, "audience").empty()) q.emplace_back("audience", str_of(p.config, "audience"));
+  if (!f.endpoint.resource.empty()) q.emplace_back("resource", f.endpoint.resource);
+  std::string url = ep.authorize_url;
+  url += url.find('?') == std::string::npos ? '?' : '&';
+  bool first = true;
+  for (const auto& [k, v] : q) {
+    if (!first) url += '&';
+    first = false;
+    url += form_encode(k) + "=" + form_encode(v);
+  }
+  f.authorize_url = std::move(url);
+
+  const bool loopback = redirect->scheme == "http" && net::is_loopback_host(redirect->host);
+  if (f.extra.value("listen", true) && loopback && m_callbacks != nullptr) {
+    std::string host = redirect->host;
+    if (host == "localhost") host = "127.0.0.1";
+    if (host.starts_with('[')) host = host.substr(1, host.size() - 2);
+    const std::string profile = f.profile;
+    const std::uint64_t id = f.id;
+    auto alive = m_alive;
+    auto listener = m_callbacks->listen(
+        host, redirect->port,
+        [this, alive, profile, id](const CallbackRequest& req, std::function<void(CallbackReply)> reply) {
+          if (!*alive) return;
+          on_callback(profile, id, req, std::move(reply));
+        });
+    if (!listener) {
+      Error e = listener.error();
+      if (e.code == Errc::conflict) {
+        e.message += fmt::format("; free it, or register another redirect URI with the provider and run "
+                                 "tokenctl add {} --redirect-uri http://127.0.0.1:PORT{}", name, f.callback_path);
+      }
+      fail_start(std::move(e));
+      return;
+    }
+    f.listener = std::move(*listener);
+  }
+  f.phase = Flow::Phase::awaiting;
+  m_events.publish("login_started", name, to_unix_ms(m_clock.wall_now()), {{"flow", "code"}});
+  rearm();
+  done(status(name));
+}
+
+void LoginManager::begin_device(Flow& f, JsonCallback done) {
+  const std::string name = f.profile;
+  const ProviderEndpoints ep = endpoints_of(f.resolved);
+  if (ep.device_url.empty()) {
+    m_flows.erase(name);
+    done(fail(Errc::invalid_argument,
+              fmt::format("the provider of '{}' offers no device authorization endpoint; use tokenctl login {} "
+                          "(or --no-browser to paste the redirect)", name, name)));
+    return;
+  }
+  TokenEndpoint device = f.endpoint;
+  device.token_url = ep.device_url;
+  device.json_body = false;
+  const std::string scope = join(scopes_for(f.resolved), " ");
+  TokenParams params;
+  if (!scope.empty()) params.emplace_back("scope", scope);
+  auto request = make_token_request(device, params, m_options.http_timeout);
+  const std::uint64_t id = f.id;
+  auto alive = m_alive;
+  f.http_pending = true;
+  f.http_id = m_http.start(std::move(request), [this, alive, name, id, url = ep.device_url,
+                                                done = std::move(done)](Result<net::HttpResponse> res) {
+    if (!*alive) return;
+    Flow* fp = find(name, id);
+    if (fp == nullptr) return;
+    Flow& fl = *fp;
+    fl.http_pending = false;
+    auto fail_start = [&](Errc code, std::string message) {
+      m_flows.erase(name);
+      done(fail(code, std::move(message)));
+    };
+    if (!res) {
+      fail_start(Errc::transient, fmt::format("the device authorization endpoint {} could not be reached: {}", url,
+                                              res.error().message));
+      return;
+    }
+    if (res->status != 200) {
+      const auto err = oauth_error_of(*res);
+      fail_start(res->status >= 500 ? Errc::transient : Errc::protocol,
+                 fmt::format("the device authorization endpoint answered {}{}{}", res->status,
+                             err.error.empty() ? "" : ": " + err.error,
+                             err.description.empty() ? "" : " (" + err.description + ")"));
+      return;
+    }
+    auto j = json::parse(res->body.reveal(), "the device authorization answer");
+    if (!j || !j->is_object()) {
+      fail_start(Errc::protocol, "the device authorization endpoint did not answer a JSON object");
+      return;
+    }
+    const std::string device_code = str_of(*j, "device_code");
+    fl.user_code = printable_excerpt(str_of(*j, "user_code"), 64);
+    fl.verification_uri = str_of(*j, "verification_uri");
+    if (fl.verification_uri.empty()) fl.verification_uri = str_of(*j, "verification_url");  // pre-RFC spelling
+    fl.verification_uri_complete = str_of(*j, "verification_uri_complete");
+    if (device_code.empty() || fl.user_code.empty() || fl.verification_uri.empty()) {
+      fail_start(Errc::protocol, "the device authorization answer lacks device_code, user_code or verification_uri");
+      return;
+    }
+    // Shown to a person and opened in a browser: only https (or loopback).
+    if (!check_endpoint_url("verification_uri", fl.verification_uri)) {
+      fail_start(Errc::protocol, "the device authorization answer has an unusable verification_uri");
+      return;
+    }
+    if (!fl.verification_uri_complete.empty() && !check_endpoint_url("verification_uri_complete", fl.verification_uri_complete)) {
+      fl.verification_uri_complete.clear();
+    }
+    fl.device_code = Secret(device_code);
+    Millis lifetime = m_options.flow_timeout;
+    if (auto e = j->find("expires_in"); e != j->end() && e->is_number_integer() && e->get<std::int64_t>() > 0) {
+      lifetime = std::min(Millis(e->get<std::int64_t>() * 1000), k_max_device_lifetime);
+    }
+    if (auto i = j->find("interval"); i != j->end() && i->is_number_integer() && i->get<std::int64_t>() > 0) {
+      fl.interval = Millis(std::min<std::int64_t>(i->get<std::int64_t>(), 60) * 1000);
+    }
+    fl.deadline = m_clock.mono_now() + lifetime;
+    fl.expires_at_ms = to_unix_ms(m_clock.wall_now()) + lifetime.count();
+    fl.next_poll = m_clock.mono_now() + fl.interval;
+    fl.phase = Flow::Phase::awaiting;
+    m_events.publish("login_started", name, to_unix_ms(m_clock.wall_now()), {{"flow", "device"}});
+    rearm();
+    done(status(name));
+  });
+}
+
+// --- the code flow's second half ------------------------------------------------
+
+void LoginManager::on_callback(const std::string& profile, std::uint64_t id, const CallbackRequest& req,
+                               std::function<void(CallbackReply)> reply) {
+  Flow* fp = find(profile, id);
+  if (fp == nullptr || fp->state != "pending") {
+    reply({409, page("Sign-in not pending", "This sign-in is no longer pending. Run tokenctl login " + profile + " again.")});
+    return;
+  }
+  Flow& fl = *fp;
+  if (req.path != fl.callback_path) {
+    reply({404, page("Not found", "Nothing here.")});
+    return;
+  }
+  if (req.method != "GET") {
+    reply({405, page("Method not allowed", "The sign-in redirect is a GET.")});
+    return;
+  }
+  if (fl.phase != Flow::Phase::awaiting) {
+    reply({409, page("Already signed in", "This sign-in was already completed; a repeated redirect is ignored.")});
+    return;
+  }
+  auto q = parse_query(req.query);
+  if (!q) {
+    reply({400, page("Bad redirect", "The redirect's query is malformed.")});
+    return;
+  }
+  std::string code;
+  std::optional<std::string> state;
+  std::optional<std::string> error;
+  std::string description;
+  for (auto& [k, v] : *q) {
+    if (k == "code") code = std::move(v);
+    if (k == "state") state = std::move(v);
+    if (k == "error") error = std::move(v);
+    if (k == "error_description") description = std::move(v);
+  }
+  // The browser is answered when the flow ends (after the exchange).
+  fl.browser_reply = std::move(reply);
+  accept_code(fl, std::move(code), state ? std::move(state) : std::optional<std::string>(std::string()), std::move(error),
+              std::move(description), nullptr);
+}
+
+void LoginManager::complete(const std::string& name, const Json& body, JsonCallback done) {
+  auto it = m_flows.find(name);
+  if (it == m_flows.end() || it->second->state != "pending" || it->second->device ||
+      it->second->phase != Flow::Phase::awaiting) {
+    done(fail(Errc::conflict, fmt::format("no login is waiting for a code for '{}'; start one with tokenctl login {}",
+                                          name, name)));
+    return;
+  }
+  Flow& f = *it->second;
+  if (!body.is_object()) {
+    done(fail(Errc::invalid_argument, "the body must be {\"redirect_url\": ...} or {\"code\": ...}"));
+    return;
+  }
+  const std::string redirect_url = str_of(body, "redirect_url");
+  const std::string bare = str_of(body, "code");
+  if (!redirect_url.empty()) {
+    // What the browser's address bar showed: take the query apart.
+    std::string_view u = redirect_url;
+    const auto qpos = u.find('?');
+    std::string_view query = qpos == std::string_view::npos ? std::string_view{} : u.substr(qpos + 1);
+    if (const auto hash = query.find('#'); hash != std::string_view::npos) query = query.substr(0, hash);
+    auto q = parse_query(query);
+    if (!q) {
+      done(fail(Errc::invalid_argument, "the pasted URL's query is malformed; paste the whole address of the page "
+                                        "the browser ended on"));
+      return;
+    }
+    std::string code;
+    std::optional<std::string> state;
+    std::optional<std::string> error;
+    std::string description;
+    for (auto& [k, v] : *q) {
+      if (k == "code") code = std::move(v);
+      if (k == "state") state = std::move(v);
+      if (k == "error") error = std::move(v);
+      if (k == "error_description") description = std::move(v);
+    }
+    if (code.empty() && !error) {
+      done(fail(Errc::invalid_argument, "the pasted URL has neither a code nor an error; paste the whole address "
+                                        "of the page the browser ended on (it contains ?code=...)"));
+      return;
+    }
+    accept_code(f, std::move(code), state ? std::move(state) : std::optional<std::string>(std::string()),
+                std::move(error), std::move(description), std::move(done));
+    return;
+  }
+  if (bare.empty() || bare.size() > 4096) {
+    done(fail(Errc::invalid_argument, "the body must be {\"redirect_url\": ...} or {\"code\": ...}"));
+    return;
+  }
+  accept_code(f, bare, std::nullopt, std::nullopt, {}, std::move(done));
+}
+
+void LoginManager::accept_code(Flow& f, std::string code, std::optional<std::string> state,
+                               std::optional<std::string> error, std::string description, JsonCallback done) {
+  if (done) f.completions.push_back(std::move(done));
+  if (state && !constant_time_equal(*state, f.state_value.reveal())) {
+    secure_wipe(code);
+    fail_flow(f, "failed", "state_mismatch",
+              fmt::format("the state in the redirect does not match this login (a stale or forged redirect); "
+                          "nothing was stored — run tokenctl login {} again", f.profile));
+    return;
+  }
+  if (error) {
+    const std::string e = printable_excerpt(*error, 64);
+    const std::string d = printable_excerpt(description, 200);
+    fail_flow(f, "failed", e.empty() ? "error" : e,
+              fmt::format("the provider refused the authorization: {}{}", e, d.empty() ? "" : " (" + d + ")"));
+    return;
+  }
+  if (code.empty() || code.size() > 4096) {
+    fail_flow(f, "failed", "no_code", "the redirect carries no authorization code");
+    return;
+  }
+  f.phase = Flow::Phase::exchanging;
+  exchange(f, std::move(code));
+  secure_wipe(code);
+}
+
+void LoginManager::exchange(Flow& f, std::string code) {
+  TokenParams params = {{"grant_type", "authorization_code"}, {"code", code}, {"redirect_uri", f.redirect_uri}};
+  if (f.pkce) params.emplace_back("code_verifier", f.pkce->verifier.reveal());
+  const WallTime sent_at = m_clock.wall_now();
+  auto request = make_token_request(f.endpoint, params, m_options.http_timeout);
+  const std::string name = f.profile;
+  const std::uint64_t id = f.id;
+  auto alive = m_alive;
+  f.http_pending = true;
+  f.http_id = m_http.start(std::move(request), [this, alive, name, id, sent_at,
+                                                lifetime = f.endpoint.default_lifetime](Result<net::HttpResponse> res) {
+    if (!*alive) return;
+    Flow* fp = find(name, id);
+    if (fp == nullptr) return;
+    Flow& fl = *fp;
+    fl.http_pending = false;
+    auto tokens = interpret_token_response(res, sent_at, lifetime);
+    if (!tokens) {
+      const auto err = res ? oauth_error_of(*res) : OAuthError{};
+      if (err.error == "invalid_grant") {
+        fail_flow(fl, "failed", "invalid_grant",
+                  fmt::format("the provider rejected the authorization code (invalid_grant{}): it was used already, "
+                              "expired, or the PKCE verifier did not match; nothing was stored — run tokenctl login {} again",
+                              err.description.empty() ? "" : ": " + err.description, name));
+      } else {
+        fail_flow(fl, "failed", "token_endpoint", "exchanging the code failed: " + tokens.error().message);
+      }
+      return;
+    }
+    on_tokens(fl, std::move(*tokens));
+  });
+}
+
+// --- the device flow's polling -------------------------------------------------
+
+void LoginManager::poll_device(Flow& f) {
+  f.next_poll.reset();
+  TokenParams params = {{"grant_type", k_device_grant}, {"device_code", f.device_code.reveal()}};
+  const WallTime sent_at = m_clock.wall_now();
+  auto request = make_token_request(f.endpoint, params, m_options.http_timeout);
+  const std::string name = f.profile;
+  const std::uint64_t id = f.id;
+  auto alive = m_alive;
+  f.http_pending = true;
+  f.http_id = m_http.start(std::move(request), [this, alive, name, id, sent_at,
+                                                lifetime = f.endpoint.default_lifetime](Result<net::HttpResponse> res) {
+    if (!*alive) return;
+    Flow* fp = find(name, id);
+    if (fp == nullptr || fp->state != "pending") return;
+    Flow& fl = *fp;
+    fl.http_pending = false;
+    if (res && res->status == 200) {
+      auto tokens = interpret_token_response(res, sent_at, lifetime);
+      if (!tokens) {
+        fail_flow(fl, "failed", "token_endpoint", "the device grant's answer is unusable: " + tokens.error().message);
+        return;
+      }
+      fl.phase = Flow::Phase::exchanging;
+      on_tokens(fl, std::move(*tokens));
+      return;
+    }
+    const auto err = res ? oauth_error_of(*res) : OAuthError{};
+    if (err.error == "authorization_pending") {
+      fl.next_poll = m_clock.mono_now() + fl.interval;
+    } else if (err.error == "slow_down") {
+      fl.interval += k_slow_down_step;
+      fl.next_poll = m_clock.mono_now() + fl.interval;
+      spdlog::debug("profile {}: device flow asked to slow down; polling every {} s", name, fl.interval.count() / 1000);
+    } else if (err.error == "expired_token") {
+      fail_flow(fl, "expired", "expired_token",
+                fmt::format("the device code expired before it was approved; run tokenctl login {} --device again", name));
+      return;
+    } else if (err.error == "access_denied") {
+      fail_flow(fl, "failed", "access_denied", "the sign-in was denied at the provider (access_denied)");
+      return;
+    } else if (!res || res->status >= 500 || res->status == 429) {
+      // Transient: keep polling, a little slower.
+      fl.next_poll = m_clock.mono_now() + fl.interval * 2;
+    } else {
+      fail_flow(fl, "failed", err.error.empty() ? "token_endpoint" : err.error,
+                fmt::format("the token endpoint refused the device grant ({}{})", err.error.empty() ? std::to_string(res->status) : err.error,
+                            err.description.empty() ? "" : ": " + err.description));
+      return;
+    }
+    rearm();
+  });
+}
+
+// --- finishing -------------------------------------------------------------------
+
+void LoginManager::on_tokens(Flow& f, store::TokenSet tokens) {
+  if (tokens.refresh_token.empty()) {
+    f.warning = "the provider issued no refresh token: this login must be repeated when the token expires"
+                " (for Atlassian and most providers, the offline_access scope brings one)";
+  }
+  if (auto r = m_tokens.install_tokens(f.profile, tokens); !r) {
+    fail_flow(f, "failed", "store", "the new token could not be stored: " + r.error().message);
+    return;
+  }
+  f.token_expires_at_ms = tokens.expires_at_ms;
+  f.phase = Flow::Phase::finishing;
+  if (f.resolved.provider == "atlassian") {
+    pick_cloud(f);
+    return;
+  }
+  succeed(f);
+}
+
+void LoginManager::pick_cloud(Flow& f) {
+  const std::string name = f.profile;
+  const std::uint64_t id = f.id;
+  auto grant = m_tokens.token(name, TokenRequest{0});
+  if (!grant) {
+    succeed(f);
+    return;
+  }
+  const std::string url = endpoints_of(f.resolved).api_base + "/oauth/token/accessible-resources";
+  fetch_json(url, [this, name, id, url](Result<Json> j, const net::HttpResponse*) {
+    Flow* fp = find(name, id);
+    if (fp == nullptr) return;
+    Flow& fl = *fp;
+    fl.http_pending = false;
+    if (!j || !j->is_array()) {
+      fl.warning = fmt::format("the cloud id could not be looked up ({}); it is looked up again when needed",
+                              j ? "not a list" : j.error().message);
+      succeed(fl);
+      return;
+    }
+    Json sites = Json::array();
+    for (const auto& r : *j) {
+      if (!r.is_object()) continue;
+      sites.push_back({{"id", str_of(r, "id")}, {"url", str_of(r, "url")}, {"name", str_of(r, "name")}});
+    }
+    auto describe = [&] {
+      std::vector<std::string> parts;
+      for (const auto& s : sites) parts.push_back(fmt::format("{} ({})", s["name"].get<std::string>(), s["url"].get<std::string>()));
+      return join(parts, ", ");
+    };
+    const std::string site = str_of(fl.resolved.config, "site");
+    const Json* chosen = nullptr;
+    if (!site.empty()) {
+      for (const auto& s : sites) {
+        if (site_key(s["url"].get<std::string>()) == site_key(site)) chosen = &s;
+      }
+      if (chosen == nullptr) {
+        fl.extra["sites"] = sites;
+        fail_flow(fl, "failed", "site",
+                  fmt::format("the token was stored, but the configured site {} is not among the sites it can reach: {}; "
+                              "fix it with tokenctl add {} --site URL",
+                              site, sites.empty() ? "none" : describe(), name));
+        return;
+      }
+    } else if (sites.size() == 1) {
+      chosen = &sites[0];
+    } else {
+      fl.extra["sites"] = sites;
+      fail_flow(fl, "failed", "site",
+                sites.empty() ? std::string("the token was stored, but it reaches no Atlassian site; check the app's "
+                                            "permissions and the sites you granted")
+                              : fmt::format("the token was stored, but it reaches several sites: {}; choose one with "
+                                            "tokenctl add {} --site URL (no new login is needed)",
+                                            describe(), name));
+      return;
+    }
+    auto profile = m_tokens.profile_of(name);
+    if (profile) {
+      profile->config["cloud_id"] = (*chosen)["id"];
+      profile->config["cloud_url"] = (*chosen)["url"];
+      if (auto r = m_tokens.update_profile(*profile); !r) fl.warning = "the cloud id was not stored: " + r.error().message;
+    }
+    fl.extra["cloud_id"] = (*chosen)["id"];
+    fl.extra["cloud_url"] = (*chosen)["url"];
+    succeed(fl);
+  }, {{"Authorization", std::string(grant->authorization.reveal())}});
+  f.http_pending = true;
+}
+
+void LoginManager::succeed(Flow& f) {
+  f.state = "succeeded";
+  f.phase = Flow::Phase::done;
+  Json data = {{"flow", f.device ? "device" : "code"}};
+  if (f.token_expires_at_ms) data["expires_at"] = *f.token_expires_at_ms / 1000;
+  if (f.extra.contains("cloud_id")) data["cloud_id"] = f.extra["cloud_id"];
+  spdlog::info("profile {}: login succeeded ({} flow)", f.profile, f.device ? "device" : "code");
+  m_events.publish("login_succeeded", f.profile, to_unix_ms(m_clock.wall_now()), data);
+  if (f.browser_reply) {
+    f.browser_reply({200, page("Signed in", "tokend signed in profile " + f.profile + ". You can close this tab.")});
+    f.browser_reply = nullptr;
+  }
+  end_flow(f);
+}
+
+void LoginManager::fail_flow(Flow& f, std::string state, std::string reason, std::string message) {
+  if (f.state != "pending") return;
+  f.state = std::move(state);
+  f.reason = std::move(reason);
+  f.message = std::move(message);
+  f.phase = Flow::Phase::done;
+  if (f.http_pending) {
+    m_http.cancel(f.http_id);
+    f.http_pending = false;
+  }
+  spdlog::warn("profile {}: login {}: {}", f.profile, f.state, f.message);
+  const char* event = f.state == "cancelled" ? "login_cancelled" : "login_failed";
+  m_events.publish(event, f.profile, to_unix_ms(m_clock.wall_now()),
+                   {{"flow", f.device ? "device" : "code"}, {"reason", f.reason}, {"error", f.message}});
+  if (f.browser_reply) {
+    f.browser_reply({400, page("Sign-in failed", f.message)});
+    f.browser_reply = nullptr;
+  }
+  end_flow(f);
+}
+
+void LoginManager::end_flow(Flow& f) {
+  f.listener.reset();  // the port is closed as soon as the flow ends
+  f.device_code = Secret();
+  f.state_value = Secret();
+  f.pkce.reset();
+  f.next_poll.reset();
+  auto completions = std::move(f.completions);
+  f.completions.clear();
+  const Json s = status(f.profile);
+  for (auto& c : completions) c(s);
+  if (!m_shut_down) rearm();
+}
+
+Result<> LoginManager::cancel(const std::string& name) {
+  auto it = m_flows.find(name);
+  if (it == m_flows.end() || it->second->state != "pending") {
+    return fail(Errc::conflict, fmt::format("no login is pending for '{}'", name));
+  }
+  fail_flow(*it->second, "cancelled", "cancelled", "the login was cancelled");
+  return {};
+}
+
+bool LoginManager::pending(const std::string& profile) const {
+  auto it = m_flows.find(profile);
+  return it != m_flows.end() && it->second->state == "pending";
+}
+
+Json LoginManager::status(const std::string& name) const {
+  auto it = m_flows.find(name);
+  if (it == m_flows.end()) return {{"profile", name}, {"state", "none"}};
+  const Flow& f = *it->second;
+  Json j = {{"profile", name}, {"flow", f.device ? "device" : "code"}, {"state", f.state}};
+  const std::int64_t now = to_unix_ms(m_clock.wall_now());
+  if (f.state == "pending") {
+    j["expires_at"] = f.expires_at_ms / 1000;
+    j["expires_in"] = std::max<std::int64_t>(0, (f.expires_at_ms - now) / 1000);
+    if (f.device) {
+      j["user_code"] = f.user_code;
+      j["verification_uri"] = f.verification_uri;
+      if (!f.verification_uri_complete.empty()) j["verification_uri_complete"] = f.verification_uri_complete;
+      j["interval"] = f.interval.count() / 1000;
+    } else {
+      j["authorize_url"] = f.authorize_url;
+      j["redirect_uri"] = f.redirect_uri;
+      j["listening"] = f.listener != nullptr;
+    }
+  } else if (f.state == "succeeded") {
+    if (f.token_expires_at_ms) j["expires_at"] = *f.token_expires_at_ms / 1000;
+  } else {
+    j["error"] = {{"code", "login_failed"}, {"reason", f.reason}, {"message", f.message}};
+  }
+  if (!f.warning.empty()) j["warning"] = f.warning;
+  for (const char* k : {"sites", "cloud_id", "cloud_url"}) {
+    if (f.extra.contains(k)) j[k] = f.extra[k];
+  }
+  return j;
+}
+
+// --- timers --------------------------------------------------------------------
+
+void LoginManager::rearm() {
+  if (m_shut_down) return;
+  std::optional<MonoTime> earliest;
+  for (const auto& [_, f] : m_flows) {
+    if (f->state != "pending") continue;
+    auto consider = [&](MonoTime t) {
+      if (!earliest || t < *earliest) earliest = t;
+    };
+    consider(f->deadline);
+    if (f->next_poll) consider(*f->next_poll);
+  }
+  if (!earliest) {
+    m_timer.disarm();
+    return;
+  }
+  m_timer.arm(*earliest, [this] { on_tick(); });
+}
+
+void LoginManager::on_tick() {
+  const MonoTime now = m_clock.mono_now();
+  std::vector<std::pair<std::string, std::uint64_t>> expired;
+  std::vector<std::pair<std::string, std::uint64_t>> polls;
+  for (const auto& [name, f] : m_flows) {
+    if (f->state != "pending") continue;
+    if (f->deadline <= now) {
+      expired.emplace_back(name, f->id);
+    } else if (f->next_poll && *f->next_poll <= now && !f->http_pending) {
+      polls.emplace_back(name, f->id);
+    }
+  }
+  for (const auto& [name, id] : expired) {
+    if (Flow* f = find(name, id)) {
+      fail_flow(*f, "expired", "expired",
+                fmt::format("the login was not completed in time; nothing was stored — run tokenctl login {} again", name));
+    }
+  }
+  for (const auto& [name, id] : polls) {
+    if (Flow* f = find(name, id); f != nullptr && f->state == "pending") poll_device(*f);
+  }
+  rearm();
+}
+
+// --- logout and test ------------------------------------------------------------
+
+void LoginManager::logout(const std::string& name, JsonCallback done) {
+  auto p = m_tokens.profile_of(name);
+  if (!p) {
+    done(std::unexpected(p.error()));
+    return;
+  }
+  auto c = m_tokens.credential_of(name);
+  if (!c) {
+    done(std::unexpected(c.error()));
+    return;
+  }
+  if (pending(name)) (void)cancel(name);
+  auto forget = [this, name](bool revoked, std::string reason) -> Result<Json> {
+    if (auto r = m_tokens.forget_tokens(name); !r) return std::unexpected(r.error());
+    Json out = {{"profile", name}, {"revoked", revoked}};
+    if (!reason.empty()) out["reason"] = reason;
+    m_events.publish("logged_out", name, to_unix_ms(m_clock.wall_now()), {{"revoked", revoked}});
+    return out;
+  };
+  if (p->kind != store::CredentialKind::oauth2) {
+    done(forget(false, "API tokens and personal access tokens are revoked in the account settings of the site"));
+    return;
+  }
+  const Secret& token = c->refresh_token.empty() ? c->access_token : c->refresh_token;
+  const ProviderEndpoints ep = endpoints_of(*p);
+  auto endpoint = token_endpoint_of(*p);
+  if (token.empty()) {
+    done(forget(false, "there was no token to revoke"));
+    return;
+  }
+  if (ep.revocation_url.empty() || !endpoint) {
+    done(forget(false, "the provider has no revocation endpoint"));
+    return;
+  }
+  endpoint->token_url = ep.revocation_url;
+  endpoint->resource.clear();
+  endpoint->json_body = false;
+  const TokenParams params = {{"token", token.reveal()},
+                              {"token_type_hint", c->refresh_token.empty() ? "access_token" : "refresh_token"}};
+  auto alive = m_alive;
+  auto id = std::make_shared<std::uint64_t>(0);
+  *id = m_http.start(make_token_request(*endpoint, params, m_options.http_timeout),
+                     [this, alive, id, forget, url = ep.revocation_url, done = std::move(done)](Result<net::HttpResponse> res) {
+                       if (!*alive) return;
+                       m_requests.erase(*id);
+                       if (!res) {
+                         done(forget(false, fmt::format("revocation at {} failed: {}", url, res.error().message)));
+                       } else if (res->status != 200) {
+                         done(forget(false, fmt::format("the revocation endpoint answered {}", res->status)));
+                       } else {
+                         done(forget(true, ""));
+                       }
+                     });
+  m_requests.emplace(*id, true);
+}
+
+void LoginManager::test(const std::string& name, JsonCallback done) {
+  auto p = m_tokens.profile_of(name);
+  if (!p) {
+    done(std::unexpected(p.error()));
+    return;
+  }
+  const ProviderEndpoints ep = endpoints_of(*p);
+  std::string url;
+  std::string what;
+  if (p->kind != store::CredentialKind::oauth2) {
+    std::string site = str_of(p->config, "site");
+    while (!site.empty() && site.back() == '/') site.pop_back();
+    url = site + "/rest/api/2/myself";
+    what = "myself";
+  } else if (p->provider == "atlassian") {
+    url = ep.api_base + "/oauth/token/accessible-resources";
+    what = "resources";
+  } else if (!ep.userinfo_url.empty()) {
+    url = ep.userinfo_url;
+    what = "userinfo";
+  } else {
+    done(fail(Errc::invalid_argument,
+              fmt::format("profile '{}' has no userinfo endpoint to test against; set one with tokenctl add {} "
+                          "--userinfo-url URL", name, name)));
+    return;
+  }
+  auto alive = m_alive;
+  m_tokens.token_async(name, TokenRequest{10}, [this, alive, name, url, what, done = std::move(done)](
+                                                   Result<TokenGrant> grant) mutable {
+    if (!*alive) return;
+    if (!grant) {
+      done(std::unexpected(grant.error()));
+      return;
+    }
+    net::HttpRequest r;
+    r.url = url;
+    r.timeout = m_options.http_timeout;
+    r.headers = {{"Accept", "application/json"}, {"Authorization", std::string(grant->authorization.reveal())}};
+    auto id = std::make_shared<std::uint64_t>(0);
+    *id = m_http.start(std::move(r), [this, alive, id, name, url, what, done = std::move(done)](
+                                         Result<net::HttpResponse> res) {
+      if (!*alive) return;
+      m_requests.erase(*id);
+      if (!res) {
+        done(fail(Errc::transient, fmt::format("{} could not be reached: {}", url, res.error().message)));
+        return;
+      }
+      Json out = {{"profile", name}, {"ok", res->status < 400}, {"status", res->status}, {"url", url}};
+      auto j = json::parse(res->body.reveal(), "the answer");
+      std::string summary;
+      if (j && res->status < 400) {
+        if (what == "resources" && j->is_array()) {
+          std::vector<std::string> parts;
+          for (const auto& s : *j) parts.push_back(fmt::format("{} ({})", str_of(s, "name"), str_of(s, "url")));
+          summary = fmt::format("{} site{}: {}", j->size(), j->size() == 1 ? "" : "s", join(parts, ", "));
+        } else if (what == "myself") {
+          summary = fmt::format("signed in as {} {}", str_of(*j, "displayName"), str_of(*j, "emailAddress"));
+        } else {
+          std::vector<std::string> parts;
+          for (const char* k : {"name", "email", "preferred_username", "sub"}) {
+            if (!str_of(*j, k).empty()) parts.push_back(fmt::format("{}={}", k, str_of(*j, k)));
+          }
+          summary = parts.empty() ? "answered" : join(parts, " ");
+        }
+        out["body"] = *j;
+      } else {
+        const auto err = oauth_error_of(*res);
+        summary = fmt::format("HTTP {}{}", res->status, err.error.empty() ? "" : " " + err.error);
+      }
+      out["summary"] = printable_excerpt(summary, 400);
+      done(out);
+    });
+    m_requests.emplace(*id, true);
+  });
+}
+
+}  // namespace tokend::refresh
