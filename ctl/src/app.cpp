@@ -358,11 +358,18 @@ void check_choice(const po::variables_map& vm, const char* flag, std::initialize
   throw UsageError{fmt::format("--{} must be one of: {}", flag, fmt::join(choices, ", "))};
 }
 
-// Sets the fields of add_profile_options() given on the command line.
-void apply_profile_options(const po::variables_map& vm, json::Json& body) {
+// Usage errors in add_profile_options() values, before anything is read.
+void check_profile_options(const po::variables_map& vm) {
   check_choice(vm, "provider", {"atlassian", "generic", "mcp"});
   check_choice(vm, "pkce", {"S256", "required", "off"});
   check_choice(vm, "token-endpoint-auth", {"client_secret_basic", "client_secret_post", "none"});
+  seconds(vm, "reuse-window", 86'400);
+  seconds(vm, "refresh-buffer", 86'400);
+}
+
+// Sets the fields of add_profile_options() given on the command line
+// (checked by check_profile_options first).
+void apply_profile_options(const po::variables_map& vm, json::Json& body) {
   const std::pair<const char*, const char*> plain[] = {
       {"provider", "provider"},
       {"client-id", "client_id"},
@@ -423,6 +430,7 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
   if (kind != "oauth2" && kind != "api-token" && kind != "pat") {
     throw UsageError{fmt::format("unknown kind '{}'; use oauth2, api-token or pat", kind)};
   }
+  check_profile_options(vm);
   int stdin_users = 0;
   for (const char* f : {"client-secret-file", "token-file", "refresh-token-file"}) {
     if (opt(vm, f) == "-") ++stdin_users;
@@ -473,7 +481,11 @@ int cmd_add(Ctx& ctx, const std::vector<std::string>& args) {
 }
 
 int cmd_import(Ctx& ctx, const std::vector<std::string>& args) {
-  po::options_description o("tokenctl import PROFILE --dotenv FILE | --from-env [options]");
+  po::options_description o(
+      "tokenctl import PROFILE --dotenv FILE | --from-env [options]\n"
+      "Reads JIRA_OAUTH_CLIENT_ID, _CLIENT_SECRET, _REDIRECT_URI, _ACCESS_TOKEN and _REFRESH_TOKEN,\n"
+      "and when present JIRA_OAUTH_SCOPES, JIRA_OAUTH_SITE (or JIRA_URL, JIRA_BASE_URL) and\n"
+      "JIRA_OAUTH_EXPIRES_AT (else the access token's JWT exp). Options override the file");
   o.add_options()("dotenv", po::value<std::string>(), "read the JIRA_OAUTH_* variables from this .env file")(
       "from-env", "read them from the environment");
   add_profile_options(o);
@@ -482,6 +494,7 @@ int cmd_import(Ctx& ctx, const std::vector<std::string>& args) {
   const auto dotenv = opt(vm, "dotenv");
   const bool from_env = vm.count("from-env") != 0;
   if (dotenv.has_value() == from_env) throw UsageError{"give either --dotenv FILE or --from-env"};
+  check_profile_options(vm);
 
   DotenvValues vars;
   if (dotenv) {
@@ -707,13 +720,13 @@ std::optional<int> complete_login(const Ctx& ctx, const std::string& name, std::
   // pending): the flow's own state says whether it is over.
   auto st = call(ctx, "GET", login_path(name), {}, std::chrono::seconds(10), Report::quiet);
   if (st.exit != k_ok) return error(ctx, c.message, c.exit);
-  if (jstr(st.body, "state") == "pending") {
+  const std::string state = jstr(st.body, "state");
+  if (state == "pending") {
     error(ctx, c.message);
     say(ctx.io.err, std::string(k_paste_prompt));
     return std::nullopt;
   }
-  if (jstr(st.body, "state") == "succeeded") return logged_in(ctx, name, st.body);
-  if (error_message(st.body, "").empty()) return error(ctx, c.message, c.exit);
+  if (state == "failed" && error_message(st.body, "").empty()) return error(ctx, c.message, c.exit);
   return login_outcome(ctx, name, st.body);
 }
 
@@ -789,7 +802,10 @@ int wait_for_login(const Ctx& ctx, LoginWait& w, const InterruptWatch& interrupt
     if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
       auto r = poller->read_response(k_answer_grace);
       answer_due.reset();
-      if (!r) return error(ctx, r.error().code == Errc::timeout ? r.error().message : lost, k_unreachable);
+      if (!r) {
+        if (r.error().code == Errc::timeout) return error(ctx, r.error().message);
+        return error(ctx, lost, k_unreachable);
+      }
       json::Json flow;
       if (auto j = json::parse(r->body, "tokend's answer")) flow = std::move(*j);
       if (r->status >= 400) return error(ctx, error_message(flow, fmt::format("tokend answered {}", r->status)));
@@ -843,7 +859,8 @@ int cmd_login(Ctx& ctx, const std::vector<std::string>& args) {
   // Starting may take a while (discovery, client registration); Ctrl-C then
   // still ends tokenctl the default way, and a flow tokend starts after all
   // expires or is replaced by the next login.
-  const json::Json request = {{"flow", device ? "device" : "code"}, {"listen", true}};
+  json::Json request = {{"flow", device ? "device" : "code"}};
+  if (!device) request["listen"] = true;  // "listen" is a code-flow setting
   auto started = call(ctx, "POST", login_path(w.name), request.dump(), std::chrono::seconds(90));
   if (started.exit != k_ok) return started.exit;
   InterruptWatch interrupt;  // from here on Ctrl-C cancels the flow

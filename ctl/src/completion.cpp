@@ -10,7 +10,8 @@ _tokenctl() {
   cur="${COMP_WORDS[COMP_CWORD]}"
   prev="${COMP_WORDS[COMP_CWORD-1]}"
   cmd="${COMP_WORDS[1]}"
-  local commands="status list token headers add renew remove monitor ping version completion"
+  local commands="status list token headers add import login logout test renew remove monitor ping version completion"
+  local profile_opts="--provider --client-id --scopes --issuer --authorize-url --token-url --device-authorization-url --revocation-url --userinfo-url --redirect-uri --mcp-server --resource --audience --pkce --token-endpoint-auth --reuse-window --refresh-buffer --site --api-base --sink-file --sink-dotenv"
   if [ "$COMP_CWORD" -eq 1 ]; then
     COMPREPLY=($(compgen -W "$commands --socket --help" -- "$cur"))
     return
@@ -19,11 +20,13 @@ _tokenctl() {
     --format) COMPREPLY=($(compgen -W "raw header json env exec-credential" -- "$cur")); return ;;
     --kind) COMPREPLY=($(compgen -W "oauth2 api-token pat" -- "$cur")); return ;;
     --provider) COMPREPLY=($(compgen -W "atlassian generic mcp" -- "$cur")); return ;;
-    --*-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --pkce) COMPREPLY=($(compgen -W "S256 required off" -- "$cur")); return ;;
+    --token-endpoint-auth) COMPREPLY=($(compgen -W "client_secret_basic client_secret_post none" -- "$cur")); return ;;
+    --*-file|--dotenv|--sink-dotenv) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     completion) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")); return ;;
   esac
   case "$cmd" in
-    status|token|headers|renew|remove|monitor)
+    status|token|headers|renew|remove|monitor|login|logout|test|add|import)
       if [ "$COMP_CWORD" -eq 2 ]; then
         COMPREPLY=($(compgen -W "$(tokenctl list -q 2>/dev/null)" -- "$cur"))
         return
@@ -31,8 +34,10 @@ _tokenctl() {
   esac
   case "$cmd" in
     token) COMPREPLY=($(compgen -W "--min-valid --wait --format" -- "$cur")) ;;
-    status|list|monitor) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
-    add) COMPREPLY=($(compgen -W "--kind --provider --client-id --client-secret-file --scopes --issuer --authorize-url --token-url --redirect-uri --mcp-server --site --email --token-file --refresh-token-file --expires-in --api-base" -- "$cur")) ;;
+    status|list|monitor|test) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
+    login) COMPREPLY=($(compgen -W "--device --no-browser --timeout" -- "$cur")) ;;
+    add) COMPREPLY=($(compgen -W "--kind --client-secret-file --email --token-file --refresh-token-file --expires-in $profile_opts" -- "$cur")) ;;
+    import) COMPREPLY=($(compgen -W "--dotenv --from-env $profile_opts" -- "$cur")) ;;
   esac
 }
 complete -F _tokenctl tokenctl
@@ -48,6 +53,10 @@ _tokenctl() {
     'token:print a valid token'
     'headers:Authorization header as JSON'
     'add:store a profile'
+    'import:take over a JIRA_OAUTH_* token set from .env or the environment'
+    'login:sign in with the browser or a device code'
+    'logout:revoke and forget the tokens'
+    'test:check the token against the provider'
     'renew:refresh now'
     'remove:delete a profile'
     'monitor:live events'
@@ -60,21 +69,48 @@ _tokenctl() {
     return
   fi
   case "$words[2]" in
-    status|token|headers|renew|remove|monitor)
+    status|token|headers|renew|remove|monitor|login|logout|test|add|import)
       if (( CURRENT == 3 )); then
         local -a profiles
         profiles=(${(f)"$(tokenctl list -q 2>/dev/null)"})
         _describe 'profile' profiles
         return
       fi
+      ;|
+    status|token|headers|renew|remove|monitor)
       _arguments '--format[output format]:format:(raw header json env exec-credential)' \
                  '--min-valid[seconds of validity]:seconds:' '--wait[seconds to wait]:seconds:' '--json[JSON output]'
       ;;
-    add)
-      _arguments '--kind[credential kind]:kind:(oauth2 api-token pat)' \
-                 '--provider[provider]:provider:(atlassian generic mcp)' \
-                 '--token-file[token file]:file:_files' '--client-secret-file[secret file]:file:_files' \
-                 '--refresh-token-file[refresh token file]:file:_files' '*:option:'
+    test) _arguments '--json[JSON output]' ;;
+    logout) ;;
+    login)
+      _arguments '--device[device code flow]' '--no-browser[print the URL, paste the result back]' \
+                 '--timeout[seconds to wait]:seconds:'
+      ;;
+    add|import)
+      local -a profile_opts
+      profile_opts=(
+        '--provider[provider]:provider:(atlassian generic mcp)'
+        '--client-id[OAuth client id]:id:' '--scopes[space-separated scopes]:scopes:'
+        '--issuer[issuer URL]:url:' '--authorize-url[authorization endpoint]:url:'
+        '--token-url[token endpoint]:url:' '--device-authorization-url[device endpoint]:url:'
+        '--revocation-url[revocation endpoint]:url:' '--userinfo-url[userinfo endpoint]:url:'
+        '--redirect-uri[redirect URI]:uri:' '--mcp-server[MCP server URL]:url:'
+        '--resource[resource indicator]:uri:' '--audience[audience]:audience:'
+        '--pkce[PKCE]:pkce:(S256 required off)'
+        '--token-endpoint-auth[client authentication]:method:(client_secret_basic client_secret_post none)'
+        '--reuse-window[seconds]:seconds:' '--refresh-buffer[seconds]:seconds:'
+        '--site[site URL]:url:' '--api-base[API base URL]:url:'
+        '*--sink-file[token file sink]:file:_files' '*--sink-dotenv[dotenv sink PATH=VARIABLE]:file:_files'
+      )
+      if [[ "$words[2]" == add ]]; then
+        _arguments $profile_opts '--kind[credential kind]:kind:(oauth2 api-token pat)' \
+                   '--email[account email]:email:' '--expires-in[seconds]:seconds:' \
+                   '--token-file[token file]:file:_files' '--client-secret-file[secret file]:file:_files' \
+                   '--refresh-token-file[refresh token file]:file:_files'
+      else
+        _arguments $profile_opts '--dotenv[.env file]:file:_files' '--from-env[read the environment]'
+      fi
       ;;
     completion) _values 'shell' bash zsh ;;
   esac

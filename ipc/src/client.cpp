@@ -116,6 +116,10 @@ Result<> Client::receive(http::basic_parser<false>& parser, const bool& stop,
     }
     boost::system::error_code ec;
     if (n == 0) {
+      // Beast completes a parser that has seen no byte at all on EOF (as an
+      // empty response with status 0); for us that is a connection closed
+      // without an answer.
+      if (!parser.got_some()) return fail(Errc::protocol, "tokend closed the connection before answering");
       parser.put_eof(ec);
       if (ec || !parser.is_done()) return fail(Errc::protocol, "tokend closed the connection before answering");
       return {};
