@@ -332,6 +332,7 @@ void add_profile_options(po::options_description& o) {
       "authorize-url", po::value<std::string>(), "authorization endpoint")(
       "token-url", po::value<std::string>(), "token endpoint")(
       "device-authorization-url", po::value<std::string>(), "device authorization endpoint (RFC 8628, login --device)")(
+      "registration-url", po::value<std::string>(), "dynamic client registration endpoint (RFC 7591)")(
       "revocation-url", po::value<std::string>(), "token revocation endpoint (RFC 7009, used by logout)")(
       "userinfo-url", po::value<std::string>(), "endpoint tokenctl test calls (generic, mcp)")(
       "redirect-uri", po::value<std::string>(), "redirect URI (http://127.0.0.1:PORT/PATH is served by tokend)")(
@@ -378,6 +379,7 @@ void apply_profile_options(const po::variables_map& vm, json::Json& body) {
       {"authorize-url", "authorize_url"},
       {"token-url", "token_url"},
       {"device-authorization-url", "device_authorization_url"},
+      {"registration-url", "registration_url"},
       {"revocation-url", "revocation_url"},
       {"userinfo-url", "userinfo_url"},
       {"redirect-uri", "redirect_uri"},
@@ -663,6 +665,7 @@ int logged_in(const Ctx& ctx, const std::string& name, const json::Json& flow) {
   say(ctx.io.out, expires_at ? fmt::format("Logged in: {} (token valid until {}, {})\n", name,
                                            local_clock_time(*expires_at, now), relative_time(expires_at, now))
                              : fmt::format("Logged in: {} (the token does not expire)\n", name));
+  if (const auto warning = jstr(flow, "warning"); !warning.empty()) say(ctx.io.err, "tokenctl: note: " + warning + "\n");
   return k_ok;
 }
 

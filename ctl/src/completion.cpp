@@ -11,7 +11,7 @@ _tokenctl() {
   prev="${COMP_WORDS[COMP_CWORD-1]}"
   cmd="${COMP_WORDS[1]}"
   local commands="status list token headers add import login logout test renew remove monitor ping version completion"
-  local profile_opts="--provider --client-id --scopes --issuer --authorize-url --token-url --device-authorization-url --revocation-url --userinfo-url --redirect-uri --mcp-server --resource --audience --pkce --token-endpoint-auth --reuse-window --refresh-buffer --site --api-base --sink-file --sink-dotenv"
+  local profile_opts="--provider --client-id --scopes --issuer --authorize-url --token-url --device-authorization-url --registration-url --revocation-url --userinfo-url --redirect-uri --mcp-server --resource --audience --pkce --token-endpoint-auth --reuse-window --refresh-buffer --site --api-base --sink-file --sink-dotenv"
   if [ "$COMP_CWORD" -eq 1 ]; then
     COMPREPLY=($(compgen -W "$commands --socket --help" -- "$cur"))
     return
@@ -94,6 +94,7 @@ _tokenctl() {
         '--client-id[OAuth client id]:id:' '--scopes[space-separated scopes]:scopes:'
         '--issuer[issuer URL]:url:' '--authorize-url[authorization endpoint]:url:'
         '--token-url[token endpoint]:url:' '--device-authorization-url[device endpoint]:url:'
+        '--registration-url[client registration endpoint]:url:'
         '--revocation-url[revocation endpoint]:url:' '--userinfo-url[userinfo endpoint]:url:'
         '--redirect-uri[redirect URI]:uri:' '--mcp-server[MCP server URL]:url:'
         '--resource[resource indicator]:uri:' '--audience[audience]:audience:'

@@ -122,6 +122,7 @@ Result<json::Json> import_profile_body(const DotenvValues& vars, std::string_vie
     }
     body["scopes"] = s;
   }
+  if (const Secret* cloud = find(vars, "JIRA_OAUTH_CLOUD_ID")) body["cloud_id"] = std::string(trim(cloud->reveal()));
   for (const auto name : {"JIRA_OAUTH_SITE", "JIRA_URL", "JIRA_BASE_URL"}) {
     if (const Secret* site = find(vars, name)) {
       body["site"] = std::string(trim(site->reveal()));
@@ -148,7 +149,10 @@ std::optional<json::Json> login_paste_body(std::string_view pasted) {
   if (pasted.empty()) return std::nullopt;
   const bool url = pasted.find("://") != std::string_view::npos || pasted.starts_with('?') ||
                    pasted.find("code=") != std::string_view::npos;
-  return json::Json{{url ? "redirect_url" : "code", std::string(pasted)}};
+  if (!url) return json::Json{{"code", std::string(pasted)}};
+  // tokend reads the query after the '?': a bare "code=...&state=..." gets one.
+  const bool has_query = pasted.find('?') != std::string_view::npos;
+  return json::Json{{"redirect_url", has_query ? std::string(pasted) : "?" + std::string(pasted)}};
 }
 
 }  // namespace tokend::ctl

@@ -94,6 +94,11 @@ TEST_CASE("import_profile_body maps the JIRA_OAUTH_* variables", "[ctl][import]"
   CHECK_FALSE(body->contains("site"));
   CHECK_FALSE(body->contains("cloud_id"));
 
+  SECTION("the cloud id when the script kept one") {
+    vars.insert_or_assign("JIRA_OAUTH_CLOUD_ID", Secret("11111111-2222-3333-4444-555555555555"));
+    CHECK((*import_profile_body(vars, "atlassian"))["cloud_id"] == "11111111-2222-3333-4444-555555555555");
+  }
+
   SECTION("expiry from the JWT's exp") {
     vars.insert_or_assign("JIRA_OAUTH_ACCESS_TOKEN", Secret(jwt(R"({"exp":1790000000})")));
     auto b = import_profile_body(vars, "atlassian");
@@ -164,7 +169,8 @@ TEST_CASE("login_paste_body tells a redirect URL from a bare code", "[ctl][impor
        "http://127.0.0.1:8765/callback?code=abc&state=xyz"},
       {"  https://example.com/cb?code=abc&state=xyz \r\n", "redirect_url", "https://example.com/cb?code=abc&state=xyz"},
       {"?code=abc&state=xyz", "redirect_url", "?code=abc&state=xyz"},
-      {"code=abc&state=xyz", "redirect_url", "code=abc&state=xyz"},
+      {"code=abc&state=xyz", "redirect_url", "?code=abc&state=xyz"},
+      {"error=access_denied&state=xyz&code=", "redirect_url", "?error=access_denied&state=xyz&code="},
       {"abc123-DEF", "code", "abc123-DEF"},
       {"\tabc123\n", "code", "abc123"},
       {"", nullptr, nullptr},

@@ -20,9 +20,7 @@ inline constexpr std::array<std::string_view, 5> k_import_required = {
     "JIRA_OAUTH_CLIENT_ID", "JIRA_OAUTH_CLIENT_SECRET", "JIRA_OAUTH_REDIRECT_URI",
     "JIRA_OAUTH_ACCESS_TOKEN", "JIRA_OAUTH_REFRESH_TOKEN"};
 // Used when present. The site comes from the first of JIRA_OAUTH_SITE,
-// JIRA_URL, JIRA_BASE_URL. JIRA_OAUTH_CLOUD_ID is recognised but not sent:
-// the profile API has no field for it (tokend looks the cloud id up from the
-// accessible resources and the site).
+// JIRA_URL, JIRA_BASE_URL.
 inline constexpr std::array<std::string_view, 6> k_import_optional = {
     "JIRA_OAUTH_SCOPES", "JIRA_OAUTH_SITE", "JIRA_URL", "JIRA_BASE_URL",
     "JIRA_OAUTH_CLOUD_ID", "JIRA_OAUTH_EXPIRES_AT"};
@@ -38,7 +36,7 @@ std::optional<std::int64_t> parse_unix_time(std::string_view text);
 
 // The PUT body for an oauth2 profile of `provider` from `vars`:
 // client_id, client_secret, redirect_uri, access_token, refresh_token, and when
-// present scopes (commas read as spaces) and site; the expiry from
+// present scopes (commas read as spaces), site and cloud_id; the expiry from
 // JIRA_OAUTH_EXPIRES_AT, else the access token's JWT exp, else
 // "expires_in": 0 (tokend refreshes at once).
 // A missing (or empty) required variable is an Errc::not_found error naming
@@ -48,8 +46,9 @@ std::optional<std::int64_t> parse_unix_time(std::string_view text);
 Result<json::Json> import_profile_body(const DotenvValues& vars, std::string_view provider);
 
 // The POST .../login/complete body for what a user pasted (trimmed): a
-// redirect URL when it looks like one ("://", a leading '?', or "code="),
-// else the bare code. nullopt for a blank line.
+// redirect URL when it looks like one ("://", a leading '?', or "code="; a
+// bare query gets a leading '?', since tokend reads what follows it), else
+// the bare code. nullopt for a blank line.
 std::optional<json::Json> login_paste_body(std::string_view pasted);
 
 }  // namespace tokend::ctl
