@@ -150,6 +150,8 @@ class Api::Waits {
     return {};
   }
 
+  [[nodiscard]] std::size_t size() const { return m_waiting.size(); }
+
   void close() {
     auto waiting = std::move(m_waiting);
     m_waiting.clear();
@@ -503,6 +505,8 @@ void Api::register_routes(Router& router) {
     out += fmt::format("tokend_refreshes_in_flight_peak {}\n", es.peak_in_flight);
     metric("tokend_event_streams", "gauge", "Open /v1/events streams.");
     out += fmt::format("tokend_event_streams {}\n", m_streams->size());
+    metric("tokend_waiting_requests", "gauge", "Token and login requests waiting for a login to finish.");
+    out += fmt::format("tokend_waiting_requests {}\n", m_waits->size());
     if (m_server != nullptr) {
       const auto& s = m_server->stats();
       metric("tokend_http_connections_open", "gauge", "Open API connections.");

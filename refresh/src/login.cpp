@@ -974,8 +974,8 @@ void LoginManager::pick_cloud(Flow& f) {
         fl.extra["sites"] = sites;
         fail_flow(fl, "failed", "site",
                   fmt::format("the token was stored, but the configured site {} is not among the sites it can reach: {}; "
-                              "fix it with tokenctl add {} --site URL",
-                              site, sites.empty() ? "none" : describe(), name));
+                              "fix the profile's --site (tokenctl add {} ... --site URL) and run tokenctl login {} again",
+                              site, sites.empty() ? "none" : describe(), name, name));
         return;
       }
     } else if (sites.size() == 1) {
@@ -985,9 +985,10 @@ void LoginManager::pick_cloud(Flow& f) {
       fail_flow(fl, "failed", "site",
                 sites.empty() ? std::string("the token was stored, but it reaches no Atlassian site; check the app's "
                                             "permissions and the sites you granted")
-                              : fmt::format("the token was stored, but it reaches several sites: {}; choose one with "
-                                            "tokenctl add {} --site URL (no new login is needed)",
-                                            describe(), name));
+                              : fmt::format("the token was stored, but it reaches several sites: {}; choose one by "
+                                            "adding --site URL to the profile (tokenctl add {} ... --site URL) and "
+                                            "run tokenctl login {} again",
+                                            describe(), name, name));
       return;
     }
     auto profile = m_tokens.profile_of(name);
@@ -1070,12 +1071,14 @@ Json LoginManager::status(const std::string& name) const {
   auto it = m_flows.find(name);
   if (it == m_flows.end()) return {{"profile", name}, {"state", "none"}};
   const Flow& f = *it->second;
-  Json j = {{"profile", name}, {"flow", f.device ? "device" : "code"}, {"state", f.state}};
+  Json j = {{"profile", name}, {"id", f.id}, {"flow", f.device ? "device" : "code"}, {"state", f.state}};
   const std::int64_t now = to_unix_ms(m_clock.wall_now());
   if (f.state == "pending") {
     j["expires_at"] = f.expires_at_ms / 1000;
     j["expires_in"] = std::max<std::int64_t>(0, (f.expires_at_ms - now) / 1000);
-    if (f.device) {
+    if (f.phase == Flow::Phase::resolving) {
+      j["phase"] = "starting";  // discovery or registration still running
+    } else if (f.device) {
       j["user_code"] = f.user_code;
       j["verification_uri"] = f.verification_uri;
       if (!f.verification_uri_complete.empty()) j["verification_uri_complete"] = f.verification_uri_complete;

@@ -1,0 +1,595 @@
+"""Login flows end to end (DESIGN §6, issue 5): the real tokend and tokenctl
+against the TLS fake provider, a fake browser that follows the provider's
+redirect to tokend's loopback listener, and tokenctl's headless paste.
+
+Each flow goes login -> token -> refresh -> logout; every failure (wrong
+state, replayed callback, PKCE mismatch, denied consent, expired flow,
+taken port) ends in a clear error and changes nothing stored."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import unittest
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
+
+from client import FakeUpstream, make_pkce, redirect_params  # noqa: E402
+from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, unix_request, wait_for  # noqa: E402
+
+TOKEND, TOKENCTL = binaries()
+BROWSER = os.path.join(HERE, "fake_browser.py")
+WEB_ID = "web-app"
+WEB_SECRET = "cs-MARKER-login-secret"
+PUBLIC_ID = "public-app"
+ATLASSIAN_ID = "atlassian-app"  # Atlassian takes the secret in the (JSON) body
+ALL_LOGS = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class LoginTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.up = FakeUpstream(quiet=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        issued = [t["token"] for t in cls.up.tokens() if t.get("token")]
+        cls.up.stop()
+        for text in ALL_LOGS:
+            for t in issued:
+                assert t not in text, "an issued token or code appears in a tokend log"
+            assert WEB_SECRET not in text
+
+    def setUp(self):
+        self.up.reset()
+        self.up.clear_faults()
+        self.port = free_port()
+        self.redirect = f"http://127.0.0.1:{self.port}/callback"
+        self.up.add_client(WEB_ID, WEB_SECRET, "client_secret_basic", redirect_uris=[self.redirect])
+        self.up.add_client(PUBLIC_ID, None, "none", redirect_uris=[self.redirect])
+        self.up.add_client(ATLASSIAN_ID, WEB_SECRET, "client_secret_post", redirect_uris=[self.redirect])
+        self.xdg = XdgTree()
+        self.env = dict(self.xdg.env)
+        self.browser_log = os.path.join(self.xdg.root, "browser.log")
+        self.env.update(BROWSER=BROWSER, FAKE_BROWSER_CA=self.up.ca_file, FAKE_BROWSER_LOG=self.browser_log)
+        self.daemon = None
+        self.start()
+
+    def start(self, *extra):
+        self.daemon = Daemon(TOKEND, self.env, ["--ca-bundle", self.up.ca_file, "--http-timeout", "5s",
+                                                "--log-level", "debug", *extra])
+        self.daemon.wait_ready(self.xdg.socket)
+
+    def restart(self, *extra):
+        self.assertEqual(self.daemon.stop(), 0, self.daemon.output())
+        ALL_LOGS.append(self.daemon.output())
+        self.start(*extra)
+
+    def tearDown(self):
+        if self.daemon.proc.poll() is None:
+            self.assertEqual(self.daemon.stop(), 0, self.daemon.output())
+        ALL_LOGS.append(self.daemon.output())
+        issued = [t["token"] for t in self.up.tokens() if t.get("token")]
+        data_dir = os.path.dirname(self.xdg.db)
+        for f in os.listdir(data_dir):
+            with open(os.path.join(data_dir, f), "rb") as fh:
+                blob = fh.read()
+            for t in issued:
+                self.assertNotIn(t.encode(), blob, f"issued token in {f}")
+        self.xdg.close()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def ctl(self, *args, input=None, env=None, timeout=60):
+        return run_ctl(TOKENCTL, env or self.env, *args, input=input, timeout=timeout)
+
+    def api(self, method, path, body=None):
+        status, text = unix_request(self.xdg.socket, method, path, json.dumps(body) if body is not None else None)
+        try:
+            return status, json.loads(text) if text else None
+        except ValueError:
+            return status, text
+
+    def add_generic(self, name="p", client=WEB_ID, extra=()):
+        args = ["add", name, "--kind", "oauth2", "--client-id", client,
+                "--authorize-url", self.up.authorize_endpoint, "--token-url", self.up.token_url,
+                "--revocation-url", self.up.revocation_url, "--userinfo-url", self.up.userinfo_url,
+                "--redirect-uri", self.redirect, "--scopes", "openid offline_access", *extra]
+        if client == WEB_ID:
+            args += ["--client-secret-file", secret_file(self.xdg.root, "cs", WEB_SECRET)]
+        r = self.ctl(*args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def metric(self, name):
+        status, text = unix_request(self.xdg.socket, "GET", "/v1/metrics")
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def profile(self, name="p"):
+        status, body = self.api("GET", f"/v1/profiles/{name}")
+        self.assertEqual(status, 200, body)
+        return body
+
+    def stored_state(self, name="p"):
+        p = self.profile(name)
+        return (p["state"], p["generation"], p["has_token"], p["has_refresh_token"])
+
+    def start_paste_flow(self, name="p", **body):
+        status, flow = self.api("POST", f"/v1/profiles/{name}/login", {"listen": False, **body})
+        self.assertEqual(status, 200, flow)
+        self.assertEqual(flow["state"], "pending")
+        return flow
+
+    def consent(self, authorize_url):
+        """What the user's browser does at the provider: the redirect Location."""
+        split = urllib.parse.urlsplit(authorize_url)
+        r = self.up.request("GET", split.path + "?" + split.query)
+        self.assertEqual(r.status, 302, r.body[:300])
+        return r.headers["location"]
+
+    def assert_token_works(self, name="p"):
+        r = self.ctl("token", name)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        token = r.stdout.strip()
+        live = {t["token"]: t for t in self.up.tokens() if t.get("token")}
+        self.assertIn(token, live, "tokend serves a token the provider never issued")
+        self.assertTrue(live[token]["valid"], "tokend serves a token the provider no longer accepts")
+        return token
+
+    def authorizations(self):
+        """The parameters of every authorization request the provider saw."""
+        return [e["authorize"]["params"] for e in self.up.log() if e.get("authorize")]
+
+    def browser_runs(self):
+        if not os.path.exists(self.browser_log):
+            return []
+        with open(self.browser_log) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    # -- the whole life of a login: code + PKCE through the loopback listener ------
+
+    def test_code_flow_login_token_refresh_test_logout(self):
+        self.add_generic()
+        r = self.ctl("login", "p")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("Logged in", r.stdout)
+        runs = self.browser_runs()
+        self.assertEqual(len(runs), 1, runs)
+        self.assertEqual(runs[0]["callback_status"], 200, runs[0])
+        self.assertIn("close this tab", runs[0]["callback_body_excerpt"])
+        # PKCE S256 on the authorization request, the verifier on the exchange.
+        authz = self.authorizations()
+        self.assertEqual(len(authz), 1)
+        self.assertEqual(authz[0].get("code_challenge_method"), "S256", authz[0])
+        self.assertFalse(port_open(self.port), "the loopback listener stays open after the login")
+        first = self.assert_token_works()
+        self.assertEqual(self.profile()["state"], "valid")
+        # Refresh with the refresh token the login brought.
+        r = self.ctl("renew", "p")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        second = self.assert_token_works()
+        self.assertNotEqual(first, second)
+        r = self.ctl("test", "p")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        # Logout revokes at the provider and forgets.
+        revocations = self.up.stats()["revocations"]
+        r = self.ctl("logout", "p")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("revoked", r.stdout)
+        self.assertEqual(self.up.stats()["revocations"], revocations + 1)
+        live = {t["token"]: t for t in self.up.tokens() if t.get("token")}
+        self.assertFalse(live[second]["valid"], "logout did not revoke the grant")
+        self.assertEqual(self.profile()["state"], "empty")
+        r = self.ctl("token", "p")
+        self.assertEqual(r.returncode, 4, r.stderr)
+        self.assertIn("tokenctl login p", r.stderr)
+
+    def test_public_client(self):
+        self.add_generic(client=PUBLIC_ID)
+        r = self.ctl("login", "p")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assert_token_works()
+        exchange = [e for e in self.up.log() if e.get("grant_type") == "authorization_code"][-1]
+        self.assertEqual(exchange["client_auth"], "none")
+        r = self.ctl("renew", "p")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    # -- headless -----------------------------------------------------------------------
+
+    def test_headless_paste_with_tokenctl(self):
+        self.add_generic()
+        proc = subprocess.Popen([TOKENCTL, "login", "p", "--no-browser"], env=self.env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            url = None
+            deadline = time.monotonic() + 20
+            while url is None and time.monotonic() < deadline:
+                line = proc.stderr.readline()  # the instructions are for a person: stderr
+                if not line:
+                    break
+                for word in line.split():
+                    if word.startswith(self.up.authorize_endpoint):
+                        url = word
+            self.assertIsNotNone(url, "tokenctl login --no-browser printed no authorize URL")
+            location = self.consent(url)
+            # The listener would catch it too; paste it first, as a person on
+            # another machine would.
+            proc.stdin.write(location + "\n")
+            proc.stdin.flush()
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        self.assertEqual(proc.returncode, 0, out + err)
+        self.assert_token_works()
+
+    def test_paste_bare_code_over_the_api(self):
+        self.add_generic()
+        flow = self.start_paste_flow()
+        self.assertFalse(flow["listening"])
+        self.assertFalse(port_open(self.port))
+        code = redirect_params(self.consent(flow["authorize_url"]))["code"]
+        status, body = self.api("POST", "/v1/profiles/p/login/complete", {"code": code})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["state"], "succeeded")
+        self.assert_token_works()
+        # The same code again: no flow is pending any more.
+        status, body = self.api("POST", "/v1/profiles/p/login/complete", {"code": code})
+        self.assertEqual(status, 409, body)
+
+    # -- failures: each a clear error, nothing stored changed ---------------------------
+
+    def with_existing_token(self):
+        """A profile that already holds a token, so 'nothing changed' is visible."""
+        self.add_generic()
+        r = self.ctl("login", "p")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return self.stored_state(), self.assert_token_works()
+
+    def assert_unchanged(self, before, token):
+        self.assertEqual(self.stored_state(), before)
+        self.assertEqual(self.ctl("token", "p").stdout.strip(), token)
+
+    def test_wrong_state_ends_the_flow(self):
+        before, token = self.with_existing_token()
+        flow = self.start_paste_flow()
+        location = self.consent(flow["authorize_url"])
+        forged = location.replace("state=", "state=x")
+        status, body = self.api("POST", "/v1/profiles/p/login/complete", {"redirect_url": forged})
+        self.assertEqual(status, 400, body)
+        self.assertEqual(body["error"]["code"], "login_failed")
+        self.assertEqual(body["error"]["reason"], "state_mismatch")
+        self.assertIn("state", body["error"]["message"])
+        status, body = self.api("GET", "/v1/profiles/p/login")
+        self.assertEqual(body["state"], "failed")
+        self.assert_unchanged(before, token)
+        # The genuine redirect cannot be used afterwards either.
+        status, body = self.api("POST", "/v1/profiles/p/login/complete", {"redirect_url": location})
+        self.assertEqual(status, 409, body)
+        self.assert_unchanged(before, token)
+
+    def test_replayed_callback(self):
+        self.add_generic()
+        env = dict(self.env, FAKE_BROWSER_MODE="replay")
+        r = self.ctl("login", "p", env=env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        run = self.browser_runs()[0]
+        self.assertEqual(run["callback_status"], 200, run)
+        # The tab reloaded: the listener is gone (or says the sign-in is over).
+        self.assertNotEqual(run.get("replay_status"), 200, run)
+        token = self.assert_token_works()
+        before = self.stored_state()
+        status, body = self.api("POST", "/v1/profiles/p/login/complete", {"redirect_url": run["location"]})
+        self.assertEqual(status, 409, body)
+        self.assertEqual(self.stored_state(), before)
+        self.assertEqual(self.ctl("token", "p").stdout.strip(), token)
+        # The code was exchanged once: the provider did not see a reuse.
+        self.assertEqual([g for g in self.up.grants() if not g["alive"]], [])
+
+    def test_pkce_mismatch(self):
+        before, token = self.with_existing_token()
+        flow = self.start_paste_flow()
+        state = urllib.parse.parse_qs(urllib.parse.urlsplit(flow["authorize_url"]).query)["state"][0]
+        # A code bound to someone else's challenge, delivered with this flow's state.
+        _, other_challenge = make_pkce()
+        r = self.up.authorize(WEB_ID, self.redirect, state=state, scope="openid offline_access",
+                              code_challenge=other_challenge)
+        self.assertEqual(r.status, 302)
+        status, body = self.api("POST", "/v1/profiles/p/login/complete", {"redirect_url": r.headers["location"]})
+        self.assertEqual(status, 400, body)
+        self.assertEqual(body["error"]["reason"], "invalid_grant", body)
+        self.assertIn("PKCE", body["error"]["message"])
+        self.assert_unchanged(before, token)
+
+    def test_denied_consent(self):
+        before, token = self.with_existing_token()
+        self.up.config(consent="deny")
+        r = self.ctl("login", "p")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("access_denied", r.stderr)
+        # tokenctl does not wait for the browser: wait for its log line.
+        wait_for(lambda: len(self.browser_runs()) == 2, "the browser's second run")
+        self.assertEqual(self.browser_runs()[-1]["callback_status"], 400)
+        self.assert_unchanged(before, token)
+        status, body = self.api("GET", "/v1/profiles/p/login")
+        self.assertEqual(body["error"]["reason"], "access_denied")
+
+    def test_expired_flow(self):
+        self.restart("--login-timeout", "1s")
+        before, token = self.with_existing_token()
+        flow = self.api("POST", "/v1/profiles/p/login", {})[1]
+        self.assertTrue(flow["listening"])
+        self.assertTrue(port_open(self.port))
+        status, body = self.api("GET", "/v1/profiles/p/login?wait=30")
+        self.assertEqual(body["state"], "expired", body)
+        self.assertIn("in time", body["error"]["message"])
+        wait_for(lambda: not port_open(self.port), "the listener to close after expiry")
+        self.assert_unchanged(before, token)
+
+    def test_taken_port(self):
+        before, token = self.with_existing_token()
+        with socket.socket() as squatter:
+            # (The last login's connection may linger in TIME_WAIT on the port.)
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", self.port))
+            squatter.listen(1)
+            status, body = self.api("POST", "/v1/profiles/p/login", {})
+            self.assertEqual(status, 409, body)
+            self.assertIn(f"127.0.0.1:{self.port}", body["error"]["message"])
+            self.assertIn("--redirect-uri", body["error"]["message"])
+            r = self.ctl("login", "p")
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("in use", r.stderr)
+        self.assert_unchanged(before, token)
+
+    def test_cancel(self):
+        self.add_generic()
+        self.api("POST", "/v1/profiles/p/login", {})
+        self.assertTrue(port_open(self.port))
+        status, _ = self.api("DELETE", "/v1/profiles/p/login")
+        self.assertEqual(status, 204)
+        self.assertFalse(port_open(self.port))
+        self.assertEqual(self.api("GET", "/v1/profiles/p/login")[1]["state"], "cancelled")
+
+    # -- device flow ----------------------------------------------------------------------
+
+    def test_device_flow_through_slow_down(self):
+        self.add_generic(extra=["--device-authorization-url", self.up.device_authorization_url])
+        self.up.config(device_interval=1)
+        self.up.force_slow_down(count=1)
+        proc = subprocess.Popen([TOKENCTL, "login", "p", "--device", "--no-browser"], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            status, flow = None, None
+
+            def pending():
+                nonlocal status, flow
+                status, flow = self.api("GET", "/v1/profiles/p/login")
+                return flow.get("state") == "pending" and "user_code" in flow
+            wait_for(pending, "the device flow to start")
+            code = flow["user_code"]
+            wait_for(lambda: self.up.device(code)["slow_downs"] >= 1, "tokend to be told to slow down")
+            self.up.approve_device(code)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        self.assertEqual(proc.returncode, 0, out + err)
+        self.assertIn(code, out + err)
+        dev = self.up.device(code)
+        # After slow_down the poll spacing grew by at least 5 s (RFC 8628 §3.5).
+        self.assertGreaterEqual(dev["poll_spacings"][-1], 5.0, dev)
+        self.assert_token_works()
+        r = self.ctl("renew", "p")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.ctl("logout", "p")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_device_flow_denied(self):
+        self.add_generic(extra=["--device-authorization-url", self.up.device_authorization_url])
+        self.up.config(device_interval=1)
+        status, flow = self.api("POST", "/v1/profiles/p/login", {"flow": "device"})
+        self.assertEqual(status, 200, flow)
+        self.up.deny_device(flow["user_code"])
+        status, body = self.api("GET", "/v1/profiles/p/login?wait=30")
+        self.assertEqual(body["state"], "failed", body)
+        self.assertEqual(body["error"]["reason"], "access_denied")
+        self.assertFalse(self.profile()["has_token"])
+
+    def test_device_flow_needs_an_endpoint(self):
+        self.add_generic()
+        status, body = self.api("POST", "/v1/profiles/p/login", {"flow": "device"})
+        self.assertEqual(status, 400, body)
+        self.assertIn("device", body["error"]["message"])
+
+    # -- discovery and providers -------------------------------------------------------------
+
+    def test_issuer_discovery(self):
+        for issuer in (self.up.issuer, self.up.tenant_issuer):
+            with self.subTest(issuer=issuer):
+                r = self.ctl("add", "d", "--kind", "oauth2", "--issuer", issuer, "--client-id", WEB_ID,
+                             "--client-secret-file", secret_file(self.xdg.root, "cs", WEB_SECRET),
+                             "--redirect-uri", self.redirect, "--scopes", "openid offline_access")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                r = self.ctl("login", "d")
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assert_token_works("d")
+                discovered = self.profile("d")["config"]["discovered"]
+                self.assertEqual(discovered["issuer"], issuer)
+                self.assertEqual(discovered["token_endpoint"], self.up.token_url)
+                r = self.ctl("renew", "d")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                r = self.ctl("test", "d")
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.ctl("remove", "d")
+
+    def test_mcp_discovery_registration_reused_across_restart(self):
+        for challenge_only in (False, True):
+            with self.subTest(challenge_only=challenge_only):
+                self.up.config(prm_via_challenge_only=challenge_only)
+                registrations = self.up.stats()["registrations"]
+                r = self.ctl("add", "m", "--kind", "oauth2", "--provider", "mcp", "--mcp-server", self.up.mcp_url,
+                             "--redirect-uri", self.redirect)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                r = self.ctl("login", "m")
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                token = self.assert_token_works("m")
+                self.assertEqual(self.up.stats()["registrations"], registrations + 1)
+                # The token is for the MCP server (RFC 8707 resource).
+                self.assertEqual(self.up.mcp_request(token).status, 200)
+                authz = self.authorizations()[-1]
+                self.assertEqual(authz.get("resource"), self.up.mcp_url, authz)
+                self.assertIn("offline_access", authz.get("scope", ""))
+                config = self.profile("m")["config"]
+                self.assertTrue(config["client_registered"])
+                # Restart, log in again: the registration is reused.
+                self.restart()
+                r = self.ctl("login", "m")
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assertEqual(self.up.stats()["registrations"], registrations + 1)
+                self.assertEqual(self.profile("m")["config"]["client_id"], config["client_id"])
+                r = self.ctl("renew", "m")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(self.up.mcp_request(self.assert_token_works("m")).status, 200)
+                r = self.ctl("logout", "m")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.ctl("remove", "m")
+
+    def add_atlassian(self, name="a", site=None):
+        args = ["add", name, "--kind", "oauth2", "--provider", "atlassian", "--client-id", ATLASSIAN_ID,
+                "--client-secret-file", secret_file(self.xdg.root, "cs", WEB_SECRET),
+                "--authorize-url", self.up.authorize_endpoint, "--token-url", self.up.token_url,
+                "--api-base", self.up.base_url, "--redirect-uri", self.redirect, "--scopes", "read:jira-work"]
+        if site:
+            args += ["--site", site]
+        r = self.ctl(*args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_atlassian_preset(self):
+        self.up.config(require_offline_access=True)
+        self.add_atlassian()
+        r = self.ctl("login", "a")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        authz = self.authorizations()[-1]
+        self.assertEqual(authz.get("audience"), "api.atlassian.com")
+        self.assertEqual(authz.get("prompt"), "consent")
+        self.assertIn("offline_access", authz.get("scope", "").split())
+        exchange = [e for e in self.up.log() if e.get("grant_type") == "authorization_code"][-1]
+        self.assertIn("json", exchange["content_type"])  # Atlassian documents a JSON body
+        p = self.profile("a")
+        self.assertTrue(p["has_refresh_token"])
+        self.assertEqual(p["config"]["cloud_id"], "11111111-1111-1111-1111-111111111111")
+        self.assert_token_works("a")
+        r = self.ctl("renew", "a")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.ctl("test", "a")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("acme", r.stdout)
+
+    def test_atlassian_several_sites(self):
+        sites = [{"id": "c1", "url": "https://one.atlassian.net", "name": "one"},
+                 {"id": "c2", "url": "https://two.atlassian.net", "name": "two"}]
+        self.up.set_sites(sites)
+        self.add_atlassian()
+        r = self.ctl("login", "a")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("https://one.atlassian.net", r.stderr)
+        self.assertIn("https://two.atlassian.net", r.stderr)
+        self.assertNotIn("cloud_id", self.profile("a")["config"])
+        # With the site named, the login picks its cloud id.
+        self.add_atlassian(site="https://two.atlassian.net")
+        r = self.ctl("login", "a")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.profile("a")["config"]["cloud_id"], "c2")
+
+    # -- re-authentication -------------------------------------------------------------------
+
+    def test_reauth_notify_and_token_wait(self):
+        marker = os.path.join(self.xdg.root, "notified")
+        self.restart("--notify-command", f'echo "$TOKEND_PROFILE|$TOKEND_LOGIN_COMMAND" >> {marker}')
+        self.add_generic()
+        r = self.ctl("login", "p")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        for g in self.up.grants():
+            self.up.revoke_grant(g["grant_id"])
+        r = self.ctl("renew", "p")
+        self.assertEqual(r.returncode, 4, r.stderr)
+        wait_for(lambda: os.path.exists(marker) and open(marker).read().strip(), "the notify command to run")
+        self.assertEqual(open(marker).read().strip(), "p|tokenctl login p")
+        status, body = self.api("GET", "/v1/profiles/p/token")
+        self.assertEqual(status, 401)
+        self.assertEqual(body["error"]["code"], "reauth_required")
+        self.assertEqual(body["error"]["command"], "tokenctl login p")
+        # A script waiting for the token gets it as soon as the login is done.
+        waiter = subprocess.Popen([TOKENCTL, "token", "p", "--wait", "60"], env=self.env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: self.metric("tokend_waiting_requests") == 1, "the token request to wait")
+            r = self.ctl("login", "p")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            out, err = waiter.communicate(timeout=30)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+        self.assertEqual(waiter.returncode, 0, err)
+        live = {t["token"] for t in self.up.tokens() if t.get("token")}
+        self.assertIn(out.strip(), live)
+
+    # -- import -------------------------------------------------------------------------------
+
+    def test_import_dotenv_written_by_python_dotenv(self):
+        g = self.up.add_grant(WEB_ID, access_lifetime=3600)
+        env_file = os.path.join(self.xdg.root, ".env")
+        # python-dotenv's set_key writes KEY='value' lines; scripts add comments.
+        with open(env_file, "w") as f:
+            f.write("# Jira OAuth (managed by jira_token_manager.py)\n"
+                    f"JIRA_OAUTH_CLIENT_ID='{WEB_ID}'\n"
+                    f"JIRA_OAUTH_CLIENT_SECRET='{WEB_SECRET}'\n"
+                    f"JIRA_OAUTH_REDIRECT_URI='{self.redirect}'\n"
+                    "\n"
+                    f"JIRA_OAUTH_ACCESS_TOKEN='{g['access_token']}'\n"
+                    f"export JIRA_OAUTH_REFRESH_TOKEN=\"{g['refresh_token']}\"\n"
+                    "JIRA_URL=https://acme.atlassian.net  # the site\n")
+        os.chmod(env_file, 0o600)
+        r = self.ctl("import", "j", "--dotenv", env_file, "--provider", "generic", "--token-url", self.up.token_url,
+                     "--token-endpoint-auth", "client_secret_basic")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        for secret in (WEB_SECRET, g["access_token"], g["refresh_token"]):
+            self.assertNotIn(secret, r.stdout + r.stderr)
+        p = self.profile("j")
+        self.assertTrue(p["has_refresh_token"])
+        self.assertEqual(p["config"]["client_id"], WEB_ID)
+        r = self.ctl("renew", "j")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotEqual(self.assert_token_works("j"), g["access_token"])
+
+    def test_import_bad_dotenv_changes_nothing(self):
+        env_file = os.path.join(self.xdg.root, ".env")
+        with open(env_file, "w") as f:
+            f.write("JIRA_OAUTH_CLIENT_ID=x\nthis line is not an assignment SECRET-VALUE\n")
+        r = self.ctl("import", "j", "--dotenv", env_file)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("line 2", r.stderr)
+        self.assertNotIn("SECRET-VALUE", r.stderr)
+        status, _ = self.api("GET", "/v1/profiles/j")
+        self.assertEqual(status, 404)
+
+
+if __name__ == "__main__":
+    unittest.main()
