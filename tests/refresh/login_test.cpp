@@ -1,0 +1,391 @@
+// Login pieces: PKCE against the RFC 7636 known-answer vector, discovery URL
+// rules, challenge and metadata checks, token requests, and the login
+// manager's flows with a fake clock, timer, transport and listener.
+#include <spdlog/spdlog.h>
+
+#include <catch2/catch_test_macros.hpp>
+
+#include "core/encoding.hpp"
+#include "refresh/discovery.hpp"
+#include "refresh/fake_transport.hpp"
+#include "refresh/login.hpp"
+#include "refresh/oauth.hpp"
+#include "refresh/pkce.hpp"
+#include "store/store_support.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace tokend;
+using namespace tokend::refresh;
+using namespace std::chrono_literals;
+using json::Json;
+
+TEST_CASE("PKCE S256 matches RFC 7636 appendix B", "[login]") {
+  const unsigned char octets[32] = {116, 24, 223, 180, 151, 153, 224, 37, 79, 250, 96, 125, 216, 173, 187, 186,
+                                    22, 212, 37, 77, 105, 214, 191, 240, 91, 88, 5, 88, 83, 132, 141, 121};
+  const auto p = make_pkce(std::string_view(reinterpret_cast<const char*>(octets), sizeof octets));
+  CHECK(p.verifier.reveal() == "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
+  CHECK(p.challenge == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+  auto r = random_urlsafe(32);
+  REQUIRE(r);
+  CHECK(r->reveal().size() == 43);
+}
+
+TEST_CASE("metadata URLs follow RFC 8414 and OIDC", "[login]") {
+  auto root = metadata_urls("https://as.example.com");
+  REQUIRE(root);
+  CHECK(*root == std::vector<std::string>{"https://as.example.com/.well-known/oauth-authorization-server",
+                                          "https://as.example.com/.well-known/openid-configuration"});
+  auto path = metadata_urls("https://as.example.com:8443/tenant/");
+  REQUIRE(path);
+  CHECK(*path == std::vector<std::string>{"https://as.example.com:8443/.well-known/oauth-authorization-server/tenant",
+                                          "https://as.example.com:8443/.well-known/openid-configuration/tenant",
+                                          "https://as.example.com:8443/tenant/.well-known/openid-configuration"});
+  CHECK_FALSE(metadata_urls("ftp://as.example.com"));
+  CHECK_FALSE(metadata_urls("https://as.example.com/?x=1"));
+  auto prm = protected_resource_urls("https://mcp.example.com/v1/mcp");
+  REQUIRE(prm);
+  CHECK(*prm == std::vector<std::string>{"https://mcp.example.com/.well-known/oauth-protected-resource/v1/mcp",
+                                         "https://mcp.example.com/.well-known/oauth-protected-resource"});
+}
+
+TEST_CASE("resource_metadata is read from a Bearer challenge", "[login]") {
+  struct Case {
+    std::string header;
+    std::optional<std::string> want;
+  };
+  const Case cases[] = {
+      {R"(Bearer resource_metadata="https://x/.well-known/oauth-protected-resource")",
+       "https://x/.well-known/oauth-protected-resource"},
+      {R"(Bearer realm="mcp", error="invalid_token", resource_metadata="https://x/m")", "https://x/m"},
+      {R"(bearer Resource_Metadata=https://x/m)", "https://x/m"},
+      {R"(Bearer realm="a\"b", resource_metadata="https://x/m")", "https://x/m"},
+      {R"(Basic realm="x")", std::nullopt},
+      {R"(Bearer realm="x")", std::nullopt},
+      {R"(Bearer resource_metadata="unterminated)", std::nullopt},
+      {"", std::nullopt},
+      {"Bearer", std::nullopt},
+  };
+  for (const auto& c : cases) {
+    INFO(c.header);
+    CHECK(resource_metadata_of(c.header) == c.want);
+  }
+}
+
+TEST_CASE("server metadata must name the issuer asked for and use https", "[login]") {
+  Json good = {{"issuer", "https://as.example.com"},
+               {"authorization_endpoint", "https://as.example.com/authorize"},
+               {"token_endpoint", "https://as.example.com/token"},
+               {"scopes_supported", {"openid", "offline_access"}}};
+  auto ok = check_server_metadata(good, "https://as.example.com");
+  REQUIRE(ok);
+  CHECK((*ok)["token_endpoint"] == "https://as.example.com/token");
+  CHECK((*ok)["scopes_supported"].size() == 2);
+
+  Json other = good;
+  other["issuer"] = "https://evil.example.com";
+  auto mismatch = check_server_metadata(other, "https://as.example.com");
+  REQUIRE_FALSE(mismatch);
+  CHECK(mismatch.error().message.find("evil.example.com") != std::string::npos);
+
+  Json plain = good;
+  plain["token_endpoint"] = "http://as.example.com/token";
+  CHECK_FALSE(check_server_metadata(plain, "https://as.example.com"));
+  Json none = good;
+  none.erase("token_endpoint");
+  CHECK_FALSE(check_server_metadata(none, "https://as.example.com"));
+  CHECK_FALSE(check_server_metadata(Json::array(), "https://as.example.com"));
+}
+
+TEST_CASE("protected resource metadata must be for the server asked about", "[login]") {
+  Json prm = {{"resource", "https://mcp.example.com/mcp"}, {"authorization_servers", {"https://as.example.com"}}};
+  auto ok = check_resource_metadata(prm, "https://MCP.example.com/mcp/");
+  REQUIRE(ok);
+  CHECK(ok->authorization_servers.front() == "https://as.example.com");
+  CHECK_FALSE(check_resource_metadata(prm, "https://other.example.com/mcp"));
+  Json no_as = {{"resource", "https://mcp.example.com/mcp"}};
+  CHECK_FALSE(check_resource_metadata(no_as, "https://mcp.example.com/mcp"));
+  Json bad_as = {{"resource", "https://mcp.example.com/mcp"}, {"authorization_servers", {"http://as.example.com"}}};
+  CHECK_FALSE(check_resource_metadata(bad_as, "https://mcp.example.com/mcp"));
+}
+
+TEST_CASE("token requests carry client auth and the RFC 8707 resource", "[login]") {
+  TokenEndpoint e;
+  e.token_url = "https://as.example.com/token";
+  e.client_id = "cid";
+  e.client_secret = Secret(std::string_view("s e/cret"));
+  e.resource = "https://mcp.example.com/mcp";
+  e.auth = ClientAuth::post;
+  auto r = make_token_request(e, {{"grant_type", "authorization_code"}, {"code", "c&1"}}, 5s);
+  CHECK(r.body.reveal() ==
+        "grant_type=authorization_code&code=c%261&client_id=cid&client_secret=s+e%2Fcret&resource=https%3A%2F%2Fmcp."
+        "example.com%2Fmcp");
+  e.auth = ClientAuth::basic;
+  e.json_body = true;
+  r = make_token_request(e, {{"grant_type", "authorization_code"}, {"code", "c"}}, 5s);
+  auto j = json::parse(r.body.reveal(), "body");
+  REQUIRE(j);
+  CHECK((*j)["resource"] == "https://mcp.example.com/mcp");
+  CHECK_FALSE(j->contains("client_secret"));
+  bool basic = false;
+  for (const auto& [k, v] : r.headers) basic = basic || (k == "Authorization" && v.starts_with("Basic "));
+  CHECK(basic);
+}
+
+// --- the login manager ----------------------------------------------------------
+
+namespace {
+
+class FakeListener final : public CallbackListener {
+ public:
+  explicit FakeListener(bool* open) : m_open(open) { *m_open = true; }
+  ~FakeListener() override { *m_open = false; }
+  FakeListener(const FakeListener&) = delete;
+  FakeListener& operator=(const FakeListener&) = delete;
+
+ private:
+  bool* m_open;
+};
+
+class FakeCallbacks final : public CallbackPort {
+ public:
+  bool open = false;
+  bool taken = false;
+  std::uint16_t port = 0;
+  Handler handler;
+  Result<std::unique_ptr<CallbackListener>> listen(const std::string&, std::uint16_t p, Handler h) override {
+    if (taken) return fail(Errc::conflict, "the redirect URI's address 127.0.0.1:" + std::to_string(p) + " is in use");
+    port = p;
+    handler = std::move(h);
+    return std::unique_ptr<CallbackListener>(std::make_unique<FakeListener>(&open));
+  }
+  // What the browser gets back (filled in when tokend answers, maybe later).
+  std::shared_ptr<std::optional<CallbackReply>> hit(const std::string& path, const std::string& query) {
+    auto out = std::make_shared<std::optional<CallbackReply>>();
+    handler({"GET", path, query}, [out](CallbackReply r) { *out = std::move(r); });
+    return out;
+  }
+};
+
+struct LoginRig {
+  test::TempDir dir;
+  FakeClock clock;
+  store::Store store;
+  EventBus events;
+  FakeTimerPort engine_timer{clock};
+  FakeTimerPort login_timer{clock};
+  FakeTransport http;
+  FakeCallbacks callbacks;
+  std::unique_ptr<TokenService> tokens;
+  std::unique_ptr<LoginManager> login;
+  std::vector<Event> seen;
+  EventBus::Subscription sub;
+
+  LoginRig() : store(*store::Store::open(dir / "t.db", test::random_raw_key(), clock)) {
+    spdlog::set_level(spdlog::level::off);
+    sub = events.subscribe([this](const Event& e) { seen.push_back(e); });
+    tokens = std::make_unique<TokenService>(store, clock, events, engine_timer, http, EngineOptions{});
+    REQUIRE(tokens->load());
+    LoginOptions o;
+    o.random = [n = 0](std::size_t) mutable { return Result<Secret>(Secret("fixed-random-value-" + std::to_string(++n) + "-padded-to-forty-three-chars")); };
+    login = std::make_unique<LoginManager>(*tokens, clock, events, login_timer, http, &callbacks, o);
+  }
+  ~LoginRig() {
+    login->shutdown();
+    tokens->shutdown();
+  }
+
+  void add(Json body) {
+    auto spec = parse_profile_spec("p", body, to_unix_ms(clock.wall_now()));
+    REQUIRE(spec);
+    REQUIRE(tokens->put_profile(std::move(*spec)));
+  }
+  Json start(LoginRequest req = {}) {
+    std::optional<Result<Json>> got;
+    login->start("p", req, [&](Result<Json> r) { got = std::move(r); });
+    REQUIRE(got.has_value());
+    REQUIRE(got->has_value());
+    return **got;
+  }
+  std::string param(const std::string& url, const std::string& name) {
+    auto q = parse_query(url.substr(url.find('?') + 1));
+    for (const auto& [k, v] : *q) {
+      if (k == name) return v;
+    }
+    return {};
+  }
+  std::string last_body() { return std::string(http.pending.back().request.body.reveal()); }
+};
+
+const Json k_generic = {{"kind", "oauth2"},
+                        {"client_id", "cid"},
+                        {"authorize_url", "https://as.example.com/authorize"},
+                        {"token_url", "https://as.example.com/token"},
+                        {"device_authorization_url", "https://as.example.com/device"},
+                        {"redirect_uri", "http://127.0.0.1:8765/cb"}};
+
+std::string tokens_json() {
+  return R"({"access_token":"at-1","refresh_token":"rt-1","token_type":"Bearer","expires_in":3600})";
+}
+
+}  // namespace
+
+TEST_CASE("a code flow: listener, state, PKCE, exchange, stored, listener closed", "[login]") {
+  LoginRig rig;
+  rig.add(k_generic);
+  const Json flow = rig.start();
+  CHECK(flow["state"] == "pending");
+  CHECK(flow["listening"] == true);
+  CHECK(rig.callbacks.open);
+  CHECK(rig.callbacks.port == 8765);
+  const std::string url = flow["authorize_url"];
+  const std::string state = rig.param(url, "state");
+  CHECK(rig.param(url, "code_challenge_method") == "S256");
+  CHECK(rig.param(url, "redirect_uri") == "http://127.0.0.1:8765/cb");
+
+  // Another path gets 404 and changes nothing.
+  auto other = rig.callbacks.hit("/favicon.ico", "");
+  REQUIRE(*other);
+  CHECK((*other)->status == 404);
+
+  auto reply = rig.callbacks.hit("/cb", "code=abc&state=" + form_encode(state));
+  CHECK_FALSE(*reply);  // answered after the exchange
+  REQUIRE(rig.http.pending.size() == 1);
+  const std::string body = rig.last_body();
+  const std::string verifier = rig.param("?" + body, "code_verifier");
+  CHECK(pkce_challenge(verifier) == rig.param(url, "code_challenge"));
+  CHECK(rig.param("?" + body, "code") == "abc");
+  // A replayed redirect while the exchange runs is refused.
+  auto replay = rig.callbacks.hit("/cb", "code=abc&state=" + form_encode(state));
+  REQUIRE(*replay);
+  CHECK((*replay)->status == 409);
+
+  rig.http.reply(200, tokens_json());
+  REQUIRE(*reply);
+  CHECK((*reply)->status == 200);
+  CHECK(rig.login->status("p")["state"] == "succeeded");
+  CHECK_FALSE(rig.callbacks.open);
+  auto grant = rig.tokens->token("p", {});
+  REQUIRE(grant);
+  CHECK(grant->token.reveal() == "at-1");
+  CHECK(std::any_of(rig.seen.begin(), rig.seen.end(), [](const Event& e) { return e.type == "login_succeeded"; }));
+}
+
+TEST_CASE("a wrong state or an error redirect ends the flow and stores nothing", "[login]") {
+  for (const std::string query : {"code=abc&state=forged", "code=abc", "error=access_denied&error_description=no"}) {
+    INFO(query);
+    LoginRig rig;
+    rig.add(k_generic);
+    const std::string state = rig.param(rig.start()["authorize_url"], "state");
+    // An error redirect carries the right state: the provider refused.
+    auto reply = rig.callbacks.hit("/cb", query.starts_with("error") ? query + "&state=" + form_encode(state) : query);
+    REQUIRE(*reply);
+    CHECK((*reply)->status == 400);
+    CHECK(rig.http.pending.empty());  // no exchange attempted
+    const Json s = rig.login->status("p");
+    CHECK(s["state"] == "failed");
+    CHECK(s["error"]["reason"] == (query.starts_with("error") ? "access_denied" : "state_mismatch"));
+    CHECK_FALSE(rig.callbacks.open);
+    CHECK(rig.store.get_credential("p")->generation == 0);
+    CHECK_FALSE(rig.tokens->token("p", {}));
+  }
+}
+
+TEST_CASE("a rejected code (PKCE mismatch, reuse) ends the flow with invalid_grant", "[login]") {
+  LoginRig rig;
+  rig.add(k_generic);
+  rig.start({.device = false, .listen = false});
+  CHECK_FALSE(rig.callbacks.open);
+  std::optional<Result<Json>> done;
+  rig.login->complete("p", Json{{"code", "abc"}}, [&](Result<Json> r) { done = std::move(r); });
+  rig.http.reply(400, R"({"error":"invalid_grant","error_description":"PKCE verification failed"})");
+  REQUIRE(done.has_value());
+  REQUIRE(done->has_value());
+  CHECK((**done)["state"] == "failed");
+  CHECK((**done)["error"]["reason"] == "invalid_grant");
+  CHECK(rig.store.get_credential("p")->generation == 0);
+}
+
+TEST_CASE("a flow expires on the fake clock and closes its listener", "[login]") {
+  LoginRig rig;
+  rig.add(k_generic);
+  rig.start();
+  CHECK(rig.callbacks.open);
+  rig.clock.advance(599s);
+  CHECK_FALSE(rig.login_timer.fire_due());
+  rig.clock.advance(2s);
+  CHECK(rig.login_timer.fire_due());
+  CHECK(rig.login->status("p")["state"] == "expired");
+  CHECK_FALSE(rig.callbacks.open);
+}
+
+TEST_CASE("a taken port fails the start and leaves no flow", "[login]") {
+  LoginRig rig;
+  rig.add(k_generic);
+  rig.callbacks.taken = true;
+  std::optional<Result<Json>> got;
+  rig.login->start("p", {}, [&](Result<Json> r) { got = std::move(r); });
+  REQUIRE(got.has_value());
+  REQUIRE_FALSE(got->has_value());
+  CHECK(got->error().code == Errc::conflict);
+  CHECK(got->error().message.find("--redirect-uri") != std::string::npos);
+  CHECK(rig.login->status("p")["state"] == "none");
+}
+
+TEST_CASE("the device flow polls at the interval, slows down by 5 s, then stores", "[login]") {
+  LoginRig rig;
+  rig.add(k_generic);
+  std::optional<Result<Json>> got;
+  rig.login->start("p", {.device = true, .listen = true}, [&](Result<Json> r) { got = std::move(r); });
+  REQUIRE(rig.http.pending.size() == 1);
+  rig.http.reply(200, R"({"device_code":"dc","user_code":"ABCD-EFGH","verification_uri":"https://as.example.com/d",)"
+                      R"("expires_in":600,"interval":2})");
+  REQUIRE(got.has_value());
+  REQUIRE(got->has_value());
+  CHECK((**got)["user_code"] == "ABCD-EFGH");
+  CHECK(rig.http.pending.empty());
+
+  rig.clock.advance(1s);
+  CHECK_FALSE(rig.login_timer.fire_due());
+  rig.clock.advance(1s);
+  CHECK(rig.login_timer.fire_due());
+  REQUIRE(rig.http.pending.size() == 1);
+  CHECK(rig.last_body().find("device_code=dc") != std::string::npos);
+  rig.http.reply(400, R"({"error":"slow_down"})");
+  // Now every 7 s.
+  rig.clock.advance(6s);
+  CHECK_FALSE(rig.login_timer.fire_due());
+  rig.clock.advance(1s);
+  CHECK(rig.login_timer.fire_due());
+  rig.http.reply(400, R"({"error":"authorization_pending"})");
+  rig.clock.advance(7s);
+  CHECK(rig.login_timer.fire_due());
+  rig.http.reply(200, tokens_json());
+  CHECK(rig.login->status("p")["state"] == "succeeded");
+  CHECK(rig.tokens->token("p", {}));
+}
+
+TEST_CASE("device flow: expired_token and access_denied end it", "[login]") {
+  for (const std::string error : {"expired_token", "access_denied"}) {
+    LoginRig rig;
+    rig.add(k_generic);
+    rig.login->start("p", {.device = true, .listen = true}, [](Result<Json>) {});
+    rig.http.reply(200, R"({"device_code":"dc","user_code":"U","verification_uri":"https://as.example.com/d"})");
+    rig.clock.advance(5s);
+    REQUIRE(rig.login_timer.fire_due());
+    rig.http.reply(400, R"({"error":")" + error + R"("})");
+    const Json s = rig.login->status("p");
+    CHECK(s["error"]["reason"] == error);
+    CHECK(rig.http.pending.empty());
+    CHECK_FALSE(rig.login_timer.fire_due());
+  }
+}
+
+TEST_CASE("a verification_uri that is not https is refused", "[login]") {
+  LoginRig rig;
+  rig.add(k_generic);
+  std::optional<Result<Json>> got;
+  rig.login->start("p", {.device = true, .listen = true}, [&](Result<Json> r) { got = std::move(r); });
+  rig.http.reply(200, R"J({"device_code":"dc","user_code":"U","verification_uri":"javascript:alert(1)"})J");
+  REQUIRE(got.has_value());
+  CHECK_FALSE(got->has_value());
+}
