@@ -766,7 +766,10 @@ void LoginManager::complete(const std::string& name, const Json& body, JsonCallb
     // What the browser's address bar showed: take the query apart.
     std::string_view u = redirect_url;
     const auto qpos = u.find('?');
-    std::string_view query = qpos == std::string_view::npos ? std::string_view{} : u.substr(qpos + 1);
+    // A bare "code=...&state=..." (the query alone) is taken too.
+    std::string_view query = qpos != std::string_view::npos ? u.substr(qpos + 1)
+                             : u.find("://") == std::string_view::npos ? u
+                                                                       : std::string_view{};
     if (const auto hash = query.find('#'); hash != std::string_view::npos) query = query.substr(0, hash);
     auto q = parse_query(query);
     if (!q) {
