@@ -21,6 +21,7 @@
 #include "net/http_client.hpp"
 #include "net/loop.hpp"
 #include "refresh/timer_port.hpp"
+#include "proxy/proxy.hpp"
 #include "refresh/events.hpp"
 #include "refresh/login.hpp"
 #include "refresh/token_service.hpp"
@@ -110,9 +111,11 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
     login_options.http_timeout = config.http_timeout;
     refresh::LoginManager login(tokens, clock, events, login_timer, http, &callbacks, login_options);
     Notifier notifier(loop, events, config.notify_command);
+    proxy::Proxy proxy(loop, tokens, http, *store, clock, proxy::ProxyOptions{});
     ipc::Router router;
     ipc::Api api(loop, tokens, events, *store, clock, {std::string(version()), config.heartbeat});
     api.set_login(&login);
+    api.set_proxy(&proxy);
     api.register_routes(router);
     ipc::Server server(loop, router, config.limits);
     api.set_server(&server);
@@ -147,6 +150,7 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
       notify("STOPPING=1");
       api.close();
       login.shutdown();
+      proxy.shutdown();
       notifier.close();
       tokens.shutdown();
       http.close();

@@ -1,5 +1,7 @@
 #include "ipc/api.hpp"
 
+#include <strings.h>
+
 #include <algorithm>
 #include <charconv>
 
@@ -428,6 +430,60 @@ void Api::register_routes(Router& router) {
     m_login->test(name, respond_json(ex, name));
   });
 
+  // --- the proxy (DESIGN §8) ---
+  auto forward = [this](const std::shared_ptr<Exchange>& ex) {
+    if (m_proxy == nullptr) return ex->respond(Response::error(503, "unavailable", "the proxy is not available"));
+    const Request& req = ex->request();
+    proxy::ProxyCall call;
+    call.profile = std::string(ex->param("name"));
+    call.method = req.method;
+    call.rest = std::string(ex->param("rest"));
+    if (const auto q = req.target.find('?'); q != std::string::npos) call.raw_query = req.target.substr(q + 1);
+    call.headers = req.headers;
+    call.body = req.body;
+    call.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
+    call.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
+    if (auto wait = req.header("x-tokend-retry-wait")) {
+      std::int64_t n = -1;
+      const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), n);
+      if (ec != std::errc{} || end != wait->data() + wait->size() || n < 0 || n > 60) {
+        return ex->respond(Response::error(400, "invalid_argument", "X-Tokend-Retry-Wait must be a number of seconds from 0 to 60"));
+      }
+      call.retry_wait_s = n;
+    }
+    const std::string name = call.profile;
+    m_proxy->forward(std::move(call), [ex, name](std::expected<proxy::ProxyResult, proxy::ProxyError> r) {
+      if (!r) {
+        const Error& e = r.error().error;
+        switch (e.code) {
+          case Errc::permission: return ex->respond(Response::error(403, "policy_denied", e.message));
+          case Errc::limit_exceeded: {
+            auto res = Response::error(429, "rate_limited", e.message);
+            if (r.error().retry_after) {
+              res.headers.emplace_back("Retry-After", std::to_string((r.error().retry_after->count() + 999) / 1000));
+            }
+            return ex->respond(std::move(res));
+          }
+          case Errc::transient: return ex->respond(Response::error(502, "upstream_unreachable", e.message));
+          case Errc::timeout: return ex->respond(Response::error(504, "upstream_timeout", e.message));
+          case Errc::reauth_required: return ex->respond(reauth_error(e, name));
+          default: return ex->respond(error_response(e));
+        }
+      }
+      Response res;
+      res.status = r->status;
+      for (auto& [k, v] : r->headers) {
+        if (k.size() == 6 && ::strncasecmp(k.data(), "server", 6) == 0) continue;
+        res.headers.emplace_back(std::move(k), std::move(v));
+      }
+      res.body = std::move(r->body);
+      ex->respond(std::move(res));
+    });
+  };
+  for (const char* method : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}) {
+    router.add(method, "/v1/proxy/{name}/{rest...}", forward);
+  }
+
   router.add("GET", "/v1/events", [this](const std::shared_ptr<Exchange>& ex) {
     std::optional<std::string> only;
     if (auto p = ex->request().query_param("profile")) only = std::string(*p);
@@ -505,6 +561,22 @@ void Api::register_routes(Router& router) {
     out += fmt::format("tokend_refreshes_in_flight_peak {}\n", es.peak_in_flight);
     metric("tokend_event_streams", "gauge", "Open /v1/events streams.");
     out += fmt::format("tokend_event_streams {}\n", m_streams->size());
+    if (m_proxy != nullptr) {
+      const auto& ps = m_proxy->stats();
+      metric("tokend_proxy_requests_total", "counter", "Proxied calls by profile and upstream status (0: no answer).");
+      for (const auto& [profile, statuses] : ps.by_profile_status) {
+        for (const auto& [status, n] : statuses) {
+          out += fmt::format("tokend_proxy_requests_total{{profile=\"{}\",status=\"{}\"}} {}\n", escape_label(profile), status, n);
+        }
+      }
+      metric("tokend_proxy_latency_seconds", "histogram", "Latency of proxied calls as tokend saw them.");
+      for (std::size_t i = 0; i < ps.bucket_bounds.size(); ++i) {
+        out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"{}\"}} {}\n", ps.bucket_bounds[i], ps.bucket_counts[i]);
+      }
+      out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"+Inf\"}} {}\n", ps.count);
+      out += fmt::format("tokend_proxy_latency_seconds_sum {}\n", ps.sum_s);
+      out += fmt::format("tokend_proxy_latency_seconds_count {}\n", ps.count);
+    }
     metric("tokend_waiting_requests", "gauge", "Token and login requests waiting for a login to finish.");
     out += fmt::format("tokend_waiting_requests {}\n", m_waits->size());
     if (m_server != nullptr) {

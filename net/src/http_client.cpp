@@ -165,10 +165,10 @@ class HttpClient::Impl {
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
-    t.max_body = m_options.max_response_bytes;
-    if (m_options.max_response_bytes > 0) {
+    t.max_body = t.request.max_response_bytes > 0 ? t.request.max_response_bytes : m_options.max_response_bytes;
+    if (t.max_body > 0) {
       // Refuses early when the server announces a larger body.
-      curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(m_options.max_response_bytes));
+      curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(t.max_body));
     }
     const std::string& m = t.request.method;
     if (m == "POST" || !t.request.body.empty()) {

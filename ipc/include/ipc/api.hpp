@@ -10,6 +10,7 @@
 #include "ipc/server.hpp"
 #include "net/loop.hpp"
 #include "refresh/events.hpp"
+#include "proxy/proxy.hpp"
 #include "refresh/login.hpp"
 #include "refresh/token_service.hpp"
 
@@ -33,6 +34,8 @@ class Api {
   void set_server(const Server* server) { m_server = server; }
   // Login, logout and test endpoints answer 503 without one.
   void set_login(refresh::LoginManager* login) { m_login = login; }
+  // /v1/proxy answers 503 without one.
+  void set_proxy(proxy::Proxy* proxy) { m_proxy = proxy; }
   // Ends every event stream and stops the heartbeat.
   void close();
 
@@ -54,6 +57,7 @@ class Api {
   std::unique_ptr<Streams> m_streams;
   std::unique_ptr<Waits> m_waits;
   refresh::LoginManager* m_login = nullptr;
+  proxy::Proxy* m_proxy = nullptr;
   // profile -> result ("ok" or an error code) -> count; looked up without
   // allocating on the token path once a profile has been seen.
   std::map<std::string, std::map<std::string_view, std::uint64_t>, std::less<>> m_token_requests;

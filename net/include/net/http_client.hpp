@@ -33,6 +33,7 @@ struct HttpRequest {
   HttpHeaders headers;
   Secret body;
   std::chrono::milliseconds timeout{30'000};  // whole transfer
+  std::size_t max_response_bytes = 0;          // 0: the client's default
 };
 
 struct HttpResponse {

@@ -1,0 +1,102 @@
+// Forwarding of Jira/Confluence/REST calls with a profile's credential
+// (DESIGN §8): route and policy checks first (proxy/route.hpp), then the call
+// with a fresh token; a 401 gets one forced refresh and one retry, a 429/503
+// may be waited out once when the caller asks; every call is audited.
+//
+// Single-threaded: call from the loop thread only.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "net/http_client.hpp"
+#include "net/loop.hpp"
+#include "proxy/route.hpp"
+#include "refresh/token_service.hpp"
+#include "store/store.hpp"
+
+namespace tokend::proxy {
+
+struct ProxyOptions {
+  Millis timeout{120'000};
+  std::size_t max_response_bytes = 256ULL * 1024 * 1024;
+  std::size_t retry_body_bytes = 1024 * 1024;  // bodies up to this are replayed after a 401/429
+  std::int64_t max_retry_wait_s = 60;
+};
+
+struct ProxyCall {
+  std::string profile;
+  std::string method;
+  std::string rest;       // decoded path after /v1/proxy/{profile}/
+  std::string raw_query;  // as the caller sent it
+  Headers headers;
+  std::string body;
+  std::int64_t retry_wait_s = 0;  // X-Tokend-Retry-Wait
+  std::optional<std::int64_t> peer_uid;
+  std::optional<std::int64_t> peer_pid;
+};
+
+struct ProxyResult {
+  int status = 0;
+  Headers headers;
+  std::string body;
+};
+
+// Errors: not_found (profile), invalid_argument (path/headers), permission
+// (policy), limit_exceeded (rate, with retry_after), reauth_required,
+// config, transient (upstream unreachable), timeout.
+struct ProxyError {
+  Error error;
+  std::optional<Millis> retry_after;
+};
+
+struct ProxyStats {
+  std::map<std::string, std::map<int, std::uint64_t>, std::less<>> by_profile_status;
+  // Latency histogram (seconds) buckets.
+  std::vector<double> bucket_bounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  std::vector<std::uint64_t> bucket_counts = std::vector<std::uint64_t>(11, 0);
+  std::uint64_t count = 0;
+  double sum_s = 0;
+};
+
+class Proxy {
+ public:
+  using Done = std::function<void(std::expected<ProxyResult, ProxyError>)>;
+
+  Proxy(net::Loop& loop, refresh::TokenService& tokens, net::HttpTransport& http, store::Store& store,
+        const Clock& clock, ProxyOptions options);
+  ~Proxy();
+  Proxy(const Proxy&) = delete;
+  Proxy& operator=(const Proxy&) = delete;
+
+  void forward(ProxyCall call, Done done);
+  [[nodiscard]] const ProxyStats& stats() const { return m_stats; }
+  // Cancels calls in flight (their callers get unavailable).
+  void shutdown();
+
+  struct Call;
+
+ private:
+  void resolve_cloud(const std::shared_ptr<Call>& c);
+  void send(const std::shared_ptr<Call>& c);
+  void on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> r);
+  void finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome);
+
+  net::Loop& m_loop;
+  refresh::TokenService& m_tokens;
+  net::HttpTransport& m_http;
+  store::Store& m_store;
+  const Clock& m_clock;
+  ProxyOptions m_options;
+  ProxyStats m_stats;
+  std::map<std::string, RateLimiter, std::less<>> m_limiters;
+  std::map<std::uint64_t, std::shared_ptr<Call>> m_in_flight;
+  std::uint64_t m_next = 1;
+  bool m_shut_down = false;
+};
+
+}  // namespace tokend::proxy

@@ -1,0 +1,259 @@
+#include "proxy/proxy.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "core/json.hpp"
+#include "net/url.hpp"
+#include "refresh/oauth.hpp"
+
+namespace tokend::proxy {
+
+namespace {
+
+std::string str_of(const json::Json& j, const char* key) {
+  if (!j.is_object()) return {};
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+std::unexpected<ProxyError> refuse(Errc code, std::string message, std::optional<Millis> retry_after = std::nullopt) {
+  return std::unexpected(ProxyError{Error{code, std::move(message)}, retry_after});
+}
+
+std::string site_key(std::string_view url) {
+  auto u = net::parse_url(url, "site");
+  if (!u) return std::string(url);
+  std::string host = u->host;
+  std::transform(host.begin(), host.end(), host.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  return fmt::format("{}://{}:{}", u->scheme, host, u->port);
+}
+
+}  // namespace
+
+struct Proxy::Call {
+  std::uint64_t id = 0;
+  ProxyCall call;
+  Done done;
+  store::Profile profile;
+  std::string url;
+  Headers headers;
+  MonoTime started{};
+  bool refreshed = false;  // the one forced refresh after a 401 was used
+  bool waited = false;     // the one Retry-After wait was used
+  std::uint64_t http_id = 0;
+  bool http_pending = false;
+  net::Timer wait_timer;
+  std::size_t bytes_in = 0;
+};
+
+Proxy::Proxy(net::Loop& loop, refresh::TokenService& tokens, net::HttpTransport& http, store::Store& store,
+             const Clock& clock, ProxyOptions options)
+    : m_loop(loop), m_tokens(tokens), m_http(http), m_store(store), m_clock(clock), m_options(options) {}
+
+Proxy::~Proxy() { shutdown(); }
+
+void Proxy::shutdown() {
+  if (m_shut_down) return;
+  m_shut_down = true;
+  auto calls = std::move(m_in_flight);
+  m_in_flight.clear();
+  for (auto& [_, c] : calls) {
+    if (c->http_pending) m_http.cancel(c->http_id);
+    c->http_pending = false;
+    c->wait_timer.close();
+    if (c->done) {
+      auto done = std::move(c->done);
+      c->done = nullptr;
+      done(refuse(Errc::unavailable, "tokend is shutting down"));
+    }
+  }
+}
+
+void Proxy::forward(ProxyCall call, Done done) {
+  if (m_shut_down) {
+    done(refuse(Errc::unavailable, "tokend is shutting down"));
+    return;
+  }
+  auto c = std::make_shared<Call>();
+  c->id = m_next++;
+  c->call = std::move(call);
+  c->done = std::move(done);
+  c->started = m_clock.mono_now();
+  c->bytes_in = c->call.body.size();
+  m_in_flight.emplace(c->id, c);
+
+  auto profile = m_tokens.profile_of(c->call.profile);
+  if (!profile) return finish(c, refuse(Errc::not_found, profile.error().message));
+  c->profile = std::move(*profile);
+  const json::Json policy = c->profile.config.value("policy", json::Json::object());
+  if (auto ok = check_policy(policy, c->call.method, c->call.rest); !ok) {
+    return finish(c, refuse(Errc::permission, ok.error().message));
+  }
+  if (policy.is_object()) {
+    if (auto rate = policy.find("rate_per_minute"); rate != policy.end() && rate->is_number()) {
+      if (auto wait = m_limiters[c->call.profile].take(rate->get<double>(), m_clock.mono_now())) {
+        return finish(c, refuse(Errc::limit_exceeded,
+                                fmt::format("policy: profile '{}' is limited to {} calls a minute", c->call.profile,
+                                            rate->get<double>()),
+                                *wait));
+      }
+    }
+  }
+  auto headers = request_headers(c->call.headers);
+  if (!headers) return finish(c, refuse(Errc::invalid_argument, headers.error().message));
+  c->headers = std::move(*headers);
+  if (needs_cloud_id(c->profile, c->call.rest)) return resolve_cloud(c);
+  send(c);
+}
+
+// An Atlassian OAuth profile without a cloud id (e.g. imported from a .env):
+// look it up once from the accessible resources and keep it.
+void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
+  m_tokens.token_async(c->call.profile, refresh::TokenRequest{30}, [this, c](Result<refresh::TokenGrant> grant) {
+    if (m_in_flight.find(c->id) == m_in_flight.end()) return;
+    if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
+    std::string base = str_of(c->profile.config, "api_base");
+    if (base.empty()) base = refresh::k_atlassian_api_base;
+    net::HttpRequest r;
+    r.url = base + "/oauth/token/accessible-resources";
+    r.timeout = m_options.timeout;
+    r.headers = {{"Accept", "application/json"}, {"Authorization", std::string(grant->authorization.reveal())}};
+    c->http_pending = true;
+    c->http_id = m_http.start(std::move(r), [this, c](Result<net::HttpResponse> res) {
+      c->http_pending = false;
+      if (m_in_flight.find(c->id) == m_in_flight.end()) return;
+      if (!res || res->status != 200) {
+        return finish(c, refuse(Errc::transient, fmt::format("looking up the Atlassian cloud id failed ({})",
+                                                             res ? std::to_string(res->status) : res.error().message)));
+      }
+      auto list = json::parse(res->body.reveal(), "accessible resources");
+      const std::string site = str_of(c->profile.config, "site");
+      std::vector<const json::Json*> candidates;
+      if (list && list->is_array()) {
+        for (const auto& r2 : *list) {
+          if (!r2.is_object() || str_of(r2, "id").empty()) continue;
+          if (site.empty() || site_key(str_of(r2, "url")) == site_key(site)) candidates.push_back(&r2);
+        }
+      }
+      if (candidates.size() != 1) {
+        return finish(c, refuse(Errc::config, site.empty() ? fmt::format("the token of '{}' reaches {} Atlassian sites; set "
+                                                                         "the profile's site (tokenctl add ... --site URL)",
+                                                                         c->call.profile, candidates.size())
+                                                           : fmt::format("the site {} is not among the sites the token of '{}' "
+                                                                         "reaches", site, c->call.profile)));
+      }
+      c->profile.config["cloud_id"] = str_of(*candidates.front(), "id");
+      c->profile.config["cloud_url"] = str_of(*candidates.front(), "url");
+      if (auto stored = m_tokens.profile_of(c->call.profile)) {
+        stored->config["cloud_id"] = c->profile.config["cloud_id"];
+        stored->config["cloud_url"] = c->profile.config["cloud_url"];
+        (void)m_tokens.update_profile(*stored);
+      }
+      send(c);
+    });
+  });
+}
+
+void Proxy::send(const std::shared_ptr<Call>& c) {
+  auto url = upstream_url(c->profile, c->call.rest, c->call.raw_query);
+  if (!url) return finish(c, refuse(url.error().code, url.error().message));
+  c->url = std::move(*url);
+  m_tokens.token_async(c->call.profile, refresh::TokenRequest{30}, [this, c](Result<refresh::TokenGrant> grant) {
+    if (m_in_flight.find(c->id) == m_in_flight.end()) return;
+    if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
+    net::HttpRequest r;
+    r.method = c->call.method;
+    r.url = c->url;
+    r.timeout = m_options.timeout;
+    r.max_response_bytes = m_options.max_response_bytes;
+    r.headers = c->headers;
+    r.headers.emplace_back("Authorization", std::string(grant->authorization.reveal()));
+    r.body = Secret(c->call.body);
+    c->http_pending = true;
+    c->http_id = m_http.start(std::move(r), [this, c](Result<net::HttpResponse> res) { on_answer(c, std::move(res)); });
+  });
+}
+
+void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> res) {
+  c->http_pending = false;
+  if (m_in_flight.find(c->id) == m_in_flight.end()) return;
+  if (!res) {
+    const Errc code = res.error().code == Errc::timeout ? Errc::timeout
+                      : res.error().code == Errc::limit_exceeded ? Errc::limit_exceeded
+                                                                 : Errc::transient;
+    return finish(c, refuse(code, fmt::format("the upstream call failed: {}", res.error().message)));
+  }
+  const bool replayable = c->call.body.size() <= m_options.retry_body_bytes;
+  if (res->status == 401 && !c->refreshed && replayable && c->profile.kind == store::CredentialKind::oauth2) {
+    // The token may have been revoked or rotated elsewhere: one forced
+    // refresh, one retry.
+    c->refreshed = true;
+    spdlog::info("proxy {}: upstream answered 401; refreshing once and retrying", c->call.profile);
+    m_tokens.refresh(c->call.profile, [this, c, first = std::make_shared<net::HttpResponse>(std::move(*res))](Result<> r) {
+      if (m_in_flight.find(c->id) == m_in_flight.end()) return;
+      if (!r) {
+        // Pass the upstream's 401 back; the refresh error says why.
+        return finish(c, ProxyResult{401, response_headers(first->headers), std::string(first->body.reveal())});
+      }
+      send(c);
+    });
+    return;
+  }
+  if ((res->status == 429 || res->status == 503) && !c->waited && replayable && c->call.retry_wait_s > 0) {
+    const auto after = refresh::parse_retry_after(res->header("retry-after"), m_clock.wall_now());
+    const std::int64_t limit = std::min(c->call.retry_wait_s, m_options.max_retry_wait_s);
+    if (after && after->count() <= limit * 1000) {
+      c->waited = true;
+      auto timer = net::Timer::create(m_loop);
+      if (timer) {
+        c->wait_timer = std::move(*timer);
+        c->wait_timer.start(static_cast<std::uint64_t>(after->count()), 0, [this, c] {
+          c->wait_timer.close();
+          if (m_in_flight.find(c->id) != m_in_flight.end()) send(c);
+        });
+        return;
+      }
+    }
+  }
+  finish(c, ProxyResult{static_cast<int>(res->status), response_headers(res->headers), std::string(res->body.reveal())});
+}
+
+void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome) {
+  m_in_flight.erase(c->id);
+  const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(m_clock.mono_now() - c->started);
+  const int status = outcome ? outcome->status : 0;
+  const double seconds = static_cast<double>(latency.count()) / 1e6;
+  ++m_stats.count;
+  m_stats.sum_s += seconds;
+  for (std::size_t i = 0; i < m_stats.bucket_bounds.size(); ++i) {
+    if (seconds <= m_stats.bucket_bounds[i]) ++m_stats.bucket_counts[i];
+  }
+  // Unknown profile names share one series (no unbounded growth).
+  const bool known = outcome || outcome.error().error.code != Errc::not_found;
+  ++m_stats.by_profile_status[known ? c->call.profile : std::string("(unknown)")][status];
+
+  store::AuditEvent e;
+  e.kind = "proxy";
+  e.profile = c->call.profile;
+  e.peer_uid = c->call.peer_uid;
+  e.peer_pid = c->call.peer_pid;
+  e.detail = {{"method", c->call.method},
+              {"path", c->call.rest},
+              {"status", status},
+              {"latency_ms", static_cast<double>(latency.count()) / 1000.0},
+              {"bytes_in", c->bytes_in},
+              {"bytes_out", outcome ? outcome->body.size() : 0}};
+  if (!outcome) e.detail["error"] = errc_name(outcome.error().error.code);
+  (void)m_store.append_audit(e);
+
+  if (c->done) {
+    auto done = std::move(c->done);
+    c->done = nullptr;
+    done(std::move(outcome));
+  }
+}
+
+}  // namespace tokend::proxy

@@ -1,0 +1,223 @@
+#include "proxy/route.hpp"
+
+#include <strings.h>
+
+#include <algorithm>
+#include <cctype>
+
+#include <fmt/format.h>
+
+namespace tokend::proxy {
+
+namespace {
+
+std::string str_of(const json::Json& j, const char* key) {
+  if (!j.is_object()) return {};
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+std::string trimmed_base(std::string base) {
+  while (!base.empty() && base.back() == '/') base.pop_back();
+  return base;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+
+Error bad(std::string message) { return Error{Errc::invalid_argument, std::move(message)}; }
+
+// Characters allowed in a path segment and a query as sent upstream
+// (RFC 3986 pchar plus '%' escapes; '/' separates segments).
+bool plain_path_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) != 0 || std::string_view("-._~!$&'()*+,;=:@/%").find(c) != std::string_view::npos;
+}
+
+Result<std::string> encode_path(std::string_view rest) {
+  // `rest` arrives decoded; encode what must be encoded again.
+  std::string out;
+  for (const char c : rest) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) return std::unexpected(bad("the path contains a control character"));
+    if (c == '\\') return std::unexpected(bad("the path contains a backslash"));
+    if (c == '%' || c == '?' || c == '#' || !plain_path_char(c)) {
+      out += fmt::format("%{:02X}", static_cast<unsigned>(u));
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<std::string> upstream_url(const store::Profile& p, std::string_view rest, std::string_view raw_query) {
+  if (rest.empty()) return std::unexpected(bad("the proxied path is empty; e.g. /v1/proxy/NAME/jira/rest/api/3/myself"));
+  if (rest.front() == '/' || rest.find("//") != std::string_view::npos) {
+    return std::unexpected(bad("the proxied path must be relative and must not contain '//'"));
+  }
+  if (rest.find("://") != std::string_view::npos) return std::unexpected(bad("absolute URLs are not proxied"));
+  // Dot segments would climb out of the profile's base.
+  std::string_view scan = rest;
+  while (!scan.empty()) {
+    const auto slash = scan.find('/');
+    const std::string_view segment = scan.substr(0, slash);
+    if (segment == "." || segment == "..") return std::unexpected(bad("the proxied path must not contain '.' or '..' segments"));
+    if (slash == std::string_view::npos) break;
+    scan.remove_prefix(slash + 1);
+  }
+  for (const char c : raw_query) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u == 0x7f || c == '#' || c == '\\') return std::unexpected(bad("the query contains a character that is not allowed"));
+  }
+
+  std::string base;
+  std::string_view path = rest;
+  const bool atlassian_oauth = p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian";
+  if (p.kind == store::CredentialKind::oauth2 && !atlassian_oauth) {
+    base = trimmed_base(str_of(p.config, "api_base"));
+    if (base.empty()) {
+      return fail(Errc::config, fmt::format("profile '{}' has no api_base to forward to; set it with tokenctl add {} "
+                                            "--api-base URL", p.name, p.name));
+    }
+  } else {
+    const auto slash = rest.find('/');
+    const std::string_view product = rest.substr(0, slash);
+    path = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
+    if (product != "jira" && product != "confluence") {
+      return std::unexpected(bad(fmt::format("an Atlassian profile forwards jira/... and confluence/... only (got '{}')",
+                                             std::string(product.substr(0, 32)))));
+    }
+    if (atlassian_oauth) {
+      const std::string cloud = str_of(p.config, "cloud_id");
+      if (cloud.empty()) {
+        return fail(Errc::config, fmt::format("profile '{}' has no cloud id yet; run tokenctl login {}", p.name, p.name));
+      }
+      std::string gateway = trimmed_base(str_of(p.config, "api_base"));
+      if (gateway.empty()) gateway = "https://api.atlassian.com";
+      auto cloud_enc = encode_path(cloud);
+      if (!cloud_enc || cloud.find('/') != std::string::npos) return std::unexpected(bad("the stored cloud id is not usable"));
+      base = fmt::format("{}/ex/{}/{}", gateway, product, *cloud_enc);
+    } else {
+      const std::string site = trimmed_base(str_of(p.config, "site"));
+      const std::string own = trimmed_base(str_of(p.config, product == "jira" ? "jira_base" : "confluence_base"));
+      if (!own.empty()) {
+        base = own;
+      } else if (product == "confluence" && p.kind == store::CredentialKind::api_token) {
+        base = site + "/wiki";  // Confluence Cloud lives under the site's /wiki
+      } else {
+        base = site;
+      }
+      if (base.empty()) return fail(Errc::config, fmt::format("profile '{}' has no site", p.name));
+    }
+  }
+  auto encoded = encode_path(path);
+  if (!encoded) return std::unexpected(encoded.error());
+  std::string url = base + "/" + *encoded;
+  if (!raw_query.empty()) url += "?" + std::string(raw_query);
+  return url;
+}
+
+bool needs_cloud_id(const store::Profile& p, std::string_view rest) {
+  return p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian" && str_of(p.config, "cloud_id").empty() &&
+         (rest.starts_with("jira/") || rest.starts_with("confluence/") || rest == "jira" || rest == "confluence");
+}
+
+Result<Headers> request_headers(const Headers& in) {
+  // Hop-by-hop headers named by Connection are dropped too (RFC 9110 §7.6.1).
+  std::vector<std::string> named;
+  for (const auto& [k, v] : in) {
+    if (!iequals(k, "connection")) continue;
+    std::string_view s = v;
+    while (!s.empty()) {
+      const auto comma = s.find(',');
+      std::string_view t = s.substr(0, comma);
+      while (!t.empty() && t.front() == ' ') t.remove_prefix(1);
+      while (!t.empty() && t.back() == ' ') t.remove_suffix(1);
+      if (!t.empty()) named.emplace_back(t);
+      if (comma == std::string_view::npos) break;
+      s.remove_prefix(comma + 1);
+    }
+  }
+  static constexpr std::string_view k_dropped[] = {
+      "authorization", "cookie", "host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+      "content-length", "expect", "proxy-authorization", "proxy-authenticate", "proxy-connection"};
+  Headers out;
+  for (const auto& [k, v] : in) {
+    for (const std::string_view s : {std::string_view(k), std::string_view(v)}) {
+      for (const char c : s) {
+        if (c == '\r' || c == '\n' || c == '\0') return std::unexpected(bad("a header contains CR, LF or NUL"));
+      }
+    }
+    const bool drop = std::any_of(std::begin(k_dropped), std::end(k_dropped), [&](std::string_view d) { return iequals(k, d); }) ||
+                      (k.size() >= 6 && iequals(std::string_view(k).substr(0, 6), "proxy-")) ||
+                      (k.size() >= 9 && iequals(std::string_view(k).substr(0, 9), "x-tokend-")) ||
+                      std::any_of(named.begin(), named.end(), [&](const std::string& n) { return iequals(k, n); });
+    if (!drop) out.emplace_back(k, v);
+  }
+  return out;
+}
+
+Headers response_headers(const Headers& in) {
+  static constexpr std::string_view k_dropped[] = {"connection", "keep-alive", "te", "trailer", "transfer-encoding",
+                                                   "upgrade", "set-cookie", "content-length", "proxy-authenticate"};
+  Headers out;
+  for (const auto& [k, v] : in) {
+    if (std::any_of(std::begin(k_dropped), std::end(k_dropped), [&](std::string_view d) { return iequals(k, d); })) continue;
+    if (v.find_first_of("\r\n") != std::string::npos) continue;
+    out.emplace_back(k, v);
+  }
+  return out;
+}
+
+Result<> check_policy(const json::Json& policy, std::string_view method, std::string_view rest) {
+  if (!policy.is_object()) return {};
+  auto prefixes = [&](const char* key) {
+    std::vector<std::string> out;
+    if (auto it = policy.find(key); it != policy.end() && it->is_array()) {
+      for (const auto& v : *it) {
+        if (v.is_string()) out.push_back(v.get<std::string>());
+      }
+    }
+    return out;
+  };
+  // A prefix matches whole segments: "jira/rest/api/3/project/AB" is not a
+  // prefix of ".../project/ABC".
+  auto matches = [&](const std::string& prefix) {
+    std::string_view p = prefix;
+    while (!p.empty() && p.front() == '/') p.remove_prefix(1);
+    while (!p.empty() && p.back() == '/') p.remove_suffix(1);
+    return rest.starts_with(p) && (rest.size() == p.size() || rest[p.size()] == '/' || rest[p.size()] == '?');
+  };
+  if (policy.value("read_only", false) && method != "GET" && method != "HEAD") {
+    return fail(Errc::permission, fmt::format("policy: this profile is read-only ({} refused)", method));
+  }
+  for (const auto& d : prefixes("deny")) {
+    if (matches(d)) return fail(Errc::permission, fmt::format("policy: the path is denied by the rule '{}'", d));
+  }
+  const auto allow = prefixes("allow");
+  if (!allow.empty() && std::none_of(allow.begin(), allow.end(), matches)) {
+    return fail(Errc::permission, "policy: the path is not under any allowed prefix");
+  }
+  return {};
+}
+
+std::optional<Millis> RateLimiter::take(double rate_per_minute, MonoTime now) {
+  if (rate_per_minute <= 0) return std::nullopt;
+  const double per_ms = rate_per_minute / 60'000.0;
+  if (m_tokens < 0) {
+    m_tokens = rate_per_minute;
+  } else {
+    const auto elapsed = std::chrono::duration_cast<Millis>(now - m_last).count();
+    m_tokens = std::min(rate_per_minute, m_tokens + static_cast<double>(elapsed) * per_ms);
+  }
+  m_last = now;
+  if (m_tokens >= 1.0) {
+    m_tokens -= 1.0;
+    return std::nullopt;
+  }
+  return Millis(static_cast<std::int64_t>((1.0 - m_tokens) / per_ms) + 1);
+}
+
+}  // namespace tokend::proxy
