@@ -1,7 +1,9 @@
 #include "ctl/app.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,9 +24,11 @@
 #include "core/encoding.hpp"
 #include "core/names.hpp"
 #include "core/paths.hpp"
+#include "ctl/api.hpp"
 #include "ctl/browser.hpp"
 #include "ctl/completion.hpp"
 #include "ctl/dotenv.hpp"
+#include "ctl/exec.hpp"
 #include "ctl/format.hpp"
 #include "ctl/import.hpp"
 #include "ctl/input.hpp"
@@ -279,15 +283,10 @@ int cmd_list(Ctx& ctx, const std::vector<std::string>& args) {
   return k_ok;
 }
 
-int cmd_token(Ctx& ctx, const std::vector<std::string>& args) {
-  po::options_description o("tokenctl token PROFILE [--min-valid S] [--wait S] [--format F]");
-  o.add_options()("min-valid", po::value<std::string>(), "seconds the token must stay valid (default 60)")(
-      "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress")(
-      "format", po::value<std::string>()->default_value("raw"), "raw|header|json|env|exec-credential");
-  auto vm = parse(args, o, {"profile"});
-  const std::string name = need(vm, "profile", "PROFILE");
-  auto format = parse_token_format(vm["format"].as<std::string>());
-  if (!format) throw UsageError{format.error().message};
+// GET /v1/profiles/NAME/token with the --min-valid and --wait options of
+// `vm` (either may be absent from the command): the call, its timeout
+// stretched by the wait.
+Call get_token(const Ctx& ctx, const std::string& name, const po::variables_map& vm) {
   std::string target = "/v1/profiles/" + seg(name) + "/token";
   std::string sep = "?";
   std::chrono::milliseconds timeout = std::chrono::seconds(30);
@@ -299,24 +298,50 @@ int cmd_token(Ctx& ctx, const std::vector<std::string>& args) {
     target += fmt::format("{}wait={}", sep, *w);
     timeout += std::chrono::seconds(*w);
   }
-  auto c = call(ctx, "GET", target, {}, timeout);
+  return call(ctx, "GET", target, {}, timeout);
+}
+
+// The answer of a token call carries the secret: wipe both copies.
+void wipe_call(Call& c) {
+  wipe_strings(c.body);
+  if (c.response) secure_wipe(c.response->body);
+}
+
+int cmd_token(Ctx& ctx, const std::vector<std::string>& args) {
+  po::options_description o("tokenctl token PROFILE [--min-valid S] [--wait S] [--format F]");
+  o.add_options()("min-valid", po::value<std::string>(), "seconds the token must stay valid (default 60)")(
+      "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress")(
+      "format", po::value<std::string>()->default_value("raw"), "raw|header|json|env|exec-credential");
+  auto vm = parse(args, o, {"profile"});
+  const std::string name = need(vm, "profile", "PROFILE");
+  auto format = parse_token_format(vm["format"].as<std::string>());
+  if (!format) throw UsageError{format.error().message};
+  auto c = get_token(ctx, name, vm);
   if (c.exit != k_ok) return c.exit;
   std::string out = render_token(c.body, *format);
+  wipe_call(c);
   say(ctx.io.out, out);
   secure_wipe(out);
   return k_ok;
 }
 
+// Claude Code's headersHelper (and other MCP clients) run this and read a
+// JSON object of header names and values from stdout. On any failure stdout
+// stays empty and the exit code is non-zero, so a client never sends a
+// half-formed header.
 int cmd_headers(Ctx& ctx, const std::vector<std::string>& args) {
-  po::options_description o("tokenctl headers PROFILE");
+  po::options_description o("tokenctl headers PROFILE [--min-valid S]");
   o.add_options()("min-valid", po::value<std::string>(), "seconds the token must stay valid (default 60)");
   auto vm = parse(args, o, {"profile"});
   const std::string name = need(vm, "profile", "PROFILE");
-  std::string target = "/v1/profiles/" + seg(name) + "/token";
-  if (auto mv = seconds(vm, "min-valid", 86'400)) target += fmt::format("?min_valid={}", *mv);
-  auto c = call(ctx, "GET", target);
+  auto c = get_token(ctx, name, vm);
   if (c.exit != k_ok) return c.exit;
-  std::string out = json::Json{{"Authorization", c.body.value("authorization", "")}}.dump() + "\n";
+  std::string authorization = jstr(c.body, "authorization");
+  wipe_call(c);
+  if (authorization.empty()) return error(ctx, "tokend's answer carries no authorization value");
+  // Exactly {"Authorization": "..."}, the value JSON-escaped.
+  std::string out = "{\"Authorization\": " + json::Json(authorization).dump() + "}\n";
+  secure_wipe(authorization);
   say(ctx.io.out, out);
   secure_wipe(out);
   return k_ok;
@@ -911,6 +936,208 @@ int cmd_login(Ctx& ctx, const std::vector<std::string>& args) {
   return wait_for_login(ctx, w, interrupt);
 }
 
+// --- api and exec ------------------------------------------------------------
+
+// Closes a file descriptor on scope exit.
+struct FdCloser {
+  int fd = -1;
+  ~FdCloser() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// A proxied call (docs/API.md, ANY /v1/proxy/{name}/{rest}), like `gh api`.
+// Bodies stream both ways. Exit codes: 0 for an answer below 400; 1 for 400
+// and above (4 when tokend says reauth_required), for a cut-off answer or an
+// unreadable --data source; 2 usage; 3 tokend not reachable (or the
+// connection lost before an answer started).
+int cmd_api(Ctx& ctx, const std::vector<std::string>& args) {
+  po::options_description o(
+      "tokenctl api PROFILE METHOD PATH [--data @FILE|-|STRING] [-H \"Name: value\"]... [--include]\n"
+      "Sends METHOD to tokend's proxy for PROFILE (PATH e.g. jira/rest/api/3/myself; a leading / and a\n"
+      "query string are fine) and prints the answer's body. tokend adds the profile's credential and\n"
+      "drops an Authorization or Cookie header given here. For an answer of 400 or more the status goes\n"
+      "to stderr and the exit code is 1 (4 when a new login is needed); tokend's own errors print\n"
+      "their message instead of the body");
+  o.add_options()("data,d", po::value<std::string>(),
+                  "request body: @FILE (streamed from the file), - (streamed from standard input) or the text "
+                  "itself; Content-Type application/json unless -H sets one")(
+      "header,H", po::value<std::vector<std::string>>(), "a request header, \"Name: value\" (repeatable)")(
+      "include,i", "print the status line and headers before the body")(
+      "timeout", po::value<std::string>(), "give up after this many seconds without progress (default 120; 0: never)");
+  auto vm = parse(args, o, {"profile", "method", "path"});
+  const std::string name = need(vm, "profile", "PROFILE");
+  auto method = normalize_method(need(vm, "method", "METHOD"));
+  if (!method) throw UsageError{method.error().message};
+  auto target = proxy_target(name, need(vm, "path", "PATH"));
+  if (!target) throw UsageError{target.error().message};
+  const bool include = vm.count("include") != 0;
+  const auto timeout = std::chrono::seconds(seconds(vm, "timeout", 86'400).value_or(120));
+
+  ipc::Headers headers;
+  bool has_content_type = false;
+  if (vm.count("header") != 0) {
+    for (const auto& h : vm["header"].as<std::vector<std::string>>()) {
+      auto parsed = parse_header_arg(h);
+      if (!parsed) throw UsageError{parsed.error().message};
+      if (is_framing_header(parsed->first)) {
+        throw UsageError{fmt::format("-H {}: tokenctl sets this header itself", parsed->first)};
+      }
+      if (is_replaced_header(parsed->first)) {
+        say(ctx.io.err, fmt::format("tokenctl: note: tokend drops the {} header; the profile's credential is used\n",
+                                    parsed->first));
+      }
+      has_content_type = has_content_type || ::strcasecmp(parsed->first.c_str(), "Content-Type") == 0;
+      headers.push_back(std::move(*parsed));
+    }
+  }
+
+  // The body source is opened before anything is sent: a missing file is a
+  // usage error and tokend never sees half a request.
+  const auto data = parse_data_arg(opt(vm, "data"));
+  std::optional<ipc::BodyReader> body;
+  FdCloser file;
+  if (data) {
+    if (!has_content_type) headers.emplace_back("Content-Type", "application/json");
+    switch (data->kind) {
+      case DataArg::Kind::literal: body = ipc::BodyReader::from_string(data->value); break;
+      case DataArg::Kind::stdin_stream: body = ipc::BodyReader::from_fd(::fileno(ctx.io.in), "standard input"); break;
+      case DataArg::Kind::file: {
+        if (data->value.empty()) throw UsageError{"--data @FILE needs a file name after the @"};
+        file.fd = ::open(data->value.c_str(), O_RDONLY | O_CLOEXEC);
+        if (file.fd < 0) throw UsageError{fmt::format("cannot open {}: {}", data->value, errno_text(errno))};
+        struct stat st {};
+        if (::fstat(file.fd, &st) == 0 && S_ISDIR(st.st_mode)) throw UsageError{data->value + " is a directory"};
+        body = ipc::BodyReader::from_fd(file.fd, data->value);
+        break;
+      }
+    }
+  }
+
+  auto client = ipc::Client::connect(ctx.socket);
+  if (!client) return error(ctx, fmt::format("{}; {}", client.error().message, k_start_hint), k_unreachable);
+
+  // An answer of 400 or more is held back (up to k_error_peek bytes) to see
+  // whether tokend itself wrote it; anything else streams to stdout.
+  constexpr std::size_t k_error_peek = 64 * 1024;
+  ipc::ResponseHead head;
+  bool holding = false;
+  std::string held;
+  int write_errno = 0;
+  auto write_out = [&](std::string_view d) {
+    if (write_errno != 0) return false;
+    if (std::fwrite(d.data(), 1, d.size(), ctx.io.out) != d.size() || std::fflush(ctx.io.out) != 0) {
+      write_errno = errno != 0 ? errno : EIO;
+      return false;
+    }
+    return true;
+  };
+  auto r = client->exchange(
+      *method, *target, headers, body ? &*body : nullptr,
+      [&](const ipc::ResponseHead& h) {
+        head = h;
+        holding = h.status >= 400;
+        return !include || write_out(render_response_head(h));
+      },
+      [&](std::string_view d) {
+        if (!holding) return write_out(d);
+        held.append(d);
+        if (held.size() <= k_error_peek) return true;
+        holding = false;
+        const bool ok = write_out(held);
+        held.clear();
+        return ok;
+      },
+      timeout);
+  if (write_errno != 0) return error(ctx, "writing the answer to standard output: " + errno_text(write_errno));
+  if (!r) {
+    const Error& e = r.error();
+    if (head.status != 0) {
+      write_out(held);
+      return error(ctx, fmt::format("the answer (HTTP {}) was cut off: {}", head.status, e.message));
+    }
+    if (e.code == Errc::unavailable) {
+      return error(ctx, fmt::format("{}; {}", e.message, k_start_hint), k_unreachable);
+    }
+    return error(ctx, e.message, e.code == Errc::invalid_argument ? k_usage : k_error);
+  }
+  if (head.status < 400) return k_ok;
+  const auto own = holding ? parse_tokend_error(held) : std::nullopt;
+  if (include || !own) write_out(held);
+  if (own) {
+    std::string message = fmt::format("HTTP {}: {}", head.status, own->message);
+    if (!own->command.empty() && own->message.find(own->command) == std::string::npos) {
+      message += fmt::format(" (run: {})", own->command);
+    }
+    return error(ctx, message, own->code == "reauth_required" ? k_reauth : k_error);
+  }
+  return error(ctx, fmt::format("HTTP {}{}{}", head.status, head.reason.empty() ? "" : " ", head.reason));
+}
+
+// Runs a command with a fresh token in its environment (see ctl/exec.hpp for
+// the variables and the signal rules). Exit codes: the command's own; when a
+// signal killed it, tokenctl kills itself with the same signal (a shell then
+// reports the same death), falling back to 128 + the signal number. Before
+// the command runs: 1, 2, 3, 4 as usual, 127 when the command is not found,
+// 126 when it cannot be executed.
+int cmd_exec(Ctx& ctx, const std::vector<std::string>& args) {
+  const auto dash = std::find(args.begin(), args.end(), "--");
+  const std::vector<std::string> own(args.begin(), dash);
+  po::options_description o(
+      "tokenctl exec PROFILE [--env NAME]... [--min-valid S] [--wait S] -- CMD [ARG...]\n"
+      "Runs CMD (no shell) with the profile's token in TOKEND_TOKEN, TOKEND_AUTHORIZATION, TOKEND_TOKEN_TYPE\n"
+      "and TOKEND_EXPIRES_AT, for Atlassian OAuth profiles also in JIRA_OAUTH_ACCESS_TOKEN (and\n"
+      "JIRA_OAUTH_CLOUD_ID). Signals sent to tokenctl reach CMD; its exit status is tokenctl's");
+  o.add_options()("env", po::value<std::vector<std::string>>(), "also put the token into variable NAME (repeatable)")(
+      "min-valid", po::value<std::string>(), "seconds the token must stay valid (default 60)")(
+      "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress");
+  auto vm = parse(own, o, {"profile"});
+  const std::string name = need(vm, "profile", "PROFILE");
+  if (dash == args.end()) throw UsageError{"put -- before the command: tokenctl exec PROFILE -- CMD [ARG...]"};
+  const std::vector<std::string> command(dash + 1, args.end());
+  if (command.empty() || command[0].empty()) throw UsageError{"no command after --"};
+  std::vector<std::string> extra;
+  if (vm.count("env") != 0) extra = vm["env"].as<std::vector<std::string>>();
+  for (const auto& n : extra) {
+    if (!is_env_name(n)) {
+      throw UsageError{fmt::format("--env {}: not a variable name (letters, digits and _, not starting with a digit)",
+                                   n.substr(0, 64))};
+    }
+  }
+  // seconds() throws UsageError for a bad value: check before any call.
+  seconds(vm, "min-valid", 86'400);
+  seconds(vm, "wait", 3'600);
+
+  auto profile = call(ctx, "GET", "/v1/profiles/" + seg(name));
+  if (profile.exit != k_ok) return profile.exit;
+  auto token = get_token(ctx, name, vm);
+  if (token.exit != k_ok) return token.exit;
+  const json::Json config = profile.body.is_object() && profile.body.contains("config") ? profile.body["config"]
+                                                                                          : json::Json::object();
+  const std::string kind = jstr(profile.body, "kind");
+  const std::string provider = jstr(profile.body, "provider");
+  const std::string cloud_id = jstr(config, "cloud_id");
+  std::string bare = jstr(token.body, "token");
+  std::string authorization = jstr(token.body, "authorization");
+  const std::string token_type = jstr(token.body, "token_type");
+  const auto expires_at = jint(token.body, "expires_at");
+  wipe_call(token);
+  if (bare.empty()) return error(ctx, "tokend's answer carries no token");
+  auto vars = exec_token_env({kind, provider, cloud_id, bare, token_type, authorization, expires_at}, extra);
+  secure_wipe(bare);
+  secure_wipe(authorization);
+  auto env = merge_environment(process_environment(), vars);
+  for (auto& v : vars) secure_wipe(v.second);
+
+  auto child = run_command(command, env);
+  for (auto& e : env) secure_wipe(e);
+  if (!child) {
+    const Errc code = child.error().code;
+    return error(ctx, child.error().message, code == Errc::not_found ? 127 : code == Errc::permission ? 126 : k_error);
+  }
+  return exit_like(*child);
+}
+
 int cmd_monitor(Ctx& ctx, const std::vector<std::string>& args) {
   po::options_description o("tokenctl monitor [PROFILE] [--json]");
   o.add_options()("json", "one JSON object per event");
@@ -982,6 +1209,9 @@ constexpr Command k_commands[] = {
     {"list", cmd_list, "list [--json] [-q]                  profile names, kinds and states"},
     {"token", cmd_token, "token PROFILE [--min-valid S] [--wait S] [--format raw|header|json|env|exec-credential]"},
     {"headers", cmd_headers, "headers PROFILE                     {\"Authorization\": ...} for an MCP headersHelper"},
+    {"exec", cmd_exec, "exec PROFILE [--env NAME]... -- CMD [ARG...]   run CMD with the token in its environment"},
+    {"api", cmd_api,
+     "api PROFILE METHOD PATH [--data @FILE|-|TEXT] [-H \"K: V\"]... [--include]   a call through tokend's proxy"},
     {"add", cmd_add, "add PROFILE --kind oauth2|api-token|pat [...]   store a profile (see tokenctl add --help)"},
     {"import", cmd_import,
      "import PROFILE --dotenv FILE | --from-env [...]   take over a script's JIRA_OAUTH_* token set"},

@@ -1,0 +1,220 @@
+#include "ctl/exec.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+
+#include <fmt/format.h>
+
+extern char** environ;  // NOLINT: POSIX declares it only for _GNU_SOURCE/_DARWIN_C_SOURCE
+
+namespace tokend::ctl {
+
+bool is_env_name(std::string_view name) {
+  if (name.empty() || (name[0] >= '0' && name[0] <= '9')) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+std::vector<std::pair<std::string, std::string>> exec_token_env(const TokenEnvInput& in,
+                                                                std::span<const std::string> extra) {
+  std::vector<std::pair<std::string, std::string>> vars;
+  auto set = [&](std::string_view name, std::string_view value) {
+    const auto it = std::find_if(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
+    if (it != vars.end()) {
+      it->second.assign(value);
+    } else {
+      vars.emplace_back(std::string(name), std::string(value));
+    }
+  };
+  set("TOKEND_TOKEN", in.token);
+  set("TOKEND_TOKEN_TYPE", in.token_type);
+  set("TOKEND_AUTHORIZATION", in.authorization);
+  if (in.expires_at) set("TOKEND_EXPIRES_AT", fmt::format("{}", *in.expires_at));
+  if (in.kind == "oauth2" && in.provider == "atlassian") {
+    set("JIRA_OAUTH_ACCESS_TOKEN", in.token);
+    if (!in.cloud_id.empty()) set("JIRA_OAUTH_CLOUD_ID", in.cloud_id);
+  }
+  for (const auto& name : extra) set(name, in.token);
+  return vars;
+}
+
+std::vector<std::string> merge_environment(std::span<const char* const> current,
+                                           std::span<const std::pair<std::string, std::string>> vars) {
+  std::vector<std::string> out;
+  out.reserve(current.size() + vars.size());
+  for (const char* entry : current) {
+    if (entry == nullptr) continue;
+    const std::string_view e(entry);
+    const auto eq = e.find('=');
+    const std::string_view name = e.substr(0, eq);
+    const bool replaced = eq != std::string_view::npos &&
+                          std::any_of(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
+    if (!replaced) out.emplace_back(e);
+  }
+  for (const auto& [name, value] : vars) out.push_back(name + "=" + value);
+  return out;
+}
+
+std::vector<const char*> process_environment() {
+  std::vector<const char*> out;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) out.push_back(*e);
+  return out;
+}
+
+namespace {
+
+constexpr int k_forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+std::atomic<pid_t> g_child{0};
+static_assert(std::atomic<pid_t>::is_always_lock_free, "the signal handler reads the child's pid");
+
+// Was the signal sent by a process (kill, sigqueue, tkill) rather than by the
+// kernel for the terminal (Ctrl-C, Ctrl-\, hangup)? The terminal's signals
+// already reached the child: it is in the same foreground process group.
+bool sent_by_process(const siginfo_t* info) {
+  if (info == nullptr) return false;
+  if (info->si_code == SI_USER || info->si_code == SI_QUEUE) return true;
+#ifdef SI_TKILL
+  if (info->si_code == SI_TKILL) return true;
+#endif
+  return false;
+}
+
+extern "C" void forward_signal(int sig, siginfo_t* info, void*) {
+  const pid_t child = g_child.load();
+  if (child <= 0 || !sent_by_process(info) || info->si_pid == child) return;
+  const int saved = errno;
+  ::kill(child, sig);
+  errno = saved;
+}
+
+// The handlers while a child runs; the previous dispositions come back on
+// destruction (and the child gets them back before exec).
+class SignalForwarding {
+ public:
+  SignalForwarding() {
+    struct sigaction sa {};
+    sa.sa_sigaction = forward_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    for (std::size_t i = 0; i < std::size(k_forwarded); ++i) ::sigaction(k_forwarded[i], &sa, &m_old[i]);
+  }
+  ~SignalForwarding() { restore(); }
+  SignalForwarding(const SignalForwarding&) = delete;
+  SignalForwarding& operator=(const SignalForwarding&) = delete;
+  // Async-signal-safe: also used in the child between fork and exec.
+  void restore() noexcept {
+    for (std::size_t i = 0; i < std::size(k_forwarded); ++i) ::sigaction(k_forwarded[i], &m_old[i], nullptr);
+  }
+
+ private:
+  struct sigaction m_old[std::size(k_forwarded)] {};
+};
+
+// A close-on-exec pipe through which the child reports a failed exec.
+Result<std::pair<int, int>> exec_error_pipe() {
+  int p[2];
+  if (::pipe(p) != 0) return fail(Errc::io, "creating a pipe: " + errno_text(errno));
+  for (const int fd : p) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return std::pair<int, int>(p[0], p[1]);
+}
+
+}  // namespace
+
+Result<ChildExit> run_command(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
+  if (argv.empty()) return fail(Errc::invalid_argument, "no command to run");
+  std::vector<char*> c_argv;
+  for (const auto& a : argv) c_argv.push_back(const_cast<char*>(a.c_str()));
+  c_argv.push_back(nullptr);
+  std::vector<char*> c_env;
+  for (const auto& e : env) c_env.push_back(const_cast<char*>(e.c_str()));
+  c_env.push_back(nullptr);
+
+  auto pipe = exec_error_pipe();
+  if (!pipe) return std::unexpected(pipe.error());
+  const auto [err_read, err_write] = *pipe;
+
+  // Block the forwarded signals across fork: one that arrives before the
+  // child's pid is known is delivered (and forwarded) once they are
+  // unblocked; the child unblocks them after restoring the dispositions.
+  sigset_t forwarded;
+  sigset_t old_mask;
+  sigemptyset(&forwarded);
+  for (const int s : k_forwarded) sigaddset(&forwarded, s);
+  ::sigprocmask(SIG_BLOCK, &forwarded, &old_mask);
+  SignalForwarding forwarding;
+  std::fflush(nullptr);  // nothing buffered may be written twice
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    // The child: only async-signal-safe calls until exec.
+    ::close(err_read);
+    forwarding.restore();
+    ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+    environ = c_env.data();
+    ::execvp(c_argv[0], c_argv.data());
+    const int e = errno;
+    [[maybe_unused]] const auto n = ::write(err_write, &e, sizeof e);
+    ::_exit(127);
+  }
+  const int fork_errno = errno;
+  if (pid > 0) g_child.store(pid);
+  ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+  ::close(err_write);
+  if (pid < 0) {
+    ::close(err_read);
+    return fail(Errc::io, "starting a process: " + errno_text(fork_errno));
+  }
+
+  int exec_errno = 0;
+  ssize_t got = 0;
+  do {
+    got = ::read(err_read, &exec_errno, sizeof exec_errno);
+  } while (got < 0 && errno == EINTR);
+  ::close(err_read);
+
+  int status = 0;
+  pid_t r = 0;
+  do {
+    r = ::waitpid(pid, &status, 0);
+  } while (r < 0 && errno == EINTR);
+  g_child.store(0);
+  if (got == static_cast<ssize_t>(sizeof exec_errno)) {
+    const std::string what = fmt::format("cannot run {}: {}", argv[0], errno_text(exec_errno));
+    return fail(exec_errno == ENOENT ? Errc::not_found : Errc::permission, what);
+  }
+  if (r < 0) return fail(Errc::io, fmt::format("waiting for {}: {}", argv[0], errno_text(errno)));
+  ChildExit out;
+  if (WIFEXITED(status)) out.code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) out.signal = WTERMSIG(status);
+  return out;
+}
+
+int exit_like(const ChildExit& child) {
+  if (child.signal == 0) return child.code;
+  std::fflush(nullptr);
+  // The child may have dumped core already; tokenctl's own would be noise.
+  const rlimit no_core{0, 0};
+  ::setrlimit(RLIMIT_CORE, &no_core);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  ::sigaction(child.signal, &dfl, nullptr);
+  sigset_t only;
+  sigemptyset(&only);
+  sigaddset(&only, child.signal);
+  ::sigprocmask(SIG_UNBLOCK, &only, nullptr);
+  ::raise(child.signal);
+  // Still here: a signal whose default action is not to terminate.
+  return 128 + child.signal;
+}
+
+}  // namespace tokend::ctl
