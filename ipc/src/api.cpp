@@ -437,7 +437,10 @@ void Api::register_routes(Router& router) {
     proxy::ProxyCall call;
     call.profile = std::string(ex->param("name"));
     call.method = req.method;
-    call.rest = std::string(ex->param("rest"));
+    // The rest of the path exactly as decoded, not the router's segments
+    // (which fold "//"): the proxy refuses what it does not like.
+    const std::string prefix = "/v1/proxy/" + call.profile + "/";
+    call.rest = req.path.starts_with(prefix) ? req.path.substr(prefix.size()) : std::string(ex->param("rest"));
     if (const auto q = req.target.find('?'); q != std::string::npos) call.raw_query = req.target.substr(q + 1);
     call.headers = req.headers;
     call.body = req.body;

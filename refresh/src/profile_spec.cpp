@@ -19,8 +19,9 @@ constexpr std::size_t k_max_field_bytes = 8192;   // URLs, ids, emails
 constexpr std::size_t k_max_token_bytes = 16384;  // JWTs can be a few kB
 
 // Non-secret settings stored in the profile config, per kind.
-const std::set<std::string, std::less<>> k_common = {"kind", "provider", "site", "api_base",
-                                                     "refresh_buffer", "description", "sinks"};
+const std::set<std::string, std::less<>> k_common = {"kind", "provider", "site", "api_base", "refresh_buffer",
+                                                     "description", "sinks", "policy", "jira_base",
+                                                     "confluence_base"};
 const std::set<std::string, std::less<>> k_oauth2 = {
     "client_id", "client_secret", "scopes", "authorize_url", "token_url", "redirect_uri",
     "issuer", "mcp_server", "audience", "access_token", "refresh_token", "expires_in",
@@ -31,7 +32,8 @@ const std::set<std::string, std::less<>> k_api_token = {"email", "token"};
 const std::set<std::string, std::less<>> k_pat = {"token"};
 const std::set<std::string, std::less<>> k_url_fields = {
     "site", "api_base", "authorize_url", "token_url", "issuer", "mcp_server", "revocation_url",
-    "userinfo_url", "device_authorization_url", "registration_url", "resource", "redirect_uri"};
+    "userinfo_url", "device_authorization_url", "registration_url", "resource", "redirect_uri", "jira_base",
+    "confluence_base"};
 const std::set<std::string, std::less<>> k_secret_fields = {"client_secret", "token", "access_token",
                                                             "refresh_token"};
 
@@ -56,6 +58,43 @@ Result<std::string> string_field(const Json& body, std::string_view key, std::si
     }
   }
   return s;
+}
+
+// The proxy's per-profile policy (DESIGN §8).
+Result<Json> validate_policy(const Json& v) {
+  if (!v.is_object()) return std::unexpected(bad("field \"policy\" must be an object"));
+  Json out = Json::object();
+  for (const auto& [k, item] : v.items()) {
+    if (k == "read_only") {
+      if (!item.is_boolean()) return std::unexpected(bad("policy.read_only must be true or false"));
+      out[k] = item;
+    } else if (k == "allow" || k == "deny") {
+      if (!item.is_array() || item.size() > 256) {
+        return std::unexpected(bad(fmt::format("policy.{} must be a list of path prefixes (at most 256)", k)));
+      }
+      for (const auto& prefix : item) {
+        if (!prefix.is_string() || prefix.get_ref<const std::string&>().empty() ||
+            prefix.get_ref<const std::string&>().size() > 1024) {
+          return std::unexpected(bad(fmt::format("policy.{} entries must be non-empty path prefixes like "
+                                                 "\"jira/rest/api/3/project/ABC\"", k)));
+        }
+        for (const char c : prefix.get_ref<const std::string&>()) {
+          if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+            return std::unexpected(bad(fmt::format("policy.{} entries must not contain control characters", k)));
+          }
+        }
+      }
+      out[k] = item;
+    } else if (k == "rate_per_minute") {
+      if (!item.is_number() || item.get<double>() <= 0 || item.get<double>() > 1e6) {
+        return std::unexpected(bad("policy.rate_per_minute must be a positive number"));
+      }
+      out[k] = item;
+    } else {
+      return std::unexpected(bad(fmt::format("policy.{} is not known (read_only, allow, deny, rate_per_minute)", k.substr(0, 64))));
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -143,6 +182,12 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
       auto sinks = validate_sinks(value);
       if (!sinks) return std::unexpected(sinks.error());
       p.config[key] = std::move(*sinks);
+      continue;
+    }
+    if (key == "policy") {
+      auto policy = validate_policy(value);
+      if (!policy) return std::unexpected(policy.error());
+      p.config[key] = std::move(*policy);
       continue;
     }
     if (key == "token_endpoint_auth") {

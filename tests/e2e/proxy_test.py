@@ -1,0 +1,163 @@
+"""The proxy end to end (DESIGN §8, issue 6): the real tokend forwarding calls
+to the TLS fake provider with the profile's credential. What reaches the
+upstream is asserted from the fake's request log."""
+import json
+import os
+import sys
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
+
+from client import FakeUpstream  # noqa: E402
+from harness import Daemon, XdgTree, binaries, http_over_unix, secret_file, run_ctl, unix_request  # noqa: E402
+
+TOKEND, TOKENCTL = binaries()
+CLIENT_ID = "proxy-app"
+CLIENT_SECRET = "cs-MARKER-proxy-secret"
+
+
+class ProxyTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.up = FakeUpstream(quiet=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.up.stop()
+
+    def setUp(self):
+        self.up.reset()
+        self.up.clear_faults()
+        self.up.add_client(CLIENT_ID, CLIENT_SECRET, "client_secret_basic")
+        self.xdg = XdgTree()
+        self.env = self.xdg.env
+        self.daemon = Daemon(TOKEND, self.env, ["--ca-bundle", self.up.ca_file, "--log-level", "debug"])
+        self.daemon.wait_ready(self.xdg.socket)
+
+    def tearDown(self):
+        if self.daemon.proc.poll() is None:
+            self.assertEqual(self.daemon.stop(), 0, self.daemon.output())
+        log = self.daemon.output()
+        for t in self.up.tokens():
+            if t.get("token"):
+                self.assertNotIn(t["token"], log)
+        self.xdg.close()
+
+    def ctl(self, *args, input=None):
+        return run_ctl(TOKENCTL, self.env, *args, input=input, timeout=60)
+
+    def put(self, name, body):
+        status, text = unix_request(self.xdg.socket, "PUT", f"/v1/profiles/{name}", json.dumps(body))
+        self.assertIn(status, (200, 201), text)
+
+    def add_generic(self, name="g", **extra):
+        g = self.up.add_grant(CLIENT_ID, access_lifetime=3600)
+        self.put(name, {"kind": "oauth2", "token_url": self.up.token_url, "client_id": CLIENT_ID,
+                        "client_secret": CLIENT_SECRET, "access_token": g["access_token"],
+                        "refresh_token": g["refresh_token"], "expires_in": 3600, "api_base": self.up.base_url,
+                        **extra})
+        return g
+
+    def raw(self, method, target, headers=(), body=b""):
+        """A request with exactly these bytes in its head; (status, head, body)."""
+        head = f"{method} {target} HTTP/1.1\r\nHost: tokend\r\nConnection: close\r\n"
+        for h in headers:
+            head += h + "\r\n"
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        out = http_over_unix(self.xdg.socket, head.encode() + body)
+        head_bytes, _, payload = out.partition(b"\r\n\r\n")
+        return int(head_bytes[9:12]), head_bytes.decode(errors="replace"), payload
+
+    def upstream_calls(self, path_prefix):
+        return [e for e in self.up.log() if e.get("path", "").startswith(path_prefix)]
+
+    # -- forwarding ---------------------------------------------------------------
+
+    def test_generic_get_with_the_profiles_token_only(self):
+        g = self.add_generic()
+        status, head, body = self.raw("GET", "/v1/proxy/g/me?x=1", ["Authorization: Bearer caller-token",
+                                                                   "Cookie: session=caller", "X-Custom: kept",
+                                                                   "Connection: close, X-Hop", "X-Hop: dropped"])
+        self.assertEqual(status, 200, body)
+        self.assertIn("sub", json.loads(body))
+        self.assertNotIn("set-cookie", head.lower())
+        call = self.upstream_calls("/me")[-1]
+        self.assertEqual(call["query"], {"x": "1"})
+        headers = {k.lower(): v for k, v in call["headers"].items()}
+        self.assertEqual(headers["authorization"], "Bearer " + g["access_token"])
+        self.assertNotIn("cookie", headers)
+        self.assertNotIn("x-hop", headers)
+        self.assertEqual(headers.get("x-custom"), "kept")
+
+    def test_escapes_and_injection_are_refused_before_anything_is_sent(self):
+        self.add_generic()
+        before = len(self.up.log())
+        for target in ("/v1/proxy/g/../../_control/reset", "/v1/proxy/g/a/../../x", "/v1/proxy/g//evil.example/x",
+                       "/v1/proxy/g/https://evil.example/x", "/v1/proxy/g/me%0d%0aHost:%20evil",
+                       "/v1/proxy/g/a%2f..%2f..%2fx", "/v1/proxy/g/a%5c..%5cx", "/v1/proxy/g/me%00"):
+            with self.subTest(target=target):
+                status, _, body = self.raw("GET", target)
+                self.assertEqual(status, 400, body)
+        self.assertEqual(len(self.up.log()), before, "a refused call reached the upstream")
+
+    def test_policy_read_only_allow_deny_and_rate(self):
+        self.add_generic(policy={"read_only": True, "allow": ["me", "oauth"], "deny": ["oauth/userinfo"]})
+        self.assertEqual(self.raw("GET", "/v1/proxy/g/me")[0], 200)
+        status, _, body = self.raw("POST", "/v1/proxy/g/me", body=b"{}")
+        self.assertEqual(status, 403)
+        self.assertEqual(json.loads(body)["error"]["code"], "policy_denied")
+        self.assertIn("read-only", json.loads(body)["error"]["message"])
+        status, _, body = self.raw("GET", "/v1/proxy/g/oauth/userinfo")
+        self.assertEqual(status, 403)
+        self.assertIn("oauth/userinfo", json.loads(body)["error"]["message"])
+        self.assertEqual(self.raw("GET", "/v1/proxy/g/other")[0], 403)
+        self.add_generic(name="r", policy={"rate_per_minute": 2})
+        self.assertEqual(self.raw("GET", "/v1/proxy/r/me")[0], 200)
+        self.assertEqual(self.raw("GET", "/v1/proxy/r/me")[0], 200)
+        status, head, body = self.raw("GET", "/v1/proxy/r/me")
+        self.assertEqual(status, 429)
+        self.assertIn("retry-after:", head.lower())
+        self.assertEqual(json.loads(body)["error"]["code"], "rate_limited")
+        # Bad policies are refused with the field named, and change nothing.
+        status, text = unix_request(self.xdg.socket, "PUT", "/v1/profiles/g",
+                                    json.dumps({"kind": "oauth2", "policy": {"read_only": "yes"}}))
+        self.assertEqual(status, 400, text)
+        self.assertIn("policy.read_only", text)
+        self.assertEqual(self.raw("GET", "/v1/proxy/g/me")[0], 200)
+
+    def test_audit_line_per_call(self):
+        self.add_generic()
+        self.raw("GET", "/v1/proxy/g/me")
+        self.raw("GET", "/v1/proxy/g/../x")
+        status, text = unix_request(self.xdg.socket, "GET", "/v1/audit?limit=10")
+        events = [e for e in json.loads(text)["events"] if e["kind"] == "proxy"]
+        self.assertEqual(len(events), 2)
+        ok = [e for e in events if e["detail"]["status"] == 200][0]
+        self.assertEqual(ok["detail"]["method"], "GET")
+        self.assertEqual(ok["detail"]["path"], "me")
+        self.assertEqual(ok["peer_uid"], os.getuid())
+        self.assertIn("latency_ms", ok["detail"])
+        status, text = unix_request(self.xdg.socket, "GET", "/v1/metrics")
+        self.assertIn('tokend_proxy_requests_total{profile="g",status="200"} 1', text)
+
+    def test_upstream_connections_are_reused(self):
+        self.add_generic()
+        for _ in range(5):
+            self.assertEqual(self.raw("GET", "/v1/proxy/g/me")[0], 200)
+        conns = {e["connection"] for e in self.upstream_calls("/me")}
+        self.assertEqual(len(conns), 1, conns)
+
+    def test_unknown_profile_and_missing_api_base(self):
+        status, _, body = self.raw("GET", "/v1/proxy/nope/me")
+        self.assertEqual(status, 404)
+        g = self.up.add_grant(CLIENT_ID, access_lifetime=3600)
+        self.put("n", {"kind": "oauth2", "token_url": self.up.token_url, "client_id": CLIENT_ID,
+                       "access_token": g["access_token"], "expires_in": 3600})
+        status, _, body = self.raw("GET", "/v1/proxy/n/me")
+        self.assertEqual(status, 422, body)
+        self.assertIn("api_base", json.loads(body)["error"]["message"])
+
+
+if __name__ == "__main__":
+    unittest.main()
