@@ -35,6 +35,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def read_until(stream, needle, deadline=20.0):
+    """Reads lines until one contains `needle`; False at EOF or the deadline."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        line = stream.readline()
+        if not line:
+            return False
+        if needle in line:
+            return True
+    return False
+
+
 def port_open(port):
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -238,6 +250,31 @@ class LoginTest(unittest.TestCase):
                 proc.kill()
         self.assertEqual(proc.returncode, 0, out + err)
         self.assert_token_works()
+        self.assertEqual(self.ctl("renew", "p").returncode, 0)
+        self.assert_token_works()
+        self.assertEqual(self.ctl("logout", "p").returncode, 0)
+        self.assertEqual(self.ctl("token", "p").returncode, 4)
+
+    def test_ctrl_c_cancels_the_flow(self):
+        self.add_generic()
+        env = dict(self.env, BROWSER="/bin/true")  # a browser that never comes back
+        proc = subprocess.Popen([TOKENCTL, "login", "p"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            wait_for(lambda: self.api("GET", "/v1/profiles/p/login")[1].get("listening"), "the flow to start")
+            self.assertTrue(port_open(self.port))
+            # (tokenctl installs its handler once the flow has started.)
+            self.assertTrue(read_until(proc.stderr, "Waiting"), "tokenctl did not start waiting")
+            proc.send_signal(2)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        self.assertEqual(proc.returncode, 1, out + err)
+        self.assertIn("cancelled", err)
+        self.assertEqual(self.api("GET", "/v1/profiles/p/login")[1]["state"], "cancelled")
+        self.assertFalse(port_open(self.port))
+        self.assertFalse(self.profile()["has_token"])
 
     def test_paste_bare_code_over_the_api(self):
         self.add_generic()
@@ -437,6 +474,9 @@ class LoginTest(unittest.TestCase):
                 self.assertEqual(r.returncode, 0, r.stderr)
                 r = self.ctl("test", "d")
                 self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                r = self.ctl("logout", "d")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertIn("revoked", r.stdout)  # the discovered revocation endpoint
                 self.ctl("remove", "d")
 
     def test_mcp_discovery_registration_reused_across_restart(self):
@@ -501,6 +541,9 @@ class LoginTest(unittest.TestCase):
         r = self.ctl("test", "a")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("acme", r.stdout)
+        r = self.ctl("logout", "a")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.ctl("token", "a").returncode, 4)
 
     def test_atlassian_several_sites(self):
         sites = [{"id": "c1", "url": "https://one.atlassian.net", "name": "one"},
