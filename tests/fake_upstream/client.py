@@ -111,6 +111,134 @@ def redirect_params(location):
                                        keep_blank_values=True))
 
 
+# -- the fake Atlassian REST API ------------------------------------------------------------
+
+def bearer(token):
+    """Authorization header value for an OAuth access token (/ex) or a PAT (/dc)."""
+    return "Bearer " + token
+
+
+def api_token_auth(email, token):
+    """Authorization header value for a Cloud API token (/site): Basic base64(email:token),
+    NOT form-urlencoded (unlike basic_auth for OAuth clients)."""
+    return "Basic " + base64.b64encode(f"{email}:{token}".encode()).decode()
+
+
+def fingerprint(secret):
+    """What the fake's log and echo show instead of a credential (first 12 hex of SHA-256)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+PATTERN_PERIOD = 65537
+_PATTERNS = {}
+
+
+def _pattern(seed):
+    p = _PATTERNS.get(seed)
+    if p is None:
+        one = b"".join(hashlib.sha256(f"fake-upstream-download:{seed}:{k}".encode()).digest()
+                       for k in range((PATTERN_PERIOD + 31) // 32))[:PATTERN_PERIOD]
+        p = _PATTERNS[seed] = one + one
+    return p
+
+
+def download_chunks(seed, size, offset=0, chunk=65536):
+    """The deterministic content the fake streams for `seed` (bytes offset..offset+size), in
+    pieces: byte i is pattern[i % 65537], the pattern being the SHA-256 digests of
+    "fake-upstream-download:{seed}:{k}" for k = 0, 1, ... Also the content of Blob uploads."""
+    pattern = _pattern(seed)
+    end = offset + size
+    while offset < end:
+        n = min(chunk, end - offset, PATTERN_PERIOD)
+        i = offset % PATTERN_PERIOD
+        yield pattern[i:i + n]
+        offset += n
+
+
+def download_bytes(seed, size, offset=0):
+    """download_chunks joined (for small sizes)."""
+    return b"".join(download_chunks(seed, size, offset))
+
+
+def download_sha256(seed, size):
+    """Hex SHA-256 of `size` bytes of the content for `seed` (what a download must hash to)."""
+    h = hashlib.sha256()
+    for piece in download_chunks(seed, size):
+        h.update(piece)
+    return h.hexdigest()
+
+
+class Blob:
+    """`size` bytes of deterministic content (download_chunks(seed, size)), generated while
+    being sent: lets a test upload hundreds of MB without holding them."""
+
+    def __init__(self, seed, size):
+        self.seed, self.size = seed, size
+
+    def chunks(self):
+        return download_chunks(self.seed, self.size)
+
+    def sha256(self):
+        return download_sha256(self.seed, self.size)
+
+
+class MultipartBody:
+    """A multipart/form-data body built from parts, sent as a stream.
+
+    parts: (name, filename, data[, content_type]) tuples; filename None makes a plain form
+    field; data is bytes, str or a Blob. Attributes: content_type, length, boundary,
+    expected (for each part with a filename: {"filename", "size", "sha256"}, what the fake
+    answers). chunks() yields the body; sha256() hashes all of it.
+    """
+
+    def __init__(self, parts, boundary=None):
+        self.boundary = boundary or "----fake-upstream-" + secrets.token_hex(12)
+        self.content_type = f"multipart/form-data; boundary={self.boundary}"
+        self.segments, self.expected = [], []
+        for part in parts:
+            name, filename, data = part[:3]
+            ctype = part[3] if len(part) > 3 else ("application/octet-stream" if filename
+                                                   is not None else None)
+            if isinstance(data, str):
+                data = data.encode()
+            head = f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"'
+            if filename is not None:
+                head += f'; filename="{filename}"'
+            head += "\r\n" + (f"Content-Type: {ctype}\r\n" if ctype else "") + "\r\n"
+            self.segments += [head.encode(), data, b"\r\n"]
+            if filename is not None:
+                size = data.size if isinstance(data, Blob) else len(data)
+                digest = data.sha256() if isinstance(data, Blob) else hashlib.sha256(data).hexdigest()
+                self.expected.append({"filename": filename, "size": size, "sha256": digest})
+        self.segments.append(f"--{self.boundary}--\r\n".encode())
+        self.length = sum(s.size if isinstance(s, Blob) else len(s) for s in self.segments)
+
+    def chunks(self):
+        for seg in self.segments:
+            if isinstance(seg, Blob):
+                yield from seg.chunks()
+            else:
+                yield seg
+
+    def sha256(self):
+        h = hashlib.sha256()
+        for piece in self.chunks():
+            h.update(piece)
+        return h.hexdigest()
+
+
+class Download:
+    """A streamed GET: status, lower-case headers, size and SHA-256 of what arrived, and
+    whether the body was complete (False: the connection ended early)."""
+
+    def __init__(self, status, headers, size, sha256, complete):
+        self.status, self.headers, self.size, self.sha256 = status, headers, size, sha256
+        self.complete = complete
+
+    def __repr__(self):
+        return f"Download({self.status}, size={self.size}, complete={self.complete})"
+
+
 class UpstreamClient:
     """Talks to a running fake upstream: plain requests and the control API."""
 
@@ -163,6 +291,27 @@ class UpstreamClient:
     @property
     def accessible_resources_url(self):
         return self.base_url + "/oauth/token/accessible-resources"
+
+    # the fake Atlassian REST API: what tokend is configured with
+
+    @property
+    def api_base(self):
+        """tokend's api_base for the atlassian preset (3LO calls go to api_base/ex/...)."""
+        return self.base_url
+
+    @property
+    def dc_url(self):
+        """A Data Center "site" (jira_base / confluence_base) for PAT profiles."""
+        return self.base_url + "/dc"
+
+    def site_url(self, name="acme"):
+        """A Cloud "site" for API-token profiles: Jira at SITE/..., Confluence at SITE/wiki/..."""
+        return f"{self.base_url}/site/{name}"
+
+    def ex_url(self, product="jira", cloud_id=None):
+        """BASE/ex/{product}/{cloud_id} (default: the first configured site's id)."""
+        cloud_id = cloud_id or self.sites()[0]["id"]
+        return f"{self.base_url}/ex/{product}/{cloud_id}"
 
     def ssl_context(self):
         return ssl.create_default_context(cafile=self.ca_file)
@@ -333,6 +482,83 @@ class UpstreamClient:
         headers = {"Authorization": "Bearer " + token} if token is not None else {}
         return self.request("GET", "/oauth/token/accessible-resources", headers=headers)
 
+    # -- the fake Atlassian REST API, called directly ----------------------------------
+
+    def _path(self, url_or_path):
+        if url_or_path.startswith(("https://", "http://")):
+            split = urllib.parse.urlsplit(url_or_path)
+            return split.path + ("?" + split.query if split.query else "")
+        return url_or_path
+
+    def api_request(self, method, path, auth=None, body=None, headers=None, **kw):
+        """A request under /ex, /site or /dc (a path or a full URL). `auth`: an Authorization
+        value (bearer(), api_token_auth()); a dict/list body is sent as JSON. Reply."""
+        headers = dict(headers or {})
+        if auth is not None:
+            headers["Authorization"] = auth
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            headers.setdefault("Content-Type", "application/json")
+        return self.request(method, self._path(path), body, headers, **kw)
+
+    def upload(self, path, parts, auth=None, chunked=False, xsrf=True, headers=None, conn=None,
+               timeout=120.0):
+        """POSTs a streamed multipart body (see MultipartBody; Blob parts are generated on the
+        fly) with Content-Length, or chunked. xsrf: send X-Atlassian-Token: no-check. Reply;
+        reply.multipart is the MultipartBody (its .expected is what the fake should answer)."""
+        mp = parts if isinstance(parts, MultipartBody) else MultipartBody(parts)
+        hdrs = {"Content-Type": mp.content_type}
+        if xsrf:
+            hdrs["X-Atlassian-Token"] = "no-check"
+        if auth is not None:
+            hdrs["Authorization"] = auth
+        if not chunked:
+            hdrs["Content-Length"] = str(mp.length)
+        hdrs.update(headers or {})
+        own = conn is None
+        conn = conn or self.connection(timeout)
+        try:
+            conn.request("POST", self._path(path), body=mp.chunks(), headers=hdrs,
+                         encode_chunked=chunked)
+            resp = conn.getresponse()
+            reply = Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+            reply.multipart = mp
+            return reply
+        finally:
+            if own:
+                conn.close()
+
+    def download(self, path, auth=None, headers=None, conn=None, timeout=120.0):
+        """A GET whose body is hashed as it arrives, never held. Download."""
+        hdrs = dict(headers or {})
+        if auth is not None:
+            hdrs["Authorization"] = auth
+        own = conn is None
+        conn = conn or self.connection(timeout)
+        try:
+            conn.request("GET", self._path(path), headers=hdrs)
+            resp = conn.getresponse()
+            h, size, complete = hashlib.sha256(), 0, True
+            try:
+                while True:
+                    piece = resp.read(65536)
+                    if not piece:
+                        break
+                    h.update(piece)
+                    size += len(piece)
+            except (http.client.IncompleteRead, OSError) as e:
+                partial = getattr(e, "partial", b"") or b""
+                h.update(partial)
+                size += len(partial)
+                complete = False
+            if resp.length not in (None, 0):
+                complete = False
+            return Download(resp.status, {k.lower(): v for k, v in resp.getheaders()}, size,
+                            h.hexdigest(), complete)
+        finally:
+            if own:
+                conn.close()
+
     # -- control API -------------------------------------------------------------
 
     def control(self, method, path, obj=None):
@@ -445,6 +671,49 @@ class UpstreamClient:
 
     def sites(self):
         return self.control("GET", "sites")["sites"]
+
+    def add_api_token(self, email, token, account_id=None, display_name=None):
+        """A Cloud API token valid at every /site/NAME as Basic email:token."""
+        spec = {"email": email, "token": token}
+        for k, v in (("account_id", account_id), ("display_name", display_name)):
+            if v is not None:
+                spec[k] = v
+        return self.control("POST", "api_tokens", spec)
+
+    def api_tokens(self):
+        return self.control("GET", "api_tokens")["api_tokens"]
+
+    def revoke_api_token(self, token):
+        return self.control("POST", "api_tokens/revoke", {"token": token})
+
+    def add_pat(self, token, user=None, display_name=None):
+        """A Data Center personal access token valid at /dc as Bearer."""
+        spec = {"token": token}
+        for k, v in (("user", user), ("display_name", display_name)):
+            if v is not None:
+                spec[k] = v
+        return self.control("POST", "pats", spec)
+
+    def pats(self):
+        return self.control("GET", "pats")["pats"]
+
+    def revoke_pat(self, token):
+        return self.control("POST", "pats/revoke", {"token": token})
+
+    def store(self):
+        """The API resource store: {namespace: {"issues", "pages", "attachments", ...}},
+        namespaces "site:NAME" (/site/NAME and /ex/.../CLOUDID of that site) and "dc"."""
+        return self.control("GET", "store")["store"]
+
+    def api_log(self, since=0, prefix=None):
+        """Request-log entries of API calls (entry["api"] set), optionally of one prefix
+        ("ex", "site", "dc")."""
+        return [e for e in self.log(since) if e.get("api")
+                and (prefix is None or e["api"]["prefix"] == prefix)]
+
+    def last_seq(self):
+        """The log's newest sequence number (for log(since=...))."""
+        return self.control("GET", "log?since=999999999999")["last_seq"]
 
     def wait_for_log(self, predicate, what, deadline=DEFAULT_DEADLINE):
         """Polls the request log until an entry satisfies predicate; returns it."""
@@ -897,6 +1166,449 @@ def t_chunked(up):
         expect_token_set(Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()))
     finally:
         conn.close()
+
+
+# -- the fake Atlassian REST API
+
+EMAIL, API_TOKEN, PAT = "dev@example.com", "ATATT3x-fake-api-token-1", "NjM-fake-pat-1"
+
+
+def api_seed(up, **config):
+    """seed() plus an API token (dev@example.com) and a PAT (user jdoe); -> (grant, cloud id)."""
+    g = seed(up, **config)
+    up.add_api_token(EMAIL, API_TOKEN, display_name="Dev")
+    up.add_pat(PAT, user="jdoe")
+    return g, up.sites()[0]["id"]
+
+
+def _vm_hwm_kib(pid):
+    """Peak resident set size of a process (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def t_api_auth(up):
+    g, cid = api_seed(up)
+    at = g["access_token"]
+    basic = api_token_auth(EMAIL, API_TOKEN)
+    cases = [   # (prefix, path, good credential, challenge scheme, wrong credential)
+        ("ex", f"/ex/jira/{cid}/rest/api/3/myself", bearer(at), "Bearer", bearer("at-nope")),
+        ("ex", f"/ex/confluence/{cid}/rest/api/user/current", bearer(at), "Bearer", basic),
+        ("ex", f"/ex/confluence/{cid}/wiki/rest/api/user/current", bearer(at), "Bearer", bearer(PAT)),
+        ("site", "/site/acme/rest/api/2/myself", basic, "Basic", api_token_auth(EMAIL, "wrong")),
+        ("site", "/site/acme/rest/api/3/myself", basic, "Basic",
+         api_token_auth("other@example.com", API_TOKEN)),
+        ("site", "/site/acme/wiki/rest/api/user/current", basic, "Basic", bearer(API_TOKEN)),
+        ("dc", "/dc/rest/api/2/myself", bearer(PAT), "Bearer", bearer(at)),
+        ("dc", "/dc/confluence/rest/api/user/current", bearer(PAT), "Bearer", "Basic " + PAT),
+    ]
+    since = up.last_seq()
+    for prefix, path, good, scheme, wrong in cases:
+        r = up.api_request("GET", path, good)
+        expect_eq(r.status, 200, path)
+        body = r.json()
+        expect_eq(body["fakeUpstream"]["credential_kind"],
+                  {"ex": "oauth", "site": "api_token", "dc": "pat"}[prefix], "credential kind")
+        for auth, what in ((None, "no credential"), (wrong, "wrong credential")):
+            r = up.api_request("GET", path, auth)
+            expect_eq(r.status, 401, f"{path}: {what}")
+            expect(r.headers.get("www-authenticate", "").startswith(scheme + " "), "challenge",
+                   r.headers)
+            expect(isinstance(r.json(), dict), "JSON body", r.body)
+    r = up.api_request("GET", cases[0][1], bearer(at)).json()
+    expect_eq((r["accountId"], r["emailAddress"]), (g["sub"], g["sub"] + "@example.test"), "3LO me")
+    r = up.api_request("GET", "/site/acme/rest/api/2/myself", basic).json()
+    expect_eq((r["emailAddress"], r["displayName"]), (EMAIL, "Dev"), "API-token me")
+    r = up.api_request("GET", "/dc/rest/api/2/myself", bearer(PAT)).json()
+    expect_eq((r["name"], r["key"]), ("jdoe", "jdoe"), "PAT me (Data Center)")
+    for url, auth in ((up.ex_url() + "/rest/api/3/myself", bearer(at)),
+                      (up.ex_url("confluence", cid) + "/rest/api/user/current", bearer(at)),
+                      (up.site_url() + "/rest/api/2/myself", basic),
+                      (up.site_url("acme") + "/wiki/rest/api/user/current", basic),
+                      (up.dc_url + "/rest/api/2/myself", bearer(PAT))):
+        expect(url.startswith(up.api_base + "/"), "URL helpers", url)
+        expect_eq(up.api_request("GET", url, auth).status, 200, url)
+    r = up.api_request("GET", "/ex/jira/not-a-cloud-id/rest/api/3/myself", bearer(at))
+    expect_eq((r.status, r.json()["code"]), (404, 404), "unknown cloud id")
+    entries = up.api_log(since)
+    expect(entries and all(e["auth"]["expected"] for e in entries), "auth in every entry")
+    ok = [e for e in entries if e["status"] == 200]
+    expect_eq({e["credential_kind"] for e in ok}, {"oauth", "api_token", "pat"}, "kinds")
+    expect(all(e["credential_kind"] is None for e in entries if e["status"] == 401), "401: no kind")
+    site_entry = next(e for e in ok if e["api"]["prefix"] == "site")
+    expect_eq((site_entry["auth"]["scheme"], site_entry["auth"]["fingerprint"],
+               site_entry["auth"]["email"]), ("Basic", fingerprint(API_TOKEN), EMAIL), "auth summary")
+    for e in entries:
+        text = json.dumps(e["auth"])
+        expect(at not in text and API_TOKEN not in text and PAT not in text, "no secret in auth")
+    s = up.stats()
+    expect_eq(s["api_requests_by_prefix"], {"ex": 13, "site": 12, "dc": 8}, "requests by prefix")
+    expect_eq(s["api_unauthorized_by_prefix"], {"ex": 6, "site": 6, "dc": 4}, "401s by prefix")
+    expect_eq(s["api_requests_by_credential"]["pat"], 4, "by credential")
+    # expiry and revocation
+    up.advance_clock(3601)
+    r = up.api_request("GET", cases[0][1], bearer(at))
+    expect_eq(r.status, 401, "expired access token")
+    expect('error="invalid_token"' in r.headers["www-authenticate"], "invalid_token", r.headers)
+    expect_eq(up.api_log()[-1]["auth"]["status"], "expired", "status in the log")
+    up.revoke_api_token(API_TOKEN)
+    expect_eq(up.api_request("GET", "/site/acme/rest/api/2/myself", basic).status, 401,
+              "revoked API token")
+    up.revoke_pat(PAT)
+    expect_eq(up.api_request("GET", "/dc/rest/api/2/myself", bearer(PAT)).status, 401, "revoked PAT")
+    expect_eq([t["revoked"] for t in up.api_tokens() + up.pats()], [True, True], "listed revoked")
+    kinds = {t["kind"]: t["valid"] for t in up.tokens() if t["kind"] in ("api_token", "pat")}
+    expect_eq(kinds, {"api_token": False, "pat": False}, "in /_control/tokens")
+    for bad in ({"email": "x@y"}, {"token": "t"}):
+        try:
+            up.control("POST", "api_tokens", bad)
+        except ControlError as e:
+            expect_eq(e.status, 400, f"rejects {bad}")
+        else:
+            raise AssertionError(f"accepted {bad}")
+
+
+def t_api_resources(up):
+    g, cid = api_seed(up)
+    ex, oauth = f"/ex/jira/{cid}", bearer(g["access_token"])
+    basic = api_token_auth(EMAIL, API_TOKEN)
+    fields = {"project": {"key": "ABC"}, "summary": "first", "issuetype": {"name": "Task"}}
+    r = up.api_request("POST", ex + "/rest/api/3/issue", oauth, {"fields": fields})
+    expect_eq(r.status, 201, "create")
+    created = r.json()
+    expect_eq((created["key"], created["fields"]), ("ABC-1", fields), "key, fields echoed")
+    expect(created["self"] == f"{up.base_url}{ex}/rest/api/3/issue/{created['id']}", "self",
+           created)
+    r = up.api_request("GET", "/site/acme/rest/api/2/issue/ABC-1", basic)
+    expect_eq((r.status, r.json()["fields"]["summary"]), (200, "first"), "same site via API token")
+    r = up.api_request("PUT", ex + "/rest/api/3/issue/ABC-1", oauth,
+                       {"fields": {"summary": "second"}})
+    expect_eq((r.status, r.body, "content-length" in r.headers), (204, b"", False), "update")
+    r = up.api_request("GET", f"{ex}/rest/api/3/issue/{created['id']}", oauth)
+    expect_eq(r.json()["fields"]["summary"], "second", "updated, found by id")
+    expect_eq(up.api_request("GET", "/dc/rest/api/2/issue/ABC-1", bearer(PAT)).status, 404,
+              "Data Center has its own store")
+    r = up.api_request("PATCH", ex + "/rest/api/3/issue/ABC-1", oauth, {})
+    expect_eq((r.status, r.headers.get("allow")), (405, "DELETE, GET, HEAD, PUT"), "405")
+    expect_eq(up.api_request("DELETE", ex + "/rest/api/3/issue/ABC-1", oauth).status, 204, "delete")
+    r = up.api_request("GET", ex + "/rest/api/3/issue/ABC-1", oauth)
+    expect_eq((r.status, r.json()["errorMessages"]),
+              (404, ["Issue does not exist or you do not have permission to see it."]), "gone")
+    r = up.api_request("POST", ex + "/rest/api/3/issue", oauth, {"fields": {"project": {"key": "A"}}})
+    expect_eq((r.status, list(r.json()["errors"])), (400, ["summary"]), "summary required")
+    r = up.api_request("POST", ex + "/rest/api/3/issue", oauth, "{nope",
+                       headers={"Content-Type": "application/json"})
+    expect_eq(r.status, 400, "malformed JSON")
+    r = up.api_request("POST", ex + "/rest/api/3/issue", oauth, {"fields": fields})
+    expect_eq(r.json()["key"], "ABC-2", "keys keep counting")
+    # Confluence pages
+    wiki = "/site/acme/wiki"
+    page = {"type": "page", "title": "Notes", "space": {"key": "SP"},
+            "body": {"storage": {"value": "<p>x</p>", "representation": "storage"}}}
+    r = up.api_request("POST", wiki + "/rest/api/content", basic, page)
+    expect_eq(r.status, 200, "create page")
+    pid = r.json()["id"]
+    expect_eq((r.json()["version"], r.json()["space"]), ({"number": 1}, {"key": "SP"}), "page")
+    expect_eq(up.api_request("POST", wiki + "/rest/api/content", basic, page).status, 400,
+              "duplicate title")
+    r = up.api_request("GET", f"/ex/confluence/{cid}/rest/api/content/{pid}", oauth)
+    expect_eq((r.status, r.json()["title"]), (200, "Notes"), "same site via 3LO")
+    r = up.api_request("GET", wiki + "/rest/api/content?spaceKey=SP&limit=10", basic)
+    expect_eq([p["id"] for p in r.json()["results"]], [pid], "list by space")
+    expect_eq(up.api_request("GET", wiki + "/rest/api/content?spaceKey=XX", basic).json()["size"],
+              0, "other space empty")
+    r = up.api_request("PUT", f"{wiki}/rest/api/content/{pid}", basic,
+                       {"title": "Notes 2", "version": {"number": 2}, "type": "page"})
+    expect_eq((r.status, r.json()["version"]["number"], r.json()["title"]), (200, 2, "Notes 2"),
+              "update")
+    r = up.api_request("PUT", f"{wiki}/rest/api/content/{pid}", basic, {"version": {"number": 2}})
+    expect_eq((r.status, r.json()["statusCode"]), (409, 409), "stale version")
+    expect_eq(up.api_request("DELETE", f"{wiki}/rest/api/content/{pid}", basic).status, 204, "delete")
+    r = up.api_request("GET", f"{wiki}/rest/api/content/{pid}", basic)
+    expect_eq((r.status, r.json()["statusCode"]), (404, 404), "page gone")
+    r = up.api_request("POST", "/dc/confluence/rest/api/content", bearer(PAT), page)
+    expect_eq(r.status, 200, "Data Center page")
+    store = up.store()
+    expect_eq(sorted(store), ["dc", "site:acme"], "namespaces")
+    expect_eq([i["key"] for i in store["site:acme"]["issues"].values()], ["ABC-2"], "stored issues")
+    ops = up.stats()["api_operations"]
+    expect_eq((ops["jira.issue_create"], ops["confluence.content"]), (4, 5), "operations")
+
+
+def t_api_echo(up):
+    g, cid = api_seed(up)
+    basic = api_token_auth(EMAIL, API_TOKEN)
+    since = up.last_seq()
+    path = "/site/acme/rest/api/3/search"
+    r = up.api_request("POST", path + "?jql=project%20%3D%20ABC&maxResults=5&x=1&x=2", basic,
+                       "héllo", headers={"X-Custom": "v1", "Content-Type": "text/plain",
+                                         "Cookie": "a=b"})
+    expect_eq(r.status, 200, "echo")
+    e = r.json()
+    expect_eq((e["method"], e["path"], e["prefix"], e["product"], e["site"], e["rest"]),
+              ("POST", path, "site", "jira", "acme", "rest/api/3/search"), "where")
+    expect_eq(e["query"], "jql=project%20%3D%20ABC&maxResults=5&x=1&x=2", "raw query")
+    expect_eq(e["args"], {"jql": ["project = ABC"], "maxResults": ["5"], "x": ["1", "2"]}, "args")
+    expect_eq((e["headers"]["x-custom"], e["headers"]["cookie"]), ("v1", "a=b"), "headers")
+    expect("authorization" not in e["headers"], "no Authorization in the echo", e["headers"])
+    expect_eq({k: e["authorization"][k] for k in ("scheme", "valid", "kind")},
+              {"scheme": "Basic", "valid": True, "kind": "api_token"}, "authorization summary")
+    raw = "héllo".encode()
+    expect_eq((e["body"], e["body_size"], e["body_sha256"]),
+              ("héllo", len(raw), hashlib.sha256(raw).hexdigest()), "body")
+    entry = up.api_log(since)[-1]
+    expect_eq((entry["path"], entry["query"]["maxResults"], entry["body_size"],
+               entry["credential_kind"], entry["api"]["operation"]),
+              (path, "5", len(raw), "api_token", "echo"), "log entry")
+    r = up.request("HEAD", f"/ex/jira/{cid}/rest/api/3/whatever",
+                   headers={"Authorization": bearer(g["access_token"])})
+    expect_eq((r.status, r.body), (200, b""), "HEAD")
+    r = up.api_request("GET", "/dc/jira/rest/agile/1.0/board", bearer(PAT)).json()
+    expect_eq((r["product"], r["rest"]), ("jira", "rest/agile/1.0/board"), "/dc/jira pins Jira")
+    up.config(api_auth_required=False)
+    r = up.api_request("GET", "/dc/rest/x").json()
+    expect_eq((r["authorization"]["present"], r["authorization"]["valid"]), (False, False),
+              "let through without a credential")
+    r = up.api_request("GET", "/dc/rest/x", "Bearer bogus").json()
+    expect_eq((r["authorization"]["scheme"], r["authorization"]["valid"],
+               r["authorization"]["status"]), ("Bearer", False, "unknown"), "invalid, let through")
+    expect_eq(up.api_request("GET", "/dc/rest/api/2/myself").status, 401, "myself still needs one")
+    up.config(api_auth_required=True)
+
+
+def t_api_keep_alive(up):
+    g, cid = api_seed(up)
+    ex, oauth = f"/ex/jira/{cid}", bearer(g["access_token"])
+    since = up.last_seq()
+    conn = up.connection()
+    try:
+        statuses = [up.api_request("GET", ex + "/rest/api/3/myself", oauth, conn=conn).status]
+        r = up.api_request("POST", ex + "/rest/api/3/issue", oauth,
+                           {"fields": {"summary": "s", "project": {"key": "K"}}}, conn=conn)
+        statuses.append(r.status)
+        statuses.append(up.upload(ex + "/rest/api/3/issue/K-1/attachments",
+                                  [("file", "a.txt", b"abc")], oauth, conn=conn).status)
+        statuses.append(up.upload(ex + "/rest/api/3/issue/K-1/attachments",
+                                  [("file", "a.txt", b"abc")], oauth, xsrf=False, conn=conn).status)
+        statuses.append(up.upload(ex + "/rest/api/3/issue/K-1/attachments",
+                                  [("file", "b", Blob("k", 300000))], oauth, chunked=True,
+                                  conn=conn).status)
+        d = up.download(ex + "/rest/api/3/attachment/content/x?size=300000", oauth, conn=conn)
+        statuses.append(d.status)
+        d = up.download(ex + "/rest/api/3/attachment/content/x?size=300000&chunked=1", oauth,
+                        conn=conn)
+        statuses.append(d.status)
+        statuses.append(up.api_request("PUT", ex + "/rest/api/3/anything", oauth, b"z" * 100000,
+                                       conn=conn).status)
+        statuses.append(up.api_request("GET", ex + "/rest/api/3/issue/NOPE-1", oauth,
+                                       conn=conn).status)
+        statuses.append(up.api_request("GET", ex + "/rest/api/3/myself", None, conn=conn).status)
+        statuses.append(up.api_request("DELETE", ex + "/rest/api/3/issue/K-1", oauth,
+                                       conn=conn).status)
+    finally:
+        conn.close()
+    expect_eq(statuses, [200, 201, 200, 403, 200, 200, 200, 200, 404, 401, 204], "statuses")
+    entries = up.api_log(since)
+    expect_eq(len({e["connection"] for e in entries}), 1, "one connection")
+    expect_eq([e["request_on_connection"] for e in entries], list(range(1, 12)), "request numbers")
+
+
+def t_api_uploads(up):
+    g, cid = api_seed(up)
+    ex, oauth = f"/ex/jira/{cid}", bearer(g["access_token"])
+    key = up.api_request("POST", ex + "/rest/api/3/issue", oauth,
+                         {"fields": {"summary": "s", "project": {"key": "UP"}}}).json()["key"]
+    path = f"{ex}/rest/api/3/issue/{key}/attachments"
+    parts = [("file", "a.txt", b"hello", "text/plain"), ("file", "b.bin", Blob("b", 100000)),
+             ("comment", None, "a plain field"), ("file", "résumé ü.txt", b"\r\n--not-a-boundary")]
+    for chunked in (False, True):
+        since = up.last_seq()
+        r = up.upload(path, parts, oauth, chunked=chunked)
+        expect_eq(r.status, 200, f"upload (chunked={chunked})")
+        got = [{k: a[k] for k in ("filename", "size", "sha256")} for a in r.json()]
+        expect_eq(got, r.multipart.expected, "filename, size, sha256 of each file part")
+        expect_eq(r.json()[0]["mimeType"], "text/plain", "mimeType")
+        entry = up.api_log(since)[-1]
+        up_info = entry["upload"]
+        expect_eq((up_info["bytes"], up_info["sha256"], up_info["complete"], up_info["chunked"]),
+                  (r.multipart.length, r.multipart.sha256(), True, chunked), "log: upload")
+        expect_eq([p["name"] for p in up_info["parts"]], ["file", "file", "comment", "file"], "parts")
+        expect_eq((entry["body_size"], entry["body_chunked"], entry["raw_body"]),
+                  (r.multipart.length, chunked, None), "log: streamed body")
+    issue = up.api_request("GET", f"{ex}/rest/api/3/issue/{key}", oauth).json()
+    expect_eq(len(issue["fields"]["attachment"]), 6, "attachments listed on the issue")
+    att = r.json()[1]
+    meta = up.api_request("GET", f"{ex}/rest/api/3/attachment/{att['id']}", oauth).json()
+    expect_eq((meta["filename"], meta["size"]), ("b.bin", 100000), "attachment metadata")
+    r = up.upload(path, parts, oauth, xsrf=False)
+    expect_eq((r.status, r.body), (403, b"XSRF check failed"), "X-Atlassian-Token required")
+    r = up.api_request("POST", path, oauth, b"not multipart",
+                       headers={"X-Atlassian-Token": "no-check", "Content-Type": "text/plain"})
+    expect_eq(r.status, 415, "not multipart")
+    mp = MultipartBody([("file", "x", b"data")])
+    cut = b"".join(mp.chunks())[:-10]
+    r = up.api_request("POST", path, oauth, cut, headers={"X-Atlassian-Token": "no-check",
+                                                          "Content-Type": mp.content_type})
+    expect_eq((r.status, up.api_log()[-1]["error"]), (400, "malformed_multipart"), "cut multipart")
+    r = up.upload(path, [("comment", None, "x")], oauth)
+    expect_eq(r.status, 400, "no file part")
+    r = up.upload(path, [("file", "e.txt", Blob("e", 70000))], oauth,
+                  headers={"Expect": "100-continue"})
+    expect_eq((r.status, r.json()[0]["size"]), (200, 70000), "Expect: 100-continue")
+    # Confluence
+    page = up.api_request("POST", "/site/acme/wiki/rest/api/content", api_token_auth(EMAIL, API_TOKEN),
+                          {"title": "P", "space": {"key": "S"}}).json()["id"]
+    cpath = f"/site/acme/wiki/rest/api/content/{page}/child/attachment"
+    r = up.upload(cpath, [("file", "c.pdf", Blob("c", 5000), "application/pdf"),
+                          ("minorEdit", None, "true")], api_token_auth(EMAIL, API_TOKEN))
+    expect_eq(r.status, 200, "Confluence upload")
+    res = r.json()["results"]
+    expect_eq([(a["title"], a["size"], a["sha256"], a["mediaType"]) for a in res],
+              [("c.pdf", 5000, Blob("c", 5000).sha256(), "application/pdf")], "Confluence result")
+    r = up.api_request("GET", cpath, api_token_auth(EMAIL, API_TOKEN))
+    expect_eq(r.json()["size"], 1, "Confluence attachment list")
+    # a big upload is streamed: the server's peak RSS must not grow by the body's size
+    pid = getattr(getattr(up, "proc", None), "pid", None)
+    before = _vm_hwm_kib(pid) if pid else None
+    big = 64 * 1024 * 1024
+    r = up.upload(path, [("file", "big.bin", Blob("big", big))], oauth)
+    expect_eq((r.status, r.json()[0]["size"], r.json()[0]["sha256"]),
+              (200, big, Blob("big", big).sha256()), "64 MiB upload")
+    if before is not None:
+        grown = _vm_hwm_kib(pid) - before
+        expect(grown < 24 * 1024, f"server peak RSS grew by {grown} KiB for a 64 MiB upload")
+        print(f"     64 MiB upload: server peak RSS grew by {grown} KiB", flush=True)
+    s = up.stats()
+    expect_eq((s["uploads"], s["upload_bytes"] > big), (5, True), "upload stats")
+    # over the cap: 413 (the connection is closed, the client may see only that)
+    up.config(max_upload_bytes=1024 * 1024)
+    for chunked in (False, True):
+        try:
+            r = up.upload(path, [("file", "c", Blob("c", 3 * 1024 * 1024))], oauth, chunked=chunked)
+            expect_eq(r.status, 413, "over the cap")
+        except (OSError, http.client.HTTPException):
+            pass
+        entry = up.wait_for_log(lambda e: e["path"] == path and e["status"] == 413
+                                and e["body_chunked"] == chunked, "the 413")
+        expect(entry["body_size"] <= 1024 * 1024, "stopped reading at the cap", entry["body_size"])
+    up.config(max_upload_bytes=200 * 1024 * 1024)
+    expect_eq(up.api_request("GET", ex + "/rest/api/3/myself", oauth).status, 200, "still serving")
+
+
+def t_api_downloads(up):
+    g, cid = api_seed(up)
+    ex, oauth = f"/ex/jira/{cid}", bearer(g["access_token"])
+    size = 5 * 1000 * 1000 + 7
+    url = f"{ex}/rest/api/3/attachment/content/blob1?size={size}"
+    d = up.download(url, oauth)
+    expect_eq((d.status, d.size, d.headers["content-length"], d.complete), (200, size, str(size), True),
+              "download")
+    expect_eq(d.sha256, download_sha256("blob1", size), "content")
+    entry = up.api_log()[-1]
+    expect_eq((entry["response_bytes"], entry["response_sha256"]), (size, d.sha256), "log")
+    d = up.download(url + "&chunked=1", oauth)
+    expect_eq((d.headers.get("transfer-encoding"), d.size, d.sha256, d.complete),
+              ("chunked", size, download_sha256("blob1", size), True), "chunked download")
+    d = up.download(url + "&cut=1000000", oauth)
+    expect_eq((d.status, d.complete, d.size <= 1000000), (200, False, True), "cut short")
+    expect_eq(up.api_log()[-1]["delivered"], False, "logged as not delivered")
+    r = up.request("HEAD", url, headers={"Authorization": oauth})
+    expect_eq((r.status, r.headers["content-length"], r.body), (200, str(size), b""), "HEAD")
+    started = time.monotonic()
+    d = up.download(f"{ex}/rest/api/3/attachment/content/s?size=300000&chunk_delay=0.1", oauth)
+    expect(time.monotonic() - started >= 0.4 and d.size == 300000, "chunk_delay trickles")
+    d = up.download("/site/acme/wiki/download/attachments/123/file.bin?size=1000",
+                    api_token_auth(EMAIL, API_TOKEN))
+    expect_eq(d.sha256, download_sha256("123/file.bin", 1000), "Confluence download")
+    r = up.upload(f"{ex}/rest/api/3/issue/X-1/attachments", [("file", "f", Blob("f", 4321))], oauth)
+    aid = r.json()[0]["id"]
+    d = up.download(f"{ex}/rest/api/3/attachment/content/{aid}", oauth)
+    expect_eq((d.size, d.headers["content-disposition"]), (4321, 'attachment; filename="f"'),
+              "a known attachment's size and name")
+    expect_eq(up.download(f"{ex}/rest/api/3/attachment/content/x", oauth).size, 1024 * 1024,
+              "default size")
+    expect_eq(up.api_request("GET", f"{ex}/rest/api/3/attachment/content/x?size=-1", oauth).status,
+              400, "bad size")
+    expect_eq(download_bytes("z", 10, offset=65537), download_bytes("z", 10), "period")
+    s = up.stats()
+    expect_eq(s["downloads"], 8, "downloads counted")
+
+
+def t_api_faults(up):
+    g, cid = api_seed(up)
+    ex_me, oauth = f"/ex/jira/{cid}/rest/api/3/myself", bearer(g["access_token"])
+    site_me, basic = "/site/acme/rest/api/2/myself", api_token_auth(EMAIL, API_TOKEN)
+    up.fault("invalid_token", count=2, target="api_ex")
+    got = [up.api_request("GET", ex_me, oauth) for _ in range(3)]
+    expect_eq([r.status for r in got], [401, 401, 200], "401 twice with a valid token, then 200")
+    expect('error="invalid_token"' in got[0].headers["www-authenticate"], "challenge", got[0].headers)
+    e = up.api_log()[-2]
+    expect_eq((e["fault"], e["auth"]["valid"], e["status"]), ("invalid_token", True, 401), "logged")
+    up.fault("invalid_token", target="api")
+    r = up.api_request("GET", site_me, basic)
+    expect_eq((r.status, r.headers["www-authenticate"]), (401, 'Basic realm="fake-upstream"'),
+              "target api hits /site too, with its own challenge")
+    up.fault("rate_limited", target="api_site", retry_after=3)
+    expect_eq(up.api_request("GET", ex_me, oauth).status, 200, "api_site fault leaves /ex alone")
+    r = up.api_request("GET", site_me, basic)
+    expect_eq((r.status, r.headers.get("retry-after")), (429, "3"), "429 + Retry-After")
+    up.fault("unavailable_503", target="api", retry_after=2)
+    r = up.api_request("GET", "/dc/rest/api/2/myself", bearer(PAT))
+    expect_eq((r.status, r.headers.get("retry-after"), r.body.startswith(b"<html>")),
+              (503, "2", True), "503 HTML + Retry-After")
+    up.fault("bad_gateway_502", target="api")
+    r = up.api_request("GET", ex_me, oauth)
+    expect_eq((r.status, r.headers["content-type"].startswith("text/html")), (502, True), "502 HTML")
+    up.fault("server_error_500", target="api", path=r"/attachments$")
+    expect_eq(up.api_request("GET", ex_me, oauth).status, 200, "path filter: other paths pass")
+    conn = up.connection()
+    try:
+        r = up.upload(f"/ex/jira/{cid}/rest/api/3/issue/A-1/attachments",
+                      [("file", "f", Blob("f", 200000))], oauth, conn=conn)
+        expect_eq(r.status, 500, "path filter: the upload gets the fault")
+        expect_eq(up.api_request("GET", ex_me, oauth, conn=conn).status, 200,
+                  "the faulted upload's body was drained: the connection goes on")
+    finally:
+        conn.close()
+    expect_eq(up.api_log()[-2]["body_size"], r.multipart.length, "drained body counted")
+    up.fault("rate_limited", target="api", method="POST", count=None)
+    expect_eq(up.api_request("GET", ex_me, oauth).status, 200, "method filter: GET passes")
+    expect_eq(up.api_request("POST", ex_me.replace("myself", "x"), oauth, {}).status, 429, "POST")
+    up.clear_faults()
+    up.fault("slow", target="api_dc", delay=0.6)
+    started = time.monotonic()
+    r = up.api_request("GET", "/dc/rest/api/2/myself", bearer(PAT))
+    expect(r.status == 200 and time.monotonic() - started >= 0.6, "slow, then processed")
+    up.config(api_latency=0.3)
+    started = time.monotonic()
+    expect_eq(up.api_request("GET", ex_me, oauth).status, 200, "api_latency")
+    expect(time.monotonic() - started >= 0.3, "api_latency waited")
+    up.config(api_latency=0)
+    up.fault("html_200", target="api")
+    r = up.api_request("GET", ex_me, oauth)
+    expect_eq((r.status, b"password" in r.body), (200, True), "SSO page")
+    up.fault("drop", target="api")
+    try:
+        up.api_request("GET", ex_me, oauth)
+    except (http.client.HTTPException, OSError):
+        pass
+    else:
+        raise AssertionError("drop answered")
+    try:
+        up.fault("truncated_json", target="api")
+    except ControlError as e:
+        expect_eq(e.status, 400, "token-only mode refused for api")
+    else:
+        raise AssertionError("accepted truncated_json for api")
+    s = up.stats()
+    expect_eq(s["api_responses_by_prefix"]["ex"]["401"], 2, "per-prefix responses")
+    expect_eq(s["faults_injected"]["invalid_token"], 3, "faults_injected")
 
 
 # -- faults
@@ -1786,6 +2498,10 @@ def t_restart_with_state(up_unused, workdir, ca_dir):
         g = seed(up)
         b = expect_token_set(refresh(up, g["refresh_token"]))
         reg = up.register({"redirect_uris": [REDIRECT]}).json()
+        up.add_api_token(EMAIL, API_TOKEN)
+        up.add_pat(PAT)
+        key = up.api_request("POST", "/dc/rest/api/2/issue", bearer(PAT),
+                             {"fields": {"summary": "kept"}}).json()["key"]
         up.config(device_interval=0)
         d = up.device_authorize(reg["client_id"], resource=up.mcp_url).json()
         expect_oauth_error(up.device_poll(d["device_code"], reg["client_id"]), 400,
@@ -1803,6 +2519,12 @@ def t_restart_with_state(up_unused, workdir, ca_dir):
         up.approve_device(d["user_code"])
         expect_token_set(up.device_poll(d["device_code"], reg["client_id"]))
         expect_eq(up.device(d["user_code"])["polls"], 2, "device code survived")
+        expect_eq(up.api_request("GET", "/site/acme/rest/api/2/myself",
+                                 api_token_auth(EMAIL, API_TOKEN)).status, 200, "API token survived")
+        r = up.api_request("GET", f"/dc/rest/api/2/issue/{key}", bearer(PAT))
+        expect_eq((r.status, r.json()["fields"]["summary"]), (200, "kept"), "PAT and store survived")
+        r = up.api_request("POST", "/dc/rest/api/2/issue", bearer(PAT), {"fields": {"summary": "n"}})
+        expect_eq(r.json()["key"], "TEST-2", "issue numbering survived")
         expect_eq(up.stop(), 0, "exit code")
 
 
@@ -1837,6 +2559,13 @@ def self_test(base_url=None, ca_file=None, verbose=False):
             ("reuse detection, window edge via clock", t_reuse_window_clock),
             ("resource API /me", t_resource_api), ("keep-alive", t_keep_alive),
             ("chunked request body", t_chunked),
+            ("API: credentials per prefix (3LO, API token, PAT), 401s", t_api_auth),
+            ("API: Jira issues, Confluence pages, one store per site", t_api_resources),
+            ("API: echo of method, path, query, headers, body", t_api_echo),
+            ("API: keep-alive across uploads, downloads, errors", t_api_keep_alive),
+            ("API: streamed multipart uploads, XSRF, cap", t_api_uploads),
+            ("API: streamed downloads", t_api_downloads),
+            ("API: faults (401 with a valid token, 429/503, filters)", t_api_faults),
             ("faults: error statuses and HTML", t_error_faults),
             ("faults: rate_limited", t_rate_limited),
             ("faults: malformed 200 responses", t_malformed_200_faults),

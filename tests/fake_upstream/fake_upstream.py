@@ -20,6 +20,13 @@ Serves HTTPS (TLS 1.2+, HTTP/1.1 keep-alive) on one port:
 * ``GET /me`` (and ``/oauth/userinfo``): a resource that checks Bearer tokens;
   ``GET /oauth/token/accessible-resources`` (Atlassian); ``/mcp``: an MCP
   server that wants tokens bound (RFC 8707) to its URL;
+* a fake Atlassian REST API (Jira + Confluence) behind three prefixes, one
+  per way of reaching Atlassian: ``/ex/{jira|confluence}/{cloudid}/...``
+  (OAuth 3LO through the gateway, Bearer access token), ``/site/{name}/...``
+  and ``/site/{name}/wiki/...`` (Cloud API token, Basic email:token) and
+  ``/dc/...`` (Data Center personal access token, Bearer); a small resource
+  store (issues, pages, attachments), streamed multipart uploads and
+  streamed downloads, and an echo for everything else;
 * ``/_control/...``: JSON control API for tests (seeding, knobs, fault
   injection, request log, statistics).
 
@@ -31,6 +38,8 @@ import argparse
 import base64
 import binascii
 import copy
+import email.message
+import email.utils
 import hashlib
 import hmac
 import html
@@ -53,7 +62,12 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 
 SERVER_NAME = "fake-upstream"
-MAX_BODY = 10 * 1024 * 1024
+MAX_BODY = 10 * 1024 * 1024            # bodies read into memory (token endpoint, JSON resources)
+MAX_UPLOAD = 200 * 1024 * 1024         # default cap of streamed API bodies (knob max_upload_bytes)
+STREAM_CHUNK = 64 * 1024               # read/write unit of streamed bodies
+ECHO_BODY_KEPT = 64 * 1024             # the echo returns a body's text only up to this size
+#: Download content repeats a pattern of this many bytes (a prime above STREAM_CHUNK).
+PATTERN_PERIOD = 65537
 IDLE_TIMEOUT = 120.0
 DEFAULT_SCOPE = "read:jira-work read:jira-user offline_access"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -96,12 +110,20 @@ DEFAULT_CONFIG = {
     "issuer_override": None,          # a string: the documents claim this issuer (mismatch tests)
     "prm_via_challenge_only": False,  # True: the well-known PRM paths 404; only the challenge's URL works
     "prm_authorization_server": "root",  # "root" (BASE) or "tenant" (BASE/tenant) in the PRM document
+    # the fake Atlassian REST API (/ex, /site, /dc)
+    "api_latency": 0.0,               # seconds every API request waits before being processed
+    "max_upload_bytes": MAX_UPLOAD,   # cap of a streamed request body (413 beyond, connection closed)
+    "api_auth_required": True,        # False: missing/invalid credentials are let through (echo shows them)
 }
 
 ATLASSIAN_INVALID_GRANT = "Unknown or invalid refresh token."
 
 #: Fault targets: which endpoints a queued fault applies to (see App.ROUTES).
-FAULT_TARGETS = {"token", "resource", "mcp", "authorize", "device", "revoke", "register", "discovery"}
+#: Route targets of the API prefixes -> prefix name; "api" targets a fault at all three.
+API_PREFIXES = {"api_ex": "ex", "api_site": "site", "api_dc": "dc"}
+API_TARGETS = {"api"} | set(API_PREFIXES)
+FAULT_TARGETS = {"token", "resource", "mcp", "authorize", "device", "revoke", "register",
+                 "discovery"} | API_TARGETS
 
 #: Fault modes; value = targets the mode may be queued for.
 FAULT_MODES = {
@@ -123,7 +145,7 @@ FAULT_MODES = {
     "drop": FAULT_TARGETS,
     "reset_mid_body": FAULT_TARGETS,
     "drop_after_rotate": {"token"},
-    "invalid_token": {"resource", "mcp"},
+    "invalid_token": {"resource", "mcp"} | API_TARGETS,
     "huge_body": FAULT_TARGETS,
 }
 
@@ -136,6 +158,44 @@ AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 def new_token(prefix):
     """A random opaque token, e.g. ``at-Q2x...``."""
     return prefix + secrets.token_urlsafe(32)
+
+
+def fingerprint(secret):
+    """What logs show instead of a credential: the first 12 hex digits of its SHA-256."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+_PATTERNS = {}
+_PATTERNS_LOCK = threading.Lock()
+
+
+def download_pattern(seed):
+    """Two periods of the deterministic content for `seed` (see download_chunks)."""
+    with _PATTERNS_LOCK:
+        p = _PATTERNS.get(seed)
+        if p is None:
+            blocks = (PATTERN_PERIOD + 31) // 32
+            one = b"".join(hashlib.sha256(f"fake-upstream-download:{seed}:{k}".encode()).digest()
+                           for k in range(blocks))[:PATTERN_PERIOD]
+            if len(_PATTERNS) > 64:
+                _PATTERNS.clear()
+            p = _PATTERNS[seed] = one + one
+        return p
+
+
+def download_chunks(seed, size, delay=0.0):
+    """`size` bytes of deterministic content in STREAM_CHUNK pieces: byte i is
+    pattern[i % PATTERN_PERIOD], the pattern being the SHA-256 blocks of
+    "fake-upstream-download:{seed}:{k}" for k = 0, 1, ... (client.py has the same)."""
+    pattern = download_pattern(seed)
+    off = 0
+    while off < size:
+        n = min(STREAM_CHUNK, size - off)
+        i = off % PATTERN_PERIOD
+        yield pattern[i:i + n]
+        off += n
+        if delay and off < size:
+            time.sleep(delay)
 
 
 # --------------------------------------------------------------------------
@@ -175,7 +235,11 @@ class Response:
     """What the HTTP layer writes.
 
     action: None (send normally), "drop" (send nothing, close) or
-    "truncate" (send headers + ``body[:send_bytes]``, close).
+    "truncate" (send headers + ``body[:send_bytes]``, close; with a stream: send
+    what the stream yields, then close).
+
+    stream: an iterable of byte chunks sent instead of ``body``, with
+    ``Content-Length: stream_length``, or chunked when that is None.
     """
     status: int
     body: bytes = b""
@@ -184,6 +248,10 @@ class Response:
     send_bytes: int | None = None
     rst: bool = False
     error: str | None = None
+    stream: object = None
+    stream_length: int | None = None
+    sent_bytes: int | None = None      # body bytes really written (streams)
+    sent_sha256: str | None = None     # their SHA-256 (streams)
 
     @classmethod
     def json(cls, status, obj, headers=None, no_store=False):
@@ -319,6 +387,8 @@ class Fault:
     delay: float = 5.0
     body: str = "json"             # rate_limited: "json" or "empty"
     rst: bool = False              # drop/reset_mid_body: TCP RST instead of FIN
+    path: str | None = None        # regex searched in the request path; None = any path
+    method: str | None = None      # only requests with this method; None = any
 
 
 def _new_stats():
@@ -349,6 +419,20 @@ def _new_stats():
         "max_concurrent_token_requests": 0,
         "in_flight_by_grant": {},
         "max_concurrent_by_grant": {},
+        # the fake Atlassian REST API
+        "api_requests": 0,
+        "api_requests_by_prefix": {},          # {"ex": n, "site": n, "dc": n}
+        "api_requests_by_product": {},         # {"jira": n, "confluence": n}
+        "api_requests_by_credential": {},      # {"oauth": n, "api_token": n, "pat": n, "none": n}
+        "api_responses_by_prefix": {},         # {"ex": {"200": n, "401": n}, ...}
+        "api_unauthorized_by_prefix": {},      # 401 answers per prefix (faults included)
+        "api_operations": {},                  # {"issue_create": n, "echo": n, ...}
+        "uploads": 0,                          # attachment uploads answered 200
+        "upload_bytes": 0,                     # request-body bytes of those uploads
+        "downloads": 0,                        # streamed downloads started
+        "download_bytes": 0,                   # body bytes the downloads really sent
+        "api_in_flight": 0,
+        "max_concurrent_api_requests": 0,
     }
 
 
@@ -381,6 +465,10 @@ class UpstreamState:
         self.device_codes = {}       # device_code -> DeviceCode
         self.forced_slow_downs_any = 0   # armed slow_down answers for the next poll of any device code
         self.sites = copy.deepcopy(DEFAULT_SITES)
+        self.api_tokens = {}         # Cloud API token -> {"token", "email", "account_id", ...}
+        self.pats = {}               # Data Center PAT -> {"token", "user", ...}
+        self.store = {}              # namespace ("site:acme", "dc") -> issues, pages, attachments
+        self.api_seq = 0             # ids of issues, pages and attachments
         self.issued = []             # every token ever handed out, in order
         self.faults = []
         self.log = []
@@ -433,9 +521,14 @@ class UpstreamState:
             "codes": [asdict(c) for c in self.codes.values()],
             "device_codes": [asdict(d) for d in self.device_codes.values()],
             "sites": self.sites,
+            "api_tokens": list(self.api_tokens.values()),
+            "pats": list(self.pats.values()),
+            "store": self.store,
+            "api_seq": self.api_seq,
             "issued": self.issued,
             "stats": {k: v for k, v in self.stats.items()
-                      if k not in ("in_flight_token_requests", "in_flight_by_grant")},
+                      if k not in ("in_flight_token_requests", "in_flight_by_grant",
+                                   "api_in_flight")},
         }
 
     def _save(self):
@@ -471,6 +564,10 @@ class UpstreamState:
         self.codes = {c["code"]: AuthCode(**c) for c in data["codes"]}
         self.device_codes = {d["device_code"]: DeviceCode(**d) for d in data.get("device_codes", [])}
         self.sites = data.get("sites", self.sites)
+        self.api_tokens = {t["token"]: t for t in data.get("api_tokens", [])}
+        self.pats = {t["token"]: t for t in data.get("pats", [])}
+        self.store = data.get("store", {})
+        self.api_seq = data.get("api_seq", 0)
         self.issued = data["issued"]
         self.stats.update(data["stats"])
 
@@ -632,6 +729,12 @@ class UpstreamState:
                     d = self.device_codes.get(rec["token"])
                     rec["valid"] = (d is not None and d.status in ("pending", "approved")
                                     and d.expires_at > now)
+                elif rec["kind"] == "api_token":
+                    t = self.api_tokens.get(rec["token"])
+                    rec["valid"] = t is not None and not t["revoked"]
+                elif rec["kind"] == "pat":
+                    t = self.pats.get(rec["token"])
+                    rec["valid"] = t is not None and not t["revoked"]
                 else:   # client_secret
                     c = self.clients.get(rec.get("client_id") or "")
                     rec["valid"] = c is not None and c.client_secret == rec["token"]
@@ -896,6 +999,98 @@ class UpstreamState:
         with self.lock:
             return copy.deepcopy(self.sites)
 
+    # -- Atlassian API credentials (Cloud API tokens, Data Center PATs) -----------------------
+
+    def add_api_token(self, email, token, account_id=None, display_name=None):
+        for name, value in (("email", email), ("token", token)):
+            if not isinstance(value, str) or not value:
+                raise invalid_request(f"{name} must be a non-empty string")
+        for name, value in (("account_id", account_id), ("display_name", display_name)):
+            if value is not None:
+                _check_type(name, value, str)
+        with self.lock:
+            now = self.now()
+            rec = {"token": token, "email": email,
+                   "account_id": account_id or "acct-" + hashlib.sha256(
+                       email.lower().encode()).hexdigest()[:16],
+                   "display_name": display_name or email.split("@")[0],
+                   "fingerprint": fingerprint(token), "created_at": now, "revoked": False}
+            self.api_tokens[token] = rec
+            self.issued.append({"token": token, "kind": "api_token", "grant_id": None,
+                                "email": email, "issued_at": now, "source": "control",
+                                "valid_when_issued": True})
+            self._save()
+            return dict(rec)
+
+    def add_pat(self, token, user=None, display_name=None):
+        if not isinstance(token, str) or not token:
+            raise invalid_request("token must be a non-empty string")
+        for name, value in (("user", user), ("display_name", display_name)):
+            if value is not None:
+                _check_type(name, value, str)
+        with self.lock:
+            now = self.now()
+            user = user or "dc-user"
+            rec = {"token": token, "user": user, "email": f"{user}@example.test",
+                   "display_name": display_name or user, "fingerprint": fingerprint(token),
+                   "created_at": now, "revoked": False}
+            self.pats[token] = rec
+            self.issued.append({"token": token, "kind": "pat", "grant_id": None, "user": user,
+                                "issued_at": now, "source": "control", "valid_when_issued": True})
+            self._save()
+            return dict(rec)
+
+    def revoke_credential(self, table_name, token):
+        with self.lock:
+            table = getattr(self, table_name)
+            rec = table.get(token) if isinstance(token, str) else None
+            if rec is None:
+                raise ApiError(404, "not_found", "no such token")
+            rec["revoked"] = True
+            self._save()
+            return dict(rec)
+
+    def list_credentials(self, table_name):
+        with self.lock:
+            return [dict(r) for r in getattr(self, table_name).values()]
+
+    def check_api_token(self, email, token):
+        """Basic email:token at /site. Returns (status, record copy | None); status is
+        valid | unknown | revoked | wrong_email."""
+        with self.lock:
+            rec = self.api_tokens.get(token)
+            if rec is None:
+                return "unknown", None
+            if rec["revoked"]:
+                return "revoked", dict(rec)
+            if rec["email"].lower() != email.lower():
+                return "wrong_email", dict(rec)
+            return "valid", dict(rec)
+
+    def check_pat(self, token):
+        """Bearer PAT at /dc. Returns (status, record copy | None): valid | unknown | revoked."""
+        with self.lock:
+            rec = self.pats.get(token)
+            if rec is None:
+                return "unknown", None
+            return ("revoked" if rec["revoked"] else "valid"), dict(rec)
+
+    # -- the API resource store -----------------------------------------------------------
+
+    def namespace(self, ns):
+        """The store of one site ("site:NAME") or of Data Center ("dc"); call with the lock."""
+        return self.store.setdefault(ns, {"issues": {}, "project_seq": {}, "pages": {},
+                                          "attachments": {}})
+
+    def next_api_id(self):
+        """Called with the lock held."""
+        self.api_seq += 1
+        return self.api_seq
+
+    def dump_store(self):
+        with self.lock:
+            return copy.deepcopy(self.store)
+
     # -- the token endpoint's state changes ---------------------------------
 
     def peek_grant_id(self, params):
@@ -1103,11 +1298,16 @@ class UpstreamState:
         with self.lock:
             return [asdict(f) for f in self.faults]
 
-    def pop_fault(self, target):
-        """The fault for the next request on `target`, FIFO; persistent ones stay queued."""
+    def pop_fault(self, targets, method=None, path=None):
+        """The fault for the next request on one of `targets` (its method and path must match
+        the fault's filters), FIFO; persistent ones stay queued."""
         with self.lock:
             for i, fault in enumerate(self.faults):
-                if fault.target != target:
+                if fault.target not in targets:
+                    continue
+                if fault.method is not None and fault.method != method:
+                    continue
+                if fault.path is not None and not re.search(fault.path, path or ""):
                     continue
                 if fault.count is not None:
                     fault.count -= 1
@@ -1138,6 +1338,10 @@ class UpstreamState:
                         s["max_concurrent_by_grant"].get(grant_id, 0), n)
             elif target == "resource":
                 s["resource_requests"] += 1
+            elif target in API_PREFIXES:
+                s["api_in_flight"] += 1
+                s["max_concurrent_api_requests"] = max(s["max_concurrent_api_requests"],
+                                                       s["api_in_flight"])
 
     def end(self, target, grant_id, entry):
         with self.lock:
@@ -1156,6 +1360,9 @@ class UpstreamState:
             if entry.get("error"):
                 s["errors_by_code"][entry["error"]] = s["errors_by_code"].get(entry["error"], 0) + 1
             status = str(entry["status"]) if entry["status"] is not None else "none"
+            if target in API_PREFIXES:
+                s["api_in_flight"] -= 1
+                self._count_api_locked(entry, status)
             s["responses_by_status"][status] = s["responses_by_status"].get(status, 0) + 1
             if not entry["delivered"]:
                 s["undelivered_responses"] += 1
@@ -1166,6 +1373,31 @@ class UpstreamState:
             if overflow > 0:
                 del self.log[:overflow]
                 self.log_dropped += overflow
+
+    def _count_api_locked(self, entry, status):
+        s = self.stats
+        api = entry["api"]
+
+        def bump(table, key, n=1):
+            table[key] = table.get(key, 0) + n
+
+        prefix = api["prefix"]
+        s["api_requests"] += 1
+        bump(s["api_requests_by_prefix"], prefix)
+        if api.get("product"):
+            bump(s["api_requests_by_product"], api["product"])
+        bump(s["api_requests_by_credential"], entry.get("credential_kind") or "none")
+        bump(s["api_responses_by_prefix"].setdefault(prefix, {}), status)
+        if status == "401":
+            bump(s["api_unauthorized_by_prefix"], prefix)
+        if api.get("operation"):
+            bump(s["api_operations"], api["operation"])
+        if entry.get("upload") and entry["status"] == 200:
+            s["uploads"] += 1
+            s["upload_bytes"] += entry["upload"]["bytes"]
+        if entry.get("download"):
+            s["downloads"] += 1
+            s["download_bytes"] += entry.get("response_bytes") or 0
 
     def read_log(self, since=0):
         with self.lock:
@@ -1183,7 +1415,8 @@ class UpstreamState:
 
     def clear_stats(self):
         with self.lock:
-            kept = {k: self.stats[k] for k in ("in_flight_token_requests", "in_flight_by_grant")}
+            kept = {k: self.stats[k] for k in ("in_flight_token_requests", "in_flight_by_grant",
+                                               "api_in_flight")}
             self.stats = _new_stats()
             self.stats.update(copy.deepcopy(kept))
             self._save()
@@ -1293,15 +1526,19 @@ def _validate_knob(key, value):
     elif key == "prm_authorization_server":
         if value not in ("root", "tenant"):
             raise invalid_request("prm_authorization_server must be 'root' or 'tenant'")
-    elif key == "token_latency":
+    elif key in ("token_latency", "api_latency"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise invalid_request("token_latency must be a number >= 0")
+            raise invalid_request(f"{key} must be a number >= 0")
+    elif key == "max_upload_bytes":
+        _check_int(key, value, 0)
+    elif key == "api_auth_required":
+        _check_type(key, value, bool)
 
 
 def _parse_fault(spec):
     if not isinstance(spec, dict):
         raise invalid_request("fault must be a JSON object")
-    allowed = {"mode", "count", "target", "retry_after", "delay", "body", "rst"}
+    allowed = {"mode", "count", "target", "retry_after", "delay", "body", "rst", "path", "method"}
     unknown = set(spec) - allowed
     if unknown:
         raise invalid_request(f"unknown fault fields {sorted(unknown)}")
@@ -1326,7 +1563,18 @@ def _parse_fault(spec):
         raise invalid_request("body must be 'json' or 'empty'")
     rst = spec.get("rst", False)
     _check_type("rst", rst, bool)
-    return Fault(mode, count, target, retry_after, float(delay), body, rst)
+    path = spec.get("path")
+    if path is not None:
+        _check_type("path", path, str)
+        try:
+            re.compile(path)
+        except re.error:
+            raise invalid_request("path must be a regular expression") from None
+    method = spec.get("method")
+    if method is not None:
+        _check_type("method", method, str)
+        method = method.upper()
+    return Fault(mode, count, target, retry_after, float(delay), body, rst, path, method)
 
 
 # --------------------------------------------------------------------------
@@ -1335,6 +1583,245 @@ def _parse_fault(spec):
 _ACCESS_ERRORS = {"unknown": "the access token is unknown",
                   "expired": "the access token has expired",
                   "grant_revoked": "the access token has been revoked"}
+
+
+class ClientGone(Exception):
+    """The client closed the connection (or went silent) while its body was being read."""
+
+
+def _too_large(cap):
+    return ApiError(413, "request_too_large", f"request body larger than {cap} bytes")
+
+
+class BodyReader:
+    """A request body read on demand (Content-Length or chunked), never all in memory
+    unless asked: counts the bytes and hashes them (SHA-256) as they pass.
+
+    ``read()`` returns the next piece (at most STREAM_CHUNK bytes), b"" at the end.
+    Past ``cap`` bytes it raises 413 and stops reading (the connection must then close).
+    Bad chunked framing raises 400 (same). A client that disappears raises ClientGone.
+    """
+
+    def __init__(self, rfile, length, chunked, cap):
+        self.rfile = rfile
+        self.chunked = chunked
+        self.length = length
+        self.cap = cap
+        self.remaining = length or 0
+        self.chunk_left = 0
+        self.total = 0
+        self.sha = hashlib.sha256()
+        self.done = not chunked and not length
+        self.over_cap = (length or 0) > cap
+        self.broken = False
+
+    def _raw(self, n):
+        try:
+            data = self.rfile.read(n)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.broken = True
+            raise ClientGone(type(exc).__name__) from None
+        if len(data) != n:
+            self.broken = True
+            raise ClientGone("the client closed the connection mid-body")
+        return data
+
+    def _line(self):
+        try:
+            line = self.rfile.readline(1024)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.broken = True
+            raise ClientGone(type(exc).__name__) from None
+        if not line:
+            self.broken = True
+            raise ClientGone("the client closed the connection mid-body")
+        if not line.endswith(b"\n"):
+            self.broken = True
+            raise ApiError(400, "invalid_request", "bad chunked framing")
+        return line
+
+    def read(self, n=STREAM_CHUNK):
+        if self.done:
+            return b""
+        if self.broken:
+            raise ApiError(400, "invalid_request", "bad request body")
+        if self.over_cap:
+            raise _too_large(self.cap)
+        if not self.chunked:
+            k = min(n, self.remaining)
+            data = self._raw(k)
+            self.remaining -= k
+            self.done = self.remaining == 0
+        else:
+            if self.chunk_left == 0:
+                try:
+                    size = int(self._line().split(b";")[0].strip(), 16)
+                except ValueError:
+                    size = -1
+                if size < 0:
+                    self.broken = True
+                    raise ApiError(400, "invalid_request", "bad chunk size")
+                if size == 0:
+                    while self._line() not in (b"\r\n", b"\n"):
+                        pass   # trailers
+                    self.done = True
+                    return b""
+                if self.total + size > self.cap:
+                    self.over_cap = True
+                    raise _too_large(self.cap)
+                self.chunk_left = size
+            k = min(n, self.chunk_left)
+            data = self._raw(k)
+            self.chunk_left -= k
+            if self.chunk_left == 0 and self._line() not in (b"\r\n", b"\n"):
+                self.broken = True
+                raise ApiError(400, "invalid_request", "bad chunked framing")
+        self.total += len(data)
+        self.sha.update(data)
+        return data
+
+    def read_all(self, limit):
+        """The (rest of the) body in memory; 413 beyond `limit` (the rest can be drained)."""
+        parts, n = [], 0
+        while True:
+            data = self.read()
+            if not data:
+                return b"".join(parts)
+            n += len(data)
+            if n > limit:
+                raise _too_large(limit)
+            parts.append(data)
+
+    def drain(self):
+        """Reads and discards the rest; False if that is impossible (over the cap, broken)."""
+        try:
+            while self.read():
+                pass
+            return True
+        except ApiError:
+            return False
+
+
+class MultipartStream:
+    """Incremental multipart/form-data parser (RFC 7578): feed() pieces of any size;
+    each part's headers are parsed and its content is counted and hashed, never kept."""
+
+    MAX_HEADER = 16 * 1024
+
+    def __init__(self, boundary):
+        self.delim = b"--" + boundary
+        self.body_delim = b"\r\n--" + boundary
+        self.buf = b""
+        self.state = "preamble"
+        self.parts = []
+        self.part = None
+        self.part_sha = None
+
+    def feed(self, data):
+        self.buf += data
+        while self._step():
+            pass
+
+    def close(self):
+        """Raises ValueError unless the closing delimiter was seen."""
+        if self.state != "epilogue":
+            raise ValueError(f"multipart body ended in state {self.state}")
+        return self.parts
+
+    def _step(self):
+        buf = self.buf
+        if self.state == "preamble":
+            i = buf.find(self.delim)
+            if i < 0:
+                keep = len(self.delim) - 1
+                self.buf = buf[-keep:] if len(buf) > keep else buf
+                return False
+            self.buf = buf[i + len(self.delim):]
+            self.state = "delimiter"
+            return True
+        if self.state == "delimiter":        # right after a delimiter: "--" or CRLF
+            if len(buf) < 2:
+                return False
+            if buf.startswith(b"--"):
+                self.state, self.buf = "epilogue", b""
+                return False
+            i = buf.find(b"\r\n")
+            if i < 0:
+                if len(buf) > 1024:
+                    raise ValueError("garbage after a multipart delimiter")
+                return False
+            self.buf, self.state = buf[i + 2:], "headers"
+            return True
+        if self.state == "headers":
+            if buf.startswith(b"\r\n"):
+                head, rest = b"", buf[2:]
+            else:
+                i = buf.find(b"\r\n\r\n")
+                if i < 0:
+                    if len(buf) > self.MAX_HEADER:
+                        raise ValueError("multipart part headers too long")
+                    return False
+                head, rest = buf[:i], buf[i + 4:]
+            self._start_part(head)
+            self.buf, self.state = rest, "content"
+            return True
+        if self.state == "content":
+            i = buf.find(self.body_delim)
+            if i >= 0:
+                self._content(buf[:i])
+                self._finish_part()
+                self.buf, self.state = buf[i + len(self.body_delim):], "delimiter"
+                return True
+            safe = len(buf) - (len(self.body_delim) - 1)
+            if safe > 0:
+                self._content(buf[:safe])
+                self.buf = buf[safe:]
+            return False
+        self.buf = b""                        # epilogue: ignored
+        return False
+
+    def _start_part(self, head):
+        headers = {}
+        for line in head.decode("utf-8", "replace").split("\r\n"):
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        msg = email.message.Message()
+        disposition = headers.get("content-disposition")
+        name = filename = None
+        if disposition:
+            msg["Content-Disposition"] = disposition
+            name = msg.get_param("name", header="content-disposition")
+            if isinstance(name, tuple):
+                name = email.utils.collapse_rfc2231_value(name)
+            filename = msg.get_filename()
+        self.part = {"name": name, "filename": filename,
+                     "content_type": headers.get("content-type"), "size": 0, "sha256": None}
+        self.part_sha = hashlib.sha256()
+
+    def _content(self, data):
+        if data:
+            self.part["size"] += len(data)
+            self.part_sha.update(data)
+
+    def _finish_part(self):
+        self.part["sha256"] = self.part_sha.hexdigest()
+        self.parts.append(self.part)
+        self.part = self.part_sha = None
+
+
+def multipart_boundary(content_type):
+    """The boundary of a multipart/form-data Content-Type, else None."""
+    if not content_type:
+        return None
+    msg = email.message.Message()
+    msg["Content-Type"] = content_type
+    if msg.get_content_type() != "multipart/form-data":
+        return None
+    boundary = msg.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary or len(boundary) > 200:
+        return None
+    return boundary
 
 
 @dataclass
@@ -1348,6 +1835,26 @@ class Request:
     connection_id: int
     request_on_connection: int
     raw_query: str = ""          # the query string as sent (repeated parameters kept)
+    reader: BodyReader | None = None   # streamed routes: the body, read on demand (body is b"")
+
+
+#: The fake Atlassian API's resources: (product, methods, path regex after the prefix, operation).
+#: Under /dc (product unknown) both products' resources are served. Anything else: the echo.
+_API_OPS = [(product, methods, re.compile(rx), op) for product, methods, rx, op in (
+    ("jira", ("GET",), r"rest/api/(?P<v>2|3|latest)/myself", "myself"),
+    ("jira", ("POST",), r"rest/api/(?P<v>2|3|latest)/issue", "issue_create"),
+    ("jira", ("GET", "PUT", "DELETE"), r"rest/api/(?P<v>2|3|latest)/issue/(?P<key>[^/]+)", "issue"),
+    ("jira", ("POST",), r"rest/api/(?P<v>2|3|latest)/issue/(?P<key>[^/]+)/attachments",
+     "issue_attachments"),
+    ("jira", ("GET",), r"rest/api/(?P<v>2|3|latest)/attachment/content/(?P<att>[^/]+)", "download"),
+    ("jira", ("GET",), r"rest/api/(?P<v>2|3|latest)/attachment/(?P<att>[^/]+)", "attachment"),
+    ("confluence", ("GET",), r"rest/api/user/current", "myself"),
+    ("confluence", ("GET", "POST"), r"rest/api/content", "content_collection"),
+    ("confluence", ("GET", "PUT", "DELETE"), r"rest/api/content/(?P<cid>[^/]+)", "content"),
+    ("confluence", ("GET", "POST"), r"rest/api/content/(?P<cid>[^/]+)/child/attachment",
+     "content_attachments"),
+    ("confluence", ("GET",), r"download/attachments/(?P<cid>[^/]+)/(?P<filename>[^/]+)", "download"),
+)]
 
 
 @dataclass
@@ -1356,6 +1863,7 @@ class Route:
     pattern: str                 # regex, matched against the whole path
     handler: str                 # name of an App method taking (ctx, **path_groups)
     target: str | None = None    # a FAULT_TARGETS name: logged, counted, fault-injectable; None = control
+    stream: bool = False         # the body is not read up front: Request.reader (API routes)
 
 
 class Context:
@@ -1373,6 +1881,19 @@ class Context:
         self.grant_id = None
         self.params = None
         self.started = time.monotonic()
+        self.api = None              # API routes: prefix, product, site, rest, operation, ...
+        self.cred = None             # API routes: what the Authorization header amounted to
+        self.body_loaded = False     # a streamed body was read into request.body
+
+    def read_body(self, limit=MAX_BODY):
+        """The whole request body in memory (streamed routes: read now, at most `limit`)."""
+        reader = self.request.reader
+        if reader is None or self.body_loaded:
+            return self.request.body
+        self.request.body = reader.read_all(limit)
+        self.body_loaded = True
+        self.entry["raw_body"] = self.request.body.decode("utf-8", "replace")
+        return self.request.body
 
 
 class App:
@@ -1402,6 +1923,12 @@ class App:
         Route("GET", r"/me", "userinfo", target="resource"),
         Route("GET", r"/oauth/userinfo", "userinfo", target="resource"),
         Route("GET", r"/oauth/token/accessible-resources", "accessible_resources", target="resource"),
+        # the fake Atlassian REST API: one route per prefix, dispatched further by API_OPS
+        Route("*", r"/ex/(?P<product>jira|confluence)/(?P<cloud_id>[^/]+)(?P<rest>/.*)?", "api_ex",
+              target="api_ex", stream=True),
+        Route("*", r"/site/(?P<site>[^/]+)(?P<rest>/.*)?", "api_site", target="api_site",
+              stream=True),
+        Route("*", r"/dc(?P<rest>/.*)?", "api_dc", target="api_dc", stream=True),
         Route("GET", r"/_control/health", "control_health"),
         Route("POST", r"/_control/reset", "control_reset"),
         Route("POST", r"/_control/clients", "control_add_client"),
@@ -1429,6 +1956,13 @@ class App:
         Route("GET", r"/_control/device/(?P<user_code>[^/]+)", "control_get_device"),
         Route("GET", r"/_control/sites", "control_get_sites"),
         Route("POST", r"/_control/sites", "control_set_sites"),
+        Route("GET", r"/_control/api_tokens", "control_list_api_tokens"),
+        Route("POST", r"/_control/api_tokens", "control_add_api_token"),
+        Route("POST", r"/_control/api_tokens/revoke", "control_revoke_api_token"),
+        Route("GET", r"/_control/pats", "control_list_pats"),
+        Route("POST", r"/_control/pats", "control_add_pat"),
+        Route("POST", r"/_control/pats/revoke", "control_revoke_pat"),
+        Route("GET", r"/_control/store", "control_store"),
     ]
 
     def __init__(self, state, base_url="https://127.0.0.1"):
@@ -1449,6 +1983,11 @@ class App:
                 allowed.append(route.method)
         return None, allowed
 
+    def streams(self, method, path):
+        """Whether the route for this request reads its body on demand (Request.reader)."""
+        route, _ = self.match(method, path)
+        return route is not None and route.stream
+
     def begin(self, request):
         """Matches the route, creates the log entry, counts the request as in flight."""
         route, groups = self.match(request.method, request.path)
@@ -1466,12 +2005,18 @@ class App:
             "grant_id": None, "fault": None, "status": None, "error": None,
             "issued": None, "delivered": False, "duration": None,
             "target": route.target if route else None,
+            "body_size": None, "body_sha256": None, "body_chunked": None,
+            "response_bytes": None, "api": None, "auth": None, "credential_kind": None,
         }
+        if request.reader is not None:
+            entry["raw_body"] = None      # streamed: kept only if a handler reads it into memory
         ctx = Context(request, route, groups if route else {}, None if route else groups, entry)
         if ctx.logged:
             entry["endpoint"] = route.pattern if route else None
             if ctx.target == "token":
                 self._peek_token_request(ctx)
+            if ctx.target in API_PREFIXES:
+                self._api_prepare(ctx)
             self.state.begin(ctx.target, ctx.grant_id)
         return ctx
 
@@ -1490,7 +2035,13 @@ class App:
             latency = self.state.config["token_latency"]
             if latency:
                 time.sleep(latency)
-        fault = self.state.pop_fault(route.target)
+        targets = (route.target,)
+        if route.target in API_PREFIXES:
+            targets = (route.target, "api")
+            latency = self.state.config["api_latency"]
+            if latency:
+                time.sleep(latency)
+        fault = self.state.pop_fault(targets, ctx.request.method, ctx.request.path)
         if fault is not None:
             ctx.entry["fault"] = fault.mode
             if fault.mode not in PROCESSING_FAULTS:
@@ -1510,6 +2061,21 @@ class App:
         e = ctx.entry
         e["status"] = None if resp is None or resp.action == "drop" else resp.status
         e["error"] = e["error"] or (resp.error if resp else None)
+        reader = ctx.request.reader
+        if reader is not None:
+            e["body_size"] = reader.total
+            e["body_sha256"] = reader.sha.hexdigest() if reader.done else None
+            e["body_chunked"] = reader.chunked
+        else:
+            e["body_size"] = len(ctx.request.body)
+            e["body_sha256"] = hashlib.sha256(ctx.request.body).hexdigest()
+            e["body_chunked"] = "transfer-encoding" in ctx.request.headers
+        if resp is not None and resp.action != "drop":
+            if resp.stream is not None:
+                e["response_bytes"] = resp.sent_bytes
+                e["response_sha256"] = resp.sent_sha256
+            else:
+                e["response_bytes"] = len(resp.body)
         e["delivered"] = delivered
         e["duration"] = round(time.monotonic() - ctx.started, 6)
         self.state.end(ctx.target, ctx.grant_id, e)
@@ -1538,6 +2104,8 @@ class App:
         if mode == "invalid_client":
             return invalid_client("client authentication failed").response()
         if mode == "invalid_token":
+            if ctx.api is not None:
+                return self._api_unauthorized(ctx, forced=True)
             return self._bearer_challenge("invalid_token", "the access token is invalid")
         if mode == "rate_limited":
             if fault.body == "empty":
@@ -1990,6 +2558,568 @@ class App:
                  for site in self.state.get_sites()]
         return Response.json(200, sites)
 
+    # -- the fake Atlassian REST API (/ex, /site, /dc) ------------------------------------------
+
+    def _api_prepare(self, ctx):
+        """Fills ctx.api and ctx.cred (read-only) for a request under /ex, /site or /dc."""
+        g = ctx.groups
+        rest = g.get("rest") or ""
+        rest = rest[1:] if rest.startswith("/") else rest
+        prefix = API_PREFIXES[ctx.target]
+        site = cloud_id = None
+        def first_segment(*names):
+            for name in names:
+                if rest == name or rest.startswith(name + "/"):
+                    return name, rest[len(name) + 1:]
+            return None, rest
+
+        if prefix == "ex":
+            product, cloud_id = g["product"], g["cloud_id"]
+            base_path, accept = f"/ex/{product}/{cloud_id}", "oauth"
+            if product == "confluence":      # the gateway takes .../CLOUDID/wiki/rest/... too
+                wiki, rest = first_segment("wiki")
+                base_path += "/wiki" if wiki else ""
+        elif prefix == "site":
+            site = g["site"]
+            base_path, accept = "/site/" + site, "api_token"
+            wiki, rest = first_segment("wiki")
+            product = "confluence" if wiki else "jira"
+            base_path += "/wiki" if wiki else ""
+        else:
+            # /dc serves both products; BASE/dc/jira and BASE/dc/confluence (or /dc/wiki)
+            # pin one, so a test can give tokend distinct jira_base and confluence_base.
+            seg, rest = first_segment("jira", "confluence", "wiki")
+            product = {"jira": "jira", "confluence": "confluence", "wiki": "confluence"}.get(seg)
+            base_path, accept = "/dc" + (f"/{seg}" if seg else ""), "pat"
+        ctx.api = {"prefix": prefix, "product": product, "site": site, "cloud_id": cloud_id,
+                   "rest": rest, "base_url": self.base_url + base_path, "operation": None}
+        ctx.cred = self._api_credential(ctx.request.headers.get("authorization"), accept)
+        e = ctx.entry
+        e["api"], e["auth"] = ctx.api, ctx.cred
+        e["credential_kind"] = ctx.cred["kind"] if ctx.cred["valid"] else None
+        if ctx.cred.get("grant_id"):
+            e["grant_id"] = ctx.cred["grant_id"]
+
+    def _api_credential(self, header, accept):
+        """What an Authorization header amounts to for a prefix that accepts `accept`
+        ("oauth": Bearer access token, "api_token": Basic email:token, "pat": Bearer PAT).
+        No secret in the result: a fingerprint stands for the token."""
+        cred = {"expected": accept, "scheme": None, "kind": None, "valid": False,
+                "status": "missing", "fingerprint": None, "who": None}
+        if not header or not header.strip():
+            return cred
+        scheme, _, value = header.strip().partition(" ")
+        value = value.strip()
+        cred["scheme"] = scheme
+        if value:
+            cred["fingerprint"] = fingerprint(value)
+        if scheme.lower() != ("basic" if accept == "api_token" else "bearer") or not value:
+            cred["status"] = "wrong_scheme" if value else "malformed"
+            return cred
+        who = None
+        if accept == "api_token":
+            try:
+                decoded = base64.b64decode(value, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                decoded = ""
+            email_addr, sep, token = decoded.partition(":")
+            if not sep or not email_addr or not token:
+                cred["status"] = "malformed"
+                return cred
+            cred["email"], cred["fingerprint"] = email_addr, fingerprint(token)
+            status, rec = self.state.check_api_token(email_addr, token)
+            if rec:
+                who = {"account_id": rec["account_id"], "email": rec["email"],
+                       "display_name": rec["display_name"]}
+        elif accept == "pat":
+            status, rec = self.state.check_pat(value)
+            if rec:
+                who = {"account_id": "dc-" + rec["user"], "name": rec["user"], "email": rec["email"],
+                       "display_name": rec["display_name"]}
+        else:
+            status, grant, at = self.state.check_access_token(value)
+            if grant is not None:
+                cred["grant_id"], cred["client_id"] = grant.grant_id, grant.client_id
+                who = {"account_id": grant.sub, "email": f"{grant.sub}@example.test",
+                       "display_name": "Fake User", "scope": at.scope}
+        cred["status"] = status
+        if status == "valid":
+            cred["valid"], cred["kind"], cred["who"] = True, accept, who
+        return cred
+
+    def _api_unauthorized(self, ctx, forced=False):
+        """401 in the style of the prefix, with WWW-Authenticate (forced: a fault)."""
+        api, cred = ctx.api, ctx.cred
+        presented = forced or (cred is not None and cred["scheme"] is not None)
+        if api["prefix"] == "site":
+            challenge = f'Basic realm="{SERVER_NAME}"'
+        else:
+            challenge = f'Bearer realm="{SERVER_NAME}"'
+            if presented:
+                challenge += ', error="invalid_token", error_description="the credential is not valid"'
+        message = "You are not authenticated. Authentication required to perform this operation."
+        if api["prefix"] == "ex":
+            body = {"code": 401, "message": "Unauthorized"}
+        elif api["product"] == "confluence":
+            body = {"statusCode": 401, "message": message,
+                    "data": {"authorized": False, "valid": True, "errors": [], "successful": False}}
+        else:
+            body = {"errorMessages": [message], "errors": {}}
+        resp = Response.json(401, body, headers=[("WWW-Authenticate", challenge)])
+        resp.error = "invalid_token" if presented else "unauthorized"
+        return resp
+
+    _ATL_ERRORS = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                   409: "conflict", 415: "unsupported_media_type"}
+
+    @classmethod
+    def _atl_error(cls, ctx, status, message, errors=None, error=None, headers=None):
+        """An error as Jira ({"errorMessages", "errors"}) or Confluence ({"statusCode", "message"})."""
+        if ctx.api["product"] == "confluence":
+            body = {"statusCode": status, "message": message or ""}
+        else:
+            body = {"errorMessages": [message] if message else [], "errors": errors or {}}
+        resp = Response.json(status, body, headers=headers)
+        resp.error = error or cls._ATL_ERRORS.get(status, "error")
+        return resp
+
+    def api_ex(self, ctx, product, cloud_id, rest=None):
+        return self._api(ctx)
+
+    def api_site(self, ctx, site, rest=None):
+        return self._api(ctx)
+
+    def api_dc(self, ctx, rest=None):
+        return self._api(ctx)
+
+    def _api(self, ctx):
+        api, cred = ctx.api, ctx.cred
+        if not cred["valid"] and self.state.config["api_auth_required"]:
+            return self._api_unauthorized(ctx)
+        if api["prefix"] == "ex":
+            site = next((x for x in self.state.get_sites() if x["id"] == api["cloud_id"]), None)
+            if site is None:
+                resp = Response.json(404, {"code": 404, "message": "Not Found",
+                                           "detail": "no site with this cloud id"})
+                resp.error = "unknown_cloud_id"
+                return resp
+            api["site"] = site["name"]
+        ns = "dc" if api["prefix"] == "dc" else "site:" + api["site"]
+        method = "GET" if ctx.request.method == "HEAD" else ctx.request.method
+        allowed = []
+        for product, methods, rx, op in _API_OPS:
+            if api["product"] not in (None, product):
+                continue
+            m = rx.fullmatch(api["rest"])
+            if not m:
+                continue
+            if method not in methods:
+                allowed += methods
+                continue
+            api["product"] = product
+            api["operation"] = f"{product}.{op}"
+            return getattr(self, "_op_" + op)(ctx, ns, **m.groupdict())
+        if allowed:
+            if "GET" in allowed:
+                allowed.append("HEAD")
+            return self._atl_error(ctx, 405, f"HTTP method {ctx.request.method} is not supported "
+                                   "by this resource", headers=[("Allow", ", ".join(sorted(set(allowed))))])
+        api["operation"] = "echo"
+        return self._op_echo(ctx, ns)
+
+    def _json_object(self, ctx):
+        """The (streamed) request body as a JSON object, or None."""
+        data = ctx.read_body()
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return None
+        ctx.entry["body"] = obj
+        return obj if isinstance(obj, dict) else None
+
+    def _op_myself(self, ctx, ns, v=None):
+        """Jira rest/api/{2,3}/myself, Confluence rest/api/user/current."""
+        cred, api = ctx.cred, ctx.api
+        if not cred["valid"]:
+            return self._api_unauthorized(ctx)
+        who = cred["who"]
+        account = urllib.parse.quote(who["account_id"])
+        if api["product"] == "confluence":
+            body = {"type": "known", "accountId": who["account_id"], "accountType": "atlassian",
+                    "email": who["email"], "publicName": who["display_name"],
+                    "displayName": who["display_name"],
+                    "_links": {"self": f"{api['base_url']}/rest/api/user?accountId={account}"}}
+            if api["prefix"] == "dc":
+                body.update(username=who["name"], userKey=who["name"])
+        else:
+            body = {"self": f"{api['base_url']}/rest/api/{v}/user?accountId={account}",
+                    "accountId": who["account_id"], "accountType": "atlassian",
+                    "emailAddress": who["email"], "displayName": who["display_name"],
+                    "active": True, "timeZone": "Etc/UTC", "locale": "en_US"}
+            if api["prefix"] == "dc":
+                body.update(name=who["name"], key=who["name"])
+        body["fakeUpstream"] = {"credential_kind": cred["kind"], "grant_id": cred.get("grant_id"),
+                                "fingerprint": cred["fingerprint"]}
+        return Response.json(200, body)
+
+    # Jira issues
+
+    @staticmethod
+    def _find_issue(space, key):
+        """By id or key (call with the lock held)."""
+        issue = space["issues"].get(key)
+        if issue is None:
+            issue = next((i for i in space["issues"].values() if i["key"] == key), None)
+        return issue
+
+    @staticmethod
+    def _issue_view(ctx, v, issue):
+        return {"id": issue["id"], "key": issue["key"],
+                "self": f"{ctx.api['base_url']}/rest/api/{v}/issue/{issue['id']}",
+                "fields": issue["fields"]}
+
+    def _op_issue_create(self, ctx, ns, v):
+        obj = self._json_object(ctx)
+        if obj is None:
+            return self._atl_error(ctx, 400, "The request body must be a JSON object.")
+        fields = obj.get("fields")
+        if not isinstance(fields, dict):
+            return self._atl_error(ctx, 400, None, {"fields": "Field 'fields' is required."})
+        if not fields.get("summary"):
+            return self._atl_error(ctx, 400, None,
+                                   {"summary": "You must specify a summary of the issue."})
+        project = fields.get("project") if isinstance(fields.get("project"), dict) else {}
+        pkey = str(project.get("key") or (f"P{project['id']}" if project.get("id") else "TEST"))
+        with self.state.lock:
+            space = self.state.namespace(ns)
+            n = space["project_seq"].get(pkey, 0) + 1
+            space["project_seq"][pkey] = n
+            issue = {"id": str(10000 + self.state.next_api_id()), "key": f"{pkey}-{n}",
+                     "fields": copy.deepcopy(fields), "created": self.state.now()}
+            space["issues"][issue["id"]] = issue
+            self.state._save()
+            view = self._issue_view(ctx, v, issue)
+        ctx.api["object"] = issue["key"]
+        body = dict(obj)
+        body.update(id=view["id"], key=view["key"], self=view["self"])
+        return Response.json(201, body)
+
+    def _op_issue(self, ctx, ns, v, key):
+        key = urllib.parse.unquote(key)
+        ctx.api["object"] = key
+        missing = "Issue does not exist or you do not have permission to see it."
+        with self.state.lock:
+            issue = self._find_issue(self.state.namespace(ns), key)
+            found = copy.deepcopy(issue) if issue else None
+        if found is None:
+            return self._atl_error(ctx, 404, missing)
+        method = ctx.request.method
+        if method in ("GET", "HEAD"):
+            return Response.json(200, self._issue_view(ctx, v, found))
+        if method == "DELETE":
+            with self.state.lock:
+                self.state.namespace(ns)["issues"].pop(found["id"], None)
+                self.state._save()
+            return Response(204)
+        obj = self._json_object(ctx)                            # PUT
+        if obj is None or not isinstance(obj.get("fields", {}), dict):
+            return self._atl_error(ctx, 400, "The request body must be a JSON object with 'fields'.")
+        with self.state.lock:
+            issue = self._find_issue(self.state.namespace(ns), key)
+            if issue is None:
+                return self._atl_error(ctx, 404, missing)
+            issue["fields"].update(copy.deepcopy(obj.get("fields", {})))
+            self.state._save()
+        return Response(204)
+
+    # attachments (streamed multipart uploads)
+
+    def _receive_upload(self, ctx):
+        """Checks X-Atlassian-Token, then streams the multipart body through MultipartStream
+        (counted and hashed, never held). Returns (file parts, None) or (None, error Response)."""
+        if ctx.request.headers.get("x-atlassian-token", "").strip().lower() != "no-check":
+            resp = Response(403, b"XSRF check failed",
+                            [("Content-Type", "text/plain;charset=UTF-8")])
+            resp.error = "xsrf_check_failed"
+            return None, resp
+        ctype = ctx.request.headers.get("content-type")
+        boundary = multipart_boundary(ctype)
+        if boundary is None:
+            return None, self._atl_error(ctx, 415, "Content-Type must be multipart/form-data "
+                                         "with a boundary")
+        reader = ctx.request.reader
+        parser = MultipartStream(boundary.encode("utf-8"))
+        upload = {"content_type": ctype, "boundary": boundary, "bytes": 0, "sha256": None,
+                  "chunked": reader.chunked, "complete": False, "parts": parser.parts}
+        ctx.entry["upload"] = upload
+        problem = None
+        while True:
+            data = reader.read()          # 413 past max_upload_bytes; ClientGone
+            if not data:
+                break
+            upload["bytes"] = reader.total
+            if problem is None:
+                try:
+                    parser.feed(data)
+                except ValueError as exc:
+                    problem = str(exc)
+        upload["bytes"], upload["sha256"] = reader.total, reader.sha.hexdigest()
+        if problem is None:
+            try:
+                parser.close()
+            except ValueError as exc:
+                problem = str(exc)
+        upload["complete"] = problem is None
+        if problem is not None:
+            return None, self._atl_error(ctx, 400, "malformed multipart body: " + problem,
+                                         error="malformed_multipart")
+        files = [p for p in parser.parts if p["filename"] is not None]
+        if not files:
+            return None, self._atl_error(ctx, 400, "no file part (a part with a filename) in the "
+                                         "multipart body", error="no_file_part")
+        return files, None
+
+    def _store_attachments(self, ctx, ns, files, owner_key, page=None):
+        """Records uploaded files' metadata; returns the stored records."""
+        out = []
+        with self.state.lock:
+            space = self.state.namespace(ns)
+            issue = self._find_issue(space, owner_key) if page is None else None
+            for f in files:
+                n = self.state.next_api_id()
+                aid = str(n) if page is None else f"att{n}"
+                meta = {"id": aid, "filename": f["filename"], "size": f["size"],
+                        "sha256": f["sha256"],
+                        "mimeType": f["content_type"] or "application/octet-stream",
+                        "issue": (issue["key"] if issue else owner_key) if page is None else None,
+                        "page": page, "created": self.state.now()}
+                space["attachments"][aid] = meta
+                if issue is not None:
+                    listed = issue["fields"].setdefault("attachment", [])
+                    if isinstance(listed, list):
+                        listed.append({k: meta[k] for k in ("id", "filename", "size", "mimeType")})
+                out.append(dict(meta))
+            self.state._save()
+        return out
+
+    def _jira_attachment_view(self, ctx, v, meta):
+        base = ctx.api["base_url"]
+        who = ctx.cred["who"] or {}
+        return {"self": f"{base}/rest/api/{v}/attachment/{meta['id']}", "id": meta["id"],
+                "filename": meta["filename"], "size": meta["size"], "sha256": meta["sha256"],
+                "mimeType": meta["mimeType"], "created": meta["created"],
+                "author": {"accountId": who.get("account_id"), "displayName": who.get("display_name")},
+                "content": f"{base}/rest/api/{v}/attachment/content/{meta['id']}"}
+
+    def _op_issue_attachments(self, ctx, ns, v, key):
+        key = urllib.parse.unquote(key)
+        ctx.api["object"] = key
+        files, err = self._receive_upload(ctx)
+        if err is not None:
+            return err
+        stored = self._store_attachments(ctx, ns, files, key)
+        return Response.json(200, [self._jira_attachment_view(ctx, v, m) for m in stored])
+
+    def _op_attachment(self, ctx, ns, v, att):
+        with self.state.lock:
+            meta = copy.deepcopy(self.state.namespace(ns)["attachments"].get(att))
+        if meta is None or meta.get("page") is not None:
+            return self._atl_error(ctx, 404, f"The attachment with id '{att}' does not exist")
+        return Response.json(200, self._jira_attachment_view(ctx, v, meta))
+
+    # streamed downloads
+
+    def _op_download(self, ctx, ns, v=None, att=None, cid=None, filename=None):
+        """Deterministic content streamed in 64 KiB pieces (see download_chunks)."""
+        q = ctx.request.query
+        with self.state.lock:
+            attachments = self.state.namespace(ns)["attachments"]
+            if att is not None:
+                known = attachments.get(att)
+            else:
+                name = urllib.parse.unquote(filename)
+                known = next((a for a in reversed(list(attachments.values()))
+                              if a.get("page") == cid and a["filename"] == name), None)
+            known = copy.deepcopy(known)
+        seed = att if att is not None else f"{cid}/{filename}"
+        shown = (known["filename"] if known else
+                 urllib.parse.unquote(att + ".bin" if att is not None else filename))
+
+        def number(name, default):
+            raw = q.get(name)
+            if raw is None:
+                return default
+            if not raw.isdigit():
+                raise ApiError(400, "invalid_request", f"{name} must be a non-negative integer")
+            return int(raw)
+
+        size = number("size", known["size"] if known else 1024 * 1024)
+        cut = number("cut", None)
+        try:
+            delay = float(q.get("chunk_delay", "0"))
+        except ValueError:
+            delay = -1.0
+        if not 0 <= delay <= 10:
+            raise ApiError(400, "invalid_request", "chunk_delay must be seconds in [0, 10]")
+        chunked = q.get("chunked", "") in ("1", "true", "yes")
+        sent = size if cut is None else min(cut, size)
+        safe = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in shown)
+        resp = Response(200, headers=[
+            ("Content-Type", (known or {}).get("mimeType") or "application/octet-stream"),
+            ("Content-Disposition", f'attachment; filename="{safe}"')],
+            stream=download_chunks(seed, sent, delay), stream_length=None if chunked else size)
+        if sent < size:
+            resp.action = "truncate"
+        ctx.entry["download"] = {"seed": seed, "size": size, "chunked": chunked, "cut": cut,
+                                 "chunk_delay": delay}
+        return resp
+
+    # Confluence content
+
+    @staticmethod
+    def _page_view(ctx, page):
+        base = ctx.api["base_url"]
+        return {"id": page["id"], "type": page["type"], "status": page["status"],
+                "title": page["title"], "space": {"key": page["space"]}, "body": page["body"],
+                "version": {"number": page["version"]},
+                "_links": {"self": f"{base}/rest/api/content/{page['id']}",
+                           "webui": f"/spaces/{page['space']}/pages/{page['id']}"}}
+
+    def _op_content_collection(self, ctx, ns):
+        if ctx.request.method == "POST":
+            obj = self._json_object(ctx)
+            if obj is None:
+                return self._atl_error(ctx, 400, "The request body must be a JSON object.")
+            title = obj.get("title")
+            space = obj.get("space") if isinstance(obj.get("space"), dict) else {}
+            if not isinstance(title, str) or not title:
+                return self._atl_error(ctx, 400, "A page must have a title.")
+            if not isinstance(space.get("key"), str) or not space["key"]:
+                return self._atl_error(ctx, 400, "A page must have a space key.")
+            with self.state.lock:
+                pages = self.state.namespace(ns)["pages"]
+                if any(p["space"] == space["key"] and p["title"] == title for p in pages.values()):
+                    return self._atl_error(ctx, 400, "A page with this title already exists: "
+                                           f"A page already exists with the title {title} in "
+                                           "this space.")
+                page = {"id": str(100000 + self.state.next_api_id()),
+                        "type": obj.get("type") if isinstance(obj.get("type"), str) else "page",
+                        "status": "current", "title": title, "space": space["key"],
+                        "body": copy.deepcopy(obj.get("body") or {}), "version": 1}
+                pages[page["id"]] = page
+                self.state._save()
+                view = self._page_view(ctx, page)
+            ctx.api["object"] = page["id"]
+            return Response.json(200, view)
+        q = ctx.request.query
+        with self.state.lock:
+            pages = copy.deepcopy(list(self.state.namespace(ns)["pages"].values()))
+        for name, key in (("spaceKey", "space"), ("title", "title"), ("type", "type")):
+            if name in q:
+                pages = [p for p in pages if p[key] == q[name]]
+        start = int(q["start"]) if q.get("start", "").isdigit() else 0
+        limit = int(q["limit"]) if q.get("limit", "").isdigit() else 25
+        results = [self._page_view(ctx, p) for p in pages[start:start + limit]]
+        return Response.json(200, {"results": results, "start": start, "limit": limit,
+                                   "size": len(results),
+                                   "_links": {"base": ctx.api["base_url"], "context": ""}})
+
+    def _op_content(self, ctx, ns, cid):
+        ctx.api["object"] = cid
+        missing = f"No content found with id: ContentId{{id={cid}}}"
+        with self.state.lock:
+            page = copy.deepcopy(self.state.namespace(ns)["pages"].get(cid))
+        if page is None:
+            return self._atl_error(ctx, 404, missing)
+        method = ctx.request.method
+        if method in ("GET", "HEAD"):
+            return Response.json(200, self._page_view(ctx, page))
+        if method == "DELETE":
+            with self.state.lock:
+                self.state.namespace(ns)["pages"].pop(cid, None)
+                self.state._save()
+            return Response(204)
+        obj = self._json_object(ctx)                            # PUT
+        if obj is None:
+            return self._atl_error(ctx, 400, "The request body must be a JSON object.")
+        version = obj.get("version") if isinstance(obj.get("version"), dict) else {}
+        with self.state.lock:
+            stored = self.state.namespace(ns)["pages"].get(cid)
+            if stored is None:
+                return self._atl_error(ctx, 404, missing)
+            if version.get("number") != stored["version"] + 1:
+                return self._atl_error(ctx, 409, "Version must be incremented on update. Current "
+                                       f"version is: {stored['version']}")
+            stored["version"] += 1
+            if isinstance(obj.get("title"), str) and obj["title"]:
+                stored["title"] = obj["title"]
+            if "body" in obj:
+                stored["body"] = copy.deepcopy(obj["body"])
+            self.state._save()
+            view = self._page_view(ctx, stored)
+        return Response.json(200, view)
+
+    def _confluence_attachment_view(self, ctx, meta):
+        base = ctx.api["base_url"]
+        download = (f"/download/attachments/{meta['page']}/"
+                    f"{urllib.parse.quote(meta['filename'], safe='')}")
+        return {"id": meta["id"], "type": "attachment", "status": "current",
+                "title": meta["filename"], "filename": meta["filename"], "size": meta["size"],
+                "sha256": meta["sha256"], "mediaType": meta["mimeType"],
+                "extensions": {"mediaType": meta["mimeType"], "fileSize": meta["size"],
+                               "comment": ""},
+                "_links": {"self": f"{base}/rest/api/content/{meta['id']}",
+                           "download": download}}
+
+    def _op_content_attachments(self, ctx, ns, cid):
+        ctx.api["object"] = cid
+        if ctx.request.method == "POST":
+            files, err = self._receive_upload(ctx)
+            if err is not None:
+                return err
+            stored = self._store_attachments(ctx, ns, files, None, page=cid)
+            results = [self._confluence_attachment_view(ctx, m) for m in stored]
+        else:
+            with self.state.lock:
+                stored = [copy.deepcopy(a) for a in self.state.namespace(ns)["attachments"].values()
+                          if a.get("page") == cid]
+            results = [self._confluence_attachment_view(ctx, m) for m in stored]
+        return Response.json(200, {"results": results, "start": 0, "limit": 50,
+                                   "size": len(results)})
+
+    # the catch-all
+
+    def _op_echo(self, ctx, ns):
+        """200 JSON describing the request as received (the body streamed: size, SHA-256, and
+        its text up to 64 KiB). Authorization is reduced to scheme, validity, kind, fingerprint."""
+        req, api, cred = ctx.request, ctx.api, ctx.cred
+        reader = req.reader
+        head = bytearray(req.body if ctx.body_loaded else b"")
+        while True:
+            data = reader.read()
+            if not data:
+                break
+            if len(head) <= ECHO_BODY_KEPT:
+                head += data[:ECHO_BODY_KEPT + 1 - len(head)]
+        text = None
+        if reader.total <= ECHO_BODY_KEPT:
+            try:
+                text = bytes(head).decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+        body = {"echo": True, "method": req.method, "path": req.path, "prefix": api["prefix"],
+                "product": api["product"], "site": api["site"], "cloud_id": api["cloud_id"],
+                "rest": api["rest"], "query": req.raw_query,
+                "args": urllib.parse.parse_qs(req.raw_query, keep_blank_values=True),
+                "headers": {k: v for k, v in req.headers.items() if k != "authorization"},
+                "authorization": {"present": cred["scheme"] is not None, "scheme": cred["scheme"],
+                                  "valid": cred["valid"], "kind": cred["kind"],
+                                  "status": cred["status"], "fingerprint": cred["fingerprint"]},
+                "body_size": reader.total, "body_sha256": reader.sha.hexdigest(), "body": text,
+                "chunked": reader.chunked, "connection": req.connection_id,
+                "request_on_connection": req.request_on_connection}
+        return Response.json(200, body)
+
     # -- control API -------------------------------------------------------------------------
 
     @staticmethod
@@ -2119,6 +3249,32 @@ class App:
             obj = obj.get("sites")
         return Response.json(200, {"sites": self.state.set_sites(obj)})
 
+    def control_list_api_tokens(self, ctx):
+        return Response.json(200, {"api_tokens": self.state.list_credentials("api_tokens")})
+
+    def control_add_api_token(self, ctx):
+        b = self._json_body(ctx)
+        return Response.json(200, self.state.add_api_token(
+            b.get("email"), b.get("token"), b.get("account_id"), b.get("display_name")))
+
+    def control_revoke_api_token(self, ctx):
+        return Response.json(200, self.state.revoke_credential(
+            "api_tokens", self._json_body(ctx).get("token")))
+
+    def control_list_pats(self, ctx):
+        return Response.json(200, {"pats": self.state.list_credentials("pats")})
+
+    def control_add_pat(self, ctx):
+        b = self._json_body(ctx)
+        return Response.json(200, self.state.add_pat(b.get("token"), b.get("user"),
+                                                     b.get("display_name")))
+
+    def control_revoke_pat(self, ctx):
+        return Response.json(200, self.state.revoke_credential("pats", self._json_body(ctx).get("token")))
+
+    def control_store(self, ctx):
+        return Response.json(200, {"store": self.state.dump_store()})
+
 
 # --------------------------------------------------------------------------
 # HTTP layer
@@ -2195,40 +3351,74 @@ class Handler(http.server.BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline(1024)
 
+    def _body_reader(self):
+        """A BodyReader for the request's body (streamed routes); 400 for bad framing."""
+        te = self.headers.get("Transfer-Encoding")
+        cl = self.headers.get("Content-Length")
+        cap = self.server.state.config["max_upload_bytes"]
+        if te is not None:
+            if cl is not None or te.strip().lower() != "chunked":
+                raise ApiError(400, "invalid_request", "unsupported Transfer-Encoding")
+            return BodyReader(self.rfile, None, True, cap)
+        if cl is None:
+            return BodyReader(self.rfile, 0, False, cap)
+        if not cl.strip().isdigit():
+            raise ApiError(400, "invalid_request", "bad Content-Length")
+        return BodyReader(self.rfile, int(cl), False, cap)
+
     def _handle(self):
         self.requests_on_connection += 1
+        split = urllib.parse.urlsplit(self.path)
+        app = self.server.app
+        reader, body = None, b""
         try:
-            body = self._read_body()
+            if app.streams(self.command, split.path):
+                reader = self._body_reader()
+            else:
+                body = self._read_body()
         except ApiError as err:
             self.close_connection = True
             self._write(err.response(no_store=False))
             return
-        split = urllib.parse.urlsplit(self.path)
         headers = {}
         for name, value in self.headers.items():
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         request = Request(self.command, split.path, dict(urllib.parse.parse_qsl(split.query)),
                           headers, body, self.client_address[0], self.connection_id,
-                          self.requests_on_connection, split.query)
-        app = self.server.app
+                          self.requests_on_connection, split.query, reader)
         ctx = app.begin(request)
         resp, delivered = None, False
         try:
             try:
                 resp = app.respond(ctx)
+                # What the handler left of a streamed body is read (and hashed) before the
+                # answer, so the connection stays usable; impossible past the cap: close.
+                if reader is not None and not reader.done and not reader.drain():
+                    self.close_connection = True
+            except ClientGone as exc:
+                ctx.entry["error"] = "client_gone"
+                self.server.log(f"conn {self.connection_id}: client gone while sending its body "
+                                f"({exc})")
+                resp = Response(0, action="drop")
             except Exception as exc:  # a bug here: answer 500, keep serving
                 self.server.log("internal error: " + _describe_exception(exc))
                 resp = Response.json(500, {"error": "fake_upstream_internal_error",
                                            "detail": f"{type(exc).__name__}: {exc}"})
+                if reader is not None and not reader.done:
+                    self.close_connection = True
             delivered = self._write(resp)
         finally:
             app.complete(ctx, resp, delivered)
             if ctx.logged:
                 status = "no response" if resp is None or resp.action == "drop" else resp.status
                 fault = f" fault={ctx.entry['fault']}" if ctx.entry["fault"] else ""
+                auth = ""
+                if ctx.cred is not None:   # API requests: the credential kind, never the token
+                    auth = " auth=" + (ctx.cred["kind"] if ctx.cred["valid"]
+                                       else "none" if ctx.cred["scheme"] is None else "invalid")
                 self.server.log(f"conn {self.connection_id} {request.method} {request.path} -> {status}"
-                     f"{fault}{'' if delivered else ' (not delivered)'}")
+                     f"{auth}{fault}{'' if delivered else ' (not delivered)'}")
 
     def _write(self, resp):
         """Sends resp (or aborts as it asks); returns whether it was delivered in full."""
@@ -2239,7 +3429,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(resp.status)
             for name, value in resp.headers:
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(resp.body)))
+            if resp.stream is not None:
+                return self._write_stream(resp)
+            if resp.status >= 200 and resp.status not in (204, 304):   # RFC 9110 §8.6
+                self.send_header("Content-Length", str(len(resp.body)))
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
@@ -2255,6 +3448,40 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (OSError, ssl.SSLError):
             self.close_connection = True
             return False
+
+    def _write_stream(self, resp):
+        """Sends a streamed body (Content-Length, or chunked when stream_length is None),
+        counting and hashing what goes out; "truncate" closes after what the stream yields."""
+        chunked = resp.stream_length is None
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(resp.stream_length))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        resp.sent_bytes, sha = 0, hashlib.sha256()
+        try:
+            if self.command != "HEAD":
+                for piece in resp.stream:
+                    if not piece:
+                        continue
+                    if chunked:
+                        self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                    else:
+                        self.wfile.write(piece)
+                    resp.sent_bytes += len(piece)
+                    sha.update(piece)
+                if resp.action == "truncate":
+                    self.wfile.flush()
+                    self._abort(resp.rst)
+                    return False
+                if chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return True
+        finally:
+            resp.sent_sha256 = sha.hexdigest()
 
     def _abort(self, rst):
         """Closes the TCP connection without a TLS close_notify (FIN, or RST if asked)."""
