@@ -1091,9 +1091,12 @@ int cmd_exec(Ctx& ctx, const std::vector<std::string>& args) {
   o.add_options()("env", po::value<std::vector<std::string>>(), "also put the token into variable NAME (repeatable)")(
       "min-valid", po::value<std::string>(), "seconds the token must stay valid (default 60)")(
       "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress");
-  auto vm = parse(own, o, {"profile"});
+  auto vm = parse(own, o, {"profile"}, /*allow_extra=*/true);
   const std::string name = need(vm, "profile", "PROFILE");
   if (dash == args.end()) throw UsageError{"put -- before the command: tokenctl exec PROFILE -- CMD [ARG...]"};
+  if (vm.count("args") != 0) {
+    throw UsageError{fmt::format("unexpected '{}' before --", vm["args"].as<std::vector<std::string>>()[0].substr(0, 64))};
+  }
   const std::vector<std::string> command(dash + 1, args.end());
   if (command.empty() || command[0].empty()) throw UsageError{"no command after --"};
   std::vector<std::string> extra;
