@@ -65,4 +65,10 @@ Result<std::optional<bool>> optional_bool(const Json& obj, std::string_view key)
   return std::optional<bool>{it->get<bool>()};
 }
 
+std::string string_or(const Json& obj, std::string_view key, std::string fallback) {
+  if (!obj.is_object()) return fallback;
+  auto it = obj.find(key);
+  return it != obj.end() && it->is_string() ? it->get<std::string>() : fallback;
+}
+
 }  // namespace tokend::json

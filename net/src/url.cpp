@@ -31,6 +31,14 @@ std::string Url::origin() const {
   return explicit_port ? fmt::format("{}://{}:{}", scheme, host, port) : fmt::format("{}://{}", scheme, host);
 }
 
+std::string origin_key(std::string_view text) {
+  auto u = parse_url(text, "site");
+  if (!u) return std::string(text);
+  std::string host = u->host;
+  std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return fmt::format("{}://{}:{}", u->scheme, host, u->port);
+}
+
 bool is_loopback_host(std::string_view host) {
   if (host == "localhost" || host == "[::1]") return true;
   return host.starts_with("127.") &&

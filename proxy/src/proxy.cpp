@@ -13,23 +13,11 @@ namespace tokend::proxy {
 
 namespace {
 
-std::string str_of(const json::Json& j, const char* key) {
-  if (!j.is_object()) return {};
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
 
 std::unexpected<ProxyError> refuse(Errc code, std::string message, std::optional<Millis> retry_after = std::nullopt) {
   return std::unexpected(ProxyError{Error{code, std::move(message)}, retry_after});
 }
 
-std::string site_key(std::string_view url) {
-  auto u = net::parse_url(url, "site");
-  if (!u) return std::string(url);
-  std::string host = u->host;
-  std::transform(host.begin(), host.end(), host.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
-  return fmt::format("{}://{}:{}", u->scheme, host, u->port);
-}
 
 }  // namespace
 
@@ -115,7 +103,7 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
   m_tokens.token_async(c->call.profile, refresh::TokenRequest{30}, [this, c](Result<refresh::TokenGrant> grant) {
     if (m_in_flight.find(c->id) == m_in_flight.end()) return;
     if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
-    std::string base = str_of(c->profile.config, "api_base");
+    std::string base = json::string_or(c->profile.config, "api_base");
     if (base.empty()) base = refresh::k_atlassian_api_base;
     net::HttpRequest r;
     r.url = base + "/oauth/token/accessible-resources";
@@ -130,12 +118,12 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
                                                              res ? std::to_string(res->status) : res.error().message)));
       }
       auto list = json::parse(res->body.reveal(), "accessible resources");
-      const std::string site = str_of(c->profile.config, "site");
+      const std::string site = json::string_or(c->profile.config, "site");
       std::vector<const json::Json*> candidates;
       if (list && list->is_array()) {
         for (const auto& r2 : *list) {
-          if (!r2.is_object() || str_of(r2, "id").empty()) continue;
-          if (site.empty() || site_key(str_of(r2, "url")) == site_key(site)) candidates.push_back(&r2);
+          if (!r2.is_object() || json::string_or(r2, "id").empty()) continue;
+          if (site.empty() || net::origin_key(json::string_or(r2, "url")) == net::origin_key(site)) candidates.push_back(&r2);
         }
       }
       if (candidates.size() != 1) {
@@ -145,8 +133,8 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
                                                            : fmt::format("the site {} is not among the sites the token of '{}' "
                                                                          "reaches", site, c->call.profile)));
       }
-      c->profile.config["cloud_id"] = str_of(*candidates.front(), "id");
-      c->profile.config["cloud_url"] = str_of(*candidates.front(), "url");
+      c->profile.config["cloud_id"] = json::string_or(*candidates.front(), "id");
+      c->profile.config["cloud_url"] = json::string_or(*candidates.front(), "url");
       if (auto stored = m_tokens.profile_of(c->call.profile)) {
         stored->config["cloud_id"] = c->profile.config["cloud_id"];
         stored->config["cloud_url"] = c->profile.config["cloud_url"];

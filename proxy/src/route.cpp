@@ -11,11 +11,6 @@ namespace tokend::proxy {
 
 namespace {
 
-std::string str_of(const json::Json& j, const char* key) {
-  if (!j.is_object()) return {};
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
 
 std::string trimmed_base(std::string base) {
   while (!base.empty() && base.back() == '/') base.pop_back();
@@ -76,7 +71,7 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
   std::string_view path = rest;
   const bool atlassian_oauth = p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian";
   if (p.kind == store::CredentialKind::oauth2 && !atlassian_oauth) {
-    base = trimmed_base(str_of(p.config, "api_base"));
+    base = trimmed_base(json::string_or(p.config, "api_base"));
     if (base.empty()) {
       return fail(Errc::config, fmt::format("profile '{}' has no api_base to forward to; set it with tokenctl add {} "
                                             "--api-base URL", p.name, p.name));
@@ -90,18 +85,18 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
                                              std::string(product.substr(0, 32)))));
     }
     if (atlassian_oauth) {
-      const std::string cloud = str_of(p.config, "cloud_id");
+      const std::string cloud = json::string_or(p.config, "cloud_id");
       if (cloud.empty()) {
         return fail(Errc::config, fmt::format("profile '{}' has no cloud id yet; run tokenctl login {}", p.name, p.name));
       }
-      std::string gateway = trimmed_base(str_of(p.config, "api_base"));
+      std::string gateway = trimmed_base(json::string_or(p.config, "api_base"));
       if (gateway.empty()) gateway = "https://api.atlassian.com";
       auto cloud_enc = encode_path(cloud);
       if (!cloud_enc || cloud.find('/') != std::string::npos) return std::unexpected(bad("the stored cloud id is not usable"));
       base = fmt::format("{}/ex/{}/{}", gateway, product, *cloud_enc);
     } else {
-      const std::string site = trimmed_base(str_of(p.config, "site"));
-      const std::string own = trimmed_base(str_of(p.config, product == "jira" ? "jira_base" : "confluence_base"));
+      const std::string site = trimmed_base(json::string_or(p.config, "site"));
+      const std::string own = trimmed_base(json::string_or(p.config, product == "jira" ? "jira_base" : "confluence_base"));
       if (!own.empty()) {
         base = own;
       } else if (product == "confluence" && p.kind == store::CredentialKind::api_token) {
@@ -120,7 +115,7 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
 }
 
 bool needs_cloud_id(const store::Profile& p, std::string_view rest) {
-  return p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian" && str_of(p.config, "cloud_id").empty() &&
+  return p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian" && json::string_or(p.config, "cloud_id").empty() &&
          (rest.starts_with("jira/") || rest.starts_with("confluence/") || rest == "jira" || rest == "confluence");
 }
 

@@ -24,11 +24,6 @@ constexpr Millis k_default_device_interval{5'000};
 constexpr Millis k_slow_down_step{5'000};  // RFC 8628 §3.5
 constexpr Millis k_max_device_lifetime{1'800'000};
 
-std::string str_of(const Json& j, const char* key) {
-  if (!j.is_object()) return {};
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
 
 std::vector<std::string> list_of(const Json& j, const char* key) {
   std::vector<std::string> out;
@@ -54,6 +49,26 @@ std::string join(const std::vector<std::string>& v, std::string_view sep) {
   return out;
 }
 
+// The parameters of an authorization response (RFC 6749 §4.1.2). A missing
+// state is kept as "" so that it fails the comparison.
+struct Redirect {
+  std::string code;
+  std::optional<std::string> state = std::string();
+  std::optional<std::string> error;
+  std::string description;
+};
+
+Redirect redirect_of(std::vector<std::pair<std::string, std::string>> query) {
+  Redirect r;
+  for (auto& [k, v] : query) {
+    if (k == "code") r.code = std::move(v);
+    if (k == "state") r.state = std::move(v);
+    if (k == "error") r.error = std::move(v);
+    if (k == "error_description") r.description = std::move(v);
+  }
+  return r;
+}
+
 std::string html_escape(std::string_view s) {
   std::string out;
   for (const char c : s) {
@@ -76,14 +91,6 @@ std::string page(std::string_view title, std::string_view text) {
       html_escape(title), html_escape(text));
 }
 
-// Lower-cased scheme://host[:port] without a trailing slash, for comparing sites.
-std::string site_key(std::string_view url) {
-  auto u = net::parse_url(url, "site");
-  if (!u) return std::string(url);
-  std::string host = u->host;
-  std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return fmt::format("{}://{}:{}", u->scheme, host, u->port);
-}
 
 }  // namespace
 
@@ -221,14 +228,14 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
   }
   const Json& config = p->config;
   const Json discovered = config.value("discovered", Json::object());
-  const std::string mcp_server = str_of(config, "mcp_server");
-  const std::string issuer = str_of(config, "issuer");
+  const std::string mcp_server = json::string_or(config, "mcp_server");
+  const std::string issuer = json::string_or(config, "issuer");
   auto profile = std::make_shared<store::Profile>(std::move(*p));
   auto alive = m_alive;
 
   // Step 3: dynamic client registration when there is no client id.
   auto register_client = [this, alive, name, profile, next]() {
-    if (!str_of(profile->config, "client_id").empty()) {
+    if (!json::string_or(profile->config, "client_id").empty()) {
       next(*profile);
       return;
     }
@@ -240,9 +247,9 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
                             name, name)));
       return;
     }
-    const std::string redirect = str_of(profile->config, "redirect_uri").empty()
+    const std::string redirect = json::string_or(profile->config, "redirect_uri").empty()
                                      ? std::string(k_default_redirect_uri)
-                                     : str_of(profile->config, "redirect_uri");
+                                     : json::string_or(profile->config, "redirect_uri");
     const auto methods = list_of(profile->config.value("discovered", Json::object()),
                                  "token_endpoint_auth_methods_supported");
     const std::string auth = methods.empty() || contains(methods, "none") ? "none"
@@ -276,7 +283,7 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
         return;
       }
       auto j = json::parse(res->body.reveal(), "the registration answer");
-      const std::string client_id = j ? str_of(*j, "client_id") : std::string();
+      const std::string client_id = j ? json::string_or(*j, "client_id") : std::string();
       if (client_id.empty() || client_id.size() > 1024) {
         next(fail(Errc::protocol, fmt::format("client registration at {} answered without a client_id", url)));
         return;
@@ -284,9 +291,9 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
       profile->config["client_id"] = client_id;
       profile->config["client_registered"] = true;
       profile->config["redirect_uri"] = redirect;
-      const std::string method = str_of(*j, "token_endpoint_auth_method");
+      const std::string method = json::string_or(*j, "token_endpoint_auth_method");
       profile->config["token_endpoint_auth"] = method.empty() ? "none" : method;
-      const std::string secret = str_of(*j, "client_secret");
+      const std::string secret = json::string_or(*j, "client_secret");
       if (!secret.empty()) {
         Json secrets = {{"client_secret", secret}};
         profile->secret_config = Secret::adopt(secrets.dump());
@@ -356,8 +363,8 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
   };
 
   if (profile->provider == "mcp") {
-    if (!str_of(discovered, "resource").empty() && same_resource(str_of(discovered, "resource"), mcp_server) &&
-        !str_of(discovered, "token_endpoint").empty()) {
+    if (!json::string_or(discovered, "resource").empty() && same_resource(json::string_or(discovered, "resource"), mcp_server) &&
+        !json::string_or(discovered, "token_endpoint").empty()) {
       register_client();
       return;
     }
@@ -435,7 +442,7 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
 
   const ProviderEndpoints ep = endpoints_of(*profile);
   const bool have_endpoints = !ep.token_url.empty() && !ep.authorize_url.empty();
-  const bool fresh = str_of(discovered, "issuer") == issuer && !str_of(discovered, "token_endpoint").empty();
+  const bool fresh = json::string_or(discovered, "issuer") == issuer && !json::string_or(discovered, "token_endpoint").empty();
   if (!issuer.empty() && (!fresh || !have_endpoints)) {
     discover_as(issuer, Json::object());
     return;
@@ -535,7 +542,7 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
                                  "(or --issuer URL for discovery)", name, name)});
     return;
   }
-  f.redirect_uri = str_of(p.config, "redirect_uri");
+  f.redirect_uri = json::string_or(p.config, "redirect_uri");
   if (f.redirect_uri.empty()) f.redirect_uri = k_default_redirect_uri;
   auto redirect = net::parse_url(f.redirect_uri, "the redirect URI");
   if (!redirect) {
@@ -577,7 +584,7 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
     q.emplace_back("code_challenge", f.pkce->challenge);
     q.emplace_back("code_challenge_method", "S256");
   }
-  if (p.provider != "atlassian" && !str_of(p.config, "audience").empty()) q.emplace_back("audience", str_of(p.config, "audience"));
+  if (p.provider != "atlassian" && !json::string_or(p.config, "audience").empty()) q.emplace_back("audience", json::string_or(p.config, "audience"));
   if (!f.endpoint.resource.empty()) q.emplace_back("resource", f.endpoint.resource);
   std::string url = ep.authorize_url;
   url += url.find('?') == std::string::npos ? '?' : '&';
@@ -669,11 +676,11 @@ void LoginManager::begin_device(Flow& f, JsonCallback done) {
       fail_start(Errc::protocol, "the device authorization endpoint did not answer a JSON object");
       return;
     }
-    const std::string device_code = str_of(*j, "device_code");
-    fl.user_code = printable_excerpt(str_of(*j, "user_code"), 64);
-    fl.verification_uri = str_of(*j, "verification_uri");
-    if (fl.verification_uri.empty()) fl.verification_uri = str_of(*j, "verification_url");  // pre-RFC spelling
-    fl.verification_uri_complete = str_of(*j, "verification_uri_complete");
+    const std::string device_code = json::string_or(*j, "device_code");
+    fl.user_code = printable_excerpt(json::string_or(*j, "user_code"), 64);
+    fl.verification_uri = json::string_or(*j, "verification_uri");
+    if (fl.verification_uri.empty()) fl.verification_uri = json::string_or(*j, "verification_url");  // pre-RFC spelling
+    fl.verification_uri_complete = json::string_or(*j, "verification_uri_complete");
     if (device_code.empty() || fl.user_code.empty() || fl.verification_uri.empty()) {
       fail_start(Errc::protocol, "the device authorization answer lacks device_code, user_code or verification_uri");
       return;
@@ -731,20 +738,10 @@ void LoginManager::on_callback(const std::string& profile, std::uint64_t id, con
     reply({400, page("Bad redirect", "The redirect's query is malformed.")});
     return;
   }
-  std::string code;
-  std::optional<std::string> state;
-  std::optional<std::string> error;
-  std::string description;
-  for (auto& [k, v] : *q) {
-    if (k == "code") code = std::move(v);
-    if (k == "state") state = std::move(v);
-    if (k == "error") error = std::move(v);
-    if (k == "error_description") description = std::move(v);
-  }
+  auto r = redirect_of(std::move(*q));
   // The browser is answered when the flow ends (after the exchange).
   fl.browser_reply = std::move(reply);
-  accept_code(fl, std::move(code), state ? std::move(state) : std::optional<std::string>(std::string()), std::move(error),
-              std::move(description), nullptr);
+  accept_code(fl, std::move(r.code), std::move(r.state), std::move(r.error), std::move(r.description), nullptr);
 }
 
 void LoginManager::complete(const std::string& name, const Json& body, JsonCallback done) {
@@ -760,8 +757,8 @@ void LoginManager::complete(const std::string& name, const Json& body, JsonCallb
     done(fail(Errc::invalid_argument, "the body must be {\"redirect_url\": ...} or {\"code\": ...}"));
     return;
   }
-  const std::string redirect_url = str_of(body, "redirect_url");
-  const std::string bare = str_of(body, "code");
+  const std::string redirect_url = json::string_or(body, "redirect_url");
+  const std::string bare = json::string_or(body, "code");
   if (!redirect_url.empty()) {
     // What the browser's address bar showed: take the query apart.
     std::string_view u = redirect_url;
@@ -777,23 +774,13 @@ void LoginManager::complete(const std::string& name, const Json& body, JsonCallb
                                         "the browser ended on"));
       return;
     }
-    std::string code;
-    std::optional<std::string> state;
-    std::optional<std::string> error;
-    std::string description;
-    for (auto& [k, v] : *q) {
-      if (k == "code") code = std::move(v);
-      if (k == "state") state = std::move(v);
-      if (k == "error") error = std::move(v);
-      if (k == "error_description") description = std::move(v);
-    }
-    if (code.empty() && !error) {
+    auto r = redirect_of(std::move(*q));
+    if (r.code.empty() && !r.error) {
       done(fail(Errc::invalid_argument, "the pasted URL has neither a code nor an error; paste the whole address "
                                         "of the page the browser ended on (it contains ?code=...)"));
       return;
     }
-    accept_code(f, std::move(code), state ? std::move(state) : std::optional<std::string>(std::string()),
-                std::move(error), std::move(description), std::move(done));
+    accept_code(f, std::move(r.code), std::move(r.state), std::move(r.error), std::move(r.description), std::move(done));
     return;
   }
   if (bare.empty() || bare.size() > 4096) {
@@ -960,18 +947,18 @@ void LoginManager::pick_cloud(Flow& f) {
     Json sites = Json::array();
     for (const auto& r : *j) {
       if (!r.is_object()) continue;
-      sites.push_back({{"id", str_of(r, "id")}, {"url", str_of(r, "url")}, {"name", str_of(r, "name")}});
+      sites.push_back({{"id", json::string_or(r, "id")}, {"url", json::string_or(r, "url")}, {"name", json::string_or(r, "name")}});
     }
     auto describe = [&] {
       std::vector<std::string> parts;
       for (const auto& s : sites) parts.push_back(fmt::format("{} ({})", s["name"].get<std::string>(), s["url"].get<std::string>()));
       return join(parts, ", ");
     };
-    const std::string site = str_of(fl.resolved.config, "site");
+    const std::string site = json::string_or(fl.resolved.config, "site");
     const Json* chosen = nullptr;
     if (!site.empty()) {
       for (const auto& s : sites) {
-        if (site_key(s["url"].get<std::string>()) == site_key(site)) chosen = &s;
+        if (net::origin_key(s["url"].get<std::string>()) == net::origin_key(site)) chosen = &s;
       }
       if (chosen == nullptr) {
         fl.extra["sites"] = sites;
@@ -1215,7 +1202,7 @@ void LoginManager::test(const std::string& name, JsonCallback done) {
   std::string url;
   std::string what;
   if (p->kind != store::CredentialKind::oauth2) {
-    std::string site = str_of(p->config, "site");
+    std::string site = json::string_or(p->config, "site");
     while (!site.empty() && site.back() == '/') site.pop_back();
     url = site + "/rest/api/2/myself";
     what = "myself";
@@ -1258,14 +1245,14 @@ void LoginManager::test(const std::string& name, JsonCallback done) {
       if (j && res->status < 400) {
         if (what == "resources" && j->is_array()) {
           std::vector<std::string> parts;
-          for (const auto& s : *j) parts.push_back(fmt::format("{} ({})", str_of(s, "name"), str_of(s, "url")));
+          for (const auto& s : *j) parts.push_back(fmt::format("{} ({})", json::string_or(s, "name"), json::string_or(s, "url")));
           summary = fmt::format("{} site{}: {}", j->size(), j->size() == 1 ? "" : "s", join(parts, ", "));
         } else if (what == "myself") {
-          summary = fmt::format("signed in as {} {}", str_of(*j, "displayName"), str_of(*j, "emailAddress"));
+          summary = fmt::format("signed in as {} {}", json::string_or(*j, "displayName"), json::string_or(*j, "emailAddress"));
         } else {
           std::vector<std::string> parts;
           for (const char* k : {"name", "email", "preferred_username", "sub"}) {
-            if (!str_of(*j, k).empty()) parts.push_back(fmt::format("{}={}", k, str_of(*j, k)));
+            if (!json::string_or(*j, k).empty()) parts.push_back(fmt::format("{}={}", k, json::string_or(*j, k)));
           }
           summary = parts.empty() ? "answered" : join(parts, " ");
         }

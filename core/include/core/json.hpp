@@ -25,4 +25,9 @@ Result<std::optional<std::string>> optional_string(const Json& obj, std::string_
 Result<std::optional<std::int64_t>> optional_int(const Json& obj, std::string_view key);
 Result<std::optional<bool>> optional_bool(const Json& obj, std::string_view key);
 
+// For documents tokend keeps or receives from providers, where a missing or
+// mistyped field simply means "not set": the string, or `fallback`. Never
+// throws (nlohmann's value() does on a type mismatch).
+std::string string_or(const Json& obj, std::string_view key, std::string fallback = {});
+
 }  // namespace tokend::json

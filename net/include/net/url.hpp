@@ -26,6 +26,11 @@ struct Url {
 // Only http and https URLs; Errc::invalid_argument naming `what` otherwise.
 Result<Url> parse_url(std::string_view url, std::string_view what);
 
+// scheme://host:port with the host lower-cased and the port explicit, for
+// comparing sites ("https://Acme.atlassian.net/" == "https://acme.atlassian.net:443").
+// An unparsable URL is returned as given.
+std::string origin_key(std::string_view url);
+
 // 127.0.0.0/8, [::1] and localhost.
 bool is_loopback_host(std::string_view host);
 
