@@ -506,6 +506,7 @@ void Api::register_routes(Router& router) {
   router.add("GET", "/v1/audit", [this](const std::shared_ptr<Exchange>& ex) {
     auto limit = int_param(ex->request(), "limit", 1, 10'000);
     if (!limit) return ex->respond(error_response(limit.error()));
+    if (m_proxy != nullptr) m_proxy->flush_audit_now();  // batched lines first
     auto events = m_store.recent_audit(static_cast<std::size_t>(limit->value_or(100)));
     if (!events) return ex->respond(error_response(events.error()));
     json::Json list = json::Json::array();

@@ -96,6 +96,9 @@ class HttpClient::Impl {
     curl_multi_setopt(m_multi, CURLMOPT_TIMERFUNCTION, &Impl::on_timer_change);
     curl_multi_setopt(m_multi, CURLMOPT_TIMERDATA, this);
     curl_multi_setopt(m_multi, CURLMOPT_MAX_HOST_CONNECTIONS, m_options.max_connections_per_host);
+    // Keep idle connections for reuse (the proxy's calls come in bursts; the
+    // default cache shrinks with the number of transfers and reconnects).
+    curl_multi_setopt(m_multi, CURLMOPT_MAXCONNECTS, std::max(64L, m_options.max_connections_per_host * 4));
   }
 
   ~Impl() { close(); }

@@ -43,6 +43,15 @@ Proxy::Proxy(net::Loop& loop, refresh::TokenService& tokens, net::HttpTransport&
 
 Proxy::~Proxy() { shutdown(); }
 
+void Proxy::flush_audit() {
+  if (m_audit_timer.valid()) m_audit_timer.stop();
+  auto events = std::move(m_audit);
+  m_audit.clear();
+  if (auto r = m_store.append_audit_batch(events); !r) {
+    spdlog::warn("proxy: {} audit line(s) not written: {}", events.size(), r.error().message);
+  }
+}
+
 void Proxy::shutdown() {
   if (m_shut_down) return;
   m_shut_down = true;
@@ -58,6 +67,8 @@ void Proxy::shutdown() {
       done(refuse(Errc::unavailable, "tokend is shutting down"));
     }
   }
+  flush_audit();
+  m_audit_timer.close();
 }
 
 void Proxy::forward(ProxyCall call, Done done) {
@@ -235,7 +246,19 @@ void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, Pr
               {"bytes_in", c->bytes_in},
               {"bytes_out", outcome ? outcome->body.size() : 0}};
   if (!outcome) e.detail["error"] = errc_name(outcome.error().error.code);
-  (void)m_store.append_audit(e);
+  m_audit.push_back(std::move(e));
+  if (m_audit.size() >= 1024) {
+    flush_audit();
+  } else if (m_audit.size() == 1 && !m_shut_down) {
+    if (!m_audit_timer.valid()) {
+      if (auto t = net::Timer::create(m_loop)) m_audit_timer = std::move(*t);
+    }
+    if (m_audit_timer.valid()) {
+      m_audit_timer.start(static_cast<std::uint64_t>(m_options.audit_flush_interval.count()), 0, [this] { flush_audit(); });
+    } else {
+      flush_audit();
+    }
+  }
 
   if (c->done) {
     auto done = std::move(c->done);

@@ -376,6 +376,16 @@ Result<std::int64_t> Store::append_audit(const AuditEvent& e) {
   return m_db->last_insert_rowid();
 }
 
+Result<> Store::append_audit_batch(const std::vector<AuditEvent>& events) {
+  if (events.empty()) return {};
+  auto tx = Transaction::begin(*m_db);
+  if (!tx) return std::unexpected(tx.error());
+  for (const auto& e : events) {
+    if (auto r = append_audit(e); !r) return std::unexpected(r.error());
+  }
+  return tx->commit();
+}
+
 Result<std::vector<AuditEvent>> Store::recent_audit(std::size_t limit) {
   auto s = m_db->cached(
       "SELECT id, at, kind, profile, peer_uid, peer_pid, detail FROM audit_events "

@@ -48,7 +48,7 @@ struct HttpClientOptions {
   std::string user_agent = "tokend";
   std::chrono::milliseconds connect_timeout{10'000};
   std::size_t max_response_bytes = 1024 * 1024;
-  long max_connections_per_host = 8;
+  long max_connections_per_host = 16;
 };
 
 // What the refresh engine needs from HTTP; tests substitute a fake.

@@ -26,6 +26,10 @@ struct ProxyOptions {
   std::size_t max_response_bytes = 256ULL * 1024 * 1024;
   std::size_t retry_body_bytes = 1024 * 1024;  // bodies up to this are replayed after a 401/429
   std::int64_t max_retry_wait_s = 60;
+  // Audit lines of proxied calls are written in batches (one transaction,
+  // one fsync, per interval): a synchronous write per call would cost more
+  // than the call. A crash loses at most this much of the proxy's audit.
+  Millis audit_flush_interval{250};
 };
 
 struct ProxyCall {
@@ -75,8 +79,11 @@ class Proxy {
 
   void forward(ProxyCall call, Done done);
   [[nodiscard]] const ProxyStats& stats() const { return m_stats; }
-  // Cancels calls in flight (their callers get unavailable).
+  // Cancels calls in flight (their callers get unavailable) and writes the
+  // audit lines still pending.
   void shutdown();
+  // Writes pending audit lines now (tests, /v1/audit readers).
+  void flush_audit_now() { flush_audit(); }
 
   struct Call;
 
@@ -85,6 +92,7 @@ class Proxy {
   void send(const std::shared_ptr<Call>& c);
   void on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> r);
   void finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome);
+  void flush_audit();
 
   net::Loop& m_loop;
   refresh::TokenService& m_tokens;
@@ -97,6 +105,8 @@ class Proxy {
   std::map<std::uint64_t, std::shared_ptr<Call>> m_in_flight;
   std::uint64_t m_next = 1;
   bool m_shut_down = false;
+  std::vector<store::AuditEvent> m_audit;
+  net::Timer m_audit_timer;
 };
 
 }  // namespace tokend::proxy

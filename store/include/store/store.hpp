@@ -68,6 +68,9 @@ class Store {
 
   // Audit log.
   Result<std::int64_t> append_audit(const AuditEvent& event);
+  // Many events in one transaction (one fsync): for high-rate events such as
+  // proxied calls, which are batched by their writer.
+  Result<> append_audit_batch(const std::vector<AuditEvent>& events);
   Result<std::vector<AuditEvent>> recent_audit(std::size_t limit);
 
   // Test and tooling hook: the connection, for the detail API.
