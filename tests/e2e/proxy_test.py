@@ -9,12 +9,15 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
-from client import FakeUpstream  # noqa: E402
+from client import FakeUpstream, api_token_auth, bearer  # noqa: E402
 from harness import Daemon, XdgTree, binaries, http_over_unix, secret_file, run_ctl, unix_request  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
 CLIENT_ID = "proxy-app"
 CLIENT_SECRET = "cs-MARKER-proxy-secret"
+API_TOKEN = "ATATT-MARKER-api-token"
+PAT = "NjM-MARKER-pat"
+EMAIL = "me@example.test"
 
 
 class ProxyTest(unittest.TestCase):
@@ -157,6 +160,106 @@ class ProxyTest(unittest.TestCase):
         status, _, body = self.raw("GET", "/v1/proxy/n/me")
         self.assertEqual(status, 422, body)
         self.assertIn("api_base", json.loads(body)["error"]["message"])
+
+
+    # -- Atlassian: the same client paths whatever the credential ------------------
+
+    def add_atlassian_kinds(self):
+        """Three profiles reaching the same fake site three ways; returns the 3LO grant."""
+        self.up.add_client("atl", CLIENT_SECRET, "client_secret_post")
+        g = self.up.add_grant("atl", access_lifetime=3600)
+        cloud = self.up.sites()[0]["id"]
+        self.put("oauth", {"kind": "oauth2", "provider": "atlassian", "client_id": "atl", "client_secret": CLIENT_SECRET,
+                           "token_url": self.up.token_url, "api_base": self.up.base_url, "cloud_id": cloud,
+                           "access_token": g["access_token"], "refresh_token": g["refresh_token"], "expires_in": 3600})
+        self.up.add_api_token(EMAIL, API_TOKEN)
+        self.put("cloud", {"kind": "api-token", "site": self.up.site_url("acme"), "email": EMAIL, "token": API_TOKEN})
+        self.up.add_pat(PAT)
+        self.put("dc", {"kind": "pat", "site": self.up.dc_url + "/jira", "confluence_base": self.up.dc_url + "/confluence",
+                        "token": PAT})
+        return g, cloud
+
+    def test_crud_for_each_credential_kind(self):
+        g, cloud = self.add_atlassian_kinds()
+        expected = {
+            "oauth": (f"/ex/jira/{cloud}/rest/api/3/issue", bearer(g["access_token"])),
+            "cloud": ("/site/acme/rest/api/3/issue", api_token_auth(EMAIL, API_TOKEN)),
+            "dc": ("/dc/jira/rest/api/3/issue", bearer(PAT)),
+        }
+        for name, (upstream_path, auth) in expected.items():
+            with self.subTest(profile=name):
+                since = self.up.last_seq()
+                status, _, body = self.raw("POST", f"/v1/proxy/{name}/jira/rest/api/3/issue",
+                                           ["Content-Type: application/json"],
+                                           json.dumps({"fields": {"summary": "from " + name}}).encode())
+                self.assertEqual(status, 201, body)
+                key = json.loads(body)["key"]
+                status, _, body = self.raw("GET", f"/v1/proxy/{name}/jira/rest/api/3/issue/{key}")
+                self.assertEqual(status, 200, body)
+                status, _, body = self.raw("PUT", f"/v1/proxy/{name}/jira/rest/api/3/issue/{key}",
+                                           ["Content-Type: application/json"], b'{"fields": {"summary": "edited"}}')
+                self.assertEqual(status, 204, body)
+                status, _, body = self.raw("DELETE", f"/v1/proxy/{name}/jira/rest/api/3/issue/{key}")
+                self.assertEqual(status, 204, body)
+                calls = self.up.api_log(since)
+                self.assertEqual([c["method"] for c in calls], ["POST", "GET", "PUT", "DELETE"])
+                self.assertEqual(calls[0]["path"], upstream_path)
+                self.assertEqual(calls[1]["path"], f"{upstream_path}/{key}")
+                for c in calls:
+                    headers = {k.lower(): v for k, v in c["headers"].items()}
+                    self.assertEqual(headers["authorization"], auth)
+                    self.assertTrue(c["auth"]["valid"], c["auth"])
+        # Confluence: the gateway, the site's /wiki, and the Data Center base.
+        for name, prefix in (("oauth", f"/ex/confluence/{cloud}/"), ("cloud", "/site/acme/wiki/"),
+                             ("dc", "/dc/confluence/")):
+            with self.subTest(confluence=name):
+                since = self.up.last_seq()
+                status, _, body = self.raw("GET", f"/v1/proxy/{name}/confluence/rest/api/user/current")
+                self.assertEqual(status, 200, body)
+                self.assertEqual(self.up.api_log(since)[0]["path"], prefix + "rest/api/user/current")
+
+    def test_401_gets_one_refresh_and_one_retry(self):
+        g, _ = self.add_atlassian_kinds()
+        self.up.fault("invalid_token", target="api_ex", count=1)
+        since = self.up.last_seq()
+        status, _, body = self.raw("GET", "/v1/proxy/oauth/jira/rest/api/3/myself")
+        self.assertEqual(status, 200, body)
+        calls = self.up.api_log(since)
+        self.assertEqual(len(calls), 2)
+        first, second = ({k.lower(): v for k, v in c["headers"].items()}["authorization"] for c in calls)
+        self.assertEqual(first, bearer(g["access_token"]))
+        self.assertNotEqual(second, first, "the retry did not carry the refreshed token")
+        self.assertEqual(self.up.grant(g["grant_id"])["refreshes"], 1)
+        # Twice in a row: one refresh, one retry, then the 401 is the answer.
+        self.up.fault("invalid_token", target="api_ex", count=2)
+        status, _, body = self.raw("GET", "/v1/proxy/oauth/jira/rest/api/3/myself")
+        self.assertEqual(status, 401, body)
+
+    def test_429_passed_back_or_waited_out(self):
+        self.add_atlassian_kinds()
+        self.up.fault("rate_limited", target="api_site", count=1, retry_after=1)
+        status, head, body = self.raw("GET", "/v1/proxy/cloud/jira/rest/api/3/myself")
+        self.assertEqual(status, 429, body)
+        self.assertIn("retry-after: 1", head.lower())
+        self.up.fault("rate_limited", target="api_site", count=1, retry_after=1)
+        since = self.up.last_seq()
+        status, _, body = self.raw("GET", "/v1/proxy/cloud/jira/rest/api/3/myself", ["X-Tokend-Retry-Wait: 5"])
+        self.assertEqual(status, 200, body)
+        self.assertEqual(len(self.up.api_log(since)), 2)
+        # A Retry-After longer than the caller will wait is passed back.
+        self.up.fault("rate_limited", target="api_site", count=1, retry_after=30)
+        status, _, _ = self.raw("GET", "/v1/proxy/cloud/jira/rest/api/3/myself", ["X-Tokend-Retry-Wait: 5"])
+        self.assertEqual(status, 429)
+        status, _, body = self.raw("GET", "/v1/proxy/cloud/jira/x", ["X-Tokend-Retry-Wait: soon"])
+        self.assertEqual(status, 400, body)
+
+    def test_atlassian_paths_outside_jira_and_confluence_are_refused(self):
+        self.add_atlassian_kinds()
+        before = self.up.last_seq()
+        for target in ("/v1/proxy/cloud/bitbucket/x", "/v1/proxy/oauth/admin/x", "/v1/proxy/dc/jira/../../x"):
+            with self.subTest(target=target):
+                self.assertEqual(self.raw("GET", target)[0], 400)
+        self.assertEqual(self.up.api_log(before), [])
 
 
 if __name__ == "__main__":
