@@ -6,8 +6,9 @@ tokend: `tokenctl exec jira -- python3 wrap_script.py` hands it a fresh token.
     JIRA_OAUTH_ACCESS_TOKEN  the OAuth access token (tokenctl exec sets it for
                              Atlassian OAuth profiles)
     JIRA_OAUTH_CLOUD_ID      the site's cloud id (set too, once tokend knows it)
+    ATLASSIAN_API_GATEWAY    optional: the gateway instead of https://api.atlassian.com
     JIRA_API_BASE            optional: the whole API base URL instead of
-                             https://api.atlassian.com/ex/jira/$JIRA_OAUTH_CLOUD_ID
+                             $ATLASSIAN_API_GATEWAY/ex/jira/$JIRA_OAUTH_CLOUD_ID
 """
 import json
 import os
