@@ -100,8 +100,11 @@ Result<std::pair<std::string, std::string>> parse_header_arg(std::string_view ar
 }
 
 bool is_framing_header(std::string_view name) {
-  constexpr std::array<std::string_view, 8> k_framing = {"Host",    "Content-Length", "Transfer-Encoding", "Connection",
-                                                         "Keep-Alive", "TE",          "Trailer",           "Upgrade"};
+  // Expect too: tokenctl sends the body at once and reads one final answer,
+  // so a "100 Continue" interim answer would be mistaken for it.
+  constexpr std::array<std::string_view, 9> k_framing = {"Host",       "Content-Length", "Transfer-Encoding",
+                                                         "Connection", "Keep-Alive",     "TE",
+                                                         "Trailer",    "Upgrade",        "Expect"};
   return std::any_of(k_framing.begin(), k_framing.end(), [&](std::string_view f) { return iequal(name, f); });
 }
 

@@ -981,7 +981,7 @@ int cmd_api(Ctx& ctx, const std::vector<std::string>& args) {
       auto parsed = parse_header_arg(h);
       if (!parsed) throw UsageError{parsed.error().message};
       if (is_framing_header(parsed->first)) {
-        throw UsageError{fmt::format("-H {}: tokenctl sets this header itself", parsed->first)};
+        throw UsageError{fmt::format("-H {}: tokenctl handles this header itself", parsed->first)};
       }
       if (is_replaced_header(parsed->first)) {
         say(ctx.io.err, fmt::format("tokenctl: note: tokend drops the {} header; the profile's credential is used\n",

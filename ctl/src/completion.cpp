@@ -10,7 +10,7 @@ _tokenctl() {
   cur="${COMP_WORDS[COMP_CWORD]}"
   prev="${COMP_WORDS[COMP_CWORD-1]}"
   cmd="${COMP_WORDS[1]}"
-  local commands="status list token headers add import login logout test renew remove monitor ping version completion"
+  local commands="status list token headers exec api add import login logout test renew remove monitor ping version completion"
   local profile_opts="--provider --client-id --scopes --issuer --authorize-url --token-url --device-authorization-url --registration-url --revocation-url --userinfo-url --redirect-uri --mcp-server --resource --audience --pkce --token-endpoint-auth --reuse-window --refresh-buffer --site --api-base --sink-file --sink-dotenv"
   if [ "$COMP_CWORD" -eq 1 ]; then
     COMPREPLY=($(compgen -W "$commands --socket --help" -- "$cur"))
@@ -23,10 +23,11 @@ _tokenctl() {
     --pkce) COMPREPLY=($(compgen -W "S256 required off" -- "$cur")); return ;;
     --token-endpoint-auth) COMPREPLY=($(compgen -W "client_secret_basic client_secret_post none" -- "$cur")); return ;;
     --*-file|--dotenv|--sink-dotenv) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --data|-d) COMPREPLY=($(compgen -P @ -f -- "${cur#@}")); return ;;
     completion) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")); return ;;
   esac
   case "$cmd" in
-    status|token|headers|renew|remove|monitor|login|logout|test|add|import)
+    status|token|headers|exec|api|renew|remove|monitor|login|logout|test|add|import)
       if [ "$COMP_CWORD" -eq 2 ]; then
         COMPREPLY=($(compgen -W "$(tokenctl list -q 2>/dev/null)" -- "$cur"))
         return
@@ -34,6 +35,14 @@ _tokenctl() {
   esac
   case "$cmd" in
     token) COMPREPLY=($(compgen -W "--min-valid --wait --format" -- "$cur")) ;;
+    headers) COMPREPLY=($(compgen -W "--min-valid" -- "$cur")) ;;
+    exec) COMPREPLY=($(compgen -W "--env --min-valid --wait --" -- "$cur")) ;;
+    api)
+      if [ "$COMP_CWORD" -eq 3 ]; then
+        COMPREPLY=($(compgen -W "GET POST PUT PATCH DELETE HEAD" -- "$cur"))
+      else
+        COMPREPLY=($(compgen -W "--data --header --include --timeout" -- "$cur"))
+      fi ;;
     status|list|monitor|test) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
     login) COMPREPLY=($(compgen -W "--device --no-browser --timeout" -- "$cur")) ;;
     add) COMPREPLY=($(compgen -W "--kind --client-secret-file --email --token-file --refresh-token-file --expires-in $profile_opts" -- "$cur")) ;;
@@ -52,6 +61,8 @@ _tokenctl() {
     'list:profile names, kinds and states'
     'token:print a valid token'
     'headers:Authorization header as JSON'
+    'exec:run a command with the token in its environment'
+    'api:an API call through the proxy'
     'add:store a profile'
     'import:take over a JIRA_OAUTH_* token set from .env or the environment'
     'login:sign in with the browser or a device code'
@@ -69,7 +80,7 @@ _tokenctl() {
     return
   fi
   case "$words[2]" in
-    status|token|headers|renew|remove|monitor|login|logout|test|add|import)
+    status|token|headers|exec|api|renew|remove|monitor|login|logout|test|add|import)
       if (( CURRENT == 3 )); then
         local -a profiles
         profiles=(${(f)"$(tokenctl list -q 2>/dev/null)"})
@@ -82,6 +93,18 @@ _tokenctl() {
                  '--min-valid[seconds of validity]:seconds:' '--wait[seconds to wait]:seconds:' '--json[JSON output]'
       ;;
     test) _arguments '--json[JSON output]' ;;
+    exec)
+      _arguments '*--env[also put the token into this variable]:name:' '--min-valid[seconds of validity]:seconds:' \
+                 '--wait[seconds to wait]:seconds:' '*::command:_normal'
+      ;;
+    api)
+      if (( CURRENT == 4 )); then
+        _values 'method' GET POST PUT PATCH DELETE HEAD
+      else
+        _arguments '--data[request body: @FILE, - or text]:body:_files -P @' '*--header[Name: value]:header:' \
+                   '--include[print status and headers]' '--timeout[seconds without progress]:seconds:'
+      fi
+      ;;
     logout) ;;
     login)
       _arguments '--device[device code flow]' '--no-browser[print the URL, paste the result back]' \

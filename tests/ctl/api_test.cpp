@@ -88,7 +88,7 @@ TEST_CASE("-H refuses what would break or smuggle a header, without repeating th
 
 TEST_CASE("headers tokenctl frames itself, and the ones tokend replaces", "[ctl][api][headers]") {
   for (const char* n : {"Host", "content-length", "Transfer-Encoding", "CONNECTION", "Keep-Alive", "TE", "Trailer",
-                        "Upgrade"}) {
+                        "Upgrade", "Expect"}) {
     INFO(n);
     CHECK(is_framing_header(n));
   }

@@ -7,6 +7,9 @@ tokend-style and upstream-style errors. That tests tokenctl's side (streamed
 50 MB bodies both ways in bounded memory, exit codes, messages) without the
 daemon's proxy; tests/docs/docs_examples_test.py goes through the real one.
 
+RealProxyTest sends `tokenctl api` through the real tokend's proxy to the
+fake Atlassian API (tests/fake_upstream), 50 MB each way included.
+
 `exec` and `headers` run against the real tokend."""
 import hashlib
 import json
@@ -24,7 +27,9 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
+from client import FakeUpstream, download_sha256  # noqa: E402
 from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, wait_for  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
@@ -348,8 +353,8 @@ class ApiTest(unittest.TestCase):
             (["p", "GET", "x", "-H", "Accept application/json"], "Name: value"),
             (["p", "GET", "x", "-H", "X-A: 1\r\nX-B: 2"], "line break"),
             (["p", "GET", "x", "-H", "X Y: 1"], "cannot contain spaces"),
-            (["p", "GET", "x", "-H", "Content-Length: 5"], "tokenctl sets this header itself"),
-            (["p", "GET", "x", "-H", "Host: example.com"], "tokenctl sets this header itself"),
+            (["p", "GET", "x", "-H", "Content-Length: 5"], "tokenctl handles this header itself"),
+            (["p", "GET", "x", "-H", "Host: example.com"], "tokenctl handles this header itself"),
             (["p", "GET", "x\r\ny"], "control character"),
             (["p", "G T", "x"], "METHOD"),
             (["p", "GET", "/"], "PATH is empty"),
@@ -577,6 +582,100 @@ class ExecHeadersTest(unittest.TestCase):
         r = run_ctl(TOKENCTL, self.env, "headers", "jira", "--min-valid", "7200")
         self.assertNotEqual(r.returncode, 0)
         self.assertEqual(r.stdout, "")
+
+
+class RealProxyTest(unittest.TestCase):
+    """tokenctl api through the real tokend's proxy to the fake Atlassian API."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = FakeUpstream(quiet=True)
+        cls.up.add_pat(PAT)
+        cls.xdg = XdgTree()
+        cls.env = cls.xdg.env
+        cls.daemon = Daemon(TOKEND, cls.env, ["--ca-bundle", cls.up.ca_file])
+        cls.daemon.wait_ready(cls.xdg.socket)
+        for args in (["add", "jira", "--kind", "pat", "--site", cls.up.dc_url,
+                      "--token-file", secret_file(cls.xdg.root, "pat", PAT)],
+                     ["add", "empty", "--kind", "oauth2", "--provider", "atlassian", "--client-id", "cid"]):
+            r = run_ctl(TOKENCTL, cls.env, *args)
+            assert r.returncode == 0, r.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.daemon.stop()
+        log = cls.daemon.output()
+        cls.xdg.close()
+        cls.up.stop()
+        assert code == 0, log
+        assert PAT not in log, "the PAT in tokend's log"
+
+    def api(self, *args, expect=0):
+        r = run_ctl(TOKENCTL, self.env, "api", *args, timeout=120)
+        self.assertEqual(r.returncode, expect, f"tokenctl api {args}\nstdout: {r.stdout[:2000]}\nstderr: {r.stderr}")
+        return r
+
+    def test_calls_and_errors(self):
+        me = json.loads(self.api("jira", "GET", "jira/rest/api/3/myself").stdout)
+        self.assertEqual(me["fakeUpstream"]["credential_kind"], "pat")
+        e = json.loads(self.api("jira", "POST", "/jira/any/echo?q=a b", "--data", '{"x": 1}', "-H", "X-Test: 1").stdout)
+        self.assertEqual((e["method"], e["rest"], e["query"], e["body"]), ("POST", "any/echo", "q=a%20b", '{"x": 1}'))
+        self.assertEqual((e["headers"]["content-type"], e["headers"]["x-test"]), ("application/json", "1"))
+        self.assertEqual(e["authorization"]["kind"], "pat")
+        r = self.api("jira", "GET", "jira/rest/api/3/issue/NOPE-1", expect=1)
+        self.assertIn("errorMessages", json.loads(r.stdout))
+        self.assertEqual(r.stderr, "tokenctl: HTTP 404 Not Found\n")
+        r = self.api("jira", "GET", "jira/../secret", expect=1)
+        self.assertEqual(r.stdout, "")
+        self.assertTrue(r.stderr.startswith("tokenctl: HTTP 400: "), r.stderr)
+        r = self.api("empty", "GET", "jira/rest/api/3/myself", expect=4)
+        self.assertEqual(r.stdout, "")
+        self.assertIn("tokenctl login empty", r.stderr)
+
+    def test_download_50mb(self):
+        out = os.path.join(self.xdg.root, "download.bin")
+        for chunked in ("0", "1"):
+            with self.subTest(chunked=chunked):
+                with open(out, "wb") as f:
+                    code, err, rss = run_measured(
+                        [TOKENCTL, "api", "jira", "GET", f"jira/rest/api/3/attachment/content/big?size={BIG}&chunked={chunked}"],
+                        self.env, stdout=f)
+                self.assertEqual(code, 0, err)
+                h = hashlib.sha256()
+                with open(out, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                self.assertEqual(h.hexdigest(), download_sha256("big", BIG))
+                self.assertLess(rss, RSS_LIMIT_KB)
+
+    def test_upload_50mb_file_and_pipe(self):
+        # docs/API.md: "Bodies stream both ways (a 50 MB attachment upload does not sit in memory)".
+        path = os.path.join(self.xdg.root, "big.bin")
+        with open(path, "wb") as f:
+            for piece in pattern(BIG, seed=9):
+                f.write(piece)
+        for source in ("file", "pipe"):
+            with self.subTest(source=source):
+                out = os.path.join(self.xdg.root, "echo.json")
+                with open(out, "wb") as f, open(path, "rb") as data:
+                    producer = None
+                    stdin = data
+                    if source == "pipe":
+                        producer = subprocess.Popen(["cat", path], stdout=subprocess.PIPE)
+                        stdin = producer.stdout
+                    code, err, rss = run_measured(
+                        [TOKENCTL, "api", "jira", "POST", "jira/upload/echo", "--data",
+                         "@" + path if source == "file" else "-", "-H", "Content-Type: application/octet-stream"],
+                        self.env, stdin=stdin, stdout=f)
+                    if producer:
+                        producer.stdout.close()
+                        producer.wait()
+                self.assertEqual(code, 0, err)
+                with open(out) as f:
+                    e = json.load(f)
+                self.assertEqual((e["body_size"], e["body_sha256"]), (BIG, pattern_sha256(BIG, seed=9)))
+                self.assertEqual(e["chunked"], source == "pipe")
+                self.assertLess(rss, RSS_LIMIT_KB)
 
 
 if __name__ == "__main__":

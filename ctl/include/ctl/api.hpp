@@ -37,8 +37,8 @@ Result<std::string> proxy_target(std::string_view profile, std::string_view path
 Result<std::pair<std::string, std::string>> parse_header_arg(std::string_view arg);
 
 // Headers the caller may not set because tokenctl frames the request itself
-// (Host, Content-Length, Transfer-Encoding, Connection, and anything naming a
-// hop-by-hop header: Keep-Alive, TE, Trailer, Upgrade).
+// (Host, Content-Length, Transfer-Encoding, Connection, Expect, and the other
+// hop-by-hop headers: Keep-Alive, TE, Trailer, Upgrade).
 bool is_framing_header(std::string_view name);
 // Headers tokend replaces or drops (Authorization, Cookie, Proxy-*,
 // X-Tokend-* other than X-Tokend-Retry-Wait): setting them does nothing.
