@@ -90,6 +90,9 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
   int exit_code = 0;
   {
     refresh::EventBus events;
+    // Large proxied bodies pass through temporary files next to the database
+    // (a private directory), not memory.
+    net::Spool::set_directory(config.paths.database.parent_path());
     net::HttpClientOptions http_options;
     http_options.ca_bundle = config.ca_bundle;
     http_options.user_agent = fmt::format("tokend/{}", version());

@@ -444,6 +444,7 @@ void Api::register_routes(Router& router) {
     if (const auto q = req.target.find('?'); q != std::string::npos) call.raw_query = req.target.substr(q + 1);
     call.headers = req.headers;
     call.body = req.body;
+    call.body_spool = req.body_spool;
     call.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
     call.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
     if (auto wait = req.header("x-tokend-retry-wait")) {
@@ -480,11 +481,12 @@ void Api::register_routes(Router& router) {
         res.headers.emplace_back(std::move(k), std::move(v));
       }
       res.body = std::move(r->body);
+      res.body_spool = std::move(r->body_spool);
       ex->respond(std::move(res));
     });
   };
   for (const char* method : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}) {
-    router.add(method, "/v1/proxy/{name}/{rest...}", forward);
+    router.add(method, "/v1/proxy/{name}/{rest...}", forward, /*large_body=*/true);
   }
 
   router.add("GET", "/v1/events", [this](const std::shared_ptr<Exchange>& ex) {

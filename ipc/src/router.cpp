@@ -27,8 +27,8 @@ bool is_rest(const std::string& seg) { return seg.size() > 5 && seg.ends_with(".
 
 }  // namespace
 
-void Router::add(std::string method, std::string pattern, Handler handler) {
-  Route r{std::move(method), std::move(pattern), {}, std::move(handler)};
+void Router::add(std::string method, std::string pattern, Handler handler, bool large_body) {
+  Route r{std::move(method), std::move(pattern), {}, std::move(handler), large_body};
   r.segments = split_path(r.pattern);
   m_routes.push_back(std::move(r));
   std::sort(m_routes.begin(), m_routes.end(), [](const Route& a, const Route& b) {
@@ -73,6 +73,7 @@ Router::Match Router::match(std::string_view method, std::string_view path) cons
       continue;
     }
     result.handler = &route.handler;
+    result.large_body = route.large_body;
     result.params = std::move(params);
     result.allowed.clear();
     return result;

@@ -15,12 +15,14 @@
 #include <spdlog/spdlog.h>
 
 #include "core/guard.hpp"
+#include "core/secret.hpp"
 
 #include <algorithm>
 #include <cstring>
 #include <sstream>
 
 #include "core/fs.hpp"
+#include "net/spool.hpp"
 
 namespace tokend::ipc {
 
@@ -32,6 +34,10 @@ class Connection;
 namespace {
 
 constexpr std::size_t k_read_buffer_bytes = 64 * 1024;
+// A large body is kept in memory up to this, then in a spool.
+constexpr std::size_t k_spool_threshold = 1024 * 1024;
+// How much of a spooled response is queued for writing at a time.
+constexpr std::size_t k_file_window = 1024 * 1024;
 constexpr std::chrono::milliseconds k_linger{1000};
 
 // Which answer a parse error gets.
@@ -137,6 +143,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void begin_linger();
   void maybe_pause_reading();
   void resume_reading();
+  bool check_body();
 
   Server::Impl& m_server;
   uv_pipe_t m_pipe{};
@@ -154,6 +161,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool m_counted = false;  // included in open_connections
   bool m_peer_eof = false;  // the peer half-closed while we owed an answer
   bool m_pumping = false;   // pump() is on the stack
+  // Large bodies (routes that take them): spilled to a spool as they arrive.
+  bool m_body_checked = false;
+  bool m_large_body = false;
+  std::shared_ptr<net::Spool> m_spool;
+  // A spooled response being sent: the rest follows as the peer reads.
+  std::shared_ptr<net::Spool> m_out_file;
+  std::uint64_t m_out_offset = 0;
+  bool m_out_close = false;
+  void send_file();
 };
 
 class StreamImpl final : public Stream {
@@ -347,22 +363,27 @@ void Connection::pump() {
     if (!m_parser) {
       m_parser.emplace();
       m_parser->header_limit(static_cast<std::uint32_t>(m_server.m_limits.max_header_bytes));
-      m_parser->body_limit(m_server.m_limits.max_body_bytes);
+      // The route decides the real limit once the header is in (below).
+      m_parser->body_limit(std::max<std::uint64_t>(m_server.m_limits.max_body_bytes, m_server.m_limits.max_upload_bytes));
       m_parser->eager(true);
+      m_body_checked = false;
+      m_large_body = false;
+      m_spool.reset();
     }
     boost::system::error_code ec;
     const std::size_t used = m_parser->put(asio::buffer(m_inbuf.data(), m_inbuf.size()), ec);
     m_inbuf.erase(0, used);
+    if (ec && ec != http::error::need_more) {
+      const auto [status, message] = status_for_parse_error(ec);
+      fail_request(status, message);
+      return;
+    }
+    if (m_parser->is_header_done() && !check_body()) return;
     if (ec == http::error::need_more) {
       if (m_inbuf.size() > m_server.m_limits.max_header_bytes && !m_parser->is_header_done()) {
         fail_request(431, "request header is larger than the limit");
       }
       break;
-    }
-    if (ec) {
-      const auto [status, message] = status_for_parse_error(ec);
-      fail_request(status, message);
-      return;
     }
     if (!m_parser->is_done()) continue;
     // RFC 7230 §3.3.3: a Transfer-Encoding whose last coding is not chunked
@@ -384,9 +405,67 @@ void Connection::pump() {
       req.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
     }
     req.body = std::move(msg.body());
+    if (m_spool) {
+      if (auto r = m_spool->append(req.body); !r) {
+        fail_request(500, "the request body could not be kept in a temporary file");
+        return;
+      }
+      secure_wipe(req.body);
+      std::string().swap(req.body);
+      req.body_spool = std::move(m_spool);
+    }
     dispatch(std::move(req));
   }
   if (m_state == State::idle && m_inbuf.empty()) arm_timer(m_server.m_limits.idle_timeout);
+}
+
+// With the header in: the body limit of the route, and a large body moved
+// to a spool as it arrives. False after answering an error.
+bool Connection::check_body() {
+  const auto& msg = m_parser->get();
+  const std::uint64_t have = (m_spool ? m_spool->size() : 0) + msg.body().size();
+  const auto announced = m_parser->content_length();
+  const std::uint64_t small = m_server.m_limits.max_body_bytes;
+  // Only a body past the ordinary limit needs to know its route (keeps the
+  // route lookup off the path of ordinary requests).
+  if (!m_body_checked && (have > small || (announced && *announced > small))) {
+    m_body_checked = true;
+    const std::string_view target(msg.target().data(), msg.target().size());
+    const std::string_view method(msg.method_string().data(), msg.method_string().size());
+    const auto qpos = target.find('?');
+    if (auto path = decode_path(target.substr(0, qpos))) {
+      m_large_body = m_server.m_router.match(method, *path).large_body;
+    }
+  }
+  const std::uint64_t limit = m_large_body ? m_server.m_limits.max_upload_bytes : small;
+  if (have > limit || (announced && *announced > limit)) {
+    fail_request(413, "request body is larger than the limit");
+    return false;
+  }
+  if (m_large_body) {
+    // A large upload arrives over many reads: it gets the request timeout
+    // per read, not for the whole body.
+    arm_timer(m_server.m_limits.request_timeout);
+    auto& body = m_parser->get().body();
+    if (body.size() >= k_spool_threshold) {
+      if (!m_spool) {
+        auto spool = net::Spool::create();
+        if (!spool) {
+          spdlog::error("{}", spool.error().message);
+          fail_request(500, "the request body could not be kept in a temporary file");
+          return false;
+        }
+        m_spool = std::move(*spool);
+      }
+      if (auto r = m_spool->append(body); !r) {
+        fail_request(500, "the request body could not be kept in a temporary file");
+        return false;
+      }
+      // Also drop the capacity Beast reserved for the announced length.
+      std::string().swap(body);
+    }
+  }
+  return true;
 }
 
 void Connection::dispatch(Request req) {
@@ -454,13 +533,49 @@ void Connection::respond(ExchangeImpl* ex, Response response) {
                                         ex->request().version == 10 ? 10U : 11U};
   res.set(http::field::server, "tokend");
   for (auto& [k, v] : response.headers) res.insert(k, v);
-  res.body() = std::move(response.body);
   const bool close = response.close || !ex->request().keep_alive || m_server.m_draining;
   res.keep_alive(!close);
-  res.prepare_payload();
   ++m_server.m_stats.responses_by_status[response.status];
+  if (response.body_spool && ex->request().method != "HEAD") {
+    // A spooled body: the header now, the file as the peer reads it.
+    res.content_length(response.body_spool->size());
+    std::ostringstream os;
+    os << res.base();
+    write(os.str());
+    m_out_file = std::move(response.body_spool);
+    m_out_offset = 0;
+    m_out_close = close;
+    send_file();
+    return;
+  }
+  res.body() = std::move(response.body);
+  res.prepare_payload();
   write(serialize(res));
   finish_response(close);
+}
+
+void Connection::send_file() {
+  if (!m_out_file) return;
+  std::string chunk;
+  while (m_out_offset < m_out_file->size() && !is_closed() &&
+         uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&m_pipe)) < k_file_window) {
+    chunk.resize(256 * 1024);
+    auto got = m_out_file->read_at(m_out_offset, chunk.data(), chunk.size());
+    if (!got || *got == 0) {
+      spdlog::error("sending a spooled answer: {}", got ? "the file ended early" : got.error().message);
+      m_out_file.reset();
+      close();
+      return;
+    }
+    chunk.resize(*got);
+    m_out_offset += *got;
+    write(std::move(chunk));
+    chunk = std::string();
+  }
+  if (m_out_offset >= m_out_file->size()) {
+    m_out_file.reset();
+    finish_response(m_out_close);
+  }
 }
 
 void Connection::finish_response(bool close) {
@@ -577,6 +692,10 @@ void Connection::on_write_done(int status) {
   --m_pending_writes;
   if (status != 0) {
     close();
+    return;
+  }
+  if (m_out_file) {
+    send_file();
     return;
   }
   if (m_close_after_write && m_pending_writes == 0 && m_state == State::closing) {

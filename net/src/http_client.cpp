@@ -24,6 +24,9 @@ struct Transfer {
   std::string body;
   std::size_t max_body = 0;  // 0: no cap
   bool too_large = false;
+  std::uint64_t upload_offset = 0;
+  std::shared_ptr<Spool> spool;  // the answer, once it outgrew spool_response_over
+  bool spool_failed = false;
   char error[CURL_ERROR_SIZE] = {};
 
   ~Transfer() {
@@ -57,6 +60,7 @@ Error transfer_error(CURLcode code, const Transfer& t) {
       return Error{Errc::timeout, fmt::format("no answer from {} within the timeout", t.request.url)};
     case CURLE_FILESIZE_EXCEEDED:
     case CURLE_WRITE_ERROR:
+      if (t.spool_failed) return Error{Errc::io, fmt::format("the answer from {} could not be kept in a temporary file", t.request.url)};
       if (t.too_large || code == CURLE_FILESIZE_EXCEEDED) {
         return Error{Errc::limit_exceeded, fmt::format("the answer from {} is larger than the limit", t.request.url)};
       }
@@ -174,7 +178,14 @@ class HttpClient::Impl {
       curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(t.max_body));
     }
     const std::string& m = t.request.method;
-    if (m == "POST" || !t.request.body.empty()) {
+    if (t.request.upload) {
+      // Streamed from the spool; UPLOAD with the method named (UPLOAD alone means PUT).
+      curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+      curl_easy_setopt(e, CURLOPT_READFUNCTION, &Impl::on_read);
+      curl_easy_setopt(e, CURLOPT_READDATA, &t);
+      curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(t.request.upload->size()));
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
+    } else if (m == "POST" || !t.request.body.empty()) {
       curl_easy_setopt(e, CURLOPT_POST, 1L);
       // Not copied by libcurl: the Secret in the Transfer outlives the transfer.
       curl_easy_setopt(e, CURLOPT_POSTFIELDS, t.request.body.reveal().data());
@@ -227,12 +238,40 @@ class HttpClient::Impl {
   static size_t on_body(char* data, size_t size, size_t n, void* user) {
     auto* t = static_cast<Transfer*>(user);
     const size_t bytes = size * n;
-    if (t->max_body > 0 && t->body.size() + bytes > t->max_body) {
+    const std::uint64_t have = t->spool ? t->spool->size() : t->body.size();
+    if (t->max_body > 0 && have + bytes > t->max_body) {
       t->too_large = true;
       return 0;  // aborts with CURLE_WRITE_ERROR
     }
+    const std::size_t over = t->request.spool_response_over;
+    if (!t->spool && over > 0 && t->body.size() + bytes > over) {
+      auto spool = Spool::create();
+      if (!spool || !(*spool)->append(t->body)) {
+        t->spool_failed = true;
+        return 0;
+      }
+      t->spool = std::move(*spool);
+      secure_wipe(t->body);
+      t->body.clear();
+      t->body.shrink_to_fit();
+    }
+    if (t->spool) {
+      if (!t->spool->append(std::string_view(data, bytes))) {
+        t->spool_failed = true;
+        return 0;
+      }
+      return bytes;
+    }
     t->body.append(data, bytes);
     return bytes;
+  }
+
+  static size_t on_read(char* out, size_t size, size_t n, void* user) {
+    auto* t = static_cast<Transfer*>(user);
+    auto got = t->request.upload->read_at(t->upload_offset, out, size * n);
+    if (!got) return CURL_READFUNC_ABORT;
+    t->upload_offset += *got;
+    return *got;
   }
 
   static size_t on_header(char* data, size_t size, size_t n, void* user) {
@@ -337,6 +376,7 @@ class HttpClient::Impl {
       r.status = status;
       r.headers = std::move(t->response_headers);
       r.body = Secret::adopt(std::move(t->body));
+      r.body_spool = std::move(t->spool);
       t->done(std::move(r));
     }
   }

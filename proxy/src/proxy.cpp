@@ -81,7 +81,7 @@ void Proxy::forward(ProxyCall call, Done done) {
   c->call = std::move(call);
   c->done = std::move(done);
   c->started = m_clock.mono_now();
-  c->bytes_in = c->call.body.size();
+  c->bytes_in = c->call.body_spool ? c->call.body_spool->size() : c->call.body.size();
   m_in_flight.emplace(c->id, c);
 
   auto profile = m_tokens.profile_of(c->call.profile);
@@ -171,6 +171,8 @@ void Proxy::send(const std::shared_ptr<Call>& c) {
     r.headers = c->headers;
     r.headers.emplace_back("Authorization", std::string(grant->authorization.reveal()));
     r.body = Secret(c->call.body);
+    r.upload = c->call.body_spool;
+    r.spool_response_over = m_options.spool_response_over;
     c->http_pending = true;
     c->http_id = m_http.start(std::move(r), [this, c](Result<net::HttpResponse> res) { on_answer(c, std::move(res)); });
   });
@@ -185,7 +187,8 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
                                                                  : Errc::transient;
     return finish(c, refuse(code, fmt::format("the upstream call failed: {}", res.error().message)));
   }
-  const bool replayable = c->call.body.size() <= m_options.retry_body_bytes;
+  // A spooled body is read again from its file: replaying costs no memory.
+  const bool replayable = c->bytes_in <= m_options.retry_body_bytes;
   if (res->status == 401 && !c->refreshed && replayable && c->profile.kind == store::CredentialKind::oauth2) {
     // The token may have been revoked or rotated elsewhere: one forced
     // refresh, one retry.
@@ -195,7 +198,8 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
       if (m_in_flight.find(c->id) == m_in_flight.end()) return;
       if (!r) {
         // Pass the upstream's 401 back; the refresh error says why.
-        return finish(c, ProxyResult{401, response_headers(first->headers), std::string(first->body.reveal())});
+        return finish(c, ProxyResult{401, response_headers(first->headers), std::string(first->body.reveal()),
+                                     std::move(first->body_spool)});
       }
       send(c);
     });
@@ -217,7 +221,8 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
       }
     }
   }
-  finish(c, ProxyResult{static_cast<int>(res->status), response_headers(res->headers), std::string(res->body.reveal())});
+  finish(c, ProxyResult{static_cast<int>(res->status), response_headers(res->headers), std::string(res->body.reveal()),
+                        std::move(res->body_spool)});
 }
 
 void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome) {
@@ -244,7 +249,7 @@ void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, Pr
               {"status", status},
               {"latency_ms", static_cast<double>(latency.count()) / 1000.0},
               {"bytes_in", c->bytes_in},
-              {"bytes_out", outcome ? outcome->body.size() : 0}};
+              {"bytes_out", !outcome ? 0 : outcome->body_spool ? outcome->body_spool->size() : outcome->body.size()}};
   if (!outcome) e.detail["error"] = errc_name(outcome.error().error.code);
   m_audit.push_back(std::move(e));
   if (m_audit.size() >= 1024) {

@@ -1,15 +1,17 @@
 """The proxy end to end (DESIGN §8, issue 6): the real tokend forwarding calls
 to the TLS fake provider with the profile's credential. What reaches the
 upstream is asserted from the fake's request log."""
+import hashlib
 import json
 import os
+import socket
 import sys
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
-from client import FakeUpstream, api_token_auth, bearer  # noqa: E402
+from client import Blob, FakeUpstream, MultipartBody, api_token_auth, bearer, download_sha256  # noqa: E402
 from harness import Daemon, XdgTree, binaries, http_over_unix, secret_file, run_ctl, unix_request  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
@@ -260,6 +262,90 @@ class ProxyTest(unittest.TestCase):
             with self.subTest(target=target):
                 self.assertEqual(self.raw("GET", target)[0], 400)
         self.assertEqual(self.up.api_log(before), [])
+
+
+    # -- large bodies: bounded memory both ways ----------------------------------
+
+    def peak_rss_kib(self):
+        with open(f"/proc/{self.daemon.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
+    def stream_request(self, method, target, headers, chunks, length):
+        """Sends a body piece by piece over the socket; returns (status, body bytes)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(120)
+            s.connect(self.xdg.socket)
+            head = f"{method} {target} HTTP/1.1\r\nHost: tokend\r\nConnection: close\r\nContent-Length: {length}\r\n"
+            for h in headers:
+                head += h + "\r\n"
+            s.sendall((head + "\r\n").encode())
+            for piece in chunks:
+                s.sendall(piece)
+            out = b""
+            while True:
+                data = s.recv(1 << 20)
+                if not data:
+                    break
+                out += data
+        head_bytes, _, payload = out.partition(b"\r\n\r\n")
+        return int(head_bytes[9:12]), payload
+
+    def test_50mb_upload_and_download_with_bounded_memory(self):
+        self.add_atlassian_kinds()
+        status, _, body = self.raw("POST", "/v1/proxy/cloud/jira/rest/api/3/issue", ["Content-Type: application/json"],
+                                   b'{"fields": {"summary": "with an attachment"}}')
+        self.assertEqual(status, 201, body)
+        key = json.loads(body)["key"]
+        self.assertEqual(self.raw("GET", "/v1/proxy/cloud/jira/rest/api/3/myself")[0], 200)  # warm: TLS, curl
+        before = self.peak_rss_kib()
+        size = 50 * 1000 * 1000
+        multipart = MultipartBody([("file", "big.bin", Blob(7, size), "application/octet-stream")])
+        status, payload = self.stream_request(
+            "POST", f"/v1/proxy/cloud/jira/rest/api/3/issue/{key}/attachments",
+            [f"Content-Type: {multipart.content_type}", "X-Atlassian-Token: no-check"], multipart.chunks(),
+            multipart.length)
+        self.assertEqual(status, 200, payload[:300])
+        got = json.loads(payload)
+        self.assertEqual([(a["filename"], a["size"], a["sha256"]) for a in got],
+                         [(e["filename"], e["size"], e["sha256"]) for e in multipart.expected])
+        up_growth_mib = (self.peak_rss_kib() - before) / 1024
+        self.assertLess(up_growth_mib, 16, f"tokend's peak RSS grew by {up_growth_mib:.1f} MiB for a 50 MB upload")
+        # And down again: 50 MB through the proxy, hashed on arrival.
+        before = self.peak_rss_kib()
+        h = hashlib.sha256()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(120)
+            s.connect(self.xdg.socket)
+            s.sendall(f"GET /v1/proxy/cloud/jira/rest/api/3/attachment/content/77?size={size} HTTP/1.1\r\n"
+                      "Host: tokend\r\nConnection: close\r\n\r\n".encode())
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head[:200])
+            got_bytes = len(rest)
+            h.update(rest)
+            while True:
+                data = s.recv(1 << 20)
+                if not data:
+                    break
+                got_bytes += len(data)
+                h.update(data)
+        self.assertEqual(got_bytes, size)
+        self.assertEqual(h.hexdigest(), download_sha256(77, size))
+        growth_mib = (self.peak_rss_kib() - before) / 1024
+        self.assertLess(growth_mib, 16, f"tokend's peak RSS grew by {growth_mib:.1f} MiB for a 50 MB download")
+        print(f"\n50 MB through the proxy: tokend's peak RSS grew {up_growth_mib:.1f} MiB (upload), "
+              f"{growth_mib:.1f} MiB (download)", file=sys.stderr)
+
+    def test_upload_over_the_limit_is_refused(self):
+        self.add_atlassian_kinds()
+        status, payload = self.stream_request("POST", "/v1/proxy/cloud/jira/rest/api/3/issue/X-1/attachments",
+                                              ["Content-Type: application/octet-stream"], [], 300 * 1024 * 1024)
+        self.assertEqual(status, 413, payload)
 
 
 if __name__ == "__main__":

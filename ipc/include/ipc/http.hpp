@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -13,6 +14,10 @@
 
 #include "core/error.hpp"
 #include "core/json.hpp"
+
+namespace tokend::net {
+class Spool;  // large bodies kept in a temporary file (server side only)
+}
 
 namespace tokend::ipc {
 
@@ -32,6 +37,9 @@ struct Request {
   std::vector<std::pair<std::string, std::string>> query;  // decoded
   Headers headers;
   std::string body;
+  // Routes that take large bodies (the proxy): a body over the spool
+  // threshold arrives here instead of in `body`.
+  std::shared_ptr<net::Spool> body_spool;
   bool keep_alive = true;
   unsigned version = 11;  // 10 or 11
 
@@ -43,6 +51,7 @@ struct Response {
   int status = 200;
   Headers headers;
   std::string body;
+  std::shared_ptr<net::Spool> body_spool;  // sent instead of `body` when set
   bool close = false;  // close the connection after this response
 
   static Response json(int status, const json::Json& body);

@@ -49,12 +49,15 @@ class Router {
  public:
   // pattern: "/v1/profiles/{name}/token"; a final "{rest...}" takes the
   // remainder of the path.
-  void add(std::string method, std::string pattern, Handler handler);
+  // large_body: requests may carry up to ServerLimits::max_upload_bytes,
+  // spooled to a temporary file past the first megabyte.
+  void add(std::string method, std::string pattern, Handler handler, bool large_body = false);
 
   struct Match {
     const Handler* handler = nullptr;
     std::map<std::string, std::string, std::less<>> params;
     std::vector<std::string> allowed;  // methods for the path, when the method did not match
+    bool large_body = false;
   };
   [[nodiscard]] Match match(std::string_view method, std::string_view path) const;
 
@@ -64,6 +67,7 @@ class Router {
     std::string pattern;
     std::vector<std::string> segments;
     Handler handler;
+    bool large_body = false;
   };
   std::vector<Route> m_routes;  // kept sorted by (pattern, method)
 };

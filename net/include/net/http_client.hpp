@@ -22,6 +22,7 @@
 #include "core/error.hpp"
 #include "core/secret.hpp"
 #include "net/loop.hpp"
+#include "net/spool.hpp"
 
 namespace tokend::net {
 
@@ -34,12 +35,17 @@ struct HttpRequest {
   Secret body;
   std::chrono::milliseconds timeout{30'000};  // whole transfer
   std::size_t max_response_bytes = 0;          // 0: the client's default
+  // Large bodies (the proxy): sent from a spool instead of `body`, and an
+  // answer larger than spool_response_over bytes kept in a spool.
+  std::shared_ptr<const Spool> upload;
+  std::size_t spool_response_over = 0;  // 0: always in memory
 };
 
 struct HttpResponse {
   long status = 0;
   HttpHeaders headers;  // names lower-cased
   Secret body;
+  std::shared_ptr<Spool> body_spool;  // set instead of body for a spooled answer
   [[nodiscard]] std::string_view header(std::string_view lower_name) const;
 };
 

@@ -24,7 +24,8 @@ namespace tokend::proxy {
 struct ProxyOptions {
   Millis timeout{120'000};
   std::size_t max_response_bytes = 256ULL * 1024 * 1024;
-  std::size_t retry_body_bytes = 1024 * 1024;  // bodies up to this are replayed after a 401/429
+  std::size_t retry_body_bytes = 256ULL * 1024 * 1024;  // bodies up to this are replayed after a 401/429
+  std::size_t spool_response_over = 1024 * 1024;       // larger answers go through a temporary file
   std::int64_t max_retry_wait_s = 60;
   // Audit lines of proxied calls are written in batches (one transaction,
   // one fsync, per interval): a synchronous write per call would cost more
@@ -39,6 +40,7 @@ struct ProxyCall {
   std::string raw_query;  // as the caller sent it
   Headers headers;
   std::string body;
+  std::shared_ptr<net::Spool> body_spool;  // a large body (set instead of body)
   std::int64_t retry_wait_s = 0;  // X-Tokend-Retry-Wait
   std::optional<std::int64_t> peer_uid;
   std::optional<std::int64_t> peer_pid;
@@ -48,6 +50,7 @@ struct ProxyResult {
   int status = 0;
   Headers headers;
   std::string body;
+  std::shared_ptr<net::Spool> body_spool;  // a large answer (set instead of body)
 };
 
 // Errors: not_found (profile), invalid_argument (path/headers), permission
