@@ -39,7 +39,7 @@ struct TargetCase {
 
 }  // namespace
 
-TEST_CASE("-H takes Name: value", "[ctl][api][headers]") {
+TEST_CASE("api: -H takes Name: value", "[ctl][api][headers]") {
   const HeaderCase cases[] = {
       {"plain", "Accept: application/json", "Accept", "application/json"},
       {"no space after the colon", "X-Atlassian-Token:no-check", "X-Atlassian-Token", "no-check"},
@@ -60,7 +60,7 @@ TEST_CASE("-H takes Name: value", "[ctl][api][headers]") {
   }
 }
 
-TEST_CASE("-H refuses what would break or smuggle a header, without repeating the value", "[ctl][api][headers]") {
+TEST_CASE("api: -H refuses what would break or smuggle a header, without repeating the value", "[ctl][api][headers]") {
   const BadHeaderCase cases[] = {
       {"no colon", "Accept application/json", "\"Name: value\""},
       {"empty", "", "\"Name: value\""},
@@ -153,7 +153,7 @@ TEST_CASE("PATH becomes the proxy target", "[ctl][api][target]") {
   }
 }
 
-TEST_CASE("--data: @FILE, - or the text", "[ctl][api]") {
+TEST_CASE("api: --data: @FILE, - or the text", "[ctl][api]") {
   CHECK_FALSE(parse_data_arg(std::nullopt).has_value());
   auto f = parse_data_arg(std::string("@body.json"));
   REQUIRE(f);
@@ -204,7 +204,7 @@ TEST_CASE("tokend's own error answers are told apart from upstream error bodies"
   }
 }
 
-TEST_CASE("--include prints the status line and headers", "[ctl][api]") {
+TEST_CASE("api: --include prints the status line and headers", "[ctl][api]") {
   tokend::ipc::ResponseHead head;
   head.status = 201;
   head.reason = "Created";
