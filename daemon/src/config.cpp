@@ -35,6 +35,8 @@ constexpr Setting k_settings[] = {
     {"max-connections", "TOKEND_MAX_CONNECTIONS", "open API connections (default 1024; more get 503)"},
     {"max-header-bytes", "TOKEND_MAX_HEADER_BYTES", "request header size (default 16384; more get 431)"},
     {"max-body-bytes", "TOKEND_MAX_BODY_BYTES", "request body size (default 1048576; more get 413)"},
+    {"max-upload-bytes", "TOKEND_MAX_UPLOAD_BYTES",
+     "body size of a proxied call (default 268435456; past 1 MiB it goes through a temporary file)"},
     {"idle-timeout", "TOKEND_IDLE_TIMEOUT", "close idle keep-alive connections after (default 60s)"},
     {"request-timeout", "TOKEND_REQUEST_TIMEOUT", "time to send a whole request (default 10s; then 408)"},
     {"heartbeat-interval", "TOKEND_HEARTBEAT_INTERVAL", "event stream heartbeat (default 15s)"},
@@ -202,6 +204,7 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
       {"max-connections", &c.limits.max_connections, 1, 1'000'000},
       {"max-header-bytes", &c.limits.max_header_bytes, 1024, 1024 * 1024},
       {"max-body-bytes", &c.limits.max_body_bytes, 1024, 1024ULL * 1024 * 1024},
+      {"max-upload-bytes", &c.limits.max_upload_bytes, 1024, 64ULL * 1024 * 1024 * 1024},
       {"max-concurrent-refreshes", &c.max_concurrent_refreshes, 1, 1024},
   };
   for (const auto& cs : counts) {

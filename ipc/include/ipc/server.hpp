@@ -26,7 +26,7 @@ namespace tokend::ipc {
 struct ServerLimits {
   std::size_t max_header_bytes = 16 * 1024;
   std::size_t max_body_bytes = 1024 * 1024;
-  std::uint64_t max_upload_bytes = 256ULL * 1024 * 1024;  // routes that take large bodies (the proxy)
+  std::size_t max_upload_bytes = 256ULL * 1024 * 1024;  // routes that take large bodies (the proxy)
   std::size_t max_connections = 1024;
   std::chrono::milliseconds idle_timeout{60'000};      // keep-alive with nothing pending
   std::chrono::milliseconds request_timeout{10'000};   // first byte to complete request
