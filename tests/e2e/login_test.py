@@ -168,6 +168,11 @@ class LoginTest(unittest.TestCase):
         """The parameters of every authorization request the provider saw."""
         return [e["authorize"]["params"] for e in self.up.log() if e.get("authorize")]
 
+    def wait_browser_runs(self, n):
+        """tokenctl does not wait for the browser it started: wait for its log lines."""
+        wait_for(lambda: len(self.browser_runs()) >= n, f"{n} browser run(s) logged")
+        return self.browser_runs()
+
     def browser_runs(self):
         if not os.path.exists(self.browser_log):
             return []
@@ -181,7 +186,7 @@ class LoginTest(unittest.TestCase):
         r = self.ctl("login", "p")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("Logged in", r.stdout)
-        runs = self.browser_runs()
+        runs = self.wait_browser_runs(1)
         self.assertEqual(len(runs), 1, runs)
         self.assertEqual(runs[0]["callback_status"], 200, runs[0])
         self.assertIn("close this tab", runs[0]["callback_body_excerpt"])
@@ -326,7 +331,7 @@ class LoginTest(unittest.TestCase):
         env = dict(self.env, FAKE_BROWSER_MODE="replay")
         r = self.ctl("login", "p", env=env)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        run = self.browser_runs()[0]
+        run = self.wait_browser_runs(1)[0]
         self.assertEqual(run["callback_status"], 200, run)
         # The tab reloaded: the listener is gone (or says the sign-in is over).
         self.assertNotEqual(run.get("replay_status"), 200, run)
@@ -360,9 +365,7 @@ class LoginTest(unittest.TestCase):
         r = self.ctl("login", "p")
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("access_denied", r.stderr)
-        # tokenctl does not wait for the browser: wait for its log line.
-        wait_for(lambda: len(self.browser_runs()) == 2, "the browser's second run")
-        self.assertEqual(self.browser_runs()[-1]["callback_status"], 400)
+        self.assertEqual(self.wait_browser_runs(2)[-1]["callback_status"], 400)
         self.assert_unchanged(before, token)
         status, body = self.api("GET", "/v1/profiles/p/login")
         self.assertEqual(body["error"]["reason"], "access_denied")
