@@ -266,6 +266,10 @@ class ProxyTest(unittest.TestCase):
 
     # -- large bodies: bounded memory both ways ----------------------------------
 
+    # Under ASan the allocator's quarantine and shadow memory make RSS say
+    # nothing about tokend's own buffering: the transfers are still checked.
+    SANITIZED = "ASAN_OPTIONS" in os.environ
+
     def peak_rss_kib(self):
         with open(f"/proc/{self.daemon.proc.pid}/status") as f:
             for line in f:
@@ -312,7 +316,8 @@ class ProxyTest(unittest.TestCase):
         self.assertEqual([(a["filename"], a["size"], a["sha256"]) for a in got],
                          [(e["filename"], e["size"], e["sha256"]) for e in multipart.expected])
         up_growth_mib = (self.peak_rss_kib() - before) / 1024
-        self.assertLess(up_growth_mib, 16, f"tokend's peak RSS grew by {up_growth_mib:.1f} MiB for a 50 MB upload")
+        if not self.SANITIZED:
+            self.assertLess(up_growth_mib, 16, f"tokend's peak RSS grew by {up_growth_mib:.1f} MiB for a 50 MB upload")
         # And down again: 50 MB through the proxy, hashed on arrival.
         before = self.peak_rss_kib()
         h = hashlib.sha256()
@@ -337,7 +342,8 @@ class ProxyTest(unittest.TestCase):
         self.assertEqual(got_bytes, size)
         self.assertEqual(h.hexdigest(), download_sha256(77, size))
         growth_mib = (self.peak_rss_kib() - before) / 1024
-        self.assertLess(growth_mib, 16, f"tokend's peak RSS grew by {growth_mib:.1f} MiB for a 50 MB download")
+        if not self.SANITIZED:
+            self.assertLess(growth_mib, 16, f"tokend's peak RSS grew by {growth_mib:.1f} MiB for a 50 MB download")
         print(f"\n50 MB through the proxy: tokend's peak RSS grew {up_growth_mib:.1f} MiB (upload), "
               f"{growth_mib:.1f} MiB (download)", file=sys.stderr)
 
