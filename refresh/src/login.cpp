@@ -120,6 +120,7 @@ struct LoginManager::Flow {
   std::unique_ptr<CallbackListener> listener;
   std::function<void(CallbackReply)> browser_reply;
   std::vector<JsonCallback> completions;
+  JsonCallback start_done;  // a start still waiting for the provider
   // device
   Secret device_code;
   std::string user_code;
@@ -199,6 +200,21 @@ void LoginManager::fetch_json(std::string url, std::function<void(Result<Json>, 
     done(std::move(*j), &*res);
   });
   m_requests.emplace(*id_holder, true);
+}
+
+// A request on behalf of a flow: `then` runs only while the flow is still
+// the profile's current one and pending (ending a flow cancels its request).
+void LoginManager::send_for(Flow& f, net::HttpRequest request, FlowResponse then) {
+  auto alive = m_alive;
+  f.http_pending = true;
+  f.http_id = m_http.start(std::move(request), [this, alive, name = f.profile, id = f.id,
+                                                then = std::move(then)](Result<net::HttpResponse> res) {
+    if (!*alive) return;
+    Flow* fp = find(name, id);
+    if (fp == nullptr || fp->state != "pending") return;
+    fp->http_pending = false;
+    then(*fp, std::move(res));
+  });
 }
 
 // --- resolving: discovery and registration ------------------------------------
@@ -643,20 +659,16 @@ void LoginManager::begin_device(Flow& f, JsonCallback done) {
   const std::string scope = join(scopes_for(f.resolved), " ");
   TokenParams params;
   if (!scope.empty()) params.emplace_back("scope", scope);
-  auto request = make_token_request(device, params, m_options.http_timeout);
-  const std::uint64_t id = f.id;
-  auto alive = m_alive;
-  f.http_pending = true;
-  f.http_id = m_http.start(std::move(request), [this, alive, name, id, url = ep.device_url,
-                                                done = std::move(done)](Result<net::HttpResponse> res) {
-    if (!*alive) return;
-    Flow* fp = find(name, id);
-    if (fp == nullptr) return;
-    Flow& fl = *fp;
-    fl.http_pending = false;
+  // If the flow ends before the provider answers (cancelled, replaced,
+  // shutdown), end_flow answers the start.
+  f.start_done = std::move(done);
+  send_for(f, make_token_request(device, params, m_options.http_timeout),
+           [this, name, url = ep.device_url](Flow& fl, Result<net::HttpResponse> res) {
+    auto answer = std::move(fl.start_done);
+    fl.start_done = nullptr;
     auto fail_start = [&](Errc code, std::string message) {
       m_flows.erase(name);
-      done(fail(code, std::move(message)));
+      answer(fail(code, std::move(message)));
     };
     if (!res) {
       fail_start(Errc::transient, fmt::format("the device authorization endpoint {} could not be reached: {}", url,
@@ -707,7 +719,7 @@ void LoginManager::begin_device(Flow& f, JsonCallback done) {
     fl.phase = Flow::Phase::awaiting;
     m_events.publish("login_started", name, to_unix_ms(m_clock.wall_now()), {{"flow", "device"}});
     rearm();
-    done(status(name));
+    answer(status(name));
   });
 }
 
@@ -813,7 +825,6 @@ void LoginManager::accept_code(Flow& f, std::string code, std::optional<std::str
   }
   f.phase = Flow::Phase::exchanging;
   exchange(f, std::move(code));
-  secure_wipe(code);
 }
 
 void LoginManager::exchange(Flow& f, std::string code) {
@@ -821,17 +832,9 @@ void LoginManager::exchange(Flow& f, std::string code) {
   if (f.pkce) params.emplace_back("code_verifier", f.pkce->verifier.reveal());
   const WallTime sent_at = m_clock.wall_now();
   auto request = make_token_request(f.endpoint, params, m_options.http_timeout);
-  const std::string name = f.profile;
-  const std::uint64_t id = f.id;
-  auto alive = m_alive;
-  f.http_pending = true;
-  f.http_id = m_http.start(std::move(request), [this, alive, name, id, sent_at,
-                                                lifetime = f.endpoint.default_lifetime](Result<net::HttpResponse> res) {
-    if (!*alive) return;
-    Flow* fp = find(name, id);
-    if (fp == nullptr) return;
-    Flow& fl = *fp;
-    fl.http_pending = false;
+  secure_wipe(code);
+  send_for(f, std::move(request), [this, name = f.profile, sent_at, lifetime = f.endpoint.default_lifetime](
+                                      Flow& fl, Result<net::HttpResponse> res) {
     auto tokens = interpret_token_response(res, sent_at, lifetime);
     if (!tokens) {
       const auto err = res ? oauth_error_of(*res) : OAuthError{};
@@ -855,18 +858,9 @@ void LoginManager::poll_device(Flow& f) {
   f.next_poll.reset();
   TokenParams params = {{"grant_type", k_device_grant}, {"device_code", f.device_code.reveal()}};
   const WallTime sent_at = m_clock.wall_now();
-  auto request = make_token_request(f.endpoint, params, m_options.http_timeout);
-  const std::string name = f.profile;
-  const std::uint64_t id = f.id;
-  auto alive = m_alive;
-  f.http_pending = true;
-  f.http_id = m_http.start(std::move(request), [this, alive, name, id, sent_at,
-                                                lifetime = f.endpoint.default_lifetime](Result<net::HttpResponse> res) {
-    if (!*alive) return;
-    Flow* fp = find(name, id);
-    if (fp == nullptr || fp->state != "pending") return;
-    Flow& fl = *fp;
-    fl.http_pending = false;
+  send_for(f, make_token_request(f.endpoint, params, m_options.http_timeout),
+           [this, name = f.profile, sent_at, lifetime = f.endpoint.default_lifetime](Flow& fl,
+                                                                                     Result<net::HttpResponse> res) {
     if (res && res->status == 200) {
       auto tokens = interpret_token_response(res, sent_at, lifetime);
       if (!tokens) {
@@ -935,9 +929,8 @@ void LoginManager::pick_cloud(Flow& f) {
   const std::string url = endpoints_of(f.resolved).api_base + "/oauth/token/accessible-resources";
   fetch_json(url, [this, name, id, url](Result<Json> j, const net::HttpResponse*) {
     Flow* fp = find(name, id);
-    if (fp == nullptr) return;
+    if (fp == nullptr || fp->state != "pending") return;  // cancelled meanwhile
     Flow& fl = *fp;
-    fl.http_pending = false;
     if (!j || !j->is_array()) {
       fl.warning = fmt::format("the cloud id could not be looked up ({}); it is looked up again when needed",
                               j ? "not a list" : j.error().message);
@@ -991,7 +984,6 @@ void LoginManager::pick_cloud(Flow& f) {
     fl.extra["cloud_url"] = (*chosen)["url"];
     succeed(fl);
   }, {{"Authorization", std::string(grant->authorization.reveal())}});
-  f.http_pending = true;
 }
 
 void LoginManager::succeed(Flow& f) {
@@ -1036,6 +1028,11 @@ void LoginManager::end_flow(Flow& f) {
   f.state_value = Secret();
   f.pkce.reset();
   f.next_poll.reset();
+  if (f.start_done) {
+    auto start = std::move(f.start_done);
+    f.start_done = nullptr;
+    start(fail(Errc::conflict, "the login ended before it started: " + f.message));
+  }
   auto completions = std::move(f.completions);
   f.completions.clear();
   const Json s = status(f.profile);

@@ -389,3 +389,17 @@ TEST_CASE("a verification_uri that is not https is refused", "[login]") {
   REQUIRE(got.has_value());
   CHECK_FALSE(got->has_value());
 }
+
+TEST_CASE("a device start cancelled before the provider answers is answered, not left hanging", "[login]") {
+  LoginRig rig;
+  rig.add(k_generic);
+  std::optional<Result<Json>> got;
+  rig.login->start("p", {.device = true, .listen = true}, [&](Result<Json> r) { got = std::move(r); });
+  REQUIRE(rig.http.pending.size() == 1);
+  CHECK_FALSE(got.has_value());
+  REQUIRE(rig.login->cancel("p"));
+  REQUIRE(got.has_value());
+  REQUIRE_FALSE(got->has_value());
+  CHECK(got->error().code == Errc::conflict);
+  CHECK(rig.http.pending.empty());  // the provider request was cancelled too
+}

@@ -89,6 +89,8 @@ class LoginManager {
   void rearm();
   void on_tick();
   Flow* find(const std::string& profile, std::uint64_t id);
+  using FlowResponse = std::function<void(Flow&, Result<net::HttpResponse>)>;
+  void send_for(Flow& f, net::HttpRequest request, FlowResponse then);
 
   // Resolves what a flow needs (discovery, registration) then calls next.
   void resolve(const std::string& profile, std::function<void(Result<store::Profile>)> next);
