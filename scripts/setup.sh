@@ -19,10 +19,11 @@ packages=(
   libuv1-dev libcurl4-openssl-dev nlohmann-json3-dev
   libboost-dev libboost-program-options-dev libspdlog-dev libfmt-dev
   libsystemd-dev openssl libssl-dev  # libssl-dev: SHA-256 for PKCE (libcrypto is already loaded via SQLCipher)
+  curl  # docs examples call the proxy with curl
   systemd procps  # systemd-analyze and systemd-socket-activate for the unit tests; kill for ExecReload
 )
 # Needed at a newer version than bookworm's own.
-newer_packages=(libsqlcipher-dev libcatch2-dev)
+newer_packages=(libsqlcipher-dev libcatch2-dev catch2)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
