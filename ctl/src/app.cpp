@@ -119,7 +119,12 @@ void wipe_strings(json::Json& j) {
 // The message of an {"error": {...}} answer, or `fallback`.
 std::string error_message(const json::Json& body, std::string fallback) {
   if (body.is_object() && body.contains("error") && body["error"].is_object()) {
-    if (auto m = jstr(body["error"], "message"); !m.empty()) return m;
+    if (auto m = jstr(body["error"], "message"); !m.empty()) {
+      // A re-authentication error names the command that does it (exit 4).
+      const std::string command = jstr(body["error"], "command");
+      if (!command.empty() && m.find(command) == std::string::npos) m += "; run: " + command;
+      return m;
+    }
   }
   return fallback;
 }
