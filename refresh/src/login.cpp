@@ -693,6 +693,9 @@ void LoginManager::start(const std::string& name, LoginRequest request, JsonCall
 namespace {
 
 std::vector<std::string> scopes_for(const store::Profile& p) {
+  // After an insufficient_scope answer the login asks for the union of the
+  // scopes and the challenged ones (TokenService::require_consent).
+  if (auto step_up = list_of(p.config, "step_up_scopes"); !step_up.empty()) return step_up;
   std::vector<std::string> scopes = list_of(p.config, "scopes");
   const Json discovered = p.config.value("discovered", Json::object());
   const auto as_scopes = list_of(discovered, "scopes_supported");
@@ -1145,6 +1148,12 @@ void LoginManager::on_tokens(Flow& f, store::TokenSet tokens) {
   if (auto r = m_tokens.install_tokens(f.profile, tokens); !r) {
     fail_flow(f, "failed", "store", "the new token could not be stored: " + r.error().message);
     return;
+  }
+  // The consent asked for is given: a later insufficient_scope starts over.
+  if (auto current = m_tokens.profile_of(f.profile); current && current->config.contains("step_up_scopes") &&
+                                                     list_of(current->config, "step_up_scopes") == f.asked_scopes) {
+    current->config.erase("step_up_scopes");
+    if (auto r = m_tokens.update_profile(*current); !r) f.warning = "the step-up scopes were not cleared: " + r.error().message;
   }
   f.token_expires_at_ms = tokens.expires_at_ms;
   f.phase = Flow::Phase::finishing;

@@ -94,6 +94,7 @@ class Proxy {
   void resolve_cloud(const std::shared_ptr<Call>& c);
   void send(const std::shared_ptr<Call>& c);
   void on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> r);
+  void step_up(const std::shared_ptr<Call>& c, const net::HttpResponse& res);
   void finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome);
   void flush_audit();
 
