@@ -118,7 +118,10 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
           "$XDG_DATA_HOME/tokend/tokens.db, key $XDG_CONFIG_HOME/tokend/db.key, config\n"
           "$XDG_CONFIG_HOME/tokend/tokend.conf. Durations: 250ms, 10s, 5m, 1h.\n"
           "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the config file (log\n"
-          "level and format, allow-uid, limits and timeouts; paths need a restart).\n";
+          "level and format, allow-uid, limits and timeouts; paths need a restart).\n"
+          "Exit codes: 0 stopped by SIGTERM/SIGINT; 1 start refused (another tokend on the\n"
+          "socket, an unsafe socket directory or key file, a wrong key, a database that\n"
+          "cannot be opened); 2 bad command line or configuration.\n";
   out.help_text = help.str();
   if (flags.count("help") != 0) {
     out.action = ParsedArgs::Action::help;

@@ -2,6 +2,7 @@
 status, monitor, exit codes, socket rules, other users, SIGHUP, SIGTERM."""
 import json
 import os
+import shutil
 import pwd
 import signal
 import stat
@@ -9,7 +10,7 @@ import subprocess
 import threading
 import unittest
 
-from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, wait_for, http_over_unix
+from harness import EXIT_REFUSED, Daemon, XdgTree, assert_refused, binaries, secret_file, run_ctl, wait_for, http_over_unix
 
 TOKEND, TOKENCTL = binaries()
 
@@ -18,6 +19,14 @@ PAT = "pat-MARKER-0002-data-center"
 ACCESS = "eyJ.access-MARKER-0003.sig"
 REFRESH = "refresh-MARKER-0004"
 SECRETS = (API_TOKEN, PAT, ACCESS, REFRESH)
+
+
+def as_nobody(code, *args):
+    """Runs python code as the user nobody. The checkout may sit in root's private home
+    directory (0700), so nothing of it is used: the system python, from /."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    return subprocess.run(["runuser", "-u", "nobody", "--", python, "-c", code, *args],
+                          capture_output=True, text=True, timeout=20, cwd="/")
 
 
 class TokenctlTest(unittest.TestCase):
@@ -209,9 +218,7 @@ class TokenctlTest(unittest.TestCase):
 
     def test_second_daemon_refused_and_stale_socket_replaced(self):
         second = Daemon(TOKEND, self.env)
-        self.assertNotEqual(second.wait_exit(), 0)
-        self.assertIn("already running", second.output())
-        self.assertIn(self.xdg.socket, second.output())
+        assert_refused(self, second, EXIT_REFUSED, "already running", self.xdg.socket)
         self.assertEqual(self.ctl("ping").returncode, 0, "the first daemon keeps serving")
         # kill -9 leaves the socket file behind; the next start replaces it.
         self.daemon.stop(signal.SIGKILL)
@@ -225,8 +232,16 @@ class TokenctlTest(unittest.TestCase):
         self.assertEqual(self.daemon.stop(), 0)
         os.chmod(os.path.dirname(self.xdg.socket), 0o755)
         d = Daemon(TOKEND, self.env)
-        self.assertNotEqual(d.wait_exit(), 0)
-        self.assertIn("chmod 700 " + os.path.dirname(self.xdg.socket), d.output())
+        assert_refused(self, d, EXIT_REFUSED, "chmod 700 " + os.path.dirname(self.xdg.socket))
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to give the socket directory to another user")
+    def test_socket_directory_owned_by_another_user_is_refused(self):
+        self.assertEqual(self.daemon.stop(), 0)
+        sock_dir = os.path.dirname(self.xdg.socket)
+        os.chown(sock_dir, pwd.getpwnam("nobody").pw_uid, -1)
+        d = Daemon(TOKEND, self.env)
+        out = assert_refused(self, d, EXIT_REFUSED, sock_dir)
+        self.assertIn("owned by", out)
 
     @unittest.skipUnless(os.geteuid() == 0, "needs root to run a client as another user (runuser -u nobody)")
     def test_other_user_gets_403_and_an_audit_event(self):
@@ -239,8 +254,7 @@ class TokenctlTest(unittest.TestCase):
         code = ("import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
                 "s.sendall(b'GET /v1/profiles HTTP/1.1\\r\\nConnection: close\\r\\n\\r\\n');"
                 "d=b''\nwhile True:\n b=s.recv(4096)\n if not b: break\n d+=b\nprint(d.decode())")
-        r = subprocess.run(["runuser", "-u", "nobody", "--", "python3", "-c", code, self.xdg.socket],
-                           capture_output=True, text=True, timeout=20)
+        r = as_nobody(code, self.xdg.socket)
         self.assertIn("HTTP/1.1 403", r.stdout, r.stderr)
         self.assertIn('"forbidden"', r.stdout)
         audit = json.loads(http_over_unix(self.xdg.socket,
@@ -256,8 +270,7 @@ class TokenctlTest(unittest.TestCase):
             f.write("allow-uid = nobody\n")
         self.daemon.proc.send_signal(signal.SIGHUP)
         self.daemon.wait_for_line("configuration reloaded")
-        r = subprocess.run(["runuser", "-u", "nobody", "--", "python3", "-c", code, self.xdg.socket],
-                           capture_output=True, text=True, timeout=20)
+        r = as_nobody(code, self.xdg.socket)
         self.assertIn("HTTP/1.1 200", r.stdout, r.stderr)
 
     def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(self):
