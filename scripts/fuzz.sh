@@ -51,6 +51,8 @@ fi
 log "building ${run[*]}"
 cmake --build "$build_dir" --target "${run[@]/#/fuzz_}"
 
+symbolizer=$(command -v llvm-symbolizer-19 || command -v llvm-symbolizer || true)
+[ -z "$symbolizer" ] || export ASAN_SYMBOLIZER_PATH=$symbolizer
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 status=0
