@@ -138,8 +138,11 @@ class Api::Waits {
     m_sub = bus.subscribe([this](const Event& e) { on_event(e); });
   }
 
-  // Errc::limit_exceeded when too many are waiting already.
-  Result<> add(std::string profile, std::vector<std::string> types, std::chrono::milliseconds timeout, Done done) {
+  // Errc::limit_exceeded when too many are waiting already. The wait ends
+  // without calling `done` when the caller goes away (the exchange is
+  // abandoned): nothing holds the slot for a caller that has gone.
+  Result<> add(const std::shared_ptr<Exchange>& ex, std::string profile, std::vector<std::string> types,
+               std::chrono::milliseconds timeout, Done done) {
     if (m_waiting.size() >= k_max_waiting) {
       return fail(Errc::limit_exceeded, "too many requests are waiting already; try again later");
     }
@@ -149,6 +152,13 @@ class Api::Waits {
     auto& w = m_waiting.emplace(id, Waiter{std::move(profile), std::move(types), std::move(*timer), std::move(done)})
                   .first->second;
     w.timer.start(static_cast<std::uint64_t>(timeout.count()), 0, [this, id] { fire(id, false); });
+    ex->on_abandon([this, alive = std::weak_ptr<bool>(m_alive), id] {
+      if (alive.expired()) return;
+      auto it = m_waiting.find(id);
+      if (it == m_waiting.end()) return;
+      it->second.timer.close();
+      m_waiting.erase(it);
+    });
     return {};
   }
 
@@ -194,6 +204,7 @@ class Api::Waits {
   refresh::EventBus::Subscription m_sub;
   std::map<std::uint64_t, Waiter> m_waiting;
   std::uint64_t m_next = 1;
+  std::shared_ptr<bool> m_alive = std::make_shared<bool>(true);
 };
 
 Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, store::Store& store,
@@ -220,7 +231,7 @@ void Api::close() {
 void Api::answer_token(const std::shared_ptr<Exchange>& ex, const std::string& name, const refresh::TokenRequest& req,
                        std::int64_t wait_s, Result<refresh::TokenGrant> grant) {
   if (!grant && grant.error().code == Errc::reauth_required && wait_s > 0) {
-    auto waiting = m_waits->add(name, {"login_succeeded", "profile_updated", "refreshed"}, std::chrono::seconds(wait_s),
+    auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"}, std::chrono::seconds(wait_s),
                                 [this, ex, name, req, error = grant.error()](bool happened) {
                                   if (!happened) return answer_token(ex, name, req, 0, std::unexpected(error));
                                   m_tokens.token_async(name, req, [this, ex, name, req](Result<refresh::TokenGrant> g) {
@@ -384,7 +395,7 @@ void Api::register_routes(Router& router) {
     auto wait = int_param(ex->request(), "wait", 0, 3'600);
     if (!wait) return ex->respond(error_response(wait.error()));
     if (wait->value_or(0) > 0 && m_login->pending(name)) {
-      auto waiting = m_waits->add(name, {"login_succeeded", "login_failed", "login_cancelled"},
+      auto waiting = m_waits->add(ex, name, {"login_succeeded", "login_failed", "login_cancelled"},
                                   std::chrono::seconds(**wait), [this, ex, name](bool) {
                                     ex->respond(Response::json(200, m_login != nullptr ? m_login->status(name) : json::Json::object()));
                                   });

@@ -1,5 +1,6 @@
 #include "ipc/server.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -132,6 +133,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   friend class Server::Impl;
   void on_read(ssize_t nread, const uv_buf_t* buf);
+  // After EOF: whether the peer closed both directions (POLLHUP), not just
+  // its sending half.
+  bool peer_gone();
   void pump();
   void dispatch(Request request);
   void fail_request(int status, std::string_view message);
@@ -323,11 +327,25 @@ void Connection::maybe_pause_reading() {
   }
 }
 
+bool Connection::peer_gone() {
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&m_pipe), &fd) != 0) return true;
+  pollfd pfd{fd, POLLOUT, 0};
+  return ::poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR)) != 0;
+}
+
 void Connection::on_read(ssize_t nread, const uv_buf_t* buf) {
   if (nread == 0) return;
   if (nread < 0) {
     if (nread == UV_EOF && m_state == State::busy) {
-      // Half-closed after sending a request: it still wants the answer.
+      // Half-closed after sending a request: it still wants the answer. A
+      // peer that closed altogether (exited) does not: its exchange is
+      // abandoned now, so a request waiting up to an hour for a login does
+      // not hold a connection slot for a caller that has gone.
+      if (peer_gone()) {
+        close();
+        return;
+      }
       m_peer_eof = true;
       return;
     }

@@ -14,6 +14,16 @@ namespace tokend::net {
 
 namespace {
 
+// A header name for an error message: printable characters only, short.
+std::string printable_name(std::string_view name) {
+  std::string out;
+  for (const char c : name.substr(0, 64)) {
+    const auto u = static_cast<unsigned char>(c);
+    out += (u < 0x21 || u >= 0x7f) ? '?' : c;
+  }
+  return out;
+}
+
 struct Transfer {
   std::uint64_t id = 0;
   CURL* easy = nullptr;
@@ -116,6 +126,17 @@ class HttpClient::Impl {
     if (m_multi == nullptr) {
       fail_later(std::move(t), Error{Errc::unavailable, "the HTTP client is closed"});
       return id;
+    }
+    // Whatever a header was built from (a token, a token type, a caller's
+    // header), a line break in it would add headers or a second request:
+    // such a request is not sent at all.
+    for (const auto& [k, v] : t->request.headers) {
+      if ((k + v).find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+        fail_later(std::move(t), Error{Errc::invalid_argument,
+                                       fmt::format("the outgoing header {} holds a line break or NUL; the request "
+                                                   "was not sent", printable_name(k))});
+        return id;
+      }
     }
     t->easy = curl_easy_init();
     if (t->easy == nullptr) {

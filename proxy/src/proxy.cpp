@@ -88,8 +88,8 @@ void Proxy::forward(ProxyCall call, Done done) {
   if (!profile) return finish(c, refuse(Errc::not_found, profile.error().message));
   c->profile = std::move(*profile);
   const json::Json policy = c->profile.config.value("policy", json::Json::object());
-  if (auto ok = check_policy(policy, c->call.method, c->call.rest); !ok) {
-    return finish(c, refuse(Errc::permission, ok.error().message));
+  if (auto ok = check_policy(c->profile, c->call.method, c->call.rest); !ok) {
+    return finish(c, refuse(ok.error().code, ok.error().message));
   }
   if (policy.is_object()) {
     if (auto rate = policy.find("rate_per_minute"); rate != policy.end() && rate->is_number()) {
