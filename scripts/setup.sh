@@ -22,6 +22,7 @@ packages=(
   libsystemd-dev openssl libssl-dev  # libssl-dev: SHA-256 for PKCE (libcrypto is already loaded via SQLCipher)
   curl  # docs examples call the proxy with curl
   systemd procps  # systemd-analyze and systemd-socket-activate for the unit tests; kill for ExecReload
+  nodejs npm  # the interop tests run panva's oidc-provider (tests/interop, pinned by its package-lock.json)
 )
 # Needed at a newer version than bookworm's own.
 newer_packages=(libsqlcipher-dev libcatch2-dev catch2)

@@ -134,7 +134,12 @@ void wipe_strings(json::Json& j) {
 // The message of an {"error": {...}} answer, or `fallback`.
 std::string error_message(const json::Json& body, std::string fallback) {
   if (body.is_object() && body.contains("error") && body["error"].is_object()) {
-    if (auto m = jstr(body["error"], "message"); !m.empty()) return m;
+    if (auto m = jstr(body["error"], "message"); !m.empty()) {
+      // A re-authentication error names the command that does it (exit 4).
+      const std::string command = jstr(body["error"], "command");
+      if (!command.empty() && m.find(command) == std::string::npos) m += "; run: " + command;
+      return m;
+    }
   }
   return fallback;
 }
@@ -304,12 +309,17 @@ int cmd_list(Ctx& ctx, const std::vector<std::string>& args) {
 // GET /v1/profiles/NAME/token with the --min-valid and --wait options of
 // `vm` (either may be absent from the command): the call, its timeout
 // stretched by the wait.
-Call get_token(const Ctx& ctx, const std::string& name, const po::variables_map& vm) {
+// Without --min-valid, `default_min_valid` (if any) is sent as min_valid.
+Call get_token(const Ctx& ctx, const std::string& name, const po::variables_map& vm,
+               std::string_view default_min_valid = {}) {
   std::string target = "/v1/profiles/" + seg(name) + "/token";
   std::string sep = "?";
   std::chrono::milliseconds timeout = std::chrono::seconds(30);
   if (auto mv = seconds(vm, "min-valid", 86'400)) {
     target += fmt::format("{}min_valid={}", sep, *mv);
+    sep = "&";
+  } else if (!default_min_valid.empty()) {
+    target += fmt::format("{}min_valid={}", sep, default_min_valid);
     sep = "&";
   }
   if (auto w = seconds(vm, "wait", 3'600)) {
@@ -327,7 +337,8 @@ void wipe_call(Call& c) {
 
 int cmd_token(Ctx& ctx, const std::vector<std::string>& args) {
   po::options_description o("tokenctl token PROFILE [--min-valid S] [--wait S] [--format F]");
-  o.add_options()("min-valid", po::value<std::string>(), "seconds the token must stay valid (default 60)")(
+  o.add_options()("min-valid", po::value<std::string>(),
+                  "seconds the token must stay valid (default 60; capped at what a fresh token gives)")(
       "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress")(
       "format", po::value<std::string>()->default_value("raw"), "raw|header|json|env|exec-credential");
   auto vm = parse(args, o, {"profile"});
@@ -346,13 +357,16 @@ int cmd_token(Ctx& ctx, const std::vector<std::string>& args) {
 // Claude Code's headersHelper (and other MCP clients) run this and read a
 // JSON object of header names and values from stdout. On any failure stdout
 // stays empty and the exit code is non-zero, so a client never sends a
-// half-formed header.
+// half-formed header. Such clients ask only when they connect, so the token
+// has at least half its lifetime left unless --min-valid says otherwise.
 int cmd_headers(Ctx& ctx, const std::vector<std::string>& args) {
   po::options_description o("tokenctl headers PROFILE [--min-valid S]");
-  o.add_options()("min-valid", po::value<std::string>(), "seconds the token must stay valid (default 60)");
+  o.add_options()("min-valid", po::value<std::string>(),
+                  "seconds the token must stay valid (default: half the token's lifetime; capped at what a fresh "
+                  "token gives)");
   auto vm = parse(args, o, {"profile"});
   const std::string name = need(vm, "profile", "PROFILE");
-  auto c = get_token(ctx, name, vm);
+  auto c = get_token(ctx, name, vm, "half");
   if (c.exit != k_ok) return c.exit;
   std::string authorization = jstr(c.body, "authorization");
   wipe_call(c);
@@ -368,7 +382,8 @@ int cmd_headers(Ctx& ctx, const std::vector<std::string>& args) {
 // The settings `add` and `import` share: every oauth2 field of the profile
 // API that is not a secret, plus site, api_base and sinks (all kinds).
 void add_profile_options(po::options_description& o) {
-  o.add_options()("provider", po::value<std::string>(), "atlassian, generic or mcp (oauth2)")(
+  o.add_options()("provider", po::value<std::string>(),
+                  "atlassian, atlassian-dc (Data Center, needs --site and --redirect-uri), generic or mcp (oauth2)")(
       "client-id", po::value<std::string>(), "OAuth client id")(
       "scopes", po::value<std::string>(), "space-separated scopes")(
       "issuer", po::value<std::string>(), "issuer URL for discovery (RFC 8414 / OIDC)")(
@@ -383,6 +398,12 @@ void add_profile_options(po::options_description& o) {
       "resource", po::value<std::string>(), "resource indicator (RFC 8707)")(
       "audience", po::value<std::string>(), "audience parameter of the authorization request")(
       "pkce", po::value<std::string>(), "S256 (default), required or off")(
+      "prompt", po::value<std::string>(),
+      "prompt parameter of the authorization request (default: consent when offline_access is asked for)")(
+      "authorize-param", po::value<std::vector<std::string>>(),
+      "extra authorization request parameter K=V, repeatable (e.g. access_type=offline, login_hint=me@example.com)")(
+      "authorization-server", po::value<std::string>(),
+      "provider mcp: which of the MCP server's authorization servers to use (issuer URL)")(
       "token-endpoint-auth", po::value<std::string>(), "client_secret_basic (default), client_secret_post or none")(
       "reuse-window", po::value<std::string>(), "seconds the provider accepts a rotated refresh token (atlassian: 600)")(
       "refresh-buffer", po::value<std::string>(), "refresh this many seconds before expiry (default: tokend's)")(
@@ -404,7 +425,14 @@ void check_choice(const po::variables_map& vm, const char* flag, std::initialize
 
 // Usage errors in add_profile_options() values, before anything is read.
 void check_profile_options(const po::variables_map& vm) {
-  check_choice(vm, "provider", {"atlassian", "generic", "mcp"});
+  check_choice(vm, "provider", {"atlassian", "atlassian-dc", "generic", "mcp"});
+  if (vm.count("authorize-param") != 0) {
+    for (const auto& kv : vm["authorize-param"].as<std::vector<std::string>>()) {
+      if (kv.find('=') == std::string::npos || kv.front() == '=') {
+        throw UsageError{fmt::format("--authorize-param takes NAME=VALUE, not '{}'", kv.substr(0, 64))};
+      }
+    }
+  }
   check_choice(vm, "pkce", {"S256", "required", "off"});
   check_choice(vm, "token-endpoint-auth", {"client_secret_basic", "client_secret_post", "none"});
   seconds(vm, "reuse-window", 86'400);
@@ -430,11 +458,21 @@ void apply_profile_options(const po::variables_map& vm, json::Json& body) {
       {"resource", "resource"},
       {"audience", "audience"},
       {"pkce", "pkce"},
+      {"prompt", "prompt"},
+      {"authorization-server", "authorization_server"},
       {"token-endpoint-auth", "token_endpoint_auth"},
       {"site", "site"},
       {"api-base", "api_base"}};
   for (const auto& [flag, field] : plain) {
     if (auto v = opt(vm, flag)) body[field] = *v;
+  }
+  if (vm.count("authorize-param") != 0) {
+    json::Json params = json::Json::object();
+    for (const auto& kv : vm["authorize-param"].as<std::vector<std::string>>()) {
+      const auto eq = kv.find('=');
+      params[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    body["authorize_params"] = std::move(params);
   }
   if (auto w = seconds(vm, "reuse-window", 86'400)) body["reuse_window"] = *w;
   if (auto b = seconds(vm, "refresh-buffer", 86'400)) body["refresh_buffer"] = *b;
@@ -1151,7 +1189,8 @@ int cmd_exec(Ctx& ctx, const std::vector<std::string>& args) {
       "and TOKEND_EXPIRES_AT, for Atlassian OAuth profiles also in JIRA_OAUTH_ACCESS_TOKEN (and\n"
       "JIRA_OAUTH_CLOUD_ID). Signals sent to tokenctl reach CMD; its exit status is tokenctl's");
   o.add_options()("env", po::value<std::vector<std::string>>(), "also put the token into variable NAME (repeatable)")(
-      "min-valid", po::value<std::string>(), "seconds the token must stay valid (default 60)")(
+      "min-valid", po::value<std::string>(),
+                  "seconds the token must stay valid (default 60; capped at what a fresh token gives)")(
       "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress");
   auto vm = parse(own, o, {"profile"}, /*allow_extra=*/true);
   const std::string name = need(vm, "profile", "PROFILE");

@@ -11,7 +11,7 @@ _tokenctl() {
   prev="${COMP_WORDS[COMP_CWORD-1]}"
   cmd="${COMP_WORDS[1]}"
   local commands="status list token headers exec api add import login logout test renew remove monitor ping version completion"
-  local profile_opts="--provider --client-id --scopes --issuer --authorize-url --token-url --device-authorization-url --registration-url --revocation-url --userinfo-url --redirect-uri --mcp-server --resource --audience --pkce --token-endpoint-auth --reuse-window --refresh-buffer --site --api-base --sink-file --sink-dotenv"
+  local profile_opts="--provider --client-id --scopes --issuer --authorize-url --token-url --device-authorization-url --registration-url --revocation-url --userinfo-url --redirect-uri --mcp-server --resource --audience --pkce --prompt --authorize-param --authorization-server --token-endpoint-auth --reuse-window --refresh-buffer --site --api-base --sink-file --sink-dotenv"
   if [ "$COMP_CWORD" -eq 1 ]; then
     COMPREPLY=($(compgen -W "$commands --socket --help" -- "$cur"))
     return
@@ -19,7 +19,7 @@ _tokenctl() {
   case "$prev" in
     --format) COMPREPLY=($(compgen -W "raw header json env exec-credential" -- "$cur")); return ;;
     --kind) COMPREPLY=($(compgen -W "oauth2 api-token pat" -- "$cur")); return ;;
-    --provider) COMPREPLY=($(compgen -W "atlassian generic mcp" -- "$cur")); return ;;
+    --provider) COMPREPLY=($(compgen -W "atlassian atlassian-dc generic mcp" -- "$cur")); return ;;
     --pkce) COMPREPLY=($(compgen -W "S256 required off" -- "$cur")); return ;;
     --token-endpoint-auth) COMPREPLY=($(compgen -W "client_secret_basic client_secret_post none" -- "$cur")); return ;;
     --*-file|--dotenv|--sink-dotenv) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -113,7 +113,7 @@ _tokenctl() {
     add|import)
       local -a profile_opts
       profile_opts=(
-        '--provider[provider]:provider:(atlassian generic mcp)'
+        '--provider[provider]:provider:(atlassian atlassian-dc generic mcp)'
         '--client-id[OAuth client id]:id:' '--scopes[space-separated scopes]:scopes:'
         '--issuer[issuer URL]:url:' '--authorize-url[authorization endpoint]:url:'
         '--token-url[token endpoint]:url:' '--device-authorization-url[device endpoint]:url:'
@@ -121,7 +121,9 @@ _tokenctl() {
         '--revocation-url[revocation endpoint]:url:' '--userinfo-url[userinfo endpoint]:url:'
         '--redirect-uri[redirect URI]:uri:' '--mcp-server[MCP server URL]:url:'
         '--resource[resource indicator]:uri:' '--audience[audience]:audience:'
-        '--pkce[PKCE]:pkce:(S256 required off)'
+        '--pkce[PKCE]:pkce:(S256 required off)' '--prompt[prompt parameter]:prompt:(consent login select_account none)'
+        '*--authorize-param[extra authorization parameter K=V]:param:'
+        '--authorization-server[authorization server issuer (mcp)]:url:'
         '--token-endpoint-auth[client authentication]:method:(client_secret_basic client_secret_post none)'
         '--reuse-window[seconds]:seconds:' '--refresh-buffer[seconds]:seconds:'
         '--site[site URL]:url:' '--api-base[API base URL]:url:'

@@ -113,8 +113,10 @@ Result<json::Json> import_profile_body(const DotenvValues& vars, std::string_vie
                      {"client_id", get("JIRA_OAUTH_CLIENT_ID")},
                      {"client_secret", get("JIRA_OAUTH_CLIENT_SECRET")},
                      {"redirect_uri", get("JIRA_OAUTH_REDIRECT_URI")},
-                     {"access_token", get("JIRA_OAUTH_ACCESS_TOKEN")},
                      {"refresh_token", get("JIRA_OAUTH_REFRESH_TOKEN")}};
+  const Secret* access = find(vars, "JIRA_OAUTH_ACCESS_TOKEN");
+  const bool has_access = access != nullptr && !trim(access->reveal()).empty();
+  if (has_access) body["access_token"] = get("JIRA_OAUTH_ACCESS_TOKEN");
   if (const Secret* scopes = find(vars, "JIRA_OAUTH_SCOPES")) {
     std::string s(trim(scopes->reveal()));
     for (char& c : s) {
@@ -129,14 +131,16 @@ Result<json::Json> import_profile_body(const DotenvValues& vars, std::string_vie
       break;
     }
   }
-  if (const Secret* at = find(vars, "JIRA_OAUTH_EXPIRES_AT")) {
+  if (!has_access) {
+    // a refresh token alone: tokend refreshes it at once
+  } else if (const Secret* at = find(vars, "JIRA_OAUTH_EXPIRES_AT")) {
     const auto t = parse_unix_time(at->reveal());
     if (!t) {
       return fail(Errc::invalid_argument,
                   "JIRA_OAUTH_EXPIRES_AT is not a unix time (seconds since 1970, like 1790000000)");
     }
     body["expires_at"] = *t;
-  } else if (const auto exp = jwt_expiry(find(vars, "JIRA_OAUTH_ACCESS_TOKEN")->reveal())) {
+  } else if (const auto exp = jwt_expiry(access->reveal())) {
     body["expires_at"] = *exp;
   } else {
     body["expires_in"] = 0;

@@ -319,12 +319,19 @@ void Api::register_routes(Router& router) {
 
   router.add("GET", "/v1/profiles/{name}/token", [this](const std::shared_ptr<Exchange>& ex) {
     const std::string name(ex->param("name"));
-    auto min_valid = int_param(ex->request(), "min_valid", 0, 86'400);
-    if (!min_valid) return ex->respond(error_response(min_valid.error()));
+    // min_valid=half asks for half the token's lifetime (tokenctl headers).
+    const auto mv = ex->request().query_param("min_valid");
+    const bool half = mv && *mv == "half";
+    auto min_valid = half ? Result<std::optional<std::int64_t>>{} : int_param(ex->request(), "min_valid", 0, 86'400);
+    if (!min_valid) {
+      return ex->respond(error_response(
+          Error{Errc::invalid_argument, min_valid.error().message + ", or \"half\" (half the token's lifetime)"}));
+    }
     auto wait = int_param(ex->request(), "wait", 0, 3'600);
     if (!wait) return ex->respond(error_response(wait.error()));
     refresh::TokenRequest req;
     if (*min_valid) req.min_valid_s = **min_valid;
+    req.half_lifetime = half;
     // Answers at once when the token is good enough, else after the
     // profile's single refresh. The exchange ignores an answer to a caller
     // that has gone.

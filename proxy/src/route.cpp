@@ -108,7 +108,9 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
   std::string base;
   std::string_view path = rest;
   const bool atlassian_oauth = p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian";
-  if (p.kind == store::CredentialKind::oauth2 && !atlassian_oauth) {
+  // atlassian-dc OAuth tokens reach the Data Center site itself, like a PAT.
+  const bool data_center_oauth = p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian-dc";
+  if (p.kind == store::CredentialKind::oauth2 && !atlassian_oauth && !data_center_oauth) {
     base = trimmed_base(json::string_or(p.config, "api_base"));
     if (base.empty()) {
       return fail(Errc::config, fmt::format("profile '{}' has no api_base to forward to; set it with tokenctl add {} "

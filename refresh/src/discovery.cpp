@@ -149,6 +149,10 @@ Result<json::Json> check_server_metadata(const json::Json& m, std::string_view i
                            "grant_types_supported"}) {
     if (m.contains(list)) out[list] = strings_of(m, list);
   }
+  // RFC 9207 and the MCP client ID metadata documents: only a JSON true counts.
+  for (const char* flag : {"authorization_response_iss_parameter_supported", "client_id_metadata_document_supported"}) {
+    if (auto f = m.find(flag); f != m.end() && f->is_boolean() && f->get<bool>()) out[flag] = true;
+  }
   return out;
 }
 

@@ -16,6 +16,18 @@ namespace tokend::refresh {
 
 using json::Json;
 
+// The parameters of an authorization response (RFC 6749 §4.1.2). A missing
+// state is kept as "" so that it fails the comparison.
+struct Redirect {
+  std::string code;
+  std::optional<std::string> state = std::string();
+  std::optional<std::string> error;
+  std::string description;
+  std::optional<std::string> iss;  // RFC 9207
+  bool bare = false;                // a bare code, typed in
+};
+
+
 namespace {
 
 constexpr std::string_view k_default_redirect_uri = "http://127.0.0.1:8976/callback";
@@ -49,15 +61,6 @@ std::string join(const std::vector<std::string>& v, std::string_view sep) {
   return out;
 }
 
-// The parameters of an authorization response (RFC 6749 §4.1.2). A missing
-// state is kept as "" so that it fails the comparison.
-struct Redirect {
-  std::string code;
-  std::optional<std::string> state = std::string();
-  std::optional<std::string> error;
-  std::string description;
-};
-
 Redirect redirect_of(std::vector<std::pair<std::string, std::string>> query) {
   Redirect r;
   for (auto& [k, v] : query) {
@@ -65,8 +68,17 @@ Redirect redirect_of(std::vector<std::pair<std::string, std::string>> query) {
     if (k == "state") r.state = std::move(v);
     if (k == "error") r.error = std::move(v);
     if (k == "error_description") r.description = std::move(v);
+    if (k == "iss") r.iss = std::move(v);
   }
   return r;
+}
+
+// A client id that is a client ID metadata document URL (MCP 2026-07-28,
+// draft-ietf-oauth-client-id-metadata-document): https with a path.
+bool is_client_id_metadata_url(std::string_view client_id) {
+  if (!client_id.starts_with("https://")) return false;
+  const auto slash = client_id.find('/', 8);
+  return slash != std::string_view::npos && slash + 1 < client_id.size();
 }
 
 std::string html_escape(std::string_view s) {
@@ -116,6 +128,7 @@ struct LoginManager::Flow {
   std::optional<Pkce> pkce;
   std::string redirect_uri;
   std::string callback_path;
+  std::vector<std::string> asked_scopes;
   std::string authorize_url;
   std::unique_ptr<CallbackListener> listener;
   std::function<void(CallbackReply)> browser_reply;
@@ -230,6 +243,96 @@ struct UrlTrial {
 
 }  // namespace
 
+// What the resolver found goes into the profile as it is now, not as it was
+// when the login started: only the keys the resolver owns are written, and
+// nothing at all when the profile was changed meanwhile so that the
+// discovery no longer applies (a PUT wins; the login stops).
+Result<> LoginManager::store_resolved(const store::Profile& found, std::initializer_list<const char*> keys,
+                                      bool client_secret) {
+  auto current = m_tokens.profile_of(found.name);
+  if (!current) return std::unexpected(current.error());
+  const auto changed = [&](const char* key) {
+    return current->config.value(key, Json()) != found.config.value(key, Json());
+  };
+  const bool client_changed = !found.config.value("client_registered", false) && changed("client_id");
+  if (current->kind != found.kind || current->provider != found.provider || changed("issuer") ||
+      changed("mcp_server") || changed("authorization_server") ||
+      (client_changed && !json::string_or(current->config, "client_id").empty())) {
+    return fail(Errc::conflict,
+                fmt::format("profile '{}' was changed while its login was starting (provider, issuer, MCP server or "
+                            "client id); nothing found for the old settings was stored — run tokenctl login {} again",
+                            found.name, found.name));
+  }
+  for (const char* key : keys) {
+    if (auto it = found.config.find(key); it != found.config.end()) {
+      current->config[key] = *it;
+    } else {
+      current->config.erase(key);
+    }
+  }
+  if (client_secret) {
+    Json secrets = Json::object();
+    if (!current->secret_config.empty()) {
+      if (auto j = json::parse(current->secret_config.reveal(), "stored secret config"); j && j->is_object()) {
+        secrets = std::move(*j);
+      }
+    }
+    secrets.erase("client_secret");
+    if (!found.secret_config.empty()) {
+      if (auto j = json::parse(found.secret_config.reveal(), "registered secret"); j && j->is_object() &&
+                                                                                   j->contains("client_secret")) {
+        secrets["client_secret"] = (*j)["client_secret"];
+      }
+    }
+    current->secret_config = secrets.empty() ? Secret() : Secret::adopt(secrets.dump());
+    if (secrets.contains("client_secret")) secure_wipe(secrets["client_secret"].get_ref<std::string&>());
+  }
+  return m_tokens.update_profile(*current);
+}
+
+// A client ID metadata document: fetched before the flow starts; its
+// client_id must be its own URL and its redirect_uris must hold the one this
+// login uses.
+void LoginManager::check_metadata_document(std::shared_ptr<store::Profile> profile,
+                                           std::function<void(Result<store::Profile>)> next) {
+  const std::string url = json::string_or(profile->config, "client_id");
+  std::string redirect = json::string_or(profile->config, "redirect_uri");
+  if (redirect.empty()) redirect = std::string(k_default_redirect_uri);
+  fetch_json(url, [profile, next, url, redirect](Result<Json> j, const net::HttpResponse*) {
+    if (!j) {
+      next(fail(Errc::invalid_argument,
+                fmt::format("the client ID metadata document could not be read: {}", j.error().message)));
+      return;
+    }
+    if (!j->is_object() || json::string_or(*j, "client_id") != url) {
+      next(fail(Errc::invalid_argument,
+                fmt::format("the client ID metadata document {} must be a JSON object whose client_id is its own URL",
+                            url)));
+      return;
+    }
+    const auto uris = list_of(*j, "redirect_uris");
+    if (!contains(uris, redirect)) {
+      std::vector<std::string> shown;
+      for (const auto& u : uris) shown.push_back(printable_excerpt(u, 200));
+      next(fail(Errc::invalid_argument,
+                fmt::format("the redirect URI {} is not listed in the client ID metadata document {}; it allows {}. "
+                            "Use one of them: tokenctl add {} ... --redirect-uri URI",
+                            redirect, url, shown.empty() ? "none" : join(shown, ", "), profile->name)));
+      return;
+    }
+    const std::string method = json::string_or(*j, "token_endpoint_auth_method", "none");
+    if (method != "none") {
+      next(fail(Errc::invalid_argument,
+                fmt::format("the client ID metadata document {} asks for token_endpoint_auth_method {}; tokend can "
+                            "use such a document only as a public client (none)", url, printable_excerpt(method, 64))));
+      return;
+    }
+    profile->config["token_endpoint_auth"] = "none";
+    profile->config["redirect_uri"] = redirect;
+    next(*profile);
+  });
+}
+
 void LoginManager::resolve(const std::string& name, std::function<void(Result<store::Profile>)> next) {
   auto p = m_tokens.profile_of(name);
   if (!p) {
@@ -250,12 +353,49 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
   auto alive = m_alive;
 
   // Step 3: dynamic client registration when there is no client id.
+  // The order of choice (MCP 2026-07-28): a pre-registered client id, then a
+  // client ID metadata document where the server supports it, then DCR.
   auto register_client = [this, alive, name, profile, next]() {
-    if (!json::string_or(profile->config, "client_id").empty()) {
+    const ProviderEndpoints ep = endpoints_of(*profile);
+    const Json found = profile->config.value("discovered", Json::object());
+    if (profile->config.value("client_registered", false) &&
+        json::string_or(profile->config, "client_registered_for") != ep.issuer) {
+      // Registrations are keyed by the authorization server's issuer: a
+      // client registered with another one means nothing here.
+      spdlog::info("profile {}: the authorization server changed (client registered with {}, now {}); registering again",
+                   name, json::string_or(profile->config, "client_registered_for", "an unknown issuer"), ep.issuer);
+      for (const char* key : {"client_id", "client_registered", "client_registered_for", "token_endpoint_auth"}) {
+        profile->config.erase(key);
+      }
+      profile->secret_config = Secret();
+    }
+    const std::string configured_id = json::string_or(profile->config, "client_id");
+    if (is_client_id_metadata_url(configured_id)) {
+      if (found.value("client_id_metadata_document_supported", false)) {
+        check_metadata_document(profile, next);
+        return;
+      }
+      if (ep.registration_url.empty()) {
+        next(fail(Errc::invalid_argument,
+                  fmt::format("profile '{}' uses the client ID metadata document {}, but the authorization server {} "
+                              "does not advertise client_id_metadata_document_supported and offers no dynamic "
+                              "registration; use a client id registered there (tokenctl add {} --client-id ID)",
+                              name, configured_id, ep.issuer.empty() ? "(unknown)" : ep.issuer, name)));
+        return;
+      }
+      // Next in the order: dynamic registration. The document URL is kept
+      // for a server that supports it later.
+      profile->config["client_id_metadata_document"] = configured_id;
+      profile->config.erase("client_id");
+    } else if (!configured_id.empty()) {
       next(*profile);
       return;
+    } else if (const std::string doc = json::string_or(profile->config, "client_id_metadata_document");
+               !doc.empty() && found.value("client_id_metadata_document_supported", false)) {
+      profile->config["client_id"] = doc;
+      check_metadata_document(profile, next);
+      return;
     }
-    const ProviderEndpoints ep = endpoints_of(*profile);
     if (ep.registration_url.empty()) {
       next(fail(Errc::invalid_argument,
                 fmt::format("profile '{}' has no client_id and the provider offers no dynamic client registration; "
@@ -271,11 +411,16 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
     const std::string auth = methods.empty() || contains(methods, "none") ? "none"
                              : contains(methods, "client_secret_basic") ? "client_secret_basic"
                                                                          : "client_secret_post";
+    // application_type native (OIDC Dynamic Registration §2, asked for by
+    // MCP 2026-07-28): a loopback http redirect is only valid for native
+    // clients, which is what tokend is.
     Json body = {{"client_name", "tokend"},
+                 {"application_type", "native"},
                  {"redirect_uris", {redirect}},
                  {"grant_types", {"authorization_code", "refresh_token"}},
                  {"response_types", {"code"}},
                  {"token_endpoint_auth_method", auth}};
+    if (const auto scopes = list_of(profile->config, "scopes"); !scopes.empty()) body["scope"] = join(scopes, " ");
     net::HttpRequest r;
     r.method = "POST";
     r.url = ep.registration_url;
@@ -283,8 +428,8 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
     r.headers = {{"Content-Type", "application/json"}, {"Accept", "application/json"}};
     r.body = Secret::adopt(body.dump());
     auto id = std::make_shared<std::uint64_t>(0);
-    *id = m_http.start(std::move(r), [this, alive, id, name, profile, next, redirect, url = ep.registration_url](
-                                         Result<net::HttpResponse> res) {
+    *id = m_http.start(std::move(r), [this, alive, id, name, profile, next, redirect, url = ep.registration_url,
+                                      as_issuer = ep.issuer](Result<net::HttpResponse> res) {
       if (!*alive) return;
       m_requests.erase(*id);
       if (!res) {
@@ -306,6 +451,7 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
       }
       profile->config["client_id"] = client_id;
       profile->config["client_registered"] = true;
+      profile->config["client_registered_for"] = as_issuer;
       profile->config["redirect_uri"] = redirect;
       const std::string method = json::string_or(*j, "token_endpoint_auth_method");
       profile->config["token_endpoint_auth"] = method.empty() ? "none" : method;
@@ -317,7 +463,10 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
         profile->config["token_endpoint_auth"] = "none";
       }
       // Kept so the next login (and the next start) reuses it.
-      if (auto stored = m_tokens.update_profile(*profile); !stored) {
+      if (auto stored = store_resolved(*profile, {"client_id", "client_registered", "client_registered_for", "redirect_uri",
+                                                  "token_endpoint_auth", "client_id_metadata_document"},
+                                       true);
+          !stored) {
         next(std::unexpected(stored.error()));
         return;
       }
@@ -367,7 +516,7 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
         for (const auto& [k, v] : extra.items()) found[k] = v;
         found["at"] = to_unix_ms(m_clock.wall_now()) / 1000;
         profile->config["discovered"] = std::move(found);
-        if (auto stored = m_tokens.update_profile(*profile); !stored) {
+        if (auto stored = store_resolved(*profile, {"discovered"}, false); !stored) {
           next(std::unexpected(stored.error()));
           return;
         }
@@ -379,14 +528,16 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
   };
 
   if (profile->provider == "mcp") {
+    const std::string wanted_as = json::string_or(config, "authorization_server");
+    const bool as_unchanged = wanted_as.empty() || same_resource(wanted_as, json::string_or(discovered, "authorization_server"));
     if (!json::string_or(discovered, "resource").empty() && same_resource(json::string_or(discovered, "resource"), mcp_server) &&
-        !json::string_or(discovered, "token_endpoint").empty()) {
+        !json::string_or(discovered, "token_endpoint").empty() && as_unchanged) {
       register_client();
       return;
     }
     // Step 1: the protected resource metadata, from the server's 401
     // challenge or the well-known paths.
-    auto with_prm = [this, alive, name, mcp_server, discover_as, next](Result<Json> j) {
+    auto with_prm = [this, alive, name, mcp_server, wanted_as, discover_as, next](Result<Json> j) {
       if (!j) {
         next(std::unexpected(j.error()));
         return;
@@ -396,7 +547,23 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
         next(std::unexpected(prm.error()));
         return;
       }
-      Json extra = {{"resource", prm->resource}, {"authorization_server", prm->authorization_servers.front()}};
+      // Several authorization servers: the profile's choice, else the first
+      // listed; login states which (and how to choose).
+      std::string chosen = prm->authorization_servers.front();
+      if (!wanted_as.empty()) {
+        auto it = std::find_if(prm->authorization_servers.begin(), prm->authorization_servers.end(),
+                               [&](const std::string& as) { return same_resource(as, wanted_as); });
+        if (it == prm->authorization_servers.end()) {
+          next(fail(Errc::invalid_argument,
+                    fmt::format("profile '{}' asks for the authorization server {}, but the MCP server names {}; "
+                                "choose one of them with tokenctl add {} ... --authorization-server URL",
+                                name, wanted_as, join(prm->authorization_servers, ", "), name)));
+          return;
+        }
+        chosen = *it;
+      }
+      Json extra = {{"resource", prm->resource}, {"authorization_server", chosen},
+                    {"authorization_servers", prm->authorization_servers}};
       if (!prm->scopes_supported.empty()) extra["resource_scopes"] = prm->scopes_supported;
       discover_as(prm->authorization_servers.front(), std::move(extra));
     };
@@ -603,13 +770,27 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
   q.emplace_back("redirect_uri", f.redirect_uri);
   q.emplace_back("state", std::string(f.state_value.reveal()));
   q.emplace_back("response_type", "code");
-  if (p.provider == "atlassian") q.emplace_back("prompt", "consent");
+  // OIDC Core §11: offline_access needs prompt=consent, or servers drop it
+  // silently and issue no refresh token. The profile's own prompt wins.
+  if (const std::string prompt = json::string_or(p.config, "prompt"); !prompt.empty()) {
+    q.emplace_back("prompt", prompt);
+  } else if (p.provider == "atlassian" || contains(scopes, "offline_access")) {
+    q.emplace_back("prompt", "consent");
+  }
   if (f.pkce) {
     q.emplace_back("code_challenge", f.pkce->challenge);
     q.emplace_back("code_challenge_method", "S256");
   }
   if (p.provider != "atlassian" && !json::string_or(p.config, "audience").empty()) q.emplace_back("audience", json::string_or(p.config, "audience"));
   if (!f.endpoint.resource.empty()) q.emplace_back("resource", f.endpoint.resource);
+  // Extra parameters (Google's access_type=offline, login_hint, ...); the
+  // profile check refused the ones tokend sets itself.
+  if (auto it = p.config.find("authorize_params"); it != p.config.end() && it->is_object()) {
+    for (const auto& [k, v] : it->items()) {
+      if (v.is_string()) q.emplace_back(k, v.get<std::string>());
+    }
+  }
+  f.asked_scopes = scopes;
   std::string url = ep.authorize_url;
   url += url.find('?') == std::string::npos ? '?' : '&';
   bool first = true;
@@ -665,7 +846,8 @@ void LoginManager::begin_device(Flow& f, JsonCallback done) {
   TokenEndpoint device = f.endpoint;
   device.token_url = ep.device_url;
   device.json_body = false;
-  const std::string scope = join(scopes_for(f.resolved), " ");
+  f.asked_scopes = scopes_for(f.resolved);
+  const std::string scope = join(f.asked_scopes, " ");
   TokenParams params;
   if (!scope.empty()) params.emplace_back("scope", scope);
   // If the flow ends before the provider answers (cancelled, replaced,
@@ -772,7 +954,7 @@ void LoginManager::on_callback(const std::string& profile, std::uint64_t id, con
   }
   // The browser is answered when the flow ends (after the exchange).
   fl.browser_reply = std::move(reply);
-  accept_code(fl, std::move(r.code), std::move(r.state), std::move(r.error), std::move(r.description), nullptr);
+  accept_code(fl, std::move(r), nullptr);
 }
 
 void LoginManager::complete(const std::string& name, const Json& body, JsonCallback done) {
@@ -811,29 +993,58 @@ void LoginManager::complete(const std::string& name, const Json& body, JsonCallb
                                         "of the page the browser ended on (it contains ?code=...)"));
       return;
     }
-    accept_code(f, std::move(r.code), std::move(r.state), std::move(r.error), std::move(r.description), std::move(done));
+    accept_code(f, std::move(r), std::move(done));
     return;
   }
   if (bare.empty() || bare.size() > 4096) {
     done(fail(Errc::invalid_argument, "the body must be {\"redirect_url\": ...} or {\"code\": ...}"));
     return;
   }
-  accept_code(f, bare, std::nullopt, std::nullopt, {}, std::move(done));
+  // A bare code carries neither state nor iss: the user typed it here.
+  Redirect r;
+  r.code = bare;
+  r.state = std::nullopt;
+  r.bare = true;
+  accept_code(f, std::move(r), std::move(done));
 }
 
-void LoginManager::accept_code(Flow& f, std::string code, std::optional<std::string> state,
-                               std::optional<std::string> error, std::string description, JsonCallback done) {
+void LoginManager::accept_code(Flow& f, Redirect r, JsonCallback done) {
   if (done) f.completions.push_back(std::move(done));
-  if (state && !constant_time_equal(*state, f.state_value.reveal())) {
+  std::string& code = r.code;
+  if (r.state && !constant_time_equal(*r.state, f.state_value.reveal())) {
     secure_wipe(code);
     fail_flow(f, "failed", "state_mismatch",
               fmt::format("the state in the redirect does not match this login (a stale or forged redirect); "
                           "nothing was stored — run tokenctl login {} again", f.profile));
     return;
   }
-  if (error) {
-    const std::string e = printable_excerpt(*error, 64);
-    const std::string d = printable_excerpt(description, 200);
+  // RFC 9207: where the server says it sends iss, or whenever iss is there,
+  // it must be the issuer this login is for (a mix-up attack otherwise).
+  // Checked before the code (or an error) is acted on.
+  const std::string issuer = endpoints_of(f.resolved).issuer;
+  const bool advertised = f.resolved.config.value("discovered", Json::object())
+                              .value("authorization_response_iss_parameter_supported", false);
+  if (!r.bare && !issuer.empty() && (r.iss || advertised)) {
+    if (!r.iss) {
+      secure_wipe(code);
+      fail_flow(f, "failed", "iss_missing",
+                fmt::format("the authorization server {} says it sends iss in its redirect (RFC 9207), but this "
+                            "redirect has none; nothing was redeemed or stored — run tokenctl login {} again",
+                            issuer, f.profile));
+      return;
+    }
+    if (*r.iss != issuer) {
+      secure_wipe(code);
+      fail_flow(f, "failed", "iss_mismatch",
+                fmt::format("the redirect comes from issuer '{}', not from {} that this login is for (RFC 9207: a "
+                            "mix-up or forged redirect); nothing was redeemed or stored — run tokenctl login {} again",
+                            printable_excerpt(*r.iss, 200), issuer, f.profile));
+      return;
+    }
+  }
+  if (r.error) {
+    const std::string e = printable_excerpt(*r.error, 64);
+    const std::string d = printable_excerpt(r.description, 200);
     fail_flow(f, "failed", e.empty() ? "error" : e,
               fmt::format("the provider refused the authorization: {}{}", e, d.empty() ? "" : " (" + d + ")"));
     return;
@@ -919,11 +1130,37 @@ void LoginManager::poll_device(Flow& f) {
 
 // --- finishing -------------------------------------------------------------------
 
-void LoginManager::on_tokens(Flow& f, store::TokenSet tokens) {
-  if (tokens.refresh_token.empty()) {
-    f.warning = "the provider issued no refresh token: this login must be repeated when the token expires"
-                " (for Atlassian and most providers, the offline_access scope brings one)";
+namespace {
+
+// After a login without a refresh token: what was asked, what was granted,
+// and what to try.
+std::string no_refresh_token_warning(const LoginManager::Flow& f, const store::TokenSet& tokens,
+                                     const std::vector<std::string>& asked, const store::Profile& p) {
+  const bool offline = contains(asked, "offline_access");
+  const std::string asked_text = asked.empty() ? "no scope" : "scope \"" + join(asked, " ") + "\"";
+  const std::string granted = tokens.scope.empty() ? "the provider did not say which scopes it granted"
+                                                   : "it granted \"" + printable_excerpt(tokens.scope, 300) + "\"";
+  std::string out = fmt::format("the provider issued no refresh token, so this login must be repeated when the token "
+                                "expires; tokend asked for {}{} and {}. ",
+                                asked_text,
+                                json::string_or(p.config, "prompt").empty() ? (offline ? " with prompt=consent" : "")
+                                                                            : " with prompt=" + json::string_or(p.config, "prompt"),
+                                granted);
+  if (!offline) {
+    out += fmt::format("Most OIDC servers issue one only for the offline_access scope: tokenctl add {} ... --scopes "
+                       "\"{}{}offline_access\"", f.profile, join(asked, " "), asked.empty() ? "" : " ");
+  } else {
+    out += "offline_access was asked for but not honoured: check that the client may use the refresh_token grant at "
+           "the provider; Google needs --authorize-param access_type=offline";
   }
+  if (p.provider == "mcp") out += "; the MCP server's authorization server may not issue refresh tokens at all";
+  return out;
+}
+
+}  // namespace
+
+void LoginManager::on_tokens(Flow& f, store::TokenSet tokens) {
+  if (tokens.refresh_token.empty()) f.warning = no_refresh_token_warning(f, tokens, f.asked_scopes, f.resolved);
   if (auto r = m_tokens.install_tokens(f.profile, tokens); !r) {
     fail_flow(f, "failed", "store", "the new token could not be stored: " + r.error().message);
     return;

@@ -130,6 +130,17 @@ std::string printable_excerpt(std::string_view text, std::size_t max) {
 ProviderEndpoints endpoints_of(const store::Profile& p) {
   ProviderEndpoints e;
   const bool atlassian = p.provider == "atlassian";
+  // Data Center: the endpoints live under the site's /rest/oauth2/latest/.
+  std::string dc_authorize;
+  std::string dc_token;
+  if (p.provider == "atlassian-dc") {
+    std::string site = str_field(p.config, "site");
+    while (!site.empty() && site.back() == '/') site.pop_back();
+    if (!site.empty()) {
+      dc_authorize = site + std::string(k_atlassian_dc_oauth_path) + "authorize";
+      dc_token = site + std::string(k_atlassian_dc_oauth_path) + "token";
+    }
+  }
   json::Json discovered = json::Json::object();
   if (auto it = p.config.find("discovered"); it != p.config.end() && it->is_object()) discovered = *it;
   auto pick = [&](const char* field, const char* metadata, std::string_view preset = {}) {
@@ -139,8 +150,8 @@ ProviderEndpoints endpoints_of(const store::Profile& p) {
     return v;
   };
   e.issuer = pick("issuer", "issuer");
-  e.authorize_url = pick("authorize_url", "authorization_endpoint", atlassian ? k_atlassian_authorize_url : "");
-  e.token_url = pick("token_url", "token_endpoint", atlassian ? k_atlassian_token_url : "");
+  e.authorize_url = pick("authorize_url", "authorization_endpoint", atlassian ? k_atlassian_authorize_url : dc_authorize);
+  e.token_url = pick("token_url", "token_endpoint", atlassian ? k_atlassian_token_url : dc_token);
   e.device_url = pick("device_authorization_url", "device_authorization_endpoint");
   e.revocation_url = pick("revocation_url", "revocation_endpoint");
   e.registration_url = pick("registration_url", "registration_endpoint");
@@ -175,13 +186,16 @@ Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
   } else if (auth == "none" || (auth.empty() && e.client_secret.empty())) {
     e.auth = ClientAuth::none;
   } else {
-    e.auth = atlassian && auth.empty() ? ClientAuth::post : ClientAuth::basic;
+    e.auth = (atlassian || p.provider == "atlassian-dc") && auth.empty() ? ClientAuth::post : ClientAuth::basic;
   }
   e.json_body = atlassian;
   if (atlassian && e.client_secret.empty()) {
     return fail(Errc::config, fmt::format("profile '{}' uses the atlassian provider, which needs a client secret; "
                                           "add it with tokenctl add {} --client-secret-file FILE", p.name, p.name));
   }
+  // Data Center checks redirect_uri on the refresh too, and answers a bare
+  // invalid_grant without it.
+  if (p.provider == "atlassian-dc") e.refresh_redirect_uri = str_field(p.config, "redirect_uri");
   e.resource = str_field(p.config, "resource");
   if (e.resource.empty()) {
     if (auto it = p.config.find("discovered"); it != p.config.end()) e.resource = str_field(*it, "resource");
@@ -233,6 +247,7 @@ net::HttpRequest make_token_request(const TokenEndpoint& e, const TokenParams& p
 net::HttpRequest make_refresh_request(const TokenEndpoint& e, const Secret& refresh_token, Millis timeout) {
   TokenParams params = {{"grant_type", "refresh_token"}, {"refresh_token", refresh_token.reveal()}};
   if (!e.scope.empty()) params.emplace_back("scope", e.scope);
+  if (!e.refresh_redirect_uri.empty()) params.emplace_back("redirect_uri", e.refresh_redirect_uri);
   return make_token_request(e, params, timeout);
 }
 

@@ -24,4 +24,11 @@ Millis backoff_delay(int failures, double random01, std::optional<Millis> retry_
   return delay;
 }
 
+Millis required_validity(Millis asked, bool half_lifetime, std::optional<Millis> lifetime) {
+  if (!lifetime || *lifetime <= Millis(0)) return asked;
+  if (half_lifetime) asked = *lifetime / 2;
+  const Millis margin = std::min(Millis(10'000), *lifetime / 2);
+  return std::clamp(asked, Millis(0), *lifetime - margin);
+}
+
 }  // namespace tokend::refresh

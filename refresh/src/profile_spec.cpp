@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <set>
 
 #include <fmt/format.h>
@@ -28,13 +29,13 @@ const std::set<std::string, std::less<>> k_oauth2 = {
     "issuer", "mcp_server", "audience", "access_token", "refresh_token", "expires_in",
     "expires_at", "token_type", "scope", "revocation_url", "userinfo_url", "pkce",
     "token_endpoint_auth", "reuse_window", "device_authorization_url", "registration_url", "resource",
-    "cloud_id"};
+    "cloud_id", "prompt", "authorize_params", "authorization_server"};
 const std::set<std::string, std::less<>> k_api_token = {"email", "token"};
 const std::set<std::string, std::less<>> k_pat = {"token"};
 const std::set<std::string, std::less<>> k_url_fields = {
     "site", "api_base", "authorize_url", "token_url", "issuer", "mcp_server", "revocation_url",
     "userinfo_url", "device_authorization_url", "registration_url", "resource", "redirect_uri", "jira_base",
-    "confluence_base"};
+    "confluence_base", "authorization_server"};
 const std::set<std::string, std::less<>> k_secret_fields = {"client_secret", "token", "access_token",
                                                             "refresh_token"};
 
@@ -91,6 +92,40 @@ Result<Json> validate_policy(const Json& v) {
     }
   }
   return out;
+}
+
+// Parameters tokend sets itself may not be overridden (state, PKCE and the
+// redirect are what make the flow safe; prompt and scope have their fields).
+const std::set<std::string, std::less<>> k_reserved_authorize_params = {
+    "client_id", "redirect_uri", "state", "response_type", "code_challenge", "code_challenge_method",
+    "scope", "prompt", "resource", "request", "request_uri", "response_mode", "nonce"};
+
+Result<Json> validate_authorize_params(const Json& v) {
+  if (!v.is_object() || v.size() > 32) {
+    return std::unexpected(bad("field \"authorize_params\" must be an object of at most 32 string values, "
+                               "e.g. {\"access_type\": \"offline\"}"));
+  }
+  for (const auto& [k, item] : v.items()) {
+    if (k.empty() || k.size() > 64 ||
+        !std::all_of(k.begin(), k.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'; })) {
+      return std::unexpected(bad("authorize_params names must be 1-64 letters, digits, '_', '-' or '.'"));
+    }
+    if (k_reserved_authorize_params.contains(k)) {
+      return std::unexpected(bad(fmt::format("authorize_params may not set \"{}\": tokend sets it{}", k,
+                                             k == "prompt" ? " (use the prompt field, tokenctl add --prompt)"
+                                             : k == "scope" ? " (use the scopes field, tokenctl add --scopes)"
+                                             : k == "resource" ? " (use the resource field)" : "")));
+    }
+    if (!item.is_string() || item.get_ref<const std::string&>().size() > 1024) {
+      return std::unexpected(bad(fmt::format("authorize_params.{} must be a string of at most 1024 bytes", k)));
+    }
+    for (const char c : item.get_ref<const std::string&>()) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+        return std::unexpected(bad(fmt::format("authorize_params.{} contains a control character", k)));
+      }
+    }
+  }
+  return v;
 }
 
 }  // namespace
@@ -209,6 +244,12 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
       if (key == "refresh_buffer") p.config[key] = n;
       continue;  // expiry handled with the token set below
     }
+    if (key == "authorize_params") {
+      auto params = validate_authorize_params(value);
+      if (!params) return std::unexpected(params.error());
+      p.config[key] = std::move(*params);
+      continue;
+    }
     if (key == "pkce") {
       if (!value.is_string() || (value != "S256" && value != "off" && value != "required")) {
         return std::unexpected(bad("field \"pkce\" must be \"S256\", \"required\" or \"off\""));
@@ -230,10 +271,19 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
     } else if (key == "client_secret") {
       secrets[key] = std::move(*s);
     } else if (key == "provider") {
-      if (*s != "atlassian" && *s != "generic" && *s != "mcp") {
-        return std::unexpected(bad("field \"provider\" must be atlassian, generic or mcp"));
+      if (*s != "atlassian" && *s != "atlassian-dc" && *s != "generic" && *s != "mcp") {
+        return std::unexpected(bad("field \"provider\" must be atlassian, atlassian-dc, generic or mcp"));
       }
       p.provider = *s;
+    } else if (key == "prompt") {
+      // OIDC Core §3.1.2.1: a space-separated list of ASCII words.
+      if (s->size() > 128 || !std::all_of(s->begin(), s->end(), [](char c) {
+            return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == ' ';
+          })) {
+        return std::unexpected(bad("field \"prompt\" must be space-separated words such as consent, login, "
+                                   "select_account or none"));
+      }
+      p.config[key] = std::move(*s);
     } else if (key == "token_type" || key == "scope") {
       continue;  // part of the supplied token set, read below
     } else if (key == "email" && s->find('@') == std::string::npos) {
@@ -253,22 +303,44 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
     if (!p.config.contains("site")) return std::unexpected(bad("kind pat needs \"site\" (your Jira or Confluence Data Center URL)"));
   } else {
     if (p.provider.empty()) p.provider = "generic";
-    if (refresh && !access) return std::unexpected(bad("a refresh_token needs an access_token with it"));
     if (p.provider == "mcp" && !p.config.contains("mcp_server")) {
       return std::unexpected(bad("provider mcp needs \"mcp_server\" (the MCP server URL)"));
+    }
+    if (p.provider == "atlassian-dc") {
+      if (!p.config.contains("site")) {
+        return std::unexpected(bad("provider atlassian-dc needs \"site\" (your Jira or Confluence Data Center URL, "
+                                   "e.g. https://jira.example.com)"));
+      }
+      if (!p.config.contains("redirect_uri")) {
+        // Data Center checks the redirect URI on every token request, the
+        // refresh included, so it must be the one registered there.
+        return std::unexpected(bad("provider atlassian-dc needs \"redirect_uri\": the redirect URL of the incoming "
+                                   "link you created in Data Center (e.g. http://127.0.0.1:8976/callback)"));
+      }
+      if (p.config.value("pkce", std::string()) == "off") {
+        return std::unexpected(bad("provider atlassian-dc uses PKCE; \"pkce\": \"off\" is not possible"));
+      }
     }
   }
   if (!secrets.empty()) p.secret_config = Secret(secrets.dump());
 
-  if (access) {
+  if (access || refresh) {
     store::TokenSet t;
-    t.access_token = Secret::adopt(std::move(*access));
+    if (access) {
+      t.access_token = Secret::adopt(std::move(*access));
+    } else {
+      // A refresh token alone (moving from another tool): stored as already
+      // expired, so the token service refreshes it at once.
+      t.expires_at_ms = now_ms;
+    }
     if (refresh) t.refresh_token = Secret::adopt(std::move(*refresh));
     t.obtained_at_ms = now_ms;
     t.token_type = *kind == CredentialKind::api_token ? "Basic" : "Bearer";
     if (auto tt = body.find("token_type"); tt != body.end() && tt->is_string()) t.token_type = tt->get<std::string>();
     if (auto sc = body.find("scope"); sc != body.end() && sc->is_string()) t.scope = sc->get<std::string>();
-    if (auto e = body.find("expires_in"); e != body.end() && e->is_number_integer()) {
+    if (t.access_token.empty()) {
+      // a refresh token alone keeps the expiry set above
+    } else if (auto e = body.find("expires_in"); e != body.end() && e->is_number_integer()) {
       t.expires_at_ms = now_ms + e->get<std::int64_t>() * 1000;
     } else if (auto a = body.find("expires_at"); a != body.end() && a->is_number_integer()) {
       t.expires_at_ms = a->get<std::int64_t>() * 1000;

@@ -37,7 +37,8 @@ void keep_managed_config(const store::Profile& old, store::Profile& next) {
   }
   if (o.value("client_registered", false) && !n.contains("client_id") && next.secret_config.empty() &&
       same("issuer") && same("mcp_server")) {
-    for (const char* key : {"client_id", "client_registered", "token_endpoint_auth", "redirect_uri"}) {
+    for (const char* key : {"client_id", "client_registered", "client_registered_for", "token_endpoint_auth",
+                            "redirect_uri", "client_id_metadata_document"}) {
       if (o.contains(key) && !n.contains(key)) n[key] = o[key];
     }
     next.secret_config = old.secret_config;
@@ -319,6 +320,13 @@ Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
                             c.last_error.empty() ? "refreshing is no longer possible" : c.last_error, name));
   }
   if (c.access_token.empty()) {
+    if (!c.refresh_token.empty() && e.profile.kind == CredentialKind::oauth2) {
+      // A refresh token alone: unavailable until the first refresh, which
+      // token_async starts (or joins).
+      return fail(Errc::unavailable, fmt::format("profile '{}' has only a refresh token so far; it is being "
+                                                 "refreshed{}", name,
+                                                 c.last_error.empty() ? "" : " (last refresh: " + c.last_error + ")"));
+    }
     return fail(Errc::reauth_required, fmt::format("profile '{}' has no token yet; run: tokenctl login {}", name, name));
   }
   if (c.state == CredState::disabled) return fail(Errc::unavailable, fmt::format("profile '{}' is disabled", name));
@@ -339,11 +347,14 @@ Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
   if (c.expires_at_ms) {
     // Validity is judged on the wall clock at every request.
     const std::int64_t left_ms = *c.expires_at_ms - now_ms();
-    if (left_ms < request.min_valid_s * 1000) {
+    std::optional<Millis> lifetime;
+    if (c.obtained_at_ms) lifetime = Millis(*c.expires_at_ms - *c.obtained_at_ms);
+    const Millis need = required_validity(Millis(request.min_valid_s * 1000), request.half_lifetime, lifetime);
+    if (left_ms < need.count()) {
       const std::string why = c.last_error.empty() ? std::string() : fmt::format(" (last refresh: {})", c.last_error);
       return fail(Errc::unavailable,
-                  fmt::format("the token of '{}' is valid for {} s, less than the {} s asked for{}", name,
-                              std::max<std::int64_t>(0, left_ms / 1000), request.min_valid_s, why));
+                  fmt::format("the token of '{}' is valid for {} s, less than the {} s needed{}", name,
+                              std::max<std::int64_t>(0, left_ms / 1000), (need.count() + 999) / 1000, why));
     }
   }
   g.authorization = Secret::adopt(g.token_type + " " + std::string(c.access_token.reveal()));
@@ -425,6 +436,10 @@ void TokenService::schedule(Entry& e, std::optional<WallTime> at) {
 
 void TokenService::schedule_from_token(Entry& e) {
   const auto& c = e.credential;
+  if (c.access_token.empty() && m_timer != nullptr && can_refresh(e)) {
+    schedule(e, m_clock.wall_now());  // a refresh token alone: refreshed at once
+    return;
+  }
   if (m_timer == nullptr || e.profile.kind != CredentialKind::oauth2 || !c.expires_at_ms ||
       c.state == CredState::reauth_required || c.access_token.empty()) {
     schedule(e, std::nullopt);

@@ -279,8 +279,10 @@ Result<std::vector<Credential>> Store::list_credentials() {
 Result<std::int64_t> Store::store_token_set(std::string_view name, const TokenSet& t,
                                             std::optional<std::int64_t> expected_generation,
                                             std::optional<std::int64_t> keep_previous_until_ms) {
-  if (t.access_token.empty()) {
-    return fail(Errc::invalid_argument, "a token set needs an access token");
+  // A refresh token alone is a token set too (an import from another tool):
+  // the token service refreshes it at once.
+  if (t.access_token.empty() && t.refresh_token.empty()) {
+    return fail(Errc::invalid_argument, "a token set needs an access token or a refresh token");
   }
   auto tx = Transaction::begin(*m_db);
   if (!tx) return std::unexpected(tx.error());

@@ -133,6 +133,19 @@ TEST_CASE("import_profile_body maps the JIRA_OAUTH_* variables", "[ctl][import]"
     vars.insert_or_assign("JIRA_OAUTH_SITE", Secret("https://site.atlassian.net"));
     CHECK((*import_profile_body(vars, "atlassian"))["site"] == "https://site.atlassian.net");
   }
+  SECTION("a refresh token alone (no access token, or a blank one): no expiry, tokend refreshes at once") {
+    for (const bool blank : {false, true}) {
+      vars.erase("JIRA_OAUTH_ACCESS_TOKEN");
+      if (blank) vars.insert_or_assign("JIRA_OAUTH_ACCESS_TOKEN", Secret(" "));
+      vars.insert_or_assign("JIRA_OAUTH_EXPIRES_AT", Secret("1790000123"));
+      auto b = import_profile_body(vars, "atlassian");
+      REQUIRE(b.has_value());
+      CHECK((*b)["refresh_token"] == "refresh-token");
+      CHECK_FALSE(b->contains("access_token"));
+      CHECK_FALSE(b->contains("expires_in"));
+      CHECK_FALSE(b->contains("expires_at"));
+    }
+  }
   SECTION("values from the environment lose a trailing newline") {
     vars.insert_or_assign("JIRA_OAUTH_REFRESH_TOKEN", Secret("refresh-token\n"));
     CHECK((*import_profile_body(vars, "atlassian"))["refresh_token"] == "refresh-token");
@@ -155,7 +168,7 @@ TEST_CASE("import_profile_body names every missing variable and no value", "[ctl
   const auto none = import_profile_body(DotenvValues{}, "atlassian");
   CHECK(none.error().message ==
         "missing variables JIRA_OAUTH_CLIENT_ID, JIRA_OAUTH_CLIENT_SECRET, JIRA_OAUTH_REDIRECT_URI, "
-        "JIRA_OAUTH_ACCESS_TOKEN, JIRA_OAUTH_REFRESH_TOKEN");
+        "JIRA_OAUTH_REFRESH_TOKEN");
 }
 
 TEST_CASE("login_paste_body tells a redirect URL from a bare code", "[ctl][import][login]") {

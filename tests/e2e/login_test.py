@@ -770,6 +770,211 @@ class LoginTest(unittest.TestCase):
         status, _ = self.api("GET", "/v1/profiles/j")
         self.assertEqual(status, 404)
 
+    # -- issue 11: conformance with real authorization servers ---------------------------
+
+    def test_offline_access_brings_prompt_consent_and_a_refresh_token(self):
+        # Like a stock OIDC server: offline_access is dropped without prompt=consent.
+        self.up.config(require_offline_access=True, offline_needs_consent=True)
+        self.add_generic()
+        r = self.ctl("login", "p")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        authz = self.authorizations()[-1]
+        self.assertEqual(authz.get("prompt"), "consent", authz)
+        self.assertTrue(self.profile()["has_refresh_token"])
+        self.assertEqual(self.ctl("renew", "p").returncode, 0)
+
+    def test_own_prompt_and_authorize_params(self):
+        self.up.config(require_offline_access=True, offline_needs_consent=True)
+        self.add_generic(extra=("--prompt", "login", "--authorize-param", "login_hint=me@example.com",
+                                "--authorize-param", "access_type=offline"))
+        config = self.profile()["config"]
+        self.assertEqual(config["prompt"], "login")
+        self.assertEqual(config["authorize_params"], {"login_hint": "me@example.com", "access_type": "offline"})
+        flow = self.start_paste_flow()
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(flow["authorize_url"]).query)
+        self.assertEqual(query["prompt"], ["login"])
+        self.assertEqual(query["login_hint"], ["me@example.com"])
+        self.assertEqual(query["access_type"], ["offline"])
+        # The server drops offline_access without consent: the warning says
+        # what was asked, what was granted, and what to try.
+        status, body = self.api("POST", "/v1/profiles/p/login/complete",
+                                {"redirect_url": self.consent(flow["authorize_url"])})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["state"], "succeeded")
+        warning = body["warning"]
+        self.assertIn("no refresh token", warning)
+        self.assertIn('asked for scope "openid offline_access" with prompt=login', warning)
+        self.assertIn('granted "openid"', warning)
+        self.assertIn("access_type=offline", warning)
+        self.assertFalse(self.profile()["has_refresh_token"])
+
+    def test_bad_prompt_and_authorize_params_are_refused(self):
+        for extra, needle, code in ((("--authorize-param", "state=x"), "may not set \"state\"", 1),
+                                    (("--authorize-param", "redirect_uri=http://evil"), "redirect_uri", 1),
+                                    (("--authorize-param", "novalue"), "NAME=VALUE", 2),
+                                    (("--prompt", "consent\nx"), "control character", 1),
+                                    (("--prompt", "con;sent"), "prompt", 1)):
+            with self.subTest(extra=extra):
+                r = self.ctl("add", "bad", "--kind", "oauth2", "--client-id", WEB_ID, "--token-url",
+                             self.up.token_url, *extra)
+                self.assertEqual(r.returncode, code, r.stderr)
+                self.assertIn(needle, r.stderr)
+                self.assertEqual(self.api("GET", "/v1/profiles/bad")[0], 404)
+
+    def test_iss_checked_on_the_loopback_and_on_a_paste(self):
+        self.up.config(authorization_response_iss=True)
+        r = self.ctl("add", "d", "--kind", "oauth2", "--issuer", self.up.issuer, "--client-id", WEB_ID,
+                     "--client-secret-file", secret_file(self.xdg.root, "cs", WEB_SECRET),
+                     "--redirect-uri", self.redirect, "--scopes", "openid offline_access")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The right iss: accepted through the listener.
+        r = self.ctl("login", "d")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("iss=", self.wait_browser_runs(1)[0]["location"])
+        before, token = self.stored_state("d"), self.assert_token_works("d")
+        exchanges = len([e for e in self.up.log() if e.get("grant_type") == "authorization_code"])
+        # Another issuer's iss: refused before the code is redeemed, pasted ...
+        self.up.config(iss_override="https://evil.example")
+        flow = self.start_paste_flow("d")
+        status, body = self.api("POST", "/v1/profiles/d/login/complete",
+                                {"redirect_url": self.consent(flow["authorize_url"])})
+        self.assertEqual(status, 400, body)
+        self.assertEqual(body["error"]["reason"], "iss_mismatch")
+        self.assertIn("https://evil.example", body["error"]["message"])
+        # ... and through the loopback listener.
+        r = self.ctl("login", "d")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("RFC 9207", r.stderr)
+        runs = self.wait_browser_runs(2)
+        self.assertEqual(runs[-1]["callback_status"], 400, runs[-1])
+        # The server advertises iss, a redirect without one is refused too.
+        self.up.config(iss_override=None, authorization_response_iss=False)
+        flow = self.start_paste_flow("d")
+        location = self.consent(flow["authorize_url"])
+        self.assertNotIn("iss=", location)
+        status, body = self.api("POST", "/v1/profiles/d/login/complete", {"redirect_url": location})
+        self.assertEqual(status, 400, body)
+        self.assertEqual(body["error"]["reason"], "iss_missing")
+        self.assertEqual(len([e for e in self.up.log() if e.get("grant_type") == "authorization_code"]), exchanges,
+                         "a code was redeemed although iss was wrong")
+        self.assertEqual(self.stored_state("d"), before)
+        self.assertEqual(self.ctl("token", "d").stdout.strip(), token)
+
+    def test_refresh_token_alone_is_refreshed_at_once(self):
+        g = self.up.add_grant(WEB_ID, access_lifetime=3600)
+        rt = secret_file(self.xdg.root, "rt", g["refresh_token"])
+        r = self.ctl("add", "p", "--kind", "oauth2", "--client-id", WEB_ID, "--token-url", self.up.token_url,
+                     "--client-secret-file", secret_file(self.xdg.root, "cs", WEB_SECRET), "--refresh-token-file", rt)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        wait_for(lambda: self.profile()["has_token"], "the refresh token to be refreshed")
+        self.assertEqual(self.up.grant(g["grant_id"])["refreshes"], 1)
+        self.assertNotEqual(self.assert_token_works(), g["access_token"])
+        # A refresh token the provider refuses: reauth_required naming the login.
+        self.up.revoke_grant(g["grant_id"])
+        g2 = self.up.add_grant(WEB_ID)
+        self.up.revoke_grant(g2["grant_id"])
+        r = self.ctl("add", "q", "--kind", "oauth2", "--client-id", WEB_ID, "--token-url", self.up.token_url,
+                     "--client-secret-file", secret_file(self.xdg.root, "cs", WEB_SECRET),
+                     "--refresh-token-file", secret_file(self.xdg.root, "rt2", g2["refresh_token"]))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        wait_for(lambda: self.profile("q")["state"] == "reauth_required", "the refused refresh to need a login")
+        r = self.ctl("token", "q")
+        self.assertEqual(r.returncode, 4, r.stderr)
+        self.assertIn("tokenctl login q", r.stderr)
+
+    def test_import_refresh_token_alone(self):
+        g = self.up.add_grant(WEB_ID, access_lifetime=3600)
+        env_file = os.path.join(self.xdg.root, ".env")
+        with open(env_file, "w") as f:
+            f.write(f"JIRA_OAUTH_CLIENT_ID={WEB_ID}\nJIRA_OAUTH_CLIENT_SECRET={WEB_SECRET}\n"
+                    f"JIRA_OAUTH_REDIRECT_URI={self.redirect}\nJIRA_OAUTH_REFRESH_TOKEN={g['refresh_token']}\n")
+        os.chmod(env_file, 0o600)
+        r = self.ctl("import", "j", "--dotenv", env_file, "--provider", "generic", "--token-url", self.up.token_url,
+                     "--token-endpoint-auth", "client_secret_basic")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        r = self.ctl("token", "j", "--wait", "20")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.up.grant(g["grant_id"])["refreshes"], 1)
+
+    def test_short_lived_tokens_serve_token_headers_and_the_proxy(self):
+        # Tokens that live 15 s: less than --min-valid's default 60 and the
+        # proxy's 30 s; a fresh one must still be served.
+        g = self.up.add_grant(WEB_ID, access_lifetime=15)
+        r = self.ctl("add", "p", "--kind", "oauth2", "--client-id", WEB_ID, "--token-url", self.up.token_url,
+                     "--client-secret-file", secret_file(self.xdg.root, "cs", WEB_SECRET),
+                     "--refresh-token-file", secret_file(self.xdg.root, "rt", g["refresh_token"]),
+                     "--api-base", self.up.base_url)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.ctl("token", "p")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.ctl("token", "p", "--min-valid", "600")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.ctl("headers", "p")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(json.loads(r.stdout)["Authorization"].startswith("Bearer "))
+        r = self.ctl("api", "p", "GET", "/me")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_atlassian_dc_preset_sends_redirect_uri_on_refresh(self):
+        self.up.config(data_center=True, pkce_required=True)
+        r = self.ctl("add", "dc", "--kind", "oauth2", "--provider", "atlassian-dc", "--site", self.up.base_url,
+                     "--client-id", ATLASSIAN_ID, "--client-secret-file", secret_file(self.xdg.root, "cs", WEB_SECRET),
+                     "--redirect-uri", self.redirect, "--scopes", "WRITE")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.ctl("login", "dc")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        authz = [e for e in self.up.log() if e.get("authorize")][-1]
+        self.assertEqual(authz["path"], "/rest/oauth2/latest/authorize", authz)
+        self.assertEqual(authz["authorize"]["params"].get("code_challenge_method"), "S256")
+        self.assertEqual(self.ctl("renew", "dc").returncode, 0)
+        refresh = [e for e in self.up.log() if e.get("grant_type") == "refresh_token"][-1]
+        self.assertEqual(refresh["path"], "/rest/oauth2/latest/token")
+        self.assertEqual(refresh["redirect_uri"], self.redirect)
+        self.assert_token_works("dc")
+        # Without the preset's redirect_uri the fake refuses, as Data Center does.
+        r = self.ctl("add", "dc2", "--kind", "oauth2", "--provider", "atlassian-dc", "--site", self.up.base_url,
+                     "--client-id", ATLASSIAN_ID)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("redirect_uri", r.stderr)
+
+    def test_put_while_resolving_is_not_reverted(self):
+        # Finding 10 of issue 13: the resolver wrote back a whole stale snapshot.
+        import threading
+        sink = os.path.join(self.xdg.root, "token.txt")
+        for changed_issuer in (False, True):
+            with self.subTest(changed_issuer=changed_issuer):
+                name = f"d{int(changed_issuer)}"
+                base = ["add", name, "--kind", "oauth2", "--client-id", WEB_ID, "--redirect-uri", self.redirect,
+                        "--scopes", "openid offline_access"]
+                r = self.ctl(*base, "--issuer", self.up.issuer, "--api-base", "https://old.example",
+                             "--sink-file", sink)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                # Discovery answers late: the PUT lands while the login resolves.
+                self.up.fault("slow", target="discovery", delay=4.0, count=1)
+                result = {}
+                t = threading.Thread(target=lambda: result.update(
+                    r=self.api("POST", f"/v1/profiles/{name}/login", {"listen": False})))
+                t.start()
+                wait_for(lambda: self.api("GET", f"/v1/profiles/{name}/login")[1].get("phase") == "starting",
+                         "the login to be resolving")
+                issuer = self.up.tenant_issuer if changed_issuer else self.up.issuer
+                r = self.ctl(*base, "--issuer", issuer, "--api-base", "https://new.example")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                t.join(30)
+                self.assertFalse(t.is_alive())
+                status, body = result["r"]
+                config = self.profile(name)["config"]
+                self.assertEqual(config["api_base"], "https://new.example")
+                self.assertNotIn("sinks", config)
+                self.assertEqual(config["issuer"], issuer)
+                if changed_issuer:
+                    self.assertEqual(status, 409, body)
+                    self.assertIn("changed while its login was starting", body["error"]["message"])
+                    self.assertNotIn("discovered", config)
+                else:
+                    self.assertEqual(status, 200, body)
+                    self.assertEqual(config["discovered"]["issuer"], self.up.issuer)
+                    self.api("DELETE", f"/v1/profiles/{name}/login")
 
 if __name__ == "__main__":
     unittest.main()

@@ -166,9 +166,11 @@ class RefreshTest(unittest.TestCase):
         self.assertEqual(len(conns), 1, f"5 refreshes over {len(conns)} connections")
 
     def test_500_concurrent_requests_make_one_upstream_refresh(self):
-        g = self.add_profile(lifetime=30)  # valid 30 s; callers want 120; refreshed ones live 3600
+        # Already expired (min_valid is capped at what a fresh token gives, so
+        # a token that is still valid would serve them); refreshed ones live 3600.
         self.up.config(token_latency=0.5)
         self.up.clear_stats()
+        g = self.add_profile(lifetime=0)
         results = []
         lock = threading.Lock()
 

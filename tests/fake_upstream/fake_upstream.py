@@ -110,6 +110,12 @@ DEFAULT_CONFIG = {
     "issuer_override": None,          # a string: the documents claim this issuer (mismatch tests)
     "prm_via_challenge_only": False,  # True: the well-known PRM paths 404; only the challenge's URL works
     "prm_authorization_server": "root",  # "root" (BASE) or "tenant" (BASE/tenant) in the PRM document
+    "authorization_response_iss": False,  # True: redirects carry iss (RFC 9207), metadata says so
+    "iss_override": None,             # a string: the iss the redirects carry (mix-up tests)
+    "offline_needs_consent": False,   # True: offline_access is dropped without prompt=consent (OIDC §11)
+    "client_id_metadata_documents": False,  # True: metadata says client_id_metadata_document_supported
+    # Atlassian Data Center OAuth 2.0 (/rest/oauth2/latest/...)
+    "data_center": False,             # True: a refresh without the client's redirect_uri is a bare invalid_grant
     # the fake Atlassian REST API (/ex, /site, /dc)
     "api_latency": 0.0,               # seconds every API request waits before being processed
     "max_upload_bytes": MAX_UPLOAD,   # cap of a streamed request body (413 beyond, connection closed)
@@ -1501,7 +1507,8 @@ def _validate_knob(key, value):
         if value not in ("standard", "atlassian"):
             raise invalid_request("invalid_grant_style must be 'standard' or 'atlassian'")
     elif key in ("rotate_refresh_tokens", "pkce_required", "require_offline_access",
-                 "prm_via_challenge_only"):
+                 "prm_via_challenge_only", "authorization_response_iss", "offline_needs_consent",
+                 "data_center", "client_id_metadata_documents"):
         _check_type(key, value, bool)
     elif key in ("code_lifetime", "device_expires_in"):
         _check_int(key, value, 1)
@@ -1520,7 +1527,7 @@ def _validate_knob(key, value):
         _check_str_list(key, value, ENDPOINT_NAMES)
     elif key == "scopes_supported":
         _check_str_list(key, value)
-    elif key == "issuer_override":
+    elif key in ("issuer_override", "iss_override"):
         if value is not None:
             _check_type(key, value, str)
     elif key == "prm_authorization_server":
@@ -1904,6 +1911,8 @@ class App:
         Route("POST", r"/oauth2/token", "token", target="token"),
         Route("GET", r"/authorize", "authorize", target="authorize"),
         Route("GET", r"/oauth/authorize", "authorize", target="authorize"),
+        Route("GET", r"/rest/oauth2/latest/authorize", "authorize", target="authorize"),
+        Route("POST", r"/rest/oauth2/latest/token", "token", target="token"),
         Route("GET", r"/device", "device_page", target="authorize"),
         Route("POST", r"/oauth/device/code", "device_authorization", target="device"),
         Route("POST", r"/oauth/revoke", "revoke", target="revoke"),
@@ -2211,6 +2220,13 @@ class App:
             presented = params.get("refresh_token")
             if not presented:
                 raise invalid_request("refresh_token missing")
+            if self.state.config["data_center"]:
+                # Data Center checks the redirect URI on a refresh too, and answers a
+                # bare invalid_grant without it.
+                e["redirect_uri"] = params.get("redirect_uri")
+                uri = params.get("redirect_uri")
+                if not uri or (client.redirect_uris and uri not in client.redirect_uris):
+                    raise ApiError(400, "invalid_grant")
             status, grant_id, result = self.state.refresh(client, presented, params.get("scope"))
             e["refresh_token_status"], e["grant_id"] = status, grant_id
         elif grant_type == "authorization_code":
@@ -2363,13 +2379,23 @@ class App:
             self.state.count("consent_denied")
             return error("access_denied", "The user denied consent")
         resource = None if not resources else resources[0] if len(resources) == 1 else resources
-        code = self.state.create_code(client.client_id, one("scope") or "", redirect_uri, challenge,
+        scope = one("scope") or ""
+        if (self.state.config["offline_needs_consent"]
+                and "consent" not in (one("prompt") or "").split()):
+            # OIDC Core §11: without prompt=consent, offline_access is silently dropped.
+            scope = " ".join(s for s in scope.split() if s != "offline_access")
+        code = self.state.create_code(client.client_id, scope, redirect_uri, challenge,
                                       method, None, resource, source="authorize")["code"]
         info["outcome"] = "code"
         ctx.entry["issued"] = {"code": code}
         params = {"code": code}
         if state is not None:
             params["state"] = state
+        cfg = self.state.config
+        if cfg["iss_override"] is not None:
+            params["iss"] = cfg["iss_override"]
+        elif cfg["authorization_response_iss"]:
+            params["iss"] = cfg["issuer_override"] or self.base_url
         return self._redirect(redirect_uri, params)
 
     def device_page(self, ctx):
@@ -2461,6 +2487,10 @@ class App:
             doc.update({"jwks_uri": b + "/.well-known/jwks.json",
                         "subject_types_supported": ["public"],
                         "id_token_signing_alg_values_supported": ["RS256"]})
+        if cfg["authorization_response_iss"]:
+            doc["authorization_response_iss_parameter_supported"] = True
+        if cfg["client_id_metadata_documents"]:
+            doc["client_id_metadata_document_supported"] = True
         for name in cfg["omit_endpoints"]:
             doc.pop(name, None)
         if "device_authorization_endpoint" not in doc:

@@ -76,7 +76,8 @@ struct Rig {
 TEST_CASE("500 concurrent requests for a fresh token cause exactly one refresh; all get the new token",
           "[refresh][engine]") {
   Rig rig;
-  rig.add("p", 30s);  // valid for 30 s; the callers want 60
+  rig.add("p", 30s);  // valid for 30 s; the callers want 60, capped at 20 (30 - 10)
+  rig.clock.advance(15s);
   std::vector<std::string> got;
   std::size_t failed = 0;
   for (int i = 0; i < 500; ++i) {
@@ -189,6 +190,7 @@ TEST_CASE("invalid_grant (400 or Atlassian's 403) needs a login; invalid_client 
   for (const long status : {400L, 403L}) {
     Rig rig;
     rig.add("p", 30s);
+    rig.clock.advance(15s);  // 15 s left: less than the 20 s a fresh 30 s token can give
     Result<TokenGrant> answer = fail(Errc::internal, "not called");
     rig.tokens->token_async("p", {60}, [&](Result<TokenGrant> g) { answer = std::move(g); });
     rig.http.reply(status, R"({"error":"invalid_grant","error_description":"Unknown or invalid refresh token."})");
@@ -287,4 +289,55 @@ TEST_CASE("a token without a refresh token warns before expiry, then needs a log
   CHECK(rig.events_of("reauth_required") == 1);
   CHECK(rig.store.get_credential("p")->state == CredState::reauth_required);
   CHECK(rig.http.started == 0);
+}
+
+TEST_CASE("min_valid is capped at what a fresh token gives: 19 s tokens serve a caller asking 60 s",
+          "[refresh][engine]") {
+  Rig rig;
+  rig.add("p", 19s);
+  rig.clock.advance(12s);  // 7 s left: less than the capped 9.5 s
+  std::vector<std::string> got;
+  std::vector<std::string> errors;
+  auto ask = [&](TokenRequest req) {
+    rig.tokens->token_async("p", req, [&](Result<TokenGrant> g) {
+      if (g) {
+        got.emplace_back(g->token.reveal());
+      } else {
+        errors.push_back(g.error().message);
+      }
+    });
+  };
+  ask({60});
+  REQUIRE(rig.http.started == 1);
+  rig.http.reply(200, token_json("at-1", "rt-1", 19));
+  REQUIRE(errors.empty());
+  REQUIRE(got == std::vector<std::string>{"at-1"});
+  // The fresh token serves at once, without another refresh.
+  ask({60});
+  ask({3600});
+  CHECK(rig.http.started == 1);
+  CHECK(got.size() == 3);
+  // Half the lifetime (tokenctl headers): 9.5 s of 19. After 10 s only 9 s
+  // are left, so the next such request refreshes first.
+  ask({0, true});
+  CHECK(rig.http.started == 1);
+  rig.clock.advance(10s);
+  ask({0, true});
+  CHECK(rig.http.started == 2);
+  rig.http.reply(200, token_json("at-2", "rt-2", 19));
+  CHECK(got.back() == "at-2");
+  CHECK(errors.empty());
+}
+
+TEST_CASE("headers' half lifetime: a one-hour token is served while at least 30 minutes remain",
+          "[refresh][engine]") {
+  Rig rig;
+  rig.add("p", 3600s);
+  rig.clock.advance(1790s);
+  CHECK(rig.tokens->token("p", {0, true}));
+  rig.clock.advance(20s);  // 1790 s left
+  auto g = rig.tokens->token("p", {0, true});
+  REQUIRE_FALSE(g);
+  CHECK(g.error().code == Errc::unavailable);
+  CHECK(g.error().message.find("less than the 1800 s needed") != std::string::npos);
 }

@@ -42,3 +42,31 @@ TEST_CASE("backoff: full jitter between 1 s and 5 min, Retry-After honoured", "[
   CHECK(backoff_delay(10, 1.0, 7s, p) == 300s);            // ... not when shorter
   CHECK(backoff_delay(1, 0.0, 10h, p) == 1h);              // absurd Retry-After capped
 }
+
+TEST_CASE("required_validity: min_valid capped at what a fresh token gives; half lifetime for headers",
+          "[refresh][policy]") {
+  struct Case {
+    Millis asked;
+    bool half;
+    std::optional<Millis> lifetime;
+    Millis expected;
+  };
+  const Case cases[] = {
+      {60s, false, 3600s, 60s},                  // long-lived tokens: as asked
+      {3595s, false, 3600s, 3590s},              // never more than lifetime - 10 s
+      {60s, false, 19s, Millis(9'500)},          // the issue's 19 s tokens: half the lifetime
+      {30s, false, 15s, Millis(7'500)},          // the proxy's 30 s against 15 s tokens
+      {60s, false, 100s, 60s},                   // a fresh 100 s token can give 60 s
+      {60s, false, 60s, 50s},
+      {0s, false, 19s, 0s},
+      {60s, false, std::nullopt, 60s},           // unknown lifetime: as asked
+      {60s, true, 3600s, 1800s},                 // headers: half the lifetime
+      {60s, true, 19s, Millis(9'500)},
+      {60s, true, std::nullopt, 60s},
+      {60s, false, 0s, 60s},                     // nonsense lifetime: ignored
+  };
+  for (const auto& c : cases) {
+    INFO("asked " << c.asked.count() << " half " << c.half << " lifetime " << (c.lifetime ? c.lifetime->count() : -1));
+    CHECK(required_validity(c.asked, c.half, c.lifetime) == c.expected);
+  }
+}

@@ -123,8 +123,12 @@ TEST_CASE("store_token_set rotates refresh tokens atomically and bumps the gener
   CHECK(c.access_token.reveal() == "at3");
   CHECK(c.generation == 3);
 
-  // Empty access token: refused.
-  CHECK(s->store_token_set("p", test::make_tokens("", "x", 1)).error().code == Errc::invalid_argument);
+  // Neither token: refused. A refresh token alone (an import) is a token set.
+  CHECK(s->store_token_set("p", test::make_tokens("", "", 1)).error().code == Errc::invalid_argument);
+  CHECK(s->get_credential("p")->generation == 3);
+  CHECK(s->store_token_set("p", test::make_tokens("", "rt-only", 1)).value() == 4);
+  CHECK(s->get_credential("p")->access_token.empty());
+  CHECK(s->get_credential("p")->refresh_token.reveal() == "rt-only");
   CHECK(s->store_token_set("nope", test::make_tokens("a", "b", 1)).error().code == Errc::not_found);
 }
 

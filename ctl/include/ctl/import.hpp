@@ -16,13 +16,15 @@
 namespace tokend::ctl {
 
 // Required, in the order a "missing" message lists them.
-inline constexpr std::array<std::string_view, 5> k_import_required = {
+inline constexpr std::array<std::string_view, 4> k_import_required = {
     "JIRA_OAUTH_CLIENT_ID", "JIRA_OAUTH_CLIENT_SECRET", "JIRA_OAUTH_REDIRECT_URI",
-    "JIRA_OAUTH_ACCESS_TOKEN", "JIRA_OAUTH_REFRESH_TOKEN"};
+    "JIRA_OAUTH_REFRESH_TOKEN"};
 // Used when present. The site comes from the first of JIRA_OAUTH_SITE,
 // JIRA_URL, JIRA_BASE_URL.
-inline constexpr std::array<std::string_view, 6> k_import_optional = {
-    "JIRA_OAUTH_SCOPES", "JIRA_OAUTH_SITE", "JIRA_URL", "JIRA_BASE_URL",
+// Without JIRA_OAUTH_ACCESS_TOKEN (or with it empty) the refresh token
+// alone is imported and tokend refreshes it at once.
+inline constexpr std::array<std::string_view, 7> k_import_optional = {
+    "JIRA_OAUTH_ACCESS_TOKEN", "JIRA_OAUTH_SCOPES", "JIRA_OAUTH_SITE", "JIRA_URL", "JIRA_BASE_URL",
     "JIRA_OAUTH_CLOUD_ID", "JIRA_OAUTH_EXPIRES_AT"};
 
 // The `exp` claim of a JWT (header.payload.signature, base64url, padding

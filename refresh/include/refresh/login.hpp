@@ -13,6 +13,7 @@
 #pragma once
 
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -28,6 +29,8 @@
 #include "refresh/token_service.hpp"
 
 namespace tokend::refresh {
+
+struct Redirect;  // an authorization response's parameters (login.cpp)
 
 struct LoginOptions {
   Millis flow_timeout{600'000};   // how long a started flow waits for the user
@@ -77,8 +80,7 @@ class LoginManager {
   void begin_device(Flow& f, JsonCallback done);
   void on_callback(const std::string& profile, std::uint64_t flow_id, const CallbackRequest& req,
                    std::function<void(CallbackReply)> reply);
-  void accept_code(Flow& f, std::string code, std::optional<std::string> state, std::optional<std::string> error,
-                   std::string error_description, JsonCallback done);
+  void accept_code(Flow& f, Redirect r, JsonCallback done);
   void exchange(Flow& f, std::string code);
   void poll_device(Flow& f);
   void on_tokens(Flow& f, store::TokenSet tokens);
@@ -94,6 +96,9 @@ class LoginManager {
 
   // Resolves what a flow needs (discovery, registration) then calls next.
   void resolve(const std::string& profile, std::function<void(Result<store::Profile>)> next);
+  Result<> store_resolved(const store::Profile& found, std::initializer_list<const char*> keys, bool client_secret);
+  void check_metadata_document(std::shared_ptr<store::Profile> profile,
+                               std::function<void(Result<store::Profile>)> next);
   void fetch_json(std::string url, std::function<void(Result<json::Json>, const net::HttpResponse*)> done,
                   net::HttpHeaders headers = {});
 

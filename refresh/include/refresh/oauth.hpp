@@ -39,6 +39,9 @@ ProviderEndpoints endpoints_of(const store::Profile& profile);
 inline constexpr std::string_view k_atlassian_authorize_url = "https://auth.atlassian.com/authorize";
 inline constexpr std::string_view k_atlassian_token_url = "https://auth.atlassian.com/oauth/token";
 inline constexpr std::string_view k_atlassian_api_base = "https://api.atlassian.com";
+// The atlassian-dc preset: endpoints under the Data Center site's
+// /rest/oauth2/latest/ (authorize, token).
+inline constexpr std::string_view k_atlassian_dc_oauth_path = "/rest/oauth2/latest/";
 
 struct TokenEndpoint {
   std::string token_url;
@@ -48,6 +51,7 @@ struct TokenEndpoint {
   bool json_body = false;      // Atlassian documents a JSON body
   std::string scope;           // sent with the refresh only when set
   std::string resource;        // RFC 8707, sent with every token request when set
+  std::string refresh_redirect_uri;  // sent with the refresh grant when set (atlassian-dc)
   Millis reuse_window{0};      // how long the provider accepts the previous refresh token
   Millis default_lifetime{3'600'000};  // when a response has no expires_in
 };

@@ -30,4 +30,14 @@ WallTime refresh_due(WallTime obtained, WallTime expires, Millis buffer, Millis 
 Millis backoff_delay(int failures, double random01, std::optional<Millis> retry_after,
                      const RefreshPolicy& policy);
 
+// How long a served token must still be valid (DESIGN §6: min_valid never
+// makes a freshly refreshed token unusable). `asked` is the caller's
+// min_valid; with `half_lifetime` the caller asks for half the token's
+// lifetime instead (headersHelper clients ask only when they connect).
+// `lifetime` is expires_at - obtained_at of the current token, when known.
+// The answer is capped at what a fresh token can give: the lifetime minus a
+// margin for the refresh round trip (10 s, at most half the lifetime), so a
+// provider whose tokens live 19 s never fails a caller that asked for 60 s.
+Millis required_validity(Millis asked, bool half_lifetime, std::optional<Millis> lifetime);
+
 }  // namespace tokend::refresh

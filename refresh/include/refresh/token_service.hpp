@@ -64,6 +64,10 @@ struct ProfileView {
 
 struct TokenRequest {
   std::int64_t min_valid_s = 60;
+  // Ask for half the token's lifetime instead of min_valid_s (headersHelper).
+  bool half_lifetime = false;
+  // Either way the requirement is capped at what a fresh token can give
+  // (required_validity in policy.hpp).
 };
 
 struct EngineOptions {
