@@ -207,6 +207,33 @@ class Api::Waits {
   std::shared_ptr<bool> m_alive = std::make_shared<bool>(true);
 };
 
+namespace {
+
+// A proxied answer that streams: the body goes to the caller as it arrives,
+// framed by the upstream's length or chunked, paced by the caller's socket
+// (the upstream transfer pauses while more than a window is queued).
+void stream_answer(const std::shared_ptr<Exchange>& ex, Response head, std::shared_ptr<proxy::ProxyBody> body) {
+  constexpr std::size_t k_window = 256 * 1024;
+  StreamFraming framing;
+  framing.kind = StreamFraming::Kind::chunked;
+  if (body->length) framing = StreamFraming{StreamFraming::Kind::length, *body->length};
+  auto stream = ex->start_stream(head.status, std::move(head.headers), framing);
+  if (!stream) return body->cancel();
+  stream->on_close([body] { body->cancel(); });
+  body->attach({[stream, body](std::string_view bytes) {
+                  if (!stream->send(bytes)) return false;  // the caller left: on_close cancels
+                  if (stream->queued() < k_window) return true;
+                  stream->on_drained([body] { body->resume(); });
+                  return false;
+                },
+                [stream](bool complete) {
+                  if (complete) stream->finish();
+                  else stream->close();  // a cut-off body must not look complete
+                }});
+}
+
+}  // namespace
+
 Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, store::Store& store,
          const Clock& clock, ApiOptions options)
     : m_tokens(tokens),
@@ -498,8 +525,8 @@ void Api::register_routes(Router& router) {
         if (k.size() == 6 && ::strncasecmp(k.data(), "server", 6) == 0) continue;
         res.headers.emplace_back(std::move(k), std::move(v));
       }
+      if (r->stream) return stream_answer(ex, std::move(res), std::move(r->stream));
       res.body = std::move(r->body);
-      res.body_spool = std::move(r->body_spool);
       ex->respond(std::move(res));
     });
   };
@@ -593,13 +620,15 @@ void Api::register_routes(Router& router) {
           out += fmt::format("tokend_proxy_requests_total{{profile=\"{}\",status=\"{}\"}} {}\n", escape_label(profile), status, n);
         }
       }
-      metric("tokend_proxy_latency_seconds", "histogram", "Latency of proxied calls as tokend saw them.");
+      metric("tokend_proxy_latency_seconds", "histogram", "Time from a proxied call to its answer's head, as tokend saw it.");
       for (std::size_t i = 0; i < ps.bucket_bounds.size(); ++i) {
         out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"{}\"}} {}\n", ps.bucket_bounds[i], ps.bucket_counts[i]);
       }
       out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"+Inf\"}} {}\n", ps.count);
       out += fmt::format("tokend_proxy_latency_seconds_sum {}\n", ps.sum_s);
       out += fmt::format("tokend_proxy_latency_seconds_count {}\n", ps.count);
+      metric("tokend_proxy_open_streams", "gauge", "Proxied answers still streaming to their callers.");
+      out += fmt::format("tokend_proxy_open_streams {}\n", ps.open_streams);
     }
     metric("tokend_waiting_requests", "gauge", "Token and login requests waiting for a login to finish.");
     out += fmt::format("tokend_waiting_requests {}\n", m_waits->size());
