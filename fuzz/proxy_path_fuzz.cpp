@@ -65,9 +65,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (parsed->scheme != "https" || parsed->host != target.host || !parsed->path.starts_with(target.base))
       std::abort();
   }
-  const json::Json policy = {{"read_only", false},
-                             {"allow", json::Json::array({"jira/rest/api/3/issue", "confluence/wiki/spaces/DOC"})},
-                             {"deny", json::Json::array({"confluence", "jira/rest/api/3/user"})}};
-  (void)proxy::check_policy(policy, method, rest);
+  // The policy is judged on every name the upstream path can have.
+  auto with_policy = profile;
+  with_policy.config["policy"] = {{"read_only", false},
+                                  {"allow", json::Json::array({"jira/rest/api/3/issue", "confluence/wiki/spaces/DOC"})},
+                                  {"deny", json::Json::array({"confluence", "jira/rest/api/3/user"})}};
+  (void)proxy::policy_paths(with_policy, rest);
+  (void)proxy::check_policy(with_policy, method, rest);
   return 0;
 }
