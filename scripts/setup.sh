@@ -76,6 +76,15 @@ installed_version() {
   dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | sed -n 's/^install ok installed //p'
 }
 
+# Node.js with npm already on the machine from elsewhere (NodeSource's nodejs
+# bundles npm and conflicts with Debian's npm package) is used as it is.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  for i in "${!packages[@]}"; do
+    case ${packages[$i]} in nodejs | npm) unset 'packages[i]' ;; esac
+  done
+  packages=("${packages[@]}")
+fi
+
 needs_install() {
   local p
   for p in "${packages[@]}" "${newer_packages[@]}"; do
