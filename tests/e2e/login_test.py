@@ -438,6 +438,8 @@ class LoginTest(unittest.TestCase):
         self.assertEqual(code, 400)
         code, _ = self.raw_get("/callback?" + query, host="127.0.0.1:1")
         self.assertEqual(code, 400)
+        code, _ = self.raw_get("/callback?" + query, host=f"127.0.0.1.:{self.port}")  # a DNS name
+        self.assertEqual(code, 400)
         self.assertEqual(self.api("GET", "/v1/profiles/p/login")[1]["state"], "pending")
         # Idle connections (another user's) fill the listener; the browser still gets through.
         idle = []
