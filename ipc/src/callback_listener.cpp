@@ -1,5 +1,7 @@
 #include "ipc/callback_listener.hpp"
 
+#include "net/url.hpp"
+
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <fmt/format.h>
@@ -11,7 +13,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-#include <cctype>
 
 namespace tokend::ipc {
 
@@ -67,24 +68,22 @@ void close_server(uv_tcp_t* server) {
 // resolve to 127.0.0.1 (DNS rebinding), or not a browser following our
 // redirect at all.
 bool loopback_host(std::string_view host, std::uint16_t port) {
-  std::string name;
+  std::string_view name;
   std::string_view port_text;
   if (host.starts_with('[')) {
     const auto close = host.find(']');
     if (close == std::string_view::npos) return false;
-    name = std::string(host.substr(1, close - 1));
+    name = host.substr(0, close + 1);  // with its brackets, as is_loopback_host takes it
     const auto rest = host.substr(close + 1);
     if (!rest.empty() && !rest.starts_with(':')) return false;
     port_text = rest.empty() ? rest : rest.substr(1);
   } else {
     const auto colon = host.rfind(':');
-    name = std::string(host.substr(0, colon));
+    name = host.substr(0, colon);
     port_text = colon == std::string_view::npos ? std::string_view{} : host.substr(colon + 1);
   }
-  for (auto& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  const bool name_ok = name == "localhost" || name == "127.0.0.1" || name == "::1";
   const bool port_ok = port_text.empty() ? port == 80 : port_text == std::to_string(port);
-  return name_ok && port_ok;
+  return port_ok && net::is_loopback_host(name);
 }
 
 void on_handle_closed(uv_handle_t* h) {

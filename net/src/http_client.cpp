@@ -146,7 +146,8 @@ class HttpClient::Impl {
     // header), a line break in it would add headers or a second request:
     // such a request is not sent at all.
     for (const auto& [k, v] : t->request.headers) {
-      if ((k + v).find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
+      constexpr std::string_view k_breaks("\r\n\0", 3);
+      if (k.find_first_of(k_breaks) != std::string::npos || v.find_first_of(k_breaks) != std::string::npos) {
         fail_later(std::move(t), Error{Errc::invalid_argument,
                                        fmt::format("the outgoing header {} holds a line break or NUL; the request "
                                                    "was not sent", printable_name(k))});

@@ -438,6 +438,8 @@ class LoginTest(unittest.TestCase):
         self.assertEqual(code, 400)
         code, _ = self.raw_get("/callback?" + query, host="127.0.0.1:1")
         self.assertEqual(code, 400)
+        code, _ = self.raw_get("/callback?" + query, host=f"127.0.0.1.:{self.port}")  # a DNS name
+        self.assertEqual(code, 400)
         self.assertEqual(self.api("GET", "/v1/profiles/p/login")[1]["state"], "pending")
         # Idle connections (another user's) fill the listener; the browser still gets through.
         idle = []
@@ -611,6 +613,47 @@ class LoginTest(unittest.TestCase):
                 r = self.ctl("logout", "m")
                 self.assertEqual(r.returncode, 0, r.stderr)
                 self.ctl("remove", "m")
+
+    def test_mcp_login_names_an_authorization_server_on_another_site(self):
+        # Issue 13, the confused-deputy hint: an MCP server (here a plain-http
+        # stub on localhost) that sends the user to sign in somewhere else.
+        import http.server
+        import threading
+        stub_port = free_port()
+        mcp = f"http://localhost:{stub_port}/mcp"
+        issuer = self.up.issuer
+
+        class Stub(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.startswith("/.well-known/oauth-protected-resource"):
+                    body = json.dumps({"resource": mcp, "authorization_servers": [issuer]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                else:
+                    body = b"{}"
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", "Bearer")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", stub_port), Stub)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        r = self.ctl("add", "m", "--kind", "oauth2", "--provider", "mcp", "--mcp-server", mcp,
+                     "--redirect-uri", self.redirect)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.ctl("login", "m", "--timeout", "1", env=dict(self.env, BROWSER="/bin/true"))
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        site = issuer.split("://", 1)[1].split("/", 1)[0]
+        self.assertIn(f"Note: the MCP server http://localhost:{stub_port} sends you to sign in at https://{site}",
+                      r.stderr)
+        # Said before the browser opens.
+        self.assertLess(r.stderr.index("Note: the MCP server"), r.stderr.index("open"))
 
     def add_atlassian(self, name="a", site=None):
         args = ["add", name, "--kind", "oauth2", "--provider", "atlassian", "--client-id", ATLASSIAN_ID,
