@@ -2,6 +2,7 @@
 # Installs tokend's dependencies (Debian 12 or newer) and builds it.
 #
 #   scripts/setup.sh [BUILD_DIR] [extra cmake args...]
+#   scripts/setup.sh --deps-only        packages only, no build
 #
 # Idempotent and quick the second time: apt is skipped when every package is
 # already installed, and the build is incremental. On Debian 12 (bookworm)
@@ -12,7 +13,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=${1:-$repo/build}
-shift || true
+[ "${1:-}" = --deps-only ] || shift || true
 
 packages=(
   build-essential cmake ninja-build pkg-config python3
@@ -75,6 +76,15 @@ installed_version() {
   dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | sed -n 's/^install ok installed //p'
 }
 
+# Node.js with npm already on the machine from elsewhere (NodeSource's nodejs
+# bundles npm and conflicts with Debian's npm package) is used as it is.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  for i in "${!packages[@]}"; do
+    case ${packages[$i]} in nodejs | npm) unset 'packages[i]' ;; esac
+  done
+  packages=("${packages[@]}")
+fi
+
 needs_install() {
   local p
   for p in "${packages[@]}" "${newer_packages[@]}"; do
@@ -114,4 +124,4 @@ build() {
 }
 
 install_packages
-build "$@"
+[ "${1:-}" = --deps-only ] || build "$@"

@@ -4,6 +4,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
 
 namespace tokend {
 
@@ -43,6 +46,25 @@ stdfs::path app_support(const EnvLookup& env) {
 
 EnvLookup process_env() {
   return [](const char* name) -> std::optional<std::string> {
+    const char* v = std::getenv(name);
+    if (v == nullptr) return std::nullopt;
+    return std::string(v);
+  };
+}
+
+EnvLookup process_env_without(std::initializer_list<const char*> secret_names) {
+  auto taken = std::make_shared<std::map<std::string, Secret, std::less<>>>();
+  for (const char* name : secret_names) {
+    char* v = std::getenv(name);
+    if (v == nullptr) continue;
+    taken->emplace(name, Secret(std::string_view(v)));
+    // getenv points into the environment block itself: wipe it there
+    // before unsetenv drops the pointer (unsetenv alone leaves the bytes).
+    secure_wipe(v, std::strlen(v));
+    ::unsetenv(name);
+  }
+  return [taken](const char* name) -> std::optional<std::string> {
+    if (auto it = taken->find(std::string_view(name)); it != taken->end()) return std::string(it->second.reveal());
     const char* v = std::getenv(name);
     if (v == nullptr) return std::nullopt;
     return std::string(v);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <ctime>
@@ -44,6 +45,15 @@ namespace {
 constexpr std::string_view k_start_hint =
     "start it with: systemctl --user start tokend (or run tokend in a terminal)";
 
+// What tokenctl says and exits with when it cannot talk to tokend: not
+// reachable (3, with the command that starts it), or a socket it refuses to
+// trust (1: starting tokend would not fix that).
+struct ConnectFailure {
+  std::string message;
+  int exit;
+};
+ConnectFailure connect_failure(const Error& e);
+
 struct Ctx {
   Io io;
   std::filesystem::path socket;
@@ -67,6 +77,11 @@ void say(std::FILE* f, const std::string& s) {
 int error(const Ctx& ctx, const std::string& message, int code = k_error) {
   say(ctx.io.err, "tokenctl: " + message + "\n");
   return code;
+}
+
+ConnectFailure connect_failure(const Error& e) {
+  if (e.code == Errc::unavailable) return {fmt::format("{}; {}", e.message, k_start_hint), k_unreachable};
+  return {e.message, k_error};
 }
 
 std::int64_t now_s() { return static_cast<std::int64_t>(std::time(nullptr)); }
@@ -150,7 +165,10 @@ Call call(const Ctx& ctx, std::string_view method, const std::string& target, st
     return c;
   };
   auto client = ipc::Client::connect(ctx.socket);
-  if (!client) return finish(fmt::format("{}; {}", client.error().message, k_start_hint), k_unreachable);
+  if (!client) {
+    auto f = connect_failure(client.error());
+    return finish(std::move(f.message), f.exit);
+  }
   auto r = client->request(method, target, body, {}, timeout);
   if (!r) return finish(r.error().message, r.error().code == Errc::unavailable ? k_unreachable : k_error);
   if (!r->body.empty()) {
@@ -839,7 +857,10 @@ int wait_for_login(const Ctx& ctx, LoginWait& w, const InterruptWatch& interrupt
     if (!answer_due) {
       if (!poller) {
         auto c = ipc::Client::connect(ctx.socket);
-        if (!c) return error(ctx, fmt::format("{}; {}", c.error().message, k_start_hint), k_unreachable);
+        if (!c) {
+          const auto f = connect_failure(c.error());
+          return error(ctx, f.message, f.exit);
+        }
         poller.emplace(std::move(*c));
       }
       const auto left = std::chrono::ceil<std::chrono::seconds>(w.deadline - now).count();
@@ -909,6 +930,43 @@ int wait_for_login(const Ctx& ctx, LoginWait& w, const InterruptWatch& interrupt
   }
 }
 
+// scheme://host:port of a URL, lower-cased, the port explicit ("" when the
+// text is not an http(s) URL): enough to tell two sites apart.
+std::string site_of(std::string_view url) {
+  const auto sep = url.find("://");
+  if (sep == std::string_view::npos) return {};
+  std::string scheme(url.substr(0, sep));
+  std::string_view authority = url.substr(sep + 3);
+  authority = authority.substr(0, authority.find_first_of("/?#"));
+  if (const auto at = authority.rfind('@'); at != std::string_view::npos) authority.remove_prefix(at + 1);
+  std::string host(authority);
+  for (auto& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (auto& c : host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (scheme != "http" && scheme != "https") return {};
+  const auto close = host.rfind(']');
+  const auto colon = host.rfind(':');
+  if (colon == std::string::npos || (close != std::string::npos && colon < close)) {
+    host += scheme == "https" ? ":443" : ":80";
+  }
+  return scheme + "://" + host;
+}
+
+// An MCP server picks its own authorization server. When that is another
+// site, the person about to sign in should know whom they are signing in to
+// before the browser opens (a server could name someone else's, a confused
+// deputy).
+void hint_foreign_authorization_server(const Ctx& ctx, const std::string& name, const std::string& authorize_url) {
+  auto p = call(ctx, "GET", "/v1/profiles/" + seg(name), {}, std::chrono::seconds(10), Report::quiet);
+  if (p.exit != k_ok || jstr(p.body, "provider") != "mcp") return;
+  const std::string server = p.body.contains("config") ? jstr(p.body["config"], "mcp_server") : std::string();
+  const std::string server_site = site_of(server);
+  const std::string auth_site = site_of(authorize_url);
+  if (server_site.empty() || auth_site.empty() || server_site == auth_site) return;
+  say(ctx.io.err, fmt::format("Note: the MCP server {} sends you to sign in at {}, a different site. Continue only if "
+                              "you expect that site to grant access to this server.\n",
+                              server_site, auth_site));
+}
+
 int cmd_login(Ctx& ctx, const std::vector<std::string>& args) {
   po::options_description o("tokenctl login PROFILE [--device] [--no-browser] [--timeout S]");
   o.add_options()("device", "device authorization grant (RFC 8628): enter a code shown here on any device")(
@@ -958,6 +1016,7 @@ int cmd_login(Ctx& ctx, const std::vector<std::string>& args) {
   } else {
     const std::string url = jstr(a, "authorize_url");
     const bool listening = jbool(a, "listening");
+    hint_foreign_authorization_server(ctx, w.name, url);
     if (open_browser(url)) {
       say(ctx.io.err, fmt::format("Opening your browser to sign in to {}... If it does not open, visit:\n  {}\n",
                                   w.name, url));
@@ -1055,7 +1114,10 @@ int cmd_api(Ctx& ctx, const std::vector<std::string>& args) {
   }
 
   auto client = ipc::Client::connect(ctx.socket);
-  if (!client) return error(ctx, fmt::format("{}; {}", client.error().message, k_start_hint), k_unreachable);
+  if (!client) {
+    const auto f = connect_failure(client.error());
+    return error(ctx, f.message, f.exit);
+  }
 
   // An answer of 400 or more is held back (up to k_error_peek bytes) to see
   // whether tokend itself wrote it; anything else streams to stdout.
@@ -1193,7 +1255,10 @@ int cmd_monitor(Ctx& ctx, const std::vector<std::string>& args) {
     target += "?profile=" + seg(*p);
   }
   auto client = ipc::Client::connect(ctx.socket);
-  if (!client) return error(ctx, fmt::format("{}; {}", client.error().message, k_start_hint), k_unreachable);
+  if (!client) {
+    const auto f = connect_failure(client.error());
+    return error(ctx, f.message, f.exit);
+  }
   int status = 0;
   std::string pending;
   std::string error_body;

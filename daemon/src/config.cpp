@@ -46,9 +46,13 @@ constexpr Setting k_settings[] = {
     {"http-timeout", "TOKEND_HTTP_TIMEOUT", "timeout of one call to a provider (default 30s)"},
     {"ca-bundle", "TOKEND_CA_BUNDLE", "CA certificates for provider TLS (default: the system's)"},
     {"login-timeout", "TOKEND_LOGIN_TIMEOUT", "how long a started login waits for the user (default 10m)"},
+    {"audit-max-rows", "TOKEND_AUDIT_MAX_ROWS", "audit events kept (default 100000; the oldest go first)"},
+    {"audit-max-age", "TOKEND_AUDIT_MAX_AGE", "audit events older than this are deleted (default 90d)"},
     {"notify-command", "TOKEND_NOTIFY_COMMAND",
      "run with /bin/sh -c when a profile needs a new login; $TOKEND_PROFILE, $TOKEND_REASON and "
-     "$TOKEND_LOGIN_COMMAND are set (e.g. notify-send \"tokend\" \"$TOKEND_LOGIN_COMMAND\")"},
+     "$TOKEND_LOGIN_COMMAND are set; of tokend's own environment only PATH, HOME, USER, LOGNAME, SHELL, "
+     "LANG, LANGUAGE, LC_*, TZ, TMPDIR, DISPLAY, WAYLAND_DISPLAY, DBUS_SESSION_BUS_ADDRESS and XDG_RUNTIME_DIR, "
+     "_DATA_DIRS, _CURRENT_DESKTOP, _SESSION_TYPE pass (e.g. notify-send \"tokend\" \"$TOKEND_LOGIN_COMMAND\")"},
 };
 
 std::optional<std::string> lookup(const po::variables_map& vm, const char* key) {
@@ -85,8 +89,9 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
   else if (unit == "ms") scale = 1;
   else if (unit == "m" || unit == "min") scale = 60'000;
   else if (unit == "h") scale = 3'600'000;
+  else if (unit == "d") scale = 86'400'000;
   if (ec != std::errc{} || scale == 0 || value < 0 || value > 1e7) {
-    return fail(Errc::config, fmt::format("'{}' is not a duration; write e.g. 250ms, 10s, 5m or 1h", text));
+    return fail(Errc::config, fmt::format("'{}' is not a duration; write e.g. 250ms, 10s, 5m, 1h or 90d", text));
   }
   return std::chrono::milliseconds(static_cast<std::int64_t>(value * scale));
 }
@@ -118,7 +123,10 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
           "$XDG_DATA_HOME/tokend/tokens.db, key $XDG_CONFIG_HOME/tokend/db.key, config\n"
           "$XDG_CONFIG_HOME/tokend/tokend.conf. Durations: 250ms, 10s, 5m, 1h.\n"
           "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the config file (log\n"
-          "level and format, allow-uid, limits and timeouts; paths need a restart).\n";
+          "level and format, allow-uid, limits and timeouts; paths need a restart).\n"
+          "Exit codes: 0 stopped by SIGTERM/SIGINT; 1 start refused (another tokend on the\n"
+          "socket, an unsafe socket directory or key file, a wrong key, a database that\n"
+          "cannot be opened); 2 bad command line or configuration.\n";
   out.help_text = help.str();
   if (flags.count("help") != 0) {
     out.action = ParsedArgs::Action::help;
@@ -207,6 +215,17 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
       {"max-upload-bytes", &c.limits.max_upload_bytes, 1024, 64ULL * 1024 * 1024 * 1024},
       {"max-concurrent-refreshes", &c.max_concurrent_refreshes, 1, 1024},
   };
+  if (auto v = setting("audit-max-rows")) {
+    auto n = parse_count("audit-max-rows", *v, 100, 1'000'000'000);
+    if (!n) return std::unexpected(n.error());
+    c.audit.max_rows = static_cast<std::int64_t>(*n);
+  }
+  if (auto v = setting("audit-max-age")) {
+    auto d = parse_duration(*v);
+    if (!d) return std::unexpected(d.error().context("audit-max-age"));
+    if (*d < std::chrono::hours(1)) return fail(Errc::config, "audit-max-age must be at least 1h");
+    c.audit.max_age = *d;
+  }
   for (const auto& cs : counts) {
     if (auto v = setting(cs.name)) {
       auto n = parse_count(cs.name, *v, cs.lo, cs.hi);

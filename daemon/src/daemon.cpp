@@ -86,6 +86,9 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
     return 1;
   }
 
+  store->set_audit_retention(config.audit);
+  if (auto r = store->prune_audit(); !r) spdlog::warn("pruning the audit log: {}", r.error().message);
+
   net::Loop loop;
   int exit_code = 0;
   {
@@ -186,6 +189,9 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
       config.drain_timeout = fresh->drain_timeout;
       config.notify_command = fresh->notify_command;
       notifier.set_command(fresh->notify_command);
+      config.audit = fresh->audit;
+      store->set_audit_retention(config.audit);
+      if (auto r = store->prune_audit(); !r) spdlog::warn("pruning the audit log: {}", r.error().message);
       spdlog::info("configuration reloaded");
       notify("STATUS=configuration reloaded");
     });

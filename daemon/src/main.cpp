@@ -10,7 +10,9 @@ int main(int argc, char** argv) {
   using namespace tokend;
   try {
     daemon::harden_process();
-    const EnvLookup env = process_env();
+    // The database key must not reach notify-command children or stay
+    // readable in /proc/PID/environ.
+    const EnvLookup env = process_env_without({"TOKEND_KEY"});
     auto parsed = daemon::parse_args(argc, argv, env);
     if (!parsed) {
       std::fprintf(stderr, "tokend: %s\n", parsed.error().message.c_str());

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <string_view>
 #include <vector>
 
 extern char** environ;
@@ -11,6 +13,14 @@ namespace tokend::daemon {
 namespace {
 
 constexpr std::size_t k_max_running = 4;
+
+bool passes_to_notify_command(std::string_view name) {
+  static constexpr std::string_view k_names[] = {
+      "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "DISPLAY", "WAYLAND_DISPLAY",
+      "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "XDG_DATA_DIRS", "XDG_CURRENT_DESKTOP", "XDG_SESSION_TYPE"};
+  return name.starts_with("LC_") ||
+         std::find(std::begin(k_names), std::end(k_names), name) != std::end(k_names);
+}
 
 struct Process {
   uv_process_t handle{};
@@ -46,13 +56,13 @@ void Notifier::run(const refresh::Event& e) {
     spdlog::warn("notify-command not run for {}: {} still running", e.profile, m_running.size());
     return;
   }
+  // Only what a desktop notifier needs passes from tokend's environment: the
+  // rest may hold secrets (a TOKEND_KEY, a cloud credential in a service's
+  // environment) that the command has no use for.
   std::vector<std::string> env_strings;
   for (char** v = environ; v != nullptr && *v != nullptr; ++v) {
     const std::string_view s(*v);
-    if (s.starts_with("TOKEND_PROFILE=") || s.starts_with("TOKEND_REASON=") || s.starts_with("TOKEND_LOGIN_COMMAND=")) {
-      continue;
-    }
-    env_strings.emplace_back(s);
+    if (passes_to_notify_command(s.substr(0, s.find('=')))) env_strings.emplace_back(s);
   }
   const auto reason = e.data.value("reason", std::string());
   env_strings.push_back("TOKEND_PROFILE=" + e.profile);

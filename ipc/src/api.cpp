@@ -138,8 +138,11 @@ class Api::Waits {
     m_sub = bus.subscribe([this](const Event& e) { on_event(e); });
   }
 
-  // Errc::limit_exceeded when too many are waiting already.
-  Result<> add(std::string profile, std::vector<std::string> types, std::chrono::milliseconds timeout, Done done) {
+  // Errc::limit_exceeded when too many are waiting already. The wait ends
+  // without calling `done` when the caller goes away (the exchange is
+  // abandoned): nothing holds the slot for a caller that has gone.
+  Result<> add(const std::shared_ptr<Exchange>& ex, std::string profile, std::vector<std::string> types,
+               std::chrono::milliseconds timeout, Done done) {
     if (m_waiting.size() >= k_max_waiting) {
       return fail(Errc::limit_exceeded, "too many requests are waiting already; try again later");
     }
@@ -149,6 +152,13 @@ class Api::Waits {
     auto& w = m_waiting.emplace(id, Waiter{std::move(profile), std::move(types), std::move(*timer), std::move(done)})
                   .first->second;
     w.timer.start(static_cast<std::uint64_t>(timeout.count()), 0, [this, id] { fire(id, false); });
+    ex->on_abandon([this, alive = std::weak_ptr<bool>(m_alive), id] {
+      if (alive.expired()) return;
+      auto it = m_waiting.find(id);
+      if (it == m_waiting.end()) return;
+      it->second.timer.close();
+      m_waiting.erase(it);
+    });
     return {};
   }
 
@@ -194,7 +204,35 @@ class Api::Waits {
   refresh::EventBus::Subscription m_sub;
   std::map<std::uint64_t, Waiter> m_waiting;
   std::uint64_t m_next = 1;
+  std::shared_ptr<bool> m_alive = std::make_shared<bool>(true);
 };
+
+namespace {
+
+// A proxied answer that streams: the body goes to the caller as it arrives,
+// framed by the upstream's length or chunked, paced by the caller's socket
+// (the upstream transfer pauses while more than a window is queued).
+void stream_answer(const std::shared_ptr<Exchange>& ex, Response head, std::shared_ptr<proxy::ProxyBody> body) {
+  constexpr std::size_t k_window = 256 * 1024;
+  StreamFraming framing;
+  framing.kind = StreamFraming::Kind::chunked;
+  if (body->length) framing = StreamFraming{StreamFraming::Kind::length, *body->length};
+  auto stream = ex->start_stream(head.status, std::move(head.headers), framing);
+  if (!stream) return body->cancel();
+  stream->on_close([body] { body->cancel(); });
+  body->attach({[stream, body](std::string_view bytes) {
+                  if (!stream->send(bytes)) return false;  // the caller left: on_close cancels
+                  if (stream->queued() < k_window) return true;
+                  stream->on_drained([body] { body->resume(); });
+                  return false;
+                },
+                [stream](bool complete) {
+                  if (complete) stream->finish();
+                  else stream->close();  // a cut-off body must not look complete
+                }});
+}
+
+}  // namespace
 
 Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, store::Store& store,
          const Clock& clock, ApiOptions options)
@@ -220,7 +258,7 @@ void Api::close() {
 void Api::answer_token(const std::shared_ptr<Exchange>& ex, const std::string& name, const refresh::TokenRequest& req,
                        std::int64_t wait_s, Result<refresh::TokenGrant> grant) {
   if (!grant && grant.error().code == Errc::reauth_required && wait_s > 0) {
-    auto waiting = m_waits->add(name, {"login_succeeded", "profile_updated", "refreshed"}, std::chrono::seconds(wait_s),
+    auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"}, std::chrono::seconds(wait_s),
                                 [this, ex, name, req, error = grant.error()](bool happened) {
                                   if (!happened) return answer_token(ex, name, req, 0, std::unexpected(error));
                                   m_tokens.token_async(name, req, [this, ex, name, req](Result<refresh::TokenGrant> g) {
@@ -391,7 +429,7 @@ void Api::register_routes(Router& router) {
     auto wait = int_param(ex->request(), "wait", 0, 3'600);
     if (!wait) return ex->respond(error_response(wait.error()));
     if (wait->value_or(0) > 0 && m_login->pending(name)) {
-      auto waiting = m_waits->add(name, {"login_succeeded", "login_failed", "login_cancelled"},
+      auto waiting = m_waits->add(ex, name, {"login_succeeded", "login_failed", "login_cancelled"},
                                   std::chrono::seconds(**wait), [this, ex, name](bool) {
                                     ex->respond(Response::json(200, m_login != nullptr ? m_login->status(name) : json::Json::object()));
                                   });
@@ -487,8 +525,8 @@ void Api::register_routes(Router& router) {
         if (k.size() == 6 && ::strncasecmp(k.data(), "server", 6) == 0) continue;
         res.headers.emplace_back(std::move(k), std::move(v));
       }
+      if (r->stream) return stream_answer(ex, std::move(res), std::move(r->stream));
       res.body = std::move(r->body);
-      res.body_spool = std::move(r->body_spool);
       ex->respond(std::move(res));
     });
   };
@@ -582,13 +620,15 @@ void Api::register_routes(Router& router) {
           out += fmt::format("tokend_proxy_requests_total{{profile=\"{}\",status=\"{}\"}} {}\n", escape_label(profile), status, n);
         }
       }
-      metric("tokend_proxy_latency_seconds", "histogram", "Latency of proxied calls as tokend saw them.");
+      metric("tokend_proxy_latency_seconds", "histogram", "Time from a proxied call to its answer's head, as tokend saw it.");
       for (std::size_t i = 0; i < ps.bucket_bounds.size(); ++i) {
         out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"{}\"}} {}\n", ps.bucket_bounds[i], ps.bucket_counts[i]);
       }
       out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"+Inf\"}} {}\n", ps.count);
       out += fmt::format("tokend_proxy_latency_seconds_sum {}\n", ps.sum_s);
       out += fmt::format("tokend_proxy_latency_seconds_count {}\n", ps.count);
+      metric("tokend_proxy_open_streams", "gauge", "Proxied answers still streaming to their callers.");
+      out += fmt::format("tokend_proxy_open_streams {}\n", ps.open_streams);
     }
     metric("tokend_waiting_requests", "gauge", "Token and login requests waiting for a login to finish.");
     out += fmt::format("tokend_waiting_requests {}\n", m_waits->size());

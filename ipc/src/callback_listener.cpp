@@ -1,5 +1,7 @@
 #include "ipc/callback_listener.hpp"
 
+#include "net/url.hpp"
+
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <fmt/format.h>
@@ -9,6 +11,8 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace tokend::ipc {
 
@@ -19,7 +23,10 @@ namespace asio = boost::asio;
 
 constexpr std::size_t k_max_connections = 16;
 constexpr std::uint32_t k_max_header_bytes = 8192;
-constexpr std::uint64_t k_request_timeout_ms = 10'000;
+// A browser sends its request as soon as it connects; a connection without
+// a whole request after this long is someone else's, or a preconnect the
+// browser replaces.
+constexpr std::uint64_t k_request_timeout_ms = 3'000;
 
 struct Shared;
 
@@ -36,17 +43,48 @@ struct Conn {
   uv_write_t write_req{};
   bool answered = false;
   bool closing = false;
+  bool dispatched = false;    // a whole request reached the handler
+  std::uint64_t sequence = 0;  // accept order, for evicting the oldest idle one
   // Reset when the connection closes, so a late reply finds nothing.
   std::shared_ptr<Conn*> self = std::make_shared<Conn*>(this);
 };
 
 struct Shared {
   std::weak_ptr<Shared> self;
-  uv_tcp_t* server = nullptr;  // freed in its close callback
+  std::vector<uv_tcp_t*> servers;  // each freed in its close callback
   refresh::CallbackPort::Handler handler;
   std::set<Conn*> conns;
+  std::uint64_t accepted = 0;
+  std::uint16_t port = 0;
   bool closed = false;
 };
+
+void close_server(uv_tcp_t* server) {
+  uv_close(reinterpret_cast<uv_handle_t*>(server), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+}
+
+// The Host a browser sends for a loopback redirect URI: a loopback literal
+// or localhost, with our port. Anything else is a page that made some name
+// resolve to 127.0.0.1 (DNS rebinding), or not a browser following our
+// redirect at all.
+bool loopback_host(std::string_view host, std::uint16_t port) {
+  std::string_view name;
+  std::string_view port_text;
+  if (host.starts_with('[')) {
+    const auto close = host.find(']');
+    if (close == std::string_view::npos) return false;
+    name = host.substr(0, close + 1);  // with its brackets, as is_loopback_host takes it
+    const auto rest = host.substr(close + 1);
+    if (!rest.empty() && !rest.starts_with(':')) return false;
+    port_text = rest.empty() ? rest : rest.substr(1);
+  } else {
+    const auto colon = host.rfind(':');
+    name = host.substr(0, colon);
+    port_text = colon == std::string_view::npos ? std::string_view{} : host.substr(colon + 1);
+  }
+  const bool port_ok = port_text.empty() ? port == 80 : port_text == std::to_string(port);
+  return port_ok && net::is_loopback_host(name);
+}
 
 void on_handle_closed(uv_handle_t* h) {
   auto* c = static_cast<Conn*>(h->data);
@@ -82,7 +120,13 @@ void send_reply(Conn* c, const refresh::CallbackReply& reply) {
 }
 
 void on_request(Conn* c) {
+  c->dispatched = true;
   auto& msg = c->parser->get();
+  const auto host = msg.find(http::field::host);
+  if (host == msg.end() || !loopback_host(std::string_view(host->value().data(), host->value().size()),
+                                          c->shared->port)) {
+    return send_reply(c, {400, "The Host of this request is not this computer's loopback address."});
+  }
   const std::string target(msg.target());
   refresh::CallbackRequest req;
   req.method = std::string(msg.method_string());
@@ -147,11 +191,21 @@ void on_connection(uv_stream_t* server, int status) {
     return;
   }
   if (shared->conns.size() >= k_max_connections) {
-    c->closing = false;
-    shared->conns.insert(c);
-    close_conn(c);
-    return;
+    // Full: the oldest connection that has not sent a whole request makes
+    // room, so idle connections (another user's, or the browser's spare
+    // preconnects) cannot keep the browser's redirect out.
+    Conn* oldest = nullptr;
+    for (Conn* other : shared->conns) {
+      if (!other->dispatched && (oldest == nullptr || other->sequence < oldest->sequence)) oldest = other;
+    }
+    if (oldest == nullptr) {
+      shared->conns.insert(c);
+      close_conn(c);
+      return;
+    }
+    close_conn(oldest);
   }
+  c->sequence = ++shared->accepted;
   shared->conns.insert(c);
   c->parser.emplace();
   c->parser->header_limit(k_max_header_bytes);
@@ -180,9 +234,8 @@ class Listener final : public refresh::CallbackListener {
     for (Conn* c : conns) {
       if (!c->answered) close_conn(c);
     }
-    uv_close(reinterpret_cast<uv_handle_t*>(m_shared->server),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
-    m_shared->server = nullptr;
+    for (uv_tcp_t* server : m_shared->servers) close_server(server);
+    m_shared->servers.clear();
   }
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
@@ -195,34 +248,55 @@ class Listener final : public refresh::CallbackListener {
 
 Result<std::unique_ptr<refresh::CallbackListener>> UvCallbackPort::listen(const std::string& host, std::uint16_t port,
                                                                          Handler handler) {
-  sockaddr_storage addr{};
-  int rc = 0;
-  if (host.find(':') != std::string::npos) {
-    rc = uv_ip6_addr(host.c_str(), port, reinterpret_cast<sockaddr_in6*>(&addr));
-  } else {
-    rc = uv_ip4_addr(host.c_str(), port, reinterpret_cast<sockaddr_in*>(&addr));
-  }
-  if (rc != 0) return fail(Errc::invalid_argument, fmt::format("the redirect URI's host {} is not an IP address", host));
+  // "localhost" is whatever the browser resolves it to, and browsers try
+  // ::1 first: both addresses are bound, or the start fails, so that no
+  // other program holding one of them receives the code. Only a machine
+  // without IPv6 (where nobody can bind ::1) goes without it.
+  const bool localhost = host == "localhost";
+  const std::vector<std::string> addresses = localhost ? std::vector<std::string>{"127.0.0.1", "::1"}
+                                                       : std::vector<std::string>{host};
   auto shared = std::make_shared<Shared>();
   shared->self = shared;
   shared->handler = std::move(handler);
-  auto* server = new uv_tcp_t();
-  uv_tcp_init(m_loop.get(), server);
-  server->data = shared.get();
-  shared->server = server;
-  auto close_server = [server] { uv_close(reinterpret_cast<uv_handle_t*>(server), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); }); };
-  const std::string where = host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
-  // No SO_REUSEADDR games: a port someone else holds must fail loudly.
-  rc = uv_tcp_bind(server, reinterpret_cast<const sockaddr*>(&addr), 0);
-  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(server), 16, on_connection);
-  if (rc != 0) {
-    close_server();
-    if (rc == UV_EADDRINUSE) {
-      return fail(Errc::conflict, fmt::format("the redirect URI's address {} is in use by another program", where));
+  shared->port = port;
+  auto fail_all = [&](Error e) -> Result<std::unique_ptr<refresh::CallbackListener>> {
+    for (uv_tcp_t* server : shared->servers) close_server(server);
+    shared->servers.clear();
+    return std::unexpected(std::move(e));
+  };
+  for (const auto& address : addresses) {
+    const bool v6 = address.find(':') != std::string::npos;
+    sockaddr_storage addr{};
+    int rc = v6 ? uv_ip6_addr(address.c_str(), port, reinterpret_cast<sockaddr_in6*>(&addr))
+                : uv_ip4_addr(address.c_str(), port, reinterpret_cast<sockaddr_in*>(&addr));
+    if (rc != 0) {
+      return fail_all(Error{Errc::invalid_argument,
+                            fmt::format("the redirect URI's host {} is not an IP address", address)});
     }
-    return fail(Errc::io, fmt::format("cannot listen on {} for the login redirect: {}", where, uv_strerror(rc)));
+    auto* server = new uv_tcp_t();
+    uv_tcp_init(m_loop.get(), server);
+    server->data = shared.get();
+    const std::string where = v6 ? fmt::format("[{}]:{}", address, port) : fmt::format("{}:{}", address, port);
+    // No SO_REUSEADDR games: a port someone else holds must fail loudly.
+    // IPV6ONLY: [::1] must not also take the IPv4 side.
+    rc = uv_tcp_bind(server, reinterpret_cast<const sockaddr*>(&addr), v6 ? UV_TCP_IPV6ONLY : 0);
+    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(server), 16, on_connection);
+    if (rc != 0) {
+      close_server(server);
+      if (localhost && v6 && (rc == UV_EADDRNOTAVAIL || rc == UV_EAFNOSUPPORT)) {
+        spdlog::debug("login: no IPv6 loopback here; localhost redirects reach 127.0.0.1 only");
+        continue;
+      }
+      if (rc == UV_EADDRINUSE) {
+        return fail_all(Error{Errc::conflict, fmt::format("the redirect URI's address {}{} is in use by another program",
+                                                          where, localhost ? " (localhost)" : "")});
+      }
+      return fail_all(Error{Errc::io, fmt::format("cannot listen on {} for the login redirect: {}", where,
+                                                  uv_strerror(rc))});
+    }
+    shared->servers.push_back(server);
+    spdlog::debug("login: listening on {} for the redirect", where);
   }
-  spdlog::debug("login: listening on {} for the redirect", where);
   return std::unique_ptr<refresh::CallbackListener>(std::make_unique<Listener>(std::move(shared)));
 }
 

@@ -19,6 +19,7 @@
 #include <boost/beast/http/message.hpp>
 #include <fmt/format.h>
 
+#include "core/fs.hpp"
 #include "core/secret.hpp"
 
 namespace tokend::ipc {
@@ -183,7 +184,44 @@ Result<> Client::receive(http::basic_parser<false>& parser, const bool& stop, Wa
   return {};
 }
 
+namespace {
+
+// Whose process is at the other end of a connected Unix socket.
+Result<uid_t> peer_uid(int fd) {
+#ifdef __linux__
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return fail(Errc::io, "reading the peer credentials of tokend's socket: " + errno_text(errno));
+  }
+  return cred.uid;
+#else
+  uid_t uid = 0;
+  gid_t gid = 0;
+  if (::getpeereid(fd, &uid, &gid) != 0) {
+    return fail(Errc::io, "reading the peer credentials of tokend's socket: " + errno_text(errno));
+  }
+  return uid;
+#endif
+}
+
+}  // namespace
+
 Result<Client> Client::connect(const std::filesystem::path& socket) {
+  // Another user can create the socket's directory first (the /tmp fallback
+  // when XDG_RUNTIME_DIR is unset) and listen there: nothing is sent to a
+  // socket in a directory that is not ours and private, or to a process
+  // that does not run as us.
+  const std::filesystem::path dir = socket.has_parent_path() ? socket.parent_path() : std::filesystem::path(".");
+  if (auto ok = fs::check_private_dir(dir); !ok) {
+    if (ok.error().code == Errc::not_found) {
+      return fail(Errc::unavailable, fmt::format("tokend is not reachable at {} ({} does not exist)", socket.string(),
+                                                 dir.string()));
+    }
+    return fail(Errc::permission, fmt::format("refusing to talk to the socket {}: {}. Someone else may be "
+                                              "listening there; tokenctl sends nothing to it",
+                                              socket.string(), ok.error().message));
+  }
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   const std::string p = socket.string();
@@ -198,7 +236,15 @@ Result<Client> Client::connect(const std::filesystem::path& socket) {
     ::close(fd);
     return fail(Errc::unavailable, fmt::format("tokend is not reachable at {} ({})", p, errno_text(err)));
   }
-  return Client(fd, socket);
+  Client client(fd, socket);
+  auto uid = peer_uid(fd);
+  if (!uid) return std::unexpected(uid.error());
+  if (*uid != ::geteuid()) {
+    return fail(Errc::permission, fmt::format("refusing to talk to the socket {}: the process listening there runs "
+                                              "as uid {}, not as you (uid {}); tokenctl sends nothing to it",
+                                              p, *uid, ::geteuid()));
+  }
+  return client;
 }
 
 Client::~Client() {

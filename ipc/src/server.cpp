@@ -1,5 +1,6 @@
 #include "ipc/server.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -36,8 +37,8 @@ namespace {
 constexpr std::size_t k_read_buffer_bytes = 64 * 1024;
 // A large body is kept in memory up to this, then in a spool.
 constexpr std::size_t k_spool_threshold = 1024 * 1024;
-// How much of a spooled response is queued for writing at a time.
-constexpr std::size_t k_file_window = 1024 * 1024;
+// A framed stream's producer hears "drained" once the queue is below this.
+constexpr std::size_t k_stream_low_water = 64 * 1024;
 constexpr std::chrono::milliseconds k_linger{1000};
 
 // Which answer a parse error gets.
@@ -118,8 +119,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Result<> init(uv_stream_t* listener);
   void start(bool refuse_busy);
   void respond(ExchangeImpl* ex, Response response);
-  std::shared_ptr<Stream> start_stream(ExchangeImpl* ex, int status, Headers headers);
+  std::shared_ptr<Stream> start_stream(ExchangeImpl* ex, int status, Headers headers, StreamFraming framing);
   bool stream_send(std::string_view bytes);
+  void stream_finish();
+  void check_drained_soon() { arm_timer(std::chrono::milliseconds{0}); }
+  [[nodiscard]] std::size_t queued() const {
+    return uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&m_pipe));
+  }
   void close();
   void close_after_flush();
   void drain();
@@ -132,6 +138,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   friend class Server::Impl;
   void on_read(ssize_t nread, const uv_buf_t* buf);
+  // After EOF: whether the peer closed both directions (POLLHUP), not just
+  // its sending half.
+  bool peer_gone();
   void pump();
   void dispatch(Request request);
   void fail_request(int status, std::string_view message);
@@ -165,11 +174,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool m_body_checked = false;
   bool m_large_body = false;
   std::shared_ptr<net::Spool> m_spool;
-  // A spooled response being sent: the rest follows as the peer reads.
-  std::shared_ptr<net::Spool> m_out_file;
-  std::uint64_t m_out_offset = 0;
-  bool m_out_close = false;
-  void send_file();
+  // The stream being sent and how its body is delimited.
+  StreamFraming m_framing;
+  std::uint64_t m_stream_left = 0;  // StreamFraming::Kind::length
+  bool m_stream_keep_alive = false;
+  void check_drained();
 };
 
 class StreamImpl final : public Stream {
@@ -183,10 +192,29 @@ class StreamImpl final : public Stream {
     auto c = m_conn.lock();
     return c && !c->is_closed() && !m_closed_fired;
   }
+  [[nodiscard]] std::size_t queued() const override {
+    auto c = m_conn.lock();
+    return c && !c->is_closed() ? c->queued() : 0;
+  }
+  void on_drained(std::function<void()> cb) override {
+    m_on_drained = std::move(cb);
+    if (auto c = m_conn.lock()) c->check_drained_soon();
+  }
   void on_close(std::function<void()> cb) override { m_on_close.push_back(std::move(cb)); }
+  void finish() override {
+    if (auto c = m_conn.lock()) c->stream_finish();
+  }
   void close() override {
     if (auto c = m_conn.lock()) c->close_after_flush();
   }
+  // The connection's write queue ran low.
+  void fire_drained() {
+    if (auto cb = std::move(m_on_drained)) {
+      m_on_drained = nullptr;
+      guarded("stream drained callback", cb);
+    }
+  }
+  [[nodiscard]] bool wants_drained() const { return static_cast<bool>(m_on_drained); }
   void fire_closed() {
     if (m_closed_fired) return;
     m_closed_fired = true;
@@ -197,6 +225,7 @@ class StreamImpl final : public Stream {
  private:
   std::weak_ptr<Connection> m_conn;
   std::vector<std::function<void()>> m_on_close;
+  std::function<void()> m_on_drained;
   bool m_closed_fired = false;
 };
 
@@ -215,12 +244,12 @@ class ExchangeImpl final : public Exchange {
     m_answered = true;
     if (auto c = m_conn.lock()) c->respond(this, std::move(response));
   }
-  std::shared_ptr<Stream> start_stream(int status, Headers headers) override {
+  std::shared_ptr<Stream> start_stream(int status, Headers headers, StreamFraming framing) override {
     if (m_answered) return nullptr;
     m_answered = true;
     auto c = m_conn.lock();
     if (!c) return nullptr;
-    return c->start_stream(this, status, std::move(headers));
+    return c->start_stream(this, status, std::move(headers), framing);
   }
   [[nodiscard]] bool pending() const override {
     auto c = m_conn.lock();
@@ -323,11 +352,25 @@ void Connection::maybe_pause_reading() {
   }
 }
 
+bool Connection::peer_gone() {
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&m_pipe), &fd) != 0) return true;
+  pollfd pfd{fd, POLLOUT, 0};
+  return ::poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR)) != 0;
+}
+
 void Connection::on_read(ssize_t nread, const uv_buf_t* buf) {
   if (nread == 0) return;
   if (nread < 0) {
     if (nread == UV_EOF && m_state == State::busy) {
-      // Half-closed after sending a request: it still wants the answer.
+      // Half-closed after sending a request: it still wants the answer. A
+      // peer that closed altogether (exited) does not: its exchange is
+      // abandoned now, so a request waiting up to an hour for a login does
+      // not hold a connection slot for a caller that has gone.
+      if (peer_gone()) {
+        close();
+        return;
+      }
       m_peer_eof = true;
       return;
     }
@@ -339,6 +382,12 @@ void Connection::on_read(ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   if (m_state == State::lingering) return;  // discarding until the peer closes
+  if (m_state == State::streaming && m_framing.kind != StreamFraming::Kind::close) {
+    // A pipelined request behind a framed stream waits for the stream's end.
+    m_inbuf.append(buf->base, static_cast<std::size_t>(nread));
+    maybe_pause_reading();
+    return;
+  }
   if (m_state == State::closing || m_state == State::closed || m_state == State::streaming) return;
   m_inbuf.append(buf->base, static_cast<std::size_t>(nread));
   pump();
@@ -536,46 +585,10 @@ void Connection::respond(ExchangeImpl* ex, Response response) {
   const bool close = response.close || !ex->request().keep_alive || m_server.m_draining;
   res.keep_alive(!close);
   ++m_server.m_stats.responses_by_status[response.status];
-  if (response.body_spool && ex->request().method != "HEAD") {
-    // A spooled body: the header now, the file as the peer reads it.
-    res.content_length(response.body_spool->size());
-    std::ostringstream os;
-    os << res.base();
-    write(os.str());
-    m_out_file = std::move(response.body_spool);
-    m_out_offset = 0;
-    m_out_close = close;
-    send_file();
-    return;
-  }
   res.body() = std::move(response.body);
   res.prepare_payload();
   write(serialize(res));
   finish_response(close);
-}
-
-void Connection::send_file() {
-  if (!m_out_file) return;
-  std::string chunk;
-  while (m_out_offset < m_out_file->size() && !is_closed() &&
-         uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&m_pipe)) < k_file_window) {
-    chunk.resize(256 * 1024);
-    auto got = m_out_file->read_at(m_out_offset, chunk.data(), chunk.size());
-    if (!got || *got == 0) {
-      spdlog::error("sending a spooled answer: {}", got ? "the file ended early" : got.error().message);
-      m_out_file.reset();
-      close();
-      return;
-    }
-    chunk.resize(*got);
-    m_out_offset += *got;
-    write(std::move(chunk));
-    chunk = std::string();
-  }
-  if (m_out_offset >= m_out_file->size()) {
-    m_out_file.reset();
-    finish_response(m_out_close);
-  }
 }
 
 void Connection::finish_response(bool close) {
@@ -590,34 +603,95 @@ void Connection::finish_response(bool close) {
   resume_reading();
 }
 
-std::shared_ptr<Stream> Connection::start_stream(ExchangeImpl* ex, int status, Headers headers) {
+std::shared_ptr<Stream> Connection::start_stream(ExchangeImpl* ex, int status, Headers headers,
+                                                 StreamFraming framing) {
   if (m_current.get() != ex || m_state != State::busy) return nullptr;
   const auto hold = std::move(m_current);
-  http::response<http::empty_body> res{static_cast<http::status>(status), 11};
+  const bool http10 = ex->request().version == 10;
+  // HTTP/1.0 has no chunked coding: such a peer gets a close-delimited body.
+  if (framing.kind == StreamFraming::Kind::chunked && http10) framing.kind = StreamFraming::Kind::close;
+  http::response<http::empty_body> res{static_cast<http::status>(status), http10 ? 10U : 11U};
   res.set(http::field::server, "tokend");
   for (auto& [k, v] : headers) res.insert(k, v);
-  // Close-delimited body: the stream ends when the connection does.
-  res.keep_alive(false);
+  m_framing = framing;
+  m_stream_left = framing.length;
+  switch (framing.kind) {
+    case StreamFraming::Kind::close:
+      m_stream_keep_alive = false;
+      break;
+    case StreamFraming::Kind::chunked:
+      res.chunked(true);
+      m_stream_keep_alive = ex->request().keep_alive && !m_server.m_draining;
+      break;
+    case StreamFraming::Kind::length:
+      res.content_length(framing.length);
+      m_stream_keep_alive = ex->request().keep_alive && !m_server.m_draining;
+      break;
+  }
+  res.keep_alive(m_stream_keep_alive);
   std::ostringstream os;
   os << res.base();
   ++m_server.m_stats.responses_by_status[status];
   write(os.str());
   m_state = State::streaming;
-  m_inbuf.clear();
+  if (framing.kind == StreamFraming::Kind::close) m_inbuf.clear();
   m_stream = std::make_shared<StreamImpl>(weak_from_this());
   return m_stream;
 }
 
 bool Connection::stream_send(std::string_view bytes) {
   if (m_state != State::streaming) return false;
-  // A subscriber that does not read gets cut off rather than buffered forever.
-  if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&m_pipe)) >
-      m_server.m_limits.max_write_queue_bytes) {
+  const std::size_t queued_now = queued();
+  if (m_framing.kind == StreamFraming::Kind::close) {
+    // A subscriber that does not read gets cut off rather than buffered forever.
+    if (queued_now > m_server.m_limits.max_write_queue_bytes) {
+      close();
+      return false;
+    }
+    write(std::string(bytes));
+    return true;
+  }
+  // Framed streams are paced by their producer; one that ignores the queue
+  // is stopped well past the limit.
+  if (queued_now > 4 * m_server.m_limits.max_write_queue_bytes) {
+    spdlog::warn("a streamed answer outran its reader by {} bytes; closing the connection", queued_now);
     close();
     return false;
   }
-  write(std::string(bytes));
+  if (bytes.empty()) return true;
+  if (m_framing.kind == StreamFraming::Kind::length) {
+    if (bytes.size() > m_stream_left) {
+      close();  // more than announced: the framing cannot be kept
+      return false;
+    }
+    m_stream_left -= bytes.size();
+    write(std::string(bytes));
+    return true;
+  }
+  std::string chunk = fmt::format("{:x}\r\n", bytes.size());
+  chunk.reserve(chunk.size() + bytes.size() + 2);
+  chunk.append(bytes);
+  chunk.append("\r\n");
+  write(std::move(chunk));
   return true;
+}
+
+void Connection::stream_finish() {
+  if (m_state != State::streaming) return;
+  if (m_framing.kind == StreamFraming::Kind::close ||
+      (m_framing.kind == StreamFraming::Kind::length && m_stream_left != 0)) {
+    close_after_flush();  // close-delimited, or shorter than announced
+    return;
+  }
+  if (m_framing.kind == StreamFraming::Kind::chunked) write("0\r\n\r\n");
+  m_stream.reset();
+  m_framing = {};
+  finish_response(!m_stream_keep_alive || m_server.m_draining);
+}
+
+void Connection::check_drained() {
+  if (m_state != State::streaming || !m_stream || !m_stream->wants_drained()) return;
+  if (queued() <= k_stream_low_water) m_stream->fire_drained();
 }
 
 void Connection::close_after_flush() {
@@ -694,10 +768,7 @@ void Connection::on_write_done(int status) {
     close();
     return;
   }
-  if (m_out_file) {
-    send_file();
-    return;
-  }
+  if (m_state == State::streaming) check_drained();
   if (m_close_after_write && m_pending_writes == 0 && m_state == State::closing) {
     begin_linger();
     return;
@@ -743,6 +814,10 @@ void Connection::on_timer() {
     case State::lingering:
     case State::closing:
       close();
+      break;
+    case State::streaming:
+      // Streams have no timeout; the timer only defers a drained check.
+      check_drained();
       break;
     default:
       break;

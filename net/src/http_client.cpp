@@ -1,5 +1,7 @@
 #include "net/http_client.hpp"
 
+#include "core/guard.hpp"
+
 #include <curl/curl.h>
 
 #include <algorithm>
@@ -14,6 +16,20 @@ namespace tokend::net {
 
 namespace {
 
+// A header name for an error message: printable characters only, short.
+std::string printable_name(std::string_view name) {
+  std::string out;
+  for (const char c : name.substr(0, 64)) {
+    const auto u = static_cast<unsigned char>(c);
+    out += (u < 0x21 || u >= 0x7f) ? '?' : c;
+  }
+  return out;
+}
+
+// How much of a streamed answer is held while its consumer is slow: past
+// this the transfer pauses (libcurl keeps the bytes it has in hand).
+constexpr std::size_t k_stream_window = 256 * 1024;
+
 struct Transfer {
   std::uint64_t id = 0;
   CURL* easy = nullptr;
@@ -25,9 +41,18 @@ struct Transfer {
   std::size_t max_body = 0;  // 0: no cap
   bool too_large = false;
   std::uint64_t upload_offset = 0;
-  std::shared_ptr<Spool> spool;  // the answer, once it outgrew spool_response_over
-  bool spool_failed = false;
   char error[CURL_ERROR_SIZE] = {};
+  HttpClient::Impl* owner = nullptr;
+
+  // A streamed answer (request.on_head set): undecided until the head has
+  // been handed over, then streamed or collected as the consumer chose.
+  enum class Mode { collect, undecided, stream };
+  Mode mode = Mode::collect;
+  bool head_done = false;      // the final status line and headers are in
+  std::string pending;         // streamed bytes not yet handed on
+  bool consumer_full = false;  // on_data asked to stop until resume()
+  bool paused = false;         // libcurl holds a paused write
+  uv_timer_t* head_timer = nullptr;  // bounds the wait for the head
 
   ~Transfer() {
     curl_slist_free_all(headers);
@@ -60,7 +85,6 @@ Error transfer_error(CURLcode code, const Transfer& t) {
       return Error{Errc::timeout, fmt::format("no answer from {} within the timeout", t.request.url)};
     case CURLE_FILESIZE_EXCEEDED:
     case CURLE_WRITE_ERROR:
-      if (t.spool_failed) return Error{Errc::io, fmt::format("the answer from {} could not be kept in a temporary file", t.request.url)};
       if (t.too_large || code == CURLE_FILESIZE_EXCEEDED) {
         return Error{Errc::limit_exceeded, fmt::format("the answer from {} is larger than the limit", t.request.url)};
       }
@@ -111,11 +135,24 @@ class HttpClient::Impl {
     const std::uint64_t id = m_next_id++;
     auto t = std::make_unique<Transfer>();
     t->id = id;
+    t->owner = this;
     t->request = std::move(request);
     t->done = std::move(done);
     if (m_multi == nullptr) {
       fail_later(std::move(t), Error{Errc::unavailable, "the HTTP client is closed"});
       return id;
+    }
+    // Whatever a header was built from (a token, a token type, a caller's
+    // header), a line break in it would add headers or a second request:
+    // such a request is not sent at all.
+    for (const auto& [k, v] : t->request.headers) {
+      constexpr std::string_view k_breaks("\r\n\0", 3);
+      if (k.find_first_of(k_breaks) != std::string::npos || v.find_first_of(k_breaks) != std::string::npos) {
+        fail_later(std::move(t), Error{Errc::invalid_argument,
+                                       fmt::format("the outgoing header {} holds a line break or NUL; the request "
+                                                   "was not sent", printable_name(k))});
+        return id;
+      }
     }
     t->easy = curl_easy_init();
     if (t->easy == nullptr) {
@@ -125,6 +162,7 @@ class HttpClient::Impl {
     configure(*t);
     Transfer* raw = t.get();
     m_transfers.emplace(id, std::move(t));
+    if (raw->mode == Transfer::Mode::undecided) start_head_timer(*raw);
     if (const CURLMcode rc = curl_multi_add_handle(m_multi, raw->easy); rc != CURLM_OK) {
       auto owned = take(id);
       fail_later(std::move(owned), Error{Errc::internal, curl_multi_strerror(rc)});
@@ -152,6 +190,14 @@ class HttpClient::Impl {
 
   [[nodiscard]] std::size_t in_flight() const { return m_transfers.size(); }
 
+  void resume(std::uint64_t id) {
+    Transfer* t = find(id);
+    if (t == nullptr || !t->consumer_full) return;
+    t->consumer_full = false;
+    deliver_one(id);
+    deliver();
+  }
+
  private:
   void configure(Transfer& t) {
     CURL* e = t.easy;
@@ -167,7 +213,14 @@ class HttpClient::Impl {
     curl_easy_setopt(e, CURLOPT_USERAGENT, m_options.user_agent.c_str());
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(m_options.connect_timeout.count()));
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(t.request.timeout.count()));
+    if (t.request.on_head) {
+      // A stream lasts as long as both ends keep it; the head timer bounds
+      // the wait for the answer to begin.
+      t.mode = Transfer::Mode::undecided;
+      curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    } else {
+      curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(t.request.timeout.count()));
+    }
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::on_header);
@@ -212,7 +265,86 @@ class HttpClient::Impl {
       curl_easy_cleanup(t->easy);
       t->easy = nullptr;
     }
+    stop_head_timer(*t);
     return t;
+  }
+
+  Transfer* find(std::uint64_t id) {
+    auto it = m_transfers.find(id);
+    return it == m_transfers.end() ? nullptr : it->second.get();
+  }
+
+  void start_head_timer(Transfer& t) {
+    t.head_timer = new uv_timer_t{};
+    uv_timer_init(m_loop.get(), t.head_timer);
+    t.head_timer->data = new std::pair<Impl*, std::uint64_t>(this, t.id);
+    uv_timer_start(
+        t.head_timer,
+        [](uv_timer_t* h) {
+          guarded("HTTP head timer", [h] {
+            auto [self, id] = *static_cast<std::pair<Impl*, std::uint64_t>*>(h->data);
+            auto owned = self->take(id);
+            if (owned && owned->done) {
+              owned->done(std::unexpected(Error{Errc::timeout, fmt::format("no answer from {} within the timeout",
+                                                                          owned->request.url)}));
+            }
+          });
+        },
+        static_cast<std::uint64_t>(std::max<std::int64_t>(1, t.request.timeout.count())), 0);
+  }
+
+  static void stop_head_timer(Transfer& t) {
+    if (t.head_timer == nullptr) return;
+    uv_timer_stop(t.head_timer);
+    uv_close(reinterpret_cast<uv_handle_t*>(t.head_timer), [](uv_handle_t* h) {
+      delete static_cast<std::pair<Impl*, std::uint64_t>*>(h->data);
+      delete reinterpret_cast<uv_timer_t*>(h);
+    });
+    t.head_timer = nullptr;
+  }
+
+  // Hands streamed heads and bytes to their consumers, on the loop and
+  // outside libcurl. Consumers may cancel; every step looks the transfer up
+  // again.
+  void deliver() {
+    for (int rounds = 0; !m_dirty.empty() && rounds < 64; ++rounds) {
+      auto ids = std::move(m_dirty);
+      m_dirty.clear();
+      for (const auto id : ids) deliver_one(id);
+    }
+  }
+
+  void deliver_one(std::uint64_t id) {
+    Transfer* t = find(id);
+    if (t == nullptr) return;
+    if (t->mode == Transfer::Mode::undecided) {
+      if (!t->head_done) return;
+      stop_head_timer(*t);
+      long status = 0;
+      curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+      const bool stream = t->request.on_head(status, t->response_headers);
+      if ((t = find(id)) == nullptr) return;
+      if (stream) {
+        t->mode = Transfer::Mode::stream;
+      } else {
+        t->mode = Transfer::Mode::collect;
+        t->body = std::move(t->pending);
+        t->pending.clear();
+      }
+    }
+    while (t->mode == Transfer::Mode::stream && !t->pending.empty() && !t->consumer_full) {
+      std::string bytes = std::move(t->pending);
+      t->pending.clear();
+      const bool more = t->request.on_data(bytes);
+      if ((t = find(id)) == nullptr) return;
+      if (!more) t->consumer_full = true;
+    }
+    if (t->paused && !t->consumer_full) {
+      // libcurl hands the held write back from inside this call (on_body,
+      // which only queues it and marks the transfer for deliver()).
+      t->paused = false;
+      curl_easy_pause(t->easy, CURLPAUSE_CONT);
+    }
   }
 
   // Reports an error from the loop, not from inside start().
@@ -238,29 +370,20 @@ class HttpClient::Impl {
   static size_t on_body(char* data, size_t size, size_t n, void* user) {
     auto* t = static_cast<Transfer*>(user);
     const size_t bytes = size * n;
-    const std::uint64_t have = t->spool ? t->spool->size() : t->body.size();
-    if (t->max_body > 0 && have + bytes > t->max_body) {
+    if (t->mode != Transfer::Mode::collect) {
+      // Streamed: queue for deliver(); hold the transfer while the consumer
+      // is full or the queue is a window long.
+      if (t->consumer_full || t->pending.size() >= k_stream_window) {
+        t->paused = true;
+        return CURL_WRITEFUNC_PAUSE;
+      }
+      t->pending.append(data, bytes);
+      t->owner->m_dirty.push_back(t->id);
+      return bytes;
+    }
+    if (t->max_body > 0 && t->body.size() + bytes > t->max_body) {
       t->too_large = true;
       return 0;  // aborts with CURLE_WRITE_ERROR
-    }
-    const std::size_t over = t->request.spool_response_over;
-    if (!t->spool && over > 0 && t->body.size() + bytes > over) {
-      auto spool = Spool::create();
-      if (!spool || !(*spool)->append(t->body)) {
-        t->spool_failed = true;
-        return 0;
-      }
-      t->spool = std::move(*spool);
-      secure_wipe(t->body);
-      t->body.clear();
-      t->body.shrink_to_fit();
-    }
-    if (t->spool) {
-      if (!t->spool->append(std::string_view(data, bytes))) {
-        t->spool_failed = true;
-        return 0;
-      }
-      return bytes;
     }
     t->body.append(data, bytes);
     return bytes;
@@ -280,6 +403,16 @@ class HttpClient::Impl {
     std::string_view line(data, bytes);
     if (line.starts_with("HTTP/")) {
       t->response_headers.clear();  // a new response (after 100 Continue)
+      return bytes;
+    }
+    if (line == "\r\n" || line == "\n") {
+      // The end of a head; a final one (not 1xx) starts the answer.
+      long status = 0;
+      curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+      if (status >= 200 && !t->head_done) {
+        t->head_done = true;
+        if (t->mode == Transfer::Mode::undecided) t->owner->m_dirty.push_back(t->id);
+      }
       return bytes;
     }
     const auto colon = line.find(':');
@@ -302,9 +435,12 @@ class HttpClient::Impl {
           &self->m_timer,
           [](uv_timer_t* h) {
             auto* s = static_cast<Impl*>(h->data);
-            int running = 0;
-            curl_multi_socket_action(s->m_multi, CURL_SOCKET_TIMEOUT, 0, &running);
-            s->drain();
+            guarded("HTTP client timer", [s] {
+              int running = 0;
+              curl_multi_socket_action(s->m_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+              s->deliver();
+              s->drain();
+            });
           },
           static_cast<std::uint64_t>(timeout_ms), 0);
     }
@@ -347,9 +483,12 @@ class HttpClient::Impl {
         if ((ev & UV_WRITABLE) != 0) flags |= CURL_CSELECT_OUT;
       }
       Impl* owner = c->owner;
-      int running = 0;
-      curl_multi_socket_action(owner->m_multi, c->fd, flags, &running);
-      owner->drain();
+      guarded("HTTP client poll", [&] {
+        int running = 0;
+        curl_multi_socket_action(owner->m_multi, c->fd, flags, &running);
+        owner->deliver();
+        owner->drain();
+      });
     });
     return 0;
   }
@@ -366,7 +505,17 @@ class HttpClient::Impl {
       const CURLcode code = msg->data.result;
       long status = 0;
       curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
-      auto t = take(raw->id);
+      const std::uint64_t id = raw->id;
+      if (raw->mode != Transfer::Mode::collect) {
+        // What a streamed answer still holds goes out before the end.
+        deliver_one(id);
+        if (Transfer* s = find(id); s != nullptr && s->mode == Transfer::Mode::stream && !s->pending.empty()) {
+          const std::string rest = std::move(s->pending);
+          s->pending.clear();
+          s->request.on_data(rest);
+        }
+      }
+      auto t = take(id);
       if (!t || !t->done) continue;
       if (code != CURLE_OK) {
         t->done(std::unexpected(transfer_error(code, *t)));
@@ -376,7 +525,6 @@ class HttpClient::Impl {
       r.status = status;
       r.headers = std::move(t->response_headers);
       r.body = Secret::adopt(std::move(t->body));
-      r.body_spool = std::move(t->spool);
       t->done(std::move(r));
     }
   }
@@ -388,6 +536,7 @@ class HttpClient::Impl {
   uv_timer_t m_timer{};
   std::map<std::uint64_t, std::unique_ptr<Transfer>> m_transfers;
   std::uint64_t m_next_id = 1;
+  std::vector<std::uint64_t> m_dirty;  // streamed transfers with something to hand over
 };
 
 HttpClient::HttpClient(Loop& loop, HttpClientOptions options)
@@ -397,6 +546,7 @@ std::uint64_t HttpClient::start(HttpRequest request, Callback done) {
   return m_impl->start(std::move(request), std::move(done));
 }
 void HttpClient::cancel(std::uint64_t id) { m_impl->cancel(id); }
+void HttpClient::resume(std::uint64_t id) { m_impl->resume(id); }
 void HttpClient::close() { m_impl->close(); }
 std::size_t HttpClient::in_flight() const { return m_impl->in_flight(); }
 

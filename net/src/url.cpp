@@ -1,6 +1,8 @@
 #include "net/url.hpp"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 
 #include <algorithm>
 #include <charconv>
@@ -40,9 +42,20 @@ std::string origin_key(std::string_view text) {
 }
 
 bool is_loopback_host(std::string_view host) {
-  if (host == "localhost" || host == "[::1]") return true;
-  return host.starts_with("127.") &&
-         std::all_of(host.begin(), host.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; });
+  // Parsed, not matched as text: "127.0.0.1." or "127.evil.example" are
+  // names that go through DNS, not loopback addresses.
+  if (host.size() > 64) return false;
+  if (host.starts_with('[') && host.ends_with(']')) {
+    const std::string inner(host.substr(1, host.size() - 2));
+    in6_addr a{};
+    return ::inet_pton(AF_INET6, inner.c_str(), &a) == 1 && IN6_IS_ADDR_LOOPBACK(&a);
+  }
+  std::string lowered(host);
+  std::transform(lowered.begin(), lowered.end(), lowered.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (lowered == "localhost") return true;
+  in_addr a{};
+  return ::inet_pton(AF_INET, lowered.c_str(), &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
 }
 
 Result<Url> parse_url(std::string_view text, std::string_view what) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 
 #include "core/json.hpp"
 #include "net/url.hpp"
@@ -23,6 +24,8 @@ std::unexpected<ProxyError> refuse(Errc code, std::string message, std::optional
 
 }  // namespace
 
+class StreamedBody;
+
 struct Proxy::Call {
   std::uint64_t id = 0;
   ProxyCall call;
@@ -37,6 +40,72 @@ struct Proxy::Call {
   bool http_pending = false;
   net::Timer wait_timer;
   std::size_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  int status = 0;
+  std::shared_ptr<StreamedBody> body;  // set once the answer streams
+};
+
+// The upstream's bytes on their way to the caller. Bytes that come before the
+// caller attaches (it does so as soon as it has the head) are held.
+class StreamedBody final : public ProxyBody {
+ public:
+  StreamedBody(Proxy& proxy, std::weak_ptr<Proxy::Call> call) : m_proxy(proxy), m_call(std::move(call)) {}
+
+  void attach(Consumer consumer) override {
+    m_consumer = std::move(consumer);
+    if (!m_held.empty()) {
+      const std::string held = std::move(m_held);
+      m_held.clear();
+      if (!push(held)) m_full = true;
+    }
+    if (m_ended) deliver_end();
+  }
+  void resume() override {
+    auto c = m_call.lock();
+    if (!m_full || !c) return;
+    m_full = false;
+    if (c->http_pending) m_proxy.m_http.resume(c->http_id);
+  }
+  void cancel() override {
+    auto c = m_call.lock();
+    m_consumer = {};
+    if (!c) return;
+    if (c->http_pending) m_proxy.m_http.cancel(c->http_id);
+    c->http_pending = false;
+    m_proxy.end_stream(c, false);
+  }
+
+  // From the transfer: false asks it to pause.
+  bool push(std::string_view bytes) {
+    if (auto c = m_call.lock()) c->bytes_out += bytes.size();
+    if (!m_consumer.data) {
+      m_held.append(bytes);
+      return m_held.size() < 256 * 1024;
+    }
+    const bool more = m_consumer.data(bytes);
+    if (!more) m_full = true;
+    return more;
+  }
+  void end(bool complete) {
+    m_ended = true;
+    m_complete = complete;
+    if (m_consumer.end) deliver_end();
+  }
+
+ private:
+  void deliver_end() {
+    auto consumer = std::move(m_consumer);
+    m_consumer = {};
+    if (consumer.end) consumer.end(m_complete);
+  }
+
+  Proxy& m_proxy;
+  std::weak_ptr<Proxy::Call> m_call;
+  Consumer m_consumer;
+  std::string m_held;
+  bool m_full = false;
+  bool m_ended = false;
+  bool m_complete = false;
 };
 
 Proxy::Proxy(net::Loop& loop, refresh::TokenService& tokens, net::HttpTransport& http, store::Store& store,
@@ -63,6 +132,13 @@ void Proxy::shutdown() {
     if (c->http_pending) m_http.cancel(c->http_id);
     c->http_pending = false;
     c->wait_timer.close();
+    if (c->body) {
+      // A stream cut by shutdown ends incomplete: its caller's connection closes.
+      --m_stats.open_streams;
+      auto body = std::move(c->body);
+      body->end(false);
+      continue;
+    }
     if (c->done) {
       auto done = std::move(c->done);
       c->done = nullptr;
@@ -90,8 +166,8 @@ void Proxy::forward(ProxyCall call, Done done) {
   if (!profile) return finish(c, refuse(Errc::not_found, profile.error().message));
   c->profile = std::move(*profile);
   const json::Json policy = c->profile.config.value("policy", json::Json::object());
-  if (auto ok = check_policy(policy, c->call.method, c->call.rest); !ok) {
-    return finish(c, refuse(Errc::permission, ok.error().message));
+  if (auto ok = check_policy(c->profile, c->call.method, c->call.rest); !ok) {
+    return finish(c, refuse(ok.error().code, ok.error().message));
   }
   if (policy.is_object()) {
     if (auto rate = policy.find("rate_per_minute"); rate != policy.end() && rate->is_number()) {
@@ -174,15 +250,51 @@ void Proxy::send(const std::shared_ptr<Call>& c) {
     r.headers.emplace_back("Authorization", std::string(grant->authorization.reveal()));
     r.body = Secret(c->call.body);
     r.upload = c->call.body_spool;
-    r.spool_response_over = m_options.spool_response_over;
+    if (c->call.method != "HEAD") {
+      r.on_head = [this, c](long status, const net::HttpHeaders& headers) { return on_head(c, status, headers); };
+      r.on_data = [c](std::string_view bytes) { return !c->body || c->body->push(bytes); };
+    }
     c->http_pending = true;
     c->http_id = m_http.start(std::move(r), [this, c](Result<net::HttpResponse> res) { on_answer(c, std::move(res)); });
   });
 }
 
+// The head of an answer is in: stream its body to the caller, unless this is
+// an answer the proxy may still act on (a 401 to refresh and retry, a 429/503
+// to wait out), which is collected instead.
+bool Proxy::on_head(const std::shared_ptr<Call>& c, long status, const net::HttpHeaders& headers) {
+  if (m_in_flight.find(c->id) == m_in_flight.end()) return false;
+  const bool replayable = c->bytes_in <= m_options.retry_body_bytes;
+  if (status == 401 && !c->refreshed && replayable && c->profile.kind == store::CredentialKind::oauth2) return false;
+  if ((status == 429 || status == 503) && !c->waited && replayable && c->call.retry_wait_s > 0) return false;
+  // A 403 insufficient_scope is answered by tokend (step_up), not streamed.
+  if (status == 403 && c->profile.kind == store::CredentialKind::oauth2) {
+    for (const auto& [k, v] : headers) {
+      if (k == "www-authenticate" &&
+          refresh::bearer_challenge_param(v, "error") == std::optional<std::string>("insufficient_scope")) {
+        return false;
+      }
+    }
+  }
+  c->status = static_cast<int>(status);
+  c->body = std::make_shared<StreamedBody>(*this, c);
+  for (const auto& [k, v] : headers) {
+    if (k != "content-length") continue;
+    std::uint64_t n = 0;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec == std::errc{} && end == v.data() + v.size()) c->body->length = n;
+  }
+  ++m_stats.open_streams;
+  // The latency metric counts to the head: a stream may then last for hours.
+  record_latency(c);
+  answer(c, ProxyResult{static_cast<int>(status), response_headers(headers), {}, c->body});
+  return true;
+}
+
 void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> res) {
   c->http_pending = false;
   if (m_in_flight.find(c->id) == m_in_flight.end()) return;
+  if (c->body) return end_stream(c, res.has_value());
   if (!res) {
     const Errc code = res.error().code == Errc::timeout ? Errc::timeout
                       : res.error().code == Errc::limit_exceeded ? Errc::limit_exceeded
@@ -200,8 +312,7 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
       if (m_in_flight.find(c->id) == m_in_flight.end()) return;
       if (!r) {
         // Pass the upstream's 401 back; the refresh error says why.
-        return finish(c, ProxyResult{401, response_headers(first->headers), std::string(first->body.reveal()),
-                                     std::move(first->body_spool)});
+        return finish(c, ProxyResult{401, response_headers(first->headers), std::string(first->body.reveal()), {}});
       }
       send(c);
     });
@@ -229,8 +340,7 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
       return step_up(c, *res);
     }
   }
-  finish(c, ProxyResult{static_cast<int>(res->status), response_headers(res->headers), std::string(res->body.reveal()),
-                        std::move(res->body_spool)});
+  finish(c, ProxyResult{static_cast<int>(res->status), response_headers(res->headers), std::string(res->body.reveal()), {}});
 }
 
 namespace {
@@ -278,21 +388,48 @@ void Proxy::step_up(const std::shared_ptr<Call>& c, const net::HttpResponse& res
     headers.emplace_back(k, v);
   }
   headers.emplace_back("Content-Type", "application/json");
-  finish(c, ProxyResult{403, std::move(headers), json::Json{{"error", std::move(error)}}.dump(), nullptr});
+  finish(c, ProxyResult{403, std::move(headers), json::Json{{"error", std::move(error)}}.dump(), {}});
+}
+
+void Proxy::end_stream(const std::shared_ptr<Call>& c, bool complete) {
+  if (m_in_flight.erase(c->id) == 0) return;
+  --m_stats.open_streams;
+  auto body = std::move(c->body);
+  record(c, c->status, complete ? std::nullopt : std::optional<Errc>(Errc::transient));
+  if (body) body->end(complete);
+}
+
+void Proxy::answer(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome) {
+  if (!c->done) return;
+  auto done = std::move(c->done);
+  c->done = nullptr;
+  done(std::move(outcome));
 }
 
 void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome) {
   m_in_flight.erase(c->id);
-  const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(m_clock.mono_now() - c->started);
   const int status = outcome ? outcome->status : 0;
+  if (outcome) c->bytes_out = outcome->body.size();
+  record_latency(c);
+  record(c, status, outcome ? std::nullopt : std::optional<Errc>(outcome.error().error.code));
+  answer(c, std::move(outcome));
+}
+
+void Proxy::record_latency(const std::shared_ptr<Call>& c) {
+  const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(m_clock.mono_now() - c->started);
   const double seconds = static_cast<double>(latency.count()) / 1e6;
   ++m_stats.count;
   m_stats.sum_s += seconds;
   for (std::size_t i = 0; i < m_stats.bucket_bounds.size(); ++i) {
     if (seconds <= m_stats.bucket_bounds[i]) ++m_stats.bucket_counts[i];
   }
+}
+
+// The metrics series and the audit line of a call, once it has ended.
+void Proxy::record(const std::shared_ptr<Call>& c, int status, std::optional<Errc> error) {
+  const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(m_clock.mono_now() - c->started);
   // Unknown profile names share one series (no unbounded growth).
-  const bool known = outcome || outcome.error().error.code != Errc::not_found;
+  const bool known = !error || *error != Errc::not_found;
   ++m_stats.by_profile_status[known ? c->call.profile : std::string("(unknown)")][status];
 
   store::AuditEvent e;
@@ -305,8 +442,8 @@ void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, Pr
               {"status", status},
               {"latency_ms", static_cast<double>(latency.count()) / 1000.0},
               {"bytes_in", c->bytes_in},
-              {"bytes_out", !outcome ? 0 : outcome->body_spool ? outcome->body_spool->size() : outcome->body.size()}};
-  if (!outcome) e.detail["error"] = errc_name(outcome.error().error.code);
+              {"bytes_out", c->bytes_out}};
+  if (error) e.detail["error"] = errc_name(*error);
   m_audit.push_back(std::move(e));
   if (m_audit.size() >= 1024) {
     flush_audit();
@@ -319,12 +456,6 @@ void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, Pr
     } else {
       flush_audit();
     }
-  }
-
-  if (c->done) {
-    auto done = std::move(c->done);
-    c->done = nullptr;
-    done(std::move(outcome));
   }
 }
 

@@ -45,6 +45,51 @@ Result<std::string> encode_path(std::string_view rest) {
   return out;
 }
 
+// The segments of `rest`, with what a Tomcat-based server (Jira and
+// Confluence Data Center) strips before routing: ";params" from each segment
+// (RFC 2396 path parameters). Errc::invalid_argument for a segment that is
+// then a dot segment ("..;x" climbs out of the base on such servers).
+Result<std::vector<std::string_view>> normalised_segments(std::string_view rest) {
+  std::vector<std::string_view> out;
+  for (;;) {
+    const auto slash = rest.find('/');
+    std::string_view segment = rest.substr(0, slash);
+    segment = segment.substr(0, segment.find(';'));
+    if (segment == "." || segment == "..") {
+      return std::unexpected(bad("the proxied path must not contain '.' or '..' segments (path parameters included)"));
+    }
+    out.push_back(segment);
+    if (slash == std::string_view::npos) break;
+    rest.remove_prefix(slash + 1);
+  }
+  return out;
+}
+
+std::string joined(const std::vector<std::string_view>& segments) {
+  std::string out;
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    if (i > 0) out += '/';
+    out += segments[i];
+  }
+  return out;
+}
+
+// Where jira/... or confluence/... goes for an API token or PAT profile.
+Result<std::string> site_base(const store::Profile& p, std::string_view product) {
+  const std::string site = trimmed_base(json::string_or(p.config, "site"));
+  const std::string own = trimmed_base(json::string_or(p.config, product == "jira" ? "jira_base" : "confluence_base"));
+  std::string base;
+  if (!own.empty()) {
+    base = own;
+  } else if (product == "confluence" && p.kind == store::CredentialKind::api_token) {
+    base = site + "/wiki";  // Confluence Cloud lives under the site's /wiki
+  } else {
+    base = site;
+  }
+  if (base.empty()) return fail(Errc::config, fmt::format("profile '{}' has no site", p.name));
+  return base;
+}
+
 }  // namespace
 
 Result<std::string> upstream_url(const store::Profile& p, std::string_view rest, std::string_view raw_query) {
@@ -54,14 +99,7 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
   }
   if (rest.find("://") != std::string_view::npos) return std::unexpected(bad("absolute URLs are not proxied"));
   // Dot segments would climb out of the profile's base.
-  std::string_view scan = rest;
-  while (!scan.empty()) {
-    const auto slash = scan.find('/');
-    const std::string_view segment = scan.substr(0, slash);
-    if (segment == "." || segment == "..") return std::unexpected(bad("the proxied path must not contain '.' or '..' segments"));
-    if (slash == std::string_view::npos) break;
-    scan.remove_prefix(slash + 1);
-  }
+  if (auto segments = normalised_segments(rest); !segments) return std::unexpected(segments.error());
   for (const char c : raw_query) {
     const auto u = static_cast<unsigned char>(c);
     if (u <= 0x20 || u == 0x7f || c == '#' || c == '\\') return std::unexpected(bad("the query contains a character that is not allowed"));
@@ -97,16 +135,9 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
       if (!cloud_enc || cloud.find('/') != std::string::npos) return std::unexpected(bad("the stored cloud id is not usable"));
       base = fmt::format("{}/ex/{}/{}", gateway, product, *cloud_enc);
     } else {
-      const std::string site = trimmed_base(json::string_or(p.config, "site"));
-      const std::string own = trimmed_base(json::string_or(p.config, product == "jira" ? "jira_base" : "confluence_base"));
-      if (!own.empty()) {
-        base = own;
-      } else if (product == "confluence" && p.kind == store::CredentialKind::api_token) {
-        base = site + "/wiki";  // Confluence Cloud lives under the site's /wiki
-      } else {
-        base = site;
-      }
-      if (base.empty()) return fail(Errc::config, fmt::format("profile '{}' has no site", p.name));
+      auto b = site_base(p, product);
+      if (!b) return std::unexpected(b.error());
+      base = std::move(*b);
     }
   }
   auto encoded = encode_path(path);
@@ -168,7 +199,48 @@ Headers response_headers(const Headers& in) {
   return out;
 }
 
-Result<> check_policy(const json::Json& policy, std::string_view method, std::string_view rest) {
+Result<std::vector<std::vector<std::string>>> policy_paths(const store::Profile& p, std::string_view rest) {
+  auto segments = normalised_segments(rest);
+  if (!segments) return std::unexpected(segments.error());
+  std::vector<std::string> forms = {std::string(rest)};
+  if (auto stripped = joined(*segments); stripped != rest) forms.push_back(std::move(stripped));
+  std::vector<std::vector<std::string>> out;
+  for (const auto& form : forms) {
+    std::vector<std::string> names = {form};
+    // An API token or PAT reaches both products on the site, so one upstream
+    // URL can have two names: "jira/wiki/x" is "confluence/x" on Confluence
+    // Cloud, and with one base for both, "jira/x" is "confluence/x".
+    const auto slash = form.find('/');
+    const std::string_view product = std::string_view(form).substr(0, slash);
+    if (p.kind != store::CredentialKind::oauth2 && (product == "jira" || product == "confluence")) {
+      const std::string path = slash == std::string::npos ? std::string() : form.substr(slash + 1);
+      if (auto base = site_base(p, product)) {
+        const std::string url = *base + "/" + path;
+        for (const std::string_view other : {"jira", "confluence"}) {
+          auto other_base = site_base(p, other);
+          if (!other_base) continue;
+          const std::string prefix = *other_base + "/";
+          if (url.starts_with(prefix)) names.push_back(std::string(other) + "/" + url.substr(prefix.size()));
+        }
+      }
+    }
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+    out.push_back(std::move(names));
+  }
+  return out;
+}
+
+Result<> check_policy(const store::Profile& profile, std::string_view method, std::string_view rest) {
+  const json::Json policy = profile.config.value("policy", json::Json::object());
+  if (!policy.is_object()) return {};
+  auto readings = policy_paths(profile, rest);
+  if (!readings) return std::unexpected(readings.error());
+  return check_policy(policy, method, *readings);
+}
+
+Result<> check_policy(const json::Json& policy, std::string_view method,
+                      const std::vector<std::vector<std::string>>& readings) {
   if (!policy.is_object()) return {};
   auto prefixes = [&](const char* key) {
     std::vector<std::string> out;
@@ -181,7 +253,7 @@ Result<> check_policy(const json::Json& policy, std::string_view method, std::st
   };
   // A prefix matches whole segments: "jira/rest/api/3/project/AB" is not a
   // prefix of ".../project/ABC".
-  auto matches = [&](const std::string& prefix) {
+  auto matches = [](std::string_view rest, const std::string& prefix) {
     std::string_view p = prefix;
     while (!p.empty() && p.front() == '/') p.remove_prefix(1);
     while (!p.empty() && p.back() == '/') p.remove_suffix(1);
@@ -190,12 +262,22 @@ Result<> check_policy(const json::Json& policy, std::string_view method, std::st
   if (policy.value("read_only", false) && method != "GET" && method != "HEAD") {
     return fail(Errc::permission, fmt::format("policy: this profile is read-only ({} refused)", method));
   }
+  // Denied when any name of any reading is denied; allowed only when every
+  // reading has a name under an allowed prefix.
   for (const auto& d : prefixes("deny")) {
-    if (matches(d)) return fail(Errc::permission, fmt::format("policy: the path is denied by the rule '{}'", d));
+    for (const auto& names : readings) {
+      for (const auto& name : names) {
+        if (matches(name, d)) return fail(Errc::permission, fmt::format("policy: the path is denied by the rule '{}'", d));
+      }
+    }
   }
   const auto allow = prefixes("allow");
-  if (!allow.empty() && std::none_of(allow.begin(), allow.end(), matches)) {
-    return fail(Errc::permission, "policy: the path is not under any allowed prefix");
+  if (allow.empty()) return {};
+  for (const auto& names : readings) {
+    const bool allowed = std::any_of(names.begin(), names.end(), [&](const std::string& name) {
+      return std::any_of(allow.begin(), allow.end(), [&](const std::string& a) { return matches(name, a); });
+    });
+    if (!allowed) return fail(Errc::permission, "policy: the path is not under any allowed prefix");
   }
   return {};
 }

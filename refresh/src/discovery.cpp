@@ -37,6 +37,19 @@ std::vector<std::string> strings_of(const json::Json& j, const char* key) {
 
 }  // namespace
 
+Result<> check_discovered_url(std::string_view field, std::string_view url, std::string_view source) {
+  if (auto ok = check_endpoint_url(field, url); !ok) return ok;
+  auto from = net::parse_url(source, "the document's URL");
+  if (from && net::is_loopback_host(from->host)) return {};
+  auto to = net::parse_url(url, field);
+  if (!to) return std::unexpected(to.error());
+  if (to->scheme == "https" && !net::is_loopback_host(to->host)) return {};
+  return fail(Errc::invalid_argument,
+              fmt::format("field \"{}\" must be an https URL of a remote host: a loopback URL (or plain http) is "
+                          "accepted only from a document that itself came from loopback",
+                          field));
+}
+
 Result<std::vector<std::string>> metadata_urls(std::string_view issuer) {
   auto url = net::parse_url(issuer, "the issuer");
   if (!url) return std::unexpected(url.error());
@@ -130,7 +143,7 @@ Result<json::Json> check_server_metadata(const json::Json& m, std::string_view i
     if (f == m.end() || !f->is_string()) continue;
     const std::string& v = f->get_ref<const std::string&>();
     if (v.size() > 4096) return fail(Errc::protocol, fmt::format("the metadata's {} is too long", field));
-    if (auto ok = check_endpoint_url(field, v); !ok) {
+    if (auto ok = check_discovered_url(field, v, issuer); !ok) {
       return fail(Errc::protocol, "the authorization server metadata: " + ok.error().message);
     }
     out[field] = v;
@@ -161,7 +174,7 @@ Result<ProtectedResource> check_resource_metadata(const json::Json& m, std::stri
     return fail(Errc::protocol, "the protected resource metadata names no authorization_servers");
   }
   for (const auto& as : r.authorization_servers) {
-    if (auto ok = check_endpoint_url("authorization_servers", as); !ok) {
+    if (auto ok = check_discovered_url("authorization_servers", as, resource); !ok) {
       return fail(Errc::protocol, "the protected resource metadata: " + ok.error().message);
     }
   }

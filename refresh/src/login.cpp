@@ -607,7 +607,7 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
       std::optional<std::string> metadata_url;
       if (res && res->status == 401) metadata_url = resource_metadata_of(res->header("www-authenticate"));
       if (metadata_url) {
-        if (auto ok = check_endpoint_url("resource_metadata", *metadata_url); !ok) {
+        if (auto ok = check_discovered_url("resource_metadata", *metadata_url, mcp_server); !ok) {
           with_prm(fail(Errc::protocol, fmt::format("the MCP server's challenge names an unusable metadata URL: {}",
                                                     ok.error().message)));
           return;
@@ -736,6 +736,14 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
   f.callback_path = redirect->path;
 
   const std::string pkce_mode = p.config.value("pkce", std::string("S256"));
+  // Without a client secret, PKCE is all that binds the code to this login
+  // (RFC 8252 §8.1, OAuth 2.1): a public client never goes without it.
+  if (pkce_mode == "off" && f.endpoint.client_secret.empty()) {
+    fail_start(Error{Errc::invalid_argument,
+                     fmt::format("profile '{}' is a public client (no client secret) and sets pkce: off; a public "
+                                 "client needs PKCE — remove the pkce setting", name)});
+    return;
+  }
   const auto methods = list_of(p.config.value("discovered", Json::object()), "code_challenge_methods_supported");
   if (pkce_mode == "required" && !methods.empty() && !contains(methods, "S256")) {
     fail_start(Error{Errc::invalid_argument,
@@ -796,8 +804,9 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
 
   const bool loopback = redirect->scheme == "http" && net::is_loopback_host(redirect->host);
   if (f.extra.value("listen", true) && loopback && m_callbacks != nullptr) {
+    // "localhost" goes to the port as it is: the listener binds both of its
+    // addresses (browsers try ::1 first).
     std::string host = redirect->host;
-    if (host == "localhost") host = "127.0.0.1";
     if (host.starts_with('[')) host = host.substr(1, host.size() - 2);
     const std::string profile = f.profile;
     const std::uint64_t id = f.id;
@@ -934,6 +943,16 @@ void LoginManager::on_callback(const std::string& profile, std::uint64_t id, con
     return;
   }
   auto r = redirect_of(std::move(*q));
+  // Any web page can make the browser send a request here (an <img> to
+  // http://127.0.0.1:PORT/callback). One that does not carry this flow's
+  // state is not the provider's redirect: refused, and the flow keeps
+  // waiting for the real one (an error= without the state included).
+  if (!r.state || !constant_time_equal(*r.state, fl.state_value.reveal())) {
+    secure_wipe(r.code);
+    reply({400, page("Not this sign-in", "This request does not carry the state of the sign-in tokend is waiting "
+                                         "for, so it was ignored. The sign-in is still waiting.")});
+    return;
+  }
   // The browser is answered when the flow ends (after the exchange).
   fl.browser_reply = std::move(reply);
   accept_code(fl, std::move(r), nullptr);

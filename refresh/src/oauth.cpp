@@ -1,5 +1,6 @@
 #include "refresh/oauth.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <ctime>
 
@@ -32,14 +33,96 @@ RefreshFailure transient(std::string message, std::optional<Millis> retry_after 
   return RefreshFailure{FailureKind::transient, std::move(message), retry_after};
 }
 
+// Bigger than any real token (JWTs with many claims stay under 16 KiB), and
+// small enough for a header line.
+constexpr std::size_t k_max_token_bytes = 32 * 1024;
+
+bool alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
+
+// RFC 6750 §2.1 b64token, what may follow "Bearer " in a header:
+// 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".
+bool is_b64token(std::string_view s) {
+  if (s.size() > k_max_token_bytes) return false;
+  std::size_t i = 0;
+  while (i < s.size() && (alnum(s[i]) || std::string_view("-._~+/").find(s[i]) != std::string_view::npos)) ++i;
+  if (i == 0) return false;
+  while (i < s.size() && s[i] == '=') ++i;
+  return i == s.size();
+}
+
+// RFC 6749 §A.13 type-name: 1*( "-" / "." / "_" / DIGIT / ALPHA ).
+bool is_type_name(std::string_view s) {
+  return !s.empty() && s.size() <= 64 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return alnum(c) || c == '-' || c == '.' || c == '_'; });
+}
+
+// RFC 6749 §3.3: scope-tokens of %x21 / %x23-5B / %x5D-7E, separated by spaces.
+bool is_scope(std::string_view s) {
+  return s.size() <= 8192 && std::all_of(s.begin(), s.end(), [](char c) {
+           const auto u = static_cast<unsigned char>(c);
+           return u == 0x20 || (u >= 0x21 && u <= 0x7e && c != '"' && c != '\\');
+         });
+}
+
+// The token answer's fields as JSON, from JSON or from a form-encoded body
+// (GitHub answers application/x-www-form-urlencoded unless asked for JSON).
+// nullopt when the body is neither; the body itself is never quoted.
+std::optional<json::Json> token_answer_fields(std::string_view body, std::string_view content_type) {
+  const bool form = content_type.find("application/x-www-form-urlencoded") != std::string_view::npos;
+  if (!form) {
+    auto parsed = json::parse(body, "the token endpoint's answer");
+    if (!parsed) return std::nullopt;
+    return std::move(*parsed);
+  }
+  auto pairs = parse_query(body);
+  if (!pairs) return std::nullopt;
+  json::Json out = json::Json::object();
+  for (auto& [k, v] : *pairs) {
+    if (!out.contains(k)) out[k] = v;
+    secure_wipe(v);
+  }
+  return out;
+}
+
+// The parts of a token answer that reach headers, files, environments and
+// logs must be what the RFCs allow there, or the answer is not used.
+std::optional<RefreshFailure> validate_token_answer(const json::Json& j) {
+  const std::string_view k_how = "(RFC 6750: letters, digits and -._~+/, then = padding)";
+  if (!is_b64token(j["access_token"].get_ref<const std::string&>())) {
+    return transient(fmt::format("the token endpoint's access_token is not a usable token {}; nothing was stored",
+                                 k_how));
+  }
+  if (auto rt = j.find("refresh_token"); rt != j.end() && !rt->is_null()) {
+    if (!rt->is_string() || !is_b64token(rt->get_ref<const std::string&>())) {
+      return transient(fmt::format("the token endpoint's refresh_token is not a usable token {}; nothing was stored",
+                                   k_how));
+    }
+  }
+  if (auto tt = j.find("token_type"); tt != j.end() && !tt->is_null()) {
+    if (!tt->is_string() || !is_type_name(tt->get_ref<const std::string&>())) {
+      return transient("the token endpoint's token_type is not one word (RFC 6749: letters, digits, -._); nothing "
+                       "was stored");
+    }
+  }
+  if (auto sc = j.find("scope"); sc != j.end() && !sc->is_null()) {
+    if (!sc->is_string() || !is_scope(sc->get_ref<const std::string&>())) {
+      return transient("the token endpoint's scope holds characters a scope cannot (RFC 6749 §3.3); nothing was stored");
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 
 std::string printable_excerpt(std::string_view text, std::size_t max) {
+  // Printable ASCII only: a control character could forge a log line or
+  // drive a terminal, and a cut multi-byte sequence is not valid UTF-8 (JSON
+  // output would fail on it).
   std::string out;
   for (const char c : text.substr(0, max)) {
     const auto u = static_cast<unsigned char>(c);
-    out += (u < 0x20 || u == 0x7f) ? ' ' : c;
+    out += (u < 0x20 || u == 0x7f) ? ' ' : u > 0x7f ? '?' : c;
   }
   return out;
 }
@@ -213,13 +296,15 @@ std::expected<store::TokenSet, RefreshFailure> interpret_token_response(const Re
                                                  json_type ? "" : " (an HTML error page)"),
                                      retry_after));
   }
-  auto parsed = json::parse(body, "the token endpoint's answer");
+  auto parsed = token_answer_fields(body, type);
   if (r.status != 200) {
+    // The provider's words reach logs, listings and TOKEND_REASON: printable
+    // excerpts only.
     std::string error;
     std::string description;
     if (parsed && parsed->is_object()) {
-      error = str_field(*parsed, "error");
-      description = str_field(*parsed, "error_description");
+      error = printable_excerpt(str_field(*parsed, "error"), 64);
+      description = printable_excerpt(str_field(*parsed, "error_description"), 200);
     }
     const std::string detail = description.empty() ? error : fmt::format("{}: {}", error, description);
     if (error == "invalid_grant") {
@@ -246,10 +331,15 @@ std::expected<store::TokenSet, RefreshFailure> interpret_token_response(const Re
                                                  detail.empty() ? "" : " (" + detail + ")"),
                                      retry_after));
   }
+  // A 200 body may hold tokens in a form this code does not read: it is
+  // described, never quoted.
   if (!parsed) {
     if (!json_type || body.starts_with("<")) {
-      return std::unexpected(transient(fmt::format("the token endpoint answered with HTML or text, not JSON "
-                                                   "(a login page or proxy?): '{}'", printable_excerpt(body, 80))));
+      return std::unexpected(transient(fmt::format("the token endpoint answered with {} ({} bytes), not JSON "
+                                                   "(a login page or proxy?)",
+                                                   type.empty() ? std::string("no Content-Type")
+                                                                : printable_excerpt(type, 64),
+                                                   body.size())));
     }
     return std::unexpected(transient("the token endpoint's answer is not valid JSON (truncated?)"));
   }
@@ -274,8 +364,12 @@ std::expected<store::TokenSet, RefreshFailure> interpret_token_response(const Re
   }
   if (lifetime_s <= 0 || lifetime_s > k_max_lifetime_s) {
     return std::unexpected(transient(fmt::format("the token endpoint's answer has an unusable expires_in ({})",
-                                                 exp == j.end() ? "absent" : exp->dump().substr(0, 40))));
+                                                 exp == j.end() ? "absent"
+                                                                : printable_excerpt(exp->dump(-1, ' ', true,
+                                                                                              json::Json::error_handler_t::replace),
+                                                                                    40))));
   }
+  if (auto bad = validate_token_answer(j)) return std::unexpected(std::move(*bad));
   store::TokenSet t;
   t.access_token = Secret(access->get_ref<const std::string&>());
   if (auto rt = j.find("refresh_token"); rt != j.end() && rt->is_string()) {

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "net/url.hpp"
 #include "refresh/sinks.hpp"
 
 namespace tokend::refresh {
@@ -40,11 +41,6 @@ const std::set<std::string, std::less<>> k_secret_fields = {"client_secret", "to
 
 Error bad(std::string message) { return Error{Errc::invalid_argument, std::move(message)}; }
 
-bool is_loopback_host(std::string_view host) {
-  if (host == "localhost" || host == "[::1]") return true;
-  return host.starts_with("127.") &&
-         std::all_of(host.begin(), host.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; });
-}
 
 Result<std::string> string_field(const Json& body, std::string_view key, std::size_t max) {
   const auto& v = body.at(std::string(key));
@@ -159,7 +155,7 @@ Result<> check_endpoint_url(std::string_view field, std::string_view url) {
   if (host.empty() || host.find_first_of(" \t\\") != std::string_view::npos) {
     return std::unexpected(bad(fmt::format("field \"{}\" has no valid host", field)));
   }
-  if (!https && !is_loopback_host(host)) {
+  if (!https && !net::is_loopback_host(host)) {
     return std::unexpected(bad(fmt::format(
         "field \"{}\" must use https (plain http is accepted only for loopback hosts)", field)));
   }

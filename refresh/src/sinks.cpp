@@ -1,5 +1,8 @@
 #include "refresh/sinks.hpp"
 
+#include <algorithm>
+#include <cctype>
+
 #include <sys/stat.h>
 
 #include <fmt/format.h>
@@ -24,18 +27,29 @@ bool valid_variable(std::string_view v) {
 
 Error bad(std::string m) { return Error{Errc::invalid_argument, std::move(m)}; }
 
-// The dotenv value: quoted when it holds anything a shell or a dotenv parser
-// would treat specially (tokens are normally plain).
-std::string dotenv_value(std::string_view v) {
-  const bool plain = v.find_first_of(" \t\"'#$\\`") == std::string_view::npos;
-  if (plain) return std::string(v);
-  std::string out = "'";
+// The dotenv value as both readers of a .env file take it back: python-dotenv
+// and a shell that sources it (`set -a; . ./.env`). Plain when every
+// character is inert to both; otherwise in single quotes, where a shell
+// takes everything literally and python-dotenv unescapes only \\ and \' —
+// so a value holding ' or \ (or a line break, or any other control
+// character) has no form both read back the same, and is refused.
+Result<std::string> dotenv_value(std::string_view v) {
+  const auto inert = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || std::string_view("-._~+/=:@%,").find(c) != std::string_view::npos;
+  };
+  if (std::all_of(v.begin(), v.end(), inert)) return std::string(v);
   for (const char c : v) {
-    if (c == '\'') out += "'\\''";
-    else out += c;
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f || c == '\'' || c == '\\') {
+      return std::unexpected(bad("the value holds a line break, a control character, a quote or a backslash, which "
+                                 "a .env file cannot carry safely; not written"));
+    }
   }
-  return out + "'";
+  return "'" + std::string(v) + "'";
 }
+
+// A header sink line must stay one line whatever the token holds.
+bool one_line(std::string_view v) { return v.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos; }
 
 }  // namespace
 
@@ -78,6 +92,12 @@ Result<std::string> update_dotenv(std::string_view existing, std::string_view va
   if (existing.find('\0') != std::string_view::npos) {
     return fail(Errc::invalid_argument, "the .env file holds binary data; not touching it");
   }
+  auto quoted = dotenv_value(value);
+  if (!quoted) return std::unexpected(quoted.error());
+  struct Wipe {
+    std::string& s;
+    ~Wipe() { secure_wipe(s); }
+  } wipe_quoted{*quoted};
   std::string out;
   out.reserve(existing.size() + variable.size() + value.size() + 2);
   bool replaced = false;
@@ -97,7 +117,7 @@ Result<std::string> update_dotenv(std::string_view existing, std::string_view va
     const bool match = key.starts_with(variable) && key.size() > variable.size() &&
                        (key[variable.size()] == '=' || key[variable.size()] == ' ');
     if (match && !replaced) {
-      out += prefix + std::string(variable) + "=" + dotenv_value(value);
+      out += prefix + std::string(variable) + "=" + *quoted;
       replaced = true;
     } else {
       out += line;  // every other line kept byte for byte (later duplicates too)
@@ -107,7 +127,7 @@ Result<std::string> update_dotenv(std::string_view existing, std::string_view va
   }
   if (!replaced) {
     if (!out.empty() && out.back() != '\n') out += '\n';
-    out += std::string(variable) + "=" + dotenv_value(value) + "\n";
+    out += std::string(variable) + "=" + *quoted + "\n";
   }
   return out;
 }
@@ -124,7 +144,9 @@ Result<> write_sinks(const store::Profile& profile, const store::Credential& c) 
       const std::string format = s.value("format", "raw");
       std::string content;
       const std::string type_name = c.token_type.empty() ? "Bearer" : c.token_type;
-      if (format == "header") {
+      if (format == "header" && !(one_line(type_name) && one_line(c.access_token.reveal()))) {
+        r = fail(Errc::invalid_argument, "the token or its type holds a line break; the header file is not written");
+      } else if (format == "header") {
         content = "Authorization: " + type_name + " " + std::string(c.access_token.reveal()) + "\n";
       } else if (format == "json") {
         json::Json j = {{"access_token", c.access_token.reveal()}, {"token_type", type_name}};
@@ -133,7 +155,7 @@ Result<> write_sinks(const store::Profile& profile, const store::Credential& c) 
       } else {
         content = std::string(c.access_token.reveal()) + "\n";
       }
-      r = fs::write_file_atomic(path, content, 0600);
+      if (r) r = fs::write_file_atomic(path, content, 0600);
       secure_wipe(content);
     } else if (type == "dotenv") {
       std::string existing;

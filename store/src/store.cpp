@@ -366,7 +366,7 @@ Result<> Store::clear_credential(std::string_view name) {
   return ensure_profile_exists(name);
 }
 
-Result<std::int64_t> Store::append_audit(const AuditEvent& e) {
+Result<std::int64_t> Store::insert_audit(const AuditEvent& e) {
   const std::string detail = e.detail.dump(-1, ' ', false, json::Json::error_handler_t::replace);
   auto s = m_db->cached(
       "INSERT INTO audit_events (at, kind, profile, peer_uid, peer_pid, detail) "
@@ -378,13 +378,49 @@ Result<std::int64_t> Store::append_audit(const AuditEvent& e) {
   return m_db->last_insert_rowid();
 }
 
+// Both deletes are range scans (the id is the rowid, `at` is indexed), so
+// an append that has nothing to prune costs two index seeks.
+Result<> Store::prune_audit_in_transaction() {
+  if (m_retention.max_rows > 0) {
+    auto s = m_db->cached(
+        "DELETE FROM audit_events WHERE id <= (SELECT MAX(id) FROM audit_events) - ?1");
+    if (!s) return std::unexpected(s.error());
+    if (auto r = (*s)->bind(1, m_retention.max_rows).run(); !r) return r;
+  }
+  if (m_retention.max_age.count() > 0) {
+    auto s = m_db->cached("DELETE FROM audit_events WHERE at < ?1");
+    if (!s) return std::unexpected(s.error());
+    const std::int64_t cutoff = to_unix_ms(m_clock->wall_now()) - m_retention.max_age.count();
+    if (auto r = (*s)->bind(1, cutoff).run(); !r) return r;
+  }
+  return {};
+}
+
+Result<> Store::prune_audit() {
+  auto tx = Transaction::begin(*m_db);
+  if (!tx) return std::unexpected(tx.error());
+  if (auto r = prune_audit_in_transaction(); !r) return r;
+  return tx->commit();
+}
+
+Result<std::int64_t> Store::append_audit(const AuditEvent& e) {
+  auto tx = Transaction::begin(*m_db);
+  if (!tx) return std::unexpected(tx.error());
+  auto id = insert_audit(e);
+  if (!id) return id;
+  if (auto r = prune_audit_in_transaction(); !r) return std::unexpected(r.error());
+  if (auto r = tx->commit(); !r) return std::unexpected(r.error());
+  return id;
+}
+
 Result<> Store::append_audit_batch(const std::vector<AuditEvent>& events) {
   if (events.empty()) return {};
   auto tx = Transaction::begin(*m_db);
   if (!tx) return std::unexpected(tx.error());
   for (const auto& e : events) {
-    if (auto r = append_audit(e); !r) return std::unexpected(r.error());
+    if (auto r = insert_audit(e); !r) return std::unexpected(r.error());
   }
+  if (auto r = prune_audit_in_transaction(); !r) return r;
   return tx->commit();
 }
 

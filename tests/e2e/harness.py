@@ -124,6 +124,27 @@ class XdgTree:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
+                     "runtime error:", "SUMMARY: ")
+
+# tokend's documented exit codes (tokend --help).
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+def assert_refused(test, daemon, code, *needles):
+    """The daemon exits with exactly `code`, says each needle, and no sanitizer spoke:
+    an ASan abort or a UBSan report must not pass for a refusal."""
+    got = daemon.wait_exit()
+    out = daemon.output()
+    test.assertEqual(got, code, out)
+    for marker in SANITIZER_MARKERS:
+        test.assertNotIn(marker, out)
+    for needle in needles:
+        test.assertIn(needle, out)
+    return out
+
+
 class Daemon:
     """A running tokend whose stderr is collected line by line."""
 

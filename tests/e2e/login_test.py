@@ -116,11 +116,11 @@ class LoginTest(unittest.TestCase):
         except ValueError:
             return status, text
 
-    def add_generic(self, name="p", client=WEB_ID, extra=()):
+    def add_generic(self, name="p", client=WEB_ID, extra=(), redirect=None):
         args = ["add", name, "--kind", "oauth2", "--client-id", client,
                 "--authorize-url", self.up.authorize_endpoint, "--token-url", self.up.token_url,
                 "--revocation-url", self.up.revocation_url, "--userinfo-url", self.up.userinfo_url,
-                "--redirect-uri", self.redirect, "--scopes", "openid offline_access", *extra]
+                "--redirect-uri", redirect or self.redirect, "--scopes", "openid offline_access", *extra]
         if client == WEB_ID:
             args += ["--client-secret-file", secret_file(self.xdg.root, "cs", WEB_SECRET)]
         r = self.ctl(*args)
@@ -398,6 +398,104 @@ class LoginTest(unittest.TestCase):
             self.assertIn("in use", r.stderr)
         self.assert_unchanged(before, token)
 
+    # -- issue 13 findings 3 and 4: the loopback listener against other programs -----------
+
+    def raw_get(self, target, host=None, family=socket.AF_INET, address="127.0.0.1"):
+        """One GET to the loopback listener; (status, body)."""
+        with socket.socket(family) as s:
+            s.settimeout(20)
+            s.connect((address, self.port))
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{self.port}'}\r\n"
+                      "Connection: close\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body.decode(errors="replace")
+
+    def test_foreign_requests_to_the_listener_leave_the_flow_pending(self):
+        self.add_generic()
+        status, flow = self.api("POST", "/v1/profiles/p/login", {})
+        self.assertEqual(status, 200, flow)
+        self.assertTrue(flow["listening"])
+        location = self.consent(flow["authorize_url"])
+        query = urllib.parse.urlsplit(location).query
+        state = redirect_params(location)["state"]
+        # What any web page can send (an <img src=...>): no state, a wrong one,
+        # an error without the state. Each gets a 400; the flow keeps waiting.
+        for target in ("/callback", "/callback?code=x", "/callback?error=access_denied",
+                       f"/callback?code=x&state={state}x", "/callback?error=access_denied&state=nope"):
+            code, body = self.raw_get(target)
+            self.assertEqual(code, 400, target)
+            self.assertIn("still waiting", body)
+            self.assertEqual(self.api("GET", "/v1/profiles/p/login")[1]["state"], "pending", target)
+        # The real redirect through a name other than a loopback one (DNS
+        # rebinding) is refused too, and does not use up the code.
+        code, _ = self.raw_get("/callback?" + query, host=f"attacker.example:{self.port}")
+        self.assertEqual(code, 400)
+        code, _ = self.raw_get("/callback?" + query, host="127.0.0.1:1")
+        self.assertEqual(code, 400)
+        code, _ = self.raw_get("/callback?" + query, host=f"127.0.0.1.:{self.port}")  # a DNS name
+        self.assertEqual(code, 400)
+        self.assertEqual(self.api("GET", "/v1/profiles/p/login")[1]["state"], "pending")
+        # Idle connections (another user's) fill the listener; the browser still gets through.
+        idle = []
+        try:
+            for _ in range(20):
+                c = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                idle.append(c)
+            code, body = self.raw_get("/callback?" + query, host=f"localhost:{self.port}")
+        finally:
+            for c in idle:
+                c.close()
+        self.assertEqual(code, 200, body)
+        wait_for(lambda: self.api("GET", "/v1/profiles/p/login")[1]["state"] == "succeeded", "the login to succeed")
+        self.assert_token_works()
+
+    def ipv6_loopback(self):
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+            return True
+        except OSError:
+            return False
+
+    def test_localhost_redirect_is_served_on_both_loopback_addresses(self):
+        if not self.ipv6_loopback():
+            self.skipTest("no IPv6 loopback on this machine")
+        redirect = f"http://localhost:{self.port}/callback"
+        self.up.add_client("local-app", WEB_SECRET, "client_secret_basic", redirect_uris=[redirect])
+        self.add_generic(client="local-app", extra=("--client-secret-file", secret_file(self.xdg.root, "ls", WEB_SECRET)),
+                         redirect=redirect)
+        # Someone else holds [::1]:PORT, where browsers try localhost first: the start fails.
+        with socket.socket(socket.AF_INET6) as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("::1", self.port))
+            squatter.listen(1)
+            status, body = self.api("POST", "/v1/profiles/p/login", {})
+            self.assertEqual(status, 409, body)
+            self.assertIn(f"[::1]:{self.port}", body["error"]["message"])
+        self.assertFalse(port_open(self.port))
+        # Free: tokend takes both, and the redirect arrives over ::1.
+        status, flow = self.api("POST", "/v1/profiles/p/login", {})
+        self.assertEqual(status, 200, flow)
+        location = self.consent(flow["authorize_url"])
+        self.assertTrue(location.startswith(redirect), location)
+        code, body = self.raw_get("/callback?" + urllib.parse.urlsplit(location).query,
+                                  host=f"localhost:{self.port}", family=socket.AF_INET6, address="::1")
+        self.assertEqual(code, 200, body)
+        wait_for(lambda: self.api("GET", "/v1/profiles/p/login")[1]["state"] == "succeeded", "the login to succeed")
+
+    def test_public_client_without_pkce_is_refused(self):
+        self.add_generic(client=PUBLIC_ID, extra=("--pkce", "off"))
+        status, body = self.api("POST", "/v1/profiles/p/login", {})
+        self.assertEqual(status, 400, body)
+        self.assertIn("public client", body["error"]["message"])
+        self.assertFalse(port_open(self.port))
+
     def test_cancel(self):
         self.add_generic()
         self.api("POST", "/v1/profiles/p/login", {})
@@ -492,6 +590,8 @@ class LoginTest(unittest.TestCase):
                 self.assertEqual(r.returncode, 0, r.stderr)
                 r = self.ctl("login", "m")
                 self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                # Same site for the MCP server and its authorization server: no confused-deputy note.
+                self.assertNotIn("a different site", r.stderr)
                 token = self.assert_token_works("m")
                 self.assertEqual(self.up.stats()["registrations"], registrations + 1)
                 # The token is for the MCP server (RFC 8707 resource).
@@ -513,6 +613,47 @@ class LoginTest(unittest.TestCase):
                 r = self.ctl("logout", "m")
                 self.assertEqual(r.returncode, 0, r.stderr)
                 self.ctl("remove", "m")
+
+    def test_mcp_login_names_an_authorization_server_on_another_site(self):
+        # Issue 13, the confused-deputy hint: an MCP server (here a plain-http
+        # stub on localhost) that sends the user to sign in somewhere else.
+        import http.server
+        import threading
+        stub_port = free_port()
+        mcp = f"http://localhost:{stub_port}/mcp"
+        issuer = self.up.issuer
+
+        class Stub(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.startswith("/.well-known/oauth-protected-resource"):
+                    body = json.dumps({"resource": mcp, "authorization_servers": [issuer]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                else:
+                    body = b"{}"
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", "Bearer")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", stub_port), Stub)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        r = self.ctl("add", "m", "--kind", "oauth2", "--provider", "mcp", "--mcp-server", mcp,
+                     "--redirect-uri", self.redirect)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.ctl("login", "m", "--timeout", "1", env=dict(self.env, BROWSER="/bin/true"))
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        site = issuer.split("://", 1)[1].split("/", 1)[0]
+        self.assertIn(f"Note: the MCP server http://localhost:{stub_port} sends you to sign in at https://{site}",
+                      r.stderr)
+        # Said before the browser opens.
+        self.assertLess(r.stderr.index("Note: the MCP server"), r.stderr.index("open"))
 
     def add_atlassian(self, name="a", site=None):
         args = ["add", name, "--kind", "oauth2", "--provider", "atlassian", "--client-id", ATLASSIAN_ID,
@@ -596,6 +737,42 @@ class LoginTest(unittest.TestCase):
         self.assertEqual(waiter.returncode, 0, err)
         live = {t["token"] for t in self.up.tokens() if t.get("token")}
         self.assertIn(out.strip(), live)
+
+    def test_database_key_and_other_environment_do_not_reach_the_notify_command(self):
+        # Issue 13 finding 5: TOKEND_KEY is wiped once read; the command gets an allow-listed environment.
+        with open(self.xdg.key_file, "rb") as f:
+            key_hex = f.read().hex()
+        self.assertEqual(len(key_hex), 64)
+        dump = os.path.join(self.xdg.root, "notify-env")
+        self.env.update(TOKEND_KEY=key_hex, AWS_SECRET_ACCESS_KEY="aws-MARKER-secret", LC_ALL="C.UTF-8")
+        self.restart("--notify-command", f"env > {dump}.tmp && mv {dump}.tmp {dump}")
+        del self.env["TOKEND_KEY"]
+        environ_file = f"/proc/{self.daemon.proc.pid}/environ"
+        if os.access(environ_file, os.R_OK):
+            with open(environ_file, "rb") as f:
+                block = f.read()
+            self.assertNotIn(key_hex.encode(), block)
+            self.assertNotIn(b"TOKEND_KEY=" + key_hex.encode(), block)
+        self.add_generic()
+        r = self.ctl("login", "p")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        for g in self.up.grants():
+            self.up.revoke_grant(g["grant_id"])
+        r = self.ctl("renew", "p")
+        self.assertEqual(r.returncode, 4, r.stderr)
+        wait_for(lambda: os.path.exists(dump), "the notify command to run")
+        with open(dump) as f:
+            text = f.read()
+        seen = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        self.assertNotIn(key_hex, text)
+        self.assertNotIn("TOKEND_KEY", seen)
+        self.assertNotIn("AWS_SECRET_ACCESS_KEY", seen)
+        self.assertNotIn("FAKE_BROWSER_LOG", seen)
+        self.assertEqual(seen["TOKEND_PROFILE"], "p")
+        self.assertEqual(seen["TOKEND_LOGIN_COMMAND"], "tokenctl login p")
+        self.assertEqual(seen["HOME"], self.env["HOME"])
+        self.assertEqual(seen["LC_ALL"], "C.UTF-8")
+        self.assertIn("PATH", seen)
 
     # -- import -------------------------------------------------------------------------------
 

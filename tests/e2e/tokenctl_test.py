@@ -2,6 +2,7 @@
 status, monitor, exit codes, socket rules, other users, SIGHUP, SIGTERM."""
 import json
 import os
+import shutil
 import pwd
 import signal
 import stat
@@ -9,7 +10,7 @@ import subprocess
 import threading
 import unittest
 
-from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, wait_for, http_over_unix
+from harness import EXIT_REFUSED, Daemon, XdgTree, assert_refused, binaries, secret_file, run_ctl, wait_for, http_over_unix
 
 TOKEND, TOKENCTL = binaries()
 
@@ -18,6 +19,14 @@ PAT = "pat-MARKER-0002-data-center"
 ACCESS = "eyJ.access-MARKER-0003.sig"
 REFRESH = "refresh-MARKER-0004"
 SECRETS = (API_TOKEN, PAT, ACCESS, REFRESH)
+
+
+def as_nobody(code, *args):
+    """Runs python code as the user nobody. The checkout may sit in root's private home
+    directory (0700), so nothing of it is used: the system python, from /."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    return subprocess.run(["runuser", "-u", "nobody", "--", python, "-c", code, *args],
+                          capture_output=True, text=True, timeout=20, cwd="/")
 
 
 class TokenctlTest(unittest.TestCase):
@@ -209,9 +218,7 @@ class TokenctlTest(unittest.TestCase):
 
     def test_second_daemon_refused_and_stale_socket_replaced(self):
         second = Daemon(TOKEND, self.env)
-        self.assertNotEqual(second.wait_exit(), 0)
-        self.assertIn("already running", second.output())
-        self.assertIn(self.xdg.socket, second.output())
+        assert_refused(self, second, EXIT_REFUSED, "already running", self.xdg.socket)
         self.assertEqual(self.ctl("ping").returncode, 0, "the first daemon keeps serving")
         # kill -9 leaves the socket file behind; the next start replaces it.
         self.daemon.stop(signal.SIGKILL)
@@ -225,8 +232,16 @@ class TokenctlTest(unittest.TestCase):
         self.assertEqual(self.daemon.stop(), 0)
         os.chmod(os.path.dirname(self.xdg.socket), 0o755)
         d = Daemon(TOKEND, self.env)
-        self.assertNotEqual(d.wait_exit(), 0)
-        self.assertIn("chmod 700 " + os.path.dirname(self.xdg.socket), d.output())
+        assert_refused(self, d, EXIT_REFUSED, "chmod 700 " + os.path.dirname(self.xdg.socket))
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to give the socket directory to another user")
+    def test_socket_directory_owned_by_another_user_is_refused(self):
+        self.assertEqual(self.daemon.stop(), 0)
+        sock_dir = os.path.dirname(self.xdg.socket)
+        os.chown(sock_dir, pwd.getpwnam("nobody").pw_uid, -1)
+        d = Daemon(TOKEND, self.env)
+        out = assert_refused(self, d, EXIT_REFUSED, sock_dir)
+        self.assertIn("owned by", out)
 
     @unittest.skipUnless(os.geteuid() == 0, "needs root to run a client as another user (runuser -u nobody)")
     def test_other_user_gets_403_and_an_audit_event(self):
@@ -239,8 +254,7 @@ class TokenctlTest(unittest.TestCase):
         code = ("import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
                 "s.sendall(b'GET /v1/profiles HTTP/1.1\\r\\nConnection: close\\r\\n\\r\\n');"
                 "d=b''\nwhile True:\n b=s.recv(4096)\n if not b: break\n d+=b\nprint(d.decode())")
-        r = subprocess.run(["runuser", "-u", "nobody", "--", "python3", "-c", code, self.xdg.socket],
-                           capture_output=True, text=True, timeout=20)
+        r = as_nobody(code, self.xdg.socket)
         self.assertIn("HTTP/1.1 403", r.stdout, r.stderr)
         self.assertIn('"forbidden"', r.stdout)
         audit = json.loads(http_over_unix(self.xdg.socket,
@@ -256,9 +270,161 @@ class TokenctlTest(unittest.TestCase):
             f.write("allow-uid = nobody\n")
         self.daemon.proc.send_signal(signal.SIGHUP)
         self.daemon.wait_for_line("configuration reloaded")
-        r = subprocess.run(["runuser", "-u", "nobody", "--", "python3", "-c", code, self.xdg.socket],
-                           capture_output=True, text=True, timeout=20)
+        r = as_nobody(code, self.xdg.socket)
         self.assertIn("HTTP/1.1 200", r.stdout, r.stderr)
+
+    # -- issue 13 finding 2: tokenctl trusts only a private directory and a daemon of its own uid --
+
+    def fake_listener(self, path):
+        """A Unix listener at `path` that records every byte it receives."""
+        import socket as socketlib
+        srv = socketlib.socket(socketlib.AF_UNIX)
+        srv.bind(path)
+        srv.listen(8)
+        srv.settimeout(0.2)
+        got = {"connections": 0, "bytes": b""}
+        stop = threading.Event()
+
+        def serve():
+            while not stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    continue
+                got["connections"] += 1
+                conn.settimeout(2)
+                try:
+                    got["bytes"] += conn.recv(65536)
+                except OSError:
+                    pass
+                conn.close()
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+
+        def close():
+            stop.set()
+            t.join(5)
+            srv.close()
+        self.addCleanup(close)
+        return got
+
+    def test_tokenctl_refuses_a_socket_directory_that_is_not_private(self):
+        rogue = os.path.join(self.xdg.root, "rogue")
+        os.makedirs(rogue, mode=0o700)
+        os.chmod(rogue, 0o755)
+        sock = os.path.join(rogue, "tokend.sock")
+        got = self.fake_listener(sock)
+        env = dict(self.env, TOKEND_SOCKET=sock)
+        pat = self.secret_file("rogue-pat", "pat-MARKER-rogue")
+        r = run_ctl(TOKENCTL, env, "add", "x", "--kind", "pat", "--site", "https://a.example", "--token-file", pat)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f"refusing to talk to the socket {sock}", r.stderr)
+        self.assertIn("accessible by group or others", r.stderr)
+        self.assertIn("chmod 700 " + rogue, r.stderr)
+        self.assertNotIn("systemctl", r.stderr)  # starting tokend would not fix this
+        # A symlinked directory is refused too, even when it points at a private one.
+        os.chmod(rogue, 0o700)
+        link = os.path.join(self.xdg.root, "link")
+        os.symlink(rogue, link)
+        r = run_ctl(TOKENCTL, dict(self.env, TOKEND_SOCKET=os.path.join(link, "tokend.sock")), "token", "x")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("symbolic link", r.stderr)
+        self.assertEqual(got["connections"], 0)
+        self.assertEqual(got["bytes"], b"")
+        # The private directory itself, with a listener of our own uid, is used.
+        r = run_ctl(TOKENCTL, env, "token", "x")
+        self.assertEqual(got["connections"], 1, r.stderr)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to make another user's directory and daemon")
+    def test_tokenctl_refuses_a_directory_or_daemon_of_another_user(self):
+        nobody = pwd.getpwnam("nobody")
+        # The /tmp fallback's attack: another user made the directory first.
+        theirs = os.path.join(self.xdg.root, "theirs")
+        os.makedirs(theirs, mode=0o700)
+        os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+        r = run_ctl(TOKENCTL, dict(self.env, TOKEND_SOCKET=os.path.join(theirs, "tokend.sock")), "ping")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f"owned by uid {nobody.pw_uid}", r.stderr)
+        # A private directory of ours, but the listener runs as another user
+        # (it bound the socket as root, then dropped to nobody before listen()).
+        mine = os.path.join(self.xdg.root, "mine")
+        os.makedirs(mine, mode=0o700)
+        sock = os.path.join(mine, "tokend.sock")
+        code = ("import os,socket,sys\n"
+                "s=socket.socket(socket.AF_UNIX);s.bind(sys.argv[1]);os.setgid(int(sys.argv[3]));"
+                "os.setuid(int(sys.argv[2]));s.listen(4);print('ready',flush=True)\n"
+                "c,_=s.accept();c.settimeout(3)\n"
+                "try:\n d=c.recv(65536)\nexcept OSError:\n d=b''\n"
+                "print('received',len(d),flush=True)\n")
+        fake = subprocess.Popen(["/usr/bin/python3", "-c", code, sock, str(nobody.pw_uid), str(nobody.pw_gid)],
+                                cwd="/", stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(fake.stdout.readline().strip(), "ready")
+            pat = self.secret_file("rogue-pat", "pat-MARKER-rogue")
+            r = run_ctl(TOKENCTL, dict(self.env, TOKEND_SOCKET=sock), "add", "x", "--kind", "pat",
+                        "--site", "https://a.example", "--token-file", pat)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(f"runs as uid {nobody.pw_uid}, not as you (uid 0)", r.stderr)
+            out, _ = fake.communicate(timeout=20)
+            self.assertEqual(out.strip(), "received 0")
+        finally:
+            if fake.poll() is None:
+                fake.kill()
+                fake.wait()
+
+    def metric(self, name):
+        raw = http_over_unix(self.xdg.socket, b"GET /v1/metrics HTTP/1.1\r\nConnection: close\r\n\r\n").decode()
+        for line in raw.split("\r\n\r\n", 1)[1].splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def test_waiting_requests_end_when_their_callers_go(self):
+        # Issue 13 finding 9: token?wait=3600 from callers that closed the socket and exited.
+        import socket as socketlib
+        self.assertEqual(self.daemon.stop(), 0)
+        self.daemon = Daemon(TOKEND, self.env, ["--max-connections", "40"])
+        self.daemon.wait_ready(self.xdg.socket)
+        self.ctl("add", "w", "--kind", "oauth2", "--provider", "generic", "--token-url", "https://auth.example/token",
+                 "--client-id", "cid")
+        request = b"GET /v1/profiles/w/token?wait=3600 HTTP/1.1\r\nHost: tokend\r\n\r\n"
+        callers = []
+        for _ in range(30):
+            s = socketlib.socket(socketlib.AF_UNIX)
+            s.connect(self.xdg.socket)
+            s.sendall(request)
+            callers.append(s)
+        wait_for(lambda: self.metric("tokend_waiting_requests") == 30, "30 waiting requests")
+        # One caller half-closes: it still wants its answer and keeps waiting.
+        callers[0].shutdown(socketlib.SHUT_WR)
+        for s in callers[1:]:
+            s.close()
+        wait_for(lambda: self.metric("tokend_waiting_requests") == 1, "the gone callers' waits to end")
+        wait_for(lambda: self.metric("tokend_http_connections_open") == 2, "their connections to close")
+        # Their slots are free again: 30 more callers are not refused with 503.
+        more = []
+        for _ in range(30):
+            s = socketlib.socket(socketlib.AF_UNIX)
+            s.connect(self.xdg.socket)
+            s.sendall(request)
+            more.append(s)
+        wait_for(lambda: self.metric("tokend_waiting_requests") == 31, "31 waiting requests")
+        for s in more:
+            s.close()
+        # The half-closed caller gets its answer when the wait ends (a PUT with a token).
+        pat = self.secret_file("w-token", "w-access-MARKER")
+        self.ctl("add", "w", "--kind", "oauth2", "--provider", "generic", "--token-url", "https://auth.example/token",
+                 "--client-id", "cid", "--token-file", pat, "--expires-in", "3600")
+        callers[0].settimeout(20)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = callers[0].recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        callers[0].close()
+        self.assertTrue(got.startswith(b"HTTP/1.1 200"), got[:200])
 
     def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(self):
         conf = os.path.join(self.env["XDG_CONFIG_HOME"], "tokend", "tokend.conf")

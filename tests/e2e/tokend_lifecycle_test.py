@@ -4,7 +4,7 @@ import stat
 import sys
 import unittest
 
-from harness import Daemon, XdgTree, binaries
+from harness import EXIT_REFUSED, EXIT_USAGE, Daemon, XdgTree, assert_refused, binaries
 
 TOKEND, TOKENCTL = binaries()
 
@@ -50,10 +50,7 @@ class LifecycleTest(unittest.TestCase):
             before = f.read()
         env = dict(self.xdg.env, TOKEND_KEY="ab" * 32)
         d = Daemon(TOKEND, env)
-        self.assertNotEqual(d.wait_exit(), 0)
-        out = d.output()
-        self.assertIn(self.xdg.db, out)
-        self.assertIn("TOKEND_KEY", out)
+        out = assert_refused(self, d, EXIT_REFUSED, self.xdg.db, "TOKEND_KEY")
         self.assertNotIn("ab" * 32, out)
         with open(self.xdg.db, "rb") as f:
             self.assertEqual(f.read(), before)
@@ -64,13 +61,22 @@ class LifecycleTest(unittest.TestCase):
         self.assertEqual(d.stop(), 0)
         os.chmod(self.xdg.key_file, 0o644)
         d = Daemon(TOKEND, self.xdg.env)
-        self.assertNotEqual(d.wait_exit(), 0)
-        self.assertIn(f"chmod 600 {self.xdg.key_file}", d.output())
+        assert_refused(self, d, EXIT_REFUSED, f"chmod 600 {self.xdg.key_file}")
 
     def test_bad_flag_is_usage_error(self):
         d = Daemon(TOKEND, self.xdg.env, ["--no-such-flag"])
-        self.assertEqual(d.wait_exit(), 2)
-        self.assertIn("no-such-flag", d.output())
+        assert_refused(self, d, EXIT_USAGE, "no-such-flag")
+
+    def test_bad_config_file_is_refused_naming_file_and_setting(self):
+        conf = os.path.join(self.xdg.env["XDG_CONFIG_HOME"], "tokend", "tokend.conf")
+        os.makedirs(os.path.dirname(conf), exist_ok=True)
+        with open(conf, "w") as f:
+            f.write("max-connections = lots\n")
+        d = Daemon(TOKEND, self.xdg.env)
+        assert_refused(self, d, EXIT_USAGE, "max-connections", "lots")
+        self.assertFalse(os.path.exists(self.xdg.db), "nothing created for a refused start")
+        d = Daemon(TOKEND, self.xdg.env, ["--config", conf + ".missing"])
+        assert_refused(self, d, EXIT_USAGE, conf + ".missing", "does not exist")
 
 
 if __name__ == "__main__":

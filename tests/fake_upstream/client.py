@@ -575,6 +575,10 @@ class UpstreamClient:
     def reset(self):
         return self.control("POST", "reset", {})
 
+    def open_gate(self, name):
+        """Lets a gated stream (?gate=NAME on /events and downloads) send the rest."""
+        return self.control("POST", f"gates/{name}", {})
+
     def add_client(self, client_id, client_secret=None, auth_method=None, redirect_uris=None):
         spec = {"client_id": client_id, "client_secret": client_secret}
         if auth_method is not None:

@@ -192,6 +192,14 @@ def download_pattern(seed):
         return p
 
 
+def gated(chunks, gate):
+    """The first chunk at once, the rest after `gate` (a threading.Event) is set."""
+    for i, chunk in enumerate(chunks):
+        if i == 1 and gate is not None:
+            gate.wait(60)
+        yield chunk
+
+
 def download_chunks(seed, size, delay=0.0):
     """`size` bytes of deterministic content in STREAM_CHUNK pieces: byte i is
     pattern[i % PATTERN_PERIOD], the pattern being the SHA-256 blocks of
@@ -1933,6 +1941,7 @@ class App:
               target="discovery"),
         Route("*", r"/mcp", "mcp", target="mcp"),
         Route("GET", r"/me", "userinfo", target="resource"),
+        Route("GET", r"/events", "event_stream", target="resource"),
         Route("GET", r"/oauth/userinfo", "userinfo", target="resource"),
         Route("GET", r"/oauth/token/accessible-resources", "accessible_resources", target="resource"),
         # the fake Atlassian REST API: one route per prefix, dispatched further by API_OPS
@@ -1975,10 +1984,15 @@ class App:
         Route("POST", r"/_control/pats", "control_add_pat"),
         Route("POST", r"/_control/pats/revoke", "control_revoke_pat"),
         Route("GET", r"/_control/store", "control_store"),
+        Route("POST", r"/_control/gates/(?P<name>[A-Za-z0-9_-]+)", "control_open_gate"),
     ]
 
     def __init__(self, state, base_url="https://127.0.0.1"):
         self.state = state
+        # Gates hold a streamed answer until a test opens them (POST /_control/gates/NAME),
+        # so a test can see what arrived before the upstream sent the rest.
+        self._gates = {}
+        self._gates_lock = threading.Lock()
         self.base_url = base_url     # the issuer; main() sets it once the port is known
         self._compiled = [(r, re.compile(r.pattern + r"\Z")) for r in self.ROUTES]
 
@@ -2286,6 +2300,35 @@ class App:
         if scheme.lower() != "bearer" or not token.strip():
             return None
         return token.strip()
+
+    def gate(self, name):
+        with self._gates_lock:
+            return self._gates.setdefault(name, threading.Event())
+
+    def control_open_gate(self, ctx, name):
+        self.gate(name).set()
+        return Response.json(200, {"opened": name})
+
+    def event_stream(self, ctx):
+        """Server-sent events for a valid bearer token: `count` events (default 3); with
+        `gate=NAME` the first goes out at once and the rest only once the gate opens."""
+        token = self._bearer_token(ctx)
+        if token is None:
+            return self._bearer_challenge()
+        status, _, _ = self.state.check_access_token(token)
+        if status != "valid":
+            return self._bearer_challenge("invalid_token", _ACCESS_ERRORS[status])
+        q = ctx.request.query
+        count = int(q["count"]) if q.get("count", "").isdigit() else 3
+        gate = self.gate(q["gate"]) if q.get("gate") else None
+
+        def events():
+            for n in range(1, count + 1):
+                if n == 2 and gate is not None:
+                    gate.wait(60)
+                yield f"id: {n}\nevent: tick\ndata: {{\"n\": {n}}}\n\n".encode()
+        return Response(200, headers=[("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")],
+                        stream=events(), stream_length=None)
 
     def userinfo(self, ctx):
         token = self._bearer_token(ctx)
@@ -3003,12 +3046,13 @@ class App:
         if not 0 <= delay <= 10:
             raise ApiError(400, "invalid_request", "chunk_delay must be seconds in [0, 10]")
         chunked = q.get("chunked", "") in ("1", "true", "yes")
+        gate = self.gate(q["gate"]) if q.get("gate") else None
         sent = size if cut is None else min(cut, size)
         safe = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in shown)
         resp = Response(200, headers=[
             ("Content-Type", (known or {}).get("mimeType") or "application/octet-stream"),
             ("Content-Disposition", f'attachment; filename="{safe}"')],
-            stream=download_chunks(seed, sent, delay), stream_length=None if chunked else size)
+            stream=gated(download_chunks(seed, sent, delay), gate), stream_length=None if chunked else size)
         if sent < size:
             resp.action = "truncate"
         ctx.entry["download"] = {"seed": seed, "size": size, "chunked": chunked, "cut": cut,

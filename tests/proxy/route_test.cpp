@@ -110,13 +110,69 @@ TEST_CASE("policy: read-only, allow and deny prefixes on whole segments", "[prox
       {"GET", "confluence/rest/api/space/HR/content", false},
       {"GET", "jira/rest/api/3/myself", false},
   };
+  const auto cloud = profile(CredentialKind::api_token, "", {{"site", "https://acme.atlassian.net"}, {"policy", policy}});
   for (const auto& c : cases) {
     INFO(c.method << " " << c.rest);
-    auto r = check_policy(policy, c.method, c.rest);
+    auto r = check_policy(cloud, c.method, c.rest);
     CHECK(r.has_value() == c.ok);
     if (!r) CHECK(r.error().code == Errc::permission);
   }
-  CHECK(check_policy(Json::object(), "DELETE", "anything"));
+  CHECK(check_policy(profile(CredentialKind::api_token, "", {{"site", "https://a.test"}}), "DELETE", "jira/anything"));
+}
+
+// Issue 13 finding 8: the policy is judged on what the upstream receives.
+TEST_CASE("policy: other names of a denied URL, path parameters and '..;' do not get past it", "[proxy]") {
+  const Json deny = {{"deny", {"confluence/rest/api/space/HR"}}};
+  const Json allow = {{"allow", {"jira/rest/api/3/project/AB"}}};
+  const auto cloud = profile(CredentialKind::api_token, "", {{"site", "https://acme.atlassian.net"}, {"policy", deny}});
+  const auto cloud_allow = profile(CredentialKind::api_token, "", {{"site", "https://acme.atlassian.net"}, {"policy", allow}});
+  // A Data Center site serving both products from one base.
+  const auto dc = profile(CredentialKind::pat, "", {{"site", "https://atl.corp"}, {"policy", deny}});
+  const auto dc_allow = profile(CredentialKind::pat, "", {{"site", "https://atl.corp"}, {"policy", allow}});
+  const auto generic = profile(CredentialKind::oauth2, "generic",
+                               {{"api_base", "https://api.example.com"}, {"policy", {{"deny", {"admin"}}}}});
+  struct Case {
+    const store::Profile* p;
+    std::string rest;
+    bool ok;
+  };
+  const Case cases[] = {
+      // Confluence Cloud lives under the site's /wiki: jira/wiki/... is the same URL.
+      {&cloud, "jira/wiki/rest/api/space/HR", false},
+      {&cloud, "jira/wiki/rest/api/space/HR/content", false},
+      {&cloud, "jira/wiki/rest/api/space/DOCS", true},
+      {&dc, "jira/rest/api/space/HR", false},
+      // Path parameters: Tomcat routes "HR;x" as "HR".
+      {&cloud, "confluence/rest/api/space/HR;x", false},
+      {&cloud, "confluence/rest;a=b/api/space/HR", false},
+      {&cloud, "jira/wiki;x/rest/api/space/HR", false},
+      // As written, "AB;x" is another resource than AB (for servers that do
+      // not strip path parameters): not under the allowed prefix.
+      {&cloud_allow, "jira/rest/api/3/project/AB;x", false},
+      {&cloud_allow, "jira/rest/api/3/project/AB/versions;x", true},
+      {&cloud_allow, "jira/rest/api/3/project/AB;/../../../myself", false},
+      {&cloud_allow, "jira/rest/api/3/project/ABC;x", false},
+      // The same URL under the other product's name is allowed like the first.
+      {&dc_allow, "confluence/rest/api/3/project/AB", true},
+      {&dc_allow, "confluence/rest/api/3/myself", false},
+      {&generic, "admin;x/users", false},
+      {&generic, "users/me", true},
+  };
+  for (const auto& c : cases) {
+    INFO(c.rest);
+    auto r = check_policy(*c.p, "GET", c.rest);
+    CHECK(r.has_value() == c.ok);
+  }
+  // "..;" is a dot segment to Tomcat: refused outright, policy or not, so it
+  // cannot leave the site's context path either.
+  for (const std::string rest : {"jira/rest/..;/..;/admin", "confluence/..;x/secure", "jira/.;/x"}) {
+    INFO(rest);
+    auto r = check_policy(cloud_allow, "GET", rest);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::invalid_argument);
+    CHECK_FALSE(upstream_url(cloud, rest, ""));
+    CHECK_FALSE(upstream_url(profile(CredentialKind::api_token, "", {{"site", "https://a.test"}}), rest, ""));
+  }
 }
 
 TEST_CASE("the rate limiter allows a burst, then one call per interval", "[proxy]") {

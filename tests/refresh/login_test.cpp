@@ -6,11 +6,13 @@
 #include <catch2/catch_test_macros.hpp>
 
 #include "core/encoding.hpp"
+#include "net/url.hpp"
 #include "refresh/discovery.hpp"
 #include "refresh/fake_transport.hpp"
 #include "refresh/login.hpp"
 #include "refresh/oauth.hpp"
 #include "refresh/pkce.hpp"
+#include "refresh/profile_spec.hpp"
 #include "store/store_support.hpp"
 #include "support/temp_dir.hpp"
 
@@ -106,6 +108,50 @@ TEST_CASE("protected resource metadata must be for the server asked about", "[lo
   CHECK_FALSE(check_resource_metadata(no_as, "https://mcp.example.com/mcp"));
   Json bad_as = {{"resource", "https://mcp.example.com/mcp"}, {"authorization_servers", {"http://as.example.com"}}};
   CHECK_FALSE(check_resource_metadata(bad_as, "https://mcp.example.com/mcp"));
+}
+
+// Issue 13 finding 11: a remote document cannot point tokend at a local service.
+TEST_CASE("URLs named by remote metadata or challenges must be remote https", "[login]") {
+  Json local_token = {{"issuer", "https://as.example.com"},
+                      {"authorization_endpoint", "https://as.example.com/authorize"},
+                      {"token_endpoint", "http://127.0.0.1:8080/token"}};
+  CHECK_FALSE(check_server_metadata(local_token, "https://as.example.com"));
+  Json local_registration = {{"issuer", "https://as.example.com"},
+                             {"token_endpoint", "https://as.example.com/token"},
+                             {"registration_endpoint", "http://localhost:9000/admin/users"}};
+  auto refused = check_server_metadata(local_registration, "https://as.example.com");
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message.find("registration_endpoint") != std::string::npos);
+  Json local_https = {{"issuer", "https://as.example.com"}, {"token_endpoint", "https://[::1]:8443/token"}};
+  CHECK_FALSE(check_server_metadata(local_https, "https://as.example.com"));
+  // A document that came from loopback (development, tests) may name loopback URLs.
+  Json dev = {{"issuer", "http://127.0.0.1:5556"}, {"token_endpoint", "http://127.0.0.1:5556/token"}};
+  CHECK(check_server_metadata(dev, "http://127.0.0.1:5556"));
+  Json prm = {{"resource", "https://mcp.example.com/mcp"}, {"authorization_servers", {"http://127.0.0.1:7000"}}};
+  CHECK_FALSE(check_resource_metadata(prm, "https://mcp.example.com/mcp"));
+  Json local_prm = {{"resource", "http://localhost:3000/mcp"}, {"authorization_servers", {"http://localhost:3001"}}};
+  CHECK(check_resource_metadata(local_prm, "http://localhost:3000/mcp"));
+  // The resource_metadata URL of a WWW-Authenticate challenge.
+  CHECK_FALSE(check_discovered_url("resource_metadata", "http://127.0.0.1:2375/containers/json",
+                                   "https://mcp.example.com/mcp"));
+  CHECK(check_discovered_url("resource_metadata", "https://mcp.example.com/.well-known/oauth-protected-resource",
+                             "https://mcp.example.com/mcp"));
+}
+
+// Issue 13 finding 12: loopback is an address, not a text prefix.
+TEST_CASE("the loopback test parses the address", "[login]") {
+  for (const char* host : {"127.0.0.1", "127.1.2.3", "localhost", "LocalHost", "[::1]", "[0:0:0:0:0:0:0:1]"}) {
+    INFO(host);
+    CHECK(net::is_loopback_host(host));
+  }
+  for (const char* host : {"127.0.0.1.", "127.0.0.1.evil.example", "127.evil", "127.0.0.1.nip.io", "127.0.0.256",
+                           "localhost.", "[::2]", "[::ffff:127.0.0.1]x", "128.0.0.1", "0x7f.0.0.1", ""}) {
+    INFO(host);
+    CHECK_FALSE(net::is_loopback_host(host));
+  }
+  CHECK_FALSE(check_endpoint_url("token_url", "http://127.0.0.1./token"));
+  CHECK_FALSE(check_endpoint_url("token_url", "http://127.0.0.1.evil.example/token"));
+  CHECK(check_endpoint_url("token_url", "http://127.0.0.1:8080/token"));
 }
 
 TEST_CASE("token requests carry client auth and the RFC 8707 resource", "[login]") {
@@ -270,24 +316,47 @@ TEST_CASE("a code flow: listener, state, PKCE, exchange, stored, listener closed
   CHECK(std::any_of(rig.seen.begin(), rig.seen.end(), [](const Event& e) { return e.type == "login_succeeded"; }));
 }
 
-TEST_CASE("a wrong state or an error redirect ends the flow and stores nothing", "[login]") {
-  for (const std::string query : {"code=abc&state=forged", "code=abc", "error=access_denied&error_description=no"}) {
+// Issue 13 finding 3: any web page can make the browser send a request to
+// the listener; one without this flow's state must not end the login.
+TEST_CASE("a redirect without this flow's state is refused and the flow keeps waiting", "[login]") {
+  LoginRig rig;
+  rig.add(k_generic);
+  const std::string state = rig.param(rig.start()["authorize_url"], "state");
+  for (const std::string& query : std::vector<std::string>{"code=abc&state=forged", "code=abc", "", "error=access_denied",
+                                  "error=access_denied&state=forged", "state=" + form_encode(state) + "x&code=abc"}) {
     INFO(query);
-    LoginRig rig;
-    rig.add(k_generic);
-    const std::string state = rig.param(rig.start()["authorize_url"], "state");
-    // An error redirect carries the right state: the provider refused.
-    auto reply = rig.callbacks.hit("/cb", query.starts_with("error") ? query + "&state=" + form_encode(state) : query);
+    auto reply = rig.callbacks.hit("/cb", query);
     REQUIRE(*reply);
     CHECK((*reply)->status == 400);
     CHECK(rig.http.pending.empty());  // no exchange attempted
-    const Json s = rig.login->status("p");
-    CHECK(s["state"] == "failed");
-    CHECK(s["error"]["reason"] == (query.starts_with("error") ? "access_denied" : "state_mismatch"));
-    CHECK_FALSE(rig.callbacks.open);
+    CHECK(rig.login->status("p")["state"] == "pending");
+    CHECK(rig.callbacks.open);
     CHECK(rig.store.get_credential("p")->generation == 0);
-    CHECK_FALSE(rig.tokens->token("p", {}));
   }
+  // The provider's own redirect still gets through afterwards.
+  auto reply = rig.callbacks.hit("/cb", "code=abc&state=" + form_encode(state));
+  REQUIRE_FALSE(*reply);  // answered after the exchange
+  REQUIRE(rig.http.pending.size() == 1);
+  rig.http.reply(200, tokens_json());
+  REQUIRE(*reply);
+  CHECK((*reply)->status == 200);
+  CHECK(rig.login->status("p")["state"] == "succeeded");
+}
+
+TEST_CASE("an error redirect with this flow's state ends the flow and stores nothing", "[login]") {
+  LoginRig rig;
+  rig.add(k_generic);
+  const std::string state = rig.param(rig.start()["authorize_url"], "state");
+  auto reply = rig.callbacks.hit("/cb", "error=access_denied&error_description=no&state=" + form_encode(state));
+  REQUIRE(*reply);
+  CHECK((*reply)->status == 400);
+  CHECK(rig.http.pending.empty());
+  const Json s = rig.login->status("p");
+  CHECK(s["state"] == "failed");
+  CHECK(s["error"]["reason"] == "access_denied");
+  CHECK_FALSE(rig.callbacks.open);
+  CHECK(rig.store.get_credential("p")->generation == 0);
+  CHECK_FALSE(rig.tokens->token("p", {}));
 }
 
 TEST_CASE("a rejected code (PKCE mismatch, reuse) ends the flow with invalid_grant", "[login]") {

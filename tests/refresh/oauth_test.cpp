@@ -109,7 +109,7 @@ TEST_CASE("token answers: every failure is classified, with a clear message and 
       {"500 html", answer(500, "<html><body>oops</body></html>", "text/html"), FailureKind::transient, "HTML error page"},
       {"502 html", answer(502, "<html>bad gateway</html>", "text/html"), FailureKind::transient, "502"},
       {"503", answer(503, "<html>down</html>", "text/html", {{"retry-after", "30"}}), FailureKind::transient, "503"},
-      {"html 200", answer(200, "<!DOCTYPE html><html>Sign in</html>", "text/html"), FailureKind::transient, "HTML or text"},
+      {"html 200", answer(200, "<!DOCTYPE html><html>Sign in</html>", "text/html"), FailureKind::transient, "text/html (35 bytes), not JSON"},
       {"truncated json", answer(200, R"({"access_token":"at-x","expires_in":36)"), FailureKind::transient, "not valid JSON"},
       {"missing access_token", answer(200, R"({"expires_in":3600,"refresh_token":"rt"})"), FailureKind::transient, "no access_token"},
       {"empty access_token", answer(200, R"({"access_token":"","expires_in":3600})"), FailureKind::transient, "no access_token"},
@@ -132,6 +132,83 @@ TEST_CASE("token answers: every failure is classified, with a clear message and 
   }
   auto rl = interpret_token_response(answer(429, "", "text/plain", {{"retry-after", "7"}}), k_sent, 1h);
   CHECK(rl.error().retry_after == 7s);
+}
+
+// Issue 13 findings 1, 6 and 7: what a hostile token endpoint sends does not
+// reach a header, a file, a log line or a message unchecked.
+TEST_CASE("token answers: tokens and token types outside the RFCs' alphabets are refused", "[refresh][oauth]") {
+  struct Case {
+    const char* name;
+    std::string body;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"shell metacharacters", R"({"access_token":"AAA;id>PWNED","expires_in":60})", "access_token is not a usable token"},
+      {"newline in the token", R"({"access_token":"a\nLD_PRELOAD=/tmp/x.so","expires_in":60})", "access_token"},
+      {"space in the token", R"({"access_token":"a b","expires_in":60})", "access_token"},
+      {"padding in the middle", R"({"access_token":"a=b","expires_in":60})", "access_token"},
+      {"refresh token with CR", R"({"access_token":"at-x","refresh_token":"r\rX: y","expires_in":60})", "refresh_token"},
+      {"refresh token not a string", R"({"access_token":"at-x","refresh_token":5,"expires_in":60})", "refresh_token"},
+      {"token_type with CRLF", R"({"access_token":"at-x","token_type":"Bearer\r\nX-Injected: 1","expires_in":60})",
+       "token_type is not one word"},
+      {"token_type two words", R"({"access_token":"at-x","token_type":"Bearer x","expires_in":60})", "token_type"},
+      {"scope with a newline", R"({"access_token":"at-x","scope":"a\nb","expires_in":60})", "scope"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.name);
+    auto t = interpret_token_response(answer(200, c.body), k_sent, 1h);
+    REQUIRE_FALSE(t);
+    CHECK(t.error().kind == FailureKind::transient);
+    CHECK(t.error().message.find(c.says) != std::string::npos);
+    for (const char* secret : {"PWNED", "LD_PRELOAD", "X-Injected", "at-x"}) CHECK(t.error().message.find(secret) == std::string::npos);
+  }
+  // What the RFCs allow passes: a JWT, base64 with padding, other type names.
+  auto jwt = interpret_token_response(
+      answer(200, R"({"access_token":"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln-_~+/==","token_type":"DPoP","expires_in":60,
+                      "refresh_token":"rt.1~2","scope":"read:jira-work offline_access"})"),
+      k_sent, 1h);
+  REQUIRE(jwt);
+  CHECK(jwt->token_type == "DPoP");
+  CHECK(jwt->refresh_token.reveal() == "rt.1~2");
+}
+
+TEST_CASE("token answers: provider error texts are printable, 2xx bodies never quoted", "[refresh][oauth]") {
+  // A newline in error_description would forge a log line and reach TOKEND_REASON.
+  auto forged = interpret_token_response(
+      answer(400, "{\"error\":\"invalid_grant\\n2026-01-01 [info] forged\",\"error_description\":\"x\\r\\n\\u001b[31mred\"}"),
+      k_sent, 1h);
+  REQUIRE_FALSE(forged);
+  for (const char c : forged.error().message) {
+    const auto u = static_cast<unsigned char>(c);
+    CHECK((u >= 0x20 && u < 0x7f));
+  }
+  auto denied = interpret_token_response(answer(403, R"({"error":"invalid_grant","error_description":"d\u00e9j\u00e0\nvu"})"),
+                                         k_sent, 1h);
+  REQUIRE_FALSE(denied);
+  CHECK(denied.error().kind == FailureKind::reauth);
+  CHECK(denied.error().message.find('\n') == std::string::npos);
+  // A form-encoded 200 in a JSON-less form: never quoted into the message.
+  auto text = interpret_token_response(answer(200, "access_token=at-x&refresh_token=rt-secret", "text/plain"), k_sent, 1h);
+  REQUIRE_FALSE(text);
+  CHECK(text.error().message.find("at-x") == std::string::npos);
+  CHECK(text.error().message.find("rt-secret") == std::string::npos);
+  CHECK(text.error().message.find("text/plain") != std::string::npos);
+  // GitHub-style application/x-www-form-urlencoded answers are read, the
+  // rotated refresh token included.
+  auto form = interpret_token_response(answer(200, "access_token=gho_abc&expires_in=28800&refresh_token=ghr_def"
+                                                   "&refresh_token_expires_in=15897600&scope=repo&token_type=bearer",
+                                              "application/x-www-form-urlencoded; charset=utf-8"),
+                                       k_sent, 1h);
+  REQUIRE(form);
+  CHECK(form->access_token.reveal() == "gho_abc");
+  CHECK(form->refresh_token.reveal() == "ghr_def");
+  CHECK(form->token_type == "Bearer");
+  CHECK(form->expires_at_ms == to_unix_ms(k_sent) + 28'800'000);
+  auto form_error = interpret_token_response(answer(200, "error=bad_verification_code&error_description=The+code",
+                                                    "application/x-www-form-urlencoded"),
+                                             k_sent, 1h);
+  REQUIRE_FALSE(form_error);
+  CHECK(form_error.error().message.find("no access_token") != std::string::npos);
 }
 
 TEST_CASE("Retry-After: seconds and HTTP dates", "[refresh][oauth]") {

@@ -1,5 +1,7 @@
 #include <sys/stat.h>
 
+#include <vector>
+
 #include <catch2/catch_test_macros.hpp>
 
 #include "refresh/sinks.hpp"
@@ -28,8 +30,36 @@ TEST_CASE("dotenv update replaces one line and keeps every other byte", "[refres
     REQUIRE(r);
     CHECK(*r == c.after);
   }
-  CHECK(*update_dotenv("", "T", "a b'c") == "T='a b'\\''c'\n");
   CHECK_FALSE(update_dotenv(std::string("A=1\0\n", 5), "T", "x"));
+}
+
+// Issue 13 finding 1: what python-dotenv and `set -a; . ./.env` both read back
+// as the value, and nothing that either would run or split into lines.
+TEST_CASE("dotenv values are quoted for python-dotenv and the shell alike, line breaks refused", "[refresh][sinks]") {
+  struct Case {
+    std::string value, line;
+  };
+  const Case quoted[] = {
+      {"eyJhbGciOi.J9-_~+/x=", "T=eyJhbGciOi.J9-_~+/x=\n"},
+      {"AAA;id>PWNED", "T='AAA;id>PWNED'\n"},
+      {"a|b&c<d>e(f)g", "T='a|b&c<d>e(f)g'\n"},
+      {"$(id)`id`", "T='$(id)`id`'\n"},
+      {"a b#c\"d", "T='a b#c\"d'\n"},
+  };
+  for (const auto& c : quoted) {
+    INFO(c.value);
+    auto r = update_dotenv("", "T", c.value);
+    REQUIRE(r);
+    CHECK(*r == c.line);
+  }
+  for (const std::string& bad : std::vector<std::string>{"a\nLD_PRELOAD=/tmp/x.so", "a\rHTTPS_PROXY=http://evil", "a'b", "a\\b", std::string("a\0b", 3),
+                                "a\x1b[2J"}) {
+    INFO(bad);
+    auto r = update_dotenv("A=1\n", "T", bad);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::invalid_argument);
+    CHECK(r.error().message.find(bad) == std::string::npos);
+  }
 }
 
 TEST_CASE("sink validation", "[refresh][sinks]") {

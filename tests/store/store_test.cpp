@@ -183,6 +183,45 @@ TEST_CASE("audit events round trip, newest first", "[store]") {
   CHECK((*events)[1].at_ms > (*events)[2].at_ms);
 }
 
+// Issue 13 finding 13: the audit log has a bound.
+TEST_CASE("the audit log keeps at most max_rows events, none older than max_age", "[store]") {
+  TempDir t;
+  FakeClock clock;
+  auto s = Store::open(t / "t.db", test::random_raw_key(), clock);
+  REQUIRE(s);
+  CHECK(AuditRetention{}.max_rows == 100'000);
+  CHECK(AuditRetention{}.max_age == std::chrono::hours(24 * 90));
+  s->set_audit_retention(AuditRetention{5, std::chrono::hours(1)});
+  auto event = [](int n) {
+    AuditEvent e;
+    e.kind = "proxy";
+    e.profile = "jira";
+    e.detail = {{"n", n}};
+    return e;
+  };
+  for (int i = 0; i < 8; ++i) REQUIRE(s->append_audit(event(i)));
+  auto events = s->recent_audit(100);
+  REQUIRE(events);
+  REQUIRE(events->size() == 5);
+  CHECK(events->front().detail["n"] == 7);
+  CHECK(events->back().detail["n"] == 3);
+  // A batch is pruned in its own transaction too.
+  REQUIRE(s->append_audit_batch({event(8), event(9), event(10)}));
+  events = s->recent_audit(100);
+  REQUIRE(events->size() == 5);
+  CHECK(events->back().detail["n"] == 6);
+  // Age: an hour and a minute later the old events go with the next append...
+  clock.advance(std::chrono::minutes(61));
+  REQUIRE(s->append_audit(event(11)));
+  events = s->recent_audit(100);
+  REQUIRE(events->size() == 1);
+  CHECK(events->front().detail["n"] == 11);
+  // ...or with prune_audit() when nothing is appended.
+  clock.advance(std::chrono::minutes(61));
+  REQUIRE(s->prune_audit());
+  CHECK(s->recent_audit(100)->empty());
+}
+
 TEST_CASE("data persists across reopen with the same key", "[store]") {
   TempDir t;
   FakeClock clock;

@@ -4,14 +4,25 @@
 
 #include <filesystem>
 #include <functional>
+#include <initializer_list>
 #include <optional>
 #include <string>
+
+#include "core/secret.hpp"
 
 namespace tokend {
 
 // Environment lookup, injectable for tests.
 using EnvLookup = std::function<std::optional<std::string>(const char*)>;
 EnvLookup process_env();
+
+// The process environment with the secrets named in `secret_names` (the
+// daemon's TOKEND_KEY) taken out of it: each is copied into a Secret, its
+// bytes are overwritten in the environment block (what /proc/PID/environ
+// shows) and it is unset, so no child process inherits it. The lookup keeps
+// answering those names from the copy, which is wiped when the last copy of
+// the lookup goes. Call once, before any thread starts.
+EnvLookup process_env_without(std::initializer_list<const char*> secret_names);
 
 struct Paths {
   std::filesystem::path socket;

@@ -13,6 +13,7 @@
 #include "core/log.hpp"
 #include "core/paths.hpp"
 #include "ipc/server.hpp"
+#include "store/types.hpp"
 
 namespace tokend::daemon {
 
@@ -31,6 +32,8 @@ struct Config {
   // Logins.
   std::chrono::milliseconds login_timeout{600'000};
   std::string notify_command;  // run on reauth_required; empty: none
+  // The audit log's bound (rows and age); the oldest events go first.
+  store::AuditRetention audit;
 };
 
 struct ParsedArgs {
@@ -43,7 +46,7 @@ struct ParsedArgs {
 // argv parsing plus env and config file. Errors are usage errors (exit 2).
 Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup& env);
 
-// "250ms", "10s", "5m", "1h" or a bare number of seconds.
+// "250ms", "10s", "5m", "1h", "90d" or a bare number of seconds.
 Result<std::chrono::milliseconds> parse_duration(std::string_view text);
 
 std::string_view version();

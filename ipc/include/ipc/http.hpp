@@ -51,7 +51,6 @@ struct Response {
   int status = 200;
   Headers headers;
   std::string body;
-  std::shared_ptr<net::Spool> body_spool;  // sent instead of `body` when set
   bool close = false;  // close the connection after this response
 
   static Response json(int status, const json::Json& body);

@@ -3,6 +3,7 @@
 // turns the response into an event stream.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -14,15 +15,36 @@
 
 namespace tokend::ipc {
 
-// A long-lived response body (Server-Sent Events).
+// How a streamed response body is delimited.
+struct StreamFraming {
+  enum class Kind {
+    close,    // by closing the connection (event streams)
+    chunked,  // chunked transfer coding; the connection stays open after finish()
+    length,   // Content-Length given up front; likewise
+  };
+  Kind kind = Kind::close;
+  std::uint64_t length = 0;  // Kind::length
+};
+
+// A response body sent as it is produced: Server-Sent Events, proxied answers.
 class Stream {
  public:
   virtual ~Stream() = default;
-  // Queues bytes; false once the peer has gone.
+  // Queues bytes; false once the peer has gone. A close-delimited stream
+  // whose peer does not read is cut off; a framed one is the producer's to
+  // pace with queued() and on_drained().
   virtual bool send(std::string_view bytes) = 0;
   [[nodiscard]] virtual bool open() const = 0;
+  // Bytes accepted but not yet written to the socket.
+  [[nodiscard]] virtual std::size_t queued() const = 0;
+  // Called once, the next time the queue runs low (or at once if it is).
+  virtual void on_drained(std::function<void()> cb) = 0;
   // Called once when the peer goes away or the server shuts down.
   virtual void on_close(std::function<void()> cb) = 0;
+  // The body is complete. A framed stream ends its response and the
+  // connection serves the next request; a close-delimited one closes.
+  virtual void finish() = 0;
+  // Ends the stream and the connection now (an incomplete body).
   virtual void close() = 0;
 };
 
@@ -36,7 +58,7 @@ class Exchange {
   // Answers the request. Later calls are ignored; a no-op if the peer left.
   virtual void respond(Response response) = 0;
   // Sends the status line and headers now and hands over a stream for the body.
-  virtual std::shared_ptr<Stream> start_stream(int status, Headers headers) = 0;
+  virtual std::shared_ptr<Stream> start_stream(int status, Headers headers, StreamFraming framing = {}) = 0;
   // True while the peer is still connected and no answer was given.
   [[nodiscard]] virtual bool pending() const = 0;
   // Called if the peer goes away before the answer.

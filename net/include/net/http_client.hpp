@@ -35,17 +35,24 @@ struct HttpRequest {
   Secret body;
   std::chrono::milliseconds timeout{30'000};  // whole transfer
   std::size_t max_response_bytes = 0;          // 0: the client's default
-  // Large bodies (the proxy): sent from a spool instead of `body`, and an
-  // answer larger than spool_response_over bytes kept in a spool.
+  // Large bodies (the proxy): sent from a spool instead of `body`.
   std::shared_ptr<const Spool> upload;
-  std::size_t spool_response_over = 0;  // 0: always in memory
+  // Streamed answers (the proxy). When `on_head` is set it is called once the
+  // final status and headers are in, and returns true to take the body as it
+  // arrives through `on_data` (the final callback then has an empty body), or
+  // false to collect it as usual. `on_data` returns false when its consumer
+  // is full: the transfer pauses until HttpTransport::resume(id). Both run on
+  // the loop, never inside libcurl, and may cancel the transfer. For a
+  // streamed request `timeout` bounds the wait for the head only: a stream
+  // lasts as long as both ends keep it.
+  std::function<bool(long status, const HttpHeaders& headers)> on_head;
+  std::function<bool(std::string_view bytes)> on_data;
 };
 
 struct HttpResponse {
   long status = 0;
   HttpHeaders headers;  // names lower-cased
   Secret body;
-  std::shared_ptr<Spool> body_spool;  // set instead of body for a spooled answer
   [[nodiscard]] std::string_view header(std::string_view lower_name) const;
 };
 
@@ -64,6 +71,8 @@ class HttpTransport {
   virtual ~HttpTransport() = default;
   virtual std::uint64_t start(HttpRequest request, Callback done) = 0;
   virtual void cancel(std::uint64_t id) = 0;
+  // A streamed transfer whose on_data returned false goes on.
+  virtual void resume(std::uint64_t /*id*/) {}
 };
 
 class HttpClient final : public HttpTransport {
@@ -80,6 +89,7 @@ class HttpClient final : public HttpTransport {
   std::uint64_t start(HttpRequest request, Callback done) override;
   // Aborts a transfer; its callback is not called.
   void cancel(std::uint64_t id) override;
+  void resume(std::uint64_t id) override;
   // Aborts everything and releases libcurl; the loop then closes cleanly.
   void close();
   [[nodiscard]] std::size_t in_flight() const;

@@ -31,7 +31,8 @@ Result<Url> parse_url(std::string_view url, std::string_view what);
 // An unparsable URL is returned as given.
 std::string origin_key(std::string_view url);
 
-// 127.0.0.0/8, [::1] and localhost.
+// 127.0.0.0/8 as a dotted quad, [::1] (any spelling of it) and localhost;
+// parsed as addresses, so "127.0.0.1." (a DNS name) is not loopback.
 bool is_loopback_host(std::string_view host);
 
 }  // namespace tokend::net

@@ -25,7 +25,6 @@ struct ProxyOptions {
   Millis timeout{120'000};
   std::size_t max_response_bytes = 256ULL * 1024 * 1024;
   std::size_t retry_body_bytes = 256ULL * 1024 * 1024;  // bodies up to this are replayed after a 401/429
-  std::size_t spool_response_over = 1024 * 1024;       // larger answers go through a temporary file
   std::int64_t max_retry_wait_s = 60;
   // Audit lines of proxied calls are written in batches (one transaction,
   // one fsync, per interval): a synchronous write per call would cost more
@@ -46,11 +45,33 @@ struct ProxyCall {
   std::optional<std::int64_t> peer_pid;
 };
 
+// A proxied answer's body as it leaves the upstream. The caller attaches a
+// consumer once; bytes then flow as they arrive, paced by the consumer: it
+// returns false when it is full and calls resume() once it has room. The
+// transfer pauses meanwhile, so memory stays bounded however large or long
+// the answer (a download, an event stream open for hours).
+class ProxyBody {
+ public:
+  struct Consumer {
+    std::function<bool(std::string_view bytes)> data;  // false: full until resume()
+    std::function<void(bool complete)> end;            // false: the upstream broke off
+  };
+  virtual ~ProxyBody() = default;
+  virtual void attach(Consumer consumer) = 0;
+  virtual void resume() = 0;
+  // The caller went away: the upstream transfer ends.
+  virtual void cancel() = 0;
+  // The upstream's Content-Length, when it gave one.
+  std::optional<std::uint64_t> length;
+};
+
 struct ProxyResult {
   int status = 0;
   Headers headers;
   std::string body;
-  std::shared_ptr<net::Spool> body_spool;  // a large answer (set instead of body)
+  // Set for an answer that streams (every answer with a body, except those
+  // the proxy may still retry): `body` is then empty.
+  std::shared_ptr<ProxyBody> stream;
 };
 
 // Errors: not_found (profile), invalid_argument (path/headers), permission
@@ -68,6 +89,7 @@ struct ProxyStats {
   std::vector<std::uint64_t> bucket_counts = std::vector<std::uint64_t>(11, 0);
   std::uint64_t count = 0;
   double sum_s = 0;
+  std::uint64_t open_streams = 0;  // answers still streaming
 };
 
 class Proxy {
@@ -93,9 +115,15 @@ class Proxy {
  private:
   void resolve_cloud(const std::shared_ptr<Call>& c);
   void send(const std::shared_ptr<Call>& c);
+  bool on_head(const std::shared_ptr<Call>& c, long status, const net::HttpHeaders& headers);
   void on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> r);
   void step_up(const std::shared_ptr<Call>& c, const net::HttpResponse& res);
   void finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome);
+  void answer(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome);
+  void end_stream(const std::shared_ptr<Call>& c, bool complete);
+  void record(const std::shared_ptr<Call>& c, int status, std::optional<Errc> error);
+  void record_latency(const std::shared_ptr<Call>& c);
+  friend class StreamedBody;
   void flush_audit();
 
   net::Loop& m_loop;

@@ -36,8 +36,20 @@ Result<Headers> request_headers(const Headers& in);
 // Upstream headers minus hop-by-hop ones and Set-Cookie.
 Headers response_headers(const Headers& in);
 
-// Errc::permission naming the rule when the profile's policy refuses it.
-Result<> check_policy(const json::Json& policy, std::string_view method, std::string_view rest);
+// The names the profile's policy judges a call by, one list per reading of
+// the path: as given, and without ";params" (what Tomcat-based Jira and
+// Confluence route by). Each list holds every jira/... and confluence/...
+// name of the upstream URL the reading reaches (for API tokens and PATs one
+// URL can have both: "jira/wiki/x" is "confluence/x" on Confluence Cloud).
+// Errc::invalid_argument for dot segments, path parameters included ("..;").
+Result<std::vector<std::vector<std::string>>> policy_paths(const store::Profile& profile, std::string_view rest);
+
+// Errc::permission naming the rule when the profile's policy (config
+// "policy") refuses the call: denied when any name of any reading matches a
+// deny prefix; with allow prefixes, every reading needs a name under one.
+Result<> check_policy(const store::Profile& profile, std::string_view method, std::string_view rest);
+Result<> check_policy(const json::Json& policy, std::string_view method,
+                      const std::vector<std::vector<std::string>>& readings);
 
 // A token bucket per profile: `rate_per_minute` calls, bursts up to that many.
 class RateLimiter {

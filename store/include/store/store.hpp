@@ -66,7 +66,12 @@ class Store {
   // Forgets tokens (logout): state empty, generation bumped.
   Result<> clear_credential(std::string_view name);
 
-  // Audit log.
+  // Audit log, bounded by the retention (default AuditRetention{}): every
+  // append prunes the events past it in the same transaction, so the bound
+  // holds after each call; prune_audit() applies it on its own (at start, or
+  // after the retention changed, since an idle log ages without appends).
+  void set_audit_retention(const AuditRetention& retention) { m_retention = retention; }
+  Result<> prune_audit();
   Result<std::int64_t> append_audit(const AuditEvent& event);
   // Many events in one transaction (one fsync): for high-rate events such as
   // proxied calls, which are batched by their writer.
@@ -80,10 +85,13 @@ class Store {
   Store(std::unique_ptr<detail::Db> db, std::filesystem::path path, const Clock& clock);
   friend Result<Store> open_unencrypted_for_tests(const std::filesystem::path&, const Clock&);
   Result<> ensure_profile_exists(std::string_view name);
+  Result<std::int64_t> insert_audit(const AuditEvent& event);
+  Result<> prune_audit_in_transaction();
 
   std::unique_ptr<detail::Db> m_db;
   std::filesystem::path m_path;
   const Clock* m_clock;
+  AuditRetention m_retention;
 };
 
 // Opens without a key: a plain SQLite database through the same code. Only

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <chrono>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -66,6 +67,13 @@ struct AuditEvent {
   std::optional<std::int64_t> peer_uid;
   std::optional<std::int64_t> peer_pid;
   json::Json detail = json::Json::object();
+};
+
+// How much of the audit log is kept: at most max_rows events, none older
+// than max_age (0 for either: no bound of that kind). The oldest go first.
+struct AuditRetention {
+  std::int64_t max_rows = 100'000;
+  std::chrono::milliseconds max_age{std::chrono::hours(24 * 90)};
 };
 
 using tokend::validate_profile_name;

@@ -1,0 +1,17 @@
+// WWW-Authenticate challenges (RFC 6750 §3, RFC 9728 §5.1) from hostile
+// servers, and the discovery URLs built from what they name.
+#include <cstdint>
+
+#include "fuzz_input.hpp"
+#include "refresh/discovery.hpp"
+
+using namespace tokend;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  fuzz::Input in(data, size);
+  if (const auto url = refresh::resource_metadata_of(in.rest()); url) {
+    (void)refresh::protected_resource_urls(*url);
+  }
+  (void)refresh::metadata_urls(in.rest());
+  return 0;
+}
