@@ -1005,6 +1005,8 @@ int cmd_login(Ctx& ctx, const std::vector<std::string>& args) {
     return true;
   };
   const auto& a = started.body;
+  // Which of the MCP server's authorization servers this login uses.
+  if (const std::string note = jstr(a, "authorization_server_note"); !note.empty()) say(ctx.io.err, note + "\n");
   if (device) {
     say(ctx.io.err, fmt::format("To sign in, open {} and enter the code {}\n", jstr(a, "verification_uri"),
                                 jstr(a, "user_code")));

@@ -33,7 +33,8 @@ struct Process {
 Notifier::Notifier(net::Loop& loop, refresh::EventBus& events, std::string command)
     : m_loop(loop), m_command(std::move(command)) {
   m_sub = events.subscribe([this](const refresh::Event& e) {
-    if (e.type == "reauth_required") run(e);
+    // consent_required: an insufficient_scope answer needs a login for more scope.
+    if (e.type == "reauth_required" || e.type == "consent_required") run(e);
   });
 }
 

@@ -4,10 +4,12 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 
 #include "core/json.hpp"
 #include "net/url.hpp"
+#include "refresh/discovery.hpp"
 #include "refresh/oauth.hpp"
 
 namespace tokend::proxy {
@@ -265,6 +267,14 @@ bool Proxy::on_head(const std::shared_ptr<Call>& c, long status, const net::Http
   const bool replayable = c->bytes_in <= m_options.retry_body_bytes;
   if (status == 401 && !c->refreshed && replayable && c->profile.kind == store::CredentialKind::oauth2) return false;
   if ((status == 429 || status == 503) && !c->waited && replayable && c->call.retry_wait_s > 0) return false;
+  if (status == 403 && c->profile.kind == store::CredentialKind::oauth2) {
+    // A step-up challenge is tokend's to act on (see on_answer).
+    for (const auto& [k, v] : headers) {
+      if (k == "www-authenticate" &&
+          refresh::bearer_challenge_param(v, "error") == std::optional<std::string>("insufficient_scope"))
+        return false;
+    }
+  }
   c->status = static_cast<int>(status);
   c->body = std::make_shared<StreamedBody>(*this, c);
   for (const auto& [k, v] : headers) {
@@ -323,6 +333,12 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
       }
     }
   }
+  if (res->status == 403 && c->profile.kind == store::CredentialKind::oauth2) {
+    const std::string_view challenge = res->header("www-authenticate");
+    if (refresh::bearer_challenge_param(challenge, "error") == std::optional<std::string>("insufficient_scope")) {
+      return step_up(c, *res);
+    }
+  }
   finish(c, ProxyResult{static_cast<int>(res->status), response_headers(res->headers), std::string(res->body.reveal()), {}});
 }
 
@@ -339,6 +355,54 @@ void Proxy::answer(const std::shared_ptr<Call>& c, std::expected<ProxyResult, Pr
   auto done = std::move(c->done);
   c->done = nullptr;
   done(std::move(outcome));
+}
+
+namespace {
+
+bool header_is(std::string_view name, std::string_view lower_name) {
+  return name.size() == lower_name.size() &&
+         std::equal(name.begin(), name.end(), lower_name.begin(),
+                    [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
+}
+
+}  // namespace
+
+// RFC 6750 §3.1 / MCP step-up: the token lacks a scope. The profile is
+// marked as needing consent for the union of its scopes and the challenged
+// ones (event, notify-command; the next login asks for them) and the caller
+// gets the 403 with a tokend error naming the command. Never retried here:
+// more scope needs a person.
+void Proxy::step_up(const std::shared_ptr<Call>& c, const net::HttpResponse& res) {
+  std::vector<std::string> challenged;
+  std::string_view words;
+  const auto scope = refresh::bearer_challenge_param(res.header("www-authenticate"), "scope");
+  if (scope) words = *scope;
+  while (!words.empty()) {
+    const auto sp = words.find(' ');
+    if (sp != 0) challenged.emplace_back(words.substr(0, sp));
+    if (sp == std::string_view::npos) break;
+    words.remove_prefix(sp + 1);
+  }
+  const std::string& name = c->call.profile;
+  const std::string command = "tokenctl login " + name;
+  json::Json error = {{"code", "insufficient_scope"}, {"command", command}};
+  if (auto needed = m_tokens.require_consent(name, challenged); needed) {
+    std::string joined;
+    for (const auto& s : *needed) joined += (joined.empty() ? "" : " ") + s;
+    error["message"] = fmt::format("the upstream answered 403 insufficient_scope: the token of '{}' lacks a scope; "
+                                   "run {} to consent to: {}", name, command, joined);
+    error["scopes"] = *needed;
+  } else {
+    error["message"] = fmt::format("the upstream answered 403 insufficient_scope ({}); run {} with the scopes "
+                                   "needed", needed.error().message, command);
+  }
+  Headers headers;
+  for (const auto& [k, v] : response_headers(res.headers)) {
+    if (header_is(k, "content-type") || header_is(k, "content-encoding")) continue;
+    headers.emplace_back(k, v);
+  }
+  headers.emplace_back("Content-Type", "application/json");
+  finish(c, ProxyResult{403, std::move(headers), json::Json{{"error", std::move(error)}}.dump(), nullptr});
 }
 
 void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome) {

@@ -73,6 +73,10 @@ Result<std::vector<std::string>> protected_resource_urls(std::string_view resour
 }
 
 std::optional<std::string> resource_metadata_of(std::string_view h) {
+  return bearer_challenge_param(h, "resource_metadata");
+}
+
+std::optional<std::string> bearer_challenge_param(std::string_view h, std::string_view wanted) {
   // challenge = auth-scheme [ 1*SP ( token68 / #auth-param ) ]; we need the
   // auth-param resource_metadata of the Bearer challenge.
   std::size_t i = 0;
@@ -105,7 +109,7 @@ std::optional<std::string> resource_metadata_of(std::string_view h) {
       value = std::string(h.substr(i, end == std::string_view::npos ? std::string_view::npos : end - i));
       i = end == std::string_view::npos ? h.size() : end;
     }
-    if (name == "resource_metadata" && !value.empty()) return value;
+    if (name == wanted && !value.empty()) return value;
     // A second challenge ("Basic realm=...") ends the Bearer parameters.
     skip_ws();
     const auto next_space = h.find_first_of(" \t=", i);

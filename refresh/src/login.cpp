@@ -349,6 +349,7 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
   const Json discovered = config.value("discovered", Json::object());
   const std::string mcp_server = json::string_or(config, "mcp_server");
   const std::string issuer = json::string_or(config, "issuer");
+  const std::string wanted_as = json::string_or(config, "authorization_server");
   auto profile = std::make_shared<store::Profile>(std::move(*p));
   auto alive = m_alive;
 
@@ -528,13 +529,10 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
   };
 
   if (profile->provider == "mcp") {
-    const std::string wanted_as = json::string_or(config, "authorization_server");
-    const bool as_unchanged = wanted_as.empty() || same_resource(wanted_as, json::string_or(discovered, "authorization_server"));
-    if (!json::string_or(discovered, "resource").empty() && same_resource(json::string_or(discovered, "resource"), mcp_server) &&
-        !json::string_or(discovered, "token_endpoint").empty() && as_unchanged) {
-      register_client();
-      return;
-    }
+    // Discovery runs again at every login (a few small GETs; logins are
+    // rare): an MCP server may move to another authorization server, and
+    // registrations are keyed by its issuer (register_client redoes one
+    // made with another).
     // Step 1: the protected resource metadata, from the server's 401
     // challenge or the well-known paths.
     auto with_prm = [this, alive, name, mcp_server, wanted_as, discover_as, next](Result<Json> j) {
@@ -565,7 +563,7 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
       Json extra = {{"resource", prm->resource}, {"authorization_server", chosen},
                     {"authorization_servers", prm->authorization_servers}};
       if (!prm->scopes_supported.empty()) extra["resource_scopes"] = prm->scopes_supported;
-      discover_as(prm->authorization_servers.front(), std::move(extra));
+      discover_as(chosen, std::move(extra));
     };
     auto from_well_known = [this, alive, mcp_server, with_prm, next]() {
       auto urls = protected_resource_urls(mcp_server);
@@ -693,6 +691,9 @@ void LoginManager::start(const std::string& name, LoginRequest request, JsonCall
 namespace {
 
 std::vector<std::string> scopes_for(const store::Profile& p) {
+  // After an insufficient_scope answer the login asks for the union of the
+  // scopes and the challenged ones (TokenService::require_consent).
+  if (auto step_up = list_of(p.config, "step_up_scopes"); !step_up.empty()) return step_up;
   std::vector<std::string> scopes = list_of(p.config, "scopes");
   const Json discovered = p.config.value("discovered", Json::object());
   const auto as_scopes = list_of(discovered, "scopes_supported");
@@ -1165,6 +1166,12 @@ void LoginManager::on_tokens(Flow& f, store::TokenSet tokens) {
     fail_flow(f, "failed", "store", "the new token could not be stored: " + r.error().message);
     return;
   }
+  // The consent asked for is given: a later insufficient_scope starts over.
+  if (auto current = m_tokens.profile_of(f.profile); current && current->config.contains("step_up_scopes") &&
+                                                     list_of(current->config, "step_up_scopes") == f.asked_scopes) {
+    current->config.erase("step_up_scopes");
+    if (auto r = m_tokens.update_profile(*current); !r) f.warning = "the step-up scopes were not cleared: " + r.error().message;
+  }
   f.token_expires_at_ms = tokens.expires_at_ms;
   f.phase = Flow::Phase::finishing;
   if (f.resolved.provider == "atlassian") {
@@ -1337,6 +1344,20 @@ Json LoginManager::status(const std::string& name) const {
     j["error"] = {{"code", "login_failed"}, {"reason", f.reason}, {"message", f.message}};
   }
   if (!f.warning.empty()) j["warning"] = f.warning;
+  // MCP: the authorization server chosen, and the others it could have been.
+  const Json found = f.resolved.config.value("discovered", Json::object());
+  if (const std::string as = json::string_or(found, "authorization_server"); !as.empty()) {
+    j["authorization_server"] = as;
+    const auto all = list_of(found, "authorization_servers");
+    if (all.size() > 1) {
+      j["authorization_servers"] = all;
+      j["authorization_server_note"] = fmt::format(
+          "The MCP server names {} authorization servers ({}); using {}{}.", all.size(), join(all, ", "), as,
+          json::string_or(f.resolved.config, "authorization_server").empty()
+              ? fmt::format(" (the first); choose another with tokenctl add {} ... --authorization-server URL", name)
+              : " (the profile's choice)");
+    }
+  }
   for (const char* k : {"sites", "cloud_id", "cloud_url"}) {
     if (f.extra.contains(k)) j[k] = f.extra[k];
   }

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <random>
 
 #include "core/encoding.hpp"
@@ -308,6 +309,62 @@ Result<> TokenService::forget_tokens(const std::string& name) {
   if (was_in_flight) start_queued();
   rearm();
   return {};
+}
+
+Result<std::vector<std::string>> TokenService::require_consent(const std::string& name,
+                                                               const std::vector<std::string>& challenged) {
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
+  Entry& e = it->second;
+  if (e.profile.kind != CredentialKind::oauth2) {
+    return fail(Errc::invalid_argument, fmt::format("profile '{}' holds a static token; more scope needs a new one", name));
+  }
+  std::vector<std::string> scopes;
+  auto add = [&](std::string_view s) {
+    // RFC 6749 §3.3 scope-token characters only; anything else is dropped.
+    if (s.empty() || s.size() > 256 || scopes.size() >= 128) return;
+    for (const char c : s) {
+      const auto u = static_cast<unsigned char>(c);
+      if (u < 0x21 || u > 0x7e || c == '"' || c == '\\') return;
+    }
+    if (std::find(scopes.begin(), scopes.end(), s) == scopes.end()) scopes.emplace_back(s);
+  };
+  auto add_list = [&](const json::Json& list) {
+    if (!list.is_array()) return;
+    for (const auto& v : list) {
+      if (v.is_string()) add(v.get_ref<const std::string&>());
+    }
+  };
+  auto add_words = [&](std::string_view text) {
+    while (!text.empty()) {
+      const auto sp = text.find(' ');
+      add(text.substr(0, sp));
+      if (sp == std::string_view::npos) break;
+      text.remove_prefix(sp + 1);
+    }
+  };
+  add_list(e.profile.config.value("scopes", json::Json::array()));
+  add_words(e.credential.scope);
+  add_list(e.profile.config.value("step_up_scopes", json::Json::array()));
+  const std::size_t before = scopes.size();
+  for (const auto& s : challenged) add(s);
+  if (scopes.empty()) {
+    return fail(Errc::invalid_argument, fmt::format("the insufficient_scope challenge for '{}' names no usable scope", name));
+  }
+  store::Profile updated = e.profile;
+  updated.config["step_up_scopes"] = scopes;
+  if (auto r = m_store.put_profile(updated); !r) return std::unexpected(r.error());
+  if (auto stored = m_store.get_profile(name)) e.profile = std::move(*stored);
+  std::string joined;
+  for (const auto& s : scopes) joined += (joined.empty() ? "" : " ") + s;
+  const std::string reason = fmt::format("the provider asks for more scope (insufficient_scope); log in again to "
+                                         "consent to: {}", joined);
+  spdlog::warn("profile {}: {}", name, reason);
+  audit("consent_required", name, {{"scopes", scopes}});
+  m_events.publish("consent_required", name, now_ms(),
+                   {{"reason", reason}, {"scopes", scopes}, {"new_scopes", scopes.size() - before},
+                    {"command", "tokenctl login " + name}});
+  return scopes;
 }
 
 // --- tokens ----------------------------------------------------------------

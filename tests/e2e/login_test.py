@@ -980,6 +980,44 @@ class LoginTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("redirect_uri", r.stderr)
 
+    def test_insufficient_scope_step_up_needs_consent_for_the_union(self):
+        marker = os.path.join(self.xdg.root, "notified")
+        self.restart("--notify-command", f'echo "$TOKEND_PROFILE|$TOKEND_REASON" >> {marker}')
+        self.add_generic(extra=("--api-base", self.up.base_url))
+        r = self.ctl("login", "p")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.up.fault("insufficient_scope", target="resource", count=1)
+        calls = len([e for e in self.up.log() if e.get("path") == "/me"])
+        r = self.ctl("api", "p", "GET", "/me")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        # Exactly one upstream call: never an automatic retry.
+        self.assertEqual(len([e for e in self.up.log() if e.get("path") == "/me"]), calls + 1)
+        union = ["openid", "offline_access", "read:jira-work", "write:jira-work"]
+        self.assertEqual(self.profile()["config"]["step_up_scopes"], union)
+        self.assertIn("tokenctl login p", r.stdout + r.stderr)
+        def notified():
+            if not os.path.exists(marker):
+                return False
+            with open(marker) as f:
+                return "insufficient_scope" in f.read()
+        wait_for(notified, "the notify command to run")
+        # The token still works for what it can do; the next login asks for the union.
+        self.assertEqual(self.ctl("api", "p", "GET", "/me").returncode, 0)
+        r = self.ctl("login", "p")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.authorizations()[-1]["scope"], " ".join(union))
+        self.assertNotIn("step_up_scopes", self.profile()["config"])
+
+    def test_insufficient_scope_over_the_socket_is_a_tokend_error(self):
+        self.add_generic(extra=("--api-base", self.up.base_url))
+        self.assertEqual(self.ctl("login", "p").returncode, 0)
+        self.up.fault("insufficient_scope", target="resource", count=1)
+        status, body = self.api("GET", "/v1/proxy/p/me")
+        self.assertEqual(status, 403, body)
+        self.assertEqual(body["error"]["code"], "insufficient_scope")
+        self.assertEqual(body["error"]["command"], "tokenctl login p")
+        self.assertIn("write:jira-work", body["error"]["message"])
+
     def test_put_while_resolving_is_not_reverted(self):
         # Finding 10 of issue 13: the resolver wrote back a whole stale snapshot.
         import threading

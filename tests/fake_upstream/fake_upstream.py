@@ -123,6 +123,8 @@ DEFAULT_CONFIG = {
 }
 
 ATLASSIAN_INVALID_GRANT = "Unknown or invalid refresh token."
+#: The scope an ``insufficient_scope`` fault's challenge asks for.
+INSUFFICIENT_SCOPE_NEEDED = "read:jira-work write:jira-work"
 
 #: Fault targets: which endpoints a queued fault applies to (see App.ROUTES).
 #: Route targets of the API prefixes -> prefix name; "api" targets a fault at all three.
@@ -152,6 +154,7 @@ FAULT_MODES = {
     "reset_mid_body": FAULT_TARGETS,
     "drop_after_rotate": {"token"},
     "invalid_token": {"resource", "mcp"} | API_TARGETS,
+    "insufficient_scope": {"resource", "mcp"} | API_TARGETS,
     "huge_body": FAULT_TARGETS,
 }
 
@@ -2130,6 +2133,14 @@ class App:
             if ctx.api is not None:
                 return self._api_unauthorized(ctx, forced=True)
             return self._bearer_challenge("invalid_token", "the access token is invalid")
+        if mode == "insufficient_scope":
+            # RFC 6750 §3.1 step-up: 403 naming the scope the call needs.
+            challenge = (f'Bearer realm="{SERVER_NAME}", error="insufficient_scope", '
+                         f'scope="{INSUFFICIENT_SCOPE_NEEDED}", '
+                         'error_description="the call needs more scope"')
+            resp = Response.json(403, {"error": "insufficient_scope"}, headers=[("WWW-Authenticate", challenge)])
+            resp.error = "insufficient_scope"
+            return resp
         if mode == "rate_limited":
             if fault.body == "empty":
                 resp = Response(429, b"", retry)

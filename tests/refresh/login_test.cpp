@@ -472,3 +472,192 @@ TEST_CASE("a device start cancelled before the provider answers is answered, not
   CHECK(got->error().code == Errc::conflict);
   CHECK(rig.http.pending.empty());  // the provider request was cancelled too
 }
+
+// --- issue 11: MCP client duties (2026-07-28), CIMD, iss, prompt ------------------
+
+namespace {
+
+const std::string k_mcp = "https://mcp.example.com/mcp";
+const std::string k_as1 = "https://as1.example.com";
+const std::string k_as2 = "https://as2.example.com";
+
+Json as_metadata(const std::string& issuer, bool cimd = false) {
+  Json m = {{"issuer", issuer},
+            {"authorization_endpoint", issuer + "/authorize"},
+            {"token_endpoint", issuer + "/token"},
+            {"registration_endpoint", issuer + "/register"},
+            {"scopes_supported", {"mcp", "offline_access"}},
+            {"token_endpoint_auth_methods_supported", {"none"}},
+            {"authorization_response_iss_parameter_supported", true}};
+  if (cimd) m["client_id_metadata_document_supported"] = true;
+  return m;
+}
+
+// Starts a login and answers the MCP discovery: the probe's 401, the
+// protected-resource metadata naming `servers`, then `chosen`'s metadata.
+// `got` receives the start's answer (it may come after this returns).
+void start_mcp(LoginRig& rig, const std::vector<std::string>& servers, const std::string& chosen,
+               std::optional<Result<Json>>& got) {
+  got.reset();
+  rig.login->start("p", {}, [&got](Result<Json> r) { got = std::move(r); });
+  REQUIRE(rig.http.pending.size() == 1);
+  CHECK(rig.http.pending.front().request.url == k_mcp);
+  rig.http.reply(401, "{}", "application/json",
+                 {{"www-authenticate", "Bearer resource_metadata=\"https://mcp.example.com/.well-known/prm\""}});
+  REQUIRE(rig.http.pending.size() == 1);
+  rig.http.reply(200, Json{{"resource", k_mcp}, {"authorization_servers", servers}, {"scopes_supported", {"mcp"}}}.dump());
+  if (got.has_value()) return;  // refused before the authorization server is asked
+  REQUIRE(rig.http.pending.size() == 1);
+  CHECK(rig.http.pending.front().request.url == chosen + "/.well-known/oauth-authorization-server");
+  rig.http.reply(200, as_metadata(chosen).dump());
+}
+
+}  // namespace
+
+TEST_CASE("MCP: the first of several authorization servers or the configured one; DCR native, keyed by issuer",
+          "[login][mcp]") {
+  LoginRig rig;
+  rig.add({{"kind", "oauth2"}, {"provider", "mcp"}, {"mcp_server", k_mcp}, {"redirect_uri", "http://127.0.0.1:8765/cb"}});
+  std::optional<Result<Json>> got;
+  start_mcp(rig, {k_as1, k_as2}, k_as1, got);
+  CHECK_FALSE(got.has_value());
+  // Dynamic registration: a native client, the loopback redirect.
+  REQUIRE(rig.http.pending.size() == 1);
+  CHECK(rig.http.pending.front().request.url == k_as1 + "/register");
+  auto reg = json::parse(rig.last_body(), "registration");
+  REQUIRE(reg);
+  CHECK((*reg)["application_type"] == "native");
+  CHECK((*reg)["redirect_uris"] == Json::array({"http://127.0.0.1:8765/cb"}));
+  CHECK((*reg)["token_endpoint_auth_method"] == "none");
+  rig.http.reply(201, R"({"client_id":"client-at-as1"})");
+  REQUIRE(got.has_value());
+  REQUIRE(got->has_value());
+  const Json flow = **got;
+  CHECK(flow["authorization_server"] == k_as1);
+  CHECK(flow["authorization_servers"] == Json::array({k_as1, k_as2}));
+  CHECK(flow["authorization_server_note"].get<std::string>().find("--authorization-server") != std::string::npos);
+  CHECK(rig.param(flow["authorize_url"], "client_id") == "client-at-as1");
+  CHECK(rig.param(flow["authorize_url"], "resource") == k_mcp);
+  // offline_access is offered, so it is asked for, with prompt=consent.
+  CHECK(rig.param(flow["authorize_url"], "scope") == "mcp offline_access");
+  CHECK(rig.param(flow["authorize_url"], "prompt") == "consent");
+  auto config = rig.tokens->profile_of("p")->config;
+  CHECK(config["client_registered_for"] == k_as1);
+  REQUIRE(rig.login->cancel("p"));
+
+  SECTION("the same authorization server again: the registration is reused") {
+    start_mcp(rig, {k_as1, k_as2}, k_as1, got);
+    REQUIRE(got.has_value());
+    REQUIRE(got->has_value());
+    CHECK(rig.http.pending.empty());
+    CHECK(rig.param((**got)["authorize_url"], "client_id") == "client-at-as1");
+  }
+  SECTION("another one: registered again there, keyed by its issuer") {
+    rig.add({{"kind", "oauth2"}, {"provider", "mcp"}, {"mcp_server", k_mcp}, {"redirect_uri", "http://127.0.0.1:8765/cb"},
+             {"authorization_server", k_as2}});
+    REQUIRE(rig.tokens->profile_of("p")->config["client_registered_for"] == k_as1);  // kept over the PUT
+    start_mcp(rig, {k_as1, k_as2}, k_as2, got);
+    REQUIRE(rig.http.pending.size() == 1);
+    CHECK(rig.http.pending.front().request.url == k_as2 + "/register");
+    rig.http.reply(201, R"({"client_id":"client-at-as2"})");
+    REQUIRE(got.has_value());
+    REQUIRE(got->has_value());
+    CHECK((**got)["authorization_server"] == k_as2);
+    CHECK(rig.param((**got)["authorize_url"], "client_id") == "client-at-as2");
+    CHECK(rig.tokens->profile_of("p")->config["client_registered_for"] == k_as2);
+  }
+  SECTION("a configured authorization server the MCP server does not name is refused, naming the choices") {
+    rig.add({{"kind", "oauth2"}, {"provider", "mcp"}, {"mcp_server", k_mcp}, {"redirect_uri", "http://127.0.0.1:8765/cb"},
+             {"authorization_server", "https://elsewhere.example.com"}});
+    start_mcp(rig, {k_as1, k_as2}, k_as1, got);
+    REQUIRE(got.has_value());
+    REQUIRE_FALSE(got->has_value());
+    CHECK(got->error().message.find(k_as1 + ", " + k_as2) != std::string::npos);
+    CHECK(rig.http.pending.empty());
+  }
+}
+
+TEST_CASE("CIMD: a metadata-document client id is checked before the flow; pre-registered, CIMD, then DCR",
+          "[login][cimd]") {
+  const std::string doc_url = "https://app.example.com/tokend/client.json";
+  LoginRig rig;
+  rig.add({{"kind", "oauth2"}, {"issuer", k_as1}, {"client_id", doc_url}, {"redirect_uri", "http://127.0.0.1:8765/cb"}});
+  std::optional<Result<Json>> got;
+  auto start = [&](bool cimd) {
+    rig.login->start("p", {}, [&got](Result<Json> r) { got = std::move(r); });
+    if (rig.http.pending.size() == 1 && rig.http.pending.front().request.url.find("well-known") != std::string::npos) {
+      rig.http.reply(200, as_metadata(k_as1, cimd).dump());
+    }
+  };
+  SECTION("the document does not list the redirect URI: the error says which it allows") {
+    start(true);
+    REQUIRE(rig.http.pending.size() == 1);
+    CHECK(rig.http.pending.front().request.url == doc_url);
+    rig.http.reply(200, Json{{"client_id", doc_url}, {"redirect_uris", {"http://127.0.0.1:9999/cb", "http://localhost/x"}}}.dump());
+    REQUIRE(got.has_value());
+    REQUIRE_FALSE(got->has_value());
+    CHECK(got->error().message.find("http://127.0.0.1:8765/cb is not listed") != std::string::npos);
+    CHECK(got->error().message.find("http://127.0.0.1:9999/cb, http://localhost/x") != std::string::npos);
+  }
+  SECTION("a document for another client id is refused") {
+    start(true);
+    rig.http.reply(200, Json{{"client_id", "https://evil.example.com/c.json"}, {"redirect_uris", {"http://127.0.0.1:8765/cb"}}}.dump());
+    REQUIRE(got.has_value());
+    REQUIRE_FALSE(got->has_value());
+    CHECK(got->error().message.find("client_id is its own URL") != std::string::npos);
+  }
+  SECTION("a good document: the URL is the client id") {
+    start(true);
+    rig.http.reply(200, Json{{"client_id", doc_url}, {"redirect_uris", {"http://127.0.0.1:8765/cb"}},
+                             {"token_endpoint_auth_method", "none"}}.dump());
+    REQUIRE(got.has_value());
+    REQUIRE(got->has_value());
+    CHECK(rig.param((**got)["authorize_url"], "client_id") == doc_url);
+  }
+  SECTION("a server without CIMD support: dynamic registration instead, the document URL kept") {
+    start(false);
+    REQUIRE(rig.http.pending.size() == 1);
+    CHECK(rig.http.pending.front().request.url == k_as1 + "/register");
+    rig.http.reply(201, R"({"client_id":"dcr-client"})");
+    REQUIRE(got.has_value());
+    REQUIRE(got->has_value());
+    CHECK(rig.param((**got)["authorize_url"], "client_id") == "dcr-client");
+    CHECK(rig.tokens->profile_of("p")->config["client_id_metadata_document"] == doc_url);
+  }
+}
+
+TEST_CASE("RFC 9207: iss must be the issuer when advertised or present; nothing is redeemed otherwise",
+          "[login][iss]") {
+  struct Case {
+    std::string iss_param;  // "" = none
+    bool ok;
+    const char* reason;
+  };
+  const Case cases[] = {{"&iss=" + form_encode(k_as1), true, ""},
+                        {"&iss=" + form_encode("https://evil.example.com"), false, "iss_mismatch"},
+                        {"&iss=" + form_encode(k_as1 + "/"), false, "iss_mismatch"},
+                        {"", false, "iss_missing"}};
+  for (const auto& c : cases) {
+    INFO(c.iss_param);
+    LoginRig rig;
+    rig.add({{"kind", "oauth2"}, {"issuer", k_as1}, {"client_id", "cid"}, {"redirect_uri", "http://127.0.0.1:8765/cb"}});
+    std::optional<Result<Json>> got;
+    rig.login->start("p", {}, [&](Result<Json> r) { got = std::move(r); });
+    rig.http.reply(200, as_metadata(k_as1).dump());
+    REQUIRE(got.has_value());
+    REQUIRE(got->has_value());
+    const std::string state = rig.param((**got)["authorize_url"], "state");
+    auto reply = rig.callbacks.hit("/cb", "code=abc&state=" + form_encode(state) + c.iss_param);
+    if (c.ok) {
+      REQUIRE(rig.http.pending.size() == 1);  // the exchange
+      rig.http.reply(200, tokens_json());
+      CHECK(rig.login->status("p")["state"] == "succeeded");
+    } else {
+      CHECK(rig.http.pending.empty());  // nothing redeemed
+      REQUIRE(*reply);
+      CHECK((*reply)->status == 400);
+      CHECK(rig.login->status("p")["error"]["reason"] == c.reason);
+      CHECK_FALSE(rig.tokens->get("p")->has_token);
+    }
+  }
+}

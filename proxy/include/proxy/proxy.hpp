@@ -117,6 +117,7 @@ class Proxy {
   void send(const std::shared_ptr<Call>& c);
   bool on_head(const std::shared_ptr<Call>& c, long status, const net::HttpHeaders& headers);
   void on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> r);
+  void step_up(const std::shared_ptr<Call>& c, const net::HttpResponse& res);
   void finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome);
   void answer(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome);
   void end_stream(const std::shared_ptr<Call>& c, bool complete);

@@ -25,6 +25,9 @@ Result<std::vector<std::string>> protected_resource_urls(std::string_view resour
 
 // The resource_metadata parameter of a WWW-Authenticate: Bearer challenge.
 std::optional<std::string> resource_metadata_of(std::string_view www_authenticate);
+// Any auth-param of the Bearer challenge (`name` in lower case), e.g.
+// "error" and "scope" of an RFC 6750 §3.1 insufficient_scope answer.
+std::optional<std::string> bearer_challenge_param(std::string_view www_authenticate, std::string_view name);
 
 // A URL that a fetched document (metadata, a WWW-Authenticate challenge)
 // names, checked as check_endpoint_url does, and more: plain http on a

@@ -127,6 +127,12 @@ class TokenService {
   Result<> install_tokens(const std::string& name, const store::TokenSet& tokens);
   // Logout: tokens forgotten (state empty).
   Result<> forget_tokens(const std::string& name);
+  // Step-up (RFC 6750 §3.1 insufficient_scope, MCP 2026-07-28): the
+  // profile needs consent for the union of its scopes, the granted ones
+  // and `challenged`. Kept as config.step_up_scopes (the next login asks
+  // for them), published as a consent_required event (notify-command runs).
+  // Returns the union. The token keeps being served for what it can do.
+  Result<std::vector<std::string>> require_consent(const std::string& name, const std::vector<std::string>& challenged);
 
   [[nodiscard]] const EngineStats& stats() const { return m_stats; }
   // Stops timers and cancels requests in flight (waiters get unavailable).
