@@ -134,6 +134,17 @@ ff02::2	ip6-allrouters
 EOF
 echo debian >"$root/etc/hostname"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+# The network this machine sits on, as any machine on it has it: where TLS to
+# the package registries is inspected with a local CA (added to the host's trust
+# store under /usr/local/share/ca-certificates), the root trusts it too; Node.js
+# (npm) reads it from NODE_EXTRA_CA_CERTS, since it keeps its own CA list.
+extra_ca_env=()
+if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+  mkdir -p "$root/usr/local/share/ca-certificates" "$root/etc/ssl"
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  cat /usr/local/share/ca-certificates/*.crt >"$root/etc/ssl/local-ca.pem"
+  extra_ca_env=(NODE_EXTRA_CA_CERTS=/etc/ssl/local-ca.pem)
+fi
 
 mkdir -p "$root/root/tokend"
 chmod 700 "$root/root"
@@ -148,7 +159,7 @@ mount --make-rslave "$root/dev"
 inside() {
   chroot "$root" /usr/bin/env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-    "$@"
+    "${extra_ca_env[@]}" "$@"
 }
 
 # Starts README command 1, waits for `tokenctl ping`, stops tokend with SIGTERM.
@@ -157,7 +168,7 @@ run_daemon_once() {
   t0=$(date +%s)
   setsid bash -c 'exec "$@"' _ chroot "$root" /usr/bin/env -i HOME=/root USER=root \
     LOGNAME=root SHELL=/bin/bash PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    LANG=C.UTF-8 bash -c "cd /root/tokend && $run_command" >"$out" 2>&1 &
+    LANG=C.UTF-8 "${extra_ca_env[@]}" bash -c "cd /root/tokend && $run_command" >"$out" 2>&1 &
   pid=$!
   local deadline=$(( t0 + 40 * 60 ))
   until inside /root/tokend/build/ctl/tokenctl ping >/dev/null 2>&1; do

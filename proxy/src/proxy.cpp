@@ -267,13 +267,12 @@ bool Proxy::on_head(const std::shared_ptr<Call>& c, long status, const net::Http
   const bool replayable = c->bytes_in <= m_options.retry_body_bytes;
   if (status == 401 && !c->refreshed && replayable && c->profile.kind == store::CredentialKind::oauth2) return false;
   if ((status == 429 || status == 503) && !c->waited && replayable && c->call.retry_wait_s > 0) return false;
-  // A 403 insufficient_scope is answered by tokend (step_up), not streamed.
   if (status == 403 && c->profile.kind == store::CredentialKind::oauth2) {
+    // A step-up challenge is tokend's to act on (see on_answer).
     for (const auto& [k, v] : headers) {
       if (k == "www-authenticate" &&
-          refresh::bearer_challenge_param(v, "error") == std::optional<std::string>("insufficient_scope")) {
+          refresh::bearer_challenge_param(v, "error") == std::optional<std::string>("insufficient_scope"))
         return false;
-      }
     }
   }
   c->status = static_cast<int>(status);
@@ -343,6 +342,21 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
   finish(c, ProxyResult{static_cast<int>(res->status), response_headers(res->headers), std::string(res->body.reveal()), {}});
 }
 
+void Proxy::end_stream(const std::shared_ptr<Call>& c, bool complete) {
+  if (m_in_flight.erase(c->id) == 0) return;
+  --m_stats.open_streams;
+  auto body = std::move(c->body);
+  record(c, c->status, complete ? std::nullopt : std::optional<Errc>(Errc::transient));
+  if (body) body->end(complete);
+}
+
+void Proxy::answer(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome) {
+  if (!c->done) return;
+  auto done = std::move(c->done);
+  c->done = nullptr;
+  done(std::move(outcome));
+}
+
 namespace {
 
 bool header_is(std::string_view name, std::string_view lower_name) {
@@ -388,22 +402,7 @@ void Proxy::step_up(const std::shared_ptr<Call>& c, const net::HttpResponse& res
     headers.emplace_back(k, v);
   }
   headers.emplace_back("Content-Type", "application/json");
-  finish(c, ProxyResult{403, std::move(headers), json::Json{{"error", std::move(error)}}.dump(), {}});
-}
-
-void Proxy::end_stream(const std::shared_ptr<Call>& c, bool complete) {
-  if (m_in_flight.erase(c->id) == 0) return;
-  --m_stats.open_streams;
-  auto body = std::move(c->body);
-  record(c, c->status, complete ? std::nullopt : std::optional<Errc>(Errc::transient));
-  if (body) body->end(complete);
-}
-
-void Proxy::answer(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome) {
-  if (!c->done) return;
-  auto done = std::move(c->done);
-  c->done = nullptr;
-  done(std::move(outcome));
+  finish(c, ProxyResult{403, std::move(headers), json::Json{{"error", std::move(error)}}.dump(), nullptr});
 }
 
 void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome) {
