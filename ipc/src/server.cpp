@@ -122,7 +122,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::shared_ptr<Stream> start_stream(ExchangeImpl* ex, int status, Headers headers, StreamFraming framing);
   bool stream_send(std::string_view bytes);
   void stream_finish();
-  void check_drained_soon() { arm_timer(std::chrono::milliseconds{0}); }
+  // Defers a drained check to the loop (never from inside the producer).
+  void check_drained_soon() {
+    arm_timer(std::chrono::milliseconds{0});
+    m_timer_checks_drained = true;
+  }
   [[nodiscard]] std::size_t queued() const {
     return uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&m_pipe));
   }
@@ -178,6 +182,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   StreamFraming m_framing;
   std::uint64_t m_stream_left = 0;  // StreamFraming::Kind::length
   bool m_stream_keep_alive = false;
+  // The timer is armed for a drained check, not a timeout: when it fires it
+  // must not close a connection that has meanwhile begun to close (a stream
+  // that finished with writes still queued would lose them).
+  bool m_timer_checks_drained = false;
   void check_drained();
 };
 
@@ -795,6 +803,7 @@ void Connection::begin_linger() {
 
 void Connection::arm_timer(std::chrono::milliseconds after) {
   if (is_closed()) return;
+  m_timer_checks_drained = false;
   uv_timer_start(
       &m_timer,
       [](uv_timer_t* t) {
@@ -806,6 +815,11 @@ void Connection::arm_timer(std::chrono::milliseconds after) {
 }
 
 void Connection::on_timer() {
+  if (m_timer_checks_drained) {
+    m_timer_checks_drained = false;
+    check_drained();
+    return;
+  }
   switch (m_state) {
     case State::reading:
       fail_request(408, "request not received in time");
@@ -815,11 +829,7 @@ void Connection::on_timer() {
     case State::closing:
       close();
       break;
-    case State::streaming:
-      // Streams have no timeout; the timer only defers a drained check.
-      check_drained();
-      break;
-    default:
+    default:  // streams have no timeout
       break;
   }
 }
