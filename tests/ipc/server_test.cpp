@@ -89,6 +89,17 @@ class ServerFixture {
         held = ex;
         held_ready.set_value();
       });
+      // A framed stream finished while most of it is still queued, after its
+      // producer asked to hear when the queue drains.
+      router.add("GET", "/big", [](const std::shared_ptr<ipc::Exchange>& ex) {
+        constexpr std::size_t k_piece = 256 * 1024;
+        constexpr std::size_t k_pieces = 12;
+        auto s = ex->start_stream(200, {}, ipc::StreamFraming{ipc::StreamFraming::Kind::length, k_piece * k_pieces});
+        const std::string piece(k_piece, 'x');
+        for (std::size_t i = 0; i < k_pieces; ++i) s->send(piece);
+        s->on_drained([] {});
+        s->finish();
+      });
       router.add("GET", "/stream", [](const std::shared_ptr<ipc::Exchange>& ex) {
         auto s = ex->start_stream(200, {{"Content-Type", "text/event-stream"}});
         s->send("data: one\n\n");
@@ -153,6 +164,18 @@ TEST_CASE("a request is answered and keep-alive carries the next one", "[ipc][se
   auto r2 = c.read_response();
   CHECK(status_of(r2) == 200);
   CHECK(test::body_of(r2).find(R"("id":"42")") != std::string::npos);
+  CHECK(f.stop() == 0);
+}
+
+TEST_CASE("a framed stream finished with writes queued arrives whole", "[ipc][server]") {
+  ServerFixture f;
+  RawClient c(f.socket());
+  REQUIRE(c.connected());
+  REQUIRE(c.send("GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+  const auto all = c.read_to_eof();
+  REQUIRE(all.has_value());
+  CHECK(status_of(*all) == 200);
+  CHECK(test::body_of(*all).size() == 12U * 256 * 1024);
   CHECK(f.stop() == 0);
 }
 
