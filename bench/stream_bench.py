@@ -27,18 +27,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "fake_upstream"))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
 
 from client import FakeUpstream, api_token_auth, download_sha256  # noqa: E402
-from harness import Daemon, XdgTree, unix_request  # noqa: E402
+from harness import Daemon, XdgTree, peak_rss_kib, unix_request  # noqa: E402
 
 EMAIL = "bench@example.test"
 API_TOKEN = "ATATT-bench-stream-token"
-
-
-def peak_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
 
 
 def read_all(recv, first_chunk, t0, size):

@@ -124,6 +124,15 @@ class XdgTree:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def peak_rss_kib(pid):
+    """A process's peak resident set (VmHWM) in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
 SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
                      "runtime error:", "SUMMARY: ")
 

@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
 from client import FakeUpstream, download_sha256  # noqa: E402
-from harness import Daemon, XdgTree, binaries, unix_request, wait_for  # noqa: E402
+from harness import Daemon, XdgTree, binaries, peak_rss_kib, unix_request, wait_for  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
 CLIENT_ID = "stream-app"
@@ -140,11 +140,7 @@ class ProxyStreamTest(unittest.TestCase):
         raise AssertionError("no tokend_proxy_open_streams in /v1/metrics")
 
     def peak_rss_kib(self):
-        with open(f"/proc/{self.daemon.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        raise AssertionError("no VmHWM")
+        return peak_rss_kib(self.daemon.proc.pid)
 
     def test_server_sent_events_are_relayed_as_they_arrive_and_the_connection_is_kept(self):
         self.add_generic()

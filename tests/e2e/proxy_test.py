@@ -12,7 +12,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
 from client import Blob, FakeUpstream, MultipartBody, api_token_auth, bearer, download_sha256  # noqa: E402
-from harness import Daemon, XdgTree, binaries, http_over_unix, secret_file, run_ctl, unix_request  # noqa: E402
+from harness import Daemon, XdgTree, binaries, peak_rss_kib, http_over_unix, secret_file, run_ctl, unix_request  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
 CLIENT_ID = "proxy-app"
@@ -271,11 +271,7 @@ class ProxyTest(unittest.TestCase):
     SANITIZED = "ASAN_OPTIONS" in os.environ
 
     def peak_rss_kib(self):
-        with open(f"/proc/{self.daemon.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        raise AssertionError("no VmHWM")
+        return peak_rss_kib(self.daemon.proc.pid)
 
     def stream_request(self, method, target, headers, chunks, length):
         """Sends a body piece by piece over the socket; returns (status, body bytes)."""
