@@ -1307,6 +1307,27 @@ int cmd_completion(Ctx& ctx, const std::vector<std::string>& args) {
   return k_ok;
 }
 
+// `tokenctl mcp config PROFILE --client NAME [--write]`: the client's config
+// entry for this profile (DESIGN §11).
+int cmd_mcp_config(Ctx& ctx, const std::vector<std::string>& args) {
+  (void)ctx;
+  (void)args;
+  throw UsageError{"tokenctl mcp config is not built yet"};
+}
+
+// `tokenctl mcp PROFILE [--wait S]`: a stdio MCP server bridging to the
+// profile's remote MCP server through tokend (DESIGN §11).
+int cmd_mcp_bridge(Ctx& ctx, const std::vector<std::string>& args) {
+  (void)ctx;
+  (void)args;
+  throw UsageError{"tokenctl mcp PROFILE is not built yet"};
+}
+
+int cmd_mcp(Ctx& ctx, const std::vector<std::string>& args) {
+  if (!args.empty() && args[0] == "config") return cmd_mcp_config(ctx, std::vector<std::string>(args.begin() + 1, args.end()));
+  return cmd_mcp_bridge(ctx, args);
+}
+
 struct Command {
   const char* name;
   int (*fn)(Ctx&, const std::vector<std::string>&);
@@ -1319,6 +1340,8 @@ constexpr Command k_commands[] = {
     {"token", cmd_token, "token PROFILE [--min-valid S] [--wait S] [--format raw|header|json|env|exec-credential]"},
     {"headers", cmd_headers, "headers PROFILE                     {\"Authorization\": ...} for an MCP headersHelper"},
     {"exec", cmd_exec, "exec PROFILE [--env NAME]... -- CMD [ARG...]   run CMD with the token in its environment"},
+    {"mcp", cmd_mcp,
+     "mcp PROFILE [--wait S] | mcp config PROFILE --client NAME [--write]   MCP bridge through tokend; client set-up"},
     {"api", cmd_api,
      "api PROFILE METHOD PATH [--data @FILE|-|TEXT] [-H \"K: V\"]... [--include]   a call through tokend's proxy"},
     {"add", cmd_add, "add PROFILE --kind oauth2|api-token|pat [...]   store a profile (see tokenctl add --help)"},
