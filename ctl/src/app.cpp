@@ -34,6 +34,7 @@
 #include "ctl/import.hpp"
 #include "ctl/input.hpp"
 #include "ctl/interrupt.hpp"
+#include "ctl/mcp_bridge.hpp"
 #include "ipc/client.hpp"
 
 namespace tokend::ctl {
@@ -1318,9 +1319,27 @@ int cmd_mcp_config(Ctx& ctx, const std::vector<std::string>& args) {
 // `tokenctl mcp PROFILE [--wait S]`: a stdio MCP server bridging to the
 // profile's remote MCP server through tokend (DESIGN §11).
 int cmd_mcp_bridge(Ctx& ctx, const std::vector<std::string>& args) {
-  (void)ctx;
-  (void)args;
-  throw UsageError{"tokenctl mcp PROFILE is not built yet"};
+  po::options_description o(
+      "tokenctl mcp PROFILE [--wait S] [--no-browser]\n"
+      "A stdio MCP server for any MCP client ({\"command\": \"tokenctl\", \"args\": [\"mcp\", \"PROFILE\"]}): each\n"
+      "JSON-RPC message goes through tokend to the profile's MCP server with a fresh token, which never\n"
+      "leaves tokend. A 401 refreshes and replays once; when no token can be had, requests get a JSON-RPC\n"
+      "error naming tokenctl login PROFILE (code -32001) and the bridge keeps running. A profile that\n"
+      "never signed in starts its login (browser, or the URL on stderr). Ends on stdin EOF or SIGTERM,\n"
+      "deleting the server's session; stdout carries JSON-RPC only");
+  o.add_options()("wait", po::value<std::string>(), "seconds a request waits for a login instead of failing at once")(
+      "no-browser", "never open a browser for the first login: print the URL on stderr");
+  auto vm = parse(args, o, {"profile"});
+  mcp::BridgeOptions b;
+  b.profile = need(vm, "profile", "PROFILE");
+  if (auto ok = validate_profile_name(b.profile); !ok) throw UsageError{ok.error().message};
+  b.wait_s = seconds(vm, "wait", 3'600).value_or(0);
+  b.open_browser = vm.count("no-browser") == 0;
+  b.socket = ctx.socket;
+  b.in_fd = ::fileno(ctx.io.in);
+  b.out_fd = ::fileno(ctx.io.out);
+  b.err = ctx.io.err;
+  return mcp::run_bridge(b);
 }
 
 int cmd_mcp(Ctx& ctx, const std::vector<std::string>& args) {

@@ -289,6 +289,73 @@ void Api::answer_token(const std::shared_ptr<Exchange>& ex, const std::string& n
             {"expires_in", grant->expires_at_ms ? json::Json((*grant->expires_at_ms - now) / 1000) : json::Json(nullptr)}}));
 }
 
+void Api::forward(const std::shared_ptr<Exchange>& ex, proxy::ProxyCall call, std::int64_t wait_s) {
+  if (m_proxy == nullptr) return ex->respond(Response::error(503, "unavailable", "the proxy is not available"));
+  const Request& req = ex->request();
+  call.method = req.method;
+  call.headers = req.headers;
+  call.body = req.body;
+  call.body_spool = req.body_spool;
+  call.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
+  call.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
+  if (auto wait = req.header("x-tokend-retry-wait")) {
+    std::int64_t n = -1;
+    const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), n);
+    if (ec != std::errc{} || end != wait->data() + wait->size() || n < 0 || n > 60) {
+      return ex->respond(Response::error(400, "invalid_argument", "X-Tokend-Retry-Wait must be a number of seconds from 0 to 60"));
+    }
+    call.retry_wait_s = n;
+  }
+  // A call that may wait for a login goes again afterwards: keep a copy (a
+  // large body stays in its spool file, shared).
+  std::optional<proxy::ProxyCall> again;
+  if (wait_s > 0) again = call;
+  const std::string name = call.profile;
+  m_proxy->forward(std::move(call), [this, ex, name, wait_s, again = std::move(again)](
+                                        std::expected<proxy::ProxyResult, proxy::ProxyError> r) mutable {
+    if (!r) {
+      const Error& e = r.error().error;
+      if (e.code == Errc::reauth_required && again) {
+        auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"},
+                                    std::chrono::seconds(wait_s),
+                                    [this, ex, name, call = std::move(*again), error = e](bool happened) mutable {
+                                      if (!happened) return ex->respond(reauth_error(error, name));
+                                      forward(ex, std::move(call), 0);
+                                    });
+        if (waiting) return;
+      }
+      Response res;
+      std::string_view code = errc_name(e.code);
+      switch (e.code) {
+        case Errc::permission: res = Response::error(403, code = "policy_denied", e.message); break;
+        case Errc::limit_exceeded:
+          res = Response::error(429, code = "rate_limited", e.message);
+          if (r.error().retry_after) {
+            res.headers.emplace_back("Retry-After", std::to_string((r.error().retry_after->count() + 999) / 1000));
+          }
+          break;
+        case Errc::transient: res = Response::error(502, code = "upstream_unreachable", e.message); break;
+        case Errc::timeout: res = Response::error(504, code = "upstream_timeout", e.message); break;
+        case Errc::reauth_required: res = reauth_error(e, name); break;
+        default: res = error_response(e); break;
+      }
+      // Tells tokend's own refusals from the upstream's (whose X-Tokend-*
+      // headers never pass): tokenctl mcp turns them into JSON-RPC errors.
+      res.headers.emplace_back("X-Tokend-Error", std::string(code));
+      return ex->respond(std::move(res));
+    }
+    Response res;
+    res.status = r->status;
+    for (auto& [k, v] : r->headers) {
+      if (k.size() == 6 && ::strncasecmp(k.data(), "server", 6) == 0) continue;
+      res.headers.emplace_back(std::move(k), std::move(v));
+    }
+    if (r->stream) return stream_answer(ex, std::move(res), std::move(r->stream));
+    res.body = std::move(r->body);
+    ex->respond(std::move(res));
+  });
+}
+
 void Api::audit_peer(const std::shared_ptr<Exchange>& ex, std::string_view kind, std::string_view profile) {
   store::AuditEvent e;
   e.kind = std::string(kind);
@@ -476,63 +543,38 @@ void Api::register_routes(Router& router) {
   });
 
   // --- the proxy (DESIGN §8) ---
-  auto forward = [this](const std::shared_ptr<Exchange>& ex) {
-    if (m_proxy == nullptr) return ex->respond(Response::error(503, "unavailable", "the proxy is not available"));
+  auto proxy_route = [this](const std::shared_ptr<Exchange>& ex) {
     const Request& req = ex->request();
     proxy::ProxyCall call;
     call.profile = std::string(ex->param("name"));
-    call.method = req.method;
     // The rest of the path exactly as decoded, not the router's segments
     // (which fold "//"): the proxy refuses what it does not like.
     const std::string prefix = "/v1/proxy/" + call.profile + "/";
     call.rest = req.path.starts_with(prefix) ? req.path.substr(prefix.size()) : std::string(ex->param("rest"));
     if (const auto q = req.target.find('?'); q != std::string::npos) call.raw_query = req.target.substr(q + 1);
-    call.headers = req.headers;
-    call.body = req.body;
-    call.body_spool = req.body_spool;
-    call.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
-    call.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
-    if (auto wait = req.header("x-tokend-retry-wait")) {
-      std::int64_t n = -1;
-      const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), n);
-      if (ec != std::errc{} || end != wait->data() + wait->size() || n < 0 || n > 60) {
-        return ex->respond(Response::error(400, "invalid_argument", "X-Tokend-Retry-Wait must be a number of seconds from 0 to 60"));
-      }
-      call.retry_wait_s = n;
-    }
-    const std::string name = call.profile;
-    m_proxy->forward(std::move(call), [ex, name](std::expected<proxy::ProxyResult, proxy::ProxyError> r) {
-      if (!r) {
-        const Error& e = r.error().error;
-        switch (e.code) {
-          case Errc::permission: return ex->respond(Response::error(403, "policy_denied", e.message));
-          case Errc::limit_exceeded: {
-            auto res = Response::error(429, "rate_limited", e.message);
-            if (r.error().retry_after) {
-              res.headers.emplace_back("Retry-After", std::to_string((r.error().retry_after->count() + 999) / 1000));
-            }
-            return ex->respond(std::move(res));
-          }
-          case Errc::transient: return ex->respond(Response::error(502, "upstream_unreachable", e.message));
-          case Errc::timeout: return ex->respond(Response::error(504, "upstream_timeout", e.message));
-          case Errc::reauth_required: return ex->respond(reauth_error(e, name));
-          default: return ex->respond(error_response(e));
-        }
-      }
-      Response res;
-      res.status = r->status;
-      for (auto& [k, v] : r->headers) {
-        if (k.size() == 6 && ::strncasecmp(k.data(), "server", 6) == 0) continue;
-        res.headers.emplace_back(std::move(k), std::move(v));
-      }
-      if (r->stream) return stream_answer(ex, std::move(res), std::move(r->stream));
-      res.body = std::move(r->body);
-      ex->respond(std::move(res));
-    });
+    forward(ex, std::move(call), 0);
   };
   for (const char* method : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}) {
-    router.add(method, "/v1/proxy/{name}/{rest...}", forward, /*large_body=*/true);
+    router.add(method, "/v1/proxy/{name}/{rest...}", proxy_route, /*large_body=*/true);
   }
+
+  // --- the MCP bridge route (DESIGN §11): tokenctl mcp sends each JSON-RPC
+  // message here; it goes to the profile's MCP server with a fresh token.
+  // X-Tokend-Wait: S holds a call that needs a login until one is done.
+  auto mcp_route = [this](const std::shared_ptr<Exchange>& ex) {
+    std::int64_t wait_s = 0;
+    if (auto wait = ex->request().header("x-tokend-wait")) {
+      const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), wait_s);
+      if (ec != std::errc{} || end != wait->data() + wait->size() || wait_s < 0 || wait_s > 3600) {
+        return ex->respond(Response::error(400, "invalid_argument", "X-Tokend-Wait must be a number of seconds from 0 to 3600"));
+      }
+    }
+    proxy::ProxyCall call;
+    call.profile = std::string(ex->param("name"));
+    call.mcp = true;
+    forward(ex, std::move(call), wait_s);
+  };
+  for (const char* method : {"GET", "POST", "DELETE"}) router.add(method, "/v1/mcp/{name}", mcp_route, /*large_body=*/true);
 
   router.add("GET", "/v1/events", [this](const std::shared_ptr<Exchange>& ex) {
     std::optional<std::string> only;

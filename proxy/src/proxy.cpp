@@ -1,5 +1,7 @@
 #include "proxy/proxy.hpp"
 
+#include <strings.h>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -16,6 +18,20 @@ namespace tokend::proxy {
 
 namespace {
 
+
+// What an MCP call did, for its audit line: "mcp" and the JSON-RPC method the
+// bridge mirrored into Mcp-Method (printable ASCII only, bounded).
+std::string mcp_audit_path(const Headers& headers) {
+  for (const auto& [k, v] : headers) {
+    if (k.size() != 10 || ::strncasecmp(k.data(), "mcp-method", 10) != 0) continue;
+    std::string method = v.substr(0, 64);
+    for (char& ch : method) {
+      if (ch <= 0x20 || ch >= 0x7f) ch = '?';
+    }
+    return "mcp " + method;
+  }
+  return "mcp";
+}
 
 std::unexpected<ProxyError> refuse(Errc code, std::string message, std::optional<Millis> retry_after = std::nullopt) {
   return std::unexpected(ProxyError{Error{code, std::move(message)}, retry_after});
@@ -166,7 +182,12 @@ void Proxy::forward(ProxyCall call, Done done) {
   if (!profile) return finish(c, refuse(Errc::not_found, profile.error().message));
   c->profile = std::move(*profile);
   const json::Json policy = c->profile.config.value("policy", json::Json::object());
-  if (auto ok = check_policy(c->profile, c->call.method, c->call.rest); !ok) {
+  if (c->call.mcp) {
+    if (json::string_or(c->profile.config, "mcp_server").empty()) {
+      return finish(c, refuse(Errc::config, fmt::format("profile '{}' has no MCP server; add one with tokenctl add {} "
+                                                        "--provider mcp --mcp-server URL", c->call.profile, c->call.profile)));
+    }
+  } else if (auto ok = check_policy(c->profile, c->call.method, c->call.rest); !ok) {
     return finish(c, refuse(ok.error().code, ok.error().message));
   }
   if (policy.is_object()) {
@@ -182,7 +203,7 @@ void Proxy::forward(ProxyCall call, Done done) {
   auto headers = request_headers(c->call.headers);
   if (!headers) return finish(c, refuse(Errc::invalid_argument, headers.error().message));
   c->headers = std::move(*headers);
-  if (needs_cloud_id(c->profile, c->call.rest)) return resolve_cloud(c);
+  if (!c->call.mcp && needs_cloud_id(c->profile, c->call.rest)) return resolve_cloud(c);
   send(c);
 }
 
@@ -235,9 +256,13 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
 }
 
 void Proxy::send(const std::shared_ptr<Call>& c) {
-  auto url = upstream_url(c->profile, c->call.rest, c->call.raw_query);
-  if (!url) return finish(c, refuse(url.error().code, url.error().message));
-  c->url = std::move(*url);
+  if (c->call.mcp) {
+    c->url = json::string_or(c->profile.config, "mcp_server");
+  } else {
+    auto url = upstream_url(c->profile, c->call.rest, c->call.raw_query);
+    if (!url) return finish(c, refuse(url.error().code, url.error().message));
+    c->url = std::move(*url);
+  }
   m_tokens.token_async(c->call.profile, refresh::TokenRequest{30}, [this, c](Result<refresh::TokenGrant> grant) {
     if (m_in_flight.find(c->id) == m_in_flight.end()) return;
     if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
@@ -310,6 +335,8 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
     m_tokens.refresh(c->call.profile, [this, c, first = std::make_shared<net::HttpResponse>(std::move(*res))](Result<> r) {
       if (m_in_flight.find(c->id) == m_in_flight.end()) return;
       if (!r) {
+        // The bridge needs to know why: a login, or a passing failure.
+        if (c->call.mcp) return finish(c, refuse(r.error().code, r.error().message));
         // Pass the upstream's 401 back; the refresh error says why.
         return finish(c, ProxyResult{401, response_headers(first->headers), std::string(first->body.reveal()), {}});
       }
@@ -402,6 +429,7 @@ void Proxy::step_up(const std::shared_ptr<Call>& c, const net::HttpResponse& res
     headers.emplace_back(k, v);
   }
   headers.emplace_back("Content-Type", "application/json");
+  headers.emplace_back("X-Tokend-Error", "insufficient_scope");
   finish(c, ProxyResult{403, std::move(headers), json::Json{{"error", std::move(error)}}.dump(), nullptr});
 }
 
@@ -437,7 +465,7 @@ void Proxy::record(const std::shared_ptr<Call>& c, int status, std::optional<Err
   e.peer_uid = c->call.peer_uid;
   e.peer_pid = c->call.peer_pid;
   e.detail = {{"method", c->call.method},
-              {"path", c->call.rest},
+              {"path", c->call.mcp ? mcp_audit_path(c->call.headers) : c->call.rest},
               {"status", status},
               {"latency_ms", static_cast<double>(latency.count()) / 1000.0},
               {"bytes_in", c->bytes_in},

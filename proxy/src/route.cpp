@@ -193,6 +193,7 @@ Headers response_headers(const Headers& in) {
   Headers out;
   for (const auto& [k, v] : in) {
     if (std::any_of(std::begin(k_dropped), std::end(k_dropped), [&](std::string_view d) { return iequals(k, d); })) continue;
+    if (k.size() >= 9 && iequals(std::string_view(k).substr(0, 9), "x-tokend-")) continue;  // tokend's own, never the upstream's
     if (v.find_first_of("\r\n") != std::string::npos) continue;
     out.emplace_back(k, v);
   }

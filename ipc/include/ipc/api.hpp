@@ -43,6 +43,10 @@ class Api {
   class Waits;
 
  private:
+  // Hands a call to the proxy and answers with what comes back; with
+  // wait_s > 0 a call refused for want of a login waits for one (or a new
+  // token) and goes again.
+  void forward(const std::shared_ptr<Exchange>& ex, proxy::ProxyCall call, std::int64_t wait_s);
   void answer_token(const std::shared_ptr<Exchange>& ex, const std::string& name, const refresh::TokenRequest& req,
                     std::int64_t wait_s, Result<refresh::TokenGrant> grant);
   void audit_peer(const std::shared_ptr<Exchange>& ex, std::string_view kind, std::string_view profile);

@@ -41,6 +41,11 @@ struct ProxyCall {
   std::string body;
   std::shared_ptr<net::Spool> body_spool;  // a large body (set instead of body)
   std::int64_t retry_wait_s = 0;  // X-Tokend-Retry-Wait
+  // The bridge route (/v1/mcp/{profile}): the call goes to the profile's MCP
+  // server URL itself; `rest` and `raw_query` are unused, path policy does
+  // not apply (rate limits do), and a token that cannot be had is
+  // Errc::reauth_required even after the server's 401.
+  bool mcp = false;
   std::optional<std::int64_t> peer_uid;
   std::optional<std::int64_t> peer_pid;
 };

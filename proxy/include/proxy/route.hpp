@@ -33,7 +33,7 @@ bool needs_cloud_id(const store::Profile& profile, std::string_view rest);
 // The caller's headers minus Authorization, Cookie, Host, Proxy-*, hop-by-hop
 // and X-Tokend-*; Errc::invalid_argument on CR, LF or NUL anywhere.
 Result<Headers> request_headers(const Headers& in);
-// Upstream headers minus hop-by-hop ones and Set-Cookie.
+// Upstream headers minus hop-by-hop ones, Set-Cookie and X-Tokend-* (tokend's own).
 Headers response_headers(const Headers& in);
 
 // The names the profile's policy judges a call by, one list per reading of
