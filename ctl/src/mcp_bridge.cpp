@@ -140,6 +140,7 @@ class Bridge {
                           std::chrono::milliseconds idle_timeout = std::chrono::milliseconds(0));
   ipc::Headers base_headers(const ClientMessage* message);
   bool reinitialize(Conn& conn, const std::string& failed_session);
+  bool relist_tools(Conn& conn, const Job& job);
   void get_stream();
   void delete_session();
 
@@ -457,6 +458,13 @@ void Bridge::send(Job& job, Conn& conn) {
     if (!a.body.empty()) {
       auto j = json::parse(a.body, "error");
       if (j && j->is_object() && j->contains("error") && (*j)["error"].is_object() && j->value("jsonrpc", "") == "2.0") {
+        // HeaderMismatch on a tool call: the tool's x-mcp-header parameters
+        // are not known (the client never listed the tools through this
+        // bridge, or they changed). The transport says: list, then retry.
+        if (attempt == 0 && job.message.method == "tools/call" && (*j)["error"].value("code", 0) == k_header_mismatch &&
+            relist_tools(conn, job)) {
+          continue;
+        }
         if (!answering) {
           note(fmt::format("the MCP server refused a {} (HTTP {}): {}", job.message.method.empty() ? "message" : job.message.method,
                            a.status, json::string_or((*j)["error"], "message").substr(0, 200)));
@@ -516,6 +524,42 @@ bool Bridge::reinitialize(Conn& conn, const std::string& failed_session) {
   auto done = parse_client_line(R"({"jsonrpc":"2.0","method":"notifications/initialized"})");
   auto sent = exchange(conn, "POST", base_headers(&*done), done->body.dump(), nullptr, {});
   return sent && sent->status >= 200 && sent->status < 300;
+}
+
+bool Bridge::relist_tools(Conn& conn, const Job& job) {
+  json::Json params = json::Json::object();
+  if (const auto p = job.message.body.find("params"); p != job.message.body.end() && p->is_object() && p->contains("_meta")) {
+    params["_meta"] = (*p)["_meta"];
+  }
+  bool listed = false;
+  for (int page = 0; page < 20; ++page) {
+    json::Json request = {{"jsonrpc", "2.0"}, {"id", fmt::format("tokenctl-mcp-tools-{}", page)}, {"method", "tools/list"},
+                          {"params", params}};
+    auto parsed = parse_client_line(request.dump());
+    if (!parsed) return listed;
+    std::optional<json::Json> result;
+    auto take = [&](std::string_view payload) {
+      auto m = server_message(payload);
+      if (m && m->first.is_object() && m->first.value("id", json::Json()) == request["id"] && m->first.contains("result")) {
+        result = m->first["result"];
+      }
+    };
+    SseParser parser;
+    auto r = exchange(conn, "POST", base_headers(&*parsed), request.dump(), &parser,
+                      [&](const SseParser::Event& e) { take(e.data); });
+    if (!r || r->status != 200) return listed;
+    if (!r->sse) take(r->body);
+    if (!result || !result->is_object()) return listed;
+    {
+      std::lock_guard lock(m_state_mu);
+      take_tool_headers(*result, m_tools);
+    }
+    listed = true;
+    const std::string cursor = json::string_or(*result, "nextCursor");
+    if (cursor.empty()) break;
+    params["cursor"] = cursor;
+  }
+  return listed;
 }
 
 void Bridge::get_stream() {

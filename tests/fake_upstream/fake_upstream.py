@@ -1927,6 +1927,7 @@ class App:
         Route("GET", r"/device", "device_page", target="authorize"),
         Route("POST", r"/oauth/device/code", "device_authorization", target="device"),
         Route("POST", r"/oauth/revoke", "revoke", target="revoke"),
+        Route("POST", r"/oauth/introspect", "introspect"),
         Route("POST", r"/register", "register", target="register"),
         Route("GET", r"/\.well-known/oauth-authorization-server(?P<tenant>/tenant)?",
               "discovery_oauth", target="discovery"),
@@ -2624,6 +2625,19 @@ class App:
             answer["id"] = request["id"]
         answer["result"] = {"ok": True}
         return Response.json(200, answer)
+
+    def introspect(self, ctx):
+        """RFC 7662 introspection, for resource servers the tests run (the MCP SDK servers):
+        ``active`` with scope, client_id, exp (fake clock) and aud (the grant's RFC 8707
+        resource) for a valid access token; ``{"active": false}`` for anything else."""
+        form = urllib.parse.parse_qs(ctx.request.body.decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[0]
+        status, grant, at = self.state.check_access_token(token)
+        if status != "valid":
+            return Response.json(200, {"active": False})
+        return Response.json(200, {"active": True, "token_type": "Bearer", "scope": at.scope,
+                                   "client_id": grant.client_id, "sub": grant.sub,
+                                   "exp": int(at.expires_at), "aud": grant.resource})
 
     # -- Atlassian accessible resources ------------------------------------------------------
 

@@ -111,5 +111,6 @@ inline constexpr int k_parse_error = -32700;
 inline constexpr int k_invalid_request = -32600;
 inline constexpr int k_upstream_error = -32000;  // the server or tokend could not answer
 inline constexpr int k_login_required = -32001;  // no token without a person: tokenctl login
+inline constexpr int k_header_mismatch = -32020;  // MCP 2026-07-28: headers and body disagree
 
 }  // namespace tokend::ctl::mcp
