@@ -51,6 +51,7 @@ struct Proxy::Call {
   Headers headers;
   MonoTime started{};
   bool refreshed = false;  // the one forced refresh after a 401 was used
+  std::int64_t generation = -1;  // of the credential whose token the call carried
   bool waited = false;     // the one Retry-After wait was used
   std::uint64_t http_id = 0;
   bool http_pending = false;
@@ -266,6 +267,7 @@ void Proxy::send(const std::shared_ptr<Call>& c) {
   m_tokens.token_async(c->call.profile, refresh::TokenRequest{30}, [this, c](Result<refresh::TokenGrant> grant) {
     if (m_in_flight.find(c->id) == m_in_flight.end()) return;
     if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
+    if (auto view = m_tokens.get(c->call.profile)) c->generation = view->generation;
     net::HttpRequest r;
     r.method = c->call.method;
     r.url = c->url;
@@ -331,6 +333,14 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
     // The token may have been revoked or rotated elsewhere: one forced
     // refresh, one retry.
     c->refreshed = true;
+    // Calls that carried the same token and got their 401 after another
+    // call's refresh had finished retry with the new token: one refresh for
+    // them all, not one each.
+    if (auto view = m_tokens.get(c->call.profile); view && c->generation >= 0 && view->generation != c->generation) {
+      spdlog::info("proxy {}: upstream answered 401 to a token already replaced; retrying with the new one",
+                   c->call.profile);
+      return send(c);
+    }
     spdlog::info("proxy {}: upstream answered 401; refreshing once and retrying", c->call.profile);
     m_tokens.refresh(c->call.profile, [this, c, first = std::make_shared<net::HttpResponse>(std::move(*res))](Result<> r) {
       if (m_in_flight.find(c->id) == m_in_flight.end()) return;
