@@ -342,6 +342,23 @@ class McpGatewayTest(unittest.TestCase):
         for line in b.raw:
             self.assertEqual(json.loads(line)["jsonrpc"], "2.0")
 
+    def test_first_use_without_a_browser_prints_the_url(self):
+        self.add("stateless")
+        env = {k: v for k, v in self.env.items() if k not in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY")}
+        b = self.bridge(env=env)
+        rid = b.request("tools/call", {"name": "echo", "arguments": {"text": "first"}}, modern=True)
+        url = wait_for(lambda: next((l.strip() for l in b.stderr().splitlines() if l.strip().startswith("https://")),
+                                    None), "the authorize URL on stderr")
+        self.assertIn("open this URL in a browser", b.stderr())
+        self.assertTrue(b.messages.empty(), "the request waits for the login")
+        # The user opens it elsewhere; tokend's loopback listener takes the redirect.
+        r = subprocess.run([sys.executable, BROWSER, url], env=self.env, capture_output=True, text=True,
+                           timeout=DEADLINE)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = b.answer(rid)
+        self.assertEqual(r["result"]["content"][0]["text"], "first", r)
+        self.assertEqual(b.close(), 0, b.stderr())
+
     def test_stateless_server_with_request_metadata(self):
         self.add("stateless")
         self.login()
