@@ -39,7 +39,7 @@ MCP_SRC = os.path.join(HERE, "..", "mcp")
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
 from client import FakeUpstream  # noqa: E402
-from harness import Daemon, XdgTree, binaries, run_ctl, unix_request, wait_for  # noqa: E402
+from harness import SANITIZER_MARKERS, Daemon, XdgTree, binaries, run_ctl, unix_request, wait_for  # noqa: E402
 
 
 def work_dir_arg():
@@ -260,6 +260,8 @@ class McpGatewayTest(unittest.TestCase):
         issued = [t["token"] for t in self.up.tokens() if t.get("token")]
         out = self.daemon.output()
         for b in self.bridges:
+            for marker in SANITIZER_MARKERS + ("ThreadSanitizer",):
+                self.assertNotIn(marker, b.stderr())
             text = b.stderr() + "".join(l.decode("utf-8", "replace") for l in b.raw)
             for t in issued:
                 self.assertNotIn(t, text, "a token reached the bridge's output")
