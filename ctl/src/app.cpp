@@ -35,6 +35,7 @@
 #include "ctl/input.hpp"
 #include "ctl/interrupt.hpp"
 #include "ctl/mcp_bridge.hpp"
+#include "ctl/mcp_config.hpp"
 #include "ipc/client.hpp"
 
 namespace tokend::ctl {
@@ -1308,12 +1309,77 @@ int cmd_completion(Ctx& ctx, const std::vector<std::string>& args) {
   return k_ok;
 }
 
-// `tokenctl mcp config PROFILE --client NAME [--write]`: the client's config
-// entry for this profile (DESIGN §11).
+constexpr std::string_view k_mcp_config_help = R"(
+tokenctl mcp config PROFILE --client CLIENT [--name ENTRY] [--write [--file PATH] [--force]]
+tokenctl mcp config PROFILE --client CLIENT [--name ENTRY] [EXEC_OPTION...] -- CMD [ARG...]
+
+Prints CLIENT's config entry that starts `tokenctl mcp PROFILE` (the MCP bridge through
+tokend), in CLIENT's own format; with -- CMD, an entry that runs the local server CMD under
+`tokenctl exec PROFILE --endpoint [EXEC_OPTION...] -- CMD` instead (options between PROFILE
+and -- that are not listed here go to exec as they are). See docs/mcp-clients.md.
+
+  --client CLIENT   claude-code, claude-desktop, codex, cursor, vscode, gemini or opencode
+  --name ENTRY      the entry's name (default: PROFILE, '.' turned into '-')
+  --write           merge the entry into CLIENT's user config file, keeping a backup
+                    (FILE.bak-YYYYmmddTHHMMSS) and every other entry; re-running changes nothing
+  --file PATH       with --write: this file instead (e.g. a project's .mcp.json or .vscode/mcp.json)
+  --force           with --write: replace an entry of that name that does not run tokenctl
+
+The entry runs tokenctl by its absolute path (GUI clients do not have your PATH); a
+non-default --socket or TOKEND_SOCKET goes into its environment.
+Exit codes: 0 ok, 1 error (the file is unchanged), 2 usage.
+)";
+
+// `tokenctl mcp config ...`: the client's config entry for this profile
+// (DESIGN §11); the work is in ctl/mcp_config.hpp.
 int cmd_mcp_config(Ctx& ctx, const std::vector<std::string>& args) {
-  (void)ctx;
-  (void)args;
-  throw UsageError{"tokenctl mcp config is not built yet"};
+  auto parsed = parse_mcp_config_args(args);
+  if (!parsed) throw UsageError{parsed.error().message};
+  if (parsed->help) throw HelpRequest{std::string(k_mcp_config_help)};
+  const McpClient client = *parsed->client;
+  const EnvLookup env = process_env();
+
+  // The socket goes into the entry only when it is not the one tokenctl
+  // would find anyway, made absolute: the client starts in another directory.
+  std::vector<std::pair<std::string, std::string>> vars;
+  const EnvLookup env_without_socket = [&env](const char* name) -> std::optional<std::string> {
+    if (std::string_view(name) == "TOKEND_SOCKET") return std::nullopt;
+    return env(name);
+  };
+  if (ctx.socket != resolve_socket_path(env_without_socket)) {
+    std::error_code ec;
+    const auto absolute = std::filesystem::absolute(ctx.socket, ec);
+    vars.emplace_back("TOKEND_SOCKET", (ec ? ctx.socket : absolute).string());
+  }
+  std::string name = parsed->name.value_or(default_entry_name(parsed->profile));
+  McpServerEntry entry = parsed->command.empty()
+                             ? bridge_entry(std::move(name), tokenctl_path(), parsed->profile, std::move(vars))
+                             : exec_entry(std::move(name), tokenctl_path(), parsed->profile, parsed->exec_options,
+                                          parsed->command, std::move(vars));
+
+  const auto path = parsed->file.value_or(default_config_path(client, host_os(), env));
+  if (!parsed->write) {
+    auto text = render_entry(client, entry);
+    if (!text) return error(ctx, text.error().message);
+    say(ctx.io.out, *text);
+    say(ctx.io.err, fmt::format("# {} reads this from {}; add --write to merge it there (a backup is kept)\n",
+                                mcp_client_name(client), path.string()));
+    return k_ok;
+  }
+  auto r = write_entry_to_file(client, path, entry, parsed->force, std::time(nullptr));
+  if (!r) return error(ctx, r.error().message);
+  switch (r->action) {
+    case MergeAction::unchanged:
+      say(ctx.io.out, fmt::format("{}: entry \"{}\" is already up to date\n", r->file.string(), entry.name));
+      break;
+    case MergeAction::added:
+    case MergeAction::replaced:
+      say(ctx.io.out, fmt::format("{}: {} entry \"{}\"{}\n", r->file.string(),
+                                  r->action == MergeAction::added ? "added" : "replaced", entry.name,
+                                  r->backup ? fmt::format(" (previous file kept as {})", r->backup->string()) : ""));
+      break;
+  }
+  return k_ok;
 }
 
 // `tokenctl mcp PROFILE [--wait S]`: a stdio MCP server bridging to the
@@ -1360,7 +1426,7 @@ constexpr Command k_commands[] = {
     {"headers", cmd_headers, "headers PROFILE                     {\"Authorization\": ...} for an MCP headersHelper"},
     {"exec", cmd_exec, "exec PROFILE [--env NAME]... -- CMD [ARG...]   run CMD with the token in its environment"},
     {"mcp", cmd_mcp,
-     "mcp PROFILE [--wait S] | mcp config PROFILE --client NAME [--write]   MCP bridge through tokend; client set-up"},
+     "mcp PROFILE [--wait S] | mcp config PROFILE --client CLIENT [--write] [-- CMD...]   MCP bridge; client set-up"},
     {"api", cmd_api,
      "api PROFILE METHOD PATH [--data @FILE|-|TEXT] [-H \"K: V\"]... [--include]   a call through tokend's proxy"},
     {"add", cmd_add, "add PROFILE --kind oauth2|api-token|pat [...]   store a profile (see tokenctl add --help)"},

@@ -10,7 +10,7 @@ _tokenctl() {
   cur="${COMP_WORDS[COMP_CWORD]}"
   prev="${COMP_WORDS[COMP_CWORD-1]}"
   cmd="${COMP_WORDS[1]}"
-  local commands="status list token headers exec api add import login logout test renew remove monitor ping version completion"
+  local commands="status list token headers exec mcp api add import login logout test renew remove monitor ping version completion"
   local profile_opts="--provider --client-id --scopes --issuer --authorize-url --token-url --device-authorization-url --registration-url --revocation-url --userinfo-url --redirect-uri --mcp-server --resource --audience --pkce --prompt --authorize-param --authorization-server --token-endpoint-auth --reuse-window --refresh-buffer --site --api-base --sink-file --sink-dotenv"
   if [ "$COMP_CWORD" -eq 1 ]; then
     COMPREPLY=($(compgen -W "$commands --socket --help" -- "$cur"))
@@ -22,7 +22,8 @@ _tokenctl() {
     --provider) COMPREPLY=($(compgen -W "atlassian atlassian-dc generic mcp" -- "$cur")); return ;;
     --pkce) COMPREPLY=($(compgen -W "S256 required off" -- "$cur")); return ;;
     --token-endpoint-auth) COMPREPLY=($(compgen -W "client_secret_basic client_secret_post none" -- "$cur")); return ;;
-    --*-file|--dotenv|--sink-dotenv) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --client) COMPREPLY=($(compgen -W "claude-code claude-desktop codex cursor vscode gemini opencode" -- "$cur")); return ;;
+    --*-file|--file|--dotenv|--sink-dotenv) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --data|-d) COMPREPLY=($(compgen -P @ -f -- "${cur#@}")); return ;;
     completion) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")); return ;;
   esac
@@ -34,6 +35,16 @@ _tokenctl() {
       fi ;;
   esac
   case "$cmd" in
+    mcp)
+      if [ "$COMP_CWORD" -eq 2 ]; then
+        COMPREPLY=($(compgen -W "config $(tokenctl list -q 2>/dev/null)" -- "$cur"))
+      elif [ "${COMP_WORDS[2]}" = config ] && [ "$COMP_CWORD" -eq 3 ]; then
+        COMPREPLY=($(compgen -W "$(tokenctl list -q 2>/dev/null)" -- "$cur"))
+      elif [ "${COMP_WORDS[2]}" = config ]; then
+        COMPREPLY=($(compgen -W "--client --name --write --file --force --" -- "$cur"))
+      else
+        COMPREPLY=($(compgen -W "--wait" -- "$cur"))
+      fi ;;
     token) COMPREPLY=($(compgen -W "--min-valid --wait --format" -- "$cur")) ;;
     headers) COMPREPLY=($(compgen -W "--min-valid" -- "$cur")) ;;
     exec) COMPREPLY=($(compgen -W "--env --min-valid --wait --" -- "$cur")) ;;
@@ -62,6 +73,7 @@ _tokenctl() {
     'token:print a valid token'
     'headers:Authorization header as JSON'
     'exec:run a command with the token in its environment'
+    'mcp:stdio MCP bridge through tokend; mcp config: an MCP client'\''s entry'
     'api:an API call through the proxy'
     'add:store a profile'
     'import:take over a JIRA_OAUTH_* token set from .env or the environment'
@@ -103,6 +115,24 @@ _tokenctl() {
       else
         _arguments '--data[request body: @FILE, - or text]:body:_files -P @' '*--header[Name: value]:header:' \
                    '--include[print status and headers]' '--timeout[seconds without progress]:seconds:'
+      fi
+      ;;
+    mcp)
+      local -a profiles
+      profiles=(${(f)"$(tokenctl list -q 2>/dev/null)"})
+      if (( CURRENT == 3 )); then
+        local -a choices
+        choices=('config:print or write an MCP client'\''s entry' $profiles)
+        _describe 'profile' choices
+      elif [[ "$words[3]" == config ]] && (( CURRENT == 4 )); then
+        _describe 'profile' profiles
+      elif [[ "$words[3]" == config ]]; then
+        _arguments '--client[MCP client]:client:(claude-code claude-desktop codex cursor vscode gemini opencode)' \
+                   '--name[entry name]:name:' '--write[merge into the client'\''s config file]' \
+                   '--file[config file for --write]:file:_files' \
+                   '--force[replace an entry of that name that does not run tokenctl]' '*::command:_normal'
+      else
+        _arguments '--wait[seconds to wait for a login]:seconds:'
       fi
       ;;
     logout) ;;

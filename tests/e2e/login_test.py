@@ -17,7 +17,7 @@ import urllib.parse
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
-from client import FakeUpstream, make_pkce, redirect_params  # noqa: E402
+from client import DocumentServer, FakeUpstream, make_pkce, redirect_params  # noqa: E402
 from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, unix_request, wait_for  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
@@ -613,6 +613,107 @@ class LoginTest(unittest.TestCase):
                 r = self.ctl("logout", "m")
                 self.assertEqual(r.returncode, 0, r.stderr)
                 self.ctl("remove", "m")
+
+    # -- client ID metadata documents (MCP 2026-07-28) ------------------------------------
+
+    def metadata_document(self, *docs):
+        """An https client ID metadata document served with the test CA; returns its URL.
+        `docs` are the answers to the first, second, ... fetch: callables of the URL."""
+        server = DocumentServer(self.up.cert_file, self.up.key_file)
+        self.addCleanup(server.stop)
+        self.docs = server
+        url = server.url("/tokend/client.json")
+        server.serve("/tokend/client.json", [d(url) for d in docs])
+        return url
+
+    def cimd(self, redirect_uris):
+        return lambda url: {"client_id": url, "client_name": "tokend", "redirect_uris": redirect_uris,
+                            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+                            "token_endpoint_auth_method": "none"}
+
+    def add_mcp_with_document(self, url):
+        r = self.ctl("add", "m", "--kind", "oauth2", "--provider", "mcp", "--mcp-server", self.up.mcp_url,
+                     "--client-id", url, "--redirect-uri", self.redirect)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_mcp_login_with_a_client_id_metadata_document(self):
+        # The authorization server offers both CIMD and dynamic registration: CIMD is used.
+        self.up.config(client_id_metadata_documents=True)
+        url = self.metadata_document(self.cimd([self.redirect]))
+        registrations = self.up.stats()["registrations"]
+        self.add_mcp_with_document(url)
+        r = self.ctl("login", "m")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.up.stats()["registrations"], registrations, "DCR used although CIMD is supported")
+        # tokend checked the document before the flow, then the server fetched it itself.
+        fetches = self.docs.fetches("/tokend/client.json")
+        self.assertEqual(len(fetches), 2, fetches)
+        self.assertNotEqual(fetches[0], "fake_upstream")
+        self.assertEqual(fetches[1], "fake_upstream")
+        authz = [e for e in self.up.log() if e.get("authorize")][-1]
+        self.assertEqual(authz["client_metadata_document"], {"url": url, "outcome": "accepted"})
+        self.assertEqual(authz["authorize"]["params"]["client_id"], url)
+        self.assertEqual(authz["authorize"]["params"]["resource"], self.up.mcp_url)
+        exchange = [e for e in self.up.log() if e.get("grant_type") == "authorization_code"][-1]
+        self.assertEqual((exchange["client_id"], exchange["client_auth"]), (url, "none"))
+        token = self.assert_token_works("m")
+        self.assertEqual(self.up.mcp_request(token).status, 200)
+        config = self.profile("m")["config"]
+        self.assertEqual(config["client_id"], url)
+        self.assertFalse(config.get("client_registered", False))
+        # Refreshing as that public client works too.
+        r = self.ctl("renew", "m")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotEqual(self.assert_token_works("m"), token)
+
+    def test_mcp_document_url_without_server_support_falls_back_to_registration(self):
+        url = self.metadata_document(self.cimd([self.redirect]))
+        registrations = self.up.stats()["registrations"]
+        self.add_mcp_with_document(url)
+        r = self.ctl("login", "m")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.up.stats()["registrations"], registrations + 1)
+        self.assertEqual(self.docs.fetches("/tokend/client.json"), [])
+        config = self.profile("m")["config"]
+        self.assertTrue(config["client_registered"])
+        self.assertEqual(config["client_id_metadata_document"], url)
+        self.assert_token_works("m")
+
+    def test_mcp_document_without_our_redirect_is_refused_before_the_flow(self):
+        self.up.config(client_id_metadata_documents=True)
+        url = self.metadata_document(self.cimd(["http://127.0.0.1:9/elsewhere"]))
+        self.add_mcp_with_document(url)
+        before = self.stored_state("m")
+        r = self.ctl("login", "m")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f"the redirect URI {self.redirect} is not listed in the client ID metadata document {url}; "
+                      f"it allows http://127.0.0.1:9/elsewhere", r.stderr)
+        self.assertIn("tokenctl add m ... --redirect-uri URI", r.stderr)
+        self.assertEqual(self.authorizations(), [], "the flow started anyway")
+        self.assertEqual(len(self.docs.fetches("/tokend/client.json")), 1)
+        self.assertEqual(self.browser_runs(), [])
+        self.assertFalse(port_open(self.port))
+        self.assertEqual(self.stored_state("m"), before)
+        self.assertEqual(self.up.stats()["registrations"], 0)
+
+    def test_mcp_authorization_server_refuses_a_document_that_does_not_match(self):
+        # The document tokend checked is not the one the server fetches (it changed in
+        # between): the server refuses on its page, never redirecting, and nothing is stored.
+        self.up.config(client_id_metadata_documents=True)
+        url = self.metadata_document(self.cimd([self.redirect]), self.cimd(["http://127.0.0.1:9/elsewhere"]))
+        self.add_mcp_with_document(url)
+        before = self.stored_state("m")
+        refusals = self.up.stats()["metadata_document_refusals"]
+        flow = self.start_paste_flow("m")
+        split = urllib.parse.urlsplit(flow["authorize_url"])
+        page = self.up.request("GET", split.path + "?" + split.query)
+        self.assertEqual(page.status, 400, page.body[:300])
+        self.assertIn("does not list the redirect_uri of this request", page.body.decode())
+        self.assertNotIn("location", page.headers)
+        self.assertEqual(self.up.stats()["metadata_document_refusals"], refusals + 1)
+        self.assertEqual(self.api("DELETE", "/v1/profiles/m/login")[0], 204)
+        self.assertEqual(self.stored_state("m"), before)
+        self.assertEqual([e for e in self.up.log() if e.get("grant_type") == "authorization_code"], [])
 
     def test_mcp_login_names_an_authorization_server_on_another_site(self):
         # Issue 13, the confused-deputy hint: an MCP server (here a plain-http

@@ -731,6 +731,66 @@ class UpstreamClient:
             time.sleep(0.02)
 
 
+class DocumentServer:
+    """A small HTTPS server for documents an authorization server fetches by URL, such as
+    client ID metadata documents: ``serve(path, doc)`` (a dict is sent as JSON), or
+    ``serve(path, [doc1, doc2, ...])`` to answer the n-th fetch with the n-th document (the last
+    one after that). Its certificate is the fake upstream's (same test CA, SAN 127.0.0.1), so
+    tokend (``--ca-bundle``) and the fake upstream (``--ca-file``) both trust it.
+    ``fetches(path)`` lists the User-Agent of each fetch, in order."""
+
+    def __init__(self, cert_file, key_file, host="127.0.0.1"):
+        import http.server
+        outer = self
+        self._docs = {}
+        self._fetches = {}
+        self._lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                with outer._lock:
+                    answers = outer._docs.get(self.path)
+                    seen = outer._fetches.setdefault(self.path, [])
+                    seen.append(self.headers.get("User-Agent", ""))
+                    answer = None if answers is None else answers[min(len(seen), len(answers)) - 1]
+                if answer is None:
+                    body, status = b'{"error": "not_found"}', 404
+                else:
+                    body, status = json.dumps(answer).encode() if not isinstance(answer, bytes) else answer, 200
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.base_url = f"https://{host}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path):
+        return self.base_url + path
+
+    def serve(self, path, docs):
+        with self._lock:
+            self._docs[path] = docs if isinstance(docs, list) else [docs]
+            self._fetches[path] = []
+
+    def fetches(self, path):
+        with self._lock:
+            return list(self._fetches.get(path, []))
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
 class FakeUpstream(UpstreamClient):
     """Creates a CA, runs fake_upstream.py as a child process, talks to it.
 
@@ -775,7 +835,7 @@ class FakeUpstream(UpstreamClient):
         args = [self.python, os.path.join(HERE, "fake_upstream.py"),
                 "--cert", self.cert_file, "--key", self.key_file,
                 "--host", self.listen_host, "--port", str(self.requested_port),
-                "--port-file", self.port_file]
+                "--port-file", self.port_file, "--ca-file", self.ca_file]
         if self.state_file:
             args += ["--state-file", self.state_file]
         if self.quiet:
@@ -1921,6 +1981,53 @@ def _bearer_get(up, path, token):
     return up.request("GET", path, headers={"Authorization": "Bearer " + token})
 
 
+def t_client_id_metadata_documents(up, cert_file, key_file):
+    """An https client_id is a client ID metadata document when the server supports them:
+    fetched over TLS at /authorize, checked (its own URL as client_id, the request's redirect
+    URI listed, a public client), refused with an error page otherwise."""
+    seed(up)
+    docs = DocumentServer(cert_file, key_file)
+    try:
+        url = docs.url("/client.json")
+        good = {"client_id": url, "client_name": "tokend", "redirect_uris": [REDIRECT],
+                "grant_types": ["authorization_code", "refresh_token"], "token_endpoint_auth_method": "none"}
+        docs.serve("/client.json", good)
+        r = up.authorize(url, REDIRECT, state="s")
+        expect_eq(r.status, 400, "unsupported: an unknown client")
+        expect_eq(docs.fetches("/client.json"), [], "unsupported: nothing fetched")
+        up.config(client_id_metadata_documents=True)
+        expect_eq(up.discovery().json().get("client_id_metadata_document_supported"), True, "advertised")
+        verifier, challenge = make_pkce()
+        loc, got = _authorize_ok(up, url, REDIRECT, state="s", code_challenge=challenge)
+        expect_eq(docs.fetches("/client.json"), ["fake_upstream"], "fetched once, by the server")
+        expect_eq(up.log()[-1].get("client_metadata_document"), {"url": url, "outcome": "accepted"}, "log")
+        body = expect_token_set(up.exchange_code(got["code"], REDIRECT, url, code_verifier=verifier))
+        expect_eq((up.log()[-1]["client_id"], up.log()[-1]["client_auth"]), (url, "none"), "a public client")
+        expect_eq(_bearer_get(up, "/me", body["access_token"]).status, 200, "its token works")
+        refused = {
+            "another redirect": (dict(good, redirect_uris=["https://elsewhere.example/cb"]),
+                                 "does not list the redirect_uri"),
+            "another client_id": (dict(good, client_id=docs.url("/other.json")), "names another client_id"),
+            "a secret": (dict(good, client_secret="s3cret"), "holds a client_secret"),
+            "a confidential client": (dict(good, token_endpoint_auth_method="client_secret_basic"),
+                                      "token_endpoint_auth_method"),
+            "not JSON": (b"<html>", "is not JSON"),
+        }
+        for what, (doc, says) in refused.items():
+            docs.serve("/client.json", doc)
+            r = up.authorize(url, REDIRECT, state="s", code_challenge=challenge)
+            expect_eq(r.status, 400, f"{what}: shown, not redirected")
+            expect(says in r.body.decode(errors="replace"), f"{what}: the page says why", r.body[:300])
+            expect(says in up.log()[-1]["client_metadata_document"]["outcome"], f"{what}: logged",
+                   up.log()[-1].get("client_metadata_document"))
+        r = up.authorize(docs.url("/missing.json"), REDIRECT, state="s")
+        expect_eq(r.status, 400, "a missing document")
+        expect("could not be fetched (HTTP 404)" in r.body.decode(), "404 described", r.body[:300])
+        expect_eq(up.stats()["metadata_document_refusals"], len(refused) + 1, "refusals counted")
+    finally:
+        docs.stop()
+
+
 def t_code_flow(up):
     seed(up)
     up.add_client(CID, SECRET, "client_secret_basic", redirect_uris=[REDIRECT, REDIRECT_Q])
@@ -2603,6 +2710,8 @@ def self_test(base_url=None, ca_file=None, verbose=False):
                 pass
         if own is not None:
             secrets_seen.add(SECRET)
+            check.run("client ID metadata documents", t_client_id_metadata_documents, up, own.cert_file,
+                      own.key_file)
             check.run("restart with --state-file, SIGTERM exit 0", t_restart_with_state, up,
                       workdir, own.ca_dir)
             check.run("no secrets on stderr", t_no_secrets_on_stderr, up, secrets_seen)

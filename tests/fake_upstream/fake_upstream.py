@@ -58,7 +58,9 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import asdict, dataclass, field
 
 SERVER_NAME = "fake-upstream"
@@ -113,7 +115,9 @@ DEFAULT_CONFIG = {
     "authorization_response_iss": False,  # True: redirects carry iss (RFC 9207), metadata says so
     "iss_override": None,             # a string: the iss the redirects carry (mix-up tests)
     "offline_needs_consent": False,   # True: offline_access is dropped without prompt=consent (OIDC §11)
-    "client_id_metadata_documents": False,  # True: metadata says client_id_metadata_document_supported
+    "client_id_metadata_documents": False,  # True: metadata says client_id_metadata_document_supported, and an
+                                      # https client_id is a client ID metadata document fetched and checked at
+                                      # /authorize (MCP 2026-07-28; draft-ietf-oauth-client-id-metadata-document)
     # Atlassian Data Center OAuth 2.0 (/rest/oauth2/latest/...)
     "data_center": False,             # True: a refresh without the client's redirect_uri is a bare invalid_grant
     # the fake Atlassian REST API (/ex, /site, /dc)
@@ -423,6 +427,8 @@ def _new_stats():
         "slow_downs": 0,
         "device_grants": 0,
         "registrations": 0,
+        "metadata_document_fetches": 0,
+        "metadata_document_refusals": 0,
         "revocations": 0,
         "requests_by_target": {},
         "reuse_detections": 0,
@@ -783,6 +789,16 @@ class UpstreamState:
                 self.stats["authorizations"] += 1
             self._save()
             return {"code": code.code, "expires_in": lifetime}
+
+    def metadata_document_client(self, url, doc):
+        """The public client a checked client ID metadata document describes; replaces an older fetch."""
+        client = Client(url, None, ["none"], list(doc["redirect_uris"]),
+                        client_name=doc.get("client_name") if isinstance(doc.get("client_name"), str) else None,
+                        grant_types=doc.get("grant_types"), response_types=doc.get("response_types"))
+        with self.lock:
+            self.clients[url] = client
+            self._save()
+        return copy.deepcopy(client)
 
     def client_snapshot(self, client_id):
         with self.lock:
@@ -1477,6 +1493,17 @@ def is_loopback_host(host):
         return False
 
 
+MAX_METADATA_DOCUMENT = 5 * 1024
+
+
+def is_metadata_document_url(client_id):
+    """A client_id that is a client ID metadata document URL: https, a host and a path."""
+    if not isinstance(client_id, str):
+        return False
+    split = urllib.parse.urlsplit(client_id)
+    return split.scheme == "https" and bool(split.hostname) and split.path not in ("", "/") and not split.fragment
+
+
 def redirect_uri_problem(uri):
     """None if `uri` may be a redirect URI (https, or http on a loopback host), else why not."""
     if not isinstance(uri, str):
@@ -1988,8 +2015,10 @@ class App:
         Route("POST", r"/_control/gates/(?P<name>[A-Za-z0-9_-]+)", "control_open_gate"),
     ]
 
-    def __init__(self, state, base_url="https://127.0.0.1"):
+    def __init__(self, state, base_url="https://127.0.0.1", ca_file=None):
         self.state = state
+        # Trust for this server's own outbound https fetches (client ID metadata documents).
+        self.ca_file = ca_file
         # Gates hold a streamed answer until a test opens them (POST /_control/gates/NAME),
         # so a test can see what arrived before the upstream sent the rest.
         self._gates = {}
@@ -2387,7 +2416,14 @@ class App:
         # Errors about the client or the redirect URI are shown, never redirected (§4.1.2.1).
         if len(values.get("client_id", [])) > 1 or len(values.get("redirect_uri", [])) > 1:
             return page("invalid_request", "client_id and redirect_uri must not be repeated.")
-        client = self.state.client_snapshot(client_id)
+        if self.state.config["client_id_metadata_documents"] and is_metadata_document_url(client_id):
+            client, problem = self._metadata_document_client(client_id, redirect_uri)
+            ctx.entry["client_metadata_document"] = {"url": client_id, "outcome": problem or "accepted"}
+            if problem:
+                self.state.count("metadata_document_refusals")
+                return page("invalid_client_metadata", f"The client ID metadata document {client_id} {problem}.")
+        else:
+            client = self.state.client_snapshot(client_id)
         if client is None:
             return page("unknown_client", "Unknown client_id." if client_id else "client_id missing.")
         if redirect_uri is None:
@@ -2452,6 +2488,45 @@ class App:
         elif cfg["authorization_response_iss"]:
             params["iss"] = cfg["issuer_override"] or self.base_url
         return self._redirect(redirect_uri, params)
+
+    def _metadata_document_client(self, url, redirect_uri):
+        """Fetches and checks a client ID metadata document, as an authorization server that
+        supports them does at every authorization request: (Client, None) or (None, why not).
+        The document must be JSON whose client_id is its own URL, list the redirect URI the
+        request uses, and describe a public client (no secret)."""
+        self.state.count("metadata_document_fetches")
+        context = ssl.create_default_context(cafile=self.ca_file)
+        request = urllib.request.Request(url, headers={"Accept": "application/json",
+                                                       "User-Agent": "fake_upstream"})
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=5) as r:
+                if r.status != 200:
+                    return None, f"could not be fetched (HTTP {r.status})"
+                raw = r.read(MAX_METADATA_DOCUMENT + 1)
+        except urllib.error.HTTPError as e:
+            return None, f"could not be fetched (HTTP {e.code})"
+        except (urllib.error.URLError, OSError, ssl.SSLError) as e:
+            return None, f"could not be fetched ({type(e).__name__})"
+        if len(raw) > MAX_METADATA_DOCUMENT:
+            return None, f"is larger than {MAX_METADATA_DOCUMENT} bytes"
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return None, "is not JSON"
+        if not isinstance(doc, dict):
+            return None, "is not a JSON object"
+        if doc.get("client_id") != url:
+            return None, "names another client_id than its own URL"
+        uris = doc.get("redirect_uris")
+        if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+            return None, "has no redirect_uris"
+        if redirect_uri is None or redirect_uri not in uris:
+            return None, "does not list the redirect_uri of this request"
+        if "client_secret" in doc or "client_secret_expires_at" in doc:
+            return None, "holds a client_secret, which such documents must not"
+        if doc.get("token_endpoint_auth_method", "none") != "none":
+            return None, "asks for a token_endpoint_auth_method this server does not offer (only none)"
+        return self.state.metadata_document_client(url, doc), None
 
     def device_page(self, ctx):
         """The verification URI: a page to look at. Approval is a control call."""
@@ -3669,10 +3744,11 @@ def main(argv=None):
     parser.add_argument("--port-file")
     parser.add_argument("--state-file")
     parser.add_argument("--quiet", action="store_true", help="no per-request lines on stderr")
+    parser.add_argument("--ca-file", help="CA bundle for outbound https fetches (client ID metadata documents)")
     args = parser.parse_args(argv)
 
     state = UpstreamState(args.state_file)
-    app = App(state)
+    app = App(state, ca_file=args.ca_file)
     server = Server((args.host, args.port), make_ssl_context(args.cert, args.key), app,
                     quiet=args.quiet)
     port = server.server_address[1]
