@@ -159,9 +159,11 @@ class Bridge:
         self.raw = []
         self.err = []
         self.next_id = 1
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=lambda: self.err.extend(l.decode("utf-8", "replace") for l in self.proc.stderr),
-                         daemon=True).start()
+        self._readers = [threading.Thread(target=self._read, daemon=True),
+                         threading.Thread(target=lambda: self.err.extend(l.decode("utf-8", "replace")
+                                                                         for l in self.proc.stderr), daemon=True)]
+        for t in self._readers:
+            t.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -210,10 +212,17 @@ class Bridge:
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return r
 
+    def wait(self, deadline=DEADLINE):
+        """The exit code, once everything the bridge wrote has been read."""
+        code = self.proc.wait(timeout=deadline)
+        for t in self._readers:
+            t.join(timeout=deadline)
+        return code
+
     def close(self, deadline=DEADLINE):
         """EOF on stdin; the exit code."""
         self.proc.stdin.close()
-        return self.proc.wait(timeout=deadline)
+        return self.wait(deadline)
 
     def stderr(self):
         return "".join(self.err)
@@ -478,7 +487,7 @@ class McpGatewayTest(unittest.TestCase):
         b.request("tools/call", {"name": "notify", "arguments": {"count": 2, "gate": "never-opened"}})
         self.assertEqual(b.next()["params"]["data"], "step 1")
         b.proc.send_signal(signal.SIGTERM)
-        self.assertEqual(b.proc.wait(timeout=DEADLINE), 0, b.stderr())
+        self.assertEqual(b.wait(), 0, b.stderr())
         wait_for(lambda: any(e["session"] == sid for e in self.servers["session"].seen("session_deleted")),
                  "the session's DELETE")
 
@@ -499,7 +508,7 @@ class McpGatewayTest(unittest.TestCase):
 
     def test_unknown_profile_and_usage(self):
         b = self.bridge(name="nope")
-        self.assertEqual(b.proc.wait(timeout=DEADLINE), 1)
+        self.assertEqual(b.wait(), 1)
         self.assertIn("there is no profile 'nope'", b.stderr())
         self.assertEqual(b.raw, [], "nothing but JSON-RPC on stdout")
         r = self.ctl("mcp", "bad/name")
