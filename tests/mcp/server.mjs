@@ -16,7 +16,8 @@
 //
 // Tools: echo {text}; notify {count, gate} sends a log notification, waits
 // until the test opens the gate (POST /control/gates/NAME), sends the rest
-// and returns; region {region, query} has an x-mcp-header parameter.
+// and returns; region {region, query} has an x-mcp-header parameter; stamp
+// sends one notification whose data is {sentMs} (its send time) and returns.
 // Control: GET /control/log (requests seen: method, headers, MCP method),
 // POST /control/sessions/forget (sessions vanish, as after a restart),
 // POST /control/list-changed (a notification on every session's GET stream).
@@ -63,6 +64,16 @@ function buildServer() {
       if (i === 1) await passGate(name);
     }
     return { content: [{ type: 'text', text: `done after ${count}` }] };
+  });
+  server.registerTool('stamp', {
+    description: 'Sends one log notification carrying the time it was sent, then returns (bench/mcp_bench.py)',
+    inputSchema: z.object({}),
+  }, async (_args, ctx) => {
+    // performance.timeOrigin + performance.now(): ms since the epoch at
+    // sub-ms resolution, comparable with the same sum in another process.
+    const sentMs = performance.timeOrigin + performance.now();
+    await ctx.mcpReq.notify({ method: 'notifications/message', params: { level: 'info', data: { sentMs } } });
+    return { content: [{ type: 'text', text: 'stamped' }] };
   });
   server.registerTool('region', {
     description: 'A query routed by region (x-mcp-header)',
