@@ -188,12 +188,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
           }
         }
       }
-      // The bridge keeps a negotiated version only when it is short visible
-      // ASCII without spaces (Bridge::deliver); request_headers trusts it.
-      std::string_view negotiated = in.line();
-      if (negotiated.size() > 32 || !std::all_of(negotiated.begin(), negotiated.end(), [](char c) { return c > 0x20 && c < 0x7f; })) {
-        negotiated = {};
-      }
+      // The bridge keeps a negotiated version only through usable_version
+      // (Bridge::deliver, Bridge::reinitialize); request_headers trusts it.
+      const std::string negotiated = usable_version(in.line()).value_or("");
       client_line(in.rest(), tools, negotiated);
       break;
     }

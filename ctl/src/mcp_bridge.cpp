@@ -346,11 +346,7 @@ void Bridge::deliver(std::string_view payload, const std::optional<std::string>&
         m_pending.erase(it);
       }
       if (method == "initialize" && j.contains("result") && j["result"].is_object()) {
-        const std::string v = json::string_or(j["result"], "protocolVersion");
-        if (!v.empty() && v.size() <= 32 &&
-            std::all_of(v.begin(), v.end(), [](char c) { return c > 0x20 && c < 0x7f; })) {
-          m_version = v;
-        }
+        if (auto v = usable_version(json::string_or(j["result"], "protocolVersion"))) m_version = *v;
       }
       if (method == "tools/list" && j.contains("result")) {
         for (const auto& d : take_tool_headers(j["result"], m_tools)) note("left out the tool " + d);
@@ -517,8 +513,7 @@ bool Bridge::reinitialize(Conn& conn, const std::string& failed_session) {
   {
     std::lock_guard lock(m_state_mu);
     m_session = id;
-    const std::string v = json::string_or(*result, "protocolVersion");
-    if (!v.empty() && v.size() <= 32) m_version = v;
+    if (auto v = usable_version(json::string_or(*result, "protocolVersion"))) m_version = *v;
   }
   note("the MCP server had ended the session; a new one was made");
   auto done = parse_client_line(R"({"jsonrpc":"2.0","method":"notifications/initialized"})");

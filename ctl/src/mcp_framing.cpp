@@ -88,16 +88,28 @@ Result<> reachable(const json::Json& schema, std::vector<std::string>& path, std
   return {};
 }
 
-std::size_t count_all(const json::Json& j, std::size_t depth) {
+// Annotations anywhere in the schema, as keywords of a (sub)schema: through
+// every keyword that holds subschemas, but not into property names or data
+// (default, const, enum, examples), where "x-mcp-header" is just a word.
+std::size_t count_all(const json::Json& schema, std::size_t depth) {
   if (depth > 64) return 1;  // deeper than anything valid: count it as misplaced
-  std::size_t n = 0;
-  if (j.is_object()) {
-    for (const auto& [key, v] : j.items()) {
-      if (key == "x-mcp-header") ++n;
-      n += count_all(v, depth + 1);
+  if (!schema.is_object()) return 0;
+  static constexpr std::string_view k_one[] = {"items", "additionalProperties", "contains", "not", "if", "then",
+                                               "else", "propertyNames", "unevaluatedItems", "unevaluatedProperties",
+                                               "additionalItems"};
+  static constexpr std::string_view k_list[] = {"allOf", "anyOf", "oneOf", "prefixItems", "items"};
+  static constexpr std::string_view k_map[] = {"properties", "patternProperties", "$defs", "definitions",
+                                               "dependentSchemas"};
+  std::size_t n = schema.contains("x-mcp-header") ? 1 : 0;
+  for (const auto& [key, v] : schema.items()) {
+    const auto is = [&](const auto& names) { return std::find(std::begin(names), std::end(names), key) != std::end(names); };
+    if (is(k_one) && v.is_object()) n += count_all(v, depth + 1);
+    if (is(k_list) && v.is_array()) {
+      for (const auto& sub : v) n += count_all(sub, depth + 1);
     }
-  } else if (j.is_array()) {
-    for (const auto& v : j) n += count_all(v, depth + 1);
+    if (is(k_map) && v.is_object()) {
+      for (const auto& [_, sub] : v.items()) n += count_all(sub, depth + 1);
+    }
   }
   return n;
 }
@@ -147,7 +159,8 @@ Result<ClientMessage> parse_client_line(std::string_view line) {
 }
 
 std::string header_value(std::string_view value) {
-  const bool plain = !value.empty() && value.front() != ' ' && value.back() != ' ' &&
+  if (value.empty()) return {};
+  const bool plain = value.front() != ' ' && value.back() != ' ' &&
                      std::all_of(value.begin(), value.end(), [](char c) { return c >= 0x20 && c <= 0x7e; }) &&
                      !(value.starts_with("=?base64?") && value.ends_with("?="));
   if (plain) return std::string(value);
@@ -188,6 +201,11 @@ std::vector<std::string> take_tool_headers(json::Json& result, ToolHeaders& into
   return dropped;
 }
 
+std::optional<std::string> usable_version(std::string_view v) {
+  if (v.empty() || v.size() > 32 || !std::all_of(v.begin(), v.end(), tchar)) return std::nullopt;
+  return std::string(v);
+}
+
 std::optional<std::string> claimed_version(const json::Json& body) {
   if (!body.is_object()) return std::nullopt;
   const auto params = body.find("params");
@@ -196,10 +214,8 @@ std::optional<std::string> claimed_version(const json::Json& body) {
   if (meta == params->end() || !meta->is_object()) return std::nullopt;
   const auto v = meta->find(k_protocol_version_meta);
   if (v == meta->end() || !v->is_string()) return std::nullopt;
-  const auto& s = v->get_ref<const std::string&>();
   // A version is a date-like token; anything else is not mirrored.
-  if (s.empty() || s.size() > 32 || !std::all_of(s.begin(), s.end(), tchar)) return std::nullopt;
-  return s;
+  return usable_version(v->get_ref<const std::string&>());
 }
 
 ipc::Headers request_headers(const ClientMessage& message, const ToolHeaders& tools, std::string_view negotiated) {
@@ -245,6 +261,18 @@ ipc::Headers request_headers(const ClientMessage& message, const ToolHeaders& to
 
 Result<std::vector<SseParser::Event>> SseParser::feed(std::string_view bytes) {
   std::vector<Event> out;
+  // One UTF-8 byte order mark at the very start of the stream is ignored.
+  static constexpr std::string_view k_bom = "\xEF\xBB\xBF";
+  while (m_bom_seen < k_bom.size() && !bytes.empty()) {
+    if (bytes.front() != k_bom[m_bom_seen]) {
+      // Not a BOM after all: what matched so far is data.
+      m_line.append(k_bom.substr(0, m_bom_seen));
+      m_bom_seen = k_bom.size();
+      break;
+    }
+    ++m_bom_seen;
+    bytes.remove_prefix(1);
+  }
   while (!bytes.empty()) {
     if (m_skip_lf) {
       m_skip_lf = false;
@@ -259,6 +287,7 @@ Result<std::vector<SseParser::Event>> SseParser::feed(std::string_view bytes) {
       m_line.append(bytes);
       break;
     }
+    if (m_line.size() + end > m_max) return fail(Errc::limit_exceeded, "an event-stream line is too long");
     m_line.append(bytes.substr(0, end));
     if (bytes[end] == '\r') m_skip_lf = true;
     bytes.remove_prefix(end + 1);
@@ -300,9 +329,10 @@ void SseParser::line(std::string_view l, std::vector<Event>& out) {
   } else if (field == "id") {
     if (value.find('\0') == std::string_view::npos) m_last_id.assign(value);
   } else if (field == "retry") {
+    // ASCII digits only, as the format says (no sign).
     long ms = 0;
     const auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), ms);
-    if (ec == std::errc{} && p == value.data() + value.size() && !value.empty()) m_retry_ms = ms;
+    if (ec == std::errc{} && p == value.data() + value.size() && !value.empty() && value.front() != '-') m_retry_ms = ms;
   }
 }
 

@@ -61,6 +61,7 @@ TEST_CASE("header values are plain ASCII or the base64 sentinel form", "[mcp]") 
   CHECK(header_value("line1\nline2") == "=?base64?bGluZTEKbGluZTI=?=");
   CHECK(header_value("=?base64?literal?=") == "=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?=");
   CHECK(header_value("a\r\nInjected: 1") == "=?base64?YQ0KSW5qZWN0ZWQ6IDE=?=");
+  CHECK(header_value("").empty());
 }
 
 TEST_CASE("requests carry Mcp-Method, Mcp-Name, the version of their _meta and x-mcp-header parameters", "[mcp]") {
@@ -76,14 +77,18 @@ TEST_CASE("requests carry Mcp-Method, Mcp-Name, the version of their _meta and x
     {"name":"twice","inputSchema":{"type":"object","properties":{
       "a":{"type":"string","x-mcp-header":"Same"},"b":{"type":"string","x-mcp-header":"same"}}}},
     {"name":"bad_name","inputSchema":{"type":"object","properties":{"a":{"type":"string","x-mcp-header":"a b"}}}},
-    {"name":"plain"}]})");
+    {"name":"plain"},
+    {"name":"named_like_it","inputSchema":{"type":"object","properties":{"x-mcp-header":{"type":"string",
+      "default":{"x-mcp-header":"D"},"examples":[{"x-mcp-header":"E"}],"enum":[{"x-mcp-header":"F"}]}}}}]})");
   ToolHeaders tools;
   const auto dropped = take_tool_headers(result, tools);
   // Invalid annotations leave the tool out of the list the client sees.
   CHECK(dropped.size() == 4);
-  REQUIRE(result["tools"].size() == 2);
+  // A property named x-mcp-header, or the word in data, is no annotation.
+  REQUIRE(result["tools"].size() == 3);
   CHECK(result["tools"][0]["name"] == "execute_sql");
   CHECK(result["tools"][1]["name"] == "plain");
+  CHECK(result["tools"][2]["name"] == "named_like_it");
   REQUIRE(tools.by_tool.count("execute_sql") == 1);
   CHECK(tools.by_tool.at("execute_sql").size() == 3);
 
@@ -149,10 +154,31 @@ TEST_CASE("server-sent events split anywhere give the same events", "[mcp]") {
     CHECK(p.last_id() == "7");
     CHECK(p.retry_ms() == std::optional<long>(2500));
   }
+  // One leading byte order mark is ignored; a negative retry is not a delay.
+  {
+    SseParser p;
+    auto got = p.feed("\xEF\xBB");
+    REQUIRE(got);
+    got = p.feed("\xBF" "data: x\nretry: -5\n\n");
+    REQUIRE(got);
+    REQUIRE(got->size() == 1);
+    CHECK((*got)[0].data == "x");
+    CHECK_FALSE(p.retry_ms());
+  }
+  // A line past the limit fails even when it ends in the same piece.
+  SseParser tight(8);
+  CHECK_FALSE(tight.feed("data: 0123456789\n\n"));
   SseParser small(16);
   auto r = small.feed("data: 0123456789abcdefghij");
   REQUIRE_FALSE(r);
   CHECK(r.error().code == Errc::limit_exceeded);
+}
+
+TEST_CASE("a server's protocol version goes back in a header only when it is a short token", "[mcp]") {
+  CHECK(usable_version("2025-11-25") == std::optional<std::string>("2025-11-25"));
+  CHECK_FALSE(usable_version("2025-11-25\r\nX: y"));
+  CHECK_FALSE(usable_version(""));
+  CHECK_FALSE(usable_version(std::string(33, '1')));
 }
 
 TEST_CASE("server messages must be JSON-RPC and leave as one line", "[mcp]") {

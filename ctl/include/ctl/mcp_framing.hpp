@@ -89,6 +89,7 @@ class SseParser {
  private:
   void line(std::string_view l, std::vector<Event>& out);
   std::size_t m_max;
+  std::size_t m_bom_seen = 0;  // bytes of a leading BOM matched (3: done)
   std::string m_line;
   bool m_skip_lf = false;  // a CR ended the last line; a following LF belongs to it
   std::string m_type;
@@ -97,6 +98,10 @@ class SseParser {
   std::string m_last_id;
   std::optional<long> m_retry_ms;
 };
+
+// A protocol version as a server names it, when it can go back in the
+// MCP-Protocol-Version header (a short token); nullopt otherwise.
+std::optional<std::string> usable_version(std::string_view v);
 
 // One message from the server, checked to be JSON-RPC 2.0 (an object with
 // "jsonrpc": "2.0", or an array of such), as one line without newlines.
