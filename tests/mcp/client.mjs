@@ -7,8 +7,13 @@
 // tools, calls echo, and prints one JSON line:
 // {"ok": true, "tools": [...], "echo": "...", "version": "..."} or
 // {"ok": false, "error": "..."}. Exit 0 either way once it has printed.
+import { webcrypto } from 'node:crypto';
+
 import { Client } from '@modelcontextprotocol/client';
 import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
+
+// Debian 12's Node.js 18 has no global Web Crypto (Node 20 has it).
+if (!globalThis.crypto) globalThis.crypto = webcrypto;
 
 const [command, ...args] = process.argv.slice(2);
 const transport = new StdioClientTransport({ command, args, env: process.env, stderr: 'inherit' });

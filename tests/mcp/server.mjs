@@ -21,12 +21,16 @@
 // Control: GET /control/log (requests seen: method, headers, MCP method),
 // POST /control/sessions/forget (sessions vanish, as after a restart),
 // POST /control/list-changed (a notification on every session's GET stream).
-import { randomUUID } from 'node:crypto';
+import { randomUUID, webcrypto } from 'node:crypto';
 import http from 'node:http';
 
 import { NodeStreamableHTTPServerTransport, toNodeHandler } from '@modelcontextprotocol/node';
 import { createMcpHandler, McpServer } from '@modelcontextprotocol/server';
 import * as z from 'zod/v4';
+
+// Debian 12's Node.js 18 has no global Web Crypto, which the SDK's session
+// transport uses (Node 20, the SDK's stated minimum, has it).
+if (!globalThis.crypto) globalThis.crypto = webcrypto;
 
 const mode = process.env.MCP_MODE || 'session';
 const issuer = process.env.MCP_ISSUER || '';
