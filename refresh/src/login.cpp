@@ -248,7 +248,7 @@ struct UrlTrial {
 // nothing at all when the profile was changed meanwhile so that the
 // discovery no longer applies (a PUT wins; the login stops).
 Result<> LoginManager::store_resolved(const store::Profile& found, std::initializer_list<const char*> keys,
-                                      bool client_secret) {
+                                      bool client_secret, const std::string* replaces_client_id) {
   auto current = m_tokens.profile_of(found.name);
   if (!current) return std::unexpected(current.error());
   const auto changed = [&](const char* key) {
@@ -257,7 +257,8 @@ Result<> LoginManager::store_resolved(const store::Profile& found, std::initiali
   const bool client_changed = !found.config.value("client_registered", false) && changed("client_id");
   if (current->kind != found.kind || current->provider != found.provider || changed("issuer") ||
       changed("mcp_server") || changed("authorization_server") ||
-      (client_changed && !json::string_or(current->config, "client_id").empty())) {
+      (client_changed && !json::string_or(current->config, "client_id").empty() &&
+       (replaces_client_id == nullptr || json::string_or(current->config, "client_id") != *replaces_client_id))) {
     return fail(Errc::conflict,
                 fmt::format("profile '{}' was changed while its login was starting (provider, issuer, MCP server or "
                             "client id); nothing found for the old settings was stored — run tokenctl login {} again",
@@ -389,6 +390,31 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
       profile->config["client_id_metadata_document"] = configured_id;
       profile->config.erase("client_id");
     } else if (!configured_id.empty()) {
+      const std::string doc = json::string_or(profile->config, "client_id_metadata_document");
+      if (profile->config.value("client_registered", false) && !doc.empty() &&
+          found.value("client_id_metadata_document_supported", false)) {
+        // Registered only because the server did not take the document
+        // then; now it does, and the document comes first.
+        spdlog::info("profile {}: the authorization server now supports client ID metadata documents; using {}",
+                     name, doc);
+        for (const char* key : {"client_registered", "client_registered_for", "token_endpoint_auth"}) {
+          profile->config.erase(key);
+        }
+        profile->secret_config = Secret();
+        profile->config["client_id"] = doc;
+        check_metadata_document(profile, [this, alive, registered = configured_id, next](Result<store::Profile> checked) {
+          if (!*alive) return;
+          if (checked) {
+            if (auto stored = store_resolved(*checked, {"client_id", "client_registered", "client_registered_for",
+                                                        "token_endpoint_auth"}, true, &registered);
+                !stored) {
+              return next(std::unexpected(stored.error()));
+            }
+          }
+          next(std::move(checked));
+        });
+        return;
+      }
       next(*profile);
       return;
     } else if (const std::string doc = json::string_or(profile->config, "client_id_metadata_document");

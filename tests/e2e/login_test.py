@@ -678,6 +678,18 @@ class LoginTest(unittest.TestCase):
         self.assertTrue(config["client_registered"])
         self.assertEqual(config["client_id_metadata_document"], url)
         self.assert_token_works("m")
+        # The server supports documents later: the next login takes the
+        # document (it comes before registration), not the registered client.
+        self.up.config(client_id_metadata_documents=True)
+        r = self.ctl("login", "m")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.up.stats()["registrations"], registrations + 1)
+        authz = [e for e in self.up.log() if e.get("authorize")][-1]
+        self.assertEqual(authz["client_metadata_document"], {"url": url, "outcome": "accepted"})
+        config = self.profile("m")["config"]
+        self.assertEqual(config["client_id"], url)
+        self.assertFalse(config.get("client_registered", False))
+        self.assert_token_works("m")
 
     def test_mcp_document_without_our_redirect_is_refused_before_the_flow(self):
         self.up.config(client_id_metadata_documents=True)
