@@ -1,12 +1,12 @@
 #include "ipc/api.hpp"
 
-#include <strings.h>
-
 #include <algorithm>
 #include <charconv>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+
+#include "proxy_answer.hpp"
 
 namespace tokend::ipc {
 
@@ -53,10 +53,6 @@ std::string escape_label(std::string_view v) {
     out += c;
   }
   return out;
-}
-
-Response reauth_error(const Error& e, std::string_view profile) {
-  return error_response(e, {{"command", fmt::format("tokenctl login {}", profile)}});
 }
 
 }  // namespace
@@ -207,33 +203,6 @@ class Api::Waits {
   std::shared_ptr<bool> m_alive = std::make_shared<bool>(true);
 };
 
-namespace {
-
-// A proxied answer that streams: the body goes to the caller as it arrives,
-// framed by the upstream's length or chunked, paced by the caller's socket
-// (the upstream transfer pauses while more than a window is queued).
-void stream_answer(const std::shared_ptr<Exchange>& ex, Response head, std::shared_ptr<proxy::ProxyBody> body) {
-  constexpr std::size_t k_window = 256 * 1024;
-  StreamFraming framing;
-  framing.kind = StreamFraming::Kind::chunked;
-  if (body->length) framing = StreamFraming{StreamFraming::Kind::length, *body->length};
-  auto stream = ex->start_stream(head.status, std::move(head.headers), framing);
-  if (!stream) return body->cancel();
-  stream->on_close([body] { body->cancel(); });
-  body->attach({[stream, body](std::string_view bytes) {
-                  if (!stream->send(bytes)) return false;  // the caller left: on_close cancels
-                  if (stream->queued() < k_window) return true;
-                  stream->on_drained([body] { body->resume(); });
-                  return false;
-                },
-                [stream](bool complete) {
-                  if (complete) stream->finish();
-                  else stream->close();  // a cut-off body must not look complete
-                }});
-}
-
-}  // namespace
-
 Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, store::Store& store,
          const Clock& clock, ApiOptions options)
     : m_tokens(tokens),
@@ -243,13 +212,15 @@ Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& even
       m_options(std::move(options)),
       m_started(clock.mono_now()),
       m_streams(std::make_unique<Streams>(loop, m_options.heartbeat)),
-      m_waits(std::make_unique<Waits>(loop, events)) {}
+      m_waits(std::make_unique<Waits>(loop, events)),
+      m_endpoints(std::make_unique<StandinEndpoints>(loop, tokens, m_options.endpoint_limits)) {}
 
 Api::~Api() { close(); }
 
 void Api::close() {
   if (m_streams) m_streams->close();
   if (m_waits) m_waits->close();
+  if (m_endpoints) m_endpoints->close_all();
 }
 
 // Answers a token request; with wait_s > 0 a profile that needs a login
@@ -296,6 +267,52 @@ void Api::audit_peer(const std::shared_ptr<Exchange>& ex, std::string_view kind,
   e.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
   e.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
   (void)m_store.append_audit(e);  // best effort
+}
+
+// Opens a stand-in endpoint once the profile can give a token (waiting up to
+// wait_s for a login), and keeps it open while the caller's connection is.
+// The answer is one JSON line; the response then stays open, and its end
+// (tokenctl exited, was killed, or tokend drains) closes the endpoint.
+void Api::open_endpoint(const std::shared_ptr<Exchange>& ex, const std::string& name, std::int64_t wait_s) {
+  m_tokens.token_async(name, refresh::TokenRequest{30}, [this, ex, name, wait_s](Result<refresh::TokenGrant> grant) {
+    if (!ex->pending()) return;
+    if (!grant) {
+      if (grant.error().code == Errc::reauth_required && wait_s > 0) {
+        auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"},
+                                    std::chrono::seconds(wait_s),
+                                    [this, ex, name, error = grant.error()](bool happened) {
+                                      if (!happened) return ex->respond(reauth_error(error, name));
+                                      open_endpoint(ex, name, 0);
+                                    });
+        if (waiting) return;
+      }
+      if (grant.error().code == Errc::reauth_required) return ex->respond(reauth_error(grant.error(), name));
+      return ex->respond(error_response(grant.error()));
+    }
+    if (m_proxy == nullptr) return ex->respond(Response::error(503, "unavailable", "the proxy is not available"));
+    auto opened = m_endpoints->open(*m_proxy, name, ex->peer());
+    if (!opened) return ex->respond(error_response(opened.error()));
+    const std::string origin = fmt::format("http://127.0.0.1:{}", opened->port);
+    json::Json urls = json::Json::object();
+    for (const auto& [product, base] : opened->layout.products) urls[product] = origin + base;
+    std::string user = "tokend";
+    if (auto p = m_tokens.profile_of(name); p && p->kind == store::CredentialKind::api_token) {
+      if (auto email = json::string_or(p->config, "email"); !email.empty()) user = std::move(email);
+    }
+    json::Json answer = {{"url", origin + opened->layout.base},
+                         {"urls", std::move(urls)},
+                         {"port", opened->port},
+                         {"user", user},
+                         {"standin", opened->standin.reveal()}};
+    auto stream = ex->start_stream(200, {{"Content-Type", "application/json"}, {"Cache-Control", "no-store"}},
+                                   StreamFraming{StreamFraming::Kind::close});
+    if (!stream) return m_endpoints->close(opened->id);
+    stream->on_close([this, id = opened->id] { m_endpoints->close(id); });
+    std::string line = answer.dump() + "\n";
+    stream->send(line);
+    secure_wipe(line);
+    secure_wipe(answer["standin"].get_ref<std::string&>());
+  });
 }
 
 void Api::register_routes(Router& router) {
@@ -475,59 +492,35 @@ void Api::register_routes(Router& router) {
     m_login->test(name, respond_json(ex, name));
   });
 
+  router.add("POST", "/v1/profiles/{name}/endpoint", [this](const std::shared_ptr<Exchange>& ex) {
+    const std::string name(ex->param("name"));
+    auto wait = int_param(ex->request(), "wait", 0, 3'600);
+    if (!wait) return ex->respond(error_response(wait.error()));
+    if (!ex->request().body.empty()) {
+      auto body = json::parse(ex->request().body, "request body");
+      if (!body) return ex->respond(error_response(body.error()));
+      if (!body->is_object() || !body->empty()) {
+        return ex->respond(error_response(Error{Errc::invalid_argument, "the body must be empty or {}"}));
+      }
+    }
+    if (auto v = m_tokens.get(name); !v) return ex->respond(error_response(v.error()));
+    audit_peer(ex, "endpoint_opened", name);
+    open_endpoint(ex, name, wait->value_or(0));
+  });
+
   // --- the proxy (DESIGN §8) ---
   auto forward = [this](const std::shared_ptr<Exchange>& ex) {
     if (m_proxy == nullptr) return ex->respond(Response::error(503, "unavailable", "the proxy is not available"));
     const Request& req = ex->request();
-    proxy::ProxyCall call;
-    call.profile = std::string(ex->param("name"));
-    call.method = req.method;
+    std::string name(ex->param("name"));
     // The rest of the path exactly as decoded, not the router's segments
     // (which fold "//"): the proxy refuses what it does not like.
-    const std::string prefix = "/v1/proxy/" + call.profile + "/";
-    call.rest = req.path.starts_with(prefix) ? req.path.substr(prefix.size()) : std::string(ex->param("rest"));
-    if (const auto q = req.target.find('?'); q != std::string::npos) call.raw_query = req.target.substr(q + 1);
-    call.headers = req.headers;
-    call.body = req.body;
-    call.body_spool = req.body_spool;
-    call.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
-    call.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
-    if (auto wait = req.header("x-tokend-retry-wait")) {
-      std::int64_t n = -1;
-      const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), n);
-      if (ec != std::errc{} || end != wait->data() + wait->size() || n < 0 || n > 60) {
-        return ex->respond(Response::error(400, "invalid_argument", "X-Tokend-Retry-Wait must be a number of seconds from 0 to 60"));
-      }
-      call.retry_wait_s = n;
-    }
-    const std::string name = call.profile;
-    m_proxy->forward(std::move(call), [ex, name](std::expected<proxy::ProxyResult, proxy::ProxyError> r) {
-      if (!r) {
-        const Error& e = r.error().error;
-        switch (e.code) {
-          case Errc::permission: return ex->respond(Response::error(403, "policy_denied", e.message));
-          case Errc::limit_exceeded: {
-            auto res = Response::error(429, "rate_limited", e.message);
-            if (r.error().retry_after) {
-              res.headers.emplace_back("Retry-After", std::to_string((r.error().retry_after->count() + 999) / 1000));
-            }
-            return ex->respond(std::move(res));
-          }
-          case Errc::transient: return ex->respond(Response::error(502, "upstream_unreachable", e.message));
-          case Errc::timeout: return ex->respond(Response::error(504, "upstream_timeout", e.message));
-          case Errc::reauth_required: return ex->respond(reauth_error(e, name));
-          default: return ex->respond(error_response(e));
-        }
-      }
-      Response res;
-      res.status = r->status;
-      for (auto& [k, v] : r->headers) {
-        if (k.size() == 6 && ::strncasecmp(k.data(), "server", 6) == 0) continue;
-        res.headers.emplace_back(std::move(k), std::move(v));
-      }
-      if (r->stream) return stream_answer(ex, std::move(res), std::move(r->stream));
-      res.body = std::move(r->body);
-      ex->respond(std::move(res));
+    const std::string prefix = "/v1/proxy/" + name + "/";
+    std::string rest = req.path.starts_with(prefix) ? req.path.substr(prefix.size()) : std::string(ex->param("rest"));
+    auto call = proxy_call(req, name, std::move(rest), ex->peer());
+    if (!call) return ex->respond(error_response(call.error()));
+    m_proxy->forward(std::move(*call), [ex, name](std::expected<proxy::ProxyResult, proxy::ProxyError> r) {
+      respond_proxied(ex, name, std::move(r));
     });
   };
   for (const char* method : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}) {
@@ -629,6 +622,15 @@ void Api::register_routes(Router& router) {
       out += fmt::format("tokend_proxy_latency_seconds_count {}\n", ps.count);
       metric("tokend_proxy_open_streams", "gauge", "Proxied answers still streaming to their callers.");
       out += fmt::format("tokend_proxy_open_streams {}\n", ps.open_streams);
+    }
+    const auto& eps = m_endpoints->stats();
+    metric("tokend_endpoints_open", "gauge", "Stand-in endpoints open now (tokenctl exec --endpoint).");
+    out += fmt::format("tokend_endpoints_open {}\n", eps.open);
+    metric("tokend_endpoints_opened_total", "counter", "Stand-in endpoints opened since start.");
+    out += fmt::format("tokend_endpoints_opened_total {}\n", eps.opened);
+    metric("tokend_endpoint_requests_total", "counter", "Requests to stand-in endpoints by result.");
+    for (const auto& [result, n] : eps.requests) {
+      out += fmt::format("tokend_endpoint_requests_total{{result=\"{}\"}} {}\n", result, n);
     }
     metric("tokend_waiting_requests", "gauge", "Token and login requests waiting for a login to finish.");
     out += fmt::format("tokend_waiting_requests {}\n", m_waits->size());
