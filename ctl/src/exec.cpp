@@ -47,6 +47,69 @@ std::vector<std::pair<std::string, std::string>> exec_token_env(const TokenEnvIn
   return vars;
 }
 
+Result<std::vector<std::pair<std::string, std::string>>> exec_endpoint_env(const EndpointEnvInput& in,
+                                                                           const EndpointEnvNames& names) {
+  std::vector<std::pair<std::string, std::string>> vars;
+  auto set = [&](std::string_view name, std::string_view value) {
+    const auto it = std::find_if(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
+    if (it != vars.end()) {
+      it->second.assign(value);
+    } else {
+      vars.emplace_back(std::string(name), std::string(value));
+    }
+  };
+  auto product_url = [&](std::string_view product) -> const std::string* {
+    const auto it = std::find_if(in.product_urls.begin(), in.product_urls.end(),
+                                 [&](const auto& p) { return p.first == product; });
+    return it == in.product_urls.end() ? nullptr : &it->second;
+  };
+  auto bad_name = [](std::string_view flag, std::string_view name) {
+    return fail(Errc::invalid_argument,
+                fmt::format("{} {}: not a variable name (letters, digits and _, not starting with a digit)", flag,
+                            name.substr(0, 64)));
+  };
+  set("TOKEND_URL", in.url);
+  if (const auto* jira = product_url("jira")) set("TOKEND_JIRA_URL", *jira);
+  if (const auto* confluence = product_url("confluence")) set("TOKEND_CONFLUENCE_URL", *confluence);
+  set("TOKEND_TOKEN", in.standin);
+  set("TOKEND_TOKEN_TYPE", "Bearer");
+  set("TOKEND_AUTHORIZATION", fmt::format("Bearer {}", in.standin));
+  set("TOKEND_USER", in.user);
+  if (in.kind == "oauth2" && in.provider == "atlassian") {
+    set("JIRA_OAUTH_ACCESS_TOKEN", in.standin);
+    if (!in.cloud_id.empty()) set("JIRA_OAUTH_CLOUD_ID", in.cloud_id);
+  }
+  for (const auto& spec : names.url) {
+    const auto eq = spec.find('=');
+    const std::string_view name = std::string_view(spec).substr(0, eq);
+    if (!is_env_name(name)) return bad_name("--url-env", name);
+    if (eq == std::string::npos) {
+      set(name, in.url);
+      continue;
+    }
+    const std::string_view product = std::string_view(spec).substr(eq + 1);
+    const std::string* url = product_url(product);
+    if (url == nullptr) {
+      std::string known;
+      for (const auto& [p, _] : in.product_urls) known += (known.empty() ? "" : ", ") + p;
+      return fail(Errc::invalid_argument,
+                  fmt::format("--url-env {}: this profile has no product '{}'{}", spec.substr(0, 96), product.substr(0, 32),
+                              known.empty() ? std::string(" (it has one base URL: use --url-env NAME)")
+                                            : " (it has: " + known + ")"));
+    }
+    set(name, *url);
+  }
+  for (const auto& name : names.standin) {
+    if (!is_env_name(name)) return bad_name("--standin-env", name);
+    set(name, in.standin);
+  }
+  for (const auto& name : names.user) {
+    if (!is_env_name(name)) return bad_name("--user-env", name);
+    set(name, in.user);
+  }
+  return vars;
+}
+
 std::vector<std::string> merge_environment(std::span<const char* const> current,
                                            std::span<const std::pair<std::string, std::string>> vars) {
   std::vector<std::string> out;

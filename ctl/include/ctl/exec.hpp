@@ -44,6 +44,38 @@ struct TokenEnvInput {
 std::vector<std::pair<std::string, std::string>> exec_token_env(const TokenEnvInput& in,
                                                                 std::span<const std::string> extra);
 
+// What exec_endpoint_env needs: the profile and the stand-in endpoint
+// tokend opened for the command (POST /v1/profiles/NAME/endpoint).
+struct EndpointEnvInput {
+  std::string_view kind;      // oauth2 | api-token | pat
+  std::string_view provider;  // atlassian | generic | ...
+  std::string_view cloud_id;  // config.cloud_id, empty when unknown
+  std::string_view url;       // the endpoint's base for the whole upstream
+  std::span<const std::pair<std::string, std::string>> product_urls;  // "jira" -> base, "confluence" -> base
+  std::string_view standin;
+  std::string_view user;      // a user name for Basic clients
+};
+
+// The variable names the command wants (tokenctl exec --endpoint flags).
+struct EndpointEnvNames {
+  std::vector<std::string> url;      // --url-env NAME (the base) or NAME=PRODUCT (that product's base)
+  std::vector<std::string> standin;  // --standin-env NAME, and --env NAME
+  std::vector<std::string> user;     // --user-env NAME
+};
+
+// The variables `tokenctl exec --endpoint` sets, in this order:
+//   TOKEND_URL (the endpoint's base), TOKEND_JIRA_URL and
+//   TOKEND_CONFLUENCE_URL (when the profile reaches those products),
+//   TOKEND_TOKEN (the stand-in), TOKEND_TOKEN_TYPE (Bearer),
+//   TOKEND_AUTHORIZATION ("Bearer " + stand-in), TOKEND_USER;
+//   for an oauth2 profile of the atlassian provider also
+//   JIRA_OAUTH_ACCESS_TOKEN (the stand-in) and JIRA_OAUTH_CLOUD_ID;
+//   then the names asked for, which win over a default of the same name.
+// Errc::invalid_argument for a bad name or a product the profile does not
+// reach (the message lists those it does). No name appears twice.
+Result<std::vector<std::pair<std::string, std::string>>> exec_endpoint_env(const EndpointEnvInput& in,
+                                                                           const EndpointEnvNames& names);
+
 // The child's environment: every "NAME=value" entry of `current` whose NAME
 // is not set by `vars` (entries without '=' are kept as they are), then
 // `vars` as "NAME=value".
