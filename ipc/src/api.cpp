@@ -294,7 +294,7 @@ void Api::open_endpoint(const std::shared_ptr<Exchange>& ex, const std::string& 
     if (!opened) return ex->respond(error_response(opened.error()));
     const std::string origin = fmt::format("http://127.0.0.1:{}", opened->port);
     json::Json urls = json::Json::object();
-    for (const auto& [product, base] : opened->layout.products) urls[product] = origin + base;
+    for (const auto& [product, base] : opened->layout.urls) urls[product] = origin + base;
     std::string user = "tokend";
     if (auto p = m_tokens.profile_of(name); p && p->kind == store::CredentialKind::api_token) {
       if (auto email = json::string_or(p->config, "email"); !email.empty()) user = std::move(email);

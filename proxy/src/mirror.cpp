@@ -48,6 +48,8 @@ Result<MirrorLayout> mirror_layout(const store::Profile& p) {
                                             "(or tokenctl test {})", p.name, p.name, p.name));
     }
     for (const char* product : {"jira", "confluence"}) layout.products[product] = fmt::format("/ex/{}/{}", product, cloud);
+    layout.urls = layout.products;
+    layout.urls["confluence"] += "/wiki";
     return layout;
   }
   if (reaches_site(p)) {
@@ -71,6 +73,7 @@ Result<MirrorLayout> mirror_layout(const store::Profile& p) {
       }
       layout.products[product] = b->first == main_origin ? b->second : fmt::format("/{}{}", product, b->second);
     }
+    layout.urls = layout.products;
     return layout;
   }
   const std::string api_base = json::string_or(p.config, "api_base");

@@ -193,7 +193,7 @@ class StandinEndpointTest(unittest.TestCase):
         origin = f"http://127.0.0.1:{c.port}"
         self.assertEqual(env["JIRA_URL"], f"{origin}/ex/jira/{self.cloud}")
         self.assertEqual(env["TOKEND_JIRA_URL"], env["JIRA_URL"])
-        self.assertEqual(env["TOKEND_CONFLUENCE_URL"], f"{origin}/ex/confluence/{self.cloud}")
+        self.assertEqual(env["TOKEND_CONFLUENCE_URL"], f"{origin}/ex/confluence/{self.cloud}/wiki")
         self.assertEqual(env["ATLASSIAN_URL"], origin)
         self.assertEqual(env["TOKEND_URL"], origin)
         standin = env["TOKEND_TOKEN"]
@@ -214,7 +214,7 @@ class StandinEndpointTest(unittest.TestCase):
                     self.assertEqual(r["status"], 200, r["body"])
                     fingerprints.add(json.loads(r["body"])["fakeUpstream"]["fingerprint"])
             # Confluence through the 3LO gateway layout too.
-            r = c.ask(op="call", url_env="TOKEND_CONFLUENCE_URL", path="/wiki/rest/api/content?limit=1",
+            r = c.ask(op="call", url_env="TOKEND_CONFLUENCE_URL", path="/rest/api/content?limit=1",
                       auth="bearer", token_env="TOKEND_TOKEN", user_env="TOKEND_USER")
             self.assertEqual(r["status"], 200, r["body"])
             # The token tokend holds expires at the provider.

@@ -54,6 +54,8 @@ TEST_CASE("mirror layouts per credential kind", "[proxy][mirror]") {
     } else {
       CHECK(layout->products.at("jira") == c.jira);
       CHECK(layout->products.at("confluence") == c.confluence);
+      CHECK(layout->urls.at("jira") == c.jira);
+      CHECK(layout->urls.at("confluence") == (c.p == &oauth ? c.confluence + "/wiki" : c.confluence));
     }
   }
   CHECK(mirror_layout(profile(CredentialKind::oauth2, "atlassian", Json::object())).error().code == Errc::config);
@@ -77,6 +79,8 @@ TEST_CASE("endpoint paths map back to proxy paths and the upstream URL the comma
       {&oauth, "/ex/jira/c-1/rest/api/3/myself", "jira/rest/api/3/myself", "https://api.atlassian.com/ex/jira/c-1/rest/api/3/myself"},
       {&oauth, "/ex/confluence/c-1/wiki/rest/api/content", "confluence/wiki/rest/api/content",
        "https://api.atlassian.com/ex/confluence/c-1/wiki/rest/api/content"},
+      {&oauth, "/ex/confluence/c-1/rest/api/content", "confluence/rest/api/content",
+       "https://api.atlassian.com/ex/confluence/c-1/rest/api/content"},
       {&cloud, "/rest/api/3/issue/ABC-1", "jira/rest/api/3/issue/ABC-1", "https://acme.atlassian.net/rest/api/3/issue/ABC-1"},
       {&cloud, "/wiki/rest/api/content", "confluence/rest/api/content", "https://acme.atlassian.net/wiki/rest/api/content"},
       {&cloud, "/wikipedia", "jira/wikipedia", "https://acme.atlassian.net/wikipedia"},

@@ -29,8 +29,12 @@ struct MirrorLayout {
   // upstream as a whole: "" (the root) or "/path" without a trailing slash.
   std::string base;
   // The same per product the profile reaches ("jira", "confluence"); empty
-  // for generic profiles.
+  // for generic profiles. Paths are mapped by the longest of these.
   std::map<std::string, std::string, std::less<>> products;
+  // The base a command is given per product, where clients expect it: like
+  // a Cloud CONFLUENCE_URL, Confluence's ends in /wiki (3LO:
+  // /ex/confluence/{cloudId}/wiki); otherwise the same as `products`.
+  std::map<std::string, std::string, std::less<>> urls;
 };
 
 // Errc::config when the profile lacks what the layout needs (a cloud id, a
