@@ -258,6 +258,17 @@ class StandinEndpointTest(unittest.TestCase):
         self.assertEqual(r["status"], 200, r["body"])
         self.assertEqual(c.finish(3), 3, c.stderr)
 
+    def test_the_docs_dotenv_script_runs_unchanged_with_either_base_variable(self):
+        """docs/wrapping-scripts.md: examples/wrap_script.py under --endpoint."""
+        self.add_oauth()
+        script = os.path.join(HERE, "..", "..", "docs", "examples", "wrap_script.py")
+        for flag in ("JIRA_API_BASE=jira", "ATLASSIAN_API_GATEWAY"):
+            with self.subTest(flag):
+                r = run_ctl(TOKENCTL, self.env, "exec", "oauth", "--endpoint", "--url-env", flag, "--",
+                            sys.executable, script)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertIn("Logged in to Jira as", r.stdout)
+
     # -- what the endpoint refuses ------------------------------------------
 
     def test_wrong_standin_host_origin_policy_and_layout_are_refused(self):
