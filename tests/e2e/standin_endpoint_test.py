@@ -323,6 +323,28 @@ class StandinEndpointTest(unittest.TestCase):
         self.assertEqual(c.finish(0), 0, c.stderr)
         wait_for(lambda: refused(port), "the endpoint to close after the command")
 
+    def test_hostile_bytes_and_too_many_connections_leave_the_endpoint_serving(self):
+        self.add_oauth()
+        c = self.start("oauth", "--endpoint")
+        port, standin = c.port, c.env["TOKEND_TOKEN"]
+        self.assertEqual(raw_http(port, b"\x16\x03\x01\x02\x00garbage\r\n\r\n")[0], 400)
+        big = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Big: " % port + b"a" * 70000 + b"\r\n\r\n"
+        self.assertEqual(raw_http(port, big)[0], 431)
+        smuggle = (b"POST /ex/jira/x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nTransfer-Encoding: gzip\r\n\r\n" % port)
+        self.assertEqual(raw_http(port, smuggle)[0], 400)
+        # Past 64 connections each new one is answered 503 and closed.
+        held = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(64)]
+        try:
+            wait_for(lambda: raw_http(port, b"GET / HTTP/1.1\r\n\r\n")[0] == 503, "a connection over the limit")
+        finally:
+            for s in held:
+                s.close()
+        path = f"/ex/jira/{self.cloud}/rest/api/3/myself"
+        ok = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {standin}\r\n"
+              f"Connection: close\r\n\r\n").encode()
+        wait_for(lambda: raw_http(port, ok)[0] == 200, "the endpoint to serve again")
+        self.assertEqual(c.finish(0), 0, c.stderr)
+
     # -- lifetime and exit codes ---------------------------------------------
 
     def test_a_killed_tokenctl_closes_the_endpoint(self):
