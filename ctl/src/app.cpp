@@ -1184,7 +1184,8 @@ struct OpenedEndpoint {
   int exit = k_ok;
 };
 
-OpenedEndpoint open_endpoint(const Ctx& ctx, const std::string& name, std::optional<std::int64_t> wait_s) {
+OpenedEndpoint open_endpoint(const Ctx& ctx, const std::string& name, std::optional<std::int64_t> wait_s,
+                             pid_t command_pid) {
   OpenedEndpoint out;
   auto client = ipc::Client::connect(ctx.socket);
   if (!client) {
@@ -1197,7 +1198,9 @@ OpenedEndpoint open_endpoint(const Ctx& ctx, const std::string& name, std::optio
   int status = 0;
   std::string received;  // the first line of a 200; the whole answer otherwise
   bool line_done = false;
-  auto body = ipc::BodyReader::from_string("");
+  // Calls through the endpoint are audited with the command's pid.
+  const std::string request = json::Json{{"pid", command_pid}}.dump();
+  auto body = ipc::BodyReader::from_string(request);
   auto head = client->exchange(
       "POST", target, {}, &body,
       [&](const ipc::ResponseHead& h) {
@@ -1314,6 +1317,9 @@ int cmd_exec(Ctx& ctx, const std::vector<std::string>& args) {
   std::vector<std::pair<std::string, std::string>> vars;
   // Held open while CMD runs: its end closes the endpoint.
   std::optional<ipc::Client> endpoint_connection;
+  // With --endpoint CMD is started first and held before exec, so that
+  // tokend knows its pid when it opens the endpoint.
+  std::optional<HeldCommand> held;
   if (endpoint) {
     EndpointEnvNames names{list("url-env"), extra, list("user-env")};
     for (auto& n : list("standin-env")) names.standin.push_back(std::move(n));
@@ -1328,7 +1334,11 @@ int cmd_exec(Ctx& ctx, const std::vector<std::string>& args) {
         }
       }
     }
-    auto opened = open_endpoint(ctx, name, wait_s);
+    const auto current = process_environment();
+    auto started = HeldCommand::start(command, environment_bytes(current, 256 * 1024));
+    if (!started) return error(ctx, started.error().message);
+    held.emplace(std::move(*started));
+    auto opened = open_endpoint(ctx, name, wait_s, held->pid());
     if (opened.exit != k_ok) return opened.exit;
     std::vector<std::pair<std::string, std::string>> product_urls;
     if (opened.answer.contains("urls") && opened.answer["urls"].is_object()) {
@@ -1361,7 +1371,7 @@ int cmd_exec(Ctx& ctx, const std::vector<std::string>& args) {
   auto env = merge_environment(process_environment(), vars);
   for (auto& v : vars) secure_wipe(v.second);
 
-  auto child = run_command(command, env);
+  auto child = held ? held->run(env) : run_command(command, env);
   for (auto& e : env) secure_wipe(e);
   endpoint_connection.reset();  // the endpoint closes with the command
   if (!child) {

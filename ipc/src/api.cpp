@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <charconv>
+#include <fstream>
+#include <sstream>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -40,6 +42,21 @@ std::string sse_frame(const Event& e) {
   for (const auto& [k, v] : e.data.items()) data[k] = v;
   return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.id, e.type,
                      data.dump(-1, ' ', false, json::Json::error_handler_t::replace));
+}
+
+// A process's parent (Linux: /proc/PID/stat); nullopt when it cannot be told.
+std::optional<pid_t> parent_of(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string stat;
+  if (!in || !std::getline(in, stat)) return std::nullopt;
+  // "PID (COMM) STATE PPID ...": COMM may hold anything, ')' included.
+  const auto close = stat.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream rest(stat.substr(close + 1));
+  std::string state;
+  long ppid = 0;
+  if (!(rest >> state >> ppid)) return std::nullopt;
+  return static_cast<pid_t>(ppid);
 }
 
 std::string escape_label(std::string_view v) {
@@ -273,16 +290,17 @@ void Api::audit_peer(const std::shared_ptr<Exchange>& ex, std::string_view kind,
 // wait_s for a login), and keeps it open while the caller's connection is.
 // The answer is one JSON line; the response then stays open, and its end
 // (tokenctl exited, was killed, or tokend drains) closes the endpoint.
-void Api::open_endpoint(const std::shared_ptr<Exchange>& ex, const std::string& name, std::int64_t wait_s) {
-  m_tokens.token_async(name, refresh::TokenRequest{30}, [this, ex, name, wait_s](Result<refresh::TokenGrant> grant) {
+void Api::open_endpoint(const std::shared_ptr<Exchange>& ex, const std::string& name, std::int64_t wait_s,
+                        const Peer& audited) {
+  m_tokens.token_async(name, refresh::TokenRequest{30}, [this, ex, name, wait_s, audited](Result<refresh::TokenGrant> grant) {
     if (!ex->pending()) return;
     if (!grant) {
       if (grant.error().code == Errc::reauth_required && wait_s > 0) {
         auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"},
                                     std::chrono::seconds(wait_s),
-                                    [this, ex, name, error = grant.error()](bool happened) {
+                                    [this, ex, name, audited, error = grant.error()](bool happened) {
                                       if (!happened) return ex->respond(reauth_error(error, name));
-                                      open_endpoint(ex, name, 0);
+                                      open_endpoint(ex, name, 0, audited);
                                     });
         if (waiting) return;
       }
@@ -290,7 +308,7 @@ void Api::open_endpoint(const std::shared_ptr<Exchange>& ex, const std::string& 
       return ex->respond(error_response(grant.error()));
     }
     if (m_proxy == nullptr) return ex->respond(Response::error(503, "unavailable", "the proxy is not available"));
-    auto opened = m_endpoints->open(*m_proxy, name, ex->peer());
+    auto opened = m_endpoints->open(*m_proxy, name, audited);
     if (!opened) return ex->respond(error_response(opened.error()));
     const std::string origin = fmt::format("http://127.0.0.1:{}", opened->port);
     json::Json urls = json::Json::object();
@@ -496,16 +514,30 @@ void Api::register_routes(Router& router) {
     const std::string name(ex->param("name"));
     auto wait = int_param(ex->request(), "wait", 0, 3'600);
     if (!wait) return ex->respond(error_response(wait.error()));
+    // Calls through the endpoint are audited as the caller, or as the
+    // command it names: its own child, started for the purpose.
+    Peer audited = ex->peer();
     if (!ex->request().body.empty()) {
       auto body = json::parse(ex->request().body, "request body");
       if (!body) return ex->respond(error_response(body.error()));
-      if (!body->is_object() || !body->empty()) {
-        return ex->respond(error_response(Error{Errc::invalid_argument, "the body must be empty or {}"}));
+      if (!body->is_object()) return ex->respond(error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
+      for (const auto& [k, v] : body->items()) {
+        if (k != "pid") {
+          return ex->respond(error_response(Error{Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
+        }
+        if (!v.is_number_integer() || v.get<std::int64_t>() <= 0) {
+          return ex->respond(error_response(Error{Errc::invalid_argument, "field \"pid\" must be a process id"}));
+        }
+        const auto pid = static_cast<pid_t>(v.get<std::int64_t>());
+        if (pid != audited.pid && parent_of(pid) != std::optional<pid_t>(audited.pid)) {
+          return ex->respond(error_response(Error{Errc::invalid_argument, "field \"pid\" must name the caller or a child of it"}));
+        }
+        audited.pid = pid;
       }
     }
     if (auto v = m_tokens.get(name); !v) return ex->respond(error_response(v.error()));
     audit_peer(ex, "endpoint_opened", name);
-    open_endpoint(ex, name, wait->value_or(0));
+    open_endpoint(ex, name, wait->value_or(0), audited);
   });
 
   // --- the proxy (DESIGN §8) ---

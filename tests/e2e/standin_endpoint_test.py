@@ -223,8 +223,8 @@ class StandinEndpointTest(unittest.TestCase):
         self.assertGreaterEqual(self.up.grant(g["grant_id"])["refreshes"], 2)
         self.assertEqual(self.metric("tokend_endpoints_open"), 1)
 
-        pid = c.proc.pid
-        self.assertEqual(c.started["ppid"], pid)
+        ctl_pid, command_pid = c.proc.pid, c.started["pid"]
+        self.assertEqual(c.started["ppid"], ctl_pid)
         self.assertEqual(c.finish(0), 0, c.stderr)
         # Closed with the command: polled, tokend notices the connection's end.
         wait_for(lambda: refused(c.port), "the endpoint to close after the command")
@@ -233,10 +233,15 @@ class StandinEndpointTest(unittest.TestCase):
         events = json.loads(text)["events"]
         proxied = [e for e in events if e["kind"] == "proxy" and e["profile"] == "oauth"]
         self.assertGreaterEqual(len(proxied), 9)
-        self.assertTrue(all(e["peer_pid"] == pid for e in proxied), proxied)
+        # The command's own pid, not tokenctl's.
+        self.assertTrue(all(e["peer_pid"] == command_pid for e in proxied), proxied)
         self.assertIn("jira/rest/api/3/myself", [e["detail"]["path"] for e in proxied])
         opened = [e for e in events if e["kind"] == "endpoint_opened"]
-        self.assertEqual([e["peer_pid"] for e in opened], [pid])
+        self.assertEqual([e["peer_pid"] for e in opened], [ctl_pid])
+        # A pid that is neither the caller nor its child is refused.
+        status, text = unix_request(self.xdg.socket, "POST", "/v1/profiles/oauth/endpoint", json.dumps({"pid": 1}))
+        self.assertEqual(status, 400, text)
+        self.assertIn("child", json.loads(text)["error"]["message"])
 
     def test_api_token_site_layout_and_basic_with_the_profiles_email(self):
         self.up.add_api_token(EMAIL, API_TOKEN)
@@ -377,9 +382,11 @@ class StandinEndpointTest(unittest.TestCase):
         # A profile that needs a login: 4, naming the command.
         self.put("gone", {"kind": "oauth2", "provider": "atlassian", "client_id": CLIENT_ID,
                           "token_url": self.up.token_url, "api_base": self.up.base_url, "cloud_id": self.cloud})
-        r = ctl("exec", "gone", "--endpoint", "--", "true")
+        marker = os.path.join(self.xdg.root, "ran")
+        r = ctl("exec", "gone", "--endpoint", "--", "sh", "-c", f"touch {marker}")
         self.assertEqual(r.returncode, 4, r.stderr)
         self.assertIn("tokenctl login gone", r.stderr)
+        self.assertFalse(os.path.exists(marker), "the held command ran although no endpoint was opened")
         # No daemon: 3.
         self.assertEqual(self.daemon.stop(), 0, self.daemon.output())
         r = ctl("exec", "oauth", "--endpoint", "--", "true")

@@ -4,7 +4,10 @@
 // process handling (run_command) is tested end to end with the real binary.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -102,6 +105,34 @@ struct ChildExit {
 // when it cannot be executed (errors from execvp), Errc::io when no process
 // could be started. Nothing has run in those cases.
 Result<ChildExit> run_command(const std::vector<std::string>& argv, const std::vector<std::string>& env);
+
+// A command started but held before exec, so that its pid is known while
+// its environment is still being made (tokend audits the calls made through a
+// stand-in endpoint with the command's own pid). The same process rules as
+// run_command; signals forwarded while it is held reach it (and end it).
+class HeldCommand {
+ public:
+  // Forks the child and holds it. `env_bytes`: the most the environment
+  // given to run() may take (pointers and strings; see environment_bytes).
+  static Result<HeldCommand> start(const std::vector<std::string>& argv, std::size_t env_bytes);
+  HeldCommand(HeldCommand&&) noexcept;
+  HeldCommand& operator=(HeldCommand&&) = delete;
+  ~HeldCommand();  // never run: the child exits without running anything, and is reaped
+  [[nodiscard]] pid_t pid() const;
+  // Execs the command with `env` as its whole environment and waits for it;
+  // errors as run_command. Once only.
+  Result<ChildExit> run(const std::vector<std::string>& env);
+
+  struct State;
+
+ private:
+  explicit HeldCommand(std::unique_ptr<State> state);
+  std::unique_ptr<State> m_state;
+};
+
+// What an environment made of `current` plus up to `extra` bytes of added
+// variables needs in HeldCommand::start.
+std::size_t environment_bytes(std::span<const char* const> current, std::size_t extra);
 
 // Ends tokenctl the way the child ended, after stdio was flushed: a signal
 // death is repeated on tokenctl itself (default action restored, no core

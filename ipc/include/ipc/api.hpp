@@ -55,7 +55,8 @@ class Api {
   void answer_token(const std::shared_ptr<Exchange>& ex, const std::string& name, const refresh::TokenRequest& req,
                     std::int64_t wait_s, Result<refresh::TokenGrant> grant);
   void audit_peer(const std::shared_ptr<Exchange>& ex, std::string_view kind, std::string_view profile);
-  void open_endpoint(const std::shared_ptr<Exchange>& ex, const std::string& name, std::int64_t wait_s);
+  void open_endpoint(const std::shared_ptr<Exchange>& ex, const std::string& name, std::int64_t wait_s,
+                     const Peer& audited);
 
   refresh::TokenService& m_tokens;
   refresh::EventBus& m_events;
