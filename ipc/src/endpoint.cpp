@@ -177,7 +177,8 @@ Result<StandinEndpoints::Opened> StandinEndpoints::open(proxy::Proxy& proxy, con
   m_open.emplace(opened.id, std::move(endpoint));
   ++m_stats.opened;
   m_stats.open = m_open.size();
-  spdlog::info("endpoint: opened 127.0.0.1:{} for profile {} (pid {})", opened.port, profile, audit_peer.pid);
+  spdlog::info("endpoint {}: opened 127.0.0.1:{} for profile {} (pid {})", opened.id, opened.port, profile,
+               audit_peer.pid);
   return opened;
 }
 
@@ -189,7 +190,7 @@ void StandinEndpoints::close(std::uint64_t id) {
   m_open.erase(it);
   m_stats.open = m_open.size();
   endpoint->m_server.close();
-  spdlog::info("endpoint: closed {} (its command ended)", id);
+  spdlog::info("endpoint {}: closed", id);
 }
 
 void StandinEndpoints::close_all() {
