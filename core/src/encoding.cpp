@@ -1,6 +1,7 @@
 #include "core/encoding.hpp"
 
 #include <array>
+#include <cstdint>
 
 namespace tokend {
 
@@ -75,6 +76,36 @@ std::string base64url_encode(std::string_view bytes) {
 
 std::string base64_encode(std::string_view bytes) {
   return base64_with(bytes, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", true);
+}
+
+std::optional<std::string> base64_decode(std::string_view text) {
+  if (text.size() % 4 != 0) return std::nullopt;
+  std::string out;
+  out.reserve(text.size() / 4 * 3);
+  std::uint32_t acc = 0;
+  int bits = 0;
+  std::size_t padding = 0;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    int v = -1;
+    if (c >= 'A' && c <= 'Z') v = c - 'A';
+    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9') v = c - '0' + 52;
+    else if (c == '+') v = 62;
+    else if (c == '/') v = 63;
+    else if (c == '=' && i + 2 >= text.size()) {
+      ++padding;
+      continue;
+    }
+    if (v < 0 || padding > 0) return std::nullopt;  // a bad character, or data after '='
+    acc = (acc << 6U) | static_cast<std::uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((acc >> static_cast<unsigned>(bits)) & 0xFFU);
+    }
+  }
+  return out;
 }
 
 std::string form_encode(std::string_view s) {

@@ -1178,8 +1178,73 @@ int cmd_api(Ctx& ctx, const std::vector<std::string>& args) {
   return error(ctx, fmt::format("HTTP {}{}{}", head.status, head.reason.empty() ? "" : " ", head.reason));
 }
 
+// A stand-in endpoint tokend keeps open while `client` stays connected
+// (POST /v1/profiles/NAME/endpoint; see docs/API.md).
+struct OpenedEndpoint {
+  std::optional<ipc::Client> client;
+  json::Json answer;  // url, urls, port, user, standin
+  int exit = k_ok;
+};
+
+OpenedEndpoint open_endpoint(const Ctx& ctx, const std::string& name, std::optional<std::int64_t> wait_s,
+                             pid_t command_pid) {
+  OpenedEndpoint out;
+  auto client = ipc::Client::connect(ctx.socket);
+  if (!client) {
+    const auto f = connect_failure(client.error());
+    out.exit = error(ctx, f.message, f.exit);
+    return out;
+  }
+  std::string target = "/v1/profiles/" + seg(name) + "/endpoint";
+  if (wait_s) target += fmt::format("?wait={}", *wait_s);
+  int status = 0;
+  std::string received;  // the first line of a 200; the whole answer otherwise
+  bool line_done = false;
+  // Calls through the endpoint are audited with the command's pid.
+  const std::string request = json::Json{{"pid", command_pid}}.dump();
+  auto body = ipc::BodyReader::from_string(request);
+  auto head = client->exchange(
+      "POST", target, {}, &body,
+      [&](const ipc::ResponseHead& h) {
+        status = h.status;
+        return true;
+      },
+      [&](std::string_view bytes) {
+        received.append(bytes);
+        if (status != 200) return received.size() < 64 * 1024;
+        const auto nl = received.find('\n');
+        if (nl == std::string::npos) return received.size() < 64 * 1024;
+        received.resize(nl);
+        line_done = true;
+        return false;  // the rest of the answer is the endpoint's life
+      },
+      std::chrono::seconds(30 + wait_s.value_or(0)));
+  if (!head) {
+    out.exit = error(ctx, head.error().message, head.error().code == Errc::unavailable ? k_unreachable : k_error);
+    return out;
+  }
+  auto parsed = json::parse(received, "tokend's answer");
+  secure_wipe(received);
+  if (status != 200) {
+    const json::Json err = parsed ? *parsed : json::Json::object();
+    const bool reauth = err.is_object() && err.contains("error") && err["error"].is_object() &&
+                        jstr(err["error"], "code") == "reauth_required";
+    out.exit = error(ctx, error_message(err, fmt::format("tokend answered {}", status)), reauth ? k_reauth : k_error);
+    return out;
+  }
+  if (!line_done || !parsed || jstr(*parsed, "url").empty() || jstr(*parsed, "standin").empty()) {
+    if (parsed) wipe_strings(*parsed);
+    out.exit = error(ctx, "tokend's endpoint answer is incomplete");
+    return out;
+  }
+  out.answer = std::move(*parsed);
+  out.client.emplace(std::move(*client));
+  return out;
+}
+
 // Runs a command with a fresh token in its environment (see ctl/exec.hpp for
-// the variables and the signal rules). Exit codes: the command's own; when a
+// the variables and the signal rules), or with --endpoint a loopback URL and
+// a stand-in credential. Exit codes: the command's own; when a
 // signal killed it, tokenctl kills itself with the same signal (a shell then
 // reports the same death), falling back to 128 + the signal number. Before
 // the command runs: 1, 2, 3, 4 as usual, 127 when the command is not found,
@@ -1189,13 +1254,30 @@ int cmd_exec(Ctx& ctx, const std::vector<std::string>& args) {
   const std::vector<std::string> own(args.begin(), dash);
   po::options_description o(
       "tokenctl exec PROFILE [--env NAME]... [--min-valid S] [--wait S] -- CMD [ARG...]\n"
-      "Runs CMD (no shell) with the profile's token in TOKEND_TOKEN, TOKEND_AUTHORIZATION, TOKEND_TOKEN_TYPE\n"
-      "and TOKEND_EXPIRES_AT, for Atlassian OAuth profiles also in JIRA_OAUTH_ACCESS_TOKEN (and\n"
-      "JIRA_OAUTH_CLOUD_ID). Signals sent to tokenctl reach CMD; its exit status is tokenctl's");
-  o.add_options()("env", po::value<std::vector<std::string>>(), "also put the token into variable NAME (repeatable)")(
+      "tokenctl exec PROFILE --endpoint [--url-env NAME[=PRODUCT]]... [--standin-env NAME]...\n"
+      "              [--user-env NAME]... [--wait S] -- CMD [ARG...]\n"
+      "Runs CMD (no shell). Signals sent to tokenctl reach CMD; its exit status is tokenctl's.\n"
+      "Without --endpoint CMD gets the profile's token in TOKEND_TOKEN, TOKEND_AUTHORIZATION,\n"
+      "TOKEND_TOKEN_TYPE and TOKEND_EXPIRES_AT, for Atlassian OAuth profiles also in\n"
+      "JIRA_OAUTH_ACCESS_TOKEN (and JIRA_OAUTH_CLOUD_ID): it goes stale when the token expires.\n"
+      "With --endpoint (recommended) CMD never sees the token: tokend opens a loopback URL that\n"
+      "reaches the profile's upstream with a fresh token on every call, for as long as CMD runs,\n"
+      "and CMD gets that URL in TOKEND_URL (TOKEND_JIRA_URL, TOKEND_CONFLUENCE_URL) and a random\n"
+      "stand-in credential in TOKEND_TOKEN (TOKEND_AUTHORIZATION, JIRA_OAUTH_ACCESS_TOKEN), to\n"
+      "send as a Bearer token or as the Basic password (any user name; TOKEND_USER)");
+  o.add_options()("env", po::value<std::vector<std::string>>(),
+                  "also put the token (with --endpoint: the stand-in) into variable NAME (repeatable)")(
       "min-valid", po::value<std::string>(),
                   "seconds the token must stay valid (default 60; capped at what a fresh token gives)")(
-      "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress");
+      "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress")(
+      "endpoint", "give CMD a loopback URL and a stand-in credential instead of the token")(
+      "url-env", po::value<std::vector<std::string>>(),
+                 "with --endpoint: put the endpoint's URL into NAME, or with NAME=jira|confluence that "
+                 "product's URL (repeatable)")(
+      "standin-env", po::value<std::vector<std::string>>(),
+                     "with --endpoint: put the stand-in credential into NAME (repeatable)")(
+      "user-env", po::value<std::vector<std::string>>(),
+                  "with --endpoint: put a user name for Basic authentication into NAME (repeatable)");
   auto vm = parse(own, o, {"profile"}, /*allow_extra=*/true);
   const std::string name = need(vm, "profile", "PROFILE");
   if (dash == args.end()) throw UsageError{"put -- before the command: tokenctl exec PROFILE -- CMD [ARG...]"};
@@ -1204,41 +1286,96 @@ int cmd_exec(Ctx& ctx, const std::vector<std::string>& args) {
   }
   const std::vector<std::string> command(dash + 1, args.end());
   if (command.empty() || command[0].empty()) throw UsageError{"no command after --"};
-  std::vector<std::string> extra;
-  if (vm.count("env") != 0) extra = vm["env"].as<std::vector<std::string>>();
+  auto list = [&](const char* key) {
+    return vm.count(key) != 0 ? vm[key].as<std::vector<std::string>>() : std::vector<std::string>{};
+  };
+  std::vector<std::string> extra = list("env");
   for (const auto& n : extra) {
     if (!is_env_name(n)) {
       throw UsageError{fmt::format("--env {}: not a variable name (letters, digits and _, not starting with a digit)",
                                    n.substr(0, 64))};
     }
   }
+  const bool endpoint = vm.count("endpoint") != 0;
+  if (!endpoint) {
+    for (const char* flag : {"url-env", "standin-env", "user-env"}) {
+      if (vm.count(flag) != 0) throw UsageError{fmt::format("--{} needs --endpoint", flag)};
+    }
+  } else if (vm.count("min-valid") != 0) {
+    throw UsageError{"--min-valid does not apply to --endpoint: every call gets a fresh token"};
+  }
   // seconds() throws UsageError for a bad value: check before any call.
   seconds(vm, "min-valid", 86'400);
-  seconds(vm, "wait", 3'600);
+  const auto wait_s = seconds(vm, "wait", 3'600);
 
   auto profile = call(ctx, "GET", "/v1/profiles/" + seg(name));
   if (profile.exit != k_ok) return profile.exit;
-  auto token = get_token(ctx, name, vm);
-  if (token.exit != k_ok) return token.exit;
   const json::Json config = profile.body.is_object() && profile.body.contains("config") ? profile.body["config"]
                                                                                           : json::Json::object();
   const std::string kind = jstr(profile.body, "kind");
   const std::string provider = jstr(profile.body, "provider");
   const std::string cloud_id = jstr(config, "cloud_id");
-  std::string bare = jstr(token.body, "token");
-  std::string authorization = jstr(token.body, "authorization");
-  const std::string token_type = jstr(token.body, "token_type");
-  const auto expires_at = jint(token.body, "expires_at");
-  wipe_call(token);
-  if (bare.empty()) return error(ctx, "tokend's answer carries no token");
-  auto vars = exec_token_env({kind, provider, cloud_id, bare, token_type, authorization, expires_at}, extra);
-  secure_wipe(bare);
-  secure_wipe(authorization);
+
+  std::vector<std::pair<std::string, std::string>> vars;
+  // Held open while CMD runs: its end closes the endpoint.
+  std::optional<ipc::Client> endpoint_connection;
+  // With --endpoint CMD is started first and held before exec, so that
+  // tokend knows its pid when it opens the endpoint.
+  std::optional<HeldCommand> held;
+  if (endpoint) {
+    EndpointEnvNames names{list("url-env"), extra, list("user-env")};
+    for (auto& n : list("standin-env")) names.standin.push_back(std::move(n));
+    // Names are checked before tokend opens anything (products once it has).
+    for (const auto& [flag, specs] : {std::pair{"--url-env", &names.url}, std::pair{"--standin-env", &names.standin},
+                                      std::pair{"--user-env", &names.user}}) {
+      for (const auto& spec : *specs) {
+        const std::string n = spec.substr(0, spec.find('='));
+        if (!is_env_name(n) || (spec.find('=') != std::string::npos && std::string_view(flag) != "--url-env")) {
+          throw UsageError{fmt::format("{} {}: not a variable name (letters, digits and _, not starting with a digit)",
+                                       flag, spec.substr(0, 64))};
+        }
+      }
+    }
+    const auto current = process_environment();
+    auto started = HeldCommand::start(command, environment_bytes(current, 256 * 1024));
+    if (!started) return error(ctx, started.error().message);
+    held.emplace(std::move(*started));
+    auto opened = open_endpoint(ctx, name, wait_s, held->pid());
+    if (opened.exit != k_ok) return opened.exit;
+    std::vector<std::pair<std::string, std::string>> product_urls;
+    if (opened.answer.contains("urls") && opened.answer["urls"].is_object()) {
+      for (const auto& [product, url] : opened.answer["urls"].items()) {
+        if (url.is_string()) product_urls.emplace_back(product, url.get<std::string>());
+      }
+    }
+    std::string standin = jstr(opened.answer, "standin");
+    auto built = exec_endpoint_env({kind, provider, cloud_id, jstr(opened.answer, "url"), product_urls, standin,
+                                    jstr(opened.answer, "user")},
+                                   names);
+    secure_wipe(standin);
+    wipe_strings(opened.answer);
+    if (!built) return error(ctx, built.error().message, k_usage);
+    vars = std::move(*built);
+    endpoint_connection.emplace(std::move(*opened.client));
+  } else {
+    auto token = get_token(ctx, name, vm);
+    if (token.exit != k_ok) return token.exit;
+    std::string bare = jstr(token.body, "token");
+    std::string authorization = jstr(token.body, "authorization");
+    const std::string token_type = jstr(token.body, "token_type");
+    const auto expires_at = jint(token.body, "expires_at");
+    wipe_call(token);
+    if (bare.empty()) return error(ctx, "tokend's answer carries no token");
+    vars = exec_token_env({kind, provider, cloud_id, bare, token_type, authorization, expires_at}, extra);
+    secure_wipe(bare);
+    secure_wipe(authorization);
+  }
   auto env = merge_environment(process_environment(), vars);
   for (auto& v : vars) secure_wipe(v.second);
 
-  auto child = run_command(command, env);
+  auto child = held ? held->run(env) : run_command(command, env);
   for (auto& e : env) secure_wipe(e);
+  endpoint_connection.reset();  // the endpoint closes with the command
   if (!child) {
     const Errc code = child.error().code;
     return error(ctx, child.error().message, code == Errc::not_found ? 127 : code == Errc::permission ? 126 : k_error);
@@ -1424,7 +1561,7 @@ constexpr Command k_commands[] = {
     {"list", cmd_list, "list [--json] [-q]                  profile names, kinds and states"},
     {"token", cmd_token, "token PROFILE [--min-valid S] [--wait S] [--format raw|header|json|env|exec-credential]"},
     {"headers", cmd_headers, "headers PROFILE                     {\"Authorization\": ...} for an MCP headersHelper"},
-    {"exec", cmd_exec, "exec PROFILE [--env NAME]... -- CMD [ARG...]   run CMD with the token in its environment"},
+    {"exec", cmd_exec, "exec PROFILE [--endpoint] [--env NAME]... -- CMD [ARG...]   run CMD with a fresh credential"},
     {"mcp", cmd_mcp,
      "mcp PROFILE [--wait S] | mcp config PROFILE --client CLIENT [--write] [-- CMD...]   MCP bridge; client set-up"},
     {"api", cmd_api,

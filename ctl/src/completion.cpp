@@ -47,7 +47,7 @@ _tokenctl() {
       fi ;;
     token) COMPREPLY=($(compgen -W "--min-valid --wait --format" -- "$cur")) ;;
     headers) COMPREPLY=($(compgen -W "--min-valid" -- "$cur")) ;;
-    exec) COMPREPLY=($(compgen -W "--env --min-valid --wait --" -- "$cur")) ;;
+    exec) COMPREPLY=($(compgen -W "--endpoint --url-env --standin-env --user-env --env --min-valid --wait --" -- "$cur")) ;;
     api)
       if [ "$COMP_CWORD" -eq 3 ]; then
         COMPREPLY=($(compgen -W "GET POST PUT PATCH DELETE HEAD" -- "$cur"))
@@ -72,7 +72,7 @@ _tokenctl() {
     'list:profile names, kinds and states'
     'token:print a valid token'
     'headers:Authorization header as JSON'
-    'exec:run a command with the token in its environment'
+    'exec:run a command with a fresh credential (--endpoint: a loopback URL and a stand-in)'
     'mcp:stdio MCP bridge through tokend; mcp config: an MCP client'\''s entry'
     'api:an API call through the proxy'
     'add:store a profile'
@@ -106,8 +106,12 @@ _tokenctl() {
       ;;
     test) _arguments '--json[JSON output]' ;;
     exec)
-      _arguments '*--env[also put the token into this variable]:name:' '--min-valid[seconds of validity]:seconds:' \
-                 '--wait[seconds to wait]:seconds:' '*::command:_normal'
+      _arguments '*--env[also put the token (with --endpoint: the stand-in) into this variable]:name:' \
+                 '--min-valid[seconds of validity]:seconds:' '--wait[seconds to wait]:seconds:' \
+                 '--endpoint[a loopback URL and a stand-in credential instead of the token]' \
+                 '*--url-env[put the endpoint URL into NAME, or NAME=jira|confluence]:name:' \
+                 '*--standin-env[put the stand-in credential into NAME]:name:' \
+                 '*--user-env[put a user name for Basic into NAME]:name:' '*::command:_normal'
       ;;
     api)
       if (( CURRENT == 4 )); then

@@ -119,7 +119,12 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
     Notifier notifier(loop, events, config.notify_command);
     proxy::Proxy proxy(loop, tokens, http, *store, clock, proxy::ProxyOptions{});
     ipc::Router router;
-    ipc::Api api(loop, tokens, events, *store, clock, {std::string(version()), config.heartbeat});
+    ipc::ApiOptions api_options{std::string(version()), config.heartbeat};
+    // Stand-in endpoints listen on loopback TCP, open to every local user:
+    // the socket's limits, with few connections each.
+    api_options.endpoint_limits = config.limits;
+    api_options.endpoint_limits.max_connections = std::min<std::size_t>(config.limits.max_connections, 64);
+    ipc::Api api(loop, tokens, events, *store, clock, api_options);
     api.set_login(&login);
     api.set_proxy(&proxy);
     api.register_routes(router);

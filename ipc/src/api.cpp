@@ -1,12 +1,14 @@
 #include "ipc/api.hpp"
 
-#include <strings.h>
-
 #include <algorithm>
 #include <charconv>
+#include <fstream>
+#include <sstream>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+
+#include "proxy_answer.hpp"
 
 namespace tokend::ipc {
 
@@ -42,6 +44,21 @@ std::string sse_frame(const Event& e) {
                      data.dump(-1, ' ', false, json::Json::error_handler_t::replace));
 }
 
+// A process's parent (Linux: /proc/PID/stat); nullopt when it cannot be told.
+std::optional<pid_t> parent_of(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string stat;
+  if (!in || !std::getline(in, stat)) return std::nullopt;
+  // "PID (COMM) STATE PPID ...": COMM may hold anything, ')' included.
+  const auto close = stat.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream rest(stat.substr(close + 1));
+  std::string state;
+  long ppid = 0;
+  if (!(rest >> state >> ppid)) return std::nullopt;
+  return static_cast<pid_t>(ppid);
+}
+
 std::string escape_label(std::string_view v) {
   std::string out;
   for (const char c : v) {
@@ -53,10 +70,6 @@ std::string escape_label(std::string_view v) {
     out += c;
   }
   return out;
-}
-
-Response reauth_error(const Error& e, std::string_view profile) {
-  return error_response(e, {{"command", fmt::format("tokenctl login {}", profile)}});
 }
 
 }  // namespace
@@ -207,33 +220,6 @@ class Api::Waits {
   std::shared_ptr<bool> m_alive = std::make_shared<bool>(true);
 };
 
-namespace {
-
-// A proxied answer that streams: the body goes to the caller as it arrives,
-// framed by the upstream's length or chunked, paced by the caller's socket
-// (the upstream transfer pauses while more than a window is queued).
-void stream_answer(const std::shared_ptr<Exchange>& ex, Response head, std::shared_ptr<proxy::ProxyBody> body) {
-  constexpr std::size_t k_window = 256 * 1024;
-  StreamFraming framing;
-  framing.kind = StreamFraming::Kind::chunked;
-  if (body->length) framing = StreamFraming{StreamFraming::Kind::length, *body->length};
-  auto stream = ex->start_stream(head.status, std::move(head.headers), framing);
-  if (!stream) return body->cancel();
-  stream->on_close([body] { body->cancel(); });
-  body->attach({[stream, body](std::string_view bytes) {
-                  if (!stream->send(bytes)) return false;  // the caller left: on_close cancels
-                  if (stream->queued() < k_window) return true;
-                  stream->on_drained([body] { body->resume(); });
-                  return false;
-                },
-                [stream](bool complete) {
-                  if (complete) stream->finish();
-                  else stream->close();  // a cut-off body must not look complete
-                }});
-}
-
-}  // namespace
-
 Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& events, store::Store& store,
          const Clock& clock, ApiOptions options)
     : m_tokens(tokens),
@@ -243,13 +229,15 @@ Api::Api(net::Loop& loop, refresh::TokenService& tokens, refresh::EventBus& even
       m_options(std::move(options)),
       m_started(clock.mono_now()),
       m_streams(std::make_unique<Streams>(loop, m_options.heartbeat)),
-      m_waits(std::make_unique<Waits>(loop, events)) {}
+      m_waits(std::make_unique<Waits>(loop, events)),
+      m_endpoints(std::make_unique<StandinEndpoints>(loop, tokens, m_options.endpoint_limits)) {}
 
 Api::~Api() { close(); }
 
 void Api::close() {
   if (m_streams) m_streams->close();
   if (m_waits) m_waits->close();
+  if (m_endpoints) m_endpoints->close_all();
 }
 
 // Answers a token request; with wait_s > 0 a profile that needs a login
@@ -291,21 +279,6 @@ void Api::answer_token(const std::shared_ptr<Exchange>& ex, const std::string& n
 
 void Api::forward(const std::shared_ptr<Exchange>& ex, proxy::ProxyCall call, std::int64_t wait_s) {
   if (m_proxy == nullptr) return ex->respond(Response::error(503, "unavailable", "the proxy is not available"));
-  const Request& req = ex->request();
-  call.method = req.method;
-  call.headers = req.headers;
-  call.body = req.body;
-  call.body_spool = req.body_spool;
-  call.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
-  call.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
-  if (auto wait = req.header("x-tokend-retry-wait")) {
-    std::int64_t n = -1;
-    const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), n);
-    if (ec != std::errc{} || end != wait->data() + wait->size() || n < 0 || n > 60) {
-      return ex->respond(Response::error(400, "invalid_argument", "X-Tokend-Retry-Wait must be a number of seconds from 0 to 60"));
-    }
-    call.retry_wait_s = n;
-  }
   // A call that may wait for a login goes again afterwards: keep a copy (a
   // large body stays in its spool file, shared).
   std::optional<proxy::ProxyCall> again;
@@ -313,46 +286,16 @@ void Api::forward(const std::shared_ptr<Exchange>& ex, proxy::ProxyCall call, st
   const std::string name = call.profile;
   m_proxy->forward(std::move(call), [this, ex, name, wait_s, again = std::move(again)](
                                         std::expected<proxy::ProxyResult, proxy::ProxyError> r) mutable {
-    if (!r) {
-      const Error& e = r.error().error;
-      if (e.code == Errc::reauth_required && again) {
-        auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"},
-                                    std::chrono::seconds(wait_s),
-                                    [this, ex, name, call = std::move(*again), error = e](bool happened) mutable {
-                                      if (!happened) return ex->respond(reauth_error(error, name));
-                                      forward(ex, std::move(call), 0);
-                                    });
-        if (waiting) return;
-      }
-      Response res;
-      std::string_view code = errc_name(e.code);
-      switch (e.code) {
-        case Errc::permission: res = Response::error(403, code = "policy_denied", e.message); break;
-        case Errc::limit_exceeded:
-          res = Response::error(429, code = "rate_limited", e.message);
-          if (r.error().retry_after) {
-            res.headers.emplace_back("Retry-After", std::to_string((r.error().retry_after->count() + 999) / 1000));
-          }
-          break;
-        case Errc::transient: res = Response::error(502, code = "upstream_unreachable", e.message); break;
-        case Errc::timeout: res = Response::error(504, code = "upstream_timeout", e.message); break;
-        case Errc::reauth_required: res = reauth_error(e, name); break;
-        default: res = error_response(e); break;
-      }
-      // Tells tokend's own refusals from the upstream's (whose X-Tokend-*
-      // headers never pass): tokenctl mcp turns them into JSON-RPC errors.
-      res.headers.emplace_back("X-Tokend-Error", std::string(code));
-      return ex->respond(std::move(res));
+    if (!r && r.error().error.code == Errc::reauth_required && again) {
+      auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"},
+                                  std::chrono::seconds(wait_s),
+                                  [this, ex, name, call = std::move(*again), error = r.error()](bool happened) mutable {
+                                    if (!happened) return respond_proxied(ex, name, std::unexpected(std::move(error)));
+                                    forward(ex, std::move(call), 0);
+                                  });
+      if (waiting) return;
     }
-    Response res;
-    res.status = r->status;
-    for (auto& [k, v] : r->headers) {
-      if (k.size() == 6 && ::strncasecmp(k.data(), "server", 6) == 0) continue;
-      res.headers.emplace_back(std::move(k), std::move(v));
-    }
-    if (r->stream) return stream_answer(ex, std::move(res), std::move(r->stream));
-    res.body = std::move(r->body);
-    ex->respond(std::move(res));
+    respond_proxied(ex, name, std::move(r));
   });
 }
 
@@ -363,6 +306,53 @@ void Api::audit_peer(const std::shared_ptr<Exchange>& ex, std::string_view kind,
   e.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
   e.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
   (void)m_store.append_audit(e);  // best effort
+}
+
+// Opens a stand-in endpoint once the profile can give a token (waiting up to
+// wait_s for a login), and keeps it open while the caller's connection is.
+// The answer is one JSON line; the response then stays open, and its end
+// (tokenctl exited, was killed, or tokend drains) closes the endpoint.
+void Api::open_endpoint(const std::shared_ptr<Exchange>& ex, const std::string& name, std::int64_t wait_s,
+                        const Peer& audited) {
+  m_tokens.token_async(name, refresh::TokenRequest{30}, [this, ex, name, wait_s, audited](Result<refresh::TokenGrant> grant) {
+    if (!ex->pending()) return;
+    if (!grant) {
+      if (grant.error().code == Errc::reauth_required && wait_s > 0) {
+        auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"},
+                                    std::chrono::seconds(wait_s),
+                                    [this, ex, name, audited, error = grant.error()](bool happened) {
+                                      if (!happened) return ex->respond(reauth_error(error, name));
+                                      open_endpoint(ex, name, 0, audited);
+                                    });
+        if (waiting) return;
+      }
+      if (grant.error().code == Errc::reauth_required) return ex->respond(reauth_error(grant.error(), name));
+      return ex->respond(error_response(grant.error()));
+    }
+    if (m_proxy == nullptr) return ex->respond(Response::error(503, "unavailable", "the proxy is not available"));
+    auto opened = m_endpoints->open(*m_proxy, name, audited);
+    if (!opened) return ex->respond(error_response(opened.error()));
+    const std::string origin = fmt::format("http://127.0.0.1:{}", opened->port);
+    json::Json urls = json::Json::object();
+    for (const auto& [product, base] : opened->layout.urls) urls[product] = origin + base;
+    std::string user = "tokend";
+    if (auto p = m_tokens.profile_of(name); p && p->kind == store::CredentialKind::api_token) {
+      if (auto email = json::string_or(p->config, "email"); !email.empty()) user = std::move(email);
+    }
+    json::Json answer = {{"url", origin + opened->layout.base},
+                         {"urls", std::move(urls)},
+                         {"port", opened->port},
+                         {"user", user},
+                         {"standin", opened->standin.reveal()}};
+    auto stream = ex->start_stream(200, {{"Content-Type", "application/json"}, {"Cache-Control", "no-store"}},
+                                   StreamFraming{StreamFraming::Kind::close});
+    if (!stream) return m_endpoints->close(opened->id);
+    stream->on_close([this, id = opened->id] { m_endpoints->close(id); });
+    std::string line = answer.dump() + "\n";
+    stream->send(line);
+    secure_wipe(line);
+    secure_wipe(answer["standin"].get_ref<std::string&>());
+  });
 }
 
 void Api::register_routes(Router& router) {
@@ -542,17 +532,47 @@ void Api::register_routes(Router& router) {
     m_login->test(name, respond_json(ex, name));
   });
 
+  router.add("POST", "/v1/profiles/{name}/endpoint", [this](const std::shared_ptr<Exchange>& ex) {
+    const std::string name(ex->param("name"));
+    auto wait = int_param(ex->request(), "wait", 0, 3'600);
+    if (!wait) return ex->respond(error_response(wait.error()));
+    // Calls through the endpoint are audited as the caller, or as the
+    // command it names: its own child, started for the purpose.
+    Peer audited = ex->peer();
+    if (!ex->request().body.empty()) {
+      auto body = json::parse(ex->request().body, "request body");
+      if (!body) return ex->respond(error_response(body.error()));
+      if (!body->is_object()) return ex->respond(error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
+      for (const auto& [k, v] : body->items()) {
+        if (k != "pid") {
+          return ex->respond(error_response(Error{Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
+        }
+        if (!v.is_number_integer() || v.get<std::int64_t>() <= 0) {
+          return ex->respond(error_response(Error{Errc::invalid_argument, "field \"pid\" must be a process id"}));
+        }
+        const auto pid = static_cast<pid_t>(v.get<std::int64_t>());
+        if (pid != audited.pid && parent_of(pid) != std::optional<pid_t>(audited.pid)) {
+          return ex->respond(error_response(Error{Errc::invalid_argument, "field \"pid\" must name the caller or a child of it"}));
+        }
+        audited.pid = pid;
+      }
+    }
+    if (auto v = m_tokens.get(name); !v) return ex->respond(error_response(v.error()));
+    audit_peer(ex, "endpoint_opened", name);
+    open_endpoint(ex, name, wait->value_or(0), audited);
+  });
+
   // --- the proxy (DESIGN §8) ---
   auto proxy_route = [this](const std::shared_ptr<Exchange>& ex) {
     const Request& req = ex->request();
-    proxy::ProxyCall call;
-    call.profile = std::string(ex->param("name"));
+    std::string name(ex->param("name"));
     // The rest of the path exactly as decoded, not the router's segments
     // (which fold "//"): the proxy refuses what it does not like.
-    const std::string prefix = "/v1/proxy/" + call.profile + "/";
-    call.rest = req.path.starts_with(prefix) ? req.path.substr(prefix.size()) : std::string(ex->param("rest"));
-    if (const auto q = req.target.find('?'); q != std::string::npos) call.raw_query = req.target.substr(q + 1);
-    forward(ex, std::move(call), 0);
+    const std::string prefix = "/v1/proxy/" + name + "/";
+    std::string rest = req.path.starts_with(prefix) ? req.path.substr(prefix.size()) : std::string(ex->param("rest"));
+    auto call = proxy_call(req, name, std::move(rest), ex->peer());
+    if (!call) return ex->respond(error_response(call.error()));
+    forward(ex, std::move(*call), 0);
   };
   for (const char* method : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}) {
     router.add(method, "/v1/proxy/{name}/{rest...}", proxy_route, /*large_body=*/true);
@@ -569,10 +589,10 @@ void Api::register_routes(Router& router) {
         return ex->respond(Response::error(400, "invalid_argument", "X-Tokend-Wait must be a number of seconds from 0 to 3600"));
       }
     }
-    proxy::ProxyCall call;
-    call.profile = std::string(ex->param("name"));
-    call.mcp = true;
-    forward(ex, std::move(call), wait_s);
+    auto call = proxy_call(ex->request(), std::string(ex->param("name")), {}, ex->peer());
+    if (!call) return ex->respond(error_response(call.error()));
+    call->mcp = true;
+    forward(ex, std::move(*call), wait_s);
   };
   for (const char* method : {"GET", "POST", "DELETE"}) router.add(method, "/v1/mcp/{name}", mcp_route, /*large_body=*/true);
 
@@ -671,6 +691,15 @@ void Api::register_routes(Router& router) {
       out += fmt::format("tokend_proxy_latency_seconds_count {}\n", ps.count);
       metric("tokend_proxy_open_streams", "gauge", "Proxied answers still streaming to their callers.");
       out += fmt::format("tokend_proxy_open_streams {}\n", ps.open_streams);
+    }
+    const auto& eps = m_endpoints->stats();
+    metric("tokend_endpoints_open", "gauge", "Stand-in endpoints open now (tokenctl exec --endpoint).");
+    out += fmt::format("tokend_endpoints_open {}\n", eps.open);
+    metric("tokend_endpoints_opened_total", "counter", "Stand-in endpoints opened since start.");
+    out += fmt::format("tokend_endpoints_opened_total {}\n", eps.opened);
+    metric("tokend_endpoint_requests_total", "counter", "Requests to stand-in endpoints by result.");
+    for (const auto& [result, n] : eps.requests) {
+      out += fmt::format("tokend_endpoint_requests_total{{result=\"{}\"}} {}\n", result, n);
     }
     metric("tokend_waiting_requests", "gauge", "Token and login requests waiting for a login to finish.");
     out += fmt::format("tokend_waiting_requests {}\n", m_waits->size());

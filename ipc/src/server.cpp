@@ -1,5 +1,6 @@
 #include "ipc/server.hpp"
 
+#include <arpa/inet.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -69,13 +70,15 @@ std::string serialize(http::response<http::string_body>& res) {
 
 // ---------------------------------------------------------------------------
 
-class Server::Impl {
+class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
  public:
   Impl(net::Loop& loop, Router& router, ServerLimits limits)
       : m_loop(loop), m_router(router), m_limits(limits), m_own_uid(::geteuid()) {}
 
   Result<> listen_fd(int fd);
   Result<> listen_path(const std::filesystem::path& path);
+  Result<std::uint16_t> listen_loopback();
+  Result<> start_listening(uv_stream_t* listener);
   void on_connection(int status);
   void remove(Connection* c);
   void drain(std::chrono::milliseconds grace, std::function<void()> done);
@@ -90,7 +93,8 @@ class Server::Impl {
   uid_t m_own_uid;
   std::set<uid_t> m_allowed;
   DeniedPeerHook m_denied_hook;
-  uv_pipe_t* m_listener = nullptr;
+  uv_stream_t* m_listener = nullptr;  // a uv_pipe_t, or a uv_tcp_t for listen_loopback
+  bool m_tcp = false;
   std::filesystem::path m_socket_path;
   ino_t m_socket_inode = 0;
   std::map<Connection*, std::shared_ptr<Connection>> m_connections;
@@ -111,8 +115,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
  public:
   enum class State { idle, reading, busy, streaming, closing, lingering, closed };
 
-  Connection(Server::Impl& server) : m_server(server) {
-    m_pipe.data = this;
+  explicit Connection(std::shared_ptr<Server::Impl> server) : m_server(*server), m_keep_server(std::move(server)) {
     m_timer.data = this;
   }
 
@@ -128,7 +131,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     m_timer_checks_drained = true;
   }
   [[nodiscard]] std::size_t queued() const {
-    return uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&m_pipe));
+    return uv_stream_get_write_queue_size(&m_io.stream);
   }
   void close();
   void close_after_flush();
@@ -159,7 +162,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool check_body();
 
   Server::Impl& m_server;
-  uv_pipe_t m_pipe{};
+  // The server's state outlives its connections: the last close callback
+  // may run after ~Server.
+  std::shared_ptr<Server::Impl> m_keep_server;
+  // A Unix socket or, on a loopback listener, a TCP connection.
+  union Io {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_pipe_t pipe;
+    uv_tcp_t tcp;
+  } m_io{};
   uv_timer_t m_timer{};
   int m_pending_closes = 0;
   bool m_closing_handles = false;
@@ -287,14 +299,27 @@ class ExchangeImpl final : public Exchange {
 Result<> Connection::init(uv_stream_t* listener) {
   // Neither init can fail on Linux or macOS (they only fill in structures),
   // which keeps close() simple: both handles always exist.
-  (void)uv_pipe_init(m_server.m_loop.get(), &m_pipe, 0);
+  const bool tcp = listener->type == UV_TCP;
+  if (tcp) {
+    (void)uv_tcp_init(m_server.m_loop.get(), &m_io.tcp);
+  } else {
+    (void)uv_pipe_init(m_server.m_loop.get(), &m_io.pipe, 0);
+  }
+  m_io.handle.data = this;
   (void)uv_timer_init(m_server.m_loop.get(), &m_timer);
   m_pending_closes = 2;
-  if (const int rc = uv_accept(listener, reinterpret_cast<uv_stream_t*>(&m_pipe)); rc != 0) {
+  if (const int rc = uv_accept(listener, &m_io.stream); rc != 0) {
     return std::unexpected(net::uv_error(rc, "accepting a connection"));
   }
+  if (tcp) {
+    // A TCP peer has no credentials to read: the listener's handlers
+    // authenticate each request (see Server::listen_loopback).
+    (void)uv_tcp_nodelay(&m_io.tcp, 1);
+    m_peer = Peer{};
+    return {};
+  }
   uv_os_fd_t fd = -1;
-  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&m_pipe), &fd) != 0) {
+  if (uv_fileno(&m_io.handle, &fd) != 0) {
     return fail(Errc::io, "connection has no file descriptor");
   }
   auto peer = peer_of(fd);
@@ -312,7 +337,7 @@ void Connection::start(bool refuse_busy) {
     fail_request(503, "too many connections to tokend; try again");
     return;
   }
-  if (!m_server.uid_allowed(m_peer.uid)) {
+  if (!m_server.m_tcp && !m_server.uid_allowed(m_peer.uid)) {
     ++m_server.m_stats.peers_denied;
     spdlog::warn("refused connection from uid {} pid {}: not allowed to use tokend", m_peer.uid,
                  m_peer.pid);
@@ -327,7 +352,7 @@ void Connection::start(bool refuse_busy) {
 void Connection::resume_reading() {
   if (m_reading || is_closed()) return;
   const int rc = uv_read_start(
-      reinterpret_cast<uv_stream_t*>(&m_pipe),
+      &m_io.stream,
       [](uv_handle_t* h, size_t, uv_buf_t* buf) {
         auto* c = static_cast<Connection*>(h->data);
         // One buffer for all connections: reads are consumed synchronously.
@@ -351,18 +376,18 @@ void Connection::resume_reading() {
 }
 
 void Connection::maybe_pause_reading() {
-  const std::size_t queued = uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&m_pipe));
+  const std::size_t queued = uv_stream_get_write_queue_size(&m_io.stream);
   const bool too_much_input =
       m_inbuf.size() > m_server.m_limits.max_header_bytes + m_server.m_limits.max_body_bytes;
   if (m_reading && (queued > m_server.m_limits.max_write_queue_bytes || too_much_input)) {
-    uv_read_stop(reinterpret_cast<uv_stream_t*>(&m_pipe));
+    uv_read_stop(&m_io.stream);
     m_reading = false;
   }
 }
 
 bool Connection::peer_gone() {
   uv_os_fd_t fd = -1;
-  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&m_pipe), &fd) != 0) return true;
+  if (uv_fileno(&m_io.handle, &fd) != 0) return true;
   pollfd pfd{fd, POLLOUT, 0};
   return ::poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR)) != 0;
 }
@@ -741,7 +766,7 @@ void Connection::write(std::string data) {
   // request). Queue only what is left, behind anything already queued.
   if (m_pending_writes == 0) {
     uv_buf_t direct = uv_buf_init(data.data(), static_cast<unsigned>(data.size()));
-    const int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&m_pipe), &direct, 1);
+    const int n = uv_try_write(&m_io.stream, &direct, 1);
     if (n == static_cast<int>(data.size())) return;
     if (n > 0) data.erase(0, static_cast<std::size_t>(n));
     else if (n != UV_EAGAIN) {
@@ -756,7 +781,7 @@ void Connection::write(std::string data) {
   ++m_pending_writes;
   auto self = shared_from_this();
   // The WriteReq keeps a reference: the connection outlives its writes.
-  const int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&m_pipe), &buf, 1,
+  const int rc = uv_write(&w->req, &m_io.stream, &buf, 1,
                           [](uv_write_t* req, int status) {
                             auto* wr = static_cast<WriteReq*>(req->data);
                             auto* c = static_cast<Connection*>(req->handle->data);
@@ -792,7 +817,7 @@ void Connection::begin_linger() {
   auto* req = new uv_shutdown_t{};
   req->data = this;
   auto self = shared_from_this();
-  if (uv_shutdown(req, reinterpret_cast<uv_stream_t*>(&m_pipe), [](uv_shutdown_t* r, int) { delete r; }) != 0) {
+  if (uv_shutdown(req, &m_io.stream, [](uv_shutdown_t* r, int) { delete r; }) != 0) {
     delete req;
     close();
     return;
@@ -857,9 +882,13 @@ void Connection::close() {
   if (auto st = std::move(m_stream)) st->fire_closed();
   auto on_closed = [](uv_handle_t* h) {
     auto* c = static_cast<Connection*>(h->data);
-    if (--c->m_pending_closes == 0) c->m_server.remove(c);
+    if (--c->m_pending_closes != 0) return;
+    // remove() may free the connection, and with it the last reference to
+    // the server's state.
+    const auto server = c->m_keep_server;
+    server->remove(c);
   };
-  uv_close(reinterpret_cast<uv_handle_t*>(&m_pipe), on_closed);
+  uv_close(&m_io.handle, on_closed);
   uv_close(reinterpret_cast<uv_handle_t*>(&m_timer), on_closed);
 }
 
@@ -867,18 +896,47 @@ void Connection::close() {
 // Server::Impl
 
 Result<> Server::Impl::listen_fd(int fd) {
-  m_listener = new uv_pipe_t{};
-  if (const int rc = uv_pipe_init(m_loop.get(), m_listener, 0); rc != 0) {
-    delete m_listener;
-    m_listener = nullptr;
+  auto* pipe = new uv_pipe_t{};
+  if (const int rc = uv_pipe_init(m_loop.get(), pipe, 0); rc != 0) {
+    delete pipe;
     return std::unexpected(net::uv_error(rc, "initialising the listener"));
   }
+  m_listener = reinterpret_cast<uv_stream_t*>(pipe);
   m_listener->data = this;
-  if (const int rc = uv_pipe_open(m_listener, fd); rc != 0) {
+  if (const int rc = uv_pipe_open(pipe, fd); rc != 0) {
     close_listener();
     return std::unexpected(net::uv_error(rc, "using the listening socket"));
   }
-  const int rc = uv_listen(reinterpret_cast<uv_stream_t*>(m_listener), SOMAXCONN,
+  return start_listening(m_listener);
+}
+
+Result<std::uint16_t> Server::Impl::listen_loopback() {
+  auto* tcp = new uv_tcp_t{};
+  if (const int rc = uv_tcp_init(m_loop.get(), tcp); rc != 0) {
+    delete tcp;
+    return std::unexpected(net::uv_error(rc, "initialising the loopback listener"));
+  }
+  m_listener = reinterpret_cast<uv_stream_t*>(tcp);
+  m_listener->data = this;
+  m_tcp = true;
+  sockaddr_in addr{};
+  (void)uv_ip4_addr("127.0.0.1", 0, &addr);
+  if (const int rc = uv_tcp_bind(tcp, reinterpret_cast<const sockaddr*>(&addr), 0); rc != 0) {
+    close_listener();
+    return std::unexpected(net::uv_error(rc, "binding 127.0.0.1"));
+  }
+  sockaddr_storage bound{};
+  int len = sizeof bound;
+  if (const int rc = uv_tcp_getsockname(tcp, reinterpret_cast<sockaddr*>(&bound), &len); rc != 0) {
+    close_listener();
+    return std::unexpected(net::uv_error(rc, "reading the loopback port"));
+  }
+  if (auto r = start_listening(m_listener); !r) return std::unexpected(r.error());
+  return ntohs(reinterpret_cast<const sockaddr_in*>(&bound)->sin_port);
+}
+
+Result<> Server::Impl::start_listening(uv_stream_t* listener) {
+  const int rc = uv_listen(listener, SOMAXCONN,
                            [](uv_stream_t* s, int status) {
                              auto* self = static_cast<Server::Impl*>(s->data);
                              guarded("accept", [&] { self->on_connection(status); });
@@ -949,8 +1007,8 @@ void Server::Impl::on_connection(int status) {
     spdlog::warn("accept failed: {}", uv_strerror(status));
     return;
   }
-  auto conn = std::make_shared<Connection>(*this);
-  auto r = conn->init(reinterpret_cast<uv_stream_t*>(m_listener));
+  auto conn = std::make_shared<Connection>(shared_from_this());
+  auto r = conn->init(m_listener);
   m_connections.emplace(conn.get(), conn);
   if (!r) {
     spdlog::warn("{}", r.error().message);
@@ -972,7 +1030,13 @@ void Server::Impl::remove(Connection* c) {
 
 void Server::Impl::close_listener() {
   if (m_listener == nullptr) return;
-  uv_close(reinterpret_cast<uv_handle_t*>(m_listener), [](uv_handle_t* h) { delete reinterpret_cast<uv_pipe_t*>(h); });
+  uv_close(reinterpret_cast<uv_handle_t*>(m_listener), [](uv_handle_t* h) {
+    if (h->type == UV_TCP) {
+      delete reinterpret_cast<uv_tcp_t*>(h);
+    } else {
+      delete reinterpret_cast<uv_pipe_t*>(h);
+    }
+  });
   m_listener = nullptr;
   // Remove the socket file if it is still the one we created.
   if (!m_socket_path.empty()) {
@@ -1030,8 +1094,11 @@ void Server::Impl::close_all() {
 // ---------------------------------------------------------------------------
 
 Server::Server(net::Loop& loop, Router& router, ServerLimits limits)
-    : m_impl(std::make_unique<Impl>(loop, router, limits)) {}
+    : m_impl(std::make_shared<Impl>(loop, router, limits)) {}
 
+// Connections still closing keep the Impl alive until their close callbacks
+// have run (on the loop, which must run before it closes), so nothing here
+// waits and a Server may be destroyed from a loop callback.
 Server::~Server() {
   m_impl->m_drain_done = nullptr;
   m_impl->close_all();
@@ -1039,14 +1106,11 @@ Server::~Server() {
     uv_close(reinterpret_cast<uv_handle_t*>(m_impl->m_drain_timer), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     m_impl->m_drain_timer = nullptr;
   }
-  // Connections are freed by their close callbacks, which need the Impl:
-  // run the loop until they have happened.
-  // Never call this from inside a loop callback.
-  while (!m_impl->m_connections.empty()) uv_run(m_impl->m_loop.get(), UV_RUN_NOWAIT);
 }
 
 Result<> Server::listen_path(const std::filesystem::path& path) { return m_impl->listen_path(path); }
 Result<> Server::listen_fd(int fd) { return m_impl->listen_fd(fd); }
+Result<std::uint16_t> Server::listen_loopback() { return m_impl->listen_loopback(); }
 void Server::set_allowed_uids(std::set<uid_t> uids) { m_impl->m_allowed = std::move(uids); }
 void Server::set_limits(const ServerLimits& limits) { m_impl->m_limits = limits; }
 void Server::on_denied_peer(DeniedPeerHook hook) { m_impl->m_denied_hook = std::move(hook); }

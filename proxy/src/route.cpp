@@ -74,7 +74,9 @@ std::string joined(const std::vector<std::string_view>& segments) {
   return out;
 }
 
-// Where jira/... or confluence/... goes for an API token or PAT profile.
+
+}  // namespace
+
 Result<std::string> site_base(const store::Profile& p, std::string_view product) {
   const std::string site = trimmed_base(json::string_or(p.config, "site"));
   const std::string own = trimmed_base(json::string_or(p.config, product == "jira" ? "jira_base" : "confluence_base"));
@@ -89,8 +91,6 @@ Result<std::string> site_base(const store::Profile& p, std::string_view product)
   if (base.empty()) return fail(Errc::config, fmt::format("profile '{}' has no site", p.name));
   return base;
 }
-
-}  // namespace
 
 Result<std::string> upstream_url(const store::Profile& p, std::string_view rest, std::string_view raw_query) {
   if (rest.empty()) return std::unexpected(bad("the proxied path is empty; e.g. /v1/proxy/NAME/jira/rest/api/3/myself"));

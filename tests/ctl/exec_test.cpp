@@ -87,3 +87,47 @@ TEST_CASE("the child's environment: tokenctl's, with the token variables replace
                                                                       "JIRA_OAUTH_ACCESS_TOKEN=new", "EXTRA=x=y"});
   CHECK(merge_environment({}, vars).size() == 3);
 }
+
+TEST_CASE("exec --endpoint: the URL and stand-in variables, defaults and names asked for", "[ctl][exec][env]") {
+  using tokend::ctl::EndpointEnvInput;
+  using tokend::ctl::EndpointEnvNames;
+  using tokend::ctl::exec_endpoint_env;
+  const Vars products = {{"confluence", "http://127.0.0.1:5/ex/confluence/c/wiki"}, {"jira", "http://127.0.0.1:5/ex/jira/c"}};
+  const EndpointEnvInput oauth{"oauth2", "atlassian", "c", "http://127.0.0.1:5", products, "STANDIN", "tokend"};
+  auto vars = exec_endpoint_env(oauth, EndpointEnvNames{{"JIRA_URL=jira", "BASE", "TOKEND_URL=confluence"},
+                                                        {"JIRA_PERSONAL_TOKEN"},
+                                                        {"JIRA_USERNAME"}});
+  REQUIRE(vars);
+  const Vars want = {{"TOKEND_URL", "http://127.0.0.1:5/ex/confluence/c/wiki"},  // asked for wins over the default
+                     {"TOKEND_JIRA_URL", "http://127.0.0.1:5/ex/jira/c"},
+                     {"TOKEND_CONFLUENCE_URL", "http://127.0.0.1:5/ex/confluence/c/wiki"},
+                     {"TOKEND_TOKEN", "STANDIN"},
+                     {"TOKEND_TOKEN_TYPE", "Bearer"},
+                     {"TOKEND_AUTHORIZATION", "Bearer STANDIN"},
+                     {"TOKEND_USER", "tokend"},
+                     {"JIRA_OAUTH_ACCESS_TOKEN", "STANDIN"},
+                     {"JIRA_OAUTH_CLOUD_ID", "c"},
+                     {"JIRA_URL", "http://127.0.0.1:5/ex/jira/c"},
+                     {"BASE", "http://127.0.0.1:5"},
+                     {"JIRA_PERSONAL_TOKEN", "STANDIN"},
+                     {"JIRA_USERNAME", "tokend"}};
+  CHECK(*vars == want);
+
+  const EndpointEnvInput generic{"oauth2", "generic", "", "http://127.0.0.1:5/v2", {}, "S", "tokend"};
+  auto plain = exec_endpoint_env(generic, {});
+  REQUIRE(plain);
+  for (const auto& [k, v] : *plain) {
+    CHECK(k.rfind("JIRA", 0) != 0);
+    CHECK(k != "TOKEND_JIRA_URL");
+  }
+  auto no_product = exec_endpoint_env(generic, EndpointEnvNames{{"X=jira"}, {}, {}});
+  REQUIRE_FALSE(no_product);
+  CHECK(no_product.error().message.find("one base URL") != std::string::npos);
+  auto unknown = exec_endpoint_env(oauth, EndpointEnvNames{{"X=bitbucket"}, {}, {}});
+  REQUIRE_FALSE(unknown);
+  CHECK(unknown.error().message.find("confluence, jira") != std::string::npos);
+  for (const EndpointEnvNames& bad : {EndpointEnvNames{{"1X"}, {}, {}}, EndpointEnvNames{{}, {"A-B"}, {}},
+                                      EndpointEnvNames{{}, {}, {""}}}) {
+    CHECK_FALSE(exec_endpoint_env(oauth, bad));
+  }
+}

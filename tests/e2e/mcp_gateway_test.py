@@ -329,7 +329,7 @@ class McpGatewayTest(unittest.TestCase):
         self.assertIn("has never signed in", b.stderr())
         self.assertEqual(self.state(), "valid")
         tools = b.call("tools/list")["result"]["tools"]
-        self.assertEqual(sorted(t["name"] for t in tools), ["echo", "notify", "region"])
+        self.assertEqual(sorted(t["name"] for t in tools), ["echo", "notify", "region", "stamp"])
         self.assert_tool_works(b)
         r = b.call("tools/call", {"name": "region", "arguments": {"region": "eu-1", "query": "q"}})
         self.assertEqual(r["result"]["content"][0]["text"], "eu-1: q")
@@ -527,7 +527,7 @@ class McpGatewayTest(unittest.TestCase):
                 self.assertEqual(r.returncode, 0, r.stderr)
                 out = json.loads(r.stdout.strip().splitlines()[-1])
                 self.assertTrue(out["ok"], out)
-                self.assertEqual(out["tools"], ["echo", "notify", "region"])
+                self.assertEqual(out["tools"], ["echo", "notify", "region", "stamp"])
                 self.assertEqual((out["echo"], out["region"], out["version"]), ("through tokend", "eu-1: q", version))
 
 

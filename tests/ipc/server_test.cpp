@@ -1,6 +1,8 @@
 // The API server on a real loop and a real socket. The loop runs on its own
 // thread; the test thread is the client. Every test ends with the server
 // drained or closed and uv_loop_close() == 0.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -355,5 +357,68 @@ TEST_CASE("a live server on the socket is refused; a stale socket is replaced", 
     ipc::Server third(loop, router, {});
     CHECK(third.listen_path(stale));
   }
+  CHECK(loop.close() == 0);
+}
+
+TEST_CASE("a loopback listener serves TCP peers and its Server may be destroyed from a loop callback", "[ipc][server]") {
+  net::Loop loop;
+  ipc::Router router;
+  std::unique_ptr<ipc::Server> server;
+  std::shared_ptr<ipc::Exchange> held;
+  router.add("GET", "/{rest...}", [&](const std::shared_ptr<ipc::Exchange>& ex) {
+    if (ex->request().path == "/hold") {
+      held = ex;  // unanswered while the server goes away
+      return;
+    }
+    ex->respond(ipc::Response::json(200, {{"path", ex->request().path}, {"uid", ex->peer().uid}}));
+  });
+  server = std::make_unique<ipc::Server>(loop, router, ipc::ServerLimits{});
+  auto port = server->listen_loopback();
+  REQUIRE(port);
+  CHECK(*port != 0);
+
+  // The client runs on its own thread; the loop thread ends the server once
+  // a request is being held, from inside a timer callback.
+  std::promise<std::string> first;
+  std::promise<std::string> second;
+  std::thread client([&, p = *port] {
+    auto request = [&](const std::string& path) {
+      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(p);
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(fd);
+        return std::string("connect failed");
+      }
+      const std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+      (void)::send(fd, req.data(), req.size(), 0);
+      std::string out;
+      char buf[4096];
+      for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+      ::close(fd);
+      return out;
+    };
+    first.set_value(request("/a/b"));
+    second.set_value(request("/hold"));
+  });
+  auto timer = net::Timer::create(loop);
+  REQUIRE(timer);
+  int ticks = 0;
+  timer->start(5, 5, [&] {
+    if (!held && ++ticks < 2000) return;  // gives up after 10 s (the checks below then fail)
+    server.reset();  // from a loop callback, with a request in flight
+    timer->close();
+  });
+  loop.run();
+  client.join();
+  const std::string a = first.get_future().get();
+  CHECK(status_of(a) == 200);
+  CHECK(a.find("\"path\":\"/a/b\"") != std::string::npos);
+  CHECK(second.get_future().get().empty());  // closed without an answer
+  REQUIRE(held);
+  CHECK_FALSE(held->pending());
+  held.reset();
   CHECK(loop.close() == 0);
 }

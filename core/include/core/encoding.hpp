@@ -15,6 +15,8 @@ std::optional<std::string> hex_decode(std::string_view hex);
 
 std::string base64url_encode(std::string_view bytes);  // no padding
 std::string base64_encode(std::string_view bytes);     // with padding
+// Standard alphabet with padding (RFC 4648 §4); nullopt when malformed.
+std::optional<std::string> base64_decode(std::string_view text);
 
 // application/x-www-form-urlencoded / RFC 3986 unreserved kept, space as '+'.
 std::string form_encode(std::string_view s);

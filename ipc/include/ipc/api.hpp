@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/clock.hpp"
+#include "ipc/endpoint.hpp"
 #include "ipc/router.hpp"
 #include "ipc/server.hpp"
 #include "net/loop.hpp"
@@ -19,6 +20,13 @@ namespace tokend::ipc {
 struct ApiOptions {
   std::string version;
   std::chrono::milliseconds heartbeat{15'000};  // SSE comment line interval
+  // Each stand-in endpoint's listener (POST /v1/profiles/{name}/endpoint):
+  // every local user can connect to it, so its connections are few.
+  ServerLimits endpoint_limits = [] {
+    ServerLimits l;
+    l.max_connections = 64;
+    return l;
+  }();
 };
 
 class Api {
@@ -36,7 +44,8 @@ class Api {
   void set_login(refresh::LoginManager* login) { m_login = login; }
   // /v1/proxy answers 503 without one.
   void set_proxy(proxy::Proxy* proxy) { m_proxy = proxy; }
-  // Ends every event stream and stops the heartbeat.
+  // Ends every event stream, closes every stand-in endpoint and stops the
+  // heartbeat.
   void close();
 
   class Streams;
@@ -50,6 +59,8 @@ class Api {
   void answer_token(const std::shared_ptr<Exchange>& ex, const std::string& name, const refresh::TokenRequest& req,
                     std::int64_t wait_s, Result<refresh::TokenGrant> grant);
   void audit_peer(const std::shared_ptr<Exchange>& ex, std::string_view kind, std::string_view profile);
+  void open_endpoint(const std::shared_ptr<Exchange>& ex, const std::string& name, std::int64_t wait_s,
+                     const Peer& audited);
 
   refresh::TokenService& m_tokens;
   refresh::EventBus& m_events;
@@ -60,6 +71,7 @@ class Api {
   MonoTime m_started;
   std::unique_ptr<Streams> m_streams;
   std::unique_ptr<Waits> m_waits;
+  std::unique_ptr<StandinEndpoints> m_endpoints;
   refresh::LoginManager* m_login = nullptr;
   proxy::Proxy* m_proxy = nullptr;
   // profile -> result ("ok" or an error code) -> count; looked up without

@@ -1,7 +1,8 @@
-// HTTP/1.1 on a Unix socket, on the libuv loop (DESIGN §7).
+// HTTP/1.1 on a Unix socket, on the libuv loop (DESIGN §7), or on a loopback
+// TCP port (the stand-in endpoints of tokenctl exec --endpoint, DESIGN §11).
 //
-// Peer credentials are read at accept: only allowed uids get in; anyone else
-// gets 403 and an audit callback. Requests are parsed with Beast on plain
+// On a Unix socket peer credentials are read at accept: only allowed uids
+// get in; anyone else gets 403 and an audit callback. Requests are parsed with Beast on plain
 // buffers, answered in order (pipelining works), and every limit has its
 // answer: 431 (header bytes), 413 (body bytes), 503 (connections), 408
 // (request not complete in time); idle keep-alive connections are closed.
@@ -56,6 +57,11 @@ class Server {
   Result<> listen_path(const std::filesystem::path& path);
   // Serves an already listening socket (systemd socket activation).
   Result<> listen_fd(int fd);
+  // Listens on 127.0.0.1 at a port the kernel picks and returns it. A TCP
+  // peer has no credentials to check: every local user can connect, so the
+  // router's handlers must authenticate each request themselves. One
+  // listener per Server.
+  Result<std::uint16_t> listen_loopback();
 
   void set_allowed_uids(std::set<uid_t> uids);  // the daemon's own uid is always allowed
   void set_limits(const ServerLimits& limits);
@@ -64,7 +70,9 @@ class Server {
   // Stops accepting, lets requests in flight finish (streams are closed),
   // then calls `done`. Connections still busy after `grace` are closed.
   void drain(std::chrono::milliseconds grace, std::function<void()> done);
-  // Closes everything now.
+  // Closes everything now. The Server may be destroyed from a loop callback:
+  // connections still closing hold what they need until their close
+  // callbacks have run.
   void close();
 
   [[nodiscard]] const ServerStats& stats() const;
@@ -72,7 +80,7 @@ class Server {
   class Impl;
 
  private:
-  std::unique_ptr<Impl> m_impl;
+  std::shared_ptr<Impl> m_impl;
 };
 
 // Peer credentials of a connected Unix socket.

@@ -27,6 +27,12 @@ using Headers = std::vector<std::pair<std::string, std::string>>;
 // plain); Errc::config when the profile lacks what the route needs.
 Result<std::string> upstream_url(const store::Profile& profile, std::string_view rest, std::string_view raw_query);
 
+// Where jira/... or confluence/... goes for a profile that reaches the site
+// itself (API token, PAT, atlassian-dc OAuth): the product's configured base
+// (jira_base, confluence_base), else the site (Confluence Cloud under
+// /wiki). Errc::config without a site.
+Result<std::string> site_base(const store::Profile& profile, std::string_view product);
+
 // Whether the Atlassian cloud id is needed (and missing) for this call.
 bool needs_cloud_id(const store::Profile& profile, std::string_view rest);
 
