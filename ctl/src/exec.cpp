@@ -28,17 +28,24 @@ bool is_env_name(std::string_view name) {
   });
 }
 
+namespace {
+
+// Sets NAME in `vars`, replacing an earlier value (the last one given wins).
+void set_var(std::vector<std::pair<std::string, std::string>>& vars, std::string_view name, std::string_view value) {
+  const auto it = std::find_if(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
+  if (it != vars.end()) {
+    it->second.assign(value);
+  } else {
+    vars.emplace_back(std::string(name), std::string(value));
+  }
+}
+
+}  // namespace
+
 std::vector<std::pair<std::string, std::string>> exec_token_env(const TokenEnvInput& in,
                                                                 std::span<const std::string> extra) {
   std::vector<std::pair<std::string, std::string>> vars;
-  auto set = [&](std::string_view name, std::string_view value) {
-    const auto it = std::find_if(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
-    if (it != vars.end()) {
-      it->second.assign(value);
-    } else {
-      vars.emplace_back(std::string(name), std::string(value));
-    }
-  };
+  auto set = [&](std::string_view name, std::string_view value) { set_var(vars, name, value); };
   set("TOKEND_TOKEN", in.token);
   set("TOKEND_TOKEN_TYPE", in.token_type);
   set("TOKEND_AUTHORIZATION", in.authorization);
@@ -54,14 +61,7 @@ std::vector<std::pair<std::string, std::string>> exec_token_env(const TokenEnvIn
 Result<std::vector<std::pair<std::string, std::string>>> exec_endpoint_env(const EndpointEnvInput& in,
                                                                            const EndpointEnvNames& names) {
   std::vector<std::pair<std::string, std::string>> vars;
-  auto set = [&](std::string_view name, std::string_view value) {
-    const auto it = std::find_if(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
-    if (it != vars.end()) {
-      it->second.assign(value);
-    } else {
-      vars.emplace_back(std::string(name), std::string(value));
-    }
-  };
+  auto set = [&](std::string_view name, std::string_view value) { set_var(vars, name, value); };
   auto product_url = [&](std::string_view product) -> const std::string* {
     const auto it = std::find_if(in.product_urls.begin(), in.product_urls.end(),
                                  [&](const auto& p) { return p.first == product; });
