@@ -17,7 +17,7 @@
 
 #include "core/clock.hpp"
 #include "core/random.hpp"
-#include "store/store.hpp"
+#include "store/sqlcipher_store.hpp"
 
 using namespace tokend;
 using BenchClock = std::chrono::steady_clock;
@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
   const store::DbKey key{*random_secret(store::k_raw_key_bytes), store::KeyKind::raw, "bench key"};
   SystemClock clock;
   {
-    auto s = store::Store::open(db, key, clock);
+    auto s = store::SqlcipherStore::open(db, key, clock);
     if (!s) {
       std::fprintf(stderr, "%s\n", s.error().message.c_str());
       return 1;
@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
     std::printf("credential read            median %8.1f us   p99 %8.1f us   (n=%d)\n", r.median_us, r.p99_us, iterations * 10);
   }
   auto open = time_each(std::max(20, iterations / 10), [&](int) {
-    auto s = store::Store::open(db, key, clock);
+    auto s = store::SqlcipherStore::open(db, key, clock);
     if (!s || !s->get_credential("profile-7")) std::abort();
   });
   const auto o = summarise(open);

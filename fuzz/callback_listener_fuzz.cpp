@@ -9,7 +9,7 @@
 #include <memory>
 #include <optional>
 
-#include "ipc/callback_listener.hpp"
+#include "login/callback_listener.hpp"
 #include "loop_peer.hpp"
 
 using namespace tokend;
@@ -31,19 +31,19 @@ std::uint16_t free_port() {
 
 struct World {
   net::Loop loop;
-  std::unique_ptr<ipc::UvCallbackPort> port;
-  std::unique_ptr<refresh::CallbackListener> listener;
+  std::unique_ptr<login::UvCallbackPort> port;
+  std::unique_ptr<login::CallbackListener> listener;
   std::uint16_t number = 0;
   std::optional<net::Timer> tick;
 
   World() {
-    port = std::make_unique<ipc::UvCallbackPort>(loop);
+    port = std::make_unique<login::UvCallbackPort>(loop);
     number = free_port();
     // Answers like the login manager: the callback path with a matching state
     // gets the page, everything else an error; the flow itself stays.
-    auto listening = port->listen("127.0.0.1", number, [](const refresh::CallbackRequest& req, auto reply) {
+    auto listening = port->listen("127.0.0.1", number, [](const login::CallbackRequest& req, auto reply) {
       const bool ok = req.path == "/callback" && req.query.find("state=s3cr3t") != std::string::npos;
-      reply(refresh::CallbackReply{ok ? 200 : 400, ok ? "<p>done</p>" : "<p>no</p>"});
+      reply(login::CallbackReply{ok ? 200 : 400, ok ? "<p>done</p>" : "<p>no</p>"});
     });
     if (!listening) std::abort();
     listener = std::move(*listening);

@@ -3,15 +3,15 @@
 #include <cstdint>
 
 #include "fuzz_input.hpp"
-#include "refresh/discovery.hpp"
+#include "oauth/discovery.hpp"
 
 using namespace tokend;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   fuzz::Input in(data, size);
-  if (const auto url = refresh::resource_metadata_of(in.rest()); url) {
-    (void)refresh::protected_resource_urls(*url);
+  if (const auto url = oauth::resource_metadata_of(in.rest()); url) {
+    (void)oauth::protected_resource_urls(*url);
   }
-  (void)refresh::metadata_urls(in.rest());
+  (void)oauth::metadata_urls(in.rest());
   return 0;
 }

@@ -21,7 +21,7 @@
 #include <string_view>
 #include <vector>
 
-#include "ctl/mcp_framing.hpp"
+#include "ctl/mcp/framing.hpp"
 #include "fuzz_input.hpp"
 
 using namespace tokend;

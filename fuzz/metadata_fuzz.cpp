@@ -6,7 +6,7 @@
 
 #include "fuzz_input.hpp"
 #include "net/url.hpp"
-#include "refresh/discovery.hpp"
+#include "oauth/discovery.hpp"
 
 using namespace tokend;
 
@@ -17,15 +17,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const auto doc = json::parse(in.rest(), "metadata");
   if (!doc) return 0;
   if ((which & 2) != 0) {
-    if (const auto as = refresh::check_server_metadata(*doc, expected); as) {
+    if (const auto as = oauth::check_server_metadata(*doc, expected); as) {
       // Whatever is accepted names the expected issuer (a trailing '/' aside,
       // which tokend tolerates on purpose: issuers are written both ways).
       auto bare = [](std::string_view v) { return v.ends_with('/') ? v.substr(0, v.size() - 1) : v; };
       if (bare(json::string_or(*as, "issuer")) != bare(expected)) std::abort();
     }
-  } else if (const auto pr = refresh::check_resource_metadata(*doc, expected); pr) {
-    if (!refresh::same_resource(pr->resource, expected)) std::abort();
-    for (const auto& server : pr->authorization_servers) (void)refresh::metadata_urls(server);
+  } else if (const auto pr = oauth::check_resource_metadata(*doc, expected); pr) {
+    if (!oauth::same_resource(pr->resource, expected)) std::abort();
+    for (const auto& server : pr->authorization_servers) (void)oauth::metadata_urls(server);
   }
   return 0;
 }

@@ -6,9 +6,9 @@
 #include <cstdlib>
 
 #include "fuzz_input.hpp"
-#include "ipc/endpoint.hpp"
+#include "gateway/endpoint.hpp"
 #include "net/url.hpp"
-#include "proxy/mirror.hpp"
+#include "gateway/mirror.hpp"
 #include "proxy/route.hpp"
 
 using namespace tokend;
@@ -65,13 +65,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (!value.empty()) req.headers.emplace_back(name, std::string(value));
   }
   req.path = std::string(in.rest());
-  if (!ipc::check_standin_request(req, k_port, standin)) {
+  if (!gateway::check_standin_request(req, k_port, standin)) {
     const auto host = req.header("host");
     const auto auth = req.header("authorization");
     if (!host || host->find(":40123") == std::string_view::npos || !auth) std::abort();
   }
   const auto profile = profile_of(which);
-  const auto rest = proxy::mirrored_rest(profile, req.path);
+  const auto rest = gateway::mirrored_rest(profile, req.path);
   if (!rest) return 0;
   const auto url = proxy::upstream_url(profile, *rest, "");
   if (!url) return 0;

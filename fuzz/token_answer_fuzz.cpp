@@ -5,7 +5,7 @@
 #include <cstdlib>
 
 #include "fuzz_input.hpp"
-#include "refresh/oauth.hpp"
+#include "oauth/protocol.hpp"
 
 using namespace tokend;
 
@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   response.body = Secret(in.rest());
 
   const WallTime sent_at{std::chrono::milliseconds{1'700'000'000'000}};
-  const auto result = refresh::interpret_token_response(Result<net::HttpResponse>(std::move(response)),
+  const auto result = oauth::interpret_token_response(Result<net::HttpResponse>(std::move(response)),
                                                         sent_at, std::chrono::seconds{3600});
   if (result) {
     // A token set that reaches the store may go into headers, sinks and
@@ -44,6 +44,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   } else if (has_control(result.error().message)) {
     std::abort();  // messages reach logs and listings
   }
-  (void)refresh::parse_retry_after(retry_after, sent_at);
+  (void)oauth::parse_retry_after(retry_after, sent_at);
   return 0;
 }

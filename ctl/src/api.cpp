@@ -135,7 +135,7 @@ std::optional<TokendError> parse_tokend_error(std::string_view body) {
   return out;
 }
 
-std::string render_response_head(const ipc::ResponseHead& head) {
+std::string render_response_head(const client::ResponseHead& head) {
   std::string out = fmt::format("HTTP/1.1 {}", head.status);
   if (!head.reason.empty()) out += " " + head.reason;
   out += "\n";

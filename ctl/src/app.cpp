@@ -34,9 +34,9 @@
 #include "ctl/import.hpp"
 #include "ctl/input.hpp"
 #include "ctl/interrupt.hpp"
-#include "ctl/mcp_bridge.hpp"
-#include "ctl/mcp_config.hpp"
-#include "ipc/client.hpp"
+#include "ctl/mcp/bridge.hpp"
+#include "ctl/mcp/config.hpp"
+#include "client/client.hpp"
 
 namespace tokend::ctl {
 
@@ -149,7 +149,7 @@ std::string error_message(const json::Json& body, std::string fallback) {
 // A call to tokend. On failure `exit` is the exit code and `message` says
 // why; the message is printed unless the caller asked for a quiet call.
 struct Call {
-  std::optional<ipc::ClientResponse> response;
+  std::optional<client::ClientResponse> response;
   json::Json body;
   int exit = k_ok;
   std::string message;
@@ -166,7 +166,7 @@ Call call(const Ctx& ctx, std::string_view method, const std::string& target, st
     if (report == Report::print) error(ctx, c.message, code);
     return c;
   };
-  auto client = ipc::Client::connect(ctx.socket);
+  auto client = client::Client::connect(ctx.socket);
   if (!client) {
     auto f = connect_failure(client.error());
     return finish(std::move(f.message), f.exit);
@@ -838,7 +838,7 @@ int wait_for_login(const Ctx& ctx, LoginWait& w, const InterruptWatch& interrupt
     std::string& s;
     ~Wipe() { secure_wipe(s); }
   } wipe{pasted};
-  std::optional<ipc::Client> poller;
+  std::optional<client::Client> poller;
   std::optional<clock::time_point> answer_due;  // set while a GET is outstanding
   const std::string lost = fmt::format("lost the connection to tokend at {}; {}", ctx.socket.string(), k_start_hint);
 
@@ -858,7 +858,7 @@ int wait_for_login(const Ctx& ctx, LoginWait& w, const InterruptWatch& interrupt
     }
     if (!answer_due) {
       if (!poller) {
-        auto c = ipc::Client::connect(ctx.socket);
+        auto c = client::Client::connect(ctx.socket);
         if (!c) {
           const auto f = connect_failure(c.error());
           return error(ctx, f.message, f.exit);
@@ -1075,7 +1075,7 @@ int cmd_api(Ctx& ctx, const std::vector<std::string>& args) {
   const bool include = vm.count("include") != 0;
   const auto timeout = std::chrono::seconds(seconds(vm, "timeout", 86'400).value_or(120));
 
-  ipc::Headers headers;
+  client::Headers headers;
   bool has_content_type = false;
   if (vm.count("header") != 0) {
     for (const auto& h : vm["header"].as<std::vector<std::string>>()) {
@@ -1096,26 +1096,26 @@ int cmd_api(Ctx& ctx, const std::vector<std::string>& args) {
   // The body source is opened before anything is sent: a missing file is a
   // usage error and tokend never sees half a request.
   const auto data = parse_data_arg(opt(vm, "data"));
-  std::optional<ipc::BodyReader> body;
+  std::optional<client::BodyReader> body;
   FdCloser file;
   if (data) {
     if (!has_content_type) headers.emplace_back("Content-Type", "application/json");
     switch (data->kind) {
-      case DataArg::Kind::literal: body = ipc::BodyReader::from_string(data->value); break;
-      case DataArg::Kind::stdin_stream: body = ipc::BodyReader::from_fd(::fileno(ctx.io.in), "standard input"); break;
+      case DataArg::Kind::literal: body = client::BodyReader::from_string(data->value); break;
+      case DataArg::Kind::stdin_stream: body = client::BodyReader::from_fd(::fileno(ctx.io.in), "standard input"); break;
       case DataArg::Kind::file: {
         if (data->value.empty()) throw UsageError{"--data @FILE needs a file name after the @"};
         file.fd = ::open(data->value.c_str(), O_RDONLY | O_CLOEXEC);
         if (file.fd < 0) throw UsageError{fmt::format("cannot open {}: {}", data->value, errno_text(errno))};
         struct stat st {};
         if (::fstat(file.fd, &st) == 0 && S_ISDIR(st.st_mode)) throw UsageError{data->value + " is a directory"};
-        body = ipc::BodyReader::from_fd(file.fd, data->value);
+        body = client::BodyReader::from_fd(file.fd, data->value);
         break;
       }
     }
   }
 
-  auto client = ipc::Client::connect(ctx.socket);
+  auto client = client::Client::connect(ctx.socket);
   if (!client) {
     const auto f = connect_failure(client.error());
     return error(ctx, f.message, f.exit);
@@ -1124,7 +1124,7 @@ int cmd_api(Ctx& ctx, const std::vector<std::string>& args) {
   // An answer of 400 or more is held back (up to k_error_peek bytes) to see
   // whether tokend itself wrote it; anything else streams to stdout.
   constexpr std::size_t k_error_peek = 64 * 1024;
-  ipc::ResponseHead head;
+  client::ResponseHead head;
   bool holding = false;
   std::string held;
   int write_errno = 0;
@@ -1138,7 +1138,7 @@ int cmd_api(Ctx& ctx, const std::vector<std::string>& args) {
   };
   auto r = client->exchange(
       *method, *target, headers, body ? &*body : nullptr,
-      [&](const ipc::ResponseHead& h) {
+      [&](const client::ResponseHead& h) {
         head = h;
         holding = h.status >= 400;
         return !include || write_out(render_response_head(h));
@@ -1181,7 +1181,7 @@ int cmd_api(Ctx& ctx, const std::vector<std::string>& args) {
 // A stand-in endpoint tokend keeps open while `client` stays connected
 // (POST /v1/profiles/NAME/endpoint; see docs/API.md).
 struct OpenedEndpoint {
-  std::optional<ipc::Client> client;
+  std::optional<client::Client> client;
   json::Json answer;  // url, urls, port, user, standin
   int exit = k_ok;
 };
@@ -1189,7 +1189,7 @@ struct OpenedEndpoint {
 OpenedEndpoint open_endpoint(const Ctx& ctx, const std::string& name, std::optional<std::int64_t> wait_s,
                              pid_t command_pid) {
   OpenedEndpoint out;
-  auto client = ipc::Client::connect(ctx.socket);
+  auto client = client::Client::connect(ctx.socket);
   if (!client) {
     const auto f = connect_failure(client.error());
     out.exit = error(ctx, f.message, f.exit);
@@ -1202,10 +1202,10 @@ OpenedEndpoint open_endpoint(const Ctx& ctx, const std::string& name, std::optio
   bool line_done = false;
   // Calls through the endpoint are audited with the command's pid.
   const std::string request = json::Json{{"pid", command_pid}}.dump();
-  auto body = ipc::BodyReader::from_string(request);
+  auto body = client::BodyReader::from_string(request);
   auto head = client->exchange(
       "POST", target, {}, &body,
-      [&](const ipc::ResponseHead& h) {
+      [&](const client::ResponseHead& h) {
         status = h.status;
         return true;
       },
@@ -1318,7 +1318,7 @@ int cmd_exec(Ctx& ctx, const std::vector<std::string>& args) {
 
   std::vector<std::pair<std::string, std::string>> vars;
   // Held open while CMD runs: its end closes the endpoint.
-  std::optional<ipc::Client> endpoint_connection;
+  std::optional<client::Client> endpoint_connection;
   // With --endpoint CMD is started first and held before exec, so that
   // tokend knows its pid when it opens the endpoint.
   std::optional<HeldCommand> held;
@@ -1393,7 +1393,7 @@ int cmd_monitor(Ctx& ctx, const std::vector<std::string>& args) {
     if (auto ok = validate_profile_name(*p); !ok) throw UsageError{ok.error().message};
     target += "?profile=" + seg(*p);
   }
-  auto client = ipc::Client::connect(ctx.socket);
+  auto client = client::Client::connect(ctx.socket);
   if (!client) {
     const auto f = connect_failure(client.error());
     return error(ctx, f.message, f.exit);

@@ -15,16 +15,16 @@
 #include "daemon/startup.hpp"
 #include "daemon/systemd.hpp"
 #include "notify.hpp"
-#include "ipc/api.hpp"
-#include "ipc/callback_listener.hpp"
+#include "api/api.hpp"
+#include "login/callback_listener.hpp"
 #include "ipc/server.hpp"
 #include "net/http_client.hpp"
 #include "net/loop.hpp"
-#include "refresh/timer_port.hpp"
+#include "tokens/timer_port.hpp"
 #include "proxy/proxy.hpp"
-#include "refresh/events.hpp"
-#include "refresh/login.hpp"
-#include "refresh/token_service.hpp"
+#include "tokens/events.hpp"
+#include "login/login.hpp"
+#include "tokens/token_service.hpp"
 
 namespace tokend::daemon {
 
@@ -92,7 +92,7 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
   net::Loop loop;
   int exit_code = 0;
   {
-    refresh::EventBus events;
+    tokens::EventBus events;
     // Large proxied bodies pass through temporary files next to the database
     // (a private directory), not memory.
     net::Spool::set_directory(config.paths.database.parent_path());
@@ -100,31 +100,31 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
     http_options.ca_bundle = config.ca_bundle;
     http_options.user_agent = fmt::format("tokend/{}", version());
     net::HttpClient http(loop, http_options);
-    refresh::UvTimerPort refresh_timer(loop, clock);
-    refresh::EngineOptions engine;
+    tokens::UvTimerPort refresh_timer(loop, clock);
+    tokens::EngineOptions engine;
     engine.policy.buffer = config.refresh_buffer;
     engine.max_concurrent = config.max_concurrent_refreshes;
     engine.http_timeout = config.http_timeout;
-    refresh::TokenService tokens(*store, clock, events, refresh_timer, http, engine);
+    tokens::TokenService tokens(*store, clock, events, refresh_timer, http, engine);
     if (auto r = tokens.load(); !r) {
       spdlog::critical("loading profiles: {}", r.error().message);
       return 1;
     }
-    refresh::UvTimerPort login_timer(loop, clock);
-    ipc::UvCallbackPort callbacks(loop);
-    refresh::LoginOptions login_options;
+    tokens::UvTimerPort login_timer(loop, clock);
+    login::UvCallbackPort callbacks(loop);
+    login::LoginOptions login_options;
     login_options.flow_timeout = config.login_timeout;
     login_options.http_timeout = config.http_timeout;
-    refresh::LoginManager login(tokens, clock, events, login_timer, http, &callbacks, login_options);
+    login::LoginManager login(tokens, clock, events, login_timer, http, &callbacks, login_options);
     Notifier notifier(loop, events, config.notify_command);
     proxy::Proxy proxy(loop, tokens, http, *store, clock, proxy::ProxyOptions{});
     ipc::Router router;
-    ipc::ApiOptions api_options{std::string(version()), config.heartbeat};
+    api::ApiOptions api_options{std::string(version()), config.heartbeat};
     // Stand-in endpoints listen on loopback TCP, open to every local user:
     // the socket's limits, with few connections each.
     api_options.endpoint_limits = config.limits;
     api_options.endpoint_limits.max_connections = std::min<std::size_t>(config.limits.max_connections, 64);
-    ipc::Api api(loop, tokens, events, *store, clock, api_options);
+    api::Api api(loop, tokens, events, *store, clock, api_options);
     api.set_login(&login);
     api.set_proxy(&proxy);
     api.register_routes(router);

@@ -30,9 +30,9 @@ struct Process {
 
 }  // namespace
 
-Notifier::Notifier(net::Loop& loop, refresh::EventBus& events, std::string command)
+Notifier::Notifier(net::Loop& loop, tokens::EventBus& events, std::string command)
     : m_loop(loop), m_command(std::move(command)) {
-  m_sub = events.subscribe([this](const refresh::Event& e) {
+  m_sub = events.subscribe([this](const tokens::Event& e) {
     // consent_required: an insufficient_scope answer needs a login for more scope.
     if (e.type == "reauth_required" || e.type == "consent_required") run(e);
   });
@@ -50,7 +50,7 @@ void Notifier::close() {
   m_running.clear();
 }
 
-void Notifier::run(const refresh::Event& e) {
+void Notifier::run(const tokens::Event& e) {
   if (m_command.empty()) return;
   if (m_running.size() >= k_max_running) {
     spdlog::warn("notify-command not run for {}: {} still running", e.profile, m_running.size());

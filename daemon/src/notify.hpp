@@ -8,13 +8,13 @@
 #include <string>
 
 #include "net/loop.hpp"
-#include "refresh/events.hpp"
+#include "tokens/events.hpp"
 
 namespace tokend::daemon {
 
 class Notifier {
  public:
-  Notifier(net::Loop& loop, refresh::EventBus& events, std::string command);
+  Notifier(net::Loop& loop, tokens::EventBus& events, std::string command);
   ~Notifier();
   Notifier(const Notifier&) = delete;
   Notifier& operator=(const Notifier&) = delete;
@@ -24,11 +24,11 @@ class Notifier {
   void close();
 
  private:
-  void run(const refresh::Event& e);
+  void run(const tokens::Event& e);
 
   net::Loop& m_loop;
   std::string m_command;
-  refresh::EventBus::Subscription m_sub;
+  tokens::EventBus::Subscription m_sub;
   std::set<uv_process_t*> m_running;
 };
 

@@ -20,14 +20,14 @@ void harden_process() {
 #endif
 }
 
-Result<store::Store> open_store(const Paths& paths, const EnvLookup& env, const Clock& clock) {
+Result<store::SqlcipherStore> open_store(const Paths& paths, const EnvLookup& env, const Clock& clock) {
   if (auto r = fs::ensure_private_dir(paths.database.parent_path()); !r) {
     return std::unexpected(r.error().context("data directory"));
   }
   auto key = store::resolve_key(
       store::KeyOptions{paths.key_file, paths.key_file_explicit, paths.database}, env);
   if (!key) return std::unexpected(key.error());
-  return store::Store::open(paths.database, *key, clock);
+  return store::SqlcipherStore::open(paths.database, *key, clock);
 }
 
 }  // namespace tokend::daemon

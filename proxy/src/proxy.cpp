@@ -11,8 +11,9 @@
 
 #include "core/json.hpp"
 #include "net/url.hpp"
-#include "refresh/discovery.hpp"
-#include "refresh/oauth.hpp"
+#include "oauth/discovery.hpp"
+#include "oauth/atlassian.hpp"
+#include "oauth/protocol.hpp"
 
 namespace tokend::proxy {
 
@@ -125,7 +126,7 @@ class StreamedBody final : public ProxyBody {
   bool m_complete = false;
 };
 
-Proxy::Proxy(net::Loop& loop, refresh::TokenService& tokens, net::HttpTransport& http, store::Store& store,
+Proxy::Proxy(net::Loop& loop, tokens::TokenService& tokens, net::HttpTransport& http, store::Store& store,
              const Clock& clock, ProxyOptions options)
     : m_loop(loop), m_tokens(tokens), m_http(http), m_store(store), m_clock(clock), m_options(options) {}
 
@@ -211,13 +212,13 @@ void Proxy::forward(ProxyCall call, Done done) {
 // An Atlassian OAuth profile without a cloud id (e.g. imported from a .env):
 // look it up once from the accessible resources and keep it.
 void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
-  m_tokens.token_async(c->call.profile, refresh::TokenRequest{30}, [this, c](Result<refresh::TokenGrant> grant) {
+  m_tokens.token_async(c->call.profile, tokens::TokenRequest{30}, [this, c](Result<tokens::TokenGrant> grant) {
     if (m_in_flight.find(c->id) == m_in_flight.end()) return;
     if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
     std::string base = json::string_or(c->profile.config, "api_base");
-    if (base.empty()) base = refresh::k_atlassian_api_base;
+    if (base.empty()) base = oauth::k_atlassian_api_base;
     net::HttpRequest r;
-    r.url = base + "/oauth/token/accessible-resources";
+    r.url = oauth::accessible_resources_url(base);
     r.timeout = m_options.timeout;
     r.headers = {{"Accept", "application/json"}, {"Authorization", std::string(grant->authorization.reveal())}};
     c->http_pending = true;
@@ -228,24 +229,21 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
         return finish(c, refuse(Errc::transient, fmt::format("looking up the Atlassian cloud id failed ({})",
                                                              res ? std::to_string(res->status) : res.error().message)));
       }
-      auto list = json::parse(res->body.reveal(), "accessible resources");
-      const std::string site = json::string_or(c->profile.config, "site");
-      std::vector<const json::Json*> candidates;
-      if (list && list->is_array()) {
-        for (const auto& r2 : *list) {
-          if (!r2.is_object() || json::string_or(r2, "id").empty()) continue;
-          if (site.empty() || net::origin_key(json::string_or(r2, "url")) == net::origin_key(site)) candidates.push_back(&r2);
-        }
+      auto sites = oauth::parse_accessible_resources(res->body.reveal());
+      if (!sites) {
+        return finish(c, refuse(Errc::transient, "looking up the Atlassian cloud id failed: " + sites.error().message));
       }
-      if (candidates.size() != 1) {
+      const std::string site = json::string_or(c->profile.config, "site");
+      const oauth::SiteChoice choice = oauth::choose_site(*sites, site);
+      if (choice.problem != oauth::SiteProblem::none) {
         return finish(c, refuse(Errc::config, site.empty() ? fmt::format("the token of '{}' reaches {} Atlassian sites; set "
                                                                          "the profile's site (tokenctl add ... --site URL)",
-                                                                         c->call.profile, candidates.size())
+                                                                         c->call.profile, sites->size())
                                                            : fmt::format("the site {} is not among the sites the token of '{}' "
                                                                          "reaches", site, c->call.profile)));
       }
-      c->profile.config["cloud_id"] = json::string_or(*candidates.front(), "id");
-      c->profile.config["cloud_url"] = json::string_or(*candidates.front(), "url");
+      c->profile.config["cloud_id"] = choice.site->id;
+      c->profile.config["cloud_url"] = choice.site->url;
       if (auto stored = m_tokens.profile_of(c->call.profile)) {
         stored->config["cloud_id"] = c->profile.config["cloud_id"];
         stored->config["cloud_url"] = c->profile.config["cloud_url"];
@@ -264,7 +262,7 @@ void Proxy::send(const std::shared_ptr<Call>& c) {
     if (!url) return finish(c, refuse(url.error().code, url.error().message));
     c->url = std::move(*url);
   }
-  m_tokens.token_async(c->call.profile, refresh::TokenRequest{30}, [this, c](Result<refresh::TokenGrant> grant) {
+  m_tokens.token_async(c->call.profile, tokens::TokenRequest{30}, [this, c](Result<tokens::TokenGrant> grant) {
     if (m_in_flight.find(c->id) == m_in_flight.end()) return;
     if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
     if (auto view = m_tokens.get(c->call.profile)) c->generation = view->generation;
@@ -298,7 +296,7 @@ bool Proxy::on_head(const std::shared_ptr<Call>& c, long status, const net::Http
     // A step-up challenge is tokend's to act on (see on_answer).
     for (const auto& [k, v] : headers) {
       if (k == "www-authenticate" &&
-          refresh::bearer_challenge_param(v, "error") == std::optional<std::string>("insufficient_scope"))
+          oauth::bearer_challenge_param(v, "error") == std::optional<std::string>("insufficient_scope"))
         return false;
     }
   }
@@ -355,7 +353,7 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
     return;
   }
   if ((res->status == 429 || res->status == 503) && !c->waited && replayable && c->call.retry_wait_s > 0) {
-    const auto after = refresh::parse_retry_after(res->header("retry-after"), m_clock.wall_now());
+    const auto after = oauth::parse_retry_after(res->header("retry-after"), m_clock.wall_now());
     const std::int64_t limit = std::min(c->call.retry_wait_s, m_options.max_retry_wait_s);
     if (after && after->count() <= limit * 1000) {
       c->waited = true;
@@ -372,7 +370,7 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
   }
   if (res->status == 403 && c->profile.kind == store::CredentialKind::oauth2) {
     const std::string_view challenge = res->header("www-authenticate");
-    if (refresh::bearer_challenge_param(challenge, "error") == std::optional<std::string>("insufficient_scope")) {
+    if (oauth::bearer_challenge_param(challenge, "error") == std::optional<std::string>("insufficient_scope")) {
       return step_up(c, *res);
     }
   }
@@ -412,7 +410,7 @@ bool header_is(std::string_view name, std::string_view lower_name) {
 void Proxy::step_up(const std::shared_ptr<Call>& c, const net::HttpResponse& res) {
   std::vector<std::string> challenged;
   std::string_view words;
-  const auto scope = refresh::bearer_challenge_param(res.header("www-authenticate"), "scope");
+  const auto scope = oauth::bearer_challenge_param(res.header("www-authenticate"), "scope");
   if (scope) words = *scope;
   while (!words.empty()) {
     const auto sp = words.find(' ');

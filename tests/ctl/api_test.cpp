@@ -205,7 +205,7 @@ TEST_CASE("tokend's own error answers are told apart from upstream error bodies"
 }
 
 TEST_CASE("api: --include prints the status line and headers", "[ctl][api]") {
-  tokend::ipc::ResponseHead head;
+  tokend::client::ResponseHead head;
   head.status = 201;
   head.reason = "Created";
   head.headers = {{"Content-Type", "application/json"}, {"Location", "https://x/rest/api/3/issue/10001"}};

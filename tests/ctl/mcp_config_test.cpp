@@ -8,7 +8,7 @@
 #include <catch2/catch_test_macros.hpp>
 #include <nlohmann/json.hpp>
 
-#include "ctl/mcp_config.hpp"
+#include "ctl/mcp/config.hpp"
 #include "support/temp_dir.hpp"
 
 using tokend::Errc;

@@ -4,7 +4,7 @@
 
 #include <catch2/catch_test_macros.hpp>
 
-#include "ctl/mcp_framing.hpp"
+#include "ctl/mcp/framing.hpp"
 
 using namespace tokend::ctl::mcp;
 using tokend::Errc;
@@ -12,7 +12,7 @@ using tokend::json::Json;
 
 namespace {
 
-std::string header(const tokend::ipc::Headers& h, const std::string& name) {
+std::string header(const tokend::client::Headers& h, const std::string& name) {
   for (const auto& [k, v] : h) {
     if (k == name) return v;
   }

@@ -28,7 +28,7 @@ std::string refresh_for(std::int64_t g) { return "rt-" + std::to_string(g) + std
 // Runs in the forked child: never returns.
 [[noreturn]] void child_commit_loop(const std::filesystem::path& db, const DbKey& key, int ack_fd) {
   FakeClock clock;
-  auto s = Store::open(db, key, clock);
+  auto s = SqlcipherStore::open(db, key, clock);
   if (!s) _exit(10);
   auto c = s->get_credential("p");
   if (!c) _exit(11);
@@ -48,7 +48,7 @@ TEST_CASE("acknowledged updates survive SIGKILL at random instants (200 rounds)"
   const auto key = test::random_raw_key();
   {
     FakeClock clock;
-    auto s = Store::open(db, key, clock);
+    auto s = SqlcipherStore::open(db, key, clock);
     REQUIRE(s->put_profile(test::make_profile("p")));
   }
   std::mt19937_64 rng(std::random_device{}());
@@ -83,7 +83,7 @@ TEST_CASE("acknowledged updates survive SIGKILL at random instants (200 rounds)"
     ::close(fds[0]);
 
     FakeClock clock;
-    auto s = Store::open(db, key, clock);
+    auto s = SqlcipherStore::open(db, key, clock);
     REQUIRE(s);
     auto c = s->get_credential("p");
     REQUIRE(c);

@@ -47,7 +47,7 @@ TEST_CASE("no marker appears in the encrypted database, -wal or -shm; a plain co
   FakeClock clock;
   TempDir enc;
   TempDir plain;
-  auto s = Store::open(enc / "t.db", test::random_raw_key(), clock);
+  auto s = SqlcipherStore::open(enc / "t.db", test::random_raw_key(), clock);
   REQUIRE(s);
   auto control = open_unencrypted_for_tests(plain / "t.db", clock);
   REQUIRE(control);
@@ -60,6 +60,6 @@ TEST_CASE("no marker appears in the encrypted database, -wal or -shm; a plain co
   CHECK(markers_in(plain.path()) >= k_markers.size());
 
   // After close (checkpointed into the main file) as well.
-  *s = Store::open(enc / "other.db", test::random_raw_key(), clock).value();
+  *s = SqlcipherStore::open(enc / "other.db", test::random_raw_key(), clock).value();
   CHECK(markers_in(enc.path()) == 0);
 }

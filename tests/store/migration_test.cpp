@@ -16,9 +16,9 @@ std::string raw_key_spec(const DbKey& key) {
   return "x'" + hex_encode(key.material.reveal()) + "'";
 }
 
-// A database at schema `version`, keyed like Store::open would key it.
+// A database at schema `version`, keyed like SqlcipherStore::open would key it.
 std::unique_ptr<detail::Db> db_at(const std::filesystem::path& path, const DbKey& key, int version) {
-  test::write_file_bytes(path, "", 0600);  // as Store::open creates it
+  test::write_file_bytes(path, "", 0600);  // as SqlcipherStore::open creates it
   auto db = detail::Db::open(path);
   REQUIRE(db);
   REQUIRE((*db)->key(raw_key_spec(key)));
@@ -33,7 +33,7 @@ std::unique_ptr<detail::Db> db_at(const std::filesystem::path& path, const DbKey
 TEST_CASE("migrating an empty database reaches the latest schema", "[store][migration]") {
   TempDir t;
   FakeClock clock;
-  auto s = Store::open(t / "t.db", test::random_raw_key(), clock);
+  auto s = SqlcipherStore::open(t / "t.db", test::random_raw_key(), clock);
   REQUIRE(s);
   CHECK(s->schema_version() == detail::latest_schema_version());
 }
@@ -53,7 +53,7 @@ TEST_CASE("v1 -> v2 keeps profiles and credentials and adds the audit log", "[st
         "VALUES ('jira', 'at-v1', 'rt-v1', 'Bearer', 'read', 5000, 1000, 7, 'valid')"));
     CHECK_FALSE(db->exec("SELECT * FROM audit_events"));  // not there yet
   }
-  auto s = Store::open(t / "t.db", key, clock);
+  auto s = SqlcipherStore::open(t / "t.db", key, clock);
   INFO((s ? "" : s.error().message));
   REQUIRE(s);
   CHECK(s->schema_version() == 2);
@@ -83,7 +83,7 @@ TEST_CASE("a database from a newer tokend is refused, unchanged", "[store][migra
     REQUIRE(db->exec("PRAGMA user_version = 999"));
   }
   const auto before = test::file_digest(t / "t.db");
-  auto s = Store::open(t / "t.db", key, clock);
+  auto s = SqlcipherStore::open(t / "t.db", key, clock);
   REQUIRE_FALSE(s);
   CHECK(s.error().message.find("newer than this tokend") != std::string::npos);
   CHECK(test::file_digest(t / "t.db") == before);

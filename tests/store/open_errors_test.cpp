@@ -18,7 +18,7 @@ namespace {
 // A closed, checkpointed database with a few pages of content.
 void make_database(const std::filesystem::path& path, const DbKey& key) {
   FakeClock clock;
-  auto s = Store::open(path, key, clock);
+  auto s = SqlcipherStore::open(path, key, clock);
   REQUIRE(s);
   for (int i = 0; i < 40; ++i) {
     auto p = test::make_profile("profile-" + std::to_string(i));
@@ -30,7 +30,7 @@ void make_database(const std::filesystem::path& path, const DbKey& key) {
 void expect_refused_unchanged(const std::filesystem::path& path, const DbKey& key, Errc code) {
   FakeClock clock;
   const auto before = test::file_digest(path);
-  auto s = Store::open(path, key, clock);
+  auto s = SqlcipherStore::open(path, key, clock);
   REQUIRE_FALSE(s);
   INFO(s.error().message);
   CHECK(s.error().code == code);
@@ -72,7 +72,7 @@ TEST_CASE("a truncated database: clear error, file unchanged", "[store][errors]"
       INFO("truncated to " << cut << " of " << size);
       FakeClock clock;
       const auto before = test::file_digest(t / "t.db");
-      auto s = Store::open(t / "t.db", key, clock);
+      auto s = SqlcipherStore::open(t / "t.db", key, clock);
       REQUIRE_FALSE(s);
       INFO(s.error().message);
       CHECK((s.error().code == Errc::corrupt || s.error().code == Errc::wrong_key));
@@ -88,11 +88,11 @@ TEST_CASE("the database file is created 0600 and a loose one is refused", "[stor
   FakeClock clock;
   ::umask(022);
   const auto key = test::random_raw_key();
-  REQUIRE(Store::open(t / "t.db", key, clock));
+  REQUIRE(SqlcipherStore::open(t / "t.db", key, clock));
   CHECK((std::filesystem::status(t / "t.db").permissions() & std::filesystem::perms::mask) ==
         (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write));
   std::filesystem::permissions(t / "t.db", std::filesystem::perms::group_read, std::filesystem::perm_options::add);
-  auto s = Store::open(t / "t.db", key, clock);
+  auto s = SqlcipherStore::open(t / "t.db", key, clock);
   REQUIRE_FALSE(s);
   CHECK(s.error().message.find("chmod 600") != std::string::npos);
 }

@@ -1,13 +1,26 @@
 #pragma once
 
+#include <filesystem>
+#include <memory>
+
 #include "core/clock.hpp"
 #include "core/random.hpp"
-#include "store/store.hpp"
+#include "store/sqlcipher_store.hpp"
 
 namespace tokend::test {
 
+// A store behind the store::Store contract, for the behaviour tests: they
+// use only the interface, so every implementation can run them.
+inline std::unique_ptr<store::Store> open_store(const std::filesystem::path& dir, const Clock& clock);
+
 inline store::DbKey random_raw_key() {
   return store::DbKey{*random_secret(store::k_raw_key_bytes), store::KeyKind::raw, "test key"};
+}
+
+inline std::unique_ptr<store::Store> open_store(const std::filesystem::path& dir, const Clock& clock) {
+  auto s = store::SqlcipherStore::open(dir / "t.db", random_raw_key(), clock);
+  if (!s) return nullptr;
+  return std::make_unique<store::SqlcipherStore>(std::move(*s));
 }
 
 inline store::Profile make_profile(std::string name, store::CredentialKind kind = store::CredentialKind::oauth2) {

@@ -10,7 +10,7 @@ using test::TempDir;
 TEST_CASE("profiles round trip: put, get, list, replace, delete", "[store]") {
   TempDir t;
   FakeClock clock;
-  auto s = Store::open(t / "t.db", test::random_raw_key(), clock);
+  auto s = test::open_store(t.path(), clock);
   REQUIRE(s);
   auto p = test::make_profile("jira");
   p.secret_config = Secret(R"({"client_secret":"cs"})");
@@ -52,7 +52,7 @@ TEST_CASE("profiles round trip: put, get, list, replace, delete", "[store]") {
 TEST_CASE("invalid profile names are refused and nothing is stored", "[store]") {
   TempDir t;
   FakeClock clock;
-  auto s = Store::open(t / "t.db", test::random_raw_key(), clock);
+  auto s = test::open_store(t.path(), clock);
   for (const char* bad : {"", ".hidden", "-x", "a/b", "a b", "ü", "a\nb"}) {
     auto r = s->put_profile(test::make_profile(bad));
     REQUIRE_FALSE(r);
@@ -66,7 +66,7 @@ TEST_CASE("invalid profile names are refused and nothing is stored", "[store]") 
 TEST_CASE("a new profile has an empty credential", "[store]") {
   TempDir t;
   FakeClock clock;
-  auto s = Store::open(t / "t.db", test::random_raw_key(), clock);
+  auto s = test::open_store(t.path(), clock);
   REQUIRE(s->put_profile(test::make_profile("p")));
   auto c = s->get_credential("p");
   REQUIRE(c);
@@ -80,7 +80,7 @@ TEST_CASE("store_token_set rotates refresh tokens atomically and bumps the gener
           "[store]") {
   TempDir t;
   FakeClock clock;
-  auto s = Store::open(t / "t.db", test::random_raw_key(), clock);
+  auto s = test::open_store(t.path(), clock);
   REQUIRE(s->put_profile(test::make_profile("p")));
   REQUIRE(s->mark_refresh_inflight("p", 42));
   CHECK(s->get_credential("p")->refresh_inflight_since_ms == 42);
@@ -135,7 +135,7 @@ TEST_CASE("store_token_set rotates refresh tokens atomically and bumps the gener
 TEST_CASE("set_state and clear_credential", "[store]") {
   TempDir t;
   FakeClock clock;
-  auto s = Store::open(t / "t.db", test::random_raw_key(), clock);
+  auto s = test::open_store(t.path(), clock);
   REQUIRE(s->put_profile(test::make_profile("p")));
   REQUIRE(s->store_token_set("p", test::make_tokens("at", "rt", 1)));
   REQUIRE(s->mark_refresh_inflight("p", 5));
@@ -157,7 +157,7 @@ TEST_CASE("set_state and clear_credential", "[store]") {
 TEST_CASE("audit events round trip, newest first", "[store]") {
   TempDir t;
   FakeClock clock;
-  auto s = Store::open(t / "t.db", test::random_raw_key(), clock);
+  auto s = test::open_store(t.path(), clock);
   for (int i = 0; i < 5; ++i) {
     AuditEvent e;
     e.kind = "proxy";
@@ -187,7 +187,7 @@ TEST_CASE("audit events round trip, newest first", "[store]") {
 TEST_CASE("the audit log keeps at most max_rows events, none older than max_age", "[store]") {
   TempDir t;
   FakeClock clock;
-  auto s = Store::open(t / "t.db", test::random_raw_key(), clock);
+  auto s = test::open_store(t.path(), clock);
   REQUIRE(s);
   CHECK(AuditRetention{}.max_rows == 100'000);
   CHECK(AuditRetention{}.max_age == std::chrono::hours(24 * 90));
@@ -227,11 +227,11 @@ TEST_CASE("data persists across reopen with the same key", "[store]") {
   FakeClock clock;
   const auto key = test::random_raw_key();
   {
-    auto s = Store::open(t / "t.db", key, clock);
+    auto s = SqlcipherStore::open(t / "t.db", key, clock);
     REQUIRE(s->put_profile(test::make_profile("p")));
     REQUIRE(s->store_token_set("p", test::make_tokens("at", "rt", 7)));
   }
-  auto s = Store::open(t / "t.db", key, clock);
+  auto s = SqlcipherStore::open(t / "t.db", key, clock);
   REQUIRE(s);
   CHECK(s->get_credential("p")->access_token.reveal() == "at");
   CHECK(s->schema_version() == 2);
@@ -242,11 +242,11 @@ TEST_CASE("a passphrase key goes through the KDF and reopens", "[store]") {
   FakeClock clock;
   const DbKey pass{Secret("correct horse battery staple"), KeyKind::passphrase, "test passphrase"};
   {
-    auto s = Store::open(t / "t.db", pass, clock);
+    auto s = SqlcipherStore::open(t / "t.db", pass, clock);
     REQUIRE(s);
     REQUIRE(s->put_profile(test::make_profile("p")));
   }
-  CHECK(Store::open(t / "t.db", pass, clock));
+  CHECK(SqlcipherStore::open(t / "t.db", pass, clock));
   const DbKey other{Secret("wrong horse"), KeyKind::passphrase, "test passphrase"};
-  CHECK(Store::open(t / "t.db", other, clock).error().code == Errc::wrong_key);
+  CHECK(SqlcipherStore::open(t / "t.db", other, clock).error().code == Errc::wrong_key);
 }

@@ -9,7 +9,7 @@
 #include <utility>
 
 #include "core/error.hpp"
-#include "ipc/client.hpp"
+#include "client/client.hpp"
 
 namespace tokend::ctl {
 
@@ -66,6 +66,6 @@ std::optional<TokendError> parse_tokend_error(std::string_view body);
 
 // The --include block: "HTTP/1.1 STATUS REASON\n", one "Name: value\n" per
 // header, then an empty line.
-std::string render_response_head(const ipc::ResponseHead& head);
+std::string render_response_head(const client::ResponseHead& head);
 
 }  // namespace tokend::ctl

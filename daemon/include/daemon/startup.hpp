@@ -4,7 +4,7 @@
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/paths.hpp"
-#include "store/store.hpp"
+#include "store/sqlcipher_store.hpp"
 
 namespace tokend::daemon {
 
@@ -14,6 +14,6 @@ void harden_process();
 
 // Checks/creates the data directory, resolves the key (generating it on first
 // start) and opens the store.
-Result<store::Store> open_store(const Paths& paths, const EnvLookup& env, const Clock& clock);
+Result<store::SqlcipherStore> open_store(const Paths& paths, const EnvLookup& env, const Clock& clock);
 
 }  // namespace tokend::daemon

@@ -16,7 +16,7 @@
 #include "net/http_client.hpp"
 #include "net/loop.hpp"
 #include "proxy/route.hpp"
-#include "refresh/token_service.hpp"
+#include "tokens/token_service.hpp"
 #include "store/store.hpp"
 
 namespace tokend::proxy {
@@ -101,7 +101,7 @@ class Proxy {
  public:
   using Done = std::function<void(std::expected<ProxyResult, ProxyError>)>;
 
-  Proxy(net::Loop& loop, refresh::TokenService& tokens, net::HttpTransport& http, store::Store& store,
+  Proxy(net::Loop& loop, tokens::TokenService& tokens, net::HttpTransport& http, store::Store& store,
         const Clock& clock, ProxyOptions options);
   ~Proxy();
   Proxy(const Proxy&) = delete;
@@ -132,7 +132,7 @@ class Proxy {
   void flush_audit();
 
   net::Loop& m_loop;
-  refresh::TokenService& m_tokens;
+  tokens::TokenService& m_tokens;
   net::HttpTransport& m_http;
   store::Store& m_store;
   const Clock& m_clock;

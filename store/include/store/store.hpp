@@ -1,53 +1,37 @@
-// The SQLCipher token store (DESIGN §4).
+// What the token service, the login manager, the proxy and the API need from
+// storage: profiles, credentials, the refresh markers and the audit log.
 //
-// One Store owns one database connection; it is not thread-safe (the daemon
-// uses it from its loop thread). Every write runs in a transaction, so a call
-// that returned success survives kill -9 and power loss (WAL,
-// synchronous=FULL) and a call that failed changed nothing.
+// Every write is atomic: a call that returned success is durable (survives
+// kill -9 and power loss), and a call that failed changed nothing. Stores
+// are not thread-safe; the daemon uses its store from its loop thread.
+// SqlcipherStore (store/sqlcipher_store.hpp) is the embedded implementation.
 #pragma once
 
-#include <filesystem>
-#include <memory>
+#include <cstddef>
+#include <cstdint>
 #include <optional>
-#include <string>
+#include <string_view>
 #include <vector>
 
-#include "core/clock.hpp"
 #include "core/error.hpp"
-#include "store/key.hpp"
 #include "store/types.hpp"
 
 namespace tokend::store {
 
-namespace detail {
-class Db;
-}
-
 class Store {
  public:
-  // Opens or creates the database at `path`. A wrong key, a file that is not
-  // a database, or a damaged one yields one error naming the file and the key
-  // source, with the file left untouched. New files are created 0600.
-  static Result<Store> open(const std::filesystem::path& path, const DbKey& key,
-                            const Clock& clock);
-
-  Store(Store&&) noexcept;
-  Store& operator=(Store&&) noexcept;
-  ~Store();
-
-  [[nodiscard]] int schema_version() const;
-  [[nodiscard]] const std::filesystem::path& path() const { return m_path; }
+  virtual ~Store() = default;
 
   // Profiles. put_profile creates or replaces (keeping created_at and the
   // credential); a new profile gets an empty credential row.
-  Result<> put_profile(const Profile& profile);
-  Result<Profile> get_profile(std::string_view name);
-  Result<std::vector<Profile>> list_profiles();
-  Result<> delete_profile(std::string_view name);
+  virtual Result<> put_profile(const Profile& profile) = 0;
+  virtual Result<Profile> get_profile(std::string_view name) = 0;
+  virtual Result<std::vector<Profile>> list_profiles() = 0;
+  virtual Result<> delete_profile(std::string_view name) = 0;
 
   // Credentials.
-  Result<Credential> get_credential(std::string_view name);
-  Result<std::vector<Credential>> list_credentials();
+  virtual Result<Credential> get_credential(std::string_view name) = 0;
+  virtual Result<std::vector<Credential>> list_credentials() = 0;
 
   // Stores a new token set in one transaction: the old refresh token becomes
   // the previous one (kept until keep_previous_until_ms) when the refresh
@@ -55,47 +39,35 @@ class Store {
   // the in-flight marker are cleared. With expected_generation set, fails
   // with Errc::conflict if another update came first. Returns the new
   // generation.
-  Result<std::int64_t> store_token_set(std::string_view name, const TokenSet& tokens,
-                                       std::optional<std::int64_t> expected_generation = {},
-                                       std::optional<std::int64_t> keep_previous_until_ms = {});
+  virtual Result<std::int64_t> store_token_set(std::string_view name, const TokenSet& tokens,
+                                               std::optional<std::int64_t> expected_generation = {},
+                                               std::optional<std::int64_t> keep_previous_until_ms = {}) = 0;
 
   // Commits the marker that a refresh is about to be sent.
-  Result<> mark_refresh_inflight(std::string_view name, std::int64_t at_ms);
+  virtual Result<> mark_refresh_inflight(std::string_view name, std::int64_t at_ms) = 0;
   // Sets state and last error, clearing the in-flight marker.
-  Result<> set_state(std::string_view name, CredState state, std::string_view last_error = {});
+  virtual Result<> set_state(std::string_view name, CredState state, std::string_view last_error = {}) = 0;
   // Forgets tokens (logout): state empty, generation bumped.
-  Result<> clear_credential(std::string_view name);
+  virtual Result<> clear_credential(std::string_view name) = 0;
 
   // Audit log, bounded by the retention (default AuditRetention{}): every
   // append prunes the events past it in the same transaction, so the bound
   // holds after each call; prune_audit() applies it on its own (at start, or
   // after the retention changed, since an idle log ages without appends).
-  void set_audit_retention(const AuditRetention& retention) { m_retention = retention; }
-  Result<> prune_audit();
-  Result<std::int64_t> append_audit(const AuditEvent& event);
+  virtual void set_audit_retention(const AuditRetention& retention) = 0;
+  virtual Result<> prune_audit() = 0;
+  virtual Result<std::int64_t> append_audit(const AuditEvent& event) = 0;
   // Many events in one transaction (one fsync): for high-rate events such as
   // proxied calls, which are batched by their writer.
-  Result<> append_audit_batch(const std::vector<AuditEvent>& events);
-  Result<std::vector<AuditEvent>> recent_audit(std::size_t limit);
+  virtual Result<> append_audit_batch(const std::vector<AuditEvent>& events) = 0;
+  virtual Result<std::vector<AuditEvent>> recent_audit(std::size_t limit) = 0;
 
-  // Test and tooling hook: the connection, for the detail API.
-  detail::Db& db_for_tests() { return *m_db; }
-
- private:
-  Store(std::unique_ptr<detail::Db> db, std::filesystem::path path, const Clock& clock);
-  friend Result<Store> open_unencrypted_for_tests(const std::filesystem::path&, const Clock&);
-  Result<> ensure_profile_exists(std::string_view name);
-  Result<std::int64_t> insert_audit(const AuditEvent& event);
-  Result<> prune_audit_in_transaction();
-
-  std::unique_ptr<detail::Db> m_db;
-  std::filesystem::path m_path;
-  const Clock* m_clock;
-  AuditRetention m_retention;
+ protected:
+  Store() = default;
+  Store(const Store&) = default;
+  Store& operator=(const Store&) = default;
+  Store(Store&&) = default;
+  Store& operator=(Store&&) = default;
 };
-
-// Opens without a key: a plain SQLite database through the same code. Only
-// for the encryption-at-rest control in tests — never used by tokend.
-Result<Store> open_unencrypted_for_tests(const std::filesystem::path& path, const Clock& clock);
 
 }  // namespace tokend::store

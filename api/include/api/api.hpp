@@ -1,0 +1,85 @@
+// The /v1 API handlers (DESIGN §7), documented in docs/API.md.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "core/clock.hpp"
+#include "gateway/endpoint.hpp"
+#include "ipc/router.hpp"
+#include "ipc/server.hpp"
+#include "net/loop.hpp"
+#include "tokens/events.hpp"
+#include "proxy/proxy.hpp"
+#include "login/login.hpp"
+#include "tokens/token_service.hpp"
+
+namespace tokend::api {
+
+struct ApiOptions {
+  std::string version;
+  std::chrono::milliseconds heartbeat{15'000};  // SSE comment line interval
+  // Each stand-in endpoint's listener (POST /v1/profiles/{name}/endpoint):
+  // every local user can connect to it, so its connections are few.
+  ipc::ServerLimits endpoint_limits = [] {
+    ipc::ServerLimits l;
+    l.max_connections = 64;
+    return l;
+  }();
+};
+
+class Api {
+ public:
+  Api(net::Loop& loop, tokens::TokenService& tokens, tokens::EventBus& events, store::Store& store,
+      const Clock& clock, ApiOptions options);
+  ~Api();
+  Api(const Api&) = delete;
+  Api& operator=(const Api&) = delete;
+
+  void register_routes(ipc::Router& router);
+  // For /v1/metrics and /v1/health.
+  void set_server(const ipc::Server* server) { m_server = server; }
+  // Login, logout and test endpoints answer 503 without one.
+  void set_login(login::LoginManager* login) { m_login = login; }
+  // /v1/proxy answers 503 without one.
+  void set_proxy(proxy::Proxy* proxy) { m_proxy = proxy; }
+  // Ends every event stream, closes every stand-in endpoint and stops the
+  // heartbeat.
+  void close();
+
+  class Streams;
+  class Waits;
+
+ private:
+  // Hands a call to the proxy and answers with what comes back; with
+  // wait_s > 0 a call refused for want of a login waits for one (or a new
+  // token) and goes again.
+  void forward(const std::shared_ptr<ipc::Exchange>& ex, proxy::ProxyCall call, std::int64_t wait_s);
+  void answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name, const tokens::TokenRequest& req,
+                    std::int64_t wait_s, Result<tokens::TokenGrant> grant);
+  void audit_peer(const std::shared_ptr<ipc::Exchange>& ex, std::string_view kind, std::string_view profile);
+  void open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name, std::int64_t wait_s,
+                     const ipc::Peer& audited);
+
+  tokens::TokenService& m_tokens;
+  tokens::EventBus& m_events;
+  store::Store& m_store;
+  const Clock& m_clock;
+  ApiOptions m_options;
+  const ipc::Server* m_server = nullptr;
+  MonoTime m_started;
+  std::unique_ptr<Streams> m_streams;
+  std::unique_ptr<Waits> m_waits;
+  std::unique_ptr<gateway::StandinEndpoints> m_endpoints;
+  login::LoginManager* m_login = nullptr;
+  proxy::Proxy* m_proxy = nullptr;
+  // profile -> result ("ok" or an error code) -> count; looked up without
+  // allocating on the token path once a profile has been seen.
+  std::map<std::string, std::map<std::string_view, std::uint64_t>, std::less<>> m_token_requests;
+};
+
+// Rendering shared by handlers and tests.
+json::Json profile_json(const tokens::ProfileView& v, std::int64_t now_ms);
+
+}  // namespace tokend::api

@@ -1,0 +1,124 @@
+// Login flows (DESIGN §6): authorization code with PKCE through the loopback
+// listener or a pasted redirect, the device authorization grant (RFC 8628),
+// discovery (RFC 8414 / OIDC, RFC 9728 for MCP servers) with dynamic client
+// registration (RFC 7591), the atlassian preset's accessible resources,
+// logout with revocation (RFC 7009), and the token test.
+//
+// At most one flow per profile; starting another cancels the older one. A
+// finished flow's outcome stays readable until the next start. Nothing is
+// stored unless the flow succeeds (discovered metadata and a registered
+// client excepted: those are kept so they are not repeated).
+//
+// Single-threaded: call from the loop thread only.
+#pragma once
+
+#include <functional>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "core/json.hpp"
+#include "net/http_client.hpp"
+#include "login/callback_port.hpp"
+#include "tokens/events.hpp"
+#include "tokens/timer_port.hpp"
+#include "tokens/token_service.hpp"
+
+namespace tokend::login {
+
+struct Redirect;  // an authorization response's parameters (login.cpp)
+
+struct LoginOptions {
+  Millis flow_timeout{600'000};   // how long a started flow waits for the user
+  Millis http_timeout{30'000};
+  // Entropy for state values and PKCE verifiers (tests pin it).
+  std::function<Result<Secret>(std::size_t bytes)> random;
+};
+
+struct LoginRequest {
+  bool device = false;
+  bool listen = true;
+};
+
+// Errors carry Errc::invalid_argument / conflict / protocol / transient;
+// a failed flow reports Errc::login_failed-like details through status().
+class LoginManager {
+ public:
+  using JsonCallback = std::function<void(Result<json::Json>)>;
+
+  LoginManager(tokens::TokenService& tokens, const Clock& clock, tokens::EventBus& events, tokens::TimerPort& timer,
+               net::HttpTransport& http, CallbackPort* callbacks, LoginOptions options);
+  ~LoginManager();
+  LoginManager(const LoginManager&) = delete;
+  LoginManager& operator=(const LoginManager&) = delete;
+
+  // Starts a flow; answers (after discovery/registration) with the flow's
+  // status: authorize URL or device code.
+  void start(const std::string& profile, LoginRequest request, JsonCallback done);
+  // The current or last flow of the profile ({"state":"none"} when none).
+  [[nodiscard]] json::Json status(const std::string& profile) const;
+  [[nodiscard]] bool pending(const std::string& profile) const;
+  // Finishes a pending code flow with a pasted redirect URL or bare code;
+  // answers after the exchange.
+  void complete(const std::string& profile, const json::Json& body, JsonCallback done);
+  Result<> cancel(const std::string& profile);
+  // Revokes where possible and forgets the tokens.
+  void logout(const std::string& profile, JsonCallback done);
+  // Calls userinfo / accessible-resources / myself with the token.
+  void test(const std::string& profile, JsonCallback done);
+  // Cancels every flow and request (waiters get unavailable).
+  void shutdown();
+
+  struct Flow;
+
+ private:
+  void begin_code(Flow& f, JsonCallback done);
+  void begin_device(Flow& f, JsonCallback done);
+  void on_callback(const std::string& profile, std::uint64_t flow_id, const CallbackRequest& req,
+                   std::function<void(CallbackReply)> reply);
+  void accept_code(Flow& f, Redirect r, JsonCallback done);
+  void exchange(Flow& f, std::string code);
+  void poll_device(Flow& f);
+  void on_tokens(Flow& f, store::TokenSet tokens);
+  void pick_cloud(Flow& f);
+  void succeed(Flow& f);
+  void fail_flow(Flow& f, std::string state, std::string reason, std::string message);
+  void end_flow(Flow& f);
+  void rearm();
+  void on_tick();
+  Flow* find(const std::string& profile, std::uint64_t id);
+  using FlowResponse = std::function<void(Flow&, Result<net::HttpResponse>)>;
+  void send_for(Flow& f, net::HttpRequest request, FlowResponse then);
+
+  // Resolves what a flow needs (discovery, registration) then calls next.
+  void resolve(const std::string& profile, std::function<void(Result<store::Profile>)> next);
+  // `replaces_client_id`: the stored client id this login deliberately
+  // replaces (a registration giving way to a metadata document); any other
+  // change of it meanwhile is a conflict.
+  Result<> store_resolved(const store::Profile& found, std::initializer_list<const char*> keys, bool client_secret,
+                          const std::string* replaces_client_id = nullptr);
+  void check_metadata_document(std::shared_ptr<store::Profile> profile,
+                               std::function<void(Result<store::Profile>)> next);
+  void fetch_json(std::string url, std::function<void(Result<json::Json>, const net::HttpResponse*)> done,
+                  net::HttpHeaders headers = {});
+
+  tokens::TokenService& m_tokens;
+  const Clock& m_clock;
+  tokens::EventBus& m_events;
+  tokens::TimerPort& m_timer;
+  net::HttpTransport& m_http;
+  CallbackPort* m_callbacks;
+  LoginOptions m_options;
+  std::map<std::string, std::unique_ptr<Flow>, std::less<>> m_flows;
+  std::uint64_t m_next_flow = 1;
+  bool m_shut_down = false;
+  // Every outstanding HTTP request, cancelled at shutdown.
+  std::map<std::uint64_t, bool> m_requests;
+  std::shared_ptr<bool> m_alive = std::make_shared<bool>(true);
+};
+
+}  // namespace tokend::login

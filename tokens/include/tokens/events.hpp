@@ -1,0 +1,55 @@
+// Lifecycle events (DESIGN §7 /v1/events): published by the token service,
+// delivered synchronously to subscribers on the loop thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "core/json.hpp"
+
+namespace tokend::tokens {
+
+struct Event {
+  std::uint64_t id = 0;
+  std::string type;     // profile_added, profile_updated, profile_removed, refreshed, ...
+  std::string profile;
+  std::int64_t at_ms = 0;
+  json::Json data = json::Json::object();  // never contains a secret
+};
+
+class EventBus {
+ public:
+  using Listener = std::function<void(const Event&)>;
+
+  // Unsubscribes on destruction.
+  class Subscription {
+   public:
+    Subscription() = default;
+    Subscription(EventBus* bus, std::uint64_t id) : m_bus(bus), m_id(id) {}
+    Subscription(Subscription&& o) noexcept : m_bus(o.m_bus), m_id(o.m_id) { o.m_bus = nullptr; }
+    Subscription& operator=(Subscription&& o) noexcept;
+    Subscription(const Subscription&) = delete;
+    Subscription& operator=(const Subscription&) = delete;
+    ~Subscription() { reset(); }
+    void reset();
+
+   private:
+    EventBus* m_bus = nullptr;
+    std::uint64_t m_id = 0;
+  };
+
+  [[nodiscard]] Subscription subscribe(Listener listener);
+  void publish(std::string type, std::string profile, std::int64_t at_ms,
+               json::Json data = json::Json::object());
+  [[nodiscard]] std::size_t subscriber_count() const { return m_listeners.size(); }
+
+ private:
+  std::map<std::uint64_t, Listener> m_listeners;
+  std::uint64_t m_next_listener = 1;
+  std::uint64_t m_next_event = 1;
+};
+
+}  // namespace tokend::tokens
