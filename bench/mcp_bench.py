@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The MCP bridge (tokenctl mcp) against a direct client and against mcp-remote,
-in one run on one machine (issue 12's closing-note figures).
+in one run on one machine.
 
     python3 bench/mcp_bench.py [--build build] [--calls 1000] [--warmup 100]
                                [--notifications 200] [--starts 10] [--json out.json]
@@ -25,7 +25,7 @@ to its result), the bridge process's VmHWM and CPU time after them, then
 server's send time (performance.timeOrigin + performance.now(), comparable
 across processes): the relay delay is the client's receive time minus that.
 
-Nothing here asserts a timing; the aims from issue 12 are reported as met or
+Nothing here asserts a timing; the aims are reported as met or
 not. The token is random per run and never printed.
 """
 import argparse
@@ -270,7 +270,7 @@ def report(args, paths, results):
                         f"{'met' if b['start_median_ms'] < AIM_START_MS else 'NOT met'}")
     for a in aims:
         print("aim: " + a)
-    print(f"issue 12's anchor measured elsewhere: mcp-remote +{ANCHOR['added_p50_ms']} ms p50, "
+    print(f"the anchor measured elsewhere: mcp-remote +{ANCHOR['added_p50_ms']} ms p50, "
           f"{ANCHOR['rss_mib']} MiB, {ANCHOR['start_ms']} ms start")
     if args.json:
         with open(args.json, "w") as fh:

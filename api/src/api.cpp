@@ -438,7 +438,7 @@ void Api::register_routes(ipc::Router& router) {
     });
   });
 
-  // --- login flows (DESIGN §6) ---
+  // --- login flows ---
   auto no_login = [](const std::shared_ptr<ipc::Exchange>& ex) {
     ex->respond(ipc::Response::error(503, "unavailable", "login flows are not available in this tokend"));
   };
@@ -562,7 +562,7 @@ void Api::register_routes(ipc::Router& router) {
     open_endpoint(ex, name, wait->value_or(0), audited);
   });
 
-  // --- the proxy (DESIGN §8) ---
+  // --- the proxy ---
   auto proxy_route = [this](const std::shared_ptr<ipc::Exchange>& ex) {
     const ipc::Request& req = ex->request();
     std::string name(ex->param("name"));
@@ -578,7 +578,7 @@ void Api::register_routes(ipc::Router& router) {
     router.add(method, "/v1/proxy/{name}/{rest...}", proxy_route, /*large_body=*/true);
   }
 
-  // --- the MCP bridge route (DESIGN §11): tokenctl mcp sends each JSON-RPC
+  // --- the MCP bridge route: tokenctl mcp sends each JSON-RPC
   // message here; it goes to the profile's MCP server with a fresh token.
   // X-Tokend-Wait: S holds a call that needs a login until one is done.
   auto mcp_route = [this](const std::shared_ptr<ipc::Exchange>& ex) {

@@ -1,4 +1,4 @@
-// notify_command (DESIGN §5): when a profile needs a new login, run the
+// notify_command: when a profile needs a new login, run the
 // user's command (e.g. notify-send) with /bin/sh -c. The profile and the
 // login command are passed in the environment, never spliced into the
 // command text.

@@ -579,7 +579,7 @@ class ExecHeadersTest(unittest.TestCase):
                 self.assertEqual(r.stdout, "")
                 self.assertTrue(r.stderr.startswith("tokenctl: "), r.stderr)
         # jira's token is valid for an hour: asking for more is capped at what
-        # a fresh token gives (issue 11), so it is served, not refused.
+        # a fresh token gives, so it is served, not refused.
         r = run_ctl(TOKENCTL, self.env, "headers", "jira", "--min-valid", "7200")
         self.assertEqual((r.returncode, r.stdout), (0, '{"Authorization": "Bearer ' + ACCESS + '"}\n'), r.stderr)
 

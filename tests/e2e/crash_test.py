@@ -1,4 +1,4 @@
-"""Crash safety (DESIGN §5 rotation safety): tokend is killed with SIGKILL at
+"""Crash safety: tokend is killed with SIGKILL at
 random instants while short-lived tokens are refreshed continuously, and
 restarted after each kill. With the provider's 600 s reuse window (Atlassian)
 no round may lose the grant; with a strict window, the losses are counted and

@@ -1,4 +1,4 @@
-"""Login flows end to end (DESIGN §6, issue 5): the real tokend and tokenctl
+"""Login flows end to end: the real tokend and tokenctl
 against the TLS fake provider, a fake browser that follows the provider's
 redirect to tokend's loopback listener, and tokenctl's headless paste.
 
@@ -398,7 +398,7 @@ class LoginTest(unittest.TestCase):
             self.assertIn("in use", r.stderr)
         self.assert_unchanged(before, token)
 
-    # -- issue 13 findings 3 and 4: the loopback listener against other programs -----------
+    # -- the loopback listener against other programs -----------
 
     def raw_get(self, target, host=None, family=socket.AF_INET, address="127.0.0.1"):
         """One GET to the loopback listener; (status, body)."""
@@ -926,7 +926,7 @@ class LoginTest(unittest.TestCase):
         status, _ = self.api("GET", "/v1/profiles/j")
         self.assertEqual(status, 404)
 
-    # -- issue 11: conformance with real authorization servers ---------------------------
+    # -- conformance with real authorization servers ---------------------------
 
     def test_offline_access_brings_prompt_consent_and_a_refresh_token(self):
         # Like a stock OIDC server: offline_access is dropped without prompt=consent.
@@ -1132,7 +1132,7 @@ class LoginTest(unittest.TestCase):
         self.assertIn("write:jira-work", body["error"]["message"])
 
     def test_put_while_resolving_is_not_reverted(self):
-        # Finding 10 of issue 13: the resolver wrote back a whole stale snapshot.
+        # The resolver once wrote back a whole stale snapshot.
         import threading
         sink = os.path.join(self.xdg.root, "token.txt")
         for changed_issuer in (False, True):

@@ -1,4 +1,4 @@
-"""The MCP gateway end to end (issue 12, DESIGN §11): `tokenctl mcp PROFILE`
+"""The MCP gateway end to end: `tokenctl mcp PROFILE`
 between an MCP client on stdio and a real MCP server built on the official
 MCP TypeScript SDK (v2, from npm), through the real tokend, with the fake
 upstream as the authorization server (the MCP server checks every token by

@@ -1,4 +1,4 @@
-"""The streaming proxy end to end (issue 12, part 2): proxied answers reach the
+"""The streaming proxy end to end: proxied answers reach the
 caller as they arrive, memory stays bounded, long-lived streams neither time
 out nor outlive their callers, and they end cleanly when tokend drains.
 

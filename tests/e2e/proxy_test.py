@@ -1,4 +1,4 @@
-"""The proxy end to end (DESIGN §8, issue 6): the real tokend forwarding calls
+"""The proxy end to end: the real tokend forwarding calls
 to the TLS fake provider with the profile's credential. What reaches the
 upstream is asserted from the fake's request log."""
 import hashlib

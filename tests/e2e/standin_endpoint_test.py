@@ -1,4 +1,4 @@
-"""tokenctl exec --endpoint end to end (DESIGN §11, issue 12 §3): the real
+"""tokenctl exec --endpoint end to end: the real
 tokend and tokenctl, the TLS fake provider and Atlassian API, and a command
 that reads its URL and credential from the environment like an unmodified
 local MCP server or .env script. The fake's clock is advanced past each

@@ -273,7 +273,7 @@ class TokenctlTest(unittest.TestCase):
         r = as_nobody(code, self.xdg.socket)
         self.assertIn("HTTP/1.1 200", r.stdout, r.stderr)
 
-    # -- issue 13 finding 2: tokenctl trusts only a private directory and a daemon of its own uid --
+    # -- tokenctl trusts only a private directory and a daemon of its own uid --
 
     def fake_listener(self, path):
         """A Unix listener at `path` that records every byte it receives."""

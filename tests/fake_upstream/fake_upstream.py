@@ -1482,7 +1482,7 @@ def _resource_matches(bound, resource):
 
 
 def is_loopback_host(host):
-    """127.0.0.0/8, ::1 and localhost (RFC 8252 §7.3, DESIGN §6)."""
+    """127.0.0.0/8, ::1 and localhost (RFC 8252 §7.3)."""
     if not host:
         return False
     if host.lower() == "localhost":

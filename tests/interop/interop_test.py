@@ -1,5 +1,5 @@
 """tokend against a real authorization server nobody on the team wrote
-(issue 11 item 7): panva's oidc-provider from npm, pinned by the committed
+panva's oidc-provider from npm, pinned by the committed
 package.json and package-lock.json, started on 127.0.0.1 by this test.
 
     interop_test.py --tokend PATH --tokenctl PATH --work-dir DIR

@@ -475,7 +475,7 @@ TEST_CASE("a device start cancelled before the provider answers is answered, not
   CHECK(rig.http.pending.empty());  // the provider request was cancelled too
 }
 
-// --- issue 11: MCP client duties (2026-07-28), CIMD, iss, prompt ------------------
+// --- MCP client duties (2026-07-28), CIMD, iss, prompt ------------------
 
 namespace {
 

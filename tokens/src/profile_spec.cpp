@@ -58,7 +58,7 @@ Result<std::string> string_field(const Json& body, std::string_view key, std::si
   return s;
 }
 
-// The proxy's per-profile policy (DESIGN §8).
+// The proxy's per-profile policy.
 Result<Json> validate_policy(const Json& v) {
   if (!v.is_object()) return std::unexpected(bad("field \"policy\" must be an object"));
   Json out = Json::object();

@@ -1,4 +1,4 @@
-// The /v1 API handlers (DESIGN §7), documented in docs/API.md.
+// The /v1 API handlers, documented in docs/API.md.
 #pragma once
 
 #include <chrono>

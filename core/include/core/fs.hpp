@@ -1,4 +1,4 @@
-// File-system helpers with the safety rules of DESIGN §3: our directories are
+// File-system helpers with the safety rules of README.md ("Running tokend"): our directories are
 // 0700, our secret files 0600, and we refuse paths that are symlinks, owned by
 // another uid, or group/other accessible — the way ssh refuses a loose key.
 // Every refusal says which path is wrong and the command that fixes it.

@@ -1,4 +1,4 @@
-// Where tokend keeps things (DESIGN §3): XDG defaults, each overridable by an
+// Where tokend keeps things: XDG defaults, each overridable by an
 // environment variable and, above that, by a flag.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Stand-in endpoints (tokenctl exec --endpoint, DESIGN §11): a loopback HTTP
+// Stand-in endpoints (tokenctl exec --endpoint, docs/wrapping-scripts.md): a loopback HTTP
 // listener per running command that forwards the command's calls through the
 // proxy with a fresh credential, so the command holds only a random stand-in.
 //

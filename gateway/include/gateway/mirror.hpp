@@ -1,5 +1,5 @@
-// The URL layout of a stand-in endpoint (tokenctl exec --endpoint, DESIGN
-// §11), as pure functions: the endpoint answers on the upstream's own paths,
+// The URL layout of a stand-in endpoint (tokenctl exec --endpoint), as pure
+// functions: the endpoint answers on the upstream's own paths,
 // so a command that builds its URLs from a base URL keeps working when that
 // base is the endpoint instead of the upstream.
 //

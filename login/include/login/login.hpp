@@ -1,4 +1,4 @@
-// Login flows (DESIGN §6): authorization code with PKCE through the loopback
+// Login flows: authorization code with PKCE through the loopback
 // listener or a pasted redirect, the device authorization grant (RFC 8628),
 // discovery (RFC 8414 / OIDC, RFC 9728 for MCP servers) with dynamic client
 // registration (RFC 7591), the atlassian preset's accessible resources,

@@ -1,5 +1,5 @@
-// Forwarding of Jira/Confluence/REST calls with a profile's credential
-// (DESIGN §8): route and policy checks first (proxy/route.hpp), then the call
+// Forwarding of Jira/Confluence/REST calls with a profile's credential:
+// route and policy checks first (proxy/route.hpp), then the call
 // with a fresh token; a 401 gets one forced refresh and one retry, a 429/503
 // may be waited out once when the caller asks; every call is audited.
 //

@@ -1,4 +1,4 @@
-// Where a proxied call goes and whether it may go there (DESIGN §8), as pure
+// Where a proxied call goes and whether it may go there, as pure
 // functions: the upstream URL from the profile and the caller's path, header
 // filtering both ways, the profile's policy, and a rate limiter on an
 // injected clock.

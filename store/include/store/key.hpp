@@ -1,4 +1,4 @@
-// Where the database key comes from (DESIGN §4), first found wins:
+// Where the database key comes from, first found wins:
 //   1. --key-file / TOKEND_KEY_FILE (must exist)
 //   2. systemd credential $CREDENTIALS_DIRECTORY/tokend.key
 //   3. TOKEND_KEY (64 hex characters)

@@ -1,4 +1,4 @@
-// What the store holds (DESIGN §4): profiles, their credentials, audit events.
+// What the store holds: profiles, their credentials, audit events.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +18,7 @@ enum class CredentialKind { oauth2, api_token, pat };
 std::string_view to_string(CredentialKind k) noexcept;
 Result<CredentialKind> parse_credential_kind(std::string_view s);
 
-// DESIGN §5 lifecycle states.
+// The lifecycle states of a credential (docs/API.md lists them).
 enum class CredState { empty, valid, refreshing, backoff, reauth_required, login_pending, expired, disabled };
 std::string_view to_string(CredState s) noexcept;
 Result<CredState> parse_cred_state(std::string_view s);

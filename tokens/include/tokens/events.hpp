@@ -1,4 +1,4 @@
-// Lifecycle events (DESIGN §7 /v1/events): published by the token service,
+// Lifecycle events (GET /v1/events, docs/API.md): published by the token service,
 // delivered synchronously to subscribers on the loop thread.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Pure refresh policy (DESIGN §5): when to refresh, how long to back off.
+// Pure refresh policy: when to refresh, how long to back off.
 // Inputs in, decision out — no clock, no randomness of their own.
 #pragma once
 
@@ -30,8 +30,7 @@ WallTime refresh_due(WallTime obtained, WallTime expires, Millis buffer, Millis 
 Millis backoff_delay(int failures, double random01, std::optional<Millis> retry_after,
                      const RefreshPolicy& policy);
 
-// How long a served token must still be valid (DESIGN §6: min_valid never
-// makes a freshly refreshed token unusable). `asked` is the caller's
+// How long a served token must still be valid. `asked` is the caller's
 // min_valid; with `half_lifetime` the caller asks for half the token's
 // lifetime instead (headersHelper clients ask only when they connect).
 // `lifetime` is expires_at - obtained_at of the current token, when known.

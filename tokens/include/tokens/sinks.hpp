@@ -1,4 +1,4 @@
-// Sinks (DESIGN §9): for scripts that cannot ask tokend, the current token is
+// Sinks: for scripts that cannot ask tokend, the current token is
 // written where they already look, after every new token set.
 //   {"type": "file", "path": "/abs/token", "format": "raw|header|json"}
 //     the whole file, rewritten atomically, mode 0600;

@@ -1,6 +1,6 @@
 // The token service: profiles and credentials in memory (loaded from the
 // store at start, written through on every change), tokens served from
-// memory, and the refresh engine (DESIGN §5):
+// memory, and the refresh engine:
 //
 // - each OAuth profile with a refresh token is scheduled at refresh_due();
 //   one timer is armed for the earliest deadline (and at least every 30 s, so
