@@ -38,9 +38,9 @@ Result<std::optional<std::int64_t>> int_param(const ipc::Request& req, std::stri
 }
 
 std::string sse_frame(const Event& e) {
-  json::Json data = {{"id", e.id}, {"type", e.type}, {"profile", e.profile}, {"at", e.at_ms / 1000}, {"at_ms", e.at_ms}};
+  json::Json data = {{"id", e.id}, {"type", tokens::to_string(e.kind)}, {"profile", e.profile}, {"at", e.at_ms / 1000}, {"at_ms", e.at_ms}};
   for (const auto& [k, v] : e.data.items()) data[k] = v;
-  return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.id, e.type,
+  return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.id, tokens::to_string(e.kind),
                      data.dump(-1, ' ', false, json::Json::error_handler_t::replace));
 }
 
@@ -57,19 +57,6 @@ std::optional<pid_t> parent_of(pid_t pid) {
   long ppid = 0;
   if (!(rest >> state >> ppid)) return std::nullopt;
   return static_cast<pid_t>(ppid);
-}
-
-std::string escape_label(std::string_view v) {
-  std::string out;
-  for (const char c : v) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
 }
 
 }  // namespace
@@ -154,7 +141,7 @@ class Api::Waits {
   // Errc::limit_exceeded when too many are waiting already. The wait ends
   // without calling `done` when the caller goes away (the exchange is
   // abandoned): nothing holds the slot for a caller that has gone.
-  Result<> add(const std::shared_ptr<ipc::Exchange>& ex, std::string profile, std::vector<std::string> types,
+  Result<> add(const std::shared_ptr<ipc::Exchange>& ex, std::string profile, std::vector<tokens::EventKind> kinds,
                std::chrono::milliseconds timeout, Done done) {
     if (m_waiting.size() >= k_max_waiting) {
       return fail(Errc::limit_exceeded, "too many requests are waiting already; try again later");
@@ -162,7 +149,7 @@ class Api::Waits {
     auto timer = net::Timer::create(m_loop);
     if (!timer) return std::unexpected(timer.error());
     const std::uint64_t id = m_next++;
-    auto& w = m_waiting.emplace(id, Waiter{std::move(profile), std::move(types), std::move(*timer), std::move(done)})
+    auto& w = m_waiting.emplace(id, Waiter{std::move(profile), std::move(kinds), std::move(*timer), std::move(done)})
                   .first->second;
     w.timer.start(static_cast<std::uint64_t>(timeout.count()), 0, [this, id] { fire(id, false); });
     ex->on_abandon([this, alive = std::weak_ptr<bool>(m_alive), id] {
@@ -191,7 +178,7 @@ class Api::Waits {
   static constexpr std::size_t k_max_waiting = 4096;
   struct Waiter {
     std::string profile;
-    std::vector<std::string> types;
+    std::vector<tokens::EventKind> kinds;
     net::Timer timer;
     Done done;
   };
@@ -199,7 +186,7 @@ class Api::Waits {
   void on_event(const Event& e) {
     std::vector<std::uint64_t> hit;
     for (const auto& [id, w] : m_waiting) {
-      if (w.profile == e.profile && std::find(w.types.begin(), w.types.end(), e.type) != w.types.end()) hit.push_back(id);
+      if (w.profile == e.profile && std::find(w.kinds.begin(), w.kinds.end(), e.kind) != w.kinds.end()) hit.push_back(id);
     }
     for (const auto id : hit) fire(id, true);
   }
@@ -246,7 +233,7 @@ void Api::close() {
 void Api::answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name, const tokens::TokenRequest& req,
                        std::int64_t wait_s, Result<tokens::TokenGrant> grant) {
   if (!grant && grant.error().code == Errc::reauth_required && wait_s > 0) {
-    auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"}, std::chrono::seconds(wait_s),
+    auto waiting = m_waits->add(ex, name, {tokens::EventKind::login_succeeded, tokens::EventKind::profile_updated, tokens::EventKind::refreshed}, std::chrono::seconds(wait_s),
                                 [this, ex, name, req, error = grant.error()](bool happened) {
                                   if (!happened) return answer_token(ex, name, req, 0, std::unexpected(error));
                                   m_tokens.token_async(name, req, [this, ex, name, req](Result<tokens::TokenGrant> g) {
@@ -287,7 +274,7 @@ void Api::forward(const std::shared_ptr<ipc::Exchange>& ex, proxy::ProxyCall cal
   m_proxy->forward(std::move(call), [this, ex, name, wait_s, again = std::move(again)](
                                         std::expected<proxy::ProxyResult, proxy::ProxyError> r) mutable {
     if (!r && r.error().error.code == Errc::reauth_required && again) {
-      auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"},
+      auto waiting = m_waits->add(ex, name, {tokens::EventKind::login_succeeded, tokens::EventKind::profile_updated, tokens::EventKind::refreshed},
                                   std::chrono::seconds(wait_s),
                                   [this, ex, name, call = std::move(*again), error = r.error()](bool happened) mutable {
                                     if (!happened) return gateway::respond_proxied(ex, name, std::unexpected(std::move(error)));
@@ -318,7 +305,7 @@ void Api::open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::str
     if (!ex->pending()) return;
     if (!grant) {
       if (grant.error().code == Errc::reauth_required && wait_s > 0) {
-        auto waiting = m_waits->add(ex, name, {"login_succeeded", "profile_updated", "refreshed"},
+        auto waiting = m_waits->add(ex, name, {tokens::EventKind::login_succeeded, tokens::EventKind::profile_updated, tokens::EventKind::refreshed},
                                     std::chrono::seconds(wait_s),
                                     [this, ex, name, audited, error = grant.error()](bool happened) {
                                       if (!happened) return ex->respond(gateway::reauth_error(error, name));
@@ -356,377 +343,336 @@ void Api::open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::str
 }
 
 void Api::register_routes(ipc::Router& router) {
-  router.add("GET", "/v1/health", [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started);
-    ex->respond(ipc::Response::json(200, {{"status", "ok"},
-                                     {"version", m_options.version},
-                                     {"uptime_s", uptime.count()},
-                                     {"profiles", m_tokens.size()},
-                                     {"pid", ::getpid()}}));
-  });
+  // Every handler is a named member function below, in the order of this
+  // table.
+  const auto bind = [this](void (Api::*handler)(const std::shared_ptr<ipc::Exchange>&)) {
+    return [this, handler](const std::shared_ptr<ipc::Exchange>& ex) { (this->*handler)(ex); };
+  };
+  router.add("GET", "/v1/health", bind(&Api::get_health));
+  router.add("GET", "/v1/profiles", bind(&Api::list_profiles));
+  router.add("GET", "/v1/profiles/{name}", bind(&Api::get_profile));
+  router.add("PUT", "/v1/profiles/{name}", bind(&Api::put_profile));
+  router.add("DELETE", "/v1/profiles/{name}", bind(&Api::delete_profile));
+  router.add("GET", "/v1/profiles/{name}/token", bind(&Api::get_token));
+  router.add("POST", "/v1/profiles/{name}/refresh", bind(&Api::refresh_profile));
+  router.add("POST", "/v1/profiles/{name}/login", bind(&Api::start_login));
+  router.add("GET", "/v1/profiles/{name}/login", bind(&Api::watch_login));
+  router.add("POST", "/v1/profiles/{name}/login/complete", bind(&Api::complete_login));
+  router.add("DELETE", "/v1/profiles/{name}/login", bind(&Api::cancel_login));
+  router.add("POST", "/v1/profiles/{name}/logout", bind(&Api::logout));
+  router.add("POST", "/v1/profiles/{name}/test", bind(&Api::test_profile));
+  router.add("POST", "/v1/profiles/{name}/endpoint", bind(&Api::open_endpoint_route));
+  for (const char* method : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}) {
+    router.add(method, "/v1/proxy/{name}/{rest...}", bind(&Api::proxy_route), /*large_body=*/true);
+  }
+  // tokenctl mcp sends each JSON-RPC message here; it goes to the
+  // profile's MCP server with a fresh token.
+  for (const char* method : {"GET", "POST", "DELETE"}) {
+    router.add(method, "/v1/mcp/{name}", bind(&Api::mcp_route), /*large_body=*/true);
+  }
+  router.add("GET", "/v1/events", bind(&Api::get_events));
+  router.add("GET", "/v1/audit", bind(&Api::get_audit));
+  router.add("GET", "/v1/metrics", bind(&Api::get_metrics));
+}
 
-  router.add("GET", "/v1/profiles", [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    const auto now = to_unix_ms(m_clock.wall_now());
-    json::Json list = json::Json::array();
-    for (const auto& v : m_tokens.list()) list.push_back(profile_json(v, now));
-    ex->respond(ipc::Response::json(200, {{"profiles", list}}));
-  });
+std::size_t Api::event_stream_count() const { return m_streams->size(); }
+std::size_t Api::waiting_count() const { return m_waits->size(); }
 
-  router.add("GET", "/v1/profiles/{name}", [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    auto v = m_tokens.get(ex->param("name"));
+void Api::refuse_without_login(const std::shared_ptr<ipc::Exchange>& ex) {
+  ex->respond(ipc::Response::error(503, "unavailable", "login flows are not available in this tokend"));
+}
+
+std::function<void(Result<json::Json>)> Api::json_responder(const ExchangePtr& ex, const std::string& name) {
+  return [ex, name](Result<json::Json> r) {
+    if (!r) {
+      if (r.error().code == Errc::reauth_required) return ex->respond(gateway::reauth_error(r.error(), name));
+      return ex->respond(ipc::error_response(r.error()));
+    }
+    ex->respond(ipc::Response::json(200, *r));
+  };
+}
+
+// --- health and profiles ---
+
+// GET /v1/health
+void Api::get_health(const std::shared_ptr<ipc::Exchange>& ex) {
+  const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started);
+  ex->respond(ipc::Response::json(200, {{"status", "ok"},
+                                   {"version", m_options.version},
+                                   {"uptime_s", uptime.count()},
+                                   {"profiles", m_tokens.size()},
+                                   {"pid", ::getpid()}}));
+}
+
+// GET /v1/profiles
+void Api::list_profiles(const std::shared_ptr<ipc::Exchange>& ex) {
+  const auto now = to_unix_ms(m_clock.wall_now());
+  json::Json list = json::Json::array();
+  for (const auto& v : m_tokens.list()) list.push_back(profile_json(v, now));
+  ex->respond(ipc::Response::json(200, {{"profiles", list}}));
+}
+
+// GET /v1/profiles/{name}
+void Api::get_profile(const std::shared_ptr<ipc::Exchange>& ex) {
+  auto v = m_tokens.get(ex->param("name"));
+  if (!v) return ex->respond(ipc::error_response(v.error()));
+  ex->respond(ipc::Response::json(200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
+}
+
+// PUT /v1/profiles/{name}
+void Api::put_profile(const std::shared_ptr<ipc::Exchange>& ex) {
+  auto body = json::parse(ex->request().body, "request body");
+  if (!body) return ex->respond(ipc::error_response(body.error()));
+  // Sinks write files as tokend's user: only that user may configure them.
+  if (body->is_object() && body->contains("sinks") && ex->peer().uid != ::geteuid()) {
+    return ex->respond(ipc::Response::error(403, "forbidden", "only tokend's own user may configure sinks"));
+  }
+  auto spec = tokens::parse_profile_spec(ex->param("name"), *body, to_unix_ms(m_clock.wall_now()));
+  if (!spec) return ex->respond(ipc::error_response(spec.error()));
+  auto created = m_tokens.put_profile(std::move(*spec));
+  if (!created) return ex->respond(ipc::error_response(created.error()));
+  auto v = m_tokens.get(ex->param("name"));
+  if (!v) return ex->respond(ipc::error_response(v.error()));
+  ex->respond(ipc::Response::json(*created ? 201 : 200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
+}
+
+// DELETE /v1/profiles/{name}
+void Api::delete_profile(const std::shared_ptr<ipc::Exchange>& ex) {
+  if (auto r = m_tokens.remove_profile(ex->param("name")); !r) return ex->respond(ipc::error_response(r.error()));
+  ipc::Response res;
+  res.status = 204;
+  ex->respond(std::move(res));
+}
+
+// GET /v1/profiles/{name}/token
+void Api::get_token(const std::shared_ptr<ipc::Exchange>& ex) {
+  const std::string name(ex->param("name"));
+  // min_valid=half asks for half the token's lifetime (tokenctl headers).
+  const auto mv = ex->request().query_param("min_valid");
+  const bool half = mv && *mv == "half";
+  auto min_valid = half ? Result<std::optional<std::int64_t>>{} : int_param(ex->request(), "min_valid", 0, 86'400);
+  if (!min_valid) {
+    return ex->respond(ipc::error_response(
+        Error{Errc::invalid_argument, min_valid.error().message + ", or \"half\" (half the token's lifetime)"}));
+  }
+  auto wait = int_param(ex->request(), "wait", 0, 3'600);
+  if (!wait) return ex->respond(ipc::error_response(wait.error()));
+  tokens::TokenRequest req;
+  if (*min_valid) req.min_valid_s = **min_valid;
+  req.half_lifetime = half;
+  // Answers at once when the token is good enough, else after the
+  // profile's single refresh. The exchange ignores an answer to a caller
+  // that has gone.
+  const std::int64_t wait_s = wait->value_or(0);
+  m_tokens.token_async(name, req, [this, ex, name, req, wait_s](Result<tokens::TokenGrant> grant) {
+    answer_token(ex, name, req, wait_s, std::move(grant));
+  });
+}
+
+// POST /v1/profiles/{name}/refresh
+void Api::refresh_profile(const std::shared_ptr<ipc::Exchange>& ex) {
+  const std::string name(ex->param("name"));
+  m_tokens.refresh(name, [this, ex, name](Result<> outcome) {
+    if (!outcome) {
+      if (outcome.error().code == Errc::reauth_required) return ex->respond(gateway::reauth_error(outcome.error(), name));
+      return ex->respond(ipc::error_response(outcome.error()));
+    }
+    auto v = m_tokens.get(name);
     if (!v) return ex->respond(ipc::error_response(v.error()));
     ex->respond(ipc::Response::json(200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
   });
+}
 
-  router.add("PUT", "/v1/profiles/{name}", [this](const std::shared_ptr<ipc::Exchange>& ex) {
+// --- login flows ---
+
+// POST /v1/profiles/{name}/login
+void Api::start_login(const std::shared_ptr<ipc::Exchange>& ex) {
+  if (m_login == nullptr) return refuse_without_login(ex);
+  const std::string name(ex->param("name"));
+  login::LoginRequest req;
+  if (!ex->request().body.empty()) {
     auto body = json::parse(ex->request().body, "request body");
     if (!body) return ex->respond(ipc::error_response(body.error()));
-    // Sinks write files as tokend's user: only that user may configure them.
-    if (body->is_object() && body->contains("sinks") && ex->peer().uid != ::geteuid()) {
-      return ex->respond(ipc::Response::error(403, "forbidden", "only tokend's own user may configure sinks"));
-    }
-    auto spec = tokens::parse_profile_spec(ex->param("name"), *body, to_unix_ms(m_clock.wall_now()));
-    if (!spec) return ex->respond(ipc::error_response(spec.error()));
-    auto created = m_tokens.put_profile(std::move(*spec));
-    if (!created) return ex->respond(ipc::error_response(created.error()));
-    auto v = m_tokens.get(ex->param("name"));
-    if (!v) return ex->respond(ipc::error_response(v.error()));
-    ex->respond(ipc::Response::json(*created ? 201 : 200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
-  });
-
-  router.add("DELETE", "/v1/profiles/{name}", [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    if (auto r = m_tokens.remove_profile(ex->param("name")); !r) return ex->respond(ipc::error_response(r.error()));
-    ipc::Response res;
-    res.status = 204;
-    ex->respond(std::move(res));
-  });
-
-  router.add("GET", "/v1/profiles/{name}/token", [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    const std::string name(ex->param("name"));
-    // min_valid=half asks for half the token's lifetime (tokenctl headers).
-    const auto mv = ex->request().query_param("min_valid");
-    const bool half = mv && *mv == "half";
-    auto min_valid = half ? Result<std::optional<std::int64_t>>{} : int_param(ex->request(), "min_valid", 0, 86'400);
-    if (!min_valid) {
-      return ex->respond(ipc::error_response(
-          Error{Errc::invalid_argument, min_valid.error().message + ", or \"half\" (half the token's lifetime)"}));
-    }
-    auto wait = int_param(ex->request(), "wait", 0, 3'600);
-    if (!wait) return ex->respond(ipc::error_response(wait.error()));
-    tokens::TokenRequest req;
-    if (*min_valid) req.min_valid_s = **min_valid;
-    req.half_lifetime = half;
-    // Answers at once when the token is good enough, else after the
-    // profile's single refresh. The exchange ignores an answer to a caller
-    // that has gone.
-    const std::int64_t wait_s = wait->value_or(0);
-    m_tokens.token_async(name, req, [this, ex, name, req, wait_s](Result<tokens::TokenGrant> grant) {
-      answer_token(ex, name, req, wait_s, std::move(grant));
-    });
-  });
-
-  router.add("POST", "/v1/profiles/{name}/refresh", [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    const std::string name(ex->param("name"));
-    m_tokens.refresh(name, [this, ex, name](Result<> outcome) {
-      if (!outcome) {
-        if (outcome.error().code == Errc::reauth_required) return ex->respond(gateway::reauth_error(outcome.error(), name));
-        return ex->respond(ipc::error_response(outcome.error()));
-      }
-      auto v = m_tokens.get(name);
-      if (!v) return ex->respond(ipc::error_response(v.error()));
-      ex->respond(ipc::Response::json(200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
-    });
-  });
-
-  // --- login flows ---
-  auto no_login = [](const std::shared_ptr<ipc::Exchange>& ex) {
-    ex->respond(ipc::Response::error(503, "unavailable", "login flows are not available in this tokend"));
-  };
-  auto respond_json = [this](const std::shared_ptr<ipc::Exchange>& ex, const std::string& name) {
-    return [this, ex, name](Result<json::Json> r) {
-      if (!r) {
-        if (r.error().code == Errc::reauth_required) return ex->respond(gateway::reauth_error(r.error(), name));
-        return ex->respond(ipc::error_response(r.error()));
-      }
-      ex->respond(ipc::Response::json(200, *r));
-    };
-  };
-
-  router.add("POST", "/v1/profiles/{name}/login", [this, no_login, respond_json](const std::shared_ptr<ipc::Exchange>& ex) {
-    if (m_login == nullptr) return no_login(ex);
-    const std::string name(ex->param("name"));
-    login::LoginRequest req;
-    if (!ex->request().body.empty()) {
-      auto body = json::parse(ex->request().body, "request body");
-      if (!body) return ex->respond(ipc::error_response(body.error()));
-      if (!body->is_object()) return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
-      for (const auto& [k, v] : body->items()) {
-        if (k == "flow") {
-          if (v != "code" && v != "device") {
-            return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"flow\" must be \"code\" or \"device\""}));
-          }
-          req.device = v == "device";
-        } else if (k == "listen") {
-          if (!v.is_boolean()) return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"listen\" must be true or false"}));
-          req.listen = v.get<bool>();
-        } else {
-          return ex->respond(ipc::error_response(Error{Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
+    if (!body->is_object()) return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
+    for (const auto& [k, v] : body->items()) {
+      if (k == "flow") {
+        if (v != "code" && v != "device") {
+          return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"flow\" must be \"code\" or \"device\""}));
         }
+        req.device = v == "device";
+      } else if (k == "listen") {
+        if (!v.is_boolean()) return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"listen\" must be true or false"}));
+        req.listen = v.get<bool>();
+      } else {
+        return ex->respond(ipc::error_response(Error{Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
       }
     }
-    if (!m_tokens.get(name)) return ex->respond(ipc::error_response(m_tokens.get(name).error()));
-    audit_peer(ex, "login_started", name);
-    m_login->start(name, req, respond_json(ex, name));
-  });
-
-  router.add("GET", "/v1/profiles/{name}/login", [this, no_login](const std::shared_ptr<ipc::Exchange>& ex) {
-    if (m_login == nullptr) return no_login(ex);
-    const std::string name(ex->param("name"));
-    if (auto v = m_tokens.get(name); !v) return ex->respond(ipc::error_response(v.error()));
-    auto wait = int_param(ex->request(), "wait", 0, 3'600);
-    if (!wait) return ex->respond(ipc::error_response(wait.error()));
-    if (wait->value_or(0) > 0 && m_login->pending(name)) {
-      auto waiting = m_waits->add(ex, name, {"login_succeeded", "login_failed", "login_cancelled"},
-                                  std::chrono::seconds(**wait), [this, ex, name](bool) {
-                                    ex->respond(ipc::Response::json(200, m_login != nullptr ? m_login->status(name) : json::Json::object()));
-                                  });
-      if (waiting) return;
-      return ex->respond(ipc::error_response(waiting.error()));
-    }
-    ex->respond(ipc::Response::json(200, m_login->status(name)));
-  });
-
-  router.add("POST", "/v1/profiles/{name}/login/complete", [this, no_login](const std::shared_ptr<ipc::Exchange>& ex) {
-    if (m_login == nullptr) return no_login(ex);
-    const std::string name(ex->param("name"));
-    auto body = json::parse(ex->request().body, "request body");
-    if (!body) return ex->respond(ipc::error_response(body.error()));
-    m_login->complete(name, *body, [ex](Result<json::Json> r) {
-      if (!r) return ex->respond(ipc::error_response(r.error()));
-      const auto state = r->value("state", std::string());
-      if (state == "succeeded") return ex->respond(ipc::Response::json(200, *r));
-      const json::Json& err = r->contains("error") ? (*r)["error"] : json::Json::object();
-      ex->respond(ipc::Response::error(400, "login_failed", err.value("message", std::string("the login failed")),
-                                  {{"reason", err.value("reason", std::string())}, {"login", *r}}));
-    });
-  });
-
-  router.add("DELETE", "/v1/profiles/{name}/login", [this, no_login](const std::shared_ptr<ipc::Exchange>& ex) {
-    if (m_login == nullptr) return no_login(ex);
-    if (auto r = m_login->cancel(std::string(ex->param("name"))); !r) return ex->respond(ipc::error_response(r.error()));
-    ipc::Response res;
-    res.status = 204;
-    ex->respond(std::move(res));
-  });
-
-  router.add("POST", "/v1/profiles/{name}/logout", [this, no_login, respond_json](const std::shared_ptr<ipc::Exchange>& ex) {
-    if (m_login == nullptr) return no_login(ex);
-    const std::string name(ex->param("name"));
-    audit_peer(ex, "logout_requested", name);
-    m_login->logout(name, respond_json(ex, name));
-  });
-
-  router.add("POST", "/v1/profiles/{name}/test", [this, no_login, respond_json](const std::shared_ptr<ipc::Exchange>& ex) {
-    if (m_login == nullptr) return no_login(ex);
-    const std::string name(ex->param("name"));
-    m_login->test(name, respond_json(ex, name));
-  });
-
-  router.add("POST", "/v1/profiles/{name}/endpoint", [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    const std::string name(ex->param("name"));
-    auto wait = int_param(ex->request(), "wait", 0, 3'600);
-    if (!wait) return ex->respond(ipc::error_response(wait.error()));
-    // Calls through the endpoint are audited as the caller, or as the
-    // command it names: its own child, started for the purpose.
-    ipc::Peer audited = ex->peer();
-    if (!ex->request().body.empty()) {
-      auto body = json::parse(ex->request().body, "request body");
-      if (!body) return ex->respond(ipc::error_response(body.error()));
-      if (!body->is_object()) return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
-      for (const auto& [k, v] : body->items()) {
-        if (k != "pid") {
-          return ex->respond(ipc::error_response(Error{Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
-        }
-        if (!v.is_number_integer() || v.get<std::int64_t>() <= 0) {
-          return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"pid\" must be a process id"}));
-        }
-        const auto pid = static_cast<pid_t>(v.get<std::int64_t>());
-        if (pid != audited.pid && parent_of(pid) != std::optional<pid_t>(audited.pid)) {
-          return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"pid\" must name the caller or a child of it"}));
-        }
-        audited.pid = pid;
-      }
-    }
-    if (auto v = m_tokens.get(name); !v) return ex->respond(ipc::error_response(v.error()));
-    audit_peer(ex, "endpoint_opened", name);
-    open_endpoint(ex, name, wait->value_or(0), audited);
-  });
-
-  // --- the proxy ---
-  auto proxy_route = [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    const ipc::Request& req = ex->request();
-    std::string name(ex->param("name"));
-    // The rest of the path exactly as decoded, not the router's segments
-    // (which fold "//"): the proxy refuses what it does not like.
-    const std::string prefix = "/v1/proxy/" + name + "/";
-    std::string rest = req.path.starts_with(prefix) ? req.path.substr(prefix.size()) : std::string(ex->param("rest"));
-    auto call = gateway::proxy_call(req, name, std::move(rest), ex->peer());
-    if (!call) return ex->respond(ipc::error_response(call.error()));
-    forward(ex, std::move(*call), 0);
-  };
-  for (const char* method : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}) {
-    router.add(method, "/v1/proxy/{name}/{rest...}", proxy_route, /*large_body=*/true);
   }
+  if (!m_tokens.get(name)) return ex->respond(ipc::error_response(m_tokens.get(name).error()));
+  audit_peer(ex, "login_started", name);
+  m_login->start(name, req, json_responder(ex, name));
+}
 
-  // --- the MCP bridge route: tokenctl mcp sends each JSON-RPC
-  // message here; it goes to the profile's MCP server with a fresh token.
-  // X-Tokend-Wait: S holds a call that needs a login until one is done.
-  auto mcp_route = [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    std::int64_t wait_s = 0;
-    if (auto wait = ex->request().header("x-tokend-wait")) {
-      const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), wait_s);
-      if (ec != std::errc{} || end != wait->data() + wait->size() || wait_s < 0 || wait_s > 3600) {
-        return ex->respond(ipc::Response::error(400, "invalid_argument", "X-Tokend-Wait must be a number of seconds from 0 to 3600"));
-      }
-    }
-    auto call = gateway::proxy_call(ex->request(), std::string(ex->param("name")), {}, ex->peer());
-    if (!call) return ex->respond(ipc::error_response(call.error()));
-    call->mcp = true;
-    forward(ex, std::move(*call), wait_s);
-  };
-  for (const char* method : {"GET", "POST", "DELETE"}) router.add(method, "/v1/mcp/{name}", mcp_route, /*large_body=*/true);
+// GET /v1/profiles/{name}/login
+void Api::watch_login(const std::shared_ptr<ipc::Exchange>& ex) {
+  if (m_login == nullptr) return refuse_without_login(ex);
+  const std::string name(ex->param("name"));
+  if (auto v = m_tokens.get(name); !v) return ex->respond(ipc::error_response(v.error()));
+  auto wait = int_param(ex->request(), "wait", 0, 3'600);
+  if (!wait) return ex->respond(ipc::error_response(wait.error()));
+  if (wait->value_or(0) > 0 && m_login->pending(name)) {
+    auto waiting = m_waits->add(ex, name, {tokens::EventKind::login_succeeded, tokens::EventKind::login_failed, tokens::EventKind::login_cancelled},
+                                std::chrono::seconds(**wait), [this, ex, name](bool) {
+                                  ex->respond(ipc::Response::json(200, m_login != nullptr ? m_login->status(name) : json::Json::object()));
+                                });
+    if (waiting) return;
+    return ex->respond(ipc::error_response(waiting.error()));
+  }
+  ex->respond(ipc::Response::json(200, m_login->status(name)));
+}
 
-  router.add("GET", "/v1/events", [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    std::optional<std::string> only;
-    if (auto p = ex->request().query_param("profile")) only = std::string(*p);
-    auto stream = ex->start_stream(200, {{"Content-Type", "text/event-stream"},
-                                         {"Cache-Control", "no-cache"},
-                                         {"X-Accel-Buffering", "no"}});
-    if (!stream) return;
-    stream->send(": tokend event stream\n\n");
-    std::weak_ptr<ipc::Stream> weak = stream;
-    auto sub = m_events.subscribe([weak, only](const Event& e) {
-      if (only && e.profile != *only) return;
-      if (auto s = weak.lock()) s->send(sse_frame(e));
-    });
-    m_streams->add(std::move(stream), std::move(sub));
-  });
-
-  router.add("GET", "/v1/audit", [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    auto limit = int_param(ex->request(), "limit", 1, 10'000);
-    if (!limit) return ex->respond(ipc::error_response(limit.error()));
-    if (m_proxy != nullptr) m_proxy->flush_audit_now();  // batched lines first
-    auto events = m_store.recent_audit(static_cast<std::size_t>(limit->value_or(100)));
-    if (!events) return ex->respond(ipc::error_response(events.error()));
-    json::Json list = json::Json::array();
-    for (const auto& e : *events) {
-      list.push_back({{"id", e.id},
-                      {"at", e.at_ms / 1000},
-                      {"kind", e.kind},
-                      {"profile", e.profile},
-                      {"peer_uid", nullable(e.peer_uid)},
-                      {"peer_pid", nullable(e.peer_pid)},
-                      {"detail", e.detail}});
-    }
-    ex->respond(ipc::Response::json(200, {{"events", list}}));
-  });
-
-  router.add("GET", "/v1/metrics", [this](const std::shared_ptr<ipc::Exchange>& ex) {
-    const auto now = to_unix_ms(m_clock.wall_now());
-    std::string out;
-    auto metric = [&](std::string_view name, std::string_view type, std::string_view help) {
-      out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
-    };
-    metric("tokend_build_info", "gauge", "Version of the running tokend.");
-    out += fmt::format("tokend_build_info{{version=\"{}\"}} 1\n", escape_label(m_options.version));
-    metric("tokend_uptime_seconds", "gauge", "Seconds since tokend started.");
-    out += fmt::format("tokend_uptime_seconds {}\n",
-                       std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started).count());
-    const auto views = m_tokens.list();
-    metric("tokend_profiles", "gauge", "Number of profiles.");
-    out += fmt::format("tokend_profiles {}\n", views.size());
-    metric("tokend_token_expiry_seconds", "gauge", "Seconds until the profile's access token expires.");
-    for (const auto& v : views) {
-      if (v.expires_at_ms) {
-        out += fmt::format("tokend_token_expiry_seconds{{profile=\"{}\"}} {}\n", escape_label(v.name),
-                           (*v.expires_at_ms - now) / 1000);
-      }
-    }
-    metric("tokend_profile_state", "gauge", "1 for the state each profile is in.");
-    for (const auto& v : views) {
-      out += fmt::format("tokend_profile_state{{profile=\"{}\",state=\"{}\"}} 1\n", escape_label(v.name),
-                         store::to_string(v.state));
-    }
-    metric("tokend_token_requests_total", "counter", "Token requests by profile and result.");
-    for (const auto& [profile, results] : m_token_requests) {
-      for (const auto& [result, n] : results) {
-        out += fmt::format("tokend_token_requests_total{{profile=\"{}\",result=\"{}\"}} {}\n",
-                           escape_label(profile), result, n);
-      }
-    }
-    const auto& es = m_tokens.stats();
-    metric("tokend_refreshes_total", "counter", "Refreshes by outcome.");
-    out += fmt::format("tokend_refreshes_total{{result=\"ok\"}} {}\n", es.refreshes_ok);
-    out += fmt::format("tokend_refreshes_total{{result=\"failed\"}} {}\n", es.refreshes_failed);
-    metric("tokend_refreshes_in_flight", "gauge", "Refreshes in flight now.");
-    out += fmt::format("tokend_refreshes_in_flight {}\n", es.in_flight);
-    metric("tokend_refreshes_in_flight_peak", "gauge", "Most refreshes in flight at once since start.");
-    out += fmt::format("tokend_refreshes_in_flight_peak {}\n", es.peak_in_flight);
-    metric("tokend_store_failures_total", "counter", "Credential state writes or read-backs the store refused.");
-    out += fmt::format("tokend_store_failures_total {}\n", es.store_failures);
-    metric("tokend_event_streams", "gauge", "Open /v1/events streams.");
-    out += fmt::format("tokend_event_streams {}\n", m_streams->size());
-    if (m_proxy != nullptr) {
-      const auto& ps = m_proxy->stats();
-      metric("tokend_proxy_requests_total", "counter", "Proxied calls by profile and upstream status (0: no answer).");
-      for (const auto& [profile, statuses] : ps.by_profile_status) {
-        for (const auto& [status, n] : statuses) {
-          out += fmt::format("tokend_proxy_requests_total{{profile=\"{}\",status=\"{}\"}} {}\n", escape_label(profile), status, n);
-        }
-      }
-      metric("tokend_proxy_latency_seconds", "histogram", "Time from a proxied call to its answer's head, as tokend saw it.");
-      for (std::size_t i = 0; i < ps.bucket_bounds.size(); ++i) {
-        out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"{}\"}} {}\n", ps.bucket_bounds[i], ps.bucket_counts[i]);
-      }
-      out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"+Inf\"}} {}\n", ps.count);
-      out += fmt::format("tokend_proxy_latency_seconds_sum {}\n", ps.sum_s);
-      out += fmt::format("tokend_proxy_latency_seconds_count {}\n", ps.count);
-      metric("tokend_proxy_open_streams", "gauge", "Proxied answers still streaming to their callers.");
-      out += fmt::format("tokend_proxy_open_streams {}\n", ps.open_streams);
-    }
-    const auto& eps = m_endpoints->stats();
-    metric("tokend_endpoints_open", "gauge", "Stand-in endpoints open now (tokenctl exec --endpoint).");
-    out += fmt::format("tokend_endpoints_open {}\n", eps.open);
-    metric("tokend_endpoints_opened_total", "counter", "Stand-in endpoints opened since start.");
-    out += fmt::format("tokend_endpoints_opened_total {}\n", eps.opened);
-    metric("tokend_endpoint_requests_total", "counter", "Requests to stand-in endpoints by result.");
-    for (const auto& [result, n] : eps.requests) {
-      out += fmt::format("tokend_endpoint_requests_total{{result=\"{}\"}} {}\n", result, n);
-    }
-    metric("tokend_waiting_requests", "gauge", "Token and login requests waiting for a login to finish.");
-    out += fmt::format("tokend_waiting_requests {}\n", m_waits->size());
-    if (m_server != nullptr) {
-      const auto& s = m_server->stats();
-      metric("tokend_http_connections_open", "gauge", "Open API connections.");
-      out += fmt::format("tokend_http_connections_open {}\n", s.open_connections);
-      metric("tokend_http_connections_total", "counter", "API connections accepted.");
-      out += fmt::format("tokend_http_connections_total {}\n", s.connections_accepted);
-      metric("tokend_http_connections_refused_total", "counter", "Connections refused over the connection limit.");
-      out += fmt::format("tokend_http_connections_refused_total {}\n", s.connections_refused);
-      metric("tokend_http_peers_denied_total", "counter", "Connections from users not allowed.");
-      out += fmt::format("tokend_http_peers_denied_total {}\n", s.peers_denied);
-      metric("tokend_http_requests_total", "counter", "API requests.");
-      out += fmt::format("tokend_http_requests_total {}\n", s.requests);
-      metric("tokend_http_responses_total", "counter", "API responses by status.");
-      for (const auto& [code, n] : s.responses_by_status) {
-        out += fmt::format("tokend_http_responses_total{{code=\"{}\"}} {}\n", code, n);
-      }
-    }
-    ipc::Response r;
-    r.headers.emplace_back("Content-Type", "text/plain; version=0.0.4");
-    r.body = std::move(out);
-    ex->respond(std::move(r));
+// POST /v1/profiles/{name}/login/complete
+void Api::complete_login(const std::shared_ptr<ipc::Exchange>& ex) {
+  if (m_login == nullptr) return refuse_without_login(ex);
+  const std::string name(ex->param("name"));
+  auto body = json::parse(ex->request().body, "request body");
+  if (!body) return ex->respond(ipc::error_response(body.error()));
+  m_login->complete(name, *body, [ex](Result<json::Json> r) {
+    if (!r) return ex->respond(ipc::error_response(r.error()));
+    const auto state = r->value("state", std::string());
+    if (state == "succeeded") return ex->respond(ipc::Response::json(200, *r));
+    const json::Json& err = r->contains("error") ? (*r)["error"] : json::Json::object();
+    ex->respond(ipc::Response::error(400, "login_failed", err.value("message", std::string("the login failed")),
+                                {{"reason", err.value("reason", std::string())}, {"login", *r}}));
   });
 }
+
+// DELETE /v1/profiles/{name}/login
+void Api::cancel_login(const std::shared_ptr<ipc::Exchange>& ex) {
+  if (m_login == nullptr) return refuse_without_login(ex);
+  if (auto r = m_login->cancel(std::string(ex->param("name"))); !r) return ex->respond(ipc::error_response(r.error()));
+  ipc::Response res;
+  res.status = 204;
+  ex->respond(std::move(res));
+}
+
+// POST /v1/profiles/{name}/logout
+void Api::logout(const std::shared_ptr<ipc::Exchange>& ex) {
+  if (m_login == nullptr) return refuse_without_login(ex);
+  const std::string name(ex->param("name"));
+  audit_peer(ex, "logout_requested", name);
+  m_login->logout(name, json_responder(ex, name));
+}
+
+// POST /v1/profiles/{name}/test
+void Api::test_profile(const std::shared_ptr<ipc::Exchange>& ex) {
+  if (m_login == nullptr) return refuse_without_login(ex);
+  const std::string name(ex->param("name"));
+  m_login->test(name, json_responder(ex, name));
+}
+
+// --- the stand-in endpoint ---
+
+// POST /v1/profiles/{name}/endpoint
+void Api::open_endpoint_route(const std::shared_ptr<ipc::Exchange>& ex) {
+  const std::string name(ex->param("name"));
+  auto wait = int_param(ex->request(), "wait", 0, 3'600);
+  if (!wait) return ex->respond(ipc::error_response(wait.error()));
+  // Calls through the endpoint are audited as the caller, or as the
+  // command it names: its own child, started for the purpose.
+  ipc::Peer audited = ex->peer();
+  if (!ex->request().body.empty()) {
+    auto body = json::parse(ex->request().body, "request body");
+    if (!body) return ex->respond(ipc::error_response(body.error()));
+    if (!body->is_object()) return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
+    for (const auto& [k, v] : body->items()) {
+      if (k != "pid") {
+        return ex->respond(ipc::error_response(Error{Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
+      }
+      if (!v.is_number_integer() || v.get<std::int64_t>() <= 0) {
+        return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"pid\" must be a process id"}));
+      }
+      const auto pid = static_cast<pid_t>(v.get<std::int64_t>());
+      if (pid != audited.pid && parent_of(pid) != std::optional<pid_t>(audited.pid)) {
+        return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"pid\" must name the caller or a child of it"}));
+      }
+      audited.pid = pid;
+    }
+  }
+  if (auto v = m_tokens.get(name); !v) return ex->respond(ipc::error_response(v.error()));
+  audit_peer(ex, "endpoint_opened", name);
+  open_endpoint(ex, name, wait->value_or(0), audited);
+}
+
+// --- events and audit ---
+
+// GET /v1/events
+void Api::get_events(const std::shared_ptr<ipc::Exchange>& ex) {
+  std::optional<std::string> only;
+  if (auto p = ex->request().query_param("profile")) only = std::string(*p);
+  auto stream = ex->start_stream(200, {{"Content-Type", "text/event-stream"},
+                                       {"Cache-Control", "no-cache"},
+                                       {"X-Accel-Buffering", "no"}});
+  if (!stream) return;
+  stream->send(": tokend event stream\n\n");
+  std::weak_ptr<ipc::Stream> weak = stream;
+  auto sub = m_events.subscribe([weak, only](const Event& e) {
+    if (only && e.profile != *only) return;
+    if (auto s = weak.lock()) s->send(sse_frame(e));
+  });
+  m_streams->add(std::move(stream), std::move(sub));
+}
+
+// GET /v1/audit
+void Api::get_audit(const std::shared_ptr<ipc::Exchange>& ex) {
+  auto limit = int_param(ex->request(), "limit", 1, 10'000);
+  if (!limit) return ex->respond(ipc::error_response(limit.error()));
+  if (m_proxy != nullptr) m_proxy->flush_audit_now();  // batched lines first
+  auto events = m_store.recent_audit(static_cast<std::size_t>(limit->value_or(100)));
+  if (!events) return ex->respond(ipc::error_response(events.error()));
+  json::Json list = json::Json::array();
+  for (const auto& e : *events) {
+    list.push_back({{"id", e.id},
+                    {"at", e.at_ms / 1000},
+                    {"kind", e.kind},
+                    {"profile", e.profile},
+                    {"peer_uid", nullable(e.peer_uid)},
+                    {"peer_pid", nullable(e.peer_pid)},
+                    {"detail", e.detail}});
+  }
+  ex->respond(ipc::Response::json(200, {{"events", list}}));
+}
+
+// --- the proxy and the MCP gateway ---
+
+// ANY /v1/proxy/{name}/{rest...}
+void Api::proxy_route(const std::shared_ptr<ipc::Exchange>& ex) {
+  const ipc::Request& req = ex->request();
+  std::string name(ex->param("name"));
+  // The rest of the path exactly as decoded, not the router's segments
+  // (which fold "//"): the proxy refuses what it does not like.
+  const std::string prefix = "/v1/proxy/" + name + "/";
+  std::string rest = req.path.starts_with(prefix) ? req.path.substr(prefix.size()) : std::string(ex->param("rest"));
+  auto call = gateway::proxy_call(req, name, std::move(rest), ex->peer());
+  if (!call) return ex->respond(ipc::error_response(call.error()));
+  forward(ex, std::move(*call), 0);
+}
+
+// GET|POST|DELETE /v1/mcp/{name}: X-Tokend-Wait: S holds a call that needs a
+// login until one is done.
+void Api::mcp_route(const std::shared_ptr<ipc::Exchange>& ex) {
+  std::int64_t wait_s = 0;
+  if (auto wait = ex->request().header("x-tokend-wait")) {
+    const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), wait_s);
+    if (ec != std::errc{} || end != wait->data() + wait->size() || wait_s < 0 || wait_s > 3600) {
+      return ex->respond(ipc::Response::error(400, "invalid_argument", "X-Tokend-Wait must be a number of seconds from 0 to 3600"));
+    }
+  }
+  auto call = gateway::proxy_call(ex->request(), std::string(ex->param("name")), {}, ex->peer());
+  if (!call) return ex->respond(ipc::error_response(call.error()));
+  call->mcp = true;
+  forward(ex, std::move(*call), wait_s);
+}
+
 
 }  // namespace tokend::api

@@ -108,22 +108,63 @@ std::optional<std::string> base64_decode(std::string_view text) {
   return out;
 }
 
+bool is_unreserved(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+         c == '_' || c == '~';
+}
+
+void append_percent_escape(std::string& out, unsigned char byte) {
+  out += '%';
+  out += "0123456789ABCDEF"[byte >> 4U];
+  out += "0123456789ABCDEF"[byte & 15U];
+}
+
+std::string percent_encode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char c : s) {
+    if (is_unreserved(c)) {
+      out += c;
+    } else {
+      append_percent_escape(out, static_cast<unsigned char>(c));
+    }
+  }
+  return out;
+}
+
 std::string form_encode(std::string_view s) {
   std::string out;
+  out.reserve(s.size());
   for (const char c : s) {
-    const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-                       c == '.' || c == '_' || c == '~';
-    if (plain) {
+    if (is_unreserved(c)) {
       out += c;
     } else if (c == ' ') {
       out += '+';
     } else {
-      out += '%';
-      out += "0123456789ABCDEF"[static_cast<unsigned char>(c) >> 4U];
-      out += "0123456789ABCDEF"[static_cast<unsigned char>(c) & 15U];
+      append_percent_escape(out, static_cast<unsigned char>(c));
     }
   }
   return out;
+}
+
+std::string ascii_lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+bool ascii_iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i];
+    char y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
 }
 
 std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space) {

@@ -13,6 +13,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <nlohmann/json.hpp>
 
+#include "core/encoding.hpp"
 #include "core/paths.hpp"
 #include "core/secret.hpp"
 
@@ -154,8 +155,7 @@ std::optional<std::string> env_value(const char* name) { return process_env()(na
 }  // namespace
 
 std::string redact(std::string_view line) {
-  std::string lower(line);
-  for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string lower = ascii_lower(line);
   std::vector<Span> spans;
   collect(line, lower, spans);
   if (spans.empty()) return std::string(line);

@@ -34,7 +34,7 @@ Notifier::Notifier(net::Loop& loop, tokens::EventBus& events, std::string comman
     : m_loop(loop), m_command(std::move(command)) {
   m_sub = events.subscribe([this](const tokens::Event& e) {
     // consent_required: an insufficient_scope answer needs a login for more scope.
-    if (e.type == "reauth_required" || e.type == "consent_required") run(e);
+    if (e.kind == tokens::EventKind::reauth_required || e.kind == tokens::EventKind::consent_required) run(e);
   });
 }
 

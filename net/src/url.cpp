@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 
+#include "core/encoding.hpp"
+
 namespace tokend::net {
 
 namespace {
@@ -36,9 +38,7 @@ std::string Url::origin() const {
 std::string origin_key(std::string_view text) {
   auto u = parse_url(text, "site");
   if (!u) return std::string(text);
-  std::string host = u->host;
-  std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return fmt::format("{}://{}:{}", u->scheme, host, u->port);
+  return fmt::format("{}://{}:{}", u->scheme, ascii_lower(u->host), u->port);
 }
 
 bool is_loopback_host(std::string_view host) {
@@ -50,9 +50,7 @@ bool is_loopback_host(std::string_view host) {
     in6_addr a{};
     return ::inet_pton(AF_INET6, inner.c_str(), &a) == 1 && IN6_IS_ADDR_LOOPBACK(&a);
   }
-  std::string lowered(host);
-  std::transform(lowered.begin(), lowered.end(), lowered.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  const std::string lowered = ascii_lower(host);
   if (lowered == "localhost") return true;
   in_addr a{};
   return ::inet_pton(AF_INET, lowered.c_str(), &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
@@ -67,9 +65,7 @@ Result<Url> parse_url(std::string_view text, std::string_view what) {
     return fail(Errc::invalid_argument, fmt::format("{} is not a valid URL", what));
   }
   Url url;
-  url.scheme = part(u.get(), CURLUPART_SCHEME);
-  std::transform(url.scheme.begin(), url.scheme.end(), url.scheme.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  url.scheme = ascii_lower(part(u.get(), CURLUPART_SCHEME));
   if (url.scheme != "http" && url.scheme != "https") {
     return fail(Errc::invalid_argument, fmt::format("{} must be an http or https URL", what));
   }

@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include <fmt/format.h>
+#include "core/encoding.hpp"
 
 #include "net/url.hpp"
 #include "oauth/protocol.hpp"
@@ -11,12 +12,6 @@
 namespace tokend::oauth {
 
 namespace {
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
 
 std::string without_trailing_slash(std::string_view path) {
   while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
@@ -84,13 +79,13 @@ std::optional<std::string> bearer_challenge_param(std::string_view h, std::strin
   };
   skip_ws();
   const auto scheme_end = h.find_first_of(" \t", i);
-  if (scheme_end == std::string_view::npos || lower(h.substr(i, scheme_end - i)) != "bearer") return std::nullopt;
+  if (scheme_end == std::string_view::npos || ascii_lower(h.substr(i, scheme_end - i)) != "bearer") return std::nullopt;
   i = scheme_end;
   while (i < h.size()) {
     skip_ws();
     const auto eq = h.find('=', i);
     if (eq == std::string_view::npos) return std::nullopt;
-    std::string name = lower(h.substr(i, eq - i));
+    std::string name = ascii_lower(h.substr(i, eq - i));
     while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.pop_back();
     i = eq + 1;
     while (i < h.size() && (h[i] == ' ' || h[i] == '\t')) ++i;
@@ -121,7 +116,7 @@ bool same_resource(std::string_view a, std::string_view b) {
   auto ua = net::parse_url(a, "a");
   auto ub = net::parse_url(b, "b");
   if (!ua || !ub) return false;
-  return ua->scheme == ub->scheme && lower(ua->host) == lower(ub->host) && ua->port == ub->port &&
+  return ua->scheme == ub->scheme && ascii_lower(ua->host) == ascii_lower(ub->host) && ua->port == ub->port &&
          without_trailing_slash(ua->path) == without_trailing_slash(ub->path) && ua->query == ub->query;
 }
 

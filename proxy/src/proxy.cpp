@@ -9,6 +9,7 @@
 #include <cctype>
 #include <charconv>
 
+#include "core/encoding.hpp"
 #include "core/json.hpp"
 #include "net/url.hpp"
 #include "oauth/discovery.hpp"
@@ -247,7 +248,11 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
       if (auto stored = m_tokens.profile_of(c->call.profile)) {
         stored->config["cloud_id"] = c->profile.config["cloud_id"];
         stored->config["cloud_url"] = c->profile.config["cloud_url"];
-        (void)m_tokens.update_profile(*stored);
+        // Kept for the next call; this one goes ahead with the id either way.
+        if (auto kept = m_tokens.update_profile(*stored); !kept) {
+          spdlog::warn("profile {}: the cloud id was not stored ({}); it is looked up again next time",
+                       c->call.profile, kept.error().message);
+        }
       }
       send(c);
     });
@@ -394,11 +399,7 @@ void Proxy::answer(const std::shared_ptr<Call>& c, std::expected<ProxyResult, Pr
 
 namespace {
 
-bool header_is(std::string_view name, std::string_view lower_name) {
-  return name.size() == lower_name.size() &&
-         std::equal(name.begin(), name.end(), lower_name.begin(),
-                    [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
-}
+bool header_is(std::string_view name, std::string_view lower_name) { return ascii_iequals(name, lower_name); }
 
 }  // namespace
 

@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "core/encoding.hpp"
+
 namespace tokend::proxy {
 
 namespace {
@@ -37,7 +39,7 @@ Result<std::string> encode_path(std::string_view rest) {
     if (u < 0x20 || u == 0x7f) return std::unexpected(bad("the path contains a control character"));
     if (c == '\\') return std::unexpected(bad("the path contains a backslash"));
     if (c == '%' || c == '?' || c == '#' || !plain_path_char(c)) {
-      out += fmt::format("%{:02X}", static_cast<unsigned>(u));
+      append_percent_escape(out, u);
     } else {
       out += c;
     }

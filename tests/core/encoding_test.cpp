@@ -20,3 +20,20 @@ TEST_CASE("base64 known answers (RFC 4648 §10)", "[core][encoding]") {
   for (const char* bad : {"Zg=", "Zg=a", "Z===", "Zm9v!A==", "=Zm9"}) CHECK_FALSE(tokend::base64_decode(bad));
   CHECK(tokend::base64url_encode("\xfb\xff") == "-_8");
 }
+
+TEST_CASE("percent_encode keeps only unreserved characters; form_encode writes space as '+'") {
+  CHECK(tokend::percent_encode("a-b.c_d~E9") == "a-b.c_d~E9");
+  CHECK(tokend::percent_encode("a b/c?d#%\n\xff") == "a%20b%2Fc%3Fd%23%25%0A%FF");
+  CHECK(tokend::form_encode("a b+c") == "a+b%2Bc");
+  std::string out = "x";
+  tokend::append_percent_escape(out, 0x0a);
+  CHECK(out == "x%0A");
+}
+
+TEST_CASE("ASCII case folding leaves other bytes and the length alone") {
+  CHECK(tokend::ascii_lower("Content-Type: ÄB") == "content-type: Äb");
+  CHECK(tokend::ascii_lower("\xc3\x84") == "\xc3\x84");
+  CHECK(tokend::ascii_iequals("Retry-After", "retry-after"));
+  CHECK_FALSE(tokend::ascii_iequals("Retry-After", "retry-afte"));
+  CHECK_FALSE(tokend::ascii_iequals("a", "\xc3"));
+}

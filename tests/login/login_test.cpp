@@ -315,7 +315,7 @@ TEST_CASE("a code flow: listener, state, PKCE, exchange, stored, listener closed
   auto grant = rig.tokens->token("p", {});
   REQUIRE(grant);
   CHECK(grant->token.reveal() == "at-1");
-  CHECK(std::any_of(rig.seen.begin(), rig.seen.end(), [](const Event& e) { return e.type == "login_succeeded"; }));
+  CHECK(std::any_of(rig.seen.begin(), rig.seen.end(), [](const Event& e) { return e.kind == EventKind::login_succeeded; }));
 }
 
 // Issue 13 finding 3: any web page can make the browser send a request to

@@ -72,7 +72,7 @@ struct Rig {
   }
 
   std::size_t events_of(const std::string& type) const {
-    return static_cast<std::size_t>(std::count_if(seen.begin(), seen.end(), [&](const Event& e) { return e.type == type; }));
+    return static_cast<std::size_t>(std::count_if(seen.begin(), seen.end(), [&](const Event& e) { return to_string(e.kind) == type; }));
   }
 };
 

@@ -187,9 +187,9 @@ Result<bool> TokenService::put_profile(ProfileSpec spec) {
   auto& e = m_entries.insert_or_assign(name, Entry{std::move(*profile), std::move(*credential), std::move(rt)}).first->second;
   audit(is_new ? "profile_added" : "profile_updated", name);
   if (auto w = write_sinks(e.profile, e.credential); !w) {
-    m_events.publish("sink_failed", name, now_ms(), {{"error", w.error().message}});
+    m_events.publish(EventKind::sink_failed, name, now_ms(), {{"error", w.error().message}});
   }
-  m_events.publish(is_new ? "profile_added" : "profile_updated", name, now_ms(),
+  m_events.publish(is_new ? EventKind::profile_added : EventKind::profile_updated, name, now_ms(),
                    {{"kind", store::to_string(e.profile.kind)}, {"state", store::to_string(e.credential.state)}});
   if (!e.rt.in_flight) {
     schedule_from_token(e);
@@ -214,7 +214,7 @@ Result<> TokenService::remove_profile(std::string_view name) {
     start_queued();
   }
   audit("profile_removed", name);
-  m_events.publish("profile_removed", std::string(name), now_ms());
+  m_events.publish(EventKind::profile_removed, std::string(name), now_ms());
   rearm();
   return {};
 }
@@ -304,7 +304,7 @@ Result<> TokenService::install_tokens(const std::string& name, const store::Toke
   schedule_from_token(e);
   audit("login", name);
   if (auto w = write_sinks(e.profile, e.credential); !w) {
-    m_events.publish("sink_failed", name, now_ms(), {{"error", w.error().message}});
+    m_events.publish(EventKind::sink_failed, name, now_ms(), {{"error", w.error().message}});
   }
   // Waiters on the abandoned refresh: the new token is there for them.
   finish(e, {});
@@ -378,7 +378,7 @@ Result<std::vector<std::string>> TokenService::require_consent(const std::string
                                          "consent to: {}", joined);
   spdlog::warn("profile {}: {}", name, reason);
   audit("consent_required", name, {{"scopes", scopes}});
-  m_events.publish("consent_required", name, now_ms(),
+  m_events.publish(EventKind::consent_required, name, now_ms(),
                    {{"reason", reason}, {"scopes", scopes}, {"new_scopes", scopes.size() - before},
                     {"command", "tokenctl login " + name}});
   return scopes;
@@ -564,12 +564,12 @@ void TokenService::on_tick() {
       if (c.state != CredState::reauth_required && e.profile.kind == CredentialKind::oauth2) {
         const std::string why = "the access token expired and there is no refresh token";
         record_state(e, CredState::reauth_required, why);
-        m_events.publish("reauth_required", name, now_ms(), {{"reason", why}, {"command", "tokenctl login " + name}});
+        m_events.publish(EventKind::reauth_required, name, now_ms(), {{"reason", why}, {"command", "tokenctl login " + name}});
       }
     } else {
       if (e.rt.expiring_sent_for != c.generation) {
         e.rt.expiring_sent_for = c.generation;
-        m_events.publish("expiring", name, now_ms(), {{"expires_at", *c.expires_at_ms / 1000}});
+        m_events.publish(EventKind::expiring, name, now_ms(), {{"expires_at", *c.expires_at_ms / 1000}});
       }
       schedule(e, from_unix_ms(*c.expires_at_ms));
     }
@@ -607,7 +607,7 @@ void TokenService::launch(Entry& e) {
   auto endpoint = oauth::token_endpoint_of(e.profile);
   if (!endpoint) {
     record_state(e, CredState::reauth_required, endpoint.error().message);
-    m_events.publish("refresh_failed", name, now_ms(), {{"error", endpoint.error().message}, {"kind", "config"}});
+    m_events.publish(EventKind::refresh_failed, name, now_ms(), {{"error", endpoint.error().message}, {"kind", "config"}});
     finish(e, std::unexpected(Error{Errc::reauth_required, endpoint.error().message}));
     return;
   }
@@ -672,10 +672,10 @@ void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResp
                    (*e.credential.expires_at_ms - now_ms()) / 1000);
       // Committed first; now the sinks, the waiters and the subscribers.
       if (auto w = write_sinks(e.profile, e.credential); !w) {
-        m_events.publish("sink_failed", name, now_ms(), {{"error", w.error().message}});
+        m_events.publish(EventKind::sink_failed, name, now_ms(), {{"error", w.error().message}});
       }
       finish(e, {});
-      m_events.publish("refreshed", name, now_ms(),
+      m_events.publish(EventKind::refreshed, name, now_ms(),
                        {{"expires_at", *e.credential.expires_at_ms / 1000}, {"generation", e.credential.generation}});
     }
   } else {
@@ -688,12 +688,12 @@ void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResp
       record_state(e, expired ? CredState::expired : CredState::backoff, f.message);
       schedule(e, m_clock.wall_now() + delay);
       spdlog::warn("profile {}: refresh failed ({}); retrying in {} ms", name, f.message, delay.count());
-      m_events.publish("refresh_failed", name, now_ms(),
+      m_events.publish(EventKind::refresh_failed, name, now_ms(),
                        {{"error", f.message}, {"kind", "transient"}, {"retry_in_ms", delay.count()}});
       if (e.credential.expires_at_ms && *e.credential.expires_at_ms - now_ms() < buffer_of(e).count() &&
           e.rt.expiring_sent_for != e.credential.generation) {
         e.rt.expiring_sent_for = e.credential.generation;
-        m_events.publish("expiring", name, now_ms(), {{"expires_at", *e.credential.expires_at_ms / 1000}});
+        m_events.publish(EventKind::expiring, name, now_ms(), {{"expires_at", *e.credential.expires_at_ms / 1000}});
       }
       finish(e, fail(Errc::transient, f.message));
     } else {
@@ -702,9 +702,9 @@ void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResp
       schedule(e, std::nullopt);
       spdlog::warn("profile {}: {}; a new login is needed (tokenctl login {})", name, message, name);
       audit("reauth_required", name, {{"reason", message}});
-      m_events.publish("refresh_failed", name, now_ms(),
+      m_events.publish(EventKind::refresh_failed, name, now_ms(),
                        {{"error", message}, {"kind", f.kind == oauth::FailureKind::config ? "config" : "reauth"}});
-      m_events.publish("reauth_required", name, now_ms(), {{"reason", message}, {"command", "tokenctl login " + name}});
+      m_events.publish(EventKind::reauth_required, name, now_ms(), {{"reason", message}, {"command", "tokenctl login " + name}});
       finish(e, fail(Errc::reauth_required, message));
     }
   }

@@ -2,6 +2,9 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -52,6 +55,35 @@ class Api {
   class Waits;
 
  private:
+  using ExchangePtr = std::shared_ptr<ipc::Exchange>;
+
+  // The route handlers, one per route (register_routes lists them).
+  void get_health(const ExchangePtr& ex);
+  void list_profiles(const ExchangePtr& ex);
+  void get_profile(const ExchangePtr& ex);
+  void put_profile(const ExchangePtr& ex);
+  void delete_profile(const ExchangePtr& ex);
+  void get_token(const ExchangePtr& ex);
+  void refresh_profile(const ExchangePtr& ex);
+  void start_login(const ExchangePtr& ex);
+  void watch_login(const ExchangePtr& ex);
+  void complete_login(const ExchangePtr& ex);
+  void cancel_login(const ExchangePtr& ex);
+  void logout(const ExchangePtr& ex);
+  void test_profile(const ExchangePtr& ex);
+  void open_endpoint_route(const ExchangePtr& ex);
+  void proxy_route(const ExchangePtr& ex);
+  void mcp_route(const ExchangePtr& ex);
+  void get_events(const ExchangePtr& ex);
+  void get_audit(const ExchangePtr& ex);
+  void get_metrics(const ExchangePtr& ex);  // api/src/metrics.cpp
+
+  static void refuse_without_login(const ExchangePtr& ex);
+  // Answers with the JSON a login-manager call produced, or its error.
+  static std::function<void(Result<json::Json>)> json_responder(const ExchangePtr& ex, const std::string& name);
+  [[nodiscard]] std::size_t event_stream_count() const;
+  [[nodiscard]] std::size_t waiting_count() const;
+
   // Hands a call to the proxy and answers with what comes back; with
   // wait_s > 0 a call refused for want of a login waits for one (or a new
   // token) and goes again.

@@ -18,8 +18,20 @@ std::string base64_encode(std::string_view bytes);     // with padding
 // Standard alphabet with padding (RFC 4648 §4); nullopt when malformed.
 std::optional<std::string> base64_decode(std::string_view text);
 
-// application/x-www-form-urlencoded / RFC 3986 unreserved kept, space as '+'.
+// RFC 3986 unreserved characters (ALPHA DIGIT - . _ ~).
+bool is_unreserved(char c);
+// Appends "%XX" (upper-case hex, RFC 3986 §2.1) for one byte.
+void append_percent_escape(std::string& out, unsigned char byte);
+// Unreserved characters kept, every other byte percent-encoded: a path
+// segment or a query value.
+std::string percent_encode(std::string_view s);
+// application/x-www-form-urlencoded: as percent_encode, with space as '+'.
 std::string form_encode(std::string_view s);
+
+// ASCII-only case folding, independent of the locale: for header names,
+// schemes, hosts and protocol keywords.
+std::string ascii_lower(std::string_view s);
+bool ascii_iequals(std::string_view a, std::string_view b);
 // nullopt on a malformed escape.
 std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space);
 // Splits "a=b&c=d", percent-decoding; nullopt on malformed escapes.

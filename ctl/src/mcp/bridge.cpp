@@ -137,7 +137,8 @@ class Bridge {
   Result<Answer> exchange(Conn& conn, std::string_view method, client::Headers headers, std::string_view body,
                           SseParser* parser, const std::function<void(const SseParser::Event&)>& on_event,
                           const std::optional<std::string>& cancel_id = std::nullopt,
-                          std::chrono::milliseconds idle_timeout = std::chrono::milliseconds(0));
+                          std::chrono::milliseconds idle_timeout = std::chrono::milliseconds(0),
+                          const std::function<void(const Answer&)>& on_head = {});
   client::Headers base_headers(const ClientMessage* message);
   bool reinitialize(Conn& conn, const std::string& failed_session);
   bool relist_tools(Conn& conn, const Job& job);
@@ -264,7 +265,8 @@ client::Headers Bridge::base_headers(const ClientMessage* message) {
 
 Result<Answer> Bridge::exchange(Conn& conn, std::string_view method, client::Headers headers, std::string_view body,
                                 SseParser* parser, const std::function<void(const SseParser::Event&)>& on_event,
-                                const std::optional<std::string>& cancel_id, std::chrono::milliseconds idle_timeout) {
+                                const std::optional<std::string>& cancel_id, std::chrono::milliseconds idle_timeout,
+                                const std::function<void(const Answer&)>& on_head) {
   // The session's DELETE is the one exchange made while stopping: it is
   // bounded by its idle timeout instead of being cut off.
   const bool cancellable = method != "DELETE";
@@ -290,6 +292,7 @@ Result<Answer> Bridge::exchange(Conn& conn, std::string_view method, client::Hea
           answer.headers = head.headers;
           const std::string type = header_of(head.headers, "content-type");
           answer.sse = parser != nullptr && head.status == 200 && type.starts_with("text/event-stream");
+          if (on_head) on_head(answer);
           return true;
         },
         [&](std::string_view bytes) {
@@ -383,8 +386,18 @@ void Bridge::send(Job& job, Conn& conn) {
     }
     SseParser parser;
     bool answered = false;
+    // The session id is taken from the answer's head, before its body
+    // reaches the client: the client's next message (notifications/
+    // initialized) may follow the initialize result at once.
+    const auto take_session = [&](const Answer& head) {
+      if (job.message.method != "initialize" || head.status < 200 || head.status >= 300) return;
+      const std::string id = header_of(head.headers, "mcp-session-id");
+      std::lock_guard lock(m_state_mu);
+      if (usable_session_id(id)) m_session = id;
+    };
     auto r = exchange(conn, "POST", base_headers(&job.message), job.body, &parser,
-                      [&](const SseParser::Event& e) { deliver(e.data, answering, answered); }, answering);
+                      [&](const SseParser::Event& e) { deliver(e.data, answering, answered); }, answering,
+                      std::chrono::milliseconds(0), take_session);
     if (!r) {
       if (m_stopping) return;
       if (r.error().code == Errc::unavailable) {
@@ -401,10 +414,6 @@ void Bridge::send(Job& job, Conn& conn) {
         std::lock_guard lock(m_state_mu);
         m_first_login = false;
         m_told_login = false;
-        if (job.message.method == "initialize") {
-          const std::string id = header_of(a.headers, "mcp-session-id");
-          if (usable_session_id(id)) m_session = id;
-        }
       }
       if (!a.sse && !a.body.empty()) deliver(a.body, answering, answered);
       if (a.sse && !answered && answering && !parser.last_id().empty()) {

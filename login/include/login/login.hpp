@@ -18,17 +18,24 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/json.hpp"
 #include "net/http_client.hpp"
 #include "login/callback_port.hpp"
+#include "login/tracked_requests.hpp"
 #include "tokens/events.hpp"
 #include "tokens/timer_port.hpp"
 #include "tokens/token_service.hpp"
 
 namespace tokend::login {
+
+// Where a login flow is; the names (to_string) are the "state" of
+// GET /v1/profiles/{name}/login.
+enum class FlowState { pending, succeeded, failed, cancelled, expired };
+std::string_view to_string(FlowState state) noexcept;
 
 struct Redirect;  // an authorization response's parameters (login.cpp)
 
@@ -86,7 +93,7 @@ class LoginManager {
   void on_tokens(Flow& f, store::TokenSet tokens);
   void pick_cloud(Flow& f);
   void succeed(Flow& f);
-  void fail_flow(Flow& f, std::string state, std::string reason, std::string message);
+  void fail_flow(Flow& f, FlowState state, std::string reason, std::string message);
   void end_flow(Flow& f);
   void rearm();
   void on_tick();
@@ -105,6 +112,15 @@ class LoginManager {
                                std::function<void(Result<store::Profile>)> next);
   void fetch_json(std::string url, std::function<void(Result<json::Json>, const net::HttpResponse*)> done,
                   net::HttpHeaders headers = {});
+  // URLs tried in order until one answers JSON (resolve.cpp).
+  struct UrlTrial {
+    std::vector<std::string> urls;
+    std::size_t next = 0;
+    std::vector<std::string> tried;
+  };
+  // nullopt: every URL was skipped.
+  using TrialDone = std::function<void(std::optional<Result<json::Json>>, const std::vector<std::string>& tried)>;
+  void fetch_first_json(std::shared_ptr<UrlTrial> trial, std::vector<int> skip, TrialDone done);
 
   tokens::TokenService& m_tokens;
   const Clock& m_clock;
@@ -116,8 +132,8 @@ class LoginManager {
   std::map<std::string, std::unique_ptr<Flow>, std::less<>> m_flows;
   std::uint64_t m_next_flow = 1;
   bool m_shut_down = false;
-  // Every outstanding HTTP request, cancelled at shutdown.
-  std::map<std::uint64_t, bool> m_requests;
+  // The manager's own HTTP requests, cancelled at shutdown.
+  TrackedRequests m_requests{m_http};
   std::shared_ptr<bool> m_alive = std::make_shared<bool>(true);
 };
 

@@ -6,15 +6,39 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "core/json.hpp"
 
 namespace tokend::tokens {
 
+// What happened; the names (to_string) are the `event:` of /v1/events.
+enum class EventKind {
+  profile_added,
+  profile_updated,
+  profile_removed,
+  refreshed,
+  refresh_failed,
+  expiring,
+  reauth_required,
+  consent_required,
+  sink_failed,
+  client_registered,
+  login_started,
+  login_succeeded,
+  login_failed,
+  login_cancelled,
+  logged_out,
+};
+
+std::string_view to_string(EventKind kind) noexcept;
+std::optional<EventKind> event_kind_of(std::string_view name) noexcept;
+
 struct Event {
   std::uint64_t id = 0;
-  std::string type;     // profile_added, profile_updated, profile_removed, refreshed, ...
+  EventKind kind = EventKind::profile_updated;
   std::string profile;
   std::int64_t at_ms = 0;
   json::Json data = json::Json::object();  // never contains a secret
@@ -42,7 +66,7 @@ class EventBus {
   };
 
   [[nodiscard]] Subscription subscribe(Listener listener);
-  void publish(std::string type, std::string profile, std::int64_t at_ms,
+  void publish(EventKind kind, std::string profile, std::int64_t at_ms,
                json::Json data = json::Json::object());
   [[nodiscard]] std::size_t subscriber_count() const { return m_listeners.size(); }
 
