@@ -1,6 +1,6 @@
 // tokenctl mcp PROFILE: a stdio MCP server that carries each JSON-RPC message
 // over tokend's socket (POST /v1/mcp/{profile}) to the profile's remote MCP
-// server, with a fresh token that never leaves tokend (DESIGN §11).
+// server, with a fresh token that never leaves tokend.
 //
 // Threads, not an event loop (tokenctl links neither libuv nor libcurl):
 // the main thread reads stdin; notifications and responses are sent in the

@@ -1,7 +1,7 @@
 // `tokenctl mcp config`: an MCP client's config entry that starts
 // `tokenctl mcp PROFILE` (or a local server under `tokenctl exec --endpoint`),
 // printed in the client's own format or merged into its config file
-// (DESIGN §11, docs/mcp-clients.md).
+// (docs/mcp-clients.md).
 //
 // Everything but write_entry_to_file() is pure: the entry, its text, the merge
 // of that text into a file's text, and the default file of each client.
