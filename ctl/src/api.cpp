@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "client/api.hpp"
 #include "core/json.hpp"
 
 namespace tokend::ctl {
@@ -53,7 +54,7 @@ Result<std::string> proxy_target(std::string_view profile, std::string_view path
   if (path.empty() || path.starts_with('?')) {
     return fail(Errc::invalid_argument, "PATH is empty; give the API path, e.g. jira/rest/api/3/myself");
   }
-  std::string out = fmt::format("/v1/proxy/{}/", profile);
+  std::string out = client::paths::proxy_prefix(profile);
   for (std::size_t i = 0; i < path.size(); ++i) {
     const char c = path[i];
     const auto u = static_cast<unsigned char>(c);

@@ -17,7 +17,7 @@ namespace tokend::ctl {
 // Errc::invalid_argument.
 Result<std::string> normalize_method(std::string_view method);
 
-// "/v1/proxy/PROFILE/PATH" for the PATH argument (e.g.
+// client::paths::proxy_prefix(PROFILE) + PATH for the PATH argument (e.g.
 // "jira/rest/api/3/search?jql=project = ABC"):
 //   - one leading '/' is dropped;
 //   - the query string goes through as given, except that bytes which

@@ -1,4 +1,4 @@
-// tokenctl: commands over the local API (DESIGN §9).
+// tokenctl: the commands (ctl/src/commands/) over the local API (client::ApiClient).
 #pragma once
 
 #include <cstdio>

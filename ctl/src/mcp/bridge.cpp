@@ -26,6 +26,7 @@
 #include "ctl/browser.hpp"
 #include "ctl/interrupt.hpp"
 #include "ctl/mcp/framing.hpp"
+#include "client/api.hpp"
 #include "client/client.hpp"
 
 namespace tokend::ctl::mcp {
@@ -107,7 +108,7 @@ std::string id_key(const json::Json& id) { return id.dump(); }
 class Bridge {
  public:
   explicit Bridge(const BridgeOptions& o)
-      : m_o(o), m_out(o.out_fd), m_target("/v1/mcp/" + o.profile) {}
+      : m_o(o), m_out(o.out_fd), m_target(client::paths::mcp(o.profile)) {}
 
   int run();
 
@@ -682,7 +683,7 @@ bool Bridge::check_profile() {
                      "(start it with: systemctl --user start tokend)", m_o.socket.string(), c.error().message));
     return true;
   }
-  auto r = c->request("GET", "/v1/profiles/" + m_o.profile);
+  auto r = c->request("GET", client::paths::profile(m_o.profile));
   if (!r) {
     note(fmt::format("asking tokend about '{}' failed: {}", m_o.profile, r.error().message));
     return true;
@@ -710,7 +711,7 @@ bool Bridge::check_profile() {
 void Bridge::start_first_login() {
   auto c = client::Client::connect(m_o.socket);
   if (!c) return;
-  auto r = c->request("POST", "/v1/profiles/" + m_o.profile + "/login", R"({"flow":"code","listen":true})",
+  auto r = c->request("POST", client::paths::login(m_o.profile), R"({"flow":"code","listen":true})",
                       {{"Content-Type", "application/json"}}, std::chrono::seconds(90));
   if (!r || r->status != 200) {
     note(fmt::format("'{}' has never signed in, and starting its login failed ({}); run: tokenctl login {}",
