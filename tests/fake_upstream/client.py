@@ -715,6 +715,16 @@ class UpstreamClient:
         return [e for e in self.log(since) if e.get("api")
                 and (prefix is None or e["api"]["prefix"] == prefix)]
 
+    def api_log_at_least(self, since, count, deadline=None):
+        """api_log(since) once it holds `count` entries: the fake logs a call after
+        its answer has gone out, so a caller may see the answer first."""
+        end = time.monotonic() + (DEFAULT_DEADLINE if deadline is None else deadline)
+        while True:
+            entries = self.api_log(since)
+            if len(entries) >= count or time.monotonic() > end:
+                return entries
+            time.sleep(0.01)
+
     def last_seq(self):
         """The log's newest sequence number (for log(since=...))."""
         return self.control("GET", "log?since=999999999999")["last_seq"]
