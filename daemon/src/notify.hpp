@@ -1,10 +1,11 @@
-// notify_command (DESIGN §5): when a profile needs a new login, run the
+// notify_command: when a profile needs a new login, run the
 // user's command (e.g. notify-send) with /bin/sh -c. The profile and the
 // login command are passed in the environment, never spliced into the
 // command text.
 #pragma once
 
-#include <set>
+#include <cstdint>
+#include <map>
 #include <string>
 
 #include "net/loop.hpp"
@@ -29,7 +30,8 @@ class Notifier {
   net::Loop& m_loop;
   std::string m_command;
   tokens::EventBus::Subscription m_sub;
-  std::set<uv_process_t*> m_running;
+  std::map<std::uint64_t, net::Process> m_running;
+  std::uint64_t m_spawned = 0;
 };
 
 }  // namespace tokend::daemon
