@@ -22,12 +22,6 @@ bool passes_to_notify_command(std::string_view name) {
          std::find(std::begin(k_names), std::end(k_names), name) != std::end(k_names);
 }
 
-struct Process {
-  uv_process_t handle{};
-  Notifier* owner = nullptr;
-  std::set<uv_process_t*>* running = nullptr;
-};
-
 }  // namespace
 
 Notifier::Notifier(net::Loop& loop, tokens::EventBus& events, std::string command)
@@ -42,12 +36,8 @@ Notifier::~Notifier() { close(); }
 
 void Notifier::close() {
   m_sub.reset();
-  for (uv_process_t* p : m_running) {
-    (void)uv_process_kill(p, SIGTERM);
-    static_cast<Process*>(p->data)->running = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(p), [](uv_handle_t* h) { delete static_cast<Process*>(h->data); });
-  }
-  m_running.clear();
+  for (auto& [_, process] : m_running) (void)process.kill(SIGTERM);
+  m_running.clear();  // closes the handles: their exit callbacks no longer run
 }
 
 void Notifier::run(const tokens::Event& e) {
@@ -86,22 +76,17 @@ void Notifier::run(const tokens::Event& e) {
   options.env = env.data();
   options.stdio_count = 3;
   options.stdio = stdio;
-  options.exit_cb = [](uv_process_t* p, std::int64_t status, int signal) {
-    auto* proc = static_cast<Process*>(p->data);
+  const std::uint64_t id = ++m_spawned;
+  // The notifier owns the process handle: when it calls back, `this` is alive.
+  auto process = net::Process::spawn(m_loop, options, [this, id](std::int64_t status, int signal) {
     if (status != 0 || signal != 0) spdlog::warn("notify-command exited with status {} (signal {})", status, signal);
-    if (proc->running != nullptr) proc->running->erase(p);
-    uv_close(reinterpret_cast<uv_handle_t*>(p), [](uv_handle_t* h) { delete static_cast<Process*>(h->data); });
-  };
-  auto* proc = new Process();
-  proc->handle.data = proc;
-  proc->owner = this;
-  proc->running = &m_running;
-  if (const int rc = uv_spawn(m_loop.get(), &proc->handle, &options); rc != 0) {
-    spdlog::warn("notify-command could not be started: {}", uv_strerror(rc));
-    uv_close(reinterpret_cast<uv_handle_t*>(&proc->handle), [](uv_handle_t* h) { delete static_cast<Process*>(h->data); });
+    m_running.erase(id);  // closes the handle from its own callback
+  });
+  if (!process) {
+    spdlog::warn("notify-command could not be started: {}", process.error().message);
     return;
   }
-  m_running.insert(&proc->handle);
+  m_running.emplace(id, std::move(*process));
 }
 
 }  // namespace tokend::daemon

@@ -4,7 +4,8 @@
 // command text.
 #pragma once
 
-#include <set>
+#include <cstdint>
+#include <map>
 #include <string>
 
 #include "net/loop.hpp"
@@ -29,7 +30,8 @@ class Notifier {
   net::Loop& m_loop;
   std::string m_command;
   tokens::EventBus::Subscription m_sub;
-  std::set<uv_process_t*> m_running;
+  std::map<std::uint64_t, net::Process> m_running;
+  std::uint64_t m_spawned = 0;
 };
 
 }  // namespace tokend::daemon

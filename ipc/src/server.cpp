@@ -78,7 +78,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
   Result<> listen_fd(int fd);
   Result<> listen_path(const std::filesystem::path& path);
   Result<std::uint16_t> listen_loopback();
-  Result<> start_listening(uv_stream_t* listener);
+  Result<> start_listening();
   void on_connection(int status);
   void remove(Connection* c);
   void drain(std::chrono::milliseconds grace, std::function<void()> done);
@@ -93,7 +93,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
   uid_t m_own_uid;
   std::set<uid_t> m_allowed;
   DeniedPeerHook m_denied_hook;
-  uv_stream_t* m_listener = nullptr;  // a uv_pipe_t, or a uv_tcp_t for listen_loopback
+  net::Stream m_listener;  // a Pipe, or a Tcp for listen_loopback
   bool m_tcp = false;
   std::filesystem::path m_socket_path;
   ino_t m_socket_inode = 0;
@@ -101,7 +101,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
   ServerStats m_stats;
   bool m_draining = false;
   std::function<void()> m_drain_done;
-  uv_timer_t* m_drain_timer = nullptr;
+  net::Timer m_drain_timer;
   std::unique_ptr<char[]> m_read_buffer{new char[k_read_buffer_bytes]};
   bool m_read_buffer_in_use = false;
 };
@@ -115,11 +115,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
  public:
   enum class State { idle, reading, busy, streaming, closing, lingering, closed };
 
-  explicit Connection(std::shared_ptr<Server::Impl> server) : m_server(*server), m_keep_server(std::move(server)) {
-    m_timer.data = this;
-  }
+  explicit Connection(std::shared_ptr<Server::Impl> server) : m_server(*server), m_keep_server(std::move(server)) {}
 
-  Result<> init(uv_stream_t* listener);
+  Result<> init(net::Stream& listener, bool tcp);
   void start(bool refuse_busy);
   void respond(ExchangeImpl* ex, Response response);
   std::shared_ptr<Stream> start_stream(ExchangeImpl* ex, int status, Headers headers, StreamFraming framing);
@@ -130,9 +128,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     arm_timer(std::chrono::milliseconds{0});
     m_timer_checks_drained = true;
   }
-  [[nodiscard]] std::size_t queued() const {
-    return uv_stream_get_write_queue_size(&m_io.stream);
-  }
+  [[nodiscard]] std::size_t queued() const { return m_io.write_queue_size(); }
   void close();
   void close_after_flush();
   void drain();
@@ -165,15 +161,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // The server's state outlives its connections: the last close callback
   // may run after ~Server.
   std::shared_ptr<Server::Impl> m_keep_server;
-  // A Unix socket or, on a loopback listener, a TCP connection.
-  union Io {
-    uv_handle_t handle;
-    uv_stream_t stream;
-    uv_pipe_t pipe;
-    uv_tcp_t tcp;
-  } m_io{};
-  uv_timer_t m_timer{};
-  int m_pending_closes = 0;
+  // A Unix socket or, on a loopback listener, a TCP connection. The
+  // connection's memory is released in its close callback (Server::Impl
+  // holds it until then); callbacks of both handles may use `this`, since
+  // the connection owns them.
+  net::Stream m_io;
+  net::Timer m_timer;
   bool m_closing_handles = false;
   State m_state = State::idle;
   std::string m_inbuf;
@@ -296,30 +289,30 @@ class ExchangeImpl final : public Exchange {
 // ---------------------------------------------------------------------------
 // Connection
 
-Result<> Connection::init(uv_stream_t* listener) {
-  // Neither init can fail on Linux or macOS (they only fill in structures),
-  // which keeps close() simple: both handles always exist.
-  const bool tcp = listener->type == UV_TCP;
+Result<> Connection::init(net::Stream& listener, bool tcp) {
+  auto timer = net::Timer::create(m_server.m_loop);
+  if (!timer) return std::unexpected(timer.error());
+  m_timer = std::move(*timer);
   if (tcp) {
-    (void)uv_tcp_init(m_server.m_loop.get(), &m_io.tcp);
-  } else {
-    (void)uv_pipe_init(m_server.m_loop.get(), &m_io.pipe, 0);
-  }
-  m_io.handle.data = this;
-  (void)uv_timer_init(m_server.m_loop.get(), &m_timer);
-  m_pending_closes = 2;
-  if (const int rc = uv_accept(listener, &m_io.stream); rc != 0) {
-    return std::unexpected(net::uv_error(rc, "accepting a connection"));
-  }
-  if (tcp) {
+    auto io = net::Tcp::create(m_server.m_loop);
+    if (!io) return std::unexpected(io.error());
+    const int rc = listener.accept(*io);
     // A TCP peer has no credentials to read: the listener's handlers
     // authenticate each request (see Server::listen_loopback).
-    (void)uv_tcp_nodelay(&m_io.tcp, 1);
+    if (rc == 0) (void)io->nodelay(true);
+    m_io = std::move(*io);
+    if (rc != 0) return std::unexpected(net::uv_error(rc, "accepting a connection"));
     m_peer = Peer{};
     return {};
   }
-  uv_os_fd_t fd = -1;
-  if (uv_fileno(&m_io.handle, &fd) != 0) {
+  auto io = net::Pipe::create(m_server.m_loop);
+  if (!io) return std::unexpected(io.error());
+  m_io = std::move(*io);
+  if (const int rc = listener.accept(m_io); rc != 0) {
+    return std::unexpected(net::uv_error(rc, "accepting a connection"));
+  }
+  const int fd = m_io.fileno();
+  if (fd < 0) {
     return fail(Errc::io, "connection has no file descriptor");
   }
   auto peer = peer_of(fd);
@@ -351,12 +344,10 @@ void Connection::start(bool refuse_busy) {
 
 void Connection::resume_reading() {
   if (m_reading || is_closed()) return;
-  const int rc = uv_read_start(
-      &m_io.stream,
-      [](uv_handle_t* h, size_t, uv_buf_t* buf) {
-        auto* c = static_cast<Connection*>(h->data);
+  const int rc = m_io.read_start(
+      [this](std::size_t, uv_buf_t* buf) {
         // One buffer for all connections: reads are consumed synchronously.
-        auto& srv = c->m_server;
+        auto& srv = m_server;
         if (srv.m_read_buffer_in_use) {
           buf->base = nullptr;
           buf->len = 0;
@@ -366,28 +357,27 @@ void Connection::resume_reading() {
         buf->base = srv.m_read_buffer.get();
         buf->len = k_read_buffer_bytes;
       },
-      [](uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
-        auto* c = static_cast<Connection*>(s->data);
-        if (buf->base == c->m_server.m_read_buffer.get()) c->m_server.m_read_buffer_in_use = false;
-        auto keep = c->shared_from_this();
-        guarded("connection read", [&] { c->on_read(nread, buf); });
+      [this](ssize_t nread, const uv_buf_t* buf) {
+        if (buf->base == m_server.m_read_buffer.get()) m_server.m_read_buffer_in_use = false;
+        auto keep = shared_from_this();
+        on_read(nread, buf);
       });
   m_reading = rc == 0;
 }
 
 void Connection::maybe_pause_reading() {
-  const std::size_t queued = uv_stream_get_write_queue_size(&m_io.stream);
+  const std::size_t queued = m_io.write_queue_size();
   const bool too_much_input =
       m_inbuf.size() > m_server.m_limits.max_header_bytes + m_server.m_limits.max_body_bytes;
   if (m_reading && (queued > m_server.m_limits.max_write_queue_bytes || too_much_input)) {
-    uv_read_stop(&m_io.stream);
+    m_io.read_stop();
     m_reading = false;
   }
 }
 
 bool Connection::peer_gone() {
-  uv_os_fd_t fd = -1;
-  if (uv_fileno(&m_io.handle, &fd) != 0) return true;
+  const int fd = m_io.fileno();
+  if (fd < 0) return true;
   pollfd pfd{fd, POLLOUT, 0};
   return ::poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR)) != 0;
 }
@@ -552,7 +542,7 @@ bool Connection::check_body() {
 
 void Connection::dispatch(Request req) {
   m_state = State::busy;
-  uv_timer_stop(&m_timer);
+  m_timer.stop();
   ++m_server.m_stats.requests;
 
   // Validate and route first; the exchange is built once, with the final request.
@@ -752,21 +742,13 @@ void Connection::fail_request(int status, std::string_view message) {
   ex->respond(std::move(r));
 }
 
-namespace {
-struct WriteReq {
-  uv_write_t req{};
-  std::string data;
-};
-}  // namespace
-
 void Connection::write(std::string data) {
   if (is_closed()) return;
   // Most answers fit the socket buffer: write them directly, with no request
   // object and no POLLOUT watcher to arm and disarm (one epoll_ctl saved per
   // request). Queue only what is left, behind anything already queued.
   if (m_pending_writes == 0) {
-    uv_buf_t direct = uv_buf_init(data.data(), static_cast<unsigned>(data.size()));
-    const int n = uv_try_write(&m_io.stream, &direct, 1);
+    const int n = m_io.try_write(data);
     if (n == static_cast<int>(data.size())) return;
     if (n > 0) data.erase(0, static_cast<std::size_t>(n));
     else if (n != UV_EAGAIN) {
@@ -774,23 +756,11 @@ void Connection::write(std::string data) {
       return;
     }
   }
-  auto* w = new WriteReq{};
-  w->data = std::move(data);
-  w->req.data = w;
-  uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
   ++m_pending_writes;
-  auto self = shared_from_this();
-  // The WriteReq keeps a reference: the connection outlives its writes.
-  const int rc = uv_write(&w->req, &m_io.stream, &buf, 1,
-                          [](uv_write_t* req, int status) {
-                            auto* wr = static_cast<WriteReq*>(req->data);
-                            auto* c = static_cast<Connection*>(req->handle->data);
-                            delete wr;
-                            guarded("write completion", [&] { c->on_write_done(status); });
-                          });
+  // The write keeps a reference: the connection outlives its writes.
+  const int rc = m_io.write(std::move(data), [self = shared_from_this()](int status) { self->on_write_done(status); });
   if (rc != 0) {
     --m_pending_writes;
-    delete w;
     close();
   }
 }
@@ -814,11 +784,7 @@ void Connection::begin_linger() {
   // Half-close and discard what the peer still sends for a moment, so our
   // final answer is not destroyed by a reset from unread input.
   m_state = State::lingering;
-  auto* req = new uv_shutdown_t{};
-  req->data = this;
-  auto self = shared_from_this();
-  if (uv_shutdown(req, &m_io.stream, [](uv_shutdown_t* r, int) { delete r; }) != 0) {
-    delete req;
+  if (m_io.shutdown() != 0) {
     close();
     return;
   }
@@ -829,14 +795,10 @@ void Connection::begin_linger() {
 void Connection::arm_timer(std::chrono::milliseconds after) {
   if (is_closed()) return;
   m_timer_checks_drained = false;
-  uv_timer_start(
-      &m_timer,
-      [](uv_timer_t* t) {
-        auto* c = static_cast<Connection*>(t->data);
-        auto keep = c->shared_from_this();
-        guarded("connection timer", [&] { c->on_timer(); });
-      },
-      static_cast<std::uint64_t>(after.count()), 0);
+  m_timer.start(static_cast<std::uint64_t>(after.count()), 0, [this] {
+    auto keep = shared_from_this();
+    on_timer();
+  });
 }
 
 void Connection::on_timer() {
@@ -880,67 +842,47 @@ void Connection::close() {
   m_state = State::closed;
   if (auto ex = std::move(m_current)) ex->abandon();
   if (auto st = std::move(m_stream)) st->fire_closed();
-  auto on_closed = [](uv_handle_t* h) {
-    auto* c = static_cast<Connection*>(h->data);
-    if (--c->m_pending_closes != 0) return;
-    // remove() may free the connection, and with it the last reference to
-    // the server's state.
-    const auto server = c->m_keep_server;
-    server->remove(c);
-  };
-  uv_close(&m_io.handle, on_closed);
-  uv_close(reinterpret_cast<uv_handle_t*>(&m_timer), on_closed);
+  m_timer.close();
+  // Once the socket's close callback runs (after its writes' callbacks), the
+  // server lets go of the connection. remove() may free the connection, and
+  // with it the last reference to the server's state.
+  m_io.close([server = m_keep_server, this] { server->remove(this); });
 }
 
 // ---------------------------------------------------------------------------
 // Server::Impl
 
 Result<> Server::Impl::listen_fd(int fd) {
-  auto* pipe = new uv_pipe_t{};
-  if (const int rc = uv_pipe_init(m_loop.get(), pipe, 0); rc != 0) {
-    delete pipe;
-    return std::unexpected(net::uv_error(rc, "initialising the listener"));
-  }
-  m_listener = reinterpret_cast<uv_stream_t*>(pipe);
-  m_listener->data = this;
-  if (const int rc = uv_pipe_open(pipe, fd); rc != 0) {
+  auto pipe = net::Pipe::create(m_loop);
+  if (!pipe) return std::unexpected(pipe.error().context("initialising the listener"));
+  const int rc = pipe->open(fd);
+  m_listener = std::move(*pipe);
+  if (rc != 0) {
     close_listener();
     return std::unexpected(net::uv_error(rc, "using the listening socket"));
   }
-  return start_listening(m_listener);
+  return start_listening();
 }
 
 Result<std::uint16_t> Server::Impl::listen_loopback() {
-  auto* tcp = new uv_tcp_t{};
-  if (const int rc = uv_tcp_init(m_loop.get(), tcp); rc != 0) {
-    delete tcp;
-    return std::unexpected(net::uv_error(rc, "initialising the loopback listener"));
-  }
-  m_listener = reinterpret_cast<uv_stream_t*>(tcp);
-  m_listener->data = this;
+  auto tcp = net::Tcp::create(m_loop);
+  if (!tcp) return std::unexpected(tcp.error().context("initialising the loopback listener"));
   m_tcp = true;
   sockaddr_in addr{};
   (void)uv_ip4_addr("127.0.0.1", 0, &addr);
-  if (const int rc = uv_tcp_bind(tcp, reinterpret_cast<const sockaddr*>(&addr), 0); rc != 0) {
-    close_listener();
+  if (const int rc = tcp->bind(reinterpret_cast<const sockaddr*>(&addr), 0); rc != 0) {
     return std::unexpected(net::uv_error(rc, "binding 127.0.0.1"));
   }
-  sockaddr_storage bound{};
-  int len = sizeof bound;
-  if (const int rc = uv_tcp_getsockname(tcp, reinterpret_cast<sockaddr*>(&bound), &len); rc != 0) {
-    close_listener();
-    return std::unexpected(net::uv_error(rc, "reading the loopback port"));
-  }
-  if (auto r = start_listening(m_listener); !r) return std::unexpected(r.error());
-  return ntohs(reinterpret_cast<const sockaddr_in*>(&bound)->sin_port);
+  auto port = tcp->local_port();
+  if (!port) return std::unexpected(port.error().context("the loopback listener"));
+  m_listener = std::move(*tcp);
+  if (auto r = start_listening(); !r) return std::unexpected(r.error());
+  return *port;
 }
 
-Result<> Server::Impl::start_listening(uv_stream_t* listener) {
-  const int rc = uv_listen(listener, SOMAXCONN,
-                           [](uv_stream_t* s, int status) {
-                             auto* self = static_cast<Server::Impl*>(s->data);
-                             guarded("accept", [&] { self->on_connection(status); });
-                           });
+Result<> Server::Impl::start_listening() {
+  // The server's state owns the listener: when it calls back, `this` is alive.
+  const int rc = m_listener.listen(SOMAXCONN, [this](int status) { on_connection(status); });
   if (rc != 0) {
     close_listener();
     return std::unexpected(net::uv_error(rc, "listening on the socket"));
@@ -1008,7 +950,7 @@ void Server::Impl::on_connection(int status) {
     return;
   }
   auto conn = std::make_shared<Connection>(shared_from_this());
-  auto r = conn->init(m_listener);
+  auto r = conn->init(m_listener, m_tcp);
   m_connections.emplace(conn.get(), conn);
   if (!r) {
     spdlog::warn("{}", r.error().message);
@@ -1029,15 +971,8 @@ void Server::Impl::remove(Connection* c) {
 }
 
 void Server::Impl::close_listener() {
-  if (m_listener == nullptr) return;
-  uv_close(reinterpret_cast<uv_handle_t*>(m_listener), [](uv_handle_t* h) {
-    if (h->type == UV_TCP) {
-      delete reinterpret_cast<uv_tcp_t*>(h);
-    } else {
-      delete reinterpret_cast<uv_pipe_t*>(h);
-    }
-  });
-  m_listener = nullptr;
+  if (!m_listener.valid()) return;
+  m_listener.close();
   // Remove the socket file if it is still the one we created.
   if (!m_socket_path.empty()) {
     struct stat st {};
@@ -1059,26 +994,22 @@ void Server::Impl::drain(std::chrono::milliseconds grace, std::function<void()> 
     check_drained();
     return;
   }
-  m_drain_timer = new uv_timer_t{};
-  uv_timer_init(m_loop.get(), m_drain_timer);
-  m_drain_timer->data = this;
-  uv_timer_start(
-      m_drain_timer,
-      [](uv_timer_t* t) {
-        auto* self = static_cast<Server::Impl*>(t->data);
-        spdlog::warn("{} connection(s) still busy after the drain grace period; closing them",
-                     self->m_connections.size());
-        self->close_all();
-      },
-      static_cast<std::uint64_t>(grace.count()), 0);
+  auto timer = net::Timer::create(m_loop);
+  if (!timer) {
+    spdlog::error("{}; closing the connections now", timer.error().message);
+    close_all();
+    return;
+  }
+  m_drain_timer = std::move(*timer);
+  m_drain_timer.start(static_cast<std::uint64_t>(grace.count()), 0, [this] {
+    spdlog::warn("{} connection(s) still busy after the drain grace period; closing them", m_connections.size());
+    close_all();
+  });
 }
 
 void Server::Impl::check_drained() {
   if (!m_draining || !m_connections.empty() || !m_drain_done) return;
-  if (m_drain_timer != nullptr) {
-    uv_close(reinterpret_cast<uv_handle_t*>(m_drain_timer), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
-    m_drain_timer = nullptr;
-  }
+  m_drain_timer.close();
   auto done = std::move(m_drain_done);
   m_drain_done = nullptr;
   done();
@@ -1102,10 +1033,7 @@ Server::Server(net::Loop& loop, Router& router, ServerLimits limits)
 Server::~Server() {
   m_impl->m_drain_done = nullptr;
   m_impl->close_all();
-  if (m_impl->m_drain_timer != nullptr) {
-    uv_close(reinterpret_cast<uv_handle_t*>(m_impl->m_drain_timer), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
-    m_impl->m_drain_timer = nullptr;
-  }
+  m_impl->m_drain_timer.close();
 }
 
 Result<> Server::listen_path(const std::filesystem::path& path) { return m_impl->listen_path(path); }

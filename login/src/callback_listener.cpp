@@ -7,9 +7,10 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <list>
+#include <map>
 #include <new>
 #include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,38 +31,32 @@ constexpr std::uint64_t k_request_timeout_ms = 3'000;
 
 struct Shared;
 
-// One accepted connection: its TCP handle and timer are freed when both
-// close callbacks have run.
-struct Conn {
-  uv_tcp_t tcp{};
-  uv_timer_t timer{};
-  int open_handles = 0;
+// One accepted connection. Its handles' callbacks use it freely: it owns
+// them. While open it is held by Shared::conns; once closing, by its
+// socket's close callback, which runs after the write's callback.
+struct Conn : std::enable_shared_from_this<Conn> {
+  net::Tcp tcp;
+  net::Timer timer;
   std::shared_ptr<Shared> shared;
   std::optional<http::request_parser<http::empty_body>> parser;
   std::string inbuf;
-  std::string out;
-  uv_write_t write_req{};
   bool answered = false;
-  bool closing = false;
-  bool dispatched = false;    // a whole request reached the handler
+  bool closing = false;        // a late reply finds nothing to answer
+  bool dispatched = false;     // a whole request reached the handler
   std::uint64_t sequence = 0;  // accept order, for evicting the oldest idle one
-  // Reset when the connection closes, so a late reply finds nothing.
-  std::shared_ptr<Conn*> self = std::make_shared<Conn*>(this);
 };
 
 struct Shared {
+  explicit Shared(net::Loop& l) : loop(l) {}
+  net::Loop& loop;
   std::weak_ptr<Shared> self;
-  std::vector<uv_tcp_t*> servers;  // each freed in its close callback
+  std::list<net::Tcp> servers;  // the callbacks of each use this block, which owns them
   login::CallbackPort::Handler handler;
-  std::set<Conn*> conns;
+  std::map<Conn*, std::shared_ptr<Conn>> conns;  // the open ones
   std::uint64_t accepted = 0;
   std::uint16_t port = 0;
   bool closed = false;
 };
-
-void close_server(uv_tcp_t* server) {
-  uv_close(reinterpret_cast<uv_handle_t*>(server), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
-}
 
 // The Host a browser sends for a loopback redirect URI: a loopback literal
 // or localhost, with our port. Anything else is a page that made some name
@@ -86,36 +81,27 @@ bool loopback_host(std::string_view host, std::uint16_t port) {
   return port_ok && net::is_loopback_host(name);
 }
 
-void on_handle_closed(uv_handle_t* h) {
-  auto* c = static_cast<Conn*>(h->data);
-  if (--c->open_handles == 0) delete c;
-}
-
 void close_conn(Conn* c) {
   if (c->closing) return;
   c->closing = true;
-  *c->self = nullptr;
+  std::shared_ptr<Conn> keep = c->shared_from_this();
   c->shared->conns.erase(c);
-  uv_timer_stop(&c->timer);
-  uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), on_handle_closed);
-  uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), on_handle_closed);
+  c->timer.close();
+  c->tcp.close([keep] {});
 }
 
 void send_reply(Conn* c, const login::CallbackReply& reply) {
   if (c->answered || c->closing) return;
   c->answered = true;
-  uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->tcp));
+  c->tcp.read_stop();
   const char* reason = reply.status == 200 ? "OK" : reply.status == 404 ? "Not Found" : reply.status == 409 ? "Conflict"
                                                    : reply.status == 405 ? "Method Not Allowed" : "Bad Request";
-  c->out = fmt::format(
+  std::string out = fmt::format(
       "HTTP/1.1 {} {}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n"
       "Cache-Control: no-store\r\nReferrer-Policy: no-referrer\r\nX-Content-Type-Options: nosniff\r\n"
       "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'\r\n\r\n{}",
       reply.status, reason, reply.html.size(), reply.html);
-  uv_buf_t buf = uv_buf_init(c->out.data(), static_cast<unsigned>(c->out.size()));
-  c->write_req.data = c;
-  const int rc = uv_write(&c->write_req, reinterpret_cast<uv_stream_t*>(&c->tcp), &buf, 1,
-                          [](uv_write_t* req, int) { close_conn(static_cast<Conn*>(req->data)); });
+  const int rc = c->tcp.write(std::move(out), [keep = c->shared_from_this()](int) { close_conn(keep.get()); });
   if (rc != 0) close_conn(c);
 }
 
@@ -133,18 +119,16 @@ void on_request(Conn* c) {
   const auto q = target.find('?');
   req.path = target.substr(0, q);
   req.query = q == std::string::npos ? std::string() : target.substr(q + 1);
-  std::weak_ptr<Conn*> weak = c->self;
+  std::weak_ptr<Conn> weak = c->weak_from_this();
   // Copy: the handler may close the listener, which resets shared->handler.
   auto handler = c->shared->handler;
   if (!handler) return send_reply(c, {503, "closed"});
   handler(req, [weak](login::CallbackReply reply) {
-    auto self = weak.lock();
-    if (self && *self != nullptr) send_reply(*self, reply);
+    if (auto self = weak.lock()) send_reply(self.get(), reply);
   });
 }
 
-void on_read(uv_stream_t* stream, ssize_t n, const uv_buf_t* buf) {
-  auto* c = static_cast<Conn*>(stream->data);
+void on_read(Conn* c, ssize_t n, const uv_buf_t* buf) {
   std::unique_ptr<char[]> owned(buf->base);
   if (n < 0) {
     close_conn(c);
@@ -172,54 +156,49 @@ void on_read(uv_stream_t* stream, ssize_t n, const uv_buf_t* buf) {
   if (c->parser->is_done()) on_request(c);
 }
 
-void on_connection(uv_stream_t* server, int status) {
-  auto* shared = static_cast<Shared*>(server->data);
+void on_connection(Shared* shared, net::Tcp& server, int status) {
   if (status < 0 || shared->closed) return;
-  auto* c = new Conn();
-  c->tcp.data = c;
-  c->timer.data = c;
-  uv_tcp_init(server->loop, &c->tcp);
-  uv_timer_init(server->loop, &c->timer);
-  c->open_handles = 2;
+  auto c = std::make_shared<Conn>();
+  auto tcp = net::Tcp::create(shared->loop);
+  auto timer = net::Timer::create(shared->loop);
+  if (!tcp || !timer) return;
+  c->tcp = std::move(*tcp);
+  c->timer = std::move(*timer);
   // The Shared block outlives its connections: find the owning shared_ptr.
   c->shared = shared->self.lock();
-  if (uv_accept(server, reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0 || !c->shared) {
-    c->shared = nullptr;
+  if (server.accept(c->tcp) != 0 || !c->shared) {
     c->closing = true;
-    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), on_handle_closed);
-    uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), on_handle_closed);
-    return;
+    return;  // its handles close with it
   }
   if (shared->conns.size() >= k_max_connections) {
     // Full: the oldest connection that has not sent a whole request makes
     // room, so idle connections (another user's, or the browser's spare
     // preconnects) cannot keep the browser's redirect out.
     Conn* oldest = nullptr;
-    for (Conn* other : shared->conns) {
+    for (const auto& [other, _] : shared->conns) {
       if (!other->dispatched && (oldest == nullptr || other->sequence < oldest->sequence)) oldest = other;
     }
     if (oldest == nullptr) {
-      shared->conns.insert(c);
-      close_conn(c);
+      close_conn(c.get());
       return;
     }
     close_conn(oldest);
   }
   c->sequence = ++shared->accepted;
-  shared->conns.insert(c);
+  shared->conns.emplace(c.get(), c);
   c->parser.emplace();
   c->parser->header_limit(k_max_header_bytes);
   c->parser->body_limit(0);
   c->parser->eager(true);
-  uv_timer_start(&c->timer, [](uv_timer_t* t) { close_conn(static_cast<Conn*>(t->data)); }, k_request_timeout_ms, 0);
-  const int rc = uv_read_start(
-      reinterpret_cast<uv_stream_t*>(&c->tcp),
-      [](uv_handle_t*, std::size_t, uv_buf_t* out) {
+  Conn* raw = c.get();
+  raw->timer.start(k_request_timeout_ms, 0, [raw] { close_conn(raw); });
+  const int rc = raw->tcp.read_start(
+      [](std::size_t, uv_buf_t* out) {
         out->base = new (std::nothrow) char[4096];
         out->len = out->base != nullptr ? 4096 : 0;
       },
-      on_read);
-  if (rc != 0) close_conn(c);
+      [raw](ssize_t n, const uv_buf_t* buf) { on_read(raw, n, buf); });
+  if (rc != 0) close_conn(raw);
 }
 
 class Listener final : public login::CallbackListener {
@@ -230,11 +209,11 @@ class Listener final : public login::CallbackListener {
     m_shared->handler = nullptr;
     // Pending browsers get their answer from the handler's reply (if it
     // came) or a closed connection.
-    auto conns = m_shared->conns;
+    std::vector<Conn*> conns;
+    for (const auto& [c, _] : m_shared->conns) conns.push_back(c);
     for (Conn* c : conns) {
       if (!c->answered) close_conn(c);
     }
-    for (uv_tcp_t* server : m_shared->servers) close_server(server);
     m_shared->servers.clear();
   }
   Listener(const Listener&) = delete;
@@ -255,12 +234,11 @@ Result<std::unique_ptr<login::CallbackListener>> UvCallbackPort::listen(const st
   const bool localhost = host == "localhost";
   const std::vector<std::string> addresses = localhost ? std::vector<std::string>{"127.0.0.1", "::1"}
                                                        : std::vector<std::string>{host};
-  auto shared = std::make_shared<Shared>();
+  auto shared = std::make_shared<Shared>(m_loop);
   shared->self = shared;
   shared->handler = std::move(handler);
   shared->port = port;
   auto fail_all = [&](Error e) -> Result<std::unique_ptr<login::CallbackListener>> {
-    for (uv_tcp_t* server : shared->servers) close_server(server);
     shared->servers.clear();
     return std::unexpected(std::move(e));
   };
@@ -273,16 +251,19 @@ Result<std::unique_ptr<login::CallbackListener>> UvCallbackPort::listen(const st
       return fail_all(Error{Errc::invalid_argument,
                             fmt::format("the redirect URI's host {} is not an IP address", address)});
     }
-    auto* server = new uv_tcp_t();
-    uv_tcp_init(m_loop.get(), server);
-    server->data = shared.get();
+    auto tcp = net::Tcp::create(m_loop);
+    if (!tcp) return fail_all(tcp.error());
+    net::Tcp& server = shared->servers.emplace_back(std::move(*tcp));
     const std::string where = v6 ? fmt::format("[{}]:{}", address, port) : fmt::format("{}:{}", address, port);
     // No SO_REUSEADDR games: a port someone else holds must fail loudly.
     // IPV6ONLY: [::1] must not also take the IPv4 side.
-    rc = uv_tcp_bind(server, reinterpret_cast<const sockaddr*>(&addr), v6 ? UV_TCP_IPV6ONLY : 0);
-    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(server), 16, on_connection);
+    rc = server.bind(reinterpret_cast<const sockaddr*>(&addr), v6 ? UV_TCP_IPV6ONLY : 0);
+    // The Shared block owns the listening handle: when it calls back, both are alive.
+    if (rc == 0) {
+      rc = server.listen(16, [s = shared.get(), &server](int status) { on_connection(s, server, status); });
+    }
     if (rc != 0) {
-      close_server(server);
+      shared->servers.pop_back();
       if (localhost && v6 && (rc == UV_EADDRNOTAVAIL || rc == UV_EAFNOSUPPORT)) {
         spdlog::debug("login: no IPv6 loopback here; localhost redirects reach 127.0.0.1 only");
         continue;
@@ -294,7 +275,6 @@ Result<std::unique_ptr<login::CallbackListener>> UvCallbackPort::listen(const st
       return fail_all(Error{Errc::io, fmt::format("cannot listen on {} for the login redirect: {}", where,
                                                   uv_strerror(rc))});
     }
-    shared->servers.push_back(server);
     spdlog::debug("login: listening on {} for the redirect", where);
   }
   return std::unique_ptr<login::CallbackListener>(std::make_unique<Listener>(std::move(shared)));

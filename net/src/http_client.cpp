@@ -52,7 +52,7 @@ struct Transfer {
   std::string pending;         // streamed bytes not yet handed on
   bool consumer_full = false;  // on_data asked to stop until resume()
   bool paused = false;         // libcurl holds a paused write
-  uv_timer_t* head_timer = nullptr;  // bounds the wait for the head
+  Timer head_timer;            // bounds the wait for the head
 
   ~Transfer() {
     curl_slist_free_all(headers);
@@ -60,11 +60,9 @@ struct Transfer {
   }
 };
 
-// One per socket libcurl asks us to watch.
+// One per socket libcurl asks us to watch (curl_multi_assign).
 struct SocketContext {
-  uv_poll_t poll{};
-  curl_socket_t fd = CURL_SOCKET_BAD;
-  HttpClient::Impl* owner = nullptr;
+  Poll poll;
 };
 
 std::string lower(std::string_view s) {
@@ -117,8 +115,12 @@ class HttpClient::Impl {
     global_init();
     m_multi = curl_multi_init();
     if (m_multi == nullptr) throw std::runtime_error("curl_multi_init failed");
-    uv_timer_init(loop.get(), &m_timer);
-    m_timer.data = this;
+    auto timer = Timer::create(loop);
+    if (!timer) {
+      curl_multi_cleanup(m_multi);
+      throw std::runtime_error(timer.error().message);
+    }
+    m_timer = std::move(*timer);
     curl_multi_setopt(m_multi, CURLMOPT_SOCKETFUNCTION, &Impl::on_socket);
     curl_multi_setopt(m_multi, CURLMOPT_SOCKETDATA, this);
     curl_multi_setopt(m_multi, CURLMOPT_TIMERFUNCTION, &Impl::on_timer_change);
@@ -184,8 +186,7 @@ class HttpClient::Impl {
     // still watched; those close their poll handles.
     curl_multi_cleanup(m_multi);
     m_multi = nullptr;
-    uv_timer_stop(&m_timer);
-    uv_close(reinterpret_cast<uv_handle_t*>(&m_timer), nullptr);
+    m_timer.close();
   }
 
   [[nodiscard]] std::size_t in_flight() const { return m_transfers.size(); }
@@ -275,33 +276,24 @@ class HttpClient::Impl {
   }
 
   void start_head_timer(Transfer& t) {
-    t.head_timer = new uv_timer_t{};
-    uv_timer_init(m_loop.get(), t.head_timer);
-    t.head_timer->data = new std::pair<Impl*, std::uint64_t>(this, t.id);
-    uv_timer_start(
-        t.head_timer,
-        [](uv_timer_t* h) {
-          guarded("HTTP head timer", [h] {
-            auto [self, id] = *static_cast<std::pair<Impl*, std::uint64_t>*>(h->data);
-            auto owned = self->take(id);
-            if (owned && owned->done) {
-              owned->done(std::unexpected(Error{Errc::timeout, fmt::format("no answer from {} within the timeout",
-                                                                          owned->request.url)}));
-            }
-          });
-        },
-        static_cast<std::uint64_t>(std::max<std::int64_t>(1, t.request.timeout.count())), 0);
+    auto timer = Timer::create(m_loop);
+    if (!timer) {
+      spdlog::error("{}", timer.error().message);
+      return;
+    }
+    t.head_timer = std::move(*timer);
+    // The transfer owns its timer: when the timer fires, both are alive.
+    t.head_timer.start(static_cast<std::uint64_t>(std::max<std::int64_t>(1, t.request.timeout.count())), 0,
+                       [this, id = t.id] {
+                         auto owned = take(id);
+                         if (owned && owned->done) {
+                           owned->done(std::unexpected(Error{
+                               Errc::timeout, fmt::format("no answer from {} within the timeout", owned->request.url)}));
+                         }
+                       });
   }
 
-  static void stop_head_timer(Transfer& t) {
-    if (t.head_timer == nullptr) return;
-    uv_timer_stop(t.head_timer);
-    uv_close(reinterpret_cast<uv_handle_t*>(t.head_timer), [](uv_handle_t* h) {
-      delete static_cast<std::pair<Impl*, std::uint64_t>*>(h->data);
-      delete reinterpret_cast<uv_timer_t*>(h);
-    });
-    t.head_timer = nullptr;
-  }
+  static void stop_head_timer(Transfer& t) { t.head_timer.close(); }
 
   // Hands streamed heads and bytes to their consumers, on the loop and
   // outside libcurl. Consumers may cancel; every step looks the transfer up
@@ -347,29 +339,31 @@ class HttpClient::Impl {
     }
   }
 
-  // Reports an error from the loop, not from inside start().
+  // Reports an error from the loop, not from inside start(). The client
+  // owns the timer: a client destroyed first reports nothing.
   void fail_later(std::unique_ptr<Transfer> t, Error e) {
-    auto* timer = new uv_timer_t{};
-    struct Pending {
-      std::unique_ptr<Transfer> t;
-      Error e;
-    };
-    uv_timer_init(m_loop.get(), timer);
-    timer->data = new Pending{std::move(t), std::move(e)};
-    uv_timer_start(
-        timer,
-        [](uv_timer_t* h) {
-          auto* p = static_cast<Pending*>(h->data);
-          if (p->t->done) p->t->done(std::unexpected(p->e));
-          delete p;
-          uv_close(reinterpret_cast<uv_handle_t*>(h), [](uv_handle_t* x) { delete reinterpret_cast<uv_timer_t*>(x); });
-        },
-        0, 0);
+    auto timer = Timer::create(m_loop);
+    if (!timer) {
+      spdlog::error("{}", timer.error().message);
+      return;
+    }
+    const std::uint64_t id = t->id;
+    auto& slot = m_failures.insert_or_assign(id, std::move(*timer)).first->second;
+    slot.start(0, 0, [this, id, done = std::move(t->done), e = std::move(e)] {
+      // Closes this timer from its own callback; the callback (and what it
+      // holds) lives on until the close callback.
+      m_failures.erase(id);
+      if (done) done(std::unexpected(e));
+    });
   }
 
   static size_t on_body(char* data, size_t size, size_t n, void* user) {
-    auto* t = static_cast<Transfer*>(user);
-    const size_t bytes = size * n;
+    size_t taken = 0;  // an exception aborts the transfer (CURLE_WRITE_ERROR)
+    guarded("HTTP client body", [&] { taken = take_body(static_cast<Transfer*>(user), data, size * n); });
+    return taken;
+  }
+
+  static size_t take_body(Transfer* t, char* data, size_t bytes) {
     if (t->mode != Transfer::Mode::collect) {
       // Streamed: queue for deliver(); hold the transfer while the consumer
       // is full or the queue is a window long.
@@ -390,16 +384,24 @@ class HttpClient::Impl {
   }
 
   static size_t on_read(char* out, size_t size, size_t n, void* user) {
-    auto* t = static_cast<Transfer*>(user);
-    auto got = t->request.upload->read_at(t->upload_offset, out, size * n);
-    if (!got) return CURL_READFUNC_ABORT;
-    t->upload_offset += *got;
-    return *got;
+    size_t given = CURL_READFUNC_ABORT;
+    guarded("HTTP client upload", [&] {
+      auto* t = static_cast<Transfer*>(user);
+      auto got = t->request.upload->read_at(t->upload_offset, out, size * n);
+      if (!got) return;
+      t->upload_offset += *got;
+      given = *got;
+    });
+    return given;
   }
 
   static size_t on_header(char* data, size_t size, size_t n, void* user) {
-    auto* t = static_cast<Transfer*>(user);
-    const size_t bytes = size * n;
+    size_t taken = 0;  // an exception aborts the transfer
+    guarded("HTTP client header", [&] { taken = take_header(static_cast<Transfer*>(user), data, size * n); });
+    return taken;
+  }
+
+  static size_t take_header(Transfer* t, char* data, size_t bytes) {
     std::string_view line(data, bytes);
     if (line.starts_with("HTTP/")) {
       t->response_headers.clear();  // a new response (after 100 Continue)
@@ -425,72 +427,72 @@ class HttpClient::Impl {
   }
 
   static int on_timer_change(CURLM*, long timeout_ms, void* user) {
-    auto* self = static_cast<Impl*>(user);
-    if (timeout_ms < 0) {
-      uv_timer_stop(&self->m_timer);
-    } else {
-      // Even 0 goes through the loop: never call libcurl from inside its own
-      // timer callback.
-      uv_timer_start(
-          &self->m_timer,
-          [](uv_timer_t* h) {
-            auto* s = static_cast<Impl*>(h->data);
-            guarded("HTTP client timer", [s] {
-              int running = 0;
-              curl_multi_socket_action(s->m_multi, CURL_SOCKET_TIMEOUT, 0, &running);
-              s->deliver();
-              s->drain();
-            });
-          },
-          static_cast<std::uint64_t>(timeout_ms), 0);
-    }
-    return 0;
+    int rc = -1;
+    guarded("HTTP client timer change", [&] {
+      auto* self = static_cast<Impl*>(user);
+      if (timeout_ms < 0) {
+        self->m_timer.stop();
+      } else {
+        // Even 0 goes through the loop: never call libcurl from inside its
+        // own timer callback.
+        self->m_timer.start(static_cast<std::uint64_t>(timeout_ms), 0, [self] { self->on_timeout(); });
+      }
+      rc = 0;
+    });
+    return rc;
+  }
+
+  void on_timeout() {
+    int running = 0;
+    curl_multi_socket_action(m_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    deliver();
+    drain();
   }
 
   static int on_socket(CURL*, curl_socket_t fd, int what, void* user, void* socketp) {
-    auto* self = static_cast<Impl*>(user);
-    auto* ctx = static_cast<SocketContext*>(socketp);
+    int rc = -1;
+    guarded("HTTP client socket", [&] {
+      rc = static_cast<Impl*>(user)->watch(fd, what, static_cast<SocketContext*>(socketp));
+    });
+    return rc;
+  }
+
+  int watch(curl_socket_t fd, int what, SocketContext* ctx) {
     if (what == CURL_POLL_REMOVE) {
       if (ctx != nullptr) {
-        uv_poll_stop(&ctx->poll);
-        uv_close(reinterpret_cast<uv_handle_t*>(&ctx->poll),
-                 [](uv_handle_t* h) { delete static_cast<SocketContext*>(h->data); });
-        if (self->m_multi != nullptr) curl_multi_assign(self->m_multi, fd, nullptr);
+        // The poll handle may be the one whose callback is running; its
+        // memory goes in its close callback.
+        delete ctx;
+        if (m_multi != nullptr) curl_multi_assign(m_multi, fd, nullptr);
       }
       return 0;
     }
     if (ctx == nullptr) {
-      ctx = new SocketContext{};
-      ctx->fd = fd;
-      ctx->owner = self;
-      if (uv_poll_init_socket(self->m_loop.get(), &ctx->poll, fd) != 0) {
-        delete ctx;
-        return -1;
-      }
-      ctx->poll.data = ctx;
-      curl_multi_assign(self->m_multi, fd, ctx);
+      auto poll = Poll::create_socket(m_loop, fd);
+      if (!poll) return -1;
+      ctx = new SocketContext{std::move(*poll)};
+      curl_multi_assign(m_multi, fd, ctx);
     }
     int events = 0;
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= UV_READABLE;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= UV_WRITABLE;
-    uv_poll_start(&ctx->poll, events, [](uv_poll_t* p, int status, int ev) {
-      auto* c = static_cast<SocketContext*>(p->data);
-      int flags = 0;
-      if (status < 0) {
-        flags = CURL_CSELECT_ERR;
-      } else {
-        if ((ev & UV_READABLE) != 0) flags |= CURL_CSELECT_IN;
-        if ((ev & UV_WRITABLE) != 0) flags |= CURL_CSELECT_OUT;
-      }
-      Impl* owner = c->owner;
-      guarded("HTTP client poll", [&] {
-        int running = 0;
-        curl_multi_socket_action(owner->m_multi, c->fd, flags, &running);
-        owner->deliver();
-        owner->drain();
-      });
-    });
-    return 0;
+    // The client owns the context and the context its poll handle: when the
+    // callback runs, the client is alive.
+    return ctx->poll.start(events, [this, fd](int status, int ev) { on_ready(fd, status, ev); }) == 0 ? 0 : -1;
+  }
+
+  void on_ready(curl_socket_t fd, int status, int ev) {
+    int flags = 0;
+    if (status < 0) {
+      flags = CURL_CSELECT_ERR;
+    } else {
+      if ((ev & UV_READABLE) != 0) flags |= CURL_CSELECT_IN;
+      if ((ev & UV_WRITABLE) != 0) flags |= CURL_CSELECT_OUT;
+    }
+    int running = 0;
+    curl_multi_socket_action(m_multi, fd, flags, &running);
+    deliver();
+    drain();
   }
 
   // Hands finished transfers to their callbacks.
@@ -533,8 +535,9 @@ class HttpClient::Impl {
   Loop& m_loop;
   HttpClientOptions m_options;
   CURLM* m_multi = nullptr;
-  uv_timer_t m_timer{};
+  Timer m_timer;  // libcurl's one timeout
   std::map<std::uint64_t, std::unique_ptr<Transfer>> m_transfers;
+  std::map<std::uint64_t, Timer> m_failures;  // fail_later: errors reported on the next loop turn
   std::uint64_t m_next_id = 1;
   std::vector<std::uint64_t> m_dirty;  // streamed transfers with something to hand over
 };

@@ -1,5 +1,5 @@
 // HTTP/1.1 on a Unix socket, on the libuv loop, or on a loopback
-// TCP port (the stand-in endpoints of tokenctl exec --endpoint, docs/wrapping-scripts.md).
+// TCP port (the stand-in endpoints of tokenctl exec --endpoint).
 //
 // On a Unix socket peer credentials are read at accept: only allowed uids
 // get in; anyone else gets 403 and an audit callback. Requests are parsed with Beast on plain
