@@ -483,6 +483,9 @@ class McpGatewayTest(unittest.TestCase):
         self.login()
         b = self.bridge()
         b.initialize()
+        # The server records a session once its initialize answer is out:
+        # the client may have it first.
+        wait_for(lambda: self.sessions_created(), "the session at the server")
         sid = self.sessions_created()[-1]["session"]
         b.request("tools/call", {"name": "notify", "arguments": {"count": 2, "gate": "never-opened"}})
         self.assertEqual(b.next()["params"]["data"], "step 1")
