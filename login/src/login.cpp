@@ -57,7 +57,7 @@ void LoginManager::fetch_json(std::string url, std::function<void(Result<Json>, 
   r.headers.emplace_back("Accept", "application/json");
   m_requests.start(std::move(r), [url, done = std::move(done)](Result<net::HttpResponse> res) {
     if (!res) {
-      done(fail(res.error().code == Errc::timeout ? Errc::transient : Errc::transient,
+      done(fail(Errc::transient,
                 fmt::format("{} could not be reached: {}", url, res.error().message)),
            nullptr);
       return;

@@ -1,5 +1,6 @@
 #include "net/http_client.hpp"
 
+#include "core/encoding.hpp"
 #include "core/guard.hpp"
 
 #include <curl/curl.h>
@@ -64,12 +65,6 @@ struct Transfer {
 struct SocketContext {
   Poll poll;
 };
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 void global_init() {
   static std::once_flag once;
@@ -422,7 +417,7 @@ class HttpClient::Impl {
     std::string_view value = line.substr(colon + 1);
     while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
     while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
-    t->response_headers.emplace_back(lower(line.substr(0, colon)), std::string(value));
+    t->response_headers.emplace_back(ascii_lower(line.substr(0, colon)), std::string(value));
     return bytes;
   }
 
