@@ -23,7 +23,6 @@ bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
 }
 
-Error bad(std::string message) { return Error{Errc::invalid_argument, std::move(message)}; }
 
 // Characters allowed in a path segment and a query as sent upstream
 // (RFC 3986 pchar plus '%' escapes; '/' separates segments).
@@ -36,8 +35,8 @@ Result<std::string> encode_path(std::string_view rest) {
   std::string out;
   for (const char c : rest) {
     const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) return std::unexpected(bad("the path contains a control character"));
-    if (c == '\\') return std::unexpected(bad("the path contains a backslash"));
+    if (u < 0x20 || u == 0x7f) return std::unexpected(bad_input("the path contains a control character"));
+    if (c == '\\') return std::unexpected(bad_input("the path contains a backslash"));
     if (c == '%' || c == '?' || c == '#' || !plain_path_char(c)) {
       append_percent_escape(out, u);
     } else {
@@ -58,7 +57,7 @@ Result<std::vector<std::string_view>> normalised_segments(std::string_view rest)
     std::string_view segment = rest.substr(0, slash);
     segment = segment.substr(0, segment.find(';'));
     if (segment == "." || segment == "..") {
-      return std::unexpected(bad("the proxied path must not contain '.' or '..' segments (path parameters included)"));
+      return std::unexpected(bad_input("the proxied path must not contain '.' or '..' segments (path parameters included)"));
     }
     out.push_back(segment);
     if (slash == std::string_view::npos) break;
@@ -95,16 +94,16 @@ Result<std::string> site_base(const store::Profile& p, std::string_view product)
 }
 
 Result<std::string> upstream_url(const store::Profile& p, std::string_view rest, std::string_view raw_query) {
-  if (rest.empty()) return std::unexpected(bad("the proxied path is empty; e.g. /v1/proxy/NAME/jira/rest/api/3/myself"));
+  if (rest.empty()) return std::unexpected(bad_input("the proxied path is empty; e.g. /v1/proxy/NAME/jira/rest/api/3/myself"));
   if (rest.front() == '/' || rest.find("//") != std::string_view::npos) {
-    return std::unexpected(bad("the proxied path must be relative and must not contain '//'"));
+    return std::unexpected(bad_input("the proxied path must be relative and must not contain '//'"));
   }
-  if (rest.find("://") != std::string_view::npos) return std::unexpected(bad("absolute URLs are not proxied"));
+  if (rest.find("://") != std::string_view::npos) return std::unexpected(bad_input("absolute URLs are not proxied"));
   // Dot segments would climb out of the profile's base.
   if (auto segments = normalised_segments(rest); !segments) return std::unexpected(segments.error());
   for (const char c : raw_query) {
     const auto u = static_cast<unsigned char>(c);
-    if (u <= 0x20 || u == 0x7f || c == '#' || c == '\\') return std::unexpected(bad("the query contains a character that is not allowed"));
+    if (u <= 0x20 || u == 0x7f || c == '#' || c == '\\') return std::unexpected(bad_input("the query contains a character that is not allowed"));
   }
 
   std::string base;
@@ -123,7 +122,7 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
     const std::string_view product = rest.substr(0, slash);
     path = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
     if (product != "jira" && product != "confluence") {
-      return std::unexpected(bad(fmt::format("an Atlassian profile forwards jira/... and confluence/... only (got '{}')",
+      return std::unexpected(bad_input(fmt::format("an Atlassian profile forwards jira/... and confluence/... only (got '{}')",
                                              std::string(product.substr(0, 32)))));
     }
     if (atlassian_oauth) {
@@ -134,7 +133,7 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
       std::string gateway = trimmed_base(json::string_or(p.config, "api_base"));
       if (gateway.empty()) gateway = "https://api.atlassian.com";
       auto cloud_enc = encode_path(cloud);
-      if (!cloud_enc || cloud.find('/') != std::string::npos) return std::unexpected(bad("the stored cloud id is not usable"));
+      if (!cloud_enc || cloud.find('/') != std::string::npos) return std::unexpected(bad_input("the stored cloud id is not usable"));
       base = fmt::format("{}/ex/{}/{}", gateway, product, *cloud_enc);
     } else {
       auto b = site_base(p, product);
@@ -177,7 +176,7 @@ Result<Headers> request_headers(const Headers& in) {
   for (const auto& [k, v] : in) {
     for (const std::string_view s : {std::string_view(k), std::string_view(v)}) {
       for (const char c : s) {
-        if (c == '\r' || c == '\n' || c == '\0') return std::unexpected(bad("a header contains CR, LF or NUL"));
+        if (c == '\r' || c == '\n' || c == '\0') return std::unexpected(bad_input("a header contains CR, LF or NUL"));
       }
     }
     const bool drop = std::any_of(std::begin(k_dropped), std::end(k_dropped), [&](std::string_view d) { return iequals(k, d); }) ||

@@ -40,19 +40,18 @@ const std::set<std::string, std::less<>> k_url_fields = {
 const std::set<std::string, std::less<>> k_secret_fields = {"client_secret", "token", "access_token",
                                                             "refresh_token"};
 
-Error bad(std::string message) { return Error{Errc::invalid_argument, std::move(message)}; }
 
 
 Result<std::string> string_field(const Json& body, std::string_view key, std::size_t max) {
   const auto& v = body.at(std::string(key));
-  if (!v.is_string()) return std::unexpected(bad(fmt::format("field \"{}\" must be a string", key)));
+  if (!v.is_string()) return std::unexpected(bad_input(fmt::format("field \"{}\" must be a string", key)));
   auto s = v.get<std::string>();
   if (s.size() > max) {
-    return std::unexpected(bad(fmt::format("field \"{}\" is longer than {} bytes", key, max)));
+    return std::unexpected(bad_input(fmt::format("field \"{}\" is longer than {} bytes", key, max)));
   }
   for (const char c : s) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-      return std::unexpected(bad(fmt::format("field \"{}\" contains a control character", key)));
+      return std::unexpected(bad_input(fmt::format("field \"{}\" contains a control character", key)));
     }
   }
   return s;
@@ -60,36 +59,36 @@ Result<std::string> string_field(const Json& body, std::string_view key, std::si
 
 // The proxy's per-profile policy.
 Result<Json> validate_policy(const Json& v) {
-  if (!v.is_object()) return std::unexpected(bad("field \"policy\" must be an object"));
+  if (!v.is_object()) return std::unexpected(bad_input("field \"policy\" must be an object"));
   Json out = Json::object();
   for (const auto& [k, item] : v.items()) {
     if (k == "read_only") {
-      if (!item.is_boolean()) return std::unexpected(bad("policy.read_only must be true or false"));
+      if (!item.is_boolean()) return std::unexpected(bad_input("policy.read_only must be true or false"));
       out[k] = item;
     } else if (k == "allow" || k == "deny") {
       if (!item.is_array() || item.size() > 256) {
-        return std::unexpected(bad(fmt::format("policy.{} must be a list of path prefixes (at most 256)", k)));
+        return std::unexpected(bad_input(fmt::format("policy.{} must be a list of path prefixes (at most 256)", k)));
       }
       for (const auto& prefix : item) {
         if (!prefix.is_string() || prefix.get_ref<const std::string&>().empty() ||
             prefix.get_ref<const std::string&>().size() > 1024) {
-          return std::unexpected(bad(fmt::format("policy.{} entries must be non-empty path prefixes like "
+          return std::unexpected(bad_input(fmt::format("policy.{} entries must be non-empty path prefixes like "
                                                  "\"jira/rest/api/3/project/ABC\"", k)));
         }
         for (const char c : prefix.get_ref<const std::string&>()) {
           if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-            return std::unexpected(bad(fmt::format("policy.{} entries must not contain control characters", k)));
+            return std::unexpected(bad_input(fmt::format("policy.{} entries must not contain control characters", k)));
           }
         }
       }
       out[k] = item;
     } else if (k == "rate_per_minute") {
       if (!item.is_number() || item.get<double>() <= 0 || item.get<double>() > 1e6) {
-        return std::unexpected(bad("policy.rate_per_minute must be a positive number"));
+        return std::unexpected(bad_input("policy.rate_per_minute must be a positive number"));
       }
       out[k] = item;
     } else {
-      return std::unexpected(bad(fmt::format("policy.{} is not known (read_only, allow, deny, rate_per_minute)", k.substr(0, 64))));
+      return std::unexpected(bad_input(fmt::format("policy.{} is not known (read_only, allow, deny, rate_per_minute)", k.substr(0, 64))));
     }
   }
   return out;
@@ -103,26 +102,26 @@ const std::set<std::string, std::less<>> k_reserved_authorize_params = {
 
 Result<Json> validate_authorize_params(const Json& v) {
   if (!v.is_object() || v.size() > 32) {
-    return std::unexpected(bad("field \"authorize_params\" must be an object of at most 32 string values, "
+    return std::unexpected(bad_input("field \"authorize_params\" must be an object of at most 32 string values, "
                                "e.g. {\"access_type\": \"offline\"}"));
   }
   for (const auto& [k, item] : v.items()) {
     if (k.empty() || k.size() > 64 ||
         !std::all_of(k.begin(), k.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'; })) {
-      return std::unexpected(bad("authorize_params names must be 1-64 letters, digits, '_', '-' or '.'"));
+      return std::unexpected(bad_input("authorize_params names must be 1-64 letters, digits, '_', '-' or '.'"));
     }
     if (k_reserved_authorize_params.contains(k)) {
-      return std::unexpected(bad(fmt::format("authorize_params may not set \"{}\": tokend sets it{}", k,
+      return std::unexpected(bad_input(fmt::format("authorize_params may not set \"{}\": tokend sets it{}", k,
                                              k == "prompt" ? " (use the prompt field, tokenctl add --prompt)"
                                              : k == "scope" ? " (use the scopes field, tokenctl add --scopes)"
                                              : k == "resource" ? " (use the resource field)" : "")));
     }
     if (!item.is_string() || item.get_ref<const std::string&>().size() > 1024) {
-      return std::unexpected(bad(fmt::format("authorize_params.{} must be a string of at most 1024 bytes", k)));
+      return std::unexpected(bad_input(fmt::format("authorize_params.{} must be a string of at most 1024 bytes", k)));
     }
     for (const char c : item.get_ref<const std::string&>()) {
       if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-        return std::unexpected(bad(fmt::format("authorize_params.{} contains a control character", k)));
+        return std::unexpected(bad_input(fmt::format("authorize_params.{} contains a control character", k)));
       }
     }
   }
@@ -133,7 +132,7 @@ Result<Json> validate_authorize_params(const Json& v) {
 
 Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, std::int64_t now_ms) {
   if (auto r = store::validate_profile_name(name); !r) return std::unexpected(r.error());
-  if (!body.is_object()) return std::unexpected(bad("the request body must be a JSON object"));
+  if (!body.is_object()) return std::unexpected(bad_input("the request body must be a JSON object"));
 
   auto kind_name = json::required_string(body, "kind");
   if (!kind_name) return std::unexpected(kind_name.error());
@@ -145,7 +144,7 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
                                                              : k_pat;
   for (const auto& [key, _] : body.items()) {
     if (!k_common.contains(key) && !allowed.contains(key)) {
-      return std::unexpected(bad(fmt::format("field \"{}\" is not known for kind {}", key.substr(0, 64), *kind_name)));
+      return std::unexpected(bad_input(fmt::format("field \"{}\" is not known for kind {}", key.substr(0, 64), *kind_name)));
     }
   }
 
@@ -173,7 +172,7 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
       } else if (value.is_array() && std::all_of(value.begin(), value.end(), [](const Json& v) { return v.is_string(); })) {
         scopes = value;
       } else {
-        return std::unexpected(bad("field \"scopes\" must be a list of strings or a space-separated string"));
+        return std::unexpected(bad_input("field \"scopes\" must be a list of strings or a space-separated string"));
       }
       p.config["scopes"] = scopes;
       continue;
@@ -192,23 +191,23 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
     }
     if (key == "token_endpoint_auth") {
       if (!value.is_string() || (value != "client_secret_basic" && value != "client_secret_post" && value != "none")) {
-        return std::unexpected(bad("field \"token_endpoint_auth\" must be client_secret_basic, client_secret_post or none"));
+        return std::unexpected(bad_input("field \"token_endpoint_auth\" must be client_secret_basic, client_secret_post or none"));
       }
       p.config[key] = value;
       continue;
     }
     if (key == "reuse_window") {
       if (!value.is_number_integer() || value.get<std::int64_t>() < 0 || value.get<std::int64_t>() > 86'400) {
-        return std::unexpected(bad("field \"reuse_window\" must be a number of seconds from 0 to 86400"));
+        return std::unexpected(bad_input("field \"reuse_window\" must be a number of seconds from 0 to 86400"));
       }
       p.config[key] = value;
       continue;
     }
     if (key == "refresh_buffer" || key == "expires_in" || key == "expires_at") {
-      if (!value.is_number_integer()) return std::unexpected(bad(fmt::format("field \"{}\" must be an integer (seconds)", key)));
+      if (!value.is_number_integer()) return std::unexpected(bad_input(fmt::format("field \"{}\" must be an integer (seconds)", key)));
       const auto n = value.get<std::int64_t>();
       if (n < 0 || n > 10LL * 365 * 24 * 3600 * (key == "expires_at" ? 10 : 1)) {
-        return std::unexpected(bad(fmt::format("field \"{}\" is out of range", key)));
+        return std::unexpected(bad_input(fmt::format("field \"{}\" is out of range", key)));
       }
       if (key == "refresh_buffer") p.config[key] = n;
       continue;  // expiry handled with the token set below
@@ -221,7 +220,7 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
     }
     if (key == "pkce") {
       if (!value.is_string() || (value != "S256" && value != "off" && value != "required")) {
-        return std::unexpected(bad("field \"pkce\" must be \"S256\", \"required\" or \"off\""));
+        return std::unexpected(bad_input("field \"pkce\" must be \"S256\", \"required\" or \"off\""));
       }
       p.config[key] = value;
       continue;
@@ -229,7 +228,7 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
     const bool secret = k_secret_fields.contains(key);
     auto s = string_field(body, key, secret ? k_max_token_bytes : k_max_field_bytes);
     if (!s) return std::unexpected(s.error());
-    if (s->empty()) return std::unexpected(bad(fmt::format("field \"{}\" is empty", key)));
+    if (s->empty()) return std::unexpected(bad_input(fmt::format("field \"{}\" is empty", key)));
     if (k_url_fields.contains(key)) {
       if (auto r = oauth::check_endpoint_url(key, *s); !r) return std::unexpected(r.error());
     }
@@ -241,7 +240,7 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
       secrets[key] = std::move(*s);
     } else if (key == "provider") {
       if (*s != "atlassian" && *s != "atlassian-dc" && *s != "generic" && *s != "mcp") {
-        return std::unexpected(bad("field \"provider\" must be atlassian, atlassian-dc, generic or mcp"));
+        return std::unexpected(bad_input("field \"provider\" must be atlassian, atlassian-dc, generic or mcp"));
       }
       p.provider = *s;
     } else if (key == "prompt") {
@@ -249,14 +248,14 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
       if (s->size() > 128 || !std::all_of(s->begin(), s->end(), [](char c) {
             return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == ' ';
           })) {
-        return std::unexpected(bad("field \"prompt\" must be space-separated words such as consent, login, "
+        return std::unexpected(bad_input("field \"prompt\" must be space-separated words such as consent, login, "
                                    "select_account or none"));
       }
       p.config[key] = std::move(*s);
     } else if (key == "token_type" || key == "scope") {
       continue;  // part of the supplied token set, read below
     } else if (key == "email" && s->find('@') == std::string::npos) {
-      return std::unexpected(bad("field \"email\" must be an email address"));
+      return std::unexpected(bad_input("field \"email\" must be an email address"));
     } else {
       p.config[key] = std::move(*s);
     }
@@ -264,30 +263,30 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
 
   // Per-kind requirements.
   if (*kind == CredentialKind::api_token) {
-    if (!p.config.contains("email")) return std::unexpected(bad("kind api-token needs \"email\""));
-    if (!access) return std::unexpected(bad("kind api-token needs \"token\""));
-    if (!p.config.contains("site")) return std::unexpected(bad("kind api-token needs \"site\" (https://YOUR-SITE.atlassian.net)"));
+    if (!p.config.contains("email")) return std::unexpected(bad_input("kind api-token needs \"email\""));
+    if (!access) return std::unexpected(bad_input("kind api-token needs \"token\""));
+    if (!p.config.contains("site")) return std::unexpected(bad_input("kind api-token needs \"site\" (https://YOUR-SITE.atlassian.net)"));
   } else if (*kind == CredentialKind::pat) {
-    if (!access) return std::unexpected(bad("kind pat needs \"token\""));
-    if (!p.config.contains("site")) return std::unexpected(bad("kind pat needs \"site\" (your Jira or Confluence Data Center URL)"));
+    if (!access) return std::unexpected(bad_input("kind pat needs \"token\""));
+    if (!p.config.contains("site")) return std::unexpected(bad_input("kind pat needs \"site\" (your Jira or Confluence Data Center URL)"));
   } else {
     if (p.provider.empty()) p.provider = "generic";
     if (p.provider == "mcp" && !p.config.contains("mcp_server")) {
-      return std::unexpected(bad("provider mcp needs \"mcp_server\" (the MCP server URL)"));
+      return std::unexpected(bad_input("provider mcp needs \"mcp_server\" (the MCP server URL)"));
     }
     if (p.provider == "atlassian-dc") {
       if (!p.config.contains("site")) {
-        return std::unexpected(bad("provider atlassian-dc needs \"site\" (your Jira or Confluence Data Center URL, "
+        return std::unexpected(bad_input("provider atlassian-dc needs \"site\" (your Jira or Confluence Data Center URL, "
                                    "e.g. https://jira.example.com)"));
       }
       if (!p.config.contains("redirect_uri")) {
         // Data Center checks the redirect URI on every token request, the
         // refresh included, so it must be the one registered there.
-        return std::unexpected(bad("provider atlassian-dc needs \"redirect_uri\": the redirect URL of the incoming "
+        return std::unexpected(bad_input("provider atlassian-dc needs \"redirect_uri\": the redirect URL of the incoming "
                                    "link you created in Data Center (e.g. http://127.0.0.1:8976/callback)"));
       }
       if (p.config.value("pkce", std::string()) == "off") {
-        return std::unexpected(bad("provider atlassian-dc uses PKCE; \"pkce\": \"off\" is not possible"));
+        return std::unexpected(bad_input("provider atlassian-dc uses PKCE; \"pkce\": \"off\" is not possible"));
       }
     }
   }

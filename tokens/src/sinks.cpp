@@ -25,7 +25,6 @@ bool valid_variable(std::string_view v) {
   return true;
 }
 
-Error bad(std::string m) { return Error{Errc::invalid_argument, std::move(m)}; }
 
 // The dotenv value as both readers of a .env file take it back: python-dotenv
 // and a shell that sources it (`set -a; . ./.env`). Plain when every
@@ -41,7 +40,7 @@ Result<std::string> dotenv_value(std::string_view v) {
   for (const char c : v) {
     const auto u = static_cast<unsigned char>(c);
     if (u < 0x20 || u == 0x7f || c == '\'' || c == '\\') {
-      return std::unexpected(bad("the value holds a line break, a control character, a quote or a backslash, which "
+      return std::unexpected(bad_input("the value holds a line break, a control character, a quote or a backslash, which "
                                  "a .env file cannot carry safely; not written"));
     }
   }
@@ -54,33 +53,33 @@ bool one_line(std::string_view v) { return v.find_first_of(std::string_view("\r\
 }  // namespace
 
 Result<json::Json> validate_sinks(const json::Json& sinks) {
-  if (!sinks.is_array()) return std::unexpected(bad("field \"sinks\" must be a list"));
-  if (sinks.size() > 16) return std::unexpected(bad("at most 16 sinks per profile"));
+  if (!sinks.is_array()) return std::unexpected(bad_input("field \"sinks\" must be a list"));
+  if (sinks.size() > 16) return std::unexpected(bad_input("at most 16 sinks per profile"));
   json::Json out = json::Json::array();
   for (const auto& s : sinks) {
-    if (!s.is_object()) return std::unexpected(bad("each sink must be an object"));
+    if (!s.is_object()) return std::unexpected(bad_input("each sink must be an object"));
     const auto type = s.contains("type") && s["type"].is_string() ? s["type"].get<std::string>() : "";
     const auto path = s.contains("path") && s["path"].is_string() ? s["path"].get<std::string>() : "";
-    if (type != "file" && type != "dotenv") return std::unexpected(bad("sink type must be file or dotenv"));
+    if (type != "file" && type != "dotenv") return std::unexpected(bad_input("sink type must be file or dotenv"));
     if (path.empty() || path[0] != '/' || path.find('\0') != std::string::npos || path.size() > 4096) {
-      return std::unexpected(bad("sink path must be an absolute path"));
+      return std::unexpected(bad_input("sink path must be an absolute path"));
     }
     json::Json n = {{"type", type}, {"path", path}};
     for (const auto& [k, v] : s.items()) {
       if (k != "type" && k != "path" && k != "format" && k != "variable") {
-        return std::unexpected(bad(fmt::format("sink field \"{}\" is not known", k.substr(0, 32))));
+        return std::unexpected(bad_input(fmt::format("sink field \"{}\" is not known", k.substr(0, 32))));
       }
     }
     if (type == "file") {
       const auto format = s.contains("format") && s["format"].is_string() ? s["format"].get<std::string>() : "raw";
       if (format != "raw" && format != "header" && format != "json") {
-        return std::unexpected(bad("file sink format must be raw, header or json"));
+        return std::unexpected(bad_input("file sink format must be raw, header or json"));
       }
       n["format"] = format;
     } else {
       const auto var = s.contains("variable") && s["variable"].is_string() ? s["variable"].get<std::string>()
                                                                             : "ACCESS_TOKEN";
-      if (!valid_variable(var)) return std::unexpected(bad("dotenv sink variable must be a shell variable name"));
+      if (!valid_variable(var)) return std::unexpected(bad_input("dotenv sink variable must be a shell variable name"));
       n["variable"] = var;
     }
     out.push_back(std::move(n));

@@ -52,6 +52,9 @@ inline std::unexpected<Error> fail(Errc code, std::string message) {
   return std::unexpected<Error>(Error{code, std::move(message)});
 }
 
+// The error for input that breaks a rule; the message says which and how to fix it.
+inline Error bad_input(std::string message) { return Error{Errc::invalid_argument, std::move(message)}; }
+
 // errno text for an OS failure, for composing messages.
 std::string errno_text(int err);
 

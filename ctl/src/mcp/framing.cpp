@@ -13,31 +13,30 @@ namespace tokend::ctl::mcp {
 
 namespace {
 
-Error bad(std::string message) { return Error{Errc::invalid_argument, std::move(message)}; }
 
 bool valid_id(const json::Json& id) { return id.is_string() || id.is_number_integer() || id.is_number_unsigned(); }
 
 // What one element of a message is; Errc::invalid_argument when it is not
 // JSON-RPC 2.0.
 Result<ClientMessage::Kind> kind_of(const json::Json& m) {
-  if (!m.is_object()) return std::unexpected(bad("a JSON-RPC message must be an object"));
+  if (!m.is_object()) return std::unexpected(bad_input("a JSON-RPC message must be an object"));
   const auto v = m.find("jsonrpc");
-  if (v == m.end() || *v != "2.0") return std::unexpected(bad("the message lacks \"jsonrpc\": \"2.0\""));
+  if (v == m.end() || *v != "2.0") return std::unexpected(bad_input("the message lacks \"jsonrpc\": \"2.0\""));
   const auto method = m.find("method");
   const auto id = m.find("id");
   if (method != m.end()) {
     if (!method->is_string() || method->get_ref<const std::string&>().empty()) {
-      return std::unexpected(bad("\"method\" must be a non-empty string"));
+      return std::unexpected(bad_input("\"method\" must be a non-empty string"));
     }
     if (id == m.end()) return ClientMessage::Kind::notification;
-    if (!valid_id(*id)) return std::unexpected(bad("\"id\" must be a string or an integer"));
+    if (!valid_id(*id)) return std::unexpected(bad_input("\"id\" must be a string or an integer"));
     return ClientMessage::Kind::request;
   }
   if (id == m.end() || !(valid_id(*id) || id->is_null())) {
-    return std::unexpected(bad("a message without \"method\" must be a response with an \"id\""));
+    return std::unexpected(bad_input("a message without \"method\" must be a response with an \"id\""));
   }
   if (m.contains("result") == m.contains("error")) {
-    return std::unexpected(bad("a response carries exactly one of \"result\" and \"error\""));
+    return std::unexpected(bad_input("a response carries exactly one of \"result\" and \"error\""));
   }
   return ClientMessage::Kind::response;
 }
@@ -57,7 +56,7 @@ bool lower_equal(std::string_view a, std::string_view b) {
 // makes the tool invalid.
 Result<> reachable(const json::Json& schema, std::vector<std::string>& path, std::vector<ToolHeaders::Param>& out,
                    std::size_t depth) {
-  if (depth > 32) return std::unexpected(bad("the input schema nests too deeply"));
+  if (depth > 32) return std::unexpected(bad_input("the input schema nests too deeply"));
   if (!schema.is_object()) return {};
   const auto props = schema.find("properties");
   if (props == schema.end() || !props->is_object()) return {};
@@ -66,18 +65,18 @@ Result<> reachable(const json::Json& schema, std::vector<std::string>& path, std
     path.push_back(key);
     if (const auto h = sub.find("x-mcp-header"); h != sub.end()) {
       if (!h->is_string() || h->get_ref<const std::string&>().empty()) {
-        return std::unexpected(bad(fmt::format("x-mcp-header of '{}' is not a non-empty string", key)));
+        return std::unexpected(bad_input(fmt::format("x-mcp-header of '{}' is not a non-empty string", key)));
       }
       const auto& name = h->get_ref<const std::string&>();
       if (!std::all_of(name.begin(), name.end(), tchar)) {
-        return std::unexpected(bad(fmt::format("x-mcp-header of '{}' is not an HTTP field name", key)));
+        return std::unexpected(bad_input(fmt::format("x-mcp-header of '{}' is not an HTTP field name", key)));
       }
       const std::string type = sub.contains("type") && sub["type"].is_string() ? sub["type"].get<std::string>() : "";
       if (type != "string" && type != "integer" && type != "boolean") {
-        return std::unexpected(bad(fmt::format("x-mcp-header on '{}', whose type is not string, integer or boolean", key)));
+        return std::unexpected(bad_input(fmt::format("x-mcp-header on '{}', whose type is not string, integer or boolean", key)));
       }
       for (const auto& p : out) {
-        if (lower_equal(p.header, name)) return std::unexpected(bad(fmt::format("x-mcp-header '{}' is used twice", name)));
+        if (lower_equal(p.header, name)) return std::unexpected(bad_input(fmt::format("x-mcp-header '{}' is used twice", name)));
       }
       out.push_back({name, path});
     }
@@ -136,11 +135,11 @@ std::optional<std::string> param_value(const json::Json& v) {
 Result<ClientMessage> parse_client_line(std::string_view line) {
   while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.remove_suffix(1);
   auto parsed = json::parse(line, "message");
-  if (!parsed) return std::unexpected(bad("the line is not JSON"));
+  if (!parsed) return std::unexpected(bad_input("the line is not JSON"));
   ClientMessage m;
   m.body = std::move(*parsed);
   if (m.body.is_array()) {
-    if (m.body.empty()) return std::unexpected(bad("an empty batch"));
+    if (m.body.empty()) return std::unexpected(bad_input("an empty batch"));
     for (const auto& e : m.body) {
       auto k = kind_of(e);
       if (!k) return std::unexpected(k.error());
@@ -184,7 +183,7 @@ std::vector<std::string> take_tool_headers(json::Json& result, ToolHeaders& into
     std::vector<std::string> path;
     auto ok = reachable(schema, path, params, 0);
     if (ok && count_all(schema, 0) != params.size()) {
-      ok = std::unexpected(bad("x-mcp-header is set on a property not reachable through \"properties\" alone"));
+      ok = std::unexpected(bad_input("x-mcp-header is set on a property not reachable through \"properties\" alone"));
     }
     if (!ok) {
       dropped.push_back(fmt::format("{}: {}", name.substr(0, 64), ok.error().message));
@@ -338,13 +337,13 @@ void SseParser::line(std::string_view l, std::vector<Event>& out) {
 
 Result<std::pair<json::Json, std::string>> server_message(std::string_view payload) {
   auto parsed = json::parse(payload, "server message");
-  if (!parsed) return std::unexpected(bad("the MCP server sent something that is not JSON"));
+  if (!parsed) return std::unexpected(bad_input("the MCP server sent something that is not JSON"));
   auto check = [](const json::Json& m) {
     return m.is_object() && m.contains("jsonrpc") && m["jsonrpc"] == "2.0";
   };
   const bool ok = parsed->is_array() ? !parsed->empty() && std::all_of(parsed->begin(), parsed->end(), check)
                                      : check(*parsed);
-  if (!ok) return std::unexpected(bad("the MCP server sent JSON that is not a JSON-RPC 2.0 message"));
+  if (!ok) return std::unexpected(bad_input("the MCP server sent JSON that is not a JSON-RPC 2.0 message"));
   // Re-serialised only when it must be: a line may not hold a newline.
   std::string line = payload.find_first_of("\r\n") == std::string_view::npos ? std::string(payload) : parsed->dump();
   return std::pair{std::move(*parsed), std::move(line)};
