@@ -33,6 +33,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/beast/http.hpp>
+#include <boost/program_options.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -41,14 +43,11 @@
 #include <cstring>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <boost/beast/http.hpp>
-#include <boost/program_options.hpp>
-#include <nlohmann/json.hpp>
 
 namespace http = boost::beast::http;
 namespace po = boost::program_options;
@@ -71,7 +70,9 @@ struct Options {
   std::exit(code);
 }
 
-std::string errno_text(int e) { return std::strerror(e); }
+std::string errno_text(int e) {
+  return std::strerror(e);
+}
 
 // Parses the command line; exits on --help or a usage error.
 Options parse_options(int argc, char** argv) {
@@ -88,7 +89,7 @@ Options parse_options(int argc, char** argv) {
       "seconds of load before measuring")(
       "header,H", po::value<std::vector<std::string>>(&o.headers)->composing(),
       "extra request header 'Name: value' (repeatable)")("json", po::bool_switch(&o.json),
-                                                          "print one JSON object");
+                                                         "print one JSON object");
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
@@ -120,7 +121,8 @@ std::string build_request(const Options& o) {
   req.set(http::field::user_agent, "tokend-loadgen");
   for (const auto& h : o.headers) {
     const auto colon = h.find(':');
-    if (colon == std::string::npos || colon == 0) die("--header must look like 'Name: value': " + h, 2);
+    if (colon == std::string::npos || colon == 0)
+      die("--header must look like 'Name: value': " + h, 2);
     std::string value = h.substr(colon + 1);
     const auto first = value.find_first_not_of(" \t");
     value = first == std::string::npos ? std::string() : value.substr(first);
@@ -247,7 +249,8 @@ class Loop {
       return "socket " + opt_.socket + " does not exist (" + errno_text(errno) +
              "); is the server running?";
     if (!S_ISSOCK(st.st_mode)) return opt_.socket + " is not a socket";
-    if (err == ECONNREFUSED) return "nothing is listening on " + opt_.socket + " (connection refused)";
+    if (err == ECONNREFUSED)
+      return "nothing is listening on " + opt_.socket + " (connection refused)";
     return "cannot connect to " + opt_.socket + ": " + errno_text(err);
   }
 
@@ -319,8 +322,8 @@ class Loop {
   void write_some(std::size_t i) {
     Conn& c = conns_[i];
     while (c.written < request_.size()) {
-      const ssize_t n = ::send(c.fd, request_.data() + c.written, request_.size() - c.written,
-                               MSG_NOSIGNAL);
+      const ssize_t n =
+          ::send(c.fd, request_.data() + c.written, request_.size() - c.written, MSG_NOSIGNAL);
       if (n > 0) {
         c.written += static_cast<std::size_t>(n);
         continue;
@@ -428,7 +431,7 @@ class Loop {
   Results res_;
   Clock::time_point start_{}, measure_from_{}, end_{};
   std::vector<std::size_t> restart_;  // connections to reopen after this batch
-  std::size_t dead_ = 0;               // connections that could not be reopened
+  std::size_t dead_ = 0;              // connections that could not be reopened
   double measured_s_ = 0;
   bool warned_ = false;
 };
@@ -441,7 +444,9 @@ std::int64_t percentile(const std::vector<std::int64_t>& sorted, double p) {
   return sorted[std::min(idx, sorted.size() - 1)];
 }
 
-double us(std::int64_t ns) { return static_cast<double>(ns) / 1000.0; }
+double us(std::int64_t ns) {
+  return static_cast<double>(ns) / 1000.0;
+}
 
 }  // namespace
 
@@ -468,12 +473,10 @@ int main(int argc, char** argv) {
     j["warmup_s"] = opt.warmup_s;
     j["requests"] = count;
     j["rps"] = rps;
-    j["latency_us"] = {{"mean", mean_ns / 1000.0},
-                       {"p50", us(percentile(lat, 50))},
-                       {"p90", us(percentile(lat, 90))},
-                       {"p99", us(percentile(lat, 99))},
-                       {"p99_9", us(percentile(lat, 99.9))},
-                       {"max", us(count > 0 ? lat.back() : 0)}};
+    j["latency_us"] = {
+        {"mean", mean_ns / 1000.0},           {"p50", us(percentile(lat, 50))},
+        {"p90", us(percentile(lat, 90))},     {"p99", us(percentile(lat, 99))},
+        {"p99_9", us(percentile(lat, 99.9))}, {"max", us(count > 0 ? lat.back() : 0)}};
     j["non_2xx"] = r.non_2xx;
     j["errors"] = r.errors;
     j["reconnects"] = r.reconnects;
@@ -484,8 +487,8 @@ int main(int argc, char** argv) {
     std::cout << j.dump() << '\n';
   } else {
     std::printf("target       unix:%s %s\n", opt.socket.c_str(), opt.path.c_str());
-    std::printf("connections  %u, measured %.2f s after %.2f s warm-up\n", opt.connections,
-                seconds, opt.warmup_s);
+    std::printf("connections  %u, measured %.2f s after %.2f s warm-up\n", opt.connections, seconds,
+                opt.warmup_s);
     std::printf("requests     %zu  (%.1f req/s)\n", count, rps);
     std::printf("latency us   p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f\n",
                 us(percentile(lat, 50)), us(percentile(lat, 90)), us(percentile(lat, 99)),
@@ -494,7 +497,8 @@ int main(int argc, char** argv) {
     for (const auto& [status, n] : r.statuses)
       if (status < 200 || status > 299)
         std::printf("  [%u: %llu]", status, static_cast<unsigned long long>(n));
-    std::printf("\nerrors       %llu  (reconnects %llu)\n", static_cast<unsigned long long>(r.errors),
+    std::printf("\nerrors       %llu  (reconnects %llu)\n",
+                static_cast<unsigned long long>(r.errors),
                 static_cast<unsigned long long>(r.reconnects));
   }
   if (r.stopped_early)

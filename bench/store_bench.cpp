@@ -52,8 +52,10 @@ int main(int argc, char** argv) {
   std::filesystem::path dir;
   int iterations = 500;
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--dir") == 0 && i + 1 < argc) dir = argv[++i];
-    else if (std::strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) iterations = std::stoi(argv[++i]);
+    if (std::strcmp(argv[i], "--dir") == 0 && i + 1 < argc)
+      dir = argv[++i];
+    else if (std::strcmp(argv[i], "--iterations") == 0 && i + 1 < argc)
+      iterations = std::stoi(argv[++i]);
     else {
       std::fprintf(stderr, "usage: store_bench [--dir DIR] [--iterations N]\n");
       return 2;
@@ -97,15 +99,18 @@ int main(int argc, char** argv) {
     });
     const auto u = summarise(update);
     const auto r = summarise(read);
-    std::printf("token-set update (fsync)   median %8.1f us   p99 %8.1f us   (n=%d)\n", u.median_us, u.p99_us, iterations);
-    std::printf("credential read            median %8.1f us   p99 %8.1f us   (n=%d)\n", r.median_us, r.p99_us, iterations * 10);
+    std::printf("token-set update (fsync)   median %8.1f us   p99 %8.1f us   (n=%d)\n", u.median_us,
+                u.p99_us, iterations);
+    std::printf("credential read            median %8.1f us   p99 %8.1f us   (n=%d)\n", r.median_us,
+                r.p99_us, iterations * 10);
   }
   auto open = time_each(std::max(20, iterations / 10), [&](int) {
     auto s = store::SqlcipherStore::open(db, key, clock);
     if (!s || !s->get_credential("profile-7")) std::abort();
   });
   const auto o = summarise(open);
-  std::printf("open to first read (raw)   median %8.1f us   p99 %8.1f us   (n=%zu)\n", o.median_us, o.p99_us, open.size());
+  std::printf("open to first read (raw)   median %8.1f us   p99 %8.1f us   (n=%zu)\n", o.median_us,
+              o.p99_us, open.size());
   if (cleanup) std::filesystem::remove_all(dir);
   return 0;
 }

@@ -41,10 +41,12 @@ struct World {
     number = free_port();
     // Answers like the login manager: the callback path with a matching state
     // gets the page, everything else an error; the flow itself stays.
-    auto listening = port->listen("127.0.0.1", number, [](const login::CallbackRequest& req, auto reply) {
-      const bool ok = req.path == "/callback" && req.query.find("state=s3cr3t") != std::string::npos;
-      reply(login::CallbackReply{ok ? 200 : 400, ok ? "<p>done</p>" : "<p>no</p>"});
-    });
+    auto listening =
+        port->listen("127.0.0.1", number, [](const login::CallbackRequest& req, auto reply) {
+          const bool ok =
+              req.path == "/callback" && req.query.find("state=s3cr3t") != std::string::npos;
+          reply(login::CallbackReply{ok ? 200 : 400, ok ? "<p>done</p>" : "<p>no</p>"});
+        });
     if (!listening) std::abort();
     listener = std::move(*listening);
     tick = net::Timer::create(loop).value();
@@ -66,7 +68,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = htons(w.number);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 && errno != EINPROGRESS) std::abort();
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 && errno != EINPROGRESS)
+    std::abort();
   const auto answer = fuzz::exchange(w.loop, fd, {reinterpret_cast<const char*>(data), size});
   if (!answer.empty() && !answer.starts_with("HTTP/1.")) std::abort();
   return 0;

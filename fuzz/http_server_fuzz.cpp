@@ -25,24 +25,27 @@ struct World {
   std::optional<net::Timer> tick;  // bounds every uv_run(ONCE)
 
   World() {
-    router.add("GET", "/v1/health", [](const auto& ex) {
-      ex->respond(ipc::Response::json(200, {{"ok", true}}));
-    });
+    router.add("GET", "/v1/health",
+               [](const auto& ex) { ex->respond(ipc::Response::json(200, {{"ok", true}})); });
     router.add("POST", "/v1/echo", [](const auto& ex) {
-      ex->respond(ipc::Response::json(200, {{"bytes", ex->request().body.size()},
-                                            {"query", ex->request().query.size()}}));
+      ex->respond(ipc::Response::json(
+          200, {{"bytes", ex->request().body.size()}, {"query", ex->request().query.size()}}));
     });
     router.add("GET", "/v1/profiles/{name}/token", [](const auto& ex) {
-      ex->respond(ipc::Response::error(404, "not_found", std::string(ex->param("name")).substr(0, 16)));
+      ex->respond(
+          ipc::Response::error(404, "not_found", std::string(ex->param("name")).substr(0, 16)));
     });
     router.add("GET", "/v1/events", [](const auto& ex) {
       auto stream = ex->start_stream(200, {{"Content-Type", "text/event-stream"}});
       stream->send("event: hello\ndata: {}\n\n");
       stream->close();
     });
-    router.add("POST", "/v1/proxy/{name}/{rest...}", [](const auto& ex) {
-      ex->respond(ipc::Response::json(200, {{"rest", std::string(ex->param("rest")).size()}}));
-    }, true);
+    router.add(
+        "POST", "/v1/proxy/{name}/{rest...}",
+        [](const auto& ex) {
+          ex->respond(ipc::Response::json(200, {{"rest", std::string(ex->param("rest")).size()}}));
+        },
+        true);
     ipc::ServerLimits limits;
     limits.max_header_bytes = 2048;
     limits.max_body_bytes = 4096;

@@ -28,11 +28,14 @@ inline std::string exchange(net::Loop& loop, int fd, std::string_view bytes,
     uv_run(loop.get(), UV_RUN_NOWAIT);
     if (!bytes.empty()) {
       const auto n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      if (n > 0) bytes.remove_prefix(static_cast<std::size_t>(n));
-      else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOTCONN && errno != EINPROGRESS)
+      if (n > 0)
+        bytes.remove_prefix(static_cast<std::size_t>(n));
+      else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOTCONN &&
+               errno != EINPROGRESS)
         bytes = {};  // the server closed on us: read what it said
     }
-    if (bytes.empty() && !half_closed) half_closed = ::shutdown(fd, SHUT_WR) == 0 || errno != ENOTCONN;
+    if (bytes.empty() && !half_closed)
+      half_closed = ::shutdown(fd, SHUT_WR) == 0 || errno != ENOTCONN;
     const auto n = ::recv(fd, buf, sizeof buf, 0);
     if (n > 0) {
       answer.append(buf, static_cast<std::size_t>(n));
@@ -49,6 +52,8 @@ inline std::string exchange(net::Loop& loop, int fd, std::string_view bytes,
   return answer;
 }
 
-inline void set_nonblocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+inline void set_nonblocking(int fd) {
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
 
 }  // namespace tokend::fuzz

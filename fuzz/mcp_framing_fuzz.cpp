@@ -45,7 +45,8 @@ bool token(std::string_view s) {
 }
 
 std::string base64_decode(std::string_view in) {
-  static constexpr std::string_view k_alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  static constexpr std::string_view k_alphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::string out;
   std::uint32_t acc = 0;
   int bits = 0;
@@ -91,7 +92,8 @@ void headers_of(const ClientMessage& m, const ToolHeaders& tools, std::string_vi
     check(token(name));
     // Empty only where the body's value is empty (a tool named ""): the
     // header mirrors it; anything else is visible ASCII.
-    check(value.empty() ? name == "Mcp-Name" || name.starts_with("Mcp-Param-") : visible_ascii(value));
+    check(value.empty() ? name == "Mcp-Name" || name.starts_with("Mcp-Param-")
+                        : visible_ascii(value));
   }
   (void)claimed_version(m.body);
 }

@@ -28,7 +28,8 @@ store::Profile profile_of(std::uint8_t which) {
     case 0:
       p.kind = store::CredentialKind::oauth2;
       p.provider = "atlassian";
-      p.config = {{"api_base", "https://api.atlassian.com"}, {"cloud_id", "11111111-2222-3333-4444-555555555555"}};
+      p.config = {{"api_base", "https://api.atlassian.com"},
+                  {"cloud_id", "11111111-2222-3333-4444-555555555555"}};
       break;
     case 1:
       p.kind = store::CredentialKind::api_token;
@@ -62,14 +63,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const auto parsed = net::parse_url(*url, "upstream");
     if (!parsed) std::abort();  // we built it: it must parse
     // No open proxy: the profile's host, under its base path.
-    if (parsed->scheme != "https" || parsed->host != target.host || !parsed->path.starts_with(target.base))
+    if (parsed->scheme != "https" || parsed->host != target.host ||
+        !parsed->path.starts_with(target.base))
       std::abort();
   }
   // The policy is judged on every name the upstream path can have.
   auto with_policy = profile;
-  with_policy.config["policy"] = {{"read_only", false},
-                                  {"allow", json::Json::array({"jira/rest/api/3/issue", "confluence/wiki/spaces/DOC"})},
-                                  {"deny", json::Json::array({"confluence", "jira/rest/api/3/user"})}};
+  with_policy.config["policy"] = {
+      {"read_only", false},
+      {"allow", json::Json::array({"jira/rest/api/3/issue", "confluence/wiki/spaces/DOC"})},
+      {"deny", json::Json::array({"confluence", "jira/rest/api/3/user"})}};
   (void)proxy::policy_paths(with_policy, rest);
   (void)proxy::check_policy(with_policy, method, rest);
   return 0;

@@ -7,8 +7,8 @@
 
 #include "fuzz_input.hpp"
 #include "gateway/endpoint.hpp"
-#include "net/url.hpp"
 #include "gateway/mirror.hpp"
+#include "net/url.hpp"
 #include "proxy/route.hpp"
 
 using namespace tokend;
@@ -33,7 +33,8 @@ store::Profile profile_of(std::uint8_t which) {
     case 0:
       p.kind = store::CredentialKind::oauth2;
       p.provider = "atlassian";
-      p.config = {{"api_base", "https://api.atlassian.com"}, {"cloud_id", "11111111-2222-3333-4444-555555555555"}};
+      p.config = {{"api_base", "https://api.atlassian.com"},
+                  {"cloud_id", "11111111-2222-3333-4444-555555555555"}};
       break;
     case 1:
       p.kind = store::CredentialKind::api_token;
@@ -77,7 +78,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!url) return 0;
   const auto parsed = net::parse_url(*url, "upstream");
   const auto& target = k_targets[which % 4];
-  if (!parsed || parsed->scheme != "https" || parsed->host != target.host || !parsed->path.starts_with(target.base)) {
+  if (!parsed || parsed->scheme != "https" || parsed->host != target.host ||
+      !parsed->path.starts_with(target.base)) {
     std::abort();
   }
   return 0;

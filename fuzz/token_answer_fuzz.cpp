@@ -26,14 +26,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   net::HttpResponse response;
   response.status = k_statuses[in.byte() % std::size(k_statuses)];
   const auto content_type = in.line();
-  if (!content_type.empty()) response.headers.emplace_back("content-type", std::string(content_type));
+  if (!content_type.empty())
+    response.headers.emplace_back("content-type", std::string(content_type));
   const auto retry_after = in.line();
   if (!retry_after.empty()) response.headers.emplace_back("retry-after", std::string(retry_after));
   response.body = Secret(in.rest());
 
   const WallTime sent_at{std::chrono::milliseconds{1'700'000'000'000}};
-  const auto result = oauth::interpret_token_response(Result<net::HttpResponse>(std::move(response)),
-                                                        sent_at, std::chrono::seconds{3600});
+  const auto result = oauth::interpret_token_response(
+      Result<net::HttpResponse>(std::move(response)), sent_at, std::chrono::seconds{3600});
   if (result) {
     // A token set that reaches the store may go into headers, sinks and
     // environments: no control characters anywhere in it.

@@ -14,7 +14,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)net::origin_key(text);
   if (const auto path = ipc::decode_path(text); path) {
     // An encoded NUL never survives decoding (a raw one is the HTTP parser's to refuse).
-    if (text.find('\0') == std::string_view::npos && path->find('\0') != std::string::npos) std::abort();
+    if (text.find('\0') == std::string_view::npos && path->find('\0') != std::string::npos)
+      std::abort();
   }
   (void)ipc::parse_query(text);
   return 0;

@@ -1,12 +1,12 @@
 #include "api/api.hpp"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <charconv>
 #include <fstream>
 #include <sstream>
-
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "gateway/proxy_answer.hpp"
 
@@ -21,7 +21,9 @@ std::optional<std::int64_t> to_seconds(std::optional<std::int64_t> ms) {
   return *ms / 1000;
 }
 
-json::Json nullable(std::optional<std::int64_t> v) { return v ? json::Json(*v) : json::Json(nullptr); }
+json::Json nullable(std::optional<std::int64_t> v) {
+  return v ? json::Json(*v) : json::Json(nullptr);
+}
 
 // Reads an integer query parameter in [lo, hi].
 Result<std::optional<std::int64_t>> int_param(const ipc::Request& req, std::string_view name,
@@ -32,13 +34,18 @@ Result<std::optional<std::int64_t>> int_param(const ipc::Request& req, std::stri
   const auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), n);
   if (ec != std::errc{} || end != v->data() + v->size() || n < lo || n > hi) {
     return fail(Errc::invalid_argument,
-                fmt::format("query parameter {} must be a whole number of seconds from {} to {}", name, lo, hi));
+                fmt::format("query parameter {} must be a whole number of seconds from {} to {}",
+                            name, lo, hi));
   }
   return std::optional<std::int64_t>{n};
 }
 
 std::string sse_frame(const Event& e) {
-  json::Json data = {{"id", e.id}, {"type", tokens::to_string(e.kind)}, {"profile", e.profile}, {"at", e.at_ms / 1000}, {"at_ms", e.at_ms}};
+  json::Json data = {{"id", e.id},
+                     {"type", tokens::to_string(e.kind)},
+                     {"profile", e.profile},
+                     {"at", e.at_ms / 1000},
+                     {"at_ms", e.at_ms}};
   for (const auto& [k, v] : e.data.items()) data[k] = v;
   return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.id, tokens::to_string(e.kind),
                      data.dump(-1, ' ', false, json::Json::error_handler_t::replace));
@@ -68,7 +75,8 @@ json::Json profile_json(const tokens::ProfileView& v, std::int64_t now_ms) {
       {"provider", v.provider},
       {"state", store::to_string(v.state)},
       {"expires_at", nullable(to_seconds(v.expires_at_ms))},
-      {"expires_in", v.expires_at_ms ? json::Json((*v.expires_at_ms - now_ms) / 1000) : json::Json(nullptr)},
+      {"expires_in",
+       v.expires_at_ms ? json::Json((*v.expires_at_ms - now_ms) / 1000) : json::Json(nullptr)},
       {"obtained_at", nullable(to_seconds(v.obtained_at_ms))},
       {"next_refresh_at", nullable(to_seconds(v.next_refresh_at_ms))},
       {"last_error", v.last_error},
@@ -141,15 +149,17 @@ class Api::Waits {
   // Errc::limit_exceeded when too many are waiting already. The wait ends
   // without calling `done` when the caller goes away (the exchange is
   // abandoned): nothing holds the slot for a caller that has gone.
-  Result<> add(const std::shared_ptr<ipc::Exchange>& ex, std::string profile, std::vector<tokens::EventKind> kinds,
-               std::chrono::milliseconds timeout, Done done) {
+  Result<> add(const std::shared_ptr<ipc::Exchange>& ex, std::string profile,
+               std::vector<tokens::EventKind> kinds, std::chrono::milliseconds timeout, Done done) {
     if (m_waiting.size() >= k_max_waiting) {
       return fail(Errc::limit_exceeded, "too many requests are waiting already; try again later");
     }
     auto timer = net::Timer::create(m_loop);
     if (!timer) return std::unexpected(timer.error());
     const std::uint64_t id = m_next++;
-    auto& w = m_waiting.emplace(id, Waiter{std::move(profile), std::move(kinds), std::move(*timer), std::move(done)})
+    auto& w = m_waiting
+                  .emplace(id, Waiter{std::move(profile), std::move(kinds), std::move(*timer),
+                                      std::move(done)})
                   .first->second;
     w.timer.start(static_cast<std::uint64_t>(timeout.count()), 0, [this, id] { fire(id, false); });
     ex->on_abandon([this, alive = std::weak_ptr<bool>(m_alive), id] {
@@ -186,7 +196,9 @@ class Api::Waits {
   void on_event(const Event& e) {
     std::vector<std::uint64_t> hit;
     for (const auto& [id, w] : m_waiting) {
-      if (w.profile == e.profile && std::find(w.kinds.begin(), w.kinds.end(), e.kind) != w.kinds.end()) hit.push_back(id);
+      if (w.profile == e.profile &&
+          std::find(w.kinds.begin(), w.kinds.end(), e.kind) != w.kinds.end())
+        hit.push_back(id);
     }
     for (const auto id : hit) fire(id, true);
   }
@@ -207,8 +219,8 @@ class Api::Waits {
   std::shared_ptr<bool> m_alive = std::make_shared<bool>(true);
 };
 
-Api::Api(net::Loop& loop, tokens::TokenService& tokens, tokens::EventBus& events, store::Store& store,
-         const Clock& clock, ApiOptions options)
+Api::Api(net::Loop& loop, tokens::TokenService& tokens, tokens::EventBus& events,
+         store::Store& store, const Clock& clock, ApiOptions options)
     : m_tokens(tokens),
       m_events(events),
       m_store(store),
@@ -217,9 +229,12 @@ Api::Api(net::Loop& loop, tokens::TokenService& tokens, tokens::EventBus& events
       m_started(clock.mono_now()),
       m_streams(std::make_unique<Streams>(loop, m_options.heartbeat)),
       m_waits(std::make_unique<Waits>(loop, events)),
-      m_endpoints(std::make_unique<gateway::StandinEndpoints>(loop, tokens, m_options.endpoint_limits)) {}
+      m_endpoints(
+          std::make_unique<gateway::StandinEndpoints>(loop, tokens, m_options.endpoint_limits)) {}
 
-Api::~Api() { close(); }
+Api::~Api() {
+  close();
+}
 
 void Api::close() {
   if (m_streams) m_streams->close();
@@ -230,16 +245,20 @@ void Api::close() {
 // Answers a token request; with wait_s > 0 a profile that needs a login
 // holds the answer until a login (or a PUT with a token) succeeds, or the
 // wait runs out. The exchange ignores an answer to a caller that has gone.
-void Api::answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name, const tokens::TokenRequest& req,
-                       std::int64_t wait_s, Result<tokens::TokenGrant> grant) {
+void Api::answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name,
+                       const tokens::TokenRequest& req, std::int64_t wait_s,
+                       Result<tokens::TokenGrant> grant) {
   if (!grant && grant.error().code == Errc::reauth_required && wait_s > 0) {
-    auto waiting = m_waits->add(ex, name, {tokens::EventKind::login_succeeded, tokens::EventKind::profile_updated, tokens::EventKind::refreshed}, std::chrono::seconds(wait_s),
-                                [this, ex, name, req, error = grant.error()](bool happened) {
-                                  if (!happened) return answer_token(ex, name, req, 0, std::unexpected(error));
-                                  m_tokens.token_async(name, req, [this, ex, name, req](Result<tokens::TokenGrant> g) {
-                                    answer_token(ex, name, req, 0, std::move(g));
-                                  });
-                                });
+    auto waiting = m_waits->add(
+        ex, name,
+        {tokens::EventKind::login_succeeded, tokens::EventKind::profile_updated,
+         tokens::EventKind::refreshed},
+        std::chrono::seconds(wait_s), [this, ex, name, req, error = grant.error()](bool happened) {
+          if (!happened) return answer_token(ex, name, req, 0, std::unexpected(error));
+          m_tokens.token_async(name, req, [this, ex, name, req](Result<tokens::TokenGrant> g) {
+            answer_token(ex, name, req, 0, std::move(g));
+          });
+        });
     if (waiting) return;
   }
   // Names that are not profiles share one series: a caller looping over
@@ -248,11 +267,13 @@ void Api::answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::stri
   const std::string_view key = known ? std::string_view(name) : std::string_view("(unknown)");
   auto counts = m_token_requests.find(key);
   if (counts == m_token_requests.end()) {
-    counts = m_token_requests.emplace(std::string(key), std::map<std::string_view, std::uint64_t>{}).first;
+    counts = m_token_requests.emplace(std::string(key), std::map<std::string_view, std::uint64_t>{})
+                 .first;
   }
   ++counts->second[grant ? std::string_view("ok") : errc_name(grant.error().code)];
   if (!grant) {
-    if (grant.error().code == Errc::reauth_required) return ex->respond(gateway::reauth_error(grant.error(), name));
+    if (grant.error().code == Errc::reauth_required)
+      return ex->respond(gateway::reauth_error(grant.error(), name));
     return ex->respond(ipc::error_response(grant.error()));
   }
   const auto now = to_unix_ms(m_clock.wall_now());
@@ -261,32 +282,41 @@ void Api::answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::stri
             {"token_type", grant->token_type},
             {"authorization", grant->authorization.reveal()},
             {"expires_at", nullable(to_seconds(grant->expires_at_ms))},
-            {"expires_in", grant->expires_at_ms ? json::Json((*grant->expires_at_ms - now) / 1000) : json::Json(nullptr)}}));
+            {"expires_in", grant->expires_at_ms ? json::Json((*grant->expires_at_ms - now) / 1000)
+                                                : json::Json(nullptr)}}));
 }
 
-void Api::forward(const std::shared_ptr<ipc::Exchange>& ex, proxy::ProxyCall call, std::int64_t wait_s) {
-  if (m_proxy == nullptr) return ex->respond(ipc::Response::error(503, "unavailable", "the proxy is not available"));
+void Api::forward(const std::shared_ptr<ipc::Exchange>& ex, proxy::ProxyCall call,
+                  std::int64_t wait_s) {
+  if (m_proxy == nullptr)
+    return ex->respond(ipc::Response::error(503, "unavailable", "the proxy is not available"));
   // A call that may wait for a login goes again afterwards: keep a copy (a
   // large body stays in its spool file, shared).
   std::optional<proxy::ProxyCall> again;
   if (wait_s > 0) again = call;
   const std::string name = call.profile;
-  m_proxy->forward(std::move(call), [this, ex, name, wait_s, again = std::move(again)](
-                                        std::expected<proxy::ProxyResult, proxy::ProxyError> r) mutable {
-    if (!r && r.error().error.code == Errc::reauth_required && again) {
-      auto waiting = m_waits->add(ex, name, {tokens::EventKind::login_succeeded, tokens::EventKind::profile_updated, tokens::EventKind::refreshed},
-                                  std::chrono::seconds(wait_s),
-                                  [this, ex, name, call = std::move(*again), error = r.error()](bool happened) mutable {
-                                    if (!happened) return gateway::respond_proxied(ex, name, std::unexpected(std::move(error)));
-                                    forward(ex, std::move(call), 0);
-                                  });
-      if (waiting) return;
-    }
-    gateway::respond_proxied(ex, name, std::move(r));
-  });
+  m_proxy->forward(
+      std::move(call), [this, ex, name, wait_s, again = std::move(again)](
+                           std::expected<proxy::ProxyResult, proxy::ProxyError> r) mutable {
+        if (!r && r.error().error.code == Errc::reauth_required && again) {
+          auto waiting = m_waits->add(
+              ex, name,
+              {tokens::EventKind::login_succeeded, tokens::EventKind::profile_updated,
+               tokens::EventKind::refreshed},
+              std::chrono::seconds(wait_s),
+              [this, ex, name, call = std::move(*again), error = r.error()](bool happened) mutable {
+                if (!happened)
+                  return gateway::respond_proxied(ex, name, std::unexpected(std::move(error)));
+                forward(ex, std::move(call), 0);
+              });
+          if (waiting) return;
+        }
+        gateway::respond_proxied(ex, name, std::move(r));
+      });
 }
 
-void Api::audit_peer(const std::shared_ptr<ipc::Exchange>& ex, std::string_view kind, std::string_view profile) {
+void Api::audit_peer(const std::shared_ptr<ipc::Exchange>& ex, std::string_view kind,
+                     std::string_view profile) {
   store::AuditEvent e;
   e.kind = std::string(kind);
   e.profile = std::string(profile);
@@ -299,47 +329,58 @@ void Api::audit_peer(const std::shared_ptr<ipc::Exchange>& ex, std::string_view 
 // wait_s for a login), and keeps it open while the caller's connection is.
 // The answer is one JSON line; the response then stays open, and its end
 // (tokenctl exited, was killed, or tokend drains) closes the endpoint.
-void Api::open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name, std::int64_t wait_s,
-                        const ipc::Peer& audited) {
-  m_tokens.token_async(name, tokens::TokenRequest{30}, [this, ex, name, wait_s, audited](Result<tokens::TokenGrant> grant) {
-    if (!ex->pending()) return;
-    if (!grant) {
-      if (grant.error().code == Errc::reauth_required && wait_s > 0) {
-        auto waiting = m_waits->add(ex, name, {tokens::EventKind::login_succeeded, tokens::EventKind::profile_updated, tokens::EventKind::refreshed},
-                                    std::chrono::seconds(wait_s),
-                                    [this, ex, name, audited, error = grant.error()](bool happened) {
-                                      if (!happened) return ex->respond(gateway::reauth_error(error, name));
-                                      open_endpoint(ex, name, 0, audited);
-                                    });
-        if (waiting) return;
-      }
-      if (grant.error().code == Errc::reauth_required) return ex->respond(gateway::reauth_error(grant.error(), name));
-      return ex->respond(ipc::error_response(grant.error()));
-    }
-    if (m_proxy == nullptr) return ex->respond(ipc::Response::error(503, "unavailable", "the proxy is not available"));
-    auto opened = m_endpoints->open(*m_proxy, name, audited);
-    if (!opened) return ex->respond(ipc::error_response(opened.error()));
-    const std::string origin = fmt::format("http://127.0.0.1:{}", opened->port);
-    json::Json urls = json::Json::object();
-    for (const auto& [product, base] : opened->layout.urls) urls[product] = origin + base;
-    std::string user = "tokend";
-    if (auto p = m_tokens.profile_of(name); p && p->kind == store::CredentialKind::api_token) {
-      if (auto email = json::string_or(p->config, "email"); !email.empty()) user = std::move(email);
-    }
-    json::Json answer = {{"url", origin + opened->layout.base},
-                         {"urls", std::move(urls)},
-                         {"port", opened->port},
-                         {"user", user},
-                         {"standin", opened->standin.reveal()}};
-    auto stream = ex->start_stream(200, {{"Content-Type", "application/json"}, {"Cache-Control", "no-store"}},
-                                   ipc::StreamFraming{ipc::StreamFraming::Kind::close});
-    if (!stream) return m_endpoints->close(opened->id);
-    stream->on_close([this, id = opened->id] { m_endpoints->close(id); });
-    std::string line = answer.dump() + "\n";
-    stream->send(line);
-    secure_wipe(line);
-    secure_wipe(answer["standin"].get_ref<std::string&>());
-  });
+void Api::open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name,
+                        std::int64_t wait_s, const ipc::Peer& audited) {
+  m_tokens.token_async(
+      name, tokens::TokenRequest{30},
+      [this, ex, name, wait_s, audited](Result<tokens::TokenGrant> grant) {
+        if (!ex->pending()) return;
+        if (!grant) {
+          if (grant.error().code == Errc::reauth_required && wait_s > 0) {
+            auto waiting =
+                m_waits->add(ex, name,
+                             {tokens::EventKind::login_succeeded,
+                              tokens::EventKind::profile_updated, tokens::EventKind::refreshed},
+                             std::chrono::seconds(wait_s),
+                             [this, ex, name, audited, error = grant.error()](bool happened) {
+                               if (!happened)
+                                 return ex->respond(gateway::reauth_error(error, name));
+                               open_endpoint(ex, name, 0, audited);
+                             });
+            if (waiting) return;
+          }
+          if (grant.error().code == Errc::reauth_required)
+            return ex->respond(gateway::reauth_error(grant.error(), name));
+          return ex->respond(ipc::error_response(grant.error()));
+        }
+        if (m_proxy == nullptr)
+          return ex->respond(
+              ipc::Response::error(503, "unavailable", "the proxy is not available"));
+        auto opened = m_endpoints->open(*m_proxy, name, audited);
+        if (!opened) return ex->respond(ipc::error_response(opened.error()));
+        const std::string origin = fmt::format("http://127.0.0.1:{}", opened->port);
+        json::Json urls = json::Json::object();
+        for (const auto& [product, base] : opened->layout.urls) urls[product] = origin + base;
+        std::string user = "tokend";
+        if (auto p = m_tokens.profile_of(name); p && p->kind == store::CredentialKind::api_token) {
+          if (auto email = json::string_or(p->config, "email"); !email.empty())
+            user = std::move(email);
+        }
+        json::Json answer = {{"url", origin + opened->layout.base},
+                             {"urls", std::move(urls)},
+                             {"port", opened->port},
+                             {"user", user},
+                             {"standin", opened->standin.reveal()}};
+        auto stream = ex->start_stream(
+            200, {{"Content-Type", "application/json"}, {"Cache-Control", "no-store"}},
+            ipc::StreamFraming{ipc::StreamFraming::Kind::close});
+        if (!stream) return m_endpoints->close(opened->id);
+        stream->on_close([this, id = opened->id] { m_endpoints->close(id); });
+        std::string line = answer.dump() + "\n";
+        stream->send(line);
+        secure_wipe(line);
+        secure_wipe(answer["standin"].get_ref<std::string&>());
+      });
 }
 
 void Api::register_routes(ipc::Router& router) {
@@ -375,17 +416,24 @@ void Api::register_routes(ipc::Router& router) {
   router.add("GET", "/v1/metrics", bind(&Api::get_metrics));
 }
 
-std::size_t Api::event_stream_count() const { return m_streams->size(); }
-std::size_t Api::waiting_count() const { return m_waits->size(); }
-
-void Api::refuse_without_login(const std::shared_ptr<ipc::Exchange>& ex) {
-  ex->respond(ipc::Response::error(503, "unavailable", "login flows are not available in this tokend"));
+std::size_t Api::event_stream_count() const {
+  return m_streams->size();
+}
+std::size_t Api::waiting_count() const {
+  return m_waits->size();
 }
 
-std::function<void(Result<json::Json>)> Api::json_responder(const ExchangePtr& ex, const std::string& name) {
+void Api::refuse_without_login(const std::shared_ptr<ipc::Exchange>& ex) {
+  ex->respond(
+      ipc::Response::error(503, "unavailable", "login flows are not available in this tokend"));
+}
+
+std::function<void(Result<json::Json>)> Api::json_responder(const ExchangePtr& ex,
+                                                            const std::string& name) {
   return [ex, name](Result<json::Json> r) {
     if (!r) {
-      if (r.error().code == Errc::reauth_required) return ex->respond(gateway::reauth_error(r.error(), name));
+      if (r.error().code == Errc::reauth_required)
+        return ex->respond(gateway::reauth_error(r.error(), name));
       return ex->respond(ipc::error_response(r.error()));
     }
     ex->respond(ipc::Response::json(200, *r));
@@ -396,12 +444,13 @@ std::function<void(Result<json::Json>)> Api::json_responder(const ExchangePtr& e
 
 // GET /v1/health
 void Api::get_health(const std::shared_ptr<ipc::Exchange>& ex) {
-  const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started);
+  const auto uptime =
+      std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started);
   ex->respond(ipc::Response::json(200, {{"status", "ok"},
-                                   {"version", m_options.version},
-                                   {"uptime_s", uptime.count()},
-                                   {"profiles", m_tokens.size()},
-                                   {"pid", ::getpid()}}));
+                                        {"version", m_options.version},
+                                        {"uptime_s", uptime.count()},
+                                        {"profiles", m_tokens.size()},
+                                        {"pid", ::getpid()}}));
 }
 
 // GET /v1/profiles
@@ -425,7 +474,8 @@ void Api::put_profile(const std::shared_ptr<ipc::Exchange>& ex) {
   if (!body) return ex->respond(ipc::error_response(body.error()));
   // Sinks write files as tokend's user: only that user may configure them.
   if (body->is_object() && body->contains("sinks") && ex->peer().uid != ::geteuid()) {
-    return ex->respond(ipc::Response::error(403, "forbidden", "only tokend's own user may configure sinks"));
+    return ex->respond(
+        ipc::Response::error(403, "forbidden", "only tokend's own user may configure sinks"));
   }
   auto spec = tokens::parse_profile_spec(ex->param("name"), *body, to_unix_ms(m_clock.wall_now()));
   if (!spec) return ex->respond(ipc::error_response(spec.error()));
@@ -433,12 +483,14 @@ void Api::put_profile(const std::shared_ptr<ipc::Exchange>& ex) {
   if (!created) return ex->respond(ipc::error_response(created.error()));
   auto v = m_tokens.get(ex->param("name"));
   if (!v) return ex->respond(ipc::error_response(v.error()));
-  ex->respond(ipc::Response::json(*created ? 201 : 200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
+  ex->respond(
+      ipc::Response::json(*created ? 201 : 200, profile_json(*v, to_unix_ms(m_clock.wall_now()))));
 }
 
 // DELETE /v1/profiles/{name}
 void Api::delete_profile(const std::shared_ptr<ipc::Exchange>& ex) {
-  if (auto r = m_tokens.remove_profile(ex->param("name")); !r) return ex->respond(ipc::error_response(r.error()));
+  if (auto r = m_tokens.remove_profile(ex->param("name")); !r)
+    return ex->respond(ipc::error_response(r.error()));
   ipc::Response res;
   res.status = 204;
   ex->respond(std::move(res));
@@ -450,10 +502,12 @@ void Api::get_token(const std::shared_ptr<ipc::Exchange>& ex) {
   // min_valid=half asks for half the token's lifetime (tokenctl headers).
   const auto mv = ex->request().query_param("min_valid");
   const bool half = mv && *mv == "half";
-  auto min_valid = half ? Result<std::optional<std::int64_t>>{} : int_param(ex->request(), "min_valid", 0, 86'400);
+  auto min_valid = half ? Result<std::optional<std::int64_t>>{}
+                        : int_param(ex->request(), "min_valid", 0, 86'400);
   if (!min_valid) {
     return ex->respond(ipc::error_response(
-        Error{Errc::invalid_argument, min_valid.error().message + ", or \"half\" (half the token's lifetime)"}));
+        Error{Errc::invalid_argument,
+              min_valid.error().message + ", or \"half\" (half the token's lifetime)"}));
   }
   auto wait = int_param(ex->request(), "wait", 0, 3'600);
   if (!wait) return ex->respond(ipc::error_response(wait.error()));
@@ -474,7 +528,8 @@ void Api::refresh_profile(const std::shared_ptr<ipc::Exchange>& ex) {
   const std::string name(ex->param("name"));
   m_tokens.refresh(name, [this, ex, name](Result<> outcome) {
     if (!outcome) {
-      if (outcome.error().code == Errc::reauth_required) return ex->respond(gateway::reauth_error(outcome.error(), name));
+      if (outcome.error().code == Errc::reauth_required)
+        return ex->respond(gateway::reauth_error(outcome.error(), name));
       return ex->respond(ipc::error_response(outcome.error()));
     }
     auto v = m_tokens.get(name);
@@ -493,18 +548,24 @@ void Api::start_login(const std::shared_ptr<ipc::Exchange>& ex) {
   if (!ex->request().body.empty()) {
     auto body = json::parse(ex->request().body, "request body");
     if (!body) return ex->respond(ipc::error_response(body.error()));
-    if (!body->is_object()) return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
+    if (!body->is_object())
+      return ex->respond(
+          ipc::error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
     for (const auto& [k, v] : body->items()) {
       if (k == "flow") {
         if (v != "code" && v != "device") {
-          return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"flow\" must be \"code\" or \"device\""}));
+          return ex->respond(ipc::error_response(
+              Error{Errc::invalid_argument, "field \"flow\" must be \"code\" or \"device\""}));
         }
         req.device = v == "device";
       } else if (k == "listen") {
-        if (!v.is_boolean()) return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"listen\" must be true or false"}));
+        if (!v.is_boolean())
+          return ex->respond(ipc::error_response(
+              Error{Errc::invalid_argument, "field \"listen\" must be true or false"}));
         req.listen = v.get<bool>();
       } else {
-        return ex->respond(ipc::error_response(Error{Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
+        return ex->respond(ipc::error_response(Error{
+            Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
       }
     }
   }
@@ -521,10 +582,14 @@ void Api::watch_login(const std::shared_ptr<ipc::Exchange>& ex) {
   auto wait = int_param(ex->request(), "wait", 0, 3'600);
   if (!wait) return ex->respond(ipc::error_response(wait.error()));
   if (wait->value_or(0) > 0 && m_login->pending(name)) {
-    auto waiting = m_waits->add(ex, name, {tokens::EventKind::login_succeeded, tokens::EventKind::login_failed, tokens::EventKind::login_cancelled},
-                                std::chrono::seconds(**wait), [this, ex, name](bool) {
-                                  ex->respond(ipc::Response::json(200, m_login != nullptr ? m_login->status(name) : json::Json::object()));
-                                });
+    auto waiting =
+        m_waits->add(ex, name,
+                     {tokens::EventKind::login_succeeded, tokens::EventKind::login_failed,
+                      tokens::EventKind::login_cancelled},
+                     std::chrono::seconds(**wait), [this, ex, name](bool) {
+                       ex->respond(ipc::Response::json(
+                           200, m_login != nullptr ? m_login->status(name) : json::Json::object()));
+                     });
     if (waiting) return;
     return ex->respond(ipc::error_response(waiting.error()));
   }
@@ -542,15 +607,17 @@ void Api::complete_login(const std::shared_ptr<ipc::Exchange>& ex) {
     const auto state = r->value("state", std::string());
     if (state == "succeeded") return ex->respond(ipc::Response::json(200, *r));
     const json::Json& err = r->contains("error") ? (*r)["error"] : json::Json::object();
-    ex->respond(ipc::Response::error(400, "login_failed", err.value("message", std::string("the login failed")),
-                                {{"reason", err.value("reason", std::string())}, {"login", *r}}));
+    ex->respond(ipc::Response::error(
+        400, "login_failed", err.value("message", std::string("the login failed")),
+        {{"reason", err.value("reason", std::string())}, {"login", *r}}));
   });
 }
 
 // DELETE /v1/profiles/{name}/login
 void Api::cancel_login(const std::shared_ptr<ipc::Exchange>& ex) {
   if (m_login == nullptr) return refuse_without_login(ex);
-  if (auto r = m_login->cancel(std::string(ex->param("name"))); !r) return ex->respond(ipc::error_response(r.error()));
+  if (auto r = m_login->cancel(std::string(ex->param("name"))); !r)
+    return ex->respond(ipc::error_response(r.error()));
   ipc::Response res;
   res.status = 204;
   ex->respond(std::move(res));
@@ -584,17 +651,22 @@ void Api::open_endpoint_route(const std::shared_ptr<ipc::Exchange>& ex) {
   if (!ex->request().body.empty()) {
     auto body = json::parse(ex->request().body, "request body");
     if (!body) return ex->respond(ipc::error_response(body.error()));
-    if (!body->is_object()) return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
+    if (!body->is_object())
+      return ex->respond(
+          ipc::error_response(Error{Errc::invalid_argument, "the body must be a JSON object"}));
     for (const auto& [k, v] : body->items()) {
       if (k != "pid") {
-        return ex->respond(ipc::error_response(Error{Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
+        return ex->respond(ipc::error_response(Error{
+            Errc::invalid_argument, fmt::format("field \"{}\" is not known", k.substr(0, 64))}));
       }
       if (!v.is_number_integer() || v.get<std::int64_t>() <= 0) {
-        return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"pid\" must be a process id"}));
+        return ex->respond(ipc::error_response(
+            Error{Errc::invalid_argument, "field \"pid\" must be a process id"}));
       }
       const auto pid = static_cast<pid_t>(v.get<std::int64_t>());
       if (pid != audited.pid && parent_of(pid) != std::optional<pid_t>(audited.pid)) {
-        return ex->respond(ipc::error_response(Error{Errc::invalid_argument, "field \"pid\" must name the caller or a child of it"}));
+        return ex->respond(ipc::error_response(
+            Error{Errc::invalid_argument, "field \"pid\" must name the caller or a child of it"}));
       }
       audited.pid = pid;
     }
@@ -652,7 +724,8 @@ void Api::proxy_route(const std::shared_ptr<ipc::Exchange>& ex) {
   // The rest of the path exactly as decoded, not the router's segments
   // (which fold "//"): the proxy refuses what it does not like.
   const std::string prefix = "/v1/proxy/" + name + "/";
-  std::string rest = req.path.starts_with(prefix) ? req.path.substr(prefix.size()) : std::string(ex->param("rest"));
+  std::string rest = req.path.starts_with(prefix) ? req.path.substr(prefix.size())
+                                                  : std::string(ex->param("rest"));
   auto call = gateway::proxy_call(req, name, std::move(rest), ex->peer());
   if (!call) return ex->respond(ipc::error_response(call.error()));
   forward(ex, std::move(*call), 0);
@@ -665,7 +738,8 @@ void Api::mcp_route(const std::shared_ptr<ipc::Exchange>& ex) {
   if (auto wait = ex->request().header("x-tokend-wait")) {
     const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), wait_s);
     if (ec != std::errc{} || end != wait->data() + wait->size() || wait_s < 0 || wait_s > 3600) {
-      return ex->respond(ipc::Response::error(400, "invalid_argument", "X-Tokend-Wait must be a number of seconds from 0 to 3600"));
+      return ex->respond(ipc::Response::error(
+          400, "invalid_argument", "X-Tokend-Wait must be a number of seconds from 0 to 3600"));
     }
   }
   auto call = gateway::proxy_call(ex->request(), std::string(ex->param("name")), {}, ex->peer());
@@ -673,6 +747,5 @@ void Api::mcp_route(const std::shared_ptr<ipc::Exchange>& ex) {
   call->mcp = true;
   forward(ex, std::move(*call), wait_s);
 }
-
 
 }  // namespace tokend::api

@@ -1,9 +1,9 @@
 // GET /v1/metrics: Prometheus text (docs/API.md lists the series).
+#include <fmt/format.h>
+
 #include <chrono>
 #include <string>
 #include <string_view>
-
-#include <fmt/format.h>
 
 #include "api/api.hpp"
 
@@ -35,12 +35,14 @@ void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
   metric("tokend_build_info", "gauge", "Version of the running tokend.");
   out += fmt::format("tokend_build_info{{version=\"{}\"}} 1\n", escape_label(m_options.version));
   metric("tokend_uptime_seconds", "gauge", "Seconds since tokend started.");
-  out += fmt::format("tokend_uptime_seconds {}\n",
-                     std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started).count());
+  out += fmt::format(
+      "tokend_uptime_seconds {}\n",
+      std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started).count());
   const auto views = m_tokens.list();
   metric("tokend_profiles", "gauge", "Number of profiles.");
   out += fmt::format("tokend_profiles {}\n", views.size());
-  metric("tokend_token_expiry_seconds", "gauge", "Seconds until the profile's access token expires.");
+  metric("tokend_token_expiry_seconds", "gauge",
+         "Seconds until the profile's access token expires.");
   for (const auto& v : views) {
     if (v.expires_at_ms) {
       out += fmt::format("tokend_token_expiry_seconds{{profile=\"{}\"}} {}\n", escape_label(v.name),
@@ -49,8 +51,8 @@ void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
   }
   metric("tokend_profile_state", "gauge", "1 for the state each profile is in.");
   for (const auto& v : views) {
-    out += fmt::format("tokend_profile_state{{profile=\"{}\",state=\"{}\"}} 1\n", escape_label(v.name),
-                       store::to_string(v.state));
+    out += fmt::format("tokend_profile_state{{profile=\"{}\",state=\"{}\"}} 1\n",
+                       escape_label(v.name), store::to_string(v.state));
   }
   metric("tokend_token_requests_total", "counter", "Token requests by profile and result.");
   for (const auto& [profile, results] : m_token_requests) {
@@ -65,32 +67,40 @@ void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
   out += fmt::format("tokend_refreshes_total{{result=\"failed\"}} {}\n", es.refreshes_failed);
   metric("tokend_refreshes_in_flight", "gauge", "Refreshes in flight now.");
   out += fmt::format("tokend_refreshes_in_flight {}\n", es.in_flight);
-  metric("tokend_refreshes_in_flight_peak", "gauge", "Most refreshes in flight at once since start.");
+  metric("tokend_refreshes_in_flight_peak", "gauge",
+         "Most refreshes in flight at once since start.");
   out += fmt::format("tokend_refreshes_in_flight_peak {}\n", es.peak_in_flight);
-  metric("tokend_store_failures_total", "counter", "Credential state writes or read-backs the store refused.");
+  metric("tokend_store_failures_total", "counter",
+         "Credential state writes or read-backs the store refused.");
   out += fmt::format("tokend_store_failures_total {}\n", es.store_failures);
   metric("tokend_event_streams", "gauge", "Open /v1/events streams.");
   out += fmt::format("tokend_event_streams {}\n", event_stream_count());
   if (m_proxy != nullptr) {
     const auto& ps = m_proxy->stats();
-    metric("tokend_proxy_requests_total", "counter", "Proxied calls by profile and upstream status (0: no answer).");
+    metric("tokend_proxy_requests_total", "counter",
+           "Proxied calls by profile and upstream status (0: no answer).");
     for (const auto& [profile, statuses] : ps.by_profile_status) {
       for (const auto& [status, n] : statuses) {
-        out += fmt::format("tokend_proxy_requests_total{{profile=\"{}\",status=\"{}\"}} {}\n", escape_label(profile), status, n);
+        out += fmt::format("tokend_proxy_requests_total{{profile=\"{}\",status=\"{}\"}} {}\n",
+                           escape_label(profile), status, n);
       }
     }
-    metric("tokend_proxy_latency_seconds", "histogram", "Time from a proxied call to its answer's head, as tokend saw it.");
+    metric("tokend_proxy_latency_seconds", "histogram",
+           "Time from a proxied call to its answer's head, as tokend saw it.");
     for (std::size_t i = 0; i < ps.bucket_bounds.size(); ++i) {
-      out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"{}\"}} {}\n", ps.bucket_bounds[i], ps.bucket_counts[i]);
+      out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"{}\"}} {}\n",
+                         ps.bucket_bounds[i], ps.bucket_counts[i]);
     }
     out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"+Inf\"}} {}\n", ps.count);
     out += fmt::format("tokend_proxy_latency_seconds_sum {}\n", ps.sum_s);
     out += fmt::format("tokend_proxy_latency_seconds_count {}\n", ps.count);
-    metric("tokend_proxy_open_streams", "gauge", "Proxied answers still streaming to their callers.");
+    metric("tokend_proxy_open_streams", "gauge",
+           "Proxied answers still streaming to their callers.");
     out += fmt::format("tokend_proxy_open_streams {}\n", ps.open_streams);
   }
   const auto& eps = m_endpoints->stats();
-  metric("tokend_endpoints_open", "gauge", "Stand-in endpoints open now (tokenctl exec --endpoint).");
+  metric("tokend_endpoints_open", "gauge",
+         "Stand-in endpoints open now (tokenctl exec --endpoint).");
   out += fmt::format("tokend_endpoints_open {}\n", eps.open);
   metric("tokend_endpoints_opened_total", "counter", "Stand-in endpoints opened since start.");
   out += fmt::format("tokend_endpoints_opened_total {}\n", eps.opened);
@@ -98,7 +108,8 @@ void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
   for (const auto& [result, n] : eps.requests) {
     out += fmt::format("tokend_endpoint_requests_total{{result=\"{}\"}} {}\n", result, n);
   }
-  metric("tokend_waiting_requests", "gauge", "Token and login requests waiting for a login to finish.");
+  metric("tokend_waiting_requests", "gauge",
+         "Token and login requests waiting for a login to finish.");
   out += fmt::format("tokend_waiting_requests {}\n", waiting_count());
   if (m_server != nullptr) {
     const auto& s = m_server->stats();
@@ -106,7 +117,8 @@ void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
     out += fmt::format("tokend_http_connections_open {}\n", s.open_connections);
     metric("tokend_http_connections_total", "counter", "API connections accepted.");
     out += fmt::format("tokend_http_connections_total {}\n", s.connections_accepted);
-    metric("tokend_http_connections_refused_total", "counter", "Connections refused over the connection limit.");
+    metric("tokend_http_connections_refused_total", "counter",
+           "Connections refused over the connection limit.");
     out += fmt::format("tokend_http_connections_refused_total {}\n", s.connections_refused);
     metric("tokend_http_peers_denied_total", "counter", "Connections from users not allowed.");
     out += fmt::format("tokend_http_peers_denied_total {}\n", s.peers_denied);

@@ -1,8 +1,8 @@
 #include "client/api.hpp"
 
-#include <array>
-
 #include <fmt/format.h>
+
+#include <array>
 
 namespace tokend::client {
 
@@ -57,11 +57,12 @@ std::string error_message(const json::Json& body, std::string fallback) {
 
 // The Errc tokend's error code names (its codes are errc_name()s).
 Errc errc_named(std::string_view name) {
-  constexpr std::array all = {Errc::invalid_argument, Errc::not_found,   Errc::already_exists, Errc::conflict,
-                              Errc::permission,       Errc::io,          Errc::database,       Errc::wrong_key,
-                              Errc::corrupt,          Errc::config,      Errc::unavailable,    Errc::timeout,
-                              Errc::limit_exceeded,   Errc::protocol,    Errc::transient,      Errc::reauth_required,
-                              Errc::login_failed,     Errc::internal};
+  constexpr std::array all = {Errc::invalid_argument, Errc::not_found,    Errc::already_exists,
+                              Errc::conflict,         Errc::permission,   Errc::io,
+                              Errc::database,         Errc::wrong_key,    Errc::corrupt,
+                              Errc::config,           Errc::unavailable,  Errc::timeout,
+                              Errc::limit_exceeded,   Errc::protocol,     Errc::transient,
+                              Errc::reauth_required,  Errc::login_failed, Errc::internal};
   for (const Errc c : all) {
     if (errc_name(c) == name) return c;
   }
@@ -118,11 +119,18 @@ std::string path_segment(std::string_view s) {
 
 namespace paths {
 
-std::string health() { return "/v1/health"; }
-std::string profiles() { return "/v1/profiles"; }
-std::string profile(std::string_view name) { return "/v1/profiles/" + path_segment(name); }
+std::string health() {
+  return "/v1/health";
+}
+std::string profiles() {
+  return "/v1/profiles";
+}
+std::string profile(std::string_view name) {
+  return "/v1/profiles/" + path_segment(name);
+}
 
-std::string token(std::string_view name, std::string_view min_valid, std::optional<std::int64_t> wait_s) {
+std::string token(std::string_view name, std::string_view min_valid,
+                  std::optional<std::int64_t> wait_s) {
   std::string target = profile(name) + "/token";
   std::string_view sep = "?";
   if (!min_valid.empty()) {
@@ -133,13 +141,21 @@ std::string token(std::string_view name, std::string_view min_valid, std::option
   return target;
 }
 
-std::string refresh(std::string_view name) { return profile(name) + "/refresh"; }
-std::string logout(std::string_view name) { return profile(name) + "/logout"; }
-std::string test(std::string_view name) { return profile(name) + "/test"; }
+std::string refresh(std::string_view name) {
+  return profile(name) + "/refresh";
+}
+std::string logout(std::string_view name) {
+  return profile(name) + "/logout";
+}
+std::string test(std::string_view name) {
+  return profile(name) + "/test";
+}
 std::string login(std::string_view name, std::optional<std::int64_t> wait_s) {
   return with_wait(profile(name) + "/login", wait_s);
 }
-std::string login_complete(std::string_view name) { return profile(name) + "/login/complete"; }
+std::string login_complete(std::string_view name) {
+  return profile(name) + "/login/complete";
+}
 std::string endpoint(std::string_view name, std::optional<std::int64_t> wait_s) {
   return with_wait(profile(name) + "/endpoint", wait_s);
 }
@@ -148,8 +164,12 @@ std::string events(std::optional<std::string_view> profile) {
   if (profile) target += "?profile=" + path_segment(*profile);
   return target;
 }
-std::string mcp(std::string_view name) { return "/v1/mcp/" + path_segment(name); }
-std::string proxy_prefix(std::string_view name) { return "/v1/proxy/" + path_segment(name) + "/"; }
+std::string mcp(std::string_view name) {
+  return "/v1/mcp/" + path_segment(name);
+}
+std::string proxy_prefix(std::string_view name) {
+  return "/v1/proxy/" + path_segment(name) + "/";
+}
 
 }  // namespace paths
 
@@ -161,10 +181,18 @@ void wipe_strings(json::Json& j) {
   }
 }
 
-std::string TokenAnswer::token() const { return jstr(m_json, "token"); }
-std::string TokenAnswer::authorization() const { return jstr(m_json, "authorization"); }
-std::string TokenAnswer::token_type() const { return jstr(m_json, "token_type"); }
-std::optional<std::int64_t> TokenAnswer::expires_at() const { return jint(m_json, "expires_at"); }
+std::string TokenAnswer::token() const {
+  return jstr(m_json, "token");
+}
+std::string TokenAnswer::authorization() const {
+  return jstr(m_json, "authorization");
+}
+std::string TokenAnswer::token_type() const {
+  return jstr(m_json, "token_type");
+}
+std::optional<std::int64_t> TokenAnswer::expires_at() const {
+  return jint(m_json, "expires_at");
+}
 
 ApiResult<json::Json> parse_answer(const ClientResponse& r) {
   json::Json body;
@@ -176,7 +204,8 @@ ApiResult<json::Json> parse_answer(const ClientResponse& r) {
 }
 
 LoginFlow login_flow(const json::Json& body) {
-  return {jstr(body, "state"), error_message(body, ""), jstr(body, "warning"), jint(body, "expires_at")};
+  return {jstr(body, "state"), error_message(body, ""), jstr(body, "warning"),
+          jint(body, "expires_at")};
 }
 
 ApiResult<Client> ApiClient::connect() const {
@@ -187,8 +216,8 @@ ApiResult<Client> ApiClient::connect() const {
 
 // One request on a fresh connection; the answer's body is wiped once parsed
 // (a token answer carries the secret).
-ApiResult<json::Json> ApiClient::call(std::string_view method, const std::string& target, std::string_view body,
-                                      ms timeout, int* status) const {
+ApiResult<json::Json> ApiClient::call(std::string_view method, const std::string& target,
+                                      std::string_view body, ms timeout, int* status) const {
   auto c = connect();
   if (!c) return std::unexpected(std::move(c.error()));
   auto r = c->request(method, target, body, {}, timeout);
@@ -227,7 +256,8 @@ ApiResult<Profile> ApiClient::profile(std::string_view name, ms timeout) const {
   return profile_from(std::move(*j));
 }
 
-ApiResult<StoredProfile> ApiClient::put_profile(std::string_view name, std::string_view body) const {
+ApiResult<StoredProfile> ApiClient::put_profile(std::string_view name,
+                                                std::string_view body) const {
   int status = 0;
   auto j = call("PUT", paths::profile(name), body, std::chrono::seconds(30), &status);
   if (!j) return std::unexpected(std::move(j.error()));
@@ -308,7 +338,8 @@ Result<> ApiClient::send_login_watch(Client& c, std::string_view name, std::int6
   return c.send_request("GET", paths::login(name, wait_s));
 }
 
-ApiResult<Endpoint> ApiClient::open_endpoint(std::string_view name, std::optional<std::int64_t> wait_s,
+ApiResult<Endpoint> ApiClient::open_endpoint(std::string_view name,
+                                             std::optional<std::int64_t> wait_s,
                                              pid_t command_pid) const {
   auto c = connect();
   if (!c) return std::unexpected(std::move(c.error()));
@@ -337,12 +368,18 @@ ApiResult<Endpoint> ApiClient::open_endpoint(std::string_view name, std::optiona
   if (!head) return failed(ApiError::Stage::exchange, std::move(head.error()));
   auto parsed = json::parse(received, "tokend's answer");
   secure_wipe(received);
-  if (status != 200) return std::unexpected(answer_error(status, parsed ? *parsed : json::Json::object()));
+  if (status != 200)
+    return std::unexpected(answer_error(status, parsed ? *parsed : json::Json::object()));
   if (!line_done || !parsed || jstr(*parsed, "url").empty() || jstr(*parsed, "standin").empty()) {
     if (parsed) wipe_strings(*parsed);
-    return failed(ApiError::Stage::answer, Error{Errc::protocol, "tokend's endpoint answer is incomplete"});
+    return failed(ApiError::Stage::answer,
+                  Error{Errc::protocol, "tokend's endpoint answer is incomplete"});
   }
-  Endpoint e{std::move(*c), jstr(*parsed, "url"), {}, jstr(*parsed, "user"), Secret(jstr(*parsed, "standin"))};
+  Endpoint e{std::move(*c),
+             jstr(*parsed, "url"),
+             {},
+             jstr(*parsed, "user"),
+             Secret(jstr(*parsed, "standin"))};
   const json::Json& urls = member(*parsed, "urls");
   if (urls.is_object()) {
     for (const auto& [product, url] : urls.items()) {
@@ -364,7 +401,8 @@ ApiResult<> ApiClient::events(std::optional<std::string_view> profile,
     std::size_t pos = 0;
     while (pos < block.size()) {
       const auto nl = block.find('\n', pos);
-      const std::string_view line = block.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
+      const std::string_view line =
+          block.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
       if (line.starts_with("data: ")) {
         if (auto j = json::parse(line.substr(6), "event")) on_event(*j);
       }
@@ -395,7 +433,8 @@ ApiResult<> ApiClient::events(std::optional<std::string_view> profile,
     if (j && j->is_object() && j->contains("error")) {
       message = json::string_or((*j)["error"], "message", "event stream refused");
     }
-    return std::unexpected(ApiError{ApiError::Stage::answer, Error{Errc::internal, std::move(message)}, status});
+    return std::unexpected(
+        ApiError{ApiError::Stage::answer, Error{Errc::internal, std::move(message)}, status});
   }
   return {};
 }

@@ -1,5 +1,6 @@
 #include "client/client.hpp"
 
+#include <fmt/format.h>
 #include <poll.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -8,16 +9,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/beast/core/buffers_range.hpp>
+#include <boost/beast/http/basic_parser.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/serializer.hpp>
+#include <boost/beast/http/string_body.hpp>
 #include <cerrno>
 #include <cstring>
 #include <limits>
-
-#include <boost/beast/core/buffers_range.hpp>
-#include <boost/beast/http/basic_parser.hpp>
-#include <boost/beast/http/serializer.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/message.hpp>
-#include <fmt/format.h>
 
 #include "core/fs.hpp"
 #include "core/secret.hpp"
@@ -41,7 +40,8 @@ class StreamingParser final : public http::basic_parser<false> {
  private:
   void on_request_impl(http::verb, boost::beast::string_view, boost::beast::string_view, int,
                        boost::system::error_code&) override {}
-  void on_response_impl(int code, boost::beast::string_view reason, int, boost::system::error_code&) override {
+  void on_response_impl(int code, boost::beast::string_view reason, int,
+                        boost::system::error_code&) override {
     head.status = code;
     head.reason.assign(reason.data(), reason.size());
   }
@@ -52,12 +52,15 @@ class StreamingParser final : public http::basic_parser<false> {
   void on_header_impl(boost::system::error_code&) override {
     if (on_head && !on_head(head)) stop = true;
   }
-  void on_body_init_impl(const boost::optional<std::uint64_t>&, boost::system::error_code&) override {}
+  void on_body_init_impl(const boost::optional<std::uint64_t>&,
+                         boost::system::error_code&) override {}
   std::size_t on_body_impl(boost::beast::string_view body, boost::system::error_code&) override {
-    if (!stop && on_data && !body.empty() && !on_data(std::string_view(body.data(), body.size()))) stop = true;
+    if (!stop && on_data && !body.empty() && !on_data(std::string_view(body.data(), body.size())))
+      stop = true;
     return body.size();
   }
-  void on_chunk_header_impl(std::uint64_t, boost::beast::string_view, boost::system::error_code&) override {}
+  void on_chunk_header_impl(std::uint64_t, boost::beast::string_view,
+                            boost::system::error_code&) override {}
   std::size_t on_chunk_body_impl(std::uint64_t, boost::beast::string_view body,
                                  boost::system::error_code& ec) override {
     return on_body_impl(body, ec);
@@ -78,18 +81,23 @@ bool is_token(std::string_view s) {
 // header name that is not a token, a CR, LF or NUL in a value, a target that
 // is not an absolute path or has white space or control characters.
 Result<> check_request(std::string_view method, std::string_view target, const Headers& headers) {
-  if (!is_token(method)) return fail(Errc::invalid_argument, "the request method is not an HTTP token");
-  const bool target_ok = target.starts_with('/') && std::none_of(target.begin(), target.end(), [](char c) {
-    const auto u = static_cast<unsigned char>(c);
-    return u <= 0x20 || u == 0x7f;
-  });
+  if (!is_token(method))
+    return fail(Errc::invalid_argument, "the request method is not an HTTP token");
+  const bool target_ok =
+      target.starts_with('/') && std::none_of(target.begin(), target.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u <= 0x20 || u == 0x7f;
+      });
   if (!target_ok) {
-    return fail(Errc::invalid_argument, "the request target must be a path without spaces or control characters");
+    return fail(Errc::invalid_argument,
+                "the request target must be a path without spaces or control characters");
   }
   for (const auto& [name, value] : headers) {
-    if (!is_token(name)) return fail(Errc::invalid_argument, fmt::format("'{}' is not a valid header name", name));
+    if (!is_token(name))
+      return fail(Errc::invalid_argument, fmt::format("'{}' is not a valid header name", name));
     if (value.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
-      return fail(Errc::invalid_argument, fmt::format("the value of header {} contains a line break or NUL", name));
+      return fail(Errc::invalid_argument,
+                  fmt::format("the value of header {} contains a line break or NUL", name));
     }
   }
   return {};
@@ -99,8 +107,8 @@ bool same_name(std::string_view a, std::string_view b) {
   return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
 }
 
-std::string serialize_request(std::string_view method, std::string_view target, std::string_view body,
-                              const Headers& headers) {
+std::string serialize_request(std::string_view method, std::string_view target,
+                              std::string_view body, const Headers& headers) {
   http::request<http::string_body> req;
   req.method_string(boost::beast::string_view(method.data(), method.size()));
   req.target(boost::beast::string_view(target.data(), target.size()));
@@ -110,7 +118,8 @@ std::string serialize_request(std::string_view method, std::string_view target, 
   for (const auto& [k, v] : headers) req.set(k, v);
   if (!body.empty()) {
     req.body() = std::string(body);
-    if (req.find(http::field::content_type) == req.end()) req.set(http::field::content_type, "application/json");
+    if (req.find(http::field::content_type) == req.end())
+      req.set(http::field::content_type, "application/json");
   }
   req.prepare_payload();
   std::string out;
@@ -118,7 +127,8 @@ std::string serialize_request(std::string_view method, std::string_view target, 
   boost::system::error_code ec;
   do {
     sr.next(ec, [&](boost::system::error_code&, const auto& buffers) {
-      for (const auto b : boost::beast::buffers_range_ref(buffers)) out.append(static_cast<const char*>(b.data()), b.size());
+      for (const auto b : boost::beast::buffers_range_ref(buffers))
+        out.append(static_cast<const char*>(b.data()), b.size());
       sr.consume(boost::beast::buffer_bytes(buffers));
     });
   } while (!ec && !sr.is_done());
@@ -144,9 +154,13 @@ Result<> Client::receive(http::basic_parser<false>& parser, const bool& stop, Wa
   if (wait.idle.count() > 0) deadline = clock::now() + wait.idle;
   while (!parser.is_done() && !stop) {
     if (deadline) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - clock::now());
       pollfd pfd{m_fd, POLLIN, 0};
-      const int pr = left.count() <= 0 ? 0 : ::poll(&pfd, 1, static_cast<int>(std::min<std::int64_t>(left.count(), 3'600'000)));
+      const int pr =
+          left.count() <= 0
+              ? 0
+              : ::poll(&pfd, 1, static_cast<int>(std::min<std::int64_t>(left.count(), 3'600'000)));
       if (pr == 0) {
         if (clock::now() < *deadline) continue;  // a wait longer than poll() takes at once
         return fail(Errc::timeout, "tokend did not answer in time");
@@ -164,11 +178,13 @@ Result<> Client::receive(http::basic_parser<false>& parser, const bool& stop, Wa
       // Beast completes a parser that has seen no byte at all on EOF (as an
       // empty response with status 0); for us that is a connection closed
       // without an answer.
-      if (!parser.got_some()) return fail(Errc::protocol, "tokend closed the connection before answering");
+      if (!parser.got_some())
+        return fail(Errc::protocol, "tokend closed the connection before answering");
       parser.put_eof(ec);
       if (ec || !parser.is_done()) {
-        return fail(Errc::protocol, parser.is_header_done() ? "tokend closed the connection in the middle of the answer"
-                                                            : "tokend closed the connection before answering");
+        return fail(Errc::protocol, parser.is_header_done()
+                                        ? "tokend closed the connection in the middle of the answer"
+                                        : "tokend closed the connection before answering");
       }
       return {};
     }
@@ -212,15 +228,18 @@ Result<Client> Client::connect(const std::filesystem::path& socket) {
   // when XDG_RUNTIME_DIR is unset) and listen there: nothing is sent to a
   // socket in a directory that is not ours and private, or to a process
   // that does not run as us.
-  const std::filesystem::path dir = socket.has_parent_path() ? socket.parent_path() : std::filesystem::path(".");
+  const std::filesystem::path dir =
+      socket.has_parent_path() ? socket.parent_path() : std::filesystem::path(".");
   if (auto ok = fs::check_private_dir(dir); !ok) {
     if (ok.error().code == Errc::not_found) {
-      return fail(Errc::unavailable, fmt::format("tokend is not reachable at {} ({} does not exist)", socket.string(),
-                                                 dir.string()));
+      return fail(Errc::unavailable,
+                  fmt::format("tokend is not reachable at {} ({} does not exist)", socket.string(),
+                              dir.string()));
     }
-    return fail(Errc::permission, fmt::format("refusing to talk to the socket {}: {}. Someone else may be "
-                                              "listening there; tokenctl sends nothing to it",
-                                              socket.string(), ok.error().message));
+    return fail(Errc::permission,
+                fmt::format("refusing to talk to the socket {}: {}. Someone else may be "
+                            "listening there; tokenctl sends nothing to it",
+                            socket.string(), ok.error().message));
   }
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -234,15 +253,17 @@ Result<Client> Client::connect(const std::filesystem::path& socket) {
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     const int err = errno;
     ::close(fd);
-    return fail(Errc::unavailable, fmt::format("tokend is not reachable at {} ({})", p, errno_text(err)));
+    return fail(Errc::unavailable,
+                fmt::format("tokend is not reachable at {} ({})", p, errno_text(err)));
   }
   Client client(fd, socket);
   auto uid = peer_uid(fd);
   if (!uid) return std::unexpected(uid.error());
   if (*uid != ::geteuid()) {
-    return fail(Errc::permission, fmt::format("refusing to talk to the socket {}: the process listening there runs "
-                                              "as uid {}, not as you (uid {}); tokenctl sends nothing to it",
-                                              p, *uid, ::geteuid()));
+    return fail(Errc::permission,
+                fmt::format("refusing to talk to the socket {}: the process listening there runs "
+                            "as uid {}, not as you (uid {}); tokenctl sends nothing to it",
+                            p, *uid, ::geteuid()));
   }
   return client;
 }
@@ -256,7 +277,8 @@ Result<> Client::send_all(std::string_view bytes) {
     const ssize_t n = ::send(m_fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return fail(Errc::unavailable, fmt::format("sending to tokend at {}: {}", m_socket.string(), errno_text(errno)));
+      return fail(Errc::unavailable,
+                  fmt::format("sending to tokend at {}: {}", m_socket.string(), errno_text(errno)));
     }
     bytes.remove_prefix(static_cast<std::size_t>(n));
   }
@@ -268,7 +290,9 @@ Result<> Client::send_all(std::string_view bytes) {
 Result<bool> Client::send_watching(std::string_view bytes, std::chrono::milliseconds idle) {
   while (!bytes.empty()) {
     pollfd pfd{m_fd, POLLIN | POLLOUT, 0};
-    const int pr = ::poll(&pfd, 1, idle.count() > 0 ? static_cast<int>(std::min<std::int64_t>(idle.count(), 3'600'000)) : -1);
+    const int pr = ::poll(
+        &pfd, 1,
+        idle.count() > 0 ? static_cast<int>(std::min<std::int64_t>(idle.count(), 3'600'000)) : -1);
     if (pr < 0) {
       if (errno == EINTR) continue;
       return fail(Errc::io, "waiting for tokend: " + errno_text(errno));
@@ -278,22 +302,26 @@ Result<bool> Client::send_watching(std::string_view bytes, std::chrono::millisec
     const ssize_t n = ::send(m_fd, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
-      if (errno == EPIPE || errno == ECONNRESET) return false;  // maybe an answer is waiting: read it
-      return fail(Errc::unavailable, fmt::format("sending to tokend at {}: {}", m_socket.string(), errno_text(errno)));
+      if (errno == EPIPE || errno == ECONNRESET)
+        return false;  // maybe an answer is waiting: read it
+      return fail(Errc::unavailable,
+                  fmt::format("sending to tokend at {}: {}", m_socket.string(), errno_text(errno)));
     }
     bytes.remove_prefix(static_cast<std::size_t>(n));
   }
   return true;
 }
 
-Result<ClientResponse> Client::request(std::string_view method, std::string_view target, std::string_view body,
-                                       const Headers& headers, std::chrono::milliseconds timeout) {
-  if (auto sent = send_request(method, target, body, headers); !sent) return std::unexpected(sent.error());
+Result<ClientResponse> Client::request(std::string_view method, std::string_view target,
+                                       std::string_view body, const Headers& headers,
+                                       std::chrono::milliseconds timeout) {
+  if (auto sent = send_request(method, target, body, headers); !sent)
+    return std::unexpected(sent.error());
   return read_response(timeout);
 }
 
-Result<> Client::send_request(std::string_view method, std::string_view target, std::string_view body,
-                              const Headers& headers) {
+Result<> Client::send_request(std::string_view method, std::string_view target,
+                              std::string_view body, const Headers& headers) {
   if (auto ok = check_request(method, target, headers); !ok) return ok;
   std::string wire = serialize_request(method, target, body, headers);
   auto sent = send_all(wire);
@@ -313,7 +341,8 @@ Result<ClientResponse> Client::read_response(std::chrono::milliseconds timeout) 
   if (timeout.count() > 0) wait.deadline = std::chrono::steady_clock::now() + timeout;
   if (auto r = receive(parser, parser.stop, wait); !r) {
     if (r.error().code == Errc::timeout) {
-      return fail(Errc::timeout, fmt::format("tokend did not answer within {} s", timeout.count() / 1000));
+      return fail(Errc::timeout,
+                  fmt::format("tokend did not answer within {} s", timeout.count() / 1000));
     }
     return std::unexpected(r.error());
   }
@@ -324,7 +353,7 @@ Result<ClientResponse> Client::read_response(std::chrono::milliseconds timeout) 
 
 BodyReader BodyReader::from_fd(int fd, std::string what) {
   BodyReader r;
-  struct stat st {};
+  struct stat st{};
   if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
     const off_t at = ::lseek(fd, 0, SEEK_CUR);
     const off_t start = at < 0 ? 0 : std::min(at, st.st_size);
@@ -334,7 +363,8 @@ BodyReader BodyReader::from_fd(int fd, std::string what) {
     for (;;) {
       const ssize_t n = ::read(fd, buf.data(), buf.size());
       if (n >= 0) return static_cast<std::size_t>(n);
-      if (errno != EINTR) return fail(Errc::io, fmt::format("reading {}: {}", what, errno_text(errno)));
+      if (errno != EINTR)
+        return fail(Errc::io, fmt::format("reading {}: {}", what, errno_text(errno)));
     }
   };
   return r;
@@ -352,20 +382,23 @@ BodyReader BodyReader::from_string(std::string_view bytes) {
   return r;
 }
 
-Result<ResponseHead> Client::exchange(std::string_view method, std::string_view target, const Headers& headers,
-                                      BodyReader* body, const std::function<bool(const ResponseHead&)>& on_head,
+Result<ResponseHead> Client::exchange(std::string_view method, std::string_view target,
+                                      const Headers& headers, BodyReader* body,
+                                      const std::function<bool(const ResponseHead&)>& on_head,
                                       const std::function<bool(std::string_view)>& on_data,
                                       std::chrono::milliseconds idle_timeout) {
   if (auto ok = check_request(method, target, headers); !ok) return std::unexpected(ok.error());
   for (const auto& h : headers) {
     if (same_name(h.first, "Content-Length") || same_name(h.first, "Transfer-Encoding")) {
-      return fail(Errc::invalid_argument, fmt::format("{} is set from the body, not by the caller", h.first));
+      return fail(Errc::invalid_argument,
+                  fmt::format("{} is set from the body, not by the caller", h.first));
     }
   }
   // The header block by hand: everything in it was checked above, and the
   // framing (Content-Length or chunked) depends on the body reader.
   std::string head = fmt::format("{} {} HTTP/1.1\r\nHost: tokend\r\n", method, target);
-  if (std::none_of(headers.begin(), headers.end(), [](const auto& h) { return same_name(h.first, "User-Agent"); })) {
+  if (std::none_of(headers.begin(), headers.end(),
+                   [](const auto& h) { return same_name(h.first, "User-Agent"); })) {
     head += "User-Agent: tokenctl\r\n";
   }
   for (const auto& [name, value] : headers) {
@@ -407,8 +440,9 @@ Result<ResponseHead> Client::exchange(std::string_view method, std::string_view 
       auto got = body->read(std::span<char>(buf.data(), want));
       if (!got) return std::unexpected(got.error());
       if (*got == 0 && !chunked) {
-        return fail(Errc::io, fmt::format("the request body ended {} bytes short of the {} announced", left,
-                                          *body->length));
+        return fail(Errc::io,
+                    fmt::format("the request body ended {} bytes short of the {} announced", left,
+                                *body->length));
       }
       std::string_view piece(buf.data(), *got);
       if (chunked) {
@@ -441,9 +475,10 @@ Result<ResponseHead> Client::exchange(std::string_view method, std::string_view 
     // An answer that never started after the body was cut short: what broke
     // was the connection (tokend closed it mid-request).
     if (!all_sent && !parser.got_some()) {
-      return fail(Errc::unavailable, fmt::format("tokend at {} closed the connection while the request body was "
-                                                 "being sent",
-                                                 m_socket.string()));
+      return fail(Errc::unavailable,
+                  fmt::format("tokend at {} closed the connection while the request body was "
+                              "being sent",
+                              m_socket.string()));
     }
     return std::unexpected(r.error());
   }

@@ -2,8 +2,12 @@
 
 namespace tokend {
 
-WallTime SystemClock::wall_now() const { return std::chrono::system_clock::now(); }
-MonoTime SystemClock::mono_now() const { return std::chrono::steady_clock::now(); }
+WallTime SystemClock::wall_now() const {
+  return std::chrono::system_clock::now();
+}
+MonoTime SystemClock::mono_now() const {
+  return std::chrono::steady_clock::now();
+}
 
 // 2026-01-01T00:00:00Z: a fixed start keeps failing tests reproducible.
 FakeClock::FakeClock() : FakeClock(from_unix_ms(1767225600000)) {}

@@ -1,16 +1,15 @@
 #include "core/fs.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <string>
 
-#include <fmt/format.h>
-
-#include "core/random.hpp"
 #include "core/encoding.hpp"
+#include "core/random.hpp"
 
 namespace tokend::fs {
 
@@ -28,14 +27,17 @@ class Fd {
     if (m_fd >= 0) ::close(m_fd);
     m_fd = -1;
   }
+
  private:
   int m_fd;
 };
 
-std::string mode_text(mode_t m) { return fmt::format("{:04o}", m & 07777); }
+std::string mode_text(mode_t m) {
+  return fmt::format("{:04o}", m & 07777);
+}
 
 Result<struct stat> lstat_of(const stdfs::path& p) {
-  struct stat st {};
+  struct stat st{};
   if (::lstat(p.c_str(), &st) != 0) {
     const int err = errno;
     return fail(err == ENOENT ? Errc::not_found : Errc::io,
@@ -53,11 +55,10 @@ Result<> check_owner_and_mode(const stdfs::path& p, const struct stat& st, bool 
                             what, p.string(), st.st_uid, ::geteuid(), ::geteuid(), p.string()));
   }
   if ((st.st_mode & 077) != 0) {
-    return fail(Errc::permission,
-                fmt::format("{} {} is accessible by group or others (mode {}); "
-                            "fix with: chmod {} {}",
-                            what, p.string(), mode_text(st.st_mode), is_dir ? "700" : "600",
-                            p.string()));
+    return fail(Errc::permission, fmt::format("{} {} is accessible by group or others (mode {}); "
+                                              "fix with: chmod {} {}",
+                                              what, p.string(), mode_text(st.st_mode),
+                                              is_dir ? "700" : "600", p.string()));
   }
   return {};
 }
@@ -73,7 +74,7 @@ Result<> fsync_dir(const stdfs::path& dir) {
 }  // namespace
 
 bool exists_nofollow(const stdfs::path& p) {
-  struct stat st {};
+  struct stat st{};
   return ::lstat(p.c_str(), &st) == 0;
 }
 
@@ -117,8 +118,8 @@ Result<> ensure_private_dir(const stdfs::path& dir) {
       partial /= part;
       if (exists_nofollow(partial)) continue;
       if (::mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST) {
-        return fail(Errc::io, fmt::format("creating directory {}: {}", partial.string(),
-                                          errno_text(errno)));
+        return fail(Errc::io,
+                    fmt::format("creating directory {}: {}", partial.string(), errno_text(errno)));
       }
       ::chmod(partial.c_str(), 0700);
     }
@@ -162,7 +163,8 @@ Result<> write_file_atomic(const stdfs::path& path, std::string_view data, unsig
   const stdfs::path dir = path.has_parent_path() ? path.parent_path() : stdfs::path(".");
   std::string suffix(6, '\0');
   if (auto r = fill_random(suffix.data(), suffix.size()); !r) return r;
-  const stdfs::path tmp = dir / fmt::format(".{}.tmp-{}", path.filename().string(), hex_encode(suffix));
+  const stdfs::path tmp =
+      dir / fmt::format(".{}.tmp-{}", path.filename().string(), hex_encode(suffix));
 
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
   if (fd.get() < 0) {

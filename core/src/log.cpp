@@ -1,17 +1,16 @@
 #include "core/log.hpp"
 
-#include <ctime>
-#include <mutex>
-
 #include <fmt/chrono.h>
-#include <algorithm>
-#include <cctype>
-#include <vector>
-
 #include <spdlog/details/os.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
+
+#include <algorithm>
+#include <cctype>
+#include <ctime>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "core/encoding.hpp"
 #include "core/paths.hpp"
@@ -28,26 +27,30 @@ struct Span {
   std::size_t end;
 };
 
-constexpr std::string_view k_form_keys[] = {"access_token", "refresh_token", "id_token", "client_secret",
-                                            "code_verifier", "password", "token", "code", "api_key", "secret"};
-constexpr std::string_view k_json_keys[] = {"access_token", "refresh_token", "id_token", "client_secret",
-                                            "previous_refresh_token", "code_verifier", "password", "token",
-                                            "secret", "api_token"};
+constexpr std::string_view k_form_keys[] = {
+    "access_token", "refresh_token", "id_token", "client_secret", "code_verifier",
+    "password",     "token",         "code",     "api_key",       "secret"};
+constexpr std::string_view k_json_keys[] = {
+    "access_token",  "refresh_token", "id_token", "client_secret", "previous_refresh_token",
+    "code_verifier", "password",      "token",    "secret",        "api_token"};
 
 bool is_word(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '-';
 }
 bool is_token_char(char c) {
   return is_word(c) || c == '.' || c == '~' || c == '+' || c == '/' || c == '=';
 }
-bool at_word_start(std::string_view s, std::size_t i) { return i == 0 || !is_word(s[i - 1]); }
+bool at_word_start(std::string_view s, std::size_t i) {
+  return i == 0 || !is_word(s[i - 1]);
+}
 std::size_t skip_spaces(std::string_view s, std::size_t i) {
   while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) ++i;
   return i;
 }
 std::size_t value_end(std::string_view s, std::size_t i, std::string_view stops) {
-  while (i < s.size() && stops.find(s[i]) == std::string_view::npos && s[i] != ' ' && s[i] != '\t' &&
-         s[i] != '\n' && s[i] != '\r') {
+  while (i < s.size() && stops.find(s[i]) == std::string_view::npos && s[i] != ' ' &&
+         s[i] != '\t' && s[i] != '\n' && s[i] != '\r') {
     ++i;
   }
   return i;
@@ -74,7 +77,8 @@ void collect(std::string_view line, std::string_view lower, std::vector<Span>& s
   // "key": "value" in JSON
   for (const auto key : k_json_keys) {
     const std::string quoted = "\"" + std::string(key) + "\"";
-    for (std::size_t i = lower.find(quoted); i != std::string_view::npos; i = lower.find(quoted, i + 1)) {
+    for (std::size_t i = lower.find(quoted); i != std::string_view::npos;
+         i = lower.find(quoted, i + 1)) {
       std::size_t j = skip_spaces(line, i + quoted.size());
       if (j >= line.size() || line[j] != ':') continue;
       j = skip_spaces(line, j + 1);
@@ -85,13 +89,15 @@ void collect(std::string_view line, std::string_view lower, std::vector<Span>& s
     }
   }
   // Authorization: <scheme> <credential>
-  for (const auto key : {std::string_view("authorization"), std::string_view("proxy-authorization")}) {
+  for (const auto key :
+       {std::string_view("authorization"), std::string_view("proxy-authorization")}) {
     for_each_word(lower, key, [&](std::size_t i) {
       i = skip_spaces(line, i);
       if (i >= line.size() || (line[i] != ':' && line[i] != '=')) return;
       i = skip_spaces(line, i + 1);
       if (i < line.size() && line[i] == '"') ++i;
-      for (const auto scheme : {std::string_view("bearer "), std::string_view("basic "), std::string_view("token ")}) {
+      for (const auto scheme :
+           {std::string_view("bearer "), std::string_view("basic "), std::string_view("token ")}) {
         if (lower.substr(i, scheme.size()) == scheme) {
           i = skip_spaces(line, i + scheme.size());
           break;
@@ -116,15 +122,17 @@ void collect(std::string_view line, std::string_view lower, std::vector<Span>& s
 // Wraps a sink: formats the record, redacts, and hands the result on.
 class RedactingSink final : public spdlog::sinks::base_sink<std::mutex> {
  public:
-  RedactingSink(spdlog::sink_ptr inner, Format format) : m_inner(std::move(inner)), m_format(format) {}
+  RedactingSink(spdlog::sink_ptr inner, Format format)
+      : m_inner(std::move(inner)), m_format(format) {}
 
  protected:
   void sink_it_(const spdlog::details::log_msg& msg) override {
     const std::string payload = redact(std::string_view(msg.payload.data(), msg.payload.size()));
     if (m_format == Format::json) {
       nlohmann::json j;
-      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          msg.time.time_since_epoch()).count();
+      const auto ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch())
+              .count();
       j["time"] = fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z",
                               fmt::gmtime(static_cast<std::time_t>(ms / 1000)), ms % 1000);
       j["level"] = std::string(spdlog::level::to_string_view(msg.level).data(),
@@ -150,7 +158,9 @@ class RedactingSink final : public spdlog::sinks::base_sink<std::mutex> {
   Format m_format;
 };
 
-std::optional<std::string> env_value(const char* name) { return process_env()(name); }
+std::optional<std::string> env_value(const char* name) {
+  return process_env()(name);
+}
 
 }  // namespace
 
@@ -159,7 +169,8 @@ std::string redact(std::string_view line) {
   std::vector<Span> spans;
   collect(line, lower, spans);
   if (spans.empty()) return std::string(line);
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin < b.begin; });
   std::string out;
   out.reserve(line.size());
   std::size_t pos = 0;
@@ -175,9 +186,9 @@ std::string redact(std::string_view line) {
 
 Result<spdlog::level::level_enum> parse_level(std::string_view s) {
   static constexpr std::pair<std::string_view, spdlog::level::level_enum> k_levels[] = {
-      {"trace", spdlog::level::trace}, {"debug", spdlog::level::debug},
-      {"info", spdlog::level::info},   {"warn", spdlog::level::warn},
-      {"warning", spdlog::level::warn}, {"error", spdlog::level::err},
+      {"trace", spdlog::level::trace},       {"debug", spdlog::level::debug},
+      {"info", spdlog::level::info},         {"warn", spdlog::level::warn},
+      {"warning", spdlog::level::warn},      {"error", spdlog::level::err},
       {"critical", spdlog::level::critical}, {"off", spdlog::level::off}};
   for (const auto& [name, level] : k_levels) {
     if (s == name) return level;
@@ -190,7 +201,8 @@ Result<spdlog::level::level_enum> parse_level(std::string_view s) {
 Result<Format> parse_format(std::string_view s) {
   if (s == "text") return Format::text;
   if (s == "json") return Format::json;
-  return fail(Errc::invalid_argument, "unknown log format '" + std::string(s) + "'; use text or json");
+  return fail(Errc::invalid_argument,
+              "unknown log format '" + std::string(s) + "'; use text or json");
 }
 
 Result<Options> resolve_options(std::optional<std::string> flag_level,

@@ -7,7 +7,8 @@ namespace tokend {
 Result<> validate_profile_name(std::string_view name) {
   const auto bad = [&] {
     std::string shown;
-    for (const char c : name.substr(0, 64)) shown += (static_cast<unsigned char>(c) < 0x20) ? '?' : c;
+    for (const char c : name.substr(0, 64))
+      shown += (static_cast<unsigned char>(c) < 0x20) ? '?' : c;
     return fail(Errc::invalid_argument,
                 "profile name '" + shown +
                     "' is not allowed: use 1-64 letters, digits, '.', '_' or '-', "

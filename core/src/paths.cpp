@@ -64,7 +64,8 @@ EnvLookup process_env_without(std::initializer_list<const char*> secret_names) {
     ::unsetenv(name);
   }
   return [taken](const char* name) -> std::optional<std::string> {
-    if (auto it = taken->find(std::string_view(name)); it != taken->end()) return std::string(it->second.reveal());
+    if (auto it = taken->find(std::string_view(name)); it != taken->end())
+      return std::string(it->second.reveal());
     const char* v = std::getenv(name);
     if (v == nullptr) return std::nullopt;
     return std::string(v);

@@ -20,8 +20,8 @@ bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
   if (a.size() != b.size()) return false;
   volatile unsigned char diff = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    diff = static_cast<unsigned char>(diff | (static_cast<unsigned char>(a[i]) ^
-                                              static_cast<unsigned char>(b[i])));
+    diff = static_cast<unsigned char>(
+        diff | (static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i])));
   }
   return diff == 0;
 }
@@ -47,7 +47,9 @@ Secret& Secret::operator=(const Secret& other) {
 }
 
 // Moving a std::string may copy short (SSO) contents, so wipe the source.
-Secret::Secret(Secret&& other) noexcept : m_bytes(other.m_bytes) { other.clear(); }
+Secret::Secret(Secret&& other) noexcept : m_bytes(other.m_bytes) {
+  other.clear();
+}
 
 Secret& Secret::operator=(Secret&& other) noexcept {
   if (this != &other) {
@@ -58,14 +60,20 @@ Secret& Secret::operator=(Secret&& other) noexcept {
   return *this;
 }
 
-Secret::~Secret() { clear(); }
+Secret::~Secret() {
+  clear();
+}
 
-void Secret::clear() noexcept { secure_wipe(m_bytes); }
+void Secret::clear() noexcept {
+  secure_wipe(m_bytes);
+}
 
 bool Secret::equals(std::string_view other) const noexcept {
   return constant_time_equal(m_bytes, other);
 }
 
-std::ostream& operator<<(std::ostream& os, const Secret&) { return os << Secret::k_redacted; }
+std::ostream& operator<<(std::ostream& os, const Secret&) {
+  return os << Secret::k_redacted;
+}
 
 }  // namespace tokend

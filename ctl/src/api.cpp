@@ -1,12 +1,11 @@
 #include "ctl/api.hpp"
 
+#include <fmt/format.h>
 #include <strings.h>
 
 #include <algorithm>
 #include <array>
 #include <cctype>
-
-#include <fmt/format.h>
 
 #include "client/api.hpp"
 #include "core/json.hpp"
@@ -20,7 +19,9 @@ bool is_tchar(char c) {
          std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
 }
 
-bool is_hex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+bool is_hex(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
 
 bool iequal(std::string_view a, std::string_view b) {
   return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
@@ -41,8 +42,10 @@ bool target_char(char c) {
 
 Result<std::string> normalize_method(std::string_view method) {
   if (method.empty() || method.size() > 20 ||
-      !std::all_of(method.begin(), method.end(), [](char c) { return std::isalpha(static_cast<unsigned char>(c)); })) {
-    return fail(Errc::invalid_argument, "METHOD must be an HTTP method such as GET, POST, PUT, PATCH, DELETE or HEAD");
+      !std::all_of(method.begin(), method.end(),
+                   [](char c) { return std::isalpha(static_cast<unsigned char>(c)); })) {
+    return fail(Errc::invalid_argument,
+                "METHOD must be an HTTP method such as GET, POST, PUT, PATCH, DELETE or HEAD");
   }
   std::string out(method);
   for (char& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
@@ -52,14 +55,16 @@ Result<std::string> normalize_method(std::string_view method) {
 Result<std::string> proxy_target(std::string_view profile, std::string_view path) {
   if (path.starts_with('/')) path.remove_prefix(1);
   if (path.empty() || path.starts_with('?')) {
-    return fail(Errc::invalid_argument, "PATH is empty; give the API path, e.g. jira/rest/api/3/myself");
+    return fail(Errc::invalid_argument,
+                "PATH is empty; give the API path, e.g. jira/rest/api/3/myself");
   }
   std::string out = client::paths::proxy_prefix(profile);
   for (std::size_t i = 0; i < path.size(); ++i) {
     const char c = path[i];
     const auto u = static_cast<unsigned char>(c);
     if (u < 0x20 || u == 0x7f) {
-      return fail(Errc::invalid_argument, "PATH contains a line break or another control character");
+      return fail(Errc::invalid_argument,
+                  "PATH contains a line break or another control character");
     }
     if (target_char(c)) {
       out += c;
@@ -75,24 +80,29 @@ Result<std::string> proxy_target(std::string_view profile, std::string_view path
 Result<std::pair<std::string, std::string>> parse_header_arg(std::string_view arg) {
   const auto colon = arg.find(':');
   if (colon == std::string_view::npos) {
-    return fail(Errc::invalid_argument, "-H takes \"Name: value\" (a header name, a colon, the value)");
+    return fail(Errc::invalid_argument,
+                "-H takes \"Name: value\" (a header name, a colon, the value)");
   }
   const std::string_view name = arg.substr(0, colon);
-  if (name.empty()) return fail(Errc::invalid_argument, "-H \": ...\" has no header name before the colon");
+  if (name.empty())
+    return fail(Errc::invalid_argument, "-H \": ...\" has no header name before the colon");
   if (!std::all_of(name.begin(), name.end(), is_tchar)) {
     const bool space = name.find_first_of(" \t") != std::string_view::npos;
     return fail(Errc::invalid_argument,
-                space ? "-H: a header name cannot contain spaces, and nothing may stand between it and the colon"
+                space ? "-H: a header name cannot contain spaces, and nothing may stand between it "
+                        "and the colon"
                       : "-H: the header name may only contain letters, digits and !#$%&'*+-.^_`|~");
   }
   std::string_view value = arg.substr(colon + 1);
   for (const char c : value) {
     const auto u = static_cast<unsigned char>(c);
     if (c == '\r' || c == '\n' || c == '\0') {
-      return fail(Errc::invalid_argument, fmt::format("-H {}: the value cannot contain a line break or NUL", name));
+      return fail(Errc::invalid_argument,
+                  fmt::format("-H {}: the value cannot contain a line break or NUL", name));
     }
     if ((u < 0x20 && c != '\t') || u == 0x7f) {
-      return fail(Errc::invalid_argument, fmt::format("-H {}: the value cannot contain control characters", name));
+      return fail(Errc::invalid_argument,
+                  fmt::format("-H {}: the value cannot contain control characters", name));
     }
   }
   while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
@@ -103,14 +113,16 @@ Result<std::pair<std::string, std::string>> parse_header_arg(std::string_view ar
 bool is_framing_header(std::string_view name) {
   // Expect too: tokenctl sends the body at once and reads one final answer,
   // so a "100 Continue" interim answer would be mistaken for it.
-  constexpr std::array<std::string_view, 9> k_framing = {"Host",       "Content-Length", "Transfer-Encoding",
-                                                         "Connection", "Keep-Alive",     "TE",
-                                                         "Trailer",    "Upgrade",        "Expect"};
-  return std::any_of(k_framing.begin(), k_framing.end(), [&](std::string_view f) { return iequal(name, f); });
+  constexpr std::array<std::string_view, 9> k_framing = {
+      "Host", "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive",
+      "TE",   "Trailer",        "Upgrade",           "Expect"};
+  return std::any_of(k_framing.begin(), k_framing.end(),
+                     [&](std::string_view f) { return iequal(name, f); });
 }
 
 bool is_replaced_header(std::string_view name) {
-  if (iequal(name, "Authorization") || iequal(name, "Cookie") || istarts_with(name, "Proxy-")) return true;
+  if (iequal(name, "Authorization") || iequal(name, "Cookie") || istarts_with(name, "Proxy-"))
+    return true;
   return istarts_with(name, "X-Tokend-") && !iequal(name, "X-Tokend-Retry-Wait");
 }
 
@@ -128,7 +140,8 @@ std::optional<TokendError> parse_tokend_error(std::string_view body) {
   if (!e.is_object()) return std::nullopt;
   const auto code = e.find("code");
   const auto message = e.find("message");
-  if (code == e.end() || message == e.end() || !code->is_string() || !message->is_string()) return std::nullopt;
+  if (code == e.end() || message == e.end() || !code->is_string() || !message->is_string())
+    return std::nullopt;
   TokendError out{code->get<std::string>(), message->get<std::string>(), {}};
   if (const auto command = e.find("command"); command != e.end() && command->is_string()) {
     out.command = command->get<std::string>();

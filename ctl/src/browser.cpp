@@ -1,13 +1,12 @@
 #include "ctl/browser.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
 #include <cerrno>
-
-#include <fmt/format.h>
 
 extern char** environ;  // NOLINT: POSIX declares it only for _GNU_SOURCE/_DARWIN_C_SOURCE
 
@@ -27,10 +26,12 @@ std::optional<std::string> url_opener(const EnvLookup& env) {
 #endif
 }
 
-Result<BackgroundProcess> BackgroundProcess::start(const std::string& program, const std::string& arg) {
+Result<BackgroundProcess> BackgroundProcess::start(const std::string& program,
+                                                   const std::string& arg) {
   posix_spawn_file_actions_t actions;
   posix_spawnattr_t attr;
-  if (posix_spawn_file_actions_init(&actions) != 0) return fail(Errc::unavailable, "cannot start a process");
+  if (posix_spawn_file_actions_init(&actions) != 0)
+    return fail(Errc::unavailable, "cannot start a process");
   if (posix_spawnattr_init(&attr) != 0) {
     posix_spawn_file_actions_destroy(&actions);
     return fail(Errc::unavailable, "cannot start a process");
@@ -50,8 +51,9 @@ Result<BackgroundProcess> BackgroundProcess::start(const std::string& program, c
   posix_spawnattr_setpgroup(&attr, 0);
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, static_cast<short>(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                                     POSIX_SPAWN_SETSIGDEF));
+  posix_spawnattr_setflags(
+      &attr,
+      static_cast<short>(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF));
   std::string prog = program;
   std::string a = arg;
   char* argv[] = {prog.data(), a.data(), nullptr};
@@ -59,7 +61,8 @@ Result<BackgroundProcess> BackgroundProcess::start(const std::string& program, c
   const int rc = posix_spawnp(&pid, prog.c_str(), &actions, &attr, argv, environ);
   posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) return fail(Errc::unavailable, fmt::format("cannot run {}: {}", program, errno_text(rc)));
+  if (rc != 0)
+    return fail(Errc::unavailable, fmt::format("cannot run {}: {}", program, errno_text(rc)));
   return BackgroundProcess(pid);
 }
 

@@ -4,7 +4,8 @@ namespace tokend::ctl {
 
 namespace {
 
-constexpr std::string_view k_bash = R"sh(# bash completion for tokenctl; load with: source <(tokenctl completion bash)
+constexpr std::string_view k_bash =
+    R"sh(# bash completion for tokenctl; load with: source <(tokenctl completion bash)
 _tokenctl() {
   local cur prev cmd
   cur="${COMP_WORDS[COMP_CWORD]}"

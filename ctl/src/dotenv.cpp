@@ -1,11 +1,10 @@
 #include "ctl/dotenv.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cerrno>
-
-#include <fmt/format.h>
 
 namespace tokend::ctl {
 
@@ -13,9 +12,15 @@ namespace {
 
 constexpr std::size_t k_max_dotenv_bytes = 1024 * 1024;
 
-bool is_key_start(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; }
-bool is_key_char(char c) { return is_key_start(c) || (c >= '0' && c <= '9') || c == '.' || c == '-'; }
-bool is_blank(char c) { return c == ' ' || c == '\t'; }
+bool is_key_start(char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+}
+bool is_key_char(char c) {
+  return is_key_start(c) || (c >= '0' && c <= '9') || c == '.' || c == '-';
+}
+bool is_blank(char c) {
+  return c == ' ' || c == '\t';
+}
 
 // A cursor over the text that counts lines. "\r\n" and "\n" end a line; a
 // lone '\r' is an ordinary character.
@@ -26,7 +31,9 @@ class Cursor {
   [[nodiscard]] char peek(std::size_t ahead = 0) const {
     return m_pos + ahead < m_text.size() ? m_text[m_pos + ahead] : '\0';
   }
-  [[nodiscard]] bool at_eol() const { return done() || peek() == '\n' || (peek() == '\r' && peek(1) == '\n'); }
+  [[nodiscard]] bool at_eol() const {
+    return done() || peek() == '\n' || (peek() == '\r' && peek(1) == '\n');
+  }
   [[nodiscard]] std::size_t line() const { return m_line; }
   [[nodiscard]] std::string_view rest() const { return m_text.substr(m_pos); }
   void advance(std::size_t n = 1) {
@@ -76,17 +83,38 @@ bool read_quoted(Cursor& c, std::string& out) {
       } else {
         char decoded = '\0';
         switch (next) {
-          case 'n': decoded = '\n'; break;
-          case 't': decoded = '\t'; break;
-          case 'r': decoded = '\r'; break;
-          case 'a': decoded = '\a'; break;
-          case 'b': decoded = '\b'; break;
-          case 'f': decoded = '\f'; break;
-          case 'v': decoded = '\v'; break;
-          case '"': decoded = '"'; break;
-          case '\'': decoded = '\''; break;
-          case '\\': decoded = '\\'; break;
-          default: break;
+          case 'n':
+            decoded = '\n';
+            break;
+          case 't':
+            decoded = '\t';
+            break;
+          case 'r':
+            decoded = '\r';
+            break;
+          case 'a':
+            decoded = '\a';
+            break;
+          case 'b':
+            decoded = '\b';
+            break;
+          case 'f':
+            decoded = '\f';
+            break;
+          case 'v':
+            decoded = '\v';
+            break;
+          case '"':
+            decoded = '"';
+            break;
+          case '\'':
+            decoded = '\'';
+            break;
+          case '\\':
+            decoded = '\\';
+            break;
+          default:
+            break;
         }
         if (decoded != '\0') {
           out += decoded;
@@ -152,7 +180,8 @@ Result<DotenvValues> parse_dotenv(std::string_view text, std::string_view source
         }
       }
       c.skip_blanks();
-      if (!c.at_eol() && c.peek() != '#') return malformed(c.line(), "unexpected text after the closing quote");
+      if (!c.at_eol() && c.peek() != '#')
+        return malformed(c.line(), "unexpected text after the closing quote");
       c.skip_line();
     } else if (space_after_equals && c.peek() == '#') {
       c.skip_line();  // KEY= # comment: an empty value
@@ -190,7 +219,8 @@ Result<DotenvValues> read_dotenv_file(const std::string& path) {
     }
     text.append(chunk, static_cast<std::size_t>(n));
     if (text.size() > k_max_dotenv_bytes) {
-      out = fail(Errc::invalid_argument, fmt::format("{} is larger than 1 MiB; is it really a .env file?", path));
+      out = fail(Errc::invalid_argument,
+                 fmt::format("{} is larger than 1 MiB; is it really a .env file?", path));
       break;
     }
   }

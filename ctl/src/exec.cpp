@@ -1,6 +1,7 @@
 #include "ctl/exec.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -12,8 +13,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-
-#include <fmt/format.h>
 
 #include "core/secret.hpp"
 
@@ -31,8 +30,10 @@ bool is_env_name(std::string_view name) {
 namespace {
 
 // Sets NAME in `vars`, replacing an earlier value (the last one given wins).
-void set_var(std::vector<std::pair<std::string, std::string>>& vars, std::string_view name, std::string_view value) {
-  const auto it = std::find_if(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
+void set_var(std::vector<std::pair<std::string, std::string>>& vars, std::string_view name,
+             std::string_view value) {
+  const auto it =
+      std::find_if(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
   if (it != vars.end()) {
     it->second.assign(value);
   } else {
@@ -42,8 +43,8 @@ void set_var(std::vector<std::pair<std::string, std::string>>& vars, std::string
 
 }  // namespace
 
-std::vector<std::pair<std::string, std::string>> exec_token_env(const TokenEnvInput& in,
-                                                                std::span<const std::string> extra) {
+std::vector<std::pair<std::string, std::string>> exec_token_env(
+    const TokenEnvInput& in, std::span<const std::string> extra) {
   std::vector<std::pair<std::string, std::string>> vars;
   auto set = [&](std::string_view name, std::string_view value) { set_var(vars, name, value); };
   set("TOKEND_TOKEN", in.token);
@@ -58,8 +59,8 @@ std::vector<std::pair<std::string, std::string>> exec_token_env(const TokenEnvIn
   return vars;
 }
 
-Result<std::vector<std::pair<std::string, std::string>>> exec_endpoint_env(const EndpointEnvInput& in,
-                                                                           const EndpointEnvNames& names) {
+Result<std::vector<std::pair<std::string, std::string>>> exec_endpoint_env(
+    const EndpointEnvInput& in, const EndpointEnvNames& names) {
   std::vector<std::pair<std::string, std::string>> vars;
   auto set = [&](std::string_view name, std::string_view value) { set_var(vars, name, value); };
   auto product_url = [&](std::string_view product) -> const std::string* {
@@ -68,9 +69,10 @@ Result<std::vector<std::pair<std::string, std::string>>> exec_endpoint_env(const
     return it == in.product_urls.end() ? nullptr : &it->second;
   };
   auto bad_name = [](std::string_view flag, std::string_view name) {
-    return fail(Errc::invalid_argument,
-                fmt::format("{} {}: not a variable name (letters, digits and _, not starting with a digit)", flag,
-                            name.substr(0, 64)));
+    return fail(
+        Errc::invalid_argument,
+        fmt::format("{} {}: not a variable name (letters, digits and _, not starting with a digit)",
+                    flag, name.substr(0, 64)));
   };
   set("TOKEND_URL", in.url);
   if (const auto* jira = product_url("jira")) set("TOKEND_JIRA_URL", *jira);
@@ -96,10 +98,12 @@ Result<std::vector<std::pair<std::string, std::string>>> exec_endpoint_env(const
     if (url == nullptr) {
       std::string known;
       for (const auto& [p, _] : in.product_urls) known += (known.empty() ? "" : ", ") + p;
-      return fail(Errc::invalid_argument,
-                  fmt::format("--url-env {}: this profile has no product '{}'{}", spec.substr(0, 96), product.substr(0, 32),
-                              known.empty() ? std::string(" (it has one base URL: use --url-env NAME)")
-                                            : " (it has: " + known + ")"));
+      return fail(
+          Errc::invalid_argument,
+          fmt::format("--url-env {}: this profile has no product '{}'{}", spec.substr(0, 96),
+                      product.substr(0, 32),
+                      known.empty() ? std::string(" (it has one base URL: use --url-env NAME)")
+                                    : " (it has: " + known + ")"));
     }
     set(name, *url);
   }
@@ -114,8 +118,9 @@ Result<std::vector<std::pair<std::string, std::string>>> exec_endpoint_env(const
   return vars;
 }
 
-std::vector<std::string> merge_environment(std::span<const char* const> current,
-                                           std::span<const std::pair<std::string, std::string>> vars) {
+std::vector<std::string> merge_environment(
+    std::span<const char* const> current,
+    std::span<const std::pair<std::string, std::string>> vars) {
   std::vector<std::string> out;
   out.reserve(current.size() + vars.size());
   for (const char* entry : current) {
@@ -123,8 +128,9 @@ std::vector<std::string> merge_environment(std::span<const char* const> current,
     const std::string_view e(entry);
     const auto eq = e.find('=');
     const std::string_view name = e.substr(0, eq);
-    const bool replaced = eq != std::string_view::npos &&
-                          std::any_of(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
+    const bool replaced =
+        eq != std::string_view::npos &&
+        std::any_of(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
     if (!replaced) out.emplace_back(e);
   }
   for (const auto& [name, value] : vars) out.push_back(name + "=" + value);
@@ -176,19 +182,21 @@ class SignalForwarding {
   SignalForwarding& operator=(const SignalForwarding&) = delete;
   void install() {
     m_installed = true;
-    struct sigaction sa {};
+    struct sigaction sa{};
     sa.sa_sigaction = forward_signal;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
-    for (std::size_t i = 0; i < std::size(k_forwarded); ++i) ::sigaction(k_forwarded[i], &sa, &m_old[i]);
+    for (std::size_t i = 0; i < std::size(k_forwarded); ++i)
+      ::sigaction(k_forwarded[i], &sa, &m_old[i]);
   }
   // Async-signal-safe: also used in the child between fork and exec.
   void restore() noexcept {
-    for (std::size_t i = 0; i < std::size(k_forwarded); ++i) ::sigaction(k_forwarded[i], &m_old[i], nullptr);
+    for (std::size_t i = 0; i < std::size(k_forwarded); ++i)
+      ::sigaction(k_forwarded[i], &m_old[i], nullptr);
   }
 
  private:
-  struct sigaction m_old[std::size(k_forwarded)] {};
+  struct sigaction m_old[std::size(k_forwarded)]{};
   bool m_installed = false;
 };
 
@@ -231,14 +239,18 @@ struct HeldCommand::State {
 HeldCommand::HeldCommand(std::unique_ptr<State> state) : m_state(std::move(state)) {}
 HeldCommand::HeldCommand(HeldCommand&&) noexcept = default;
 HeldCommand::~HeldCommand() = default;
-pid_t HeldCommand::pid() const { return m_state->pid; }
+pid_t HeldCommand::pid() const {
+  return m_state->pid;
+}
 
-Result<HeldCommand> HeldCommand::start(const std::vector<std::string>& argv, std::size_t env_bytes) {
+Result<HeldCommand> HeldCommand::start(const std::vector<std::string>& argv,
+                                       std::size_t env_bytes) {
   if (argv.empty()) return fail(Errc::invalid_argument, "no command to run");
   auto state = std::make_unique<State>();
   state->argv = argv;
   state->region_size = env_bytes;
-  state->region = ::mmap(nullptr, env_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  state->region =
+      ::mmap(nullptr, env_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (state->region == MAP_FAILED) {
     state->region = nullptr;
     return fail(Errc::io, "mapping memory for the command's environment: " + errno_text(errno));
@@ -305,8 +317,10 @@ Result<ChildExit> HeldCommand::run(const std::vector<std::string>& env) {
   std::size_t need = pointers;
   for (const auto& e : env) need += e.size() + 1;
   if (need > st.region_size) {
-    return fail(Errc::invalid_argument, fmt::format("the command's environment ({} bytes) is larger than the {} "
-                                                    "bytes set aside for it", need, st.region_size));
+    return fail(Errc::invalid_argument,
+                fmt::format("the command's environment ({} bytes) is larger than the {} "
+                            "bytes set aside for it",
+                            need, st.region_size));
   }
   auto** table = static_cast<char**>(st.region);
   char* text = static_cast<char*>(st.region) + pointers;
@@ -348,7 +362,8 @@ Result<ChildExit> HeldCommand::run(const std::vector<std::string>& env) {
     const std::string what = fmt::format("cannot run {}: {}", command, errno_text(exec_errno));
     return fail(exec_errno == ENOENT ? Errc::not_found : Errc::permission, what);
   }
-  if (r < 0) return fail(Errc::io, fmt::format("waiting for {}: {}", command, errno_text(wait_errno)));
+  if (r < 0)
+    return fail(Errc::io, fmt::format("waiting for {}: {}", command, errno_text(wait_errno)));
   ChildExit out;
   if (WIFEXITED(status)) out.code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) out.signal = WTERMSIG(status);
@@ -361,7 +376,8 @@ std::size_t environment_bytes(std::span<const char* const> current, std::size_t 
   return n;
 }
 
-Result<ChildExit> run_command(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
+Result<ChildExit> run_command(const std::vector<std::string>& argv,
+                              const std::vector<std::string>& env) {
   std::size_t need = (env.size() + 1) * sizeof(char*);
   for (const auto& e : env) need += e.size() + 1;
   auto held = HeldCommand::start(argv, need);
@@ -375,7 +391,7 @@ int exit_like(const ChildExit& child) {
   // The child may have dumped core already; tokenctl's own would be noise.
   const rlimit no_core{0, 0};
   ::setrlimit(RLIMIT_CORE, &no_core);
-  struct sigaction dfl {};
+  struct sigaction dfl{};
   dfl.sa_handler = SIG_DFL;
   sigemptyset(&dfl.sa_mask);
   ::sigaction(child.signal, &dfl, nullptr);

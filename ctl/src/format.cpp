@@ -1,8 +1,8 @@
 #include "ctl/format.hpp"
 
-#include <ctime>
-
 #include <fmt/format.h>
+
+#include <ctime>
 
 namespace tokend::ctl {
 
@@ -25,17 +25,19 @@ std::string paint(std::string_view text, std::string_view code, bool colour) {
 }
 
 std::string_view state_colour(std::string_view state) {
-  if (state == "valid") return "32";                                  // green
+  if (state == "valid") return "32";                                   // green
   if (state == "refreshing" || state == "login_pending") return "36";  // cyan
-  if (state == "backoff" || state == "expired") return "33";          // yellow
-  if (state == "reauth_required") return "31";                        // red
-  return "2";                                                         // dim
+  if (state == "backoff" || state == "expired") return "33";           // yellow
+  if (state == "reauth_required") return "31";                         // red
+  return "2";                                                          // dim
 }
 
 std::string duration_text(std::int64_t s) {
   if (s < 60) return fmt::format("{} s", s);
   if (s < 3600) return fmt::format("{} min", s / 60);
-  if (s < 86400) return s % 3600 / 60 == 0 ? fmt::format("{} h", s / 3600) : fmt::format("{} h {} min", s / 3600, s % 3600 / 60);
+  if (s < 86400)
+    return s % 3600 / 60 == 0 ? fmt::format("{} h", s / 3600)
+                              : fmt::format("{} h {} min", s / 3600, s % 3600 / 60);
   return fmt::format("{} d {} h", s / 86400, s % 86400 / 3600);
 }
 
@@ -147,7 +149,8 @@ std::string render_status_table(const json::Json& profiles, std::int64_t now_s, 
     if (r.kind == "oauth2" && !str(p, "provider").empty()) r.kind += "/" + str(p, "provider");
     r.state = str(p, "state");
     const auto exp = opt_int(p, "expires_at");
-    r.expires = exp ? relative_time(exp, now_s) : (p.value("has_token", false) ? "does not expire" : "-");
+    r.expires =
+        exp ? relative_time(exp, now_s) : (p.value("has_token", false) ? "does not expire" : "-");
     const auto next = opt_int(p, "next_refresh_at");
     r.next = next ? relative_time(next, now_s) : "-";
     r.error = str(p, "last_error");
@@ -167,8 +170,8 @@ std::string render_status_table(const json::Json& profiles, std::int64_t now_s, 
     const auto& r = rows[i];
     std::string state = fmt::format("{:<{}}", r.state, w[2]);
     if (i > 0) state = paint(state, state_colour(r.state), colour);
-    std::string line = fmt::format("{:<{}}  {:<{}}  {}  {:<{}}  {:<{}}  {}", r.name, w[0], r.kind, w[1], state,
-                                   r.expires, w[3], r.next, w[4], r.error);
+    std::string line = fmt::format("{:<{}}  {:<{}}  {}  {:<{}}  {:<{}}  {}", r.name, w[0], r.kind,
+                                   w[1], state, r.expires, w[3], r.next, w[4], r.error);
     while (!line.empty() && line.back() == ' ') line.pop_back();
     out += (i == 0 ? paint(line, "1", colour) : line) + "\n";
   }
@@ -177,7 +180,9 @@ std::string render_status_table(const json::Json& profiles, std::int64_t now_s, 
 
 std::string render_profile_detail(const json::Json& p, std::int64_t now_s, bool colour) {
   std::string out;
-  auto row = [&](std::string_view k, const std::string& v) { out += fmt::format("{:<14} {}\n", k, v); };
+  auto row = [&](std::string_view k, const std::string& v) {
+    out += fmt::format("{:<14} {}\n", k, v);
+  };
   row("profile", paint(str(p, "name"), "1", colour));
   row("kind", str(p, "kind"));
   if (!str(p, "provider").empty()) row("provider", str(p, "provider"));
@@ -185,19 +190,22 @@ std::string render_profile_detail(const json::Json& p, std::int64_t now_s, bool 
   const auto exp = opt_int(p, "expires_at");
   row("expires", exp ? fmt::format("{} ({})", relative_time(exp, now_s), rfc3339(*exp))
                      : (p.value("has_token", false) ? "does not expire" : "no token"));
-  if (auto o = opt_int(p, "obtained_at")) row("obtained", fmt::format("{} ({})", relative_time(o, now_s), rfc3339(*o)));
+  if (auto o = opt_int(p, "obtained_at"))
+    row("obtained", fmt::format("{} ({})", relative_time(o, now_s), rfc3339(*o)));
   if (auto n = opt_int(p, "next_refresh_at")) row("next refresh", relative_time(n, now_s));
   row("refresh token", p.value("has_refresh_token", false) ? "yes" : "no");
   if (!str(p, "last_error").empty()) row("last error", paint(str(p, "last_error"), "31", colour));
   if (p.contains("config") && p["config"].is_object()) {
-    for (const auto& [k, v] : p["config"].items()) row(k, v.is_string() ? v.get<std::string>() : v.dump());
+    for (const auto& [k, v] : p["config"].items())
+      row(k, v.is_string() ? v.get<std::string>() : v.dump());
   }
   return out;
 }
 
 std::string render_event_line(const json::Json& e, bool colour) {
   const auto at = opt_int(e, "at").value_or(0);
-  std::string line = fmt::format("{}  {:<16} {}", rfc3339(at), paint(str(e, "type"), "1", colour), str(e, "profile"));
+  std::string line = fmt::format("{}  {:<16} {}", rfc3339(at), paint(str(e, "type"), "1", colour),
+                                 str(e, "profile"));
   for (const auto& [k, v] : e.items()) {
     if (k == "id" || k == "type" || k == "profile" || k == "at" || k == "at_ms") continue;
     line += fmt::format("  {}={}", k, v.is_string() ? v.get<std::string>() : v.dump());

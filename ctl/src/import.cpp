@@ -1,12 +1,12 @@
 #include "ctl/import.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <charconv>
 #include <cmath>
 #include <limits>
 #include <vector>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 
 namespace tokend::ctl {
 
@@ -62,7 +62,8 @@ std::optional<std::int64_t> jwt_expiry(std::string_view token) {
   const auto first = token.find('.');
   if (first == std::string_view::npos) return std::nullopt;
   const auto second = token.find('.', first + 1);
-  if (second == std::string_view::npos || token.find('.', second + 1) != std::string_view::npos) return std::nullopt;
+  if (second == std::string_view::npos || token.find('.', second + 1) != std::string_view::npos)
+    return std::nullopt;
   auto payload = base64url_decode(token.substr(first + 1, second - first - 1));
   if (!payload) return std::nullopt;
   auto claims = json::parse(*payload, "JWT payload");
@@ -92,7 +93,8 @@ std::optional<std::int64_t> parse_unix_time(std::string_view text) {
   }
   std::int64_t v = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || v <= 0) return std::nullopt;
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || v <= 0)
+    return std::nullopt;
   if (v > 100'000'000'000) v /= 1000;  // milliseconds: 10^11 s is the year 5138
   return v;
 }
@@ -104,7 +106,8 @@ Result<json::Json> import_profile_body(const DotenvValues& vars, std::string_vie
   }
   if (!missing.empty()) {
     return fail(Errc::not_found,
-                fmt::format("missing {} {}", missing.size() == 1 ? "variable" : "variables", fmt::join(missing, ", ")));
+                fmt::format("missing {} {}", missing.size() == 1 ? "variable" : "variables",
+                            fmt::join(missing, ", ")));
   }
   // Trimmed: a value taken from the environment may end in a newline.
   auto get = [&](std::string_view name) { return std::string(trim(find(vars, name)->reveal())); };
@@ -124,7 +127,8 @@ Result<json::Json> import_profile_body(const DotenvValues& vars, std::string_vie
     }
     body["scopes"] = s;
   }
-  if (const Secret* cloud = find(vars, "JIRA_OAUTH_CLOUD_ID")) body["cloud_id"] = std::string(trim(cloud->reveal()));
+  if (const Secret* cloud = find(vars, "JIRA_OAUTH_CLOUD_ID"))
+    body["cloud_id"] = std::string(trim(cloud->reveal()));
   for (const auto name : {"JIRA_OAUTH_SITE", "JIRA_URL", "JIRA_BASE_URL"}) {
     if (const Secret* site = find(vars, name)) {
       body["site"] = std::string(trim(site->reveal()));

@@ -1,12 +1,11 @@
 #include "ctl/input.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include <cerrno>
-
-#include <fmt/format.h>
 
 namespace tokend::ctl {
 
@@ -22,22 +21,26 @@ Result<Secret> read_fd(int fd, std::string_view what, std::string_view from) {
     if (n < 0) {
       if (errno == EINTR) continue;
       secure_wipe(buf);
-      return fail(Errc::io, fmt::format("reading the {} from {}: {}", what, from, errno_text(errno)));
+      return fail(Errc::io,
+                  fmt::format("reading the {} from {}: {}", what, from, errno_text(errno)));
     }
     if (n == 0) break;
     buf.append(chunk, static_cast<std::size_t>(n));
     if (buf.size() > k_max_secret_bytes) {
       secure_wipe(buf);
       secure_wipe(chunk, sizeof chunk);
-      return fail(Errc::invalid_argument, fmt::format("the {} from {} is larger than 64 KiB", what, from));
+      return fail(Errc::invalid_argument,
+                  fmt::format("the {} from {} is larger than 64 KiB", what, from));
     }
   }
   secure_wipe(chunk, sizeof chunk);
   while (!buf.empty() && (buf.back() == '\n' || buf.back() == '\r')) buf.pop_back();
-  if (buf.empty()) return fail(Errc::invalid_argument, fmt::format("the {} from {} is empty", what, from));
+  if (buf.empty())
+    return fail(Errc::invalid_argument, fmt::format("the {} from {} is empty", what, from));
   if (buf.find('\n') != std::string::npos) {
     secure_wipe(buf);
-    return fail(Errc::invalid_argument, fmt::format("the {} from {} has more than one line", what, from));
+    return fail(Errc::invalid_argument,
+                fmt::format("the {} from {} has more than one line", what, from));
   }
   return Secret::adopt(std::move(buf));
 }
@@ -47,7 +50,9 @@ Result<Secret> read_fd(int fd, std::string_view what, std::string_view from) {
 Result<Secret> read_secret(const std::string& source, std::string_view what, std::FILE* in) {
   if (source == "-") return read_fd(::fileno(in), what, "standard input");
   const int fd = ::open(source.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(Errc::invalid_argument, fmt::format("cannot open {} ({}) for the {}", source, errno_text(errno), what));
+  if (fd < 0)
+    return fail(Errc::invalid_argument,
+                fmt::format("cannot open {} ({}) for the {}", source, errno_text(errno), what));
   auto r = read_fd(fd, what, source);
   ::close(fd);
   return r;

@@ -13,8 +13,8 @@ namespace {
 
 volatile std::sig_atomic_t g_interrupted = 0;
 int g_pipe[2] = {-1, -1};
-struct sigaction g_old_int {};
-struct sigaction g_old_term {};
+struct sigaction g_old_int{};
+struct sigaction g_old_term{};
 
 extern "C" void on_interrupt(int) {
   g_interrupted = 1;
@@ -39,7 +39,7 @@ InterruptWatch::InterruptWatch() {
   } else {
     g_pipe[0] = g_pipe[1] = -1;
   }
-  struct sigaction sa {};
+  struct sigaction sa{};
   sa.sa_handler = on_interrupt;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = 0;  // no SA_RESTART: blocking calls return EINTR
@@ -56,8 +56,12 @@ InterruptWatch::~InterruptWatch() {
   }
 }
 
-bool InterruptWatch::interrupted() const noexcept { return g_interrupted != 0; }
+bool InterruptWatch::interrupted() const noexcept {
+  return g_interrupted != 0;
+}
 
-int InterruptWatch::fd() const noexcept { return g_pipe[0]; }
+int InterruptWatch::fd() const noexcept {
+  return g_pipe[0];
+}
 
 }  // namespace tokend::ctl

@@ -1,20 +1,21 @@
 #include "daemon/config.hpp"
 
+#include <fmt/format.h>
 #include <pwd.h>
 
+#include <boost/program_options.hpp>
 #include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
-#include <boost/program_options.hpp>
-#include <fmt/format.h>
-
 namespace tokend::daemon {
 
 namespace po = boost::program_options;
 
-std::string_view version() { return TOKEND_VERSION; }
+std::string_view version() {
+  return TOKEND_VERSION;
+}
 
 namespace {
 
@@ -31,28 +32,44 @@ constexpr Setting k_settings[] = {
     {"key-file", "TOKEND_KEY_FILE", "database key file"},
     {"log-level", "TOKEND_LOG_LEVEL", "trace|debug|info|warn|error|critical|off (default info)"},
     {"log-format", "TOKEND_LOG_FORMAT", "text|json (default text)"},
-    {"allow-uid", "TOKEND_ALLOW_UID", "comma-separated users (uid or name) allowed besides yourself"},
-    {"max-connections", "TOKEND_MAX_CONNECTIONS", "open API connections (default 1024; more get 503)"},
-    {"max-header-bytes", "TOKEND_MAX_HEADER_BYTES", "request header size (default 16384; more get 431)"},
-    {"max-body-bytes", "TOKEND_MAX_BODY_BYTES", "request body size (default 1048576; more get 413)"},
+    {"allow-uid", "TOKEND_ALLOW_UID",
+     "comma-separated users (uid or name) allowed besides yourself"},
+    {"max-connections", "TOKEND_MAX_CONNECTIONS",
+     "open API connections (default 1024; more get 503)"},
+    {"max-header-bytes", "TOKEND_MAX_HEADER_BYTES",
+     "request header size (default 16384; more get 431)"},
+    {"max-body-bytes", "TOKEND_MAX_BODY_BYTES",
+     "request body size (default 1048576; more get 413)"},
     {"max-upload-bytes", "TOKEND_MAX_UPLOAD_BYTES",
-     "body size of a proxied call (default 268435456; past 1 MiB it goes through a temporary file)"},
-    {"idle-timeout", "TOKEND_IDLE_TIMEOUT", "close idle keep-alive connections after (default 60s)"},
-    {"request-timeout", "TOKEND_REQUEST_TIMEOUT", "time to send a whole request (default 10s; then 408)"},
+     "body size of a proxied call (default 268435456; past 1 MiB it goes through a temporary "
+     "file)"},
+    {"idle-timeout", "TOKEND_IDLE_TIMEOUT",
+     "close idle keep-alive connections after (default 60s)"},
+    {"request-timeout", "TOKEND_REQUEST_TIMEOUT",
+     "time to send a whole request (default 10s; then 408)"},
     {"heartbeat-interval", "TOKEND_HEARTBEAT_INTERVAL", "event stream heartbeat (default 15s)"},
-    {"drain-timeout", "TOKEND_DRAIN_TIMEOUT", "on SIGTERM, wait this long for requests in flight (default 10s)"},
-    {"refresh-buffer", "TOKEND_REFRESH_BUFFER", "refresh this long before expiry (default 5m; per profile: refresh_buffer)"},
-    {"max-concurrent-refreshes", "TOKEND_MAX_CONCURRENT_REFRESHES", "refreshes in flight at once (default 8)"},
+    {"drain-timeout", "TOKEND_DRAIN_TIMEOUT",
+     "on SIGTERM, wait this long for requests in flight (default 10s)"},
+    {"refresh-buffer", "TOKEND_REFRESH_BUFFER",
+     "refresh this long before expiry (default 5m; per profile: refresh_buffer)"},
+    {"max-concurrent-refreshes", "TOKEND_MAX_CONCURRENT_REFRESHES",
+     "refreshes in flight at once (default 8)"},
     {"http-timeout", "TOKEND_HTTP_TIMEOUT", "timeout of one call to a provider (default 30s)"},
     {"ca-bundle", "TOKEND_CA_BUNDLE", "CA certificates for provider TLS (default: the system's)"},
-    {"login-timeout", "TOKEND_LOGIN_TIMEOUT", "how long a started login waits for the user (default 10m)"},
-    {"audit-max-rows", "TOKEND_AUDIT_MAX_ROWS", "audit events kept (default 100000; the oldest go first)"},
-    {"audit-max-age", "TOKEND_AUDIT_MAX_AGE", "audit events older than this are deleted (default 90d)"},
+    {"login-timeout", "TOKEND_LOGIN_TIMEOUT",
+     "how long a started login waits for the user (default 10m)"},
+    {"audit-max-rows", "TOKEND_AUDIT_MAX_ROWS",
+     "audit events kept (default 100000; the oldest go first)"},
+    {"audit-max-age", "TOKEND_AUDIT_MAX_AGE",
+     "audit events older than this are deleted (default 90d)"},
     {"notify-command", "TOKEND_NOTIFY_COMMAND",
      "run with /bin/sh -c when a profile needs a new login; $TOKEND_PROFILE, $TOKEND_REASON and "
-     "$TOKEND_LOGIN_COMMAND are set; of tokend's own environment only PATH, HOME, USER, LOGNAME, SHELL, "
-     "LANG, LANGUAGE, LC_*, TZ, TMPDIR, DISPLAY, WAYLAND_DISPLAY, DBUS_SESSION_BUS_ADDRESS and XDG_RUNTIME_DIR, "
-     "_DATA_DIRS, _CURRENT_DESKTOP, _SESSION_TYPE pass (e.g. notify-send \"tokend\" \"$TOKEND_LOGIN_COMMAND\")"},
+     "$TOKEND_LOGIN_COMMAND are set; of tokend's own environment only PATH, HOME, USER, LOGNAME, "
+     "SHELL, "
+     "LANG, LANGUAGE, LC_*, TZ, TMPDIR, DISPLAY, WAYLAND_DISPLAY, DBUS_SESSION_BUS_ADDRESS and "
+     "XDG_RUNTIME_DIR, "
+     "_DATA_DIRS, _CURRENT_DESKTOP, _SESSION_TYPE pass (e.g. notify-send \"tokend\" "
+     "\"$TOKEND_LOGIN_COMMAND\")"},
 };
 
 std::optional<std::string> lookup(const po::variables_map& vm, const char* key) {
@@ -60,11 +77,13 @@ std::optional<std::string> lookup(const po::variables_map& vm, const char* key) 
   return vm[key].as<std::string>();
 }
 
-Result<std::uint64_t> parse_count(std::string_view name, std::string_view text, std::uint64_t lo, std::uint64_t hi) {
+Result<std::uint64_t> parse_count(std::string_view name, std::string_view text, std::uint64_t lo,
+                                  std::uint64_t hi) {
   std::uint64_t n = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
   if (ec != std::errc{} || end != text.data() + text.size() || n < lo || n > hi) {
-    return fail(Errc::config, fmt::format("{} must be a whole number from {} to {} (got '{}')", name, lo, hi, text));
+    return fail(Errc::config, fmt::format("{} must be a whole number from {} to {} (got '{}')",
+                                          name, lo, hi, text));
   }
   return n;
 }
@@ -85,23 +104,31 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   const std::string_view unit(end, static_cast<std::size_t>(text.data() + text.size() - end));
   double scale = 0;
-  if (unit.empty() || unit == "s") scale = 1000;
-  else if (unit == "ms") scale = 1;
-  else if (unit == "m" || unit == "min") scale = 60'000;
-  else if (unit == "h") scale = 3'600'000;
-  else if (unit == "d") scale = 86'400'000;
+  if (unit.empty() || unit == "s")
+    scale = 1000;
+  else if (unit == "ms")
+    scale = 1;
+  else if (unit == "m" || unit == "min")
+    scale = 60'000;
+  else if (unit == "h")
+    scale = 3'600'000;
+  else if (unit == "d")
+    scale = 86'400'000;
   if (ec != std::errc{} || scale == 0 || value < 0 || value > 1e7) {
-    return fail(Errc::config, fmt::format("'{}' is not a duration; write e.g. 250ms, 10s, 5m, 1h or 90d", text));
+    return fail(Errc::config,
+                fmt::format("'{}' is not a duration; write e.g. 250ms, 10s, 5m, 1h or 90d", text));
   }
   return std::chrono::milliseconds(static_cast<std::int64_t>(value * scale));
 }
 
 Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup& env) {
   po::options_description general("Options");
-  general.add_options()("help,h", "show this help and exit")("version", "show the version and exit")(
-      "config", po::value<std::string>(), "config file (INI; env TOKEND_CONFIG)");
+  general.add_options()("help,h", "show this help and exit")(
+      "version", "show the version and exit")("config", po::value<std::string>(),
+                                              "config file (INI; env TOKEND_CONFIG)");
   for (const auto& s : k_settings) {
-    general.add_options()(s.name, po::value<std::string>(), fmt::format("{} (env {})", s.help, s.env).c_str());
+    general.add_options()(s.name, po::value<std::string>(),
+                          fmt::format("{} (env {})", s.help, s.env).c_str());
   }
 
   ParsedArgs out;
@@ -146,16 +173,20 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
   const bool config_named = path_flags.config.has_value() || env("TOKEND_CONFIG").has_value();
   if (std::filesystem::exists(defaults.config)) {
     std::ifstream in(defaults.config);
-    if (!in) return fail(Errc::config, fmt::format("cannot read config file {}", defaults.config.string()));
+    if (!in)
+      return fail(Errc::config,
+                  fmt::format("cannot read config file {}", defaults.config.string()));
     po::options_description file_options;
     for (const auto& s : k_settings) file_options.add_options()(s.name, po::value<std::string>());
     try {
       po::store(po::parse_config_file(in, file_options, /*allow_unregistered=*/false), file);
     } catch (const po::error& e) {
-      return fail(Errc::config, fmt::format("config file {}: {}", defaults.config.string(), e.what()));
+      return fail(Errc::config,
+                  fmt::format("config file {}: {}", defaults.config.string(), e.what()));
     }
   } else if (config_named) {
-    return fail(Errc::config, fmt::format("config file {} does not exist", defaults.config.string()));
+    return fail(Errc::config,
+                fmt::format("config file {} does not exist", defaults.config.string()));
   }
 
   auto setting = [&](const char* name) -> std::optional<std::string> {
@@ -234,12 +265,9 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
     }
   }
   const std::pair<const char*, std::chrono::milliseconds*> durations[] = {
-      {"idle-timeout", &c.limits.idle_timeout},
-      {"request-timeout", &c.limits.request_timeout},
-      {"heartbeat-interval", &c.heartbeat},
-      {"drain-timeout", &c.drain_timeout},
-      {"refresh-buffer", &c.refresh_buffer},
-      {"http-timeout", &c.http_timeout},
+      {"idle-timeout", &c.limits.idle_timeout}, {"request-timeout", &c.limits.request_timeout},
+      {"heartbeat-interval", &c.heartbeat},     {"drain-timeout", &c.drain_timeout},
+      {"refresh-buffer", &c.refresh_buffer},    {"http-timeout", &c.http_timeout},
       {"login-timeout", &c.login_timeout},
   };
   for (const auto& [name, target] : durations) {
@@ -251,7 +279,8 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
     }
   }
   if (auto v = setting("ca-bundle")) {
-    if (!std::filesystem::exists(*v)) return fail(Errc::config, fmt::format("ca-bundle {} does not exist", *v));
+    if (!std::filesystem::exists(*v))
+      return fail(Errc::config, fmt::format("ca-bundle {} does not exist", *v));
     c.ca_bundle = *v;
   }
   if (auto v = setting("notify-command")) c.notify_command = *v;

@@ -1,5 +1,7 @@
 #include "daemon/daemon.hpp"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -8,22 +10,19 @@
 #include <tuple>
 #include <vector>
 
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
-
+#include "api/api.hpp"
 #include "core/clock.hpp"
 #include "daemon/startup.hpp"
 #include "daemon/systemd.hpp"
-#include "notify.hpp"
-#include "api/api.hpp"
-#include "login/callback_listener.hpp"
 #include "ipc/server.hpp"
+#include "login/callback_listener.hpp"
+#include "login/login.hpp"
 #include "net/http_client.hpp"
 #include "net/loop.hpp"
-#include "tokens/timer_port.hpp"
+#include "notify.hpp"
 #include "proxy/proxy.hpp"
 #include "tokens/events.hpp"
-#include "login/login.hpp"
+#include "tokens/timer_port.hpp"
 #include "tokens/token_service.hpp"
 
 namespace tokend::daemon {
@@ -47,24 +46,28 @@ std::set<uid_t> usable_allowed_uids(const std::set<uid_t>& wanted) {
   std::vector<std::tuple<std::uint64_t, std::uint64_t, std::uint64_t>> ranges;
   std::uint64_t inside = 0, outside = 0, count = 0;
   while (map >> inside >> outside >> count) ranges.emplace_back(inside, outside, count);
-  const bool namespaced = !(ranges.size() == 1 && std::get<0>(ranges[0]) == 0 && std::get<1>(ranges[0]) == 0 &&
-                            std::get<2>(ranges[0]) == 4294967295ULL);
+  const bool namespaced = !(ranges.size() == 1 && std::get<0>(ranges[0]) == 0 &&
+                            std::get<1>(ranges[0]) == 0 && std::get<2>(ranges[0]) == 4294967295ULL);
   if (!namespaced) return wanted;
   std::uint64_t overflow = 65534;
   std::ifstream("/proc/sys/kernel/overflowuid") >> overflow;
   std::set<uid_t> usable;
   for (const uid_t uid : wanted) {
     if (uid == overflow) {
-      spdlog::warn("allow-uid {} ignored: in this user namespace every unmapped user appears as uid {}, so "
-                   "allowing it would let everyone in (systemd PrivateUsers=yes)", uid, overflow);
+      spdlog::warn(
+          "allow-uid {} ignored: in this user namespace every unmapped user appears as uid {}, so "
+          "allowing it would let everyone in (systemd PrivateUsers=yes)",
+          uid, overflow);
       continue;
     }
     const bool mapped = std::any_of(ranges.begin(), ranges.end(), [&](const auto& r) {
       return uid >= std::get<0>(r) && uid < std::get<0>(r) + std::get<2>(r);
     });
     if (!mapped) {
-      spdlog::warn("allow-uid {}: that user is not visible in tokend's user namespace (systemd "
-                   "PrivateUsers=yes) and will be refused; see systemd/README.md", uid);
+      spdlog::warn(
+          "allow-uid {}: that user is not visible in tokend's user namespace (systemd "
+          "PrivateUsers=yes) and will be refused; see systemd/README.md",
+          uid);
     }
     usable.insert(uid);
   }
@@ -73,7 +76,8 @@ std::set<uid_t> usable_allowed_uids(const std::set<uid_t>& wanted) {
 
 }  // namespace
 
-int run_daemon(const Config& initial, const EnvLookup& env, const std::function<Result<Config>()>& reparse) {
+int run_daemon(const Config& initial, const EnvLookup& env,
+               const std::function<Result<Config>()>& reparse) {
   Config config = initial;
   raise_fd_limit();
   // A client that disconnects mid-write must not kill us.
@@ -87,7 +91,8 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
   }
 
   store->set_audit_retention(config.audit);
-  if (auto r = store->prune_audit(); !r) spdlog::warn("pruning the audit log: {}", r.error().message);
+  if (auto r = store->prune_audit(); !r)
+    spdlog::warn("pruning the audit log: {}", r.error().message);
 
   net::Loop loop;
   int exit_code = 0;
@@ -123,7 +128,8 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
     // Stand-in endpoints listen on loopback TCP, open to every local user:
     // the socket's limits, with few connections each.
     api_options.endpoint_limits = config.limits;
-    api_options.endpoint_limits.max_connections = std::min<std::size_t>(config.limits.max_connections, 64);
+    api_options.endpoint_limits.max_connections =
+        std::min<std::size_t>(config.limits.max_connections, 64);
     api::Api api(loop, tokens, events, *store, clock, api_options);
     api.set_login(&login);
     api.set_proxy(&proxy);
@@ -140,7 +146,8 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
     });
 
     const int activated = activated_socket();
-    auto listening = activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
+    auto listening =
+        activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
     if (!listening) {
       spdlog::critical("{}", listening.error().message);
       return 1;
@@ -181,7 +188,8 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
         spdlog::error("SIGHUP: configuration not reloaded: {}", fresh.error().message);
         return;
       }
-      if (fresh->paths.socket != config.paths.socket || fresh->paths.database != config.paths.database ||
+      if (fresh->paths.socket != config.paths.socket ||
+          fresh->paths.database != config.paths.database ||
           fresh->paths.key_file != config.paths.key_file) {
         spdlog::warn("SIGHUP: socket, database and key file changes take effect after a restart");
       }
@@ -196,14 +204,16 @@ int run_daemon(const Config& initial, const EnvLookup& env, const std::function<
       notifier.set_command(fresh->notify_command);
       config.audit = fresh->audit;
       store->set_audit_retention(config.audit);
-      if (auto r = store->prune_audit(); !r) spdlog::warn("pruning the audit log: {}", r.error().message);
+      if (auto r = store->prune_audit(); !r)
+        spdlog::warn("pruning the audit log: {}", r.error().message);
       spdlog::info("configuration reloaded");
       notify("STATUS=configuration reloaded");
     });
 
-    spdlog::info("tokend {} ready: {} profile(s), database {}, socket {}{}", version(), tokens.size(),
-                 config.paths.database.string(),
-                 activated >= 0 ? std::string("(socket activation)") : config.paths.socket.string(), "");
+    spdlog::info("tokend {} ready: {} profile(s), database {}, socket {}{}", version(),
+                 tokens.size(), config.paths.database.string(),
+                 activated >= 0 ? std::string("(socket activation)") : config.paths.socket.string(),
+                 "");
     notify(fmt::format("READY=1\nSTATUS=serving {} profile(s)", tokens.size()));
     loop.run();
   }

@@ -15,9 +15,22 @@ namespace {
 constexpr std::size_t k_max_running = 4;
 
 bool passes_to_notify_command(std::string_view name) {
-  static constexpr std::string_view k_names[] = {
-      "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "DISPLAY", "WAYLAND_DISPLAY",
-      "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "XDG_DATA_DIRS", "XDG_CURRENT_DESKTOP", "XDG_SESSION_TYPE"};
+  static constexpr std::string_view k_names[] = {"PATH",
+                                                 "HOME",
+                                                 "USER",
+                                                 "LOGNAME",
+                                                 "SHELL",
+                                                 "LANG",
+                                                 "LANGUAGE",
+                                                 "TZ",
+                                                 "TMPDIR",
+                                                 "DISPLAY",
+                                                 "WAYLAND_DISPLAY",
+                                                 "DBUS_SESSION_BUS_ADDRESS",
+                                                 "XDG_RUNTIME_DIR",
+                                                 "XDG_DATA_DIRS",
+                                                 "XDG_CURRENT_DESKTOP",
+                                                 "XDG_SESSION_TYPE"};
   return name.starts_with("LC_") ||
          std::find(std::begin(k_names), std::end(k_names), name) != std::end(k_names);
 }
@@ -28,11 +41,15 @@ Notifier::Notifier(net::Loop& loop, tokens::EventBus& events, std::string comman
     : m_loop(loop), m_command(std::move(command)) {
   m_sub = events.subscribe([this](const tokens::Event& e) {
     // consent_required: an insufficient_scope answer needs a login for more scope.
-    if (e.kind == tokens::EventKind::reauth_required || e.kind == tokens::EventKind::consent_required) run(e);
+    if (e.kind == tokens::EventKind::reauth_required ||
+        e.kind == tokens::EventKind::consent_required)
+      run(e);
   });
 }
 
-Notifier::~Notifier() { close(); }
+Notifier::~Notifier() {
+  close();
+}
 
 void Notifier::close() {
   m_sub.reset();
@@ -79,7 +96,8 @@ void Notifier::run(const tokens::Event& e) {
   const std::uint64_t id = ++m_spawned;
   // The notifier owns the process handle: when it calls back, `this` is alive.
   auto process = net::Process::spawn(m_loop, options, [this, id](std::int64_t status, int signal) {
-    if (status != 0 || signal != 0) spdlog::warn("notify-command exited with status {} (signal {})", status, signal);
+    if (status != 0 || signal != 0)
+      spdlog::warn("notify-command exited with status {} (signal {})", status, signal);
     m_running.erase(id);  // closes the handle from its own callback
   });
   if (!process) {

@@ -20,7 +20,8 @@ void harden_process() {
 #endif
 }
 
-Result<store::SqlcipherStore> open_store(const Paths& paths, const EnvLookup& env, const Clock& clock) {
+Result<store::SqlcipherStore> open_store(const Paths& paths, const EnvLookup& env,
+                                         const Clock& clock) {
   if (auto r = fs::ensure_private_dir(paths.database.parent_path()); !r) {
     return std::unexpected(r.error().context("data directory"));
   }

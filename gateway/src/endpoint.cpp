@@ -1,9 +1,8 @@
 #include "gateway/endpoint.hpp"
 
-#include <strings.h>
-
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <strings.h>
 
 #include "core/encoding.hpp"
 #include "core/random.hpp"
@@ -26,7 +25,8 @@ std::string_view trimmed(std::string_view s) {
 // "127.0.0.1:PORT" or "localhost:PORT", localhost in any case.
 bool is_own_authority(std::string_view authority, std::uint16_t port) {
   const auto colon = authority.rfind(':');
-  if (colon == std::string_view::npos || authority.substr(colon + 1) != std::to_string(port)) return false;
+  if (colon == std::string_view::npos || authority.substr(colon + 1) != std::to_string(port))
+    return false;
   const std::string_view host = authority.substr(0, colon);
   return host == "127.0.0.1" || iequals(host, "localhost");
 }
@@ -60,22 +60,28 @@ bool carries_standin(std::string_view authorization, const Secret& standin) {
 
 std::string_view refusal_name(Refusal r) {
   switch (r) {
-    case Refusal::wrong_host: return "wrong_host";
-    case Refusal::cross_site: return "cross_site";
-    case Refusal::unauthorized: return "unauthorized";
+    case Refusal::wrong_host:
+      return "wrong_host";
+    case Refusal::cross_site:
+      return "cross_site";
+    case Refusal::unauthorized:
+      return "unauthorized";
   }
   return "unauthorized";
 }
 
-std::optional<Refusal> check_standin_request(const ipc::Request& req, std::uint16_t port, const Secret& standin) {
+std::optional<Refusal> check_standin_request(const ipc::Request& req, std::uint16_t port,
+                                             const Secret& standin) {
   const auto host = req.header("host");
-  if (!host || count_headers(req, "host") != 1 || !is_own_authority(trimmed(*host), port)) return Refusal::wrong_host;
+  if (!host || count_headers(req, "host") != 1 || !is_own_authority(trimmed(*host), port))
+    return Refusal::wrong_host;
   // A page in a browser may send requests here (fetch, forms, images) but
   // its Origin, or the browser's Sec-Fetch-Site, says where it comes from.
   for (const auto& [k, v] : req.headers) {
     if (iequals(k, "origin")) {
       const std::string_view origin = trimmed(v);
-      if (!iequals(origin.substr(0, 7), "http://") || !is_own_authority(origin.substr(7), port)) return Refusal::cross_site;
+      if (!iequals(origin.substr(0, 7), "http://") || !is_own_authority(origin.substr(7), port))
+        return Refusal::cross_site;
     } else if (iequals(k, "sec-fetch-site")) {
       const std::string_view site = trimmed(v);
       if (iequals(site, "cross-site") || iequals(site, "same-site")) return Refusal::cross_site;
@@ -84,7 +90,8 @@ std::optional<Refusal> check_standin_request(const ipc::Request& req, std::uint1
   bool authorized = false;
   for (const auto& [k, v] : req.headers) {
     if (!iequals(k, "authorization")) continue;
-    if (authorized || !carries_standin(v, standin)) return Refusal::unauthorized;  // one, and the right one
+    if (authorized || !carries_standin(v, standin))
+      return Refusal::unauthorized;  // one, and the right one
     authorized = true;
   }
   if (!authorized) return Refusal::unauthorized;
@@ -95,18 +102,21 @@ ipc::Response refusal_response(Refusal r, std::uint16_t port) {
   ipc::Response res;
   switch (r) {
     case Refusal::wrong_host:
-      res = ipc::Response::error(421, "wrong_host",
-                            fmt::format("this endpoint answers only requests for Host 127.0.0.1:{} or localhost:{}",
-                                        port, port));
+      res = ipc::Response::error(
+          421, "wrong_host",
+          fmt::format("this endpoint answers only requests for Host 127.0.0.1:{} or localhost:{}",
+                      port, port));
       res.close = true;
       break;
     case Refusal::cross_site:
-      res = ipc::Response::error(403, "cross_site", "requests from web pages of other sites are refused");
+      res = ipc::Response::error(403, "cross_site",
+                                 "requests from web pages of other sites are refused");
       break;
     case Refusal::unauthorized:
-      res = ipc::Response::error(401, "unauthorized",
-                            "this endpoint needs the stand-in credential tokenctl exec gave the command, as a "
-                            "Bearer token or as the Basic password");
+      res = ipc::Response::error(
+          401, "unauthorized",
+          "this endpoint needs the stand-in credential tokenctl exec gave the command, as a "
+          "Bearer token or as the Basic password");
       res.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"tokend\"");
       res.headers.emplace_back("WWW-Authenticate", "Basic realm=\"tokend\", charset=\"UTF-8\"");
       break;
@@ -125,12 +135,16 @@ class StandinEndpoints::Endpoint {
   ipc::Server m_server;  // after m_router, which it routes with
 };
 
-StandinEndpoints::StandinEndpoints(net::Loop& loop, tokens::TokenService& tokens, ipc::ServerLimits limits)
+StandinEndpoints::StandinEndpoints(net::Loop& loop, tokens::TokenService& tokens,
+                                   ipc::ServerLimits limits)
     : m_loop(loop), m_tokens(tokens), m_limits(limits) {}
 
-StandinEndpoints::~StandinEndpoints() { close_all(); }
+StandinEndpoints::~StandinEndpoints() {
+  close_all();
+}
 
-Result<StandinEndpoints::Opened> StandinEndpoints::open(proxy::Proxy& proxy, const std::string& profile,
+Result<StandinEndpoints::Opened> StandinEndpoints::open(proxy::Proxy& proxy,
+                                                        const std::string& profile,
                                                         const ipc::Peer& audit_peer) {
   auto p = m_tokens.profile_of(profile);
   if (!p) return std::unexpected(p.error());
@@ -167,9 +181,10 @@ Result<StandinEndpoints::Opened> StandinEndpoints::open(proxy::Proxy& proxy, con
     auto call = proxy_call(req, profile, std::move(*rest), audit_peer);
     if (!call) return ex->respond(ipc::error_response(call.error()));
     ++m_stats.requests["forwarded"];
-    proxy.forward(std::move(*call), [ex, profile](std::expected<proxy::ProxyResult, proxy::ProxyError> r) {
-      respond_proxied(ex, profile, std::move(r));
-    });
+    proxy.forward(std::move(*call),
+                  [ex, profile](std::expected<proxy::ProxyResult, proxy::ProxyError> r) {
+                    respond_proxied(ex, profile, std::move(r));
+                  });
   };
   for (const char* method : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}) {
     endpoint->m_router.add(method, "/{rest...}", handle, /*large_body=*/true);
@@ -177,8 +192,8 @@ Result<StandinEndpoints::Opened> StandinEndpoints::open(proxy::Proxy& proxy, con
   m_open.emplace(opened.id, std::move(endpoint));
   ++m_stats.opened;
   m_stats.open = m_open.size();
-  spdlog::info("endpoint {}: opened 127.0.0.1:{} for profile {} (pid {})", opened.id, opened.port, profile,
-               audit_peer.pid);
+  spdlog::info("endpoint {}: opened 127.0.0.1:{} for profile {} (pid {})", opened.id, opened.port,
+               profile, audit_peer.pid);
   return opened;
 }
 

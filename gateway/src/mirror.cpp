@@ -12,11 +12,13 @@ namespace tokend::gateway {
 namespace {
 
 // A URL's path, decoded, as a mirror base: "" for the root, else "/a/b".
-Result<std::pair<std::string, std::string>> origin_and_path(std::string_view url, std::string_view what) {
+Result<std::pair<std::string, std::string>> origin_and_path(std::string_view url,
+                                                            std::string_view what) {
   auto u = net::parse_url(url, what);
   if (!u) return std::unexpected(u.error());
   auto path = percent_decode(u->path, false);
-  if (!path) return fail(Errc::config, fmt::format("the {} has a malformed escape in its path", what));
+  if (!path)
+    return fail(Errc::config, fmt::format("the {} has a malformed escape in its path", what));
   while (!path->empty() && path->back() == '/') path->pop_back();
   return std::pair{net::origin_key(url), std::move(*path)};
 }
@@ -44,10 +46,13 @@ Result<MirrorLayout> mirror_layout(const store::Profile& p) {
   if (is_atlassian_cloud_oauth(p)) {
     const std::string cloud = json::string_or(p.config, "cloud_id");
     if (cloud.empty() || cloud.find('/') != std::string::npos) {
-      return fail(Errc::config, fmt::format("profile '{}' has no Atlassian cloud id yet; run tokenctl login {} "
-                                            "(or tokenctl test {})", p.name, p.name, p.name));
+      return fail(Errc::config,
+                  fmt::format("profile '{}' has no Atlassian cloud id yet; run tokenctl login {} "
+                              "(or tokenctl test {})",
+                              p.name, p.name, p.name));
     }
-    for (const char* product : {"jira", "confluence"}) layout.products[product] = fmt::format("/ex/{}/{}", product, cloud);
+    for (const char* product : {"jira", "confluence"})
+      layout.products[product] = fmt::format("/ex/{}/{}", product, cloud);
     layout.urls = layout.products;
     layout.urls["confluence"] += "/wiki";
     return layout;
@@ -71,15 +76,19 @@ Result<MirrorLayout> mirror_layout(const store::Profile& p) {
         main_origin = b->first;
         layout.base = b->second;
       }
-      layout.products[product] = b->first == main_origin ? b->second : fmt::format("/{}{}", product, b->second);
+      layout.products[product] =
+          b->first == main_origin ? b->second : fmt::format("/{}{}", product, b->second);
     }
     layout.urls = layout.products;
     return layout;
   }
   const std::string api_base = json::string_or(p.config, "api_base");
   if (api_base.empty()) {
-    return fail(Errc::config, fmt::format("profile '{}' has no api_base to forward to; set it with tokenctl add {} "
-                                          "--api-base URL", p.name, p.name));
+    return fail(
+        Errc::config,
+        fmt::format("profile '{}' has no api_base to forward to; set it with tokenctl add {} "
+                    "--api-base URL",
+                    p.name, p.name));
   }
   auto b = origin_and_path(api_base, "profile's api_base");
   if (!b) return std::unexpected(b.error());
@@ -105,15 +114,18 @@ Result<std::string> mirrored_rest(const store::Profile& p, std::string_view path
     return best_rest.empty() ? *best_product : *best_product + std::string(best_rest);
   }
   if (layout->products.empty()) {
-    if (auto rest = under(path, layout->base); rest && !rest->empty()) return std::string(rest->substr(1));
+    if (auto rest = under(path, layout->base); rest && !rest->empty())
+      return std::string(rest->substr(1));
   }
   std::string served;
   if (layout->products.empty()) {
     served = (layout->base.empty() ? "" : layout->base) + "/...";
   } else {
-    for (const auto& [product, base] : layout->products) served += (served.empty() ? "" : ", ") + base + "/...";
+    for (const auto& [product, base] : layout->products)
+      served += (served.empty() ? "" : ", ") + base + "/...";
   }
-  return fail(Errc::not_found, fmt::format("this endpoint reaches profile '{}' at {} only", p.name, served));
+  return fail(Errc::not_found,
+              fmt::format("this endpoint reaches profile '{}' at {} only", p.name, served));
 }
 
 }  // namespace tokend::gateway

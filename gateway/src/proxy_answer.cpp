@@ -1,10 +1,9 @@
 #include "gateway/proxy_answer.hpp"
 
+#include <fmt/format.h>
 #include <strings.h>
 
 #include <charconv>
-
-#include <fmt/format.h>
 
 namespace tokend::gateway {
 
@@ -13,7 +12,8 @@ namespace {
 // A proxied answer that streams: the body goes to the caller as it arrives,
 // framed by the upstream's length or chunked, paced by the caller's socket
 // (the upstream transfer pauses while more than a window is queued).
-void stream_answer(const std::shared_ptr<ipc::Exchange>& ex, ipc::Response head, std::shared_ptr<proxy::ProxyBody> body) {
+void stream_answer(const std::shared_ptr<ipc::Exchange>& ex, ipc::Response head,
+                   std::shared_ptr<proxy::ProxyBody> body) {
   constexpr std::size_t k_window = 256 * 1024;
   ipc::StreamFraming framing;
   framing.kind = ipc::StreamFraming::Kind::chunked;
@@ -28,8 +28,10 @@ void stream_answer(const std::shared_ptr<ipc::Exchange>& ex, ipc::Response head,
                   return false;
                 },
                 [stream](bool complete) {
-                  if (complete) stream->finish();
-                  else stream->close();  // a cut-off body must not look complete
+                  if (complete)
+                    stream->finish();
+                  else
+                    stream->close();  // a cut-off body must not look complete
                 }});
 }
 
@@ -39,12 +41,14 @@ ipc::Response reauth_error(const Error& e, std::string_view profile) {
   return ipc::error_response(e, {{"command", fmt::format("tokenctl login {}", profile)}});
 }
 
-Result<proxy::ProxyCall> proxy_call(const ipc::Request& req, std::string profile, std::string rest, const ipc::Peer& peer) {
+Result<proxy::ProxyCall> proxy_call(const ipc::Request& req, std::string profile, std::string rest,
+                                    const ipc::Peer& peer) {
   proxy::ProxyCall call;
   call.profile = std::move(profile);
   call.method = req.method;
   call.rest = std::move(rest);
-  if (const auto q = req.target.find('?'); q != std::string::npos) call.raw_query = req.target.substr(q + 1);
+  if (const auto q = req.target.find('?'); q != std::string::npos)
+    call.raw_query = req.target.substr(q + 1);
   call.headers = req.headers;
   call.body = req.body;
   call.body_spool = req.body_spool;
@@ -54,7 +58,8 @@ Result<proxy::ProxyCall> proxy_call(const ipc::Request& req, std::string profile
     std::int64_t n = -1;
     const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), n);
     if (ec != std::errc{} || end != wait->data() + wait->size() || n < 0 || n > 60) {
-      return fail(Errc::invalid_argument, "X-Tokend-Retry-Wait must be a number of seconds from 0 to 60");
+      return fail(Errc::invalid_argument,
+                  "X-Tokend-Retry-Wait must be a number of seconds from 0 to 60");
     }
     call.retry_wait_s = n;
   }
@@ -68,17 +73,28 @@ void respond_proxied(const std::shared_ptr<ipc::Exchange>& ex, const std::string
     ipc::Response res;
     std::string_view code = errc_name(e.code);
     switch (e.code) {
-      case Errc::permission: res = ipc::Response::error(403, code = "policy_denied", e.message); break;
+      case Errc::permission:
+        res = ipc::Response::error(403, code = "policy_denied", e.message);
+        break;
       case Errc::limit_exceeded:
         res = ipc::Response::error(429, code = "rate_limited", e.message);
         if (r.error().retry_after) {
-          res.headers.emplace_back("Retry-After", std::to_string((r.error().retry_after->count() + 999) / 1000));
+          res.headers.emplace_back("Retry-After",
+                                   std::to_string((r.error().retry_after->count() + 999) / 1000));
         }
         break;
-      case Errc::transient: res = ipc::Response::error(502, code = "upstream_unreachable", e.message); break;
-      case Errc::timeout: res = ipc::Response::error(504, code = "upstream_timeout", e.message); break;
-      case Errc::reauth_required: res = reauth_error(e, profile); break;
-      default: res = ipc::error_response(e); break;
+      case Errc::transient:
+        res = ipc::Response::error(502, code = "upstream_unreachable", e.message);
+        break;
+      case Errc::timeout:
+        res = ipc::Response::error(504, code = "upstream_timeout", e.message);
+        break;
+      case Errc::reauth_required:
+        res = reauth_error(e, profile);
+        break;
+      default:
+        res = ipc::error_response(e);
+        break;
     }
     // Tells tokend's own refusals from the upstream's (whose X-Tokend-*
     // headers never pass): tokenctl mcp turns them into JSON-RPC errors.

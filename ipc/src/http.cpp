@@ -39,28 +39,41 @@ Response Response::error(int status, std::string_view code, std::string_view mes
 int status_for(Errc code) {
   switch (code) {
     case Errc::invalid_argument:
-    case Errc::login_failed: return 400;
-    case Errc::not_found: return 404;
+    case Errc::login_failed:
+      return 400;
+    case Errc::not_found:
+      return 404;
     case Errc::already_exists:
-    case Errc::conflict: return 409;
-    case Errc::permission: return 403;
-    case Errc::limit_exceeded: return 429;
-    case Errc::reauth_required: return 401;
-    case Errc::timeout: return 504;
+    case Errc::conflict:
+      return 409;
+    case Errc::permission:
+      return 403;
+    case Errc::limit_exceeded:
+      return 429;
+    case Errc::reauth_required:
+      return 401;
+    case Errc::timeout:
+      return 504;
     case Errc::transient:
-    case Errc::unavailable: return 503;
-    case Errc::protocol: return 502;
-    case Errc::config: return 422;
+    case Errc::unavailable:
+      return 503;
+    case Errc::protocol:
+      return 502;
+    case Errc::config:
+      return 422;
     case Errc::io:
     case Errc::database:
     case Errc::wrong_key:
     case Errc::corrupt:
-    case Errc::internal: return 500;
+    case Errc::internal:
+      return 500;
   }
   return 500;
 }
 
-std::string_view error_code_name(Errc code) { return errc_name(code); }
+std::string_view error_code_name(Errc code) {
+  return errc_name(code);
+}
 
 Response error_response(const Error& e, const json::Json& extra) {
   return Response::error(status_for(e.code), error_code_name(e.code), e.message, extra);

@@ -22,8 +22,12 @@ std::vector<std::string> split_path(std::string_view path) {
   return out;
 }
 
-bool is_param(const std::string& seg) { return seg.size() > 2 && seg.front() == '{' && seg.back() == '}'; }
-bool is_rest(const std::string& seg) { return seg.size() > 5 && seg.ends_with("...}"); }
+bool is_param(const std::string& seg) {
+  return seg.size() > 2 && seg.front() == '{' && seg.back() == '}';
+}
+bool is_rest(const std::string& seg) {
+  return seg.size() > 5 && seg.ends_with("...}");
+}
 
 }  // namespace
 

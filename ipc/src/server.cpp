@@ -1,29 +1,27 @@
 #include "ipc/server.hpp"
 
 #include <arpa/inet.h>
+#include <fmt/format.h>
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/beast/core/buffers_range.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/serializer.hpp>
 #include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/write.hpp>
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
-
-#include "core/guard.hpp"
-#include "core/secret.hpp"
-
-#include <algorithm>
 #include <cstring>
 #include <sstream>
 
 #include "core/fs.hpp"
+#include "core/guard.hpp"
+#include "core/secret.hpp"
 #include "net/spool.hpp"
 
 namespace tokend::ipc {
@@ -85,7 +83,9 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
   void close_all();
   void close_listener();
   void check_drained();
-  [[nodiscard]] bool uid_allowed(uid_t uid) const { return uid == m_own_uid || m_allowed.contains(uid); }
+  [[nodiscard]] bool uid_allowed(uid_t uid) const {
+    return uid == m_own_uid || m_allowed.contains(uid);
+  }
 
   net::Loop& m_loop;
   Router& m_router;
@@ -115,12 +115,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
  public:
   enum class State { idle, reading, busy, streaming, closing, lingering, closed };
 
-  explicit Connection(std::shared_ptr<Server::Impl> server) : m_server(*server), m_keep_server(std::move(server)) {}
+  explicit Connection(std::shared_ptr<Server::Impl> server)
+      : m_server(*server), m_keep_server(std::move(server)) {}
 
   Result<> init(net::Stream& listener, bool tcp);
   void start(bool refuse_busy);
   void respond(ExchangeImpl* ex, Response response);
-  std::shared_ptr<Stream> start_stream(ExchangeImpl* ex, int status, Headers headers, StreamFraming framing);
+  std::shared_ptr<Stream> start_stream(ExchangeImpl* ex, int status, Headers headers,
+                                       StreamFraming framing);
   bool stream_send(std::string_view bytes);
   void stream_finish();
   // Defers a drained check to the loop (never from inside the producer).
@@ -176,7 +178,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::size_t m_pending_writes = 0;
   bool m_close_after_write = false;
   bool m_reading = false;
-  bool m_counted = false;  // included in open_connections
+  bool m_counted = false;   // included in open_connections
   bool m_peer_eof = false;  // the peer half-closed while we owed an answer
   bool m_pumping = false;   // pump() is on the stack
   // Large bodies (routes that take them): spilled to a spool as they arrive.
@@ -257,7 +259,8 @@ class ExchangeImpl final : public Exchange {
     m_answered = true;
     if (auto c = m_conn.lock()) c->respond(this, std::move(response));
   }
-  std::shared_ptr<Stream> start_stream(int status, Headers headers, StreamFraming framing) override {
+  std::shared_ptr<Stream> start_stream(int status, Headers headers,
+                                       StreamFraming framing) override {
     if (m_answered) return nullptr;
     m_answered = true;
     auto c = m_conn.lock();
@@ -334,9 +337,11 @@ void Connection::start(bool refuse_busy) {
     ++m_server.m_stats.peers_denied;
     spdlog::warn("refused connection from uid {} pid {}: not allowed to use tokend", m_peer.uid,
                  m_peer.pid);
-    if (m_server.m_denied_hook) guarded("denied-peer hook", [&] { m_server.m_denied_hook(m_peer); });
-    fail_request(403, "this user is not allowed to use tokend (ask its owner to add your uid "
-                      "to allow-uid in tokend.conf)");
+    if (m_server.m_denied_hook)
+      guarded("denied-peer hook", [&] { m_server.m_denied_hook(m_peer); });
+    fail_request(403,
+                 "this user is not allowed to use tokend (ask its owner to add your uid "
+                 "to allow-uid in tokend.conf)");
     return;
   }
   arm_timer(m_server.m_limits.idle_timeout);
@@ -436,7 +441,8 @@ void Connection::pump() {
       m_parser.emplace();
       m_parser->header_limit(static_cast<std::uint32_t>(m_server.m_limits.max_header_bytes));
       // The route decides the real limit once the header is in (below).
-      m_parser->body_limit(std::max<std::uint64_t>(m_server.m_limits.max_body_bytes, m_server.m_limits.max_upload_bytes));
+      m_parser->body_limit(std::max<std::uint64_t>(m_server.m_limits.max_body_bytes,
+                                                   m_server.m_limits.max_upload_bytes));
       m_parser->eager(true);
       m_body_checked = false;
       m_large_body = false;
@@ -572,10 +578,13 @@ void Connection::dispatch(Request req) {
     if (match.handler == nullptr && !match.allowed.empty()) {
       std::string allow;
       for (const auto& m : match.allowed) allow += (allow.empty() ? "" : ", ") + m;
-      static constexpr std::string_view k_methods[] = {"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"};
-      const bool known = std::find(std::begin(k_methods), std::end(k_methods), req.method) != std::end(k_methods);
-      early = known ? Response::error(405, "method_not_allowed",
-                                      fmt::format("{} is not allowed on this path; use {}", req.method, allow))
+      static constexpr std::string_view k_methods[] = {"GET",    "HEAD",  "PUT",    "POST",
+                                                       "DELETE", "PATCH", "OPTIONS"};
+      const bool known =
+          std::find(std::begin(k_methods), std::end(k_methods), req.method) != std::end(k_methods);
+      early = known ? Response::error(
+                          405, "method_not_allowed",
+                          fmt::format("{} is not allowed on this path; use {}", req.method, allow))
                     : Response::error(501, "not_implemented", "unknown HTTP method");
       early->headers.emplace_back("Allow", allow);
     } else if (match.handler == nullptr) {
@@ -632,7 +641,8 @@ std::shared_ptr<Stream> Connection::start_stream(ExchangeImpl* ex, int status, H
   const auto hold = std::move(m_current);
   const bool http10 = ex->request().version == 10;
   // HTTP/1.0 has no chunked coding: such a peer gets a close-delimited body.
-  if (framing.kind == StreamFraming::Kind::chunked && http10) framing.kind = StreamFraming::Kind::close;
+  if (framing.kind == StreamFraming::Kind::chunked && http10)
+    framing.kind = StreamFraming::Kind::close;
   http::response<http::empty_body> res{static_cast<http::status>(status), http10 ? 10U : 11U};
   res.set(http::field::server, "tokend");
   for (auto& [k, v] : headers) res.insert(k, v);
@@ -677,7 +687,8 @@ bool Connection::stream_send(std::string_view bytes) {
   // Framed streams are paced by their producer; one that ignores the queue
   // is stopped well past the limit.
   if (queued_now > 4 * m_server.m_limits.max_write_queue_bytes) {
-    spdlog::warn("a streamed answer outran its reader by {} bytes; closing the connection", queued_now);
+    spdlog::warn("a streamed answer outran its reader by {} bytes; closing the connection",
+                 queued_now);
     close();
     return false;
   }
@@ -750,7 +761,8 @@ void Connection::write(std::string data) {
   if (m_pending_writes == 0) {
     const int n = m_io.try_write(data);
     if (n == static_cast<int>(data.size())) return;
-    if (n > 0) data.erase(0, static_cast<std::size_t>(n));
+    if (n > 0)
+      data.erase(0, static_cast<std::size_t>(n));
     else if (n != UV_EAGAIN) {
       close();
       return;
@@ -758,7 +770,8 @@ void Connection::write(std::string data) {
   }
   ++m_pending_writes;
   // The write keeps a reference: the connection outlives its writes.
-  const int rc = m_io.write(std::move(data), [self = shared_from_this()](int status) { self->on_write_done(status); });
+  const int rc = m_io.write(
+      std::move(data), [self = shared_from_this()](int status) { self->on_write_done(status); });
   if (rc != 0) {
     --m_pending_writes;
     close();
@@ -904,7 +917,7 @@ Result<> Server::Impl::listen_path(const std::filesystem::path& path) {
   }
   std::memcpy(addr.sun_path, p.c_str(), p.size() + 1);
 
-  struct stat st {};
+  struct stat st{};
   if (::lstat(p.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
       return fail(Errc::config, fmt::format("{} exists and is not a socket; move it away or "
@@ -912,7 +925,8 @@ Result<> Server::Impl::listen_path(const std::filesystem::path& path) {
                                             p));
     }
     const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const bool live = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    const bool live =
+        probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
     if (probe >= 0) ::close(probe);
     if (live) {
       return fail(Errc::already_exists,
@@ -975,7 +989,7 @@ void Server::Impl::close_listener() {
   m_listener.close();
   // Remove the socket file if it is still the one we created.
   if (!m_socket_path.empty()) {
-    struct stat st {};
+    struct stat st{};
     if (::lstat(m_socket_path.c_str(), &st) == 0 && st.st_ino == m_socket_inode) {
       ::unlink(m_socket_path.c_str());
     }
@@ -1002,7 +1016,8 @@ void Server::Impl::drain(std::chrono::milliseconds grace, std::function<void()> 
   }
   m_drain_timer = std::move(*timer);
   m_drain_timer.start(static_cast<std::uint64_t>(grace.count()), 0, [this] {
-    spdlog::warn("{} connection(s) still busy after the drain grace period; closing them", m_connections.size());
+    spdlog::warn("{} connection(s) still busy after the drain grace period; closing them",
+                 m_connections.size());
     close_all();
   });
 }
@@ -1036,17 +1051,33 @@ Server::~Server() {
   m_impl->m_drain_timer.close();
 }
 
-Result<> Server::listen_path(const std::filesystem::path& path) { return m_impl->listen_path(path); }
-Result<> Server::listen_fd(int fd) { return m_impl->listen_fd(fd); }
-Result<std::uint16_t> Server::listen_loopback() { return m_impl->listen_loopback(); }
-void Server::set_allowed_uids(std::set<uid_t> uids) { m_impl->m_allowed = std::move(uids); }
-void Server::set_limits(const ServerLimits& limits) { m_impl->m_limits = limits; }
-void Server::on_denied_peer(DeniedPeerHook hook) { m_impl->m_denied_hook = std::move(hook); }
+Result<> Server::listen_path(const std::filesystem::path& path) {
+  return m_impl->listen_path(path);
+}
+Result<> Server::listen_fd(int fd) {
+  return m_impl->listen_fd(fd);
+}
+Result<std::uint16_t> Server::listen_loopback() {
+  return m_impl->listen_loopback();
+}
+void Server::set_allowed_uids(std::set<uid_t> uids) {
+  m_impl->m_allowed = std::move(uids);
+}
+void Server::set_limits(const ServerLimits& limits) {
+  m_impl->m_limits = limits;
+}
+void Server::on_denied_peer(DeniedPeerHook hook) {
+  m_impl->m_denied_hook = std::move(hook);
+}
 void Server::drain(std::chrono::milliseconds grace, std::function<void()> done) {
   m_impl->drain(grace, std::move(done));
 }
-void Server::close() { m_impl->close_all(); }
-const ServerStats& Server::stats() const { return m_impl->m_stats; }
+void Server::close() {
+  m_impl->close_all();
+}
+const ServerStats& Server::stats() const {
+  return m_impl->m_stats;
+}
 
 Result<Peer> peer_of(int fd) {
   Peer p;

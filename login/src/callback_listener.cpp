@@ -1,12 +1,10 @@
 #include "login/callback_listener.hpp"
 
-#include "net/url.hpp"
-
-#include <boost/beast/http/empty_body.hpp>
-#include <boost/beast/http/parser.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
 #include <list>
 #include <map>
 #include <new>
@@ -14,6 +12,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "net/url.hpp"
 
 namespace tokend::login {
 
@@ -94,14 +94,20 @@ void send_reply(Conn* c, const login::CallbackReply& reply) {
   if (c->answered || c->closing) return;
   c->answered = true;
   c->tcp.read_stop();
-  const char* reason = reply.status == 200 ? "OK" : reply.status == 404 ? "Not Found" : reply.status == 409 ? "Conflict"
-                                                   : reply.status == 405 ? "Method Not Allowed" : "Bad Request";
+  const char* reason = reply.status == 200   ? "OK"
+                       : reply.status == 404 ? "Not Found"
+                       : reply.status == 409 ? "Conflict"
+                       : reply.status == 405 ? "Method Not Allowed"
+                                             : "Bad Request";
   std::string out = fmt::format(
-      "HTTP/1.1 {} {}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n"
-      "Cache-Control: no-store\r\nReferrer-Policy: no-referrer\r\nX-Content-Type-Options: nosniff\r\n"
+      "HTTP/1.1 {} {}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: "
+      "{}\r\nConnection: close\r\n"
+      "Cache-Control: no-store\r\nReferrer-Policy: no-referrer\r\nX-Content-Type-Options: "
+      "nosniff\r\n"
       "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'\r\n\r\n{}",
       reply.status, reason, reply.html.size(), reply.html);
-  const int rc = c->tcp.write(std::move(out), [keep = c->shared_from_this()](int) { close_conn(keep.get()); });
+  const int rc =
+      c->tcp.write(std::move(out), [keep = c->shared_from_this()](int) { close_conn(keep.get()); });
   if (rc != 0) close_conn(c);
 }
 
@@ -109,9 +115,11 @@ void on_request(Conn* c) {
   c->dispatched = true;
   auto& msg = c->parser->get();
   const auto host = msg.find(http::field::host);
-  if (host == msg.end() || !loopback_host(std::string_view(host->value().data(), host->value().size()),
-                                          c->shared->port)) {
-    return send_reply(c, {400, "The Host of this request is not this computer's loopback address."});
+  if (host == msg.end() ||
+      !loopback_host(std::string_view(host->value().data(), host->value().size()),
+                     c->shared->port)) {
+    return send_reply(c,
+                      {400, "The Host of this request is not this computer's loopback address."});
   }
   const std::string target(msg.target());
   login::CallbackRequest req;
@@ -176,7 +184,8 @@ void on_connection(Shared* shared, net::Tcp& server, int status) {
     // preconnects) cannot keep the browser's redirect out.
     Conn* oldest = nullptr;
     for (const auto& [other, _] : shared->conns) {
-      if (!other->dispatched && (oldest == nullptr || other->sequence < oldest->sequence)) oldest = other;
+      if (!other->dispatched && (oldest == nullptr || other->sequence < oldest->sequence))
+        oldest = other;
     }
     if (oldest == nullptr) {
       close_conn(c.get());
@@ -225,15 +234,16 @@ class Listener final : public login::CallbackListener {
 
 }  // namespace
 
-Result<std::unique_ptr<login::CallbackListener>> UvCallbackPort::listen(const std::string& host, std::uint16_t port,
-                                                                         Handler handler) {
+Result<std::unique_ptr<login::CallbackListener>> UvCallbackPort::listen(const std::string& host,
+                                                                        std::uint16_t port,
+                                                                        Handler handler) {
   // "localhost" is whatever the browser resolves it to, and browsers try
   // ::1 first: both addresses are bound, or the start fails, so that no
   // other program holding one of them receives the code. Only a machine
   // without IPv6 (where nobody can bind ::1) goes without it.
   const bool localhost = host == "localhost";
-  const std::vector<std::string> addresses = localhost ? std::vector<std::string>{"127.0.0.1", "::1"}
-                                                       : std::vector<std::string>{host};
+  const std::vector<std::string> addresses =
+      localhost ? std::vector<std::string>{"127.0.0.1", "::1"} : std::vector<std::string>{host};
   auto shared = std::make_shared<Shared>(m_loop);
   shared->self = shared;
   shared->handler = std::move(handler);
@@ -248,19 +258,22 @@ Result<std::unique_ptr<login::CallbackListener>> UvCallbackPort::listen(const st
     int rc = v6 ? uv_ip6_addr(address.c_str(), port, reinterpret_cast<sockaddr_in6*>(&addr))
                 : uv_ip4_addr(address.c_str(), port, reinterpret_cast<sockaddr_in*>(&addr));
     if (rc != 0) {
-      return fail_all(Error{Errc::invalid_argument,
-                            fmt::format("the redirect URI's host {} is not an IP address", address)});
+      return fail_all(
+          Error{Errc::invalid_argument,
+                fmt::format("the redirect URI's host {} is not an IP address", address)});
     }
     auto tcp = net::Tcp::create(m_loop);
     if (!tcp) return fail_all(tcp.error());
     net::Tcp& server = shared->servers.emplace_back(std::move(*tcp));
-    const std::string where = v6 ? fmt::format("[{}]:{}", address, port) : fmt::format("{}:{}", address, port);
+    const std::string where =
+        v6 ? fmt::format("[{}]:{}", address, port) : fmt::format("{}:{}", address, port);
     // No SO_REUSEADDR games: a port someone else holds must fail loudly.
     // IPV6ONLY: [::1] must not also take the IPv4 side.
     rc = server.bind(reinterpret_cast<const sockaddr*>(&addr), v6 ? UV_TCP_IPV6ONLY : 0);
     // The Shared block owns the listening handle: when it calls back, both are alive.
     if (rc == 0) {
-      rc = server.listen(16, [s = shared.get(), &server](int status) { on_connection(s, server, status); });
+      rc = server.listen(
+          16, [s = shared.get(), &server](int status) { on_connection(s, server, status); });
     }
     if (rc != 0) {
       shared->servers.pop_back();
@@ -269,11 +282,13 @@ Result<std::unique_ptr<login::CallbackListener>> UvCallbackPort::listen(const st
         continue;
       }
       if (rc == UV_EADDRINUSE) {
-        return fail_all(Error{Errc::conflict, fmt::format("the redirect URI's address {}{} is in use by another program",
-                                                          where, localhost ? " (localhost)" : "")});
+        return fail_all(
+            Error{Errc::conflict,
+                  fmt::format("the redirect URI's address {}{} is in use by another program", where,
+                              localhost ? " (localhost)" : "")});
       }
-      return fail_all(Error{Errc::io, fmt::format("cannot listen on {} for the login redirect: {}", where,
-                                                  uv_strerror(rc))});
+      return fail_all(Error{Errc::io, fmt::format("cannot listen on {} for the login redirect: {}",
+                                                  where, uv_strerror(rc))});
     }
     spdlog::debug("login: listening on {} for the redirect", where);
   }

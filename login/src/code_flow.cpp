@@ -14,9 +14,12 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
     done(std::unexpected(std::move(e)));
   };
   if (ep.authorize_url.empty()) {
-    fail_start(Error{Errc::invalid_argument,
-                     fmt::format("profile '{}' has no authorize_url; set it with tokenctl add {} --authorize-url URL "
-                                 "(or --issuer URL for discovery)", name, name)});
+    fail_start(Error{
+        Errc::invalid_argument,
+        fmt::format(
+            "profile '{}' has no authorize_url; set it with tokenctl add {} --authorize-url URL "
+            "(or --issuer URL for discovery)",
+            name, name)});
     return;
   }
   f.redirect_uri = json::string_or(p.config, "redirect_uri");
@@ -32,15 +35,20 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
   // Without a client secret, PKCE is all that binds the code to this login
   // (RFC 8252 §8.1, OAuth 2.1): a public client never goes without it.
   if (pkce_mode == "off" && f.endpoint.client_secret.empty()) {
-    fail_start(Error{Errc::invalid_argument,
-                     fmt::format("profile '{}' is a public client (no client secret) and sets pkce: off; a public "
-                                 "client needs PKCE — remove the pkce setting", name)});
+    fail_start(
+        Error{Errc::invalid_argument,
+              fmt::format(
+                  "profile '{}' is a public client (no client secret) and sets pkce: off; a public "
+                  "client needs PKCE — remove the pkce setting",
+                  name)});
     return;
   }
-  const auto methods = list_of(p.config.value("discovered", Json::object()), "code_challenge_methods_supported");
+  const auto methods =
+      list_of(p.config.value("discovered", Json::object()), "code_challenge_methods_supported");
   if (pkce_mode == "required" && !methods.empty() && !contains(methods, "S256")) {
-    fail_start(Error{Errc::invalid_argument,
-                     fmt::format("profile '{}' requires PKCE but the provider does not offer S256", name)});
+    fail_start(Error{
+        Errc::invalid_argument,
+        fmt::format("profile '{}' requires PKCE but the provider does not offer S256", name)});
     return;
   }
   auto state = m_options.random(32);
@@ -75,7 +83,8 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
     q.emplace_back("code_challenge", f.pkce->challenge);
     q.emplace_back("code_challenge_method", "S256");
   }
-  if (p.provider != "atlassian" && !json::string_or(p.config, "audience").empty()) q.emplace_back("audience", json::string_or(p.config, "audience"));
+  if (p.provider != "atlassian" && !json::string_or(p.config, "audience").empty())
+    q.emplace_back("audience", json::string_or(p.config, "audience"));
   if (!f.endpoint.resource.empty()) q.emplace_back("resource", f.endpoint.resource);
   // Extra parameters (Google's access_type=offline, login_hint, ...); the
   // profile check refused the ones tokend sets itself.
@@ -104,17 +113,20 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
     const std::string profile = f.profile;
     const std::uint64_t id = f.id;
     auto alive = m_alive;
-    auto listener = m_callbacks->listen(
-        host, redirect->port,
-        [this, alive, profile, id](const CallbackRequest& req, std::function<void(CallbackReply)> reply) {
-          if (!*alive) return;
-          on_callback(profile, id, req, std::move(reply));
-        });
+    auto listener =
+        m_callbacks->listen(host, redirect->port,
+                            [this, alive, profile, id](const CallbackRequest& req,
+                                                       std::function<void(CallbackReply)> reply) {
+                              if (!*alive) return;
+                              on_callback(profile, id, req, std::move(reply));
+                            });
     if (!listener) {
       Error e = listener.error();
       if (e.code == Errc::conflict) {
-        e.message += fmt::format("; free it, or register another redirect URI with the provider and run "
-                                 "tokenctl add {} --redirect-uri http://127.0.0.1:PORT{}", name, f.callback_path);
+        e.message += fmt::format(
+            "; free it, or register another redirect URI with the provider and run "
+            "tokenctl add {} --redirect-uri http://127.0.0.1:PORT{}",
+            name, f.callback_path);
       }
       fail_start(std::move(e));
       return;
@@ -122,16 +134,20 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
     f.listener = std::move(*listener);
   }
   f.phase = Flow::Phase::awaiting;
-  m_events.publish(tokens::EventKind::login_started, name, to_unix_ms(m_clock.wall_now()), {{"flow", "code"}});
+  m_events.publish(tokens::EventKind::login_started, name, to_unix_ms(m_clock.wall_now()),
+                   {{"flow", "code"}});
   rearm();
   done(status(name));
 }
 
-void LoginManager::on_callback(const std::string& profile, std::uint64_t id, const CallbackRequest& req,
+void LoginManager::on_callback(const std::string& profile, std::uint64_t id,
+                               const CallbackRequest& req,
                                std::function<void(CallbackReply)> reply) {
   Flow* fp = find(profile, id);
   if (fp == nullptr || fp->state != FlowState::pending) {
-    reply({409, page("Sign-in not pending", "This sign-in is no longer pending. Run tokenctl login " + profile + " again.")});
+    reply({409,
+           page("Sign-in not pending",
+                "This sign-in is no longer pending. Run tokenctl login " + profile + " again.")});
     return;
   }
   Flow& fl = *fp;
@@ -144,7 +160,8 @@ void LoginManager::on_callback(const std::string& profile, std::uint64_t id, con
     return;
   }
   if (fl.phase != Flow::Phase::awaiting) {
-    reply({409, page("Already signed in", "This sign-in was already completed; a repeated redirect is ignored.")});
+    reply({409, page("Already signed in",
+                     "This sign-in was already completed; a repeated redirect is ignored.")});
     return;
   }
   auto q = parse_query(req.query);
@@ -159,8 +176,9 @@ void LoginManager::on_callback(const std::string& profile, std::uint64_t id, con
   // waiting for the real one (an error= without the state included).
   if (!r.state || !constant_time_equal(*r.state, fl.state_value.reveal())) {
     secure_wipe(r.code);
-    reply({400, page("Not this sign-in", "This request does not carry the state of the sign-in tokend is waiting "
-                                         "for, so it was ignored. The sign-in is still waiting.")});
+    reply({400, page("Not this sign-in",
+                     "This request does not carry the state of the sign-in tokend is waiting "
+                     "for, so it was ignored. The sign-in is still waiting.")});
     return;
   }
   // The browser is answered when the flow ends (after the exchange).
@@ -172,13 +190,16 @@ void LoginManager::complete(const std::string& name, const Json& body, JsonCallb
   auto it = m_flows.find(name);
   if (it == m_flows.end() || it->second->state != FlowState::pending || it->second->device ||
       it->second->phase != Flow::Phase::awaiting) {
-    done(fail(Errc::conflict, fmt::format("no login is waiting for a code for '{}'; start one with tokenctl login {}",
-                                          name, name)));
+    done(fail(
+        Errc::conflict,
+        fmt::format("no login is waiting for a code for '{}'; start one with tokenctl login {}",
+                    name, name)));
     return;
   }
   Flow& f = *it->second;
   if (!body.is_object()) {
-    done(fail(Errc::invalid_argument, "the body must be {\"redirect_url\": ...} or {\"code\": ...}"));
+    done(fail(Errc::invalid_argument,
+              "the body must be {\"redirect_url\": ...} or {\"code\": ...}"));
     return;
   }
   const std::string redirect_url = json::string_or(body, "redirect_url");
@@ -188,27 +209,31 @@ void LoginManager::complete(const std::string& name, const Json& body, JsonCallb
     std::string_view u = redirect_url;
     const auto qpos = u.find('?');
     // A bare "code=...&state=..." (the query alone) is taken too.
-    std::string_view query = qpos != std::string_view::npos ? u.substr(qpos + 1)
+    std::string_view query = qpos != std::string_view::npos            ? u.substr(qpos + 1)
                              : u.find("://") == std::string_view::npos ? u
                                                                        : std::string_view{};
-    if (const auto hash = query.find('#'); hash != std::string_view::npos) query = query.substr(0, hash);
+    if (const auto hash = query.find('#'); hash != std::string_view::npos)
+      query = query.substr(0, hash);
     auto q = parse_query(query);
     if (!q) {
-      done(fail(Errc::invalid_argument, "the pasted URL's query is malformed; paste the whole address of the page "
-                                        "the browser ended on"));
+      done(fail(Errc::invalid_argument,
+                "the pasted URL's query is malformed; paste the whole address of the page "
+                "the browser ended on"));
       return;
     }
     auto r = redirect_of(std::move(*q));
     if (r.code.empty() && !r.error) {
-      done(fail(Errc::invalid_argument, "the pasted URL has neither a code nor an error; paste the whole address "
-                                        "of the page the browser ended on (it contains ?code=...)"));
+      done(fail(Errc::invalid_argument,
+                "the pasted URL has neither a code nor an error; paste the whole address "
+                "of the page the browser ended on (it contains ?code=...)"));
       return;
     }
     accept_code(f, std::move(r), std::move(done));
     return;
   }
   if (bare.empty() || bare.size() > 4096) {
-    done(fail(Errc::invalid_argument, "the body must be {\"redirect_url\": ...} or {\"code\": ...}"));
+    done(fail(Errc::invalid_argument,
+              "the body must be {\"redirect_url\": ...} or {\"code\": ...}"));
     return;
   }
   // A bare code carries neither state nor iss: the user typed it here.
@@ -224,9 +249,12 @@ void LoginManager::accept_code(Flow& f, Redirect r, JsonCallback done) {
   std::string& code = r.code;
   if (r.state && !constant_time_equal(*r.state, f.state_value.reveal())) {
     secure_wipe(code);
-    fail_flow(f, FlowState::failed, "state_mismatch",
-              fmt::format("the state in the redirect does not match this login (a stale or forged redirect); "
-                          "nothing was stored — run tokenctl login {} again", f.profile));
+    fail_flow(
+        f, FlowState::failed, "state_mismatch",
+        fmt::format(
+            "the state in the redirect does not match this login (a stale or forged redirect); "
+            "nothing was stored — run tokenctl login {} again",
+            f.profile));
     return;
   }
   // RFC 9207: where the server says it sends iss, or whenever iss is there,
@@ -238,17 +266,21 @@ void LoginManager::accept_code(Flow& f, Redirect r, JsonCallback done) {
   if (!r.bare && !issuer.empty() && (r.iss || advertised)) {
     if (!r.iss) {
       secure_wipe(code);
-      fail_flow(f, FlowState::failed, "iss_missing",
-                fmt::format("the authorization server {} says it sends iss in its redirect (RFC 9207), but this "
-                            "redirect has none; nothing was redeemed or stored — run tokenctl login {} again",
-                            issuer, f.profile));
+      fail_flow(
+          f, FlowState::failed, "iss_missing",
+          fmt::format(
+              "the authorization server {} says it sends iss in its redirect (RFC 9207), but this "
+              "redirect has none; nothing was redeemed or stored — run tokenctl login {} again",
+              issuer, f.profile));
       return;
     }
     if (*r.iss != issuer) {
       secure_wipe(code);
       fail_flow(f, FlowState::failed, "iss_mismatch",
-                fmt::format("the redirect comes from issuer '{}', not from {} that this login is for (RFC 9207: a "
-                            "mix-up or forged redirect); nothing was redeemed or stored — run tokenctl login {} again",
+                fmt::format("the redirect comes from issuer '{}', not from {} that this login is "
+                            "for (RFC 9207: a "
+                            "mix-up or forged redirect); nothing was redeemed or stored — run "
+                            "tokenctl login {} again",
                             oauth::printable_excerpt(*r.iss, 200), issuer, f.profile));
       return;
     }
@@ -257,7 +289,8 @@ void LoginManager::accept_code(Flow& f, Redirect r, JsonCallback done) {
     const std::string e = oauth::printable_excerpt(*r.error, 64);
     const std::string d = oauth::printable_excerpt(r.description, 200);
     fail_flow(f, FlowState::failed, e.empty() ? "error" : e,
-              fmt::format("the provider refused the authorization: {}{}", e, d.empty() ? "" : " (" + d + ")"));
+              fmt::format("the provider refused the authorization: {}{}", e,
+                          d.empty() ? "" : " (" + d + ")"));
     return;
   }
   if (code.empty() || code.size() > 4096) {
@@ -269,28 +302,34 @@ void LoginManager::accept_code(Flow& f, Redirect r, JsonCallback done) {
 }
 
 void LoginManager::exchange(Flow& f, std::string code) {
-  oauth::TokenParams params = {{"grant_type", "authorization_code"}, {"code", code}, {"redirect_uri", f.redirect_uri}};
+  oauth::TokenParams params = {
+      {"grant_type", "authorization_code"}, {"code", code}, {"redirect_uri", f.redirect_uri}};
   if (f.pkce) params.emplace_back("code_verifier", f.pkce->verifier.reveal());
   const WallTime sent_at = m_clock.wall_now();
   auto request = oauth::make_token_request(f.endpoint, params, m_options.http_timeout);
   secure_wipe(code);
-  send_for(f, std::move(request), [this, name = f.profile, sent_at, lifetime = f.endpoint.default_lifetime](
-                                      Flow& fl, Result<net::HttpResponse> res) {
-    auto tokens = oauth::interpret_token_response(res, sent_at, lifetime);
-    if (!tokens) {
-      const auto err = res ? oauth::oauth_error_of(*res) : oauth::OAuthError{};
-      if (err.error == "invalid_grant") {
-        fail_flow(fl, FlowState::failed, "invalid_grant",
-                  fmt::format("the provider rejected the authorization code (invalid_grant{}): it was used already, "
-                              "expired, or the PKCE verifier did not match; nothing was stored — run tokenctl login {} again",
-                              err.description.empty() ? "" : ": " + err.description, name));
-      } else {
-        fail_flow(fl, FlowState::failed, "token_endpoint", "exchanging the code failed: " + tokens.error().message);
-      }
-      return;
-    }
-    on_tokens(fl, std::move(*tokens));
-  });
+  send_for(f, std::move(request),
+           [this, name = f.profile, sent_at, lifetime = f.endpoint.default_lifetime](
+               Flow& fl, Result<net::HttpResponse> res) {
+             auto tokens = oauth::interpret_token_response(res, sent_at, lifetime);
+             if (!tokens) {
+               const auto err = res ? oauth::oauth_error_of(*res) : oauth::OAuthError{};
+               if (err.error == "invalid_grant") {
+                 fail_flow(
+                     fl, FlowState::failed, "invalid_grant",
+                     fmt::format("the provider rejected the authorization code (invalid_grant{}): "
+                                 "it was used already, "
+                                 "expired, or the PKCE verifier did not match; nothing was stored "
+                                 "— run tokenctl login {} again",
+                                 err.description.empty() ? "" : ": " + err.description, name));
+               } else {
+                 fail_flow(fl, FlowState::failed, "token_endpoint",
+                           "exchanging the code failed: " + tokens.error().message);
+               }
+               return;
+             }
+             on_tokens(fl, std::move(*tokens));
+           });
 }
 
 // --- the device flow's polling -------------------------------------------------

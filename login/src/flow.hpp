@@ -4,19 +4,18 @@
 // finish.cpp: a token set arriving; logout.cpp: revocation and test).
 #pragma once
 
-#include "login/login.hpp"
-
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 
 #include "core/encoding.hpp"
+#include "login/login.hpp"
 #include "net/url.hpp"
 #include "oauth/atlassian.hpp"
 #include "oauth/discovery.hpp"
-#include "oauth/protocol.hpp"
 #include "oauth/pkce.hpp"
+#include "oauth/protocol.hpp"
 #include "tokens/profile_spec.hpp"
 
 namespace tokend::login {
@@ -31,7 +30,7 @@ struct Redirect {
   std::optional<std::string> error;
   std::string description;
   std::optional<std::string> iss;  // RFC 9207
-  bool bare = false;                // a bare code, typed in
+  bool bare = false;               // a bare code, typed in
 };
 
 inline constexpr std::string_view k_default_redirect_uri = "http://127.0.0.1:8976/callback";
@@ -39,7 +38,6 @@ inline constexpr std::string_view k_device_grant = "urn:ietf:params:oauth:grant-
 inline constexpr Millis k_default_device_interval{5'000};
 inline constexpr Millis k_slow_down_step{5'000};  // RFC 8628 §3.5
 inline constexpr Millis k_max_device_lifetime{1'800'000};
-
 
 inline std::vector<std::string> list_of(const Json& j, const char* key) {
   std::vector<std::string> out;
@@ -89,12 +87,23 @@ inline std::string html_escape(std::string_view s) {
   std::string out;
   for (const char c : s) {
     switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -121,7 +130,8 @@ inline std::vector<std::string> scopes_for(const store::Profile& p) {
     scopes = list_of(discovered, "resource_scopes");
     if (scopes.empty()) scopes = as_scopes;
     // offline_access where offered, so that a refresh token comes back.
-    if (contains(as_scopes, "offline_access") && !contains(scopes, "offline_access")) scopes.emplace_back("offline_access");
+    if (contains(as_scopes, "offline_access") && !contains(scopes, "offline_access"))
+      scopes.emplace_back("offline_access");
   }
   return scopes;
 }

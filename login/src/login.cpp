@@ -5,16 +5,22 @@ namespace tokend::login {
 
 std::string_view to_string(FlowState state) noexcept {
   switch (state) {
-    case FlowState::pending: return "pending";
-    case FlowState::succeeded: return "succeeded";
-    case FlowState::failed: return "failed";
-    case FlowState::cancelled: return "cancelled";
-    case FlowState::expired: return "expired";
+    case FlowState::pending:
+      return "pending";
+    case FlowState::succeeded:
+      return "succeeded";
+    case FlowState::failed:
+      return "failed";
+    case FlowState::cancelled:
+      return "cancelled";
+    case FlowState::expired:
+      return "expired";
   }
   return "unknown";
 }
 
-LoginManager::LoginManager(tokens::TokenService& tokens, const Clock& clock, tokens::EventBus& events, tokens::TimerPort& timer,
+LoginManager::LoginManager(tokens::TokenService& tokens, const Clock& clock,
+                           tokens::EventBus& events, tokens::TimerPort& timer,
                            net::HttpTransport& http, CallbackPort* callbacks, LoginOptions options)
     : m_tokens(tokens),
       m_clock(clock),
@@ -26,7 +32,9 @@ LoginManager::LoginManager(tokens::TokenService& tokens, const Clock& clock, tok
   if (!m_options.random) m_options.random = [](std::size_t n) { return oauth::random_urlsafe(n); };
 }
 
-LoginManager::~LoginManager() { shutdown(); }
+LoginManager::~LoginManager() {
+  shutdown();
+}
 
 void LoginManager::shutdown() {
   if (m_shut_down) return;
@@ -35,7 +43,8 @@ void LoginManager::shutdown() {
   m_timer.disarm();
   m_requests.cancel_all();
   for (auto& [name, f] : m_flows) {
-    if (f->state == FlowState::pending) fail_flow(*f, FlowState::cancelled, "shutdown", "tokend is shutting down");
+    if (f->state == FlowState::pending)
+      fail_flow(*f, FlowState::cancelled, "shutdown", "tokend is shutting down");
   }
 }
 
@@ -47,7 +56,8 @@ LoginManager::Flow* LoginManager::find(const std::string& profile, std::uint64_t
 
 // --- HTTP helpers ------------------------------------------------------------
 
-void LoginManager::fetch_json(std::string url, std::function<void(Result<Json>, const net::HttpResponse*)> done,
+void LoginManager::fetch_json(std::string url,
+                              std::function<void(Result<Json>, const net::HttpResponse*)> done,
                               net::HttpHeaders headers) {
   net::HttpRequest r;
   r.method = "GET";
@@ -82,13 +92,15 @@ void LoginManager::fetch_json(std::string url, std::function<void(Result<Json>, 
 void LoginManager::send_for(Flow& f, net::HttpRequest request, FlowResponse then) {
   auto alive = m_alive;
   f.http_pending = true;
-  f.http_id = m_http.start(std::move(request), [this, alive, name = f.profile, id = f.id, then = std::move(then)](Result<net::HttpResponse> res) {
-    if (!*alive) return;
-    Flow* fp = find(name, id);
-    if (fp == nullptr || fp->state != FlowState::pending) return;
-    fp->http_pending = false;
-    then(*fp, std::move(res));
-  });
+  f.http_id =
+      m_http.start(std::move(request), [this, alive, name = f.profile, id = f.id,
+                                        then = std::move(then)](Result<net::HttpResponse> res) {
+        if (!*alive) return;
+        Flow* fp = find(name, id);
+        if (fp == nullptr || fp->state != FlowState::pending) return;
+        fp->http_pending = false;
+        then(*fp, std::move(res));
+      });
 }
 
 void LoginManager::start(const std::string& name, LoginRequest request, JsonCallback done) {
@@ -97,8 +109,10 @@ void LoginManager::start(const std::string& name, LoginRequest request, JsonCall
     return;
   }
   // A new start replaces a pending flow (its listener frees the port first).
-  if (auto it = m_flows.find(name); it != m_flows.end() && it->second->state == FlowState::pending) {
-    fail_flow(*it->second, FlowState::cancelled, "replaced", "a newer login for this profile replaced it");
+  if (auto it = m_flows.find(name);
+      it != m_flows.end() && it->second->state == FlowState::pending) {
+    fail_flow(*it->second, FlowState::cancelled, "replaced",
+              "a newer login for this profile replaced it");
   }
   auto flow = std::make_unique<Flow>();
   Flow& f = *flow;
@@ -133,8 +147,10 @@ void LoginManager::start(const std::string& name, LoginRequest request, JsonCall
     fl.endpoint = std::move(*endpoint);
     if (fl.endpoint.client_id.empty()) {
       m_flows.erase(name);
-      done(fail(Errc::invalid_argument, fmt::format("profile '{}' has no client_id; set it with tokenctl add {} --client-id ID",
-                                                    name, name)));
+      done(fail(
+          Errc::invalid_argument,
+          fmt::format("profile '{}' has no client_id; set it with tokenctl add {} --client-id ID",
+                      name, name)));
       return;
     }
     fl.extra["listen"] = listen;
@@ -153,9 +169,11 @@ void LoginManager::succeed(Flow& f) {
   if (f.token_expires_at_ms) data["expires_at"] = *f.token_expires_at_ms / 1000;
   if (f.extra.contains("cloud_id")) data["cloud_id"] = f.extra["cloud_id"];
   spdlog::info("profile {}: login succeeded ({} flow)", f.profile, f.device ? "device" : "code");
-  m_events.publish(tokens::EventKind::login_succeeded, f.profile, to_unix_ms(m_clock.wall_now()), data);
+  m_events.publish(tokens::EventKind::login_succeeded, f.profile, to_unix_ms(m_clock.wall_now()),
+                   data);
   if (f.browser_reply) {
-    f.browser_reply({200, page("Signed in", "tokend signed in profile " + f.profile + ". You can close this tab.")});
+    f.browser_reply({200, page("Signed in", "tokend signed in profile " + f.profile +
+                                                ". You can close this tab.")});
     f.browser_reply = nullptr;
   }
   end_flow(f);
@@ -172,9 +190,12 @@ void LoginManager::fail_flow(Flow& f, FlowState state, std::string reason, std::
     f.http_pending = false;
   }
   spdlog::warn("profile {}: login {}: {}", f.profile, to_string(f.state), f.message);
-  const tokens::EventKind event = f.state == FlowState::cancelled ? tokens::EventKind::login_cancelled : tokens::EventKind::login_failed;
-  m_events.publish(event, f.profile, to_unix_ms(m_clock.wall_now()),
-                   {{"flow", f.device ? "device" : "code"}, {"reason", f.reason}, {"error", f.message}});
+  const tokens::EventKind event = f.state == FlowState::cancelled
+                                      ? tokens::EventKind::login_cancelled
+                                      : tokens::EventKind::login_failed;
+  m_events.publish(
+      event, f.profile, to_unix_ms(m_clock.wall_now()),
+      {{"flow", f.device ? "device" : "code"}, {"reason", f.reason}, {"error", f.message}});
   if (f.browser_reply) {
     f.browser_reply({400, page("Sign-in failed", f.message)});
     f.browser_reply = nullptr;
@@ -218,7 +239,10 @@ Json LoginManager::status(const std::string& name) const {
   auto it = m_flows.find(name);
   if (it == m_flows.end()) return {{"profile", name}, {"state", "none"}};
   const Flow& f = *it->second;
-  Json j = {{"profile", name}, {"id", f.id}, {"flow", f.device ? "device" : "code"}, {"state", to_string(f.state)}};
+  Json j = {{"profile", name},
+            {"id", f.id},
+            {"flow", f.device ? "device" : "code"},
+            {"state", to_string(f.state)}};
   const std::int64_t now = to_unix_ms(m_clock.wall_now());
   if (f.state == FlowState::pending) {
     j["expires_at"] = f.expires_at_ms / 1000;
@@ -228,7 +252,8 @@ Json LoginManager::status(const std::string& name) const {
     } else if (f.device) {
       j["user_code"] = f.user_code;
       j["verification_uri"] = f.verification_uri;
-      if (!f.verification_uri_complete.empty()) j["verification_uri_complete"] = f.verification_uri_complete;
+      if (!f.verification_uri_complete.empty())
+        j["verification_uri_complete"] = f.verification_uri_complete;
       j["interval"] = f.interval.count() / 1000;
     } else {
       j["authorize_url"] = f.authorize_url;
@@ -248,11 +273,14 @@ Json LoginManager::status(const std::string& name) const {
     const auto all = list_of(found, "authorization_servers");
     if (all.size() > 1) {
       j["authorization_servers"] = all;
-      j["authorization_server_note"] = fmt::format(
-          "The MCP server names {} authorization servers ({}); using {}{}.", all.size(), join(all, ", "), as,
-          json::string_or(f.resolved.config, "authorization_server").empty()
-              ? fmt::format(" (the first); choose another with tokenctl add {} ... --authorization-server URL", name)
-              : " (the profile's choice)");
+      j["authorization_server_note"] =
+          fmt::format("The MCP server names {} authorization servers ({}); using {}{}.", all.size(),
+                      join(all, ", "), as,
+                      json::string_or(f.resolved.config, "authorization_server").empty()
+                          ? fmt::format(" (the first); choose another with tokenctl add {} ... "
+                                        "--authorization-server URL",
+                                        name)
+                          : " (the profile's choice)");
     }
   }
   for (const char* k : {"sites", "cloud_id", "cloud_url"}) {
@@ -296,7 +324,9 @@ void LoginManager::on_tick() {
   for (const auto& [name, id] : expired) {
     if (Flow* f = find(name, id)) {
       fail_flow(*f, FlowState::expired, "expired",
-                fmt::format("the login was not completed in time; nothing was stored — run tokenctl login {} again", name));
+                fmt::format("the login was not completed in time; nothing was stored — run "
+                            "tokenctl login {} again",
+                            name));
     }
   }
   for (const auto& [name, id] : polls) {

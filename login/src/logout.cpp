@@ -19,11 +19,14 @@ void LoginManager::logout(const std::string& name, JsonCallback done) {
     if (auto r = m_tokens.forget_tokens(name); !r) return std::unexpected(r.error());
     Json out = {{"profile", name}, {"revoked", revoked}};
     if (!reason.empty()) out["reason"] = reason;
-    m_events.publish(tokens::EventKind::logged_out, name, to_unix_ms(m_clock.wall_now()), {{"revoked", revoked}});
+    m_events.publish(tokens::EventKind::logged_out, name, to_unix_ms(m_clock.wall_now()),
+                     {{"revoked", revoked}});
     return out;
   };
   if (p->kind != store::CredentialKind::oauth2) {
-    done(forget(false, "API tokens and personal access tokens are revoked in the account settings of the site"));
+    done(forget(
+        false,
+        "API tokens and personal access tokens are revoked in the account settings of the site"));
     return;
   }
   const Secret& token = c->refresh_token.empty() ? c->access_token : c->refresh_token;
@@ -40,20 +43,23 @@ void LoginManager::logout(const std::string& name, JsonCallback done) {
   endpoint->token_url = ep.revocation_url;
   endpoint->resource.clear();
   endpoint->json_body = false;
-  const oauth::TokenParams params = {{"token", token.reveal()},
-                              {"token_type_hint", c->refresh_token.empty() ? "access_token" : "refresh_token"}};
+  const oauth::TokenParams params = {
+      {"token", token.reveal()},
+      {"token_type_hint", c->refresh_token.empty() ? "access_token" : "refresh_token"}};
   auto alive = m_alive;
-  m_requests.start(oauth::make_token_request(*endpoint, params, m_options.http_timeout),
-                     [this, alive, forget, url = ep.revocation_url, done = std::move(done)](Result<net::HttpResponse> res) {
-                       if (!*alive) return;
-                       if (!res) {
-                         done(forget(false, fmt::format("revocation at {} failed: {}", url, res.error().message)));
-                       } else if (res->status != 200) {
-                         done(forget(false, fmt::format("the revocation endpoint answered {}", res->status)));
-                       } else {
-                         done(forget(true, ""));
-                       }
-                     });
+  m_requests.start(
+      oauth::make_token_request(*endpoint, params, m_options.http_timeout),
+      [this, alive, forget, url = ep.revocation_url,
+       done = std::move(done)](Result<net::HttpResponse> res) {
+        if (!*alive) return;
+        if (!res) {
+          done(forget(false, fmt::format("revocation at {} failed: {}", url, res.error().message)));
+        } else if (res->status != 200) {
+          done(forget(false, fmt::format("the revocation endpoint answered {}", res->status)));
+        } else {
+          done(forget(true, ""));
+        }
+      });
 }
 
 void LoginManager::test(const std::string& name, JsonCallback done) {
@@ -77,54 +83,68 @@ void LoginManager::test(const std::string& name, JsonCallback done) {
     url = ep.userinfo_url;
     what = "userinfo";
   } else {
-    done(fail(Errc::invalid_argument,
-              fmt::format("profile '{}' has no userinfo endpoint to test against; set one with tokenctl add {} "
-                          "--userinfo-url URL", name, name)));
+    done(fail(
+        Errc::invalid_argument,
+        fmt::format(
+            "profile '{}' has no userinfo endpoint to test against; set one with tokenctl add {} "
+            "--userinfo-url URL",
+            name, name)));
     return;
   }
   auto alive = m_alive;
-  m_tokens.token_async(name, tokens::TokenRequest{10}, [this, alive, name, url, what, done = std::move(done)](
-                                                   Result<tokens::TokenGrant> grant) mutable {
-    if (!*alive) return;
-    if (!grant) {
-      done(std::unexpected(grant.error()));
-      return;
-    }
-    net::HttpRequest r;
-    r.url = url;
-    r.timeout = m_options.http_timeout;
-    r.headers = {{"Accept", "application/json"}, {"Authorization", std::string(grant->authorization.reveal())}};
-    m_requests.start(std::move(r), [this, alive, name, url, what, done = std::move(done)](Result<net::HttpResponse> res) {
-      if (!*alive) return;
-      if (!res) {
-        done(fail(Errc::transient, fmt::format("{} could not be reached: {}", url, res.error().message)));
-        return;
-      }
-      Json out = {{"profile", name}, {"ok", res->status < 400}, {"status", res->status}, {"url", url}};
-      auto j = json::parse(res->body.reveal(), "the answer");
-      std::string summary;
-      if (j && res->status < 400) {
-        auto sites = what == "resources" ? oauth::sites_of(*j) : std::vector<oauth::AtlassianSite>{};
-        if (what == "resources" && sites) {
-          summary = fmt::format("{} site{}: {}", sites->size(), sites->size() == 1 ? "" : "s", oauth::describe_sites(*sites));
-        } else if (what == "myself") {
-          summary = fmt::format("signed in as {} {}", json::string_or(*j, "displayName"), json::string_or(*j, "emailAddress"));
-        } else {
-          std::vector<std::string> parts;
-          for (const char* k : {"name", "email", "preferred_username", "sub"}) {
-            if (!json::string_or(*j, k).empty()) parts.push_back(fmt::format("{}={}", k, json::string_or(*j, k)));
-          }
-          summary = parts.empty() ? "answered" : join(parts, " ");
+  m_tokens.token_async(
+      name, tokens::TokenRequest{10},
+      [this, alive, name, url, what,
+       done = std::move(done)](Result<tokens::TokenGrant> grant) mutable {
+        if (!*alive) return;
+        if (!grant) {
+          done(std::unexpected(grant.error()));
+          return;
         }
-        out["body"] = *j;
-      } else {
-        const auto err = oauth::oauth_error_of(*res);
-        summary = fmt::format("HTTP {}{}", res->status, err.error.empty() ? "" : " " + err.error);
-      }
-      out["summary"] = oauth::printable_excerpt(summary, 400);
-      done(out);
-    });
-  });
+        net::HttpRequest r;
+        r.url = url;
+        r.timeout = m_options.http_timeout;
+        r.headers = {{"Accept", "application/json"},
+                     {"Authorization", std::string(grant->authorization.reveal())}};
+        m_requests.start(std::move(r), [this, alive, name, url, what,
+                                        done = std::move(done)](Result<net::HttpResponse> res) {
+          if (!*alive) return;
+          if (!res) {
+            done(fail(Errc::transient,
+                      fmt::format("{} could not be reached: {}", url, res.error().message)));
+            return;
+          }
+          Json out = {
+              {"profile", name}, {"ok", res->status < 400}, {"status", res->status}, {"url", url}};
+          auto j = json::parse(res->body.reveal(), "the answer");
+          std::string summary;
+          if (j && res->status < 400) {
+            auto sites =
+                what == "resources" ? oauth::sites_of(*j) : std::vector<oauth::AtlassianSite>{};
+            if (what == "resources" && sites) {
+              summary = fmt::format("{} site{}: {}", sites->size(), sites->size() == 1 ? "" : "s",
+                                    oauth::describe_sites(*sites));
+            } else if (what == "myself") {
+              summary = fmt::format("signed in as {} {}", json::string_or(*j, "displayName"),
+                                    json::string_or(*j, "emailAddress"));
+            } else {
+              std::vector<std::string> parts;
+              for (const char* k : {"name", "email", "preferred_username", "sub"}) {
+                if (!json::string_or(*j, k).empty())
+                  parts.push_back(fmt::format("{}={}", k, json::string_or(*j, k)));
+              }
+              summary = parts.empty() ? "answered" : join(parts, " ");
+            }
+            out["body"] = *j;
+          } else {
+            const auto err = oauth::oauth_error_of(*res);
+            summary =
+                fmt::format("HTTP {}{}", res->status, err.error.empty() ? "" : " " + err.error);
+          }
+          out["summary"] = oauth::printable_excerpt(summary, 400);
+          done(out);
+        });
+      });
 }
 
 }  // namespace tokend::login

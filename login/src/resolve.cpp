@@ -9,7 +9,8 @@ namespace tokend::login {
 // Tries `urls` in order: the first JSON answer wins, and an answer with one
 // of the `skip` statuses moves on to the next URL. A loop over callbacks
 // through a member function, not a self-capturing std::function.
-void LoginManager::fetch_first_json(std::shared_ptr<UrlTrial> trial, std::vector<int> skip, TrialDone done) {
+void LoginManager::fetch_first_json(std::shared_ptr<UrlTrial> trial, std::vector<int> skip,
+                                    TrialDone done) {
   if (trial->next >= trial->urls.size()) {
     done(std::nullopt, trial->tried);
     return;
@@ -30,22 +31,26 @@ void LoginManager::fetch_first_json(std::shared_ptr<UrlTrial> trial, std::vector
 // when the login started: only the keys the resolver owns are written, and
 // nothing at all when the profile was changed meanwhile so that the
 // discovery no longer applies (a PUT wins; the login stops).
-Result<> LoginManager::store_resolved(const store::Profile& found, std::initializer_list<const char*> keys,
-                                      bool client_secret, const std::string* replaces_client_id) {
+Result<> LoginManager::store_resolved(const store::Profile& found,
+                                      std::initializer_list<const char*> keys, bool client_secret,
+                                      const std::string* replaces_client_id) {
   auto current = m_tokens.profile_of(found.name);
   if (!current) return std::unexpected(current.error());
   const auto changed = [&](const char* key) {
     return current->config.value(key, Json()) != found.config.value(key, Json());
   };
-  const bool client_changed = !found.config.value("client_registered", false) && changed("client_id");
+  const bool client_changed =
+      !found.config.value("client_registered", false) && changed("client_id");
   if (current->kind != found.kind || current->provider != found.provider || changed("issuer") ||
       changed("mcp_server") || changed("authorization_server") ||
       (client_changed && !json::string_or(current->config, "client_id").empty() &&
-       (replaces_client_id == nullptr || json::string_or(current->config, "client_id") != *replaces_client_id))) {
-    return fail(Errc::conflict,
-                fmt::format("profile '{}' was changed while its login was starting (provider, issuer, MCP server or "
-                            "client id); nothing found for the old settings was stored — run tokenctl login {} again",
-                            found.name, found.name));
+       (replaces_client_id == nullptr ||
+        json::string_or(current->config, "client_id") != *replaces_client_id))) {
+    return fail(Errc::conflict, fmt::format("profile '{}' was changed while its login was starting "
+                                            "(provider, issuer, MCP server or "
+                                            "client id); nothing found for the old settings was "
+                                            "stored — run tokenctl login {} again",
+                                            found.name, found.name));
   }
   for (const char* key : keys) {
     if (auto it = found.config.find(key); it != found.config.end()) {
@@ -57,19 +62,21 @@ Result<> LoginManager::store_resolved(const store::Profile& found, std::initiali
   if (client_secret) {
     Json secrets = Json::object();
     if (!current->secret_config.empty()) {
-      if (auto j = json::parse(current->secret_config.reveal(), "stored secret config"); j && j->is_object()) {
+      if (auto j = json::parse(current->secret_config.reveal(), "stored secret config");
+          j && j->is_object()) {
         secrets = std::move(*j);
       }
     }
     secrets.erase("client_secret");
     if (!found.secret_config.empty()) {
-      if (auto j = json::parse(found.secret_config.reveal(), "registered secret"); j && j->is_object() &&
-                                                                                   j->contains("client_secret")) {
+      if (auto j = json::parse(found.secret_config.reveal(), "registered secret");
+          j && j->is_object() && j->contains("client_secret")) {
         secrets["client_secret"] = (*j)["client_secret"];
       }
     }
     current->secret_config = secrets.empty() ? Secret() : Secret::adopt(secrets.dump());
-    if (secrets.contains("client_secret")) secure_wipe(secrets["client_secret"].get_ref<std::string&>());
+    if (secrets.contains("client_secret"))
+      secure_wipe(secrets["client_secret"].get_ref<std::string&>());
   }
   return m_tokens.update_profile(*current);
 }
@@ -84,31 +91,36 @@ void LoginManager::check_metadata_document(std::shared_ptr<store::Profile> profi
   if (redirect.empty()) redirect = std::string(k_default_redirect_uri);
   fetch_json(url, [profile, next, url, redirect](Result<Json> j, const net::HttpResponse*) {
     if (!j) {
-      next(fail(Errc::invalid_argument,
-                fmt::format("the client ID metadata document could not be read: {}", j.error().message)));
+      next(fail(
+          Errc::invalid_argument,
+          fmt::format("the client ID metadata document could not be read: {}", j.error().message)));
       return;
     }
     if (!j->is_object() || json::string_or(*j, "client_id") != url) {
-      next(fail(Errc::invalid_argument,
-                fmt::format("the client ID metadata document {} must be a JSON object whose client_id is its own URL",
-                            url)));
+      next(fail(Errc::invalid_argument, fmt::format("the client ID metadata document {} must be a "
+                                                    "JSON object whose client_id is its own URL",
+                                                    url)));
       return;
     }
     const auto uris = list_of(*j, "redirect_uris");
     if (!contains(uris, redirect)) {
       std::vector<std::string> shown;
       for (const auto& u : uris) shown.push_back(oauth::printable_excerpt(u, 200));
-      next(fail(Errc::invalid_argument,
-                fmt::format("the redirect URI {} is not listed in the client ID metadata document {}; it allows {}. "
-                            "Use one of them: tokenctl add {} ... --redirect-uri URI",
-                            redirect, url, shown.empty() ? "none" : join(shown, ", "), profile->name)));
+      next(fail(
+          Errc::invalid_argument,
+          fmt::format("the redirect URI {} is not listed in the client ID metadata document {}; it "
+                      "allows {}. "
+                      "Use one of them: tokenctl add {} ... --redirect-uri URI",
+                      redirect, url, shown.empty() ? "none" : join(shown, ", "), profile->name)));
       return;
     }
     const std::string method = json::string_or(*j, "token_endpoint_auth_method", "none");
     if (method != "none") {
       next(fail(Errc::invalid_argument,
-                fmt::format("the client ID metadata document {} asks for token_endpoint_auth_method {}; tokend can "
-                            "use such a document only as a public client (none)", url, oauth::printable_excerpt(method, 64))));
+                fmt::format("the client ID metadata document {} asks for "
+                            "token_endpoint_auth_method {}; tokend can "
+                            "use such a document only as a public client (none)",
+                            url, oauth::printable_excerpt(method, 64))));
       return;
     }
     profile->config["token_endpoint_auth"] = "none";
@@ -117,16 +129,20 @@ void LoginManager::check_metadata_document(std::shared_ptr<store::Profile> profi
   });
 }
 
-void LoginManager::resolve(const std::string& name, std::function<void(Result<store::Profile>)> next) {
+void LoginManager::resolve(const std::string& name,
+                           std::function<void(Result<store::Profile>)> next) {
   auto p = m_tokens.profile_of(name);
   if (!p) {
     next(std::unexpected(p.error()));
     return;
   }
   if (p->kind != store::CredentialKind::oauth2) {
-    next(fail(Errc::invalid_argument,
-              fmt::format("profile '{}' holds a static {}; there is nothing to log in to (replace it with tokenctl add)",
-                          name, p->kind == store::CredentialKind::pat ? "personal access token" : "API token")));
+    next(fail(
+        Errc::invalid_argument,
+        fmt::format(
+            "profile '{}' holds a static {}; there is nothing to log in to (replace it with "
+            "tokenctl add)",
+            name, p->kind == store::CredentialKind::pat ? "personal access token" : "API token")));
     return;
   }
   const Json& config = p->config;
@@ -147,9 +163,13 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
         json::string_or(profile->config, "client_registered_for") != ep.issuer) {
       // Registrations are keyed by the authorization server's issuer: a
       // client registered with another one means nothing here.
-      spdlog::info("profile {}: the authorization server changed (client registered with {}, now {}); registering again",
-                   name, json::string_or(profile->config, "client_registered_for", "an unknown issuer"), ep.issuer);
-      for (const char* key : {"client_id", "client_registered", "client_registered_for", "token_endpoint_auth"}) {
+      spdlog::info(
+          "profile {}: the authorization server changed (client registered with {}, now {}); "
+          "registering again",
+          name, json::string_or(profile->config, "client_registered_for", "an unknown issuer"),
+          ep.issuer);
+      for (const char* key :
+           {"client_id", "client_registered", "client_registered_for", "token_endpoint_auth"}) {
         profile->config.erase(key);
       }
       profile->secret_config = Secret();
@@ -161,11 +181,14 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
         return;
       }
       if (ep.registration_url.empty()) {
-        next(fail(Errc::invalid_argument,
-                  fmt::format("profile '{}' uses the client ID metadata document {}, but the authorization server {} "
-                              "does not advertise client_id_metadata_document_supported and offers no dynamic "
-                              "registration; use a client id registered there (tokenctl add {} --client-id ID)",
-                              name, configured_id, ep.issuer.empty() ? "(unknown)" : ep.issuer, name)));
+        next(fail(
+            Errc::invalid_argument,
+            fmt::format(
+                "profile '{}' uses the client ID metadata document {}, but the authorization "
+                "server {} "
+                "does not advertise client_id_metadata_document_supported and offers no dynamic "
+                "registration; use a client id registered there (tokenctl add {} --client-id ID)",
+                name, configured_id, ep.issuer.empty() ? "(unknown)" : ep.issuer, name)));
         return;
       }
       // Next in the order: dynamic registration. The document URL is kept
@@ -178,18 +201,24 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
           found.value("client_id_metadata_document_supported", false)) {
         // Registered only because the server did not take the document
         // then; now it does, and the document comes first.
-        spdlog::info("profile {}: the authorization server now supports client ID metadata documents; using {}",
-                     name, doc);
-        for (const char* key : {"client_registered", "client_registered_for", "token_endpoint_auth"}) {
+        spdlog::info(
+            "profile {}: the authorization server now supports client ID metadata documents; using "
+            "{}",
+            name, doc);
+        for (const char* key :
+             {"client_registered", "client_registered_for", "token_endpoint_auth"}) {
           profile->config.erase(key);
         }
         profile->secret_config = Secret();
         profile->config["client_id"] = doc;
-        check_metadata_document(profile, [this, alive, registered = configured_id, next](Result<store::Profile> checked) {
+        check_metadata_document(profile, [this, alive, registered = configured_id,
+                                          next](Result<store::Profile> checked) {
           if (!*alive) return;
           if (checked) {
-            if (auto stored = store_resolved(*checked, {"client_id", "client_registered", "client_registered_for",
-                                                        "token_endpoint_auth"}, true, &registered);
+            if (auto stored = store_resolved(*checked,
+                                             {"client_id", "client_registered",
+                                              "client_registered_for", "token_endpoint_auth"},
+                                             true, &registered);
                 !stored) {
               return next(std::unexpected(stored.error()));
             }
@@ -200,17 +229,20 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
       }
       next(*profile);
       return;
-    } else if (const std::string doc = json::string_or(profile->config, "client_id_metadata_document");
+    } else if (const std::string doc =
+                   json::string_or(profile->config, "client_id_metadata_document");
                !doc.empty() && found.value("client_id_metadata_document_supported", false)) {
       profile->config["client_id"] = doc;
       check_metadata_document(profile, next);
       return;
     }
     if (ep.registration_url.empty()) {
-      next(fail(Errc::invalid_argument,
-                fmt::format("profile '{}' has no client_id and the provider offers no dynamic client registration; "
-                            "register an app with the provider and run tokenctl add {} --client-id ID",
-                            name, name)));
+      next(fail(
+          Errc::invalid_argument,
+          fmt::format("profile '{}' has no client_id and the provider offers no dynamic client "
+                      "registration; "
+                      "register an app with the provider and run tokenctl add {} --client-id ID",
+                      name, name)));
       return;
     }
     const std::string redirect = json::string_or(profile->config, "redirect_uri").empty()
@@ -219,41 +251,45 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
     const auto methods = list_of(profile->config.value("discovered", Json::object()),
                                  "token_endpoint_auth_methods_supported");
     const std::string auth = methods.empty() || contains(methods, "none") ? "none"
-                             : contains(methods, "client_secret_basic") ? "client_secret_basic"
-                                                                         : "client_secret_post";
+                             : contains(methods, "client_secret_basic")   ? "client_secret_basic"
+                                                                          : "client_secret_post";
     // application_type native (OIDC Dynamic Registration §2, asked for by
     // MCP 2026-07-28): a loopback http redirect is only valid for native
     // clients, which is what tokend is.
-    Json body = {{"client_name", "tokend"},
-                 {"application_type", "native"},
-                 {"redirect_uris", {redirect}},
-                 {"grant_types", {"authorization_code", "refresh_token"}},
-                 {"response_types", {"code"}},
-                 {"token_endpoint_auth_method", auth}};
-    if (const auto scopes = list_of(profile->config, "scopes"); !scopes.empty()) body["scope"] = join(scopes, " ");
+    Json body = {
+        {"client_name", "tokend"},     {"application_type", "native"},
+        {"redirect_uris", {redirect}}, {"grant_types", {"authorization_code", "refresh_token"}},
+        {"response_types", {"code"}},  {"token_endpoint_auth_method", auth}};
+    if (const auto scopes = list_of(profile->config, "scopes"); !scopes.empty())
+      body["scope"] = join(scopes, " ");
     net::HttpRequest r;
     r.method = "POST";
     r.url = ep.registration_url;
     r.timeout = m_options.http_timeout;
     r.headers = {{"Content-Type", "application/json"}, {"Accept", "application/json"}};
     r.body = Secret::adopt(body.dump());
-    m_requests.start(std::move(r), [this, alive, name, profile, next, redirect, url = ep.registration_url, as_issuer = ep.issuer](Result<net::HttpResponse> res) {
+    m_requests.start(std::move(r), [this, alive, name, profile, next, redirect,
+                                    url = ep.registration_url,
+                                    as_issuer = ep.issuer](Result<net::HttpResponse> res) {
       if (!*alive) return;
       if (!res) {
-        next(fail(Errc::transient, fmt::format("client registration at {} failed: {}", url, res.error().message)));
+        next(fail(Errc::transient,
+                  fmt::format("client registration at {} failed: {}", url, res.error().message)));
         return;
       }
       if (res->status != 201 && res->status != 200) {
         const auto err = oauth::oauth_error_of(*res);
-        next(fail(Errc::protocol, fmt::format("client registration at {} was refused ({}{}{})", url, res->status,
-                                              err.error.empty() ? "" : ": " + err.error,
-                                              err.description.empty() ? "" : ": " + err.description)));
+        next(fail(Errc::protocol,
+                  fmt::format("client registration at {} was refused ({}{}{})", url, res->status,
+                              err.error.empty() ? "" : ": " + err.error,
+                              err.description.empty() ? "" : ": " + err.description)));
         return;
       }
       auto j = json::parse(res->body.reveal(), "the registration answer");
       const std::string client_id = j ? json::string_or(*j, "client_id") : std::string();
       if (client_id.empty() || client_id.size() > 1024) {
-        next(fail(Errc::protocol, fmt::format("client registration at {} answered without a client_id", url)));
+        next(fail(Errc::protocol,
+                  fmt::format("client registration at {} answered without a client_id", url)));
         return;
       }
       profile->config["client_id"] = client_id;
@@ -270,54 +306,61 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
         profile->config["token_endpoint_auth"] = "none";
       }
       // Kept so the next login (and the next start) reuses it.
-      if (auto stored = store_resolved(*profile, {"client_id", "client_registered", "client_registered_for", "redirect_uri",
-                                                  "token_endpoint_auth", "client_id_metadata_document"},
-                                       true);
+      if (auto stored =
+              store_resolved(*profile,
+                             {"client_id", "client_registered", "client_registered_for",
+                              "redirect_uri", "token_endpoint_auth", "client_id_metadata_document"},
+                             true);
           !stored) {
         next(std::unexpected(stored.error()));
         return;
       }
       spdlog::info("profile {}: registered client {} at {}", name, client_id, url);
-      m_events.publish(tokens::EventKind::client_registered, name, to_unix_ms(m_clock.wall_now()), {{"client_id", client_id}});
+      m_events.publish(tokens::EventKind::client_registered, name, to_unix_ms(m_clock.wall_now()),
+                       {{"client_id", client_id}});
       next(*profile);
     });
   };
 
   // Step 2: authorization server metadata for `as_issuer`.
-  auto discover_as = [this, alive, name, profile, register_client, next](std::string as_issuer, Json extra) {
+  auto discover_as = [this, alive, name, profile, register_client, next](std::string as_issuer,
+                                                                         Json extra) {
     auto urls = oauth::metadata_urls(as_issuer);
     if (!urls) {
       next(std::unexpected(urls.error()));
       return;
     }
     auto trial = std::make_shared<UrlTrial>(UrlTrial{std::move(*urls), 0, {}});
-    fetch_first_json(trial, {404, 400, 405}, [this, as_issuer, extra, name, profile, register_client, next](
-                                                 std::optional<Result<Json>> j, const std::vector<std::string>& tried) {
-      if (!j) {
-        next(fail(Errc::protocol, fmt::format("no authorization server metadata found for issuer {} (tried {})",
-                                              as_issuer, join(tried, ", "))));
-        return;
-      }
-      if (!*j) {
-        next(std::unexpected(j->error()));
-        return;
-      }
-      auto checked = oauth::check_server_metadata(**j, as_issuer);
-      if (!checked) {
-        next(std::unexpected(checked.error()));
-        return;
-      }
-      Json found = std::move(*checked);
-      for (const auto& [k, v] : extra.items()) found[k] = v;
-      found["at"] = to_unix_ms(m_clock.wall_now()) / 1000;
-      profile->config["discovered"] = std::move(found);
-      if (auto stored = store_resolved(*profile, {"discovered"}, false); !stored) {
-        next(std::unexpected(stored.error()));
-        return;
-      }
-      spdlog::info("profile {}: discovered the authorization server {}", name, as_issuer);
-      register_client();
-    });
+    fetch_first_json(
+        trial, {404, 400, 405},
+        [this, as_issuer, extra, name, profile, register_client, next](
+            std::optional<Result<Json>> j, const std::vector<std::string>& tried) {
+          if (!j) {
+            next(fail(Errc::protocol,
+                      fmt::format("no authorization server metadata found for issuer {} (tried {})",
+                                  as_issuer, join(tried, ", "))));
+            return;
+          }
+          if (!*j) {
+            next(std::unexpected(j->error()));
+            return;
+          }
+          auto checked = oauth::check_server_metadata(**j, as_issuer);
+          if (!checked) {
+            next(std::unexpected(checked.error()));
+            return;
+          }
+          Json found = std::move(*checked);
+          for (const auto& [k, v] : extra.items()) found[k] = v;
+          found["at"] = to_unix_ms(m_clock.wall_now()) / 1000;
+          profile->config["discovered"] = std::move(found);
+          if (auto stored = store_resolved(*profile, {"discovered"}, false); !stored) {
+            next(std::unexpected(stored.error()));
+            return;
+          }
+          spdlog::info("profile {}: discovered the authorization server {}", name, as_issuer);
+          register_client();
+        });
   };
 
   if (profile->provider == "mcp") {
@@ -341,18 +384,22 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
       // listed; login states which (and how to choose).
       std::string chosen = prm->authorization_servers.front();
       if (!wanted_as.empty()) {
-        auto it = std::find_if(prm->authorization_servers.begin(), prm->authorization_servers.end(),
-                               [&](const std::string& as) { return oauth::same_resource(as, wanted_as); });
+        auto it = std::find_if(
+            prm->authorization_servers.begin(), prm->authorization_servers.end(),
+            [&](const std::string& as) { return oauth::same_resource(as, wanted_as); });
         if (it == prm->authorization_servers.end()) {
-          next(fail(Errc::invalid_argument,
-                    fmt::format("profile '{}' asks for the authorization server {}, but the MCP server names {}; "
-                                "choose one of them with tokenctl add {} ... --authorization-server URL",
-                                name, wanted_as, join(prm->authorization_servers, ", "), name)));
+          next(fail(
+              Errc::invalid_argument,
+              fmt::format(
+                  "profile '{}' asks for the authorization server {}, but the MCP server names {}; "
+                  "choose one of them with tokenctl add {} ... --authorization-server URL",
+                  name, wanted_as, join(prm->authorization_servers, ", "), name)));
           return;
         }
         chosen = *it;
       }
-      Json extra = {{"resource", prm->resource}, {"authorization_server", chosen},
+      Json extra = {{"resource", prm->resource},
+                    {"authorization_server", chosen},
                     {"authorization_servers", prm->authorization_servers}};
       if (!prm->scopes_supported.empty()) extra["resource_scopes"] = prm->scopes_supported;
       discover_as(chosen, std::move(extra));
@@ -364,15 +411,18 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
         return;
       }
       auto trial = std::make_shared<UrlTrial>(UrlTrial{std::move(*urls), 0, {}});
-      fetch_first_json(trial, {404, 405}, [mcp_server, with_prm](std::optional<Result<Json>> j,
-                                                                 const std::vector<std::string>& tried) {
-        if (!j) {
-          with_prm(fail(Errc::protocol, fmt::format("no protected resource metadata found for {} (tried {})",
-                                                    mcp_server, join(tried, ", "))));
-          return;
-        }
-        with_prm(std::move(*j));
-      });
+      fetch_first_json(
+          trial, {404, 405},
+          [mcp_server, with_prm](std::optional<Result<Json>> j,
+                                 const std::vector<std::string>& tried) {
+            if (!j) {
+              with_prm(fail(Errc::protocol,
+                            fmt::format("no protected resource metadata found for {} (tried {})",
+                                        mcp_server, join(tried, ", "))));
+              return;
+            }
+            with_prm(std::move(*j));
+          });
     };
     // An unauthenticated call to the MCP server; its 401 names the metadata.
     net::HttpRequest probe;
@@ -380,17 +430,23 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
     probe.url = mcp_server;
     probe.timeout = m_options.http_timeout;
     probe.headers = {{"Accept", "application/json, text/event-stream"}};
-    m_requests.start(std::move(probe), [this, alive, mcp_server, with_prm, from_well_known](Result<net::HttpResponse> res) {
+    m_requests.start(std::move(probe), [this, alive, mcp_server, with_prm,
+                                        from_well_known](Result<net::HttpResponse> res) {
       if (!*alive) return;
       std::optional<std::string> metadata_url;
-      if (res && res->status == 401) metadata_url = oauth::resource_metadata_of(res->header("www-authenticate"));
+      if (res && res->status == 401)
+        metadata_url = oauth::resource_metadata_of(res->header("www-authenticate"));
       if (metadata_url) {
-        if (auto ok = oauth::check_discovered_url("resource_metadata", *metadata_url, mcp_server); !ok) {
-          with_prm(fail(Errc::protocol, fmt::format("the MCP server's challenge names an unusable metadata URL: {}",
-                                                    ok.error().message)));
+        if (auto ok = oauth::check_discovered_url("resource_metadata", *metadata_url, mcp_server);
+            !ok) {
+          with_prm(fail(Errc::protocol,
+                        fmt::format("the MCP server's challenge names an unusable metadata URL: {}",
+                                    ok.error().message)));
           return;
         }
-        fetch_json(*metadata_url, [with_prm](Result<Json> j, const net::HttpResponse*) { with_prm(std::move(j)); });
+        fetch_json(*metadata_url, [with_prm](Result<Json> j, const net::HttpResponse*) {
+          with_prm(std::move(j));
+        });
         return;
       }
       from_well_known();
@@ -400,7 +456,8 @@ void LoginManager::resolve(const std::string& name, std::function<void(Result<st
 
   const oauth::ProviderEndpoints ep = oauth::endpoints_of(*profile);
   const bool have_endpoints = !ep.token_url.empty() && !ep.authorize_url.empty();
-  const bool fresh = json::string_or(discovered, "issuer") == issuer && !json::string_or(discovered, "token_endpoint").empty();
+  const bool fresh = json::string_or(discovered, "issuer") == issuer &&
+                     !json::string_or(discovered, "token_endpoint").empty();
   if (!issuer.empty() && (!fresh || !have_endpoints)) {
     discover_as(issuer, Json::object());
     return;

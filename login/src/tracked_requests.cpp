@@ -9,10 +9,11 @@ void TrackedRequests::start(net::HttpRequest request, Done done) {
   // the id is in the set before any answer can look for it.
   auto live = m_live;
   auto id = std::make_shared<std::uint64_t>(0);
-  *id = m_http.start(std::move(request), [live, id, done = std::move(done)](Result<net::HttpResponse> res) {
-    if (live->erase(*id) == 0) return;  // cancelled
-    done(std::move(res));
-  });
+  *id = m_http.start(std::move(request),
+                     [live, id, done = std::move(done)](Result<net::HttpResponse> res) {
+                       if (live->erase(*id) == 0) return;  // cancelled
+                       done(std::move(res));
+                     });
   live->insert(*id);
 }
 

@@ -1,17 +1,16 @@
 #include "net/http_client.hpp"
 
-#include "core/encoding.hpp"
-#include "core/guard.hpp"
-
 #include <curl/curl.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <mutex>
 
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
+#include "core/encoding.hpp"
+#include "core/guard.hpp"
 
 namespace tokend::net {
 
@@ -75,16 +74,19 @@ Error transfer_error(CURLcode code, const Transfer& t) {
   const std::string detail = t.error[0] != '\0' ? t.error : curl_easy_strerror(code);
   switch (code) {
     case CURLE_OPERATION_TIMEDOUT:
-      return Error{Errc::timeout, fmt::format("no answer from {} within the timeout", t.request.url)};
+      return Error{Errc::timeout,
+                   fmt::format("no answer from {} within the timeout", t.request.url)};
     case CURLE_FILESIZE_EXCEEDED:
     case CURLE_WRITE_ERROR:
       if (t.too_large || code == CURLE_FILESIZE_EXCEEDED) {
-        return Error{Errc::limit_exceeded, fmt::format("the answer from {} is larger than the limit", t.request.url)};
+        return Error{Errc::limit_exceeded,
+                     fmt::format("the answer from {} is larger than the limit", t.request.url)};
       }
       break;
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
-      return Error{Errc::invalid_argument, fmt::format("cannot request {}: {}", t.request.url, detail)};
+      return Error{Errc::invalid_argument,
+                   fmt::format("cannot request {}: {}", t.request.url, detail)};
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CACERT_BADFILE:
     case CURLE_SSL_CONNECT_ERROR:
@@ -123,7 +125,8 @@ class HttpClient::Impl {
     curl_multi_setopt(m_multi, CURLMOPT_MAX_HOST_CONNECTIONS, m_options.max_connections_per_host);
     // Keep idle connections for reuse (the proxy's calls come in bursts; the
     // default cache shrinks with the number of transfers and reconnects).
-    curl_multi_setopt(m_multi, CURLMOPT_MAXCONNECTS, std::max(64L, m_options.max_connections_per_host * 4));
+    curl_multi_setopt(m_multi, CURLMOPT_MAXCONNECTS,
+                      std::max(64L, m_options.max_connections_per_host * 4));
   }
 
   ~Impl() { close(); }
@@ -144,10 +147,14 @@ class HttpClient::Impl {
     // such a request is not sent at all.
     for (const auto& [k, v] : t->request.headers) {
       constexpr std::string_view k_breaks("\r\n\0", 3);
-      if (k.find_first_of(k_breaks) != std::string::npos || v.find_first_of(k_breaks) != std::string::npos) {
-        fail_later(std::move(t), Error{Errc::invalid_argument,
-                                       fmt::format("the outgoing header {} holds a line break or NUL; the request "
-                                                   "was not sent", printable_name(k))});
+      if (k.find_first_of(k_breaks) != std::string::npos ||
+          v.find_first_of(k_breaks) != std::string::npos) {
+        fail_later(
+            std::move(t),
+            Error{Errc::invalid_argument,
+                  fmt::format("the outgoing header {} holds a line break or NUL; the request "
+                              "was not sent",
+                              printable_name(k))});
         return id;
       }
     }
@@ -205,10 +212,12 @@ class HttpClient::Impl {
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (!m_options.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, m_options.ca_bundle.c_str());
+    if (!m_options.ca_bundle.empty())
+      curl_easy_setopt(e, CURLOPT_CAINFO, m_options.ca_bundle.c_str());
     curl_easy_setopt(e, CURLOPT_USERAGENT, m_options.user_agent.c_str());
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(m_options.connect_timeout.count()));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                     static_cast<long>(m_options.connect_timeout.count()));
     if (t.request.on_head) {
       // A stream lasts as long as both ends keep it; the head timer bounds
       // the wait for the answer to begin.
@@ -221,7 +230,8 @@ class HttpClient::Impl {
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
-    t.max_body = t.request.max_response_bytes > 0 ? t.request.max_response_bytes : m_options.max_response_bytes;
+    t.max_body = t.request.max_response_bytes > 0 ? t.request.max_response_bytes
+                                                  : m_options.max_response_bytes;
     if (t.max_body > 0) {
       // Refuses early when the server announces a larger body.
       curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(t.max_body));
@@ -232,13 +242,15 @@ class HttpClient::Impl {
       curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
       curl_easy_setopt(e, CURLOPT_READFUNCTION, &Impl::on_read);
       curl_easy_setopt(e, CURLOPT_READDATA, &t);
-      curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(t.request.upload->size()));
+      curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
+                       static_cast<curl_off_t>(t.request.upload->size()));
       curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
     } else if (m == "POST" || !t.request.body.empty()) {
       curl_easy_setopt(e, CURLOPT_POST, 1L);
       // Not copied by libcurl: the Secret in the Transfer outlives the transfer.
       curl_easy_setopt(e, CURLOPT_POSTFIELDS, t.request.body.reveal().data());
-      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t.request.body.size()));
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                       static_cast<curl_off_t>(t.request.body.size()));
     }
     if (m != "GET" && m != "POST") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
     if (m == "HEAD") curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
@@ -278,14 +290,16 @@ class HttpClient::Impl {
     }
     t.head_timer = std::move(*timer);
     // The transfer owns its timer: when the timer fires, both are alive.
-    t.head_timer.start(static_cast<std::uint64_t>(std::max<std::int64_t>(1, t.request.timeout.count())), 0,
-                       [this, id = t.id] {
-                         auto owned = take(id);
-                         if (owned && owned->done) {
-                           owned->done(std::unexpected(Error{
-                               Errc::timeout, fmt::format("no answer from {} within the timeout", owned->request.url)}));
-                         }
-                       });
+    t.head_timer.start(
+        static_cast<std::uint64_t>(std::max<std::int64_t>(1, t.request.timeout.count())), 0,
+        [this, id = t.id] {
+          auto owned = take(id);
+          if (owned && owned->done) {
+            owned->done(std::unexpected(
+                Error{Errc::timeout,
+                      fmt::format("no answer from {} within the timeout", owned->request.url)}));
+          }
+        });
   }
 
   static void stop_head_timer(Transfer& t) { t.head_timer.close(); }
@@ -354,7 +368,8 @@ class HttpClient::Impl {
 
   static size_t on_body(char* data, size_t size, size_t n, void* user) {
     size_t taken = 0;  // an exception aborts the transfer (CURLE_WRITE_ERROR)
-    guarded("HTTP client body", [&] { taken = take_body(static_cast<Transfer*>(user), data, size * n); });
+    guarded("HTTP client body",
+            [&] { taken = take_body(static_cast<Transfer*>(user), data, size * n); });
     return taken;
   }
 
@@ -392,7 +407,8 @@ class HttpClient::Impl {
 
   static size_t on_header(char* data, size_t size, size_t n, void* user) {
     size_t taken = 0;  // an exception aborts the transfer
-    guarded("HTTP client header", [&] { taken = take_header(static_cast<Transfer*>(user), data, size * n); });
+    guarded("HTTP client header",
+            [&] { taken = take_header(static_cast<Transfer*>(user), data, size * n); });
     return taken;
   }
 
@@ -415,8 +431,10 @@ class HttpClient::Impl {
     const auto colon = line.find(':');
     if (colon == std::string_view::npos) return bytes;
     std::string_view value = line.substr(colon + 1);
-    while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
-    while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+      value.remove_prefix(1);
+    while (!value.empty() && (value.back() == '\r' || value.back() == '\n' || value.back() == ' '))
+      value.remove_suffix(1);
     t->response_headers.emplace_back(ascii_lower(line.substr(0, colon)), std::string(value));
     return bytes;
   }
@@ -430,7 +448,8 @@ class HttpClient::Impl {
       } else {
         // Even 0 goes through the loop: never call libcurl from inside its
         // own timer callback.
-        self->m_timer.start(static_cast<std::uint64_t>(timeout_ms), 0, [self] { self->on_timeout(); });
+        self->m_timer.start(static_cast<std::uint64_t>(timeout_ms), 0,
+                            [self] { self->on_timeout(); });
       }
       rc = 0;
     });
@@ -473,7 +492,10 @@ class HttpClient::Impl {
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= UV_WRITABLE;
     // The client owns the context and the context its poll handle: when the
     // callback runs, the client is alive.
-    return ctx->poll.start(events, [this, fd](int status, int ev) { on_ready(fd, status, ev); }) == 0 ? 0 : -1;
+    return ctx->poll.start(events, [this, fd](int status, int ev) { on_ready(fd, status, ev); }) ==
+                   0
+               ? 0
+               : -1;
   }
 
   void on_ready(curl_socket_t fd, int status, int ev) {
@@ -506,7 +528,8 @@ class HttpClient::Impl {
       if (raw->mode != Transfer::Mode::collect) {
         // What a streamed answer still holds goes out before the end.
         deliver_one(id);
-        if (Transfer* s = find(id); s != nullptr && s->mode == Transfer::Mode::stream && !s->pending.empty()) {
+        if (Transfer* s = find(id);
+            s != nullptr && s->mode == Transfer::Mode::stream && !s->pending.empty()) {
           const std::string rest = std::move(s->pending);
           s->pending.clear();
           s->request.on_data(rest);
@@ -543,9 +566,17 @@ HttpClient::~HttpClient() = default;
 std::uint64_t HttpClient::start(HttpRequest request, Callback done) {
   return m_impl->start(std::move(request), std::move(done));
 }
-void HttpClient::cancel(std::uint64_t id) { m_impl->cancel(id); }
-void HttpClient::resume(std::uint64_t id) { m_impl->resume(id); }
-void HttpClient::close() { m_impl->close(); }
-std::size_t HttpClient::in_flight() const { return m_impl->in_flight(); }
+void HttpClient::cancel(std::uint64_t id) {
+  m_impl->cancel(id);
+}
+void HttpClient::resume(std::uint64_t id) {
+  m_impl->resume(id);
+}
+void HttpClient::close() {
+  m_impl->close();
+}
+std::size_t HttpClient::in_flight() const {
+  return m_impl->in_flight();
+}
 
 }  // namespace tokend::net

@@ -1,11 +1,10 @@
 #include "net/loop.hpp"
 
 #include <arpa/inet.h>
+#include <fmt/format.h>
 
 #include <stdexcept>
 #include <utility>
-
-#include <fmt/format.h>
 
 namespace tokend::net {
 
@@ -46,9 +45,13 @@ Loop::~Loop() {
   if (!m_closed) (void)close();
 }
 
-int Loop::run() { return uv_run(&m_loop, UV_RUN_DEFAULT); }
+int Loop::run() {
+  return uv_run(&m_loop, UV_RUN_DEFAULT);
+}
 
-void Loop::stop() noexcept { uv_stop(&m_loop); }
+void Loop::stop() noexcept {
+  uv_stop(&m_loop);
+}
 
 int Loop::close() {
   // Let pending close callbacks run (they free handle memory).
@@ -58,7 +61,9 @@ int Loop::close() {
   return rc;
 }
 
-std::uint64_t Loop::now_ms() const noexcept { return uv_now(&m_loop); }
+std::uint64_t Loop::now_ms() const noexcept {
+  return uv_now(&m_loop);
+}
 
 // ---------------------------------------------------------------------------
 // Timer
@@ -75,7 +80,8 @@ void Timer::start(std::uint64_t timeout_ms, std::uint64_t repeat_ms, std::functi
   if (m_block == nullptr) return;
   m_block->state.on_fire = std::move(cb);
   uv_timer_start(
-      &m_block->uv, [](uv_timer_t* t) { detail::call_slot("timer", block<Timer>(t)->state.on_fire); }, timeout_ms,
+      &m_block->uv,
+      [](uv_timer_t* t) { detail::call_slot("timer", block<Timer>(t)->state.on_fire); }, timeout_ms,
       repeat_ms);
 }
 
@@ -84,7 +90,8 @@ void Timer::stop() noexcept {
 }
 
 bool Timer::active() const noexcept {
-  return m_block != nullptr && uv_is_active(reinterpret_cast<const uv_handle_t*>(&m_block->uv)) != 0;
+  return m_block != nullptr &&
+         uv_is_active(reinterpret_cast<const uv_handle_t*>(&m_block->uv)) != 0;
 }
 
 // ---------------------------------------------------------------------------
@@ -103,7 +110,10 @@ Result<> Signal::start(int signum, std::function<void(int)> cb) {
   m_block->state.on_signal = std::move(cb);
   const int rc = uv_signal_start(
       &m_block->uv,
-      [](uv_signal_t* s, int sig) { detail::call_slot("signal", block<Signal>(s)->state.on_signal, sig); }, signum);
+      [](uv_signal_t* s, int sig) {
+        detail::call_slot("signal", block<Signal>(s)->state.on_signal, sig);
+      },
+      signum);
   if (rc != 0) return std::unexpected(uv_error(rc, "installing a signal handler"));
   return {};
 }
@@ -205,7 +215,9 @@ Result<Pipe> Pipe::create(Loop& loop) {
   return Pipe(b.release());
 }
 
-int Pipe::open(int fd) { return m_block == nullptr ? UV_EBADF : uv_pipe_open(&m_block->uv.pipe, fd); }
+int Pipe::open(int fd) {
+  return m_block == nullptr ? UV_EBADF : uv_pipe_open(&m_block->uv.pipe, fd);
+}
 
 Result<Tcp> Tcp::create(Loop& loop) {
   auto b = make_block();
@@ -222,15 +234,18 @@ int Tcp::bind(const sockaddr* addr, unsigned flags) {
 Result<std::uint16_t> Tcp::local_port() const {
   sockaddr_storage bound{};
   int len = sizeof bound;
-  const int rc = m_block == nullptr
-                     ? UV_EBADF
-                     : uv_tcp_getsockname(&m_block->uv.tcp, reinterpret_cast<sockaddr*>(&bound), &len);
+  const int rc = m_block == nullptr ? UV_EBADF
+                                    : uv_tcp_getsockname(&m_block->uv.tcp,
+                                                         reinterpret_cast<sockaddr*>(&bound), &len);
   if (rc != 0) return std::unexpected(uv_error(rc, "reading the local port"));
-  if (bound.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&bound)->sin6_port);
+  if (bound.ss_family == AF_INET6)
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&bound)->sin6_port);
   return ntohs(reinterpret_cast<const sockaddr_in*>(&bound)->sin_port);
 }
 
-int Tcp::nodelay(bool on) { return m_block == nullptr ? UV_EBADF : uv_tcp_nodelay(&m_block->uv.tcp, on ? 1 : 0); }
+int Tcp::nodelay(bool on) {
+  return m_block == nullptr ? UV_EBADF : uv_tcp_nodelay(&m_block->uv.tcp, on ? 1 : 0);
+}
 
 // ---------------------------------------------------------------------------
 // Poll
@@ -258,8 +273,9 @@ void Poll::stop() noexcept {
 // ---------------------------------------------------------------------------
 // Process
 
-Result<Process> Process::spawn(Loop& loop, uv_process_options_t options,
-                               std::function<void(std::int64_t exit_status, int term_signal)> on_exit) {
+Result<Process> Process::spawn(
+    Loop& loop, uv_process_options_t options,
+    std::function<void(std::int64_t exit_status, int term_signal)> on_exit) {
   auto b = make_block();
   b->state.on_exit = std::move(on_exit);
   options.exit_cb = [](uv_process_t* p, std::int64_t status, int signal) {
@@ -276,6 +292,8 @@ int Process::kill(int signum) noexcept {
   return m_block == nullptr ? UV_ESRCH : uv_process_kill(&m_block->uv, signum);
 }
 
-int Process::pid() const noexcept { return m_block == nullptr ? 0 : m_block->uv.pid; }
+int Process::pid() const noexcept {
+  return m_block == nullptr ? 0 : m_block->uv.pid;
+}
 
 }  // namespace tokend::net

@@ -1,12 +1,11 @@
 #include "net/spool.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <string>
-
-#include <fmt/format.h>
 
 namespace tokend::net {
 
@@ -19,7 +18,9 @@ std::filesystem::path& directory() {
 
 }  // namespace
 
-void Spool::set_directory(std::filesystem::path dir) { directory() = std::move(dir); }
+void Spool::set_directory(std::filesystem::path dir) {
+  directory() = std::move(dir);
+}
 
 Result<std::shared_ptr<Spool>> Spool::create() {
   std::error_code ec;
@@ -35,8 +36,8 @@ Result<std::shared_ptr<Spool>> Spool::create() {
     if (fd >= 0) ::unlink(templ.c_str());
   }
   if (fd < 0) {
-    return fail(Errc::io, fmt::format("cannot create a temporary file in {} for a large body: {}", dir.string(),
-                                      errno_text(errno)));
+    return fail(Errc::io, fmt::format("cannot create a temporary file in {} for a large body: {}",
+                                      dir.string(), errno_text(errno)));
   }
   return std::shared_ptr<Spool>(new Spool(fd));
 }
@@ -50,7 +51,8 @@ Result<> Spool::append(std::string_view bytes) {
     const ssize_t n = ::pwrite(m_fd, bytes.data(), bytes.size(), static_cast<off_t>(m_size));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return fail(Errc::io, fmt::format("writing a large body to a temporary file: {}", errno_text(errno)));
+      return fail(Errc::io,
+                  fmt::format("writing a large body to a temporary file: {}", errno_text(errno)));
     }
     m_size += static_cast<std::uint64_t>(n);
     bytes.remove_prefix(static_cast<std::size_t>(n));
@@ -62,7 +64,8 @@ Result<std::size_t> Spool::read_at(std::uint64_t offset, char* out, std::size_t 
   for (;;) {
     const ssize_t n = ::pread(m_fd, out, size, static_cast<off_t>(offset));
     if (n >= 0) return static_cast<std::size_t>(n);
-    if (errno != EINTR) return fail(Errc::io, fmt::format("reading a large body back: {}", errno_text(errno)));
+    if (errno != EINTR)
+      return fail(Errc::io, fmt::format("reading a large body back: {}", errno_text(errno)));
   }
 }
 

@@ -2,13 +2,12 @@
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
+#include <fmt/format.h>
 #include <netinet/in.h>
 
 #include <algorithm>
 #include <charconv>
 #include <memory>
-
-#include <fmt/format.h>
 
 #include "core/encoding.hpp"
 
@@ -32,7 +31,8 @@ std::string part(CURLU* u, CURLUPart which, unsigned flags = 0) {
 }  // namespace
 
 std::string Url::origin() const {
-  return explicit_port ? fmt::format("{}://{}:{}", scheme, host, port) : fmt::format("{}://{}", scheme, host);
+  return explicit_port ? fmt::format("{}://{}:{}", scheme, host, port)
+                       : fmt::format("{}://{}", scheme, host);
 }
 
 std::string origin_key(std::string_view text) {
@@ -70,12 +70,14 @@ Result<Url> parse_url(std::string_view text, std::string_view what) {
     return fail(Errc::invalid_argument, fmt::format("{} must be an http or https URL", what));
   }
   if (!part(u.get(), CURLUPART_USER).empty()) {
-    return fail(Errc::invalid_argument, fmt::format("{} must not contain credentials (user@host)", what));
+    return fail(Errc::invalid_argument,
+                fmt::format("{} must not contain credentials (user@host)", what));
   }
   url.host = part(u.get(), CURLUPART_HOST);
   if (url.host.empty()) return fail(Errc::invalid_argument, fmt::format("{} has no host", what));
   const std::string explicit_port = part(u.get(), CURLUPART_PORT);
-  const std::string port = explicit_port.empty() ? part(u.get(), CURLUPART_PORT, CURLU_DEFAULT_PORT) : explicit_port;
+  const std::string port =
+      explicit_port.empty() ? part(u.get(), CURLUPART_PORT, CURLU_DEFAULT_PORT) : explicit_port;
   unsigned value = 0;
   const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
   if (ec != std::errc{} || end != port.data() + port.size() || value == 0 || value > 65535) {

@@ -1,8 +1,8 @@
 #include "oauth/atlassian.hpp"
 
-#include <algorithm>
-
 #include <fmt/format.h>
+
+#include <algorithm>
 
 #include "core/json.hpp"
 #include "net/url.hpp"
@@ -40,7 +40,8 @@ Result<std::vector<AtlassianSite>> sites_of(const json::Json& list) {
   std::vector<AtlassianSite> sites;
   for (const auto& entry : list) {
     if (!entry.is_object()) continue;
-    AtlassianSite site{json::string_or(entry, "id"), json::string_or(entry, "url"), json::string_or(entry, "name")};
+    AtlassianSite site{json::string_or(entry, "id"), json::string_or(entry, "url"),
+                       json::string_or(entry, "name")};
     if (!usable_cloud_id(site.id) || site.url.empty()) continue;
     sites.push_back(std::move(site));
   }
@@ -64,7 +65,8 @@ std::string describe_sites(const std::vector<AtlassianSite>& sites) {
   std::string out;
   for (const auto& site : sites) {
     if (!out.empty()) out += ", ";
-    out += fmt::format("{} ({})", printable_excerpt(site.name, 100), printable_excerpt(site.url, 200));
+    out +=
+        fmt::format("{} ({})", printable_excerpt(site.name, 100), printable_excerpt(site.url, 200));
   }
   return out;
 }

@@ -1,11 +1,11 @@
 #include "oauth/discovery.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cctype>
 
-#include <fmt/format.h>
 #include "core/encoding.hpp"
-
 #include "net/url.hpp"
 #include "oauth/protocol.hpp"
 
@@ -22,7 +22,8 @@ std::vector<std::string> strings_of(const json::Json& j, const char* key) {
   std::vector<std::string> out;
   if (auto it = j.find(key); it != j.end() && it->is_array()) {
     for (const auto& v : *it) {
-      if (v.is_string() && v.get_ref<const std::string&>().size() <= 1024) out.push_back(v.get<std::string>());
+      if (v.is_string() && v.get_ref<const std::string&>().size() <= 1024)
+        out.push_back(v.get<std::string>());
       if (out.size() >= 64) break;
     }
   }
@@ -31,17 +32,20 @@ std::vector<std::string> strings_of(const json::Json& j, const char* key) {
 
 }  // namespace
 
-Result<> check_discovered_url(std::string_view field, std::string_view url, std::string_view source) {
+Result<> check_discovered_url(std::string_view field, std::string_view url,
+                              std::string_view source) {
   if (auto ok = check_endpoint_url(field, url); !ok) return ok;
   auto from = net::parse_url(source, "the document's URL");
   if (from && net::is_loopback_host(from->host)) return {};
   auto to = net::parse_url(url, field);
   if (!to) return std::unexpected(to.error());
   if (to->scheme == "https" && !net::is_loopback_host(to->host)) return {};
-  return fail(Errc::invalid_argument,
-              fmt::format("field \"{}\" must be an https URL of a remote host: a loopback URL (or plain http) is "
-                          "accepted only from a document that itself came from loopback",
-                          field));
+  return fail(
+      Errc::invalid_argument,
+      fmt::format(
+          "field \"{}\" must be an https URL of a remote host: a loopback URL (or plain http) is "
+          "accepted only from a document that itself came from loopback",
+          field));
 }
 
 Result<std::vector<std::string>> metadata_urls(std::string_view issuer) {
@@ -79,7 +83,8 @@ std::optional<std::string> bearer_challenge_param(std::string_view h, std::strin
   };
   skip_ws();
   const auto scheme_end = h.find_first_of(" \t", i);
-  if (scheme_end == std::string_view::npos || ascii_lower(h.substr(i, scheme_end - i)) != "bearer") return std::nullopt;
+  if (scheme_end == std::string_view::npos || ascii_lower(h.substr(i, scheme_end - i)) != "bearer")
+    return std::nullopt;
   i = scheme_end;
   while (i < h.size()) {
     skip_ws();
@@ -100,14 +105,15 @@ std::optional<std::string> bearer_challenge_param(std::string_view h, std::strin
       ++i;
     } else {
       const auto end = h.find_first_of(", \t", i);
-      value = std::string(h.substr(i, end == std::string_view::npos ? std::string_view::npos : end - i));
+      value = std::string(
+          h.substr(i, end == std::string_view::npos ? std::string_view::npos : end - i));
       i = end == std::string_view::npos ? h.size() : end;
     }
     if (name == wanted && !value.empty()) return value;
     // A second challenge ("Basic realm=...") ends the Bearer parameters.
     skip_ws();
     const auto next_space = h.find_first_of(" \t=", i);
-    if (next_space != std::string_view::npos && h[next_space] != '=' ) return std::nullopt;
+    if (next_space != std::string_view::npos && h[next_space] != '=') return std::nullopt;
   }
   return std::nullopt;
 }
@@ -116,52 +122,64 @@ bool same_resource(std::string_view a, std::string_view b) {
   auto ua = net::parse_url(a, "a");
   auto ub = net::parse_url(b, "b");
   if (!ua || !ub) return false;
-  return ua->scheme == ub->scheme && ascii_lower(ua->host) == ascii_lower(ub->host) && ua->port == ub->port &&
-         without_trailing_slash(ua->path) == without_trailing_slash(ub->path) && ua->query == ub->query;
+  return ua->scheme == ub->scheme && ascii_lower(ua->host) == ascii_lower(ub->host) &&
+         ua->port == ub->port &&
+         without_trailing_slash(ua->path) == without_trailing_slash(ub->path) &&
+         ua->query == ub->query;
 }
 
 Result<json::Json> check_server_metadata(const json::Json& m, std::string_view issuer) {
-  if (!m.is_object()) return fail(Errc::protocol, "the authorization server metadata is not a JSON object");
+  if (!m.is_object())
+    return fail(Errc::protocol, "the authorization server metadata is not a JSON object");
   auto it = m.find("issuer");
-  if (it == m.end() || !it->is_string()) return fail(Errc::protocol, "the authorization server metadata has no issuer");
+  if (it == m.end() || !it->is_string())
+    return fail(Errc::protocol, "the authorization server metadata has no issuer");
   const std::string& got = it->get_ref<const std::string&>();
   if (without_trailing_slash(got) != without_trailing_slash(issuer) && got != issuer) {
-    return fail(Errc::protocol, fmt::format("the authorization server metadata names issuer '{}', not '{}' "
-                                            "(RFC 8414 §3.3: refusing it)",
-                                            printable_excerpt(got, 200), issuer));
+    return fail(Errc::protocol,
+                fmt::format("the authorization server metadata names issuer '{}', not '{}' "
+                            "(RFC 8414 §3.3: refusing it)",
+                            printable_excerpt(got, 200), issuer));
   }
   json::Json out = {{"issuer", got}};
-  for (const char* field : {"authorization_endpoint", "token_endpoint", "device_authorization_endpoint",
-                            "revocation_endpoint", "registration_endpoint", "userinfo_endpoint"}) {
+  for (const char* field :
+       {"authorization_endpoint", "token_endpoint", "device_authorization_endpoint",
+        "revocation_endpoint", "registration_endpoint", "userinfo_endpoint"}) {
     auto f = m.find(field);
     if (f == m.end() || !f->is_string()) continue;
     const std::string& v = f->get_ref<const std::string&>();
-    if (v.size() > 4096) return fail(Errc::protocol, fmt::format("the metadata's {} is too long", field));
+    if (v.size() > 4096)
+      return fail(Errc::protocol, fmt::format("the metadata's {} is too long", field));
     if (auto ok = check_discovered_url(field, v, issuer); !ok) {
       return fail(Errc::protocol, "the authorization server metadata: " + ok.error().message);
     }
     out[field] = v;
   }
-  if (!out.contains("token_endpoint")) return fail(Errc::protocol, "the authorization server metadata has no token_endpoint");
-  for (const char* list : {"scopes_supported", "code_challenge_methods_supported", "token_endpoint_auth_methods_supported",
-                           "grant_types_supported"}) {
+  if (!out.contains("token_endpoint"))
+    return fail(Errc::protocol, "the authorization server metadata has no token_endpoint");
+  for (const char* list : {"scopes_supported", "code_challenge_methods_supported",
+                           "token_endpoint_auth_methods_supported", "grant_types_supported"}) {
     if (m.contains(list)) out[list] = strings_of(m, list);
   }
   // RFC 9207 and the MCP client ID metadata documents: only a JSON true counts.
-  for (const char* flag : {"authorization_response_iss_parameter_supported", "client_id_metadata_document_supported"}) {
+  for (const char* flag : {"authorization_response_iss_parameter_supported",
+                           "client_id_metadata_document_supported"}) {
     if (auto f = m.find(flag); f != m.end() && f->is_boolean() && f->get<bool>()) out[flag] = true;
   }
   return out;
 }
 
 Result<ProtectedResource> check_resource_metadata(const json::Json& m, std::string_view resource) {
-  if (!m.is_object()) return fail(Errc::protocol, "the protected resource metadata is not a JSON object");
+  if (!m.is_object())
+    return fail(Errc::protocol, "the protected resource metadata is not a JSON object");
   ProtectedResource r;
-  if (auto it = m.find("resource"); it != m.end() && it->is_string()) r.resource = it->get<std::string>();
+  if (auto it = m.find("resource"); it != m.end() && it->is_string())
+    r.resource = it->get<std::string>();
   if (r.resource.empty() || !same_resource(r.resource, resource)) {
-    return fail(Errc::protocol, fmt::format("the protected resource metadata is for '{}', not for '{}' "
-                                            "(RFC 9728 §3.3: refusing it)",
-                                            printable_excerpt(r.resource, 200), resource));
+    return fail(Errc::protocol,
+                fmt::format("the protected resource metadata is for '{}', not for '{}' "
+                            "(RFC 9728 §3.3: refusing it)",
+                            printable_excerpt(r.resource, 200), resource));
   }
   r.authorization_servers = strings_of(m, "authorization_servers");
   if (r.authorization_servers.empty()) {

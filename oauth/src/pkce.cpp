@@ -13,7 +13,8 @@ namespace tokend::oauth {
 std::string pkce_challenge(std::string_view verifier) {
   std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
   unsigned int size = 0;
-  if (EVP_Digest(verifier.data(), verifier.size(), digest.data(), &size, EVP_sha256(), nullptr) != 1) {
+  if (EVP_Digest(verifier.data(), verifier.size(), digest.data(), &size, EVP_sha256(), nullptr) !=
+      1) {
     return {};  // never with SHA-256; an empty challenge fails the flow visibly
   }
   return base64url_encode(std::string_view(reinterpret_cast<const char*>(digest.data()), size));

@@ -1,10 +1,10 @@
 #include "oauth/protocol.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <charconv>
 #include <ctime>
-
-#include <fmt/format.h>
 
 #include "core/encoding.hpp"
 #include "core/json.hpp"
@@ -38,14 +38,18 @@ RefreshFailure transient(std::string message, std::optional<Millis> retry_after 
 // small enough for a header line.
 constexpr std::size_t k_max_token_bytes = 32 * 1024;
 
-bool alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
+bool alnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
 
 // RFC 6750 §2.1 b64token, what may follow "Bearer " in a header:
 // 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".
 bool is_b64token(std::string_view s) {
   if (s.size() > k_max_token_bytes) return false;
   std::size_t i = 0;
-  while (i < s.size() && (alnum(s[i]) || std::string_view("-._~+/").find(s[i]) != std::string_view::npos)) ++i;
+  while (i < s.size() &&
+         (alnum(s[i]) || std::string_view("-._~+/").find(s[i]) != std::string_view::npos))
+    ++i;
   if (i == 0) return false;
   while (i < s.size() && s[i] == '=') ++i;
   return i == s.size();
@@ -53,8 +57,9 @@ bool is_b64token(std::string_view s) {
 
 // RFC 6749 §A.13 type-name: 1*( "-" / "." / "_" / DIGIT / ALPHA ).
 bool is_type_name(std::string_view s) {
-  return !s.empty() && s.size() <= 64 &&
-         std::all_of(s.begin(), s.end(), [](char c) { return alnum(c) || c == '-' || c == '.' || c == '_'; });
+  return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](char c) {
+    return alnum(c) || c == '-' || c == '.' || c == '_';
+  });
 }
 
 // RFC 6749 §3.3: scope-tokens of %x21 / %x23-5B / %x5D-7E, separated by spaces.
@@ -68,8 +73,10 @@ bool is_scope(std::string_view s) {
 // The token answer's fields as JSON, from JSON or from a form-encoded body
 // (GitHub answers application/x-www-form-urlencoded unless asked for JSON).
 // nullopt when the body is neither; the body itself is never quoted.
-std::optional<json::Json> token_answer_fields(std::string_view body, std::string_view content_type) {
-  const bool form = content_type.find("application/x-www-form-urlencoded") != std::string_view::npos;
+std::optional<json::Json> token_answer_fields(std::string_view body,
+                                              std::string_view content_type) {
+  const bool form =
+      content_type.find("application/x-www-form-urlencoded") != std::string_view::npos;
   if (!form) {
     auto parsed = json::parse(body, "the token endpoint's answer");
     if (!parsed) return std::nullopt;
@@ -90,24 +97,29 @@ std::optional<json::Json> token_answer_fields(std::string_view body, std::string
 std::optional<RefreshFailure> validate_token_answer(const json::Json& j) {
   const std::string_view k_how = "(RFC 6750: letters, digits and -._~+/, then = padding)";
   if (!is_b64token(j["access_token"].get_ref<const std::string&>())) {
-    return transient(fmt::format("the token endpoint's access_token is not a usable token {}; nothing was stored",
-                                 k_how));
+    return transient(fmt::format(
+        "the token endpoint's access_token is not a usable token {}; nothing was stored", k_how));
   }
   if (auto rt = j.find("refresh_token"); rt != j.end() && !rt->is_null()) {
     if (!rt->is_string() || !is_b64token(rt->get_ref<const std::string&>())) {
-      return transient(fmt::format("the token endpoint's refresh_token is not a usable token {}; nothing was stored",
-                                   k_how));
+      return transient(fmt::format(
+          "the token endpoint's refresh_token is not a usable token {}; nothing was stored",
+          k_how));
     }
   }
   if (auto tt = j.find("token_type"); tt != j.end() && !tt->is_null()) {
     if (!tt->is_string() || !is_type_name(tt->get_ref<const std::string&>())) {
-      return transient("the token endpoint's token_type is not one word (RFC 6749: letters, digits, -._); nothing "
-                       "was stored");
+      return transient(
+          "the token endpoint's token_type is not one word (RFC 6749: letters, digits, -._); "
+          "nothing "
+          "was stored");
     }
   }
   if (auto sc = j.find("scope"); sc != j.end() && !sc->is_null()) {
     if (!sc->is_string() || !is_scope(sc->get_ref<const std::string&>())) {
-      return transient("the token endpoint's scope holds characters a scope cannot (RFC 6749 §3.3); nothing was stored");
+      return transient(
+          "the token endpoint's scope holds characters a scope cannot (RFC 6749 §3.3); nothing was "
+          "stored");
     }
   }
   return std::nullopt;
@@ -116,7 +128,9 @@ std::optional<RefreshFailure> validate_token_answer(const json::Json& j) {
 }  // namespace
 
 Result<> check_endpoint_url(std::string_view field, std::string_view url) {
-  const auto invalid = [](std::string message) { return Error{Errc::invalid_argument, std::move(message)}; };
+  const auto invalid = [](std::string message) {
+    return Error{Errc::invalid_argument, std::move(message)};
+  };
   std::string_view rest;
   bool https = false;
   if (url.starts_with("https://")) {
@@ -130,7 +144,8 @@ Result<> check_endpoint_url(std::string_view field, std::string_view url) {
   const auto end = rest.find_first_of("/?#");
   std::string_view authority = rest.substr(0, end);
   if (authority.find('@') != std::string_view::npos) {
-    return std::unexpected(invalid(fmt::format("field \"{}\" must not contain credentials (user@host)", field)));
+    return std::unexpected(
+        invalid(fmt::format("field \"{}\" must not contain credentials (user@host)", field)));
   }
   std::string_view host = authority;
   if (host.starts_with('[')) {
@@ -175,7 +190,8 @@ ProviderEndpoints endpoints_of(const store::Profile& p) {
     }
   }
   json::Json discovered = json::Json::object();
-  if (auto it = p.config.find("discovered"); it != p.config.end() && it->is_object()) discovered = *it;
+  if (auto it = p.config.find("discovered"); it != p.config.end() && it->is_object())
+    discovered = *it;
   auto pick = [&](const char* field, const char* metadata, std::string_view preset = {}) {
     std::string v = str_field(p.config, field);
     if (v.empty() && metadata != nullptr) v = str_field(discovered, metadata);
@@ -183,7 +199,8 @@ ProviderEndpoints endpoints_of(const store::Profile& p) {
     return v;
   };
   e.issuer = pick("issuer", "issuer");
-  e.authorize_url = pick("authorize_url", "authorization_endpoint", atlassian ? k_atlassian_authorize_url : dc_authorize);
+  e.authorize_url = pick("authorize_url", "authorization_endpoint",
+                         atlassian ? k_atlassian_authorize_url : dc_authorize);
   e.token_url = pick("token_url", "token_endpoint", atlassian ? k_atlassian_token_url : dc_token);
   e.device_url = pick("device_authorization_url", "device_authorization_endpoint");
   e.revocation_url = pick("revocation_url", "revocation_endpoint");
@@ -203,8 +220,11 @@ Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
   const bool atlassian = p.provider == "atlassian";
   e.token_url = endpoints_of(p).token_url;
   if (e.token_url.empty()) {
-    return fail(Errc::config, fmt::format("profile '{}' has no token_url; set it with tokenctl add {} --token-url URL "
-                                          "(or --issuer URL for discovery)", p.name, p.name));
+    return fail(
+        Errc::config,
+        fmt::format("profile '{}' has no token_url; set it with tokenctl add {} --token-url URL "
+                    "(or --issuer URL for discovery)",
+                    p.name, p.name));
   }
   e.client_id = str_field(p.config, "client_id");
   if (!p.secret_config.empty()) {
@@ -219,19 +239,24 @@ Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
   } else if (auth == "none" || (auth.empty() && e.client_secret.empty())) {
     e.auth = ClientAuth::none;
   } else {
-    e.auth = (atlassian || p.provider == "atlassian-dc") && auth.empty() ? ClientAuth::post : ClientAuth::basic;
+    e.auth = (atlassian || p.provider == "atlassian-dc") && auth.empty() ? ClientAuth::post
+                                                                         : ClientAuth::basic;
   }
   e.json_body = atlassian;
   if (atlassian && e.client_secret.empty()) {
-    return fail(Errc::config, fmt::format("profile '{}' uses the atlassian provider, which needs a client secret; "
-                                          "add it with tokenctl add {} --client-secret-file FILE", p.name, p.name));
+    return fail(
+        Errc::config,
+        fmt::format("profile '{}' uses the atlassian provider, which needs a client secret; "
+                    "add it with tokenctl add {} --client-secret-file FILE",
+                    p.name, p.name));
   }
   // Data Center checks redirect_uri on the refresh too, and answers a bare
   // invalid_grant without it.
   if (p.provider == "atlassian-dc") e.refresh_redirect_uri = str_field(p.config, "redirect_uri");
   e.resource = str_field(p.config, "resource");
   if (e.resource.empty()) {
-    if (auto it = p.config.find("discovered"); it != p.config.end()) e.resource = str_field(*it, "resource");
+    if (auto it = p.config.find("discovered"); it != p.config.end())
+      e.resource = str_field(*it, "resource");
   }
   // Atlassian keeps a rotated refresh token usable for 10 minutes.
   const std::int64_t reuse = int_field(p.config, "reuse_window", atlassian ? 600 : 0);
@@ -239,7 +264,8 @@ Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
   return e;
 }
 
-net::HttpRequest make_token_request(const TokenEndpoint& e, const TokenParams& params, Millis timeout) {
+net::HttpRequest make_token_request(const TokenEndpoint& e, const TokenParams& params,
+                                    Millis timeout) {
   net::HttpRequest r;
   r.method = "POST";
   r.url = e.token_url;
@@ -250,7 +276,8 @@ net::HttpRequest make_token_request(const TokenEndpoint& e, const TokenParams& p
     json::Json j = json::Json::object();
     for (const auto& [k, v] : params) j[std::string(k)] = v;
     if (!e.client_id.empty()) j["client_id"] = e.client_id;
-    if (e.auth == ClientAuth::post && !e.client_secret.empty()) j["client_secret"] = e.client_secret.reveal();
+    if (e.auth == ClientAuth::post && !e.client_secret.empty())
+      j["client_secret"] = e.client_secret.reveal();
     if (!e.resource.empty()) j["resource"] = e.resource;
     body = j.dump();
     r.headers.emplace_back("Content-Type", "application/json");
@@ -263,7 +290,8 @@ net::HttpRequest make_token_request(const TokenEndpoint& e, const TokenParams& p
     };
     for (const auto& [k, v] : params) add(k, v);
     if (e.auth != ClientAuth::basic && !e.client_id.empty()) add("client_id", e.client_id);
-    if (e.auth == ClientAuth::post && !e.client_secret.empty()) add("client_secret", e.client_secret.reveal());
+    if (e.auth == ClientAuth::post && !e.client_secret.empty())
+      add("client_secret", e.client_secret.reveal());
     if (!e.resource.empty()) add("resource", e.resource);
     r.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
   }
@@ -277,7 +305,8 @@ net::HttpRequest make_token_request(const TokenEndpoint& e, const TokenParams& p
   return r;
 }
 
-net::HttpRequest make_refresh_request(const TokenEndpoint& e, const Secret& refresh_token, Millis timeout) {
+net::HttpRequest make_refresh_request(const TokenEndpoint& e, const Secret& refresh_token,
+                                      Millis timeout) {
   TokenParams params = {{"grant_type", "refresh_token"}, {"refresh_token", refresh_token.reveal()}};
   if (!e.scope.empty()) params.emplace_back("scope", e.scope);
   if (!e.refresh_redirect_uri.empty()) params.emplace_back("redirect_uri", e.refresh_redirect_uri);
@@ -310,10 +339,11 @@ std::optional<Millis> parse_retry_after(std::string_view v, WallTime now) {
   return std::chrono::duration_cast<Millis>(at - now);
 }
 
-std::expected<store::TokenSet, RefreshFailure> interpret_token_response(const Result<net::HttpResponse>& result,
-                                                                         WallTime sent_at, Millis default_lifetime) {
+std::expected<store::TokenSet, RefreshFailure> interpret_token_response(
+    const Result<net::HttpResponse>& result, WallTime sent_at, Millis default_lifetime) {
   if (!result) {
-    return std::unexpected(transient(fmt::format("token endpoint unreachable: {}", result.error().message)));
+    return std::unexpected(
+        transient(fmt::format("token endpoint unreachable: {}", result.error().message)));
   }
   const net::HttpResponse& r = *result;
   const std::string_view body = r.body.reveal();
@@ -339,26 +369,33 @@ std::expected<store::TokenSet, RefreshFailure> interpret_token_response(const Re
       error = printable_excerpt(str_field(*parsed, "error"), 64);
       description = printable_excerpt(str_field(*parsed, "error_description"), 200);
     }
-    const std::string detail = description.empty() ? error : fmt::format("{}: {}", error, description);
+    const std::string detail =
+        description.empty() ? error : fmt::format("{}: {}", error, description);
     if (error == "invalid_grant") {
       // Atlassian answers 403, the RFC 400: either way the grant is gone.
-      return std::unexpected(RefreshFailure{FailureKind::reauth,
-                                            fmt::format("the provider rejected the refresh token ({})", detail), {}});
+      return std::unexpected(
+          RefreshFailure{FailureKind::reauth,
+                         fmt::format("the provider rejected the refresh token ({})", detail),
+                         {}});
     }
     if (error == "invalid_client" || r.status == 401) {
-      return std::unexpected(RefreshFailure{
-          FailureKind::config,
-          fmt::format("the provider rejected the client credentials ({}); check client_id and client secret",
-                      detail.empty() ? std::to_string(r.status) : detail),
-          {}});
+      return std::unexpected(
+          RefreshFailure{FailureKind::config,
+                         fmt::format("the provider rejected the client credentials ({}); check "
+                                     "client_id and client secret",
+                                     detail.empty() ? std::to_string(r.status) : detail),
+                         {}});
     }
-    if (error == "unauthorized_client" || error == "unsupported_grant_type" || error == "invalid_scope" ||
-        error == "invalid_request") {
-      return std::unexpected(RefreshFailure{FailureKind::config, fmt::format("the provider refused the refresh ({})", detail), {}});
+    if (error == "unauthorized_client" || error == "unsupported_grant_type" ||
+        error == "invalid_scope" || error == "invalid_request") {
+      return std::unexpected(RefreshFailure{
+          FailureKind::config, fmt::format("the provider refused the refresh ({})", detail), {}});
     }
     if (r.status == 404 || r.status == 405) {
-      return std::unexpected(RefreshFailure{FailureKind::config,
-                                            fmt::format("the token endpoint answered {}; check token_url", r.status), {}});
+      return std::unexpected(
+          RefreshFailure{FailureKind::config,
+                         fmt::format("the token endpoint answered {}; check token_url", r.status),
+                         {}});
     }
     return std::unexpected(transient(fmt::format("the token endpoint answered {}{}", r.status,
                                                  detail.empty() ? "" : " (" + detail + ")"),
@@ -368,16 +405,17 @@ std::expected<store::TokenSet, RefreshFailure> interpret_token_response(const Re
   // described, never quoted.
   if (!parsed) {
     if (!json_type || body.starts_with("<")) {
-      return std::unexpected(transient(fmt::format("the token endpoint answered with {} ({} bytes), not JSON "
-                                                   "(a login page or proxy?)",
-                                                   type.empty() ? std::string("no Content-Type")
-                                                                : printable_excerpt(type, 64),
-                                                   body.size())));
+      return std::unexpected(transient(
+          fmt::format("the token endpoint answered with {} ({} bytes), not JSON "
+                      "(a login page or proxy?)",
+                      type.empty() ? std::string("no Content-Type") : printable_excerpt(type, 64),
+                      body.size())));
     }
     return std::unexpected(transient("the token endpoint's answer is not valid JSON (truncated?)"));
   }
   const json::Json& j = *parsed;
-  if (!j.is_object()) return std::unexpected(transient("the token endpoint's answer is not a JSON object"));
+  if (!j.is_object())
+    return std::unexpected(transient("the token endpoint's answer is not a JSON object"));
   auto access = j.find("access_token");
   if (access == j.end() || !access->is_string() || access->get_ref<const std::string&>().empty()) {
     return std::unexpected(transient("the token endpoint's answer has no access_token"));
@@ -396,11 +434,11 @@ std::expected<store::TokenSet, RefreshFailure> interpret_token_response(const Re
     if (ec == std::errc{} && end == s.data() + s.size()) lifetime_s = n;
   }
   if (lifetime_s <= 0 || lifetime_s > k_max_lifetime_s) {
-    return std::unexpected(transient(fmt::format("the token endpoint's answer has an unusable expires_in ({})",
-                                                 exp == j.end() ? "absent"
-                                                                : printable_excerpt(exp->dump(-1, ' ', true,
-                                                                                              json::Json::error_handler_t::replace),
-                                                                                    40))));
+    return std::unexpected(transient(fmt::format(
+        "the token endpoint's answer has an unusable expires_in ({})",
+        exp == j.end() ? "absent"
+                       : printable_excerpt(
+                             exp->dump(-1, ' ', true, json::Json::error_handler_t::replace), 40))));
   }
   if (auto bad = validate_token_answer(j)) return std::unexpected(std::move(*bad));
   store::TokenSet t;

@@ -1,9 +1,8 @@
 #include "proxy/proxy.hpp"
 
-#include <strings.h>
-
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <strings.h>
 
 #include <algorithm>
 #include <cctype>
@@ -12,14 +11,13 @@
 #include "core/encoding.hpp"
 #include "core/json.hpp"
 #include "net/url.hpp"
-#include "oauth/discovery.hpp"
 #include "oauth/atlassian.hpp"
+#include "oauth/discovery.hpp"
 #include "oauth/protocol.hpp"
 
 namespace tokend::proxy {
 
 namespace {
-
 
 // What an MCP call did, for its audit line: "mcp" and the JSON-RPC method the
 // bridge mirrored into Mcp-Method (printable ASCII only, bounded).
@@ -35,10 +33,10 @@ std::string mcp_audit_path(const Headers& headers) {
   return "mcp";
 }
 
-std::unexpected<ProxyError> refuse(Errc code, std::string message, std::optional<Millis> retry_after = std::nullopt) {
+std::unexpected<ProxyError> refuse(Errc code, std::string message,
+                                   std::optional<Millis> retry_after = std::nullopt) {
   return std::unexpected(ProxyError{Error{code, std::move(message)}, retry_after});
 }
-
 
 }  // namespace
 
@@ -52,9 +50,9 @@ struct Proxy::Call {
   std::string url;
   Headers headers;
   MonoTime started{};
-  bool refreshed = false;  // the one forced refresh after a 401 was used
+  bool refreshed = false;        // the one forced refresh after a 401 was used
   std::int64_t generation = -1;  // of the credential whose token the call carried
-  bool waited = false;     // the one Retry-After wait was used
+  bool waited = false;           // the one Retry-After wait was used
   std::uint64_t http_id = 0;
   bool http_pending = false;
   net::Timer wait_timer;
@@ -68,7 +66,8 @@ struct Proxy::Call {
 // caller attaches (it does so as soon as it has the head) are held.
 class StreamedBody final : public ProxyBody {
  public:
-  StreamedBody(Proxy& proxy, std::weak_ptr<Proxy::Call> call) : m_proxy(proxy), m_call(std::move(call)) {}
+  StreamedBody(Proxy& proxy, std::weak_ptr<Proxy::Call> call)
+      : m_proxy(proxy), m_call(std::move(call)) {}
 
   void attach(Consumer consumer) override {
     m_consumer = std::move(consumer);
@@ -127,11 +126,18 @@ class StreamedBody final : public ProxyBody {
   bool m_complete = false;
 };
 
-Proxy::Proxy(net::Loop& loop, tokens::TokenService& tokens, net::HttpTransport& http, store::Store& store,
-             const Clock& clock, ProxyOptions options)
-    : m_loop(loop), m_tokens(tokens), m_http(http), m_store(store), m_clock(clock), m_options(options) {}
+Proxy::Proxy(net::Loop& loop, tokens::TokenService& tokens, net::HttpTransport& http,
+             store::Store& store, const Clock& clock, ProxyOptions options)
+    : m_loop(loop),
+      m_tokens(tokens),
+      m_http(http),
+      m_store(store),
+      m_clock(clock),
+      m_options(options) {}
 
-Proxy::~Proxy() { shutdown(); }
+Proxy::~Proxy() {
+  shutdown();
+}
 
 void Proxy::flush_audit() {
   if (m_audit_timer.valid()) m_audit_timer.stop();
@@ -187,8 +193,11 @@ void Proxy::forward(ProxyCall call, Done done) {
   const json::Json policy = c->profile.config.value("policy", json::Json::object());
   if (c->call.mcp) {
     if (json::string_or(c->profile.config, "mcp_server").empty()) {
-      return finish(c, refuse(Errc::config, fmt::format("profile '{}' has no MCP server; add one with tokenctl add {} "
-                                                        "--provider mcp --mcp-server URL", c->call.profile, c->call.profile)));
+      return finish(
+          c, refuse(Errc::config,
+                    fmt::format("profile '{}' has no MCP server; add one with tokenctl add {} "
+                                "--provider mcp --mcp-server URL",
+                                c->call.profile, c->call.profile)));
     }
   } else if (auto ok = check_policy(c->profile, c->call.method, c->call.rest); !ok) {
     return finish(c, refuse(ok.error().code, ok.error().message));
@@ -197,8 +206,8 @@ void Proxy::forward(ProxyCall call, Done done) {
     if (auto rate = policy.find("rate_per_minute"); rate != policy.end() && rate->is_number()) {
       if (auto wait = m_limiters[c->call.profile].take(rate->get<double>(), m_clock.mono_now())) {
         return finish(c, refuse(Errc::limit_exceeded,
-                                fmt::format("policy: profile '{}' is limited to {} calls a minute", c->call.profile,
-                                            rate->get<double>()),
+                                fmt::format("policy: profile '{}' is limited to {} calls a minute",
+                                            c->call.profile, rate->get<double>()),
                                 *wait));
       }
     }
@@ -213,50 +222,60 @@ void Proxy::forward(ProxyCall call, Done done) {
 // An Atlassian OAuth profile without a cloud id (e.g. imported from a .env):
 // look it up once from the accessible resources and keep it.
 void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
-  m_tokens.token_async(c->call.profile, tokens::TokenRequest{30}, [this, c](Result<tokens::TokenGrant> grant) {
-    if (m_in_flight.find(c->id) == m_in_flight.end()) return;
-    if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
-    std::string base = json::string_or(c->profile.config, "api_base");
-    if (base.empty()) base = oauth::k_atlassian_api_base;
-    net::HttpRequest r;
-    r.url = oauth::accessible_resources_url(base);
-    r.timeout = m_options.timeout;
-    r.headers = {{"Accept", "application/json"}, {"Authorization", std::string(grant->authorization.reveal())}};
-    c->http_pending = true;
-    c->http_id = m_http.start(std::move(r), [this, c](Result<net::HttpResponse> res) {
-      c->http_pending = false;
-      if (m_in_flight.find(c->id) == m_in_flight.end()) return;
-      if (!res || res->status != 200) {
-        return finish(c, refuse(Errc::transient, fmt::format("looking up the Atlassian cloud id failed ({})",
-                                                             res ? std::to_string(res->status) : res.error().message)));
-      }
-      auto sites = oauth::parse_accessible_resources(res->body.reveal());
-      if (!sites) {
-        return finish(c, refuse(Errc::transient, "looking up the Atlassian cloud id failed: " + sites.error().message));
-      }
-      const std::string site = json::string_or(c->profile.config, "site");
-      const oauth::SiteChoice choice = oauth::choose_site(*sites, site);
-      if (choice.problem != oauth::SiteProblem::none) {
-        return finish(c, refuse(Errc::config, site.empty() ? fmt::format("the token of '{}' reaches {} Atlassian sites; set "
-                                                                         "the profile's site (tokenctl add ... --site URL)",
-                                                                         c->call.profile, sites->size())
-                                                           : fmt::format("the site {} is not among the sites the token of '{}' "
-                                                                         "reaches", site, c->call.profile)));
-      }
-      c->profile.config["cloud_id"] = choice.site->id;
-      c->profile.config["cloud_url"] = choice.site->url;
-      if (auto stored = m_tokens.profile_of(c->call.profile)) {
-        stored->config["cloud_id"] = c->profile.config["cloud_id"];
-        stored->config["cloud_url"] = c->profile.config["cloud_url"];
-        // Kept for the next call; this one goes ahead with the id either way.
-        if (auto kept = m_tokens.update_profile(*stored); !kept) {
-          spdlog::warn("profile {}: the cloud id was not stored ({}); it is looked up again next time",
-                       c->call.profile, kept.error().message);
-        }
-      }
-      send(c);
-    });
-  });
+  m_tokens.token_async(
+      c->call.profile, tokens::TokenRequest{30}, [this, c](Result<tokens::TokenGrant> grant) {
+        if (m_in_flight.find(c->id) == m_in_flight.end()) return;
+        if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
+        std::string base = json::string_or(c->profile.config, "api_base");
+        if (base.empty()) base = oauth::k_atlassian_api_base;
+        net::HttpRequest r;
+        r.url = oauth::accessible_resources_url(base);
+        r.timeout = m_options.timeout;
+        r.headers = {{"Accept", "application/json"},
+                     {"Authorization", std::string(grant->authorization.reveal())}};
+        c->http_pending = true;
+        c->http_id = m_http.start(std::move(r), [this, c](Result<net::HttpResponse> res) {
+          c->http_pending = false;
+          if (m_in_flight.find(c->id) == m_in_flight.end()) return;
+          if (!res || res->status != 200) {
+            return finish(
+                c, refuse(Errc::transient,
+                          fmt::format("looking up the Atlassian cloud id failed ({})",
+                                      res ? std::to_string(res->status) : res.error().message)));
+          }
+          auto sites = oauth::parse_accessible_resources(res->body.reveal());
+          if (!sites) {
+            return finish(c, refuse(Errc::transient, "looking up the Atlassian cloud id failed: " +
+                                                         sites.error().message));
+          }
+          const std::string site = json::string_or(c->profile.config, "site");
+          const oauth::SiteChoice choice = oauth::choose_site(*sites, site);
+          if (choice.problem != oauth::SiteProblem::none) {
+            return finish(
+                c, refuse(Errc::config,
+                          site.empty()
+                              ? fmt::format("the token of '{}' reaches {} Atlassian sites; set "
+                                            "the profile's site (tokenctl add ... --site URL)",
+                                            c->call.profile, sites->size())
+                              : fmt::format("the site {} is not among the sites the token of '{}' "
+                                            "reaches",
+                                            site, c->call.profile)));
+          }
+          c->profile.config["cloud_id"] = choice.site->id;
+          c->profile.config["cloud_url"] = choice.site->url;
+          if (auto stored = m_tokens.profile_of(c->call.profile)) {
+            stored->config["cloud_id"] = c->profile.config["cloud_id"];
+            stored->config["cloud_url"] = c->profile.config["cloud_url"];
+            // Kept for the next call; this one goes ahead with the id either way.
+            if (auto kept = m_tokens.update_profile(*stored); !kept) {
+              spdlog::warn(
+                  "profile {}: the cloud id was not stored ({}); it is looked up again next time",
+                  c->call.profile, kept.error().message);
+            }
+          }
+          send(c);
+        });
+      });
 }
 
 void Proxy::send(const std::shared_ptr<Call>& c) {
@@ -267,26 +286,31 @@ void Proxy::send(const std::shared_ptr<Call>& c) {
     if (!url) return finish(c, refuse(url.error().code, url.error().message));
     c->url = std::move(*url);
   }
-  m_tokens.token_async(c->call.profile, tokens::TokenRequest{30}, [this, c](Result<tokens::TokenGrant> grant) {
-    if (m_in_flight.find(c->id) == m_in_flight.end()) return;
-    if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
-    if (auto view = m_tokens.get(c->call.profile)) c->generation = view->generation;
-    net::HttpRequest r;
-    r.method = c->call.method;
-    r.url = c->url;
-    r.timeout = m_options.timeout;
-    r.max_response_bytes = m_options.max_response_bytes;
-    r.headers = c->headers;
-    r.headers.emplace_back("Authorization", std::string(grant->authorization.reveal()));
-    r.body = Secret(c->call.body);
-    r.upload = c->call.body_spool;
-    if (c->call.method != "HEAD") {
-      r.on_head = [this, c](long status, const net::HttpHeaders& headers) { return on_head(c, status, headers); };
-      r.on_data = [c](std::string_view bytes) { return !c->body || c->body->push(bytes); };
-    }
-    c->http_pending = true;
-    c->http_id = m_http.start(std::move(r), [this, c](Result<net::HttpResponse> res) { on_answer(c, std::move(res)); });
-  });
+  m_tokens.token_async(
+      c->call.profile, tokens::TokenRequest{30}, [this, c](Result<tokens::TokenGrant> grant) {
+        if (m_in_flight.find(c->id) == m_in_flight.end()) return;
+        if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
+        if (auto view = m_tokens.get(c->call.profile)) c->generation = view->generation;
+        net::HttpRequest r;
+        r.method = c->call.method;
+        r.url = c->url;
+        r.timeout = m_options.timeout;
+        r.max_response_bytes = m_options.max_response_bytes;
+        r.headers = c->headers;
+        r.headers.emplace_back("Authorization", std::string(grant->authorization.reveal()));
+        r.body = Secret(c->call.body);
+        r.upload = c->call.body_spool;
+        if (c->call.method != "HEAD") {
+          r.on_head = [this, c](long status, const net::HttpHeaders& headers) {
+            return on_head(c, status, headers);
+          };
+          r.on_data = [c](std::string_view bytes) { return !c->body || c->body->push(bytes); };
+        }
+        c->http_pending = true;
+        c->http_id = m_http.start(std::move(r), [this, c](Result<net::HttpResponse> res) {
+          on_answer(c, std::move(res));
+        });
+      });
 }
 
 // The head of an answer is in: stream its body to the caller, unless this is
@@ -295,13 +319,16 @@ void Proxy::send(const std::shared_ptr<Call>& c) {
 bool Proxy::on_head(const std::shared_ptr<Call>& c, long status, const net::HttpHeaders& headers) {
   if (m_in_flight.find(c->id) == m_in_flight.end()) return false;
   const bool replayable = c->bytes_in <= m_options.retry_body_bytes;
-  if (status == 401 && !c->refreshed && replayable && c->profile.kind == store::CredentialKind::oauth2) return false;
-  if ((status == 429 || status == 503) && !c->waited && replayable && c->call.retry_wait_s > 0) return false;
+  if (status == 401 && !c->refreshed && replayable &&
+      c->profile.kind == store::CredentialKind::oauth2)
+    return false;
+  if ((status == 429 || status == 503) && !c->waited && replayable && c->call.retry_wait_s > 0)
+    return false;
   if (status == 403 && c->profile.kind == store::CredentialKind::oauth2) {
     // A step-up challenge is tokend's to act on (see on_answer).
     for (const auto& [k, v] : headers) {
-      if (k == "www-authenticate" &&
-          oauth::bearer_challenge_param(v, "error") == std::optional<std::string>("insufficient_scope"))
+      if (k == "www-authenticate" && oauth::bearer_challenge_param(v, "error") ==
+                                         std::optional<std::string>("insufficient_scope"))
         return false;
     }
   }
@@ -325,39 +352,49 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
   if (m_in_flight.find(c->id) == m_in_flight.end()) return;
   if (c->body) return end_stream(c, res.has_value());
   if (!res) {
-    const Errc code = res.error().code == Errc::timeout ? Errc::timeout
+    const Errc code = res.error().code == Errc::timeout          ? Errc::timeout
                       : res.error().code == Errc::limit_exceeded ? Errc::limit_exceeded
                                                                  : Errc::transient;
-    return finish(c, refuse(code, fmt::format("the upstream call failed: {}", res.error().message)));
+    return finish(c,
+                  refuse(code, fmt::format("the upstream call failed: {}", res.error().message)));
   }
   // A spooled body is read again from its file: replaying costs no memory.
   const bool replayable = c->bytes_in <= m_options.retry_body_bytes;
-  if (res->status == 401 && !c->refreshed && replayable && c->profile.kind == store::CredentialKind::oauth2) {
+  if (res->status == 401 && !c->refreshed && replayable &&
+      c->profile.kind == store::CredentialKind::oauth2) {
     // The token may have been revoked or rotated elsewhere: one forced
     // refresh, one retry.
     c->refreshed = true;
     // Calls that carried the same token and got their 401 after another
     // call's refresh had finished retry with the new token: one refresh for
     // them all, not one each.
-    if (auto view = m_tokens.get(c->call.profile); view && c->generation >= 0 && view->generation != c->generation) {
-      spdlog::info("proxy {}: upstream answered 401 to a token already replaced; retrying with the new one",
-                   c->call.profile);
+    if (auto view = m_tokens.get(c->call.profile);
+        view && c->generation >= 0 && view->generation != c->generation) {
+      spdlog::info(
+          "proxy {}: upstream answered 401 to a token already replaced; retrying with the new one",
+          c->call.profile);
       return send(c);
     }
     spdlog::info("proxy {}: upstream answered 401; refreshing once and retrying", c->call.profile);
-    m_tokens.refresh(c->call.profile, [this, c, first = std::make_shared<net::HttpResponse>(std::move(*res))](Result<> r) {
-      if (m_in_flight.find(c->id) == m_in_flight.end()) return;
-      if (!r) {
-        // The bridge needs to know why: a login, or a passing failure.
-        if (c->call.mcp) return finish(c, refuse(r.error().code, r.error().message));
-        // Pass the upstream's 401 back; the refresh error says why.
-        return finish(c, ProxyResult{401, response_headers(first->headers), std::string(first->body.reveal()), {}});
-      }
-      send(c);
-    });
+    m_tokens.refresh(
+        c->call.profile,
+        [this, c, first = std::make_shared<net::HttpResponse>(std::move(*res))](Result<> r) {
+          if (m_in_flight.find(c->id) == m_in_flight.end()) return;
+          if (!r) {
+            // The bridge needs to know why: a login, or a passing failure.
+            if (c->call.mcp) return finish(c, refuse(r.error().code, r.error().message));
+            // Pass the upstream's 401 back; the refresh error says why.
+            return finish(
+                c,
+                ProxyResult{
+                    401, response_headers(first->headers), std::string(first->body.reveal()), {}});
+          }
+          send(c);
+        });
     return;
   }
-  if ((res->status == 429 || res->status == 503) && !c->waited && replayable && c->call.retry_wait_s > 0) {
+  if ((res->status == 429 || res->status == 503) && !c->waited && replayable &&
+      c->call.retry_wait_s > 0) {
     const auto after = oauth::parse_retry_after(res->header("retry-after"), m_clock.wall_now());
     const std::int64_t limit = std::min(c->call.retry_wait_s, m_options.max_retry_wait_s);
     if (after && after->count() <= limit * 1000) {
@@ -375,11 +412,15 @@ void Proxy::on_answer(const std::shared_ptr<Call>& c, Result<net::HttpResponse> 
   }
   if (res->status == 403 && c->profile.kind == store::CredentialKind::oauth2) {
     const std::string_view challenge = res->header("www-authenticate");
-    if (oauth::bearer_challenge_param(challenge, "error") == std::optional<std::string>("insufficient_scope")) {
+    if (oauth::bearer_challenge_param(challenge, "error") ==
+        std::optional<std::string>("insufficient_scope")) {
       return step_up(c, *res);
     }
   }
-  finish(c, ProxyResult{static_cast<int>(res->status), response_headers(res->headers), std::string(res->body.reveal()), {}});
+  finish(c, ProxyResult{static_cast<int>(res->status),
+                        response_headers(res->headers),
+                        std::string(res->body.reveal()),
+                        {}});
 }
 
 void Proxy::end_stream(const std::shared_ptr<Call>& c, bool complete) {
@@ -399,7 +440,9 @@ void Proxy::answer(const std::shared_ptr<Call>& c, std::expected<ProxyResult, Pr
 
 namespace {
 
-bool header_is(std::string_view name, std::string_view lower_name) { return ascii_iequals(name, lower_name); }
+bool header_is(std::string_view name, std::string_view lower_name) {
+  return ascii_iequals(name, lower_name);
+}
 
 }  // namespace
 
@@ -425,12 +468,16 @@ void Proxy::step_up(const std::shared_ptr<Call>& c, const net::HttpResponse& res
   if (auto needed = m_tokens.require_consent(name, challenged); needed) {
     std::string joined;
     for (const auto& s : *needed) joined += (joined.empty() ? "" : " ") + s;
-    error["message"] = fmt::format("the upstream answered 403 insufficient_scope: the token of '{}' lacks a scope; "
-                                   "run {} to consent to: {}", name, command, joined);
+    error["message"] = fmt::format(
+        "the upstream answered 403 insufficient_scope: the token of '{}' lacks a scope; "
+        "run {} to consent to: {}",
+        name, command, joined);
     error["scopes"] = *needed;
   } else {
-    error["message"] = fmt::format("the upstream answered 403 insufficient_scope ({}); run {} with the scopes "
-                                   "needed", needed.error().message, command);
+    error["message"] = fmt::format(
+        "the upstream answered 403 insufficient_scope ({}); run {} with the scopes "
+        "needed",
+        needed.error().message, command);
   }
   Headers headers;
   for (const auto& [k, v] : response_headers(res.headers)) {
@@ -439,7 +486,8 @@ void Proxy::step_up(const std::shared_ptr<Call>& c, const net::HttpResponse& res
   }
   headers.emplace_back("Content-Type", "application/json");
   headers.emplace_back("X-Tokend-Error", "insufficient_scope");
-  finish(c, ProxyResult{403, std::move(headers), json::Json{{"error", std::move(error)}}.dump(), nullptr});
+  finish(c, ProxyResult{403, std::move(headers), json::Json{{"error", std::move(error)}}.dump(),
+                        nullptr});
 }
 
 void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, ProxyError> outcome) {
@@ -452,7 +500,8 @@ void Proxy::finish(const std::shared_ptr<Call>& c, std::expected<ProxyResult, Pr
 }
 
 void Proxy::record_latency(const std::shared_ptr<Call>& c) {
-  const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(m_clock.mono_now() - c->started);
+  const auto latency =
+      std::chrono::duration_cast<std::chrono::microseconds>(m_clock.mono_now() - c->started);
   const double seconds = static_cast<double>(latency.count()) / 1e6;
   ++m_stats.count;
   m_stats.sum_s += seconds;
@@ -463,7 +512,8 @@ void Proxy::record_latency(const std::shared_ptr<Call>& c) {
 
 // The metrics series and the audit line of a call, once it has ended.
 void Proxy::record(const std::shared_ptr<Call>& c, int status, std::optional<Errc> error) {
-  const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(m_clock.mono_now() - c->started);
+  const auto latency =
+      std::chrono::duration_cast<std::chrono::microseconds>(m_clock.mono_now() - c->started);
   // Unknown profile names share one series (no unbounded growth).
   const bool known = !error || *error != Errc::not_found;
   ++m_stats.by_profile_status[known ? c->call.profile : std::string("(unknown)")][status];
@@ -488,7 +538,8 @@ void Proxy::record(const std::shared_ptr<Call>& c, int status, std::optional<Err
       if (auto t = net::Timer::create(m_loop)) m_audit_timer = std::move(*t);
     }
     if (m_audit_timer.valid()) {
-      m_audit_timer.start(static_cast<std::uint64_t>(m_options.audit_flush_interval.count()), 0, [this] { flush_audit(); });
+      m_audit_timer.start(static_cast<std::uint64_t>(m_options.audit_flush_interval.count()), 0,
+                          [this] { flush_audit(); });
     } else {
       flush_audit();
     }

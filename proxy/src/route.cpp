@@ -1,18 +1,16 @@
 #include "proxy/route.hpp"
 
+#include <fmt/format.h>
 #include <strings.h>
 
 #include <algorithm>
 #include <cctype>
-
-#include <fmt/format.h>
 
 #include "core/encoding.hpp"
 
 namespace tokend::proxy {
 
 namespace {
-
 
 std::string trimmed_base(std::string base) {
   while (!base.empty() && base.back() == '/') base.pop_back();
@@ -23,11 +21,11 @@ bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
 }
 
-
 // Characters allowed in a path segment and a query as sent upstream
 // (RFC 3986 pchar plus '%' escapes; '/' separates segments).
 bool plain_path_char(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) != 0 || std::string_view("-._~!$&'()*+,;=:@/%").find(c) != std::string_view::npos;
+  return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+         std::string_view("-._~!$&'()*+,;=:@/%").find(c) != std::string_view::npos;
 }
 
 Result<std::string> encode_path(std::string_view rest) {
@@ -35,7 +33,8 @@ Result<std::string> encode_path(std::string_view rest) {
   std::string out;
   for (const char c : rest) {
     const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) return std::unexpected(bad_input("the path contains a control character"));
+    if (u < 0x20 || u == 0x7f)
+      return std::unexpected(bad_input("the path contains a control character"));
     if (c == '\\') return std::unexpected(bad_input("the path contains a backslash"));
     if (c == '%' || c == '?' || c == '#' || !plain_path_char(c)) {
       append_percent_escape(out, u);
@@ -57,7 +56,8 @@ Result<std::vector<std::string_view>> normalised_segments(std::string_view rest)
     std::string_view segment = rest.substr(0, slash);
     segment = segment.substr(0, segment.find(';'));
     if (segment == "." || segment == "..") {
-      return std::unexpected(bad_input("the proxied path must not contain '.' or '..' segments (path parameters included)"));
+      return std::unexpected(bad_input(
+          "the proxied path must not contain '.' or '..' segments (path parameters included)"));
     }
     out.push_back(segment);
     if (slash == std::string_view::npos) break;
@@ -75,12 +75,12 @@ std::string joined(const std::vector<std::string_view>& segments) {
   return out;
 }
 
-
 }  // namespace
 
 Result<std::string> site_base(const store::Profile& p, std::string_view product) {
   const std::string site = trimmed_base(json::string_or(p.config, "site"));
-  const std::string own = trimmed_base(json::string_or(p.config, product == "jira" ? "jira_base" : "confluence_base"));
+  const std::string own =
+      trimmed_base(json::string_or(p.config, product == "jira" ? "jira_base" : "confluence_base"));
   std::string base;
   if (!own.empty()) {
     base = own;
@@ -93,47 +93,62 @@ Result<std::string> site_base(const store::Profile& p, std::string_view product)
   return base;
 }
 
-Result<std::string> upstream_url(const store::Profile& p, std::string_view rest, std::string_view raw_query) {
-  if (rest.empty()) return std::unexpected(bad_input("the proxied path is empty; e.g. /v1/proxy/NAME/jira/rest/api/3/myself"));
+Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
+                                 std::string_view raw_query) {
+  if (rest.empty())
+    return std::unexpected(
+        bad_input("the proxied path is empty; e.g. /v1/proxy/NAME/jira/rest/api/3/myself"));
   if (rest.front() == '/' || rest.find("//") != std::string_view::npos) {
-    return std::unexpected(bad_input("the proxied path must be relative and must not contain '//'"));
+    return std::unexpected(
+        bad_input("the proxied path must be relative and must not contain '//'"));
   }
-  if (rest.find("://") != std::string_view::npos) return std::unexpected(bad_input("absolute URLs are not proxied"));
+  if (rest.find("://") != std::string_view::npos)
+    return std::unexpected(bad_input("absolute URLs are not proxied"));
   // Dot segments would climb out of the profile's base.
-  if (auto segments = normalised_segments(rest); !segments) return std::unexpected(segments.error());
+  if (auto segments = normalised_segments(rest); !segments)
+    return std::unexpected(segments.error());
   for (const char c : raw_query) {
     const auto u = static_cast<unsigned char>(c);
-    if (u <= 0x20 || u == 0x7f || c == '#' || c == '\\') return std::unexpected(bad_input("the query contains a character that is not allowed"));
+    if (u <= 0x20 || u == 0x7f || c == '#' || c == '\\')
+      return std::unexpected(bad_input("the query contains a character that is not allowed"));
   }
 
   std::string base;
   std::string_view path = rest;
   const bool atlassian_oauth = p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian";
   // atlassian-dc OAuth tokens reach the Data Center site itself, like a PAT.
-  const bool data_center_oauth = p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian-dc";
+  const bool data_center_oauth =
+      p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian-dc";
   if (p.kind == store::CredentialKind::oauth2 && !atlassian_oauth && !data_center_oauth) {
     base = trimmed_base(json::string_or(p.config, "api_base"));
     if (base.empty()) {
-      return fail(Errc::config, fmt::format("profile '{}' has no api_base to forward to; set it with tokenctl add {} "
-                                            "--api-base URL", p.name, p.name));
+      return fail(
+          Errc::config,
+          fmt::format("profile '{}' has no api_base to forward to; set it with tokenctl add {} "
+                      "--api-base URL",
+                      p.name, p.name));
     }
   } else {
     const auto slash = rest.find('/');
     const std::string_view product = rest.substr(0, slash);
     path = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
     if (product != "jira" && product != "confluence") {
-      return std::unexpected(bad_input(fmt::format("an Atlassian profile forwards jira/... and confluence/... only (got '{}')",
-                                             std::string(product.substr(0, 32)))));
+      return std::unexpected(bad_input(
+          fmt::format("an Atlassian profile forwards jira/... and confluence/... only (got '{}')",
+                      std::string(product.substr(0, 32)))));
     }
     if (atlassian_oauth) {
       const std::string cloud = json::string_or(p.config, "cloud_id");
       if (cloud.empty()) {
-        return fail(Errc::config, fmt::format("profile '{}' has no cloud id yet; run tokenctl login {}", p.name, p.name));
+        return fail(
+            Errc::config,
+            fmt::format("profile '{}' has no cloud id yet; run tokenctl login {}", p.name, p.name));
       }
       std::string gateway = trimmed_base(json::string_or(p.config, "api_base"));
       if (gateway.empty()) gateway = "https://api.atlassian.com";
       auto cloud_enc = encode_path(cloud);
-      if (!cloud_enc || cloud.find('/') != std::string::npos) return std::unexpected(bad_input("the stored cloud id is not usable"));
+      if (!cloud_enc || cloud.find('/') != std::string::npos)
+        return std::unexpected(bad_input("the stored cloud id is not usable"));
       base = fmt::format("{}/ex/{}/{}", gateway, product, *cloud_enc);
     } else {
       auto b = site_base(p, product);
@@ -149,8 +164,10 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
 }
 
 bool needs_cloud_id(const store::Profile& p, std::string_view rest) {
-  return p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian" && json::string_or(p.config, "cloud_id").empty() &&
-         (rest.starts_with("jira/") || rest.starts_with("confluence/") || rest == "jira" || rest == "confluence");
+  return p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian" &&
+         json::string_or(p.config, "cloud_id").empty() &&
+         (rest.starts_with("jira/") || rest.starts_with("confluence/") || rest == "jira" ||
+          rest == "confluence");
 }
 
 Result<Headers> request_headers(const Headers& in) {
@@ -169,39 +186,59 @@ Result<Headers> request_headers(const Headers& in) {
       s.remove_prefix(comma + 1);
     }
   }
-  static constexpr std::string_view k_dropped[] = {
-      "authorization", "cookie", "host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
-      "content-length", "expect", "proxy-authorization", "proxy-authenticate", "proxy-connection"};
+  static constexpr std::string_view k_dropped[] = {"authorization",
+                                                   "cookie",
+                                                   "host",
+                                                   "connection",
+                                                   "keep-alive",
+                                                   "te",
+                                                   "trailer",
+                                                   "transfer-encoding",
+                                                   "upgrade",
+                                                   "content-length",
+                                                   "expect",
+                                                   "proxy-authorization",
+                                                   "proxy-authenticate",
+                                                   "proxy-connection"};
   Headers out;
   for (const auto& [k, v] : in) {
     for (const std::string_view s : {std::string_view(k), std::string_view(v)}) {
       for (const char c : s) {
-        if (c == '\r' || c == '\n' || c == '\0') return std::unexpected(bad_input("a header contains CR, LF or NUL"));
+        if (c == '\r' || c == '\n' || c == '\0')
+          return std::unexpected(bad_input("a header contains CR, LF or NUL"));
       }
     }
-    const bool drop = std::any_of(std::begin(k_dropped), std::end(k_dropped), [&](std::string_view d) { return iequals(k, d); }) ||
+    const bool drop = std::any_of(std::begin(k_dropped), std::end(k_dropped),
+                                  [&](std::string_view d) { return iequals(k, d); }) ||
                       (k.size() >= 6 && iequals(std::string_view(k).substr(0, 6), "proxy-")) ||
                       (k.size() >= 9 && iequals(std::string_view(k).substr(0, 9), "x-tokend-")) ||
-                      std::any_of(named.begin(), named.end(), [&](const std::string& n) { return iequals(k, n); });
+                      std::any_of(named.begin(), named.end(),
+                                  [&](const std::string& n) { return iequals(k, n); });
     if (!drop) out.emplace_back(k, v);
   }
   return out;
 }
 
 Headers response_headers(const Headers& in) {
-  static constexpr std::string_view k_dropped[] = {"connection", "keep-alive", "te", "trailer", "transfer-encoding",
-                                                   "upgrade", "set-cookie", "content-length", "proxy-authenticate"};
+  static constexpr std::string_view k_dropped[] = {
+      "connection", "keep-alive",        "te",
+      "trailer",    "transfer-encoding", "upgrade",
+      "set-cookie", "content-length",    "proxy-authenticate"};
   Headers out;
   for (const auto& [k, v] : in) {
-    if (std::any_of(std::begin(k_dropped), std::end(k_dropped), [&](std::string_view d) { return iequals(k, d); })) continue;
-    if (k.size() >= 9 && iequals(std::string_view(k).substr(0, 9), "x-tokend-")) continue;  // tokend's own, never the upstream's
+    if (std::any_of(std::begin(k_dropped), std::end(k_dropped),
+                    [&](std::string_view d) { return iequals(k, d); }))
+      continue;
+    if (k.size() >= 9 && iequals(std::string_view(k).substr(0, 9), "x-tokend-"))
+      continue;  // tokend's own, never the upstream's
     if (v.find_first_of("\r\n") != std::string::npos) continue;
     out.emplace_back(k, v);
   }
   return out;
 }
 
-Result<std::vector<std::vector<std::string>>> policy_paths(const store::Profile& p, std::string_view rest) {
+Result<std::vector<std::vector<std::string>>> policy_paths(const store::Profile& p,
+                                                           std::string_view rest) {
   auto segments = normalised_segments(rest);
   if (!segments) return std::unexpected(segments.error());
   std::vector<std::string> forms = {std::string(rest)};
@@ -222,7 +259,8 @@ Result<std::vector<std::vector<std::string>>> policy_paths(const store::Profile&
           auto other_base = site_base(p, other);
           if (!other_base) continue;
           const std::string prefix = *other_base + "/";
-          if (url.starts_with(prefix)) names.push_back(std::string(other) + "/" + url.substr(prefix.size()));
+          if (url.starts_with(prefix))
+            names.push_back(std::string(other) + "/" + url.substr(prefix.size()));
         }
       }
     }
@@ -233,7 +271,8 @@ Result<std::vector<std::vector<std::string>>> policy_paths(const store::Profile&
   return out;
 }
 
-Result<> check_policy(const store::Profile& profile, std::string_view method, std::string_view rest) {
+Result<> check_policy(const store::Profile& profile, std::string_view method,
+                      std::string_view rest) {
   const json::Json policy = profile.config.value("policy", json::Json::object());
   if (!policy.is_object()) return {};
   auto readings = policy_paths(profile, rest);
@@ -259,17 +298,21 @@ Result<> check_policy(const json::Json& policy, std::string_view method,
     std::string_view p = prefix;
     while (!p.empty() && p.front() == '/') p.remove_prefix(1);
     while (!p.empty() && p.back() == '/') p.remove_suffix(1);
-    return rest.starts_with(p) && (rest.size() == p.size() || rest[p.size()] == '/' || rest[p.size()] == '?');
+    return rest.starts_with(p) &&
+           (rest.size() == p.size() || rest[p.size()] == '/' || rest[p.size()] == '?');
   };
   if (policy.value("read_only", false) && method != "GET" && method != "HEAD") {
-    return fail(Errc::permission, fmt::format("policy: this profile is read-only ({} refused)", method));
+    return fail(Errc::permission,
+                fmt::format("policy: this profile is read-only ({} refused)", method));
   }
   // Denied when any name of any reading is denied; allowed only when every
   // reading has a name under an allowed prefix.
   for (const auto& d : prefixes("deny")) {
     for (const auto& names : readings) {
       for (const auto& name : names) {
-        if (matches(name, d)) return fail(Errc::permission, fmt::format("policy: the path is denied by the rule '{}'", d));
+        if (matches(name, d))
+          return fail(Errc::permission,
+                      fmt::format("policy: the path is denied by the rule '{}'", d));
       }
     }
   }
@@ -277,7 +320,8 @@ Result<> check_policy(const json::Json& policy, std::string_view method,
   if (allow.empty()) return {};
   for (const auto& names : readings) {
     const bool allowed = std::any_of(names.begin(), names.end(), [&](const std::string& name) {
-      return std::any_of(allow.begin(), allow.end(), [&](const std::string& a) { return matches(name, a); });
+      return std::any_of(allow.begin(), allow.end(),
+                         [&](const std::string& a) { return matches(name, a); });
     });
     if (!allowed) return fail(Errc::permission, "policy: the path is not under any allowed prefix");
   }

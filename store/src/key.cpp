@@ -1,8 +1,7 @@
 #include "store/key.hpp"
 
-#include <sys/stat.h>
-
 #include <fmt/format.h>
+#include <sys/stat.h>
 
 #include "core/encoding.hpp"
 #include "core/fs.hpp"
@@ -24,7 +23,8 @@ bool is_hex_key(std::string_view s) {
 }
 
 std::string_view trim_trailing_space(std::string_view s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t')) {
+  while (!s.empty() &&
+         (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t')) {
     s.remove_suffix(1);
   }
   return s;
@@ -37,7 +37,7 @@ Result<DbKey> from_file(const std::filesystem::path& file, std::string source) {
 }
 
 bool database_has_content(const std::filesystem::path& db) {
-  struct stat st {};
+  struct stat st{};
   if (::lstat(db.c_str(), &st) != 0) return false;
   return st.st_size > 0;
 }

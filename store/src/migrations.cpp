@@ -3,10 +3,10 @@
 // Append a step to add a version; never edit a released one. Each step is
 // tested from a database made by the version before it
 // (tests/store/migration_test.cpp).
+#include <fmt/format.h>
+
 #include <array>
 #include <string_view>
-
-#include <fmt/format.h>
 
 #include "store/detail/db.hpp"
 
@@ -65,7 +65,9 @@ ALTER TABLE credentials ADD COLUMN refresh_inflight_since INTEGER;
 
 }  // namespace
 
-int latest_schema_version() { return k_migrations.back().version; }
+int latest_schema_version() {
+  return k_migrations.back().version;
+}
 
 Result<> migrate(Db& db, std::optional<int> target) {
   const int goal = target.value_or(latest_schema_version());

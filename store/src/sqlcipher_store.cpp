@@ -1,10 +1,9 @@
 #include "store/sqlcipher_store.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <fmt/format.h>
 
 #include "core/encoding.hpp"
 #include "core/fs.hpp"
@@ -141,9 +140,9 @@ Result<std::unique_ptr<Db>> open_and_configure(const std::filesystem::path& path
     }
   }
 
-  for (const char* pragma : {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL",
-                             "PRAGMA foreign_keys = ON", "PRAGMA secure_delete = ON",
-                             "PRAGMA temp_store = MEMORY", "PRAGMA busy_timeout = 5000"}) {
+  for (const char* pragma :
+       {"PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON",
+        "PRAGMA secure_delete = ON", "PRAGMA temp_store = MEMORY", "PRAGMA busy_timeout = 5000"}) {
     if (auto r = (*db)->exec(pragma); !r) return std::unexpected(r.error());
   }
   if (auto mode = (*db)->prepare("PRAGMA journal_mode"); mode) {
@@ -157,20 +156,23 @@ Result<std::unique_ptr<Db>> open_and_configure(const std::filesystem::path& path
 
 }  // namespace
 
-SqlcipherStore::SqlcipherStore(std::unique_ptr<Db> db, std::filesystem::path path, const Clock& clock)
+SqlcipherStore::SqlcipherStore(std::unique_ptr<Db> db, std::filesystem::path path,
+                               const Clock& clock)
     : m_db(std::move(db)), m_path(std::move(path)), m_clock(&clock) {}
 SqlcipherStore::SqlcipherStore(SqlcipherStore&&) noexcept = default;
 SqlcipherStore& SqlcipherStore::operator=(SqlcipherStore&&) noexcept = default;
 SqlcipherStore::~SqlcipherStore() = default;
 
-Result<SqlcipherStore> SqlcipherStore::open(const std::filesystem::path& path, const DbKey& key, const Clock& clock) {
+Result<SqlcipherStore> SqlcipherStore::open(const std::filesystem::path& path, const DbKey& key,
+                                            const Clock& clock) {
   if (key.material.empty()) return fail(Errc::config, "the database key is empty");
   auto db = open_and_configure(path, &key);
   if (!db) return std::unexpected(open_error(path, key, db.error()));
   return SqlcipherStore(std::move(*db), path, clock);
 }
 
-Result<SqlcipherStore> open_unencrypted_for_tests(const std::filesystem::path& path, const Clock& clock) {
+Result<SqlcipherStore> open_unencrypted_for_tests(const std::filesystem::path& path,
+                                                  const Clock& clock) {
   auto db = open_and_configure(path, nullptr);
   if (!db) return std::unexpected(db.error());
   return SqlcipherStore(std::move(*db), path, clock);
@@ -189,7 +191,8 @@ Result<> SqlcipherStore::put_profile(const Profile& p) {
   if (!tx) return std::unexpected(tx.error());
   {
     auto s = m_db->cached(
-        "INSERT INTO profiles (name, kind, provider, config, secret_config, created_at, updated_at) "
+        "INSERT INTO profiles (name, kind, provider, config, secret_config, created_at, "
+        "updated_at) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) "
         "ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, provider = excluded.provider, "
         "config = excluded.config, secret_config = excluded.secret_config, "
@@ -276,9 +279,9 @@ Result<std::vector<Credential>> SqlcipherStore::list_credentials() {
   return out;
 }
 
-Result<std::int64_t> SqlcipherStore::store_token_set(std::string_view name, const TokenSet& t,
-                                            std::optional<std::int64_t> expected_generation,
-                                            std::optional<std::int64_t> keep_previous_until_ms) {
+Result<std::int64_t> SqlcipherStore::store_token_set(
+    std::string_view name, const TokenSet& t, std::optional<std::int64_t> expected_generation,
+    std::optional<std::int64_t> keep_previous_until_ms) {
   // A refresh token alone is a token set too (an import from another tool):
   // the token service refreshes it at once.
   if (t.access_token.empty() && t.refresh_token.empty()) {
@@ -338,13 +341,15 @@ Result<> SqlcipherStore::ensure_profile_exists(std::string_view name) {
 
 Result<> SqlcipherStore::mark_refresh_inflight(std::string_view name, std::int64_t at_ms) {
   auto s = m_db->cached(
-      "UPDATE credentials SET refresh_inflight_since = ?2, state = 'refreshing' WHERE profile = ?1");
+      "UPDATE credentials SET refresh_inflight_since = ?2, state = 'refreshing' WHERE profile = "
+      "?1");
   if (!s) return std::unexpected(s.error());
   if (auto r = (*s)->bind(1, name).bind(2, at_ms).run(); !r) return r;
   return ensure_profile_exists(name);
 }
 
-Result<> SqlcipherStore::set_state(std::string_view name, CredState state, std::string_view last_error) {
+Result<> SqlcipherStore::set_state(std::string_view name, CredState state,
+                                   std::string_view last_error) {
   auto s = m_db->cached(
       "UPDATE credentials SET state = ?2, last_error = ?3, refresh_inflight_since = NULL "
       "WHERE profile = ?1");
@@ -373,7 +378,12 @@ Result<std::int64_t> SqlcipherStore::insert_audit(const AuditEvent& e) {
       "VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
   if (!s) return std::unexpected(s.error());
   const std::int64_t at = e.at_ms != 0 ? e.at_ms : to_unix_ms(m_clock->wall_now());
-  (*s)->bind(1, at).bind(2, e.kind).bind(3, e.profile).bind(4, e.peer_uid).bind(5, e.peer_pid).bind(6, detail);
+  (*s)->bind(1, at)
+      .bind(2, e.kind)
+      .bind(3, e.profile)
+      .bind(4, e.peer_uid)
+      .bind(5, e.peer_pid)
+      .bind(6, detail);
   if (auto r = (*s)->run(); !r) return std::unexpected(r.error());
   return m_db->last_insert_rowid();
 }

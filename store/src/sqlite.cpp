@@ -1,6 +1,5 @@
-#include <sqlite3.h>
-
 #include <fmt/format.h>
+#include <sqlite3.h>
 
 #include "store/detail/db.hpp"
 
@@ -11,11 +10,11 @@ namespace {
 Error db_error(sqlite3* db, std::string_view what) {
   const int code = sqlite3_extended_errcode(db);
   const int primary = code & 0xff;
-  const Errc errc = primary == SQLITE_NOTADB ? Errc::wrong_key
-                    : primary == SQLITE_CORRUPT ? Errc::corrupt
-                    : primary == SQLITE_CONSTRAINT ? Errc::conflict
+  const Errc errc = primary == SQLITE_NOTADB                             ? Errc::wrong_key
+                    : primary == SQLITE_CORRUPT                          ? Errc::corrupt
+                    : primary == SQLITE_CONSTRAINT                       ? Errc::conflict
                     : primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? Errc::unavailable
-                                                                        : Errc::database;
+                                                                         : Errc::database;
   return Error{errc, fmt::format("{}: {}", what, sqlite3_errmsg(db))};
 }
 
@@ -31,7 +30,9 @@ Stmt& Stmt::operator=(Stmt&& o) noexcept {
   return *this;
 }
 
-Stmt::~Stmt() { sqlite3_finalize(m_stmt); }
+Stmt::~Stmt() {
+  sqlite3_finalize(m_stmt);
+}
 
 Stmt& Stmt::bind(int idx, std::string_view text) {
   sqlite3_bind_text(m_stmt, idx, text.data(), static_cast<int>(text.size()), SQLITE_STATIC);
@@ -77,9 +78,13 @@ void Stmt::reset() {
   sqlite3_clear_bindings(m_stmt);
 }
 
-bool Stmt::is_null(int col) const { return sqlite3_column_type(m_stmt, col) == SQLITE_NULL; }
+bool Stmt::is_null(int col) const {
+  return sqlite3_column_type(m_stmt, col) == SQLITE_NULL;
+}
 
-std::int64_t Stmt::get_int(int col) const { return sqlite3_column_int64(m_stmt, col); }
+std::int64_t Stmt::get_int(int col) const {
+  return sqlite3_column_int64(m_stmt, col);
+}
 
 std::optional<std::int64_t> Stmt::get_opt_int(int col) const {
   if (is_null(col)) return std::nullopt;
@@ -165,10 +170,18 @@ Result<std::int64_t> Db::query_int(std::string_view sql) {
   return s->get_int(0);
 }
 
-std::int64_t Db::changes() const { return sqlite3_changes64(m_db); }
-std::int64_t Db::last_insert_rowid() const { return sqlite3_last_insert_rowid(m_db); }
-std::string Db::last_error() const { return sqlite3_errmsg(m_db); }
-int Db::last_error_code() const { return sqlite3_extended_errcode(m_db); }
+std::int64_t Db::changes() const {
+  return sqlite3_changes64(m_db);
+}
+std::int64_t Db::last_insert_rowid() const {
+  return sqlite3_last_insert_rowid(m_db);
+}
+std::string Db::last_error() const {
+  return sqlite3_errmsg(m_db);
+}
+int Db::last_error_code() const {
+  return sqlite3_extended_errcode(m_db);
+}
 
 Result<Transaction> Transaction::begin(Db& db) {
   if (auto r = db.exec("BEGIN IMMEDIATE"); !r) return std::unexpected(r.error());

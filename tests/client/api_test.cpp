@@ -1,18 +1,18 @@
 // client::ApiClient against a scripted tokend on a real Unix socket: the
 // method, path and body each call sends, and how answers and errors become
 // structs and ApiErrors. client_stream_test.cpp covers the Client below it.
+#include "client/api.hpp"
+
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <catch2/catch_test_macros.hpp>
 #include <cstring>
 #include <functional>
 #include <string>
 #include <thread>
 
-#include <catch2/catch_test_macros.hpp>
-
-#include "client/api.hpp"
 #include "support/temp_dir.hpp"
 
 using tokend::Errc;
@@ -107,7 +107,8 @@ class FakeTokend {
 
 std::string answer(int status, const std::string& body, const std::string& reason = "X") {
   return "HTTP/1.1 " + std::to_string(status) + " " + reason +
-         "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+         "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\n\r\n" + body;
 }
 
 }  // namespace
@@ -160,8 +161,9 @@ TEST_CASE("health() keeps defaults for missing or mistyped fields", "[client][ap
 
 TEST_CASE("profiles() lists summaries and keeps the array as sent", "[client][api]") {
   TempDir dir;
-  FakeTokend tokend(dir, answer(200, R"({"profiles":[{"name":"a","kind":"oauth2","state":"valid",)"
-                                     R"("has_refresh_token":true},{"name":"b","kind":"pat","state":"valid"}]})"));
+  FakeTokend tokend(
+      dir, answer(200, R"({"profiles":[{"name":"a","kind":"oauth2","state":"valid",)"
+                       R"("has_refresh_token":true},{"name":"b","kind":"pat","state":"valid"}]})"));
   auto list = tokend.api().profiles();
   REQUIRE(list);
   CHECK(tokend.received().target == "/v1/profiles");
@@ -176,9 +178,10 @@ TEST_CASE("profiles() lists summaries and keeps the array as sent", "[client][ap
 
 TEST_CASE("profile() reads the fields commands use, config included", "[client][api]") {
   TempDir dir;
-  FakeTokend tokend(dir, answer(200, R"({"name":"m","kind":"oauth2","provider":"mcp","state":"valid",)"
-                                     R"("expires_at":1700000000,"config":{"mcp_server":"https://mcp.example/",)"
-                                     R"("cloud_id":"c1"}})"));
+  FakeTokend tokend(
+      dir, answer(200, R"({"name":"m","kind":"oauth2","provider":"mcp","state":"valid",)"
+                       R"("expires_at":1700000000,"config":{"mcp_server":"https://mcp.example/",)"
+                       R"("cloud_id":"c1"}})"));
   auto p = tokend.api().profile("m");
   REQUIRE(p);
   CHECK(tokend.received().method == "GET");
@@ -191,7 +194,8 @@ TEST_CASE("profile() reads the fields commands use, config included", "[client][
   CHECK(p->json["name"] == "m");
 }
 
-TEST_CASE("put_profile() sends the body as given and reports 201 for a new profile", "[client][api]") {
+TEST_CASE("put_profile() sends the body as given and reports 201 for a new profile",
+          "[client][api]") {
   TempDir dir;
   FakeTokend tokend(dir, answer(201, R"({"name":"n","kind":"pat","state":"valid"})"));
   auto stored = tokend.api().put_profile("n", R"({"kind":"pat","token":"t"})");
@@ -213,8 +217,9 @@ TEST_CASE("remove_profile() sends DELETE", "[client][api]") {
 
 TEST_CASE("token() sends min_valid and wait and reads the token answer", "[client][api]") {
   TempDir dir;
-  FakeTokend tokend(dir, answer(200, R"({"token":"tok","authorization":"Bearer tok","token_type":"Bearer",)"
-                                     R"("expires_at":99})"));
+  FakeTokend tokend(
+      dir, answer(200, R"({"token":"tok","authorization":"Bearer tok","token_type":"Bearer",)"
+                       R"("expires_at":99})"));
   auto t = tokend.api().token("p", {"half", 5});
   REQUIRE(t);
   CHECK(tokend.received().target == "/v1/profiles/p/token?min_valid=half&wait=5");
@@ -243,7 +248,8 @@ TEST_CASE("refresh(), logout() and test() POST and read their answers", "[client
     CHECK(r->reason == "no revocation endpoint");
   }
   SECTION("test") {
-    FakeTokend tokend(dir, answer(200, R"({"ok":true,"status":200,"url":"https://x/me","summary":"me"})"));
+    FakeTokend tokend(
+        dir, answer(200, R"({"ok":true,"status":200,"url":"https://x/me","summary":"me"})"));
     auto r = tokend.api().test("p");
     REQUIRE(r);
     CHECK(tokend.received().target == "/v1/profiles/p/test");
@@ -254,10 +260,12 @@ TEST_CASE("refresh(), logout() and test() POST and read their answers", "[client
   }
 }
 
-TEST_CASE("start_login() asks for the code flow with a listener, or the device flow", "[client][api]") {
+TEST_CASE("start_login() asks for the code flow with a listener, or the device flow",
+          "[client][api]") {
   TempDir dir;
   SECTION("code") {
-    FakeTokend tokend(dir, answer(200, R"({"authorize_url":"https://as/authorize?x","listening":true})"));
+    FakeTokend tokend(
+        dir, answer(200, R"({"authorize_url":"https://as/authorize?x","listening":true})"));
     auto s = tokend.api().start_login("p", false);
     REQUIRE(s);
     CHECK(tokend.received().method == "POST");
@@ -267,7 +275,8 @@ TEST_CASE("start_login() asks for the code flow with a listener, or the device f
     CHECK(s->listening);
   }
   SECTION("device") {
-    FakeTokend tokend(dir, answer(200, R"({"verification_uri":"https://as/device","user_code":"AB-CD"})"));
+    FakeTokend tokend(
+        dir, answer(200, R"({"verification_uri":"https://as/device","user_code":"AB-CD"})"));
     auto s = tokend.api().start_login("p", true);
     REQUIRE(s);
     CHECK(tokend.received().body == R"({"flow":"device"})");
@@ -290,11 +299,13 @@ TEST_CASE("a login flow's state and error come from its answer", "[client][api]"
   CHECK(f->error == "the provider said no");
 }
 
-TEST_CASE("an error answer becomes an ApiError with tokend's message, code and status", "[client][api]") {
+TEST_CASE("an error answer becomes an ApiError with tokend's message, code and status",
+          "[client][api]") {
   TempDir dir;
   SECTION("reauth_required names the command") {
-    FakeTokend tokend(dir, answer(401, R"({"error":{"code":"reauth_required","message":"sign in again",)"
-                                       R"("command":"tokenctl login p"}})"));
+    FakeTokend tokend(dir,
+                      answer(401, R"({"error":{"code":"reauth_required","message":"sign in again",)"
+                                  R"("command":"tokenctl login p"}})"));
     auto t = tokend.api().token("p", {});
     REQUIRE_FALSE(t);
     CHECK(t.error().stage == ApiError::Stage::answer);
@@ -303,14 +314,16 @@ TEST_CASE("an error answer becomes an ApiError with tokend's message, code and s
     CHECK(t.error().error.message == "sign in again; run: tokenctl login p");
   }
   SECTION("a command already in the message is not repeated") {
-    FakeTokend tokend(dir, answer(401, R"({"error":{"code":"reauth_required",)"
-                                       R"("message":"run tokenctl login p","command":"tokenctl login p"}})"));
+    FakeTokend tokend(
+        dir, answer(401, R"({"error":{"code":"reauth_required",)"
+                         R"("message":"run tokenctl login p","command":"tokenctl login p"}})"));
     auto t = tokend.api().token("p", {});
     REQUIRE_FALSE(t);
     CHECK(t.error().error.message == "run tokenctl login p");
   }
   SECTION("409 on cancelling a login that already ended") {
-    FakeTokend tokend(dir, answer(409, R"({"error":{"code":"conflict","message":"no login pending"}})"));
+    FakeTokend tokend(dir,
+                      answer(409, R"({"error":{"code":"conflict","message":"no login pending"}})"));
     auto c = tokend.api().cancel_login("p");
     REQUIRE_FALSE(c);
     CHECK(tokend.received().method == "DELETE");
@@ -329,7 +342,8 @@ TEST_CASE("an error answer becomes an ApiError with tokend's message, code and s
   }
 }
 
-TEST_CASE("no tokend is a connect failure; a dropped connection an exchange failure", "[client][api]") {
+TEST_CASE("no tokend is a connect failure; a dropped connection an exchange failure",
+          "[client][api]") {
   TempDir dir;
   SECTION("nothing listens") {
     auto h = ApiClient(dir / "nobody.sock").health();
@@ -345,13 +359,15 @@ TEST_CASE("no tokend is a connect failure; a dropped connection an exchange fail
   }
 }
 
-TEST_CASE("open_endpoint() sends the pid and keeps the connection after the first line", "[client][api]") {
+TEST_CASE("open_endpoint() sends the pid and keeps the connection after the first line",
+          "[client][api]") {
   TempDir dir;
   SECTION("a whole endpoint line") {
-    FakeTokend tokend(dir, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\r\n"
-                           R"({"url":"http://127.0.0.1:5/","urls":{"jira":"http://127.0.0.1:5/jira/"},)"
-                           R"("user":"tokend","standin":"s3cret"})"
-                           "\n");
+    FakeTokend tokend(dir,
+                      "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\r\n"
+                      R"({"url":"http://127.0.0.1:5/","urls":{"jira":"http://127.0.0.1:5/jira/"},)"
+                      R"("user":"tokend","standin":"s3cret"})"
+                      "\n");
     auto e = tokend.api().open_endpoint("p", 3, 4242);
     REQUIRE(e);
     CHECK(tokend.received().method == "POST");
@@ -372,7 +388,8 @@ TEST_CASE("open_endpoint() sends the pid and keeps the connection after the firs
     CHECK(e.error().error.message == "tokend's endpoint answer is incomplete");
   }
   SECTION("refused") {
-    FakeTokend tokend(dir, answer(401, R"({"error":{"code":"reauth_required","message":"log in"}})"));
+    FakeTokend tokend(dir,
+                      answer(401, R"({"error":{"code":"reauth_required","message":"log in"}})"));
     auto e = tokend.api().open_endpoint("p", std::nullopt, 1);
     REQUIRE_FALSE(e);
     CHECK(e.error().reauth());
@@ -383,17 +400,20 @@ TEST_CASE("open_endpoint() sends the pid and keeps the connection after the firs
 TEST_CASE("events() hands over each event's data and reports a refused stream", "[client][api]") {
   TempDir dir;
   SECTION("two events, then tokend ends the stream") {
-    FakeTokend tokend(dir, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
-                           "event: refreshed\ndata: {\"profile\":\"a\"}\n\n: keep-alive\n\n"
-                           "data: {\"profile\":\"b\"}\n\n");
+    FakeTokend tokend(dir,
+                      "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+                      "event: refreshed\ndata: {\"profile\":\"a\"}\n\n: keep-alive\n\n"
+                      "data: {\"profile\":\"b\"}\n\n");
     std::vector<std::string> seen;
-    auto r = tokend.api().events("a", [&](const json::Json& e) { seen.push_back(e.value("profile", "")); });
+    auto r = tokend.api().events(
+        "a", [&](const json::Json& e) { seen.push_back(e.value("profile", "")); });
     REQUIRE(r);
     CHECK(tokend.received().target == "/v1/events?profile=a");
     CHECK(seen == std::vector<std::string>{"a", "b"});
   }
   SECTION("refused") {
-    FakeTokend tokend(dir, answer(404, R"({"error":{"code":"not_found","message":"no profile 'x'"}})"));
+    FakeTokend tokend(dir,
+                      answer(404, R"({"error":{"code":"not_found","message":"no profile 'x'"}})"));
     auto r = tokend.api().events(std::nullopt, [](const json::Json&) {});
     REQUIRE_FALSE(r);
     CHECK(tokend.received().target == "/v1/events");

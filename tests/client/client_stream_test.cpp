@@ -8,12 +8,11 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <catch2/catch_test_macros.hpp>
 #include <cstring>
 #include <functional>
 #include <string>
 #include <thread>
-
-#include <catch2/catch_test_macros.hpp>
 
 #include "client/client.hpp"
 #include "support/temp_dir.hpp"
@@ -111,11 +110,14 @@ std::string pattern(std::size_t n) {
   return s;
 }
 
-bool has_line(const std::string& head, const std::string& line) { return head.find("\r\n" + line + "\r\n") != std::string::npos; }
+bool has_line(const std::string& head, const std::string& line) {
+  return head.find("\r\n" + line + "\r\n") != std::string::npos;
+}
 
 }  // namespace
 
-TEST_CASE("a file body goes out with its fstat size as Content-Length; the answer streams in", "[ctl][client]") {
+TEST_CASE("a file body goes out with its fstat size as Content-Length; the answer streams in",
+          "[ctl][client]") {
   TempDir dir;
   const std::string upload = pattern(3 * 1024 * 1024 + 17);
   tokend::test::write_file_bytes(dir / "upload.bin", upload);
@@ -127,7 +129,9 @@ TEST_CASE("a file body goes out with its fstat size as Content-Length; the answe
     got_head = read_head(fd, buf);
     read_exactly(fd, buf, upload.size());
     got_body = buf;
-    write_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+    write_all(fd,
+              "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: "
+              "chunked\r\n\r\n");
     for (std::size_t at = 0; at < answer.size(); at += 100'000) {
       const std::string piece = answer.substr(at, 100'000);
       char size[32];
@@ -219,7 +223,9 @@ TEST_CASE("an early answer stops the upload and is read", "[ctl][client]") {
   Peer peer(dir, [&](int fd) {
     std::string buf;
     read_head(fd, buf);
-    write_all(fd, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 11\r\nConnection: close\r\n\r\ntoo large!\n");
+    write_all(fd,
+              "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 11\r\nConnection: "
+              "close\r\n\r\ntoo large!\n");
     ::shutdown(fd, SHUT_WR);
     // Keep reading a while without answering more, as a server draining
     // the rest does; the client must not wait for us to finish.
@@ -353,7 +359,8 @@ TEST_CASE("a file that shrinks while it is sent fails the request", "[ctl][clien
   CHECK(r.error().message.find("50 bytes short") != std::string::npos);
 }
 
-TEST_CASE("line breaks in the target or a header are refused before anything is sent", "[ctl][client]") {
+TEST_CASE("line breaks in the target or a header are refused before anything is sent",
+          "[ctl][client]") {
   TempDir dir;
   std::atomic<bool> got_bytes{false};
   Peer peer(dir, [&](int fd) {
@@ -363,9 +370,13 @@ TEST_CASE("line breaks in the target or a header are refused before anything is 
   {
     auto client = Client::connect(peer.path());
     REQUIRE(client);
-    const tokend::client::Headers bad_headers[] = {
-        {{"X-A", "1\r\nX-Injected: 1"}}, {{"X-A", "1\n"}}, {{"X A", "1"}}, {{"", "1"}},
-        {{"X-A", std::string("1\0", 2)}}, {{"Content-Length", "5"}}, {{"transfer-encoding", "chunked"}}};
+    const tokend::client::Headers bad_headers[] = {{{"X-A", "1\r\nX-Injected: 1"}},
+                                                   {{"X-A", "1\n"}},
+                                                   {{"X A", "1"}},
+                                                   {{"", "1"}},
+                                                   {{"X-A", std::string("1\0", 2)}},
+                                                   {{"Content-Length", "5"}},
+                                                   {{"transfer-encoding", "chunked"}}};
     for (const auto& h : bad_headers) {
       auto r = client->exchange("GET", "/x", h, nullptr, nullptr, nullptr, 1s);
       REQUIRE_FALSE(r);

@@ -1,6 +1,6 @@
-#include <catch2/catch_test_macros.hpp>
-
 #include "core/clock.hpp"
+
+#include <catch2/catch_test_macros.hpp>
 
 using namespace std::chrono_literals;
 

@@ -1,6 +1,6 @@
-#include <catch2/catch_test_macros.hpp>
-
 #include "core/encoding.hpp"
+
+#include <catch2/catch_test_macros.hpp>
 
 TEST_CASE("hex round trip and rejection of bad input", "[core][encoding]") {
   CHECK(tokend::hex_encode(std::string("\x00\xff\x10", 3)) == "00ff10");
@@ -10,14 +10,19 @@ TEST_CASE("hex round trip and rejection of bad input", "[core][encoding]") {
 }
 
 TEST_CASE("base64 known answers (RFC 4648 §10)", "[core][encoding]") {
-  const std::pair<const char*, const char*> vectors[] = {
-      {"", ""}, {"f", "Zg=="}, {"fo", "Zm8="}, {"foo", "Zm9v"},
-      {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"}};
+  const std::pair<const char*, const char*> vectors[] = {{"", ""},
+                                                         {"f", "Zg=="},
+                                                         {"fo", "Zm8="},
+                                                         {"foo", "Zm9v"},
+                                                         {"foob", "Zm9vYg=="},
+                                                         {"fooba", "Zm9vYmE="},
+                                                         {"foobar", "Zm9vYmFy"}};
   for (const auto& [in, out] : vectors) {
     CHECK(tokend::base64_encode(in) == out);
     CHECK(tokend::base64_decode(out) == std::optional<std::string>(in));
   }
-  for (const char* bad : {"Zg=", "Zg=a", "Z===", "Zm9v!A==", "=Zm9"}) CHECK_FALSE(tokend::base64_decode(bad));
+  for (const char* bad : {"Zg=", "Zg=a", "Z===", "Zm9v!A==", "=Zm9"})
+    CHECK_FALSE(tokend::base64_decode(bad));
   CHECK(tokend::base64url_encode("\xfb\xff") == "-_8");
 }
 

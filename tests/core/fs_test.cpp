@@ -1,9 +1,10 @@
+#include "core/fs.hpp"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch_test_macros.hpp>
 
-#include "core/fs.hpp"
 #include "support/temp_dir.hpp"
 
 namespace fs = tokend::fs;
@@ -12,7 +13,7 @@ using tokend::test::TempDir;
 
 namespace {
 unsigned mode_of(const std::filesystem::path& p) {
-  struct stat st {};
+  struct stat st{};
   ::lstat(p.c_str(), &st);
   return st.st_mode & 07777;
 }
@@ -60,7 +61,8 @@ TEST_CASE("check_private_dir refuses loose, symlinked and foreign directories", 
   }
 }
 
-TEST_CASE("check_private_file refuses group/other bits, symlinks and foreign owners", "[core][fs]") {
+TEST_CASE("check_private_file refuses group/other bits, symlinks and foreign owners",
+          "[core][fs]") {
   TempDir t;
   const auto f = t / "key";
   tokend::test::write_file_bytes(f, "k", 0640);

@@ -1,6 +1,6 @@
-#include <catch2/catch_test_macros.hpp>
-
 #include "core/json.hpp"
+
+#include <catch2/catch_test_macros.hpp>
 
 namespace json = tokend::json;
 

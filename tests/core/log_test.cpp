@@ -1,17 +1,19 @@
-#include <catch2/catch_test_macros.hpp>
-#include <nlohmann/json.hpp>
+#include "core/log.hpp"
+
 #include <spdlog/sinks/ostream_sink.h>
 
+#include <catch2/catch_test_macros.hpp>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "core/log.hpp"
 #include "core/secret.hpp"
 
 namespace {
 
 struct Captured {
   std::ostringstream out;
-  explicit Captured(tokend::log::Format format, spdlog::level::level_enum level = spdlog::level::trace) {
+  explicit Captured(tokend::log::Format format,
+                    spdlog::level::level_enum level = spdlog::level::trace) {
     auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
     tokend::log::setup_with_sink({level, format}, sink);
   }

@@ -1,10 +1,9 @@
+#include "core/paths.hpp"
+
 #include <unistd.h>
 
-#include <map>
-
 #include <catch2/catch_test_macros.hpp>
-
-#include "core/paths.hpp"
+#include <map>
 
 namespace {
 tokend::EnvLookup env_of(std::map<std::string, std::string> m) {

@@ -1,9 +1,9 @@
-#include <sstream>
+#include "core/secret.hpp"
 
-#include <catch2/catch_test_macros.hpp>
 #include <fmt/format.h>
 
-#include "core/secret.hpp"
+#include <catch2/catch_test_macros.hpp>
+#include <sstream>
 
 using tokend::Secret;
 

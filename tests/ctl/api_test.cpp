@@ -1,9 +1,8 @@
-#include <optional>
-#include <string>
+#include "ctl/api.hpp"
 
 #include <catch2/catch_test_macros.hpp>
-
-#include "ctl/api.hpp"
+#include <optional>
+#include <string>
 
 using tokend::Errc;
 using tokend::ctl::DataArg;
@@ -45,7 +44,8 @@ TEST_CASE("api: -H takes Name: value", "[ctl][api][headers]") {
       {"no space after the colon", "X-Atlassian-Token:no-check", "X-Atlassian-Token", "no-check"},
       {"white space around the value trimmed", "Accept: \t text/plain \t", "Accept", "text/plain"},
       {"an empty value", "X-Empty:", "X-Empty", ""},
-      {"a colon in the value", "X-Url: https://a.example:8443/x", "X-Url", "https://a.example:8443/x"},
+      {"a colon in the value", "X-Url: https://a.example:8443/x", "X-Url",
+       "https://a.example:8443/x"},
       {"a tab inside the value", "X-Tab: a\tb", "X-Tab", "a\tb"},
       {"token punctuation in the name", "X-A.b_c~d!#$%&'*+^`|: 1", "X-A.b_c~d!#$%&'*+^`|", "1"},
       {"UTF-8 in the value", "X-Name: J\xc3\xbcrgen", "X-Name", "J\xc3\xbcrgen"},
@@ -60,7 +60,8 @@ TEST_CASE("api: -H takes Name: value", "[ctl][api][headers]") {
   }
 }
 
-TEST_CASE("api: -H refuses what would break or smuggle a header, without repeating the value", "[ctl][api][headers]") {
+TEST_CASE("api: -H refuses what would break or smuggle a header, without repeating the value",
+          "[ctl][api][headers]") {
   const BadHeaderCase cases[] = {
       {"no colon", "Accept application/json", "\"Name: value\""},
       {"empty", "", "\"Name: value\""},
@@ -87,8 +88,8 @@ TEST_CASE("api: -H refuses what would break or smuggle a header, without repeati
 }
 
 TEST_CASE("headers tokenctl frames itself, and the ones tokend replaces", "[ctl][api][headers]") {
-  for (const char* n : {"Host", "content-length", "Transfer-Encoding", "CONNECTION", "Keep-Alive", "TE", "Trailer",
-                        "Upgrade", "Expect"}) {
+  for (const char* n : {"Host", "content-length", "Transfer-Encoding", "CONNECTION", "Keep-Alive",
+                        "TE", "Trailer", "Upgrade", "Expect"}) {
     INFO(n);
     CHECK(is_framing_header(n));
   }
@@ -96,11 +97,13 @@ TEST_CASE("headers tokenctl frames itself, and the ones tokend replaces", "[ctl]
     INFO(n);
     CHECK_FALSE(is_framing_header(n));
   }
-  for (const char* n : {"Authorization", "authorization", "Cookie", "Proxy-Authorization", "X-Tokend-Profile"}) {
+  for (const char* n :
+       {"Authorization", "authorization", "Cookie", "Proxy-Authorization", "X-Tokend-Profile"}) {
     INFO(n);
     CHECK(is_replaced_header(n));
   }
-  for (const char* n : {"X-Tokend-Retry-Wait", "x-tokend-retry-wait", "Accept", "Cookies", "X-Authorization"}) {
+  for (const char* n :
+       {"X-Tokend-Retry-Wait", "x-tokend-retry-wait", "Accept", "Cookies", "X-Authorization"}) {
     INFO(n);
     CHECK_FALSE(is_replaced_header(n));
   }
@@ -121,12 +124,14 @@ TEST_CASE("METHOD is upper-cased letters", "[ctl][api]") {
 TEST_CASE("PATH becomes the proxy target", "[ctl][api][target]") {
   const TargetCase cases[] = {
       {"as given", "jira/rest/api/3/myself", "/v1/proxy/p/jira/rest/api/3/myself"},
-      {"one leading slash dropped", "/jira/rest/api/3/myself", "/v1/proxy/p/jira/rest/api/3/myself"},
+      {"one leading slash dropped", "/jira/rest/api/3/myself",
+       "/v1/proxy/p/jira/rest/api/3/myself"},
       {"query passed through", "jira/rest/api/3/search?jql=project%3DABC&maxResults=5",
        "/v1/proxy/p/jira/rest/api/3/search?jql=project%3DABC&maxResults=5"},
       {"spaces encoded", "jira/rest/api/3/search?jql=project = ABC",
        "/v1/proxy/p/jira/rest/api/3/search?jql=project%20=%20ABC"},
-      {"quotes and braces encoded", "x?q=\"a\"{b}|<c>^`\\", "/v1/proxy/p/x?q=%22a%22%7Bb%7D%7C%3Cc%3E%5E%60%5C"},
+      {"quotes and braces encoded", "x?q=\"a\"{b}|<c>^`\\",
+       "/v1/proxy/p/x?q=%22a%22%7Bb%7D%7C%3Cc%3E%5E%60%5C"},
       {"# is data, not a fragment", "x?q=summary~'#12'", "/v1/proxy/p/x?q=summary~'%2312'"},
       {"a lone % encoded", "x?q=100%", "/v1/proxy/p/x?q=100%25"},
       {"a % without two hex digits encoded", "x?q=%zz", "/v1/proxy/p/x?q=%25zz"},
@@ -134,7 +139,8 @@ TEST_CASE("PATH becomes the proxy target", "[ctl][api][target]") {
       {"UTF-8 encoded", "x?q=J\xc3\xbcrgen", "/v1/proxy/p/x?q=J%C3%BCrgen"},
       {"sub-delims, : and @ kept", "x/a:b@c!$&'()*+,;=", "/v1/proxy/p/x/a:b@c!$&'()*+,;="},
       {"a second ? stays in the query", "x?a=?b", "/v1/proxy/p/x?a=?b"},
-      {"a trailing slash kept", "confluence/wiki/rest/api/space/", "/v1/proxy/p/confluence/wiki/rest/api/space/"},
+      {"a trailing slash kept", "confluence/wiki/rest/api/space/",
+       "/v1/proxy/p/confluence/wiki/rest/api/space/"},
       {"dot segments left to tokend", "jira/../x", "/v1/proxy/p/jira/../x"},
   };
   for (const auto& c : cases) {
@@ -143,8 +149,8 @@ TEST_CASE("PATH becomes the proxy target", "[ctl][api][target]") {
     REQUIRE(t.has_value());
     CHECK(*t == c.target);
   }
-  const std::string bad_paths[] = {"", "/", "?a=b", "/?a=b", "x\r\nHost: evil", "x\ny", std::string("x\0y", 3),
-                                  "x\ty", "x\x7f"};
+  const std::string bad_paths[] = {
+      "", "/", "?a=b", "/?a=b", "x\r\nHost: evil", "x\ny", std::string("x\0y", 3), "x\ty", "x\x7f"};
   for (const auto& bad : bad_paths) {
     INFO(bad);
     auto t = proxy_target("p", bad);
@@ -178,7 +184,8 @@ TEST_CASE("api: --data: @FILE, - or the text", "[ctl][api]") {
 }
 
 TEST_CASE("tokend's own error answers are told apart from upstream error bodies", "[ctl][api]") {
-  auto own = parse_tokend_error(R"({"error":{"code":"policy_denied","message":"read-only profile"}})");
+  auto own =
+      parse_tokend_error(R"({"error":{"code":"policy_denied","message":"read-only profile"}})");
   REQUIRE(own);
   CHECK(own->code == "policy_denied");
   CHECK(own->message == "read-only profile");
@@ -189,11 +196,11 @@ TEST_CASE("tokend's own error answers are told apart from upstream error bodies"
   CHECK(reauth->code == "reauth_required");
   CHECK(reauth->command == "tokenctl login jira");
   for (const char* upstream : {
-           R"({"errorMessages":["Issue does not exist"],"errors":{}})",  // Jira
-           R"({"error":"invalid_token","error_description":"expired"})",  // OAuth
+           R"({"errorMessages":["Issue does not exist"],"errors":{}})",       // Jira
+           R"({"error":"invalid_token","error_description":"expired"})",      // OAuth
            R"({"code":401,"message":"Unauthorized; scope does not match"})",  // Atlassian gateway
-           R"({"error":{"code":"x","message":"y"},"status":404})",  // more than "error"
-           R"({"error":{"code":404,"message":"y"}})",  // a numeric code
+           R"({"error":{"code":"x","message":"y"},"status":404})",            // more than "error"
+           R"({"error":{"code":404,"message":"y"}})",                         // a numeric code
            R"({"error":{"message":"y"}})",
            R"([{"error":{"code":"x","message":"y"}}])",
            "<html>Not Found</html>",
@@ -208,9 +215,11 @@ TEST_CASE("api: --include prints the status line and headers", "[ctl][api]") {
   tokend::client::ResponseHead head;
   head.status = 201;
   head.reason = "Created";
-  head.headers = {{"Content-Type", "application/json"}, {"Location", "https://x/rest/api/3/issue/10001"}};
+  head.headers = {{"Content-Type", "application/json"},
+                  {"Location", "https://x/rest/api/3/issue/10001"}};
   CHECK(render_response_head(head) ==
-        "HTTP/1.1 201 Created\nContent-Type: application/json\nLocation: https://x/rest/api/3/issue/10001\n\n");
+        "HTTP/1.1 201 Created\nContent-Type: application/json\nLocation: "
+        "https://x/rest/api/3/issue/10001\n\n");
   head.reason.clear();
   head.headers.clear();
   CHECK(render_response_head(head) == "HTTP/1.1 201\n\n");

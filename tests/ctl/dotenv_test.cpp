@@ -1,8 +1,8 @@
-#include <string>
+#include "ctl/dotenv.hpp"
 
 #include <catch2/catch_test_macros.hpp>
+#include <string>
 
-#include "ctl/dotenv.hpp"
 #include "support/temp_dir.hpp"
 
 using tokend::Errc;
@@ -49,12 +49,14 @@ TEST_CASE("dotenv values, rule by rule", "[ctl][dotenv]") {
       {"double quotes keep # and spaces", R"(KEY=" a # b ")", "KEY", " a # b "},
       {"comment after a quoted value", "KEY='v' # note\n", "KEY", "v"},
       {"spaces after a quoted value", "KEY=\"v\"   \n", "KEY", "v"},
-      {"multi-line double-quoted value", "KEY=\"line 1\nline 2\"\nNEXT=x\n", "KEY", "line 1\nline 2"},
+      {"multi-line double-quoted value", "KEY=\"line 1\nline 2\"\nNEXT=x\n", "KEY",
+       "line 1\nline 2"},
       {"line after a multi-line value", "KEY=\"line 1\nline 2\"\nNEXT=x\n", "NEXT", "x"},
       {"shell-quoted quote (tokend's dotenv sink)", R"(KEY='it'\''s')", "KEY", "it's"},
       {"no interpolation", "A=1\nKEY=${A}\n", "KEY", "${A}"},
       {"duplicate key: the last wins", "KEY=first\nKEY=second\n", "KEY", "second"},
-      {"comments and blank lines skipped", "# header\n\n   \n\t\nKEY=v\n# KEY=commented\n", "KEY", "v"},
+      {"comments and blank lines skipped", "# header\n\n   \n\t\nKEY=v\n# KEY=commented\n", "KEY",
+       "v"},
       {"key with dots and dashes", "my.key-1=v\n", "my.key-1", "v"},
       {"CRLF, unquoted", "KEY=value\r\nNEXT=x\r\n", "KEY", "value"},
       {"CRLF, quoted", "KEY='value'\r\nNEXT=x\r\n", "KEY", "value"},
@@ -88,13 +90,15 @@ TEST_CASE("dotenv: a file exactly as python-dotenv's set_key writes it", "[ctl][
   CHECK(r->at("JIRA_OAUTH_CLIENT_ID").reveal() == "AbCdEf456");
   CHECK(r->at("JIRA_OAUTH_CLIENT_SECRET").reveal() == "ATOA-s3cr3t/+=x");
   CHECK(r->at("JIRA_OAUTH_REDIRECT_URI").reveal() == "http://localhost:8080/callback");
-  CHECK(r->at("JIRA_OAUTH_ACCESS_TOKEN").reveal() == "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3OTAwMDAwMDB9.c2ln");
+  CHECK(r->at("JIRA_OAUTH_ACCESS_TOKEN").reveal() ==
+        "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3OTAwMDAwMDB9.c2ln");
   CHECK(r->at("JIRA_OAUTH_REFRESH_TOKEN").reveal() == "it's a #token");
   CHECK(r->at("EXPORTED").reveal() == "v");
 }
 
 TEST_CASE("dotenv: the same file with CRLF line endings", "[ctl][dotenv]") {
-  auto r = parse_dotenv("# saved on Windows\r\nA='x'\r\n\r\nexport B=y # c\r\nC=\"z\\n\"\r\n", ".env");
+  auto r =
+      parse_dotenv("# saved on Windows\r\nA='x'\r\n\r\nexport B=y # c\r\nC=\"z\\n\"\r\n", ".env");
   REQUIRE(r.has_value());
   CHECK(r->size() == 3);
   CHECK(r->at("A").reveal() == "x");
@@ -127,10 +131,14 @@ TEST_CASE("dotenv: malformed lines name the file and line, never the value", "[c
       {"key starting with a digit", "\n\n1SECRETVALUE=x\n", "app.env line 3: expected KEY=VALUE"},
       {"space inside the key", "MY KEY=SECRETVALUE\n", "app.env line 1: expected KEY=VALUE"},
       {"a bare value", "A=1\r\n: SECRETVALUE\r\n", "app.env line 2: expected KEY=VALUE"},
-      {"unclosed single quote", "A=1\nB='SECRETVALUE\nC=2\n", "app.env line 2: the quoted value is not closed"},
-      {"unclosed double quote", "B=\"SECRETVALUE\n", "app.env line 1: the quoted value is not closed"},
-      {"escaped closing quote", R"(B='SECRETVALUE\')", "app.env line 1: the quoted value is not closed"},
-      {"text after the closing quote", "B='SECRET'VALUE\n", "app.env line 1: unexpected text after the closing quote"},
+      {"unclosed single quote", "A=1\nB='SECRETVALUE\nC=2\n",
+       "app.env line 2: the quoted value is not closed"},
+      {"unclosed double quote", "B=\"SECRETVALUE\n",
+       "app.env line 1: the quoted value is not closed"},
+      {"escaped closing quote", R"(B='SECRETVALUE\')",
+       "app.env line 1: the quoted value is not closed"},
+      {"text after the closing quote", "B='SECRET'VALUE\n",
+       "app.env line 1: unexpected text after the closing quote"},
   };
   for (const auto& c : cases) {
     INFO(c.rule);

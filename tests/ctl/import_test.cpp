@@ -1,10 +1,10 @@
+#include "ctl/import.hpp"
+
+#include <catch2/catch_test_macros.hpp>
 #include <optional>
 #include <string>
 
-#include <catch2/catch_test_macros.hpp>
-
 #include "core/encoding.hpp"
-#include "ctl/import.hpp"
 
 using tokend::Errc;
 using tokend::Secret;
@@ -17,8 +17,8 @@ using tokend::ctl::parse_unix_time;
 namespace {
 
 std::string jwt(const std::string& payload) {
-  return tokend::base64url_encode(R"({"alg":"RS256","typ":"JWT"})") + "." + tokend::base64url_encode(payload) +
-         ".c2lnbmF0dXJl";
+  return tokend::base64url_encode(R"({"alg":"RS256","typ":"JWT"})") + "." +
+         tokend::base64url_encode(payload) + ".c2lnbmF0dXJl";
 }
 
 struct ExpCase {
@@ -43,7 +43,8 @@ TEST_CASE("jwt_expiry reads the exp claim and ignores everything else", "[ctl][i
   const ExpCase cases[] = {
       {"integer exp", jwt(R"({"sub":"me","exp":1790000000})"), 1790000000},
       {"fractional exp", jwt(R"({"exp":1790000000.75})"), 1790000000},
-      {"the known token from a set_key file", "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3OTAwMDAwMDB9.c2ln", 1790000000},
+      {"the known token from a set_key file", "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3OTAwMDAwMDB9.c2ln",
+       1790000000},
       {"padded base64url", "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3OTAwMDAwMDB9==.c2ln", 1790000000},
       {"surrounding whitespace", " " + jwt(R"({"exp":42})") + "\n", 42},
       {"no exp", jwt(R"({"sub":"me"})"), std::nullopt},
@@ -96,7 +97,8 @@ TEST_CASE("import_profile_body maps the JIRA_OAUTH_* variables", "[ctl][import]"
 
   SECTION("the cloud id when the script kept one") {
     vars.insert_or_assign("JIRA_OAUTH_CLOUD_ID", Secret("11111111-2222-3333-4444-555555555555"));
-    CHECK((*import_profile_body(vars, "atlassian"))["cloud_id"] == "11111111-2222-3333-4444-555555555555");
+    CHECK((*import_profile_body(vars, "atlassian"))["cloud_id"] ==
+          "11111111-2222-3333-4444-555555555555");
   }
 
   SECTION("expiry from the JWT's exp") {
@@ -133,7 +135,9 @@ TEST_CASE("import_profile_body maps the JIRA_OAUTH_* variables", "[ctl][import]"
     vars.insert_or_assign("JIRA_OAUTH_SITE", Secret("https://site.atlassian.net"));
     CHECK((*import_profile_body(vars, "atlassian"))["site"] == "https://site.atlassian.net");
   }
-  SECTION("a refresh token alone (no access token, or a blank one): no expiry, tokend refreshes at once") {
+  SECTION(
+      "a refresh token alone (no access token, or a blank one): no expiry, tokend refreshes at "
+      "once") {
     for (const bool blank : {false, true}) {
       vars.erase("JIRA_OAUTH_ACCESS_TOKEN");
       if (blank) vars.insert_or_assign("JIRA_OAUTH_ACCESS_TOKEN", Secret(" "));
@@ -159,16 +163,19 @@ TEST_CASE("import_profile_body names every missing variable and no value", "[ctl
   auto b = import_profile_body(vars, "atlassian");
   REQUIRE_FALSE(b.has_value());
   CHECK(b.error().code == Errc::not_found);
-  CHECK(b.error().message == "missing variables JIRA_OAUTH_CLIENT_SECRET, JIRA_OAUTH_REFRESH_TOKEN");
+  CHECK(b.error().message ==
+        "missing variables JIRA_OAUTH_CLIENT_SECRET, JIRA_OAUTH_REFRESH_TOKEN");
 
   vars = complete_set();
   vars.erase("JIRA_OAUTH_REDIRECT_URI");
-  CHECK(import_profile_body(vars, "atlassian").error().message == "missing variable JIRA_OAUTH_REDIRECT_URI");
+  CHECK(import_profile_body(vars, "atlassian").error().message ==
+        "missing variable JIRA_OAUTH_REDIRECT_URI");
 
   const auto none = import_profile_body(DotenvValues{}, "atlassian");
-  CHECK(none.error().message ==
-        "missing variables JIRA_OAUTH_CLIENT_ID, JIRA_OAUTH_CLIENT_SECRET, JIRA_OAUTH_REDIRECT_URI, "
-        "JIRA_OAUTH_REFRESH_TOKEN");
+  CHECK(
+      none.error().message ==
+      "missing variables JIRA_OAUTH_CLIENT_ID, JIRA_OAUTH_CLIENT_SECRET, JIRA_OAUTH_REDIRECT_URI, "
+      "JIRA_OAUTH_REFRESH_TOKEN");
 }
 
 TEST_CASE("login_paste_body tells a redirect URL from a bare code", "[ctl][import][login]") {
@@ -180,10 +187,12 @@ TEST_CASE("login_paste_body tells a redirect URL from a bare code", "[ctl][impor
   const PasteCase cases[] = {
       {"http://127.0.0.1:8765/callback?code=abc&state=xyz", "redirect_url",
        "http://127.0.0.1:8765/callback?code=abc&state=xyz"},
-      {"  https://example.com/cb?code=abc&state=xyz \r\n", "redirect_url", "https://example.com/cb?code=abc&state=xyz"},
+      {"  https://example.com/cb?code=abc&state=xyz \r\n", "redirect_url",
+       "https://example.com/cb?code=abc&state=xyz"},
       {"?code=abc&state=xyz", "redirect_url", "?code=abc&state=xyz"},
       {"code=abc&state=xyz", "redirect_url", "?code=abc&state=xyz"},
-      {"error=access_denied&state=xyz&code=", "redirect_url", "?error=access_denied&state=xyz&code="},
+      {"error=access_denied&state=xyz&code=", "redirect_url",
+       "?error=access_denied&state=xyz&code="},
       {"abc123-DEF", "code", "abc123-DEF"},
       {"\tabc123\n", "code", "abc123"},
       {"", nullptr, nullptr},

@@ -1,12 +1,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <catch2/catch_test_macros.hpp>
 #include <filesystem>
 #include <map>
-#include <string>
-
-#include <catch2/catch_test_macros.hpp>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "ctl/mcp/config.hpp"
 #include "support/temp_dir.hpp"
@@ -37,7 +36,8 @@ McpServerEntry jira(std::vector<std::pair<std::string, std::string>> env = {}) {
   return bridge_entry("jira", k_ctl, "jira", std::move(env));
 }
 
-std::string merged_text(McpClient c, std::string_view existing, const McpServerEntry& e, MergeAction expect) {
+std::string merged_text(McpClient c, std::string_view existing, const McpServerEntry& e,
+                        MergeAction expect) {
   auto r = merge_entry(c, existing, e, false, "F");
   REQUIRE(r);
   CHECK(r->action == expect);
@@ -72,7 +72,8 @@ TEST_CASE("each client's entry in its own format", "[ctl][mcp_config]") {
       {McpClient::gemini, {{"mcpServers", {{"jira", plain}}}}},
       {McpClient::vscode, {{"servers", {{"jira", stdio}}}}},
       {McpClient::opencode,
-       {{"mcp", {{"jira", {{"type", "local"}, {"command", {k_ctl, "mcp", "jira"}}, {"enabled", true}}}}}}},
+       {{"mcp",
+         {{"jira", {{"type", "local"}, {"command", {k_ctl, "mcp", "jira"}}, {"enabled", true}}}}}}},
   };
   for (const auto& [client, expected] : cases) {
     INFO(tokend::ctl::mcp_client_name(client));
@@ -83,14 +84,15 @@ TEST_CASE("each client's entry in its own format", "[ctl][mcp_config]") {
   }
   auto toml = render_entry(McpClient::codex, e);
   REQUIRE(toml);
-  CHECK(*toml == "[mcp_servers.jira]\ncommand = \"/opt/tokend/bin/tokenctl\"\nargs = [\"mcp\", \"jira\"]\n");
+  CHECK(*toml ==
+        "[mcp_servers.jira]\ncommand = \"/opt/tokend/bin/tokenctl\"\nargs = [\"mcp\", \"jira\"]\n");
 }
 
 TEST_CASE("a non-default socket goes into each client's environment key", "[ctl][mcp_config]") {
   const auto e = jira({{"TOKEND_SOCKET", "/run/t d/tokend.sock"}});
   const Json env = {{"TOKEND_SOCKET", "/run/t d/tokend.sock"}};
-  for (auto c : {McpClient::claude_code, McpClient::claude_desktop, McpClient::cursor, McpClient::gemini,
-                 McpClient::vscode}) {
+  for (auto c : {McpClient::claude_code, McpClient::claude_desktop, McpClient::cursor,
+                 McpClient::gemini, McpClient::vscode}) {
     auto text = render_entry(c, e);
     REQUIRE(text);
     const Json j = Json::parse(*text);
@@ -108,16 +110,18 @@ TEST_CASE("a non-default socket goes into each client's environment key", "[ctl]
 }
 
 TEST_CASE("a local server wrapped with exec --endpoint", "[ctl][mcp_config]") {
-  const auto e = exec_entry("jira-local", k_ctl, "jira", {"--url-env", "JIRA_URL"}, {"uvx", "mcp-atlassian"}, {});
+  const auto e = exec_entry("jira-local", k_ctl, "jira", {"--url-env", "JIRA_URL"},
+                            {"uvx", "mcp-atlassian"}, {});
   CHECK(e.command == k_ctl);
-  CHECK(e.args == std::vector<std::string>{"exec", "jira", "--endpoint", "--url-env", "JIRA_URL", "--", "uvx",
-                                           "mcp-atlassian"});
+  CHECK(e.args == std::vector<std::string>{"exec", "jira", "--endpoint", "--url-env", "JIRA_URL",
+                                           "--", "uvx", "mcp-atlassian"});
   const auto given = exec_entry("x", k_ctl, "jira", {"--endpoint"}, {"srv"}, {});
   CHECK(given.args == std::vector<std::string>{"exec", "jira", "--endpoint", "--", "srv"});
   auto oc = render_entry(McpClient::opencode, e);
   REQUIRE(oc);
   CHECK(Json::parse(*oc)["mcp"]["jira-local"]["command"] ==
-        Json({k_ctl, "exec", "jira", "--endpoint", "--url-env", "JIRA_URL", "--", "uvx", "mcp-atlassian"}));
+        Json({k_ctl, "exec", "jira", "--endpoint", "--url-env", "JIRA_URL", "--", "uvx",
+              "mcp-atlassian"}));
 }
 
 TEST_CASE("TOML strings are escaped", "[ctl][mcp_config]") {
@@ -168,8 +172,8 @@ TEST_CASE("JSON merge: other keys and entries keep their bytes", "[ctl][mcp_conf
     CHECK(merged_text(McpClient::claude_code, after, jira(), MergeAction::unchanged) == after);
   }
   SECTION("a changed entry is replaced in place, the rest kept") {
-    const std::string again =
-        merged_text(McpClient::claude_code, after, jira({{"TOKEND_SOCKET", "/s"}}), MergeAction::replaced);
+    const std::string again = merged_text(McpClient::claude_code, after,
+                                          jira({{"TOKEND_SOCKET", "/s"}}), MergeAction::replaced);
     CHECK(again.starts_with(before.substr(0, at) + ",\n        \"jira\": {"));
     CHECK(again.ends_with("    },\n    \"projects\": {\"/p\": {\"mcpServers\": {}}}\n}\n"));
     CHECK(Json::parse(again)["mcpServers"]["jira"]["env"] == Json({{"TOKEND_SOCKET", "/s"}}));
@@ -178,20 +182,26 @@ TEST_CASE("JSON merge: other keys and entries keep their bytes", "[ctl][mcp_conf
   }
 }
 
-TEST_CASE("JSON merge: missing container, empty objects, one-line files, CRLF, new files", "[ctl][mcp_config]") {
+TEST_CASE("JSON merge: missing container, empty objects, one-line files, CRLF, new files",
+          "[ctl][mcp_config]") {
   CHECK(merged_text(McpClient::cursor, "{\n  \"a\": 1\n}\n", jira(), MergeAction::added) ==
-        "{\n  \"a\": 1,\n  \"mcpServers\": {\n    \"jira\": {\n      \"command\": \"/opt/tokend/bin/tokenctl\",\n"
+        "{\n  \"a\": 1,\n  \"mcpServers\": {\n    \"jira\": {\n      \"command\": "
+        "\"/opt/tokend/bin/tokenctl\",\n"
         "      \"args\": [\n        \"mcp\",\n        \"jira\"\n      ]\n    }\n  }\n}\n");
   CHECK(merged_text(McpClient::vscode, "{\"inputs\":[]}", jira(), MergeAction::added) ==
-        "{\"inputs\":[], \"servers\": {\"jira\":{\"type\":\"stdio\",\"command\":\"/opt/tokend/bin/tokenctl\","
+        "{\"inputs\":[], \"servers\": "
+        "{\"jira\":{\"type\":\"stdio\",\"command\":\"/opt/tokend/bin/tokenctl\","
         "\"args\":[\"mcp\",\"jira\"]}}}");
-  CHECK(merged_text(McpClient::gemini, "{\n\t\"mcpServers\": {}\n}\n", jira(), MergeAction::added) ==
-        "{\n\t\"mcpServers\": {\n\t\t\"jira\": {\n\t\t\t\"command\": \"/opt/tokend/bin/tokenctl\",\n"
-        "\t\t\t\"args\": [\n\t\t\t\t\"mcp\",\n\t\t\t\t\"jira\"\n\t\t\t]\n\t\t}\n\t}\n}\n");
-  CHECK(merged_text(McpClient::cursor, "{}", jira(), MergeAction::added) ==
-        "{\n  \"mcpServers\": {\n    \"jira\": {\n      \"command\": \"/opt/tokend/bin/tokenctl\",\n"
-        "      \"args\": [\n        \"mcp\",\n        \"jira\"\n      ]\n    }\n  }\n}");
-  const std::string crlf = merged_text(McpClient::cursor, "{\r\n  \"a\": 1\r\n}\r\n", jira(), MergeAction::added);
+  CHECK(
+      merged_text(McpClient::gemini, "{\n\t\"mcpServers\": {}\n}\n", jira(), MergeAction::added) ==
+      "{\n\t\"mcpServers\": {\n\t\t\"jira\": {\n\t\t\t\"command\": \"/opt/tokend/bin/tokenctl\",\n"
+      "\t\t\t\"args\": [\n\t\t\t\t\"mcp\",\n\t\t\t\t\"jira\"\n\t\t\t]\n\t\t}\n\t}\n}\n");
+  CHECK(
+      merged_text(McpClient::cursor, "{}", jira(), MergeAction::added) ==
+      "{\n  \"mcpServers\": {\n    \"jira\": {\n      \"command\": \"/opt/tokend/bin/tokenctl\",\n"
+      "      \"args\": [\n        \"mcp\",\n        \"jira\"\n      ]\n    }\n  }\n}");
+  const std::string crlf =
+      merged_text(McpClient::cursor, "{\r\n  \"a\": 1\r\n}\r\n", jira(), MergeAction::added);
   CHECK(count(crlf, "\n") == count(crlf, "\r\n"));
   CHECK(Json::parse(crlf)["mcpServers"]["jira"]["args"] == Json({"mcp", "jira"}));
   for (std::string_view blank : {"", "  \n"}) {
@@ -200,8 +210,10 @@ TEST_CASE("JSON merge: missing container, empty objects, one-line files, CRLF, n
   }
 }
 
-TEST_CASE("JSON merge: an entry of that name that is not tokenctl's needs force", "[ctl][mcp_config]") {
-  const std::string before = R"({"mcpServers": {"jira": {"command": "npx", "args": ["mcp-atlassian"]}}})";
+TEST_CASE("JSON merge: an entry of that name that is not tokenctl's needs force",
+          "[ctl][mcp_config]") {
+  const std::string before =
+      R"({"mcpServers": {"jira": {"command": "npx", "args": ["mcp-atlassian"]}}})";
   auto r = merge_entry(McpClient::claude_desktop, before, jira(), false, "F");
   REQUIRE_FALSE(r);
   CHECK(r.error().code == Errc::conflict);
@@ -212,12 +224,14 @@ TEST_CASE("JSON merge: an entry of that name that is not tokenctl's needs force"
   CHECK(forced->action == MergeAction::replaced);
   CHECK(Json::parse(forced->text)["mcpServers"]["jira"]["command"] == k_ctl);
   // Another tokenctl (moved, or a different build) is ours: replaced without force.
-  const std::string moved = R"({"mcpServers": {"jira": {"command": "/usr/bin/tokenctl", "args": ["mcp", "old"]}}})";
-  CHECK(merged_text(McpClient::claude_desktop, moved, jira(), MergeAction::replaced).find("/usr/bin") ==
-        std::string::npos);
+  const std::string moved =
+      R"({"mcpServers": {"jira": {"command": "/usr/bin/tokenctl", "args": ["mcp", "old"]}}})";
+  CHECK(merged_text(McpClient::claude_desktop, moved, jira(), MergeAction::replaced)
+            .find("/usr/bin") == std::string::npos);
 }
 
-TEST_CASE("JSON merge: files it cannot keep are refused with where and what to do", "[ctl][mcp_config]") {
+TEST_CASE("JSON merge: files it cannot keep are refused with where and what to do",
+          "[ctl][mcp_config]") {
   struct Bad {
     const char* what;
     std::string text;
@@ -229,9 +243,11 @@ TEST_CASE("JSON merge: files it cannot keep are refused with where and what to d
       {"trailing comma", "{\n  \"a\": 1,\n}\n", "is not valid JSON (line 3, column 1)"},
       {"truncated", "{\"mcpServers\": {\"x\": ", "is not valid JSON"},
       {"an array", "[1, 2]", "holds a JSON array, not an object"},
-      {"container not an object", "{\"mcpServers\": []}", "\"mcpServers\" is a JSON array, not an object"},
+      {"container not an object", "{\"mcpServers\": []}",
+       "\"mcpServers\" is a JSON array, not an object"},
       {"container twice", "{\"mcpServers\": {}, \"mcpServers\": {}}", "has \"mcpServers\" 2 times"},
-      {"entry twice", "{\"mcpServers\": {\"jira\": {}, \"jira\": {}}}", "has the entry \"jira\" 2 times"},
+      {"entry twice", "{\"mcpServers\": {\"jira\": {}, \"jira\": {}}}",
+       "has the entry \"jira\" 2 times"},
   };
   for (const auto& c : cases) {
     INFO(c.what);
@@ -247,7 +263,8 @@ TEST_CASE("JSON merge: files it cannot keep are refused with where and what to d
   CHECK(r.error().message.find("MARKER") == std::string::npos);
 }
 
-TEST_CASE("TOML merge: the server's table is replaced, not duplicated, the rest byte for byte", "[ctl][mcp_config]") {
+TEST_CASE("TOML merge: the server's table is replaced, not duplicated, the rest byte for byte",
+          "[ctl][mcp_config]") {
   const std::string head =
       "model = \"o3\"   # comment\n"
       "notes = \"\"\"\n[mcp_servers.jira]\nnot a table\"\"\"\n"
@@ -288,9 +305,11 @@ TEST_CASE("TOML merge: the server's table is replaced, not duplicated, the rest 
           head + "\n[other]\nx = 1\n\n" + *render_entry(McpClient::codex, jira()) + tail);
   }
   SECTION("a new server is appended after a blank line") {
-    const std::string added = merged_text(McpClient::codex, before, bridge_entry("conf", k_ctl, "conf", {}),
-                                          MergeAction::added);
-    CHECK(added == before + "\n[mcp_servers.conf]\ncommand = \"/opt/tokend/bin/tokenctl\"\nargs = [\"mcp\", \"conf\"]\n");
+    const std::string added = merged_text(
+        McpClient::codex, before, bridge_entry("conf", k_ctl, "conf", {}), MergeAction::added);
+    CHECK(added == before +
+                       "\n[mcp_servers.conf]\ncommand = \"/opt/tokend/bin/tokenctl\"\nargs = "
+                       "[\"mcp\", \"conf\"]\n");
   }
 }
 
@@ -300,11 +319,14 @@ TEST_CASE("TOML merge: appending, CRLF, a missing final newline", "[ctl][mcp_con
   CHECK(merged_text(McpClient::codex, "model = \"o3\"\n\n", jira(), MergeAction::added) ==
         "model = \"o3\"\n\n" + *render_entry(McpClient::codex, jira()));
   CHECK(merged_text(McpClient::codex, "a = 1\r\n", jira(), MergeAction::added) ==
-        "a = 1\r\n\r\n[mcp_servers.jira]\r\ncommand = \"/opt/tokend/bin/tokenctl\"\r\nargs = [\"mcp\", \"jira\"]\r\n");
-  CHECK(merged_text(McpClient::codex, "", jira(), MergeAction::added) == *render_entry(McpClient::codex, jira()));
+        "a = 1\r\n\r\n[mcp_servers.jira]\r\ncommand = \"/opt/tokend/bin/tokenctl\"\r\nargs = "
+        "[\"mcp\", \"jira\"]\r\n");
+  CHECK(merged_text(McpClient::codex, "", jira(), MergeAction::added) ==
+        *render_entry(McpClient::codex, jira()));
 }
 
-TEST_CASE("TOML merge: forms it does not edit and files it cannot read are refused", "[ctl][mcp_config]") {
+TEST_CASE("TOML merge: forms it does not edit and files it cannot read are refused",
+          "[ctl][mcp_config]") {
   struct Bad {
     const char* what;
     std::string text;
@@ -312,19 +334,23 @@ TEST_CASE("TOML merge: forms it does not edit and files it cannot read are refus
     const char* says;
   };
   const Bad cases[] = {
-      {"inline table under [mcp_servers]", "[mcp_servers]\njira = { command = \"x\" }\n", Errc::corrupt,
-       "with dotted keys or an inline table (line 2, column 8)"},
-      {"dotted keys at the root", "mcp_servers.jira.command = \"x\"\n", Errc::corrupt, "with dotted keys"},
+      {"inline table under [mcp_servers]", "[mcp_servers]\njira = { command = \"x\" }\n",
+       Errc::corrupt, "with dotted keys or an inline table (line 2, column 8)"},
+      {"dotted keys at the root", "mcp_servers.jira.command = \"x\"\n", Errc::corrupt,
+       "with dotted keys"},
       {"mcp_servers inline", "mcp_servers = {}\n", Errc::corrupt, "mcp_servers as an inline table"},
       {"array of tables", "[[mcp_servers.jira]]\n", Errc::corrupt, "an array of tables"},
-      {"table twice", "[mcp_servers.jira]\ncommand = \"tokenctl\"\n[mcp_servers.jira]\n", Errc::corrupt,
-       "twice"},
-      {"unterminated string", "a = \"x\n", Errc::corrupt, "line 1, column 7: a string is not closed"},
-      {"unterminated multi-line string", "a = \"\"\"x\n", Errc::corrupt, "a multi-line string is not closed"},
+      {"table twice", "[mcp_servers.jira]\ncommand = \"tokenctl\"\n[mcp_servers.jira]\n",
+       Errc::corrupt, "twice"},
+      {"unterminated string", "a = \"x\n", Errc::corrupt,
+       "line 1, column 7: a string is not closed"},
+      {"unterminated multi-line string", "a = \"\"\"x\n", Errc::corrupt,
+       "a multi-line string is not closed"},
       {"unclosed array", "a = [1,\n", Errc::corrupt, "is not TOML that tokenctl can read"},
       {"garbage after a value", "a = 1 2\n", Errc::corrupt, "expected the end of the line"},
       {"a header not closed", "[mcp_servers.jira\n", Errc::corrupt, "not closed with ]"},
-      {"someone else's server", "[mcp_servers.jira]\ncommand = \"npx\"\n", Errc::conflict, "runs npx, not tokenctl"},
+      {"someone else's server", "[mcp_servers.jira]\ncommand = \"npx\"\n", Errc::conflict,
+       "runs npx, not tokenctl"},
   };
   for (const auto& c : cases) {
     INFO(c.what);
@@ -334,7 +360,8 @@ TEST_CASE("TOML merge: forms it does not edit and files it cannot read are refus
     CHECK(r.error().message.find(c.says) != std::string::npos);
     CHECK(r.error().message.find("nothing was changed") != std::string::npos);
   }
-  auto forced = merge_entry(McpClient::codex, "[mcp_servers.jira]\ncommand = \"npx\"\n", jira(), true, "F");
+  auto forced =
+      merge_entry(McpClient::codex, "[mcp_servers.jira]\ncommand = \"npx\"\n", jira(), true, "F");
   REQUIRE(forced);
   CHECK(forced->text == *render_entry(McpClient::codex, jira()));
 }
@@ -352,7 +379,7 @@ TEST_CASE("write: backup, mode kept, atomic, idempotent", "[ctl][mcp_config]") {
   CHECK(r->backup->parent_path() == dir.path());
   CHECK(r->backup->filename().string().starts_with("mcp.json.bak-20"));
   CHECK(read_file_bytes(*r->backup) == before);
-  struct stat st {};
+  struct stat st{};
   REQUIRE(::stat(file.c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0640);
   REQUIRE(::stat(r->backup->c_str(), &st) == 0);
@@ -366,7 +393,8 @@ TEST_CASE("write: backup, mode kept, atomic, idempotent", "[ctl][mcp_config]") {
   CHECK_FALSE(again->backup);
   CHECK(read_file_bytes(file) == after);
 
-  auto changed = write_entry_to_file(McpClient::cursor, file, jira({{"TOKEND_SOCKET", "/s"}}), false, now);
+  auto changed =
+      write_entry_to_file(McpClient::cursor, file, jira({{"TOKEND_SOCKET", "/s"}}), false, now);
   REQUIRE(changed);
   REQUIRE(changed->backup);
   CHECK(*changed->backup != *r->backup);  // same second: a second name, the first backup kept
@@ -385,7 +413,7 @@ TEST_CASE("write: a new file is 0600 in new 0700 directories", "[ctl][mcp_config
   CHECK(r->action == MergeAction::added);
   CHECK_FALSE(r->backup);
   CHECK(read_file_bytes(file) == *render_entry(McpClient::codex, jira()));
-  struct stat st {};
+  struct stat st{};
   REQUIRE(::stat(file.c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0600);
   REQUIRE(::stat((dir.path() / "a").c_str(), &st) == 0);
@@ -406,7 +434,8 @@ TEST_CASE("write: a file that does not parse is left alone, no backup made", "[c
   CHECK(files == 1);
 }
 
-TEST_CASE("write: a symlinked config file stays a link, its target is written", "[ctl][mcp_config]") {
+TEST_CASE("write: a symlinked config file stays a link, its target is written",
+          "[ctl][mcp_config]") {
   TempDir dir;
   const auto target = dir / "dotfiles-mcp.json";
   const auto link = dir / "mcp.json";
@@ -424,20 +453,26 @@ TEST_CASE("default config files per client and OS", "[ctl][mcp_config]") {
   const auto xdg = fake_env({{"HOME", "/home/u"}, {"XDG_CONFIG_HOME", "/x"}, {"CODEX_HOME", "/c"}});
   auto none = [](const std::filesystem::path&) { return false; };
   using P = std::filesystem::path;
-  CHECK(default_config_path(McpClient::claude_code, HostOs::linux_like, env, none) == P("/home/u/.claude.json"));
+  CHECK(default_config_path(McpClient::claude_code, HostOs::linux_like, env, none) ==
+        P("/home/u/.claude.json"));
   CHECK(default_config_path(McpClient::claude_desktop, HostOs::linux_like, env, none) ==
         P("/home/u/.config/Claude/claude_desktop_config.json"));
   CHECK(default_config_path(McpClient::claude_desktop, HostOs::linux_like, xdg, none) ==
         P("/x/Claude/claude_desktop_config.json"));
   CHECK(default_config_path(McpClient::claude_desktop, HostOs::macos, env, none) ==
         P("/home/u/Library/Application Support/Claude/claude_desktop_config.json"));
-  CHECK(default_config_path(McpClient::codex, HostOs::linux_like, env, none) == P("/home/u/.codex/config.toml"));
-  CHECK(default_config_path(McpClient::codex, HostOs::linux_like, xdg, none) == P("/c/config.toml"));
-  CHECK(default_config_path(McpClient::cursor, HostOs::macos, env, none) == P("/home/u/.cursor/mcp.json"));
-  CHECK(default_config_path(McpClient::vscode, HostOs::linux_like, env, none) == P("/home/u/.config/Code/User/mcp.json"));
+  CHECK(default_config_path(McpClient::codex, HostOs::linux_like, env, none) ==
+        P("/home/u/.codex/config.toml"));
+  CHECK(default_config_path(McpClient::codex, HostOs::linux_like, xdg, none) ==
+        P("/c/config.toml"));
+  CHECK(default_config_path(McpClient::cursor, HostOs::macos, env, none) ==
+        P("/home/u/.cursor/mcp.json"));
+  CHECK(default_config_path(McpClient::vscode, HostOs::linux_like, env, none) ==
+        P("/home/u/.config/Code/User/mcp.json"));
   CHECK(default_config_path(McpClient::vscode, HostOs::macos, env, none) ==
         P("/home/u/Library/Application Support/Code/User/mcp.json"));
-  CHECK(default_config_path(McpClient::gemini, HostOs::linux_like, env, none) == P("/home/u/.gemini/settings.json"));
+  CHECK(default_config_path(McpClient::gemini, HostOs::linux_like, env, none) ==
+        P("/home/u/.gemini/settings.json"));
   CHECK(default_config_path(McpClient::opencode, HostOs::macos, env, none) ==
         P("/home/u/.config/opencode/opencode.json"));
   auto only_jsonc = [](const std::filesystem::path& p) { return p.extension() == ".jsonc"; };
@@ -447,7 +482,8 @@ TEST_CASE("default config files per client and OS", "[ctl][mcp_config]") {
 
 TEST_CASE("mcp config arguments", "[ctl][mcp_config]") {
   using V = std::vector<std::string>;
-  auto ok = parse_mcp_config_args(V{"jira.prod", "--client", "codex", "--name=j", "--write", "--file", "/f"});
+  auto ok = parse_mcp_config_args(
+      V{"jira.prod", "--client", "codex", "--name=j", "--write", "--file", "/f"});
   REQUIRE(ok);
   CHECK(ok->profile == "jira.prod");
   CHECK(ok->client == McpClient::codex);
@@ -456,8 +492,8 @@ TEST_CASE("mcp config arguments", "[ctl][mcp_config]") {
   CHECK(ok->file == std::filesystem::path("/f"));
   CHECK(ok->command.empty());
 
-  auto wrap = parse_mcp_config_args(V{"jira", "--client=cursor", "--url-env", "JIRA_URL", "--env", "T", "--", "uvx",
-                                      "mcp-atlassian", "--flag"});
+  auto wrap = parse_mcp_config_args(V{"jira", "--client=cursor", "--url-env", "JIRA_URL", "--env",
+                                      "T", "--", "uvx", "mcp-atlassian", "--flag"});
   REQUIRE(wrap);
   CHECK(wrap->exec_options == V{"--url-env", "JIRA_URL", "--env", "T"});
   CHECK(wrap->command == V{"uvx", "mcp-atlassian", "--flag"});

@@ -1,8 +1,7 @@
 // tokenctl mcp's framing: client lines, the request metadata headers of MCP
 // 2026-07-28 (values, x-mcp-header), server-sent events, server messages.
-#include <string>
-
 #include <catch2/catch_test_macros.hpp>
+#include <string>
 
 #include "ctl/mcp/framing.hpp"
 
@@ -37,15 +36,17 @@ TEST_CASE("client lines are classified, and anything else refused with a reason"
   REQUIRE(r);
   CHECK(r->kind == ClientMessage::Kind::response);
 
-  r = parse_client_line(R"([{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"b"}])");
+  r = parse_client_line(
+      R"([{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"b"}])");
   REQUIRE(r);
   CHECK(r->kind == ClientMessage::Kind::batch);
   CHECK(r->request_ids == std::vector<Json>{1});
 
-  for (const char* bad : {"", "nope", "[]", "42", R"({"id":1,"method":"x"})", R"({"jsonrpc":"1.0","id":1,"method":"x"})",
-                          R"({"jsonrpc":"2.0","id":1.5,"method":"x"})", R"({"jsonrpc":"2.0","id":{},"method":"x"})",
-                          R"({"jsonrpc":"2.0","method":""})", R"({"jsonrpc":"2.0","id":1})",
-                          R"({"jsonrpc":"2.0","id":1,"result":1,"error":{}})"}) {
+  for (const char* bad :
+       {"", "nope", "[]", "42", R"({"id":1,"method":"x"})",
+        R"({"jsonrpc":"1.0","id":1,"method":"x"})", R"({"jsonrpc":"2.0","id":1.5,"method":"x"})",
+        R"({"jsonrpc":"2.0","id":{},"method":"x"})", R"({"jsonrpc":"2.0","method":""})",
+        R"({"jsonrpc":"2.0","id":1})", R"({"jsonrpc":"2.0","id":1,"result":1,"error":{}})"}) {
     INFO(bad);
     auto e = parse_client_line(bad);
     REQUIRE_FALSE(e);
@@ -64,7 +65,9 @@ TEST_CASE("header values are plain ASCII or the base64 sentinel form", "[mcp]") 
   CHECK(header_value("").empty());
 }
 
-TEST_CASE("requests carry Mcp-Method, Mcp-Name, the version of their _meta and x-mcp-header parameters", "[mcp]") {
+TEST_CASE(
+    "requests carry Mcp-Method, Mcp-Name, the version of their _meta and x-mcp-header parameters",
+    "[mcp]") {
   Json result = Json::parse(R"({"tools":[
     {"name":"execute_sql","inputSchema":{"type":"object","properties":{
       "region":{"type":"string","x-mcp-header":"Region"},
@@ -92,7 +95,8 @@ TEST_CASE("requests carry Mcp-Method, Mcp-Name, the version of their _meta and x
   REQUIRE(tools.by_tool.count("execute_sql") == 1);
   CHECK(tools.by_tool.at("execute_sql").size() == 3);
 
-  auto call = parse_client_line(R"({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"execute_sql",
+  auto call = parse_client_line(
+      R"({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"execute_sql",
     "arguments":{"region":"us-west1","opts":{"dry":true},"limit":42,"query":"SELECT 1"},
     "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}})");
   REQUIRE(call);
@@ -105,7 +109,8 @@ TEST_CASE("requests carry Mcp-Method, Mcp-Name, the version of their _meta and x
   CHECK(header(h, "Mcp-Param-Limit") == "42");
 
   // null and absent values: no header; a value beyond 2^53 is not mirrored.
-  call = parse_client_line(R"({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"execute_sql",
+  call = parse_client_line(
+      R"({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"execute_sql",
     "arguments":{"region":null,"limit":9007199254740993}}})");
   REQUIRE(call);
   h = request_headers(*call, tools, "2025-06-18");
@@ -114,7 +119,8 @@ TEST_CASE("requests carry Mcp-Method, Mcp-Name, the version of their _meta and x
   CHECK(header(h, "Mcp-Param-Limit") == "(absent)");
   CHECK(header(h, "MCP-Protocol-Version") == "2025-06-18");  // the negotiated one
 
-  auto read = parse_client_line(R"({"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"file:///ü"}})");
+  auto read = parse_client_line(
+      R"({"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"file:///ü"}})");
   REQUIRE(read);
   CHECK(header(request_headers(*read, tools, ""), "Mcp-Name") == "=?base64?ZmlsZTovLy/DvA==?=");
   CHECK(header(request_headers(*read, tools, ""), "MCP-Protocol-Version") == "(absent)");
@@ -159,7 +165,9 @@ TEST_CASE("server-sent events split anywhere give the same events", "[mcp]") {
     SseParser p;
     auto got = p.feed("\xEF\xBB");
     REQUIRE(got);
-    got = p.feed("\xBF" "data: x\nretry: -5\n\n");
+    got = p.feed(
+        "\xBF"
+        "data: x\nretry: -5\n\n");
     REQUIRE(got);
     REQUIRE(got->size() == 1);
     CHECK((*got)[0].data == "x");
@@ -174,7 +182,8 @@ TEST_CASE("server-sent events split anywhere give the same events", "[mcp]") {
   CHECK(r.error().code == Errc::limit_exceeded);
 }
 
-TEST_CASE("a server's protocol version goes back in a header only when it is a short token", "[mcp]") {
+TEST_CASE("a server's protocol version goes back in a header only when it is a short token",
+          "[mcp]") {
   CHECK(usable_version("2025-11-25") == std::optional<std::string>("2025-11-25"));
   CHECK_FALSE(usable_version("2025-11-25\r\nX: y"));
   CHECK_FALSE(usable_version(""));
@@ -188,14 +197,16 @@ TEST_CASE("server messages must be JSON-RPC and leave as one line", "[mcp]") {
   m = server_message(R"({"jsonrpc":"2.0","method":"notifications/message","params":{}})");
   REQUIRE(m);
   CHECK(m->second == R"({"jsonrpc":"2.0","method":"notifications/message","params":{}})");
-  for (const char* bad : {"", "<html>502</html>", "[]", R"({"id":1,"result":{}})", R"([{"jsonrpc":"2.0"},3])"}) {
+  for (const char* bad :
+       {"", "<html>502</html>", "[]", R"({"id":1,"result":{}})", R"([{"jsonrpc":"2.0"},3])"}) {
     INFO(bad);
     CHECK_FALSE(server_message(bad));
   }
 }
 
 TEST_CASE("error lines are JSON-RPC errors for the id given", "[mcp]") {
-  const Json e = Json::parse(error_line(5, k_login_required, "run tokenctl login x", Json{{"command", "tokenctl login x"}}));
+  const Json e = Json::parse(error_line(5, k_login_required, "run tokenctl login x",
+                                        Json{{"command", "tokenctl login x"}}));
   CHECK(e["jsonrpc"] == "2.0");
   CHECK(e["id"] == 5);
   CHECK(e["error"]["code"] == -32001);

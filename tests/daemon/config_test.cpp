@@ -1,8 +1,8 @@
-#include <map>
+#include "daemon/config.hpp"
 
 #include <catch2/catch_test_macros.hpp>
+#include <map>
 
-#include "daemon/config.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace tokend;
@@ -34,9 +34,9 @@ TEST_CASE("flag > env > config file > default", "[daemon][config]") {
                            {"TOKEND_SOCKET", "/env/s.sock"}});
   auto r = parse({}, env);
   REQUIRE(r);
-  CHECK(r->config.log.level == spdlog::level::debug);   // file
-  CHECK(r->config.paths.database == "/file/t.db");      // file
-  CHECK(r->config.paths.socket == "/env/s.sock");       // env beats file
+  CHECK(r->config.log.level == spdlog::level::debug);  // file
+  CHECK(r->config.paths.database == "/file/t.db");     // file
+  CHECK(r->config.paths.socket == "/env/s.sock");      // env beats file
   r = parse({"--socket", "/flag/s.sock", "--log-level", "error"}, env);
   REQUIRE(r);
   CHECK(r->config.paths.socket == "/flag/s.sock");

@@ -2,16 +2,17 @@
 // command is given and the proxy path each endpoint path maps back to; the
 // round trip base + upstream path -> proxy path -> upstream URL lands where
 // the command meant.
+#include "gateway/mirror.hpp"
+
 #include <catch2/catch_test_macros.hpp>
 
-#include "gateway/mirror.hpp"
 #include "proxy/route.hpp"
 
 using namespace tokend;
 using namespace tokend::gateway;
-using tokend::proxy::upstream_url;
 using json::Json;
 using store::CredentialKind;
+using tokend::proxy::upstream_url;
 
 namespace {
 
@@ -28,10 +29,14 @@ store::Profile profile(CredentialKind kind, std::string provider, Json config) {
 
 TEST_CASE("mirror layouts per credential kind", "[proxy][mirror]") {
   const auto oauth = profile(CredentialKind::oauth2, "atlassian", {{"cloud_id", "c-1"}});
-  const auto cloud = profile(CredentialKind::api_token, "", {{"site", "https://acme.atlassian.net/"}});
+  const auto cloud =
+      profile(CredentialKind::api_token, "", {{"site", "https://acme.atlassian.net/"}});
   const auto dc = profile(CredentialKind::pat, "", {{"site", "https://corp.example/jira"}});
-  const auto dc_two_hosts = profile(CredentialKind::pat, "", {{"site", "https://jira.corp"}, {"confluence_base", "https://wiki.corp/confluence"}});
-  const auto generic = profile(CredentialKind::oauth2, "generic", {{"api_base", "https://api.example.com/v2/"}});
+  const auto dc_two_hosts =
+      profile(CredentialKind::pat, "",
+              {{"site", "https://jira.corp"}, {"confluence_base", "https://wiki.corp/confluence"}});
+  const auto generic =
+      profile(CredentialKind::oauth2, "generic", {{"api_base", "https://api.example.com/v2/"}});
   struct Case {
     const store::Profile* p;
     std::string base;
@@ -56,20 +61,29 @@ TEST_CASE("mirror layouts per credential kind", "[proxy][mirror]") {
       CHECK(layout->products.at("jira") == c.jira);
       CHECK(layout->products.at("confluence") == c.confluence);
       CHECK(layout->urls.at("jira") == c.jira);
-      CHECK(layout->urls.at("confluence") == (c.p == &oauth ? c.confluence + "/wiki" : c.confluence));
+      CHECK(layout->urls.at("confluence") ==
+            (c.p == &oauth ? c.confluence + "/wiki" : c.confluence));
     }
   }
-  CHECK(mirror_layout(profile(CredentialKind::oauth2, "atlassian", Json::object())).error().code == Errc::config);
-  CHECK(mirror_layout(profile(CredentialKind::oauth2, "generic", Json::object())).error().code == Errc::config);
-  CHECK(mirror_layout(profile(CredentialKind::api_token, "", Json::object())).error().code == Errc::config);
+  CHECK(mirror_layout(profile(CredentialKind::oauth2, "atlassian", Json::object())).error().code ==
+        Errc::config);
+  CHECK(mirror_layout(profile(CredentialKind::oauth2, "generic", Json::object())).error().code ==
+        Errc::config);
+  CHECK(mirror_layout(profile(CredentialKind::api_token, "", Json::object())).error().code ==
+        Errc::config);
 }
 
-TEST_CASE("endpoint paths map back to proxy paths and the upstream URL the command meant", "[proxy][mirror]") {
+TEST_CASE("endpoint paths map back to proxy paths and the upstream URL the command meant",
+          "[proxy][mirror]") {
   const auto oauth = profile(CredentialKind::oauth2, "atlassian", {{"cloud_id", "c-1"}});
-  const auto cloud = profile(CredentialKind::api_token, "", {{"site", "https://acme.atlassian.net"}});
+  const auto cloud =
+      profile(CredentialKind::api_token, "", {{"site", "https://acme.atlassian.net"}});
   const auto dc = profile(CredentialKind::pat, "", {{"site", "https://corp.example/jira"}});
-  const auto dc_two_hosts = profile(CredentialKind::pat, "", {{"site", "https://jira.corp"}, {"confluence_base", "https://wiki.corp/confluence"}});
-  const auto generic = profile(CredentialKind::oauth2, "generic", {{"api_base", "https://api.example.com/v2"}});
+  const auto dc_two_hosts =
+      profile(CredentialKind::pat, "",
+              {{"site", "https://jira.corp"}, {"confluence_base", "https://wiki.corp/confluence"}});
+  const auto generic =
+      profile(CredentialKind::oauth2, "generic", {{"api_base", "https://api.example.com/v2"}});
   struct Case {
     const store::Profile* p;
     std::string path;
@@ -77,16 +91,21 @@ TEST_CASE("endpoint paths map back to proxy paths and the upstream URL the comma
     std::string upstream;
   };
   const Case cases[] = {
-      {&oauth, "/ex/jira/c-1/rest/api/3/myself", "jira/rest/api/3/myself", "https://api.atlassian.com/ex/jira/c-1/rest/api/3/myself"},
+      {&oauth, "/ex/jira/c-1/rest/api/3/myself", "jira/rest/api/3/myself",
+       "https://api.atlassian.com/ex/jira/c-1/rest/api/3/myself"},
       {&oauth, "/ex/confluence/c-1/wiki/rest/api/content", "confluence/wiki/rest/api/content",
        "https://api.atlassian.com/ex/confluence/c-1/wiki/rest/api/content"},
       {&oauth, "/ex/confluence/c-1/rest/api/content", "confluence/rest/api/content",
        "https://api.atlassian.com/ex/confluence/c-1/rest/api/content"},
-      {&cloud, "/rest/api/3/issue/ABC-1", "jira/rest/api/3/issue/ABC-1", "https://acme.atlassian.net/rest/api/3/issue/ABC-1"},
-      {&cloud, "/wiki/rest/api/content", "confluence/rest/api/content", "https://acme.atlassian.net/wiki/rest/api/content"},
+      {&cloud, "/rest/api/3/issue/ABC-1", "jira/rest/api/3/issue/ABC-1",
+       "https://acme.atlassian.net/rest/api/3/issue/ABC-1"},
+      {&cloud, "/wiki/rest/api/content", "confluence/rest/api/content",
+       "https://acme.atlassian.net/wiki/rest/api/content"},
       {&cloud, "/wikipedia", "jira/wikipedia", "https://acme.atlassian.net/wikipedia"},
-      {&dc, "/jira/rest/api/2/myself", "jira/rest/api/2/myself", "https://corp.example/jira/rest/api/2/myself"},
-      {&dc_two_hosts, "/rest/api/2/myself", "jira/rest/api/2/myself", "https://jira.corp/rest/api/2/myself"},
+      {&dc, "/jira/rest/api/2/myself", "jira/rest/api/2/myself",
+       "https://corp.example/jira/rest/api/2/myself"},
+      {&dc_two_hosts, "/rest/api/2/myself", "jira/rest/api/2/myself",
+       "https://jira.corp/rest/api/2/myself"},
       {&dc_two_hosts, "/confluence/confluence/rest/api/space", "confluence/rest/api/space",
        "https://wiki.corp/confluence/rest/api/space"},
       {&generic, "/v2/users/me", "users/me", "https://api.example.com/v2/users/me"},
@@ -105,7 +124,8 @@ TEST_CASE("endpoint paths map back to proxy paths and the upstream URL the comma
 TEST_CASE("paths outside the layout are not found; escapes are still refused", "[proxy][mirror]") {
   const auto oauth = profile(CredentialKind::oauth2, "atlassian", {{"cloud_id", "c-1"}});
   const auto dc = profile(CredentialKind::pat, "", {{"site", "https://corp.example/jira"}});
-  const auto generic = profile(CredentialKind::oauth2, "generic", {{"api_base", "https://api.example.com/v2"}});
+  const auto generic =
+      profile(CredentialKind::oauth2, "generic", {{"api_base", "https://api.example.com/v2"}});
   for (const auto& [p, path] : std::initializer_list<std::pair<const store::Profile*, std::string>>{
            {&oauth, "/ex/jira/c-2/rest/api/3/myself"},  // another cloud
            {&oauth, "/ex/bitbucket/c-1/x"},

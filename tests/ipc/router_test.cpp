@@ -1,7 +1,8 @@
+#include "ipc/router.hpp"
+
 #include <catch2/catch_test_macros.hpp>
 
 #include "ipc/http.hpp"
-#include "ipc/router.hpp"
 
 using namespace tokend::ipc;
 

@@ -1,21 +1,21 @@
 // The API server on a real loop and a real socket. The loop runs on its own
 // thread; the test thread is the client. Every test ends with the server
 // drained or closed and uv_loop_close() == 0.
+#include "ipc/server.hpp"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <catch2/catch_test_macros.hpp>
 #include <cstring>
 #include <future>
 #include <mutex>
 #include <thread>
 
-#include <catch2/catch_test_macros.hpp>
-
 #include "ipc/router.hpp"
-#include "ipc/server.hpp"
 #include "net/loop.hpp"
 #include "support/socket_client.hpp"
 #include "support/temp_dir.hpp"
@@ -76,8 +76,8 @@ class ServerFixture {
     {
       ipc::Router router;
       router.add("GET", "/echo", [](const std::shared_ptr<ipc::Exchange>& ex) {
-        ex->respond(ipc::Response::json(
-            200, {{"path", ex->request().path}, {"q", ex->request().query_param("q").value_or("")}}));
+        ex->respond(ipc::Response::json(200, {{"path", ex->request().path},
+                                              {"q", ex->request().query_param("q").value_or("")}}));
       });
       router.add("POST", "/echo", [](const std::shared_ptr<ipc::Exchange>& ex) {
         ipc::Response r;
@@ -96,7 +96,8 @@ class ServerFixture {
       router.add("GET", "/big", [](const std::shared_ptr<ipc::Exchange>& ex) {
         constexpr std::size_t k_piece = 256 * 1024;
         constexpr std::size_t k_pieces = 12;
-        auto s = ex->start_stream(200, {}, ipc::StreamFraming{ipc::StreamFraming::Kind::length, k_piece * k_pieces});
+        auto s = ex->start_stream(
+            200, {}, ipc::StreamFraming{ipc::StreamFraming::Kind::length, k_piece * k_pieces});
         const std::string piece(k_piece, 'x');
         for (std::size_t i = 0; i < k_pieces; ++i) s->send(piece);
         s->on_drained([] {});
@@ -185,7 +186,8 @@ TEST_CASE("pipelined requests are answered in order", "[ipc][server]") {
   ServerFixture f;
   RawClient c(f.socket());
   std::string batch;
-  for (int i = 0; i < 20; ++i) batch += "GET /items/" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (int i = 0; i < 20; ++i)
+    batch += "GET /items/" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n";
   batch += "POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
   REQUIRE(c.send(batch));
   for (int i = 0; i < 20; ++i) {
@@ -220,7 +222,8 @@ TEST_CASE("unknown paths, wrong methods and unknown methods", "[ipc][server]") {
   CHECK(f.stop() == 0);
 }
 
-TEST_CASE("limits: header 431, body 413, malformed 400, each followed by a close", "[ipc][server]") {
+TEST_CASE("limits: header 431, body 413, malformed 400, each followed by a close",
+          "[ipc][server]") {
   ipc::ServerLimits limits;
   limits.max_header_bytes = 2048;
   limits.max_body_bytes = 4096;
@@ -360,7 +363,9 @@ TEST_CASE("a live server on the socket is refused; a stale socket is replaced", 
   CHECK(loop.close() == 0);
 }
 
-TEST_CASE("a loopback listener serves TCP peers and its Server may be destroyed from a loop callback", "[ipc][server]") {
+TEST_CASE(
+    "a loopback listener serves TCP peers and its Server may be destroyed from a loop callback",
+    "[ipc][server]") {
   net::Loop loop;
   ipc::Router router;
   std::unique_ptr<ipc::Server> server;
@@ -396,7 +401,8 @@ TEST_CASE("a loopback listener serves TCP peers and its Server may be destroyed 
       (void)::send(fd, req.data(), req.size(), 0);
       std::string out;
       char buf[4096];
-      for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+      for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+        out.append(buf, static_cast<std::size_t>(n));
       ::close(fd);
       return out;
     };
@@ -408,7 +414,7 @@ TEST_CASE("a loopback listener serves TCP peers and its Server may be destroyed 
   int ticks = 0;
   timer->start(5, 5, [&] {
     if (!held && ++ticks < 2000) return;  // gives up after 10 s (the checks below then fail)
-    server.reset();  // from a loop callback, with a request in flight
+    server.reset();                       // from a loop callback, with a request in flight
     timer->close();
   });
   loop.run();

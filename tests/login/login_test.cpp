@@ -1,6 +1,8 @@
 // Login pieces: PKCE against the RFC 7636 known-answer vector, discovery URL
 // rules, challenge and metadata checks, token requests, and the login
 // manager's flows with a fake clock, timer, transport and listener.
+#include "login/login.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include <catch2/catch_test_macros.hpp>
@@ -8,13 +10,12 @@
 #include "core/encoding.hpp"
 #include "net/url.hpp"
 #include "oauth/discovery.hpp"
-#include "tokens/fake_transport.hpp"
-#include "login/login.hpp"
-#include "oauth/protocol.hpp"
 #include "oauth/pkce.hpp"
-#include "tokens/profile_spec.hpp"
+#include "oauth/protocol.hpp"
 #include "store/store_support.hpp"
 #include "support/temp_dir.hpp"
+#include "tokens/fake_transport.hpp"
+#include "tokens/profile_spec.hpp"
 
 using namespace tokend;
 using namespace tokend::oauth;
@@ -24,8 +25,9 @@ using namespace std::chrono_literals;
 using json::Json;
 
 TEST_CASE("PKCE S256 matches RFC 7636 appendix B", "[login]") {
-  const unsigned char octets[32] = {116, 24, 223, 180, 151, 153, 224, 37, 79, 250, 96, 125, 216, 173, 187, 186,
-                                    22, 212, 37, 77, 105, 214, 191, 240, 91, 88, 5, 88, 83, 132, 141, 121};
+  const unsigned char octets[32] = {116, 24,  223, 180, 151, 153, 224, 37,  79,  250, 96,
+                                    125, 216, 173, 187, 186, 22,  212, 37,  77,  105, 214,
+                                    191, 240, 91,  88,  5,   88,  83,  132, 141, 121};
   const auto p = make_pkce(std::string_view(reinterpret_cast<const char*>(octets), sizeof octets));
   CHECK(p.verifier.reveal() == "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
   CHECK(p.challenge == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
@@ -37,19 +39,22 @@ TEST_CASE("PKCE S256 matches RFC 7636 appendix B", "[login]") {
 TEST_CASE("metadata URLs follow RFC 8414 and OIDC", "[login]") {
   auto root = metadata_urls("https://as.example.com");
   REQUIRE(root);
-  CHECK(*root == std::vector<std::string>{"https://as.example.com/.well-known/oauth-authorization-server",
-                                          "https://as.example.com/.well-known/openid-configuration"});
+  CHECK(*root ==
+        std::vector<std::string>{"https://as.example.com/.well-known/oauth-authorization-server",
+                                 "https://as.example.com/.well-known/openid-configuration"});
   auto path = metadata_urls("https://as.example.com:8443/tenant/");
   REQUIRE(path);
-  CHECK(*path == std::vector<std::string>{"https://as.example.com:8443/.well-known/oauth-authorization-server/tenant",
-                                          "https://as.example.com:8443/.well-known/openid-configuration/tenant",
-                                          "https://as.example.com:8443/tenant/.well-known/openid-configuration"});
+  CHECK(*path == std::vector<std::string>{
+                     "https://as.example.com:8443/.well-known/oauth-authorization-server/tenant",
+                     "https://as.example.com:8443/.well-known/openid-configuration/tenant",
+                     "https://as.example.com:8443/tenant/.well-known/openid-configuration"});
   CHECK_FALSE(metadata_urls("ftp://as.example.com"));
   CHECK_FALSE(metadata_urls("https://as.example.com/?x=1"));
   auto prm = protected_resource_urls("https://mcp.example.com/v1/mcp");
   REQUIRE(prm);
-  CHECK(*prm == std::vector<std::string>{"https://mcp.example.com/.well-known/oauth-protected-resource/v1/mcp",
-                                         "https://mcp.example.com/.well-known/oauth-protected-resource"});
+  CHECK(*prm == std::vector<std::string>{
+                    "https://mcp.example.com/.well-known/oauth-protected-resource/v1/mcp",
+                    "https://mcp.example.com/.well-known/oauth-protected-resource"});
 }
 
 TEST_CASE("resource_metadata is read from a Bearer challenge", "[login]") {
@@ -60,7 +65,8 @@ TEST_CASE("resource_metadata is read from a Bearer challenge", "[login]") {
   const Case cases[] = {
       {R"(Bearer resource_metadata="https://x/.well-known/oauth-protected-resource")",
        "https://x/.well-known/oauth-protected-resource"},
-      {R"(Bearer realm="mcp", error="invalid_token", resource_metadata="https://x/m")", "https://x/m"},
+      {R"(Bearer realm="mcp", error="invalid_token", resource_metadata="https://x/m")",
+       "https://x/m"},
       {R"(bearer Resource_Metadata=https://x/m)", "https://x/m"},
       {R"(Bearer realm="a\"b", resource_metadata="https://x/m")", "https://x/m"},
       {R"(Basic realm="x")", std::nullopt},
@@ -101,14 +107,16 @@ TEST_CASE("server metadata must name the issuer asked for and use https", "[logi
 }
 
 TEST_CASE("protected resource metadata must be for the server asked about", "[login]") {
-  Json prm = {{"resource", "https://mcp.example.com/mcp"}, {"authorization_servers", {"https://as.example.com"}}};
+  Json prm = {{"resource", "https://mcp.example.com/mcp"},
+              {"authorization_servers", {"https://as.example.com"}}};
   auto ok = check_resource_metadata(prm, "https://MCP.example.com/mcp/");
   REQUIRE(ok);
   CHECK(ok->authorization_servers.front() == "https://as.example.com");
   CHECK_FALSE(check_resource_metadata(prm, "https://other.example.com/mcp"));
   Json no_as = {{"resource", "https://mcp.example.com/mcp"}};
   CHECK_FALSE(check_resource_metadata(no_as, "https://mcp.example.com/mcp"));
-  Json bad_as = {{"resource", "https://mcp.example.com/mcp"}, {"authorization_servers", {"http://as.example.com"}}};
+  Json bad_as = {{"resource", "https://mcp.example.com/mcp"},
+                 {"authorization_servers", {"http://as.example.com"}}};
   CHECK_FALSE(check_resource_metadata(bad_as, "https://mcp.example.com/mcp"));
 }
 
@@ -124,30 +132,37 @@ TEST_CASE("URLs named by remote metadata or challenges must be remote https", "[
   auto refused = check_server_metadata(local_registration, "https://as.example.com");
   REQUIRE_FALSE(refused);
   CHECK(refused.error().message.find("registration_endpoint") != std::string::npos);
-  Json local_https = {{"issuer", "https://as.example.com"}, {"token_endpoint", "https://[::1]:8443/token"}};
+  Json local_https = {{"issuer", "https://as.example.com"},
+                      {"token_endpoint", "https://[::1]:8443/token"}};
   CHECK_FALSE(check_server_metadata(local_https, "https://as.example.com"));
   // A document that came from loopback (development, tests) may name loopback URLs.
-  Json dev = {{"issuer", "http://127.0.0.1:5556"}, {"token_endpoint", "http://127.0.0.1:5556/token"}};
+  Json dev = {{"issuer", "http://127.0.0.1:5556"},
+              {"token_endpoint", "http://127.0.0.1:5556/token"}};
   CHECK(check_server_metadata(dev, "http://127.0.0.1:5556"));
-  Json prm = {{"resource", "https://mcp.example.com/mcp"}, {"authorization_servers", {"http://127.0.0.1:7000"}}};
+  Json prm = {{"resource", "https://mcp.example.com/mcp"},
+              {"authorization_servers", {"http://127.0.0.1:7000"}}};
   CHECK_FALSE(check_resource_metadata(prm, "https://mcp.example.com/mcp"));
-  Json local_prm = {{"resource", "http://localhost:3000/mcp"}, {"authorization_servers", {"http://localhost:3001"}}};
+  Json local_prm = {{"resource", "http://localhost:3000/mcp"},
+                    {"authorization_servers", {"http://localhost:3001"}}};
   CHECK(check_resource_metadata(local_prm, "http://localhost:3000/mcp"));
   // The resource_metadata URL of a WWW-Authenticate challenge.
   CHECK_FALSE(check_discovered_url("resource_metadata", "http://127.0.0.1:2375/containers/json",
                                    "https://mcp.example.com/mcp"));
-  CHECK(check_discovered_url("resource_metadata", "https://mcp.example.com/.well-known/oauth-protected-resource",
+  CHECK(check_discovered_url("resource_metadata",
+                             "https://mcp.example.com/.well-known/oauth-protected-resource",
                              "https://mcp.example.com/mcp"));
 }
 
 // Issue 13 finding 12: loopback is an address, not a text prefix.
 TEST_CASE("the loopback test parses the address", "[login]") {
-  for (const char* host : {"127.0.0.1", "127.1.2.3", "localhost", "LocalHost", "[::1]", "[0:0:0:0:0:0:0:1]"}) {
+  for (const char* host :
+       {"127.0.0.1", "127.1.2.3", "localhost", "LocalHost", "[::1]", "[0:0:0:0:0:0:0:1]"}) {
     INFO(host);
     CHECK(net::is_loopback_host(host));
   }
-  for (const char* host : {"127.0.0.1.", "127.0.0.1.evil.example", "127.evil", "127.0.0.1.nip.io", "127.0.0.256",
-                           "localhost.", "[::2]", "[::ffff:127.0.0.1]x", "128.0.0.1", "0x7f.0.0.1", ""}) {
+  for (const char* host :
+       {"127.0.0.1.", "127.0.0.1.evil.example", "127.evil", "127.0.0.1.nip.io", "127.0.0.256",
+        "localhost.", "[::2]", "[::ffff:127.0.0.1]x", "128.0.0.1", "0x7f.0.0.1", ""}) {
     INFO(host);
     CHECK_FALSE(net::is_loopback_host(host));
   }
@@ -165,7 +180,8 @@ TEST_CASE("token requests carry client auth and the RFC 8707 resource", "[login]
   e.auth = ClientAuth::post;
   auto r = make_token_request(e, {{"grant_type", "authorization_code"}, {"code", "c&1"}}, 5s);
   CHECK(r.body.reveal() ==
-        "grant_type=authorization_code&code=c%261&client_id=cid&client_secret=s+e%2Fcret&resource=https%3A%2F%2Fmcp."
+        "grant_type=authorization_code&code=c%261&client_id=cid&client_secret=s+e%2Fcret&resource="
+        "https%3A%2F%2Fmcp."
         "example.com%2Fmcp");
   e.auth = ClientAuth::basic;
   e.json_body = true;
@@ -175,7 +191,8 @@ TEST_CASE("token requests carry client auth and the RFC 8707 resource", "[login]
   CHECK((*j)["resource"] == "https://mcp.example.com/mcp");
   CHECK_FALSE(j->contains("client_secret"));
   bool basic = false;
-  for (const auto& [k, v] : r.headers) basic = basic || (k == "Authorization" && v.starts_with("Basic "));
+  for (const auto& [k, v] : r.headers)
+    basic = basic || (k == "Authorization" && v.starts_with("Basic "));
   CHECK(basic);
 }
 
@@ -200,14 +217,18 @@ class FakeCallbacks final : public CallbackPort {
   bool taken = false;
   std::uint16_t port = 0;
   Handler handler;
-  Result<std::unique_ptr<CallbackListener>> listen(const std::string&, std::uint16_t p, Handler h) override {
-    if (taken) return fail(Errc::conflict, "the redirect URI's address 127.0.0.1:" + std::to_string(p) + " is in use");
+  Result<std::unique_ptr<CallbackListener>> listen(const std::string&, std::uint16_t p,
+                                                   Handler h) override {
+    if (taken)
+      return fail(Errc::conflict,
+                  "the redirect URI's address 127.0.0.1:" + std::to_string(p) + " is in use");
     port = p;
     handler = std::move(h);
     return std::unique_ptr<CallbackListener>(std::make_unique<FakeListener>(&open));
   }
   // What the browser gets back (filled in when tokend answers, maybe later).
-  std::shared_ptr<std::optional<CallbackReply>> hit(const std::string& path, const std::string& query) {
+  std::shared_ptr<std::optional<CallbackReply>> hit(const std::string& path,
+                                                    const std::string& query) {
     auto out = std::make_shared<std::optional<CallbackReply>>();
     handler({"GET", path, query}, [out](CallbackReply r) { *out = std::move(r); });
     return out;
@@ -231,11 +252,16 @@ struct LoginRig {
   LoginRig() : store(*store::SqlcipherStore::open(dir / "t.db", test::random_raw_key(), clock)) {
     spdlog::set_level(spdlog::level::off);
     sub = events.subscribe([this](const Event& e) { seen.push_back(e); });
-    tokens = std::make_unique<TokenService>(store, clock, events, engine_timer, http, EngineOptions{});
+    tokens =
+        std::make_unique<TokenService>(store, clock, events, engine_timer, http, EngineOptions{});
     REQUIRE(tokens->load());
     LoginOptions o;
-    o.random = [n = 0](std::size_t) mutable { return Result<Secret>(Secret("fixed-random-value-" + std::to_string(++n) + "-padded-to-forty-three-chars")); };
-    login = std::make_unique<LoginManager>(*tokens, clock, events, login_timer, http, &callbacks, o);
+    o.random = [n = 0](std::size_t) mutable {
+      return Result<Secret>(
+          Secret("fixed-random-value-" + std::to_string(++n) + "-padded-to-forty-three-chars"));
+    };
+    login =
+        std::make_unique<LoginManager>(*tokens, clock, events, login_timer, http, &callbacks, o);
   }
   ~LoginRig() {
     login->shutdown();
@@ -315,7 +341,8 @@ TEST_CASE("a code flow: listener, state, PKCE, exchange, stored, listener closed
   auto grant = rig.tokens->token("p", {});
   REQUIRE(grant);
   CHECK(grant->token.reveal() == "at-1");
-  CHECK(std::any_of(rig.seen.begin(), rig.seen.end(), [](const Event& e) { return e.kind == EventKind::login_succeeded; }));
+  CHECK(std::any_of(rig.seen.begin(), rig.seen.end(),
+                    [](const Event& e) { return e.kind == EventKind::login_succeeded; }));
 }
 
 // Issue 13 finding 3: any web page can make the browser send a request to
@@ -324,8 +351,9 @@ TEST_CASE("a redirect without this flow's state is refused and the flow keeps wa
   LoginRig rig;
   rig.add(k_generic);
   const std::string state = rig.param(rig.start()["authorize_url"], "state");
-  for (const std::string& query : std::vector<std::string>{"code=abc&state=forged", "code=abc", "", "error=access_denied",
-                                  "error=access_denied&state=forged", "state=" + form_encode(state) + "x&code=abc"}) {
+  for (const std::string& query : std::vector<std::string>{
+           "code=abc&state=forged", "code=abc", "", "error=access_denied",
+           "error=access_denied&state=forged", "state=" + form_encode(state) + "x&code=abc"}) {
     INFO(query);
     auto reply = rig.callbacks.hit("/cb", query);
     REQUIRE(*reply);
@@ -349,7 +377,8 @@ TEST_CASE("an error redirect with this flow's state ends the flow and stores not
   LoginRig rig;
   rig.add(k_generic);
   const std::string state = rig.param(rig.start()["authorize_url"], "state");
-  auto reply = rig.callbacks.hit("/cb", "error=access_denied&error_description=no&state=" + form_encode(state));
+  auto reply = rig.callbacks.hit(
+      "/cb", "error=access_denied&error_description=no&state=" + form_encode(state));
   REQUIRE(*reply);
   CHECK((*reply)->status == 400);
   CHECK(rig.http.pending.empty());
@@ -368,7 +397,8 @@ TEST_CASE("a rejected code (PKCE mismatch, reuse) ends the flow with invalid_gra
   CHECK_FALSE(rig.callbacks.open);
   std::optional<Result<Json>> done;
   rig.login->complete("p", Json{{"code", "abc"}}, [&](Result<Json> r) { done = std::move(r); });
-  rig.http.reply(400, R"({"error":"invalid_grant","error_description":"PKCE verification failed"})");
+  rig.http.reply(400,
+                 R"({"error":"invalid_grant","error_description":"PKCE verification failed"})");
   REQUIRE(done.has_value());
   REQUIRE(done->has_value());
   CHECK((**done)["state"] == "failed");
@@ -406,10 +436,13 @@ TEST_CASE("the device flow polls at the interval, slows down by 5 s, then stores
   LoginRig rig;
   rig.add(k_generic);
   std::optional<Result<Json>> got;
-  rig.login->start("p", {.device = true, .listen = true}, [&](Result<Json> r) { got = std::move(r); });
+  rig.login->start("p", {.device = true, .listen = true},
+                   [&](Result<Json> r) { got = std::move(r); });
   REQUIRE(rig.http.pending.size() == 1);
-  rig.http.reply(200, R"({"device_code":"dc","user_code":"ABCD-EFGH","verification_uri":"https://as.example.com/d",)"
-                      R"("expires_in":600,"interval":2})");
+  rig.http.reply(
+      200,
+      R"({"device_code":"dc","user_code":"ABCD-EFGH","verification_uri":"https://as.example.com/d",)"
+      R"("expires_in":600,"interval":2})");
   REQUIRE(got.has_value());
   REQUIRE(got->has_value());
   CHECK((**got)["user_code"] == "ABCD-EFGH");
@@ -440,7 +473,9 @@ TEST_CASE("device flow: expired_token and access_denied end it", "[login]") {
     LoginRig rig;
     rig.add(k_generic);
     rig.login->start("p", {.device = true, .listen = true}, [](Result<Json>) {});
-    rig.http.reply(200, R"({"device_code":"dc","user_code":"U","verification_uri":"https://as.example.com/d"})");
+    rig.http.reply(
+        200,
+        R"({"device_code":"dc","user_code":"U","verification_uri":"https://as.example.com/d"})");
     rig.clock.advance(5s);
     REQUIRE(rig.login_timer.fire_due());
     rig.http.reply(400, R"({"error":")" + error + R"("})");
@@ -455,17 +490,21 @@ TEST_CASE("a verification_uri that is not https is refused", "[login]") {
   LoginRig rig;
   rig.add(k_generic);
   std::optional<Result<Json>> got;
-  rig.login->start("p", {.device = true, .listen = true}, [&](Result<Json> r) { got = std::move(r); });
-  rig.http.reply(200, R"J({"device_code":"dc","user_code":"U","verification_uri":"javascript:alert(1)"})J");
+  rig.login->start("p", {.device = true, .listen = true},
+                   [&](Result<Json> r) { got = std::move(r); });
+  rig.http.reply(
+      200, R"J({"device_code":"dc","user_code":"U","verification_uri":"javascript:alert(1)"})J");
   REQUIRE(got.has_value());
   CHECK_FALSE(got->has_value());
 }
 
-TEST_CASE("a device start cancelled before the provider answers is answered, not left hanging", "[login]") {
+TEST_CASE("a device start cancelled before the provider answers is answered, not left hanging",
+          "[login]") {
   LoginRig rig;
   rig.add(k_generic);
   std::optional<Result<Json>> got;
-  rig.login->start("p", {.device = true, .listen = true}, [&](Result<Json> r) { got = std::move(r); });
+  rig.login->start("p", {.device = true, .listen = true},
+                   [&](Result<Json> r) { got = std::move(r); });
   REQUIRE(rig.http.pending.size() == 1);
   CHECK_FALSE(got.has_value());
   REQUIRE(rig.login->cancel("p"));
@@ -505,9 +544,13 @@ void start_mcp(LoginRig& rig, const std::vector<std::string>& servers, const std
   REQUIRE(rig.http.pending.size() == 1);
   CHECK(rig.http.pending.front().request.url == k_mcp);
   rig.http.reply(401, "{}", "application/json",
-                 {{"www-authenticate", "Bearer resource_metadata=\"https://mcp.example.com/.well-known/prm\""}});
+                 {{"www-authenticate",
+                   "Bearer resource_metadata=\"https://mcp.example.com/.well-known/prm\""}});
   REQUIRE(rig.http.pending.size() == 1);
-  rig.http.reply(200, Json{{"resource", k_mcp}, {"authorization_servers", servers}, {"scopes_supported", {"mcp"}}}.dump());
+  rig.http.reply(
+      200,
+      Json{{"resource", k_mcp}, {"authorization_servers", servers}, {"scopes_supported", {"mcp"}}}
+          .dump());
   if (got.has_value()) return;  // refused before the authorization server is asked
   REQUIRE(rig.http.pending.size() == 1);
   CHECK(rig.http.pending.front().request.url == chosen + "/.well-known/oauth-authorization-server");
@@ -516,10 +559,15 @@ void start_mcp(LoginRig& rig, const std::vector<std::string>& servers, const std
 
 }  // namespace
 
-TEST_CASE("MCP: the first of several authorization servers or the configured one; DCR native, keyed by issuer",
-          "[login][mcp]") {
+TEST_CASE(
+    "MCP: the first of several authorization servers or the configured one; DCR native, keyed by "
+    "issuer",
+    "[login][mcp]") {
   LoginRig rig;
-  rig.add({{"kind", "oauth2"}, {"provider", "mcp"}, {"mcp_server", k_mcp}, {"redirect_uri", "http://127.0.0.1:8765/cb"}});
+  rig.add({{"kind", "oauth2"},
+           {"provider", "mcp"},
+           {"mcp_server", k_mcp},
+           {"redirect_uri", "http://127.0.0.1:8765/cb"}});
   std::optional<Result<Json>> got;
   start_mcp(rig, {k_as1, k_as2}, k_as1, got);
   CHECK_FALSE(got.has_value());
@@ -537,7 +585,8 @@ TEST_CASE("MCP: the first of several authorization servers or the configured one
   const Json flow = **got;
   CHECK(flow["authorization_server"] == k_as1);
   CHECK(flow["authorization_servers"] == Json::array({k_as1, k_as2}));
-  CHECK(flow["authorization_server_note"].get<std::string>().find("--authorization-server") != std::string::npos);
+  CHECK(flow["authorization_server_note"].get<std::string>().find("--authorization-server") !=
+        std::string::npos);
   CHECK(rig.param(flow["authorize_url"], "client_id") == "client-at-as1");
   CHECK(rig.param(flow["authorize_url"], "resource") == k_mcp);
   // offline_access is offered, so it is asked for, with prompt=consent.
@@ -555,9 +604,13 @@ TEST_CASE("MCP: the first of several authorization servers or the configured one
     CHECK(rig.param((**got)["authorize_url"], "client_id") == "client-at-as1");
   }
   SECTION("another one: registered again there, keyed by its issuer") {
-    rig.add({{"kind", "oauth2"}, {"provider", "mcp"}, {"mcp_server", k_mcp}, {"redirect_uri", "http://127.0.0.1:8765/cb"},
+    rig.add({{"kind", "oauth2"},
+             {"provider", "mcp"},
+             {"mcp_server", k_mcp},
+             {"redirect_uri", "http://127.0.0.1:8765/cb"},
              {"authorization_server", k_as2}});
-    REQUIRE(rig.tokens->profile_of("p")->config["client_registered_for"] == k_as1);  // kept over the PUT
+    REQUIRE(rig.tokens->profile_of("p")->config["client_registered_for"] ==
+            k_as1);  // kept over the PUT
     start_mcp(rig, {k_as1, k_as2}, k_as2, got);
     REQUIRE(rig.http.pending.size() == 1);
     CHECK(rig.http.pending.front().request.url == k_as2 + "/register");
@@ -568,8 +621,13 @@ TEST_CASE("MCP: the first of several authorization servers or the configured one
     CHECK(rig.param((**got)["authorize_url"], "client_id") == "client-at-as2");
     CHECK(rig.tokens->profile_of("p")->config["client_registered_for"] == k_as2);
   }
-  SECTION("a configured authorization server the MCP server does not name is refused, naming the choices") {
-    rig.add({{"kind", "oauth2"}, {"provider", "mcp"}, {"mcp_server", k_mcp}, {"redirect_uri", "http://127.0.0.1:8765/cb"},
+  SECTION(
+      "a configured authorization server the MCP server does not name is refused, naming the "
+      "choices") {
+    rig.add({{"kind", "oauth2"},
+             {"provider", "mcp"},
+             {"mcp_server", k_mcp},
+             {"redirect_uri", "http://127.0.0.1:8765/cb"},
              {"authorization_server", "https://elsewhere.example.com"}});
     start_mcp(rig, {k_as1, k_as2}, k_as1, got);
     REQUIRE(got.has_value());
@@ -579,15 +637,21 @@ TEST_CASE("MCP: the first of several authorization servers or the configured one
   }
 }
 
-TEST_CASE("CIMD: a metadata-document client id is checked before the flow; pre-registered, CIMD, then DCR",
-          "[login][cimd]") {
+TEST_CASE(
+    "CIMD: a metadata-document client id is checked before the flow; pre-registered, CIMD, then "
+    "DCR",
+    "[login][cimd]") {
   const std::string doc_url = "https://app.example.com/tokend/client.json";
   LoginRig rig;
-  rig.add({{"kind", "oauth2"}, {"issuer", k_as1}, {"client_id", doc_url}, {"redirect_uri", "http://127.0.0.1:8765/cb"}});
+  rig.add({{"kind", "oauth2"},
+           {"issuer", k_as1},
+           {"client_id", doc_url},
+           {"redirect_uri", "http://127.0.0.1:8765/cb"}});
   std::optional<Result<Json>> got;
   auto start = [&](bool cimd) {
     rig.login->start("p", {}, [&got](Result<Json> r) { got = std::move(r); });
-    if (rig.http.pending.size() == 1 && rig.http.pending.front().request.url.find("well-known") != std::string::npos) {
+    if (rig.http.pending.size() == 1 &&
+        rig.http.pending.front().request.url.find("well-known") != std::string::npos) {
       rig.http.reply(200, as_metadata(k_as1, cimd).dump());
     }
   };
@@ -595,23 +659,30 @@ TEST_CASE("CIMD: a metadata-document client id is checked before the flow; pre-r
     start(true);
     REQUIRE(rig.http.pending.size() == 1);
     CHECK(rig.http.pending.front().request.url == doc_url);
-    rig.http.reply(200, Json{{"client_id", doc_url}, {"redirect_uris", {"http://127.0.0.1:9999/cb", "http://localhost/x"}}}.dump());
+    rig.http.reply(200, Json{{"client_id", doc_url},
+                             {"redirect_uris", {"http://127.0.0.1:9999/cb", "http://localhost/x"}}}
+                            .dump());
     REQUIRE(got.has_value());
     REQUIRE_FALSE(got->has_value());
     CHECK(got->error().message.find("http://127.0.0.1:8765/cb is not listed") != std::string::npos);
-    CHECK(got->error().message.find("http://127.0.0.1:9999/cb, http://localhost/x") != std::string::npos);
+    CHECK(got->error().message.find("http://127.0.0.1:9999/cb, http://localhost/x") !=
+          std::string::npos);
   }
   SECTION("a document for another client id is refused") {
     start(true);
-    rig.http.reply(200, Json{{"client_id", "https://evil.example.com/c.json"}, {"redirect_uris", {"http://127.0.0.1:8765/cb"}}}.dump());
+    rig.http.reply(200, Json{{"client_id", "https://evil.example.com/c.json"},
+                             {"redirect_uris", {"http://127.0.0.1:8765/cb"}}}
+                            .dump());
     REQUIRE(got.has_value());
     REQUIRE_FALSE(got->has_value());
     CHECK(got->error().message.find("client_id is its own URL") != std::string::npos);
   }
   SECTION("a good document: the URL is the client id") {
     start(true);
-    rig.http.reply(200, Json{{"client_id", doc_url}, {"redirect_uris", {"http://127.0.0.1:8765/cb"}},
-                             {"token_endpoint_auth_method", "none"}}.dump());
+    rig.http.reply(200, Json{{"client_id", doc_url},
+                             {"redirect_uris", {"http://127.0.0.1:8765/cb"}},
+                             {"token_endpoint_auth_method", "none"}}
+                            .dump());
     REQUIRE(got.has_value());
     REQUIRE(got->has_value());
     CHECK(rig.param((**got)["authorize_url"], "client_id") == doc_url);
@@ -628,8 +699,9 @@ TEST_CASE("CIMD: a metadata-document client id is checked before the flow; pre-r
   }
 }
 
-TEST_CASE("RFC 9207: iss must be the issuer when advertised or present; nothing is redeemed otherwise",
-          "[login][iss]") {
+TEST_CASE(
+    "RFC 9207: iss must be the issuer when advertised or present; nothing is redeemed otherwise",
+    "[login][iss]") {
   struct Case {
     std::string iss_param;  // "" = none
     bool ok;
@@ -642,7 +714,10 @@ TEST_CASE("RFC 9207: iss must be the issuer when advertised or present; nothing 
   for (const auto& c : cases) {
     INFO(c.iss_param);
     LoginRig rig;
-    rig.add({{"kind", "oauth2"}, {"issuer", k_as1}, {"client_id", "cid"}, {"redirect_uri", "http://127.0.0.1:8765/cb"}});
+    rig.add({{"kind", "oauth2"},
+             {"issuer", k_as1},
+             {"client_id", "cid"},
+             {"redirect_uri", "http://127.0.0.1:8765/cb"}});
     std::optional<Result<Json>> got;
     rig.login->start("p", {}, [&](Result<Json> r) { got = std::move(r); });
     rig.http.reply(200, as_metadata(k_as1).dump());

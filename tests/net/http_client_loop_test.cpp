@@ -4,14 +4,13 @@
 // client opened has been released.
 #include <netinet/in.h>
 
+#include <catch2/catch_test_macros.hpp>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <catch2/catch_test_macros.hpp>
 
 #include "net/http_client.hpp"
 #include "net/loop.hpp"
@@ -24,7 +23,8 @@ namespace {
 // `answer` returns for its head; nullopt holds the request unanswered.
 class TestServer {
  public:
-  using Answer = std::function<std::optional<std::string>(const std::string& head, const std::string& body)>;
+  using Answer =
+      std::function<std::optional<std::string>(const std::string& head, const std::string& body)>;
 
   TestServer(net::Loop& loop, Answer answer) : m_loop(loop), m_answer(std::move(answer)) {
     auto tcp = net::Tcp::create(loop);
@@ -111,8 +111,9 @@ class TestServer {
 };
 
 std::string response(int status, const std::string& body, const std::string& extra = "") {
-  return "HTTP/1.1 " + std::to_string(status) + " X\r\nContent-Length: " + std::to_string(body.size()) +
-         "\r\nConnection: close\r\n" + extra + "\r\n" + body;
+  return "HTTP/1.1 " + std::to_string(status) +
+         " X\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n" +
+         extra + "\r\n" + body;
 }
 
 // The path of a request head's first line.
@@ -138,10 +139,12 @@ void run_until(net::Loop& loop, Pred done, std::uint64_t limit_ms = 10'000) {
 TEST_CASE("http client: a GET and a POST on the loop", "[net][http]") {
   net::Loop loop;
   {
-    TestServer server(loop, [](const std::string& head, const std::string& body) -> std::optional<std::string> {
-      if (path_of(head) == "/echo") return response(201, "you sent: " + body, "X-Thing: Value  \r\n");
-      return response(200, "hello");
-    });
+    TestServer server(
+        loop, [](const std::string& head, const std::string& body) -> std::optional<std::string> {
+          if (path_of(head) == "/echo")
+            return response(201, "you sent: " + body, "X-Thing: Value  \r\n");
+          return response(200, "hello");
+        });
     net::HttpClient http(loop, net::HttpClientOptions{});
     std::optional<Result<net::HttpResponse>> get;
     std::optional<Result<net::HttpResponse>> post;
@@ -198,7 +201,8 @@ TEST_CASE("http client: no answer within the timeout is Errc::timeout", "[net][h
   CHECK(loop.close() == 0);
 }
 
-TEST_CASE("http client: a streamed request waits for its head only as long as the timeout", "[net][http]") {
+TEST_CASE("http client: a streamed request waits for its head only as long as the timeout",
+          "[net][http]") {
   net::Loop loop;
   {
     TestServer server(loop, [](const std::string&, const std::string&) { return std::nullopt; });
@@ -226,9 +230,10 @@ TEST_CASE("http client: a streamed answer arrives through on_data", "[net][http]
   net::Loop loop;
   {
     const std::string body(300'000, 'z');
-    TestServer server(loop, [&](const std::string&, const std::string&) -> std::optional<std::string> {
-      return response(200, body, "Content-Type: text/event-stream\r\n");
-    });
+    TestServer server(loop,
+                      [&](const std::string&, const std::string&) -> std::optional<std::string> {
+                        return response(200, body, "Content-Type: text/event-stream\r\n");
+                      });
     net::HttpClient http(loop, net::HttpClientOptions{});
     std::optional<Result<net::HttpResponse>> got;
     long head_status = 0;
@@ -262,10 +267,11 @@ TEST_CASE("http client: a cancelled request never calls back", "[net][http]") {
     std::uint64_t id = 0;
     bool called = false;
     // The server cancels the request once it holds it.
-    TestServer server(loop, [&](const std::string&, const std::string&) -> std::optional<std::string> {
-      http.cancel(id);
-      return std::nullopt;
-    });
+    TestServer server(loop,
+                      [&](const std::string&, const std::string&) -> std::optional<std::string> {
+                        http.cancel(id);
+                        return std::nullopt;
+                      });
     net::HttpRequest r;
     r.url = server.url("/held");
     r.timeout = std::chrono::milliseconds{300};
@@ -299,9 +305,10 @@ TEST_CASE("http client: a cancelled request never calls back", "[net][http]") {
 TEST_CASE("http client: many requests at once each get their own answer", "[net][http]") {
   net::Loop loop;
   {
-    TestServer server(loop, [](const std::string& head, const std::string&) -> std::optional<std::string> {
-      return response(200, "answer for " + path_of(head));
-    });
+    TestServer server(
+        loop, [](const std::string& head, const std::string&) -> std::optional<std::string> {
+          return response(200, "answer for " + path_of(head));
+        });
     net::HttpClientOptions options;
     options.max_connections_per_host = 4;  // the rest wait for a connection
     net::HttpClient http(loop, options);
@@ -334,13 +341,14 @@ TEST_CASE("http client: many requests at once each get their own answer", "[net]
 TEST_CASE("http client: an answer over the cap is Errc::limit_exceeded", "[net][http]") {
   net::Loop loop;
   {
-    TestServer server(loop, [](const std::string& head, const std::string&) -> std::optional<std::string> {
-      // Without a Content-Length the cap is found while reading.
-      if (path_of(head) == "/unannounced") {
-        return "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + std::string(5000, 'x');
-      }
-      return response(200, std::string(5000, 'x'));
-    });
+    TestServer server(
+        loop, [](const std::string& head, const std::string&) -> std::optional<std::string> {
+          // Without a Content-Length the cap is found while reading.
+          if (path_of(head) == "/unannounced") {
+            return "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + std::string(5000, 'x');
+          }
+          return response(200, std::string(5000, 'x'));
+        });
     net::HttpClient http(loop, net::HttpClientOptions{});
     for (const char* path : {"/announced", "/unannounced"}) {
       INFO(path);
@@ -359,8 +367,9 @@ TEST_CASE("http client: an answer over the cap is Errc::limit_exceeded", "[net][
   CHECK(loop.close() == 0);
 }
 
-TEST_CASE("http client: destroyed with transfers in flight, nothing calls back and every handle closes",
-          "[net][http]") {
+TEST_CASE(
+    "http client: destroyed with transfers in flight, nothing calls back and every handle closes",
+    "[net][http]") {
   net::Loop loop;
   bool called = false;
   {

@@ -1,13 +1,13 @@
 // The outbound HTTP client's refusals that hold whatever its callers built.
+#include "net/http_client.hpp"
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <catch2/catch_test_macros.hpp>
 #include <optional>
 
-#include <catch2/catch_test_macros.hpp>
-
-#include "net/http_client.hpp"
 #include "net/loop.hpp"
 
 using namespace tokend;

@@ -1,19 +1,18 @@
 // The loop and the handle owners: callbacks, closing from inside a callback,
 // owners destroyed while libuv still closes their handle. Every test ends
 // with uv_loop_close() == 0, so every test is also a leak check.
+#include "net/loop.hpp"
+
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <catch2/catch_test_macros.hpp>
 #include <csignal>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <catch2/catch_test_macros.hpp>
-
-#include "net/loop.hpp"
 
 using namespace tokend;
 
@@ -27,7 +26,8 @@ net::Timer make_timer(net::Loop& loop) {
 
 }  // namespace
 
-TEST_CASE("loop: run returns when nothing is active, close reports no handles left", "[net][loop]") {
+TEST_CASE("loop: run returns when nothing is active, close reports no handles left",
+          "[net][loop]") {
   net::Loop loop;
   CHECK(loop.run() == 0);
   CHECK(loop.close() == 0);
@@ -75,7 +75,8 @@ TEST_CASE("timer: one shot fires once, a repeating one until stopped", "[net][ti
   CHECK(loop.close() == 0);
 }
 
-TEST_CASE("timer: stop before it fires; start again replaces the timeout and the callback", "[net][timer]") {
+TEST_CASE("timer: stop before it fires; start again replaces the timeout and the callback",
+          "[net][timer]") {
   net::Loop loop;
   auto t = make_timer(loop);
   std::vector<std::string> fired;
@@ -116,8 +117,10 @@ TEST_CASE("timer: re-armed from inside its own callback with a new callback", "[
   CHECK(loop.close() == 0);
 }
 
-TEST_CASE("timer: closed from inside its own callback, the callback's state lives until the close callback",
-          "[net][timer]") {
+TEST_CASE(
+    "timer: closed from inside its own callback, the callback's state lives until the close "
+    "callback",
+    "[net][timer]") {
   net::Loop loop;
   auto t = make_timer(loop);
   auto state = std::make_shared<std::string>("held by the callback");
@@ -170,7 +173,8 @@ TEST_CASE("timer: the owner destroyed while libuv still closes the handle", "[ne
   CHECK_FALSE(fired);  // closed before it was due
 }
 
-TEST_CASE("timer: moves hand the handle over; a moved-onto owner closes what it held", "[net][timer]") {
+TEST_CASE("timer: moves hand the handle over; a moved-onto owner closes what it held",
+          "[net][timer]") {
   net::Loop loop;
   auto a = make_timer(loop);
   auto b = make_timer(loop);
@@ -178,7 +182,7 @@ TEST_CASE("timer: moves hand the handle over; a moved-onto owner closes what it 
   int b_fired = 0;
   a.start(1, 0, [&] { ++a_fired; });
   b.start(1, 0, [&] { ++b_fired; });
-  b = std::move(a);  // b's own timer is closed and never fires
+  b = std::move(a);        // b's own timer is closed and never fires
   CHECK_FALSE(a.valid());  // NOLINT(bugprone-use-after-move): the moved-from state is the contract
   CHECK(b.valid());
   a.stop();  // harmless on an empty owner
@@ -189,7 +193,8 @@ TEST_CASE("timer: moves hand the handle over; a moved-onto owner closes what it 
   CHECK(loop.close() == 0);
 }
 
-TEST_CASE("close(on_closed) runs in the close callback, or at once without a handle", "[net][loop]") {
+TEST_CASE("close(on_closed) runs in the close callback, or at once without a handle",
+          "[net][loop]") {
   net::Loop loop;
   auto t = make_timer(loop);
   bool closed = false;
@@ -256,7 +261,8 @@ Result<net::Process> spawn_sh(net::Loop& loop, const char* script,
 
 }  // namespace
 
-TEST_CASE("process: the exit status reaches the callback, which may close its handle", "[net][process]") {
+TEST_CASE("process: the exit status reaches the callback, which may close its handle",
+          "[net][process]") {
   net::Loop loop;
   std::optional<std::int64_t> status;
   std::optional<net::Process> p;
@@ -286,7 +292,8 @@ TEST_CASE("process: killed, the signal reaches the callback", "[net][process]") 
   CHECK(loop.close() == 0);
 }
 
-TEST_CASE("process: a program that cannot start is an error and leaves no handle", "[net][process]") {
+TEST_CASE("process: a program that cannot start is an error and leaves no handle",
+          "[net][process]") {
   net::Loop loop;
   std::string file = "/nonexistent/tokend-test-program";
   std::vector<char*> args = {file.data(), nullptr};

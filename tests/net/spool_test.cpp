@@ -1,10 +1,10 @@
 // Large bodies in an unlinked temporary file.
+#include "net/spool.hpp"
+
+#include <catch2/catch_test_macros.hpp>
 #include <filesystem>
 #include <string>
 
-#include <catch2/catch_test_macros.hpp>
-
-#include "net/spool.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace tokend;
@@ -32,7 +32,8 @@ std::string read_all(const net::Spool& spool, std::size_t chunk) {
 
 }  // namespace
 
-TEST_CASE("spool: what is appended reads back from any offset, and the file has no name", "[net][spool]") {
+TEST_CASE("spool: what is appended reads back from any offset, and the file has no name",
+          "[net][spool]") {
   test::TempDir dir;
   SpoolDirectory in(dir.path());
   auto spool = net::Spool::create();
@@ -41,7 +42,9 @@ TEST_CASE("spool: what is appended reads back from any offset, and the file has 
   CHECK(s.size() == 0);
   std::string expected;
   for (int i = 0; i < 300; ++i) {
-    const std::string part = std::to_string(i) + std::string(static_cast<std::size_t>(i * 37 % 4096), static_cast<char>('a' + i % 26));
+    const std::string part =
+        std::to_string(i) +
+        std::string(static_cast<std::size_t>(i * 37 % 4096), static_cast<char>('a' + i % 26));
     REQUIRE(s.append(part));
     expected += part;
   }

@@ -1,6 +1,6 @@
-#include <catch2/catch_test_macros.hpp>
-
 #include "oauth/atlassian.hpp"
+
+#include <catch2/catch_test_macros.hpp>
 
 using namespace tokend;
 using namespace tokend::oauth;
@@ -21,7 +21,8 @@ TEST_CASE("accessible resources: sites with a usable cloud id and url, everythin
   CHECK((*sites)[1].url == "https://two.atlassian.net/");
 }
 
-TEST_CASE("accessible resources: not a list, or not JSON, is a transient error that quotes nothing") {
+TEST_CASE(
+    "accessible resources: not a list, or not JSON, is a transient error that quotes nothing") {
   auto object = parse_accessible_resources(R"({"access_token": "SECRET"})");
   REQUIRE_FALSE(object);
   CHECK(object.error().code == Errc::transient);

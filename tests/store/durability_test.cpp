@@ -6,11 +6,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <catch2/catch_test_macros.hpp>
 #include <chrono>
 #include <cstring>
 #include <random>
-
-#include <catch2/catch_test_macros.hpp>
 
 #include "store/detail/db.hpp"
 #include "store/store_support.hpp"
@@ -22,8 +21,12 @@ using test::TempDir;
 
 namespace {
 
-std::string access_for(std::int64_t g) { return "at-" + std::to_string(g); }
-std::string refresh_for(std::int64_t g) { return "rt-" + std::to_string(g) + std::string(200, 'r'); }
+std::string access_for(std::int64_t g) {
+  return "at-" + std::to_string(g);
+}
+std::string refresh_for(std::int64_t g) {
+  return "rt-" + std::to_string(g) + std::string(200, 'r');
+}
 
 // Runs in the forked child: never returns.
 [[noreturn]] void child_commit_loop(const std::filesystem::path& db, const DbKey& key, int ack_fd) {
@@ -79,7 +82,8 @@ TEST_CASE("acknowledged updates survive SIGKILL at random instants (200 rounds)"
     REQUIRE(::waitpid(pid, &status, 0) == pid);
     REQUIRE(WIFSIGNALED(status));  // the child never stops on its own (exit codes 10+ = failure)
     // Acks written before the kill count as acknowledged too.
-    while (::read(fds[0], &g, sizeof g) == static_cast<ssize_t>(sizeof g)) max_acked = std::max(max_acked, g);
+    while (::read(fds[0], &g, sizeof g) == static_cast<ssize_t>(sizeof g))
+      max_acked = std::max(max_acked, g);
     ::close(fds[0]);
 
     FakeClock clock;
@@ -91,7 +95,8 @@ TEST_CASE("acknowledged updates survive SIGKILL at random instants (200 rounds)"
     REQUIRE(c->generation >= max_acked);
     REQUIRE(c->access_token.reveal() == access_for(c->generation));
     REQUIRE(c->refresh_token.reveal() == refresh_for(c->generation));
-    if (c->generation > 1) REQUIRE(c->previous_refresh_token.reveal() == refresh_for(c->generation - 1));
+    if (c->generation > 1)
+      REQUIRE(c->previous_refresh_token.reveal() == refresh_for(c->generation - 1));
     REQUIRE(c->expires_at_ms == c->generation);
     auto check = s->db_for_tests().prepare("PRAGMA integrity_check");
     REQUIRE(check);

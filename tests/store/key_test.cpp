@@ -1,12 +1,12 @@
+#include "store/key.hpp"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <catch2/catch_test_macros.hpp>
 #include <map>
 
-#include <catch2/catch_test_macros.hpp>
-
 #include "core/encoding.hpp"
-#include "store/key.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace tokend;
@@ -27,7 +27,8 @@ const std::string k_hex(64, 'a');
 
 }  // namespace
 
-TEST_CASE("first start generates a 0600 key file of 32 random bytes in a 0700 dir", "[store][key]") {
+TEST_CASE("first start generates a 0600 key file of 32 random bytes in a 0700 dir",
+          "[store][key]") {
   TempDir t;
   const auto key_file = t / "config/tokend/db.key";
   auto k = resolve_key({key_file, false, t / "data/tokens.db"}, env_of({}));
@@ -35,7 +36,7 @@ TEST_CASE("first start generates a 0600 key file of 32 random bytes in a 0700 di
   CHECK(k->kind == KeyKind::raw);
   CHECK(k->material.size() == 32);
   CHECK(k->source == "generated key file " + key_file.string());
-  struct stat st {};
+  struct stat st{};
   REQUIRE(::stat(key_file.c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0600);
   CHECK(st.st_size == 32);
@@ -65,7 +66,8 @@ TEST_CASE("key sources in order: explicit file, systemd credential, TOKEND_KEY, 
   const auto default_file = t / "default.key";
   test::write_file_bytes(default_file, std::string(32, 'D'));
   const auto db = t / "t.db";
-  const auto all = env_of({{"CREDENTIALS_DIRECTORY", (t / "creds").string()}, {"TOKEND_KEY", k_hex}});
+  const auto all =
+      env_of({{"CREDENTIALS_DIRECTORY", (t / "creds").string()}, {"TOKEND_KEY", k_hex}});
 
   auto k = resolve_key({explicit_file, true, db}, all);
   REQUIRE(k);

@@ -17,7 +17,8 @@ std::string raw_key_spec(const DbKey& key) {
 }
 
 // A database at schema `version`, keyed like SqlcipherStore::open would key it.
-std::unique_ptr<detail::Db> db_at(const std::filesystem::path& path, const DbKey& key, int version) {
+std::unique_ptr<detail::Db> db_at(const std::filesystem::path& path, const DbKey& key,
+                                  int version) {
   test::write_file_bytes(path, "", 0600);  // as SqlcipherStore::open creates it
   auto db = detail::Db::open(path);
   REQUIRE(db);
@@ -44,9 +45,11 @@ TEST_CASE("v1 -> v2 keeps profiles and credentials and adds the audit log", "[st
   const auto key = test::random_raw_key();
   {
     auto db = db_at(t / "t.db", key, 1);
-    REQUIRE(db->exec(
-        "INSERT INTO profiles (name, kind, provider, config, secret_config, created_at, updated_at) "
-        "VALUES ('jira', 'oauth2', 'atlassian', '{\"site\":\"x\"}', '{\"client_secret\":\"s\"}', 1, 2)"));
+    REQUIRE(
+        db->exec("INSERT INTO profiles (name, kind, provider, config, secret_config, created_at, "
+                 "updated_at) "
+                 "VALUES ('jira', 'oauth2', 'atlassian', '{\"site\":\"x\"}', "
+                 "'{\"client_secret\":\"s\"}', 1, 2)"));
     REQUIRE(db->exec(
         "INSERT INTO credentials (profile, access_token, refresh_token, token_type, scope, "
         "expires_at, obtained_at, generation, state) "

@@ -2,9 +2,8 @@
 // the key source; the file's bytes unchanged.
 #include <sys/stat.h>
 
-#include <filesystem>
-
 #include <catch2/catch_test_macros.hpp>
+#include <filesystem>
 
 #include "store/store_support.hpp"
 #include "support/temp_dir.hpp"
@@ -67,7 +66,9 @@ TEST_CASE("a truncated database: clear error, file unchanged", "[store][errors]"
       make_database(t / "t.db", key);
       const auto size = std::filesystem::file_size(t / "t.db");
       REQUIRE(size >= 4 * 4096);
-      const auto cut = static_cast<std::uintmax_t>(static_cast<double>(size) * fraction) / 4096 * 4096 + static_cast<std::uintmax_t>(misalign);
+      const auto cut =
+          static_cast<std::uintmax_t>(static_cast<double>(size) * fraction) / 4096 * 4096 +
+          static_cast<std::uintmax_t>(misalign);
       std::filesystem::resize_file(t / "t.db", cut);
       INFO("truncated to " << cut << " of " << size);
       FakeClock clock;
@@ -91,7 +92,8 @@ TEST_CASE("the database file is created 0600 and a loose one is refused", "[stor
   REQUIRE(SqlcipherStore::open(t / "t.db", key, clock));
   CHECK((std::filesystem::status(t / "t.db").permissions() & std::filesystem::perms::mask) ==
         (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write));
-  std::filesystem::permissions(t / "t.db", std::filesystem::perms::group_read, std::filesystem::perm_options::add);
+  std::filesystem::permissions(t / "t.db", std::filesystem::perms::group_read,
+                               std::filesystem::perm_options::add);
   auto s = SqlcipherStore::open(t / "t.db", key, clock);
   REQUIRE_FALSE(s);
   CHECK(s.error().message.find("chmod 600") != std::string::npos);

@@ -76,8 +76,7 @@ TEST_CASE("a new profile has an empty credential", "[store]") {
   CHECK_FALSE(c->expires_at_ms);
 }
 
-TEST_CASE("store_token_set rotates refresh tokens atomically and bumps the generation",
-          "[store]") {
+TEST_CASE("store_token_set rotates refresh tokens atomically and bumps the generation", "[store]") {
   TempDir t;
   FakeClock clock;
   auto s = test::open_store(t.path(), clock);
@@ -124,7 +123,8 @@ TEST_CASE("store_token_set rotates refresh tokens atomically and bumps the gener
   CHECK(c.generation == 3);
 
   // Neither token: refused. A refresh token alone (an import) is a token set.
-  CHECK(s->store_token_set("p", test::make_tokens("", "", 1)).error().code == Errc::invalid_argument);
+  CHECK(s->store_token_set("p", test::make_tokens("", "", 1)).error().code ==
+        Errc::invalid_argument);
   CHECK(s->get_credential("p")->generation == 3);
   CHECK(s->store_token_set("p", test::make_tokens("", "rt-only", 1)).value() == 4);
   CHECK(s->get_credential("p")->access_token.empty());

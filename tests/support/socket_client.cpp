@@ -34,11 +34,14 @@ bool RawClient::send(const std::string& bytes) {
   return true;
 }
 
-void RawClient::shutdown_write() { ::shutdown(m_fd, SHUT_WR); }
+void RawClient::shutdown_write() {
+  ::shutdown(m_fd, SHUT_WR);
+}
 
 bool RawClient::fill(std::chrono::steady_clock::time_point until) {
   if (m_eof) return false;
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      until - std::chrono::steady_clock::now());
   if (left.count() <= 0) return false;
   pollfd p{m_fd, POLLIN, 0};
   if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return false;

@@ -19,9 +19,11 @@ class RawClient {
   bool send(const std::string& bytes);
   void shutdown_write();
   // Reads until `needle` has been seen (or EOF/deadline); returns all read so far.
-  std::string read_until(const std::string& needle, std::chrono::milliseconds deadline = std::chrono::seconds(10));
+  std::string read_until(const std::string& needle,
+                         std::chrono::milliseconds deadline = std::chrono::seconds(10));
   // Reads until the peer closes; returns everything, or nullopt on deadline.
-  std::optional<std::string> read_to_eof(std::chrono::milliseconds deadline = std::chrono::seconds(10));
+  std::optional<std::string> read_to_eof(
+      std::chrono::milliseconds deadline = std::chrono::seconds(10));
   // Reads one whole response (Content-Length framed).
   std::string read_response(std::chrono::milliseconds deadline = std::chrono::seconds(10));
   [[nodiscard]] bool eof() const { return m_eof; }

@@ -20,7 +20,8 @@ class TempDir {
 };
 
 std::string read_file_bytes(const std::filesystem::path& p);
-void write_file_bytes(const std::filesystem::path& p, const std::string& data, unsigned mode = 0600);
+void write_file_bytes(const std::filesystem::path& p, const std::string& data,
+                      unsigned mode = 0600);
 // Hash of a file's bytes (for "unchanged" assertions).
 std::string file_digest(const std::filesystem::path& p);
 

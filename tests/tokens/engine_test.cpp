@@ -1,18 +1,17 @@
 // The refresh engine with a real store, a fake clock, a fake timer and a fake
 // token endpoint whose answers the test gives by hand.
-#include <optional>
-#include <random>
-
 #include <spdlog/spdlog.h>
 
 #include <catch2/catch_test_macros.hpp>
+#include <optional>
+#include <random>
 
 #include "oauth/protocol.hpp"
-#include "tokens/token_service.hpp"
-#include "tokens/fake_transport.hpp"
-#include "tokens/faulty_store.hpp"
 #include "store/store_support.hpp"
 #include "support/temp_dir.hpp"
+#include "tokens/fake_transport.hpp"
+#include "tokens/faulty_store.hpp"
+#include "tokens/token_service.hpp"
 
 using namespace tokend;
 using namespace tokend::oauth;
@@ -22,7 +21,8 @@ using store::CredState;
 
 namespace {
 
-std::string token_json(const std::string& access, const std::string& refresh, int expires_in = 3600) {
+std::string token_json(const std::string& access, const std::string& refresh,
+                       int expires_in = 3600) {
   return R"({"access_token":")" + access + R"(","refresh_token":")" + refresh +
          R"(","token_type":"Bearer","expires_in":)" + std::to_string(expires_in) + "}";
 }
@@ -51,8 +51,11 @@ struct Rig {
   // An oauth2 profile with a token that expires in `lifetime`.
   void add(const std::string& name, Millis lifetime, const std::string& access = "at-0",
            const std::string& refresh = "rt-0") {
-    json::Json body = {{"kind", "oauth2"}, {"token_url", "https://auth.example/token"}, {"client_id", "cid"},
-                       {"access_token", access}, {"expires_in", lifetime.count() / 1000}};
+    json::Json body = {{"kind", "oauth2"},
+                       {"token_url", "https://auth.example/token"},
+                       {"client_id", "cid"},
+                       {"access_token", access},
+                       {"expires_in", lifetime.count() / 1000}};
     if (!refresh.empty()) body["refresh_token"] = refresh;
     auto spec = parse_profile_spec(name, body, to_unix_ms(clock.wall_now()));
     REQUIRE(spec);
@@ -66,20 +69,23 @@ struct Rig {
     while (clock.mono_now() < end && http.pending.empty()) {
       auto at = timer.armed_at();
       if (!at || *at > end) break;
-      if (*at > clock.mono_now()) clock.advance(std::chrono::duration_cast<Millis>(*at - clock.mono_now()));
+      if (*at > clock.mono_now())
+        clock.advance(std::chrono::duration_cast<Millis>(*at - clock.mono_now()));
       timer.fire_due();
     }
   }
 
   std::size_t events_of(const std::string& type) const {
-    return static_cast<std::size_t>(std::count_if(seen.begin(), seen.end(), [&](const Event& e) { return to_string(e.kind) == type; }));
+    return static_cast<std::size_t>(std::count_if(
+        seen.begin(), seen.end(), [&](const Event& e) { return to_string(e.kind) == type; }));
   }
 };
 
 }  // namespace
 
-TEST_CASE("500 concurrent requests for a fresh token cause exactly one refresh; all get the new token",
-          "[refresh][engine]") {
+TEST_CASE(
+    "500 concurrent requests for a fresh token cause exactly one refresh; all get the new token",
+    "[refresh][engine]") {
   Rig rig;
   rig.add("p", 30s);  // valid for 30 s; the callers want 60, capped at 20 (30 - 10)
   rig.clock.advance(15s);
@@ -119,7 +125,8 @@ TEST_CASE("500 concurrent requests for a fresh token cause exactly one refresh; 
   CHECK(rig.events_of("refreshed") == 1);
 }
 
-TEST_CASE("scheduled refresh happens before expiry, and again for the rotated token", "[refresh][engine]") {
+TEST_CASE("scheduled refresh happens before expiry, and again for the rotated token",
+          "[refresh][engine]") {
   Rig rig;
   rig.add("p", 3600s);
   rig.run_until_idle_or(3600s);
@@ -129,11 +136,13 @@ TEST_CASE("scheduled refresh happens before expiry, and again for the rotated to
   rig.http.reply(200, token_json("at-1", "rt-1"));
   rig.run_until_idle_or(3600s);
   REQUIRE(rig.http.started == 2);
-  CHECK(rig.http.pending.front().request.body.reveal().find("refresh_token=rt-1") != std::string::npos);
+  CHECK(rig.http.pending.front().request.body.reveal().find("refresh_token=rt-1") !=
+        std::string::npos);
 }
 
-TEST_CASE("transient failures back off while the valid token keeps being served; recovery is automatic",
-          "[refresh][engine]") {
+TEST_CASE(
+    "transient failures back off while the valid token keeps being served; recovery is automatic",
+    "[refresh][engine]") {
   Rig rig;
   rig.add("p", 3600s);
   rig.run_until_idle_or(3600s);
@@ -198,7 +207,9 @@ TEST_CASE("invalid_grant (400 or Atlassian's 403) needs a login; invalid_client 
     rig.clock.advance(15s);  // 15 s left: less than the 20 s a fresh 30 s token can give
     Result<TokenGrant> answer = fail(Errc::internal, "not called");
     rig.tokens->token_async("p", {60}, [&](Result<TokenGrant> g) { answer = std::move(g); });
-    rig.http.reply(status, R"({"error":"invalid_grant","error_description":"Unknown or invalid refresh token."})");
+    rig.http.reply(
+        status,
+        R"({"error":"invalid_grant","error_description":"Unknown or invalid refresh token."})");
     REQUIRE_FALSE(answer);
     CHECK(answer.error().code == Errc::reauth_required);
     CHECK(rig.store.get_credential("p")->state == CredState::reauth_required);
@@ -248,7 +259,8 @@ TEST_CASE("a refresh left in flight by a crash is retried at start with the same
   REQUIRE(restarted.load());
   rig.timer.fire_due();
   REQUIRE(rig.http.pending.size() == 1);
-  CHECK(rig.http.pending.front().request.body.reveal().find("refresh_token=rt-0") != std::string::npos);
+  CHECK(rig.http.pending.front().request.body.reveal().find("refresh_token=rt-0") !=
+        std::string::npos);
 }
 
 TEST_CASE("1,000 profiles with the same expiry spread over the jitter window and respect the cap",
@@ -274,7 +286,8 @@ TEST_CASE("1,000 profiles with the same expiry spread over the jitter window and
   rig.run_until_idle_or(3600s);
   while (!rig.http.pending.empty()) {
     peak = std::max(peak, rig.http.pending.size());
-    rig.http.reply(200, token_json("at-new" + std::to_string(answered), "rt-new" + std::to_string(answered)));
+    rig.http.reply(
+        200, token_json("at-new" + std::to_string(answered), "rt-new" + std::to_string(answered)));
     ++answered;
     rig.run_until_idle_or(1s);
   }
@@ -284,7 +297,8 @@ TEST_CASE("1,000 profiles with the same expiry spread over the jitter window and
   CHECK(rig.tokens->stats().refreshes_ok == 1000);
 }
 
-TEST_CASE("a token without a refresh token warns before expiry, then needs a login", "[refresh][engine]") {
+TEST_CASE("a token without a refresh token warns before expiry, then needs a login",
+          "[refresh][engine]") {
   Rig rig;
   rig.add("p", 3600s, "at-0", "");
   rig.run_until_idle_or(3301s);

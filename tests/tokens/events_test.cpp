@@ -1,9 +1,8 @@
-#include <set>
-#include <string_view>
+#include "tokens/events.hpp"
 
 #include <catch2/catch_test_macros.hpp>
-
-#include "tokens/events.hpp"
+#include <set>
+#include <string_view>
 
 using namespace tokend::tokens;
 

@@ -1,10 +1,9 @@
 // A token endpoint (any HTTP peer) whose answers a test gives by hand.
 #pragma once
 
+#include <catch2/catch_test_macros.hpp>
 #include <string>
 #include <vector>
-
-#include <catch2/catch_test_macros.hpp>
 
 #include "net/http_client.hpp"
 
@@ -29,7 +28,8 @@ class FakeTransport final : public net::HttpTransport {
     std::erase_if(pending, [id](const Call& c) { return c.id == id; });
   }
   // Answers the oldest pending request.
-  void reply(long status, std::string body, std::string type = "application/json", net::HttpHeaders headers = {}) {
+  void reply(long status, std::string body, std::string type = "application/json",
+             net::HttpHeaders headers = {}) {
     REQUIRE_FALSE(pending.empty());
     Call c = std::move(pending.front());
     pending.erase(pending.begin());

@@ -21,8 +21,11 @@ class FaultyStore final : public store::Store {
     if (fail_reads) return refused();
     return m_real.get_credential(n);
   }
-  Result<std::vector<store::Credential>> list_credentials() override { return m_real.list_credentials(); }
-  Result<std::int64_t> store_token_set(std::string_view n, const store::TokenSet& t, std::optional<std::int64_t> g,
+  Result<std::vector<store::Credential>> list_credentials() override {
+    return m_real.list_credentials();
+  }
+  Result<std::int64_t> store_token_set(std::string_view n, const store::TokenSet& t,
+                                       std::optional<std::int64_t> g,
                                        std::optional<std::int64_t> keep) override {
     return m_real.store_token_set(n, t, g, keep);
   }
@@ -34,9 +37,13 @@ class FaultyStore final : public store::Store {
     return m_real.set_state(n, s, why);
   }
   Result<> clear_credential(std::string_view n) override { return m_real.clear_credential(n); }
-  void set_audit_retention(const store::AuditRetention& r) override { m_real.set_audit_retention(r); }
+  void set_audit_retention(const store::AuditRetention& r) override {
+    m_real.set_audit_retention(r);
+  }
   Result<> prune_audit() override { return m_real.prune_audit(); }
-  Result<std::int64_t> append_audit(const store::AuditEvent& e) override { return m_real.append_audit(e); }
+  Result<std::int64_t> append_audit(const store::AuditEvent& e) override {
+    return m_real.append_audit(e);
+  }
   Result<> append_audit_batch(const std::vector<store::AuditEvent>& e) override {
     return m_real.append_audit_batch(e);
   }

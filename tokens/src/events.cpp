@@ -1,28 +1,43 @@
 #include "tokens/events.hpp"
 
-#include <vector>
-
 #include <spdlog/spdlog.h>
+
+#include <vector>
 
 namespace tokend::tokens {
 
 std::string_view to_string(EventKind kind) noexcept {
   switch (kind) {
-    case EventKind::profile_added: return "profile_added";
-    case EventKind::profile_updated: return "profile_updated";
-    case EventKind::profile_removed: return "profile_removed";
-    case EventKind::refreshed: return "refreshed";
-    case EventKind::refresh_failed: return "refresh_failed";
-    case EventKind::expiring: return "expiring";
-    case EventKind::reauth_required: return "reauth_required";
-    case EventKind::consent_required: return "consent_required";
-    case EventKind::sink_failed: return "sink_failed";
-    case EventKind::client_registered: return "client_registered";
-    case EventKind::login_started: return "login_started";
-    case EventKind::login_succeeded: return "login_succeeded";
-    case EventKind::login_failed: return "login_failed";
-    case EventKind::login_cancelled: return "login_cancelled";
-    case EventKind::logged_out: return "logged_out";
+    case EventKind::profile_added:
+      return "profile_added";
+    case EventKind::profile_updated:
+      return "profile_updated";
+    case EventKind::profile_removed:
+      return "profile_removed";
+    case EventKind::refreshed:
+      return "refreshed";
+    case EventKind::refresh_failed:
+      return "refresh_failed";
+    case EventKind::expiring:
+      return "expiring";
+    case EventKind::reauth_required:
+      return "reauth_required";
+    case EventKind::consent_required:
+      return "consent_required";
+    case EventKind::sink_failed:
+      return "sink_failed";
+    case EventKind::client_registered:
+      return "client_registered";
+    case EventKind::login_started:
+      return "login_started";
+    case EventKind::login_succeeded:
+      return "login_succeeded";
+    case EventKind::login_failed:
+      return "login_failed";
+    case EventKind::login_cancelled:
+      return "login_cancelled";
+    case EventKind::logged_out:
+      return "logged_out";
   }
   return "unknown";
 }

@@ -1,11 +1,11 @@
 #include "tokens/profile_spec.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
 #include <set>
-
-#include <fmt/format.h>
 
 #include "net/url.hpp"
 #include "oauth/protocol.hpp"
@@ -22,36 +22,69 @@ constexpr std::size_t k_max_field_bytes = 8192;   // URLs, ids, emails
 constexpr std::size_t k_max_token_bytes = 16384;  // JWTs can be a few kB
 
 // Non-secret settings stored in the profile config, per kind.
-const std::set<std::string, std::less<>> k_common = {"kind", "provider", "site", "api_base", "refresh_buffer",
-                                                     "description", "sinks", "policy", "jira_base",
-                                                     "confluence_base"};
-const std::set<std::string, std::less<>> k_oauth2 = {
-    "client_id", "client_secret", "scopes", "authorize_url", "token_url", "redirect_uri",
-    "issuer", "mcp_server", "audience", "access_token", "refresh_token", "expires_in",
-    "expires_at", "token_type", "scope", "revocation_url", "userinfo_url", "pkce",
-    "token_endpoint_auth", "reuse_window", "device_authorization_url", "registration_url", "resource",
-    "cloud_id", "prompt", "authorize_params", "authorization_server"};
+const std::set<std::string, std::less<>> k_common = {
+    "kind",        "provider", "site",   "api_base",  "refresh_buffer",
+    "description", "sinks",    "policy", "jira_base", "confluence_base"};
+const std::set<std::string, std::less<>> k_oauth2 = {"client_id",
+                                                     "client_secret",
+                                                     "scopes",
+                                                     "authorize_url",
+                                                     "token_url",
+                                                     "redirect_uri",
+                                                     "issuer",
+                                                     "mcp_server",
+                                                     "audience",
+                                                     "access_token",
+                                                     "refresh_token",
+                                                     "expires_in",
+                                                     "expires_at",
+                                                     "token_type",
+                                                     "scope",
+                                                     "revocation_url",
+                                                     "userinfo_url",
+                                                     "pkce",
+                                                     "token_endpoint_auth",
+                                                     "reuse_window",
+                                                     "device_authorization_url",
+                                                     "registration_url",
+                                                     "resource",
+                                                     "cloud_id",
+                                                     "prompt",
+                                                     "authorize_params",
+                                                     "authorization_server"};
 const std::set<std::string, std::less<>> k_api_token = {"email", "token"};
 const std::set<std::string, std::less<>> k_pat = {"token"};
-const std::set<std::string, std::less<>> k_url_fields = {
-    "site", "api_base", "authorize_url", "token_url", "issuer", "mcp_server", "revocation_url",
-    "userinfo_url", "device_authorization_url", "registration_url", "resource", "redirect_uri", "jira_base",
-    "confluence_base", "authorization_server"};
-const std::set<std::string, std::less<>> k_secret_fields = {"client_secret", "token", "access_token",
-                                                            "refresh_token"};
-
-
+const std::set<std::string, std::less<>> k_url_fields = {"site",
+                                                         "api_base",
+                                                         "authorize_url",
+                                                         "token_url",
+                                                         "issuer",
+                                                         "mcp_server",
+                                                         "revocation_url",
+                                                         "userinfo_url",
+                                                         "device_authorization_url",
+                                                         "registration_url",
+                                                         "resource",
+                                                         "redirect_uri",
+                                                         "jira_base",
+                                                         "confluence_base",
+                                                         "authorization_server"};
+const std::set<std::string, std::less<>> k_secret_fields = {"client_secret", "token",
+                                                            "access_token", "refresh_token"};
 
 Result<std::string> string_field(const Json& body, std::string_view key, std::size_t max) {
   const auto& v = body.at(std::string(key));
-  if (!v.is_string()) return std::unexpected(bad_input(fmt::format("field \"{}\" must be a string", key)));
+  if (!v.is_string())
+    return std::unexpected(bad_input(fmt::format("field \"{}\" must be a string", key)));
   auto s = v.get<std::string>();
   if (s.size() > max) {
-    return std::unexpected(bad_input(fmt::format("field \"{}\" is longer than {} bytes", key, max)));
+    return std::unexpected(
+        bad_input(fmt::format("field \"{}\" is longer than {} bytes", key, max)));
   }
   for (const char c : s) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-      return std::unexpected(bad_input(fmt::format("field \"{}\" contains a control character", key)));
+      return std::unexpected(
+          bad_input(fmt::format("field \"{}\" contains a control character", key)));
     }
   }
   return s;
@@ -63,21 +96,26 @@ Result<Json> validate_policy(const Json& v) {
   Json out = Json::object();
   for (const auto& [k, item] : v.items()) {
     if (k == "read_only") {
-      if (!item.is_boolean()) return std::unexpected(bad_input("policy.read_only must be true or false"));
+      if (!item.is_boolean())
+        return std::unexpected(bad_input("policy.read_only must be true or false"));
       out[k] = item;
     } else if (k == "allow" || k == "deny") {
       if (!item.is_array() || item.size() > 256) {
-        return std::unexpected(bad_input(fmt::format("policy.{} must be a list of path prefixes (at most 256)", k)));
+        return std::unexpected(
+            bad_input(fmt::format("policy.{} must be a list of path prefixes (at most 256)", k)));
       }
       for (const auto& prefix : item) {
         if (!prefix.is_string() || prefix.get_ref<const std::string&>().empty() ||
             prefix.get_ref<const std::string&>().size() > 1024) {
-          return std::unexpected(bad_input(fmt::format("policy.{} entries must be non-empty path prefixes like "
-                                                 "\"jira/rest/api/3/project/ABC\"", k)));
+          return std::unexpected(
+              bad_input(fmt::format("policy.{} entries must be non-empty path prefixes like "
+                                    "\"jira/rest/api/3/project/ABC\"",
+                                    k)));
         }
         for (const char c : prefix.get_ref<const std::string&>()) {
           if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-            return std::unexpected(bad_input(fmt::format("policy.{} entries must not contain control characters", k)));
+            return std::unexpected(
+                bad_input(fmt::format("policy.{} entries must not contain control characters", k)));
           }
         }
       }
@@ -88,7 +126,8 @@ Result<Json> validate_policy(const Json& v) {
       }
       out[k] = item;
     } else {
-      return std::unexpected(bad_input(fmt::format("policy.{} is not known (read_only, allow, deny, rate_per_minute)", k.substr(0, 64))));
+      return std::unexpected(bad_input(fmt::format(
+          "policy.{} is not known (read_only, allow, deny, rate_per_minute)", k.substr(0, 64))));
     }
   }
   return out;
@@ -97,31 +136,41 @@ Result<Json> validate_policy(const Json& v) {
 // Parameters tokend sets itself may not be overridden (state, PKCE and the
 // redirect are what make the flow safe; prompt and scope have their fields).
 const std::set<std::string, std::less<>> k_reserved_authorize_params = {
-    "client_id", "redirect_uri", "state", "response_type", "code_challenge", "code_challenge_method",
-    "scope", "prompt", "resource", "request", "request_uri", "response_mode", "nonce"};
+    "client_id",     "redirect_uri",   "state",
+    "response_type", "code_challenge", "code_challenge_method",
+    "scope",         "prompt",         "resource",
+    "request",       "request_uri",    "response_mode",
+    "nonce"};
 
 Result<Json> validate_authorize_params(const Json& v) {
   if (!v.is_object() || v.size() > 32) {
-    return std::unexpected(bad_input("field \"authorize_params\" must be an object of at most 32 string values, "
-                               "e.g. {\"access_type\": \"offline\"}"));
+    return std::unexpected(
+        bad_input("field \"authorize_params\" must be an object of at most 32 string values, "
+                  "e.g. {\"access_type\": \"offline\"}"));
   }
   for (const auto& [k, item] : v.items()) {
-    if (k.empty() || k.size() > 64 ||
-        !std::all_of(k.begin(), k.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'; })) {
-      return std::unexpected(bad_input("authorize_params names must be 1-64 letters, digits, '_', '-' or '.'"));
+    if (k.empty() || k.size() > 64 || !std::all_of(k.begin(), k.end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+        })) {
+      return std::unexpected(
+          bad_input("authorize_params names must be 1-64 letters, digits, '_', '-' or '.'"));
     }
     if (k_reserved_authorize_params.contains(k)) {
-      return std::unexpected(bad_input(fmt::format("authorize_params may not set \"{}\": tokend sets it{}", k,
-                                             k == "prompt" ? " (use the prompt field, tokenctl add --prompt)"
-                                             : k == "scope" ? " (use the scopes field, tokenctl add --scopes)"
-                                             : k == "resource" ? " (use the resource field)" : "")));
+      return std::unexpected(
+          bad_input(fmt::format("authorize_params may not set \"{}\": tokend sets it{}", k,
+                                k == "prompt"     ? " (use the prompt field, tokenctl add --prompt)"
+                                : k == "scope"    ? " (use the scopes field, tokenctl add --scopes)"
+                                : k == "resource" ? " (use the resource field)"
+                                                  : "")));
     }
     if (!item.is_string() || item.get_ref<const std::string&>().size() > 1024) {
-      return std::unexpected(bad_input(fmt::format("authorize_params.{} must be a string of at most 1024 bytes", k)));
+      return std::unexpected(
+          bad_input(fmt::format("authorize_params.{} must be a string of at most 1024 bytes", k)));
     }
     for (const char c : item.get_ref<const std::string&>()) {
       if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-        return std::unexpected(bad_input(fmt::format("authorize_params.{} contains a control character", k)));
+        return std::unexpected(
+            bad_input(fmt::format("authorize_params.{} contains a control character", k)));
       }
     }
   }
@@ -130,9 +179,11 @@ Result<Json> validate_authorize_params(const Json& v) {
 
 }  // namespace
 
-Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, std::int64_t now_ms) {
+Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body,
+                                       std::int64_t now_ms) {
   if (auto r = store::validate_profile_name(name); !r) return std::unexpected(r.error());
-  if (!body.is_object()) return std::unexpected(bad_input("the request body must be a JSON object"));
+  if (!body.is_object())
+    return std::unexpected(bad_input("the request body must be a JSON object"));
 
   auto kind_name = json::required_string(body, "kind");
   if (!kind_name) return std::unexpected(kind_name.error());
@@ -144,7 +195,8 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
                                                              : k_pat;
   for (const auto& [key, _] : body.items()) {
     if (!k_common.contains(key) && !allowed.contains(key)) {
-      return std::unexpected(bad_input(fmt::format("field \"{}\" is not known for kind {}", key.substr(0, 64), *kind_name)));
+      return std::unexpected(bad_input(
+          fmt::format("field \"{}\" is not known for kind {}", key.substr(0, 64), *kind_name)));
     }
   }
 
@@ -169,10 +221,12 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
           if (sp == std::string_view::npos) break;
           s.remove_prefix(sp + 1);
         }
-      } else if (value.is_array() && std::all_of(value.begin(), value.end(), [](const Json& v) { return v.is_string(); })) {
+      } else if (value.is_array() && std::all_of(value.begin(), value.end(),
+                                                 [](const Json& v) { return v.is_string(); })) {
         scopes = value;
       } else {
-        return std::unexpected(bad_input("field \"scopes\" must be a list of strings or a space-separated string"));
+        return std::unexpected(
+            bad_input("field \"scopes\" must be a list of strings or a space-separated string"));
       }
       p.config["scopes"] = scopes;
       continue;
@@ -190,21 +244,28 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
       continue;
     }
     if (key == "token_endpoint_auth") {
-      if (!value.is_string() || (value != "client_secret_basic" && value != "client_secret_post" && value != "none")) {
-        return std::unexpected(bad_input("field \"token_endpoint_auth\" must be client_secret_basic, client_secret_post or none"));
+      if (!value.is_string() ||
+          (value != "client_secret_basic" && value != "client_secret_post" && value != "none")) {
+        return std::unexpected(
+            bad_input("field \"token_endpoint_auth\" must be client_secret_basic, "
+                      "client_secret_post or none"));
       }
       p.config[key] = value;
       continue;
     }
     if (key == "reuse_window") {
-      if (!value.is_number_integer() || value.get<std::int64_t>() < 0 || value.get<std::int64_t>() > 86'400) {
-        return std::unexpected(bad_input("field \"reuse_window\" must be a number of seconds from 0 to 86400"));
+      if (!value.is_number_integer() || value.get<std::int64_t>() < 0 ||
+          value.get<std::int64_t>() > 86'400) {
+        return std::unexpected(
+            bad_input("field \"reuse_window\" must be a number of seconds from 0 to 86400"));
       }
       p.config[key] = value;
       continue;
     }
     if (key == "refresh_buffer" || key == "expires_in" || key == "expires_at") {
-      if (!value.is_number_integer()) return std::unexpected(bad_input(fmt::format("field \"{}\" must be an integer (seconds)", key)));
+      if (!value.is_number_integer())
+        return std::unexpected(
+            bad_input(fmt::format("field \"{}\" must be an integer (seconds)", key)));
       const auto n = value.get<std::int64_t>();
       if (n < 0 || n > 10LL * 365 * 24 * 3600 * (key == "expires_at" ? 10 : 1)) {
         return std::unexpected(bad_input(fmt::format("field \"{}\" is out of range", key)));
@@ -220,7 +281,8 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
     }
     if (key == "pkce") {
       if (!value.is_string() || (value != "S256" && value != "off" && value != "required")) {
-        return std::unexpected(bad_input("field \"pkce\" must be \"S256\", \"required\" or \"off\""));
+        return std::unexpected(
+            bad_input("field \"pkce\" must be \"S256\", \"required\" or \"off\""));
       }
       p.config[key] = value;
       continue;
@@ -240,7 +302,8 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
       secrets[key] = std::move(*s);
     } else if (key == "provider") {
       if (*s != "atlassian" && *s != "atlassian-dc" && *s != "generic" && *s != "mcp") {
-        return std::unexpected(bad_input("field \"provider\" must be atlassian, atlassian-dc, generic or mcp"));
+        return std::unexpected(
+            bad_input("field \"provider\" must be atlassian, atlassian-dc, generic or mcp"));
       }
       p.provider = *s;
     } else if (key == "prompt") {
@@ -248,8 +311,9 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
       if (s->size() > 128 || !std::all_of(s->begin(), s->end(), [](char c) {
             return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == ' ';
           })) {
-        return std::unexpected(bad_input("field \"prompt\" must be space-separated words such as consent, login, "
-                                   "select_account or none"));
+        return std::unexpected(
+            bad_input("field \"prompt\" must be space-separated words such as consent, login, "
+                      "select_account or none"));
       }
       p.config[key] = std::move(*s);
     } else if (key == "token_type" || key == "scope") {
@@ -263,12 +327,17 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
 
   // Per-kind requirements.
   if (*kind == CredentialKind::api_token) {
-    if (!p.config.contains("email")) return std::unexpected(bad_input("kind api-token needs \"email\""));
+    if (!p.config.contains("email"))
+      return std::unexpected(bad_input("kind api-token needs \"email\""));
     if (!access) return std::unexpected(bad_input("kind api-token needs \"token\""));
-    if (!p.config.contains("site")) return std::unexpected(bad_input("kind api-token needs \"site\" (https://YOUR-SITE.atlassian.net)"));
+    if (!p.config.contains("site"))
+      return std::unexpected(
+          bad_input("kind api-token needs \"site\" (https://YOUR-SITE.atlassian.net)"));
   } else if (*kind == CredentialKind::pat) {
     if (!access) return std::unexpected(bad_input("kind pat needs \"token\""));
-    if (!p.config.contains("site")) return std::unexpected(bad_input("kind pat needs \"site\" (your Jira or Confluence Data Center URL)"));
+    if (!p.config.contains("site"))
+      return std::unexpected(
+          bad_input("kind pat needs \"site\" (your Jira or Confluence Data Center URL)"));
   } else {
     if (p.provider.empty()) p.provider = "generic";
     if (p.provider == "mcp" && !p.config.contains("mcp_server")) {
@@ -276,17 +345,20 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
     }
     if (p.provider == "atlassian-dc") {
       if (!p.config.contains("site")) {
-        return std::unexpected(bad_input("provider atlassian-dc needs \"site\" (your Jira or Confluence Data Center URL, "
-                                   "e.g. https://jira.example.com)"));
+        return std::unexpected(bad_input(
+            "provider atlassian-dc needs \"site\" (your Jira or Confluence Data Center URL, "
+            "e.g. https://jira.example.com)"));
       }
       if (!p.config.contains("redirect_uri")) {
         // Data Center checks the redirect URI on every token request, the
         // refresh included, so it must be the one registered there.
-        return std::unexpected(bad_input("provider atlassian-dc needs \"redirect_uri\": the redirect URL of the incoming "
-                                   "link you created in Data Center (e.g. http://127.0.0.1:8976/callback)"));
+        return std::unexpected(bad_input(
+            "provider atlassian-dc needs \"redirect_uri\": the redirect URL of the incoming "
+            "link you created in Data Center (e.g. http://127.0.0.1:8976/callback)"));
       }
       if (p.config.value("pkce", std::string()) == "off") {
-        return std::unexpected(bad_input("provider atlassian-dc uses PKCE; \"pkce\": \"off\" is not possible"));
+        return std::unexpected(
+            bad_input("provider atlassian-dc uses PKCE; \"pkce\": \"off\" is not possible"));
       }
     }
   }
@@ -304,8 +376,10 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body, 
     if (refresh) t.refresh_token = Secret::adopt(std::move(*refresh));
     t.obtained_at_ms = now_ms;
     t.token_type = *kind == CredentialKind::api_token ? "Basic" : "Bearer";
-    if (auto tt = body.find("token_type"); tt != body.end() && tt->is_string()) t.token_type = tt->get<std::string>();
-    if (auto sc = body.find("scope"); sc != body.end() && sc->is_string()) t.scope = sc->get<std::string>();
+    if (auto tt = body.find("token_type"); tt != body.end() && tt->is_string())
+      t.token_type = tt->get<std::string>();
+    if (auto sc = body.find("scope"); sc != body.end() && sc->is_string())
+      t.scope = sc->get<std::string>();
     if (t.access_token.empty()) {
       // a refresh token alone keeps the expiry set above
     } else if (auto e = body.find("expires_in"); e != body.end() && e->is_number_integer()) {

@@ -1,12 +1,11 @@
 #include "tokens/sinks.hpp"
 
-#include <algorithm>
-#include <cctype>
-
-#include <sys/stat.h>
-
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cctype>
 
 #include "core/fs.hpp"
 
@@ -19,12 +18,12 @@ constexpr std::size_t k_max_dotenv_bytes = 1024 * 1024;
 bool valid_variable(std::string_view v) {
   if (v.empty() || v.size() > 128 || (v[0] >= '0' && v[0] <= '9')) return false;
   for (const char c : v) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
     if (!ok) return false;
   }
   return true;
 }
-
 
 // The dotenv value as both readers of a .env file take it back: python-dotenv
 // and a shell that sources it (`set -a; . ./.env`). Plain when every
@@ -34,21 +33,25 @@ bool valid_variable(std::string_view v) {
 // character) has no form both read back the same, and is refused.
 Result<std::string> dotenv_value(std::string_view v) {
   const auto inert = [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) != 0 || std::string_view("-._~+/=:@%,").find(c) != std::string_view::npos;
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+           std::string_view("-._~+/=:@%,").find(c) != std::string_view::npos;
   };
   if (std::all_of(v.begin(), v.end(), inert)) return std::string(v);
   for (const char c : v) {
     const auto u = static_cast<unsigned char>(c);
     if (u < 0x20 || u == 0x7f || c == '\'' || c == '\\') {
-      return std::unexpected(bad_input("the value holds a line break, a control character, a quote or a backslash, which "
-                                 "a .env file cannot carry safely; not written"));
+      return std::unexpected(bad_input(
+          "the value holds a line break, a control character, a quote or a backslash, which "
+          "a .env file cannot carry safely; not written"));
     }
   }
   return "'" + std::string(v) + "'";
 }
 
 // A header sink line must stay one line whatever the token holds.
-bool one_line(std::string_view v) { return v.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos; }
+bool one_line(std::string_view v) {
+  return v.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
+}
 
 }  // namespace
 
@@ -58,28 +61,36 @@ Result<json::Json> validate_sinks(const json::Json& sinks) {
   json::Json out = json::Json::array();
   for (const auto& s : sinks) {
     if (!s.is_object()) return std::unexpected(bad_input("each sink must be an object"));
-    const auto type = s.contains("type") && s["type"].is_string() ? s["type"].get<std::string>() : "";
-    const auto path = s.contains("path") && s["path"].is_string() ? s["path"].get<std::string>() : "";
-    if (type != "file" && type != "dotenv") return std::unexpected(bad_input("sink type must be file or dotenv"));
-    if (path.empty() || path[0] != '/' || path.find('\0') != std::string::npos || path.size() > 4096) {
+    const auto type =
+        s.contains("type") && s["type"].is_string() ? s["type"].get<std::string>() : "";
+    const auto path =
+        s.contains("path") && s["path"].is_string() ? s["path"].get<std::string>() : "";
+    if (type != "file" && type != "dotenv")
+      return std::unexpected(bad_input("sink type must be file or dotenv"));
+    if (path.empty() || path[0] != '/' || path.find('\0') != std::string::npos ||
+        path.size() > 4096) {
       return std::unexpected(bad_input("sink path must be an absolute path"));
     }
     json::Json n = {{"type", type}, {"path", path}};
     for (const auto& [k, v] : s.items()) {
       if (k != "type" && k != "path" && k != "format" && k != "variable") {
-        return std::unexpected(bad_input(fmt::format("sink field \"{}\" is not known", k.substr(0, 32))));
+        return std::unexpected(
+            bad_input(fmt::format("sink field \"{}\" is not known", k.substr(0, 32))));
       }
     }
     if (type == "file") {
-      const auto format = s.contains("format") && s["format"].is_string() ? s["format"].get<std::string>() : "raw";
+      const auto format =
+          s.contains("format") && s["format"].is_string() ? s["format"].get<std::string>() : "raw";
       if (format != "raw" && format != "header" && format != "json") {
         return std::unexpected(bad_input("file sink format must be raw, header or json"));
       }
       n["format"] = format;
     } else {
-      const auto var = s.contains("variable") && s["variable"].is_string() ? s["variable"].get<std::string>()
-                                                                            : "ACCESS_TOKEN";
-      if (!valid_variable(var)) return std::unexpected(bad_input("dotenv sink variable must be a shell variable name"));
+      const auto var = s.contains("variable") && s["variable"].is_string()
+                           ? s["variable"].get<std::string>()
+                           : "ACCESS_TOKEN";
+      if (!valid_variable(var))
+        return std::unexpected(bad_input("dotenv sink variable must be a shell variable name"));
       n["variable"] = var;
     }
     out.push_back(std::move(n));
@@ -87,7 +98,8 @@ Result<json::Json> validate_sinks(const json::Json& sinks) {
   return out;
 }
 
-Result<std::string> update_dotenv(std::string_view existing, std::string_view variable, std::string_view value) {
+Result<std::string> update_dotenv(std::string_view existing, std::string_view variable,
+                                  std::string_view value) {
   if (existing.find('\0') != std::string_view::npos) {
     return fail(Errc::invalid_argument, "the .env file holds binary data; not touching it");
   }
@@ -144,12 +156,14 @@ Result<> write_sinks(const store::Profile& profile, const store::Credential& c) 
       std::string content;
       const std::string type_name = c.token_type.empty() ? "Bearer" : c.token_type;
       if (format == "header" && !(one_line(type_name) && one_line(c.access_token.reveal()))) {
-        r = fail(Errc::invalid_argument, "the token or its type holds a line break; the header file is not written");
+        r = fail(Errc::invalid_argument,
+                 "the token or its type holds a line break; the header file is not written");
       } else if (format == "header") {
         content = "Authorization: " + type_name + " " + std::string(c.access_token.reveal()) + "\n";
       } else if (format == "json") {
         json::Json j = {{"access_token", c.access_token.reveal()}, {"token_type", type_name}};
-        j["expires_at"] = c.expires_at_ms ? json::Json(*c.expires_at_ms / 1000) : json::Json(nullptr);
+        j["expires_at"] =
+            c.expires_at_ms ? json::Json(*c.expires_at_ms / 1000) : json::Json(nullptr);
         content = j.dump() + "\n";
       } else {
         content = std::string(c.access_token.reveal()) + "\n";
@@ -158,7 +172,7 @@ Result<> write_sinks(const store::Profile& profile, const store::Credential& c) 
       secure_wipe(content);
     } else if (type == "dotenv") {
       std::string existing;
-      struct stat st {};
+      struct stat st{};
       if (::lstat(path.c_str(), &st) == 0) {
         if (!S_ISREG(st.st_mode)) {
           r = fail(Errc::config, fmt::format("dotenv sink {} is not a regular file", path));
@@ -172,7 +186,8 @@ Result<> write_sinks(const store::Profile& profile, const store::Credential& c) 
         }
       }
       if (r) {
-        auto updated = update_dotenv(existing, s.value("variable", "ACCESS_TOKEN"), c.access_token.reveal());
+        auto updated =
+            update_dotenv(existing, s.value("variable", "ACCESS_TOKEN"), c.access_token.reveal());
         if (!updated) {
           r = std::unexpected(updated.error());
         } else {

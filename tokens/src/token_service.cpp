@@ -32,14 +32,17 @@ std::function<double()> default_random() {
 void keep_managed_config(const store::Profile& old, store::Profile& next) {
   const auto& o = old.config;
   auto& n = next.config;
-  auto same = [&](const char* key) { return o.value(key, json::Json()) == n.value(key, json::Json()); };
-  if (o.contains("discovered") && !n.contains("discovered") && same("issuer") && same("mcp_server")) {
+  auto same = [&](const char* key) {
+    return o.value(key, json::Json()) == n.value(key, json::Json());
+  };
+  if (o.contains("discovered") && !n.contains("discovered") && same("issuer") &&
+      same("mcp_server")) {
     n["discovered"] = o["discovered"];
   }
-  if (o.value("client_registered", false) && !n.contains("client_id") && next.secret_config.empty() &&
-      same("issuer") && same("mcp_server")) {
-    for (const char* key : {"client_id", "client_registered", "client_registered_for", "token_endpoint_auth",
-                            "redirect_uri", "client_id_metadata_document"}) {
+  if (o.value("client_registered", false) && !n.contains("client_id") &&
+      next.secret_config.empty() && same("issuer") && same("mcp_server")) {
+    for (const char* key : {"client_id", "client_registered", "client_registered_for",
+                            "token_endpoint_auth", "redirect_uri", "client_id_metadata_document"}) {
       if (o.contains(key) && !n.contains(key)) n[key] = o[key];
     }
     next.secret_config = old.secret_config;
@@ -55,13 +58,20 @@ void keep_managed_config(const store::Profile& old, store::Profile& next) {
 TokenService::TokenService(store::Store& store, const Clock& clock, EventBus& events)
     : m_store(store), m_clock(clock), m_events(events) {}
 
-TokenService::TokenService(store::Store& store, const Clock& clock, EventBus& events, TimerPort& timer,
-                           net::HttpTransport& http, EngineOptions options)
-    : m_store(store), m_clock(clock), m_events(events), m_timer(&timer), m_http(&http), m_options(std::move(options)) {
+TokenService::TokenService(store::Store& store, const Clock& clock, EventBus& events,
+                           TimerPort& timer, net::HttpTransport& http, EngineOptions options)
+    : m_store(store),
+      m_clock(clock),
+      m_events(events),
+      m_timer(&timer),
+      m_http(&http),
+      m_options(std::move(options)) {
   if (!m_options.random01) m_options.random01 = default_random();
 }
 
-TokenService::~TokenService() { shutdown(); }
+TokenService::~TokenService() {
+  shutdown();
+}
 
 void TokenService::shutdown() {
   if (m_shut_down) return;
@@ -105,8 +115,8 @@ Result<> TokenService::load() {
       continue;
     }
     const auto& c = e.credential;
-    if (c.refresh_inflight_since_ms || c.state == CredState::refreshing || c.state == CredState::backoff ||
-        c.state == CredState::expired) {
+    if (c.refresh_inflight_since_ms || c.state == CredState::refreshing ||
+        c.state == CredState::backoff || c.state == CredState::expired) {
       // Killed mid-refresh, or it was failing: try again now. The provider's
       // reuse window makes the same refresh token work a second time.
       if (c.refresh_inflight_since_ms) {
@@ -122,13 +132,15 @@ Result<> TokenService::load() {
 }
 
 bool TokenService::can_refresh(const Entry& e) const {
-  return m_http != nullptr && e.profile.kind == CredentialKind::oauth2 && !e.credential.refresh_token.empty() &&
-         e.credential.state != CredState::reauth_required && e.credential.state != CredState::disabled;
+  return m_http != nullptr && e.profile.kind == CredentialKind::oauth2 &&
+         !e.credential.refresh_token.empty() && e.credential.state != CredState::reauth_required &&
+         e.credential.state != CredState::disabled;
 }
 
 Millis TokenService::buffer_of(const Entry& e) const {
   auto it = e.profile.config.find("refresh_buffer");
-  if (it != e.profile.config.end() && it->is_number_integer()) return Millis(it->get<std::int64_t>() * 1000);
+  if (it != e.profile.config.end() && it->is_number_integer())
+    return Millis(it->get<std::int64_t>() * 1000);
   return m_options.policy.buffer;
 }
 
@@ -138,7 +150,8 @@ void TokenService::reload_credential(Entry& e) {
   auto c = m_store.get_credential(e.profile.name);
   if (!c) {
     ++m_stats.store_failures;
-    spdlog::error("profile {}: reading the credential back failed: {}", e.profile.name, c.error().message);
+    spdlog::error("profile {}: reading the credential back failed: {}", e.profile.name,
+                  c.error().message);
     return;
   }
   e.credential = std::move(*c);
@@ -148,8 +161,8 @@ bool TokenService::record_state(Entry& e, CredState state, std::string_view why)
   auto r = m_store.set_state(e.profile.name, state, why);
   if (!r) {
     ++m_stats.store_failures;
-    spdlog::error("profile {}: storing the state {} failed: {}", e.profile.name, store::to_string(state),
-                  r.error().message);
+    spdlog::error("profile {}: storing the state {} failed: {}", e.profile.name,
+                  store::to_string(state), r.error().message);
   }
   reload_credential(e);
   return r.has_value();
@@ -171,7 +184,8 @@ Result<bool> TokenService::put_profile(ProfileSpec spec) {
   } else if (!is_new && existing->second.credential.state == CredState::reauth_required &&
              !existing->second.credential.refresh_token.empty()) {
     // A fixed configuration (e.g. a corrected client secret) gets another try.
-    if (auto r = m_store.set_state(name, CredState::valid, ""); !r) return std::unexpected(r.error());
+    if (auto r = m_store.set_state(name, CredState::valid, ""); !r)
+      return std::unexpected(r.error());
   }
   auto profile = m_store.get_profile(name);
   if (!profile) return std::unexpected(profile.error());
@@ -184,13 +198,17 @@ Result<bool> TokenService::put_profile(ProfileSpec spec) {
     rt = std::move(existing->second.rt);
     rt.failures = 0;
   }
-  auto& e = m_entries.insert_or_assign(name, Entry{std::move(*profile), std::move(*credential), std::move(rt)}).first->second;
+  auto& e =
+      m_entries
+          .insert_or_assign(name, Entry{std::move(*profile), std::move(*credential), std::move(rt)})
+          .first->second;
   audit(is_new ? "profile_added" : "profile_updated", name);
   if (auto w = write_sinks(e.profile, e.credential); !w) {
     m_events.publish(EventKind::sink_failed, name, now_ms(), {{"error", w.error().message}});
   }
   m_events.publish(is_new ? EventKind::profile_added : EventKind::profile_updated, name, now_ms(),
-                   {{"kind", store::to_string(e.profile.kind)}, {"state", store::to_string(e.credential.state)}});
+                   {{"kind", store::to_string(e.profile.kind)},
+                    {"state", store::to_string(e.credential.state)}});
   if (!e.rt.in_flight) {
     schedule_from_token(e);
     rearm();
@@ -252,25 +270,29 @@ std::vector<ProfileView> TokenService::list() const {
 
 Result<ProfileView> TokenService::get(std::string_view name) const {
   auto it = m_entries.find(name);
-  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
+  if (it == m_entries.end())
+    return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
   return view_of(it->second);
 }
 
 Result<store::Profile> TokenService::profile_of(std::string_view name) const {
   auto it = m_entries.find(name);
-  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
+  if (it == m_entries.end())
+    return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
   return it->second.profile;
 }
 
 Result<store::Credential> TokenService::credential_of(std::string_view name) const {
   auto it = m_entries.find(name);
-  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
+  if (it == m_entries.end())
+    return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
   return it->second.credential;
 }
 
 Result<> TokenService::update_profile(const store::Profile& profile) {
   auto it = m_entries.find(profile.name);
-  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", profile.name));
+  if (it == m_entries.end())
+    return fail(Errc::not_found, fmt::format("no profile named '{}'", profile.name));
   if (auto r = m_store.put_profile(profile); !r) return r;
   auto stored = m_store.get_profile(profile.name);
   if (!stored) return std::unexpected(stored.error());
@@ -289,7 +311,8 @@ void TokenService::abandon_refresh(Entry& e, const Error& why) {
 
 Result<> TokenService::install_tokens(const std::string& name, const store::TokenSet& tokens) {
   auto it = m_entries.find(name);
-  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("profile '{}' was removed", name));
+  if (it == m_entries.end())
+    return fail(Errc::not_found, fmt::format("profile '{}' was removed", name));
   Entry& e = it->second;
   // A login replaces the credential whatever generation it had.
   if (auto r = m_store.store_token_set(name, tokens); !r) return std::unexpected(r.error());
@@ -315,11 +338,13 @@ Result<> TokenService::install_tokens(const std::string& name, const store::Toke
 
 Result<> TokenService::forget_tokens(const std::string& name) {
   auto it = m_entries.find(name);
-  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
+  if (it == m_entries.end())
+    return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
   Entry& e = it->second;
   if (auto r = m_store.clear_credential(name); !r) return r;
   const bool was_in_flight = e.rt.in_flight;
-  abandon_refresh(e, Error{Errc::reauth_required, fmt::format("profile '{}' was logged out", name)});
+  abandon_refresh(e,
+                  Error{Errc::reauth_required, fmt::format("profile '{}' was logged out", name)});
   reload_credential(e);
   schedule(e, std::nullopt);
   audit("logout", name);
@@ -328,13 +353,15 @@ Result<> TokenService::forget_tokens(const std::string& name) {
   return {};
 }
 
-Result<std::vector<std::string>> TokenService::require_consent(const std::string& name,
-                                                               const std::vector<std::string>& challenged) {
+Result<std::vector<std::string>> TokenService::require_consent(
+    const std::string& name, const std::vector<std::string>& challenged) {
   auto it = m_entries.find(name);
-  if (it == m_entries.end()) return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
+  if (it == m_entries.end())
+    return fail(Errc::not_found, fmt::format("no profile named '{}'", name));
   Entry& e = it->second;
   if (e.profile.kind != CredentialKind::oauth2) {
-    return fail(Errc::invalid_argument, fmt::format("profile '{}' holds a static token; more scope needs a new one", name));
+    return fail(Errc::invalid_argument,
+                fmt::format("profile '{}' holds a static token; more scope needs a new one", name));
   }
   std::vector<std::string> scopes;
   auto add = [&](std::string_view s) {
@@ -366,7 +393,9 @@ Result<std::vector<std::string>> TokenService::require_consent(const std::string
   const std::size_t before = scopes.size();
   for (const auto& s : challenged) add(s);
   if (scopes.empty()) {
-    return fail(Errc::invalid_argument, fmt::format("the insufficient_scope challenge for '{}' names no usable scope", name));
+    return fail(
+        Errc::invalid_argument,
+        fmt::format("the insufficient_scope challenge for '{}' names no usable scope", name));
   }
   store::Profile updated = e.profile;
   updated.config["step_up_scopes"] = scopes;
@@ -374,43 +403,55 @@ Result<std::vector<std::string>> TokenService::require_consent(const std::string
   if (auto stored = m_store.get_profile(name)) e.profile = std::move(*stored);
   std::string joined;
   for (const auto& s : scopes) joined += (joined.empty() ? "" : " ") + s;
-  const std::string reason = fmt::format("the provider asks for more scope (insufficient_scope); log in again to "
-                                         "consent to: {}", joined);
+  const std::string reason = fmt::format(
+      "the provider asks for more scope (insufficient_scope); log in again to "
+      "consent to: {}",
+      joined);
   spdlog::warn("profile {}: {}", name, reason);
   audit("consent_required", name, {{"scopes", scopes}});
   m_events.publish(EventKind::consent_required, name, now_ms(),
-                   {{"reason", reason}, {"scopes", scopes}, {"new_scopes", scopes.size() - before},
+                   {{"reason", reason},
+                    {"scopes", scopes},
+                    {"new_scopes", scopes.size() - before},
                     {"command", "tokenctl login " + name}});
   return scopes;
 }
 
 // --- tokens ----------------------------------------------------------------
 
-Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name, const TokenRequest& request) const {
+Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
+                                          const TokenRequest& request) const {
   const store::Credential& c = e.credential;
   if (c.state == CredState::reauth_required) {
-    return fail(Errc::reauth_required,
-                fmt::format("profile '{}' needs a new login ({}); run: tokenctl login {}", name,
-                            c.last_error.empty() ? "refreshing is no longer possible" : c.last_error, name));
+    return fail(
+        Errc::reauth_required,
+        fmt::format("profile '{}' needs a new login ({}); run: tokenctl login {}", name,
+                    c.last_error.empty() ? "refreshing is no longer possible" : c.last_error,
+                    name));
   }
   if (c.access_token.empty()) {
     if (!c.refresh_token.empty() && e.profile.kind == CredentialKind::oauth2) {
       // A refresh token alone: unavailable until the first refresh, which
       // token_async starts (or joins).
-      return fail(Errc::unavailable, fmt::format("profile '{}' has only a refresh token so far; it is being "
-                                                 "refreshed{}", name,
-                                                 c.last_error.empty() ? "" : " (last refresh: " + c.last_error + ")"));
+      return fail(
+          Errc::unavailable,
+          fmt::format("profile '{}' has only a refresh token so far; it is being "
+                      "refreshed{}",
+                      name, c.last_error.empty() ? "" : " (last refresh: " + c.last_error + ")"));
     }
-    return fail(Errc::reauth_required, fmt::format("profile '{}' has no token yet; run: tokenctl login {}", name, name));
+    return fail(Errc::reauth_required,
+                fmt::format("profile '{}' has no token yet; run: tokenctl login {}", name, name));
   }
-  if (c.state == CredState::disabled) return fail(Errc::unavailable, fmt::format("profile '{}' is disabled", name));
+  if (c.state == CredState::disabled)
+    return fail(Errc::unavailable, fmt::format("profile '{}' is disabled", name));
 
   TokenGrant g;
   g.token = c.access_token;
   g.expires_at_ms = c.expires_at_ms;
   if (e.profile.kind == CredentialKind::api_token) {
     std::string email;
-    if (auto it = e.profile.config.find("email"); it != e.profile.config.end() && it->is_string()) email = *it;
+    if (auto it = e.profile.config.find("email"); it != e.profile.config.end() && it->is_string())
+      email = *it;
     std::string pair = email + ":" + std::string(c.access_token.reveal());
     g.authorization = Secret::adopt("Basic " + base64_encode(pair));
     secure_wipe(pair);
@@ -423,12 +464,15 @@ Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
     const std::int64_t left_ms = *c.expires_at_ms - now_ms();
     std::optional<Millis> lifetime;
     if (c.obtained_at_ms) lifetime = Millis(*c.expires_at_ms - *c.obtained_at_ms);
-    const Millis need = required_validity(Millis(request.min_valid_s * 1000), request.half_lifetime, lifetime);
+    const Millis need =
+        required_validity(Millis(request.min_valid_s * 1000), request.half_lifetime, lifetime);
     if (left_ms < need.count()) {
-      const std::string why = c.last_error.empty() ? std::string() : fmt::format(" (last refresh: {})", c.last_error);
-      return fail(Errc::unavailable,
-                  fmt::format("the token of '{}' is valid for {} s, less than the {} s needed{}", name,
-                              std::max<std::int64_t>(0, left_ms / 1000), (need.count() + 999) / 1000, why));
+      const std::string why =
+          c.last_error.empty() ? std::string() : fmt::format(" (last refresh: {})", c.last_error);
+      return fail(
+          Errc::unavailable,
+          fmt::format("the token of '{}' is valid for {} s, less than the {} s needed{}", name,
+                      std::max<std::int64_t>(0, left_ms / 1000), (need.count() + 999) / 1000, why));
     }
   }
   g.authorization = Secret::adopt(g.token_type + " " + std::string(c.access_token.reveal()));
@@ -438,12 +482,15 @@ Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
 Result<TokenGrant> TokenService::token(std::string_view name, const TokenRequest& request) {
   auto it = m_entries.find(name);
   if (it == m_entries.end()) {
-    return fail(Errc::not_found, fmt::format("no profile named '{}'; see tokenctl list, or add it with tokenctl add", name));
+    return fail(
+        Errc::not_found,
+        fmt::format("no profile named '{}'; see tokenctl list, or add it with tokenctl add", name));
   }
   return grant_of(it->second, name, request);
 }
 
-void TokenService::token_async(const std::string& name, const TokenRequest& request, GrantCallback done) {
+void TokenService::token_async(const std::string& name, const TokenRequest& request,
+                               GrantCallback done) {
   auto it = m_entries.find(name);
   if (it == m_entries.end()) {
     done(token(name, request));
@@ -463,8 +510,9 @@ void TokenService::token_async(const std::string& name, const TokenRequest& requ
     }
     auto g = grant_of(e->second, name, request);
     if (!g && !outcome && g.error().code == Errc::unavailable) {
-      done(std::unexpected(Error{outcome.error().code == Errc::reauth_required ? Errc::reauth_required : Errc::unavailable,
-                                 g.error().message + "; refreshing failed: " + outcome.error().message}));
+      done(std::unexpected(Error{
+          outcome.error().code == Errc::reauth_required ? Errc::reauth_required : Errc::unavailable,
+          g.error().message + "; refreshing failed: " + outcome.error().message}));
       return;
     }
     done(std::move(g));
@@ -479,8 +527,10 @@ void TokenService::refresh(const std::string& name, DoneCallback done) {
   }
   Entry& e = it->second;
   if (e.profile.kind != CredentialKind::oauth2) {
-    done(fail(Errc::invalid_argument, fmt::format("profile '{}' holds an {} that is not refreshed", name,
-                                                  e.profile.kind == CredentialKind::pat ? "access token (PAT)" : "API token")));
+    done(fail(
+        Errc::invalid_argument,
+        fmt::format("profile '{}' holds an {} that is not refreshed", name,
+                    e.profile.kind == CredentialKind::pat ? "access token (PAT)" : "API token")));
     return;
   }
   if (m_http == nullptr || m_shut_down) {
@@ -488,12 +538,15 @@ void TokenService::refresh(const std::string& name, DoneCallback done) {
     return;
   }
   if (e.credential.refresh_token.empty()) {
-    done(fail(Errc::reauth_required, fmt::format("profile '{}' has no refresh token; run: tokenctl login {}", name, name)));
+    done(
+        fail(Errc::reauth_required,
+             fmt::format("profile '{}' has no refresh token; run: tokenctl login {}", name, name)));
     return;
   }
   if (e.credential.state == CredState::reauth_required) {
-    done(fail(Errc::reauth_required, fmt::format("profile '{}' needs a new login ({}); run: tokenctl login {}", name,
-                                                 e.credential.last_error, name)));
+    done(fail(Errc::reauth_required,
+              fmt::format("profile '{}' needs a new login ({}); run: tokenctl login {}", name,
+                          e.credential.last_error, name)));
     return;
   }
   e.rt.waiters.push_back(std::move(done));
@@ -522,7 +575,8 @@ void TokenService::schedule_from_token(Entry& e) {
   const WallTime expires = from_unix_ms(*c.expires_at_ms);
   const WallTime obtained = from_unix_ms(c.obtained_at_ms.value_or(*c.expires_at_ms - 3'600'000));
   if (can_refresh(e)) {
-    schedule(e, refresh_due(obtained, expires, buffer_of(e), m_options.policy.max_jitter, m_options.random01()));
+    schedule(e, refresh_due(obtained, expires, buffer_of(e), m_options.policy.max_jitter,
+                            m_options.random01()));
     return;
   }
   // No refresh token: warn when it is about to expire, and mark it expired.
@@ -535,7 +589,9 @@ void TokenService::rearm() {
   const WallTime wall = m_clock.wall_now();
   Millis sleep = k_max_sleep;
   if (!m_due.empty()) {
-    sleep = std::min(sleep, std::max(Millis(0), std::chrono::duration_cast<Millis>(m_due.begin()->first - wall)));
+    sleep = std::min(
+        sleep,
+        std::max(Millis(0), std::chrono::duration_cast<Millis>(m_due.begin()->first - wall)));
   }
   m_timer->arm(m_clock.mono_now() + sleep, [this] { on_tick(); });
 }
@@ -564,12 +620,14 @@ void TokenService::on_tick() {
       if (c.state != CredState::reauth_required && e.profile.kind == CredentialKind::oauth2) {
         const std::string why = "the access token expired and there is no refresh token";
         record_state(e, CredState::reauth_required, why);
-        m_events.publish(EventKind::reauth_required, name, now_ms(), {{"reason", why}, {"command", "tokenctl login " + name}});
+        m_events.publish(EventKind::reauth_required, name, now_ms(),
+                         {{"reason", why}, {"command", "tokenctl login " + name}});
       }
     } else {
       if (e.rt.expiring_sent_for != c.generation) {
         e.rt.expiring_sent_for = c.generation;
-        m_events.publish(EventKind::expiring, name, now_ms(), {{"expires_at", *c.expires_at_ms / 1000}});
+        m_events.publish(EventKind::expiring, name, now_ms(),
+                         {{"expires_at", *c.expires_at_ms / 1000}});
       }
       schedule(e, from_unix_ms(*c.expires_at_ms));
     }
@@ -607,7 +665,8 @@ void TokenService::launch(Entry& e) {
   auto endpoint = oauth::token_endpoint_of(e.profile);
   if (!endpoint) {
     record_state(e, CredState::reauth_required, endpoint.error().message);
-    m_events.publish(EventKind::refresh_failed, name, now_ms(), {{"error", endpoint.error().message}, {"kind", "config"}});
+    m_events.publish(EventKind::refresh_failed, name, now_ms(),
+                     {{"error", endpoint.error().message}, {"kind", "config"}});
     finish(e, std::unexpected(Error{Errc::reauth_required, endpoint.error().message}));
     return;
   }
@@ -616,7 +675,8 @@ void TokenService::launch(Entry& e) {
   if (auto r = m_store.mark_refresh_inflight(name, to_unix_ms(sent_at)); !r) {
     spdlog::error("profile {}: cannot record the refresh: {}", name, r.error().message);
     finish(e, std::unexpected(r.error()));
-    schedule(e, sent_at + backoff_delay(++e.rt.failures, m_options.random01(), std::nullopt, m_options.policy));
+    schedule(e, sent_at + backoff_delay(++e.rt.failures, m_options.random01(), std::nullopt,
+                                        m_options.policy));
     rearm();
     return;
   }
@@ -630,11 +690,12 @@ void TokenService::launch(Entry& e) {
   spdlog::debug("profile {}: refreshing (generation {})", name, generation);
   // What the answer needs from the endpoint travels with the request: the
   // profile config is not parsed a second time.
-  e.rt.http_id = m_http->start(oauth::make_refresh_request(*endpoint, e.credential.refresh_token, m_options.http_timeout),
-                               [this, name, sent_at, generation, reuse = endpoint->reuse_window,
-                                lifetime = endpoint->default_lifetime](Result<net::HttpResponse> r) {
-                                 on_refresh_done(name, std::move(r), sent_at, generation, reuse, lifetime);
-                               });
+  e.rt.http_id = m_http->start(
+      oauth::make_refresh_request(*endpoint, e.credential.refresh_token, m_options.http_timeout),
+      [this, name, sent_at, generation, reuse = endpoint->reuse_window,
+       lifetime = endpoint->default_lifetime](Result<net::HttpResponse> r) {
+        on_refresh_done(name, std::move(r), sent_at, generation, reuse, lifetime);
+      });
 }
 
 void TokenService::finish(Entry& e, Result<> outcome) {
@@ -643,8 +704,9 @@ void TokenService::finish(Entry& e, Result<> outcome) {
   for (auto& w : waiters) w(outcome);
 }
 
-void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResponse> result, WallTime sent_at,
-                                   std::int64_t generation, Millis reuse, Millis default_lifetime) {
+void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResponse> result,
+                                   WallTime sent_at, std::int64_t generation, Millis reuse,
+                                   Millis default_lifetime) {
   --m_stats.in_flight;
   auto it = m_entries.find(name);
   if (it == m_entries.end()) {
@@ -669,42 +731,52 @@ void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResp
       e.rt.failures = 0;
       schedule_from_token(e);
       spdlog::debug("profile {}: refreshed, valid for {} s", name,
-                   (*e.credential.expires_at_ms - now_ms()) / 1000);
+                    (*e.credential.expires_at_ms - now_ms()) / 1000);
       // Committed first; now the sinks, the waiters and the subscribers.
       if (auto w = write_sinks(e.profile, e.credential); !w) {
         m_events.publish(EventKind::sink_failed, name, now_ms(), {{"error", w.error().message}});
       }
       finish(e, {});
       m_events.publish(EventKind::refreshed, name, now_ms(),
-                       {{"expires_at", *e.credential.expires_at_ms / 1000}, {"generation", e.credential.generation}});
+                       {{"expires_at", *e.credential.expires_at_ms / 1000},
+                        {"generation", e.credential.generation}});
     }
   } else {
     ++m_stats.refreshes_failed;
     const oauth::RefreshFailure& f = tokens.error();
     if (f.kind == oauth::FailureKind::transient) {
       ++e.rt.failures;
-      const Millis delay = backoff_delay(e.rt.failures, m_options.random01(), f.retry_after, m_options.policy);
+      const Millis delay =
+          backoff_delay(e.rt.failures, m_options.random01(), f.retry_after, m_options.policy);
       const bool expired = e.credential.expires_at_ms && *e.credential.expires_at_ms <= now_ms();
       record_state(e, expired ? CredState::expired : CredState::backoff, f.message);
       schedule(e, m_clock.wall_now() + delay);
-      spdlog::warn("profile {}: refresh failed ({}); retrying in {} ms", name, f.message, delay.count());
-      m_events.publish(EventKind::refresh_failed, name, now_ms(),
-                       {{"error", f.message}, {"kind", "transient"}, {"retry_in_ms", delay.count()}});
-      if (e.credential.expires_at_ms && *e.credential.expires_at_ms - now_ms() < buffer_of(e).count() &&
+      spdlog::warn("profile {}: refresh failed ({}); retrying in {} ms", name, f.message,
+                   delay.count());
+      m_events.publish(
+          EventKind::refresh_failed, name, now_ms(),
+          {{"error", f.message}, {"kind", "transient"}, {"retry_in_ms", delay.count()}});
+      if (e.credential.expires_at_ms &&
+          *e.credential.expires_at_ms - now_ms() < buffer_of(e).count() &&
           e.rt.expiring_sent_for != e.credential.generation) {
         e.rt.expiring_sent_for = e.credential.generation;
-        m_events.publish(EventKind::expiring, name, now_ms(), {{"expires_at", *e.credential.expires_at_ms / 1000}});
+        m_events.publish(EventKind::expiring, name, now_ms(),
+                         {{"expires_at", *e.credential.expires_at_ms / 1000}});
       }
       finish(e, fail(Errc::transient, f.message));
     } else {
-      const std::string message = f.kind == oauth::FailureKind::config ? "configuration: " + f.message : f.message;
+      const std::string message =
+          f.kind == oauth::FailureKind::config ? "configuration: " + f.message : f.message;
       record_state(e, CredState::reauth_required, message);
       schedule(e, std::nullopt);
-      spdlog::warn("profile {}: {}; a new login is needed (tokenctl login {})", name, message, name);
+      spdlog::warn("profile {}: {}; a new login is needed (tokenctl login {})", name, message,
+                   name);
       audit("reauth_required", name, {{"reason", message}});
       m_events.publish(EventKind::refresh_failed, name, now_ms(),
-                       {{"error", message}, {"kind", f.kind == oauth::FailureKind::config ? "config" : "reauth"}});
-      m_events.publish(EventKind::reauth_required, name, now_ms(), {{"reason", message}, {"command", "tokenctl login " + name}});
+                       {{"error", message},
+                        {"kind", f.kind == oauth::FailureKind::config ? "config" : "reauth"}});
+      m_events.publish(EventKind::reauth_required, name, now_ms(),
+                       {{"reason", message}, {"command", "tokenctl login " + name}});
       finish(e, fail(Errc::reauth_required, message));
     }
   }

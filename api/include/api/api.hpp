@@ -12,10 +12,10 @@
 #include "gateway/endpoint.hpp"
 #include "ipc/router.hpp"
 #include "ipc/server.hpp"
-#include "net/loop.hpp"
-#include "tokens/events.hpp"
-#include "proxy/proxy.hpp"
 #include "login/login.hpp"
+#include "net/loop.hpp"
+#include "proxy/proxy.hpp"
+#include "tokens/events.hpp"
 #include "tokens/token_service.hpp"
 
 namespace tokend::api {
@@ -80,19 +80,23 @@ class Api {
 
   static void refuse_without_login(const ExchangePtr& ex);
   // Answers with the JSON a login-manager call produced, or its error.
-  static std::function<void(Result<json::Json>)> json_responder(const ExchangePtr& ex, const std::string& name);
+  static std::function<void(Result<json::Json>)> json_responder(const ExchangePtr& ex,
+                                                                const std::string& name);
   [[nodiscard]] std::size_t event_stream_count() const;
   [[nodiscard]] std::size_t waiting_count() const;
 
   // Hands a call to the proxy and answers with what comes back; with
   // wait_s > 0 a call refused for want of a login waits for one (or a new
   // token) and goes again.
-  void forward(const std::shared_ptr<ipc::Exchange>& ex, proxy::ProxyCall call, std::int64_t wait_s);
-  void answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name, const tokens::TokenRequest& req,
-                    std::int64_t wait_s, Result<tokens::TokenGrant> grant);
-  void audit_peer(const std::shared_ptr<ipc::Exchange>& ex, std::string_view kind, std::string_view profile);
-  void open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name, std::int64_t wait_s,
-                     const ipc::Peer& audited);
+  void forward(const std::shared_ptr<ipc::Exchange>& ex, proxy::ProxyCall call,
+               std::int64_t wait_s);
+  void answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name,
+                    const tokens::TokenRequest& req, std::int64_t wait_s,
+                    Result<tokens::TokenGrant> grant);
+  void audit_peer(const std::shared_ptr<ipc::Exchange>& ex, std::string_view kind,
+                  std::string_view profile);
+  void open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name,
+                     std::int64_t wait_s, const ipc::Peer& audited);
 
   tokens::TokenService& m_tokens;
   tokens::EventBus& m_events;

@@ -34,7 +34,8 @@ std::string health();
 std::string profiles();
 std::string profile(std::string_view name);
 // min_valid: seconds or "half"; empty: not sent. wait: seconds, not sent when absent.
-std::string token(std::string_view name, std::string_view min_valid, std::optional<std::int64_t> wait_s);
+std::string token(std::string_view name, std::string_view min_valid,
+                  std::optional<std::int64_t> wait_s);
 std::string refresh(std::string_view name);
 std::string logout(std::string_view name);
 std::string test(std::string_view name);
@@ -226,8 +227,8 @@ class ApiClient {
                      const std::function<void(const json::Json&)>& on_event) const;
 
  private:
-  ApiResult<json::Json> call(std::string_view method, const std::string& target, std::string_view body,
-                             ms timeout, int* status = nullptr) const;
+  ApiResult<json::Json> call(std::string_view method, const std::string& target,
+                             std::string_view body, ms timeout, int* status = nullptr) const;
   std::filesystem::path m_socket;
 };
 

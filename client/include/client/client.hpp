@@ -11,7 +11,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-
 #include <utility>
 #include <vector>
 
@@ -80,9 +79,10 @@ class Client {
   // turns readable when the answer starts to arrive (or tokend closes);
   // read_response() then reads that one answer. One request outstanding at
   // a time.
-  Result<> send_request(std::string_view method, std::string_view target, std::string_view body = {},
-                        const Headers& headers = {});
-  Result<ClientResponse> read_response(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  Result<> send_request(std::string_view method, std::string_view target,
+                        std::string_view body = {}, const Headers& headers = {});
+  Result<ClientResponse> read_response(
+      std::chrono::milliseconds timeout = std::chrono::seconds(30));
   [[nodiscard]] int fd() const noexcept { return m_fd; }
 
   // One request whose bodies stream both ways (tokenctl api):
@@ -103,8 +103,9 @@ class Client {
   // before an answer starts; Errc::protocol for a malformed or cut-off
   // answer; the BodyReader's own error. After an error or a stop the
   // connection cannot carry another request.
-  Result<ResponseHead> exchange(std::string_view method, std::string_view target, const Headers& headers,
-                                BodyReader* body, const std::function<bool(const ResponseHead&)>& on_head,
+  Result<ResponseHead> exchange(std::string_view method, std::string_view target,
+                                const Headers& headers, BodyReader* body,
+                                const std::function<bool(const ResponseHead&)>& on_head,
                                 const std::function<bool(std::string_view)>& on_data,
                                 std::chrono::milliseconds idle_timeout = std::chrono::seconds(0));
 

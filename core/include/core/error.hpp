@@ -12,23 +12,23 @@
 namespace tokend {
 
 enum class Errc {
-  invalid_argument,   // caller's input is malformed
-  not_found,          // the named thing does not exist
+  invalid_argument,  // caller's input is malformed
+  not_found,         // the named thing does not exist
   already_exists,
-  conflict,           // a concurrent change won (e.g. generation mismatch)
-  permission,         // unsafe file permissions, denied peer, ...
-  io,                 // an OS call failed
-  database,           // SQLCipher reported an error
-  wrong_key,          // database cannot be decrypted with the key we have
-  corrupt,            // a file exists but its content is not what we expect
-  config,             // configuration is invalid
-  unavailable,        // something we need is not there (daemon, key, ...)
+  conflict,     // a concurrent change won (e.g. generation mismatch)
+  permission,   // unsafe file permissions, denied peer, ...
+  io,           // an OS call failed
+  database,     // SQLCipher reported an error
+  wrong_key,    // database cannot be decrypted with the key we have
+  corrupt,      // a file exists but its content is not what we expect
+  config,       // configuration is invalid
+  unavailable,  // something we need is not there (daemon, key, ...)
   timeout,
   limit_exceeded,
-  protocol,           // peer spoke something we do not understand
-  transient,          // temporary upstream failure, retry later
-  reauth_required,    // refreshing is no longer possible
-  login_failed,       // a login flow ended without a token
+  protocol,         // peer spoke something we do not understand
+  transient,        // temporary upstream failure, retry later
+  reauth_required,  // refreshing is no longer possible
+  login_failed,     // a login flow ended without a token
   internal,
 };
 
@@ -53,7 +53,9 @@ inline std::unexpected<Error> fail(Errc code, std::string message) {
 }
 
 // The error for input that breaks a rule; the message says which and how to fix it.
-inline Error bad_input(std::string message) { return Error{Errc::invalid_argument, std::move(message)}; }
+inline Error bad_input(std::string message) {
+  return Error{Errc::invalid_argument, std::move(message)};
+}
 
 // errno text for an OS failure, for composing messages.
 std::string errno_text(int err);

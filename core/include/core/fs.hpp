@@ -32,8 +32,8 @@ Result<Secret> read_private_file(const stdfs::path& file, std::size_t max_bytes)
 // Writes `data` to `path` atomically: temp file in the same directory with
 // `mode`, fsync, rename, fsync of the directory. With exclusive=true the call
 // fails with already_exists if `path` exists (no overwrite).
-Result<> write_file_atomic(const stdfs::path& path, std::string_view data,
-                           unsigned mode, bool exclusive = false);
+Result<> write_file_atomic(const stdfs::path& path, std::string_view data, unsigned mode,
+                           bool exclusive = false);
 
 bool exists_nofollow(const stdfs::path& p);
 

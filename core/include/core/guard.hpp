@@ -2,9 +2,9 @@
 // trampoline runs its body through guarded(), which logs and swallows.
 #pragma once
 
-#include <exception>
-
 #include <spdlog/spdlog.h>
+
+#include <exception>
 
 namespace tokend {
 

@@ -7,12 +7,12 @@
 // stray upstream body or URL in a log line cannot leak a token.
 #pragma once
 
+#include <spdlog/spdlog.h>
+
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
-
-#include <spdlog/spdlog.h>
 
 #include "core/error.hpp"
 

@@ -6,12 +6,12 @@
 // leaks nothing. The only way to the bytes is the explicitly named reveal().
 #pragma once
 
+#include <fmt/format.h>
+
 #include <cstddef>
 #include <iosfwd>
 #include <string>
 #include <string_view>
-
-#include <fmt/format.h>
 
 namespace tokend {
 
@@ -37,9 +37,7 @@ class Secret {
 
   // Constant-time comparison (length is not hidden).
   [[nodiscard]] bool equals(std::string_view other) const noexcept;
-  friend bool operator==(const Secret& a, const Secret& b) noexcept {
-    return a.equals(b.m_bytes);
-  }
+  friend bool operator==(const Secret& a, const Secret& b) noexcept { return a.equals(b.m_bytes); }
 
  private:
   std::string m_bytes;

@@ -8,8 +8,8 @@
 #include <string_view>
 #include <utility>
 
-#include "core/error.hpp"
 #include "client/client.hpp"
+#include "core/error.hpp"
 
 namespace tokend::ctl {
 

@@ -12,8 +12,8 @@ enum Exit : int {
   k_ok = 0,
   k_error = 1,
   k_usage = 2,
-  k_unreachable = 3,   // tokend not running
-  k_reauth = 4,        // re-authentication required
+  k_unreachable = 3,  // tokend not running
+  k_reauth = 4,       // re-authentication required
 };
 
 struct Io {

@@ -25,11 +25,11 @@ bool is_env_name(std::string_view name);
 // What exec_token_env needs to know about the profile and its token
 // (GET /v1/profiles/NAME and GET /v1/profiles/NAME/token).
 struct TokenEnvInput {
-  std::string_view kind;       // oauth2 | api-token | pat
-  std::string_view provider;   // atlassian | generic | mcp; empty for other kinds
-  std::string_view cloud_id;   // config.cloud_id, empty when unknown
-  std::string_view token;      // the bare token
-  std::string_view token_type; // "Bearer", "Basic"
+  std::string_view kind;           // oauth2 | api-token | pat
+  std::string_view provider;       // atlassian | generic | mcp; empty for other kinds
+  std::string_view cloud_id;       // config.cloud_id, empty when unknown
+  std::string_view token;          // the bare token
+  std::string_view token_type;     // "Bearer", "Basic"
   std::string_view authorization;  // the Authorization header value
   std::optional<std::int64_t> expires_at;
 };
@@ -54,14 +54,15 @@ struct EndpointEnvInput {
   std::string_view provider;  // atlassian | generic | ...
   std::string_view cloud_id;  // config.cloud_id, empty when unknown
   std::string_view url;       // the endpoint's base for the whole upstream
-  std::span<const std::pair<std::string, std::string>> product_urls;  // "jira" -> base, "confluence" -> base
+  std::span<const std::pair<std::string, std::string>>
+      product_urls;  // "jira" -> base, "confluence" -> base
   std::string_view standin;
-  std::string_view user;      // a user name for Basic clients
+  std::string_view user;  // a user name for Basic clients
 };
 
 // The variable names the command wants (tokenctl exec --endpoint flags).
 struct EndpointEnvNames {
-  std::vector<std::string> url;      // --url-env NAME (the base) or NAME=PRODUCT (that product's base)
+  std::vector<std::string> url;  // --url-env NAME (the base) or NAME=PRODUCT (that product's base)
   std::vector<std::string> standin;  // --standin-env NAME, and --env NAME
   std::vector<std::string> user;     // --user-env NAME
 };
@@ -76,14 +77,15 @@ struct EndpointEnvNames {
 //   then the names asked for, which win over a default of the same name.
 // Errc::invalid_argument for a bad name or a product the profile does not
 // reach (the message lists those it does). No name appears twice.
-Result<std::vector<std::pair<std::string, std::string>>> exec_endpoint_env(const EndpointEnvInput& in,
-                                                                           const EndpointEnvNames& names);
+Result<std::vector<std::pair<std::string, std::string>>> exec_endpoint_env(
+    const EndpointEnvInput& in, const EndpointEnvNames& names);
 
 // The child's environment: every "NAME=value" entry of `current` whose NAME
 // is not set by `vars` (entries without '=' are kept as they are), then
 // `vars` as "NAME=value".
-std::vector<std::string> merge_environment(std::span<const char* const> current,
-                                           std::span<const std::pair<std::string, std::string>> vars);
+std::vector<std::string> merge_environment(
+    std::span<const char* const> current,
+    std::span<const std::pair<std::string, std::string>> vars);
 
 // tokenctl's own environment, as merge_environment takes it.
 std::vector<const char*> process_environment();
@@ -104,7 +106,8 @@ struct ChildExit {
 // Errors: Errc::not_found when the command cannot be found, Errc::permission
 // when it cannot be executed (errors from execvp), Errc::io when no process
 // could be started. Nothing has run in those cases.
-Result<ChildExit> run_command(const std::vector<std::string>& argv, const std::vector<std::string>& env);
+Result<ChildExit> run_command(const std::vector<std::string>& argv,
+                              const std::vector<std::string>& env);
 
 // A command started but held before exec, so that its pid is known while
 // its environment is still being made (tokend audits the calls made through a

@@ -24,8 +24,8 @@ inline constexpr std::array<std::string_view, 4> k_import_required = {
 // Without JIRA_OAUTH_ACCESS_TOKEN (or with it empty) the refresh token
 // alone is imported and tokend refreshes it at once.
 inline constexpr std::array<std::string_view, 7> k_import_optional = {
-    "JIRA_OAUTH_ACCESS_TOKEN", "JIRA_OAUTH_SCOPES", "JIRA_OAUTH_SITE", "JIRA_URL", "JIRA_BASE_URL",
-    "JIRA_OAUTH_CLOUD_ID", "JIRA_OAUTH_EXPIRES_AT"};
+    "JIRA_OAUTH_ACCESS_TOKEN", "JIRA_OAUTH_SCOPES",   "JIRA_OAUTH_SITE",      "JIRA_URL",
+    "JIRA_BASE_URL",           "JIRA_OAUTH_CLOUD_ID", "JIRA_OAUTH_EXPIRES_AT"};
 
 // The `exp` claim of a JWT (header.payload.signature, base64url, padding
 // optional) in unix seconds; nullopt when `token` is not a JWT or has no

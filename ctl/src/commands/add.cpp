@@ -1,8 +1,7 @@
 // tokenctl add: stores a profile (PUT), its secrets read from files,
 // standard input or a prompt.
-#include <unistd.h>
-
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include "commands/common.hpp"
 #include "commands/profile_options.hpp"
@@ -17,10 +16,13 @@ po::options_description add_options() {
   po::options_description o("tokenctl add PROFILE --kind oauth2|api-token|pat [options]");
   o.add_options()("kind", po::value<std::string>(), "oauth2, api-token or pat");
   add_profile_options(o);
-  o.add_options()("client-secret-file", po::value<std::string>(), "file holding the client secret, or - for stdin")(
+  o.add_options()("client-secret-file", po::value<std::string>(),
+                  "file holding the client secret, or - for stdin")(
       "email", po::value<std::string>(), "account email (api-token)")(
-      "token-file", po::value<std::string>(), "file holding the API token, PAT or access token, or - for stdin")(
-      "refresh-token-file", po::value<std::string>(), "file holding a refresh token, or - for stdin")(
+      "token-file", po::value<std::string>(),
+      "file holding the API token, PAT or access token, or - for stdin")(
+      "refresh-token-file", po::value<std::string>(),
+      "file holding a refresh token, or - for stdin")(
       "expires-in", po::value<std::string>(), "seconds the supplied access token stays valid");
   return o;
 }
@@ -44,8 +46,8 @@ struct SecretReader {
       s = std::move(*r);
     } else if (required) {
       if (::isatty(::fileno(ctx.io.in)) == 0) {
-        throw UsageError{
-            fmt::format("kind {} needs the {}: pass --{} FILE (or - for standard input)", kind, what, flag)};
+        throw UsageError{fmt::format(
+            "kind {} needs the {}: pass --{} FILE (or - for standard input)", kind, what, flag)};
       }
       auto r = prompt_secret(fmt::format("{} for {}: ", what, name));
       if (!r) throw UsageError{r.error().message};
@@ -82,7 +84,9 @@ int cmd_add(Ctx& ctx, const Args& args) {
   SecretReader secrets{ctx, vm, name, kind, body, {}};
   const bool static_kind = kind != "oauth2";
   secrets.read("token-file", static_kind ? "token" : "access_token",
-               kind == "api-token" ? "API token" : kind == "pat" ? "personal access token" : "access token",
+               kind == "api-token" ? "API token"
+               : kind == "pat"     ? "personal access token"
+                                   : "access token",
                static_kind);
   secrets.read("refresh-token-file", "refresh_token", "refresh token", false);
   secrets.read("client-secret-file", "client_secret", "client secret", false);
@@ -93,8 +97,9 @@ int cmd_add(Ctx& ctx, const Args& args) {
   secure_wipe(payload);
   if (!stored) return report(ctx, stored.error());
   const auto& p = stored->profile;
-  say(ctx.io.out, fmt::format("{} profile {} ({}), state {}\n", stored->status == 201 ? "added" : "updated", name,
-                              p.kind.empty() ? kind : p.kind, p.state.empty() ? "?" : p.state));
+  say(ctx.io.out,
+      fmt::format("{} profile {} ({}), state {}\n", stored->status == 201 ? "added" : "updated",
+                  name, p.kind.empty() ? kind : p.kind, p.state.empty() ? "?" : p.state));
   return k_ok;
 }
 

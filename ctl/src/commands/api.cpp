@@ -3,17 +3,17 @@
 // 400; 1 for 400 and above (4 when tokend says reauth_required), for a
 // cut-off answer or an unreadable --data source; 2 usage; 3 tokend not
 // reachable (or the connection lost before an answer started).
+#include "ctl/api.hpp"
+
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 
-#include <fmt/format.h>
-
 #include "commands/common.hpp"
-#include "ctl/api.hpp"
 
 namespace tokend::ctl {
 
@@ -21,18 +21,25 @@ namespace {
 
 po::options_description api_options() {
   po::options_description o(
-      "tokenctl api PROFILE METHOD PATH [--data @FILE|-|STRING] [-H \"Name: value\"]... [--include]\n"
-      "Sends METHOD to tokend's proxy for PROFILE (PATH e.g. jira/rest/api/3/myself; a leading / and a\n"
-      "query string are fine) and prints the answer's body. tokend adds the profile's credential and\n"
-      "drops an Authorization or Cookie header given here. For an answer of 400 or more the status goes\n"
+      "tokenctl api PROFILE METHOD PATH [--data @FILE|-|STRING] [-H \"Name: value\"]... "
+      "[--include]\n"
+      "Sends METHOD to tokend's proxy for PROFILE (PATH e.g. jira/rest/api/3/myself; a leading / "
+      "and a\n"
+      "query string are fine) and prints the answer's body. tokend adds the profile's credential "
+      "and\n"
+      "drops an Authorization or Cookie header given here. For an answer of 400 or more the status "
+      "goes\n"
       "to stderr and the exit code is 1 (4 when a new login is needed); tokend's own errors print\n"
       "their message instead of the body");
-  o.add_options()("data,d", po::value<std::string>(),
-                  "request body: @FILE (streamed from the file), - (streamed from standard input) or the text "
-                  "itself; Content-Type application/json unless -H sets one")(
-      "header,H", po::value<std::vector<std::string>>(), "a request header, \"Name: value\" (repeatable)")(
+  o.add_options()(
+      "data,d", po::value<std::string>(),
+      "request body: @FILE (streamed from the file), - (streamed from standard input) or the text "
+      "itself; Content-Type application/json unless -H sets one")(
+      "header,H", po::value<std::vector<std::string>>(),
+      "a request header, \"Name: value\" (repeatable)")(
       "include,i", "print the status line and headers before the body")(
-      "timeout", po::value<std::string>(), "give up after this many seconds without progress (default 120; 0: never)");
+      "timeout", po::value<std::string>(),
+      "give up after this many seconds without progress (default 120; 0: never)");
   return o;
 }
 
@@ -48,7 +55,8 @@ struct FdCloser {
 };
 
 // The -H arguments; sets `has_content_type` when one of them is Content-Type.
-client::Headers request_headers(const Ctx& ctx, const po::variables_map& vm, bool& has_content_type) {
+client::Headers request_headers(const Ctx& ctx, const po::variables_map& vm,
+                                bool& has_content_type) {
   client::Headers headers;
   if (vm.count("header") == 0) return headers;
   for (const auto& h : vm["header"].as<std::vector<std::string>>()) {
@@ -58,8 +66,10 @@ client::Headers request_headers(const Ctx& ctx, const po::variables_map& vm, boo
       throw UsageError{fmt::format("-H {}: tokenctl handles this header itself", parsed->first)};
     }
     if (is_replaced_header(parsed->first)) {
-      say(ctx.io.err, fmt::format("tokenctl: note: tokend drops the {} header; the profile's credential is used\n",
-                                  parsed->first));
+      say(ctx.io.err,
+          fmt::format(
+              "tokenctl: note: tokend drops the {} header; the profile's credential is used\n",
+              parsed->first));
     }
     has_content_type = has_content_type || ::strcasecmp(parsed->first.c_str(), "Content-Type") == 0;
     headers.push_back(std::move(*parsed));
@@ -69,18 +79,24 @@ client::Headers request_headers(const Ctx& ctx, const po::variables_map& vm, boo
 
 // The --data source, opened before anything is sent: a missing file is a
 // usage error and tokend never sees half a request.
-std::optional<client::BodyReader> request_body(const Ctx& ctx, const std::optional<DataArg>& data, FdCloser& file) {
+std::optional<client::BodyReader> request_body(const Ctx& ctx, const std::optional<DataArg>& data,
+                                               FdCloser& file) {
   if (!data) return std::nullopt;
   switch (data->kind) {
-    case DataArg::Kind::literal: return client::BodyReader::from_string(data->value);
-    case DataArg::Kind::stdin_stream: return client::BodyReader::from_fd(::fileno(ctx.io.in), "standard input");
-    case DataArg::Kind::file: break;
+    case DataArg::Kind::literal:
+      return client::BodyReader::from_string(data->value);
+    case DataArg::Kind::stdin_stream:
+      return client::BodyReader::from_fd(::fileno(ctx.io.in), "standard input");
+    case DataArg::Kind::file:
+      break;
   }
   if (data->value.empty()) throw UsageError{"--data @FILE needs a file name after the @"};
   file.fd = ::open(data->value.c_str(), O_RDONLY | O_CLOEXEC);
-  if (file.fd < 0) throw UsageError{fmt::format("cannot open {}: {}", data->value, errno_text(errno))};
-  struct stat st {};
-  if (::fstat(file.fd, &st) == 0 && S_ISDIR(st.st_mode)) throw UsageError{data->value + " is a directory"};
+  if (file.fd < 0)
+    throw UsageError{fmt::format("cannot open {}: {}", data->value, errno_text(errno))};
+  struct stat st{};
+  if (::fstat(file.fd, &st) == 0 && S_ISDIR(st.st_mode))
+    throw UsageError{data->value + " is a directory"};
   return client::BodyReader::from_fd(file.fd, data->value);
 }
 
@@ -135,7 +151,8 @@ int error_answer(const Ctx& ctx, AnswerWriter& w, bool include) {
     }
     return error(ctx, message, own->code == "reauth_required" ? k_reauth : k_error);
   }
-  return error(ctx, fmt::format("HTTP {}{}{}", w.head.status, w.head.reason.empty() ? "" : " ", w.head.reason));
+  return error(ctx, fmt::format("HTTP {}{}{}", w.head.status, w.head.reason.empty() ? "" : " ",
+                                w.head.reason));
 }
 
 }  // namespace
@@ -163,14 +180,16 @@ int cmd_api(Ctx& ctx, const Args& args) {
   AnswerWriter w(ctx.io.out, include);
   auto r = client->exchange(
       *method, *target, headers, body ? &*body : nullptr,
-      [&](const client::ResponseHead& h) { return w.on_head(h); }, [&](std::string_view d) { return w.on_data(d); },
-      timeout);
-  if (w.write_errno != 0) return error(ctx, "writing the answer to standard output: " + errno_text(w.write_errno));
+      [&](const client::ResponseHead& h) { return w.on_head(h); },
+      [&](std::string_view d) { return w.on_data(d); }, timeout);
+  if (w.write_errno != 0)
+    return error(ctx, "writing the answer to standard output: " + errno_text(w.write_errno));
   if (!r) {
     const Error& e = r.error();
     if (w.head.status != 0) {
       w.write(w.held);
-      return error(ctx, fmt::format("the answer (HTTP {}) was cut off: {}", w.head.status, e.message));
+      return error(ctx,
+                   fmt::format("the answer (HTTP {}) was cut off: {}", w.head.status, e.message));
     }
     if (e.code == Errc::unavailable) {
       return error(ctx, fmt::format("{}; {}", e.message, k_start_hint), k_unreachable);

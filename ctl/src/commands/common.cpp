@@ -1,10 +1,10 @@
 #include "commands/common.hpp"
 
+#include <fmt/format.h>
+
 #include <charconv>
 #include <ctime>
 #include <sstream>
-
-#include <fmt/format.h>
 
 #include "core/names.hpp"
 
@@ -32,13 +32,17 @@ int failure_exit(const client::ApiError& e) {
   return e.error.code == Errc::unavailable ? k_unreachable : k_error;
 }
 
-int report(const Ctx& ctx, const client::ApiError& e) { return error(ctx, failure_message(e), failure_exit(e)); }
+int report(const Ctx& ctx, const client::ApiError& e) {
+  return error(ctx, failure_message(e), failure_exit(e));
+}
 
 int report_connect(const Ctx& ctx, const Error& e) {
   return report(ctx, client::ApiError{client::ApiError::Stage::connect, e, 0});
 }
 
-std::int64_t now_s() { return static_cast<std::int64_t>(std::time(nullptr)); }
+std::int64_t now_s() {
+  return static_cast<std::int64_t>(std::time(nullptr));
+}
 
 po::variables_map parse(const std::vector<std::string>& args, const po::options_description& opts,
                         const std::vector<std::string>& positional, bool allow_extra) {

@@ -3,6 +3,7 @@
 // tokend into a message and an exit code. Internal to ctl/src.
 #pragma once
 
+#include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -11,8 +12,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <boost/program_options.hpp>
 
 #include "client/api.hpp"
 #include "core/error.hpp"
@@ -95,6 +94,7 @@ int cmd_completion(Ctx& ctx, const Args& args);
 // token.cpp: the --min-valid and --wait options of `vm` (either may be
 // absent from the command) as a token request; without --min-valid,
 // `default_min_valid` (if any) is sent.
-client::TokenRequest token_request(const po::variables_map& vm, std::string_view default_min_valid = {});
+client::TokenRequest token_request(const po::variables_map& vm,
+                                   std::string_view default_min_valid = {});
 
 }  // namespace tokend::ctl

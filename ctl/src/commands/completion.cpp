@@ -1,6 +1,7 @@
 // tokenctl completion bash|zsh.
-#include "commands/common.hpp"
 #include "ctl/completion.hpp"
+
+#include "commands/common.hpp"
 
 namespace tokend::ctl {
 

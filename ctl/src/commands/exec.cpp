@@ -5,13 +5,14 @@
 // then reports the same death), falling back to 128 + the signal number.
 // Before the command runs: 1, 2, 3, 4 as usual, 127 when the command is not
 // found, 126 when it cannot be executed.
-#include <algorithm>
+#include "ctl/exec.hpp"
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "commands/common.hpp"
 #include "core/secret.hpp"
-#include "ctl/exec.hpp"
 
 namespace tokend::ctl {
 
@@ -33,19 +34,20 @@ po::options_description exec_options() {
       "and CMD gets that URL in TOKEND_URL (TOKEND_JIRA_URL, TOKEND_CONFLUENCE_URL) and a random\n"
       "stand-in credential in TOKEND_TOKEN (TOKEND_AUTHORIZATION, JIRA_OAUTH_ACCESS_TOKEN), to\n"
       "send as a Bearer token or as the Basic password (any user name; TOKEND_USER)");
-  o.add_options()("env", po::value<std::vector<std::string>>(),
-                  "also put the token (with --endpoint: the stand-in) into variable NAME (repeatable)")(
+  o.add_options()(
+      "env", po::value<std::vector<std::string>>(),
+      "also put the token (with --endpoint: the stand-in) into variable NAME (repeatable)")(
       "min-valid", po::value<std::string>(),
-                  "seconds the token must stay valid (default 60; capped at what a fresh token gives)")(
+      "seconds the token must stay valid (default 60; capped at what a fresh token gives)")(
       "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress")(
       "endpoint", "give CMD a loopback URL and a stand-in credential instead of the token")(
       "url-env", po::value<std::vector<std::string>>(),
-                 "with --endpoint: put the endpoint's URL into NAME, or with NAME=jira|confluence that "
-                 "product's URL (repeatable)")(
+      "with --endpoint: put the endpoint's URL into NAME, or with NAME=jira|confluence that "
+      "product's URL (repeatable)")(
       "standin-env", po::value<std::vector<std::string>>(),
-                     "with --endpoint: put the stand-in credential into NAME (repeatable)")(
+      "with --endpoint: put the stand-in credential into NAME (repeatable)")(
       "user-env", po::value<std::vector<std::string>>(),
-                  "with --endpoint: put a user name for Basic authentication into NAME (repeatable)");
+      "with --endpoint: put a user name for Basic authentication into NAME (repeatable)");
   return o;
 }
 
@@ -56,8 +58,9 @@ std::vector<std::string> list(const po::variables_map& vm, const char* key) {
 void check_env_names(const std::vector<std::string>& extra) {
   for (const auto& n : extra) {
     if (!is_env_name(n)) {
-      throw UsageError{fmt::format("--env {}: not a variable name (letters, digits and _, not starting with a digit)",
-                                   n.substr(0, 64))};
+      throw UsageError{fmt::format(
+          "--env {}: not a variable name (letters, digits and _, not starting with a digit)",
+          n.substr(0, 64))};
     }
   }
 }
@@ -75,16 +78,20 @@ void check_mode_options(const po::variables_map& vm, bool endpoint) {
 
 // The --endpoint variable names, checked before tokend opens anything
 // (products once it has).
-EndpointEnvNames endpoint_names(const po::variables_map& vm, const std::vector<std::string>& extra) {
+EndpointEnvNames endpoint_names(const po::variables_map& vm,
+                                const std::vector<std::string>& extra) {
   EndpointEnvNames names{list(vm, "url-env"), extra, list(vm, "user-env")};
   for (auto& n : list(vm, "standin-env")) names.standin.push_back(std::move(n));
-  for (const auto& [flag, specs] : {std::pair{"--url-env", &names.url}, std::pair{"--standin-env", &names.standin},
-                                    std::pair{"--user-env", &names.user}}) {
+  for (const auto& [flag, specs] :
+       {std::pair{"--url-env", &names.url}, std::pair{"--standin-env", &names.standin},
+        std::pair{"--user-env", &names.user}}) {
     for (const auto& spec : *specs) {
       const std::string n = spec.substr(0, spec.find('='));
-      if (!is_env_name(n) || (spec.find('=') != std::string::npos && std::string_view(flag) != "--url-env")) {
-        throw UsageError{fmt::format("{} {}: not a variable name (letters, digits and _, not starting with a digit)",
-                                     flag, spec.substr(0, 64))};
+      if (!is_env_name(n) ||
+          (spec.find('=') != std::string::npos && std::string_view(flag) != "--url-env")) {
+        throw UsageError{fmt::format(
+            "{} {}: not a variable name (letters, digits and _, not starting with a digit)", flag,
+            spec.substr(0, 64))};
       }
     }
   }
@@ -110,8 +117,9 @@ int prepare_endpoint(const Ctx& ctx, const std::string& name, const client::Prof
   if (!opened) return report(ctx, opened.error());
   std::string standin(opened->standin.reveal());
   opened->standin.clear();
-  auto built = exec_endpoint_env(
-      {profile.kind, profile.provider, profile.cloud_id, opened->url, opened->urls, standin, opened->user}, names);
+  auto built = exec_endpoint_env({profile.kind, profile.provider, profile.cloud_id, opened->url,
+                                  opened->urls, standin, opened->user},
+                                 names);
   secure_wipe(standin);
   if (!built) return error(ctx, built.error().message, k_usage);
   out.vars = std::move(*built);
@@ -135,8 +143,8 @@ int prepare_token(const Ctx& ctx, const std::string& name, const client::Profile
     expires_at = token->expires_at();
   }
   if (bare.empty()) return error(ctx, "tokend's answer carries no token");
-  out.vars = exec_token_env({profile.kind, profile.provider, profile.cloud_id, bare, token_type, authorization,
-                             expires_at},
+  out.vars = exec_token_env({profile.kind, profile.provider, profile.cloud_id, bare, token_type,
+                             authorization, expires_at},
                             extra);
   secure_wipe(bare);
   secure_wipe(authorization);
@@ -150,9 +158,11 @@ int cmd_exec(Ctx& ctx, const Args& args) {
   const std::vector<std::string> own(args.begin(), dash);
   auto vm = parse(own, exec_options(), {"profile"}, /*allow_extra=*/true);
   const std::string name = need(vm, "profile", "PROFILE");
-  if (dash == args.end()) throw UsageError{"put -- before the command: tokenctl exec PROFILE -- CMD [ARG...]"};
+  if (dash == args.end())
+    throw UsageError{"put -- before the command: tokenctl exec PROFILE -- CMD [ARG...]"};
   if (vm.count("args") != 0) {
-    throw UsageError{fmt::format("unexpected '{}' before --", vm["args"].as<std::vector<std::string>>()[0].substr(0, 64))};
+    throw UsageError{fmt::format("unexpected '{}' before --",
+                                 vm["args"].as<std::vector<std::string>>()[0].substr(0, 64))};
   }
   const std::vector<std::string> command(dash + 1, args.end());
   if (command.empty() || command[0].empty()) throw UsageError{"no command after --"};
@@ -168,8 +178,8 @@ int cmd_exec(Ctx& ctx, const Args& args) {
   if (!profile) return report(ctx, profile.error());
 
   Launch launch;
-  const int prepared = endpoint ? prepare_endpoint(ctx, name, *profile, command, endpoint_names(vm, extra),
-                                                   wait_s, launch)
+  const int prepared = endpoint ? prepare_endpoint(ctx, name, *profile, command,
+                                                   endpoint_names(vm, extra), wait_s, launch)
                                 : prepare_token(ctx, name, *profile, vm, extra, launch);
   if (prepared != k_ok) return prepared;
   auto env = merge_environment(process_environment(), launch.vars);
@@ -180,7 +190,10 @@ int cmd_exec(Ctx& ctx, const Args& args) {
   launch.endpoint_connection.reset();  // the endpoint closes with the command
   if (!child) {
     const Errc code = child.error().code;
-    return error(ctx, child.error().message, code == Errc::not_found ? 127 : code == Errc::permission ? 126 : k_error);
+    return error(ctx, child.error().message,
+                 code == Errc::not_found    ? 127
+                 : code == Errc::permission ? 126
+                                            : k_error);
   }
   return exit_like(*child);
 }

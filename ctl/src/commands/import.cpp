@@ -1,8 +1,10 @@
 // tokenctl import: takes over a script's JIRA_OAUTH_* token set from a .env
 // file or the environment.
-#include <span>
+#include "ctl/import.hpp"
 
 #include <fmt/format.h>
+
+#include <span>
 
 #include "commands/common.hpp"
 #include "commands/profile_options.hpp"
@@ -10,7 +12,6 @@
 #include "core/secret.hpp"
 #include "ctl/dotenv.hpp"
 #include "ctl/format.hpp"
-#include "ctl/import.hpp"
 
 namespace tokend::ctl {
 
@@ -19,10 +20,12 @@ namespace {
 po::options_description import_options() {
   po::options_description o(
       "tokenctl import PROFILE --dotenv FILE | --from-env [options]\n"
-      "Reads JIRA_OAUTH_CLIENT_ID, _CLIENT_SECRET, _REDIRECT_URI, _ACCESS_TOKEN and _REFRESH_TOKEN,\n"
+      "Reads JIRA_OAUTH_CLIENT_ID, _CLIENT_SECRET, _REDIRECT_URI, _ACCESS_TOKEN and "
+      "_REFRESH_TOKEN,\n"
       "and when present JIRA_OAUTH_SCOPES, JIRA_OAUTH_SITE (or JIRA_URL, JIRA_BASE_URL) and\n"
       "JIRA_OAUTH_EXPIRES_AT (else the access token's JWT exp). Options override the file");
-  o.add_options()("dotenv", po::value<std::string>(), "read the JIRA_OAUTH_* variables from this .env file")(
+  o.add_options()("dotenv", po::value<std::string>(),
+                  "read the JIRA_OAUTH_* variables from this .env file")(
       "from-env", "read them from the environment");
   add_profile_options(o);
   return o;
@@ -34,7 +37,8 @@ DotenvValues variables_from_env() {
   for (const auto& names : {std::span<const std::string_view>(k_import_required),
                             std::span<const std::string_view>(k_import_optional)}) {
     for (const auto n : names) {
-      if (auto v = env(std::string(n).c_str())) vars.insert_or_assign(std::string(n), Secret::adopt(std::move(*v)));
+      if (auto v = env(std::string(n).c_str()))
+        vars.insert_or_assign(std::string(n), Secret::adopt(std::move(*v)));
     }
   }
   return vars;
@@ -42,10 +46,11 @@ DotenvValues variables_from_env() {
 
 // Flags override the file's values (and satisfy a missing variable).
 void apply_overrides(const po::variables_map& vm, DotenvValues& vars) {
-  const std::pair<const char*, const char*> overrides[] = {{"client-id", "JIRA_OAUTH_CLIENT_ID"},
-                                                          {"redirect-uri", "JIRA_OAUTH_REDIRECT_URI"},
-                                                          {"scopes", "JIRA_OAUTH_SCOPES"},
-                                                          {"site", "JIRA_OAUTH_SITE"}};
+  const std::pair<const char*, const char*> overrides[] = {
+      {"client-id", "JIRA_OAUTH_CLIENT_ID"},
+      {"redirect-uri", "JIRA_OAUTH_REDIRECT_URI"},
+      {"scopes", "JIRA_OAUTH_SCOPES"},
+      {"site", "JIRA_OAUTH_SITE"}};
   for (const auto& [flag, variable] : overrides) {
     if (auto v = opt(vm, flag)) vars.insert_or_assign(variable, Secret(*v));
   }
@@ -61,14 +66,16 @@ std::string next_refresh(const client::Profile& p) {
 void warn_no_sink(const Ctx& ctx, const std::string& name, const std::optional<std::string>& dotenv,
                   const std::string& provider) {
   std::string note = fmt::format(
-      "Note: tokend refreshes {} from now on. A refresh can replace the refresh token, and then the one in {} stops "
+      "Note: tokend refreshes {} from now on. A refresh can replace the refresh token, and then "
+      "the one in {} stops "
       "working{}: stop any script that refreshes it.",
       name, dotenv ? *dotenv : "your scripts' environment",
       provider == "atlassian" ? " (Atlassian accepts the previous one for 10 minutes)" : "");
   if (dotenv) {
-    note += fmt::format(" Scripts that only read the access token can have tokend keep it current there: add "
-                        "--sink-dotenv {}=JIRA_OAUTH_ACCESS_TOKEN.",
-                        *dotenv);
+    note += fmt::format(
+        " Scripts that only read the access token can have tokend keep it current there: add "
+        "--sink-dotenv {}=JIRA_OAUTH_ACCESS_TOKEN.",
+        *dotenv);
   }
   say(ctx.io.err, note + "\n");
 }
@@ -100,7 +107,8 @@ int cmd_import(Ctx& ctx, const Args& args) {
   vars.clear();
   const std::string source = dotenv ? *dotenv : "the environment";
   if (!body) {
-    if (body.error().code == Errc::not_found) throw UsageError{fmt::format("{} in {}", body.error().message, source)};
+    if (body.error().code == Errc::not_found)
+      throw UsageError{fmt::format("{} in {}", body.error().message, source)};
     return error(ctx, fmt::format("{}: {}", source, body.error().message));
   }
   apply_profile_options(vm, *body);
@@ -114,9 +122,11 @@ int cmd_import(Ctx& ctx, const Args& args) {
 
   const auto& p = stored->profile;
   const std::string shown_provider = p.provider.empty() ? provider : p.provider;
-  say(ctx.io.out, fmt::format("Imported {}{} ({} OAuth, {}); {}\n", name,
-                              stored->status == 200 ? " over the existing profile" : "", shown_provider,
-                              p.has_refresh_token ? "refresh token stored" : "no refresh token", next_refresh(p)));
+  say(ctx.io.out,
+      fmt::format("Imported {}{} ({} OAuth, {}); {}\n", name,
+                  stored->status == 200 ? " over the existing profile" : "", shown_provider,
+                  p.has_refresh_token ? "refresh token stored" : "no refresh token",
+                  next_refresh(p)));
   if (!has_sink) warn_no_sink(ctx, name, dotenv, shown_provider);
   return k_ok;
 }

@@ -1,11 +1,10 @@
+#include <fmt/format.h>
 #include <poll.h>
 #include <strings.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-
-#include <fmt/format.h>
 
 #include "commands/login.hpp"
 #include "core/secret.hpp"
@@ -23,9 +22,10 @@ int logged_in(const Ctx& ctx, const std::string& name, const client::LoginFlow& 
   auto p = ctx.api().profile(name, std::chrono::seconds(10));
   auto expires_at = p ? p->expires_at : flow.expires_at;
   const auto now = now_s();
-  say(ctx.io.out, expires_at ? fmt::format("Logged in: {} (token valid until {}, {})\n", name,
-                                           local_clock_time(*expires_at, now), relative_time(expires_at, now))
-                             : fmt::format("Logged in: {} (the token does not expire)\n", name));
+  say(ctx.io.out,
+      expires_at ? fmt::format("Logged in: {} (token valid until {}, {})\n", name,
+                               local_clock_time(*expires_at, now), relative_time(expires_at, now))
+                 : fmt::format("Logged in: {} (the token does not expire)\n", name));
   if (!flow.warning.empty()) say(ctx.io.err, "tokenctl: note: " + flow.warning + "\n");
   return k_ok;
 }
@@ -33,22 +33,29 @@ int logged_in(const Ctx& ctx, const std::string& name, const client::LoginFlow& 
 // What to say about a flow that ended without an error message of its own.
 std::string ended_message(const std::string& name, const std::string& state) {
   if (state == "expired") {
-    return fmt::format("the login for {} expired before it was finished; run tokenctl login {} again", name, name);
+    return fmt::format(
+        "the login for {} expired before it was finished; run tokenctl login {} again", name, name);
   }
   if (state == "cancelled") {
-    return fmt::format("the login for {} was cancelled (another login for it started, or it was cancelled "
-                       "through the API)", name);
+    return fmt::format(
+        "the login for {} was cancelled (another login for it started, or it was cancelled "
+        "through the API)",
+        name);
   }
   if (state == "none") {
-    return fmt::format("tokend has no login for {} in progress (was tokend restarted?); run tokenctl login {} again",
-                       name, name);
+    return fmt::format(
+        "tokend has no login for {} in progress (was tokend restarted?); run tokenctl login {} "
+        "again",
+        name, name);
   }
-  return fmt::format("the login for {} ended: {}", name, state.empty() ? "tokend did not say how" : state);
+  return fmt::format("the login for {} ended: {}", name,
+                     state.empty() ? "tokend did not say how" : state);
 }
 
 // How a flow ended: nullopt while it is pending, else the exit code after
 // saying so.
-std::optional<int> login_outcome(const Ctx& ctx, const std::string& name, const client::LoginFlow& flow) {
+std::optional<int> login_outcome(const Ctx& ctx, const std::string& name,
+                                 const client::LoginFlow& flow) {
   if (flow.state == "pending") return std::nullopt;
   if (flow.state == "succeeded") return logged_in(ctx, name, flow);
   return error(ctx, flow.error.empty() ? ended_message(name, flow.state) : flow.error);
@@ -59,7 +66,8 @@ std::optional<int> login_outcome(const Ctx& ctx, const std::string& name, const 
 int cancel_login(const Ctx& ctx, const std::string& name, const std::string& message) {
   const auto api = ctx.api();
   auto c = api.cancel_login(name);
-  if (!c && failure_exit(c.error()) == k_unreachable) return error(ctx, failure_message(c.error()), k_unreachable);
+  if (!c && failure_exit(c.error()) == k_unreachable)
+    return error(ctx, failure_message(c.error()), k_unreachable);
   if (!c && c.error().stage == client::ApiError::Stage::answer && c.error().status == 409) {
     auto st = api.login(name);
     if (st && st->state == "succeeded") return logged_in(ctx, name, *st);
@@ -109,7 +117,8 @@ struct PasteBuffer {
 
 // Reads what stdin has; completes the login with each whole line. Clears
 // `open` at end of input.
-std::optional<int> read_paste(const Ctx& ctx, const std::string& name, int in_fd, PasteBuffer& buf, bool& open) {
+std::optional<int> read_paste(const Ctx& ctx, const std::string& name, int in_fd, PasteBuffer& buf,
+                              bool& open) {
   std::string& pasted = buf.text;
   char chunk[4096];
   const ssize_t got = ::read(in_fd, chunk, sizeof chunk);
@@ -123,7 +132,8 @@ std::optional<int> read_paste(const Ctx& ctx, const std::string& name, int in_fd
   if (pasted.size() > 64 * 1024) {
     secure_wipe(pasted);
     pasted.clear();
-    say(ctx.io.err, "tokenctl: that line is longer than 64 KiB; paste the redirect URL or the code\n");
+    say(ctx.io.err,
+        "tokenctl: that line is longer than 64 KiB; paste the redirect URL or the code\n");
   }
   std::size_t nl;
   while ((nl = pasted.find('\n')) != std::string::npos) {
@@ -137,7 +147,8 @@ std::optional<int> read_paste(const Ctx& ctx, const std::string& name, int in_fd
 
 bool says_close(const client::Headers& headers) {
   return std::ranges::any_of(headers, [](const auto& h) {
-    return h.first.size() == 10 && ::strncasecmp(h.first.c_str(), "connection", 10) == 0 && h.second == "close";
+    return h.first.size() == 10 && ::strncasecmp(h.first.c_str(), "connection", 10) == 0 &&
+           h.second == "close";
   });
 }
 
@@ -151,7 +162,8 @@ int wait_for_login(const Ctx& ctx, LoginWait& w, const InterruptWatch& interrupt
   PasteBuffer pasted;
   std::optional<client::Client> poller;
   std::optional<clock::time_point> answer_due;  // set while a GET is outstanding
-  const std::string lost = fmt::format("lost the connection to tokend at {}; {}", ctx.socket.string(), k_start_hint);
+  const std::string lost =
+      fmt::format("lost the connection to tokend at {}; {}", ctx.socket.string(), k_start_hint);
 
   for (;;) {
     if (interrupt.interrupted()) {
@@ -160,12 +172,15 @@ int wait_for_login(const Ctx& ctx, LoginWait& w, const InterruptWatch& interrupt
     }
     if (w.browser) {
       if (auto status = w.browser->reap(); status && *status != 0) {
-        say(ctx.io.err, fmt::format("({} failed (status {}); open the URL above yourself)\n", w.opener, *status));
+        say(ctx.io.err, fmt::format("({} failed (status {}); open the URL above yourself)\n",
+                                    w.opener, *status));
       }
     }
     const auto now = clock::now();
     if (now >= w.deadline) {
-      return cancel_login(ctx, w.name, fmt::format("the login did not finish within {} s; cancelled it", w.timeout_s));
+      return cancel_login(
+          ctx, w.name,
+          fmt::format("the login did not finish within {} s; cancelled it", w.timeout_s));
     }
     if (!answer_due) {
       if (!poller) {
@@ -175,7 +190,8 @@ int wait_for_login(const Ctx& ctx, LoginWait& w, const InterruptWatch& interrupt
       }
       const auto left = std::chrono::ceil<std::chrono::seconds>(w.deadline - now).count();
       const auto wait_s = std::clamp<std::int64_t>(left, 1, 30);
-      if (!client::ApiClient::send_login_watch(*poller, w.name, wait_s)) return error(ctx, lost, k_unreachable);
+      if (!client::ApiClient::send_login_watch(*poller, w.name, wait_s))
+        return error(ctx, lost, k_unreachable);
       answer_due = now + std::chrono::seconds(wait_s) + k_answer_grace;
     }
 

@@ -1,8 +1,8 @@
 // tokenctl mcp PROFILE (the stdio bridge, ctl/src/mcp/bridge.cpp) and
 // tokenctl mcp config (an MCP client's config entry, ctl/src/mcp/config.cpp).
-#include <ctime>
-
 #include <fmt/format.h>
+
+#include <ctime>
 
 #include "commands/common.hpp"
 #include "core/paths.hpp"
@@ -58,31 +58,36 @@ int cmd_mcp_config(Ctx& ctx, const Args& args) {
   const McpClient client = *parsed->client;
   const EnvLookup env = process_env();
   std::string name = parsed->name.value_or(default_entry_name(parsed->profile));
-  McpServerEntry entry = parsed->command.empty()
-                             ? bridge_entry(std::move(name), tokenctl_path(), parsed->profile, socket_vars(ctx, env))
-                             : exec_entry(std::move(name), tokenctl_path(), parsed->profile, parsed->exec_options,
-                                          parsed->command, socket_vars(ctx, env));
+  McpServerEntry entry =
+      parsed->command.empty()
+          ? bridge_entry(std::move(name), tokenctl_path(), parsed->profile, socket_vars(ctx, env))
+          : exec_entry(std::move(name), tokenctl_path(), parsed->profile, parsed->exec_options,
+                       parsed->command, socket_vars(ctx, env));
 
   const auto path = parsed->file.value_or(default_config_path(client, host_os(), env));
   if (!parsed->write) {
     auto text = render_entry(client, entry);
     if (!text) return error(ctx, text.error().message);
     say(ctx.io.out, *text);
-    say(ctx.io.err, fmt::format("# {} reads this from {}; add --write to merge it there (a backup is kept)\n",
-                                mcp_client_name(client), path.string()));
+    say(ctx.io.err,
+        fmt::format("# {} reads this from {}; add --write to merge it there (a backup is kept)\n",
+                    mcp_client_name(client), path.string()));
     return k_ok;
   }
   auto r = write_entry_to_file(client, path, entry, parsed->force, std::time(nullptr));
   if (!r) return error(ctx, r.error().message);
   switch (r->action) {
     case MergeAction::unchanged:
-      say(ctx.io.out, fmt::format("{}: entry \"{}\" is already up to date\n", r->file.string(), entry.name));
+      say(ctx.io.out,
+          fmt::format("{}: entry \"{}\" is already up to date\n", r->file.string(), entry.name));
       break;
     case MergeAction::added:
     case MergeAction::replaced:
-      say(ctx.io.out, fmt::format("{}: {} entry \"{}\"{}\n", r->file.string(),
-                                  r->action == MergeAction::added ? "added" : "replaced", entry.name,
-                                  r->backup ? fmt::format(" (previous file kept as {})", r->backup->string()) : ""));
+      say(ctx.io.out,
+          fmt::format(
+              "{}: {} entry \"{}\"{}\n", r->file.string(),
+              r->action == MergeAction::added ? "added" : "replaced", entry.name,
+              r->backup ? fmt::format(" (previous file kept as {})", r->backup->string()) : ""));
       break;
   }
   return k_ok;
@@ -93,13 +98,19 @@ int cmd_mcp_config(Ctx& ctx, const Args& args) {
 int cmd_mcp_bridge(Ctx& ctx, const Args& args) {
   po::options_description o(
       "tokenctl mcp PROFILE [--wait S] [--no-browser]\n"
-      "A stdio MCP server for any MCP client ({\"command\": \"tokenctl\", \"args\": [\"mcp\", \"PROFILE\"]}): each\n"
-      "JSON-RPC message goes through tokend to the profile's MCP server with a fresh token, which never\n"
-      "leaves tokend. A 401 refreshes and replays once; when no token can be had, requests get a JSON-RPC\n"
-      "error naming tokenctl login PROFILE (code -32001) and the bridge keeps running. A profile that\n"
-      "never signed in starts its login (browser, or the URL on stderr). Ends on stdin EOF or SIGTERM,\n"
+      "A stdio MCP server for any MCP client ({\"command\": \"tokenctl\", \"args\": [\"mcp\", "
+      "\"PROFILE\"]}): each\n"
+      "JSON-RPC message goes through tokend to the profile's MCP server with a fresh token, which "
+      "never\n"
+      "leaves tokend. A 401 refreshes and replays once; when no token can be had, requests get a "
+      "JSON-RPC\n"
+      "error naming tokenctl login PROFILE (code -32001) and the bridge keeps running. A profile "
+      "that\n"
+      "never signed in starts its login (browser, or the URL on stderr). Ends on stdin EOF or "
+      "SIGTERM,\n"
       "deleting the server's session; stdout carries JSON-RPC only");
-  o.add_options()("wait", po::value<std::string>(), "seconds a request waits for a login instead of failing at once")(
+  o.add_options()("wait", po::value<std::string>(),
+                  "seconds a request waits for a login instead of failing at once")(
       "no-browser", "never open a browser for the first login: print the URL on stderr");
   auto vm = parse(args, o, {"profile"});
   mcp::BridgeOptions b;
@@ -116,7 +127,8 @@ int cmd_mcp_bridge(Ctx& ctx, const Args& args) {
 }  // namespace
 
 int cmd_mcp(Ctx& ctx, const Args& args) {
-  if (!args.empty() && args[0] == "config") return cmd_mcp_config(ctx, Args(args.begin() + 1, args.end()));
+  if (!args.empty() && args[0] == "config")
+    return cmd_mcp_config(ctx, Args(args.begin() + 1, args.end()));
   return cmd_mcp_bridge(ctx, args);
 }
 

@@ -15,7 +15,8 @@ int cmd_monitor(Ctx& ctx, const Args& args) {
   });
   if (!r) {
     // A stream that breaks off means tokend went away.
-    if (r.error().stage == client::ApiError::Stage::exchange) return error(ctx, r.error().error.message, k_unreachable);
+    if (r.error().stage == client::ApiError::Stage::exchange)
+      return error(ctx, r.error().error.message, k_unreachable);
     return report(ctx, r.error());
   }
   return error(ctx, "tokend closed the event stream", k_unreachable);

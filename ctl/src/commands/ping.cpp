@@ -10,8 +10,8 @@ int cmd_ping(Ctx& ctx, const Args& args) {
   parse(args, o, {});
   auto h = ctx.api().health();
   if (!h) return report(ctx, h.error());
-  say(ctx.io.out, fmt::format("tokend {} is running on {} (pid {}, up {} s, {} profiles)\n", h->version,
-                              ctx.socket.string(), h->pid, h->uptime_s, h->profiles));
+  say(ctx.io.out, fmt::format("tokend {} is running on {} (pid {}, up {} s, {} profiles)\n",
+                              h->version, ctx.socket.string(), h->pid, h->uptime_s, h->profiles));
   return k_ok;
 }
 

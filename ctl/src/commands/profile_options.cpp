@@ -1,17 +1,18 @@
 #include "commands/profile_options.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <filesystem>
 #include <initializer_list>
 #include <utility>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 
 namespace tokend::ctl {
 
 namespace {
 
-void check_choice(const po::variables_map& vm, const char* flag, std::initializer_list<std::string_view> choices) {
+void check_choice(const po::variables_map& vm, const char* flag,
+                  std::initializer_list<std::string_view> choices) {
   const auto v = opt(vm, flag);
   if (!v) return;
   for (const auto c : choices) {
@@ -47,33 +48,42 @@ json::Json sinks_of(const po::variables_map& vm) {
 
 void add_profile_options(po::options_description& o) {
   o.add_options()("provider", po::value<std::string>(),
-                  "atlassian, atlassian-dc (Data Center, needs --site and --redirect-uri), generic or mcp (oauth2)")(
-      "client-id", po::value<std::string>(), "OAuth client id")(
+                  "atlassian, atlassian-dc (Data Center, needs --site and --redirect-uri), generic "
+                  "or mcp (oauth2)")("client-id", po::value<std::string>(), "OAuth client id")(
       "scopes", po::value<std::string>(), "space-separated scopes")(
       "issuer", po::value<std::string>(), "issuer URL for discovery (RFC 8414 / OIDC)")(
       "authorize-url", po::value<std::string>(), "authorization endpoint")(
       "token-url", po::value<std::string>(), "token endpoint")(
-      "device-authorization-url", po::value<std::string>(), "device authorization endpoint (RFC 8628, login --device)")(
-      "registration-url", po::value<std::string>(), "dynamic client registration endpoint (RFC 7591)")(
-      "revocation-url", po::value<std::string>(), "token revocation endpoint (RFC 7009, used by logout)")(
+      "device-authorization-url", po::value<std::string>(),
+      "device authorization endpoint (RFC 8628, login --device)")(
+      "registration-url", po::value<std::string>(),
+      "dynamic client registration endpoint (RFC 7591)")(
+      "revocation-url", po::value<std::string>(),
+      "token revocation endpoint (RFC 7009, used by logout)")(
       "userinfo-url", po::value<std::string>(), "endpoint tokenctl test calls (generic, mcp)")(
-      "redirect-uri", po::value<std::string>(), "redirect URI (http://127.0.0.1:PORT/PATH is served by tokend)")(
+      "redirect-uri", po::value<std::string>(),
+      "redirect URI (http://127.0.0.1:PORT/PATH is served by tokend)")(
       "mcp-server", po::value<std::string>(), "MCP server URL (provider mcp)")(
       "resource", po::value<std::string>(), "resource indicator (RFC 8707)")(
       "audience", po::value<std::string>(), "audience parameter of the authorization request")(
       "pkce", po::value<std::string>(), "S256 (default), required or off")(
       "prompt", po::value<std::string>(),
-      "prompt parameter of the authorization request (default: consent when offline_access is asked for)")(
-      "authorize-param", po::value<std::vector<std::string>>(),
-      "extra authorization request parameter K=V, repeatable (e.g. access_type=offline, login_hint=me@example.com)")(
+      "prompt parameter of the authorization request (default: consent when offline_access is "
+      "asked for)")("authorize-param", po::value<std::vector<std::string>>(),
+                    "extra authorization request parameter K=V, repeatable (e.g. "
+                    "access_type=offline, login_hint=me@example.com)")(
       "authorization-server", po::value<std::string>(),
       "provider mcp: which of the MCP server's authorization servers to use (issuer URL)")(
-      "token-endpoint-auth", po::value<std::string>(), "client_secret_basic (default), client_secret_post or none")(
-      "reuse-window", po::value<std::string>(), "seconds the provider accepts a rotated refresh token (atlassian: 600)")(
-      "refresh-buffer", po::value<std::string>(), "refresh this many seconds before expiry (default: tokend's)")(
+      "token-endpoint-auth", po::value<std::string>(),
+      "client_secret_basic (default), client_secret_post or none")(
+      "reuse-window", po::value<std::string>(),
+      "seconds the provider accepts a rotated refresh token (atlassian: 600)")(
+      "refresh-buffer", po::value<std::string>(),
+      "refresh this many seconds before expiry (default: tokend's)")(
       "site", po::value<std::string>(), "Jira/Confluence site URL")(
       "api-base", po::value<std::string>(), "base URL for proxied calls (generic)")(
-      "sink-file", po::value<std::vector<std::string>>(), "also write the token to this file at every refresh (0600)")(
+      "sink-file", po::value<std::vector<std::string>>(),
+      "also write the token to this file at every refresh (0600)")(
       "sink-dotenv", po::value<std::vector<std::string>>(),
       "also update VARIABLE in this .env file: PATH[=VARIABLE] (default ACCESS_TOKEN)");
 }
@@ -83,7 +93,8 @@ void check_profile_options(const po::variables_map& vm) {
   if (vm.count("authorize-param") != 0) {
     for (const auto& kv : vm["authorize-param"].as<std::vector<std::string>>()) {
       if (kv.find('=') == std::string::npos || kv.front() == '=') {
-        throw UsageError{fmt::format("--authorize-param takes NAME=VALUE, not '{}'", kv.substr(0, 64))};
+        throw UsageError{
+            fmt::format("--authorize-param takes NAME=VALUE, not '{}'", kv.substr(0, 64))};
       }
     }
   }

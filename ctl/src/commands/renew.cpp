@@ -1,7 +1,7 @@
 // tokenctl renew: refresh now and print the new expiry.
-#include <algorithm>
-
 #include <fmt/format.h>
+
+#include <algorithm>
 
 #include "commands/common.hpp"
 #include "ctl/format.hpp"
@@ -29,9 +29,10 @@ std::optional<std::vector<std::string>> renewable(const Ctx& ctx, int& exit) {
 int renew(const Ctx& ctx, const std::string& name) {
   auto r = ctx.api().refresh(name);
   if (!r) return report(ctx, r.error());
-  const std::string until = r->expires_at ? fmt::format("valid until {} ({})", rfc3339(*r->expires_at),
-                                                        relative_time(r->expires_at, now_s()))
-                                          : "no expiry";
+  const std::string until = r->expires_at
+                                ? fmt::format("valid until {} ({})", rfc3339(*r->expires_at),
+                                              relative_time(r->expires_at, now_s()))
+                                : "no expiry";
   say(ctx.io.out, fmt::format("{}: renewed, {}\n", name, until));
   return k_ok;
 }

@@ -14,12 +14,14 @@ int cmd_status(Ctx& ctx, const Args& args) {
   if (auto name = optional_profile(vm)) {
     auto p = ctx.api().profile(*name);
     if (!p) return report(ctx, p.error());
-    say(ctx.io.out, as_json ? p->json.dump(2) + "\n" : render_profile_detail(p->json, now_s(), ctx.colour));
+    say(ctx.io.out,
+        as_json ? p->json.dump(2) + "\n" : render_profile_detail(p->json, now_s(), ctx.colour));
     return k_ok;
   }
   auto list = ctx.api().profiles();
   if (!list) return report(ctx, list.error());
-  say(ctx.io.out, as_json ? list->json.dump(2) + "\n" : render_status_table(list->json, now_s(), ctx.colour));
+  say(ctx.io.out,
+      as_json ? list->json.dump(2) + "\n" : render_status_table(list->json, now_s(), ctx.colour));
   return k_ok;
 }
 
@@ -35,7 +37,8 @@ int cmd_list(Ctx& ctx, const Args& args) {
   }
   std::string out;
   for (const auto& p : list->profiles) {
-    out += vm.count("quiet") != 0 ? p.name + "\n" : fmt::format("{:<24} {:<10} {}\n", p.name, p.kind, p.state);
+    out += vm.count("quiet") != 0 ? p.name + "\n"
+                                  : fmt::format("{:<24} {:<10} {}\n", p.name, p.kind, p.state);
   }
   say(ctx.io.out, out);
   return k_ok;

@@ -15,7 +15,8 @@ int cmd_test(Ctx& ctx, const Args& args) {
   if (vm.count("json") != 0) {
     say(ctx.io.out, t->json.dump(2) + "\n");
   } else {
-    std::string line = fmt::format("{} {}: {} {}", t->ok ? "OK" : "FAILED", name, t->status, t->url);
+    std::string line =
+        fmt::format("{} {}: {} {}", t->ok ? "OK" : "FAILED", name, t->status, t->url);
     if (!t->summary.empty()) line += " \u2014 " + t->summary;
     say(ctx.io.out, line + "\n");
   }

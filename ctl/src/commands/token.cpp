@@ -7,7 +7,8 @@
 
 namespace tokend::ctl {
 
-client::TokenRequest token_request(const po::variables_map& vm, std::string_view default_min_valid) {
+client::TokenRequest token_request(const po::variables_map& vm,
+                                   std::string_view default_min_valid) {
   client::TokenRequest r;
   if (auto mv = seconds(vm, "min-valid", 86'400)) {
     r.min_valid = fmt::format("{}", *mv);
@@ -20,10 +21,12 @@ client::TokenRequest token_request(const po::variables_map& vm, std::string_view
 
 int cmd_token(Ctx& ctx, const Args& args) {
   po::options_description o("tokenctl token PROFILE [--min-valid S] [--wait S] [--format F]");
-  o.add_options()("min-valid", po::value<std::string>(),
-                  "seconds the token must stay valid (default 60; capped at what a fresh token gives)")(
+  o.add_options()(
+      "min-valid", po::value<std::string>(),
+      "seconds the token must stay valid (default 60; capped at what a fresh token gives)")(
       "wait", po::value<std::string>(), "seconds to wait for a refresh or login in progress")(
-      "format", po::value<std::string>()->default_value("raw"), "raw|header|json|env|exec-credential");
+      "format", po::value<std::string>()->default_value("raw"),
+      "raw|header|json|env|exec-credential");
   auto vm = parse(args, o, {"profile"});
   const std::string name = need(vm, "profile", "PROFILE");
   auto format = parse_token_format(vm["format"].as<std::string>());
@@ -47,7 +50,8 @@ int cmd_token(Ctx& ctx, const Args& args) {
 int cmd_headers(Ctx& ctx, const Args& args) {
   po::options_description o("tokenctl headers PROFILE [--min-valid S]");
   o.add_options()("min-valid", po::value<std::string>(),
-                  "seconds the token must stay valid (default: half the token's lifetime; capped at what a fresh "
+                  "seconds the token must stay valid (default: half the token's lifetime; capped "
+                  "at what a fresh "
                   "token gives)");
   auto vm = parse(args, o, {"profile"});
   const std::string name = need(vm, "profile", "PROFILE");

@@ -1,5 +1,6 @@
 #include "ctl/mcp/bridge.hpp"
 
+#include <fmt/format.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -19,27 +20,26 @@
 #include <thread>
 #include <vector>
 
-#include <fmt/format.h>
-
+#include "client/api.hpp"
+#include "client/client.hpp"
 #include "core/json.hpp"
 #include "core/paths.hpp"
 #include "ctl/browser.hpp"
 #include "ctl/interrupt.hpp"
 #include "ctl/mcp/framing.hpp"
-#include "client/api.hpp"
-#include "client/client.hpp"
 
 namespace tokend::ctl::mcp {
 
 namespace {
 
-constexpr std::size_t k_max_line = 32 * 1024 * 1024;   // one client message
+constexpr std::size_t k_max_line = 32 * 1024 * 1024;    // one client message
 constexpr std::size_t k_max_answer = 64 * 1024 * 1024;  // one JSON answer
 constexpr std::size_t k_max_workers = 64;
 
 bool same_name(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
          });
 }
 
@@ -52,7 +52,8 @@ std::string header_of(const client::Headers& headers, std::string_view name) {
 
 // A session id goes back in a header: visible ASCII only, bounded.
 bool usable_session_id(std::string_view id) {
-  return !id.empty() && id.size() <= 256 && std::all_of(id.begin(), id.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+  return !id.empty() && id.size() <= 256 &&
+         std::all_of(id.begin(), id.end(), [](char c) { return c > 0x20 && c < 0x7f; });
 }
 
 // stdout: whole lines, one writer at a time. false once the client is gone.
@@ -103,7 +104,9 @@ std::string tokend_message(const std::string& body) {
 }
 
 // The ids of a message, as map keys.
-std::string id_key(const json::Json& id) { return id.dump(); }
+std::string id_key(const json::Json& id) {
+  return id.dump();
+}
 
 class Bridge {
  public:
@@ -135,8 +138,9 @@ class Bridge {
   void send(Job& job, Conn& conn);
 
   // --- talking to tokend ---
-  Result<Answer> exchange(Conn& conn, std::string_view method, client::Headers headers, std::string_view body,
-                          SseParser* parser, const std::function<void(const SseParser::Event&)>& on_event,
+  Result<Answer> exchange(Conn& conn, std::string_view method, client::Headers headers,
+                          std::string_view body, SseParser* parser,
+                          const std::function<void(const SseParser::Event&)>& on_event,
                           const std::optional<std::string>& cancel_id = std::nullopt,
                           std::chrono::milliseconds idle_timeout = std::chrono::milliseconds(0),
                           const std::function<void(const Answer&)>& on_head = {});
@@ -147,8 +151,10 @@ class Bridge {
   void delete_session();
 
   // --- the server's messages ---
-  void deliver(std::string_view payload, const std::optional<std::string>& answering, bool& answered);
-  void answer_error(const Job& job, int code, const std::string& message, const json::Json& data = json::Json());
+  void deliver(std::string_view payload, const std::optional<std::string>& answering,
+               bool& answered);
+  void answer_error(const Job& job, int code, const std::string& message,
+                    const json::Json& data = json::Json());
   void note(const std::string& message) {
     std::lock_guard lock(m_err_mu);
     std::fputs(("tokenctl mcp: " + message + "\n").c_str(), m_o.err);
@@ -171,14 +177,14 @@ class Bridge {
 
   // Session state (2025-era servers) and what was learnt from answers.
   std::mutex m_state_mu;
-  std::string m_session;           // Mcp-Session-Id
-  std::string m_version;           // negotiated in initialize
-  json::Json m_initialize;         // the client's initialize request, for a new session
+  std::string m_session;            // Mcp-Session-Id
+  std::string m_version;            // negotiated in initialize
+  json::Json m_initialize;          // the client's initialize request, for a new session
   bool m_initialized_sent = false;  // the client sent notifications/initialized
   std::uint64_t m_reinit = 0;
   ToolHeaders m_tools;
   std::map<std::string, std::string> m_pending;  // request id -> method
-  bool m_first_login = false;       // a login this bridge started is pending
+  bool m_first_login = false;                    // a login this bridge started is pending
   bool m_told_login = false;
 
   // Workers.
@@ -259,14 +265,18 @@ client::Headers Bridge::base_headers(const ClientMessage* message) {
     h.emplace_back("MCP-Protocol-Version", m_version);
   }
   if (!m_session.empty()) h.emplace_back("Mcp-Session-Id", m_session);
-  const std::int64_t wait = m_first_login ? std::max(m_o.wait_s, m_o.first_login_wait_s) : m_o.wait_s;
-  if (wait > 0 && message != nullptr) h.emplace_back("X-Tokend-Wait", std::to_string(std::min<std::int64_t>(wait, 3600)));
+  const std::int64_t wait =
+      m_first_login ? std::max(m_o.wait_s, m_o.first_login_wait_s) : m_o.wait_s;
+  if (wait > 0 && message != nullptr)
+    h.emplace_back("X-Tokend-Wait", std::to_string(std::min<std::int64_t>(wait, 3600)));
   return h;
 }
 
-Result<Answer> Bridge::exchange(Conn& conn, std::string_view method, client::Headers headers, std::string_view body,
-                                SseParser* parser, const std::function<void(const SseParser::Event&)>& on_event,
-                                const std::optional<std::string>& cancel_id, std::chrono::milliseconds idle_timeout,
+Result<Answer> Bridge::exchange(Conn& conn, std::string_view method, client::Headers headers,
+                                std::string_view body, SseParser* parser,
+                                const std::function<void(const SseParser::Event&)>& on_event,
+                                const std::optional<std::string>& cancel_id,
+                                std::chrono::milliseconds idle_timeout,
                                 const std::function<void(const Answer&)>& on_head) {
   // The session's DELETE is the one exchange made while stopping: it is
   // bounded by its idle timeout instead of being cut off.
@@ -292,7 +302,8 @@ Result<Answer> Bridge::exchange(Conn& conn, std::string_view method, client::Hea
           answer.status = head.status;
           answer.headers = head.headers;
           const std::string type = header_of(head.headers, "content-type");
-          answer.sse = parser != nullptr && head.status == 200 && type.starts_with("text/event-stream");
+          answer.sse =
+              parser != nullptr && head.status == 200 && type.starts_with("text/event-stream");
           if (on_head) on_head(answer);
           return true;
         },
@@ -321,7 +332,9 @@ Result<Answer> Bridge::exchange(Conn& conn, std::string_view method, client::Hea
       conn.client.reset();
       // A kept-alive connection tokend has closed meanwhile: once more on a
       // new one, unless the answer had begun.
-      if (!started && !conn.fresh && attempt == 0 && r.error().code == Errc::unavailable && !m_stopping) continue;
+      if (!started && !conn.fresh && attempt == 0 && r.error().code == Errc::unavailable &&
+          !m_stopping)
+        continue;
       return std::unexpected(r.error());
     }
     if (stream_error) {
@@ -332,7 +345,8 @@ Result<Answer> Bridge::exchange(Conn& conn, std::string_view method, client::Hea
   }
 }
 
-void Bridge::deliver(std::string_view payload, const std::optional<std::string>& answering, bool& answered) {
+void Bridge::deliver(std::string_view payload, const std::optional<std::string>& answering,
+                     bool& answered) {
   auto m = server_message(payload);
   if (!m) {
     note(fmt::format("dropped a message from the MCP server: {}", m.error().message));
@@ -350,10 +364,12 @@ void Bridge::deliver(std::string_view payload, const std::optional<std::string>&
         m_pending.erase(it);
       }
       if (method == "initialize" && j.contains("result") && j["result"].is_object()) {
-        if (auto v = usable_version(json::string_or(j["result"], "protocolVersion"))) m_version = *v;
+        if (auto v = usable_version(json::string_or(j["result"], "protocolVersion")))
+          m_version = *v;
       }
       if (method == "tools/list" && j.contains("result")) {
-        for (const auto& d : take_tool_headers(j["result"], m_tools)) note("left out the tool " + d);
+        for (const auto& d : take_tool_headers(j["result"], m_tools))
+          note("left out the tool " + d);
         line = j.dump(-1, ' ', false, json::Json::error_handler_t::replace);
       }
     }
@@ -363,7 +379,8 @@ void Bridge::deliver(std::string_view payload, const std::optional<std::string>&
   m_out.line(std::move(line));
 }
 
-void Bridge::answer_error(const Job& job, int code, const std::string& message, const json::Json& data) {
+void Bridge::answer_error(const Job& job, int code, const std::string& message,
+                          const json::Json& data) {
   {
     std::lock_guard lock(m_state_mu);
     for (const auto& id : job.message.request_ids) m_pending.erase(id_key(id));
@@ -376,9 +393,11 @@ void Bridge::answer_error(const Job& job, int code, const std::string& message, 
 }
 
 void Bridge::send(Job& job, Conn& conn) {
-  const bool is_request = job.message.kind == ClientMessage::Kind::request || job.message.kind == ClientMessage::Kind::batch;
-  const std::optional<std::string> answering =
-      job.message.kind == ClientMessage::Kind::request ? std::optional(id_key(job.message.id)) : std::nullopt;
+  const bool is_request = job.message.kind == ClientMessage::Kind::request ||
+                          job.message.kind == ClientMessage::Kind::batch;
+  const std::optional<std::string> answering = job.message.kind == ClientMessage::Kind::request
+                                                   ? std::optional(id_key(job.message.id))
+                                                   : std::nullopt;
   for (int attempt = 0; attempt < 2; ++attempt) {
     std::string session_used;
     {
@@ -396,17 +415,22 @@ void Bridge::send(Job& job, Conn& conn) {
       std::lock_guard lock(m_state_mu);
       if (usable_session_id(id)) m_session = id;
     };
-    auto r = exchange(conn, "POST", base_headers(&job.message), job.body, &parser,
-                      [&](const SseParser::Event& e) { deliver(e.data, answering, answered); }, answering,
-                      std::chrono::milliseconds(0), take_session);
+    auto r = exchange(
+        conn, "POST", base_headers(&job.message), job.body, &parser,
+        [&](const SseParser::Event& e) { deliver(e.data, answering, answered); }, answering,
+        std::chrono::milliseconds(0), take_session);
     if (!r) {
       if (m_stopping) return;
       if (r.error().code == Errc::unavailable) {
-        return answer_error(job, k_upstream_error,
-                            fmt::format("tokend is not reachable ({}); start it with: systemctl --user start tokend",
-                                        r.error().message));
+        return answer_error(
+            job, k_upstream_error,
+            fmt::format(
+                "tokend is not reachable ({}); start it with: systemctl --user start tokend",
+                r.error().message));
       }
-      return answer_error(job, k_upstream_error, fmt::format("the exchange with the MCP server failed: {}", r.error().message));
+      return answer_error(
+          job, k_upstream_error,
+          fmt::format("the exchange with the MCP server failed: {}", r.error().message));
     }
     const Answer& a = *r;
     const std::string tokend_error = a.tokend_error();
@@ -425,15 +449,18 @@ void Bridge::send(Job& job, Conn& conn) {
           h[0].second = "text/event-stream";
           h.emplace_back("Last-Event-ID", parser.last_id());
           const std::string before = parser.last_id();
-          auto g = exchange(conn, "GET", std::move(h), {}, &parser,
-                            [&](const SseParser::Event& e) { deliver(e.data, answering, answered); }, answering);
+          auto g = exchange(
+              conn, "GET", std::move(h), {}, &parser,
+              [&](const SseParser::Event& e) { deliver(e.data, answering, answered); }, answering);
           if (!g || g->status != 200 || parser.last_id() == before) break;
         }
       }
       if (is_request && !answered && answering) {
-        answer_error(job, k_upstream_error,
-                     a.sse ? "the MCP server ended its event stream before answering"
-                           : fmt::format("the MCP server answered HTTP {} without a JSON-RPC response", a.status));
+        answer_error(
+            job, k_upstream_error,
+            a.sse ? "the MCP server ended its event stream before answering"
+                  : fmt::format("the MCP server answered HTTP {} without a JSON-RPC response",
+                                a.status));
       }
       return;
     }
@@ -448,13 +475,16 @@ void Bridge::send(Job& job, Conn& conn) {
         m_told_login = true;
       }
       if (tell) note(fmt::format("{}; run: {}", message, command));
-      return answer_error(job, k_login_required, fmt::format("tokend: {}; run: {}", message, command),
-                          json::Json{{"command", command}, {"profile", m_o.profile}, {"reason", tokend_error}});
+      return answer_error(
+          job, k_login_required, fmt::format("tokend: {}; run: {}", message, command),
+          json::Json{{"command", command}, {"profile", m_o.profile}, {"reason", tokend_error}});
     }
     if (!tokend_error.empty()) {
       std::string message = tokend_message(a.body);
-      if (message.empty()) message = fmt::format("tokend answered HTTP {} ({})", a.status, tokend_error);
-      return answer_error(job, k_upstream_error, "tokend: " + message, json::Json{{"reason", tokend_error}});
+      if (message.empty())
+        message = fmt::format("tokend answered HTTP {} ({})", a.status, tokend_error);
+      return answer_error(job, k_upstream_error, "tokend: " + message,
+                          json::Json{{"reason", tokend_error}});
     }
     if (a.status == 404 && !session_used.empty() && attempt == 0) {
       // The server no longer knows the session: a new one, then once more.
@@ -463,17 +493,19 @@ void Bridge::send(Job& job, Conn& conn) {
     // The server's own refusal: its JSON-RPC error when it sent one.
     if (!a.body.empty()) {
       auto j = json::parse(a.body, "error");
-      if (j && j->is_object() && j->contains("error") && (*j)["error"].is_object() && j->value("jsonrpc", "") == "2.0") {
+      if (j && j->is_object() && j->contains("error") && (*j)["error"].is_object() &&
+          j->value("jsonrpc", "") == "2.0") {
         // HeaderMismatch on a tool call: the tool's x-mcp-header parameters
         // are not known (the client never listed the tools through this
         // bridge, or they changed). The transport says: list, then retry.
-        if (attempt == 0 && job.message.method == "tools/call" && (*j)["error"].value("code", 0) == k_header_mismatch &&
-            relist_tools(conn, job)) {
+        if (attempt == 0 && job.message.method == "tools/call" &&
+            (*j)["error"].value("code", 0) == k_header_mismatch && relist_tools(conn, job)) {
           continue;
         }
         if (!answering) {
-          note(fmt::format("the MCP server refused a {} (HTTP {}): {}", job.message.method.empty() ? "message" : job.message.method,
-                           a.status, json::string_or((*j)["error"], "message").substr(0, 200)));
+          note(fmt::format("the MCP server refused a {} (HTTP {}): {}",
+                           job.message.method.empty() ? "message" : job.message.method, a.status,
+                           json::string_or((*j)["error"], "message").substr(0, 200)));
           return;
         }
         if (!j->contains("id") || (*j)["id"].is_null()) (*j)["id"] = job.message.id;
@@ -487,7 +519,8 @@ void Bridge::send(Job& job, Conn& conn) {
         }
       }
     }
-    return answer_error(job, k_upstream_error, fmt::format("the MCP server answered HTTP {}", a.status),
+    return answer_error(job, k_upstream_error,
+                        fmt::format("the MCP server answered HTTP {}", a.status),
                         json::Json{{"status", a.status}});
   }
 }
@@ -510,7 +543,8 @@ bool Bridge::reinitialize(Conn& conn, const std::string& failed_session) {
   std::optional<json::Json> result;
   auto take = [&](std::string_view payload) {
     auto m = server_message(payload);
-    if (m && m->first.is_object() && m->first.value("id", json::Json()) == init["id"] && m->first.contains("result")) {
+    if (m && m->first.is_object() && m->first.value("id", json::Json()) == init["id"] &&
+        m->first.contains("result")) {
       result = m->first["result"];
     }
   };
@@ -533,19 +567,23 @@ bool Bridge::reinitialize(Conn& conn, const std::string& failed_session) {
 
 bool Bridge::relist_tools(Conn& conn, const Job& job) {
   json::Json params = json::Json::object();
-  if (const auto p = job.message.body.find("params"); p != job.message.body.end() && p->is_object() && p->contains("_meta")) {
+  if (const auto p = job.message.body.find("params");
+      p != job.message.body.end() && p->is_object() && p->contains("_meta")) {
     params["_meta"] = (*p)["_meta"];
   }
   bool listed = false;
   for (int page = 0; page < 20; ++page) {
-    json::Json request = {{"jsonrpc", "2.0"}, {"id", fmt::format("tokenctl-mcp-tools-{}", page)}, {"method", "tools/list"},
+    json::Json request = {{"jsonrpc", "2.0"},
+                          {"id", fmt::format("tokenctl-mcp-tools-{}", page)},
+                          {"method", "tools/list"},
                           {"params", params}};
     auto parsed = parse_client_line(request.dump());
     if (!parsed) return listed;
     std::optional<json::Json> result;
     auto take = [&](std::string_view payload) {
       auto m = server_message(payload);
-      if (m && m->first.is_object() && m->first.value("id", json::Json()) == request["id"] && m->first.contains("result")) {
+      if (m && m->first.is_object() && m->first.value("id", json::Json()) == request["id"] &&
+          m->first.contains("result")) {
         result = m->first["result"];
       }
     };
@@ -582,9 +620,11 @@ void Bridge::get_stream() {
       deliver(e.data, std::nullopt, ignored);
     });
     if (m_stopping) return;
-    if (r && (r->status == 405 || (r->status == 200 && !r->sse))) return;  // the server offers no stream
+    if (r && (r->status == 405 || (r->status == 200 && !r->sse)))
+      return;  // the server offers no stream
     if (got) delay = std::chrono::milliseconds(1000);
-    if (auto retry = parser.retry_ms()) delay = std::chrono::milliseconds(std::clamp<long>(*retry, 100, 60'000));
+    if (auto retry = parser.retry_ms())
+      delay = std::chrono::milliseconds(std::clamp<long>(*retry, 100, 60'000));
     std::unique_lock lock(m_mu);
     m_get_cv.wait_for(lock, delay, [&] { return m_stopping.load(); });
     delay = std::min(delay * 2, std::chrono::milliseconds(30'000));
@@ -604,14 +644,16 @@ void Bridge::delete_session() {
     std::lock_guard lock(m_state_mu);
     if (!m_version.empty()) h.emplace_back("MCP-Protocol-Version", m_version);
   }
-  auto r = exchange(conn, "DELETE", std::move(h), {}, nullptr, {}, std::nullopt, std::chrono::seconds(5));
+  auto r = exchange(conn, "DELETE", std::move(h), {}, nullptr, {}, std::nullopt,
+                    std::chrono::seconds(5));
   if (!r) note(fmt::format("could not end the MCP session: {}", r.error().message));
 }
 
 void Bridge::enqueue(Job job) {
   std::lock_guard lock(m_mu);
   m_queue.push_back(std::move(job));
-  if (m_idle == 0 && m_workers.size() < k_max_workers) m_workers.push_back(spawn([this] { worker(); }));
+  if (m_idle == 0 && m_workers.size() < k_max_workers)
+    m_workers.push_back(spawn([this] { worker(); }));
   m_cv.notify_one();
 }
 
@@ -640,7 +682,8 @@ void Bridge::dispatch(std::string_view line) {
   if (!parsed) {
     const bool json = json::parse(line, "line").has_value();
     m_out.line(error_line(nullptr, json ? k_invalid_request : k_parse_error,
-                          json ? "Invalid Request: " + parsed.error().message : "Parse error: " + parsed.error().message));
+                          json ? "Invalid Request: " + parsed.error().message
+                               : "Parse error: " + parsed.error().message));
     return;
   }
   Job job{std::move(*parsed), std::string(line)};
@@ -650,7 +693,8 @@ void Bridge::dispatch(std::string_view line) {
   {
     std::lock_guard lock(m_state_mu);
     for (const auto& id : m.request_ids) {
-      m_pending[id_key(id)] = m.kind == ClientMessage::Kind::request ? m.method : std::string("batch");
+      m_pending[id_key(id)] =
+          m.kind == ClientMessage::Kind::request ? m.method : std::string("batch");
     }
     if (m.method == "initialize" && m.kind == ClientMessage::Kind::request) {
       m_initialize = m.body;
@@ -664,11 +708,13 @@ void Bridge::dispatch(std::string_view line) {
       start_get = !stateless;
     }
   }
-  if (m.kind == ClientMessage::Kind::request || m.kind == ClientMessage::Kind::batch) return enqueue(std::move(job));
+  if (m.kind == ClientMessage::Kind::request || m.kind == ClientMessage::Kind::batch)
+    return enqueue(std::move(job));
   if (m.method == "notifications/cancelled" && stateless) {
     // 2026-07-28: closing the request's stream is the cancellation.
     const json::Json params = m.body.value("params", json::Json::object());
-    if (params.is_object() && params.contains("requestId")) cancel_request(id_key(params["requestId"]));
+    if (params.is_object() && params.contains("requestId"))
+      cancel_request(id_key(params["requestId"]));
     return;
   }
   // Notifications and responses go in order, before anything read after them.
@@ -679,8 +725,10 @@ void Bridge::dispatch(std::string_view line) {
 bool Bridge::check_profile() {
   auto c = client::Client::connect(m_o.socket);
   if (!c) {
-    note(fmt::format("tokend is not reachable at {} ({}); requests get an error until it runs "
-                     "(start it with: systemctl --user start tokend)", m_o.socket.string(), c.error().message));
+    note(
+        fmt::format("tokend is not reachable at {} ({}); requests get an error until it runs "
+                    "(start it with: systemctl --user start tokend)",
+                    m_o.socket.string(), c.error().message));
     return true;
   }
   auto r = c->request("GET", client::paths::profile(m_o.profile));
@@ -689,8 +737,10 @@ bool Bridge::check_profile() {
     return true;
   }
   if (r->status == 404) {
-    note(fmt::format("there is no profile '{}'; add it with: tokenctl add {} --kind oauth2 --provider mcp "
-                     "--mcp-server URL", m_o.profile, m_o.profile));
+    note(fmt::format(
+        "there is no profile '{}'; add it with: tokenctl add {} --kind oauth2 --provider mcp "
+        "--mcp-server URL",
+        m_o.profile, m_o.profile));
     return false;
   }
   auto j = json::parse(r->body, "profile");
@@ -700,7 +750,8 @@ bool Bridge::check_profile() {
   }
   const json::Json config = j->value("config", json::Json::object());
   if (!config.is_object() || json::string_or(config, "mcp_server").empty()) {
-    note(fmt::format("profile '{}' has no MCP server; add it with --provider mcp --mcp-server URL", m_o.profile));
+    note(fmt::format("profile '{}' has no MCP server; add it with --provider mcp --mcp-server URL",
+                     m_o.profile));
     return false;
   }
   const std::string state = json::string_or(*j, "state");
@@ -714,12 +765,14 @@ void Bridge::start_first_login() {
   auto r = c->request("POST", client::paths::login(m_o.profile), R"({"flow":"code","listen":true})",
                       {{"Content-Type", "application/json"}}, std::chrono::seconds(90));
   if (!r || r->status != 200) {
-    note(fmt::format("'{}' has never signed in, and starting its login failed ({}); run: tokenctl login {}",
-                     m_o.profile, r ? tokend_message(r->body) : r.error().message, m_o.profile));
+    note(fmt::format(
+        "'{}' has never signed in, and starting its login failed ({}); run: tokenctl login {}",
+        m_o.profile, r ? tokend_message(r->body) : r.error().message, m_o.profile));
     return;
   }
   auto j = json::parse(r->body, "login");
-  const std::string url = j && j->is_object() ? json::string_or(*j, "authorize_url") : std::string();
+  const std::string url =
+      j && j->is_object() ? json::string_or(*j, "authorize_url") : std::string();
   if (url.empty()) return;
   {
     std::lock_guard lock(m_state_mu);
@@ -730,8 +783,10 @@ void Bridge::start_first_login() {
   if (opener) {
     if (auto p = BackgroundProcess::start(*opener, url)) browser.emplace(std::move(*p));
   }
-  note(fmt::format("'{}' has never signed in; {} to sign in:\n  {}", m_o.profile,
-                   browser ? "your browser opens; if it does not, visit this URL" : "open this URL in a browser", url));
+  note(fmt::format(
+      "'{}' has never signed in; {} to sign in:\n  {}", m_o.profile,
+      browser ? "your browser opens; if it does not, visit this URL" : "open this URL in a browser",
+      url));
 }
 
 void Bridge::drain_and_stop(InterruptWatch& interrupt) {
@@ -785,8 +840,9 @@ int Bridge::run() {
       if (nl == std::string_view::npos) {
         if (!skipping) pending.append(chunk);
         if (pending.size() > k_max_line) {
-          m_out.line(error_line(nullptr, k_invalid_request,
-                                fmt::format("Invalid Request: a message over {} MiB", k_max_line >> 20)));
+          m_out.line(
+              error_line(nullptr, k_invalid_request,
+                         fmt::format("Invalid Request: a message over {} MiB", k_max_line >> 20)));
           pending.clear();
           skipping = true;
         }

@@ -8,13 +8,13 @@
 #include <mach-o/dyld.h>
 #endif
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/fs.hpp"
@@ -67,7 +67,8 @@ bool is_utf8(std::string_view s) {
       if ((d & 0xC0) != 0x80) return false;
       cp = (cp << 6) | (d & 0x3F);
     }
-    const bool overlong = (len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000);
+    const bool overlong =
+        (len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000);
     if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
     i += len;
   }
@@ -76,7 +77,8 @@ bool is_utf8(std::string_view s) {
 
 Result<> check_utf8(const McpServerEntry& e) {
   auto bad = [](std::string_view what) {
-    return fail(Errc::invalid_argument, fmt::format("{} is not valid UTF-8, which config files must be", what));
+    return fail(Errc::invalid_argument,
+                fmt::format("{} is not valid UTF-8, which config files must be", what));
   };
   if (!is_utf8(e.command)) return bad("the command");
   for (std::size_t i = 0; i < e.args.size(); ++i) {
@@ -111,10 +113,13 @@ std::string where(std::string_view text, std::size_t offset) {
 }
 
 bool is_blank(std::string_view text) {
-  return std::all_of(text.begin(), text.end(), [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; });
+  return std::all_of(text.begin(), text.end(),
+                     [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; });
 }
 
-std::string newline_of(std::string_view text) { return text.find("\r\n") != std::string_view::npos ? "\r\n" : "\n"; }
+std::string newline_of(std::string_view text) {
+  return text.find("\r\n") != std::string_view::npos ? "\r\n" : "\n";
+}
 
 // ---------------------------------------------------------------------------
 // JSON clients
@@ -157,7 +162,8 @@ bool json_runs_tokenctl(const nlohmann::json& v) {
   const auto it = v.find("command");
   if (it == v.end()) return false;
   if (it->is_string()) return basename_of(it->get<std::string>()) == "tokenctl";
-  if (it->is_array() && !it->empty() && (*it)[0].is_string()) return basename_of((*it)[0].get<std::string>()) == "tokenctl";
+  if (it->is_array() && !it->empty() && (*it)[0].is_string())
+    return basename_of((*it)[0].get<std::string>()) == "tokenctl";
   return false;
 }
 
@@ -195,7 +201,8 @@ class JsonText {
   }
 
   std::size_t skip_ws(std::size_t p) const {
-    while (p < m_t.size() && (m_t[p] == ' ' || m_t[p] == '\t' || m_t[p] == '\n' || m_t[p] == '\r')) ++p;
+    while (p < m_t.size() && (m_t[p] == ' ' || m_t[p] == '\t' || m_t[p] == '\n' || m_t[p] == '\r'))
+      ++p;
     return p;
   }
 
@@ -233,8 +240,8 @@ class JsonText {
       }
       return p;
     }
-    while (p < m_t.size() && m_t[p] != ',' && m_t[p] != '}' && m_t[p] != ']' && m_t[p] != ' ' && m_t[p] != '\t' &&
-           m_t[p] != '\n' && m_t[p] != '\r') {
+    while (p < m_t.size() && m_t[p] != ',' && m_t[p] != '}' && m_t[p] != ']' && m_t[p] != ' ' &&
+           m_t[p] != '\t' && m_t[p] != '\n' && m_t[p] != '\r') {
       ++p;
     }
     return p;
@@ -270,7 +277,8 @@ class JsonText {
   }
 
   bool members_on_own_lines(const Object& o) const {
-    return !o.members.empty() && m_t.substr(o.open, o.members[0].key_begin - o.open).find('\n') != std::string_view::npos;
+    return !o.members.empty() &&
+           m_t.substr(o.open, o.members[0].key_begin - o.open).find('\n') != std::string_view::npos;
   }
 
  private:
@@ -278,10 +286,12 @@ class JsonText {
 };
 
 // `value` serialised for a place indented by `base`, nested levels by `unit`.
-std::string dump_at(const OrderedJson& value, std::string_view unit, std::string_view base, std::string_view nl) {
+std::string dump_at(const OrderedJson& value, std::string_view unit, std::string_view base,
+                    std::string_view nl) {
   const bool uniform = !unit.empty() && (unit[0] == ' ' || unit[0] == '\t') &&
                        std::all_of(unit.begin(), unit.end(), [&](char c) { return c == unit[0]; });
-  const std::string text = value.dump(uniform ? static_cast<int>(unit.size()) : 2, uniform ? unit[0] : ' ');
+  const std::string text =
+      value.dump(uniform ? static_cast<int>(unit.size()) : 2, uniform ? unit[0] : ' ');
   std::string out;
   for (const char c : text) {
     if (c == '\n') {
@@ -313,8 +323,8 @@ std::size_t first_comment(std::string_view t) {
   return std::string_view::npos;
 }
 
-Result<Merged> merge_json(McpClient client, std::string_view existing, const McpServerEntry& entry, bool replace_foreign,
-                          std::string_view source) {
+Result<Merged> merge_json(McpClient client, std::string_view existing, const McpServerEntry& entry,
+                          bool replace_foreign, std::string_view source) {
   const OrderedJson value = json_value(client, entry);
   const std::string container(json_container(client));
   const std::string key_json = OrderedJson(entry.name).dump();
@@ -328,21 +338,26 @@ Result<Merged> merge_json(McpClient client, std::string_view existing, const Mcp
     parsed = nlohmann::json::parse(existing);
   } catch (const nlohmann::json::parse_error& e) {
     if (nlohmann::json::accept(existing, /*ignore_comments=*/true)) {
-      return fail(Errc::corrupt,
-                  fmt::format("{} has comments ({}), which tokenctl cannot keep when it rewrites the file; nothing was "
-                              "changed. Add the entry by hand (run the same command without --write to print it), or "
-                              "remove the comments and run again",
-                              source, where(existing, first_comment(existing))));
+      return fail(Errc::corrupt, fmt::format("{} has comments ({}), which tokenctl cannot keep "
+                                             "when it rewrites the file; nothing was "
+                                             "changed. Add the entry by hand (run the same command "
+                                             "without --write to print it), or "
+                                             "remove the comments and run again",
+                                             source, where(existing, first_comment(existing))));
     }
     const std::size_t at = e.byte == 0 ? 0 : e.byte - 1;
-    return fail(Errc::corrupt, fmt::format("{} is not valid JSON ({}); nothing was changed. Fix the file (or move it "
-                                           "aside) and run again",
-                                           source, where(existing, at)));
+    return fail(
+        Errc::corrupt,
+        fmt::format("{} is not valid JSON ({}); nothing was changed. Fix the file (or move it "
+                    "aside) and run again",
+                    source, where(existing, at)));
   }
   if (!parsed.is_object()) {
-    return fail(Errc::corrupt, fmt::format("{} holds a JSON {}, not an object; nothing was changed. Fix the file (or move "
-                                           "it aside) and run again",
-                                           source, parsed.type_name()));
+    return fail(
+        Errc::corrupt,
+        fmt::format("{} holds a JSON {}, not an object; nothing was changed. Fix the file (or move "
+                    "it aside) and run again",
+                    source, parsed.type_name()));
   }
 
   const JsonText t(existing);
@@ -357,7 +372,8 @@ Result<Merged> merge_json(McpClient client, std::string_view existing, const Mcp
   }
 
   // A member `key_json: v` added to the end of object `o`.
-  auto insert_member = [&](const JsonText::Object& o, const std::string& key, const OrderedJson& v) {
+  auto insert_member = [&](const JsonText::Object& o, const std::string& key,
+                           const OrderedJson& v) {
     std::string out;
     if (o.members.empty()) {
       const std::string lead = t.line_indent(o.open);
@@ -384,8 +400,9 @@ Result<Merged> merge_json(McpClient client, std::string_view existing, const Mcp
     if (m.key == container) found.push_back(&m);
   }
   if (found.size() > 1) {
-    return fail(Errc::corrupt, fmt::format("{} has \"{}\" {} times; nothing was changed. Keep one and run again", source,
-                                           container, found.size()));
+    return fail(Errc::corrupt,
+                fmt::format("{} has \"{}\" {} times; nothing was changed. Keep one and run again",
+                            source, container, found.size()));
   }
   if (found.empty()) {
     OrderedJson servers = OrderedJson::object();
@@ -394,10 +411,12 @@ Result<Merged> merge_json(McpClient client, std::string_view existing, const Mcp
   }
   const auto& cm = *found[0];
   if (existing[cm.value_begin] != '{') {
-    return fail(Errc::corrupt, fmt::format("{}: \"{}\" is a JSON {}, not an object ({}); nothing was changed. Fix the file "
-                                           "and run again",
-                                           source, container, parsed[container].type_name(),
-                                           where(existing, cm.value_begin)));
+    return fail(
+        Errc::corrupt,
+        fmt::format(
+            "{}: \"{}\" is a JSON {}, not an object ({}); nothing was changed. Fix the file "
+            "and run again",
+            source, container, parsed[container].type_name(), where(existing, cm.value_begin)));
   }
   const JsonText::Object servers = t.object(cm.value_begin);
   std::vector<const JsonText::Member*> same;
@@ -405,18 +424,21 @@ Result<Merged> merge_json(McpClient client, std::string_view existing, const Mcp
     if (m.key == entry.name) same.push_back(&m);
   }
   if (same.size() > 1) {
-    return fail(Errc::corrupt, fmt::format("{} has the entry \"{}\" {} times; nothing was changed. Keep one and run again",
-                                           source, entry.name, same.size()));
+    return fail(
+        Errc::corrupt,
+        fmt::format("{} has the entry \"{}\" {} times; nothing was changed. Keep one and run again",
+                    source, entry.name, same.size()));
   }
   if (same.empty()) return Merged{insert_member(servers, key_json, value), MergeAction::added};
 
   const nlohmann::json& old = parsed[container][entry.name];
-  if (old == nlohmann::json::parse(value.dump())) return Merged{std::string(existing), MergeAction::unchanged};
+  if (old == nlohmann::json::parse(value.dump()))
+    return Merged{std::string(existing), MergeAction::unchanged};
   if (!replace_foreign && !json_runs_tokenctl(old)) {
-    return fail(Errc::conflict,
-                fmt::format("{} already has an entry \"{}\" that runs {}, not tokenctl; nothing was changed. Choose "
-                            "another name with --name, or replace it with --force",
-                            source, entry.name, json_command_of(old)));
+    return fail(Errc::conflict, fmt::format("{} already has an entry \"{}\" that runs {}, not "
+                                            "tokenctl; nothing was changed. Choose "
+                                            "another name with --name, or replace it with --force",
+                                            source, entry.name, json_command_of(old)));
   }
   const auto& m = *same[0];
   std::string out(existing.substr(0, m.value_begin));
@@ -430,7 +452,8 @@ Result<Merged> merge_json(McpClient client, std::string_view existing, const Mcp
 
 bool is_bare_key(std::string_view k) {
   return !k.empty() && std::all_of(k.begin(), k.end(), [](char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
   });
 }
 
@@ -470,17 +493,21 @@ std::string toml_string(std::string_view s) {
   return out + "\"";
 }
 
-std::string toml_key(std::string_view k) { return is_bare_key(k) ? std::string(k) : toml_string(k); }
+std::string toml_key(std::string_view k) {
+  return is_bare_key(k) ? std::string(k) : toml_string(k);
+}
 
 std::string toml_block(const McpServerEntry& e, std::string_view nl) {
   std::string out = fmt::format("[mcp_servers.{}]{}", toml_key(e.name), nl);
   out += fmt::format("command = {}{}", toml_string(e.command), nl);
   out += "args = [";
-  for (std::size_t i = 0; i < e.args.size(); ++i) out += (i == 0 ? "" : ", ") + toml_string(e.args[i]);
+  for (std::size_t i = 0; i < e.args.size(); ++i)
+    out += (i == 0 ? "" : ", ") + toml_string(e.args[i]);
   out += fmt::format("]{}", nl);
   if (!e.env.empty()) {
     out += fmt::format("{}[mcp_servers.{}.env]{}", nl, toml_key(e.name), nl);
-    for (const auto& [k, v] : e.env) out += fmt::format("{} = {}{}", toml_key(k), toml_string(v), nl);
+    for (const auto& [k, v] : e.env)
+      out += fmt::format("{} = {}{}", toml_key(k), toml_string(v), nl);
   }
   return out;
 }
@@ -513,8 +540,9 @@ class TomlText {
   struct Table {
     std::vector<std::string> path;
     bool array = false;
-    std::size_t begin = 0;        // start of the header's line
-    std::size_t content_end = 0;  // after the last statement's line (comments and blank lines after it excluded)
+    std::size_t begin = 0;  // start of the header's line
+    std::size_t content_end =
+        0;  // after the last statement's line (comments and blank lines after it excluded)
   };
   struct KeyValue {
     int table = -1;  // index in tables, -1 for the root
@@ -544,7 +572,8 @@ class TomlText {
         m_p += table.array ? 2 : 1;
         if (!key(table.path)) return std::unexpected(m_error);
         skip_ws();
-        if (!expect(']') || (table.array && !expect(']'))) return error("a table header is not closed with ]");
+        if (!expect(']') || (table.array && !expect(']')))
+          return error("a table header is not closed with ]");
         if (!end_of_statement()) return std::unexpected(m_error);
         table.content_end = m_p;
         m_tables.push_back(std::move(table));
@@ -574,8 +603,10 @@ class TomlText {
     TomlText t(token, "");
     std::string out;
     if (token.starts_with("\"\"\"") || token.starts_with("'''")) return std::nullopt;
-    if (!token.empty() && token[0] == '"' && t.basic_string(&out) && t.m_p == token.size()) return out;
-    if (!token.empty() && token[0] == '\'' && t.literal_string(&out) && t.m_p == token.size()) return out;
+    if (!token.empty() && token[0] == '"' && t.basic_string(&out) && t.m_p == token.size())
+      return out;
+    if (!token.empty() && token[0] == '\'' && t.literal_string(&out) && t.m_p == token.size())
+      return out;
     return std::nullopt;
   }
 
@@ -583,9 +614,11 @@ class TomlText {
   static constexpr int k_max_depth = 64;
 
   std::unexpected<Error> error(std::string_view what) {
-    m_error = Error(Errc::corrupt, fmt::format("{} is not TOML that tokenctl can read ({}: {}); nothing was changed. "
-                                              "Fix the file (or move it aside) and run again",
-                                              m_source, where(m_t, m_p), what));
+    m_error =
+        Error(Errc::corrupt,
+              fmt::format("{} is not TOML that tokenctl can read ({}: {}); nothing was changed. "
+                          "Fix the file (or move it aside) and run again",
+                          m_source, where(m_t, m_p), what));
     return std::unexpected(m_error);
   }
 
@@ -598,7 +631,8 @@ class TomlText {
     while (m_p < m_t.size() && (m_t[m_p] == ' ' || m_t[m_p] == '\t')) ++m_p;
   }
   void skip_comment() {
-    while (m_p < m_t.size() && m_t[m_p] != '\n' && !(m_t[m_p] == '\r' && m_p + 1 < m_t.size() && m_t[m_p + 1] == '\n')) {
+    while (m_p < m_t.size() && m_t[m_p] != '\n' &&
+           !(m_t[m_p] == '\r' && m_p + 1 < m_t.size() && m_t[m_p + 1] == '\n')) {
       ++m_p;
     }
   }
@@ -709,14 +743,30 @@ class TomlText {
       const char e = m_t[m_p++];
       std::uint32_t cp = 0;
       switch (e) {
-        case 'b': cp = '\b'; break;
-        case 't': cp = '\t'; break;
-        case 'n': cp = '\n'; break;
-        case 'f': cp = '\f'; break;
-        case 'r': cp = '\r'; break;
-        case 'e': cp = 0x1B; break;
-        case '"': cp = '"'; break;
-        case '\\': cp = '\\'; break;
+        case 'b':
+          cp = '\b';
+          break;
+        case 't':
+          cp = '\t';
+          break;
+        case 'n':
+          cp = '\n';
+          break;
+        case 'f':
+          cp = '\f';
+          break;
+        case 'r':
+          cp = '\r';
+          break;
+        case 'e':
+          cp = 0x1B;
+          break;
+        case '"':
+          cp = '"';
+          break;
+        case '\\':
+          cp = '\\';
+          break;
         case 'x':
           if (!hex(2, cp)) return bad("a bad \\x escape");
           break;
@@ -808,15 +858,17 @@ class TomlText {
     auto scalar_end = [&] {
       while (m_p < m_t.size()) {
         const char c = m_t[m_p];
-        if (c == ' ' || c == '\t' || c == '#' || c == ',' || c == ']' || c == '}' || c == '\n' || c == '\r') break;
+        if (c == ' ' || c == '\t' || c == '#' || c == ',' || c == ']' || c == '}' || c == '\n' ||
+            c == '\r')
+          break;
         ++m_p;
       }
     };
     scalar_end();
     // A date and a time separated by one space (RFC 3339, as TOML allows).
     const std::string_view token = m_t.substr(b, m_p - b);
-    if (token.size() == 10 && token[4] == '-' && token[7] == '-' && m_p + 1 < m_t.size() && m_t[m_p] == ' ' &&
-        is_digit(m_t[m_p + 1])) {
+    if (token.size() == 10 && token[4] == '-' && token[7] == '-' && m_p + 1 < m_t.size() &&
+        m_t[m_p] == ' ' && is_digit(m_t[m_p + 1])) {
       ++m_p;
       scalar_end();
     }
@@ -832,8 +884,8 @@ class TomlText {
   std::vector<KeyValue> m_values;
 };
 
-Result<Merged> merge_toml(std::string_view existing, const McpServerEntry& entry, bool replace_foreign,
-                          std::string_view source) {
+Result<Merged> merge_toml(std::string_view existing, const McpServerEntry& entry,
+                          bool replace_foreign, std::string_view source) {
   const std::string nl = newline_of(existing);
   const std::string block = toml_block(entry, nl);
   if (is_blank(existing)) return Merged{toml_block(entry, "\n"), MergeAction::added};
@@ -845,32 +897,41 @@ Result<Merged> merge_toml(std::string_view existing, const McpServerEntry& entry
   const auto& tables = doc.tables();
 
   auto unsupported = [&](std::size_t at, std::string_view what) {
-    return fail(Errc::corrupt, fmt::format("{} defines {} ({}), a form tokenctl does not edit; nothing was changed. "
-                                           "Write it as a [mcp_servers.{}] table, or remove it, and run again",
-                                           source, what, where(existing, at), entry.name));
+    return fail(
+        Errc::corrupt,
+        fmt::format("{} defines {} ({}), a form tokenctl does not edit; nothing was changed. "
+                    "Write it as a [mcp_servers.{}] table, or remove it, and run again",
+                    source, what, where(existing, at), entry.name));
   };
   for (const auto& kv : doc.values()) {
-    std::vector<std::string> full = kv.table < 0 ? std::vector<std::string>{} : tables[static_cast<std::size_t>(kv.table)].path;
+    std::vector<std::string> full =
+        kv.table < 0 ? std::vector<std::string>{} : tables[static_cast<std::size_t>(kv.table)].path;
     const bool inside_ours = full.size() >= 2 && full[0] == "mcp_servers" && full[1] == entry.name;
     full.insert(full.end(), kv.key.begin(), kv.key.end());
-    if (full.size() == 1 && full[0] == "mcp_servers") return unsupported(kv.value_begin, "mcp_servers as an inline table");
+    if (full.size() == 1 && full[0] == "mcp_servers")
+      return unsupported(kv.value_begin, "mcp_servers as an inline table");
     if (!inside_ours && full.size() >= 2 && full[0] == "mcp_servers" && full[1] == entry.name) {
-      return unsupported(kv.value_begin, fmt::format("the server \"{}\" with dotted keys or an inline table", entry.name));
+      return unsupported(
+          kv.value_begin,
+          fmt::format("the server \"{}\" with dotted keys or an inline table", entry.name));
     }
   }
   std::optional<std::size_t> main_index;
   std::optional<std::size_t> env_index;
   for (std::size_t i = 0; i < tables.size(); ++i) {
     const auto& p = tables[i].path;
-    if (tables[i].array && !p.empty() && p[0] == "mcp_servers" && (p.size() == 1 || p[1] == entry.name)) {
+    if (tables[i].array && !p.empty() && p[0] == "mcp_servers" &&
+        (p.size() == 1 || p[1] == entry.name)) {
       return unsupported(tables[i].begin, "an array of tables [[...]] for mcp_servers");
     }
     if (p != main_path && p != env_path) continue;
     auto& slot = p == main_path ? main_index : env_index;
     if (slot) {
-      return fail(Errc::corrupt, fmt::format("{} defines the table at {} twice, which TOML forbids; nothing was changed. "
-                                             "Keep one and run again",
-                                             source, where(existing, tables[i].begin)));
+      return fail(
+          Errc::corrupt,
+          fmt::format("{} defines the table at {} twice, which TOML forbids; nothing was changed. "
+                      "Keep one and run again",
+                      source, where(existing, tables[i].begin)));
     }
     slot = i;
   }
@@ -878,15 +939,19 @@ Result<Merged> merge_toml(std::string_view existing, const McpServerEntry& entry
   if (main_index) {
     std::optional<std::string> command;
     for (const auto& kv : doc.values()) {
-      if (kv.table == static_cast<int>(*main_index) && kv.key == std::vector<std::string>{"command"}) {
-        command = TomlText::decode_string(existing.substr(kv.value_begin, kv.value_end - kv.value_begin));
+      if (kv.table == static_cast<int>(*main_index) &&
+          kv.key == std::vector<std::string>{"command"}) {
+        command =
+            TomlText::decode_string(existing.substr(kv.value_begin, kv.value_end - kv.value_begin));
       }
     }
     if (!replace_foreign && (!command || basename_of(*command) != "tokenctl")) {
       return fail(Errc::conflict,
-                  fmt::format("{} already has a server \"{}\" that runs {}, not tokenctl; nothing was changed. Choose "
+                  fmt::format("{} already has a server \"{}\" that runs {}, not tokenctl; nothing "
+                              "was changed. Choose "
                               "another name with --name, or replace it with --force",
-                              source, entry.name, command ? basename_of(*command).substr(0, 64) : "(no command)"));
+                              source, entry.name,
+                              command ? basename_of(*command).substr(0, 64) : "(no command)"));
     }
   }
 
@@ -936,7 +1001,8 @@ Result<Merged> merge_toml(std::string_view existing, const McpServerEntry& entry
 
 stdfs::path home_dir(const EnvLookup& env) {
   if (auto h = env("HOME"); h && !h->empty() && h->front() == '/') return *h;
-  if (const struct passwd* pw = ::getpwuid(::getuid()); pw != nullptr && pw->pw_dir != nullptr) return pw->pw_dir;
+  if (const struct passwd* pw = ::getpwuid(::getuid()); pw != nullptr && pw->pw_dir != nullptr)
+    return pw->pw_dir;
   return "/";
 }
 
@@ -966,14 +1032,16 @@ Result<ReadFile> read_config(const stdfs::path& path) {
     if (err == ENOENT) return r;
     return fail(Errc::io, fmt::format("reading {}: {}", path.string(), errno_text(err)));
   }
-  struct stat st {};
+  struct stat st{};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    return fail(Errc::io, fmt::format("{} is not a regular file; nothing was changed", path.string()));
+    return fail(Errc::io,
+                fmt::format("{} is not a regular file; nothing was changed", path.string()));
   }
   if (static_cast<std::size_t>(st.st_size) > k_max_config_bytes) {
     ::close(fd);
-    return fail(Errc::limit_exceeded, fmt::format("{} is larger than 64 MiB; nothing was changed", path.string()));
+    return fail(Errc::limit_exceeded,
+                fmt::format("{} is larger than 64 MiB; nothing was changed", path.string()));
   }
   r.exists = true;
   r.mode = st.st_mode & 07777;
@@ -990,7 +1058,8 @@ Result<ReadFile> read_config(const stdfs::path& path) {
     r.text.append(buf, static_cast<std::size_t>(n));
     if (r.text.size() > k_max_config_bytes) {
       ::close(fd);
-      return fail(Errc::limit_exceeded, fmt::format("{} is larger than 64 MiB; nothing was changed", path.string()));
+      return fail(Errc::limit_exceeded,
+                  fmt::format("{} is larger than 64 MiB; nothing was changed", path.string()));
     }
   }
   ::close(fd);
@@ -1024,12 +1093,15 @@ std::string_view mcp_client_name(McpClient client) {
   return "?";
 }
 
-std::string_view mcp_client_list() { return "claude-code, claude-desktop, codex, cursor, vscode, gemini or opencode"; }
+std::string_view mcp_client_list() {
+  return "claude-code, claude-desktop, codex, cursor, vscode, gemini or opencode";
+}
 
 Result<> validate_entry_name(std::string_view name) {
   if (name.empty() || name.size() > 64 || !is_bare_key(name)) {
     return fail(Errc::invalid_argument,
-                fmt::format("entry name '{}' must be 1-64 letters, digits, '-' or '_'", name.substr(0, 64)));
+                fmt::format("entry name '{}' must be 1-64 letters, digits, '-' or '_'",
+                            name.substr(0, 64)));
   }
   return {};
 }
@@ -1046,9 +1118,11 @@ McpServerEntry bridge_entry(std::string name, std::string tokenctl, std::string_
 }
 
 McpServerEntry exec_entry(std::string name, std::string tokenctl, std::string_view profile,
-                          const std::vector<std::string>& exec_options, const std::vector<std::string>& command,
+                          const std::vector<std::string>& exec_options,
+                          const std::vector<std::string>& command,
                           std::vector<std::pair<std::string, std::string>> env) {
-  McpServerEntry e{std::move(name), std::move(tokenctl), {"exec", std::string(profile)}, std::move(env)};
+  McpServerEntry e{
+      std::move(name), std::move(tokenctl), {"exec", std::string(profile)}, std::move(env)};
   if (std::find(exec_options.begin(), exec_options.end(), "--endpoint") == exec_options.end()) {
     e.args.emplace_back("--endpoint");
   }
@@ -1090,32 +1164,37 @@ stdfs::path default_config_path(McpClient client, HostOs os, const EnvLookup& en
     case McpClient::claude_code:
       return home / ".claude.json";
     case McpClient::claude_desktop:
-      return (os == HostOs::macos ? app_support : xdg_config_home(env)) / "Claude" / "claude_desktop_config.json";
+      return (os == HostOs::macos ? app_support : xdg_config_home(env)) / "Claude" /
+             "claude_desktop_config.json";
     case McpClient::codex: {
       auto codex_home = env("CODEX_HOME");
-      const stdfs::path dir =
-          codex_home && !codex_home->empty() && codex_home->front() == '/' ? stdfs::path(*codex_home) : home / ".codex";
+      const stdfs::path dir = codex_home && !codex_home->empty() && codex_home->front() == '/'
+                                  ? stdfs::path(*codex_home)
+                                  : home / ".codex";
       return dir / "config.toml";
     }
     case McpClient::cursor:
       return home / ".cursor" / "mcp.json";
     case McpClient::vscode:
-      return (os == HostOs::macos ? app_support : xdg_config_home(env)) / "Code" / "User" / "mcp.json";
+      return (os == HostOs::macos ? app_support : xdg_config_home(env)) / "Code" / "User" /
+             "mcp.json";
     case McpClient::gemini:
       return home / ".gemini" / "settings.json";
     case McpClient::opencode: {
       // opencode reads ~/.config/opencode on macOS too (XDG base directories).
       const stdfs::path dir = xdg_config_home(env) / "opencode";
       if (exists == nullptr) exists = path_exists;
-      if (!exists(dir / "opencode.json") && exists(dir / "opencode.jsonc")) return dir / "opencode.jsonc";
+      if (!exists(dir / "opencode.json") && exists(dir / "opencode.jsonc"))
+        return dir / "opencode.jsonc";
       return dir / "opencode.json";
     }
   }
   return home;
 }
 
-Result<WriteOutcome> write_entry_to_file(McpClient client, const stdfs::path& path, const McpServerEntry& entry,
-                                         bool replace_foreign, std::time_t now) {
+Result<WriteOutcome> write_entry_to_file(McpClient client, const stdfs::path& path,
+                                         const McpServerEntry& entry, bool replace_foreign,
+                                         std::time_t now) {
   WriteOutcome out;
   out.file = path;
   std::error_code ec;
@@ -1123,8 +1202,10 @@ Result<WriteOutcome> write_entry_to_file(McpClient client, const stdfs::path& pa
     // Dotfile managers link config files; write the file the link names.
     out.file = stdfs::canonical(path, ec);
     if (ec) {
-      return fail(Errc::io, fmt::format("{} is a symlink to a file that cannot be reached ({}); nothing was changed",
-                                        path.string(), ec.message()));
+      return fail(
+          Errc::io,
+          fmt::format("{} is a symlink to a file that cannot be reached ({}); nothing was changed",
+                      path.string(), ec.message()));
     }
   }
   auto old = read_config(out.file);
@@ -1142,26 +1223,30 @@ Result<WriteOutcome> write_entry_to_file(McpClient client, const stdfs::path& pa
     std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", &tm);
     const std::string base = out.file.string() + ".bak-" + stamp;
     for (int n = 0; n < 100 && !out.backup; ++n) {
-      const stdfs::path candidate = n == 0 ? stdfs::path(base) : stdfs::path(fmt::format("{}-{}", base, n));
+      const stdfs::path candidate =
+          n == 0 ? stdfs::path(base) : stdfs::path(fmt::format("{}-{}", base, n));
       auto w = fs::write_file_atomic(candidate, old->text, old->mode, /*exclusive=*/true);
       if (w) {
         out.backup = candidate;
       } else if (w.error().code != Errc::already_exists) {
-        return fail(Errc::io, fmt::format("keeping a backup of {}: {}; nothing was changed", out.file.string(),
-                                          w.error().message));
+        return fail(Errc::io, fmt::format("keeping a backup of {}: {}; nothing was changed",
+                                          out.file.string(), w.error().message));
       }
     }
     if (!out.backup) {
-      return fail(Errc::io, fmt::format("no free backup name next to {}; nothing was changed", out.file.string()));
+      return fail(Errc::io, fmt::format("no free backup name next to {}; nothing was changed",
+                                        out.file.string()));
     }
     // The client may have rewritten its file meanwhile (Claude Code rewrites
     // ~/.claude.json often): never replace a version we did not merge into.
     auto again = read_config(out.file);
     if (!again || again->text != old->text) {
       ::unlink(out.backup->c_str());
-      return fail(Errc::conflict, fmt::format("{} changed while tokenctl was merging into it; nothing was changed. Run "
-                                              "the command again",
-                                              out.file.string()));
+      return fail(
+          Errc::conflict,
+          fmt::format("{} changed while tokenctl was merging into it; nothing was changed. Run "
+                      "the command again",
+                      out.file.string()));
     }
   }
   if (auto w = fs::write_file_atomic(out.file, merged->text, old->exists ? old->mode : 0600); !w) {
@@ -1210,14 +1295,17 @@ Result<McpConfigArgs> parse_mcp_config_args(const std::vector<std::string>& args
       }
       return a.substr(opt.size() + 1);
     };
-    auto is = [&](std::string_view opt) { return a == opt || a.starts_with(std::string(opt) + "="); };
+    auto is = [&](std::string_view opt) {
+      return a == opt || a.starts_with(std::string(opt) + "=");
+    };
     if (is("--client")) {
       auto v = value_of("--client");
       if (!v) return usage("--client needs a value: " + std::string(mcp_client_list()));
       if (out.client) return usage("--client given twice");
       out.client = parse_mcp_client(*v);
       if (!out.client) {
-        return usage(fmt::format("--client {}: not a client tokenctl knows; use {}", v->substr(0, 64), mcp_client_list()));
+        return usage(fmt::format("--client {}: not a client tokenctl knows; use {}",
+                                 v->substr(0, 64), mcp_client_list()));
       }
     } else if (is("--name")) {
       auto v = value_of("--name");
@@ -1235,8 +1323,9 @@ Result<McpConfigArgs> parse_mcp_config_args(const std::vector<std::string>& args
     } else if (out.profile.empty() && !a.starts_with("-")) {
       out.profile = a;
     } else if (!wraps) {
-      return usage(fmt::format("unexpected '{}' (options for tokenctl exec go before -- CMD, after PROFILE)",
-                               a.substr(0, 64)));
+      return usage(
+          fmt::format("unexpected '{}' (options for tokenctl exec go before -- CMD, after PROFILE)",
+                      a.substr(0, 64)));
     } else if (out.profile.empty()) {
       return usage(fmt::format("PROFILE comes before exec's options ('{}')", a.substr(0, 64)));
     } else {
@@ -1246,14 +1335,16 @@ Result<McpConfigArgs> parse_mcp_config_args(const std::vector<std::string>& args
   if (out.profile.empty()) return usage("missing PROFILE");
   if (auto ok = validate_profile_name(out.profile); !ok) return usage(ok.error().message);
   if (!out.client) return usage(fmt::format("missing --client ({})", mcp_client_list()));
-  if (out.file && !out.write) return usage("--file goes with --write (without it the entry is only printed)");
+  if (out.file && !out.write)
+    return usage("--file goes with --write (without it the entry is only printed)");
   if (out.force && !out.write) return usage("--force goes with --write");
   if (wraps) {
     out.command.assign(std::next(dash), args.end());
     if (out.command.empty() || out.command[0].empty()) return usage("no command after --");
     if (out.command[0].starts_with("-")) {
-      return usage(fmt::format("'{}' after -- is not a command; exec's options go between PROFILE and --",
-                               out.command[0].substr(0, 64)));
+      return usage(
+          fmt::format("'{}' after -- is not a command; exec's options go between PROFILE and --",
+                      out.command[0].substr(0, 64)));
     }
   }
   return out;

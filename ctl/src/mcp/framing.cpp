@@ -1,11 +1,11 @@
 #include "ctl/mcp/framing.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <set>
-
-#include <fmt/format.h>
 
 #include "core/encoding.hpp"
 
@@ -13,15 +13,17 @@ namespace tokend::ctl::mcp {
 
 namespace {
 
-
-bool valid_id(const json::Json& id) { return id.is_string() || id.is_number_integer() || id.is_number_unsigned(); }
+bool valid_id(const json::Json& id) {
+  return id.is_string() || id.is_number_integer() || id.is_number_unsigned();
+}
 
 // What one element of a message is; Errc::invalid_argument when it is not
 // JSON-RPC 2.0.
 Result<ClientMessage::Kind> kind_of(const json::Json& m) {
   if (!m.is_object()) return std::unexpected(bad_input("a JSON-RPC message must be an object"));
   const auto v = m.find("jsonrpc");
-  if (v == m.end() || *v != "2.0") return std::unexpected(bad_input("the message lacks \"jsonrpc\": \"2.0\""));
+  if (v == m.end() || *v != "2.0")
+    return std::unexpected(bad_input("the message lacks \"jsonrpc\": \"2.0\""));
   const auto method = m.find("method");
   const auto id = m.find("id");
   if (method != m.end()) {
@@ -33,7 +35,8 @@ Result<ClientMessage::Kind> kind_of(const json::Json& m) {
     return ClientMessage::Kind::request;
   }
   if (id == m.end() || !(valid_id(*id) || id->is_null())) {
-    return std::unexpected(bad_input("a message without \"method\" must be a response with an \"id\""));
+    return std::unexpected(
+        bad_input("a message without \"method\" must be a response with an \"id\""));
   }
   if (m.contains("result") == m.contains("error")) {
     return std::unexpected(bad_input("a response carries exactly one of \"result\" and \"error\""));
@@ -42,20 +45,22 @@ Result<ClientMessage::Kind> kind_of(const json::Json& m) {
 }
 
 bool tchar(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) != 0 || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+  return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
 }
 
 bool lower_equal(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
          });
 }
 
 // Collects the annotations reachable through "properties" alone; anything
 // annotated elsewhere (items, oneOf, ...) is counted by count_all and so
 // makes the tool invalid.
-Result<> reachable(const json::Json& schema, std::vector<std::string>& path, std::vector<ToolHeaders::Param>& out,
-                   std::size_t depth) {
+Result<> reachable(const json::Json& schema, std::vector<std::string>& path,
+                   std::vector<ToolHeaders::Param>& out, std::size_t depth) {
   if (depth > 32) return std::unexpected(bad_input("the input schema nests too deeply"));
   if (!schema.is_object()) return {};
   const auto props = schema.find("properties");
@@ -65,18 +70,23 @@ Result<> reachable(const json::Json& schema, std::vector<std::string>& path, std
     path.push_back(key);
     if (const auto h = sub.find("x-mcp-header"); h != sub.end()) {
       if (!h->is_string() || h->get_ref<const std::string&>().empty()) {
-        return std::unexpected(bad_input(fmt::format("x-mcp-header of '{}' is not a non-empty string", key)));
+        return std::unexpected(
+            bad_input(fmt::format("x-mcp-header of '{}' is not a non-empty string", key)));
       }
       const auto& name = h->get_ref<const std::string&>();
       if (!std::all_of(name.begin(), name.end(), tchar)) {
-        return std::unexpected(bad_input(fmt::format("x-mcp-header of '{}' is not an HTTP field name", key)));
+        return std::unexpected(
+            bad_input(fmt::format("x-mcp-header of '{}' is not an HTTP field name", key)));
       }
-      const std::string type = sub.contains("type") && sub["type"].is_string() ? sub["type"].get<std::string>() : "";
+      const std::string type =
+          sub.contains("type") && sub["type"].is_string() ? sub["type"].get<std::string>() : "";
       if (type != "string" && type != "integer" && type != "boolean") {
-        return std::unexpected(bad_input(fmt::format("x-mcp-header on '{}', whose type is not string, integer or boolean", key)));
+        return std::unexpected(bad_input(fmt::format(
+            "x-mcp-header on '{}', whose type is not string, integer or boolean", key)));
       }
       for (const auto& p : out) {
-        if (lower_equal(p.header, name)) return std::unexpected(bad_input(fmt::format("x-mcp-header '{}' is used twice", name)));
+        if (lower_equal(p.header, name))
+          return std::unexpected(bad_input(fmt::format("x-mcp-header '{}' is used twice", name)));
       }
       out.push_back({name, path});
     }
@@ -93,15 +103,25 @@ Result<> reachable(const json::Json& schema, std::vector<std::string>& path, std
 std::size_t count_all(const json::Json& schema, std::size_t depth) {
   if (depth > 64) return 1;  // deeper than anything valid: count it as misplaced
   if (!schema.is_object()) return 0;
-  static constexpr std::string_view k_one[] = {"items", "additionalProperties", "contains", "not", "if", "then",
-                                               "else", "propertyNames", "unevaluatedItems", "unevaluatedProperties",
+  static constexpr std::string_view k_one[] = {"items",
+                                               "additionalProperties",
+                                               "contains",
+                                               "not",
+                                               "if",
+                                               "then",
+                                               "else",
+                                               "propertyNames",
+                                               "unevaluatedItems",
+                                               "unevaluatedProperties",
                                                "additionalItems"};
   static constexpr std::string_view k_list[] = {"allOf", "anyOf", "oneOf", "prefixItems", "items"};
-  static constexpr std::string_view k_map[] = {"properties", "patternProperties", "$defs", "definitions",
-                                               "dependentSchemas"};
+  static constexpr std::string_view k_map[] = {"properties", "patternProperties", "$defs",
+                                               "definitions", "dependentSchemas"};
   std::size_t n = schema.contains("x-mcp-header") ? 1 : 0;
   for (const auto& [key, v] : schema.items()) {
-    const auto is = [&](const auto& names) { return std::find(std::begin(names), std::end(names), key) != std::end(names); };
+    const auto is = [&](const auto& names) {
+      return std::find(std::begin(names), std::end(names), key) != std::end(names);
+    };
     if (is(k_one) && v.is_object()) n += count_all(v, depth + 1);
     if (is(k_list) && v.is_array()) {
       for (const auto& sub : v) n += count_all(sub, depth + 1);
@@ -133,7 +153,8 @@ std::optional<std::string> param_value(const json::Json& v) {
 }  // namespace
 
 Result<ClientMessage> parse_client_line(std::string_view line) {
-  while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.remove_suffix(1);
+  while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t'))
+    line.remove_suffix(1);
   auto parsed = json::parse(line, "message");
   if (!parsed) return std::unexpected(bad_input("the line is not JSON"));
   ClientMessage m;
@@ -159,9 +180,10 @@ Result<ClientMessage> parse_client_line(std::string_view line) {
 
 std::string header_value(std::string_view value) {
   if (value.empty()) return {};
-  const bool plain = value.front() != ' ' && value.back() != ' ' &&
-                     std::all_of(value.begin(), value.end(), [](char c) { return c >= 0x20 && c <= 0x7e; }) &&
-                     !(value.starts_with("=?base64?") && value.ends_with("?="));
+  const bool plain =
+      value.front() != ' ' && value.back() != ' ' &&
+      std::all_of(value.begin(), value.end(), [](char c) { return c >= 0x20 && c <= 0x7e; }) &&
+      !(value.starts_with("=?base64?") && value.ends_with("?="));
   if (plain) return std::string(value);
   return "=?base64?" + base64_encode(value) + "?=";
 }
@@ -183,7 +205,8 @@ std::vector<std::string> take_tool_headers(json::Json& result, ToolHeaders& into
     std::vector<std::string> path;
     auto ok = reachable(schema, path, params, 0);
     if (ok && count_all(schema, 0) != params.size()) {
-      ok = std::unexpected(bad_input("x-mcp-header is set on a property not reachable through \"properties\" alone"));
+      ok = std::unexpected(bad_input(
+          "x-mcp-header is set on a property not reachable through \"properties\" alone"));
     }
     if (!ok) {
       dropped.push_back(fmt::format("{}: {}", name.substr(0, 64), ok.error().message));
@@ -217,7 +240,8 @@ std::optional<std::string> claimed_version(const json::Json& body) {
   return usable_version(v->get_ref<const std::string&>());
 }
 
-client::Headers request_headers(const ClientMessage& message, const ToolHeaders& tools, std::string_view negotiated) {
+client::Headers request_headers(const ClientMessage& message, const ToolHeaders& tools,
+                                std::string_view negotiated) {
   client::Headers out;
   const json::Json& body = message.body;
   if (auto v = claimed_version(body)) {
@@ -225,7 +249,9 @@ client::Headers request_headers(const ClientMessage& message, const ToolHeaders&
   } else if (!negotiated.empty()) {
     out.emplace_back("MCP-Protocol-Version", std::string(negotiated));
   }
-  if (message.kind != ClientMessage::Kind::request && message.kind != ClientMessage::Kind::notification) return out;
+  if (message.kind != ClientMessage::Kind::request &&
+      message.kind != ClientMessage::Kind::notification)
+    return out;
   out.emplace_back("Mcp-Method", header_value(message.method));
   const json::Json params = body.value("params", json::Json::object());
   if (!params.is_object()) return out;
@@ -253,7 +279,8 @@ client::Headers request_headers(const ClientMessage& message, const ToolHeaders&
       at = &(*at)[key];
     }
     if (at == nullptr || at->is_null()) continue;
-    if (auto value = param_value(*at)) out.emplace_back("Mcp-Param-" + p.header, header_value(*value));
+    if (auto value = param_value(*at))
+      out.emplace_back("Mcp-Param-" + p.header, header_value(*value));
   }
   return out;
 }
@@ -282,11 +309,13 @@ Result<std::vector<SseParser::Event>> SseParser::feed(std::string_view bytes) {
     }
     const auto end = bytes.find_first_of("\r\n");
     if (end == std::string_view::npos) {
-      if (m_line.size() + bytes.size() > m_max) return fail(Errc::limit_exceeded, "an event-stream line is too long");
+      if (m_line.size() + bytes.size() > m_max)
+        return fail(Errc::limit_exceeded, "an event-stream line is too long");
       m_line.append(bytes);
       break;
     }
-    if (m_line.size() + end > m_max) return fail(Errc::limit_exceeded, "an event-stream line is too long");
+    if (m_line.size() + end > m_max)
+      return fail(Errc::limit_exceeded, "an event-stream line is too long");
     m_line.append(bytes.substr(0, end));
     if (bytes[end] == '\r') m_skip_lf = true;
     bytes.remove_prefix(end + 1);
@@ -331,7 +360,9 @@ void SseParser::line(std::string_view l, std::vector<Event>& out) {
     // ASCII digits only, as the format says (no sign).
     long ms = 0;
     const auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), ms);
-    if (ec == std::errc{} && p == value.data() + value.size() && !value.empty() && value.front() != '-') m_retry_ms = ms;
+    if (ec == std::errc{} && p == value.data() + value.size() && !value.empty() &&
+        value.front() != '-')
+      m_retry_ms = ms;
   }
 }
 
@@ -341,15 +372,20 @@ Result<std::pair<json::Json, std::string>> server_message(std::string_view paylo
   auto check = [](const json::Json& m) {
     return m.is_object() && m.contains("jsonrpc") && m["jsonrpc"] == "2.0";
   };
-  const bool ok = parsed->is_array() ? !parsed->empty() && std::all_of(parsed->begin(), parsed->end(), check)
-                                     : check(*parsed);
-  if (!ok) return std::unexpected(bad_input("the MCP server sent JSON that is not a JSON-RPC 2.0 message"));
+  const bool ok = parsed->is_array()
+                      ? !parsed->empty() && std::all_of(parsed->begin(), parsed->end(), check)
+                      : check(*parsed);
+  if (!ok)
+    return std::unexpected(
+        bad_input("the MCP server sent JSON that is not a JSON-RPC 2.0 message"));
   // Re-serialised only when it must be: a line may not hold a newline.
-  std::string line = payload.find_first_of("\r\n") == std::string_view::npos ? std::string(payload) : parsed->dump();
+  std::string line = payload.find_first_of("\r\n") == std::string_view::npos ? std::string(payload)
+                                                                             : parsed->dump();
   return std::pair{std::move(*parsed), std::move(line)};
 }
 
-std::string error_line(const json::Json& id, int code, std::string_view message, const json::Json& data) {
+std::string error_line(const json::Json& id, int code, std::string_view message,
+                       const json::Json& data) {
   json::Json error = {{"code", code}, {"message", message}};
   if (!data.is_null()) error["data"] = data;
   return json::Json{{"jsonrpc", "2.0"}, {"id", id}, {"error", std::move(error)}}.dump(

@@ -21,8 +21,8 @@ struct Config {
   Paths paths;
   log::Options log;
   ipc::ServerLimits limits;
-  std::set<uid_t> allowed_uids;                  // besides our own
-  std::chrono::milliseconds heartbeat{15'000};   // event stream keep-alive comments
+  std::set<uid_t> allowed_uids;                 // besides our own
+  std::chrono::milliseconds heartbeat{15'000};  // event stream keep-alive comments
   std::chrono::milliseconds drain_timeout{10'000};
   // Refreshing.
   std::chrono::milliseconds refresh_buffer{300'000};

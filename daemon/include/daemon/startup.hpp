@@ -14,6 +14,7 @@ void harden_process();
 
 // Checks/creates the data directory, resolves the key (generating it on first
 // start) and opens the store.
-Result<store::SqlcipherStore> open_store(const Paths& paths, const EnvLookup& env, const Clock& clock);
+Result<store::SqlcipherStore> open_store(const Paths& paths, const EnvLookup& env,
+                                         const Clock& clock);
 
 }  // namespace tokend::daemon

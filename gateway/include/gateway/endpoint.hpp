@@ -20,10 +20,10 @@
 
 #include "core/error.hpp"
 #include "core/secret.hpp"
+#include "gateway/mirror.hpp"
 #include "ipc/http.hpp"
 #include "ipc/server.hpp"
 #include "net/loop.hpp"
-#include "gateway/mirror.hpp"
 #include "proxy/proxy.hpp"
 #include "tokens/token_service.hpp"
 
@@ -40,7 +40,8 @@ std::string_view refusal_name(Refusal r);
 // "Bearer S" or as the password of "Basic base64(user:S)", any user name
 // (401 with WWW-Authenticate otherwise). The stand-in is compared in constant
 // time. nullopt: the request may pass.
-std::optional<Refusal> check_standin_request(const ipc::Request& req, std::uint16_t port, const Secret& standin);
+std::optional<Refusal> check_standin_request(const ipc::Request& req, std::uint16_t port,
+                                             const Secret& standin);
 // The answer to a refused request.
 ipc::Response refusal_response(Refusal r, std::uint16_t port);
 

@@ -14,7 +14,8 @@ namespace tokend::gateway {
 // The call for `profile` and `rest` with the request's method, query,
 // headers and body, audited as `peer`. Errc::invalid_argument for a bad
 // X-Tokend-Retry-Wait.
-Result<proxy::ProxyCall> proxy_call(const ipc::Request& req, std::string profile, std::string rest, const ipc::Peer& peer);
+Result<proxy::ProxyCall> proxy_call(const ipc::Request& req, std::string profile, std::string rest,
+                                    const ipc::Peer& peer);
 
 // Answers `ex` with the proxy's outcome: the upstream's answer (its Server
 // header dropped; bodies streamed as they arrive), or the refusal as a tokend

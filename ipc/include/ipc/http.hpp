@@ -31,9 +31,9 @@ struct Peer {
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
 struct Request {
-  std::string method;   // as sent, e.g. "GET"
-  std::string target;   // as sent, e.g. "/v1/profiles/x/token?min_valid=60"
-  std::string path;     // percent-decoded path without the query
+  std::string method;  // as sent, e.g. "GET"
+  std::string target;  // as sent, e.g. "/v1/profiles/x/token?min_valid=60"
+  std::string path;    // percent-decoded path without the query
   std::vector<std::pair<std::string, std::string>> query;  // decoded
   Headers headers;
   std::string body;

@@ -58,7 +58,8 @@ class Exchange {
   // Answers the request. Later calls are ignored; a no-op if the peer left.
   virtual void respond(Response response) = 0;
   // Sends the status line and headers now and hands over a stream for the body.
-  virtual std::shared_ptr<Stream> start_stream(int status, Headers headers, StreamFraming framing = {}) = 0;
+  virtual std::shared_ptr<Stream> start_stream(int status, Headers headers,
+                                               StreamFraming framing = {}) = 0;
   // True while the peer is still connected and no answer was given.
   [[nodiscard]] virtual bool pending() const = 0;
   // Called if the peer goes away before the answer.

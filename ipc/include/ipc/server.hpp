@@ -29,9 +29,9 @@ struct ServerLimits {
   std::size_t max_body_bytes = 1024 * 1024;
   std::size_t max_upload_bytes = 256ULL * 1024 * 1024;  // routes that take large bodies (the proxy)
   std::size_t max_connections = 1024;
-  std::chrono::milliseconds idle_timeout{60'000};      // keep-alive with nothing pending
-  std::chrono::milliseconds request_timeout{10'000};   // first byte to complete request
-  std::size_t max_write_queue_bytes = 4 * 1024 * 1024; // stop reading a peer that does not read
+  std::chrono::milliseconds idle_timeout{60'000};       // keep-alive with nothing pending
+  std::chrono::milliseconds request_timeout{10'000};    // first byte to complete request
+  std::size_t max_write_queue_bytes = 4 * 1024 * 1024;  // stop reading a peer that does not read
 };
 
 struct ServerStats {

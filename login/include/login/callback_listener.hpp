@@ -4,16 +4,17 @@
 // else about them (size, time, connection count) is bounded here.
 #pragma once
 
-#include "net/loop.hpp"
 #include "login/callback_port.hpp"
+#include "net/loop.hpp"
 
 namespace tokend::login {
 
 class UvCallbackPort final : public login::CallbackPort {
  public:
   explicit UvCallbackPort(net::Loop& loop) : m_loop(loop) {}
-  Result<std::unique_ptr<login::CallbackListener>> listen(const std::string& host, std::uint16_t port,
-                                                            Handler handler) override;
+  Result<std::unique_ptr<login::CallbackListener>> listen(const std::string& host,
+                                                          std::uint16_t port,
+                                                          Handler handler) override;
 
  private:
   net::Loop& m_loop;

@@ -33,12 +33,13 @@ class CallbackPort {
  public:
   // `reply` may be called later (after the code exchange); calling it after
   // the listener is gone is harmless.
-  using Handler = std::function<void(const CallbackRequest&, std::function<void(CallbackReply)> reply)>;
+  using Handler =
+      std::function<void(const CallbackRequest&, std::function<void(CallbackReply)> reply)>;
   virtual ~CallbackPort() = default;
   // Binds host:port (a loopback address) now; Errc::conflict when the port is
   // taken, naming it.
-  virtual Result<std::unique_ptr<CallbackListener>> listen(const std::string& host, std::uint16_t port,
-                                                           Handler handler) = 0;
+  virtual Result<std::unique_ptr<CallbackListener>> listen(const std::string& host,
+                                                           std::uint16_t port, Handler handler) = 0;
 };
 
 }  // namespace tokend::login

@@ -23,9 +23,9 @@
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/json.hpp"
-#include "net/http_client.hpp"
 #include "login/callback_port.hpp"
 #include "login/tracked_requests.hpp"
+#include "net/http_client.hpp"
 #include "tokens/events.hpp"
 #include "tokens/timer_port.hpp"
 #include "tokens/token_service.hpp"
@@ -40,7 +40,7 @@ std::string_view to_string(FlowState state) noexcept;
 struct Redirect;  // an authorization response's parameters (login.cpp)
 
 struct LoginOptions {
-  Millis flow_timeout{600'000};   // how long a started flow waits for the user
+  Millis flow_timeout{600'000};  // how long a started flow waits for the user
   Millis http_timeout{30'000};
   // Entropy for state values and PKCE verifiers (tests pin it).
   std::function<Result<Secret>(std::size_t bytes)> random;
@@ -57,8 +57,9 @@ class LoginManager {
  public:
   using JsonCallback = std::function<void(Result<json::Json>)>;
 
-  LoginManager(tokens::TokenService& tokens, const Clock& clock, tokens::EventBus& events, tokens::TimerPort& timer,
-               net::HttpTransport& http, CallbackPort* callbacks, LoginOptions options);
+  LoginManager(tokens::TokenService& tokens, const Clock& clock, tokens::EventBus& events,
+               tokens::TimerPort& timer, net::HttpTransport& http, CallbackPort* callbacks,
+               LoginOptions options);
   ~LoginManager();
   LoginManager(const LoginManager&) = delete;
   LoginManager& operator=(const LoginManager&) = delete;
@@ -106,11 +107,12 @@ class LoginManager {
   // `replaces_client_id`: the stored client id this login deliberately
   // replaces (a registration giving way to a metadata document); any other
   // change of it meanwhile is a conflict.
-  Result<> store_resolved(const store::Profile& found, std::initializer_list<const char*> keys, bool client_secret,
-                          const std::string* replaces_client_id = nullptr);
+  Result<> store_resolved(const store::Profile& found, std::initializer_list<const char*> keys,
+                          bool client_secret, const std::string* replaces_client_id = nullptr);
   void check_metadata_document(std::shared_ptr<store::Profile> profile,
                                std::function<void(Result<store::Profile>)> next);
-  void fetch_json(std::string url, std::function<void(Result<json::Json>, const net::HttpResponse*)> done,
+  void fetch_json(std::string url,
+                  std::function<void(Result<json::Json>, const net::HttpResponse*)> done,
                   net::HttpHeaders headers = {});
   // URLs tried in order until one answers JSON (resolve.cpp).
   struct UrlTrial {
@@ -119,7 +121,8 @@ class LoginManager {
     std::vector<std::string> tried;
   };
   // nullopt: every URL was skipped.
-  using TrialDone = std::function<void(std::optional<Result<json::Json>>, const std::vector<std::string>& tried)>;
+  using TrialDone =
+      std::function<void(std::optional<Result<json::Json>>, const std::vector<std::string>& tried)>;
   void fetch_first_json(std::shared_ptr<UrlTrial> trial, std::vector<int> skip, TrialDone done);
 
   tokens::TokenService& m_tokens;

@@ -34,7 +34,7 @@ struct HttpRequest {
   HttpHeaders headers;
   Secret body;
   std::chrono::milliseconds timeout{30'000};  // whole transfer
-  std::size_t max_response_bytes = 0;          // 0: the client's default
+  std::size_t max_response_bytes = 0;         // 0: the client's default
   // Large bodies (the proxy): sent from a spool instead of `body`.
   std::shared_ptr<const Spool> upload;
   // Streamed answers (the proxy). When `on_head` is set it is called once the

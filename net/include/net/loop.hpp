@@ -61,7 +61,8 @@ struct Block {
 // replace itself (re-arm a timer, restart reading) or close its handle while
 // it runs: it is moved out for the call and put back unless it was replaced.
 template <class... Args>
-void call_slot(const char* where, std::function<void(Args...)>& slot, std::type_identity_t<Args>... args) noexcept {
+void call_slot(const char* where, std::function<void(Args...)>& slot,
+               std::type_identity_t<Args>... args) noexcept {
   auto cb = std::move(slot);
   slot = nullptr;
   guarded(where, [&] {
@@ -264,8 +265,9 @@ class Process : public detail::Owned<uv_process_t, ProcessState> {
   Process() = default;
   // `options.exit_cb` is replaced: `on_exit` runs when the child exits,
   // unless the handle was closed first.
-  static Result<Process> spawn(Loop& loop, uv_process_options_t options,
-                               std::function<void(std::int64_t exit_status, int term_signal)> on_exit);
+  static Result<Process> spawn(
+      Loop& loop, uv_process_options_t options,
+      std::function<void(std::int64_t exit_status, int term_signal)> on_exit);
   int kill(int signum) noexcept;
   [[nodiscard]] int pid() const noexcept;
 

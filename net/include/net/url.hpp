@@ -12,12 +12,12 @@
 namespace tokend::net {
 
 struct Url {
-  std::string scheme;  // lower case
-  std::string host;    // as written; IPv6 with its brackets ("[::1]")
+  std::string scheme;      // lower case
+  std::string host;        // as written; IPv6 with its brackets ("[::1]")
   std::uint16_t port = 0;  // explicit or the scheme's default
   bool explicit_port = false;
-  std::string path;    // "/" when empty; still percent-encoded
-  std::string query;   // without '?'; still percent-encoded
+  std::string path;   // "/" when empty; still percent-encoded
+  std::string query;  // without '?'; still percent-encoded
 
   // scheme://host[:port] (the port only when explicit)
   [[nodiscard]] std::string origin() const;

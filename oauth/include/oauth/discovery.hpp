@@ -27,14 +27,16 @@ Result<std::vector<std::string>> protected_resource_urls(std::string_view resour
 std::optional<std::string> resource_metadata_of(std::string_view www_authenticate);
 // Any auth-param of the Bearer challenge (`name` in lower case), e.g.
 // "error" and "scope" of an RFC 6750 §3.1 insufficient_scope answer.
-std::optional<std::string> bearer_challenge_param(std::string_view www_authenticate, std::string_view name);
+std::optional<std::string> bearer_challenge_param(std::string_view www_authenticate,
+                                                  std::string_view name);
 
 // A URL that a fetched document (metadata, a WWW-Authenticate challenge)
 // names, checked as check_endpoint_url does, and more: plain http on a
 // loopback host only when `source`, the URL the document came from (or was
 // looked up for), is itself loopback. A remote server cannot point tokend
 // at a local service.
-Result<> check_discovered_url(std::string_view field, std::string_view url, std::string_view source);
+Result<> check_discovered_url(std::string_view field, std::string_view url,
+                              std::string_view source);
 
 // Authorization server metadata, checked: `issuer` must equal the one asked
 // for (RFC 8414 §3.3) and every endpoint must pass check_discovered_url with
@@ -49,7 +51,8 @@ struct ProtectedResource {
 };
 // RFC 9728 §3.3: `resource` must be the URL the metadata was looked up for;
 // the authorization servers pass check_discovered_url with it as the source.
-Result<ProtectedResource> check_resource_metadata(const json::Json& metadata, std::string_view resource);
+Result<ProtectedResource> check_resource_metadata(const json::Json& metadata,
+                                                  std::string_view resource);
 
 // Same resource per RFC 8707/9728 comparison: scheme and host case-insensitive,
 // a trailing slash ignored.

@@ -30,13 +30,14 @@ struct ProviderEndpoints {
   std::string revocation_url;    // RFC 7009
   std::string registration_url;  // RFC 7591
   std::string userinfo_url;
-  std::string api_base;          // atlassian: the API gateway
+  std::string api_base;  // atlassian: the API gateway
   std::vector<std::string> scopes_supported;
 };
 ProviderEndpoints endpoints_of(const store::Profile& profile);
 
 // The atlassian preset's fixed values.
-inline constexpr std::string_view k_atlassian_authorize_url = "https://auth.atlassian.com/authorize";
+inline constexpr std::string_view k_atlassian_authorize_url =
+    "https://auth.atlassian.com/authorize";
 inline constexpr std::string_view k_atlassian_token_url = "https://auth.atlassian.com/oauth/token";
 inline constexpr std::string_view k_atlassian_api_base = "https://api.atlassian.com";
 // The atlassian-dc preset: endpoints under the Data Center site's
@@ -48,11 +49,11 @@ struct TokenEndpoint {
   std::string client_id;
   Secret client_secret;
   ClientAuth auth = ClientAuth::basic;
-  bool json_body = false;      // Atlassian documents a JSON body
-  std::string scope;           // sent with the refresh only when set
-  std::string resource;        // RFC 8707, sent with every token request when set
-  std::string refresh_redirect_uri;  // sent with the refresh grant when set (atlassian-dc)
-  Millis reuse_window{0};      // how long the provider accepts the previous refresh token
+  bool json_body = false;              // Atlassian documents a JSON body
+  std::string scope;                   // sent with the refresh only when set
+  std::string resource;                // RFC 8707, sent with every token request when set
+  std::string refresh_redirect_uri;    // sent with the refresh grant when set (atlassian-dc)
+  Millis reuse_window{0};              // how long the provider accepts the previous refresh token
   Millis default_lifetime{3'600'000};  // when a response has no expires_in
 };
 
@@ -62,7 +63,8 @@ Result<TokenEndpoint> token_endpoint_of(const store::Profile& profile);
 // A POST to the token endpoint with `params` (grant_type and the grant's
 // fields) plus client authentication and `resource`, as form or JSON.
 using TokenParams = std::vector<std::pair<std::string_view, std::string_view>>;
-net::HttpRequest make_token_request(const TokenEndpoint& endpoint, const TokenParams& params, Millis timeout);
+net::HttpRequest make_token_request(const TokenEndpoint& endpoint, const TokenParams& params,
+                                    Millis timeout);
 
 net::HttpRequest make_refresh_request(const TokenEndpoint& endpoint, const Secret& refresh_token,
                                       Millis timeout);
@@ -98,6 +100,5 @@ std::expected<store::TokenSet, RefreshFailure> interpret_token_response(
 
 // Retry-After as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
 std::optional<Millis> parse_retry_after(std::string_view value, WallTime now);
-
 
 }  // namespace tokend::oauth

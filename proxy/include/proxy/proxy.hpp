@@ -16,15 +16,16 @@
 #include "net/http_client.hpp"
 #include "net/loop.hpp"
 #include "proxy/route.hpp"
-#include "tokens/token_service.hpp"
 #include "store/store.hpp"
+#include "tokens/token_service.hpp"
 
 namespace tokend::proxy {
 
 struct ProxyOptions {
   Millis timeout{120'000};
   std::size_t max_response_bytes = 256ULL * 1024 * 1024;
-  std::size_t retry_body_bytes = 256ULL * 1024 * 1024;  // bodies up to this are replayed after a 401/429
+  std::size_t retry_body_bytes =
+      256ULL * 1024 * 1024;  // bodies up to this are replayed after a 401/429
   std::int64_t max_retry_wait_s = 60;
   // Audit lines of proxied calls are written in batches (one transaction,
   // one fsync, per interval): a synchronous write per call would cost more
@@ -40,7 +41,7 @@ struct ProxyCall {
   Headers headers;
   std::string body;
   std::shared_ptr<net::Spool> body_spool;  // a large body (set instead of body)
-  std::int64_t retry_wait_s = 0;  // X-Tokend-Retry-Wait
+  std::int64_t retry_wait_s = 0;           // X-Tokend-Retry-Wait
   // The bridge route (/v1/mcp/{profile}): the call goes to the profile's MCP
   // server URL itself; `rest` and `raw_query` are unused, path policy does
   // not apply (rate limits do), and a token that cannot be had is
@@ -101,8 +102,8 @@ class Proxy {
  public:
   using Done = std::function<void(std::expected<ProxyResult, ProxyError>)>;
 
-  Proxy(net::Loop& loop, tokens::TokenService& tokens, net::HttpTransport& http, store::Store& store,
-        const Clock& clock, ProxyOptions options);
+  Proxy(net::Loop& loop, tokens::TokenService& tokens, net::HttpTransport& http,
+        store::Store& store, const Clock& clock, ProxyOptions options);
   ~Proxy();
   Proxy(const Proxy&) = delete;
   Proxy& operator=(const Proxy&) = delete;

@@ -25,7 +25,8 @@ using Headers = std::vector<std::pair<std::string, std::string>>;
 // Errc::invalid_argument for anything that could escape the profile's hosts
 // (dot segments, "//", backslashes, control characters, a query that is not
 // plain); Errc::config when the profile lacks what the route needs.
-Result<std::string> upstream_url(const store::Profile& profile, std::string_view rest, std::string_view raw_query);
+Result<std::string> upstream_url(const store::Profile& profile, std::string_view rest,
+                                 std::string_view raw_query);
 
 // Where jira/... or confluence/... goes for a profile that reaches the site
 // itself (API token, PAT, atlassian-dc OAuth): the product's configured base
@@ -48,12 +49,14 @@ Headers response_headers(const Headers& in);
 // name of the upstream URL the reading reaches (for API tokens and PATs one
 // URL can have both: "jira/wiki/x" is "confluence/x" on Confluence Cloud).
 // Errc::invalid_argument for dot segments, path parameters included ("..;").
-Result<std::vector<std::vector<std::string>>> policy_paths(const store::Profile& profile, std::string_view rest);
+Result<std::vector<std::vector<std::string>>> policy_paths(const store::Profile& profile,
+                                                           std::string_view rest);
 
 // Errc::permission naming the rule when the profile's policy (config
 // "policy") refuses the call: denied when any name of any reading matches a
 // deny prefix; with allow prefixes, every reading needs a name under one.
-Result<> check_policy(const store::Profile& profile, std::string_view method, std::string_view rest);
+Result<> check_policy(const store::Profile& profile, std::string_view method,
+                      std::string_view rest);
 Result<> check_policy(const json::Json& policy, std::string_view method,
                       const std::vector<std::vector<std::string>>& readings);
 

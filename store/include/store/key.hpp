@@ -21,7 +21,7 @@ namespace tokend::store {
 enum class KeyKind { raw, passphrase };
 
 struct DbKey {
-  Secret material;     // 32 raw bytes, or the passphrase
+  Secret material;  // 32 raw bytes, or the passphrase
   KeyKind kind = KeyKind::raw;
   std::string source;  // for messages: "key file /x/db.key", "TOKEND_KEY", ...
 };

@@ -46,11 +46,13 @@ class SqlcipherStore final : public Store {
   Result<Credential> get_credential(std::string_view name) override;
   Result<std::vector<Credential>> list_credentials() override;
 
-  Result<std::int64_t> store_token_set(std::string_view name, const TokenSet& tokens,
-                                       std::optional<std::int64_t> expected_generation = {},
-                                       std::optional<std::int64_t> keep_previous_until_ms = {}) override;
+  Result<std::int64_t> store_token_set(
+      std::string_view name, const TokenSet& tokens,
+      std::optional<std::int64_t> expected_generation = {},
+      std::optional<std::int64_t> keep_previous_until_ms = {}) override;
   Result<> mark_refresh_inflight(std::string_view name, std::int64_t at_ms) override;
-  Result<> set_state(std::string_view name, CredState state, std::string_view last_error = {}) override;
+  Result<> set_state(std::string_view name, CredState state,
+                     std::string_view last_error = {}) override;
   Result<> clear_credential(std::string_view name) override;
 
   void set_audit_retention(const AuditRetention& retention) override { m_retention = retention; }
@@ -64,7 +66,8 @@ class SqlcipherStore final : public Store {
 
  private:
   SqlcipherStore(std::unique_ptr<detail::Db> db, std::filesystem::path path, const Clock& clock);
-  friend Result<SqlcipherStore> open_unencrypted_for_tests(const std::filesystem::path&, const Clock&);
+  friend Result<SqlcipherStore> open_unencrypted_for_tests(const std::filesystem::path&,
+                                                           const Clock&);
   Result<> ensure_profile_exists(std::string_view name);
   Result<std::int64_t> insert_audit(const AuditEvent& event);
   Result<> prune_audit_in_transaction();
@@ -77,6 +80,7 @@ class SqlcipherStore final : public Store {
 
 // Opens without a key: a plain SQLite database through the same code. Only
 // for the encryption-at-rest control in tests; never used by tokend.
-Result<SqlcipherStore> open_unencrypted_for_tests(const std::filesystem::path& path, const Clock& clock);
+Result<SqlcipherStore> open_unencrypted_for_tests(const std::filesystem::path& path,
+                                                  const Clock& clock);
 
 }  // namespace tokend::store

@@ -39,14 +39,16 @@ class Store {
   // the in-flight marker are cleared. With expected_generation set, fails
   // with Errc::conflict if another update came first. Returns the new
   // generation.
-  virtual Result<std::int64_t> store_token_set(std::string_view name, const TokenSet& tokens,
-                                               std::optional<std::int64_t> expected_generation = {},
-                                               std::optional<std::int64_t> keep_previous_until_ms = {}) = 0;
+  virtual Result<std::int64_t> store_token_set(
+      std::string_view name, const TokenSet& tokens,
+      std::optional<std::int64_t> expected_generation = {},
+      std::optional<std::int64_t> keep_previous_until_ms = {}) = 0;
 
   // Commits the marker that a refresh is about to be sent.
   virtual Result<> mark_refresh_inflight(std::string_view name, std::int64_t at_ms) = 0;
   // Sets state and last error, clearing the in-flight marker.
-  virtual Result<> set_state(std::string_view name, CredState state, std::string_view last_error = {}) = 0;
+  virtual Result<> set_state(std::string_view name, CredState state,
+                             std::string_view last_error = {}) = 0;
   // Forgets tokens (logout): state empty, generation bumped.
   virtual Result<> clear_credential(std::string_view name) = 0;
 

@@ -1,8 +1,8 @@
 // What the store holds: profiles, their credentials, audit events.
 #pragma once
 
-#include <cstdint>
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,16 +19,25 @@ std::string_view to_string(CredentialKind k) noexcept;
 Result<CredentialKind> parse_credential_kind(std::string_view s);
 
 // The lifecycle states of a credential (docs/API.md lists them).
-enum class CredState { empty, valid, refreshing, backoff, reauth_required, login_pending, expired, disabled };
+enum class CredState {
+  empty,
+  valid,
+  refreshing,
+  backoff,
+  reauth_required,
+  login_pending,
+  expired,
+  disabled
+};
 std::string_view to_string(CredState s) noexcept;
 Result<CredState> parse_cred_state(std::string_view s);
 
 struct Profile {
   std::string name;
   CredentialKind kind = CredentialKind::oauth2;
-  std::string provider;        // "atlassian", "generic", "mcp" or "" for static kinds
+  std::string provider;                      // "atlassian", "generic", "mcp" or "" for static kinds
   json::Json config = json::Json::object();  // non-secret settings
-  Secret secret_config;        // JSON text: client_secret and the like
+  Secret secret_config;                      // JSON text: client_secret and the like
   std::int64_t created_at_ms = 0;
   std::int64_t updated_at_ms = 0;
 };
@@ -36,7 +45,7 @@ struct Profile {
 // A token set as received from a provider or supplied by the user.
 struct TokenSet {
   Secret access_token;
-  Secret refresh_token;                  // empty: the provider did not rotate it
+  Secret refresh_token;  // empty: the provider did not rotate it
   std::string token_type = "Bearer";
   std::string scope;
   std::optional<std::int64_t> expires_at_ms;  // nullopt: does not expire
@@ -47,22 +56,23 @@ struct Credential {
   std::string profile;
   Secret access_token;
   Secret refresh_token;
-  Secret previous_refresh_token;               // kept for the provider's reuse window
+  Secret previous_refresh_token;  // kept for the provider's reuse window
   std::optional<std::int64_t> previous_refresh_until_ms;
   std::string token_type;
   std::string scope;
   std::optional<std::int64_t> expires_at_ms;
   std::optional<std::int64_t> obtained_at_ms;
-  std::int64_t generation = 0;                 // bumped by every token-set update
+  std::int64_t generation = 0;  // bumped by every token-set update
   CredState state = CredState::empty;
   std::string last_error;
-  std::optional<std::int64_t> refresh_inflight_since_ms;  // marker committed before a refresh is sent
+  std::optional<std::int64_t>
+      refresh_inflight_since_ms;  // marker committed before a refresh is sent
 };
 
 struct AuditEvent {
   std::int64_t id = 0;
   std::int64_t at_ms = 0;
-  std::string kind;      // "peer_denied", "proxy", "profile_put", ...
+  std::string kind;  // "peer_denied", "proxy", "profile_put", ...
   std::string profile;
   std::optional<std::int64_t> peer_uid;
   std::optional<std::int64_t> peer_pid;

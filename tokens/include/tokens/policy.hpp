@@ -10,8 +10,8 @@
 namespace tokend::tokens {
 
 struct RefreshPolicy {
-  Millis buffer{300'000};       // refresh this long before expiry
-  Millis max_jitter{30'000};    // spread refreshes over up to this much earlier
+  Millis buffer{300'000};     // refresh this long before expiry
+  Millis max_jitter{30'000};  // spread refreshes over up to this much earlier
   Millis min_backoff{1'000};
   Millis max_backoff{300'000};
   Millis max_retry_after{3'600'000};  // a longer Retry-After is capped

@@ -25,6 +25,7 @@ Result<> write_sinks(const store::Profile& profile, const store::Credential& cre
 
 // The dotenv update on text (exposed for tests): replaces or appends
 // `variable=value`, keeping every other line byte for byte.
-Result<std::string> update_dotenv(std::string_view existing, std::string_view variable, std::string_view value);
+Result<std::string> update_dotenv(std::string_view existing, std::string_view variable,
+                                  std::string_view value);
 
 }  // namespace tokend::tokens

@@ -28,11 +28,11 @@
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "net/http_client.hpp"
+#include "store/store.hpp"
 #include "tokens/events.hpp"
 #include "tokens/policy.hpp"
 #include "tokens/profile_spec.hpp"
 #include "tokens/timer_port.hpp"
-#include "store/store.hpp"
 
 namespace tokend::tokens {
 
@@ -133,7 +133,8 @@ class TokenService {
   // and `challenged`. Kept as config.step_up_scopes (the next login asks
   // for them), published as a consent_required event (notify-command runs).
   // Returns the union. The token keeps being served for what it can do.
-  Result<std::vector<std::string>> require_consent(const std::string& name, const std::vector<std::string>& challenged);
+  Result<std::vector<std::string>> require_consent(const std::string& name,
+                                                   const std::vector<std::string>& challenged);
 
   [[nodiscard]] const EngineStats& stats() const { return m_stats; }
   // Stops timers and cancels requests in flight (waiters get unavailable).
@@ -159,8 +160,10 @@ class TokenService {
   [[nodiscard]] std::int64_t now_ms() const { return to_unix_ms(m_clock.wall_now()); }
   [[nodiscard]] bool can_refresh(const Entry& e) const;
   [[nodiscard]] Millis buffer_of(const Entry& e) const;
-  Result<TokenGrant> grant_of(const Entry& e, std::string_view name, const TokenRequest& request) const;
-  void audit(std::string_view kind, std::string_view profile, json::Json detail = json::Json::object());
+  Result<TokenGrant> grant_of(const Entry& e, std::string_view name,
+                              const TokenRequest& request) const;
+  void audit(std::string_view kind, std::string_view profile,
+             json::Json detail = json::Json::object());
 
   // Engine.
   void schedule(Entry& e, std::optional<WallTime> at);

@@ -52,7 +52,8 @@ McpServerEntry bridge_entry(std::string name, std::string tokenctl, std::string_
 // `tokenctl exec PROFILE --endpoint [EXEC_OPTION...] -- COMMAND...`;
 // `--endpoint` is not repeated when exec_options already hold it.
 McpServerEntry exec_entry(std::string name, std::string tokenctl, std::string_view profile,
-                          const std::vector<std::string>& exec_options, const std::vector<std::string>& command,
+                          const std::vector<std::string>& exec_options,
+                          const std::vector<std::string>& command,
                           std::vector<std::pair<std::string, std::string>> env);
 
 // The entry as a snippet of the client's file: a whole JSON document holding
@@ -100,7 +101,8 @@ struct WriteOutcome {
 // mode, 0600 for a new file. Unchanged text writes nothing. On any error the
 // file is as it was.
 Result<WriteOutcome> write_entry_to_file(McpClient client, const std::filesystem::path& path,
-                                         const McpServerEntry& entry, bool replace_foreign, std::time_t now);
+                                         const McpServerEntry& entry, bool replace_foreign,
+                                         std::time_t now);
 
 // The absolute path of the running tokenctl (/proc/self/exe; on macOS the
 // loader's answer), or "tokenctl" when it cannot be had: GUI clients do not

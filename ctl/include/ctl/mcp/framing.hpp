@@ -14,15 +14,16 @@
 #include <utility>
 #include <vector>
 
+#include "client/client.hpp"
 #include "core/error.hpp"
 #include "core/json.hpp"
-#include "client/client.hpp"
 
 namespace tokend::ctl::mcp {
 
 // The first MCP revision without sessions, GET streams or initialize.
 inline constexpr std::string_view k_first_stateless_version = "2026-07-28";
-inline constexpr std::string_view k_protocol_version_meta = "io.modelcontextprotocol/protocolVersion";
+inline constexpr std::string_view k_protocol_version_meta =
+    "io.modelcontextprotocol/protocolVersion";
 
 // One JSON-RPC message (or 2025-03-26 batch) from the client.
 struct ClientMessage {
@@ -64,7 +65,8 @@ std::vector<std::string> take_tool_headers(json::Json& result, ToolHeaders& into
 // The headers a POST of `message` carries: Mcp-Method, Mcp-Name,
 // Mcp-Param-* (from `tools`), and MCP-Protocol-Version from the request's
 // _meta when it names one (else `negotiated`, when known).
-client::Headers request_headers(const ClientMessage& message, const ToolHeaders& tools, std::string_view negotiated);
+client::Headers request_headers(const ClientMessage& message, const ToolHeaders& tools,
+                                std::string_view negotiated);
 
 // The protocol version a message claims in params._meta, when it does.
 std::optional<std::string> claimed_version(const json::Json& body);
@@ -114,8 +116,8 @@ std::string error_line(const json::Json& id, int code, std::string_view message,
 // JSON-RPC error codes the bridge uses (the server-error range).
 inline constexpr int k_parse_error = -32700;
 inline constexpr int k_invalid_request = -32600;
-inline constexpr int k_upstream_error = -32000;  // the server or tokend could not answer
-inline constexpr int k_login_required = -32001;  // no token without a person: tokenctl login
+inline constexpr int k_upstream_error = -32000;   // the server or tokend could not answer
+inline constexpr int k_login_required = -32001;   // no token without a person: tokenctl login
 inline constexpr int k_header_mismatch = -32020;  // MCP 2026-07-28: headers and body disagree
 
 }  // namespace tokend::ctl::mcp
