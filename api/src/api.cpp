@@ -289,7 +289,7 @@ void Api::answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::stri
 void Api::forward(const std::shared_ptr<ipc::Exchange>& ex, proxy::ProxyCall call,
                   std::int64_t wait_s) {
   if (m_proxy == nullptr)
-    return ex->respond(ipc::Response::error(503, "unavailable", "the proxy is not available"));
+    return ex->respond(ipc::error_response(Error{Errc::unavailable, "the proxy is not available"}));
   // A call that may wait for a login goes again afterwards: keep a copy (a
   // large body stays in its spool file, shared).
   std::optional<proxy::ProxyCall> again;
@@ -355,7 +355,7 @@ void Api::open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::str
         }
         if (m_proxy == nullptr)
           return ex->respond(
-              ipc::Response::error(503, "unavailable", "the proxy is not available"));
+              ipc::error_response(Error{Errc::unavailable, "the proxy is not available"}));
         auto opened = m_endpoints->open(*m_proxy, name, audited);
         if (!opened) return ex->respond(ipc::error_response(opened.error()));
         const std::string origin = fmt::format("http://127.0.0.1:{}", opened->port);
@@ -424,8 +424,8 @@ std::size_t Api::waiting_count() const {
 }
 
 void Api::refuse_without_login(const std::shared_ptr<ipc::Exchange>& ex) {
-  ex->respond(
-      ipc::Response::error(503, "unavailable", "login flows are not available in this tokend"));
+  ex->respond(ipc::error_response(
+      Error{Errc::unavailable, "login flows are not available in this tokend"}));
 }
 
 std::function<void(Result<json::Json>)> Api::json_responder(const ExchangePtr& ex,

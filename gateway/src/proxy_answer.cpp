@@ -70,32 +70,15 @@ void respond_proxied(const std::shared_ptr<ipc::Exchange>& ex, const std::string
                      std::expected<proxy::ProxyResult, proxy::ProxyError> r) {
   if (!r) {
     const Error& e = r.error().error;
-    ipc::Response res;
-    std::string_view code = errc_name(e.code);
-    switch (e.code) {
-      case Errc::permission:
-        res = ipc::Response::error(403, code = "policy_denied", e.message);
-        break;
-      case Errc::limit_exceeded:
-        res = ipc::Response::error(429, code = "rate_limited", e.message);
-        if (r.error().retry_after) {
-          res.headers.emplace_back("Retry-After",
-                                   std::to_string((r.error().retry_after->count() + 999) / 1000));
-        }
-        break;
-      case Errc::transient:
-        res = ipc::Response::error(502, code = "upstream_unreachable", e.message);
-        break;
-      case Errc::timeout:
-        res = ipc::Response::error(504, code = "upstream_timeout", e.message);
-        break;
-      case Errc::reauth_required:
-        res = reauth_error(e, profile);
-        break;
-      default:
-        res = ipc::error_response(e);
-        break;
+    ipc::Response res =
+        e.code == Errc::reauth_required
+            ? reauth_error(e, profile)
+            : ipc::error_response(e, json::Json::object(), ipc::ErrorContext::forwarded);
+    if (e.code == Errc::limit_exceeded && r.error().retry_after) {
+      res.headers.emplace_back("Retry-After",
+                               std::to_string((r.error().retry_after->count() + 999) / 1000));
     }
+    const std::string_view code = ipc::answer_for(e.code, ipc::ErrorContext::forwarded).code;
     // Tells tokend's own refusals from the upstream's (whose X-Tokend-*
     // headers never pass): tokenctl mcp turns them into JSON-RPC errors.
     res.headers.emplace_back("X-Tokend-Error", std::string(code));

@@ -36,47 +36,56 @@ Response Response::error(int status, std::string_view code, std::string_view mes
   return json(status, {{"error", err}});
 }
 
-int status_for(Errc code) {
-  switch (code) {
-    case Errc::invalid_argument:
-    case Errc::login_failed:
-      return 400;
-    case Errc::not_found:
-      return 404;
-    case Errc::already_exists:
-    case Errc::conflict:
-      return 409;
-    case Errc::permission:
-      return 403;
-    case Errc::limit_exceeded:
-      return 429;
-    case Errc::reauth_required:
-      return 401;
-    case Errc::timeout:
-      return 504;
-    case Errc::transient:
-    case Errc::unavailable:
-      return 503;
-    case Errc::protocol:
-      return 502;
-    case Errc::config:
-      return 422;
-    case Errc::io:
-    case Errc::database:
-    case Errc::wrong_key:
-    case Errc::corrupt:
-    case Errc::internal:
-      return 500;
+namespace {
+
+// The one table from an error's code to its answer. A forwarded call (the
+// proxy, the MCP gateway) speaks for an upstream, so the failures that
+// happened on the way there get names from the caller's side: the upstream
+// was unreachable (502) or slow (504), the profile's policy or rate limit said
+// no. Rows with an empty forwarded code answer the same either way.
+struct Row {
+  Errc code;
+  int status;
+  int forwarded_status;
+  std::string_view forwarded_code;
+};
+
+constexpr Row k_rows[] = {
+    {Errc::invalid_argument, 400, 400, {}},
+    {Errc::login_failed, 400, 400, {}},
+    {Errc::not_found, 404, 404, {}},
+    {Errc::already_exists, 409, 409, {}},
+    {Errc::conflict, 409, 409, {}},
+    {Errc::permission, 403, 403, "policy_denied"},
+    {Errc::limit_exceeded, 429, 429, "rate_limited"},
+    {Errc::reauth_required, 401, 401, {}},
+    {Errc::timeout, 504, 504, "upstream_timeout"},
+    {Errc::transient, 503, 502, "upstream_unreachable"},
+    {Errc::unavailable, 503, 503, {}},
+    {Errc::protocol, 502, 502, {}},
+    {Errc::config, 422, 422, {}},
+    {Errc::io, 500, 500, {}},
+    {Errc::database, 500, 500, {}},
+    {Errc::wrong_key, 500, 500, {}},
+    {Errc::corrupt, 500, 500, {}},
+    {Errc::internal, 500, 500, {}},
+};
+
+}  // namespace
+
+ErrorAnswer answer_for(Errc code, ErrorContext where) {
+  for (const Row& r : k_rows) {
+    if (r.code != code) continue;
+    if (where == ErrorContext::forwarded && !r.forwarded_code.empty())
+      return {r.forwarded_status, r.forwarded_code};
+    return {where == ErrorContext::forwarded ? r.forwarded_status : r.status, errc_name(code)};
   }
-  return 500;
+  return {500, errc_name(Errc::internal)};
 }
 
-std::string_view error_code_name(Errc code) {
-  return errc_name(code);
-}
-
-Response error_response(const Error& e, const json::Json& extra) {
-  return Response::error(status_for(e.code), error_code_name(e.code), e.message, extra);
+Response error_response(const Error& e, const json::Json& extra, ErrorContext where) {
+  const ErrorAnswer a = answer_for(e.code, where);
+  return Response::error(a.status, a.code, e.message, extra);
 }
 
 std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(std::string_view q) {

@@ -55,6 +55,36 @@ TEST_CASE("error responses carry code and message", "[ipc][http]") {
   auto r = error_response(tokend::Error{tokend::Errc::not_found, "no profile named 'x'"});
   CHECK(r.status == 404);
   CHECK(r.body.find(R"("code":"not_found")") != std::string::npos);
-  CHECK(status_for(tokend::Errc::reauth_required) == 401);
-  CHECK(status_for(tokend::Errc::invalid_argument) == 400);
+  CHECK(answer_for(tokend::Errc::reauth_required).status == 401);
+  CHECK(answer_for(tokend::Errc::invalid_argument).status == 400);
+}
+
+TEST_CASE("one table answers every error code, in the API and for forwarded calls", "[ipc][http]") {
+  using tokend::Errc;
+  // The API names an error by its code; a forwarded call names the failures
+  // on its way upstream from the caller's side.
+  CHECK(answer_for(Errc::transient).status == 503);
+  CHECK(answer_for(Errc::transient).code == "transient");
+  CHECK(answer_for(Errc::transient, ErrorContext::forwarded).status == 502);
+  CHECK(answer_for(Errc::transient, ErrorContext::forwarded).code == "upstream_unreachable");
+  CHECK(answer_for(Errc::timeout, ErrorContext::forwarded).code == "upstream_timeout");
+  CHECK(answer_for(Errc::permission).code == "permission");
+  CHECK(answer_for(Errc::permission, ErrorContext::forwarded).code == "policy_denied");
+  CHECK(answer_for(Errc::limit_exceeded, ErrorContext::forwarded).status == 429);
+  CHECK(answer_for(Errc::limit_exceeded, ErrorContext::forwarded).code == "rate_limited");
+  CHECK(answer_for(Errc::not_found, ErrorContext::forwarded).code == "not_found");
+  // Every code has a row: nothing falls through to the catch-all 500 unless it is one.
+  for (int i = 0; i <= static_cast<int>(Errc::internal); ++i) {
+    const auto code = static_cast<Errc>(i);
+    const auto a = answer_for(code);
+    CHECK(a.code == tokend::errc_name(code));
+    CHECK(a.status >= 400);
+    CHECK(a.status < 600);
+  }
+  CHECK(answer_for(Errc::io).status == 500);
+  CHECK(answer_for(Errc::config).status == 422);
+  auto r = error_response(tokend::Error{Errc::timeout, "slow"}, tokend::json::Json::object(),
+                          ErrorContext::forwarded);
+  CHECK(r.status == 504);
+  CHECK(r.body.find(R"("code":"upstream_timeout")") != std::string::npos);
 }

@@ -59,10 +59,20 @@ struct Response {
                         const json::Json& extra = json::Json::object());
 };
 
-// The HTTP status for an error code.
-int status_for(Errc code);
-std::string_view error_code_name(Errc code);
-Response error_response(const Error& e, const json::Json& extra = json::Json::object());
+// Where an error is answered: the API's own requests, or a forwarded call
+// (proxy, MCP gateway), whose failures on the way upstream have their own names.
+enum class ErrorContext { api, forwarded };
+
+// The HTTP status and the "code" an error is answered with.
+struct ErrorAnswer {
+  int status = 500;
+  std::string_view code;
+};
+ErrorAnswer answer_for(Errc code, ErrorContext where = ErrorContext::api);
+
+// {"error": {"code", "message", ...extra}} with the status answer_for gives.
+Response error_response(const Error& e, const json::Json& extra = json::Json::object(),
+                        ErrorContext where = ErrorContext::api);
 
 // Splits "a=b&c=d", percent-decoding; nullopt on malformed escapes.
 std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(std::string_view q);
