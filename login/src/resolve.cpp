@@ -59,25 +59,7 @@ Result<> LoginManager::store_resolved(const store::Profile& found,
       current->config.erase(key);
     }
   }
-  if (client_secret) {
-    Json secrets = Json::object();
-    if (!current->secret_config.empty()) {
-      if (auto j = json::parse(current->secret_config.reveal(), "stored secret config");
-          j && j->is_object()) {
-        secrets = std::move(*j);
-      }
-    }
-    secrets.erase("client_secret");
-    if (!found.secret_config.empty()) {
-      if (auto j = json::parse(found.secret_config.reveal(), "registered secret");
-          j && j->is_object() && j->contains("client_secret")) {
-        secrets["client_secret"] = (*j)["client_secret"];
-      }
-    }
-    current->secret_config = secrets.empty() ? Secret() : Secret::adopt(secrets.dump());
-    if (secrets.contains("client_secret"))
-      secure_wipe(secrets["client_secret"].get_ref<std::string&>());
-  }
+  if (client_secret) current->client_secret = found.client_secret;
   return m_tokens.update_profile(*current);
 }
 
@@ -172,7 +154,7 @@ void LoginManager::resolve(const std::string& name,
            {"client_id", "client_registered", "client_registered_for", "token_endpoint_auth"}) {
         profile->config.erase(key);
       }
-      profile->secret_config = Secret();
+      profile->client_secret = Secret();
     }
     const std::string configured_id = json::string_or(profile->config, "client_id");
     if (is_client_id_metadata_url(configured_id)) {
@@ -209,7 +191,7 @@ void LoginManager::resolve(const std::string& name,
              {"client_registered", "client_registered_for", "token_endpoint_auth"}) {
           profile->config.erase(key);
         }
-        profile->secret_config = Secret();
+        profile->client_secret = Secret();
         profile->config["client_id"] = doc;
         check_metadata_document(profile, [this, alive, registered = configured_id,
                                           next](Result<store::Profile> checked) {
@@ -298,10 +280,9 @@ void LoginManager::resolve(const std::string& name,
       profile->config["redirect_uri"] = redirect;
       const std::string method = json::string_or(*j, "token_endpoint_auth_method");
       profile->config["token_endpoint_auth"] = method.empty() ? "none" : method;
-      const std::string secret = json::string_or(*j, "client_secret");
+      std::string secret = json::string_or(*j, "client_secret");
       if (!secret.empty()) {
-        Json secrets = {{"client_secret", secret}};
-        profile->secret_config = Secret::adopt(secrets.dump());
+        profile->client_secret = Secret::adopt(std::move(secret));
       } else {
         profile->config["token_endpoint_auth"] = "none";
       }

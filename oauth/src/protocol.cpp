@@ -227,12 +227,7 @@ Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
                     p.name, p.name));
   }
   e.client_id = str_field(p.config, "client_id");
-  if (!p.secret_config.empty()) {
-    auto secrets = json::parse(p.secret_config.reveal(), "stored secret config");
-    if (secrets && secrets->contains("client_secret") && (*secrets)["client_secret"].is_string()) {
-      e.client_secret = Secret((*secrets)["client_secret"].get_ref<const std::string&>());
-    }
-  }
+  e.client_secret = p.client_secret;
   const std::string auth = str_field(p.config, "token_endpoint_auth");
   if (auth == "client_secret_post") {
     e.auth = ClientAuth::post;

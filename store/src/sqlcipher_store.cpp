@@ -46,6 +46,32 @@ Result<Credential> read_credential(const Stmt& s) {
   return c;
 }
 
+// The secret_config column holds {"client_secret": "..."} (a JSON object, so
+// that later secrets need no new column), read once when a profile is loaded.
+// Every JSON copy of the secret is wiped once it is taken out.
+Result<Secret> client_secret_from_column(const Secret& text) {
+  if (text.empty()) return Secret();
+  auto j = json::parse(text.reveal(), "stored secret config");
+  if (!j || !j->is_object()) {
+    return fail(Errc::corrupt, "a profile's stored secret config is not a JSON object");
+  }
+  Secret out;
+  if (auto it = j->find("client_secret"); it != j->end() && it->is_string()) {
+    out = Secret::adopt(std::move(it->get_ref<std::string&>()));
+  }
+  for (auto& [k, v] : j->items()) {
+    if (v.is_string()) secure_wipe(v.get_ref<std::string&>());
+  }
+  return out;
+}
+
+Secret client_secret_column(const Secret& client_secret) {
+  json::Json j = {{"client_secret", std::string(client_secret.reveal())}};
+  Secret text = Secret::adopt(j.dump());
+  secure_wipe(j["client_secret"].get_ref<std::string&>());
+  return text;
+}
+
 Result<Profile> read_profile(const Stmt& s) {
   Profile p;
   p.name = s.get_text(0);
@@ -56,7 +82,9 @@ Result<Profile> read_profile(const Stmt& s) {
   auto config = json::parse(s.get_text(3), "stored profile config");
   if (!config) return std::unexpected(Error{Errc::corrupt, config.error().message});
   p.config = std::move(*config);
-  p.secret_config = s.get_secret(4);
+  auto secret = client_secret_from_column(s.get_secret(4));
+  if (!secret) return std::unexpected(secret.error());
+  p.client_secret = std::move(*secret);
   p.created_at_ms = s.get_int(5);
   p.updated_at_ms = s.get_int(6);
   return p;
@@ -199,10 +227,13 @@ Result<> SqlcipherStore::put_profile(const Profile& p) {
         "updated_at = excluded.updated_at");
     if (!s) return std::unexpected(s.error());
     (*s)->bind(1, p.name).bind(2, to_string(p.kind)).bind(3, p.provider).bind(4, config);
-    if (p.secret_config.empty()) {
+    // Bound without a copy: the text must outlive run().
+    const Secret secret_column =
+        p.client_secret.empty() ? Secret() : client_secret_column(p.client_secret);
+    if (secret_column.empty()) {
       (*s)->bind_null(5);
     } else {
-      (*s)->bind(5, p.secret_config);
+      (*s)->bind(5, secret_column);
     }
     (*s)->bind(6, now);
     if (auto r = (*s)->run(); !r) return r;

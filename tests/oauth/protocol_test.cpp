@@ -58,7 +58,7 @@ TEST_CASE("refresh request: form with client_secret_basic, post, public; JSON fo
   p.name = "jira";
   p.provider = "atlassian";
   p.config = {{"client_id", "cid"}};
-  p.secret_config = Secret(R"({"client_secret":"cs"})");
+  p.client_secret = Secret("cs");
   auto atl = token_endpoint_of(p);
   REQUIRE(atl);
   CHECK(atl->token_url == "https://auth.atlassian.com/oauth/token");
@@ -71,7 +71,7 @@ TEST_CASE("refresh request: form with client_secret_basic, post, public; JSON fo
   CHECK((*body)["client_secret"] == "cs");
   CHECK((*body)["refresh_token"] == "rt");
 
-  p.secret_config = Secret();
+  p.client_secret = Secret();
   auto no_secret = token_endpoint_of(p);
   REQUIRE_FALSE(no_secret);
   CHECK(no_secret.error().message.find("client secret") != std::string::npos);

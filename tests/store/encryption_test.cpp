@@ -17,7 +17,7 @@ const std::vector<std::string> k_markers = {"ACCESS-MARKER-7f3a9c", "REFRESH-MAR
 
 void write_markers(Store& s) {
   auto p = test::make_profile("marked");
-  p.secret_config = Secret(std::string(R"({"client_secret":")") + k_markers[2] + "\"}");
+  p.client_secret = Secret(k_markers[2]);
   p.config["note"] = k_markers[3];
   REQUIRE(s.put_profile(p));
   for (int i = 0; i < 3; ++i) {

@@ -63,7 +63,7 @@ TEST_CASE("v1 -> v2 keeps profiles and credentials and adds the audit log", "[st
   auto p = s->get_profile("jira");
   REQUIRE(p);
   CHECK(p->config["site"] == "x");
-  CHECK(p->secret_config.reveal() == R"({"client_secret":"s"})");
+  CHECK(p->client_secret.reveal() == "s");
   auto c = s->get_credential("jira");
   REQUIRE(c);
   CHECK(c->access_token.reveal() == "at-v1");

@@ -13,7 +13,7 @@ TEST_CASE("profiles round trip: put, get, list, replace, delete", "[store]") {
   auto s = test::open_store(t.path(), clock);
   REQUIRE(s);
   auto p = test::make_profile("jira");
-  p.secret_config = Secret(R"({"client_secret":"cs"})");
+  p.client_secret = Secret("cs");
   REQUIRE(s->put_profile(p));
   auto api = test::make_profile("conf", CredentialKind::api_token);
   api.config = {{"site", "https://x.atlassian.net"}, {"email", "a@b.c"}};
@@ -24,7 +24,7 @@ TEST_CASE("profiles round trip: put, get, list, replace, delete", "[store]") {
   CHECK(got->kind == CredentialKind::oauth2);
   CHECK(got->provider == "generic");
   CHECK(got->config == p.config);
-  CHECK(got->secret_config.reveal() == R"({"client_secret":"cs"})");
+  CHECK(got->client_secret.reveal() == "cs");
   CHECK(got->created_at_ms == to_unix_ms(clock.wall_now()));
 
   auto list = s->list_profiles();

@@ -205,7 +205,6 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body,
   p.name = std::string(name);
   p.kind = *kind;
   p.config = Json::object();
-  Json secrets = Json::object();
   std::optional<std::string> access;
   std::optional<std::string> refresh;
 
@@ -299,7 +298,7 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body,
     } else if (key == "refresh_token") {
       refresh = std::move(*s);
     } else if (key == "client_secret") {
-      secrets[key] = std::move(*s);
+      p.client_secret = Secret::adopt(std::move(*s));
     } else if (key == "provider") {
       if (*s != "atlassian" && *s != "atlassian-dc" && *s != "generic" && *s != "mcp") {
         return std::unexpected(
@@ -362,7 +361,6 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body,
       }
     }
   }
-  if (!secrets.empty()) p.secret_config = Secret(secrets.dump());
 
   if (access || refresh) {
     store::TokenSet t;

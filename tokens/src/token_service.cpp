@@ -40,12 +40,12 @@ void keep_managed_config(const store::Profile& old, store::Profile& next) {
     n["discovered"] = o["discovered"];
   }
   if (o.value("client_registered", false) && !n.contains("client_id") &&
-      next.secret_config.empty() && same("issuer") && same("mcp_server")) {
+      next.client_secret.empty() && same("issuer") && same("mcp_server")) {
     for (const char* key : {"client_id", "client_registered", "client_registered_for",
                             "token_endpoint_auth", "redirect_uri", "client_id_metadata_document"}) {
       if (o.contains(key) && !n.contains(key)) n[key] = o[key];
     }
-    next.secret_config = old.secret_config;
+    next.client_secret = old.client_secret;
   }
   if (o.contains("cloud_id") && !n.contains("cloud_id") && same("site") && same("client_id")) {
     n["cloud_id"] = o["cloud_id"];
@@ -249,7 +249,7 @@ ProfileView TokenService::view_of(const Entry& e) const {
   v.last_error = e.credential.last_error;
   v.has_token = !e.credential.access_token.empty();
   v.has_refresh_token = !e.credential.refresh_token.empty();
-  v.has_client_secret = !e.profile.secret_config.empty();
+  v.has_client_secret = !e.profile.client_secret.empty();
   v.generation = e.credential.generation;
   v.updated_at_ms = e.profile.updated_at_ms;
   if (e.rt.due && can_refresh(e)) v.next_refresh_at_ms = to_unix_ms(*e.rt.due);

@@ -37,7 +37,7 @@ struct Profile {
   CredentialKind kind = CredentialKind::oauth2;
   std::string provider;                      // "atlassian", "generic", "mcp" or "" for static kinds
   json::Json config = json::Json::object();  // non-secret settings
-  Secret secret_config;                      // JSON text: client_secret and the like
+  Secret client_secret;                      // confidential clients; empty for public ones
   std::int64_t created_at_ms = 0;
   std::int64_t updated_at_ms = 0;
 };
