@@ -191,6 +191,22 @@ def fmt_num(v, digits=0):
     return f"{v:,.{digits}f}"
 
 
+def print_table(headers, table, left_columns):
+    """Rows of text cells under their headers and a rule, the first `left_columns`
+    columns left-aligned (names), the others right-aligned (numbers)."""
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i < left_columns else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for row in table:
+        print(line(row))
+
+
 def cmd_report(args):
     rows = [json.loads(line) for line in open(args.results) if line.strip()]
     headers = ["target", "tool", "conns", "req/s", "mean us", "p50 us", "p99 us", "p99.9 us",
@@ -201,17 +217,7 @@ def cmd_report(args):
                       fmt_num(r.get("mean_us"), 1), fmt_num(r.get("p50_us"), 1),
                       fmt_num(r.get("p99_us"), 1), fmt_num(r.get("p99_9_us"), 1),
                       fmt_num(r.get("non_2xx")), fmt_num(r.get("errors"))])
-    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
-              for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
-
-    print(line(headers))
-    print(line(["-" * w for w in widths]))
-    for row in table:
-        print(line(row))
+    print_table(headers, table, left_columns=2)
 
     ratios = []
     by_key = {(r["target"], r["tool"], r["connections"]): r for r in rows}

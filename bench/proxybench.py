@@ -28,7 +28,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchutil  # noqa: E402  (parse_h2load, fmt_num)
+import benchutil  # noqa: E402  (parse_h2load, fmt_num, print_table)
 
 RATIO_AIM = 0.8
 ADDED_P50_AIM_US = 150.0
@@ -169,17 +169,7 @@ def cmd_report(args):
                       fmt(r.get("non_2xx")), fmt(r.get("errors")),
                       fmt(cpu.get("client")), fmt(cpu.get("tokend")) if r["mode"] == "proxied" else "-",
                       fmt(cpu.get("nginx")), fmt(cpu.get("other"))])
-    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
-              for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i < 1 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
-
-    print(line(headers))
-    print(line(["-" * w for w in widths]))
-    for row in table:
-        print(line(row))
+    benchutil.print_table(headers, table, left_columns=1)
 
     comparisons = []
     by_key = {(r["mode"], r["connections"]): r for r in rows}

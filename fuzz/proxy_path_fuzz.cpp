@@ -7,54 +7,15 @@
 #include "fuzz_input.hpp"
 #include "net/url.hpp"
 #include "proxy/route.hpp"
+#include "route_profiles.hpp"
 
 using namespace tokend;
-
-namespace {
-
-struct Target {
-  std::string_view host;
-  std::string_view base;  // every upstream path starts with it
-};
-constexpr Target k_targets[] = {{"api.atlassian.com", "/ex/"},
-                                {"example.atlassian.net", "/"},
-                                {"jira.example.com", "/jira/"},
-                                {"api.example.com", "/v2/"}};
-
-store::Profile profile_of(std::uint8_t which) {
-  store::Profile p;
-  p.name = "fuzz";
-  switch (which % 4) {
-    case 0:
-      p.kind = store::CredentialKind::oauth2;
-      p.provider = "atlassian";
-      p.config = {{"api_base", "https://api.atlassian.com"},
-                  {"cloud_id", "11111111-2222-3333-4444-555555555555"}};
-      break;
-    case 1:
-      p.kind = store::CredentialKind::api_token;
-      p.config = {{"site", "https://example.atlassian.net"}, {"email", "me@example.com"}};
-      break;
-    case 2:
-      p.kind = store::CredentialKind::pat;
-      p.config = {{"site", "https://jira.example.com/jira"}};
-      break;
-    default:
-      p.kind = store::CredentialKind::oauth2;
-      p.provider = "generic";
-      p.config = {{"api_base", "https://api.example.com/v2"}};
-      break;
-  }
-  return p;
-}
-
-}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   fuzz::Input in(data, size);
   const auto which = in.byte();
-  const auto profile = profile_of(which);
-  const auto& target = k_targets[which % 4];
+  const auto profile = fuzz::route_profile(which);
+  const auto& target = fuzz::k_route_targets[which % 4];
   const auto method = in.line();
   const auto query = in.line();
   const auto rest = in.rest();

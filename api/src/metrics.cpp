@@ -32,15 +32,18 @@ void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
   auto metric = [&](std::string_view name, std::string_view type, std::string_view help) {
     out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
   };
+  // A metric with one sample and no labels.
+  auto single = [&](std::string_view name, std::string_view type, std::string_view help,
+                    const auto& value) {
+    metric(name, type, help);
+    out += fmt::format("{} {}\n", name, value);
+  };
   metric("tokend_build_info", "gauge", "Version of the running tokend.");
   out += fmt::format("tokend_build_info{{version=\"{}\"}} 1\n", escape_label(m_options.version));
-  metric("tokend_uptime_seconds", "gauge", "Seconds since tokend started.");
-  out += fmt::format(
-      "tokend_uptime_seconds {}\n",
-      std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started).count());
+  single("tokend_uptime_seconds", "gauge", "Seconds since tokend started.",
+         std::chrono::duration_cast<std::chrono::seconds>(m_clock.mono_now() - m_started).count());
   const auto views = m_tokens.list();
-  metric("tokend_profiles", "gauge", "Number of profiles.");
-  out += fmt::format("tokend_profiles {}\n", views.size());
+  single("tokend_profiles", "gauge", "Number of profiles.", views.size());
   metric("tokend_token_expiry_seconds", "gauge",
          "Seconds until the profile's access token expires.");
   for (const auto& v : views) {
@@ -65,16 +68,12 @@ void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
   metric("tokend_refreshes_total", "counter", "Refreshes by outcome.");
   out += fmt::format("tokend_refreshes_total{{result=\"ok\"}} {}\n", es.refreshes_ok);
   out += fmt::format("tokend_refreshes_total{{result=\"failed\"}} {}\n", es.refreshes_failed);
-  metric("tokend_refreshes_in_flight", "gauge", "Refreshes in flight now.");
-  out += fmt::format("tokend_refreshes_in_flight {}\n", es.in_flight);
-  metric("tokend_refreshes_in_flight_peak", "gauge",
-         "Most refreshes in flight at once since start.");
-  out += fmt::format("tokend_refreshes_in_flight_peak {}\n", es.peak_in_flight);
-  metric("tokend_store_failures_total", "counter",
-         "Credential state writes or read-backs the store refused.");
-  out += fmt::format("tokend_store_failures_total {}\n", es.store_failures);
-  metric("tokend_event_streams", "gauge", "Open /v1/events streams.");
-  out += fmt::format("tokend_event_streams {}\n", event_stream_count());
+  single("tokend_refreshes_in_flight", "gauge", "Refreshes in flight now.", es.in_flight);
+  single("tokend_refreshes_in_flight_peak", "gauge",
+         "Most refreshes in flight at once since start.", es.peak_in_flight);
+  single("tokend_store_failures_total", "counter",
+         "Credential state writes or read-backs the store refused.", es.store_failures);
+  single("tokend_event_streams", "gauge", "Open /v1/events streams.", event_stream_count());
   if (m_proxy != nullptr) {
     const auto& ps = m_proxy->stats();
     metric("tokend_proxy_requests_total", "counter",
@@ -94,36 +93,30 @@ void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
     out += fmt::format("tokend_proxy_latency_seconds_bucket{{le=\"+Inf\"}} {}\n", ps.count);
     out += fmt::format("tokend_proxy_latency_seconds_sum {}\n", ps.sum_s);
     out += fmt::format("tokend_proxy_latency_seconds_count {}\n", ps.count);
-    metric("tokend_proxy_open_streams", "gauge",
-           "Proxied answers still streaming to their callers.");
-    out += fmt::format("tokend_proxy_open_streams {}\n", ps.open_streams);
+    single("tokend_proxy_open_streams", "gauge",
+           "Proxied answers still streaming to their callers.", ps.open_streams);
   }
   const auto& eps = m_endpoints->stats();
-  metric("tokend_endpoints_open", "gauge",
-         "Stand-in endpoints open now (tokenctl exec --endpoint).");
-  out += fmt::format("tokend_endpoints_open {}\n", eps.open);
-  metric("tokend_endpoints_opened_total", "counter", "Stand-in endpoints opened since start.");
-  out += fmt::format("tokend_endpoints_opened_total {}\n", eps.opened);
+  single("tokend_endpoints_open", "gauge",
+         "Stand-in endpoints open now (tokenctl exec --endpoint).", eps.open);
+  single("tokend_endpoints_opened_total", "counter", "Stand-in endpoints opened since start.",
+         eps.opened);
   metric("tokend_endpoint_requests_total", "counter", "Requests to stand-in endpoints by result.");
   for (const auto& [result, n] : eps.requests) {
     out += fmt::format("tokend_endpoint_requests_total{{result=\"{}\"}} {}\n", result, n);
   }
-  metric("tokend_waiting_requests", "gauge",
-         "Token and login requests waiting for a login to finish.");
-  out += fmt::format("tokend_waiting_requests {}\n", waiting_count());
+  single("tokend_waiting_requests", "gauge",
+         "Token and login requests waiting for a login to finish.", waiting_count());
   if (m_server != nullptr) {
     const auto& s = m_server->stats();
-    metric("tokend_http_connections_open", "gauge", "Open API connections.");
-    out += fmt::format("tokend_http_connections_open {}\n", s.open_connections);
-    metric("tokend_http_connections_total", "counter", "API connections accepted.");
-    out += fmt::format("tokend_http_connections_total {}\n", s.connections_accepted);
-    metric("tokend_http_connections_refused_total", "counter",
-           "Connections refused over the connection limit.");
-    out += fmt::format("tokend_http_connections_refused_total {}\n", s.connections_refused);
-    metric("tokend_http_peers_denied_total", "counter", "Connections from users not allowed.");
-    out += fmt::format("tokend_http_peers_denied_total {}\n", s.peers_denied);
-    metric("tokend_http_requests_total", "counter", "API requests.");
-    out += fmt::format("tokend_http_requests_total {}\n", s.requests);
+    single("tokend_http_connections_open", "gauge", "Open API connections.", s.open_connections);
+    single("tokend_http_connections_total", "counter", "API connections accepted.",
+           s.connections_accepted);
+    single("tokend_http_connections_refused_total", "counter",
+           "Connections refused over the connection limit.", s.connections_refused);
+    single("tokend_http_peers_denied_total", "counter", "Connections from users not allowed.",
+           s.peers_denied);
+    single("tokend_http_requests_total", "counter", "API requests.", s.requests);
     metric("tokend_http_responses_total", "counter", "API responses by status.");
     for (const auto& [code, n] : s.responses_by_status) {
       out += fmt::format("tokend_http_responses_total{{code=\"{}\"}} {}\n", code, n);

@@ -156,7 +156,7 @@ Result<> Client::receive(http::basic_parser<false>& parser, const bool& stop, Wa
     if (deadline) {
       const auto left =
           std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - clock::now());
-      pollfd pfd{m_fd, POLLIN, 0};
+      pollfd pfd{m_fd.get(), POLLIN, 0};
       const int pr =
           left.count() <= 0
               ? 0
@@ -167,7 +167,7 @@ Result<> Client::receive(http::basic_parser<false>& parser, const bool& stop, Wa
       }
       if (pr < 0 && errno == EINTR) continue;
     }
-    const ssize_t n = ::recv(m_fd, chunk, sizeof chunk, 0);
+    const ssize_t n = ::recv(m_fd.get(), chunk, sizeof chunk, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
       return fail(Errc::unavailable, fmt::format("reading from tokend: {}", errno_text(errno)));
@@ -248,16 +248,15 @@ Result<Client> Client::connect(const std::filesystem::path& socket) {
     return fail(Errc::invalid_argument, fmt::format("socket path {} is too long", p));
   }
   std::memcpy(addr.sun_path, p.c_str(), p.size() + 1);
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return fail(Errc::io, "creating a socket: " + errno_text(errno));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return fail(Errc::io, "creating a socket: " + errno_text(errno));
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     const int err = errno;
-    ::close(fd);
     return fail(Errc::unavailable,
                 fmt::format("tokend is not reachable at {} ({})", p, errno_text(err)));
   }
-  Client client(fd, socket);
-  auto uid = peer_uid(fd);
+  Client client(std::move(fd), socket);
+  auto uid = peer_uid(client.fd());
   if (!uid) return std::unexpected(uid.error());
   if (*uid != ::geteuid()) {
     return fail(Errc::permission,
@@ -268,13 +267,9 @@ Result<Client> Client::connect(const std::filesystem::path& socket) {
   return client;
 }
 
-Client::~Client() {
-  if (m_fd >= 0) ::close(m_fd);
-}
-
 Result<> Client::send_all(std::string_view bytes) {
   while (!bytes.empty()) {
-    const ssize_t n = ::send(m_fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    const ssize_t n = ::send(m_fd.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       return fail(Errc::unavailable,
@@ -289,7 +284,7 @@ Result<> Client::send_all(std::string_view bytes) {
 // that answers early and stops reading must not leave us blocked in send().
 Result<bool> Client::send_watching(std::string_view bytes, std::chrono::milliseconds idle) {
   while (!bytes.empty()) {
-    pollfd pfd{m_fd, POLLIN | POLLOUT, 0};
+    pollfd pfd{m_fd.get(), POLLIN | POLLOUT, 0};
     const int pr = ::poll(
         &pfd, 1,
         idle.count() > 0 ? static_cast<int>(std::min<std::int64_t>(idle.count(), 3'600'000)) : -1);
@@ -299,7 +294,7 @@ Result<bool> Client::send_watching(std::string_view bytes, std::chrono::millisec
     }
     if (pr == 0) return fail(Errc::timeout, "tokend stopped taking the request body");
     if ((pfd.revents & (POLLIN | POLLHUP)) != 0) return false;  // an answer (or a close) came first
-    const ssize_t n = ::send(m_fd, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    const ssize_t n = ::send(m_fd.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
       if (errno == EPIPE || errno == ECONNRESET)

@@ -9,28 +9,12 @@
 #include <string>
 
 #include "core/encoding.hpp"
+#include "core/fd.hpp"
 #include "core/random.hpp"
 
 namespace tokend::fs {
 
 namespace {
-
-// Owns a file descriptor; closes it once.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : m_fd(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { reset(); }
-  int get() const { return m_fd; }
-  void reset() {
-    if (m_fd >= 0) ::close(m_fd);
-    m_fd = -1;
-  }
-
- private:
-  int m_fd;
-};
 
 std::string mode_text(mode_t m) {
   return fmt::format("{:04o}", m & 07777);

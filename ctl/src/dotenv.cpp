@@ -6,6 +6,8 @@
 
 #include <cerrno>
 
+#include "core/fd.hpp"
+
 namespace tokend::ctl {
 
 namespace {
@@ -201,13 +203,14 @@ Result<DotenvValues> parse_dotenv(std::string_view text, std::string_view source
 }
 
 Result<DotenvValues> read_dotenv_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(Errc::io, fmt::format("cannot read {}: {}", path, errno_text(errno)));
+  const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid())
+    return fail(Errc::io, fmt::format("cannot read {}: {}", path, errno_text(errno)));
   std::string text;
   char chunk[8192];
   Result<DotenvValues> out = fail(Errc::internal, "unreachable");
   for (;;) {
-    const ssize_t n = ::read(fd, chunk, sizeof chunk);
+    const ssize_t n = ::read(fd.get(), chunk, sizeof chunk);
     if (n < 0) {
       if (errno == EINTR) continue;
       out = fail(Errc::io, fmt::format("cannot read {}: {}", path, errno_text(errno)));
@@ -224,7 +227,6 @@ Result<DotenvValues> read_dotenv_file(const std::string& path) {
       break;
     }
   }
-  ::close(fd);
   secure_wipe(chunk, sizeof chunk);
   secure_wipe(text);
   return out;

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "core/fd.hpp"
 #include "core/secret.hpp"
 
 extern char** environ;  // NOLINT: POSIX declares it only for _GNU_SOURCE/_DARWIN_C_SOURCE
@@ -201,12 +202,12 @@ class SignalForwarding {
 };
 
 // A close-on-exec pipe: the child reports a failed exec through one, and
-// waits for its environment on another.
-Result<std::pair<int, int>> cloexec_pipe() {
+// waits for its environment on another. Read end first.
+Result<std::pair<Fd, Fd>> cloexec_pipe() {
   int p[2];
   if (::pipe(p) != 0) return fail(Errc::io, "creating a pipe: " + errno_text(errno));
   for (const int fd : p) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-  return std::pair<int, int>(p[0], p[1]);
+  return std::pair<Fd, Fd>(p[0], p[1]);
 }
 
 }  // namespace
@@ -217,15 +218,17 @@ Result<std::pair<int, int>> cloexec_pipe() {
 struct HeldCommand::State {
   std::vector<std::string> argv;
   pid_t pid = -1;
-  int go_write = -1;
-  int err_read = -1;
+  Fd go_write;
+  Fd err_read;
   void* region = nullptr;
   std::size_t region_size = 0;
   SignalForwarding forwarding;
 
   ~State() {
-    if (go_write >= 0) ::close(go_write);  // unreleased: the child exits unrun
-    if (err_read >= 0) ::close(err_read);
+    // Closed before the wait, not after: an unreleased child sees `go` end
+    // and exits unrun, so the wait returns.
+    go_write.reset();
+    err_read.reset();
     if (pid > 0) {
       int status = 0;
       while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
@@ -261,15 +264,12 @@ Result<HeldCommand> HeldCommand::start(const std::vector<std::string>& argv,
 
   auto err_pipe = cloexec_pipe();
   if (!err_pipe) return std::unexpected(err_pipe.error());
-  const auto [err_read, err_write] = *err_pipe;
-  state->err_read = err_read;
+  auto& [err_read, err_write] = *err_pipe;
+  state->err_read = std::move(err_read);
   auto go_pipe = cloexec_pipe();
-  if (!go_pipe) {
-    ::close(err_write);
-    return std::unexpected(go_pipe.error());
-  }
-  const auto [go_read, go_write] = *go_pipe;
-  state->go_write = go_write;
+  if (!go_pipe) return std::unexpected(go_pipe.error());
+  auto& [go_read, go_write] = *go_pipe;
+  state->go_write = std::move(go_write);
 
   // Block the forwarded signals across fork: one that arrives before the
   // child's pid is known is delivered (and forwarded) once they are
@@ -284,27 +284,27 @@ Result<HeldCommand> HeldCommand::start(const std::vector<std::string>& argv,
   const pid_t pid = ::fork();
   if (pid == 0) {
     // The child: only async-signal-safe calls until exec.
-    ::close(err_read);
-    ::close(go_write);
+    ::close(state->err_read.get());
+    ::close(state->go_write.get());
     state->forwarding.restore();
     ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);
     char go = 0;
     ssize_t n = 0;
     do {
-      n = ::read(go_read, &go, 1);
+      n = ::read(go_read.get(), &go, 1);
     } while (n < 0 && errno == EINTR);
     if (n != 1) ::_exit(127);  // not released: never runs
     environ = static_cast<char**>(state->region);
     ::execvp(c_argv[0], c_argv.data());
     const int e = errno;
-    [[maybe_unused]] const auto w = ::write(err_write, &e, sizeof e);
+    [[maybe_unused]] const auto w = ::write(err_write.get(), &e, sizeof e);
     ::_exit(127);
   }
   const int fork_errno = errno;
   if (pid > 0) g_child.store(pid);
   ::sigprocmask(SIG_SETMASK, &old_mask, nullptr);
-  ::close(err_write);
-  ::close(go_read);
+  err_write.reset();
+  go_read.reset();
   if (pid < 0) return fail(Errc::io, "starting a process: " + errno_text(fork_errno));
   state->pid = pid;
   return HeldCommand(std::move(state));
@@ -334,18 +334,16 @@ Result<ChildExit> HeldCommand::run(const std::vector<std::string>& env) {
   const char go = 'g';
   ssize_t n = 0;
   do {
-    n = ::write(st.go_write, &go, 1);
+    n = ::write(st.go_write.get(), &go, 1);
   } while (n < 0 && errno == EINTR);
-  ::close(st.go_write);
-  st.go_write = -1;
+  st.go_write.reset();
 
   int exec_errno = 0;
   ssize_t got = 0;
   do {
-    got = ::read(st.err_read, &exec_errno, sizeof exec_errno);
+    got = ::read(st.err_read.get(), &exec_errno, sizeof exec_errno);
   } while (got < 0 && errno == EINTR);
-  ::close(st.err_read);
-  st.err_read = -1;
+  st.err_read.reset();
   // The environment (secrets among it) has been copied by exec, or is moot.
   secure_wipe(st.region, st.region_size);
 

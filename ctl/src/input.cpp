@@ -7,6 +7,8 @@
 
 #include <cerrno>
 
+#include "core/fd.hpp"
+
 namespace tokend::ctl {
 
 namespace {
@@ -49,30 +51,24 @@ Result<Secret> read_fd(int fd, std::string_view what, std::string_view from) {
 
 Result<Secret> read_secret(const std::string& source, std::string_view what, std::FILE* in) {
   if (source == "-") return read_fd(::fileno(in), what, "standard input");
-  const int fd = ::open(source.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
+  const Fd fd(::open(source.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid())
     return fail(Errc::invalid_argument,
                 fmt::format("cannot open {} ({}) for the {}", source, errno_text(errno), what));
-  auto r = read_fd(fd, what, source);
-  ::close(fd);
-  return r;
+  return read_fd(fd.get(), what, source);
 }
 
 Result<Secret> prompt_secret(std::string_view prompt) {
-  const int fd = ::open("/dev/tty", O_RDWR | O_CLOEXEC);
-  if (fd < 0) return fail(Errc::unavailable, "no terminal to prompt on");
+  Fd tty(::open("/dev/tty", O_RDWR | O_CLOEXEC));
+  if (!tty.valid()) return fail(Errc::unavailable, "no terminal to prompt on");
+  const int fd = tty.get();
   termios old{};
-  if (::tcgetattr(fd, &old) != 0) {
-    ::close(fd);
-    return fail(Errc::unavailable, "no terminal to prompt on");
-  }
+  if (::tcgetattr(fd, &old) != 0) return fail(Errc::unavailable, "no terminal to prompt on");
   termios quiet = old;
   quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
   quiet.c_lflag |= ICANON;
-  if (::write(fd, prompt.data(), prompt.size()) < 0) {
-    ::close(fd);
+  if (::write(fd, prompt.data(), prompt.size()) < 0)
     return fail(Errc::unavailable, "cannot write to the terminal");
-  }
   ::tcsetattr(fd, TCSAFLUSH, &quiet);
   // One line, not until EOF.
   std::string line;
@@ -88,7 +84,6 @@ Result<Secret> prompt_secret(std::string_view prompt) {
   if (::write(fd, "\n", 1) < 0) {
     // The prompt line stays unterminated; nothing else to do.
   }
-  ::close(fd);
   while (!line.empty() && line.back() == '\r') line.pop_back();
   if (line.empty()) return fail(Errc::invalid_argument, "nothing was entered");
   return Secret::adopt(std::move(line));

@@ -3,22 +3,20 @@
 // structs and ApiErrors. client_stream_test.cpp covers the Client below it.
 #include "client/api.hpp"
 
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
-
 #include <catch2/catch_test_macros.hpp>
-#include <cstring>
-#include <functional>
 #include <string>
-#include <thread>
 
+#include "support/socket_peer.hpp"
 #include "support/temp_dir.hpp"
 
 using tokend::Errc;
 using tokend::client::ApiClient;
 using tokend::client::ApiError;
+using tokend::test::read_exactly;
+using tokend::test::read_head;
+using tokend::test::ScriptedPeer;
 using tokend::test::TempDir;
+using tokend::test::write_all;
 namespace paths = tokend::client::paths;
 namespace json = tokend::json;
 
@@ -36,46 +34,23 @@ struct Received {
 // writes `answer` as it is, then closes.
 class FakeTokend {
  public:
-  FakeTokend(const TempDir& dir, std::string answer) : m_path(dir / "tokend.sock") {
-    m_listen = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, m_path.c_str(), sizeof addr.sun_path - 1);
-    REQUIRE(::bind(m_listen, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(m_listen, 1) == 0);
-    m_thread = std::thread([this, answer = std::move(answer)] {
-      const int fd = ::accept(m_listen, nullptr, nullptr);
-      if (fd < 0) return;
-      read_request(fd);
-      write_all(fd, answer);
-      ::close(fd);
-    });
-  }
-  ~FakeTokend() {
-    if (m_thread.joinable()) m_thread.join();
-    ::close(m_listen);
-  }
-  FakeTokend(const FakeTokend&) = delete;
-  FakeTokend& operator=(const FakeTokend&) = delete;
-  [[nodiscard]] ApiClient api() const { return ApiClient(m_path); }
+  FakeTokend(const TempDir& dir, std::string answer)
+      : m_peer(dir / "tokend.sock", [this, answer = std::move(answer)](int fd) {
+          read_request(fd);
+          write_all(fd, answer);
+        }) {}
+  [[nodiscard]] ApiClient api() const { return ApiClient(m_peer.path()); }
   // Once the call returned: waits for the fake to finish its answer.
   const Received& received() {
-    if (m_thread.joinable()) m_thread.join();
+    m_peer.join();
     return m_received;
   }
 
  private:
   void read_request(int fd) {
     std::string buf;
-    char chunk[4096];
-    std::size_t end;
-    while ((end = buf.find("\r\n\r\n")) == std::string::npos) {
-      const ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
-      if (n <= 0) return;
-      buf.append(chunk, static_cast<std::size_t>(n));
-    }
-    m_received.head = buf.substr(0, end + 4);
-    buf.erase(0, end + 4);
+    m_received.head = read_head(fd, buf);
+    if (m_received.head.empty()) return;
     const auto sp1 = m_received.head.find(' ');
     const auto sp2 = m_received.head.find(' ', sp1 + 1);
     m_received.method = m_received.head.substr(0, sp1);
@@ -84,25 +59,13 @@ class FakeTokend {
     if (const auto cl = m_received.head.find("Content-Length: "); cl != std::string::npos) {
       length = std::stoul(m_received.head.substr(cl + 16));
     }
-    while (buf.size() < length) {
-      const ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
-      if (n <= 0) break;
-      buf.append(chunk, static_cast<std::size_t>(n));
-    }
+    read_exactly(fd, buf, length);
     m_received.body = buf;
   }
-  static void write_all(int fd, std::string_view s) {
-    while (!s.empty()) {
-      const ssize_t n = ::send(fd, s.data(), s.size(), MSG_NOSIGNAL);
-      if (n <= 0) return;
-      s.remove_prefix(static_cast<std::size_t>(n));
-    }
-  }
 
-  std::filesystem::path m_path;
-  int m_listen = -1;
-  std::thread m_thread;
+  // Before the peer: its thread writes here until the peer is destroyed.
   Received m_received;
+  ScriptedPeer m_peer;
 };
 
 std::string answer(int status, const std::string& body, const std::string& reason = "X") {

@@ -4,90 +4,30 @@
 // headers. ipc_test covers the server; this is the client tokenctl links.
 #include <fcntl.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <catch2/catch_test_macros.hpp>
 #include <cstring>
-#include <functional>
 #include <string>
 #include <thread>
 
 #include "client/client.hpp"
+#include "support/socket_peer.hpp"
 #include "support/temp_dir.hpp"
 
 using tokend::Errc;
 using tokend::client::BodyReader;
 using tokend::client::Client;
 using tokend::client::ResponseHead;
+using tokend::test::read_exactly;
+using tokend::test::read_head;
+using tokend::test::ScriptedPeer;
 using tokend::test::TempDir;
+using tokend::test::write_all;
 using namespace std::chrono_literals;
 
 namespace {
-
-// Accepts one connection and runs `script` on it in a thread.
-class Peer {
- public:
-  Peer(const TempDir& dir, std::function<void(int fd)> script) : m_path(dir / "peer.sock") {
-    m_listen = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, m_path.c_str(), sizeof addr.sun_path - 1);
-    REQUIRE(::bind(m_listen, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(m_listen, 1) == 0);
-    m_thread = std::thread([this, script = std::move(script)] {
-      const int fd = ::accept(m_listen, nullptr, nullptr);
-      if (fd < 0) return;
-      script(fd);
-      ::close(fd);
-    });
-  }
-  ~Peer() {
-    m_thread.join();
-    ::close(m_listen);
-  }
-  Peer(const Peer&) = delete;
-  Peer& operator=(const Peer&) = delete;
-  [[nodiscard]] const std::filesystem::path& path() const { return m_path; }
-
- private:
-  std::filesystem::path m_path;
-  int m_listen = -1;
-  std::thread m_thread;
-};
-
-void write_all(int fd, std::string_view s) {
-  while (!s.empty()) {
-    const ssize_t n = ::send(fd, s.data(), s.size(), MSG_NOSIGNAL);
-    if (n <= 0) return;
-    s.remove_prefix(static_cast<std::size_t>(n));
-  }
-}
-
-// Reads until `buf` holds "\r\n\r\n"; returns the head, leaves the rest in buf.
-std::string read_head(int fd, std::string& buf) {
-  char chunk[4096];
-  std::size_t end;
-  while ((end = buf.find("\r\n\r\n")) == std::string::npos) {
-    const ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
-    if (n <= 0) return {};
-    buf.append(chunk, static_cast<std::size_t>(n));
-  }
-  std::string head = buf.substr(0, end + 4);
-  buf.erase(0, end + 4);
-  return head;
-}
-
-// Reads until `buf` holds n bytes (or the peer closes).
-void read_exactly(int fd, std::string& buf, std::size_t n) {
-  char chunk[65536];
-  while (buf.size() < n) {
-    const ssize_t got = ::recv(fd, chunk, sizeof chunk, 0);
-    if (got <= 0) return;
-    buf.append(chunk, static_cast<std::size_t>(got));
-  }
-}
 
 // Decodes a chunked body from the connection (no trailers).
 std::string read_chunked(int fd, std::string& buf) {
@@ -124,7 +64,7 @@ TEST_CASE("a file body goes out with its fstat size as Content-Length; the answe
   const std::string answer = pattern(5 * 1024 * 1024);
   std::string got_head;
   std::string got_body;
-  Peer peer(dir, [&](int fd) {
+  ScriptedPeer peer(dir / "peer.sock", [&](int fd) {
     std::string buf;
     got_head = read_head(fd, buf);
     read_exactly(fd, buf, upload.size());
@@ -181,7 +121,7 @@ TEST_CASE("a pipe body goes out chunked", "[ctl][client]") {
   const std::string upload = pattern(300'000);
   std::string got_head;
   std::string got_body;
-  Peer peer(dir, [&](int fd) {
+  ScriptedPeer peer(dir / "peer.sock", [&](int fd) {
     std::string buf;
     got_head = read_head(fd, buf);
     got_body = read_chunked(fd, buf);
@@ -220,7 +160,7 @@ TEST_CASE("a pipe body goes out chunked", "[ctl][client]") {
 
 TEST_CASE("an early answer stops the upload and is read", "[ctl][client]") {
   TempDir dir;
-  Peer peer(dir, [&](int fd) {
+  ScriptedPeer peer(dir / "peer.sock", [&](int fd) {
     std::string buf;
     read_head(fd, buf);
     write_all(fd,
@@ -258,7 +198,7 @@ TEST_CASE("an early answer stops the upload and is read", "[ctl][client]") {
 
 TEST_CASE("HEAD answers have no body to wait for", "[ctl][client]") {
   TempDir dir;
-  Peer peer(dir, [&](int fd) {
+  ScriptedPeer peer(dir / "peer.sock", [&](int fd) {
     std::string buf;
     read_head(fd, buf);
     write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
@@ -289,7 +229,7 @@ TEST_CASE("no progress within the idle timeout is Errc::timeout", "[ctl][client]
   TempDir dir;
   int done[2];
   REQUIRE(::pipe(done) == 0);
-  Peer peer(dir, [&](int fd) {
+  ScriptedPeer peer(dir / "peer.sock", [&](int fd) {
     std::string buf;
     read_head(fd, buf);
     write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");  // then silence
@@ -316,7 +256,7 @@ TEST_CASE("no progress within the idle timeout is Errc::timeout", "[ctl][client]
 
 TEST_CASE("an answer cut off in the middle is Errc::protocol", "[ctl][client]") {
   TempDir dir;
-  Peer peer(dir, [&](int fd) {
+  ScriptedPeer peer(dir / "peer.sock", [&](int fd) {
     std::string buf;
     read_head(fd, buf);
     write_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this");
@@ -338,7 +278,7 @@ TEST_CASE("an answer cut off in the middle is Errc::protocol", "[ctl][client]") 
 
 TEST_CASE("a file that shrinks while it is sent fails the request", "[ctl][client]") {
   TempDir dir;
-  Peer peer(dir, [&](int fd) {
+  ScriptedPeer peer(dir / "peer.sock", [&](int fd) {
     std::string buf;
     read_head(fd, buf);
     read_exactly(fd, buf, 50);  // then the client gives up
@@ -363,7 +303,7 @@ TEST_CASE("line breaks in the target or a header are refused before anything is 
           "[ctl][client]") {
   TempDir dir;
   std::atomic<bool> got_bytes{false};
-  Peer peer(dir, [&](int fd) {
+  ScriptedPeer peer(dir / "peer.sock", [&](int fd) {
     char c;
     got_bytes = ::recv(fd, &c, 1, 0) > 0;
   });

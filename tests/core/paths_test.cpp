@@ -5,15 +5,9 @@
 #include <catch2/catch_test_macros.hpp>
 #include <map>
 
-namespace {
-tokend::EnvLookup env_of(std::map<std::string, std::string> m) {
-  return [m = std::move(m)](const char* name) -> std::optional<std::string> {
-    auto it = m.find(name);
-    if (it == m.end()) return std::nullopt;
-    return it->second;
-  };
-}
-}  // namespace
+#include "support/env.hpp"
+
+using tokend::test::env_of;
 
 TEST_CASE("XDG defaults", "[core][paths]") {
   const auto p = tokend::resolve_paths(env_of({{"HOME", "/home/u"},

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "ctl/mcp/config.hpp"
+#include "support/env.hpp"
 #include "support/temp_dir.hpp"
 
 using tokend::Errc;
@@ -22,6 +23,7 @@ using tokend::ctl::MergeAction;
 using tokend::ctl::parse_mcp_config_args;
 using tokend::ctl::render_entry;
 using tokend::ctl::write_entry_to_file;
+using tokend::test::env_of;
 using tokend::test::file_digest;
 using tokend::test::read_file_bytes;
 using tokend::test::TempDir;
@@ -48,14 +50,6 @@ std::size_t count(std::string_view text, std::string_view what) {
   std::size_t n = 0;
   for (auto p = text.find(what); p != std::string_view::npos; p = text.find(what, p + 1)) ++n;
   return n;
-}
-
-tokend::EnvLookup fake_env(std::map<std::string, std::string> vars) {
-  return [vars = std::move(vars)](const char* name) -> std::optional<std::string> {
-    auto it = vars.find(name);
-    if (it == vars.end()) return std::nullopt;
-    return it->second;
-  };
 }
 
 }  // namespace
@@ -449,8 +443,8 @@ TEST_CASE("write: a symlinked config file stays a link, its target is written",
 }
 
 TEST_CASE("default config files per client and OS", "[ctl][mcp_config]") {
-  const auto env = fake_env({{"HOME", "/home/u"}});
-  const auto xdg = fake_env({{"HOME", "/home/u"}, {"XDG_CONFIG_HOME", "/x"}, {"CODEX_HOME", "/c"}});
+  const auto env = env_of({{"HOME", "/home/u"}});
+  const auto xdg = env_of({{"HOME", "/home/u"}, {"XDG_CONFIG_HOME", "/x"}, {"CODEX_HOME", "/c"}});
   auto none = [](const std::filesystem::path&) { return false; };
   using P = std::filesystem::path;
   CHECK(default_config_path(McpClient::claude_code, HostOs::linux_like, env, none) ==

@@ -3,20 +3,14 @@
 #include <catch2/catch_test_macros.hpp>
 #include <map>
 
+#include "support/env.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace tokend;
+using tokend::test::env_of;
 using tokend::test::TempDir;
 
 namespace {
-
-EnvLookup env_of(std::map<std::string, std::string> m) {
-  return [m = std::move(m)](const char* name) -> std::optional<std::string> {
-    auto it = m.find(name);
-    if (it == m.end()) return std::nullopt;
-    return it->second;
-  };
-}
 
 Result<daemon::ParsedArgs> parse(std::vector<const char*> args, const EnvLookup& env) {
   args.insert(args.begin(), "tokend");

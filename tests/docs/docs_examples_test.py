@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -30,7 +29,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 sys.path.insert(0, os.path.join(REPO, "tests", "fake_upstream"))
 
 from client import FakeUpstream  # noqa: E402
-from harness import Daemon, XdgTree, binaries, run_ctl, secret_file, unix_request, wait_for  # noqa: E402
+from harness import Daemon, XdgTree, binaries, free_port, run_ctl, secret_file, unix_request, wait_for  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
 BROWSER = os.path.join(REPO, "tests", "e2e", "fake_browser.py")
@@ -42,12 +41,6 @@ NODE = shutil.which("node")
 
 def example(name):
     return os.path.join(EXAMPLES, name)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DocsExamplesTest(unittest.TestCase):

@@ -32,6 +32,65 @@ def binaries():
     return found["tokend"], found["tokenctl"]
 
 
+def work_dir_arg(default):
+    """--work-dir DIR from argv (removed so unittest ignores it), else `default`."""
+    import sys
+    args = sys.argv[1:]
+    if "--work-dir" in args:
+        i = args.index("--work-dir")
+        path = os.path.abspath(args[i + 1])
+        del sys.argv[i + 1:i + 3]
+        return path
+    return default
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket as so
+    with so.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def install_packages(src, work, files):
+    """The npm packages src/package-lock.json pins, installed in `work` (a
+    build directory) next to copies of `files` from src; `npm ci` runs again
+    only when the lock file changed. Returns why not, or None."""
+    import hashlib
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        return "node and npm are not installed (scripts/setup.sh installs Debian's nodejs and npm)"
+    os.makedirs(work, exist_ok=True)
+    for name in ("package.json", "package-lock.json", *files):
+        shutil.copyfile(os.path.join(src, name), os.path.join(work, name))
+    with open(os.path.join(src, "package-lock.json"), "rb") as f:
+        lock_hash = hashlib.sha256(f.read()).hexdigest()
+    stamp = os.path.join(work, "node_modules", ".tokend-lock-sha256")
+    installed = None
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            installed = f.read()
+    if installed != lock_hash:
+        r = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=work,
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"npm ci failed in {work}:\n{r.stdout}\n{r.stderr}")
+        with open(stamp, "w") as f:
+            f.write(lock_hash)
+    return None
+
+
+def stop_process(proc, grace=10):
+    """SIGTERM, and SIGKILL if it has not exited after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def unix_request(socket_path, method, target, body=None, deadline=DEFAULT_DEADLINE):
     """One request with Connection: close; returns (status, body text)."""
     data = body.encode() if body else b""
@@ -76,6 +135,7 @@ def http_over_unix(socket_path, request_bytes, deadline=DEFAULT_DEADLINE):
 
 
 def wait_for(predicate, what, deadline=DEFAULT_DEADLINE, interval=0.01):
+    """Polls predicate() until it returns something true; fails after deadline."""
     end = time.monotonic() + deadline
     while True:
         value = predicate()

@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
 from client import DocumentServer, FakeUpstream, make_pkce, redirect_params  # noqa: E402
-from harness import Daemon, XdgTree, binaries, secret_file, run_ctl, unix_request, wait_for  # noqa: E402
+from harness import Daemon, XdgTree, binaries, free_port, secret_file, run_ctl, unix_request, wait_for  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
 BROWSER = os.path.join(HERE, "fake_browser.py")
@@ -27,12 +27,6 @@ WEB_SECRET = "cs-MARKER-login-secret"
 PUBLIC_ID = "public-app"
 ATLASSIAN_ID = "atlassian-app"  # Atlassian takes the secret in the (JSON) body
 ALL_LOGS = []
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_until(stream, needle, deadline=20.0):

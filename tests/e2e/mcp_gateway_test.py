@@ -20,13 +20,10 @@ the login command while the bridge keeps running, --wait, a session the
 server forgot, SIGTERM and EOF ending cleanly with the session deleted, bad
 input, and the SDK's own client driving the bridge.
 """
-import hashlib
 import json
 import os
 import queue
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,20 +36,10 @@ MCP_SRC = os.path.join(HERE, "..", "mcp")
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
 from client import FakeUpstream  # noqa: E402
-from harness import SANITIZER_MARKERS, Daemon, XdgTree, binaries, run_ctl, unix_request, wait_for  # noqa: E402
+from harness import (SANITIZER_MARKERS, Daemon, XdgTree, binaries, free_port, install_packages,  # noqa: E402
+                     run_ctl, stop_process, unix_request, wait_for, work_dir_arg)
 
-
-def work_dir_arg():
-    args = sys.argv[1:]
-    if "--work-dir" in args:
-        i = args.index("--work-dir")
-        path = os.path.abspath(args[i + 1])
-        del sys.argv[i + 1:i + 3]
-        return path
-    return os.path.join(HERE, "..", "..", "build", "tests", "mcp")
-
-
-WORK = work_dir_arg()
+WORK = work_dir_arg(os.path.join(HERE, "..", "..", "build", "tests", "mcp"))
 TOKEND, TOKENCTL = binaries()
 BROWSER = os.path.join(HERE, "fake_browser.py")
 DEADLINE = 30
@@ -60,37 +47,6 @@ LOGIN_REQUIRED = -32001
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientInfo": {"name": "e2e", "version": "1"},
         "io.modelcontextprotocol/clientCapabilities": {}}
-
-
-def install_packages():
-    """The SDK in WORK, exactly as the lock file pins it; returns why not, or None."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        return "node and npm are not installed (scripts/setup.sh installs them)"
-    os.makedirs(WORK, exist_ok=True)
-    for name in ("package.json", "package-lock.json", "server.mjs", "client.mjs"):
-        shutil.copyfile(os.path.join(MCP_SRC, name), os.path.join(WORK, name))
-    with open(os.path.join(MCP_SRC, "package-lock.json"), "rb") as f:
-        lock_hash = hashlib.sha256(f.read()).hexdigest()
-    stamp = os.path.join(WORK, "node_modules", ".tokend-lock-sha256")
-    installed = None
-    if os.path.exists(stamp):
-        with open(stamp) as f:
-            installed = f.read()
-    if installed != lock_hash:
-        r = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=WORK,
-                           capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            raise RuntimeError(f"npm ci failed in {WORK}:\n{r.stdout}\n{r.stderr}")
-        with open(stamp, "w") as f:
-            f.write(lock_hash)
-    return None
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class McpServer:
@@ -138,13 +94,7 @@ class McpServer:
         return self.control("GET", "/control/log")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc.stdout.close()
         self.proc.stderr.close()
 
@@ -231,7 +181,7 @@ class Bridge:
 class McpGatewayTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        why = install_packages()
+        why = install_packages(MCP_SRC, WORK, ("server.mjs", "client.mjs"))
         if why:
             print(f"MCP gateway tests skipped: {why}", file=sys.stderr)
             raise unittest.SkipTest(why)

@@ -2331,6 +2331,20 @@ class App:
             return None
         return token.strip()
 
+    def _valid_bearer(self, ctx):
+        """(grant, access token, None) for a valid ``Authorization: Bearer`` token, or
+        (None, None, the 401 answer). A known token's grant goes into the request log
+        either way."""
+        token = self._bearer_token(ctx)
+        if token is None:
+            return None, None, self._bearer_challenge()
+        status, grant, at = self.state.check_access_token(token)
+        if grant is not None:
+            ctx.entry["grant_id"] = grant.grant_id
+        if status != "valid":
+            return None, None, self._bearer_challenge("invalid_token", _ACCESS_ERRORS[status])
+        return grant, at, None
+
     def gate(self, name):
         with self._gates_lock:
             return self._gates.setdefault(name, threading.Event())
@@ -2361,14 +2375,9 @@ class App:
                         stream=events(), stream_length=None)
 
     def userinfo(self, ctx):
-        token = self._bearer_token(ctx)
-        if token is None:
-            return self._bearer_challenge()
-        status, grant, at = self.state.check_access_token(token)
-        if grant is not None:
-            ctx.entry["grant_id"] = grant.grant_id
-        if status != "valid":
-            return self._bearer_challenge("invalid_token", _ACCESS_ERRORS[status])
+        grant, at, refused = self._valid_bearer(ctx)
+        if refused is not None:
+            return refused
         return Response.json(200, {"sub": grant.sub, "account_id": grant.sub,
                                    "grant_id": grant.grant_id, "client_id": grant.client_id,
                                    "scope": at.scope, "expires_at": at.expires_at,
@@ -2717,14 +2726,9 @@ class App:
     # -- Atlassian accessible resources ------------------------------------------------------
 
     def accessible_resources(self, ctx):
-        token = self._bearer_token(ctx)
-        if token is None:
-            return self._bearer_challenge()
-        status, grant, at = self.state.check_access_token(token)
-        if grant is not None:
-            ctx.entry["grant_id"] = grant.grant_id
-        if status != "valid":
-            return self._bearer_challenge("invalid_token", _ACCESS_ERRORS[status])
+        grant, at, refused = self._valid_bearer(ctx)
+        if refused is not None:
+            return refused
         sites = [{"id": site["id"], "url": site["url"], "name": site["name"],
                   "scopes": site.get("scopes", at.scope.split()),
                   "avatarUrl": site.get("avatarUrl", SITE_AVATAR)}

@@ -21,8 +21,6 @@ import json
 import os
 import queue
 import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -35,56 +33,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 sys.path.insert(0, HERE)
 
-from harness import Daemon, XdgTree, binaries, run_ctl, secret_file, unix_request, wait_for  # noqa: E402
+from harness import (Daemon, XdgTree, binaries, free_port, install_packages, run_ctl,  # noqa: E402
+                     secret_file, stop_process, unix_request, wait_for, work_dir_arg)
 from interop_browser import Browser  # noqa: E402
 
 TOKEND, TOKENCTL = binaries()
-
-
-def work_dir_arg():
-    args = sys.argv[1:]
-    if "--work-dir" in args:
-        i = args.index("--work-dir")
-        path = os.path.abspath(args[i + 1])
-        del sys.argv[i + 1:i + 3]
-        return path
-    return os.path.join(HERE, "..", "..", "build", "interop")
-
-
-WORK = work_dir_arg()
+WORK = work_dir_arg(os.path.join(HERE, "..", "..", "build", "interop"))
 CLIENT_SECRET = "cs-interop-" + secrets.token_urlsafe(12)
 BROWSER = os.path.join(HERE, "interop_browser.py")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def install_server():
-    """oidc-provider in WORK, exactly as the lock file pins it; returns why not, or None."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        return "node and npm are not installed (scripts/setup.sh installs Debian's nodejs and npm)"
-    os.makedirs(WORK, exist_ok=True)
-    for name in ("package.json", "package-lock.json", "server.mjs"):
-        shutil.copyfile(os.path.join(HERE, name), os.path.join(WORK, name))
-    with open(os.path.join(HERE, "package-lock.json"), "rb") as f:
-        lock_hash = hashlib.sha256(f.read()).hexdigest()
-    stamp = os.path.join(WORK, "node_modules", ".tokend-lock-sha256")
-    installed = None
-    if os.path.exists(stamp):
-        with open(stamp) as f:
-            installed = f.read()
-    if installed != lock_hash:
-        r = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=WORK,
-                           capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            raise RuntimeError(f"npm ci failed in {WORK}:\n{r.stdout}\n{r.stderr}")
-        with open(stamp, "w") as f:
-            f.write(lock_hash)
-    return None
 
 
 class AuthorizationServer:
@@ -166,13 +122,7 @@ class AuthorizationServer:
             return e.code
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class InteropTest(unittest.TestCase):
@@ -180,7 +130,7 @@ class InteropTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        why = install_server()
+        why = install_packages(HERE, WORK, ("server.mjs",))
         if why:
             print(f"interop tests skipped: {why}", file=sys.stderr)
             raise unittest.SkipTest(why)

@@ -12,32 +12,21 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import unittest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
+
+from harness import DEFAULT_DEADLINE, wait_for  # noqa: E402,F401  (wait_for: for the tests)
+
 SERVICE_UNIT = os.path.join(REPO, "systemd", "tokend.service")
 SOCKET_UNIT = os.path.join(REPO, "systemd", "tokend.socket")
 PLIST_TEMPLATE = os.path.join(REPO, "launchd", "dev.tokend.tokend.plist")
 INSTALL_SCRIPT = os.path.join(REPO, "scripts", "install-service.sh")
-
-DEFAULT_DEADLINE = 20.0
 SKIP_EXIT_CODE = 77
 
 # Passed on to processes under test so sanitizer builds keep their settings.
 SANITIZER_VARIABLES = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")
-
-
-def wait_for(predicate, what, deadline=DEFAULT_DEADLINE, interval=0.01):
-    """Polls predicate() until it returns something true; fails after deadline."""
-    end = time.monotonic() + deadline
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        time.sleep(interval)
 
 
 def mode_of(path):

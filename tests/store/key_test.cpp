@@ -7,21 +7,15 @@
 #include <map>
 
 #include "core/encoding.hpp"
+#include "support/env.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace tokend;
 using namespace tokend::store;
+using test::env_of;
 using test::TempDir;
 
 namespace {
-
-EnvLookup env_of(std::map<std::string, std::string> m) {
-  return [m = std::move(m)](const char* name) -> std::optional<std::string> {
-    auto it = m.find(name);
-    if (it == m.end()) return std::nullopt;
-    return it->second;
-  };
-}
 
 const std::string k_hex(64, 'a');
 

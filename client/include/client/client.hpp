@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/fd.hpp"
 
 namespace boost::beast::http {
 template <bool isRequest>
@@ -62,11 +63,11 @@ class Client {
   // Errc::unavailable when nothing listens at `socket` (the caller names the
   // command that starts tokend).
   static Result<Client> connect(const std::filesystem::path& socket);
-  Client(Client&& o) noexcept : m_fd(o.m_fd), m_socket(std::move(o.m_socket)) { o.m_fd = -1; }
+  Client(Client&&) noexcept = default;
   Client& operator=(Client&&) = delete;
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
-  ~Client();
+  ~Client() = default;
 
   // One request/response on the connection (keep-alive). timeout 0: none.
   Result<ClientResponse> request(std::string_view method, std::string_view target,
@@ -83,7 +84,7 @@ class Client {
                         std::string_view body = {}, const Headers& headers = {});
   Result<ClientResponse> read_response(
       std::chrono::milliseconds timeout = std::chrono::seconds(30));
-  [[nodiscard]] int fd() const noexcept { return m_fd; }
+  [[nodiscard]] int fd() const noexcept { return m_fd.get(); }
 
   // One request whose bodies stream both ways (tokenctl api):
   //   - `body` (may be null: no body) is read piece by piece and sent with
@@ -121,12 +122,12 @@ class Client {
     std::optional<std::chrono::steady_clock::time_point> deadline;  // absolute; nullopt: none
     std::chrono::milliseconds idle{0};  // > 0: the deadline moves on with every byte received
   };
-  Client(int fd, std::filesystem::path socket) : m_fd(fd), m_socket(std::move(socket)) {}
+  Client(Fd fd, std::filesystem::path socket) : m_fd(std::move(fd)), m_socket(std::move(socket)) {}
   Result<> send_all(std::string_view bytes);
   // Sends `bytes` unless an answer starts arriving first: false then.
   Result<bool> send_watching(std::string_view bytes, std::chrono::milliseconds idle);
   Result<> receive(boost::beast::http::basic_parser<false>& parser, const bool& stop, Wait wait);
-  int m_fd;
+  Fd m_fd;
   std::filesystem::path m_socket;
 };
 

@@ -14,6 +14,7 @@
 #include <cerrno>
 
 #include "commands/common.hpp"
+#include "core/fd.hpp"
 
 namespace tokend::ctl {
 
@@ -43,17 +44,6 @@ po::options_description api_options() {
   return o;
 }
 
-// Closes a file descriptor on scope exit.
-struct FdCloser {
-  int fd = -1;
-  FdCloser() = default;
-  FdCloser(const FdCloser&) = delete;
-  FdCloser& operator=(const FdCloser&) = delete;
-  ~FdCloser() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 // The -H arguments; sets `has_content_type` when one of them is Content-Type.
 client::Headers request_headers(const Ctx& ctx, const po::variables_map& vm,
                                 bool& has_content_type) {
@@ -80,7 +70,7 @@ client::Headers request_headers(const Ctx& ctx, const po::variables_map& vm,
 // The --data source, opened before anything is sent: a missing file is a
 // usage error and tokend never sees half a request.
 std::optional<client::BodyReader> request_body(const Ctx& ctx, const std::optional<DataArg>& data,
-                                               FdCloser& file) {
+                                               Fd& file) {
   if (!data) return std::nullopt;
   switch (data->kind) {
     case DataArg::Kind::literal:
@@ -91,13 +81,13 @@ std::optional<client::BodyReader> request_body(const Ctx& ctx, const std::option
       break;
   }
   if (data->value.empty()) throw UsageError{"--data @FILE needs a file name after the @"};
-  file.fd = ::open(data->value.c_str(), O_RDONLY | O_CLOEXEC);
-  if (file.fd < 0)
+  file.reset(::open(data->value.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!file.valid())
     throw UsageError{fmt::format("cannot open {}: {}", data->value, errno_text(errno))};
   struct stat st{};
-  if (::fstat(file.fd, &st) == 0 && S_ISDIR(st.st_mode))
+  if (::fstat(file.get(), &st) == 0 && S_ISDIR(st.st_mode))
     throw UsageError{data->value + " is a directory"};
-  return client::BodyReader::from_fd(file.fd, data->value);
+  return client::BodyReader::from_fd(file.get(), data->value);
 }
 
 // Streams the answer to stdout. One of 400 or more is held back (up to
@@ -171,7 +161,7 @@ int cmd_api(Ctx& ctx, const Args& args) {
   client::Headers headers = request_headers(ctx, vm, has_content_type);
   const auto data = parse_data_arg(opt(vm, "data"));
   if (data && !has_content_type) headers.emplace_back("Content-Type", "application/json");
-  FdCloser file;
+  Fd file;
   std::optional<client::BodyReader> body = request_body(ctx, data, file);
 
   auto client = ctx.api().connect();

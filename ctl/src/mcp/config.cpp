@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
+#include "core/fd.hpp"
 #include "core/fs.hpp"
 #include "core/names.hpp"
 
@@ -1026,20 +1027,18 @@ constexpr std::size_t k_max_config_bytes = 64u << 20;
 
 Result<ReadFile> read_config(const stdfs::path& path) {
   ReadFile r;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) {
+  const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd.valid()) {
     const int err = errno;
     if (err == ENOENT) return r;
     return fail(Errc::io, fmt::format("reading {}: {}", path.string(), errno_text(err)));
   }
   struct stat st{};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
     return fail(Errc::io,
                 fmt::format("{} is not a regular file; nothing was changed", path.string()));
   }
   if (static_cast<std::size_t>(st.st_size) > k_max_config_bytes) {
-    ::close(fd);
     return fail(Errc::limit_exceeded,
                 fmt::format("{} is larger than 64 MiB; nothing was changed", path.string()));
   }
@@ -1047,22 +1046,19 @@ Result<ReadFile> read_config(const stdfs::path& path) {
   r.mode = st.st_mode & 07777;
   char buf[65536];
   for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
+    const ssize_t n = ::read(fd.get(), buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       const int err = errno;
-      ::close(fd);
       return fail(Errc::io, fmt::format("reading {}: {}", path.string(), errno_text(err)));
     }
     if (n == 0) break;
     r.text.append(buf, static_cast<std::size_t>(n));
     if (r.text.size() > k_max_config_bytes) {
-      ::close(fd);
       return fail(Errc::limit_exceeded,
                   fmt::format("{} is larger than 64 MiB; nothing was changed", path.string()));
     }
   }
-  ::close(fd);
   return r;
 }
 
