@@ -288,13 +288,14 @@ std::optional<Response> resolve_target(Request& request) {
 }
 
 Response no_route_answer(std::string_view method, const std::vector<std::string>& allowed) {
-  if (allowed.empty()) return Response::error(404, "not_found", "no such endpoint; see docs/API.md");
+  if (allowed.empty())
+    return Response::error(404, "not_found", "no such endpoint; see docs/API.md");
   std::string allow;
   for (const auto& m : allowed) allow += (allow.empty() ? "" : ", ") + m;
   static constexpr std::string_view k_methods[] = {"GET",    "HEAD",  "PUT",    "POST",
                                                    "DELETE", "PATCH", "OPTIONS"};
-  const bool known = std::find(std::begin(k_methods), std::end(k_methods), method) !=
-                     std::end(k_methods);
+  const bool known =
+      std::find(std::begin(k_methods), std::end(k_methods), method) != std::end(k_methods);
   Response r =
       known ? Response::error(405, "method_not_allowed",
                               fmt::format("{} is not allowed on this path; use {}", method, allow))

@@ -114,6 +114,7 @@ class ExchangeImpl final : public Exchange {
   bool m_answered = false;
   std::vector<std::function<void()>> m_on_abandon;
 };
+
 // ---------------------------------------------------------------------------
 // Connection
 
@@ -335,8 +336,8 @@ std::shared_ptr<Stream> Connection::start_stream(ExchangeImpl* ex, int status, H
   framing = codec::framing_for(framing, version);
   m_framing = framing;
   m_stream_left = framing.length;
-  m_stream_keep_alive = framing.kind != StreamFraming::Kind::close &&
-                        ex->request().keep_alive && !m_listener.draining();
+  m_stream_keep_alive = framing.kind != StreamFraming::Kind::close && ex->request().keep_alive &&
+                        !m_listener.draining();
   ++m_listener.stats().responses_by_status[status];
   write(codec::encode_stream_head(status, headers, framing, version, m_stream_keep_alive));
   m_state = State::streaming;

@@ -17,6 +17,35 @@
 
 namespace tokend::ipc {
 
+namespace {
+
+// A socket file already at `p`: an error if a server answers on it, removed
+// if nobody does (left by a tokend that was killed).
+Result<> remove_stale_socket(const std::string& p, const sockaddr_un& addr) {
+  struct stat st{};
+  if (::lstat(p.c_str(), &st) != 0) return {};
+  if (!S_ISSOCK(st.st_mode)) {
+    return fail(Errc::config, fmt::format("{} exists and is not a socket; move it away or "
+                                          "choose another --socket",
+                                          p));
+  }
+  const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const bool live =
+      probe >= 0 && ::connect(probe, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
+  if (probe >= 0) ::close(probe);
+  if (live) {
+    return fail(Errc::already_exists,
+                fmt::format("another tokend is already running on {}; stop it first "
+                            "(systemctl --user stop tokend, or kill it) or use another --socket",
+                            p));
+  }
+  ::unlink(p.c_str());  // stale: nobody answers
+  spdlog::info("replaced stale socket {}", p);
+  return {};
+}
+
+}  // namespace
+
 Listener::Listener(net::Loop& loop, Router& router, ServerLimits limits)
     : m_loop(loop), m_router(router), m_limits(limits), m_own_uid(::geteuid()) {}
 
@@ -72,26 +101,7 @@ Result<> Listener::listen_path(const std::filesystem::path& path) {
   }
   std::memcpy(addr.sun_path, p.c_str(), p.size() + 1);
 
-  struct stat st{};
-  if (::lstat(p.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      return fail(Errc::config, fmt::format("{} exists and is not a socket; move it away or "
-                                            "choose another --socket",
-                                            p));
-    }
-    const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const bool live =
-        probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-    if (probe >= 0) ::close(probe);
-    if (live) {
-      return fail(Errc::already_exists,
-                  fmt::format("another tokend is already running on {}; stop it first "
-                              "(systemctl --user stop tokend, or kill it) or use another --socket",
-                              p));
-    }
-    ::unlink(p.c_str());  // stale: nobody answers
-    spdlog::info("replaced stale socket {}", p);
-  }
+  if (auto r = remove_stale_socket(p, addr); !r) return r;
 
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return fail(Errc::io, "creating a socket: " + errno_text(errno));
@@ -108,7 +118,7 @@ Result<> Listener::listen_path(const std::filesystem::path& path) {
     ::close(fd);
     return fail(Errc::io, fmt::format("listening on {}: {}", p, errno_text(errno)));
   }
-  if (::lstat(p.c_str(), &st) == 0) m_socket_inode = st.st_ino;
+  if (struct stat st{}; ::lstat(p.c_str(), &st) == 0) m_socket_inode = st.st_ino;
   m_socket_path = path;
   return listen_fd(fd);
 }

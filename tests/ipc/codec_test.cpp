@@ -75,8 +75,7 @@ void check_pipeline(const std::vector<Decoded>& got) {
 
 }  // namespace
 
-TEST_CASE("pipelined requests split at every byte come out whole and in order",
-          "[ipc][codec]") {
+TEST_CASE("pipelined requests split at every byte come out whole and in order", "[ipc][codec]") {
   const auto limits = small_limits();
   for (std::size_t split = 0; split <= k_pipeline.size(); ++split) {
     CAPTURE(split);
@@ -139,9 +138,9 @@ TEST_CASE("a body over the limit is refused with 413 unless its route takes uplo
     CHECK(asked == std::vector<std::string>{"POST /v1/echo"});
   }
   SECTION("at the ordinary limit: the route is not asked") {
-    auto got = decode_all("POST /v1/echo HTTP/1.1\r\nContent-Length: 64\r\n\r\n" +
-                              std::string(64, 'b'),
-                          limits, large);
+    auto got =
+        decode_all("POST /v1/echo HTTP/1.1\r\nContent-Length: 64\r\n\r\n" + std::string(64, 'b'),
+                   limits, large);
     REQUIRE(got.kind == Decoded::Kind::request);
     CHECK(got.request.body.size() == 64);
     CHECK(asked.empty());
@@ -161,8 +160,8 @@ TEST_CASE("a body over the limit is refused with 413 unless its route takes uplo
     CHECK_FALSE(d.large_body());
   }
   SECTION("over the upload limit even on a large-body route") {
-    auto got = decode_all("POST /v1/proxy/x HTTP/1.1\r\nContent-Length: 4097\r\n\r\n", limits,
-                          large);
+    auto got =
+        decode_all("POST /v1/proxy/x HTTP/1.1\r\nContent-Length: 4097\r\n\r\n", limits, large);
     REQUIRE(got.kind == Decoded::Kind::refused);
     CHECK(got.refusal.status == 413);
   }
@@ -298,9 +297,9 @@ TEST_CASE("refusals, targets and unrouted requests get their answers", "[ipc][co
     int status;
     std::string_view code;
   };
-  for (const auto& c : {Case{431, "header_too_large"}, Case{413, "body_too_large"},
-                        Case{408, "request_timeout"}, Case{403, "forbidden"},
-                        Case{503, "unavailable"}, Case{400, "bad_request"}}) {
+  for (const auto& c :
+       {Case{431, "header_too_large"}, Case{413, "body_too_large"}, Case{408, "request_timeout"},
+        Case{403, "forbidden"}, Case{503, "unavailable"}, Case{400, "bad_request"}}) {
     const auto r = ipc::codec::refusal_answer(c.status, "why");
     CHECK(r.status == c.status);
     CHECK(r.close);
