@@ -24,6 +24,8 @@
 
 namespace tokend::ipc {
 
+class Listener;
+
 struct ServerLimits {
   std::size_t max_header_bytes = 16 * 1024;
   std::size_t max_body_bytes = 1024 * 1024;
@@ -77,10 +79,8 @@ class Server {
 
   [[nodiscard]] const ServerStats& stats() const;
 
-  class Impl;
-
  private:
-  std::shared_ptr<Impl> m_impl;
+  std::shared_ptr<Listener> m_listener;
 };
 
 // Peer credentials of a connected Unix socket.

@@ -1,0 +1,307 @@
+#include "codec.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <boost/beast/core/buffers_range.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/serializer.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+#include <sstream>
+
+#include "core/secret.hpp"
+#include "net/spool.hpp"
+
+namespace tokend::ipc::codec {
+
+namespace http = boost::beast::http;
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr std::string_view k_header_too_large = "request header is larger than the limit";
+constexpr std::string_view k_body_too_large = "request body is larger than the limit";
+constexpr std::string_view k_spool_failed =
+    "the request body could not be kept in a temporary file";
+
+// Which answer a parse error gets.
+Refusal refusal_for_parse_error(const boost::system::error_code& ec) {
+  if (ec == http::error::header_limit) return {431, k_header_too_large};
+  if (ec == http::error::body_limit) return {413, k_body_too_large};
+  if (ec == http::error::buffer_overflow) return {431, k_header_too_large};
+  return {400, "malformed HTTP request"};
+}
+
+Decoded refused(Refusal refusal) {
+  Decoded d;
+  d.kind = Decoded::Kind::refused;
+  d.refusal = refusal;
+  return d;
+}
+
+std::string serialize(http::response<http::string_body>& res) {
+  std::string out;
+  out.reserve(256 + res.body().size());
+  http::response_serializer<http::string_body> sr{res};
+  boost::system::error_code ec;
+  do {
+    sr.next(ec, [&](boost::system::error_code&, const auto& buffers) {
+      for (const auto b : boost::beast::buffers_range_ref(buffers)) {
+        out.append(static_cast<const char*>(b.data()), b.size());
+      }
+      sr.consume(boost::beast::buffer_bytes(buffers));
+    });
+  } while (!ec && !sr.is_done());
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// RequestDecoder
+
+struct RequestDecoder::State {
+  LargeBodyRoute large_body_route;
+  // One parser per request; none between requests.
+  std::optional<http::request_parser<http::string_body>> parser;
+  bool body_checked = false;  // the route was asked about a large body
+  bool large_body = false;
+  std::shared_ptr<net::Spool> spool;
+
+  void begin(const DecodeLimits& limits);
+  std::optional<Refusal> check_body(const DecodeLimits& limits);
+  std::optional<Refusal> finish(Request& req);
+};
+
+void RequestDecoder::State::begin(const DecodeLimits& limits) {
+  parser.emplace();
+  parser->header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
+  // The route decides the real limit once the header is in (check_body).
+  parser->body_limit(std::max<std::uint64_t>(limits.max_body_bytes, limits.max_upload_bytes));
+  parser->eager(true);
+  body_checked = false;
+  large_body = false;
+  spool.reset();
+}
+
+// With the header in: the body limit of the route, and a large body moved
+// to a spool as it arrives.
+std::optional<Refusal> RequestDecoder::State::check_body(const DecodeLimits& limits) {
+  const auto& msg = parser->get();
+  const std::uint64_t have = (spool ? spool->size() : 0) + msg.body().size();
+  const auto announced = parser->content_length();
+  const std::uint64_t small = limits.max_body_bytes;
+  if (!body_checked && (have > small || (announced && *announced > small))) {
+    body_checked = true;
+    const std::string_view target(msg.target().data(), msg.target().size());
+    const std::string_view method(msg.method_string().data(), msg.method_string().size());
+    const auto qpos = target.find('?');
+    if (auto path = decode_path(target.substr(0, qpos)); path && large_body_route) {
+      large_body = large_body_route(method, *path);
+    }
+  }
+  const std::uint64_t limit = large_body ? limits.max_upload_bytes : small;
+  if (have > limit || (announced && *announced > limit)) return Refusal{413, k_body_too_large};
+  if (!large_body) return std::nullopt;
+  auto& body = parser->get().body();
+  if (body.size() < limits.spool_threshold) return std::nullopt;
+  if (!spool) {
+    auto created = net::Spool::create();
+    if (!created) {
+      spdlog::error("{}", created.error().message);
+      return Refusal{500, k_spool_failed};
+    }
+    spool = std::move(*created);
+  }
+  if (auto r = spool->append(body); !r) return Refusal{500, k_spool_failed};
+  // Also drop the capacity Beast reserved for the announced length.
+  std::string().swap(body);
+  return std::nullopt;
+}
+
+// The parsed message as the plain Request handlers see.
+std::optional<Refusal> RequestDecoder::State::finish(Request& req) {
+  // RFC 7230 §3.3.3: a Transfer-Encoding whose last coding is not chunked
+  // leaves the body length unknowable; answer 400 and close rather than read
+  // the rest as another request (request smuggling).
+  if (parser->get().count(http::field::transfer_encoding) != 0 && !parser->chunked()) {
+    return Refusal{400, "Transfer-Encoding must end with chunked"};
+  }
+  auto msg = parser->release();
+  parser.reset();
+  req.method = std::string(msg.method_string());
+  req.target = std::string(msg.target());
+  req.version = msg.version();
+  req.keep_alive = msg.keep_alive();
+  for (const auto& field : msg) {
+    req.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+  }
+  req.body = std::move(msg.body());
+  if (spool) {
+    if (auto r = spool->append(req.body); !r) return Refusal{500, k_spool_failed};
+    secure_wipe(req.body);
+    std::string().swap(req.body);
+    req.body_spool = std::move(spool);
+  }
+  return std::nullopt;
+}
+
+RequestDecoder::RequestDecoder(LargeBodyRoute large_body_route)
+    : m_state(std::make_unique<State>()) {
+  m_state->large_body_route = std::move(large_body_route);
+}
+
+RequestDecoder::~RequestDecoder() = default;
+
+Decoded RequestDecoder::decode(std::string& in, const DecodeLimits& limits) {
+  auto& s = *m_state;
+  while (!in.empty()) {
+    if (!s.parser) s.begin(limits);
+    boost::system::error_code ec;
+    const std::size_t used = s.parser->put(asio::buffer(in.data(), in.size()), ec);
+    in.erase(0, used);
+    if (ec && ec != http::error::need_more) {
+      reset();
+      return refused(refusal_for_parse_error(ec));
+    }
+    if (s.parser->is_header_done()) {
+      if (auto refusal = s.check_body(limits)) {
+        reset();
+        return refused(*refusal);
+      }
+    }
+    if (ec == http::error::need_more) {
+      // Beast keeps no partial header: until it is complete the bytes stay
+      // in `in`, so that is where an oversized one shows.
+      if (in.size() > limits.max_header_bytes && !s.parser->is_header_done()) {
+        reset();
+        return refused({431, k_header_too_large});
+      }
+      break;
+    }
+    if (!s.parser->is_done()) continue;
+    Decoded d;
+    if (auto refusal = s.finish(d.request)) {
+      reset();
+      return refused(*refusal);
+    }
+    d.kind = Decoded::Kind::request;
+    return d;
+  }
+  return {};
+}
+
+bool RequestDecoder::large_body() const {
+  return m_state->parser && m_state->large_body;
+}
+
+void RequestDecoder::reset() {
+  m_state->parser.reset();
+  m_state->spool.reset();
+  m_state->body_checked = false;
+  m_state->large_body = false;
+}
+
+// ---------------------------------------------------------------------------
+// Answers
+
+std::string encode_response(Response response, unsigned version, bool keep_alive) {
+  http::response<http::string_body> res{static_cast<http::status>(response.status),
+                                        version == 10 ? 10U : 11U};
+  res.set(http::field::server, "tokend");
+  for (auto& [k, v] : response.headers) res.insert(k, v);
+  res.keep_alive(keep_alive);
+  res.body() = std::move(response.body);
+  res.prepare_payload();
+  return serialize(res);
+}
+
+StreamFraming framing_for(StreamFraming wanted, unsigned version) {
+  if (wanted.kind == StreamFraming::Kind::chunked && version == 10) {
+    wanted.kind = StreamFraming::Kind::close;
+  }
+  return wanted;
+}
+
+std::string encode_stream_head(int status, const Headers& headers, const StreamFraming& framing,
+                               unsigned version, bool keep_alive) {
+  http::response<http::empty_body> res{static_cast<http::status>(status),
+                                       version == 10 ? 10U : 11U};
+  res.set(http::field::server, "tokend");
+  for (const auto& [k, v] : headers) res.insert(k, v);
+  switch (framing.kind) {
+    case StreamFraming::Kind::close:
+      break;
+    case StreamFraming::Kind::chunked:
+      res.chunked(true);
+      break;
+    case StreamFraming::Kind::length:
+      res.content_length(framing.length);
+      break;
+  }
+  res.keep_alive(keep_alive);
+  std::ostringstream os;
+  os << res.base();
+  return os.str();
+}
+
+std::string encode_chunk(std::string_view bytes) {
+  if (bytes.empty()) return {};
+  std::string chunk = fmt::format("{:x}\r\n", bytes.size());
+  chunk.reserve(chunk.size() + bytes.size() + 2);
+  chunk.append(bytes);
+  chunk.append("\r\n");
+  return chunk;
+}
+
+Response refusal_answer(int status, std::string_view message) {
+  const std::string_view code = status == 431   ? "header_too_large"
+                                : status == 413 ? "body_too_large"
+                                : status == 408 ? "request_timeout"
+                                : status == 403 ? "forbidden"
+                                : status == 503 ? "unavailable"
+                                                : "bad_request";
+  Response r = Response::error(status, code, message);
+  r.close = true;
+  return r;
+}
+
+std::optional<Response> resolve_target(Request& request) {
+  if (request.target.empty() || request.target.front() != '/') {
+    return Response::error(400, "bad_request", "request target must be an absolute path");
+  }
+  const std::string_view target(request.target);
+  const auto qpos = target.find('?');
+  auto path = decode_path(target.substr(0, qpos));
+  if (!path) {
+    return Response::error(400, "bad_request", "request path has a malformed or forbidden escape");
+  }
+  request.path = std::move(*path);
+  if (qpos == std::string_view::npos) return std::nullopt;
+  auto query = parse_query(target.substr(qpos + 1));
+  if (!query) return Response::error(400, "bad_request", "query string has a malformed escape");
+  request.query = std::move(*query);
+  return std::nullopt;
+}
+
+Response no_route_answer(std::string_view method, const std::vector<std::string>& allowed) {
+  if (allowed.empty())
+    return Response::error(404, "not_found", "no such endpoint; see docs/API.md");
+  std::string allow;
+  for (const auto& m : allowed) allow += (allow.empty() ? "" : ", ") + m;
+  static constexpr std::string_view k_methods[] = {"GET",    "HEAD",  "PUT",    "POST",
+                                                   "DELETE", "PATCH", "OPTIONS"};
+  const bool known =
+      std::find(std::begin(k_methods), std::end(k_methods), method) != std::end(k_methods);
+  Response r =
+      known ? Response::error(405, "method_not_allowed",
+                              fmt::format("{} is not allowed on this path; use {}", method, allow))
+            : Response::error(501, "not_implemented", "unknown HTTP method");
+  r.headers.emplace_back("Allow", allow);
+  return r;
+}
+
+}  // namespace tokend::ipc::codec

@@ -1,0 +1,124 @@
+// One accepted connection: bytes read → codec → router → an Exchange for the
+// handler → the answer written back, in request order. It owns the
+// connection's states (idle → reading → busy → idle, or streaming, or
+// closing → lingering → closed), its timers, streamed answers, linger and
+// close.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "codec.hpp"
+#include "core/error.hpp"
+#include "ipc/router.hpp"
+#include "net/loop.hpp"
+
+namespace tokend::ipc {
+
+class Listener;
+class ExchangeImpl;
+class StreamImpl;
+
+// One read buffer for all of a listener's connections: each read is
+// consumed before the loop starts the next one.
+struct ReadBuffer {
+  static constexpr std::size_t k_bytes = 64 * 1024;
+  std::unique_ptr<char[]> data{new char[k_bytes]};
+  bool in_use = false;
+};
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  enum class State { idle, reading, busy, streaming, closing, lingering, closed };
+
+  // `io` is the accepted socket, `peer` who is on its other end (nobody in
+  // particular on a loopback TCP listener).
+  Connection(std::shared_ptr<Listener> listener, net::Stream io, Peer peer);
+
+  // Creates the connection's timer.
+  Result<> init();
+  // Counts the connection as open and starts reading. Then exactly one of:
+  void start();
+  // waiting for the first request (the idle timeout runs), or
+  void await_request();
+  // answering `status` at once and closing.
+  void refuse(int status, std::string_view message);
+
+  // Drain: idle connections close, a stream ends, a busy one closes after
+  // its answer.
+  void drain();
+  void close();
+
+  [[nodiscard]] const Peer& peer() const { return m_peer; }
+  [[nodiscard]] bool counted() const { return m_counted; }
+
+  // For the connection's Exchange and Stream.
+  void respond(ExchangeImpl* ex, Response response);
+  std::shared_ptr<Stream> start_stream(ExchangeImpl* ex, int status, Headers headers,
+                                       StreamFraming framing);
+  bool stream_send(std::string_view bytes);
+  void stream_finish();
+  // Defers a drained check to the loop (never from inside the producer).
+  void check_drained_soon();
+  [[nodiscard]] std::size_t queued() const { return m_io.write_queue_size(); }
+  void close_after_flush();
+  [[nodiscard]] bool is_closed() const { return m_state == State::closed || m_closing_handles; }
+
+ private:
+  void resume_reading();
+  void maybe_pause_reading();
+  void on_read(ssize_t nread, const uv_buf_t* buf);
+  // After EOF: whether the peer closed both directions (POLLHUP), not just
+  // its sending half.
+  bool peer_gone();
+  void pump();
+  void dispatch(Request request);
+  void write(std::string data);
+  void on_write_done(int status);
+  void finish_response(bool close);
+  void begin_linger();
+  void arm_timer(std::chrono::milliseconds after);
+  void on_timer();
+  void check_drained();
+  [[nodiscard]] codec::DecodeLimits decode_limits() const;
+
+  Listener& m_listener;
+  // The listener's state outlives its connections: the last close callback
+  // may run after ~Server.
+  std::shared_ptr<Listener> m_keep_listener;
+  Peer m_peer;
+  // A Unix socket or, on a loopback listener, a TCP connection. The
+  // connection's memory is released in its close callback (the listener
+  // holds it until then); callbacks of both handles may use `this`, since
+  // the connection owns them.
+  net::Stream m_io;
+  net::Timer m_timer;
+  bool m_closing_handles = false;
+  State m_state = State::idle;
+  std::string m_inbuf;
+  codec::RequestDecoder m_decoder;
+  std::shared_ptr<ExchangeImpl> m_current;
+  std::shared_ptr<StreamImpl> m_stream;
+  std::size_t m_pending_writes = 0;
+  bool m_close_after_write = false;
+  bool m_reading = false;
+  bool m_counted = false;   // included in open_connections
+  bool m_peer_eof = false;  // the peer half-closed while we owed an answer
+  bool m_pumping = false;   // pump() is on the stack
+  // The stream being sent and how its body is delimited.
+  StreamFraming m_framing;
+  std::uint64_t m_stream_left = 0;  // StreamFraming::Kind::length
+  bool m_stream_keep_alive = false;
+  // The timer is armed for a drained check, not a timeout: when it fires it
+  // must not close a connection that has meanwhile begun to close (a stream
+  // that finished with writes still queued would lose them).
+  bool m_timer_checks_drained = false;
+};
+
+}  // namespace tokend::ipc
