@@ -263,6 +263,7 @@ Response refusal_answer(int status, std::string_view message) {
                                 : status == 408 ? "request_timeout"
                                 : status == 403 ? "forbidden"
                                 : status == 503 ? "unavailable"
+                                : status >= 500 ? "internal"  // our own failure, not the caller's
                                                 : "bad_request";
   Response r = Response::error(status, code, message);
   r.close = true;

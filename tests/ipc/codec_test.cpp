@@ -299,7 +299,8 @@ TEST_CASE("refusals, targets and unrouted requests get their answers", "[ipc][co
   };
   for (const auto& c :
        {Case{431, "header_too_large"}, Case{413, "body_too_large"}, Case{408, "request_timeout"},
-        Case{403, "forbidden"}, Case{503, "unavailable"}, Case{400, "bad_request"}}) {
+        Case{403, "forbidden"}, Case{503, "unavailable"}, Case{400, "bad_request"},
+        Case{500, "internal"}}) {
     const auto r = ipc::codec::refusal_answer(c.status, "why");
     CHECK(r.status == c.status);
     CHECK(r.close);
