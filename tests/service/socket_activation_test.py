@@ -161,7 +161,16 @@ class SocketActivationTest(unittest.TestCase):
         end = time.monotonic() + deadline
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(deadline)
-            s.connect(self.socket_path)
+            # systemd-socket-activate binds the path before it listens: in
+            # between, a connect is refused. Retried until the deadline.
+            while True:
+                try:
+                    s.connect(self.socket_path)
+                    break
+                except ConnectionRefusedError:
+                    if time.monotonic() >= end or not self.proc.running():
+                        raise
+                    time.sleep(0.01)
             s.sendall(HEALTH_REQUEST)
             try:
                 return read_response(s, end)
