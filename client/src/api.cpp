@@ -57,13 +57,13 @@ std::string error_message(const json::Json& body, std::string fallback) {
 
 // The Errc tokend's error code names (its codes are errc_name()s).
 Errc errc_named(std::string_view name) {
-  constexpr std::array all = {Errc::invalid_argument, Errc::not_found,    Errc::already_exists,
-                              Errc::conflict,         Errc::permission,   Errc::io,
-                              Errc::database,         Errc::wrong_key,    Errc::corrupt,
-                              Errc::config,           Errc::unavailable,  Errc::timeout,
-                              Errc::limit_exceeded,   Errc::protocol,     Errc::transient,
-                              Errc::reauth_required,  Errc::login_failed, Errc::internal};
-  for (const Errc c : all) {
+  constexpr std::array k_all = {Errc::invalid_argument, Errc::not_found,    Errc::already_exists,
+                                Errc::conflict,         Errc::permission,   Errc::io,
+                                Errc::database,         Errc::wrong_key,    Errc::corrupt,
+                                Errc::config,           Errc::unavailable,  Errc::timeout,
+                                Errc::limit_exceeded,   Errc::protocol,     Errc::transient,
+                                Errc::reauth_required,  Errc::login_failed, Errc::internal};
+  for (const Errc c : k_all) {
     if (errc_name(c) == name) return c;
   }
   return Errc::internal;

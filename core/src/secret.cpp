@@ -36,7 +36,7 @@ Secret Secret::adopt(std::string&& bytes) {
   return s;
 }
 
-Secret::Secret(const Secret& other) : m_bytes(other.m_bytes) {}
+Secret::Secret(const Secret& other) = default;
 
 Secret& Secret::operator=(const Secret& other) {
   if (this != &other) {
@@ -47,6 +47,7 @@ Secret& Secret::operator=(const Secret& other) {
 }
 
 // Moving a std::string may copy short (SSO) contents, so wipe the source.
+// NOLINTNEXTLINE(performance-move-constructor-init): the copy is the point
 Secret::Secret(Secret&& other) noexcept : m_bytes(other.m_bytes) {
   other.clear();
 }

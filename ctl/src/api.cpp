@@ -66,10 +66,10 @@ Result<std::string> proxy_target(std::string_view profile, std::string_view path
       return fail(Errc::invalid_argument,
                   "PATH contains a line break or another control character");
     }
-    if (target_char(c)) {
+    // Kept as they are: target characters, and an escape the caller wrote.
+    if (target_char(c) ||
+        (c == '%' && i + 2 < path.size() && is_hex(path[i + 1]) && is_hex(path[i + 2]))) {
       out += c;
-    } else if (c == '%' && i + 2 < path.size() && is_hex(path[i + 1]) && is_hex(path[i + 2])) {
-      out += c;  // an escape the caller wrote stays as it is
     } else {
       out += fmt::format("%{:02X}", static_cast<unsigned>(u));
     }

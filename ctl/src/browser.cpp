@@ -13,7 +13,7 @@ extern char** environ;  // NOLINT: POSIX declares it only for _GNU_SOURCE/_DARWI
 namespace tokend::ctl {
 
 std::optional<std::string> url_opener(const EnvLookup& env) {
-  if (auto b = env("BROWSER"); b && !b->empty()) return *b;
+  if (auto b = env("BROWSER"); b && !b->empty()) return b;
 #ifdef __APPLE__
   return std::string("open");
 #else

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -11,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 
@@ -134,7 +134,7 @@ std::vector<std::string> merge_environment(
         std::any_of(vars.begin(), vars.end(), [&](const auto& v) { return v.first == name; });
     if (!replaced) out.emplace_back(e);
   }
-  for (const auto& [name, value] : vars) out.push_back(name + "=" + value);
+  for (const auto& [name, value] : vars) out.push_back(fmt::format("{}={}", name, value));
   return out;
 }
 

@@ -66,11 +66,16 @@ inline std::string join(const std::vector<std::string>& v, std::string_view sep)
 inline Redirect redirect_of(std::vector<std::pair<std::string, std::string>> query) {
   Redirect r;
   for (auto& [k, v] : query) {
-    if (k == "code") r.code = std::move(v);
-    if (k == "state") r.state = std::move(v);
-    if (k == "error") r.error = std::move(v);
-    if (k == "error_description") r.description = std::move(v);
-    if (k == "iss") r.iss = std::move(v);
+    if (k == "code")
+      r.code = std::move(v);
+    else if (k == "state")
+      r.state = std::move(v);
+    else if (k == "error")
+      r.error = std::move(v);
+    else if (k == "error_description")
+      r.description = std::move(v);
+    else if (k == "iss")
+      r.iss = std::move(v);
   }
   return r;
 }

@@ -49,7 +49,7 @@ void LoginManager::logout(const std::string& name, JsonCallback done) {
   auto alive = m_alive;
   m_requests.start(
       oauth::make_token_request(*endpoint, params, m_options.http_timeout),
-      [this, alive, forget, url = ep.revocation_url,
+      [alive, forget, url = ep.revocation_url,
        done = std::move(done)](Result<net::HttpResponse> res) {
         if (!*alive) return;
         if (!res) {
@@ -106,7 +106,7 @@ void LoginManager::test(const std::string& name, JsonCallback done) {
         r.timeout = m_options.http_timeout;
         r.headers = {{"Accept", "application/json"},
                      {"Authorization", std::string(grant->authorization.reveal())}};
-        m_requests.start(std::move(r), [this, alive, name, url, what,
+        m_requests.start(std::move(r), [alive, name, url, what,
                                         done = std::move(done)](Result<net::HttpResponse> res) {
           if (!*alive) return;
           if (!res) {

@@ -351,7 +351,7 @@ void LoginManager::resolve(const std::string& name,
     // made with another).
     // Step 1: the protected resource metadata, from the server's 401
     // challenge or the well-known paths.
-    auto with_prm = [this, alive, name, mcp_server, wanted_as, discover_as, next](Result<Json> j) {
+    auto with_prm = [alive, name, mcp_server, wanted_as, discover_as, next](Result<Json> j) {
       if (!j) {
         next(std::unexpected(j.error()));
         return;

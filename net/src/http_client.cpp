@@ -255,7 +255,7 @@ class HttpClient::Impl {
     if (m != "GET" && m != "POST") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
     if (m == "HEAD") curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     for (const auto& [k, v] : t.request.headers) {
-      const std::string line = k + ": " + v;
+      const std::string line = fmt::format("{}: {}", k, v);
       t.headers = curl_slist_append(t.headers, line.c_str());
     }
     // No "Expect: 100-continue" round trip for small bodies.
@@ -324,7 +324,8 @@ class HttpClient::Impl {
       long status = 0;
       curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
       const bool stream = t->request.on_head(status, t->response_headers);
-      if ((t = find(id)) == nullptr) return;
+      t = find(id);
+      if (t == nullptr) return;  // the callback ended the transfer
       if (stream) {
         t->mode = Transfer::Mode::stream;
       } else {
@@ -337,7 +338,8 @@ class HttpClient::Impl {
       std::string bytes = std::move(t->pending);
       t->pending.clear();
       const bool more = t->request.on_data(bytes);
-      if ((t = find(id)) == nullptr) return;
+      t = find(id);
+      if (t == nullptr) return;
       if (!more) t->consumer_full = true;
     }
     if (t->paused && !t->consumer_full) {

@@ -208,7 +208,7 @@ void Proxy::forward(ProxyCall call, Done done) {
         return finish(c, refuse(Errc::limit_exceeded,
                                 fmt::format("policy: profile '{}' is limited to {} calls a minute",
                                             c->call.profile, rate->get<double>()),
-                                *wait));
+                                wait));
       }
     }
   }

@@ -19,7 +19,7 @@
 
 namespace boost::beast::http {
 template <bool isRequest>
-class basic_parser;
+class basic_parser;  // NOLINT(readability-identifier-naming): Beast's name
 }
 
 namespace tokend::client {

@@ -1154,7 +1154,7 @@ HostOs host_os() {
 
 stdfs::path default_config_path(McpClient client, HostOs os, const EnvLookup& env,
                                 bool (*exists)(const stdfs::path&)) {
-  const stdfs::path home = home_dir(env);
+  stdfs::path home = home_dir(env);  // not const: returned, and moved then
   const stdfs::path app_support = home / "Library" / "Application Support";
   switch (client) {
     case McpClient::claude_code:
