@@ -78,7 +78,7 @@ ErrorAnswer answer_for(Errc code, ErrorContext where) {
     if (r.code != code) continue;
     if (where == ErrorContext::forwarded && !r.forwarded_code.empty())
       return {r.forwarded_status, r.forwarded_code};
-    return {where == ErrorContext::forwarded ? r.forwarded_status : r.status, errc_name(code)};
+    return {r.status, errc_name(code)};
   }
   return {500, errc_name(Errc::internal)};
 }
