@@ -628,8 +628,11 @@ class UpstreamClient:
     def clear_faults(self):
         return self.control("DELETE", "faults")
 
-    def log(self, since=0):
-        return self.control("GET", f"log?since={since}")["entries"]
+    def log(self, since=0, settle=False):
+        """Request-log entries after `since`. settle=True first waits until every request
+        that began before this call has been logged (the fake logs a request after its
+        answer went out, so a caller that has just read the answer may be ahead of it)."""
+        return self.control("GET", f"log?since={since}" + ("&settle=1" if settle else ""))["entries"]
 
     def clear_log(self):
         return self.control("DELETE", "log")
@@ -709,10 +712,10 @@ class UpstreamClient:
         namespaces "site:NAME" (/site/NAME and /ex/.../CLOUDID of that site) and "dc"."""
         return self.control("GET", "store")["store"]
 
-    def api_log(self, since=0, prefix=None):
+    def api_log(self, since=0, prefix=None, settle=False):
         """Request-log entries of API calls (entry["api"] set), optionally of one prefix
         ("ex", "site", "dc")."""
-        return [e for e in self.log(since) if e.get("api")
+        return [e for e in self.log(since, settle) if e.get("api")
                 and (prefix is None or e["api"]["prefix"] == prefix)]
 
     def api_log_at_least(self, since, count, deadline=None):
@@ -729,11 +732,13 @@ class UpstreamClient:
         """The log's newest sequence number (for log(since=...))."""
         return self.control("GET", "log?since=999999999999")["last_seq"]
 
-    def wait_for_log(self, predicate, what, deadline=DEFAULT_DEADLINE):
-        """Polls the request log until an entry satisfies predicate; returns it."""
+    def wait_for_log(self, predicate, what, deadline=DEFAULT_DEADLINE, since=0):
+        """Polls the request log (entries after `since`) until an entry satisfies
+        predicate; returns it. The fake logs a request after its answer has gone out (or
+        its connection was dropped), so a caller may see the outcome first."""
         end = time.monotonic() + deadline
         while True:
-            for entry in self.log():
+            for entry in self.log(since):
                 if predicate(entry):
                     return entry
             if time.monotonic() > end:
@@ -1032,7 +1037,7 @@ def t_refresh_form_basic(up):
     state = up.grant(g["grant_id"])
     expect_eq(state["current_refresh_token"], body["refresh_token"], "current refresh token")
     expect_eq(state["rotations"], 1, "rotations")
-    entry = up.log()[-1]
+    entry = up.log(settle=True)[-1]
     expect_eq(entry["client_auth"], "client_secret_basic", "client_auth")
     expect_eq(entry["refresh_token_status"], "current", "refresh_token_status")
     expect_eq(entry["grant_id"], g["grant_id"], "grant_id in log")
@@ -1043,7 +1048,7 @@ def t_refresh_form_basic(up):
 def t_refresh_json_post(up):
     g = seed(up, auth_method="client_secret_post")
     expect_token_set(refresh(up, g["refresh_token"], "post_json"))
-    entry = up.log()[-1]
+    entry = up.log(settle=True)[-1]
     expect_eq(entry["content_type"], "application/json", "content type logged")
     expect_eq(entry["body"]["client_secret"], SECRET, "parsed JSON body logged")
     expect_eq(entry["client_auth"], "client_secret_post", "client_auth")
@@ -1058,7 +1063,7 @@ def t_refresh_form_post(up):
 def t_public_client(up):
     g = seed(up, auth_method="none")
     expect_token_set(refresh(up, g["refresh_token"], "public"))
-    expect_eq(up.log()[-1]["client_auth"], "none", "client_auth")
+    expect_eq(up.log(settle=True)[-1]["client_auth"], "none", "client_auth")
 
 
 def t_client_auth_errors(up):
@@ -1117,7 +1122,7 @@ def t_invalid_grant_styles(up):
     r = refresh(up, "rt-unknown")
     expect_oauth_error(r, 400, "invalid_grant")
     expect_eq(r.headers.get("cache-control"), "no-store", "cache-control on errors")
-    expect_eq(up.log()[-1]["refresh_token_status"], "unknown", "status unknown")
+    expect_eq(up.log(settle=True)[-1]["refresh_token_status"], "unknown", "status unknown")
     up.config(invalid_grant_style="atlassian")
     r = refresh(up, "rt-unknown")
     expect_oauth_error(r, 403, "invalid_grant")
@@ -1131,7 +1136,7 @@ def t_reuse_within_window(up):
     b1 = expect_token_set(refresh(up, rt0))
     b2 = expect_token_set(refresh(up, rt0))          # the client lost b1
     expect(b2["refresh_token"] not in (rt0, b1["refresh_token"]), "a fresh pair")
-    expect_eq(up.log()[-1]["refresh_token_status"], "previous_within_window", "status")
+    expect_eq(up.log(settle=True)[-1]["refresh_token_status"], "previous_within_window", "status")
     state = up.grant(g["grant_id"])
     expect(state["alive"], "alive")
     expect_eq(state["current_refresh_token"], b2["refresh_token"], "newest is current")
@@ -1148,7 +1153,7 @@ def expect_family_dead(up, g, tokens, access_tokens):
     expect_eq(state["revoked_reason"], "reuse_detected", "revoked_reason")
     for rt in tokens:
         expect_oauth_error(refresh(up, rt), 403, "invalid_grant")
-        expect_eq(up.log()[-1]["refresh_token_status"], "grant_revoked", "status after revocation")
+        expect_eq(up.log(settle=True)[-1]["refresh_token_status"], "grant_revoked", "status after revocation")
     for at in access_tokens:
         r = up.request("GET", "/me", headers={"Authorization": "Bearer " + at})
         expect_eq(r.status, 401, "revoked access token")
@@ -1159,7 +1164,7 @@ def t_reuse_strict(up):
     g = seed(up, reuse_window=0)
     b1 = expect_token_set(refresh(up, g["refresh_token"]))
     expect_oauth_error(refresh(up, g["refresh_token"]), 403, "invalid_grant")
-    expect_eq(up.log()[-1]["refresh_token_status"], "reused_outside_window", "status")
+    expect_eq(up.log(settle=True)[-1]["refresh_token_status"], "reused_outside_window", "status")
     expect_family_dead(up, g, [b1["refresh_token"], g["refresh_token"]],
                        [g["access_token"], b1["access_token"]])
     s = up.stats()
@@ -1216,7 +1221,7 @@ def t_keep_alive(up):
             expect("close" not in r.headers.get("connection", ""), "kept alive", r.headers)
     finally:
         conn.close()
-    entries = up.log()[-3:]
+    entries = up.log(settle=True)[-3:]
     expect_eq(len({e["connection"] for e in entries}), 1, "one connection")
     expect_eq([e["request_on_connection"] for e in entries], [1, 2, 3], "request numbers")
 
@@ -1330,7 +1335,7 @@ def t_api_auth(up):
     r = up.api_request("GET", cases[0][1], bearer(at))
     expect_eq(r.status, 401, "expired access token")
     expect('error="invalid_token"' in r.headers["www-authenticate"], "invalid_token", r.headers)
-    expect_eq(up.api_log()[-1]["auth"]["status"], "expired", "status in the log")
+    expect_eq(up.api_log(settle=True)[-1]["auth"]["status"], "expired", "status in the log")
     up.revoke_api_token(API_TOKEN)
     expect_eq(up.api_request("GET", "/site/acme/rest/api/2/myself", basic).status, 401,
               "revoked API token")
@@ -1529,7 +1534,7 @@ def t_api_uploads(up):
     cut = b"".join(mp.chunks())[:-10]
     r = up.api_request("POST", path, oauth, cut, headers={"X-Atlassian-Token": "no-check",
                                                           "Content-Type": mp.content_type})
-    expect_eq((r.status, up.api_log()[-1]["error"]), (400, "malformed_multipart"), "cut multipart")
+    expect_eq((r.status, up.api_log(settle=True)[-1]["error"]), (400, "malformed_multipart"), "cut multipart")
     r = up.upload(path, [("comment", None, "x")], oauth)
     expect_eq(r.status, 400, "no file part")
     r = up.upload(path, [("file", "e.txt", Blob("e", 70000))], oauth,
@@ -1584,14 +1589,14 @@ def t_api_downloads(up):
     expect_eq((d.status, d.size, d.headers["content-length"], d.complete), (200, size, str(size), True),
               "download")
     expect_eq(d.sha256, download_sha256("blob1", size), "content")
-    entry = up.api_log()[-1]
+    entry = up.api_log(settle=True)[-1]
     expect_eq((entry["response_bytes"], entry["response_sha256"]), (size, d.sha256), "log")
     d = up.download(url + "&chunked=1", oauth)
     expect_eq((d.headers.get("transfer-encoding"), d.size, d.sha256, d.complete),
               ("chunked", size, download_sha256("blob1", size), True), "chunked download")
     d = up.download(url + "&cut=1000000", oauth)
     expect_eq((d.status, d.complete, d.size <= 1000000), (200, False, True), "cut short")
-    expect_eq(up.api_log()[-1]["delivered"], False, "logged as not delivered")
+    expect_eq(up.api_log(settle=True)[-1]["delivered"], False, "logged as not delivered")
     r = up.request("HEAD", url, headers={"Authorization": oauth})
     expect_eq((r.status, r.headers["content-length"], r.body), (200, str(size), b""), "HEAD")
     started = time.monotonic()
@@ -1622,7 +1627,7 @@ def t_api_faults(up):
     got = [up.api_request("GET", ex_me, oauth) for _ in range(3)]
     expect_eq([r.status for r in got], [401, 401, 200], "401 twice with a valid token, then 200")
     expect('error="invalid_token"' in got[0].headers["www-authenticate"], "challenge", got[0].headers)
-    e = up.api_log()[-2]
+    e = up.api_log(settle=True)[-2]
     expect_eq((e["fault"], e["auth"]["valid"], e["status"]), ("invalid_token", True, 401), "logged")
     up.fault("invalid_token", target="api")
     r = up.api_request("GET", site_me, basic)
@@ -1650,7 +1655,7 @@ def t_api_faults(up):
                   "the faulted upload's body was drained: the connection goes on")
     finally:
         conn.close()
-    expect_eq(up.api_log()[-2]["body_size"], r.multipart.length, "drained body counted")
+    expect_eq(up.api_log(settle=True)[-2]["body_size"], r.multipart.length, "drained body counted")
     up.fault("rate_limited", target="api", method="POST", count=None)
     expect_eq(up.api_request("GET", ex_me, oauth).status, 200, "method filter: GET passes")
     expect_eq(up.api_request("POST", ex_me.replace("myself", "x"), oauth, {}).status, 429, "POST")
@@ -1809,13 +1814,14 @@ def t_slow(up):
     expect_eq(state["rotations"], 1, "the token WAS rotated")
     expect_eq(state["current_refresh_token"], entry["issued"]["refresh_token"], "lost token is current")
     expect_token_set(refresh(up, rt))          # the reuse window saves the client
-    expect_eq(up.log()[-1]["refresh_token_status"], "previous_within_window", "status")
+    expect_eq(up.log(settle=True)[-1]["refresh_token_status"], "previous_within_window", "status")
 
 
 def t_drop(up):
     g = seed(up)
     before = up.grant(g["grant_id"])
     for rst in (False, True):
+        since = up.last_seq()
         up.fault("drop", rst=rst)
         try:
             r = refresh(up, g["refresh_token"])
@@ -1823,7 +1829,7 @@ def t_drop(up):
             pass
         else:
             raise AssertionError(f"drop(rst={rst}) answered {r!r}")
-        entry = up.log()[-1]
+        entry = up.wait_for_log(lambda e: e.get("fault"), "the dropped request", since=since)
         expect_eq((entry["fault"], entry["status"], entry["delivered"]), ("drop", None, False), "log")
     expect_unchanged(up, g["grant_id"], before)
     expect_token_set(refresh(up, g["refresh_token"]))
@@ -1857,6 +1863,7 @@ def t_reset_mid_body(up):
 
 def t_drop_after_rotate(up):
     g = seed(up)
+    since = up.last_seq()
     up.fault("drop_after_rotate")
     try:
         refresh(up, g["refresh_token"])
@@ -1864,7 +1871,8 @@ def t_drop_after_rotate(up):
         pass
     else:
         raise AssertionError("drop_after_rotate answered")
-    entry = up.log()[-1]
+    entry = up.wait_for_log(lambda e: e.get("fault"), "the dropped request", since=since)
+    expect_eq(entry["fault"], "drop_after_rotate", "fault")
     expect(entry["issued"] and not entry["delivered"], "issued but not delivered", entry["issued"])
     expect_eq(up.grant(g["grant_id"])["rotations"], 1, "rotated")
 
@@ -1963,7 +1971,7 @@ def t_authorization_code(up):
     expect_oauth_error(up.token_request(dict(params, code_verifier=verifier, redirect_uri="http://x/"),
                                         auth=auth), 400, "invalid_grant")
     body = expect_token_set(up.token_request(dict(params, code_verifier=verifier), auth=auth))
-    gid = up.log()[-1]["grant_id"]
+    gid = up.log(settle=True)[-1]["grant_id"]
     expect_eq(up.grant(gid)["current_refresh_token"], body["refresh_token"], "new grant")
     expect_oauth_error(up.token_request(dict(params, code_verifier=verifier), auth=auth),
                        400, "invalid_grant")
@@ -2010,9 +2018,9 @@ def t_client_id_metadata_documents(up, cert_file, key_file):
         verifier, challenge = make_pkce()
         loc, got = _authorize_ok(up, url, REDIRECT, state="s", code_challenge=challenge)
         expect_eq(docs.fetches("/client.json"), ["fake_upstream"], "fetched once, by the server")
-        expect_eq(up.log()[-1].get("client_metadata_document"), {"url": url, "outcome": "accepted"}, "log")
+        expect_eq(up.log(settle=True)[-1].get("client_metadata_document"), {"url": url, "outcome": "accepted"}, "log")
         body = expect_token_set(up.exchange_code(got["code"], REDIRECT, url, code_verifier=verifier))
-        expect_eq((up.log()[-1]["client_id"], up.log()[-1]["client_auth"]), (url, "none"), "a public client")
+        expect_eq((up.log(settle=True)[-1]["client_id"], up.log(settle=True)[-1]["client_auth"]), (url, "none"), "a public client")
         expect_eq(_bearer_get(up, "/me", body["access_token"]).status, 200, "its token works")
         refused = {
             "another redirect": (dict(good, redirect_uris=["https://elsewhere.example/cb"]),
@@ -2028,8 +2036,8 @@ def t_client_id_metadata_documents(up, cert_file, key_file):
             r = up.authorize(url, REDIRECT, state="s", code_challenge=challenge)
             expect_eq(r.status, 400, f"{what}: shown, not redirected")
             expect(says in r.body.decode(errors="replace"), f"{what}: the page says why", r.body[:300])
-            expect(says in up.log()[-1]["client_metadata_document"]["outcome"], f"{what}: logged",
-                   up.log()[-1].get("client_metadata_document"))
+            expect(says in up.log(settle=True)[-1]["client_metadata_document"]["outcome"], f"{what}: logged",
+                   up.log(settle=True)[-1].get("client_metadata_document"))
         r = up.authorize(docs.url("/missing.json"), REDIRECT, state="s")
         expect_eq(r.status, 400, "a missing document")
         expect("could not be fetched (HTTP 404)" in r.body.decode(), "404 described", r.body[:300])
@@ -2047,7 +2055,7 @@ def t_code_flow(up):
                              prompt="consent", resource="https://api.example.test/")
     expect(loc.startswith(REDIRECT + "?code=code-"), "Location", loc)
     expect_eq(got["state"], "st-1", "state echoed")
-    info = up.log()[-1]["authorize"]
+    info = up.log(settle=True)[-1]["authorize"]
     for k, v in (("audience", "api.atlassian.com"), ("prompt", "consent"), ("state", "st-1"),
                  ("code_challenge", challenge), ("code_challenge_method", "S256"),
                  ("resource", "https://api.example.test/")):
@@ -2067,7 +2075,7 @@ def t_code_flow(up):
     body = expect_token_set(up.exchange_code(code, REDIRECT, CID, SECRET, code_verifier=verifier,
                                              resource="https://api.example.test/", as_json=True))
     expect_eq(body["scope"], "read:jira-work offline_access", "scope")
-    gid = up.log()[-1]["grant_id"]
+    gid = up.log(settle=True)[-1]["grant_id"]
     g = up.grant(gid)
     expect_eq((g["source"], g["resource"], g["scope"]),
               ("code", "https://api.example.test/", "read:jira-work offline_access"), "grant")
@@ -2144,7 +2152,7 @@ def t_authorize_errors(up):
     loc, got = _redirect_error(up, "access_denied", "reg", REDIRECT, **kw)
     expect(loc.endswith("?error=access_denied&error_description=The+user+denied+consent&state=s"),
            "deny Location", loc)
-    expect_eq(up.log()[-1]["authorize"]["outcome"], "access_denied", "log outcome")
+    expect_eq(up.log(settle=True)[-1]["authorize"]["outcome"], "access_denied", "log outcome")
     up.config(consent="approve", pkce_required=True)
     _redirect_error(up, "invalid_request", "reg", REDIRECT, state="s")
     _authorize_ok(up, "reg", REDIRECT, **kw)
@@ -2577,7 +2585,7 @@ def t_refresh_lifetime_and_scope(up):
     expect_eq(expect_token_set(r)["scope"], "read:jira-work", "narrowed scope")
     up.advance_clock(101)
     expect_oauth_error(refresh(up, r.json()["refresh_token"]), 403, "invalid_grant")
-    expect_eq(up.log()[-1]["refresh_token_status"], "expired", "expired")
+    expect_eq(up.log(settle=True)[-1]["refresh_token_status"], "expired", "expired")
     expect(up.grant(g["grant_id"])["alive"], "expiry revokes nothing")
 
 

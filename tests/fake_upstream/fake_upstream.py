@@ -468,6 +468,9 @@ class UpstreamState:
 
     def __init__(self, state_file=None):
         self.lock = threading.RLock()
+        self.logged_cond = threading.Condition(self.lock)   # a logged request has ended
+        self._tickets = 0            # logged requests begun, ever
+        self._open_tickets = set()   # begun and not yet logged
         self.state_file = state_file
         self._grant_seq = 0          # survives reset so stale ids never collide
         self._conn_seq = 0
@@ -1354,7 +1357,11 @@ class UpstreamState:
     # -- request accounting --------------------------------------------------------
 
     def begin(self, target, grant_id):
+        """Counts a logged request as in flight; returns its ticket for end()."""
         with self.lock:
+            self._tickets += 1
+            ticket = self._tickets
+            self._open_tickets.add(ticket)
             s = self.stats
             s["requests"] += 1
             by_target = s["requests_by_target"]
@@ -1375,9 +1382,12 @@ class UpstreamState:
                 s["api_in_flight"] += 1
                 s["max_concurrent_api_requests"] = max(s["max_concurrent_api_requests"],
                                                        s["api_in_flight"])
+            return ticket
 
-    def end(self, target, grant_id, entry):
+    def end(self, target, grant_id, entry, ticket):
         with self.lock:
+            self._open_tickets.discard(ticket)
+            self.logged_cond.notify_all()
             s = self.stats
             if target == "token":
                 s["in_flight_token_requests"] -= 1
@@ -1432,8 +1442,16 @@ class UpstreamState:
             s["downloads"] += 1
             s["download_bytes"] += entry.get("response_bytes") or 0
 
-    def read_log(self, since=0):
+    def read_log(self, since=0, settle=0.0):
+        """Log entries after `since`. With settle > 0, first waits (at most that many
+        seconds) until every request that began before this read has been logged: a
+        request is logged after its answer went out or its connection was dropped, so a
+        caller that has just seen the outcome would otherwise race the log."""
         with self.lock:
+            if settle > 0:
+                horizon = self._tickets
+                self.logged_cond.wait_for(
+                    lambda: not any(t <= horizon for t in self._open_tickets), timeout=settle)
             return {"entries": [copy.deepcopy(e) for e in self.log if e["seq"] > since],
                     "dropped": self.log_dropped, "last_seq": self.log_seq}
 
@@ -1925,6 +1943,7 @@ class Context:
         self.logged = not request.path.startswith("/_control/")
         self.grant_id = None
         self.params = None
+        self.ticket = None           # from State.begin, for State.end
         self.started = time.monotonic()
         self.api = None              # API routes: prefix, product, site, rest, operation, ...
         self.cred = None             # API routes: what the Authorization header amounted to
@@ -2073,7 +2092,7 @@ class App:
                 self._peek_token_request(ctx)
             if ctx.target in API_PREFIXES:
                 self._api_prepare(ctx)
-            self.state.begin(ctx.target, ctx.grant_id)
+            ctx.ticket = self.state.begin(ctx.target, ctx.grant_id)
         return ctx
 
     def respond(self, ctx):
@@ -2134,7 +2153,7 @@ class App:
                 e["response_bytes"] = len(resp.body)
         e["delivered"] = delivered
         e["duration"] = round(time.monotonic() - ctx.started, 6)
-        self.state.end(ctx.target, ctx.grant_id, e)
+        self.state.end(ctx.target, ctx.grant_id, e, ctx.ticket)
 
     def _call(self, handler, ctx):
         try:
@@ -3381,7 +3400,8 @@ class App:
             since = int(ctx.request.query.get("since", "0"))
         except ValueError:
             raise invalid_request("since must be an integer") from None
-        return Response.json(200, self.state.read_log(since))
+        settle = 5.0 if ctx.request.query.get("settle") == "1" else 0.0
+        return Response.json(200, self.state.read_log(since, settle))
 
     def control_clear_log(self, ctx):
         self.state.clear_log()
