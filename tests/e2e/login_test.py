@@ -160,7 +160,7 @@ class LoginTest(unittest.TestCase):
 
     def authorizations(self):
         """The parameters of every authorization request the provider saw."""
-        return [e["authorize"]["params"] for e in self.up.log() if e.get("authorize")]
+        return [e["authorize"]["params"] for e in self.up.log(settle=True) if e.get("authorize")]
 
     def wait_browser_runs(self, n):
         """tokenctl does not wait for the browser it started: wait for its log lines."""
@@ -216,7 +216,7 @@ class LoginTest(unittest.TestCase):
         r = self.ctl("login", "p")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assert_token_works()
-        exchange = [e for e in self.up.log() if e.get("grant_type") == "authorization_code"][-1]
+        exchange = [e for e in self.up.log(settle=True) if e.get("grant_type") == "authorization_code"][-1]
         self.assertEqual(exchange["client_auth"], "none")
         r = self.ctl("renew", "p")
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -644,11 +644,11 @@ class LoginTest(unittest.TestCase):
         self.assertEqual(len(fetches), 2, fetches)
         self.assertNotEqual(fetches[0], "fake_upstream")
         self.assertEqual(fetches[1], "fake_upstream")
-        authz = [e for e in self.up.log() if e.get("authorize")][-1]
+        authz = [e for e in self.up.log(settle=True) if e.get("authorize")][-1]
         self.assertEqual(authz["client_metadata_document"], {"url": url, "outcome": "accepted"})
         self.assertEqual(authz["authorize"]["params"]["client_id"], url)
         self.assertEqual(authz["authorize"]["params"]["resource"], self.up.mcp_url)
-        exchange = [e for e in self.up.log() if e.get("grant_type") == "authorization_code"][-1]
+        exchange = [e for e in self.up.log(settle=True) if e.get("grant_type") == "authorization_code"][-1]
         self.assertEqual((exchange["client_id"], exchange["client_auth"]), (url, "none"))
         token = self.assert_token_works("m")
         self.assertEqual(self.up.mcp_request(token).status, 200)
@@ -678,7 +678,7 @@ class LoginTest(unittest.TestCase):
         r = self.ctl("login", "m")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(self.up.stats()["registrations"], registrations + 1)
-        authz = [e for e in self.up.log() if e.get("authorize")][-1]
+        authz = [e for e in self.up.log(settle=True) if e.get("authorize")][-1]
         self.assertEqual(authz["client_metadata_document"], {"url": url, "outcome": "accepted"})
         config = self.profile("m")["config"]
         self.assertEqual(config["client_id"], url)
@@ -719,7 +719,7 @@ class LoginTest(unittest.TestCase):
         self.assertEqual(self.up.stats()["metadata_document_refusals"], refusals + 1)
         self.assertEqual(self.api("DELETE", "/v1/profiles/m/login")[0], 204)
         self.assertEqual(self.stored_state("m"), before)
-        self.assertEqual([e for e in self.up.log() if e.get("grant_type") == "authorization_code"], [])
+        self.assertEqual([e for e in self.up.log(settle=True) if e.get("grant_type") == "authorization_code"], [])
 
     def test_mcp_login_names_an_authorization_server_on_another_site(self):
         # Issue 13, the confused-deputy hint: an MCP server (here a plain-http
@@ -781,7 +781,7 @@ class LoginTest(unittest.TestCase):
         self.assertEqual(authz.get("audience"), "api.atlassian.com")
         self.assertEqual(authz.get("prompt"), "consent")
         self.assertIn("offline_access", authz.get("scope", "").split())
-        exchange = [e for e in self.up.log() if e.get("grant_type") == "authorization_code"][-1]
+        exchange = [e for e in self.up.log(settle=True) if e.get("grant_type") == "authorization_code"][-1]
         self.assertIn("json", exchange["content_type"])  # Atlassian documents a JSON body
         p = self.profile("a")
         self.assertTrue(p["has_refresh_token"])
@@ -982,7 +982,7 @@ class LoginTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("iss=", self.wait_browser_runs(1)[0]["location"])
         before, token = self.stored_state("d"), self.assert_token_works("d")
-        exchanges = len([e for e in self.up.log() if e.get("grant_type") == "authorization_code"])
+        exchanges = len([e for e in self.up.log(settle=True) if e.get("grant_type") == "authorization_code"])
         # Another issuer's iss: refused before the code is redeemed, pasted ...
         self.up.config(iss_override="https://evil.example")
         flow = self.start_paste_flow("d")
@@ -1005,7 +1005,7 @@ class LoginTest(unittest.TestCase):
         status, body = self.api("POST", "/v1/profiles/d/login/complete", {"redirect_url": location})
         self.assertEqual(status, 400, body)
         self.assertEqual(body["error"]["reason"], "iss_missing")
-        self.assertEqual(len([e for e in self.up.log() if e.get("grant_type") == "authorization_code"]), exchanges,
+        self.assertEqual(len([e for e in self.up.log(settle=True) if e.get("grant_type") == "authorization_code"]), exchanges,
                          "a code was redeemed although iss was wrong")
         self.assertEqual(self.stored_state("d"), before)
         self.assertEqual(self.ctl("token", "d").stdout.strip(), token)
@@ -1073,11 +1073,11 @@ class LoginTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         r = self.ctl("login", "dc")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        authz = [e for e in self.up.log() if e.get("authorize")][-1]
+        authz = [e for e in self.up.log(settle=True) if e.get("authorize")][-1]
         self.assertEqual(authz["path"], "/rest/oauth2/latest/authorize", authz)
         self.assertEqual(authz["authorize"]["params"].get("code_challenge_method"), "S256")
         self.assertEqual(self.ctl("renew", "dc").returncode, 0)
-        refresh = [e for e in self.up.log() if e.get("grant_type") == "refresh_token"][-1]
+        refresh = [e for e in self.up.log(settle=True) if e.get("grant_type") == "refresh_token"][-1]
         self.assertEqual(refresh["path"], "/rest/oauth2/latest/token")
         self.assertEqual(refresh["redirect_uri"], self.redirect)
         self.assert_token_works("dc")
@@ -1094,11 +1094,11 @@ class LoginTest(unittest.TestCase):
         r = self.ctl("login", "p")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.up.fault("insufficient_scope", target="resource", count=1)
-        calls = len([e for e in self.up.log() if e.get("path") == "/me"])
+        calls = len([e for e in self.up.log(settle=True) if e.get("path") == "/me"])
         r = self.ctl("api", "p", "GET", "/me")
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         # Exactly one upstream call: never an automatic retry.
-        self.assertEqual(len([e for e in self.up.log() if e.get("path") == "/me"]), calls + 1)
+        self.assertEqual(len([e for e in self.up.log(settle=True) if e.get("path") == "/me"]), calls + 1)
         union = ["openid", "offline_access", "read:jira-work", "write:jira-work"]
         self.assertEqual(self.profile()["config"]["step_up_scopes"], union)
         self.assertIn("tokenctl login p", r.stdout + r.stderr)

@@ -75,7 +75,7 @@ class ProxyTest(unittest.TestCase):
         return int(head_bytes[9:12]), head_bytes.decode(errors="replace"), payload
 
     def upstream_calls(self, path_prefix):
-        return [e for e in self.up.log() if e.get("path", "").startswith(path_prefix)]
+        return [e for e in self.up.log(settle=True) if e.get("path", "").startswith(path_prefix)]
 
     # -- forwarding ---------------------------------------------------------------
 
@@ -97,14 +97,14 @@ class ProxyTest(unittest.TestCase):
 
     def test_escapes_and_injection_are_refused_before_anything_is_sent(self):
         self.add_generic()
-        before = len(self.up.log())
+        before = len(self.up.log(settle=True))
         for target in ("/v1/proxy/g/../../_control/reset", "/v1/proxy/g/a/../../x", "/v1/proxy/g//evil.example/x",
                        "/v1/proxy/g/https://evil.example/x", "/v1/proxy/g/me%0d%0aHost:%20evil",
                        "/v1/proxy/g/a%2f..%2f..%2fx", "/v1/proxy/g/a%5c..%5cx", "/v1/proxy/g/me%00"):
             with self.subTest(target=target):
                 status, _, body = self.raw("GET", target)
                 self.assertEqual(status, 400, body)
-        self.assertEqual(len(self.up.log()), before, "a refused call reached the upstream")
+        self.assertEqual(len(self.up.log(settle=True)), before, "a refused call reached the upstream")
 
     def test_policy_read_only_allow_deny_and_rate(self):
         self.add_generic(policy={"read_only": True, "allow": ["me", "oauth"], "deny": ["oauth/userinfo"]})
@@ -247,7 +247,7 @@ class ProxyTest(unittest.TestCase):
         since = self.up.last_seq()
         status, _, body = self.raw("GET", "/v1/proxy/cloud/jira/rest/api/3/myself", ["X-Tokend-Retry-Wait: 5"])
         self.assertEqual(status, 200, body)
-        self.assertEqual(len(self.up.api_log(since)), 2)
+        self.assertEqual(len(self.up.api_log(since, settle=True)), 2)
         # A Retry-After longer than the caller will wait is passed back.
         self.up.fault("rate_limited", target="api_site", count=1, retry_after=30)
         status, _, _ = self.raw("GET", "/v1/proxy/cloud/jira/rest/api/3/myself", ["X-Tokend-Retry-Wait: 5"])
@@ -261,7 +261,7 @@ class ProxyTest(unittest.TestCase):
         for target in ("/v1/proxy/cloud/bitbucket/x", "/v1/proxy/oauth/admin/x", "/v1/proxy/dc/jira/../../x"):
             with self.subTest(target=target):
                 self.assertEqual(self.raw("GET", target)[0], 400)
-        self.assertEqual(self.up.api_log(before), [])
+        self.assertEqual(self.up.api_log(before, settle=True), [])
 
 
     # -- large bodies: bounded memory both ways ----------------------------------

@@ -105,7 +105,7 @@ class RefreshTest(unittest.TestCase):
         table = self.ctl("status").stdout
         self.assertIn("in ", table)  # next refresh shown
         # The request used client_secret_basic and the form body.
-        entry = [e for e in self.up.log() if e.get("path") == "/oauth/token"][-1]
+        entry = [e for e in self.up.log(settle=True) if e.get("path") == "/oauth/token"][-1]
         self.assertTrue(any(k.lower() == "authorization" for k in entry["headers"]))
 
     def test_fault_matrix(self):
@@ -162,7 +162,7 @@ class RefreshTest(unittest.TestCase):
         self.up.clear_log()
         for _ in range(5):
             self.assertEqual(self.ctl("renew", "p").returncode, 0)
-        conns = {e["connection"] for e in self.up.log() if e.get("path") == "/oauth/token"}
+        conns = {e["connection"] for e in self.up.log(settle=True) if e.get("path") == "/oauth/token"}
         self.assertEqual(len(conns), 1, f"5 refreshes over {len(conns)} connections")
 
     def test_500_concurrent_requests_make_one_upstream_refresh(self):

@@ -281,7 +281,7 @@ class StandinEndpointTest(unittest.TestCase):
         c = self.start("oauth", "--endpoint")
         port, standin = c.port, c.env["TOKEND_TOKEN"]
         path = f"/ex/jira/{self.cloud}/rest/api/3/myself"
-        before = len(self.up.api_log())
+        before = len(self.up.api_log(settle=True))
 
         def req(target=path, host=f"127.0.0.1:{port}", auth=f"Bearer {standin}", extra=()):
             head = f"GET {target} HTTP/1.1\r\nConnection: close\r\n"
@@ -318,7 +318,7 @@ class StandinEndpointTest(unittest.TestCase):
                 self.assertEqual(json.loads(body)["error"]["code"], code)
                 if want == 401:
                     self.assertIn("www-authenticate: bearer", head.lower())
-        self.assertEqual(len(self.up.api_log()), before, "a refused request reached the upstream")
+        self.assertEqual(len(self.up.api_log(settle=True)), before, "a refused request reached the upstream")
         # The endpoint's own origin, localhost and Basic with any user pass.
         for kw in (dict(extra=[f"Origin: http://127.0.0.1:{port}", "Sec-Fetch-Site: same-origin"]),
                    dict(host=f"localhost:{port}"), dict(auth=basic("anyone", standin))):
