@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace tokend::json {
 
 Result<Json> parse(std::string_view text, std::string_view what, std::size_t max_depth) {
@@ -63,6 +65,20 @@ Result<std::optional<bool>> optional_bool(const Json& obj, std::string_view key)
     return fail(Errc::invalid_argument, fmt::format("field \"{}\" must be true or false", key));
   }
   return std::optional<bool>{it->get<bool>()};
+}
+
+void append_quoted(std::string& out, std::string_view s) {
+  const bool plain = std::all_of(s.begin(), s.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u >= 0x20 && u < 0x7f && c != '"' && c != '\\';
+  });
+  if (!plain) {
+    out += Json(s).dump(-1, ' ', false, Json::error_handler_t::replace);
+    return;
+  }
+  out += '"';
+  out.append(s);
+  out += '"';
 }
 
 std::string string_or(const Json& obj, std::string_view key, std::string fallback) {

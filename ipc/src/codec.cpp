@@ -4,12 +4,13 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <boost/beast/core/buffers_range.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/serializer.hpp>
+#include <boost/beast/http/status.hpp>
 #include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
+#include <boost/beast/http/write.hpp>  // operator<< on a head
+#include <iterator>
 #include <sstream>
 
 #include "core/secret.hpp"
@@ -40,22 +41,6 @@ Decoded refused(Refusal refusal) {
   d.kind = Decoded::Kind::refused;
   d.refusal = refusal;
   return d;
-}
-
-std::string serialize(http::response<http::string_body>& res) {
-  std::string out;
-  out.reserve(256 + res.body().size());
-  http::response_serializer<http::string_body> sr{res};
-  boost::system::error_code ec;
-  do {
-    sr.next(ec, [&](boost::system::error_code&, const auto& buffers) {
-      for (const auto b : boost::beast::buffers_range_ref(buffers)) {
-        out.append(static_cast<const char*>(b.data()), b.size());
-      }
-      sr.consume(boost::beast::buffer_bytes(buffers));
-    });
-  } while (!ec && !sr.is_done());
-  return out;
 }
 
 }  // namespace
@@ -208,15 +193,58 @@ void RequestDecoder::reset() {
 // ---------------------------------------------------------------------------
 // Answers
 
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return (x | 0x20) == (y | 0x20);  // header names are ASCII tokens
+         });
+}
+
+// A header a handler may not set itself: the framing is ours.
+bool framing_header(std::string_view name) {
+  return iequals(name, "content-length") || iequals(name, "transfer-encoding") ||
+         iequals(name, "connection");
+}
+
+// A name or value that would end the header early or split it (defence in
+// depth: values from upstreams were checked where they came in).
+bool breaks_head(std::string_view s) {
+  return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
+}
+
+}  // namespace
+
+// The head is written by hand: a plain answer is the socket API's hot path,
+// and Beast's field container costs an allocation per header on top of the
+// serializer. Beast still names the status (the same reason phrases) and
+// frames streamed heads below.
 std::string encode_response(Response response, unsigned version, bool keep_alive) {
-  http::response<http::string_body> res{static_cast<http::status>(response.status),
-                                        version == 10 ? 10U : 11U};
-  res.set(http::field::server, "tokend");
-  for (auto& [k, v] : response.headers) res.insert(k, v);
-  res.keep_alive(keep_alive);
-  res.body() = std::move(response.body);
-  res.prepare_payload();
-  return serialize(res);
+  const int status = response.status;
+  // 1xx, 204 and 304 carry no body and no Content-Length (RFC 9110 §8.6).
+  const bool bodiless = (status >= 100 && status < 200) || status == 204 || status == 304;
+  const auto reason = http::obsolete_reason(static_cast<http::status>(status));
+  std::string out;
+  out.reserve(128 + response.body.size() + response.headers.size() * 48);
+  fmt::format_to(std::back_inserter(out), "HTTP/1.{} {} {}\r\nServer: tokend\r\n",
+                 version == 10 ? 0 : 1, status, std::string_view(reason.data(), reason.size()));
+  for (const auto& [name, value] : response.headers) {
+    if (framing_header(name)) continue;
+    if (name.empty() || breaks_head(name) || breaks_head(value)) {
+      spdlog::warn("an answer's header {} was dropped: its name or value holds CR, LF or NUL",
+                   breaks_head(name) ? std::string("(unprintable)") : name);
+      continue;
+    }
+    out.append(name).append(": ").append(value).append("\r\n");
+  }
+  if (!bodiless)
+    fmt::format_to(std::back_inserter(out), "Content-Length: {}\r\n", response.body.size());
+  if (version == 10 && keep_alive) out.append("Connection: keep-alive\r\n");
+  if (version != 10 && !keep_alive) out.append("Connection: close\r\n");
+  out.append("\r\n");
+  if (!bodiless) out.append(response.body);
+  if (response.sensitive) secure_wipe(response.body);
+  return out;
 }
 
 StreamFraming framing_for(StreamFraming wanted, unsigned version) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/guard.hpp"
+#include "core/secret.hpp"
 #include "listener.hpp"
 
 namespace tokend::ipc {
@@ -77,8 +78,10 @@ class ExchangeImpl final : public Exchange {
   [[nodiscard]] const Request& request() const override { return m_request; }
   [[nodiscard]] const Peer& peer() const override { return m_peer; }
   [[nodiscard]] std::string_view param(std::string_view name) const override {
-    auto it = m_params.find(name);
-    return it == m_params.end() ? std::string_view{} : std::string_view(it->second);
+    for (const auto& [k, v] : m_params) {
+      if (k == name) return v;
+    }
+    return {};
   }
   void respond(Response response) override {
     if (m_answered) return;
@@ -105,7 +108,7 @@ class ExchangeImpl final : public Exchange {
     for (auto& cb : cbs) guarded("abandon callback", cb);
   }
 
-  std::map<std::string, std::string, std::less<>> m_params;
+  Router::Params m_params;
 
  private:
   std::weak_ptr<Connection> m_conn;
@@ -312,7 +315,8 @@ void Connection::respond(ExchangeImpl* ex, Response response) {
   const auto hold = std::move(m_current);  // keeps `ex` alive to the end of this call
   const bool close = response.close || !ex->request().keep_alive || m_listener.draining();
   ++m_listener.stats().responses_by_status[response.status];
-  write(codec::encode_response(std::move(response), ex->request().version, !close));
+  const bool sensitive = response.sensitive;
+  write(codec::encode_response(std::move(response), ex->request().version, !close), sensitive);
   finish_response(close);
 }
 
@@ -405,17 +409,24 @@ void Connection::close_after_flush() {
   if (m_pending_writes == 0) begin_linger();
 }
 
-void Connection::write(std::string data) {
-  if (is_closed()) return;
+void Connection::write(std::string data, bool sensitive) {
+  if (is_closed()) {
+    if (sensitive) secure_wipe(data);
+    return;
+  }
   // Most answers fit the socket buffer: write them directly, with no request
   // object and no POLLOUT watcher to arm and disarm (one epoll_ctl saved per
   // request). Queue only what is left, behind anything already queued.
   if (m_pending_writes == 0) {
     const int n = m_io.try_write(data);
-    if (n == static_cast<int>(data.size())) return;
+    if (n == static_cast<int>(data.size())) {
+      if (sensitive) secure_wipe(data);
+      return;
+    }
     if (n > 0)
-      data.erase(0, static_cast<std::size_t>(n));
+      data.erase(0, static_cast<std::size_t>(n));  // the wipe below covers the capacity
     else if (n != UV_EAGAIN) {
+      if (sensitive) secure_wipe(data);
       close();
       return;
     }
@@ -423,7 +434,8 @@ void Connection::write(std::string data) {
   ++m_pending_writes;
   // The write keeps a reference: the connection outlives its writes.
   const int rc = m_io.write(
-      std::move(data), [self = shared_from_this()](int status) { self->on_write_done(status); });
+      std::move(data), [self = shared_from_this()](int status) { self->on_write_done(status); },
+      sensitive);
   if (rc != 0) {
     --m_pending_writes;
     close();

@@ -79,7 +79,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool peer_gone();
   void pump();
   void dispatch(Request request);
-  void write(std::string data);
+  // sensitive: the bytes hold a secret; every copy is wiped once written.
+  void write(std::string data, bool sensitive = false);
   void on_write_done(int status);
   void finish_response(bool close);
   void begin_linger();

@@ -1,13 +1,15 @@
 #include "ipc/router.hpp"
 
 #include <algorithm>
+#include <boost/container/small_vector.hpp>
 
 namespace tokend::ipc {
 
 namespace {
 
-std::vector<std::string> split_path(std::string_view path) {
-  std::vector<std::string> out;
+// A path's non-empty segments: "/v1//a/" and "/v1/a" both give {v1, a}.
+template <class Out>
+void split_path(std::string_view path, Out& out) {
   std::size_t i = 0;
   while (i < path.size()) {
     if (path[i] == '/') {
@@ -19,21 +21,32 @@ std::vector<std::string> split_path(std::string_view path) {
     if (next == std::string_view::npos) break;
     i = next;
   }
-  return out;
-}
-
-bool is_param(const std::string& seg) {
-  return seg.size() > 2 && seg.front() == '{' && seg.back() == '}';
-}
-bool is_rest(const std::string& seg) {
-  return seg.size() > 5 && seg.ends_with("...}");
 }
 
 }  // namespace
 
+std::string_view Router::Match::param(std::string_view name) const {
+  for (const auto& [k, v] : params) {
+    if (k == name) return v;
+  }
+  return {};
+}
+
 void Router::add(std::string method, std::string pattern, Handler handler, bool large_body) {
   Route r{std::move(method), std::move(pattern), {}, std::move(handler), large_body};
-  r.segments = split_path(r.pattern);
+  std::vector<std::string_view> parts;
+  split_path(r.pattern, parts);
+  for (const auto part : parts) {
+    Segment seg;
+    if (part.size() > 5 && part.front() == '{' && part.ends_with("...}")) {
+      seg = {Segment::Kind::rest, std::string(part.substr(1, part.size() - 5))};
+    } else if (part.size() > 2 && part.front() == '{' && part.back() == '}') {
+      seg = {Segment::Kind::param, std::string(part.substr(1, part.size() - 2))};
+    } else {
+      seg = {Segment::Kind::literal, std::string(part)};
+    }
+    r.segments.push_back(std::move(seg));
+  }
   m_routes.push_back(std::move(r));
   std::sort(m_routes.begin(), m_routes.end(), [](const Route& a, const Route& b) {
     return std::tie(a.pattern, a.method) < std::tie(b.pattern, b.method);
@@ -43,42 +56,40 @@ void Router::add(std::string method, std::string pattern, Handler handler, bool 
 Router::Match Router::match(std::string_view method, std::string_view path) const {
   Match result;
   // A path with a trailing slash or empty segment is not ours to guess at.
-  const auto segments = split_path(path);
-  for (const auto& route : m_routes) {
-    std::map<std::string, std::string, std::less<>> params;
-    bool ok = true;
+  boost::container::small_vector<std::string_view, 16> segments;
+  split_path(path, segments);
+  const auto fits = [&](const Route& route) {
     std::size_t i = 0;
-    for (; i < route.segments.size(); ++i) {
-      const auto& pat = route.segments[i];
-      if (is_rest(pat)) {
+    for (const auto& seg : route.segments) {
+      if (seg.kind == Segment::Kind::rest) return true;  // takes whatever is left
+      if (i >= segments.size()) return false;
+      if (seg.kind == Segment::Kind::literal && seg.text != segments[i]) return false;
+      ++i;
+    }
+    return i == segments.size();
+  };
+  for (const auto& route : m_routes) {
+    if (!fits(route)) continue;
+    if (route.method != method) {
+      result.allowed.push_back(route.method);
+      continue;
+    }
+    std::size_t i = 0;
+    for (const auto& seg : route.segments) {
+      if (seg.kind == Segment::Kind::rest) {
         std::string rest;
         for (std::size_t j = i; j < segments.size(); ++j) {
           if (!rest.empty()) rest += '/';
           rest += segments[j];
         }
-        params[pat.substr(1, pat.size() - 5)] = rest;
-        i = segments.size();
+        result.params.emplace_back(seg.text, std::move(rest));
         break;
       }
-      if (i >= segments.size()) {
-        ok = false;
-        break;
-      }
-      if (is_param(pat)) {
-        params[pat.substr(1, pat.size() - 2)] = segments[i];
-      } else if (pat != segments[i]) {
-        ok = false;
-        break;
-      }
-    }
-    if (!ok || i != segments.size()) continue;
-    if (route.method != method) {
-      result.allowed.push_back(route.method);
-      continue;
+      if (seg.kind == Segment::Kind::param) result.params.emplace_back(seg.text, segments[i]);
+      ++i;
     }
     result.handler = &route.handler;
     result.large_body = route.large_body;
-    result.params = std::move(params);
     result.allowed.clear();
     return result;
   }

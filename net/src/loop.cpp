@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "core/secret.hpp"
+
 namespace tokend::net {
 
 namespace {
@@ -21,6 +23,13 @@ struct WriteRequest {
   uv_write_t req{};
   std::string data;
   std::function<void(int)> done;
+  bool wipe = false;  // the bytes hold a secret
+  WriteRequest() = default;
+  WriteRequest(const WriteRequest&) = delete;
+  WriteRequest& operator=(const WriteRequest&) = delete;
+  ~WriteRequest() {
+    if (wipe) secure_wipe(data);
+  }
 };
 
 struct ShutdownRequest {
@@ -169,9 +178,10 @@ int Stream::try_write(std::string_view data) {
   return uv_try_write(&m_block->uv.stream, &buf, 1);
 }
 
-int Stream::write(std::string data, std::function<void(int status)> done) {
+int Stream::write(std::string data, std::function<void(int status)> done, bool wipe) {
   if (m_block == nullptr) return UV_EBADF;
   auto w = std::make_unique<WriteRequest>();
+  w->wipe = wipe;
   w->data = std::move(data);
   w->done = std::move(done);
   w->req.data = w.get();

@@ -34,3 +34,12 @@ TEST_CASE("typed field access names the field", "[core][json]") {
   REQUIRE_FALSE(w);
   CHECK(w.error().message == "field \"wrong\" must be a string");
 }
+
+TEST_CASE("append_quoted gives Json's own string literal", "[core][json]") {
+  for (const std::string s : {"", "plain", "a\"b", "a\\b", "\x7f", "\n\r\t\b\f", "\x01",
+                              "caf\xc3\xa9", "bad\xc3", "\xff\xfe"}) {
+    std::string out = "x";
+    json::append_quoted(out, s);
+    CHECK(out == "x" + json::Json(s).dump(-1, ' ', false, json::Json::error_handler_t::replace));
+  }
+}

@@ -257,6 +257,37 @@ TEST_CASE("answers are serialised with their framing", "[ipc][codec]") {
   CHECK(old.find("Connection: keep-alive\r\n") != std::string::npos);
 }
 
+TEST_CASE("an answer's framing is the codec's, whatever headers a handler set", "[ipc][codec]") {
+  ipc::Response r;
+  r.status = 200;
+  r.headers = {{"content-length", "999"},
+               {"Transfer-Encoding", "chunked"},
+               {"Connection", "upgrade"},
+               {"X-Split", "a\r\nInjected: 1"},
+               {"X-Nul", std::string("a\0b", 3)},
+               {"X\nBad", "v"},
+               {"X-Kept", "v"}};
+  r.body = "abc";
+  const auto out = ipc::codec::encode_response(r, 11, true);
+  CHECK(out == "HTTP/1.1 200 OK\r\nServer: tokend\r\nX-Kept: v\r\nContent-Length: 3\r\n\r\nabc");
+
+  // 1xx, 204 and 304 have neither a body nor a Content-Length.
+  ipc::Response none;
+  none.status = 204;
+  none.body = "dropped";
+  CHECK(ipc::codec::encode_response(none, 11, false) ==
+        "HTTP/1.1 204 No Content\r\nServer: tokend\r\nConnection: close\r\n\r\n");
+  none.status = 304;
+  CHECK(ipc::codec::encode_response(none, 10, false) ==
+        "HTTP/1.0 304 Not Modified\r\nServer: tokend\r\n\r\n");
+
+  // A sensitive answer (a token) is framed like any other; the copies are wiped.
+  ipc::Response secret;
+  secret.sensitive = true;
+  secret.body = "tok";
+  CHECK(ipc::codec::encode_response(std::move(secret), 11, true).ends_with("\r\n\r\ntok"));
+}
+
 TEST_CASE("streamed answers: head, chunks and the HTTP/1.0 fallback", "[ipc][codec]") {
   using K = ipc::StreamFraming::Kind;
   const ipc::StreamFraming chunked{K::chunked, 0};

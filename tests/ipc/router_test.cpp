@@ -17,7 +17,7 @@ TEST_CASE("router matches parameters, rest segments and reports allowed methods"
 
   auto m = r.match("GET", "/v1/profiles/jira");
   REQUIRE(m.handler);
-  CHECK(m.params["name"] == "jira");
+  CHECK(m.param("name") == "jira");
   (*m.handler)(nullptr);
   CHECK(hit == 2);
   m = r.match("GET", "/v1/profiles/jira/token");
@@ -27,8 +27,8 @@ TEST_CASE("router matches parameters, rest segments and reports allowed methods"
   CHECK(m.allowed == std::vector<std::string>{"GET", "PUT"});
   m = r.match("GET", "/v1/proxy/jira/rest/api/3/myself");
   REQUIRE(m.handler);
-  CHECK(m.params["rest"] == "rest/api/3/myself");
-  CHECK(m.params["name"] == "jira");
+  CHECK(m.param("rest") == "rest/api/3/myself");
+  CHECK(m.param("name") == "jira");
   CHECK_FALSE(r.match("GET", "/v1/profiles/a/b/c").handler);
   CHECK_FALSE(r.match("GET", "/v2/profiles").handler);
   CHECK(r.match("GET", "/v1/profiles").handler);

@@ -54,6 +54,9 @@ class Api {
   class Streams;
   class Waits;
 
+  // The 200 answer to a token request (public for its test).
+  static ipc::Response token_answer(const tokens::TokenGrant& grant, std::int64_t now_ms);
+
  private:
   using ExchangePtr = std::shared_ptr<ipc::Exchange>;
 

@@ -29,4 +29,10 @@ Result<std::optional<bool>> optional_bool(const Json& obj, std::string_view key)
 // throws (nlohmann's value() does on a type mismatch).
 std::string string_or(const Json& obj, std::string_view key, std::string fallback = {});
 
+// Appends `s` as a JSON string literal, exactly as Json(s).dump() with
+// invalid UTF-8 replaced would. Printable ASCII (the usual case for tokens,
+// names and types) is copied straight; anything else goes through nlohmann.
+// For answers built without a Json tree, on hot paths.
+void append_quoted(std::string& out, std::string_view s);
+
 }  // namespace tokend::json

@@ -52,6 +52,8 @@ struct Response {
   Headers headers;
   std::string body;
   bool close = false;  // close the connection after this response
+  // The body holds a secret (a token): every copy is wiped once written.
+  bool sensitive = false;
 
   static Response json(int status, const json::Json& body);
   // {"error": {"code": ..., "message": ...}} plus extra fields.

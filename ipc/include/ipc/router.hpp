@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -76,19 +75,28 @@ class Router {
   // spooled to a temporary file past the first megabyte.
   void add(std::string method, std::string pattern, Handler handler, bool large_body = false);
 
+  using Params = std::vector<std::pair<std::string, std::string>>;
   struct Match {
     const Handler* handler = nullptr;
-    std::map<std::string, std::string, std::less<>> params;
+    Params params;                     // in the pattern's order
     std::vector<std::string> allowed;  // methods for the path, when the method did not match
     bool large_body = false;
+    [[nodiscard]] std::string_view param(std::string_view name) const;
   };
+  // Allocates only for the matched route's parameters (a hot path: every
+  // request on the socket comes through here).
   [[nodiscard]] Match match(std::string_view method, std::string_view path) const;
 
  private:
+  struct Segment {
+    enum class Kind { literal, param, rest };
+    Kind kind = Kind::literal;
+    std::string text;  // the literal, or the parameter's name
+  };
   struct Route {
     std::string method;
     std::string pattern;
-    std::vector<std::string> segments;
+    std::vector<Segment> segments;
     Handler handler;
     bool large_body = false;
   };

@@ -202,8 +202,9 @@ class Stream : public detail::Owned<StreamHandle, StreamState> {
   int try_write(std::string_view data);
   // Queues `data` (kept until written). On 0, `done` runs exactly once with
   // the write's status (UV_ECANCELED when the handle closes first, before
-  // its close callback); otherwise never.
-  int write(std::string data, std::function<void(int status)> done);
+  // its close callback); otherwise never. wipe: the bytes hold a secret and
+  // are wiped when the request is freed, written or not.
+  int write(std::string data, std::function<void(int status)> done, bool wipe = false);
   // Half-closes after the queued writes; `done` as for write().
   int shutdown(std::function<void(int status)> done = {});
   [[nodiscard]] std::size_t write_queue_size() const noexcept;
