@@ -292,8 +292,15 @@ ipc::Response Api::token_answer(const tokens::TokenGrant& grant, std::int64_t no
   b += "{\"authorization\":";
   json::append_quoted(b, grant.authorization.reveal());
   if (grant.expires_at_ms) {
-    fmt::format_to(std::back_inserter(b), ",\"expires_at\":{},\"expires_in\":{}",
-                   *grant.expires_at_ms / 1000, (*grant.expires_at_ms - now_ms) / 1000);
+    char digits[48];
+    const auto at =
+        std::to_chars(std::begin(digits), std::end(digits), *grant.expires_at_ms / 1000);
+    const auto in =
+        std::to_chars(at.ptr + 1, std::end(digits), (*grant.expires_at_ms - now_ms) / 1000);
+    b += ",\"expires_at\":";
+    b.append(std::begin(digits), at.ptr);
+    b += ",\"expires_in\":";
+    b.append(at.ptr + 1, in.ptr);
   } else {
     b += ",\"expires_at\":null,\"expires_in\":null";
   }

@@ -10,6 +10,7 @@
 #include <boost/beast/http/status.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>  // operator<< on a head
+#include <charconv>
 #include <iterator>
 #include <sstream>
 
@@ -201,6 +202,13 @@ bool iequals(std::string_view a, std::string_view b) {
          });
 }
 
+template <class Int>
+void append_number(std::string& out, Int n) {
+  char digits[24];
+  const auto end = std::to_chars(std::begin(digits), std::end(digits), n).ptr;
+  out.append(std::begin(digits), end);
+}
+
 // A header a handler may not set itself: the framing is ours.
 bool framing_header(std::string_view name) {
   return iequals(name, "content-length") || iequals(name, "transfer-encoding") ||
@@ -226,8 +234,9 @@ std::string encode_response(Response response, unsigned version, bool keep_alive
   const auto reason = http::obsolete_reason(static_cast<http::status>(status));
   std::string out;
   out.reserve(128 + response.body.size() + response.headers.size() * 48);
-  fmt::format_to(std::back_inserter(out), "HTTP/1.{} {} {}\r\nServer: tokend\r\n",
-                 version == 10 ? 0 : 1, status, std::string_view(reason.data(), reason.size()));
+  out.append(version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ");
+  append_number(out, status);
+  out.append(" ").append(reason.data(), reason.size()).append("\r\nServer: tokend\r\n");
   for (const auto& [name, value] : response.headers) {
     if (framing_header(name)) continue;
     if (name.empty() || breaks_head(name) || breaks_head(value)) {
@@ -237,8 +246,11 @@ std::string encode_response(Response response, unsigned version, bool keep_alive
     }
     out.append(name).append(": ").append(value).append("\r\n");
   }
-  if (!bodiless)
-    fmt::format_to(std::back_inserter(out), "Content-Length: {}\r\n", response.body.size());
+  if (!bodiless) {
+    out.append("Content-Length: ");
+    append_number(out, response.body.size());
+    out.append("\r\n");
+  }
   if (version == 10 && keep_alive) out.append("Connection: keep-alive\r\n");
   if (version != 10 && !keep_alive) out.append("Connection: close\r\n");
   out.append("\r\n");

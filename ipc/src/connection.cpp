@@ -278,7 +278,7 @@ void Connection::pump() {
 
 void Connection::dispatch(Request req) {
   m_state = State::busy;
-  m_timer.stop();
+  m_deadline_armed = false;  // a busy exchange has no timeout
   ++m_listener.stats().requests;
 
   // Validate and route first; the exchange is built once, with the final request.
@@ -469,10 +469,22 @@ void Connection::begin_linger() {
   arm_timer(k_linger);
 }
 
+// The timer is re-armed only when the new deadline is earlier than the one it
+// will fire at; a later deadline is picked up when it fires. A busy keep-alive
+// connection moves its deadline on every request, and this keeps that off the
+// loop's timer heap.
 void Connection::arm_timer(std::chrono::milliseconds after) {
   if (is_closed()) return;
   m_timer_checks_drained = false;
-  m_timer.start(static_cast<std::uint64_t>(after.count()), 0, [this] {
+  const std::uint64_t now = m_listener.loop().now_ms();
+  m_deadline_ms = now + static_cast<std::uint64_t>(after.count());
+  m_deadline_armed = true;
+  if (!m_timer.active() || m_timer_due_ms > m_deadline_ms) start_timer(now);
+}
+
+void Connection::start_timer(std::uint64_t now) {
+  m_timer_due_ms = m_deadline_ms;
+  m_timer.start(m_deadline_ms - now, 0, [this] {
     auto keep = shared_from_this();
     on_timer();
   });
@@ -481,9 +493,17 @@ void Connection::arm_timer(std::chrono::milliseconds after) {
 void Connection::on_timer() {
   if (m_timer_checks_drained) {
     m_timer_checks_drained = false;
+    m_deadline_armed = false;  // the deadline was this check's
     check_drained();
     return;
   }
+  if (!m_deadline_armed) return;
+  const std::uint64_t now = m_listener.loop().now_ms();
+  if (now < m_deadline_ms) {
+    start_timer(now);  // the deadline moved on since the timer was started
+    return;
+  }
+  m_deadline_armed = false;
   switch (m_state) {
     case State::reading:
       refuse(408, "request not received in time");

@@ -85,6 +85,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void finish_response(bool close);
   void begin_linger();
   void arm_timer(std::chrono::milliseconds after);
+  void start_timer(std::uint64_t now);
   void on_timer();
   void check_drained();
   [[nodiscard]] codec::DecodeLimits decode_limits() const;
@@ -120,6 +121,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // must not close a connection that has meanwhile begun to close (a stream
   // that finished with writes still queued would lose them).
   bool m_timer_checks_drained = false;
+  bool m_deadline_armed = false;     // the state's timeout (idle, request, linger) applies
+  std::uint64_t m_deadline_ms = 0;   // when it runs out, on the loop's clock
+  std::uint64_t m_timer_due_ms = 0;  // when m_timer fires
 };
 
 }  // namespace tokend::ipc

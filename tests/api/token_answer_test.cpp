@@ -26,17 +26,18 @@ std::string reference(const tokens::TokenGrant& g, std::int64_t now_ms) {
 
 TEST_CASE("the token answer says what a Json tree would, and is wiped once written",
           "[api][token]") {
-  const std::string token = GENERATE(std::string("eyJhbGciOi.JIUzI1NiJ9-_~+/="),
-                                     std::string("pat \"quoted\" \\ back"),
-                                     std::string("ctl\x01\x1f tab\t"), std::string("caf\xc3\xa9"),
-                                     std::string("bad\xff utf8"), std::string());
+  const std::string token =
+      GENERATE(std::string("eyJhbGciOi.JIUzI1NiJ9-_~+/="), std::string("pat \"quoted\" \\ back"),
+               std::string("ctl\x01\x1f tab\t"), std::string("caf\xc3\xa9"),
+               std::string("bad\xff utf8"), std::string());
   tokens::TokenGrant g;
   g.token = Secret(token);
   g.authorization = Secret("Bearer " + token);
   g.token_type = "Bearer";
   const std::int64_t now = 1'700'000'000'000;
-  for (const auto expires : {std::optional<std::int64_t>{}, std::optional<std::int64_t>{now + 3'599'500},
-                             std::optional<std::int64_t>{now - 1'500}}) {
+  for (const auto expires :
+       {std::optional<std::int64_t>{}, std::optional<std::int64_t>{now + 3'599'500},
+        std::optional<std::int64_t>{now - 1'500}}) {
     g.expires_at_ms = expires;
     const auto r = api::Api::token_answer(g, now);
     CHECK(r.status == 200);

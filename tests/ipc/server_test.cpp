@@ -290,6 +290,28 @@ TEST_CASE("timeouts: a slow request gets 408, an idle connection is closed", "[i
   CHECK(f.stop() == 0);
 }
 
+TEST_CASE("the idle timeout runs from the answer, not from the request's own deadline",
+          "[ipc][server]") {
+  // The connection moves one deadline from request to idle without
+  // restarting its timer; an early timer must not close the connection.
+  ipc::ServerLimits limits;
+  limits.request_timeout = 100ms;
+  limits.idle_timeout = 600ms;
+  ServerFixture f(limits);
+  RawClient c(f.socket());
+  for (int i = 0; i < 3; ++i) {
+    c.send("GET /echo HTTP/1.1\r\n\r\n");
+    CHECK(status_of(c.read_response()) == 200);
+  }
+  const auto answered = std::chrono::steady_clock::now();
+  auto rest = c.read_to_eof();
+  const auto idle_for = std::chrono::steady_clock::now() - answered;
+  REQUIRE(rest);
+  CHECK(rest->empty());
+  CHECK(idle_for >= 550ms);  // closed by the idle timeout, not the request's 100 ms
+  CHECK(f.stop() == 0);
+}
+
 TEST_CASE("connections over the limit get 503", "[ipc][server]") {
   ipc::ServerLimits limits;
   limits.max_connections = 2;
