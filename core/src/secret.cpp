@@ -36,6 +36,15 @@ Secret Secret::adopt(std::string&& bytes) {
   return s;
 }
 
+Secret Secret::concat(std::initializer_list<std::string_view> parts) {
+  std::size_t size = 0;
+  for (const auto part : parts) size += part.size();
+  Secret s;
+  s.m_bytes.reserve(size);
+  for (const auto part : parts) s.m_bytes.append(part);
+  return s;
+}
+
 Secret::Secret(const Secret& other) = default;
 
 Secret& Secret::operator=(const Secret& other) {
@@ -46,17 +55,17 @@ Secret& Secret::operator=(const Secret& other) {
   return *this;
 }
 
-// Moving a std::string may copy short (SSO) contents, so wipe the source.
-// NOLINTNEXTLINE(performance-move-constructor-init): the copy is the point
-Secret::Secret(Secret&& other) noexcept : m_bytes(other.m_bytes) {
-  other.clear();
+// A moved std::string hands over its heap buffer, but short (SSO) contents
+// are copied and stay in the source's own buffer: wipe that (its capacity).
+Secret::Secret(Secret&& other) noexcept : m_bytes(std::move(other.m_bytes)) {
+  secure_wipe(other.m_bytes);
 }
 
 Secret& Secret::operator=(Secret&& other) noexcept {
   if (this != &other) {
-    clear();
-    m_bytes = other.m_bytes;
-    other.clear();
+    clear();  // the buffer the source may be handed back is wiped first
+    m_bytes = std::move(other.m_bytes);
+    secure_wipe(other.m_bytes);
   }
   return *this;
 }

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <catch2/catch_test_macros.hpp>
 #include <sstream>
 
@@ -28,6 +29,24 @@ TEST_CASE("Secret move leaves the source empty and copy is independent", "[core]
   CHECK(b.size() == 53);
   b.clear();
   CHECK(b.empty());
+}
+
+TEST_CASE("moving a Secret hands its buffer over and leaves no short copy behind",
+          "[core][secret]") {
+  Secret small("abcdefgh");
+  const char* sso = small.reveal().data();  // the short-string buffer inside `small`
+  Secret moved = std::move(small);
+  CHECK(moved.reveal() == "abcdefgh");
+  CHECK(std::all_of(sso, sso + 8, [](char c) { return c == 0; }));
+
+  Secret large(std::string(40, 'x'));
+  const char* heap = large.reveal().data();
+  Secret taken = std::move(large);
+  CHECK(taken.reveal().data() == heap);  // no copy of the bytes was made
+  Secret assigned("old");
+  assigned = std::move(taken);
+  CHECK(assigned.reveal() == std::string(40, 'x'));
+  CHECK(Secret::concat({"Bearer", " ", "tok"}).reveal() == "Bearer tok");
 }
 
 TEST_CASE("Secret::adopt wipes the source string", "[core][secret]") {

@@ -452,9 +452,10 @@ Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
     std::string email;
     if (auto it = e.profile.config.find("email"); it != e.profile.config.end() && it->is_string())
       email = *it;
-    std::string pair = email + ":" + std::string(c.access_token.reveal());
-    g.authorization = Secret::adopt("Basic " + base64_encode(pair));
-    secure_wipe(pair);
+    const Secret pair = Secret::concat({email, ":", c.access_token.reveal()});
+    std::string encoded = base64_encode(pair.reveal());
+    g.authorization = Secret::concat({"Basic ", encoded});
+    secure_wipe(encoded);
     g.token_type = "Basic";
     return g;
   }
@@ -475,7 +476,7 @@ Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
                       std::max<std::int64_t>(0, left_ms / 1000), (need.count() + 999) / 1000, why));
     }
   }
-  g.authorization = Secret::adopt(g.token_type + " " + std::string(c.access_token.reveal()));
+  g.authorization = Secret::concat({g.token_type, " ", c.access_token.reveal()});
   return g;
 }
 

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include <cstddef>
+#include <initializer_list>
 #include <iosfwd>
 #include <string>
 #include <string_view>
@@ -23,6 +24,9 @@ class Secret {
   explicit Secret(std::string_view bytes);
   // Takes ownership of the string's buffer and wipes the source's copy.
   static Secret adopt(std::string&& bytes);
+  // The parts joined, in one allocation and with no unwiped temporary
+  // ("Bearer " and a token, "email:token").
+  static Secret concat(std::initializer_list<std::string_view> parts);
 
   Secret(const Secret& other);
   Secret& operator=(const Secret& other);
