@@ -42,13 +42,9 @@ Result<std::shared_ptr<Spool>> Spool::create() {
   return std::shared_ptr<Spool>(new Spool(fd));
 }
 
-Spool::~Spool() {
-  if (m_fd >= 0) ::close(m_fd);
-}
-
 Result<> Spool::append(std::string_view bytes) {
   while (!bytes.empty()) {
-    const ssize_t n = ::pwrite(m_fd, bytes.data(), bytes.size(), static_cast<off_t>(m_size));
+    const ssize_t n = ::pwrite(m_fd.get(), bytes.data(), bytes.size(), static_cast<off_t>(m_size));
     if (n < 0) {
       if (errno == EINTR) continue;
       return fail(Errc::io,
@@ -62,7 +58,7 @@ Result<> Spool::append(std::string_view bytes) {
 
 Result<std::size_t> Spool::read_at(std::uint64_t offset, char* out, std::size_t size) const {
   for (;;) {
-    const ssize_t n = ::pread(m_fd, out, size, static_cast<off_t>(offset));
+    const ssize_t n = ::pread(m_fd.get(), out, size, static_cast<off_t>(offset));
     if (n >= 0) return static_cast<std::size_t>(n);
     if (errno != EINTR)
       return fail(Errc::io, fmt::format("reading a large body back: {}", errno_text(errno)));

@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "core/error.hpp"
+#include "core/fd.hpp"
 
 namespace tokend::net {
 
@@ -21,9 +22,6 @@ class Spool {
   static void set_directory(std::filesystem::path dir);
   static Result<std::shared_ptr<Spool>> create();
 
-  Spool(const Spool&) = delete;
-  Spool& operator=(const Spool&) = delete;
-  ~Spool();
 
   Result<> append(std::string_view bytes);
   // Up to `size` bytes from `offset`; 0 at the end.
@@ -32,7 +30,7 @@ class Spool {
 
  private:
   explicit Spool(int fd) : m_fd(fd) {}
-  int m_fd = -1;
+  Fd m_fd;  // move-only, so Spool is too
   std::uint64_t m_size = 0;
 };
 
