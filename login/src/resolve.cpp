@@ -304,8 +304,10 @@ void LoginManager::resolve(const std::string& name,
   };
 
   // Step 2: authorization server metadata for `as_issuer`.
-  auto discover_as = [this, alive, name, profile, register_client, next](std::string as_issuer,
-                                                                         Json extra) {
+  // `from_resource`: for MCP, what the protected resource metadata said
+  // (kept with the authorization server's own metadata).
+  auto discover_as = [this, alive, name, profile, register_client, next](
+                         std::string as_issuer, store::ProviderMetadata from_resource) {
     auto urls = oauth::metadata_urls(as_issuer);
     if (!urls) {
       next(std::unexpected(urls.error()));
@@ -314,7 +316,7 @@ void LoginManager::resolve(const std::string& name,
     auto trial = std::make_shared<UrlTrial>(UrlTrial{std::move(*urls), 0, {}});
     fetch_first_json(
         trial, {404, 400, 405},
-        [this, as_issuer, extra, name, profile, register_client, next](
+        [this, as_issuer, from_resource, name, profile, register_client, next](
             std::optional<Result<Json>> j, const std::vector<std::string>& tried) {
           if (!j) {
             next(fail(Errc::protocol,
@@ -331,10 +333,13 @@ void LoginManager::resolve(const std::string& name,
             next(std::unexpected(checked.error()));
             return;
           }
-          Json found = std::move(*checked);
-          for (const auto& [k, v] : extra.items()) found[k] = v;
-          found["at"] = to_unix_ms(m_clock.wall_now()) / 1000;
-          profile->config["discovered"] = std::move(found);
+          store::ProviderMetadata found = std::move(*checked);
+          found.resource = from_resource.resource;
+          found.authorization_server = from_resource.authorization_server;
+          found.authorization_servers = from_resource.authorization_servers;
+          found.resource_scopes = from_resource.resource_scopes;
+          found.at = to_unix_ms(m_clock.wall_now()) / 1000;
+          profile->config["discovered"] = Json(found);
           if (auto stored = store_resolved(*profile, {"discovered"}, false); !stored) {
             next(std::unexpected(stored.error()));
             return;
@@ -379,11 +384,12 @@ void LoginManager::resolve(const std::string& name,
         }
         chosen = *it;
       }
-      Json extra = {{"resource", prm->resource},
-                    {"authorization_server", chosen},
-                    {"authorization_servers", prm->authorization_servers}};
-      if (!prm->scopes_supported.empty()) extra["resource_scopes"] = prm->scopes_supported;
-      discover_as(chosen, std::move(extra));
+      store::ProviderMetadata from_resource;
+      from_resource.resource = prm->resource;
+      from_resource.authorization_server = chosen;
+      from_resource.authorization_servers = prm->authorization_servers;
+      from_resource.resource_scopes = prm->scopes_supported;
+      discover_as(chosen, std::move(from_resource));
     };
     auto from_well_known = [this, alive, mcp_server, with_prm, next]() {
       auto urls = oauth::protected_resource_urls(mcp_server);
@@ -440,7 +446,7 @@ void LoginManager::resolve(const std::string& name,
   const bool fresh = json::string_or(discovered, "issuer") == issuer &&
                      !json::string_or(discovered, "token_endpoint").empty();
   if (!issuer.empty() && (!fresh || !have_endpoints)) {
-    discover_as(issuer, Json::object());
+    discover_as(issuer, {});
     return;
   }
   register_client();

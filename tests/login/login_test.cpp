@@ -88,8 +88,9 @@ TEST_CASE("server metadata must name the issuer asked for and use https", "[logi
                {"scopes_supported", {"openid", "offline_access"}}};
   auto ok = check_server_metadata(good, "https://as.example.com");
   REQUIRE(ok);
-  CHECK((*ok)["token_endpoint"] == "https://as.example.com/token");
-  CHECK((*ok)["scopes_supported"].size() == 2);
+  CHECK(ok->token_endpoint == "https://as.example.com/token");
+  CHECK(ok->scopes_supported == std::vector<std::string>{"openid", "offline_access"});
+  CHECK_FALSE(ok->code_challenge_methods_supported);
 
   Json other = good;
   other["issuer"] = "https://evil.example.com";
