@@ -13,7 +13,6 @@
 
 #include "core/clock.hpp"
 #include "core/error.hpp"
-#include "core/json.hpp"
 #include "store/types.hpp"
 
 namespace tokend::proxy {
