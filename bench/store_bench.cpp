@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
       store::Profile p;
       p.name = "profile-" + std::to_string(i);
       p.provider = "generic";
-      p.config = {{"token_url", "https://auth.example/oauth/token"}};
+      p.config.token_url = "https://auth.example/oauth/token";
       (void)s->put_profile(p);
     }
     const std::string access(1200, 'a');  // Atlassian access tokens are JWTs of ~1 kB

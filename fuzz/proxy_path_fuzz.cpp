@@ -30,10 +30,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   // The policy is judged on every name the upstream path can have.
   auto with_policy = profile;
-  with_policy.config["policy"] = {
-      {"read_only", false},
-      {"allow", json::Json::array({"jira/rest/api/3/issue", "confluence/wiki/spaces/DOC"})},
-      {"deny", json::Json::array({"confluence", "jira/rest/api/3/user"})}};
+  store::ProxyPolicy policy;
+  policy.read_only = false;
+  policy.allow = std::vector<std::string>{"jira/rest/api/3/issue", "confluence/wiki/spaces/DOC"};
+  policy.deny = std::vector<std::string>{"confluence", "jira/rest/api/3/user"};
+  with_policy.config.policy = std::move(policy);
   (void)proxy::policy_paths(with_policy, rest);
   (void)proxy::check_policy(with_policy, method, rest);
   return 0;

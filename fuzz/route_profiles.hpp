@@ -28,21 +28,22 @@ inline store::Profile route_profile(std::uint8_t which) {
     case 0:
       p.kind = store::CredentialKind::oauth2;
       p.provider = "atlassian";
-      p.config = {{"api_base", "https://api.atlassian.com"},
-                  {"cloud_id", "11111111-2222-3333-4444-555555555555"}};
+      p.config.api_base = "https://api.atlassian.com";
+      p.config.cloud_id = "11111111-2222-3333-4444-555555555555";
       break;
     case 1:
       p.kind = store::CredentialKind::api_token;
-      p.config = {{"site", "https://example.atlassian.net"}, {"email", "me@example.com"}};
+      p.config.site = "https://example.atlassian.net";
+      p.config.email = "me@example.com";
       break;
     case 2:
       p.kind = store::CredentialKind::pat;
-      p.config = {{"site", "https://jira.example.com/jira"}};
+      p.config.site = "https://jira.example.com/jira";
       break;
     default:
       p.kind = store::CredentialKind::oauth2;
       p.provider = "generic";
-      p.config = {{"api_base", "https://api.example.com/v2"}};
+      p.config.api_base = "https://api.example.com/v2";
       break;
   }
   return p;

@@ -86,7 +86,7 @@ json::Json profile_json(const tokens::ProfileView& v, std::int64_t now_ms) {
       {"has_client_secret", v.has_client_secret},
       {"generation", v.generation},
       {"updated_at", v.updated_at_ms / 1000},
-      {"config", v.config},
+      {"config", json::Json(v.config)},
   };
   return j;
 }
@@ -389,8 +389,7 @@ void Api::open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::str
         for (const auto& [product, base] : opened->layout.urls) urls[product] = origin + base;
         std::string user = "tokend";
         if (auto p = m_tokens.profile_of(name); p && p->kind == store::CredentialKind::api_token) {
-          if (auto email = json::string_or(p->config, "email"); !email.empty())
-            user = std::move(email);
+          if (!p->config.email.empty()) user = p->config.email;
         }
         json::Json answer = {{"url", origin + opened->layout.base},
                              {"urls", std::move(urls)},

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include "core/encoding.hpp"
-#include "core/json.hpp"
 #include "net/url.hpp"
 #include "proxy/route.hpp"
 
@@ -44,7 +43,7 @@ std::optional<std::string_view> under(std::string_view path, std::string_view ba
 Result<MirrorLayout> mirror_layout(const store::Profile& p) {
   MirrorLayout layout;
   if (is_atlassian_cloud_oauth(p)) {
-    const std::string cloud = json::string_or(p.config, "cloud_id");
+    const std::string& cloud = p.config.cloud_id;
     if (cloud.empty() || cloud.find('/') != std::string::npos) {
       return fail(Errc::config,
                   fmt::format("profile '{}' has no Atlassian cloud id yet; run tokenctl login {} "
@@ -59,7 +58,7 @@ Result<MirrorLayout> mirror_layout(const store::Profile& p) {
   }
   if (reaches_site(p)) {
     // The site's origin is the endpoint's; a product elsewhere gets a prefix.
-    const std::string site = json::string_or(p.config, "site");
+    const std::string& site = p.config.site;
     std::string main_origin;
     if (!site.empty()) {
       auto s = origin_and_path(site, "profile's site");
@@ -82,7 +81,7 @@ Result<MirrorLayout> mirror_layout(const store::Profile& p) {
     layout.urls = layout.products;
     return layout;
   }
-  const std::string api_base = json::string_or(p.config, "api_base");
+  const std::string& api_base = p.config.api_base;
   if (api_base.empty()) {
     return fail(
         Errc::config,

@@ -22,7 +22,7 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
             name, name)});
     return;
   }
-  f.redirect_uri = json::string_or(p.config, "redirect_uri");
+  f.redirect_uri = p.config.redirect_uri;
   if (f.redirect_uri.empty()) f.redirect_uri = k_default_redirect_uri;
   auto redirect = net::parse_url(f.redirect_uri, "the redirect URI");
   if (!redirect) {
@@ -31,10 +31,11 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
   }
   f.callback_path = redirect->path;
 
-  const std::string pkce_mode = p.config.value("pkce", std::string("S256"));
+  using store::PkceMode;
+  const PkceMode pkce_mode = p.config.pkce.value_or(PkceMode::s256);
   // Without a client secret, PKCE is all that binds the code to this login
   // (RFC 8252 §8.1, OAuth 2.1): a public client never goes without it.
-  if (pkce_mode == "off" && f.endpoint.client_secret.empty()) {
+  if (pkce_mode == PkceMode::off && f.endpoint.client_secret.empty()) {
     fail_start(
         Error{Errc::invalid_argument,
               fmt::format(
@@ -43,9 +44,11 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
                   name)});
     return;
   }
-  const auto methods =
-      list_of(p.config.value("discovered", Json::object()), "code_challenge_methods_supported");
-  if (pkce_mode == "required" && !methods.empty() && !contains(methods, "S256")) {
+  const std::vector<std::string> methods =
+      p.config.discovered ? p.config.discovered->code_challenge_methods_supported.value_or(
+                                std::vector<std::string>{})
+                          : std::vector<std::string>{};
+  if (pkce_mode == PkceMode::required && !methods.empty() && !contains(methods, "S256")) {
     fail_start(Error{
         Errc::invalid_argument,
         fmt::format("profile '{}' requires PKCE but the provider does not offer S256", name)});
@@ -58,7 +61,7 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
     return;
   }
   f.state_value = std::move(*state);
-  if (pkce_mode != "off") {
+  if (pkce_mode != PkceMode::off) {
     // 32 bytes of entropy as base64url: 43 characters, the RFC's minimum.
     f.pkce = oauth::Pkce{Secret(entropy->reveal().substr(0, 43)), {}};
     f.pkce->challenge = oauth::pkce_challenge(f.pkce->verifier.reveal());
@@ -74,8 +77,8 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
   q.emplace_back("response_type", "code");
   // OIDC Core §11: offline_access needs prompt=consent, or servers drop it
   // silently and issue no refresh token. The profile's own prompt wins.
-  if (const std::string prompt = json::string_or(p.config, "prompt"); !prompt.empty()) {
-    q.emplace_back("prompt", prompt);
+  if (!p.config.prompt.empty()) {
+    q.emplace_back("prompt", p.config.prompt);
   } else if (p.provider == "atlassian" || contains(scopes, "offline_access")) {
     q.emplace_back("prompt", "consent");
   }
@@ -83,15 +86,13 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
     q.emplace_back("code_challenge", f.pkce->challenge);
     q.emplace_back("code_challenge_method", "S256");
   }
-  if (p.provider != "atlassian" && !json::string_or(p.config, "audience").empty())
-    q.emplace_back("audience", json::string_or(p.config, "audience"));
+  if (p.provider != "atlassian" && !p.config.audience.empty())
+    q.emplace_back("audience", p.config.audience);
   if (!f.endpoint.resource.empty()) q.emplace_back("resource", f.endpoint.resource);
   // Extra parameters (Google's access_type=offline, login_hint, ...); the
   // profile check refused the ones tokend sets itself.
-  if (auto it = p.config.find("authorize_params"); it != p.config.end() && it->is_object()) {
-    for (const auto& [k, v] : it->items()) {
-      if (v.is_string()) q.emplace_back(k, v.get<std::string>());
-    }
+  if (p.config.authorize_params) {
+    for (const auto& [k, v] : *p.config.authorize_params) q.emplace_back(k, v);
   }
   f.asked_scopes = scopes;
   std::string url = ep.authorize_url;
@@ -261,8 +262,9 @@ void LoginManager::accept_code(Flow& f, Redirect r, JsonCallback done) {
   // it must be the issuer this login is for (a mix-up attack otherwise).
   // Checked before the code (or an error) is acted on.
   const std::string issuer = oauth::endpoints_of(f.resolved).issuer;
-  const bool advertised = f.resolved.config.value("discovered", Json::object())
-                              .value("authorization_response_iss_parameter_supported", false);
+  const bool advertised =
+      f.resolved.config.discovered &&
+      f.resolved.config.discovered->authorization_response_iss_parameter_supported;
   if (!r.bare && !issuer.empty() && (r.iss || advertised)) {
     if (!r.iss) {
       secure_wipe(code);

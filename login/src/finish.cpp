@@ -19,9 +19,8 @@ std::string no_refresh_token_warning(const LoginManager::Flow& f, const store::T
       "the provider issued no refresh token, so this login must be repeated when the token "
       "expires; tokend asked for {}{} and {}. ",
       asked_text,
-      json::string_or(p.config, "prompt").empty()
-          ? (offline ? " with prompt=consent" : "")
-          : " with prompt=" + json::string_or(p.config, "prompt"),
+      p.config.prompt.empty() ? (offline ? " with prompt=consent" : "")
+                              : " with prompt=" + p.config.prompt,
       granted);
   if (!offline) {
     out += fmt::format(
@@ -52,9 +51,9 @@ void LoginManager::on_tokens(Flow& f, store::TokenSet tokens) {
   }
   // The consent asked for is given: a later insufficient_scope starts over.
   if (auto current = m_tokens.profile_of(f.profile);
-      current && current->config.contains("step_up_scopes") &&
-      list_of(current->config, "step_up_scopes") == f.asked_scopes) {
-    current->config.erase("step_up_scopes");
+      current && !current->config.step_up_scopes.empty() &&
+      current->config.step_up_scopes == f.asked_scopes) {
+    current->config.step_up_scopes.clear();
     if (auto r = m_tokens.update_profile(*current); !r)
       f.warning = "the step-up scopes were not cleared: " + r.error().message;
   }
@@ -92,7 +91,7 @@ void LoginManager::pick_cloud(Flow& f) {
                const auto site_json = [](const oauth::AtlassianSite& s) {
                  return Json{{"id", s.id}, {"url", s.url}, {"name", s.name}};
                };
-               const std::string site = json::string_or(fl.resolved.config, "site");
+               const std::string site = fl.resolved.config.site;
                const oauth::SiteChoice choice = oauth::choose_site(*sites, site);
                if (choice.problem != oauth::SiteProblem::none) {
                  Json listed = Json::array();
@@ -128,8 +127,8 @@ void LoginManager::pick_cloud(Flow& f) {
                const oauth::AtlassianSite& chosen = *choice.site;
                auto profile = m_tokens.profile_of(name);
                if (profile) {
-                 profile->config["cloud_id"] = chosen.id;
-                 profile->config["cloud_url"] = chosen.url;
+                 profile->config.cloud_id = chosen.id;
+                 profile->config.cloud_url = chosen.url;
                  if (auto r = m_tokens.update_profile(*profile); !r)
                    fl.warning = "the cloud id was not stored: " + r.error().message;
                }

@@ -124,15 +124,17 @@ inline std::string page(std::string_view title, std::string_view text) {
 inline std::vector<std::string> scopes_for(const store::Profile& p) {
   // After an insufficient_scope answer the login asks for the union of the
   // scopes and the challenged ones (TokenService::require_consent).
-  if (auto step_up = list_of(p.config, "step_up_scopes"); !step_up.empty()) return step_up;
-  std::vector<std::string> scopes = list_of(p.config, "scopes");
-  const Json discovered = p.config.value("discovered", Json::object());
-  const auto as_scopes = list_of(discovered, "scopes_supported");
+  const store::ProfileConfig& c = p.config;
+  if (!c.step_up_scopes.empty()) return c.step_up_scopes;
+  std::vector<std::string> scopes = c.scopes.value_or(std::vector<std::string>{});
+  const std::vector<std::string> as_scopes =
+      c.discovered ? c.discovered->scopes_supported.value_or(std::vector<std::string>{})
+                   : std::vector<std::string>{};
   if (p.provider == "atlassian") {
     if (scopes.empty()) scopes = {"read:jira-work", "read:jira-user"};
     if (!contains(scopes, "offline_access")) scopes.emplace_back("offline_access");
   } else if (p.provider == "mcp" && scopes.empty()) {
-    scopes = list_of(discovered, "resource_scopes");
+    if (c.discovered) scopes = c.discovered->resource_scopes;
     if (scopes.empty()) scopes = as_scopes;
     // offline_access where offered, so that a refresh token comes back.
     if (contains(as_scopes, "offline_access") && !contains(scopes, "offline_access"))

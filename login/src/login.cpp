@@ -267,16 +267,17 @@ Json LoginManager::status(const std::string& name) const {
   }
   if (!f.warning.empty()) j["warning"] = f.warning;
   // MCP: the authorization server chosen, and the others it could have been.
-  const Json found = f.resolved.config.value("discovered", Json::object());
-  if (const std::string as = json::string_or(found, "authorization_server"); !as.empty()) {
+  const auto& found = f.resolved.config.discovered;
+  if (found && !found->authorization_server.empty()) {
+    const std::string& as = found->authorization_server;
     j["authorization_server"] = as;
-    const auto all = list_of(found, "authorization_servers");
+    const auto& all = found->authorization_servers;
     if (all.size() > 1) {
       j["authorization_servers"] = all;
       j["authorization_server_note"] =
           fmt::format("The MCP server names {} authorization servers ({}); using {}{}.", all.size(),
                       join(all, ", "), as,
-                      json::string_or(f.resolved.config, "authorization_server").empty()
+                      f.resolved.config.authorization_server.empty()
                           ? fmt::format(" (the first); choose another with tokenctl add {} ... "
                                         "--authorization-server URL",
                                         name)

@@ -72,7 +72,7 @@ void LoginManager::test(const std::string& name, JsonCallback done) {
   std::string url;
   std::string what;
   if (p->kind != store::CredentialKind::oauth2) {
-    std::string site = json::string_or(p->config, "site");
+    std::string site = p->config.site;
     while (!site.empty() && site.back() == '/') site.pop_back();
     url = site + "/rest/api/2/myself";
     what = "myself";

@@ -28,38 +28,40 @@ void LoginManager::fetch_first_json(std::shared_ptr<UrlTrial> trial, std::vector
 }
 
 // What the resolver found goes into the profile as it is now, not as it was
-// when the login started: only the keys the resolver owns are written, and
-// nothing at all when the profile was changed meanwhile so that the
-// discovery no longer applies (a PUT wins; the login stops).
-Result<> LoginManager::store_resolved(const store::Profile& found,
-                                      std::initializer_list<const char*> keys, bool client_secret,
+// when the login started: only the settings the resolver owns (`what`) are
+// written, and nothing at all when the profile was changed meanwhile so that
+// the discovery no longer applies (a PUT wins; the login stops).
+Result<> LoginManager::store_resolved(const store::Profile& found, Resolved what,
                                       const std::string* replaces_client_id) {
   auto current = m_tokens.profile_of(found.name);
   if (!current) return std::unexpected(current.error());
-  const auto changed = [&](const char* key) {
-    return current->config.value(key, Json()) != found.config.value(key, Json());
-  };
-  const bool client_changed =
-      !found.config.value("client_registered", false) && changed("client_id");
-  if (current->kind != found.kind || current->provider != found.provider || changed("issuer") ||
-      changed("mcp_server") || changed("authorization_server") ||
-      (client_changed && !json::string_or(current->config, "client_id").empty() &&
-       (replaces_client_id == nullptr ||
-        json::string_or(current->config, "client_id") != *replaces_client_id))) {
+  store::ProfileConfig& to = current->config;
+  const store::ProfileConfig& from = found.config;
+  const bool client_changed = !from.client_registered && to.client_id != from.client_id;
+  if (current->kind != found.kind || current->provider != found.provider ||
+      to.issuer != from.issuer || to.mcp_server != from.mcp_server ||
+      to.authorization_server != from.authorization_server ||
+      (client_changed && !to.client_id.empty() &&
+       (replaces_client_id == nullptr || to.client_id != *replaces_client_id))) {
     return fail(Errc::conflict, fmt::format("profile '{}' was changed while its login was starting "
                                             "(provider, issuer, MCP server or "
                                             "client id); nothing found for the old settings was "
                                             "stored — run tokenctl login {} again",
                                             found.name, found.name));
   }
-  for (const char* key : keys) {
-    if (auto it = found.config.find(key); it != found.config.end()) {
-      current->config[key] = *it;
-    } else {
-      current->config.erase(key);
+  if (what == Resolved::discovery) {
+    to.discovered = from.discovered;
+  } else {
+    to.client_id = from.client_id;
+    to.client_registered = from.client_registered;
+    to.client_registered_for = from.client_registered_for;
+    to.token_endpoint_auth = from.token_endpoint_auth;
+    current->client_secret = found.client_secret;
+    if (what == Resolved::registered_client) {
+      to.redirect_uri = from.redirect_uri;
+      to.client_id_metadata_document = from.client_id_metadata_document;
     }
   }
-  if (client_secret) current->client_secret = found.client_secret;
   return m_tokens.update_profile(*current);
 }
 
@@ -68,8 +70,8 @@ Result<> LoginManager::store_resolved(const store::Profile& found,
 // login uses.
 void LoginManager::check_metadata_document(std::shared_ptr<store::Profile> profile,
                                            std::function<void(Result<store::Profile>)> next) {
-  const std::string url = json::string_or(profile->config, "client_id");
-  std::string redirect = json::string_or(profile->config, "redirect_uri");
+  const std::string url = profile->config.client_id;
+  std::string redirect = profile->config.redirect_uri;
   if (redirect.empty()) redirect = std::string(k_default_redirect_uri);
   fetch_json(url, [profile, next, url, redirect](Result<Json> j, const net::HttpResponse*) {
     if (!j) {
@@ -105,8 +107,8 @@ void LoginManager::check_metadata_document(std::shared_ptr<store::Profile> profi
                             url, oauth::printable_excerpt(method, 64))));
       return;
     }
-    profile->config["token_endpoint_auth"] = "none";
-    profile->config["redirect_uri"] = redirect;
+    profile->config.token_endpoint_auth = store::ClientAuthMethod::none;
+    profile->config.redirect_uri = redirect;
     next(*profile);
   });
 }
@@ -127,11 +129,12 @@ void LoginManager::resolve(const std::string& name,
             name, p->kind == store::CredentialKind::pat ? "personal access token" : "API token")));
     return;
   }
-  const Json& config = p->config;
-  const Json discovered = config.value("discovered", Json::object());
-  const std::string mcp_server = json::string_or(config, "mcp_server");
-  const std::string issuer = json::string_or(config, "issuer");
-  const std::string wanted_as = json::string_or(config, "authorization_server");
+  const std::string mcp_server = p->config.mcp_server;
+  const std::string issuer = p->config.issuer;
+  const std::string wanted_as = p->config.authorization_server;
+  // What discovery found for this issuer is still there.
+  const bool fresh = p->config.discovered && p->config.discovered->issuer == issuer &&
+                     !p->config.discovered->token_endpoint.empty();
   auto profile = std::make_shared<store::Profile>(std::move(*p));
   auto alive = m_alive;
 
@@ -140,25 +143,25 @@ void LoginManager::resolve(const std::string& name,
   // client ID metadata document where the server supports it, then DCR.
   auto register_client = [this, alive, name, profile, next]() {
     const oauth::ProviderEndpoints ep = oauth::endpoints_of(*profile);
-    const Json found = profile->config.value("discovered", Json::object());
-    if (profile->config.value("client_registered", false) &&
-        json::string_or(profile->config, "client_registered_for") != ep.issuer) {
+    store::ProfileConfig& config = profile->config;
+    const bool documents_supported =
+        config.discovered && config.discovered->client_id_metadata_document_supported;
+    if (config.client_registered && config.client_registered_for.value_or("") != ep.issuer) {
       // Registrations are keyed by the authorization server's issuer: a
       // client registered with another one means nothing here.
       spdlog::info(
           "profile {}: the authorization server changed (client registered with {}, now {}); "
           "registering again",
-          name, json::string_or(profile->config, "client_registered_for", "an unknown issuer"),
-          ep.issuer);
-      for (const char* key :
-           {"client_id", "client_registered", "client_registered_for", "token_endpoint_auth"}) {
-        profile->config.erase(key);
-      }
+          name, config.client_registered_for.value_or("an unknown issuer"), ep.issuer);
+      config.client_id.clear();
+      config.client_registered = false;
+      config.client_registered_for.reset();
+      config.token_endpoint_auth.reset();
       profile->client_secret = Secret();
     }
-    const std::string configured_id = json::string_or(profile->config, "client_id");
+    const std::string configured_id = config.client_id;
     if (is_client_id_metadata_url(configured_id)) {
-      if (found.value("client_id_metadata_document_supported", false)) {
+      if (documents_supported) {
         check_metadata_document(profile, next);
         return;
       }
@@ -175,32 +178,27 @@ void LoginManager::resolve(const std::string& name,
       }
       // Next in the order: dynamic registration. The document URL is kept
       // for a server that supports it later.
-      profile->config["client_id_metadata_document"] = configured_id;
-      profile->config.erase("client_id");
+      config.client_id_metadata_document = configured_id;
+      config.client_id.clear();
     } else if (!configured_id.empty()) {
-      const std::string doc = json::string_or(profile->config, "client_id_metadata_document");
-      if (profile->config.value("client_registered", false) && !doc.empty() &&
-          found.value("client_id_metadata_document_supported", false)) {
+      const std::string doc = config.client_id_metadata_document;
+      if (config.client_registered && !doc.empty() && documents_supported) {
         // Registered only because the server did not take the document
         // then; now it does, and the document comes first.
         spdlog::info(
             "profile {}: the authorization server now supports client ID metadata documents; using "
             "{}",
             name, doc);
-        for (const char* key :
-             {"client_registered", "client_registered_for", "token_endpoint_auth"}) {
-          profile->config.erase(key);
-        }
+        config.client_registered = false;
+        config.client_registered_for.reset();
+        config.token_endpoint_auth.reset();
         profile->client_secret = Secret();
-        profile->config["client_id"] = doc;
+        config.client_id = doc;
         check_metadata_document(profile, [this, alive, registered = configured_id,
                                           next](Result<store::Profile> checked) {
           if (!*alive) return;
           if (checked) {
-            if (auto stored = store_resolved(*checked,
-                                             {"client_id", "client_registered",
-                                              "client_registered_for", "token_endpoint_auth"},
-                                             true, &registered);
+            if (auto stored = store_resolved(*checked, Resolved::document_client, &registered);
                 !stored) {
               return next(std::unexpected(stored.error()));
             }
@@ -211,10 +209,9 @@ void LoginManager::resolve(const std::string& name,
       }
       next(*profile);
       return;
-    } else if (const std::string doc =
-                   json::string_or(profile->config, "client_id_metadata_document");
-               !doc.empty() && found.value("client_id_metadata_document_supported", false)) {
-      profile->config["client_id"] = doc;
+    } else if (const std::string doc = config.client_id_metadata_document;
+               !doc.empty() && documents_supported) {
+      config.client_id = doc;
       check_metadata_document(profile, next);
       return;
     }
@@ -227,11 +224,12 @@ void LoginManager::resolve(const std::string& name,
                       name, name)));
       return;
     }
-    const std::string redirect = json::string_or(profile->config, "redirect_uri").empty()
-                                     ? std::string(k_default_redirect_uri)
-                                     : json::string_or(profile->config, "redirect_uri");
-    const auto methods = list_of(profile->config.value("discovered", Json::object()),
-                                 "token_endpoint_auth_methods_supported");
+    const std::string redirect =
+        config.redirect_uri.empty() ? std::string(k_default_redirect_uri) : config.redirect_uri;
+    const std::vector<std::string> methods =
+        config.discovered ? config.discovered->token_endpoint_auth_methods_supported.value_or(
+                                std::vector<std::string>{})
+                          : std::vector<std::string>{};
     const std::string auth = methods.empty() || contains(methods, "none") ? "none"
                              : contains(methods, "client_secret_basic")   ? "client_secret_basic"
                                                                           : "client_secret_post";
@@ -242,8 +240,7 @@ void LoginManager::resolve(const std::string& name,
         {"client_name", "tokend"},     {"application_type", "native"},
         {"redirect_uris", {redirect}}, {"grant_types", {"authorization_code", "refresh_token"}},
         {"response_types", {"code"}},  {"token_endpoint_auth_method", auth}};
-    if (const auto scopes = list_of(profile->config, "scopes"); !scopes.empty())
-      body["scope"] = join(scopes, " ");
+    if (config.scopes && !config.scopes->empty()) body["scope"] = join(*config.scopes, " ");
     net::HttpRequest r;
     r.method = "POST";
     r.url = ep.registration_url;
@@ -274,25 +271,26 @@ void LoginManager::resolve(const std::string& name,
                   fmt::format("client registration at {} answered without a client_id", url)));
         return;
       }
-      profile->config["client_id"] = client_id;
-      profile->config["client_registered"] = true;
-      profile->config["client_registered_for"] = as_issuer;
-      profile->config["redirect_uri"] = redirect;
+      store::ProfileConfig& registered = profile->config;
+      registered.client_id = client_id;
+      registered.client_registered = true;
+      registered.client_registered_for = as_issuer;
+      registered.redirect_uri = redirect;
+      // A method tokend does not implement (private_key_jwt, ...) is kept as
+      // client_secret_basic: the token request has always sent it that way.
       const std::string method = json::string_or(*j, "token_endpoint_auth_method");
-      profile->config["token_endpoint_auth"] = method.empty() ? "none" : method;
+      registered.token_endpoint_auth = method.empty()
+                                           ? store::ClientAuthMethod::none
+                                           : store::parse_client_auth_method(method).value_or(
+                                                 store::ClientAuthMethod::client_secret_basic);
       std::string secret = json::string_or(*j, "client_secret");
       if (!secret.empty()) {
         profile->client_secret = Secret::adopt(std::move(secret));
       } else {
-        profile->config["token_endpoint_auth"] = "none";
+        registered.token_endpoint_auth = store::ClientAuthMethod::none;
       }
       // Kept so the next login (and the next start) reuses it.
-      if (auto stored =
-              store_resolved(*profile,
-                             {"client_id", "client_registered", "client_registered_for",
-                              "redirect_uri", "token_endpoint_auth", "client_id_metadata_document"},
-                             true);
-          !stored) {
+      if (auto stored = store_resolved(*profile, Resolved::registered_client); !stored) {
         next(std::unexpected(stored.error()));
         return;
       }
@@ -304,8 +302,10 @@ void LoginManager::resolve(const std::string& name,
   };
 
   // Step 2: authorization server metadata for `as_issuer`.
-  auto discover_as = [this, alive, name, profile, register_client, next](std::string as_issuer,
-                                                                         Json extra) {
+  // `from_resource`: for MCP, what the protected resource metadata said
+  // (kept with the authorization server's own metadata).
+  auto discover_as = [this, alive, name, profile, register_client, next](
+                         std::string as_issuer, store::ProviderMetadata from_resource) {
     auto urls = oauth::metadata_urls(as_issuer);
     if (!urls) {
       next(std::unexpected(urls.error()));
@@ -314,7 +314,7 @@ void LoginManager::resolve(const std::string& name,
     auto trial = std::make_shared<UrlTrial>(UrlTrial{std::move(*urls), 0, {}});
     fetch_first_json(
         trial, {404, 400, 405},
-        [this, as_issuer, extra, name, profile, register_client, next](
+        [this, as_issuer, from_resource, name, profile, register_client, next](
             std::optional<Result<Json>> j, const std::vector<std::string>& tried) {
           if (!j) {
             next(fail(Errc::protocol,
@@ -331,11 +331,14 @@ void LoginManager::resolve(const std::string& name,
             next(std::unexpected(checked.error()));
             return;
           }
-          Json found = std::move(*checked);
-          for (const auto& [k, v] : extra.items()) found[k] = v;
-          found["at"] = to_unix_ms(m_clock.wall_now()) / 1000;
-          profile->config["discovered"] = std::move(found);
-          if (auto stored = store_resolved(*profile, {"discovered"}, false); !stored) {
+          store::ProviderMetadata found = std::move(*checked);
+          found.resource = from_resource.resource;
+          found.authorization_server = from_resource.authorization_server;
+          found.authorization_servers = from_resource.authorization_servers;
+          found.resource_scopes = from_resource.resource_scopes;
+          found.at = to_unix_ms(m_clock.wall_now()) / 1000;
+          profile->config.discovered = std::move(found);
+          if (auto stored = store_resolved(*profile, Resolved::discovery); !stored) {
             next(std::unexpected(stored.error()));
             return;
           }
@@ -379,11 +382,12 @@ void LoginManager::resolve(const std::string& name,
         }
         chosen = *it;
       }
-      Json extra = {{"resource", prm->resource},
-                    {"authorization_server", chosen},
-                    {"authorization_servers", prm->authorization_servers}};
-      if (!prm->scopes_supported.empty()) extra["resource_scopes"] = prm->scopes_supported;
-      discover_as(chosen, std::move(extra));
+      store::ProviderMetadata from_resource;
+      from_resource.resource = prm->resource;
+      from_resource.authorization_server = chosen;
+      from_resource.authorization_servers = prm->authorization_servers;
+      from_resource.resource_scopes = prm->scopes_supported;
+      discover_as(chosen, std::move(from_resource));
     };
     auto from_well_known = [this, alive, mcp_server, with_prm, next]() {
       auto urls = oauth::protected_resource_urls(mcp_server);
@@ -437,10 +441,8 @@ void LoginManager::resolve(const std::string& name,
 
   const oauth::ProviderEndpoints ep = oauth::endpoints_of(*profile);
   const bool have_endpoints = !ep.token_url.empty() && !ep.authorize_url.empty();
-  const bool fresh = json::string_or(discovered, "issuer") == issuer &&
-                     !json::string_or(discovered, "token_endpoint").empty();
   if (!issuer.empty() && (!fresh || !have_endpoints)) {
-    discover_as(issuer, Json::object());
+    discover_as(issuer, {});
     return;
   }
   register_client();

@@ -128,7 +128,8 @@ bool same_resource(std::string_view a, std::string_view b) {
          ua->query == ub->query;
 }
 
-Result<json::Json> check_server_metadata(const json::Json& m, std::string_view issuer) {
+Result<store::ProviderMetadata> check_server_metadata(const json::Json& m,
+                                                      std::string_view issuer) {
   if (!m.is_object())
     return fail(Errc::protocol, "the authorization server metadata is not a JSON object");
   auto it = m.find("issuer");
@@ -141,10 +142,17 @@ Result<json::Json> check_server_metadata(const json::Json& m, std::string_view i
                             "(RFC 8414 §3.3: refusing it)",
                             printable_excerpt(got, 200), issuer));
   }
-  json::Json out = {{"issuer", got}};
-  for (const char* field :
-       {"authorization_endpoint", "token_endpoint", "device_authorization_endpoint",
-        "revocation_endpoint", "registration_endpoint", "userinfo_endpoint"}) {
+  using Meta = store::ProviderMetadata;
+  Meta out;
+  out.issuer = got;
+  const std::pair<const char*, std::string Meta::*> endpoints[] = {
+      {"authorization_endpoint", &Meta::authorization_endpoint},
+      {"token_endpoint", &Meta::token_endpoint},
+      {"device_authorization_endpoint", &Meta::device_authorization_endpoint},
+      {"revocation_endpoint", &Meta::revocation_endpoint},
+      {"registration_endpoint", &Meta::registration_endpoint},
+      {"userinfo_endpoint", &Meta::userinfo_endpoint}};
+  for (const auto& [field, member] : endpoints) {
     auto f = m.find(field);
     if (f == m.end() || !f->is_string()) continue;
     const std::string& v = f->get_ref<const std::string&>();
@@ -153,19 +161,26 @@ Result<json::Json> check_server_metadata(const json::Json& m, std::string_view i
     if (auto ok = check_discovered_url(field, v, issuer); !ok) {
       return fail(Errc::protocol, "the authorization server metadata: " + ok.error().message);
     }
-    out[field] = v;
+    out.*member = v;
   }
-  if (!out.contains("token_endpoint"))
+  if (out.token_endpoint.empty())
     return fail(Errc::protocol, "the authorization server metadata has no token_endpoint");
-  for (const char* list : {"scopes_supported", "code_challenge_methods_supported",
-                           "token_endpoint_auth_methods_supported", "grant_types_supported"}) {
-    if (m.contains(list)) out[list] = strings_of(m, list);
+  const std::pair<const char*, std::optional<std::vector<std::string>> Meta::*> lists[] = {
+      {"scopes_supported", &Meta::scopes_supported},
+      {"code_challenge_methods_supported", &Meta::code_challenge_methods_supported},
+      {"token_endpoint_auth_methods_supported", &Meta::token_endpoint_auth_methods_supported},
+      {"grant_types_supported", &Meta::grant_types_supported}};
+  for (const auto& [list, member] : lists) {
+    if (m.contains(list)) out.*member = strings_of(m, list);
   }
   // RFC 9207 and the MCP client ID metadata documents: only a JSON true counts.
-  for (const char* flag : {"authorization_response_iss_parameter_supported",
-                           "client_id_metadata_document_supported"}) {
-    if (auto f = m.find(flag); f != m.end() && f->is_boolean() && f->get<bool>()) out[flag] = true;
-  }
+  const auto flag = [&m](const char* name) {
+    auto f = m.find(name);
+    return f != m.end() && f->is_boolean() && f->get<bool>();
+  };
+  out.authorization_response_iss_parameter_supported =
+      flag("authorization_response_iss_parameter_supported");
+  out.client_id_metadata_document_supported = flag("client_id_metadata_document_supported");
   return out;
 }
 

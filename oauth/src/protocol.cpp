@@ -24,12 +24,6 @@ std::string str_field(const json::Json& j, const char* key, std::string fallback
   return it != j.end() && it->is_string() ? it->get<std::string>() : fallback;
 }
 
-std::int64_t int_field(const json::Json& j, const char* key, std::int64_t fallback) {
-  if (!j.is_object()) return fallback;
-  auto it = j.find(key);
-  return it != j.end() && it->is_number_integer() ? it->get<std::int64_t>() : fallback;
-}
-
 RefreshFailure transient(std::string message, std::optional<Millis> retry_after = std::nullopt) {
   return RefreshFailure{FailureKind::transient, std::move(message), retry_after};
 }
@@ -177,46 +171,44 @@ std::string printable_excerpt(std::string_view text, std::size_t max) {
 
 ProviderEndpoints endpoints_of(const store::Profile& p) {
   ProviderEndpoints e;
+  const store::ProfileConfig& c = p.config;
   const bool atlassian = p.provider == "atlassian";
   // Data Center: the endpoints live under the site's /rest/oauth2/latest/.
   std::string dc_authorize;
   std::string dc_token;
   if (p.provider == "atlassian-dc") {
-    std::string site = str_field(p.config, "site");
+    std::string site = c.site;
     while (!site.empty() && site.back() == '/') site.pop_back();
     if (!site.empty()) {
       dc_authorize = site + std::string(k_atlassian_dc_oauth_path) + "authorize";
       dc_token = site + std::string(k_atlassian_dc_oauth_path) + "token";
     }
   }
-  json::Json discovered = json::Json::object();
-  if (auto it = p.config.find("discovered"); it != p.config.end() && it->is_object())
-    discovered = *it;
-  auto pick = [&](const char* field, const char* metadata, std::string_view preset = {}) {
-    std::string v = str_field(p.config, field);
-    if (v.empty() && metadata != nullptr) v = str_field(discovered, metadata);
-    if (v.empty()) v = std::string(preset);
-    return v;
+  static const store::ProviderMetadata k_nothing_discovered;
+  const store::ProviderMetadata& d = c.discovered ? *c.discovered : k_nothing_discovered;
+  auto pick = [](const std::string& configured, const std::string& discovered,
+                 std::string_view preset = {}) {
+    if (!configured.empty()) return configured;
+    if (!discovered.empty()) return discovered;
+    return std::string(preset);
   };
-  e.issuer = pick("issuer", "issuer");
-  e.authorize_url = pick("authorize_url", "authorization_endpoint",
+  e.issuer = pick(c.issuer, d.issuer);
+  e.authorize_url = pick(c.authorize_url, d.authorization_endpoint,
                          atlassian ? k_atlassian_authorize_url : dc_authorize);
-  e.token_url = pick("token_url", "token_endpoint", atlassian ? k_atlassian_token_url : dc_token);
-  e.device_url = pick("device_authorization_url", "device_authorization_endpoint");
-  e.revocation_url = pick("revocation_url", "revocation_endpoint");
-  e.registration_url = pick("registration_url", "registration_endpoint");
-  e.userinfo_url = pick("userinfo_url", "userinfo_endpoint");
-  e.api_base = pick("api_base", nullptr, atlassian ? k_atlassian_api_base : "");
-  if (auto it = discovered.find("scopes_supported"); it != discovered.end() && it->is_array()) {
-    for (const auto& s : *it) {
-      if (s.is_string()) e.scopes_supported.push_back(s.get<std::string>());
-    }
-  }
+  e.token_url = pick(c.token_url, d.token_endpoint, atlassian ? k_atlassian_token_url : dc_token);
+  e.device_url = pick(c.device_authorization_url, d.device_authorization_endpoint);
+  e.revocation_url = pick(c.revocation_url, d.revocation_endpoint);
+  e.registration_url = pick(c.registration_url, d.registration_endpoint);
+  e.userinfo_url = pick(c.userinfo_url, d.userinfo_endpoint);
+  e.api_base = pick(c.api_base, {}, atlassian ? k_atlassian_api_base : "");
+  if (d.scopes_supported) e.scopes_supported = *d.scopes_supported;
   return e;
 }
 
 Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
+  using store::ClientAuthMethod;
   TokenEndpoint e;
+  const store::ProfileConfig& c = p.config;
   const bool atlassian = p.provider == "atlassian";
   e.token_url = endpoints_of(p).token_url;
   if (e.token_url.empty()) {
@@ -226,16 +218,16 @@ Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
                     "(or --issuer URL for discovery)",
                     p.name, p.name));
   }
-  e.client_id = str_field(p.config, "client_id");
+  e.client_id = c.client_id;
   e.client_secret = p.client_secret;
-  const std::string auth = str_field(p.config, "token_endpoint_auth");
-  if (auth == "client_secret_post") {
+  const std::optional<ClientAuthMethod> auth = c.token_endpoint_auth;
+  if (auth == ClientAuthMethod::client_secret_post) {
     e.auth = ClientAuth::post;
-  } else if (auth == "none" || (auth.empty() && e.client_secret.empty())) {
+  } else if (auth == ClientAuthMethod::none || (!auth && e.client_secret.empty())) {
     e.auth = ClientAuth::none;
   } else {
-    e.auth = (atlassian || p.provider == "atlassian-dc") && auth.empty() ? ClientAuth::post
-                                                                         : ClientAuth::basic;
+    e.auth =
+        (atlassian || p.provider == "atlassian-dc") && !auth ? ClientAuth::post : ClientAuth::basic;
   }
   e.json_body = atlassian;
   if (atlassian && e.client_secret.empty()) {
@@ -247,14 +239,11 @@ Result<TokenEndpoint> token_endpoint_of(const store::Profile& p) {
   }
   // Data Center checks redirect_uri on the refresh too, and answers a bare
   // invalid_grant without it.
-  if (p.provider == "atlassian-dc") e.refresh_redirect_uri = str_field(p.config, "redirect_uri");
-  e.resource = str_field(p.config, "resource");
-  if (e.resource.empty()) {
-    if (auto it = p.config.find("discovered"); it != p.config.end())
-      e.resource = str_field(*it, "resource");
-  }
+  if (p.provider == "atlassian-dc") e.refresh_redirect_uri = c.redirect_uri;
+  e.resource = c.resource;
+  if (e.resource.empty() && c.discovered) e.resource = c.discovered->resource;
   // Atlassian keeps a rotated refresh token usable for 10 minutes.
-  const std::int64_t reuse = int_field(p.config, "reuse_window", atlassian ? 600 : 0);
+  const std::int64_t reuse = c.reuse_window.value_or(atlassian ? 600 : 0);
   e.reuse_window = Millis(reuse * 1000);
   return e;
 }

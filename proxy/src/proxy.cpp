@@ -190,9 +190,8 @@ void Proxy::forward(ProxyCall call, Done done) {
   auto profile = m_tokens.profile_of(c->call.profile);
   if (!profile) return finish(c, refuse(Errc::not_found, profile.error().message));
   c->profile = std::move(*profile);
-  const json::Json policy = c->profile.config.value("policy", json::Json::object());
   if (c->call.mcp) {
-    if (json::string_or(c->profile.config, "mcp_server").empty()) {
+    if (c->profile.config.mcp_server.empty()) {
       return finish(
           c, refuse(Errc::config,
                     fmt::format("profile '{}' has no MCP server; add one with tokenctl add {} "
@@ -202,14 +201,13 @@ void Proxy::forward(ProxyCall call, Done done) {
   } else if (auto ok = check_policy(c->profile, c->call.method, c->call.rest); !ok) {
     return finish(c, refuse(ok.error().code, ok.error().message));
   }
-  if (policy.is_object()) {
-    if (auto rate = policy.find("rate_per_minute"); rate != policy.end() && rate->is_number()) {
-      if (auto wait = m_limiters[c->call.profile].take(rate->get<double>(), m_clock.mono_now())) {
-        return finish(c, refuse(Errc::limit_exceeded,
-                                fmt::format("policy: profile '{}' is limited to {} calls a minute",
-                                            c->call.profile, rate->get<double>()),
-                                wait));
-      }
+  if (const auto& policy = c->profile.config.policy; policy && policy->rate_per_minute) {
+    const double rate = *policy->rate_per_minute;
+    if (auto wait = m_limiters[c->call.profile].take(rate, m_clock.mono_now())) {
+      return finish(c, refuse(Errc::limit_exceeded,
+                              fmt::format("policy: profile '{}' is limited to {} calls a minute",
+                                          c->call.profile, rate),
+                              wait));
     }
   }
   auto headers = request_headers(c->call.headers);
@@ -226,7 +224,7 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
       c->call.profile, tokens::TokenRequest{30}, [this, c](Result<tokens::TokenGrant> grant) {
         if (m_in_flight.find(c->id) == m_in_flight.end()) return;
         if (!grant) return finish(c, refuse(grant.error().code, grant.error().message));
-        std::string base = json::string_or(c->profile.config, "api_base");
+        std::string base = c->profile.config.api_base;
         if (base.empty()) base = oauth::k_atlassian_api_base;
         net::HttpRequest r;
         r.url = oauth::accessible_resources_url(base);
@@ -248,7 +246,7 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
             return finish(c, refuse(Errc::transient, "looking up the Atlassian cloud id failed: " +
                                                          sites.error().message));
           }
-          const std::string site = json::string_or(c->profile.config, "site");
+          const std::string site = c->profile.config.site;
           const oauth::SiteChoice choice = oauth::choose_site(*sites, site);
           if (choice.problem != oauth::SiteProblem::none) {
             return finish(
@@ -261,11 +259,11 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
                                             "reaches",
                                             site, c->call.profile)));
           }
-          c->profile.config["cloud_id"] = choice.site->id;
-          c->profile.config["cloud_url"] = choice.site->url;
+          c->profile.config.cloud_id = choice.site->id;
+          c->profile.config.cloud_url = choice.site->url;
           if (auto stored = m_tokens.profile_of(c->call.profile)) {
-            stored->config["cloud_id"] = c->profile.config["cloud_id"];
-            stored->config["cloud_url"] = c->profile.config["cloud_url"];
+            stored->config.cloud_id = choice.site->id;
+            stored->config.cloud_url = choice.site->url;
             // Kept for the next call; this one goes ahead with the id either way.
             if (auto kept = m_tokens.update_profile(*stored); !kept) {
               spdlog::warn(
@@ -280,7 +278,7 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
 
 void Proxy::send(const std::shared_ptr<Call>& c) {
   if (c->call.mcp) {
-    c->url = json::string_or(c->profile.config, "mcp_server");
+    c->url = c->profile.config.mcp_server;
   } else {
     auto url = upstream_url(c->profile, c->call.rest, c->call.raw_query);
     if (!url) return finish(c, refuse(url.error().code, url.error().message));

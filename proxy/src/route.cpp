@@ -78,9 +78,9 @@ std::string joined(const std::vector<std::string_view>& segments) {
 }  // namespace
 
 Result<std::string> site_base(const store::Profile& p, std::string_view product) {
-  const std::string site = trimmed_base(json::string_or(p.config, "site"));
+  const std::string site = trimmed_base(p.config.site);
   const std::string own =
-      trimmed_base(json::string_or(p.config, product == "jira" ? "jira_base" : "confluence_base"));
+      trimmed_base(product == "jira" ? p.config.jira_base : p.config.confluence_base);
   std::string base;
   if (!own.empty()) {
     base = own;
@@ -120,7 +120,7 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
   const bool data_center_oauth =
       p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian-dc";
   if (p.kind == store::CredentialKind::oauth2 && !atlassian_oauth && !data_center_oauth) {
-    base = trimmed_base(json::string_or(p.config, "api_base"));
+    base = trimmed_base(p.config.api_base);
     if (base.empty()) {
       return fail(
           Errc::config,
@@ -138,13 +138,13 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
                       std::string(product.substr(0, 32)))));
     }
     if (atlassian_oauth) {
-      const std::string cloud = json::string_or(p.config, "cloud_id");
+      const std::string& cloud = p.config.cloud_id;
       if (cloud.empty()) {
         return fail(
             Errc::config,
             fmt::format("profile '{}' has no cloud id yet; run tokenctl login {}", p.name, p.name));
       }
-      std::string gateway = trimmed_base(json::string_or(p.config, "api_base"));
+      std::string gateway = trimmed_base(p.config.api_base);
       if (gateway.empty()) gateway = "https://api.atlassian.com";
       auto cloud_enc = encode_path(cloud);
       if (!cloud_enc || cloud.find('/') != std::string::npos)
@@ -165,7 +165,7 @@ Result<std::string> upstream_url(const store::Profile& p, std::string_view rest,
 
 bool needs_cloud_id(const store::Profile& p, std::string_view rest) {
   return p.kind == store::CredentialKind::oauth2 && p.provider == "atlassian" &&
-         json::string_or(p.config, "cloud_id").empty() &&
+         p.config.cloud_id.empty() &&
          (rest.starts_with("jira/") || rest.starts_with("confluence/") || rest == "jira" ||
           rest == "confluence");
 }
@@ -273,25 +273,20 @@ Result<std::vector<std::vector<std::string>>> policy_paths(const store::Profile&
 
 Result<> check_policy(const store::Profile& profile, std::string_view method,
                       std::string_view rest) {
-  const json::Json policy = profile.config.value("policy", json::Json::object());
-  if (!policy.is_object()) return {};
+  // The path is judged even without a policy: what policy_paths refuses is
+  // refused here whatever the profile allows.
   auto readings = policy_paths(profile, rest);
   if (!readings) return std::unexpected(readings.error());
-  return check_policy(policy, method, *readings);
+  static const store::ProxyPolicy k_no_policy;
+  return check_policy(profile.config.policy ? *profile.config.policy : k_no_policy, method,
+                      *readings);
 }
 
-Result<> check_policy(const json::Json& policy, std::string_view method,
+Result<> check_policy(const store::ProxyPolicy& policy, std::string_view method,
                       const std::vector<std::vector<std::string>>& readings) {
-  if (!policy.is_object()) return {};
-  auto prefixes = [&](const char* key) {
-    std::vector<std::string> out;
-    if (auto it = policy.find(key); it != policy.end() && it->is_array()) {
-      for (const auto& v : *it) {
-        if (v.is_string()) out.push_back(v.get<std::string>());
-      }
-    }
-    return out;
-  };
+  static const std::vector<std::string> k_no_prefixes;
+  const std::vector<std::string>& deny = policy.deny ? *policy.deny : k_no_prefixes;
+  const std::vector<std::string>& allow = policy.allow ? *policy.allow : k_no_prefixes;
   // A prefix matches whole segments: "jira/rest/api/3/project/AB" is not a
   // prefix of ".../project/ABC".
   auto matches = [](std::string_view rest, const std::string& prefix) {
@@ -301,13 +296,13 @@ Result<> check_policy(const json::Json& policy, std::string_view method,
     return rest.starts_with(p) &&
            (rest.size() == p.size() || rest[p.size()] == '/' || rest[p.size()] == '?');
   };
-  if (policy.value("read_only", false) && method != "GET" && method != "HEAD") {
+  if (policy.read_only.value_or(false) && method != "GET" && method != "HEAD") {
     return fail(Errc::permission,
                 fmt::format("policy: this profile is read-only ({} refused)", method));
   }
   // Denied when any name of any reading is denied; allowed only when every
   // reading has a name under an allowed prefix.
-  for (const auto& d : prefixes("deny")) {
+  for (const auto& d : deny) {
     for (const auto& names : readings) {
       for (const auto& name : names) {
         if (matches(name, d))
@@ -316,7 +311,6 @@ Result<> check_policy(const json::Json& policy, std::string_view method,
       }
     }
   }
-  const auto allow = prefixes("allow");
   if (allow.empty()) return {};
   for (const auto& names : readings) {
     const bool allowed = std::any_of(names.begin(), names.end(), [&](const std::string& name) {

@@ -79,8 +79,14 @@ Result<Profile> read_profile(const Stmt& s) {
   if (!kind) return std::unexpected(kind.error());
   p.kind = *kind;
   p.provider = s.get_text(2);
-  auto config = json::parse(s.get_text(3), "stored profile config");
-  if (!config) return std::unexpected(Error{Errc::corrupt, config.error().message});
+  // The one place stored settings become typed ones.
+  auto stored = json::parse(s.get_text(3), "stored profile config");
+  if (!stored) return std::unexpected(Error{Errc::corrupt, stored.error().message});
+  auto config = parse_profile_config(*stored);
+  if (!config) {
+    return fail(Errc::corrupt, fmt::format("profile '{}': the stored config cannot be read: {}",
+                                           p.name, config.error().message));
+  }
   p.config = std::move(*config);
   auto secret = client_secret_from_column(s.get_secret(4));
   if (!secret) return std::unexpected(secret.error());
@@ -214,7 +220,7 @@ int SqlcipherStore::schema_version() const {
 Result<> SqlcipherStore::put_profile(const Profile& p) {
   if (auto r = validate_profile_name(p.name); !r) return r;
   const std::int64_t now = to_unix_ms(m_clock->wall_now());
-  const std::string config = p.config.dump();
+  const std::string config = json::Json(p.config).dump();
   auto tx = Transaction::begin(*m_db);
   if (!tx) return std::unexpected(tx.error());
   {

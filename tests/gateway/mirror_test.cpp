@@ -21,7 +21,7 @@ store::Profile profile(CredentialKind kind, std::string provider, Json config) {
   p.name = std::string(1, 'p');
   p.kind = kind;
   p.provider = std::move(provider);
-  p.config = std::move(config);
+  p.config = store::parse_profile_config(config).value();
   return p;
 }
 
@@ -51,7 +51,7 @@ TEST_CASE("mirror layouts per credential kind", "[proxy][mirror]") {
       {&generic, "/v2", "-", "-"},
   };
   for (const auto& c : cases) {
-    INFO(c.p->config.dump());
+    INFO(Json(c.p->config).dump());
     auto layout = mirror_layout(*c.p);
     REQUIRE(layout);
     CHECK(layout->base == c.base);

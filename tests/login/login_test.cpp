@@ -88,8 +88,9 @@ TEST_CASE("server metadata must name the issuer asked for and use https", "[logi
                {"scopes_supported", {"openid", "offline_access"}}};
   auto ok = check_server_metadata(good, "https://as.example.com");
   REQUIRE(ok);
-  CHECK((*ok)["token_endpoint"] == "https://as.example.com/token");
-  CHECK((*ok)["scopes_supported"].size() == 2);
+  CHECK(ok->token_endpoint == "https://as.example.com/token");
+  CHECK(ok->scopes_supported == std::vector<std::string>{"openid", "offline_access"});
+  CHECK_FALSE(ok->code_challenge_methods_supported);
 
   Json other = good;
   other["issuer"] = "https://evil.example.com";
@@ -593,7 +594,7 @@ TEST_CASE(
   CHECK(rig.param(flow["authorize_url"], "scope") == "mcp offline_access");
   CHECK(rig.param(flow["authorize_url"], "prompt") == "consent");
   auto config = rig.tokens->profile_of("p")->config;
-  CHECK(config["client_registered_for"] == k_as1);
+  CHECK(config.client_registered_for == k_as1);
   REQUIRE(rig.login->cancel("p"));
 
   SECTION("the same authorization server again: the registration is reused") {
@@ -609,7 +610,7 @@ TEST_CASE(
              {"mcp_server", k_mcp},
              {"redirect_uri", "http://127.0.0.1:8765/cb"},
              {"authorization_server", k_as2}});
-    REQUIRE(rig.tokens->profile_of("p")->config["client_registered_for"] ==
+    REQUIRE(rig.tokens->profile_of("p")->config.client_registered_for ==
             k_as1);  // kept over the PUT
     start_mcp(rig, {k_as1, k_as2}, k_as2, got);
     REQUIRE(rig.http.pending.size() == 1);
@@ -619,7 +620,7 @@ TEST_CASE(
     REQUIRE(got->has_value());
     CHECK((**got)["authorization_server"] == k_as2);
     CHECK(rig.param((**got)["authorize_url"], "client_id") == "client-at-as2");
-    CHECK(rig.tokens->profile_of("p")->config["client_registered_for"] == k_as2);
+    CHECK(rig.tokens->profile_of("p")->config.client_registered_for == k_as2);
   }
   SECTION(
       "a configured authorization server the MCP server does not name is refused, naming the "
@@ -695,7 +696,7 @@ TEST_CASE(
     REQUIRE(got.has_value());
     REQUIRE(got->has_value());
     CHECK(rig.param((**got)["authorize_url"], "client_id") == "dcr-client");
-    CHECK(rig.tokens->profile_of("p")->config["client_id_metadata_document"] == doc_url);
+    CHECK(rig.tokens->profile_of("p")->config.client_id_metadata_document == doc_url);
   }
 }
 

@@ -57,7 +57,7 @@ TEST_CASE("refresh request: form with client_secret_basic, post, public; JSON fo
   store::Profile p;
   p.name = "jira";
   p.provider = "atlassian";
-  p.config = {{"client_id", "cid"}};
+  p.config.client_id = "cid";
   p.client_secret = Secret("cs");
   auto atl = token_endpoint_of(p);
   REQUIRE(atl);

@@ -16,7 +16,7 @@ store::Profile profile(CredentialKind kind, std::string provider, Json config) {
   p.name = std::string(1, 'p');  // (a literal here trips GCC 12's -Wrestrict false positive)
   p.kind = kind;
   p.provider = std::move(provider);
-  p.config = std::move(config);
+  p.config = store::parse_profile_config(config).value();
   return p;
 }
 

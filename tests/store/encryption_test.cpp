@@ -18,7 +18,7 @@ const std::vector<std::string> k_markers = {"ACCESS-MARKER-7f3a9c", "REFRESH-MAR
 void write_markers(Store& s) {
   auto p = test::make_profile("marked");
   p.client_secret = Secret(k_markers[2]);
-  p.config["note"] = k_markers[3];
+  p.config.description = k_markers[3];
   REQUIRE(s.put_profile(p));
   for (int i = 0; i < 3; ++i) {
     REQUIRE(s.store_token_set("marked", test::make_tokens(k_markers[0] + std::to_string(i),

@@ -21,7 +21,7 @@ void make_database(const std::filesystem::path& path, const DbKey& key) {
   REQUIRE(s);
   for (int i = 0; i < 40; ++i) {
     auto p = test::make_profile("profile-" + std::to_string(i));
-    p.config["padding"] = std::string(400, 'p');
+    p.config.description = std::string(400, 'p');
     REQUIRE(s->put_profile(p));
   }
 }

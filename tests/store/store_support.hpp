@@ -31,7 +31,8 @@ inline store::Profile make_profile(std::string name,
   p.name = std::move(name);
   p.kind = kind;
   p.provider = kind == store::CredentialKind::oauth2 ? "generic" : "";
-  p.config = {{"token_url", "https://auth.example/token"}, {"scopes", {"read", "write"}}};
+  p.config.token_url = "https://auth.example/token";
+  p.config.scopes = std::vector<std::string>{"read", "write"};
   return p;
 }
 

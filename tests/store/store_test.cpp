@@ -16,7 +16,9 @@ TEST_CASE("profiles round trip: put, get, list, replace, delete", "[store]") {
   p.client_secret = Secret("cs");
   REQUIRE(s->put_profile(p));
   auto api = test::make_profile("conf", CredentialKind::api_token);
-  api.config = {{"site", "https://x.atlassian.net"}, {"email", "a@b.c"}};
+  api.config = {};
+  api.config.site = "https://x.atlassian.net";
+  api.config.email = "a@b.c";
   REQUIRE(s->put_profile(api));
 
   auto got = s->get_profile("jira");
@@ -36,10 +38,10 @@ TEST_CASE("profiles round trip: put, get, list, replace, delete", "[store]") {
   // Replace keeps created_at and the credential, bumps updated_at.
   REQUIRE(s->store_token_set("jira", test::make_tokens("at1", "rt1", 5000)));
   clock.advance(std::chrono::seconds(10));
-  p.config["scopes"] = {"read"};
+  p.config.scopes = std::vector<std::string>{"read"};
   REQUIRE(s->put_profile(p));
   got = s->get_profile("jira");
-  CHECK(got->config["scopes"].size() == 1);
+  CHECK(got->config.scopes == std::vector<std::string>{"read"});
   CHECK(got->updated_at_ms - got->created_at_ms == 10000);
   CHECK(s->get_credential("jira")->access_token.reveal() == "at1");
 

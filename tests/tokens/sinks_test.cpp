@@ -68,8 +68,9 @@ TEST_CASE("dotenv values are quoted for python-dotenv and the shell alike, line 
 
 TEST_CASE("sink validation", "[refresh][sinks]") {
   CHECK(validate_sinks(json::Json::parse(R"([{"type":"file","path":"/tmp/t"}])")));
-  CHECK((*validate_sinks(json::Json::parse(
-            R"([{"type":"dotenv","path":"/x/.env"}])")))[0]["variable"] == "ACCESS_TOKEN");
+  CHECK(
+      (*validate_sinks(json::Json::parse(R"([{"type":"dotenv","path":"/x/.env"}])")))[0].variable ==
+      "ACCESS_TOKEN");
   CHECK_FALSE(validate_sinks(json::Json::parse(R"([{"type":"file","path":"relative"}])")));
   CHECK_FALSE(validate_sinks(json::Json::parse(R"([{"type":"socket","path":"/x"}])")));
   CHECK_FALSE(
@@ -86,7 +87,7 @@ TEST_CASE("write_sinks writes a 0600 file and updates a dotenv file atomically",
                          "# my script\nJIRA_URL=https://x\nJIRA_OAUTH_ACCESS_TOKEN=old\n", 0600);
   store::Profile p;
   p.name = "jira";
-  p.config["sinks"] = *validate_sinks(json::Json::array(
+  p.config.sinks = *validate_sinks(json::Json::array(
       {{{"type", "file"}, {"path", (t / "token").string()}},
        {{"type", "file"}, {"path", (t / "token.json").string()}, {"format", "json"}},
        {{"type", "dotenv"},

@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <map>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "net/url.hpp"
 #include "oauth/protocol.hpp"
@@ -91,14 +94,14 @@ Result<std::string> string_field(const Json& body, std::string_view key, std::si
 }
 
 // The proxy's per-profile policy.
-Result<Json> validate_policy(const Json& v) {
+Result<store::ProxyPolicy> validate_policy(const Json& v) {
   if (!v.is_object()) return std::unexpected(bad_input("field \"policy\" must be an object"));
-  Json out = Json::object();
+  store::ProxyPolicy out;
   for (const auto& [k, item] : v.items()) {
     if (k == "read_only") {
       if (!item.is_boolean())
         return std::unexpected(bad_input("policy.read_only must be true or false"));
-      out[k] = item;
+      out.read_only = item.get<bool>();
     } else if (k == "allow" || k == "deny") {
       if (!item.is_array() || item.size() > 256) {
         return std::unexpected(
@@ -119,12 +122,12 @@ Result<Json> validate_policy(const Json& v) {
           }
         }
       }
-      out[k] = item;
+      (k == "allow" ? out.allow : out.deny) = item.get<std::vector<std::string>>();
     } else if (k == "rate_per_minute") {
       if (!item.is_number() || item.get<double>() <= 0 || item.get<double>() > 1e6) {
         return std::unexpected(bad_input("policy.rate_per_minute must be a positive number"));
       }
-      out[k] = item;
+      out.rate_per_minute = item.get<double>();
     } else {
       return std::unexpected(bad_input(fmt::format(
           "policy.{} is not known (read_only, allow, deny, rate_per_minute)", k.substr(0, 64))));
@@ -142,7 +145,7 @@ const std::set<std::string, std::less<>> k_reserved_authorize_params = {
     "request",       "request_uri",    "response_mode",
     "nonce"};
 
-Result<Json> validate_authorize_params(const Json& v) {
+Result<std::map<std::string, std::string>> validate_authorize_params(const Json& v) {
   if (!v.is_object() || v.size() > 32) {
     return std::unexpected(
         bad_input("field \"authorize_params\" must be an object of at most 32 string values, "
@@ -174,7 +177,7 @@ Result<Json> validate_authorize_params(const Json& v) {
       }
     }
   }
-  return v;
+  return v.get<std::map<std::string, std::string>>();
 }
 
 }  // namespace
@@ -204,52 +207,53 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body,
   store::Profile& p = spec.profile;
   p.name = std::string(name);
   p.kind = *kind;
-  p.config = Json::object();
+  store::ProfileConfig& config = p.config;
   std::optional<std::string> access;
   std::optional<std::string> refresh;
 
   for (const auto& [key, value] : body.items()) {
     if (key == "kind" || value.is_null()) continue;
     if (key == "scopes") {
-      Json scopes = Json::array();
+      std::vector<std::string> scopes;
       if (value.is_string()) {
         std::string_view s = value.get_ref<const std::string&>();
         while (!s.empty()) {
           const auto sp = s.find(' ');
-          if (sp != 0) scopes.push_back(std::string(s.substr(0, sp)));
+          if (sp != 0) scopes.emplace_back(s.substr(0, sp));
           if (sp == std::string_view::npos) break;
           s.remove_prefix(sp + 1);
         }
       } else if (value.is_array() && std::all_of(value.begin(), value.end(),
                                                  [](const Json& v) { return v.is_string(); })) {
-        scopes = value;
+        scopes = value.get<std::vector<std::string>>();
       } else {
         return std::unexpected(
             bad_input("field \"scopes\" must be a list of strings or a space-separated string"));
       }
-      p.config["scopes"] = scopes;
+      config.scopes = std::move(scopes);
       continue;
     }
     if (key == "sinks") {
       auto sinks = validate_sinks(value);
       if (!sinks) return std::unexpected(sinks.error());
-      p.config[key] = std::move(*sinks);
+      config.sinks = std::move(*sinks);
       continue;
     }
     if (key == "policy") {
       auto policy = validate_policy(value);
       if (!policy) return std::unexpected(policy.error());
-      p.config[key] = std::move(*policy);
+      config.policy = std::move(*policy);
       continue;
     }
     if (key == "token_endpoint_auth") {
-      if (!value.is_string() ||
-          (value != "client_secret_basic" && value != "client_secret_post" && value != "none")) {
+      const auto method = store::parse_client_auth_method(
+          value.is_string() ? std::string_view(value.get_ref<const std::string&>()) : "");
+      if (!method) {
         return std::unexpected(
             bad_input("field \"token_endpoint_auth\" must be client_secret_basic, "
                       "client_secret_post or none"));
       }
-      p.config[key] = value;
+      config.token_endpoint_auth = *method;
       continue;
     }
     if (key == "reuse_window") {
@@ -258,7 +262,7 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body,
         return std::unexpected(
             bad_input("field \"reuse_window\" must be a number of seconds from 0 to 86400"));
       }
-      p.config[key] = value;
+      config.reuse_window = value.get<std::int64_t>();
       continue;
     }
     if (key == "refresh_buffer" || key == "expires_in" || key == "expires_at") {
@@ -269,21 +273,23 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body,
       if (n < 0 || n > 10LL * 365 * 24 * 3600 * (key == "expires_at" ? 10 : 1)) {
         return std::unexpected(bad_input(fmt::format("field \"{}\" is out of range", key)));
       }
-      if (key == "refresh_buffer") p.config[key] = n;
+      if (key == "refresh_buffer") config.refresh_buffer = n;
       continue;  // expiry handled with the token set below
     }
     if (key == "authorize_params") {
       auto params = validate_authorize_params(value);
       if (!params) return std::unexpected(params.error());
-      p.config[key] = std::move(*params);
+      config.authorize_params = std::move(*params);
       continue;
     }
     if (key == "pkce") {
-      if (!value.is_string() || (value != "S256" && value != "off" && value != "required")) {
+      const auto mode = store::parse_pkce_mode(
+          value.is_string() ? std::string_view(value.get_ref<const std::string&>()) : "");
+      if (!mode) {
         return std::unexpected(
             bad_input("field \"pkce\" must be \"S256\", \"required\" or \"off\""));
       }
-      p.config[key] = value;
+      config.pkce = *mode;
       continue;
     }
     const bool secret = k_secret_fields.contains(key);
@@ -314,48 +320,50 @@ Result<ProfileSpec> parse_profile_spec(std::string_view name, const Json& body,
             bad_input("field \"prompt\" must be space-separated words such as consent, login, "
                       "select_account or none"));
       }
-      p.config[key] = std::move(*s);
+      config.prompt = std::move(*s);
     } else if (key == "token_type" || key == "scope") {
       continue;  // part of the supplied token set, read below
     } else if (key == "email" && s->find('@') == std::string::npos) {
       return std::unexpected(bad_input("field \"email\" must be an email address"));
+    } else if (std::string* setting = store::string_setting(config, key); setting != nullptr) {
+      *setting = std::move(*s);
     } else {
-      p.config[key] = std::move(*s);
+      // Every key allowed above is a setting store::ProfileConfig knows.
+      return fail(Errc::internal, fmt::format("field \"{}\" has no place in a profile", key));
     }
   }
 
   // Per-kind requirements.
   if (*kind == CredentialKind::api_token) {
-    if (!p.config.contains("email"))
-      return std::unexpected(bad_input("kind api-token needs \"email\""));
+    if (config.email.empty()) return std::unexpected(bad_input("kind api-token needs \"email\""));
     if (!access) return std::unexpected(bad_input("kind api-token needs \"token\""));
-    if (!p.config.contains("site"))
+    if (config.site.empty())
       return std::unexpected(
           bad_input("kind api-token needs \"site\" (https://YOUR-SITE.atlassian.net)"));
   } else if (*kind == CredentialKind::pat) {
     if (!access) return std::unexpected(bad_input("kind pat needs \"token\""));
-    if (!p.config.contains("site"))
+    if (config.site.empty())
       return std::unexpected(
           bad_input("kind pat needs \"site\" (your Jira or Confluence Data Center URL)"));
   } else {
     if (p.provider.empty()) p.provider = "generic";
-    if (p.provider == "mcp" && !p.config.contains("mcp_server")) {
+    if (p.provider == "mcp" && config.mcp_server.empty()) {
       return std::unexpected(bad_input("provider mcp needs \"mcp_server\" (the MCP server URL)"));
     }
     if (p.provider == "atlassian-dc") {
-      if (!p.config.contains("site")) {
+      if (config.site.empty()) {
         return std::unexpected(bad_input(
             "provider atlassian-dc needs \"site\" (your Jira or Confluence Data Center URL, "
             "e.g. https://jira.example.com)"));
       }
-      if (!p.config.contains("redirect_uri")) {
+      if (config.redirect_uri.empty()) {
         // Data Center checks the redirect URI on every token request, the
         // refresh included, so it must be the one registered there.
         return std::unexpected(bad_input(
             "provider atlassian-dc needs \"redirect_uri\": the redirect URL of the incoming "
             "link you created in Data Center (e.g. http://127.0.0.1:8976/callback)"));
       }
-      if (p.config.value("pkce", std::string()) == "off") {
+      if (config.pkce == store::PkceMode::off) {
         return std::unexpected(
             bad_input("provider atlassian-dc uses PKCE; \"pkce\": \"off\" is not possible"));
       }

@@ -55,10 +55,10 @@ bool one_line(std::string_view v) {
 
 }  // namespace
 
-Result<json::Json> validate_sinks(const json::Json& sinks) {
+Result<std::vector<store::Sink>> validate_sinks(const json::Json& sinks) {
   if (!sinks.is_array()) return std::unexpected(bad_input("field \"sinks\" must be a list"));
   if (sinks.size() > 16) return std::unexpected(bad_input("at most 16 sinks per profile"));
-  json::Json out = json::Json::array();
+  std::vector<store::Sink> out;
   for (const auto& s : sinks) {
     if (!s.is_object()) return std::unexpected(bad_input("each sink must be an object"));
     const auto type =
@@ -71,7 +71,9 @@ Result<json::Json> validate_sinks(const json::Json& sinks) {
         path.size() > 4096) {
       return std::unexpected(bad_input("sink path must be an absolute path"));
     }
-    json::Json n = {{"type", type}, {"path", path}};
+    store::Sink n;
+    n.type = type == "file" ? store::Sink::Type::file : store::Sink::Type::dotenv;
+    n.path = path;
     for (const auto& [k, v] : s.items()) {
       if (k != "type" && k != "path" && k != "format" && k != "variable") {
         return std::unexpected(
@@ -81,17 +83,22 @@ Result<json::Json> validate_sinks(const json::Json& sinks) {
     if (type == "file") {
       const auto format =
           s.contains("format") && s["format"].is_string() ? s["format"].get<std::string>() : "raw";
-      if (format != "raw" && format != "header" && format != "json") {
+      if (format == "raw") {
+        n.format = store::Sink::Format::raw;
+      } else if (format == "header") {
+        n.format = store::Sink::Format::header;
+      } else if (format == "json") {
+        n.format = store::Sink::Format::json;
+      } else {
         return std::unexpected(bad_input("file sink format must be raw, header or json"));
       }
-      n["format"] = format;
     } else {
       const auto var = s.contains("variable") && s["variable"].is_string()
                            ? s["variable"].get<std::string>()
                            : "ACCESS_TOKEN";
       if (!valid_variable(var))
         return std::unexpected(bad_input("dotenv sink variable must be a shell variable name"));
-      n["variable"] = var;
+      n.variable = var;
     }
     out.push_back(std::move(n));
   }
@@ -144,23 +151,22 @@ Result<std::string> update_dotenv(std::string_view existing, std::string_view va
 }
 
 Result<> write_sinks(const store::Profile& profile, const store::Credential& c) {
-  auto it = profile.config.find("sinks");
-  if (it == profile.config.end() || !it->is_array() || c.access_token.empty()) return {};
+  if (!profile.config.sinks || c.access_token.empty()) return {};
   Result<> first;
-  for (const auto& s : *it) {
-    const std::string path = s.value("path", "");
-    const std::string type = s.value("type", "");
+  for (const store::Sink& s : *profile.config.sinks) {
+    const std::string& path = s.path;
     Result<> r;
-    if (type == "file") {
-      const std::string format = s.value("format", "raw");
+    if (s.type == store::Sink::Type::file) {
+      using Format = store::Sink::Format;
       std::string content;
       const std::string type_name = c.token_type.empty() ? "Bearer" : c.token_type;
-      if (format == "header" && !(one_line(type_name) && one_line(c.access_token.reveal()))) {
+      if (s.format == Format::header &&
+          !(one_line(type_name) && one_line(c.access_token.reveal()))) {
         r = fail(Errc::invalid_argument,
                  "the token or its type holds a line break; the header file is not written");
-      } else if (format == "header") {
+      } else if (s.format == Format::header) {
         content = "Authorization: " + type_name + " " + std::string(c.access_token.reveal()) + "\n";
-      } else if (format == "json") {
+      } else if (s.format == Format::json) {
         json::Json j = {{"access_token", c.access_token.reveal()}, {"token_type", type_name}};
         j["expires_at"] =
             c.expires_at_ms ? json::Json(*c.expires_at_ms / 1000) : json::Json(nullptr);
@@ -170,7 +176,7 @@ Result<> write_sinks(const store::Profile& profile, const store::Credential& c) 
       }
       if (r) r = fs::write_file_atomic(path, content, 0600);
       secure_wipe(content);
-    } else if (type == "dotenv") {
+    } else {
       std::string existing;
       struct stat st{};
       if (::lstat(path.c_str(), &st) == 0) {
@@ -186,8 +192,7 @@ Result<> write_sinks(const store::Profile& profile, const store::Credential& c) 
         }
       }
       if (r) {
-        auto updated =
-            update_dotenv(existing, s.value("variable", "ACCESS_TOKEN"), c.access_token.reveal());
+        auto updated = update_dotenv(existing, s.variable, c.access_token.reveal());
         if (!updated) {
           r = std::unexpected(updated.error());
         } else {

@@ -30,26 +30,25 @@ std::function<double()> default_random() {
 // dynamically registered client, the Atlassian cloud id) survives a PUT that
 // does not mention it, as long as what it was derived from is unchanged.
 void keep_managed_config(const store::Profile& old, store::Profile& next) {
-  const auto& o = old.config;
-  auto& n = next.config;
-  auto same = [&](const char* key) {
-    return o.value(key, json::Json()) == n.value(key, json::Json());
-  };
-  if (o.contains("discovered") && !n.contains("discovered") && same("issuer") &&
-      same("mcp_server")) {
-    n["discovered"] = o["discovered"];
-  }
-  if (o.value("client_registered", false) && !n.contains("client_id") &&
-      next.client_secret.empty() && same("issuer") && same("mcp_server")) {
-    for (const char* key : {"client_id", "client_registered", "client_registered_for",
-                            "token_endpoint_auth", "redirect_uri", "client_id_metadata_document"}) {
-      if (o.contains(key) && !n.contains(key)) n[key] = o[key];
-    }
+  const store::ProfileConfig& o = old.config;
+  store::ProfileConfig& n = next.config;
+  const bool same_server = o.issuer == n.issuer && o.mcp_server == n.mcp_server;
+  if (o.discovered && !n.discovered && same_server) n.discovered = o.discovered;
+  if (o.client_registered && n.client_id.empty() && next.client_secret.empty() && same_server) {
+    // What the registration set, where the PUT set nothing of its own (it
+    // cannot set client_registered or client_registered_for).
+    n.client_id = o.client_id;
+    n.client_registered = true;
+    n.client_registered_for = o.client_registered_for;
+    if (!n.token_endpoint_auth) n.token_endpoint_auth = o.token_endpoint_auth;
+    if (n.redirect_uri.empty()) n.redirect_uri = o.redirect_uri;
+    if (n.client_id_metadata_document.empty())
+      n.client_id_metadata_document = o.client_id_metadata_document;
     next.client_secret = old.client_secret;
   }
-  if (o.contains("cloud_id") && !n.contains("cloud_id") && same("site") && same("client_id")) {
-    n["cloud_id"] = o["cloud_id"];
-    if (o.contains("cloud_url")) n["cloud_url"] = o["cloud_url"];
+  if (!o.cloud_id.empty() && n.cloud_id.empty() && o.site == n.site && o.client_id == n.client_id) {
+    n.cloud_id = o.cloud_id;
+    n.cloud_url = o.cloud_url;
   }
 }
 
@@ -138,9 +137,7 @@ bool TokenService::can_refresh(const Entry& e) const {
 }
 
 Millis TokenService::buffer_of(const Entry& e) const {
-  auto it = e.profile.config.find("refresh_buffer");
-  if (it != e.profile.config.end() && it->is_number_integer())
-    return Millis(it->get<std::int64_t>() * 1000);
+  if (const auto& buffer = e.profile.config.refresh_buffer) return Millis(*buffer * 1000);
   return m_options.policy.buffer;
 }
 
@@ -373,11 +370,8 @@ Result<std::vector<std::string>> TokenService::require_consent(
     }
     if (std::find(scopes.begin(), scopes.end(), s) == scopes.end()) scopes.emplace_back(s);
   };
-  auto add_list = [&](const json::Json& list) {
-    if (!list.is_array()) return;
-    for (const auto& v : list) {
-      if (v.is_string()) add(v.get_ref<const std::string&>());
-    }
+  auto add_list = [&](const std::vector<std::string>& list) {
+    for (const auto& v : list) add(v);
   };
   auto add_words = [&](std::string_view text) {
     while (!text.empty()) {
@@ -387,9 +381,9 @@ Result<std::vector<std::string>> TokenService::require_consent(
       text.remove_prefix(sp + 1);
     }
   };
-  add_list(e.profile.config.value("scopes", json::Json::array()));
+  if (e.profile.config.scopes) add_list(*e.profile.config.scopes);
   add_words(e.credential.scope);
-  add_list(e.profile.config.value("step_up_scopes", json::Json::array()));
+  add_list(e.profile.config.step_up_scopes);
   const std::size_t before = scopes.size();
   for (const auto& s : challenged) add(s);
   if (scopes.empty()) {
@@ -398,7 +392,7 @@ Result<std::vector<std::string>> TokenService::require_consent(
         fmt::format("the insufficient_scope challenge for '{}' names no usable scope", name));
   }
   store::Profile updated = e.profile;
-  updated.config["step_up_scopes"] = scopes;
+  updated.config.step_up_scopes = scopes;
   if (auto r = m_store.put_profile(updated); !r) return std::unexpected(r.error());
   if (auto stored = m_store.get_profile(name)) e.profile = std::move(*stored);
   std::string joined;
@@ -449,10 +443,7 @@ Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
   g.token = c.access_token;
   g.expires_at_ms = c.expires_at_ms;
   if (e.profile.kind == CredentialKind::api_token) {
-    std::string email;
-    if (auto it = e.profile.config.find("email"); it != e.profile.config.end() && it->is_string())
-      email = *it;
-    const Secret pair = Secret::concat({email, ":", c.access_token.reveal()});
+    const Secret pair = Secret::concat({e.profile.config.email, ":", c.access_token.reveal()});
     std::string encoded = base64_encode(pair.reveal());
     g.authorization = Secret::concat({"Basic ", encoded});
     secure_wipe(encoded);

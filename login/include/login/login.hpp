@@ -104,11 +104,17 @@ class LoginManager {
 
   // Resolves what a flow needs (discovery, registration) then calls next.
   void resolve(const std::string& profile, std::function<void(Result<store::Profile>)> next);
+  // What the resolver writes into the stored profile: only settings it owns.
+  enum class Resolved {
+    discovery,          // config.discovered
+    document_client,    // client_id, client_registered(_for), token_endpoint_auth, the secret
+    registered_client,  // those, redirect_uri and client_id_metadata_document
+  };
   // `replaces_client_id`: the stored client id this login deliberately
   // replaces (a registration giving way to a metadata document); any other
   // change of it meanwhile is a conflict.
-  Result<> store_resolved(const store::Profile& found, std::initializer_list<const char*> keys,
-                          bool client_secret, const std::string* replaces_client_id = nullptr);
+  Result<> store_resolved(const store::Profile& found, Resolved what,
+                          const std::string* replaces_client_id = nullptr);
   void check_metadata_document(std::shared_ptr<store::Profile> profile,
                                std::function<void(Result<store::Profile>)> next);
   void fetch_json(std::string url,

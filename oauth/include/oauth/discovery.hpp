@@ -11,6 +11,7 @@
 
 #include "core/error.hpp"
 #include "core/json.hpp"
+#include "store/profile_config.hpp"
 
 namespace tokend::oauth {
 
@@ -42,7 +43,8 @@ Result<> check_discovered_url(std::string_view field, std::string_view url,
 // for (RFC 8414 §3.3) and every endpoint must pass check_discovered_url with
 // the issuer as the source.
 // Returns the fields tokend keeps (config.discovered).
-Result<json::Json> check_server_metadata(const json::Json& metadata, std::string_view issuer);
+Result<store::ProviderMetadata> check_server_metadata(const json::Json& metadata,
+                                                      std::string_view issuer);
 
 struct ProtectedResource {
   std::string resource;

@@ -13,7 +13,6 @@
 
 #include "core/clock.hpp"
 #include "core/error.hpp"
-#include "core/json.hpp"
 #include "store/types.hpp"
 
 namespace tokend::proxy {
@@ -57,7 +56,7 @@ Result<std::vector<std::vector<std::string>>> policy_paths(const store::Profile&
 // deny prefix; with allow prefixes, every reading needs a name under one.
 Result<> check_policy(const store::Profile& profile, std::string_view method,
                       std::string_view rest);
-Result<> check_policy(const json::Json& policy, std::string_view method,
+Result<> check_policy(const store::ProxyPolicy& policy, std::string_view method,
                       const std::vector<std::vector<std::string>>& readings);
 
 // A token bucket per profile: `rate_per_minute` calls, bursts up to that many.

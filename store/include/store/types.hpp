@@ -11,6 +11,7 @@
 #include "core/json.hpp"
 #include "core/names.hpp"
 #include "core/secret.hpp"
+#include "store/profile_config.hpp"
 
 namespace tokend::store {
 
@@ -35,9 +36,9 @@ Result<CredState> parse_cred_state(std::string_view s);
 struct Profile {
   std::string name;
   CredentialKind kind = CredentialKind::oauth2;
-  std::string provider;                      // "atlassian", "generic", "mcp" or "" for static kinds
-  json::Json config = json::Json::object();  // non-secret settings
-  Secret client_secret;                      // confidential clients; empty for public ones
+  std::string provider;  // "atlassian", "generic", "mcp" or "" for static kinds
+  ProfileConfig config;  // non-secret settings (store/profile_config.hpp)
+  Secret client_secret;  // confidential clients; empty for public ones
   std::int64_t created_at_ms = 0;
   std::int64_t updated_at_ms = 0;
 };

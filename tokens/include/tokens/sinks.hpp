@@ -9,6 +9,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/json.hpp"
@@ -16,8 +17,8 @@
 
 namespace tokend::tokens {
 
-// Checks the "sinks" value of a profile body; returns it normalised.
-Result<json::Json> validate_sinks(const json::Json& sinks);
+// Checks the "sinks" value of a profile body.
+Result<std::vector<store::Sink>> validate_sinks(const json::Json& sinks);
 
 // Writes every sink of the profile; the first failure is returned, the
 // others are still attempted.

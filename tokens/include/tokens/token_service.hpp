@@ -49,7 +49,7 @@ struct ProfileView {
   std::string name;
   store::CredentialKind kind;
   std::string provider;
-  json::Json config;
+  store::ProfileConfig config;
   store::CredState state;
   std::optional<std::int64_t> expires_at_ms;
   std::optional<std::int64_t> obtained_at_ms;
