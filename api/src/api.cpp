@@ -99,7 +99,7 @@ class Api::Streams {
     if (t) m_timer = std::move(*t);
   }
 
-  void add(std::shared_ptr<ipc::Stream> stream, tokens::EventBus::Subscription sub) {
+  void add(const std::shared_ptr<ipc::Stream>& stream, tokens::EventBus::Subscription sub) {
     const std::uint64_t id = m_next++;
     m_open.emplace(id, Entry{stream, std::move(sub)});
     stream->on_close([this, id] { m_open.erase(id); });
@@ -717,7 +717,7 @@ void Api::get_events(const std::shared_ptr<ipc::Exchange>& ex) {
     if (only && e.profile != *only) return;
     if (auto s = weak.lock()) s->send(sse_frame(e));
   });
-  m_streams->add(std::move(stream), std::move(sub));
+  m_streams->add(stream, std::move(sub));
 }
 
 // GET /v1/audit

@@ -205,8 +205,8 @@ Result<Format> parse_format(std::string_view s) {
               "unknown log format '" + std::string(s) + "'; use text or json");
 }
 
-Result<Options> resolve_options(std::optional<std::string> flag_level,
-                                std::optional<std::string> flag_format) {
+Result<Options> resolve_options(const std::optional<std::string>& flag_level,
+                                const std::optional<std::string>& flag_format) {
   Options o;
   auto level = flag_level ? flag_level : env_value("TOKEND_LOG_LEVEL");
   auto format = flag_format ? flag_format : env_value("TOKEND_LOG_FORMAT");

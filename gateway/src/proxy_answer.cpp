@@ -13,7 +13,7 @@ namespace {
 // framed by the upstream's length or chunked, paced by the caller's socket
 // (the upstream transfer pauses while more than a window is queued).
 void stream_answer(const std::shared_ptr<ipc::Exchange>& ex, ipc::Response head,
-                   std::shared_ptr<proxy::ProxyBody> body) {
+                   const std::shared_ptr<proxy::ProxyBody>& body) {
   constexpr std::size_t k_window = 256 * 1024;
   ipc::StreamFraming framing;
   framing.kind = ipc::StreamFraming::Kind::chunked;
@@ -90,7 +90,7 @@ void respond_proxied(const std::shared_ptr<ipc::Exchange>& ex, const std::string
     if (k.size() == 6 && ::strncasecmp(k.data(), "server", 6) == 0) continue;
     res.headers.emplace_back(std::move(k), std::move(v));
   }
-  if (r->stream) return stream_answer(ex, std::move(res), std::move(r->stream));
+  if (r->stream) return stream_answer(ex, std::move(res), r->stream);
   res.body = std::move(r->body);
   ex->respond(std::move(res));
 }

@@ -94,7 +94,7 @@ class ExchangeImpl final : public Exchange {
     m_answered = true;
     auto c = m_conn.lock();
     if (!c) return nullptr;
-    return c->start_stream(this, status, std::move(headers), framing);
+    return c->start_stream(this, status, headers, framing);
   }
   [[nodiscard]] bool pending() const override {
     auto c = m_conn.lock();
@@ -332,8 +332,8 @@ void Connection::finish_response(bool close) {
   resume_reading();
 }
 
-std::shared_ptr<Stream> Connection::start_stream(ExchangeImpl* ex, int status, Headers headers,
-                                                 StreamFraming framing) {
+std::shared_ptr<Stream> Connection::start_stream(ExchangeImpl* ex, int status,
+                                                 const Headers& headers, StreamFraming framing) {
   if (m_current.get() != ex || m_state != State::busy) return nullptr;
   const auto hold = std::move(m_current);
   const unsigned version = ex->request().version;

@@ -60,7 +60,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // For the connection's Exchange and Stream.
   void respond(ExchangeImpl* ex, Response response);
-  std::shared_ptr<Stream> start_stream(ExchangeImpl* ex, int status, Headers headers,
+  std::shared_ptr<Stream> start_stream(ExchangeImpl* ex, int status, const Headers& headers,
                                        StreamFraming framing);
   bool stream_send(std::string_view bytes);
   void stream_finish();

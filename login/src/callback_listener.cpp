@@ -131,7 +131,7 @@ void on_request(Conn* c) {
   // Copy: the handler may close the listener, which resets shared->handler.
   auto handler = c->shared->handler;
   if (!handler) return send_reply(c, {503, "closed"});
-  handler(req, [weak](login::CallbackReply reply) {
+  handler(req, [weak](const login::CallbackReply& reply) {
     if (auto self = weak.lock()) send_reply(self.get(), reply);
   });
 }

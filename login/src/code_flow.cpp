@@ -330,7 +330,7 @@ void LoginManager::exchange(Flow& f, std::string code) {
                }
                return;
              }
-             on_tokens(fl, std::move(*tokens));
+             on_tokens(fl, *tokens);
            });
 }
 

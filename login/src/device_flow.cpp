@@ -116,7 +116,7 @@ void LoginManager::poll_device(Flow& f) {
                  return;
                }
                fl.phase = Flow::Phase::exchanging;
-               on_tokens(fl, std::move(*tokens));
+               on_tokens(fl, *tokens);
                return;
              }
              const auto err = res ? oauth::oauth_error_of(*res) : oauth::OAuthError{};

@@ -41,7 +41,7 @@ std::string no_refresh_token_warning(const LoginManager::Flow& f, const store::T
 
 }  // namespace
 
-void LoginManager::on_tokens(Flow& f, store::TokenSet tokens) {
+void LoginManager::on_tokens(Flow& f, const store::TokenSet& tokens) {
   if (tokens.refresh_token.empty())
     f.warning = no_refresh_token_warning(f, tokens, f.asked_scopes, f.resolved);
   if (auto r = m_tokens.install_tokens(f.profile, tokens); !r) {

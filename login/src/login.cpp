@@ -56,7 +56,7 @@ LoginManager::Flow* LoginManager::find(const std::string& profile, std::uint64_t
 
 // --- HTTP helpers ------------------------------------------------------------
 
-void LoginManager::fetch_json(std::string url,
+void LoginManager::fetch_json(const std::string& url,
                               std::function<void(Result<Json>, const net::HttpResponse*)> done,
                               net::HttpHeaders headers) {
   net::HttpRequest r;

@@ -15,7 +15,7 @@ void LoginManager::logout(const std::string& name, JsonCallback done) {
     return;
   }
   if (pending(name)) (void)cancel(name);
-  auto forget = [this, name](bool revoked, std::string reason) -> Result<Json> {
+  auto forget = [this, name](bool revoked, const std::string& reason) -> Result<Json> {
     if (auto r = m_tokens.forget_tokens(name); !r) return std::unexpected(r.error());
     Json out = {{"profile", name}, {"revoked", revoked}};
     if (!reason.empty()) out["reason"] = reason;

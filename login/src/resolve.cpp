@@ -68,8 +68,9 @@ Result<> LoginManager::store_resolved(const store::Profile& found, Resolved what
 // A client ID metadata document: fetched before the flow starts; its
 // client_id must be its own URL and its redirect_uris must hold the one this
 // login uses.
-void LoginManager::check_metadata_document(std::shared_ptr<store::Profile> profile,
-                                           std::function<void(Result<store::Profile>)> next) {
+void LoginManager::check_metadata_document(
+    const std::shared_ptr<store::Profile>& profile,
+    const std::function<void(Result<store::Profile>)>& next) {
   const std::string url = profile->config.client_id;
   std::string redirect = profile->config.redirect_uri;
   if (redirect.empty()) redirect = std::string(k_default_redirect_uri);
@@ -114,7 +115,7 @@ void LoginManager::check_metadata_document(std::shared_ptr<store::Profile> profi
 }
 
 void LoginManager::resolve(const std::string& name,
-                           std::function<void(Result<store::Profile>)> next) {
+                           const std::function<void(Result<store::Profile>)>& next) {
   auto p = m_tokens.profile_of(name);
   if (!p) {
     next(std::unexpected(p.error()));
@@ -305,7 +306,8 @@ void LoginManager::resolve(const std::string& name,
   // `from_resource`: for MCP, what the protected resource metadata said
   // (kept with the authorization server's own metadata).
   auto discover_as = [this, alive, name, profile, register_client, next](
-                         std::string as_issuer, store::ProviderMetadata from_resource) {
+                         const std::string& as_issuer,
+                         const store::ProviderMetadata& from_resource) {
     auto urls = oauth::metadata_urls(as_issuer);
     if (!urls) {
       next(std::unexpected(urls.error()));
@@ -387,7 +389,7 @@ void LoginManager::resolve(const std::string& name,
       from_resource.authorization_server = chosen;
       from_resource.authorization_servers = prm->authorization_servers;
       from_resource.resource_scopes = prm->scopes_supported;
-      discover_as(chosen, std::move(from_resource));
+      discover_as(chosen, from_resource);
     };
     auto from_well_known = [this, alive, mcp_server, with_prm, next]() {
       auto urls = oauth::protected_resource_urls(mcp_server);

@@ -32,8 +32,8 @@ Result<Format> parse_format(std::string_view s);
 
 // Options from TOKEND_LOG_LEVEL / TOKEND_LOG_FORMAT, overridden by the
 // flag values when given (flag > env > default).
-Result<Options> resolve_options(std::optional<std::string> flag_level,
-                                std::optional<std::string> flag_format);
+Result<Options> resolve_options(const std::optional<std::string>& flag_level,
+                                const std::optional<std::string>& flag_format);
 
 // Installs the default logger writing to stderr.
 void setup(const Options& options);

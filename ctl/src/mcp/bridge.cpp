@@ -138,7 +138,7 @@ class Bridge {
   void send(Job& job, Conn& conn);
 
   // --- talking to tokend ---
-  Result<Answer> exchange(Conn& conn, std::string_view method, client::Headers headers,
+  Result<Answer> exchange(Conn& conn, std::string_view method, const client::Headers& headers,
                           std::string_view body, SseParser* parser,
                           const std::function<void(const SseParser::Event&)>& on_event,
                           const std::optional<std::string>& cancel_id = std::nullopt,
@@ -272,7 +272,7 @@ client::Headers Bridge::base_headers(const ClientMessage* message) {
   return h;
 }
 
-Result<Answer> Bridge::exchange(Conn& conn, std::string_view method, client::Headers headers,
+Result<Answer> Bridge::exchange(Conn& conn, std::string_view method, const client::Headers& headers,
                                 std::string_view body, SseParser* parser,
                                 const std::function<void(const SseParser::Event&)>& on_event,
                                 const std::optional<std::string>& cancel_id,
@@ -450,7 +450,7 @@ void Bridge::send(Job& job, Conn& conn) {
           h.emplace_back("Last-Event-ID", parser.last_id());
           const std::string before = parser.last_id();
           auto g = exchange(
-              conn, "GET", std::move(h), {}, &parser,
+              conn, "GET", h, {}, &parser,
               [&](const SseParser::Event& e) { deliver(e.data, answering, answered); }, answering);
           if (!g || g->status != 200 || parser.last_id() == before) break;
         }
@@ -615,7 +615,7 @@ void Bridge::get_stream() {
     if (!parser.last_id().empty()) h.emplace_back("Last-Event-ID", parser.last_id());
     bool got = false;
     bool ignored = false;
-    auto r = exchange(conn, "GET", std::move(h), {}, &parser, [&](const SseParser::Event& e) {
+    auto r = exchange(conn, "GET", h, {}, &parser, [&](const SseParser::Event& e) {
       got = true;
       deliver(e.data, std::nullopt, ignored);
     });
@@ -644,8 +644,7 @@ void Bridge::delete_session() {
     std::lock_guard lock(m_state_mu);
     if (!m_version.empty()) h.emplace_back("MCP-Protocol-Version", m_version);
   }
-  auto r = exchange(conn, "DELETE", std::move(h), {}, nullptr, {}, std::nullopt,
-                    std::chrono::seconds(5));
+  auto r = exchange(conn, "DELETE", h, {}, nullptr, {}, std::nullopt, std::chrono::seconds(5));
   if (!r) note(fmt::format("could not end the MCP session: {}", r.error().message));
 }
 

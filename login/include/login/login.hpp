@@ -91,7 +91,7 @@ class LoginManager {
   void accept_code(Flow& f, Redirect r, JsonCallback done);
   void exchange(Flow& f, std::string code);
   void poll_device(Flow& f);
-  void on_tokens(Flow& f, store::TokenSet tokens);
+  void on_tokens(Flow& f, const store::TokenSet& tokens);
   void pick_cloud(Flow& f);
   void succeed(Flow& f);
   void fail_flow(Flow& f, FlowState state, std::string reason, std::string message);
@@ -103,7 +103,7 @@ class LoginManager {
   void send_for(Flow& f, net::HttpRequest request, FlowResponse then);
 
   // Resolves what a flow needs (discovery, registration) then calls next.
-  void resolve(const std::string& profile, std::function<void(Result<store::Profile>)> next);
+  void resolve(const std::string& profile, const std::function<void(Result<store::Profile>)>& next);
   // What the resolver writes into the stored profile: only settings it owns.
   enum class Resolved {
     discovery,          // config.discovered
@@ -115,9 +115,9 @@ class LoginManager {
   // change of it meanwhile is a conflict.
   Result<> store_resolved(const store::Profile& found, Resolved what,
                           const std::string* replaces_client_id = nullptr);
-  void check_metadata_document(std::shared_ptr<store::Profile> profile,
-                               std::function<void(Result<store::Profile>)> next);
-  void fetch_json(std::string url,
+  void check_metadata_document(const std::shared_ptr<store::Profile>& profile,
+                               const std::function<void(Result<store::Profile>)>& next);
+  void fetch_json(const std::string& url,
                   std::function<void(Result<json::Json>, const net::HttpResponse*)> done,
                   net::HttpHeaders headers = {});
   // URLs tried in order until one answers JSON (resolve.cpp).

@@ -22,7 +22,6 @@ class Spool {
   static void set_directory(std::filesystem::path dir);
   static Result<std::shared_ptr<Spool>> create();
 
-
   Result<> append(std::string_view bytes);
   // Up to `size` bytes from `offset`; 0 at the end.
   Result<std::size_t> read_at(std::uint64_t offset, char* out, std::size_t size) const;
