@@ -9,6 +9,8 @@
 #include <set>
 #include <utility>
 
+#include "enum_names.hpp"
+
 namespace tokend::store {
 
 namespace {
@@ -38,23 +40,8 @@ constexpr std::array<std::pair<Sink::Format, std::string_view>, 3> k_sink_format
     {Sink::Format::json, "json"},
 }};
 
-template <class E, std::size_t N>
-std::string_view name_of(const std::array<std::pair<E, std::string_view>, N>& table,
-                         E value) noexcept {
-  for (const auto& [e, name] : table) {
-    if (e == value) return name;
-  }
-  return "?";
-}
-
-template <class E, std::size_t N>
-std::optional<E> value_of(const std::array<std::pair<E, std::string_view>, N>& table,
-                          std::string_view name) {
-  for (const auto& [e, n] : table) {
-    if (n == name) return e;
-  }
-  return std::nullopt;
-}
+using detail::name_of;
+using detail::value_of;
 
 // The plain string settings, by their stored names.
 struct StringSetting {

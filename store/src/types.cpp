@@ -3,6 +3,8 @@
 #include <array>
 #include <utility>
 
+#include "enum_names.hpp"
+
 namespace tokend::store {
 
 namespace {
@@ -27,31 +29,21 @@ constexpr std::array<std::pair<CredState, std::string_view>, 8> k_states{{
 }  // namespace
 
 std::string_view to_string(CredentialKind k) noexcept {
-  for (const auto& [kind, name] : k_kinds) {
-    if (kind == k) return name;
-  }
-  return "oauth2";
+  return detail::name_of(k_kinds, k, "oauth2");
 }
 
 Result<CredentialKind> parse_credential_kind(std::string_view s) {
-  for (const auto& [kind, name] : k_kinds) {
-    if (name == s) return kind;
-  }
+  if (const auto kind = detail::value_of(k_kinds, s)) return *kind;
   return fail(Errc::invalid_argument,
               "unknown credential kind '" + std::string(s) + "'; use oauth2, api-token or pat");
 }
 
 std::string_view to_string(CredState s) noexcept {
-  for (const auto& [state, name] : k_states) {
-    if (state == s) return name;
-  }
-  return "empty";
+  return detail::name_of(k_states, s, "empty");
 }
 
 Result<CredState> parse_cred_state(std::string_view s) {
-  for (const auto& [state, name] : k_states) {
-    if (name == s) return state;
-  }
+  if (const auto state = detail::value_of(k_states, s)) return *state;
   return fail(Errc::corrupt, "unknown credential state '" + std::string(s) + "'");
 }
 
