@@ -81,7 +81,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 && errno != EINPROGRESS &&
       errno != EAGAIN)
     std::abort();
-  const auto answer = fuzz::exchange(w.loop, fd, {reinterpret_cast<const char*>(data), size});
+  const auto answer = fuzz::exchange(w.loop, fd, {reinterpret_cast<const char*>(data), size},
+                                     [&] { return w.server->stats().open_connections == 0; });
   // Whatever the input, what comes back is HTTP (or nothing, for a close).
   if (!answer.empty() && !answer.starts_with("HTTP/1.")) std::abort();
   return 0;

@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -18,7 +19,12 @@
 namespace tokend::fuzz {
 
 // `fd` is a connecting or connected non-blocking socket; it is closed here.
+// `released`, when given, says whether the server has let go of the
+// connection: the loop turns until it has, so that every allocation an input
+// caused is freed before the next input. Otherwise libFuzzer sees more
+// mallocs than frees and runs a leak check after most inputs (40% slower).
 inline std::string exchange(net::Loop& loop, int fd, std::string_view bytes,
+                            const std::function<bool()>& released = {},
                             std::chrono::milliseconds deadline = std::chrono::milliseconds{3000}) {
   std::string answer;
   const auto until = std::chrono::steady_clock::now() + deadline;
@@ -49,6 +55,11 @@ inline std::string exchange(net::Loop& loop, int fd, std::string_view bytes,
   ::close(fd);
   // Let the server see the close and free the connection before the next input.
   for (int i = 0; i < 8; ++i) uv_run(loop.get(), UV_RUN_NOWAIT);
+  if (released) {
+    while (!released() && std::chrono::steady_clock::now() < until) uv_run(loop.get(), UV_RUN_ONCE);
+    // Close callbacks, which free the connection, run one turn after.
+    for (int i = 0; i < 2; ++i) uv_run(loop.get(), UV_RUN_NOWAIT);
+  }
   return answer;
 }
 

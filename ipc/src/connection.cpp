@@ -19,7 +19,6 @@ namespace {
 constexpr std::size_t k_spool_threshold = 1024 * 1024;
 // A framed stream's producer hears "drained" once the queue is below this.
 constexpr std::size_t k_stream_low_water = 64 * 1024;
-constexpr std::chrono::milliseconds k_linger{1000};
 
 }  // namespace
 
@@ -197,6 +196,9 @@ void Connection::maybe_pause_reading() {
   const std::size_t queued = m_io.write_queue_size();
   const auto& limits = m_listener.limits();
   const bool too_much_input = m_inbuf.size() > limits.max_header_bytes + limits.max_body_bytes;
+  // A lingering connection discards its input: it must keep reading, or it
+  // would not see the peer's close and would hold its slot until the timer.
+  if (m_state == State::lingering) return;
   if (m_reading && (queued > limits.max_write_queue_bytes || too_much_input)) {
     m_io.read_stop();
     m_reading = false;
@@ -461,12 +463,13 @@ void Connection::begin_linger() {
   // Half-close and discard what the peer still sends for a moment, so our
   // final answer is not destroyed by a reset from unread input.
   m_state = State::lingering;
+  m_inbuf.clear();  // pipelined requests behind the closing answer are not served
   if (m_io.shutdown() != 0) {
     close();
     return;
   }
   resume_reading();
-  arm_timer(k_linger);
+  arm_timer(m_listener.limits().linger);
 }
 
 // The timer is re-armed only when the new deadline is earlier than the one it

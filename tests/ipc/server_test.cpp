@@ -270,6 +270,33 @@ TEST_CASE("limits: header 431, body 413, malformed 400, each followed by a close
   CHECK(f.stop() == 0);
 }
 
+TEST_CASE("a closing answer's connection ends when the peer closes, however much it had sent",
+          "[ipc][server]") {
+  // An HTTP/1.0 request answered and closed, with more than a request's worth
+  // of pipelined bytes behind it: the server used to stop reading those
+  // and so missed the peer's close, holding the slot until the linger timer.
+  ipc::ServerLimits limits;
+  limits.max_header_bytes = 2048;
+  limits.max_body_bytes = 4096;
+  limits.linger = std::chrono::hours{1};  // only the peer's close can end it in time
+  ServerFixture f(limits);
+  {
+    RawClient c(f.socket());
+    c.send("GET /echo HTTP/1.0\r\n\r\n" + std::string(8000, 'x'));
+    auto all = c.read_to_eof();
+    REQUIRE(all);
+    CHECK(status_of(*all) == 200);
+  }  // closed here
+  const auto until = std::chrono::steady_clock::now() + 20s;
+  auto open = f.stats().open_connections;
+  while (open != 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(5ms);  // polling a counter, with a deadline
+    open = f.stats().open_connections;
+  }
+  CHECK(open == 0);
+  CHECK(f.stop() == 0);
+}
+
 TEST_CASE("timeouts: a slow request gets 408, an idle connection is closed", "[ipc][server]") {
   ipc::ServerLimits limits;
   limits.request_timeout = 150ms;

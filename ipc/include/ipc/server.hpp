@@ -34,6 +34,9 @@ struct ServerLimits {
   std::chrono::milliseconds idle_timeout{60'000};       // keep-alive with nothing pending
   std::chrono::milliseconds request_timeout{10'000};    // first byte to complete request
   std::size_t max_write_queue_bytes = 4 * 1024 * 1024;  // stop reading a peer that does not read
+  // After a closing answer, how long to discard what the peer still sends
+  // before closing anyway; the peer's own close ends it sooner.
+  std::chrono::milliseconds linger{1000};
 };
 
 struct ServerStats {
