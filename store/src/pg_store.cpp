@@ -286,6 +286,18 @@ Result<> check_kek(detail::pg::Connection& conn, const Kek& kek, std::int64_t no
     return std::unexpected(
         wrong_kek(kek, fmt::format("the rows are encrypted under key id {}", others)));
   }
+  // No key yet: a new database, unless encrypted rows lost their key check
+  // (then no key can be proven right, and none is made the database's key).
+  auto encrypted = conn.exec(
+      "SELECT (SELECT count(*) FROM profiles WHERE wrapped_key IS NOT NULL) + "
+      "(SELECT count(*) FROM credentials WHERE wrapped_key IS NOT NULL)");
+  if (!encrypted) return std::unexpected(encrypted.error());
+  if (encrypted->int8(0, 0) != 0) {
+    return fail(Errc::corrupt,
+                "the database holds encrypted rows but no key check (the key_checks table was "
+                "emptied); nothing was changed: restore key_checks or the database from a "
+                "backup");
+  }
   auto value = key_check_value(kek);
   if (!value) return std::unexpected(value.error());
   if (auto r =

@@ -401,6 +401,19 @@ TEST_CASE("a wrong key-encryption key is refused when the database opens, naming
 
   CHECK(rows_of(c, "alice") == before);
   CHECK(one_int(c, "SELECT count(*) FROM key_checks") == 1);
+
+  // Without its key check, encrypted rows do not take any key as theirs.
+  exec_ok(c, "CREATE TABLE saved_checks AS SELECT * FROM key_checks");
+  exec_ok(c, "DELETE FROM key_checks");
+  for (const Kek* k : {&right, &other}) {
+    auto r = PgDatabase::open(db.conninfo(), *k, clock);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::corrupt);
+    CHECK(r.error().message.find("no key check") != std::string::npos);
+  }
+  CHECK(one_int(c, "SELECT count(*) FROM key_checks") == 0);
+  exec_ok(c, "INSERT INTO key_checks SELECT * FROM saved_checks");
+
   auto database = PgDatabase::open(db.conninfo(), right, clock);
   REQUIRE(database);
   auto alice = store_of(*database, "alice");
