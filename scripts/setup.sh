@@ -19,7 +19,9 @@ packages=(
   build-essential cmake ninja-build pkg-config python3
   libuv1-dev libcurl4-openssl-dev nlohmann-json3-dev
   libboost-dev libboost-program-options-dev libspdlog-dev libfmt-dev
-  libsystemd-dev openssl libssl-dev  # libssl-dev: SHA-256 for PKCE (libcrypto is already loaded via SQLCipher)
+  libsystemd-dev openssl libssl-dev  # libssl-dev: SHA-256 for PKCE, AES-256-GCM for the PostgreSQL store (libcrypto is already loaded via SQLCipher)
+  libpq-dev  # the PostgreSQL store of server mode (store/, tokend_store_pg)
+  postgresql-15  # its tests start a throwaway server from /usr/lib/postgresql/15/bin (tests/support/pg_server.cpp)
   curl  # docs examples call the proxy with curl
   systemd procps  # systemd-analyze and systemd-socket-activate for the unit tests; kill for ExecReload
   nodejs npm  # the interop tests run panva's oidc-provider (tests/interop, pinned by its package-lock.json)

@@ -441,4 +441,19 @@ void to_json(Json& out, const ProfileConfig& c) {
   put_optional(out, "discovered", c.discovered);
 }
 
+std::string config_column(const ProfileConfig& config) {
+  return Json(config).dump();
+}
+
+Result<ProfileConfig> read_config_column(std::string_view text, std::string_view profile) {
+  auto stored = json::parse(text, "stored profile config");
+  if (!stored) return std::unexpected(Error{Errc::corrupt, stored.error().message});
+  auto config = parse_profile_config(*stored);
+  if (!config) {
+    return fail(Errc::corrupt, fmt::format("profile '{}': the stored config cannot be read: {}",
+                                           profile, config.error().message));
+  }
+  return config;
+}
+
 }  // namespace tokend::store

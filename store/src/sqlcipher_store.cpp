@@ -80,13 +80,8 @@ Result<Profile> read_profile(const Stmt& s) {
   p.kind = *kind;
   p.provider = s.get_text(2);
   // The one place stored settings become typed ones.
-  auto stored = json::parse(s.get_text(3), "stored profile config");
-  if (!stored) return std::unexpected(Error{Errc::corrupt, stored.error().message});
-  auto config = parse_profile_config(*stored);
-  if (!config) {
-    return fail(Errc::corrupt, fmt::format("profile '{}': the stored config cannot be read: {}",
-                                           p.name, config.error().message));
-  }
+  auto config = read_config_column(s.get_text(3), p.name);
+  if (!config) return std::unexpected(config.error());
   p.config = std::move(*config);
   auto secret = client_secret_from_column(s.get_secret(4));
   if (!secret) return std::unexpected(secret.error());
@@ -220,7 +215,7 @@ int SqlcipherStore::schema_version() const {
 Result<> SqlcipherStore::put_profile(const Profile& p) {
   if (auto r = validate_profile_name(p.name); !r) return r;
   const std::int64_t now = to_unix_ms(m_clock->wall_now());
-  const std::string config = json::Json(p.config).dump();
+  const std::string config = config_column(p.config);
   auto tx = Transaction::begin(*m_db);
   if (!tx) return std::unexpected(tx.error());
   {

@@ -1,16 +1,23 @@
+// The store::Store contract, run against every implementation: each test
+// case is instantiated once per backend (store_backends.hpp), and the
+// SQLCipher and the PostgreSQL store must both pass it.
+#include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
 
-#include "store/store_support.hpp"
+#include "store/store_backends.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace tokend;
 using namespace tokend::store;
+using test::PgBackend;
+using test::SqlcipherBackend;
 using test::TempDir;
 
-TEST_CASE("profiles round trip: put, get, list, replace, delete", "[store]") {
-  TempDir t;
+TEMPLATE_TEST_CASE("profiles round trip: put, get, list, replace, delete", "[store]",
+                   SqlcipherBackend, PgBackend) {
   FakeClock clock;
-  auto s = test::open_store(t.path(), clock);
+  TestType backend(clock);
+  auto s = backend.open();
   REQUIRE(s);
   auto p = test::make_profile("jira");
   p.client_secret = Secret("cs");
@@ -51,10 +58,12 @@ TEST_CASE("profiles round trip: put, get, list, replace, delete", "[store]") {
   CHECK(s->delete_profile("jira").error().code == Errc::not_found);
 }
 
-TEST_CASE("invalid profile names are refused and nothing is stored", "[store]") {
-  TempDir t;
+TEMPLATE_TEST_CASE("invalid profile names are refused and nothing is stored", "[store]",
+                   SqlcipherBackend, PgBackend) {
   FakeClock clock;
-  auto s = test::open_store(t.path(), clock);
+  TestType backend(clock);
+  auto s = backend.open();
+  REQUIRE(s);
   for (const char* bad : {"", ".hidden", "-x", "a/b", "a b", "ü", "a\nb"}) {
     auto r = s->put_profile(test::make_profile(bad));
     REQUIRE_FALSE(r);
@@ -65,10 +74,12 @@ TEST_CASE("invalid profile names are refused and nothing is stored", "[store]") 
   CHECK(s->list_profiles()->size() == 1);
 }
 
-TEST_CASE("a new profile has an empty credential", "[store]") {
-  TempDir t;
+TEMPLATE_TEST_CASE("a new profile has an empty credential", "[store]", SqlcipherBackend,
+                   PgBackend) {
   FakeClock clock;
-  auto s = test::open_store(t.path(), clock);
+  TestType backend(clock);
+  auto s = backend.open();
+  REQUIRE(s);
   REQUIRE(s->put_profile(test::make_profile("p")));
   auto c = s->get_credential("p");
   REQUIRE(c);
@@ -78,10 +89,12 @@ TEST_CASE("a new profile has an empty credential", "[store]") {
   CHECK_FALSE(c->expires_at_ms);
 }
 
-TEST_CASE("store_token_set rotates refresh tokens atomically and bumps the generation", "[store]") {
-  TempDir t;
+TEMPLATE_TEST_CASE("store_token_set rotates refresh tokens atomically and bumps the generation",
+                   "[store]", SqlcipherBackend, PgBackend) {
   FakeClock clock;
-  auto s = test::open_store(t.path(), clock);
+  TestType backend(clock);
+  auto s = backend.open();
+  REQUIRE(s);
   REQUIRE(s->put_profile(test::make_profile("p")));
   REQUIRE(s->mark_refresh_inflight("p", 42));
   CHECK(s->get_credential("p")->refresh_inflight_since_ms == 42);
@@ -134,10 +147,11 @@ TEST_CASE("store_token_set rotates refresh tokens atomically and bumps the gener
   CHECK(s->store_token_set("nope", test::make_tokens("a", "b", 1)).error().code == Errc::not_found);
 }
 
-TEST_CASE("set_state and clear_credential", "[store]") {
-  TempDir t;
+TEMPLATE_TEST_CASE("set_state and clear_credential", "[store]", SqlcipherBackend, PgBackend) {
   FakeClock clock;
-  auto s = test::open_store(t.path(), clock);
+  TestType backend(clock);
+  auto s = backend.open();
+  REQUIRE(s);
   REQUIRE(s->put_profile(test::make_profile("p")));
   REQUIRE(s->store_token_set("p", test::make_tokens("at", "rt", 1)));
   REQUIRE(s->mark_refresh_inflight("p", 5));
@@ -156,10 +170,12 @@ TEST_CASE("set_state and clear_credential", "[store]") {
   CHECK(s->set_state("nope", CredState::valid).error().code == Errc::not_found);
 }
 
-TEST_CASE("audit events round trip, newest first", "[store]") {
-  TempDir t;
+TEMPLATE_TEST_CASE("audit events round trip, newest first", "[store]", SqlcipherBackend,
+                   PgBackend) {
   FakeClock clock;
-  auto s = test::open_store(t.path(), clock);
+  TestType backend(clock);
+  auto s = backend.open();
+  REQUIRE(s);
   for (int i = 0; i < 5; ++i) {
     AuditEvent e;
     e.kind = "proxy";
@@ -186,10 +202,11 @@ TEST_CASE("audit events round trip, newest first", "[store]") {
 }
 
 // Issue 13 finding 13: the audit log has a bound.
-TEST_CASE("the audit log keeps at most max_rows events, none older than max_age", "[store]") {
-  TempDir t;
+TEMPLATE_TEST_CASE("the audit log keeps at most max_rows events, none older than max_age",
+                   "[store]", SqlcipherBackend, PgBackend) {
   FakeClock clock;
-  auto s = test::open_store(t.path(), clock);
+  TestType backend(clock);
+  auto s = backend.open();
   REQUIRE(s);
   CHECK(AuditRetention{}.max_rows == 100'000);
   CHECK(AuditRetention{}.max_age == std::chrono::hours(24 * 90));
@@ -224,19 +241,29 @@ TEST_CASE("the audit log keeps at most max_rows events, none older than max_age"
   CHECK(s->recent_audit(100)->empty());
 }
 
-TEST_CASE("data persists across reopen with the same key", "[store]") {
-  TempDir t;
+TEMPLATE_TEST_CASE("data persists across reopen with the same key", "[store]", SqlcipherBackend,
+                   PgBackend) {
   FakeClock clock;
-  const auto key = test::random_raw_key();
+  TestType backend(clock);
   {
-    auto s = SqlcipherStore::open(t / "t.db", key, clock);
-    REQUIRE(s->put_profile(test::make_profile("p")));
+    auto s = backend.open();
+    REQUIRE(s);
+    auto p = test::make_profile("p");
+    p.client_secret = Secret("cs");
+    REQUIRE(s->put_profile(p));
     REQUIRE(s->store_token_set("p", test::make_tokens("at", "rt", 7)));
+    REQUIRE(s->store_token_set("p", test::make_tokens("at2", "rt2", 8), 1, 99));
   }
-  auto s = SqlcipherStore::open(t / "t.db", key, clock);
+  auto s = backend.open();
   REQUIRE(s);
-  CHECK(s->get_credential("p")->access_token.reveal() == "at");
-  CHECK(s->schema_version() == 2);
+  const auto c = s->get_credential("p");
+  REQUIRE(c);
+  CHECK(c->access_token.reveal() == "at2");
+  CHECK(c->refresh_token.reveal() == "rt2");
+  CHECK(c->previous_refresh_token.reveal() == "rt");
+  CHECK(c->previous_refresh_until_ms == 99);
+  CHECK(c->generation == 2);
+  CHECK(s->get_profile("p")->client_secret.reveal() == "cs");
 }
 
 TEST_CASE("a passphrase key goes through the KDF and reopens", "[store]") {

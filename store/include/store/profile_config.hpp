@@ -159,6 +159,11 @@ struct ProfileConfig {
 // the token request always used it.
 Result<ProfileConfig> parse_profile_config(const json::Json& stored);
 
+// The config column every store keeps (JSON text), written and read in one
+// place: what cannot be read back is Errc::corrupt and names the profile.
+std::string config_column(const ProfileConfig& config);
+Result<ProfileConfig> read_config_column(std::string_view text, std::string_view profile);
+
 // The JSON the store writes and the API shows (nlohmann's ADL hooks, so
 // json::Json(config) works too).
 void to_json(json::Json& out, const ProfileConfig& config);

@@ -1,0 +1,121 @@
+// The PostgreSQL store, for server mode: many users in one database.
+//
+// PgDatabase owns the connection, the key-encryption key (store/kek.hpp)
+// and the schema (migrated when it opens). store_for(user) hands out a
+// PgStore: the store::Store of that one user. Every statement a PgStore runs
+// names its user in the key, so nothing it does reads or changes another
+// user's rows.
+//
+// Secrets (access, refresh and previous refresh token, client secret) are
+// encrypted per row with AES-256-GCM under a random data key, which is
+// wrapped by the KEK; the row keeps the KEK's id. The additional data binds
+// each encrypted value to its user, profile and column, so a value copied
+// into another row does not decrypt. Values travel as bound parameters only,
+// and no plaintext secret ever reaches the server. docs/server-mode.md has
+// the schema and the envelope.
+//
+// Not thread-safe: a PgDatabase and the stores it handed out share one
+// connection and are used from one thread. A store keeps the database's
+// state alive, so the two may be destroyed in any order.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "core/secret.hpp"
+#include "store/kek.hpp"
+#include "store/store.hpp"
+#include "store/types.hpp"
+
+namespace tokend::store {
+
+namespace detail {
+struct PgShared;
+}
+
+class PgStore;
+
+class PgDatabase {
+ public:
+  // Connects (a libpq connection string or URI; it may hold a password and
+  // never appears in a message), migrates the schema and checks the KEK: a
+  // key that is not the one the rows were written with fails here with
+  // Errc::wrong_key, naming its source and id, and nothing is changed.
+  static Result<PgDatabase> open(const Secret& conninfo, Kek kek, const Clock& clock);
+
+  PgDatabase(PgDatabase&&) noexcept;
+  PgDatabase& operator=(PgDatabase&&) noexcept;
+  PgDatabase(const PgDatabase&) = delete;
+  PgDatabase& operator=(const PgDatabase&) = delete;
+  ~PgDatabase();
+
+  // The store of one user: 1-256 bytes of UTF-8 without control characters.
+  Result<PgStore> store_for(std::string_view user_id);
+
+  // Re-wraps every row's data key (all users) with `new_kek`, in one
+  // transaction that also replaces the key check; the encrypted values
+  // themselves do not change. Afterwards only `new_kek` opens the database,
+  // and this PgDatabase and its stores use it. A key with the current id is
+  // refused.
+  Result<> rotate_key(Kek new_kek);
+
+  [[nodiscard]] const std::string& key_id() const;
+  Result<int> schema_version();
+
+ private:
+  explicit PgDatabase(std::shared_ptr<detail::PgShared> shared);
+  std::shared_ptr<detail::PgShared> m_shared;
+};
+
+class PgStore final : public Store {
+ public:
+  PgStore(PgStore&&) noexcept;
+  PgStore& operator=(PgStore&&) noexcept;
+  PgStore(const PgStore&) = delete;
+  PgStore& operator=(const PgStore&) = delete;
+  ~PgStore() override;
+
+  [[nodiscard]] const std::string& user_id() const { return m_user; }
+
+  Result<> put_profile(const Profile& profile) override;
+  Result<Profile> get_profile(std::string_view name) override;
+  Result<std::vector<Profile>> list_profiles() override;
+  Result<> delete_profile(std::string_view name) override;
+
+  Result<Credential> get_credential(std::string_view name) override;
+  Result<std::vector<Credential>> list_credentials() override;
+
+  Result<std::int64_t> store_token_set(
+      std::string_view name, const TokenSet& tokens,
+      std::optional<std::int64_t> expected_generation = {},
+      std::optional<std::int64_t> keep_previous_until_ms = {}) override;
+  Result<> mark_refresh_inflight(std::string_view name, std::int64_t at_ms) override;
+  Result<> set_state(std::string_view name, CredState state,
+                     std::string_view last_error = {}) override;
+  Result<> clear_credential(std::string_view name) override;
+
+  void set_audit_retention(const AuditRetention& retention) override { m_retention = retention; }
+  Result<> prune_audit() override;
+  Result<std::int64_t> append_audit(const AuditEvent& event) override;
+  Result<> append_audit_batch(const std::vector<AuditEvent>& events) override;
+  Result<std::vector<AuditEvent>> recent_audit(std::size_t limit) override;
+
+ private:
+  friend class PgDatabase;
+  PgStore(std::shared_ptr<detail::PgShared> shared, std::string user);
+  Result<Credential> read_credential_row(std::string_view name, bool for_update);
+  Result<std::int64_t> insert_audit_events(const std::vector<const AuditEvent*>& events);
+  Result<> prune_audit_in_transaction();
+
+  std::shared_ptr<detail::PgShared> m_shared;
+  std::string m_user;
+  AuditRetention m_retention;
+};
+
+}  // namespace tokend::store

@@ -1,0 +1,602 @@
+// What only the PostgreSQL store has: the schema's migrations, many users in
+// one database, per-row encryption under a key-encryption key, key rotation.
+// The Store contract itself is tested for it in store_test.cpp.
+#include <catch2/catch_test_macros.hpp>
+
+#include "core/encoding.hpp"
+#include "store/detail/pg.hpp"
+#include "store/store_backends.hpp"
+
+using namespace tokend;
+using namespace tokend::store;
+namespace pg = tokend::store::detail::pg;
+using test::PgTestDatabase;
+
+namespace {
+
+pg::Connection raw_connection(const PgTestDatabase& db) {
+  auto c = pg::Connection::open(db.conninfo());
+  REQUIRE(c);
+  return std::move(*c);
+}
+
+std::string one_text(pg::Connection& c, const char* sql, const pg::Params& params = {}) {
+  auto r = c.exec(sql, params);
+  INFO((r ? "" : r.error().message));
+  REQUIRE(r);
+  REQUIRE(r->size() == 1);
+  return r->text(0, 0);
+}
+
+std::int64_t one_int(pg::Connection& c, const char* sql, const pg::Params& params = {}) {
+  auto r = c.exec(sql, params);
+  INFO((r ? "" : r.error().message));
+  REQUIRE(r);
+  REQUIRE(r->size() == 1);
+  return r->int8(0, 0);
+}
+
+// The tables and columns of the schema, for "unchanged" assertions.
+std::string catalogue(pg::Connection& c) {
+  return one_text(
+      c,
+      "SELECT coalesce(string_agg(table_name || '.' || column_name || ':' || data_type, "
+      "',' ORDER BY table_name, ordinal_position), '') "
+      "FROM information_schema.columns WHERE table_schema = current_schema()");
+}
+
+// Every row of `user` in every per-user table, as JSON text (bytea as hex).
+std::string rows_of(pg::Connection& c, std::string_view user) {
+  std::string out;
+  for (const char* sql :
+       {"SELECT coalesce(string_agg(row_to_json(t)::text, E'\\n' ORDER BY name), '') "
+        "FROM profiles t WHERE user_id = $1",
+        "SELECT coalesce(string_agg(row_to_json(t)::text, E'\\n' ORDER BY profile), '') "
+        "FROM credentials t WHERE user_id = $1",
+        "SELECT coalesce(string_agg(row_to_json(t)::text, E'\\n' ORDER BY id), '') "
+        "FROM audit_events t WHERE user_id = $1",
+        "SELECT coalesce(string_agg(row_to_json(t)::text, E'\\n'), '') "
+        "FROM audit_sequences t WHERE user_id = $1"}) {
+    out += one_text(c, sql, pg::Params().text(user));
+    out += "\n--\n";
+  }
+  return out;
+}
+
+void exec_ok(pg::Connection& c, const char* sql, const pg::Params& params = {}) {
+  auto r = c.exec(sql, params);
+  INFO((r ? "" : r.error().message));
+  REQUIRE(r);
+}
+
+PgStore store_of(PgDatabase& db, std::string_view user) {
+  auto s = db.store_for(user);
+  REQUIRE(s);
+  return std::move(*s);
+}
+
+// A profile with a client secret and a credential with a rotated refresh
+// token: every secret column filled.
+void fill(Store& s, const std::string& profile, const std::string& tag) {
+  auto p = test::make_profile(profile);
+  p.client_secret = Secret(tag + "-client-secret");
+  REQUIRE(s.put_profile(p));
+  REQUIRE(s.store_token_set(profile, test::make_tokens(tag + "-at1", tag + "-rt1", 1000)));
+  REQUIRE(
+      s.store_token_set(profile, test::make_tokens(tag + "-at2", tag + "-rt2", 2000), {}, 5000));
+}
+
+void check_filled(Store& s, const std::string& profile, const std::string& tag) {
+  auto c = s.get_credential(profile);
+  INFO((c ? "" : c.error().message));
+  REQUIRE(c);
+  CHECK(c->access_token.reveal() == tag + "-at2");
+  CHECK(c->refresh_token.reveal() == tag + "-rt2");
+  CHECK(c->previous_refresh_token.reveal() == tag + "-rt1");
+  auto p = s.get_profile(profile);
+  REQUIRE(p);
+  CHECK(p->client_secret.reveal() == tag + "-client-secret");
+}
+
+void check_no_secret_in(const std::string& message) {
+  for (const char* secret : {"-at1", "-at2", "-rt1", "-rt2", "-client-secret"}) {
+    CHECK(message.find(secret) == std::string::npos);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("PostgreSQL schema: migrated from an empty database, then again without a change",
+          "[store][pg][migration]") {
+  PgTestDatabase db;
+  auto c = raw_connection(db);
+  auto version = pg::schema_version(c);
+  INFO((version ? "" : version.error().message));
+  CHECK(version.value_or(-1) == 0);
+  CHECK(catalogue(c).empty());
+
+  REQUIRE(pg::migrate(c));
+  CHECK(pg::schema_version(c).value_or(-1) == pg::latest_schema_version());
+  const std::string schema = catalogue(c);
+  for (const char* table : {"profiles.", "credentials.", "audit_events.", "audit_sequences.",
+                            "key_checks.", "schema_version."}) {
+    CHECK(schema.find(table) != std::string::npos);
+  }
+  // Per-user data: user_id leads the primary key of every such table.
+  for (const char* table : {"profiles", "credentials", "audit_events", "audit_sequences"}) {
+    INFO(table);
+    CHECK(one_text(c,
+                   "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a "
+                   "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+                   "WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
+                   pg::Params().text(table)) == "user_id");
+  }
+
+  // Again, directly and through PgDatabase::open (twice): nothing changes.
+  REQUIRE(pg::migrate(c));
+  FakeClock clock;
+  const auto kek = test::random_kek();
+  REQUIRE(PgDatabase::open(db.conninfo(), kek, clock));
+  auto again = PgDatabase::open(db.conninfo(), kek, clock);
+  REQUIRE(again);
+  CHECK(again->schema_version().value_or(-1) == pg::latest_schema_version());
+  CHECK(catalogue(c) == schema);
+  CHECK(one_int(c, "SELECT count(*) FROM schema_version") == pg::latest_schema_version());
+}
+
+TEST_CASE("a PostgreSQL database from a newer tokend is refused, unchanged",
+          "[store][pg][migration]") {
+  PgTestDatabase db;
+  auto c = raw_connection(db);
+  REQUIRE(pg::migrate(c));
+  exec_ok(c, "INSERT INTO schema_version (version) VALUES (999)");
+  const std::string schema = catalogue(c);
+  FakeClock clock;
+  auto r = PgDatabase::open(db.conninfo(), test::random_kek(), clock);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message.find("newer than this tokend") != std::string::npos);
+  CHECK(catalogue(c) == schema);
+  CHECK(one_int(c, "SELECT count(*) FROM key_checks") == 0);
+}
+
+TEST_CASE("user ids: UTF-8 without control characters, 1-256 bytes", "[store][pg]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  auto database = PgDatabase::open(db.conninfo(), test::random_kek(), clock);
+  REQUIRE(database);
+  for (const std::string& good : {std::string("alice"), std::string("alice@example.com"),
+                                  std::string("CN=Ålice,O=Example"), std::string(256, 'u')}) {
+    CHECK(database->store_for(good));
+  }
+  for (const std::string& bad :
+       {std::string(), std::string(257, 'u'), std::string("a\nb"), std::string("a\0b", 3),
+        std::string("\xc3"), std::string("\xc0\xaf"), std::string("\xed\xa0\x80")}) {
+    auto r = database->store_for(bad);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::invalid_argument);
+  }
+}
+
+TEST_CASE("one user's store neither reads nor changes another user's rows", "[store][pg]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  auto database = PgDatabase::open(db.conninfo(), test::random_kek(), clock);
+  REQUIRE(database);
+  auto alice = store_of(*database, "alice");
+  auto bob = store_of(*database, "bob");
+
+  // The same profile name for both users, and one that only bob has.
+  fill(bob, "jira", "bob");
+  fill(bob, "bob-only", "bob2");
+  for (int i = 0; i < 3; ++i) {
+    AuditEvent e;
+    e.kind = "proxy";
+    e.profile = "jira";
+    e.detail = {{"n", i}};
+    REQUIRE(bob.append_audit(e));
+  }
+  fill(alice, "jira", "alice");
+
+  auto c = raw_connection(db);
+  const std::string bob_before = rows_of(c, "bob");
+  REQUIRE(bob_before.find("bob-only") != std::string::npos);
+
+  // Alice sees her own rows only.
+  auto names = alice.list_profiles();
+  REQUIRE(names);
+  REQUIRE(names->size() == 1);
+  CHECK(names->front().name == "jira");
+  CHECK(alice.list_credentials()->size() == 1);
+  check_filled(alice, "jira", "alice");
+  CHECK(alice.recent_audit(100)->empty());
+
+  // Bob's profile does not exist for alice, whatever she does with it.
+  CHECK(alice.get_profile("bob-only").error().code == Errc::not_found);
+  CHECK(alice.get_credential("bob-only").error().code == Errc::not_found);
+  CHECK(alice.store_token_set("bob-only", test::make_tokens("x", "y", 1)).error().code ==
+        Errc::not_found);
+  CHECK(alice.mark_refresh_inflight("bob-only", 1).error().code == Errc::not_found);
+  CHECK(alice.set_state("bob-only", CredState::disabled).error().code == Errc::not_found);
+  CHECK(alice.clear_credential("bob-only").error().code == Errc::not_found);
+  CHECK(alice.delete_profile("bob-only").error().code == Errc::not_found);
+
+  // Everything alice can do to her own rows, named like bob's.
+  REQUIRE(alice.store_token_set("jira", test::make_tokens("alice-at3", "alice-rt3", 3000), 2));
+  REQUIRE(alice.mark_refresh_inflight("jira", 7));
+  REQUIRE(alice.set_state("jira", CredState::reauth_required, "invalid_grant"));
+  REQUIRE(alice.clear_credential("jira"));
+  auto replaced = test::make_profile("jira");
+  replaced.provider = "atlassian";
+  REQUIRE(alice.put_profile(replaced));
+  alice.set_audit_retention(AuditRetention{1, std::chrono::hours(1)});
+  AuditEvent e;
+  e.kind = "profile_put";
+  REQUIRE(alice.append_audit(e));
+  REQUIRE(alice.append_audit_batch({e, e, e}));
+  clock.advance(std::chrono::hours(2));
+  REQUIRE(alice.prune_audit());  // bob's events are as old as alice's
+  REQUIRE(alice.delete_profile("jira"));
+
+  CHECK(rows_of(c, "bob") == bob_before);
+  check_filled(bob, "jira", "bob");
+  check_filled(bob, "bob-only", "bob2");
+  auto events = bob.recent_audit(100);
+  REQUIRE(events);
+  REQUIRE(events->size() == 3);
+  CHECK(events->front().id == 3);  // each user's audit ids count on their own
+  CHECK(events->back().id == 1);
+}
+
+TEST_CASE("two connections (replicas) share the generation check", "[store][pg]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  const auto kek = test::random_kek();
+  auto one = PgDatabase::open(db.conninfo(), kek, clock);
+  auto two = PgDatabase::open(db.conninfo(), kek, clock);
+  REQUIRE(one);
+  REQUIRE(two);
+  auto a = store_of(*one, "alice");
+  auto b = store_of(*two, "alice");
+  REQUIRE(a.put_profile(test::make_profile("p")));
+  CHECK(a.store_token_set("p", test::make_tokens("at1", "rt1", 1), 0).value() == 1);
+  CHECK(b.store_token_set("p", test::make_tokens("at2", "rt2", 2), 1).value() == 2);
+  auto stale = a.store_token_set("p", test::make_tokens("at3", "rt3", 3), 1);
+  REQUIRE_FALSE(stale);
+  CHECK(stale.error().code == Errc::conflict);
+  auto cred = a.get_credential("p");
+  REQUIRE(cred);
+  CHECK(cred->access_token.reveal() == "at2");
+  CHECK(cred->previous_refresh_token.reveal() == "rt1");
+  CHECK(cred->generation == 2);
+}
+
+TEST_CASE("a ciphertext moved to another row or column does not decrypt: a clear error",
+          "[store][pg][encryption]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  auto database = PgDatabase::open(db.conninfo(), test::random_kek(), clock);
+  REQUIRE(database);
+  auto alice = store_of(*database, "alice");
+  auto bob = store_of(*database, "bob");
+  fill(alice, "jira", "alice");
+  fill(alice, "conf", "alice2");
+  fill(bob, "jira", "bob");
+  auto c = raw_connection(db);
+
+  // The row that is damaged in each section, and the words the error must
+  // carry.
+  Store* damaged = &bob;
+  std::string profile = "jira";
+  bool in_credential = true;
+  std::vector<std::string> words;
+  SECTION("alice's credential copied into bob's row of the same name") {
+    exec_ok(c,
+            "UPDATE credentials AS b SET kek_id = a.kek_id, wrapped_key = a.wrapped_key, "
+            "access_token = a.access_token, refresh_token = a.refresh_token, "
+            "previous_refresh_token = a.previous_refresh_token FROM credentials AS a "
+            "WHERE a.user_id = 'alice' AND a.profile = 'jira' "
+            "AND b.user_id = 'bob' AND b.profile = 'jira'");
+    words = {"data key", "credential 'jira' of user 'bob'", "moved from another row"};
+  }
+  SECTION("only the access token copied into another user's row") {
+    exec_ok(c,
+            "UPDATE credentials AS b SET access_token = a.access_token FROM credentials AS a "
+            "WHERE a.user_id = 'alice' AND a.profile = 'jira' "
+            "AND b.user_id = 'bob' AND b.profile = 'jira'");
+    words = {"access_token", "credential 'jira' of user 'bob'", "moved from another row"};
+  }
+  SECTION("a credential copied to another profile of the same user") {
+    exec_ok(c,
+            "UPDATE credentials AS b SET kek_id = a.kek_id, wrapped_key = a.wrapped_key, "
+            "access_token = a.access_token FROM credentials AS a "
+            "WHERE a.user_id = 'alice' AND a.profile = 'jira' "
+            "AND b.user_id = 'alice' AND b.profile = 'conf'");
+    damaged = &alice;
+    profile = "conf";
+    words = {"data key", "credential 'conf' of user 'alice'"};
+  }
+  SECTION("one column copied into another of the same row") {
+    exec_ok(c,
+            "UPDATE credentials SET refresh_token = access_token "
+            "WHERE user_id = 'bob' AND profile = 'jira'");
+    words = {"refresh_token", "credential 'jira' of user 'bob'"};
+  }
+  SECTION("altered bytes") {
+    exec_ok(c,
+            "UPDATE credentials SET access_token = set_byte(access_token, 20, "
+            "get_byte(access_token, 20) # 1) WHERE user_id = 'bob' AND profile = 'jira'");
+    words = {"access_token", "altered"};
+  }
+  SECTION("a truncated value") {
+    exec_ok(c,
+            "UPDATE credentials SET previous_refresh_token = substring(previous_refresh_token "
+            "FROM 1 FOR 10) WHERE user_id = 'bob' AND profile = 'jira'");
+    words = {"previous_refresh_token", "truncated"};
+  }
+  SECTION("a client secret copied to another user's profile") {
+    exec_ok(c,
+            "UPDATE profiles AS b SET kek_id = a.kek_id, wrapped_key = a.wrapped_key, "
+            "client_secret = a.client_secret FROM profiles AS a "
+            "WHERE a.user_id = 'alice' AND a.name = 'conf' "
+            "AND b.user_id = 'bob' AND b.name = 'jira'");
+    in_credential = false;
+    words = {"data key", "profile 'jira' of user 'bob'", "moved from another row"};
+  }
+
+  Error error;
+  if (in_credential) {
+    auto r = damaged->get_credential(profile);
+    REQUIRE_FALSE(r);
+    error = r.error();
+    CHECK_FALSE(damaged->list_credentials());
+    // A token set is never written over a row that does not decrypt.
+    auto w = damaged->store_token_set(profile, test::make_tokens("new-at", "new-rt", 1));
+    REQUIRE_FALSE(w);
+    CHECK(w.error().code == Errc::corrupt);
+  } else {
+    auto r = damaged->get_profile(profile);
+    REQUIRE_FALSE(r);
+    error = r.error();
+    CHECK_FALSE(damaged->list_profiles());
+  }
+  INFO(error.message);
+  CHECK(error.code == Errc::corrupt);
+  for (const auto& w : words) CHECK(error.message.find(w) != std::string::npos);
+  check_no_secret_in(error.message);
+  // The rows the damage did not touch read as before.
+  check_filled(alice, "jira", "alice");
+}
+
+TEST_CASE("a wrong key-encryption key is refused when the database opens, naming its source",
+          "[store][pg][encryption]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  const auto right = test::random_kek("KEK file /etc/tokend/right.kek");
+  {
+    auto database = PgDatabase::open(db.conninfo(), right, clock);
+    REQUIRE(database);
+    auto alice = store_of(*database, "alice");
+    fill(alice, "jira", "alice");
+  }
+  auto c = raw_connection(db);
+  const std::string before = rows_of(c, "alice");
+
+  const auto check_refused = [&](const Kek& kek, const char* why) {
+    auto r = PgDatabase::open(db.conninfo(), kek, clock);
+    REQUIRE_FALSE(r);
+    INFO(r.error().message);
+    CHECK(r.error().code == Errc::wrong_key);
+    CHECK(r.error().message.find(kek.source) != std::string::npos);
+    CHECK(r.error().message.find(why) != std::string::npos);
+    for (const Kek* k : {&kek, &right}) {
+      CHECK(r.error().message.find(hex_encode(k->material.reveal())) == std::string::npos);
+      CHECK(r.error().message.find(k->material.reveal()) == std::string::npos);
+    }
+  };
+  // Another key: its own id, which no row has.
+  const auto other = test::random_kek("KEK file /etc/tokend/other.kek");
+  check_refused(other, ("encrypted under key id '" + right.id + "'").c_str());
+  // Another key under the right id: the key check does not open.
+  check_refused(Kek{other.material, right.id, "TOKEND_KEK"}, "not the key that has this id");
+
+  CHECK(rows_of(c, "alice") == before);
+  CHECK(one_int(c, "SELECT count(*) FROM key_checks") == 1);
+
+  // Without its key check, encrypted rows do not take any key as theirs.
+  exec_ok(c, "CREATE TABLE saved_checks AS SELECT * FROM key_checks");
+  exec_ok(c, "DELETE FROM key_checks");
+  for (const Kek* k : {&right, &other}) {
+    auto r = PgDatabase::open(db.conninfo(), *k, clock);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::corrupt);
+    CHECK(r.error().message.find("no key check") != std::string::npos);
+  }
+  CHECK(one_int(c, "SELECT count(*) FROM key_checks") == 0);
+  exec_ok(c, "INSERT INTO key_checks SELECT * FROM saved_checks");
+
+  auto database = PgDatabase::open(db.conninfo(), right, clock);
+  REQUIRE(database);
+  auto alice = store_of(*database, "alice");
+  check_filled(alice, "jira", "alice");
+}
+
+TEST_CASE("rotate_key re-wraps every data key; afterwards only the new key opens the database",
+          "[store][pg][encryption]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  const auto old_kek = test::random_kek("old KEK");
+  auto database = PgDatabase::open(db.conninfo(), old_kek, clock);
+  REQUIRE(database);
+  auto alice = store_of(*database, "alice");
+  auto bob = store_of(*database, "bob");
+  fill(alice, "jira", "alice");
+  fill(bob, "jira", "bob");
+  fill(bob, "conf", "bob2");
+  REQUIRE(bob.put_profile(test::make_profile("public")));  // no secrets: no data key
+
+  auto c = raw_connection(db);
+  const char* k_envelopes =
+      "SELECT coalesce(string_agg(user_id || '/' || profile || ' ' || kek_id || ' ' || "
+      "encode(wrapped_key, 'hex') || ' ' || encode(access_token, 'hex'), ',' ORDER BY user_id, "
+      "profile), '') FROM credentials WHERE wrapped_key IS NOT NULL";
+  const std::string before = one_text(c, k_envelopes);
+
+  const auto new_kek = test::random_kek("new KEK");
+  REQUIRE(database->rotate_key(new_kek));
+  CHECK(database->key_id() == new_kek.id);
+
+  // Every row with a secret names the new key, its data key is wrapped
+  // anew, and the encrypted values themselves are unchanged.
+  for (const char* sql :
+       {"SELECT count(*) FROM credentials WHERE wrapped_key IS NOT NULL AND kek_id <> $1",
+        "SELECT count(*) FROM profiles WHERE wrapped_key IS NOT NULL AND kek_id <> $1"}) {
+    CHECK(one_int(c, sql, pg::Params().text(new_kek.id)) == 0);
+  }
+  CHECK(one_int(c, "SELECT count(*) FROM credentials WHERE wrapped_key IS NOT NULL") == 3);
+  CHECK(one_int(c, "SELECT count(*) FROM profiles WHERE wrapped_key IS NOT NULL") == 3);
+  const std::string now = one_text(c, k_envelopes);
+  REQUIRE(now.size() == before.size());
+  CHECK(now != before);
+  // Row by row: the wrapped key changed, the access token did not.
+  const auto split = [](const std::string& s) {
+    std::vector<std::vector<std::string>> rows;
+    std::size_t start = 0;
+    while (start <= s.size()) {
+      const std::size_t end = std::min(s.find(',', start), s.size());
+      std::vector<std::string> fields;
+      std::size_t f = start;
+      while (f < end) {
+        const std::size_t sp = std::min(s.find(' ', f), end);
+        fields.push_back(s.substr(f, sp - f));
+        f = sp + 1;
+      }
+      rows.push_back(fields);
+      start = end + 1;
+    }
+    return rows;
+  };
+  const auto rows_before = split(before);
+  const auto rows_now = split(now);
+  REQUIRE(rows_before.size() == 3);
+  REQUIRE(rows_now.size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    REQUIRE(rows_now[i].size() == 4);
+    CHECK(rows_now[i][0] == rows_before[i][0]);
+    CHECK(rows_before[i][1] == old_kek.id);
+    CHECK(rows_now[i][1] == new_kek.id);
+    CHECK(rows_now[i][2] != rows_before[i][2]);
+    CHECK(rows_now[i][3] == rows_before[i][3]);
+  }
+
+  // The stores in use go on with the new key; so does a fresh open.
+  check_filled(alice, "jira", "alice");
+  check_filled(bob, "conf", "bob2");
+  REQUIRE(alice.store_token_set("jira", test::make_tokens("alice-at3", "alice-rt3", 3)));
+  {
+    auto fresh = PgDatabase::open(db.conninfo(), new_kek, clock);
+    REQUIRE(fresh);
+    auto bob2 = store_of(*fresh, "bob");
+    check_filled(bob2, "jira", "bob");
+    CHECK(store_of(*fresh, "alice").get_credential("jira")->access_token.reveal() == "alice-at3");
+  }
+  // The old key no longer opens it.
+  auto old_open = PgDatabase::open(db.conninfo(), old_kek, clock);
+  REQUIRE_FALSE(old_open);
+  CHECK(old_open.error().code == Errc::wrong_key);
+  CHECK(old_open.error().message.find("old KEK") != std::string::npos);
+  CHECK(old_open.error().message.find(new_kek.id) != std::string::npos);
+  // A key with the current id is refused.
+  CHECK(database->rotate_key(Kek{*random_secret(32), database->key_id(), "again"}).error().code ==
+        Errc::invalid_argument);
+}
+
+TEST_CASE("a rotation that meets a damaged row changes nothing", "[store][pg][encryption]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  const auto old_kek = test::random_kek("old KEK");
+  auto database = PgDatabase::open(db.conninfo(), old_kek, clock);
+  REQUIRE(database);
+  auto alice = store_of(*database, "alice");
+  auto bob = store_of(*database, "bob");
+  fill(alice, "jira", "alice");
+  fill(bob, "jira", "bob");
+  auto c = raw_connection(db);
+  exec_ok(c,
+          "UPDATE credentials SET wrapped_key = set_byte(wrapped_key, 30, "
+          "get_byte(wrapped_key, 30) # 1) WHERE user_id = 'bob'");
+  const std::string before = rows_of(c, "alice") + rows_of(c, "bob");
+
+  const auto new_kek = test::random_kek("new KEK");
+  auto r = database->rotate_key(new_kek);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == Errc::corrupt);
+  CHECK(r.error().message.find("credential 'jira' of user 'bob'") != std::string::npos);
+  CHECK(database->key_id() == old_kek.id);
+  CHECK(rows_of(c, "alice") + rows_of(c, "bob") == before);
+  check_filled(alice, "jira", "alice");
+  CHECK(PgDatabase::open(db.conninfo(), old_kek, clock));
+  CHECK(PgDatabase::open(db.conninfo(), new_kek, clock).error().code == Errc::wrong_key);
+}
+
+TEST_CASE("no secret in plaintext: neither pg_dump nor the server's statement log holds one",
+          "[store][pg][encryption]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  auto database = PgDatabase::open(db.conninfo(), test::random_kek(), clock);
+  REQUIRE(database);
+  auto alice = store_of(*database, "alice");
+  const std::vector<std::string> secrets = {"ACCESS-MARKER-7f3a9c", "REFRESH-MARKER-b81e22",
+                                            "CLIENTSECRET-MARKER-44d0"};
+  const std::string visible = "PROFILECFG-MARKER-e1";  // not a secret: stored as it is
+
+  auto p = test::make_profile("marked");
+  p.client_secret = Secret(secrets[2]);
+  p.config.description = visible;
+  REQUIRE(alice.put_profile(p));
+  for (int i = 0; i < 3; ++i) {
+    // Rotations: the refresh tokens pass through the "previous" column too.
+    REQUIRE(alice.store_token_set(
+        "marked",
+        test::make_tokens(secrets[0] + std::to_string(i), secrets[1] + std::to_string(i), 1), {},
+        99));
+  }
+  REQUIRE(database->rotate_key(test::random_kek("second KEK")));
+  REQUIRE(alice.mark_refresh_inflight("marked", 5));
+  auto cred = alice.get_credential("marked");
+  REQUIRE(cred);
+  CHECK(cred->refresh_token.reveal() == secrets[1] + "2");
+  CHECK(cred->previous_refresh_token.reveal() == secrets[1] + "1");
+
+  const std::string dump = db.dump();
+  const std::string log = test::PgServer::shared().log();
+  // The controls: the dump holds the data, and the log shows every
+  // statement's parameters, so a secret sent in any form would be in them.
+  REQUIRE(dump.find(visible) != std::string::npos);
+  REQUIRE(log.find(visible) != std::string::npos);
+  for (const auto& secret : secrets) {
+    for (const std::string& form : {secret, hex_encode(secret), base64_encode(secret)}) {
+      INFO(form);
+      CHECK(dump.find(form) == std::string::npos);
+      CHECK(log.find(form) == std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("a lost connection fails one call with Errc::unavailable; the next reconnects",
+          "[store][pg]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  auto database = PgDatabase::open(db.conninfo(), test::random_kek(), clock);
+  REQUIRE(database);
+  auto alice = store_of(*database, "alice");
+  fill(alice, "jira", "alice");
+  auto c = raw_connection(db);
+  CHECK(one_int(c,
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) FROM "
+                "pg_stat_activity WHERE datname = current_database() AND application_name = "
+                "'tokend' AND pid <> pg_backend_pid()") == 1);
+  auto lost = alice.get_credential("jira");
+  REQUIRE_FALSE(lost);
+  CHECK(lost.error().code == Errc::unavailable);
+  check_filled(alice, "jira", "alice");
+}
