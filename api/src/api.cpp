@@ -539,10 +539,12 @@ void Api::get_token(const std::shared_ptr<ipc::Exchange>& ex) {
   tokens::TokenRequest req;
   if (*min_valid) req.min_valid_s = **min_valid;
   req.half_lifetime = half;
-  // Answers at once when the token is good enough, else after the
-  // profile's single refresh. The exchange ignores an answer to a caller
-  // that has gone.
+  // Answers at once when the token is good enough (no callback to
+  // allocate on this, the hot path), else after the profile's single
+  // refresh. The exchange ignores an answer to a caller that has gone.
   const std::int64_t wait_s = wait->value_or(0);
+  if (auto now = m_tokens.token(name, req); now || now.error().code != Errc::unavailable)
+    return answer_token(ex, name, req, wait_s, std::move(now));
   m_tokens.token_async(name, req, [this, ex, name, req, wait_s](Result<tokens::TokenGrant> grant) {
     answer_token(ex, name, req, wait_s, std::move(grant));
   });

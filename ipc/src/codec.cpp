@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/serializer.hpp>
@@ -11,7 +12,9 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>  // operator<< on a head
 #include <charconv>
+#include <cstddef>
 #include <iterator>
+#include <memory_resource>
 #include <sstream>
 
 #include "core/secret.hpp"
@@ -50,9 +53,17 @@ Decoded refused(Refusal refusal) {
 // RequestDecoder
 
 struct RequestDecoder::State {
+  // The parser's header fields live in an arena that is reset for every
+  // request: a request's head costs no allocation until it outgrows the
+  // arena's first block (a few headers of ordinary size fit).
+  using FieldAllocator = std::pmr::polymorphic_allocator<char>;
+  using Parser = http::request_parser<http::string_body, FieldAllocator>;
+
   LargeBodyRoute large_body_route;
+  std::array<std::byte, 2048> arena_block;
+  std::pmr::monotonic_buffer_resource arena{arena_block.data(), arena_block.size()};
   // One parser per request; none between requests.
-  std::optional<http::request_parser<http::string_body>> parser;
+  std::optional<Parser> parser;
   bool body_checked = false;  // the route was asked about a large body
   bool large_body = false;
   std::shared_ptr<net::Spool> spool;
@@ -63,7 +74,10 @@ struct RequestDecoder::State {
 };
 
 void RequestDecoder::State::begin(const DecodeLimits& limits) {
-  parser.emplace();
+  parser.reset();
+  arena.release();  // nothing allocated from it outlives the parser
+  parser.emplace(std::piecewise_construct, std::make_tuple(),
+                 std::make_tuple(FieldAllocator(&arena)));
   parser->header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
   // The route decides the real limit once the header is in (check_body).
   parser->body_limit(std::max<std::uint64_t>(limits.max_body_bytes, limits.max_upload_bytes));
@@ -122,6 +136,7 @@ std::optional<Refusal> RequestDecoder::State::finish(Request& req) {
   req.target = std::string(msg.target());
   req.version = msg.version();
   req.keep_alive = msg.keep_alive();
+  req.headers.reserve(static_cast<std::size_t>(std::distance(msg.begin(), msg.end())));
   for (const auto& field : msg) {
     req.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
   }

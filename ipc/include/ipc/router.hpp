@@ -3,6 +3,7 @@
 // turns the response into an event stream.
 #pragma once
 
+#include <boost/container/small_vector.hpp>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -75,7 +76,8 @@ class Router {
   // spooled to a temporary file past the first megabyte.
   void add(std::string method, std::string pattern, Handler handler, bool large_body = false);
 
-  using Params = std::vector<std::pair<std::string, std::string>>;
+  // Routes have at most two parameters: they stay inline, no allocation.
+  using Params = boost::container::small_vector<std::pair<std::string, std::string>, 2>;
   struct Match {
     const Handler* handler = nullptr;
     Params params;                     // in the pattern's order
