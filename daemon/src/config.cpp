@@ -408,16 +408,15 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
   if (!server_settings_used) {
     for (const auto name : k_server_settings) {
       if (setting(std::string(name).c_str())) {
-        return fail(Errc::config,
-                    fmt::format("{} is a server-mode setting: add --server (docs/server-mode.md)",
-                                name));
+        return fail(
+            Errc::config,
+            fmt::format("{} is a server-mode setting: add --server (docs/server-mode.md)", name));
       }
     }
     if (!services.empty()) {
-      return fail(Errc::config,
-                  fmt::format("[service.{}] is a server-mode setting: add --server "
-                              "(docs/server-mode.md)",
-                              services.begin()->first));
+      return fail(Errc::config, fmt::format("[service.{}] is a server-mode setting: add --server "
+                                            "(docs/server-mode.md)",
+                                            services.begin()->first));
     }
     return out;
   }
@@ -465,8 +464,8 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
     }
     auto secret = fs::read_private_file(section.secret_file, 4096);
     if (!secret) {
-      return fail(Errc::config, fmt::format("[service.{}] secret-file: {}", name,
-                                            secret.error().message));
+      return fail(Errc::config,
+                  fmt::format("[service.{}] secret-file: {}", name, secret.error().message));
     }
     auto policy = make_service_policy(name, *secret, section.act_for);
     if (!policy) return std::unexpected(policy.error());

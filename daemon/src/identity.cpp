@@ -14,8 +14,8 @@ namespace {
 
 bool valid_service_name(std::string_view name) {
   return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
   });
 }
 
@@ -44,10 +44,10 @@ std::unexpected<Refusal> refuse(int status, std::string code, std::string messag
 std::expected<std::string, Refusal> user_from(std::string_view value, std::string_view header,
                                               std::string_view service) {
   if (auto ok = store::check_user_id(value); !ok) {
-    return refuse(401, "invalid_user",
-                  fmt::format("the {} header does not hold a valid user id ({})", header,
-                              ok.error().message),
-                  {}, std::string(service));
+    return refuse(
+        401, "invalid_user",
+        fmt::format("the {} header does not hold a valid user id ({})", header, ok.error().message),
+        {}, std::string(service));
   }
   return std::string(value);
 }
@@ -80,8 +80,8 @@ Result<UserPattern> UserPattern::parse(std::string_view text) {
                             text));
   }
   if (auto ok = store::check_user_id(text); !ok) {
-    return fail(Errc::config, fmt::format("act-for: '{}' is not a user id: {}", text,
-                                          ok.error().message));
+    return fail(Errc::config,
+                fmt::format("act-for: '{}' is not a user id: {}", text, ok.error().message));
   }
   return p;
 }
@@ -135,9 +135,9 @@ Result<ServicePolicy> make_service_policy(std::string name, const Secret& secret
   }
   if (std::any_of(bytes.begin(), bytes.end(),
                   [](char c) { return c == '\n' || c == '\r' || c == ' ' || c == '\t'; })) {
-    return fail(Errc::config,
-                fmt::format("service '{}': its secret file must hold one line without spaces",
-                            name));
+    return fail(
+        Errc::config,
+        fmt::format("service '{}': its secret file must hold one line without spaces", name));
   }
   if (act_for.empty()) {
     return fail(Errc::config, fmt::format("service '{}': act-for is empty; list the users it may "
@@ -255,8 +255,8 @@ std::expected<Caller, Refusal> identify(const IdentityConfig& config, const ipc:
                   {}, service->name);
   }
   if (act_as_values.size() > 1) {
-    return refuse(403, "ambiguous_identity",
-                  fmt::format("send one {} header", k_act_as_header), {}, service->name);
+    return refuse(403, "ambiguous_identity", fmt::format("send one {} header", k_act_as_header), {},
+                  service->name);
   }
   auto user = user_from(act_as_values.front(), k_act_as_header, service->name);
   if (!user) return std::unexpected(user.error());

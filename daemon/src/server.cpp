@@ -289,9 +289,10 @@ int run_server(const Config& initial, const EnvLookup& env,
     });
     server.set_allowed_uids(allowed_peers(config));
     server.on_denied_peer([](const ipc::Peer& peer) {
-      spdlog::warn("connection refused: peer uid {} pid {} is not allowed (allow-uid, "
-                   "trusted-proxy-uid)",
-                   peer.uid, peer.pid);
+      spdlog::warn(
+          "connection refused: peer uid {} pid {} is not allowed (allow-uid, "
+          "trusted-proxy-uid)",
+          peer.uid, peer.pid);
     });
 
     const int activated = activated_socket();
@@ -361,9 +362,10 @@ int run_server(const Config& initial, const EnvLookup& env,
       notify("STATUS=configuration reloaded");
     });
 
-    spdlog::info("tokend {} ready in server mode: {} user(s) with profiles, key {}, socket {}",
-                 version(), users->size(), db->key_id(),
-                 activated >= 0 ? std::string("(socket activation)") : config.paths.socket.string());
+    spdlog::info(
+        "tokend {} ready in server mode: {} user(s) with profiles, key {}, socket {}", version(),
+        users->size(), db->key_id(),
+        activated >= 0 ? std::string("(socket activation)") : config.paths.socket.string());
     notify(fmt::format("READY=1\nSTATUS=serving {} user(s)", tenants.size()));
     loop.run();
   }
