@@ -121,7 +121,6 @@ class Tenant {
 
   [[nodiscard]] const ipc::Router& router() const { return m_router; }
   [[nodiscard]] std::size_t profiles() const { return m_tokens.size(); }
-  store::PgStore& store() { return m_store; }
 
  private:
   store::PgStore m_store;

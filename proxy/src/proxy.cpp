@@ -133,7 +133,7 @@ Proxy::Proxy(net::Loop& loop, tokens::TokenService& tokens, net::HttpTransport& 
       m_http(http),
       m_store(store),
       m_clock(clock),
-      m_options(options) {}
+      m_options(std::move(options)) {}
 
 Proxy::~Proxy() {
   shutdown();
