@@ -12,10 +12,12 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.parse
 
@@ -32,6 +34,7 @@ CLIENT_ID = "server-app"
 CLIENT_SECRET = "cs-MARKER-server-secret"
 MCP_SECRET = "svc-MARKER-mcp-" + "m" * 40
 OPS_SECRET = "svc-MARKER-ops-" + "o" * 40
+MCP_SECRET_2 = "svc-MARKER-mcp2-" + "n" * 40
 DB_PASSWORD = "MARKER-db-password"  # in the connection string; trust auth ignores it
 ALICE = "alice@example.com"
 BOB = "bob@example.org"
@@ -183,7 +186,7 @@ class ServerModeTest(unittest.TestCase):
         cls.pg.stop()
         # No secret in tokend's output or in PostgreSQL's statement log.
         for text in cls.logs + [server_log]:
-            for s in issued + [MCP_SECRET, OPS_SECRET, CLIENT_SECRET]:
+            for s in issued + [MCP_SECRET, MCP_SECRET_2, OPS_SECRET, CLIENT_SECRET]:
                 assert s not in text, "a secret appears in a log"
         for text in cls.logs:
             assert DB_PASSWORD not in text, "the connection string appears in tokend's log"
@@ -439,6 +442,33 @@ class ServerModeTest(unittest.TestCase):
         self.put_grant(alice)
         r = self.call(alice, "POST", "/v1/profiles/jira/endpoint")
         self.assertEqual((r.status, r.code), (403, "forbidden"), r.text)
+
+    def test_sighup_reloads_the_services_secrets(self):
+        r = self.call(self.as_service(MCP_SECRET, ALICE), "GET", "/v1/profiles")
+        self.assertEqual(r.status, 200, r.text)
+        write_private(os.path.join(self.dir, "mcp.secret"), MCP_SECRET_2 + "\n")
+        self.daemon.proc.send_signal(signal.SIGHUP)
+        self.daemon.wait_for_line("configuration reloaded")
+        r = self.call(self.as_service(MCP_SECRET, ALICE), "GET", "/v1/profiles")
+        self.assertEqual((r.status, r.code), (401, "unauthenticated"), r.text)
+        r = self.call(self.as_service(MCP_SECRET_2, ALICE), "GET", "/v1/profiles")
+        self.assertEqual(r.status, 200, r.text)
+
+    # -- tenants ------------------------------------------------------------------------
+
+    def test_users_with_profiles_are_loaded_at_start_and_refreshed(self):
+        g = self.put_grant(self.as_user(ALICE))
+        self.assertEqual(self.daemon.stop(), 0, self.daemon.output())
+        self.logs.append(self.daemon.output())
+        # Alice's token now expires in 30 s: due for a refresh (5 min buffer).
+        soon = int((time.time() + 30) * 1000)
+        self.assertIsNotNone(self.pg.psql(self.database, f"UPDATE credentials SET expires_at = {soon}"))
+        self.start()
+        self.daemon.wait_for_line(f"user '{ALICE}': 1 profile(s) loaded")
+        # Refreshed with no request from anyone.
+        wait_for(lambda: self.up.stats().get("refreshes_by_grant", {}).get(g["grant_id"], 0) == 1,
+                 "alice's grant to be refreshed")
+        self.assertNotEqual(self.token(self.as_user(ALICE)), g["access_token"])
 
     # -- rotate-key -----------------------------------------------------------------------
 
