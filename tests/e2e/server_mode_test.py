@@ -42,7 +42,7 @@ REDIRECT = "http://127.0.0.1:9/callback"  # never listened on: the code is paste
 
 
 class PgCluster:
-    """initdb + postgres on a Unix socket only; as root, run as 'postgres'."""
+    """initdb + postgres on a Unix socket only, removed at the end."""
 
     def __init__(self):
         for tool in ("initdb", "postgres"):
@@ -52,8 +52,17 @@ class PgCluster:
         self.dir = tempfile.mkdtemp(prefix="tokend-e2e-pg-", dir="/tmp")
         self.user = None
         if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            self.user = (pw.pw_uid, pw.pw_gid)
+            # initdb and postgres refuse root: run them as 'postgres' (made by
+            # Debian's postgresql-common), else 'nobody', as tests/support/pg_server does.
+            for name in ("postgres", "nobody"):
+                try:
+                    pw = pwd.getpwnam(name)
+                except KeyError:
+                    continue
+                self.user = (pw.pw_uid, pw.pw_gid)
+                break
+            if self.user is None:
+                raise AssertionError("running as root, and no 'postgres' or 'nobody' user to run PostgreSQL as")
             os.chown(self.dir, *self.user)
         self.log = open(os.path.join(self.dir, "server.log"), "ab")
         self._run([os.path.join(PG_BIN, "initdb"), "--pgdata", os.path.join(self.dir, "data"),
