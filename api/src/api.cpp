@@ -348,6 +348,8 @@ void Api::audit_peer(const std::shared_ptr<ipc::Exchange>& ex, std::string_view 
   e.profile = std::string(profile);
   e.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
   e.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
+  if (!ex->peer().user.empty()) e.detail["user"] = ex->peer().user;
+  if (!ex->peer().service.empty()) e.detail["service"] = ex->peer().service;
   (void)m_store.append_audit(e);  // best effort
 }
 
@@ -408,37 +410,55 @@ void Api::open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::str
       });
 }
 
+// Every handler is a named member function below, in the order of this
+// table.
+const std::vector<Api::RouteDef>& Api::route_table() {
+  static const std::vector<RouteDef> table = [] {
+    std::vector<RouteDef> t{
+        {"GET", "/v1/health", &Api::get_health, false},
+        {"GET", "/v1/profiles", &Api::list_profiles, false},
+        {"GET", "/v1/profiles/{name}", &Api::get_profile, false},
+        {"PUT", "/v1/profiles/{name}", &Api::put_profile, false},
+        {"DELETE", "/v1/profiles/{name}", &Api::delete_profile, false},
+        {"GET", "/v1/profiles/{name}/token", &Api::get_token, false},
+        {"POST", "/v1/profiles/{name}/refresh", &Api::refresh_profile, false},
+        {"POST", "/v1/profiles/{name}/login", &Api::start_login, false},
+        {"GET", "/v1/profiles/{name}/login", &Api::watch_login, false},
+        {"POST", "/v1/profiles/{name}/login/complete", &Api::complete_login, false},
+        {"DELETE", "/v1/profiles/{name}/login", &Api::cancel_login, false},
+        {"POST", "/v1/profiles/{name}/logout", &Api::logout, false},
+        {"POST", "/v1/profiles/{name}/test", &Api::test_profile, false},
+        {"POST", "/v1/profiles/{name}/endpoint", &Api::open_endpoint_route, false},
+    };
+    for (const char* method : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}) {
+      t.push_back({method, "/v1/proxy/{name}/{rest...}", &Api::proxy_route, true});
+    }
+    // tokenctl mcp sends each JSON-RPC message here; it goes to the
+    // profile's MCP server with a fresh token.
+    for (const char* method : {"GET", "POST", "DELETE"}) {
+      t.push_back({method, "/v1/mcp/{name}", &Api::mcp_route, true});
+    }
+    t.push_back({"GET", "/v1/events", &Api::get_events, false});
+    t.push_back({"GET", "/v1/audit", &Api::get_audit, false});
+    t.push_back({"GET", "/v1/metrics", &Api::get_metrics, false});
+    return t;
+  }();
+  return table;
+}
+
 void Api::register_routes(ipc::Router& router) {
-  // Every handler is a named member function below, in the order of this
-  // table.
-  const auto bind = [this](void (Api::*handler)(const std::shared_ptr<ipc::Exchange>&)) {
-    return [this, handler](const std::shared_ptr<ipc::Exchange>& ex) { (this->*handler)(ex); };
-  };
-  router.add("GET", "/v1/health", bind(&Api::get_health));
-  router.add("GET", "/v1/profiles", bind(&Api::list_profiles));
-  router.add("GET", "/v1/profiles/{name}", bind(&Api::get_profile));
-  router.add("PUT", "/v1/profiles/{name}", bind(&Api::put_profile));
-  router.add("DELETE", "/v1/profiles/{name}", bind(&Api::delete_profile));
-  router.add("GET", "/v1/profiles/{name}/token", bind(&Api::get_token));
-  router.add("POST", "/v1/profiles/{name}/refresh", bind(&Api::refresh_profile));
-  router.add("POST", "/v1/profiles/{name}/login", bind(&Api::start_login));
-  router.add("GET", "/v1/profiles/{name}/login", bind(&Api::watch_login));
-  router.add("POST", "/v1/profiles/{name}/login/complete", bind(&Api::complete_login));
-  router.add("DELETE", "/v1/profiles/{name}/login", bind(&Api::cancel_login));
-  router.add("POST", "/v1/profiles/{name}/logout", bind(&Api::logout));
-  router.add("POST", "/v1/profiles/{name}/test", bind(&Api::test_profile));
-  router.add("POST", "/v1/profiles/{name}/endpoint", bind(&Api::open_endpoint_route));
-  for (const char* method : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}) {
-    router.add(method, "/v1/proxy/{name}/{rest...}", bind(&Api::proxy_route), /*large_body=*/true);
+  for (const auto& r : route_table()) {
+    router.add(
+        r.method, r.pattern,
+        [this, handler = r.handler](const std::shared_ptr<ipc::Exchange>& ex) {
+          (this->*handler)(ex);
+        },
+        r.large_body);
   }
-  // tokenctl mcp sends each JSON-RPC message here; it goes to the
-  // profile's MCP server with a fresh token.
-  for (const char* method : {"GET", "POST", "DELETE"}) {
-    router.add(method, "/v1/mcp/{name}", bind(&Api::mcp_route), /*large_body=*/true);
-  }
-  router.add("GET", "/v1/events", bind(&Api::get_events));
-  router.add("GET", "/v1/audit", bind(&Api::get_audit));
-  router.add("GET", "/v1/metrics", bind(&Api::get_metrics));
+}
+
+void Api::register_route_shapes(ipc::Router& router, const ipc::Handler& handler) {
+  for (const auto& r : route_table()) router.add(r.method, r.pattern, handler, r.large_body);
 }
 
 std::size_t Api::event_stream_count() const {
@@ -497,7 +517,14 @@ void Api::get_profile(const std::shared_ptr<ipc::Exchange>& ex) {
 void Api::put_profile(const std::shared_ptr<ipc::Exchange>& ex) {
   auto body = json::parse(ex->request().body, "request body");
   if (!body) return ex->respond(ipc::error_response(body.error()));
-  // Sinks write files as tokend's user: only that user may configure them.
+  // Sinks write files as tokend's user: only that user may configure them,
+  // and in server mode nobody (the caller is never tokend's user there).
+  if (body->is_object() && body->contains("sinks") && m_options.server_mode) {
+    return ex->respond(ipc::Response::error(
+        403, "forbidden",
+        "sinks are not available in server mode: they would write files on tokend's host; "
+        "fetch the token from the API instead"));
+  }
   if (body->is_object() && body->contains("sinks") && ex->peer().uid != ::geteuid()) {
     return ex->respond(
         ipc::Response::error(403, "forbidden", "only tokend's own user may configure sinks"));
@@ -669,6 +696,12 @@ void Api::test_profile(const std::shared_ptr<ipc::Exchange>& ex) {
 
 // POST /v1/profiles/{name}/endpoint
 void Api::open_endpoint_route(const std::shared_ptr<ipc::Exchange>& ex) {
+  if (m_options.server_mode) {
+    return ex->respond(ipc::Response::error(
+        403, "forbidden",
+        "stand-in endpoints are not available in server mode: they listen on tokend's host; "
+        "call /v1/proxy/{name}/... instead"));
+  }
   const std::string name(ex->param("name"));
   auto wait = int_param(ex->request(), "wait", 0, 3'600);
   if (!wait) return ex->respond(ipc::error_response(wait.error()));

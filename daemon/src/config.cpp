@@ -7,7 +7,11 @@
 #include <charconv>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
+#include <vector>
+
+#include "core/fs.hpp"
 
 namespace tokend::daemon {
 
@@ -70,6 +74,33 @@ constexpr Setting k_settings[] = {
      "XDG_RUNTIME_DIR, "
      "_DATA_DIRS, _CURRENT_DESKTOP, _SESSION_TYPE pass (e.g. notify-send \"tokend\" "
      "\"$TOKEND_LOGIN_COMMAND\")"},
+    // Server mode.
+    {"database-url-file", "TOKEND_DATABASE_URL_FILE",
+     "server mode: a file (0600) holding the PostgreSQL connection string (libpq conninfo or "
+     "URI)"},
+    {"kek-file", "TOKEND_KEK_FILE",
+     "server mode: the key-encryption key file (32 bytes, raw or hex); without it "
+     "$CREDENTIALS_DIRECTORY/tokend.kek, then TOKEND_KEK"},
+    {"kek-id", "TOKEND_KEK_ID", "server mode: the key-encryption key's id (default: derived)"},
+    {"trusted-proxy-uid", "TOKEND_TRUSTED_PROXY_UID",
+     "server mode: comma-separated users (uid or name) of the authenticating reverse proxy, "
+     "whose requests name the user in user-header"},
+    {"user-header", "TOKEND_USER_HEADER",
+     "server mode: the trusted proxy's user header (default X-Forwarded-User)"},
+};
+
+// Settings that only server mode (or rotate-key) reads.
+constexpr std::string_view k_server_settings[] = {"database-url-file", "kek-file", "kek-id",
+                                                  "trusted-proxy-uid", "user-header"};
+// Settings of the single-user daemon that server mode has no use for.
+constexpr std::string_view k_single_user_settings[] = {"db", "key-file", "notify-command"};
+
+// A [service.NAME] section of the config file.
+struct ServiceSection {
+  std::string secret_file;
+  std::vector<std::string> act_for;
+  bool has_secret_file = false;
+  bool has_act_for = false;
 };
 
 std::optional<std::string> lookup(const po::variables_map& vm, const char* key) {
@@ -88,13 +119,28 @@ Result<std::uint64_t> parse_count(std::string_view name, std::string_view text, 
   return n;
 }
 
+std::vector<std::string> split_list(std::string_view text) {
+  std::vector<std::string> out;
+  std::string_view rest = text;
+  while (!rest.empty()) {
+    const auto comma = rest.find(',');
+    std::string_view item = rest.substr(0, comma);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    if (!item.empty()) out.emplace_back(item);
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
 Result<uid_t> parse_user(std::string_view text) {
   std::uint64_t n = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
   if (ec == std::errc{} && end == text.data() + text.size()) return static_cast<uid_t>(n);
   const std::string name(text);
   if (const passwd* pw = ::getpwnam(name.c_str()); pw != nullptr) return pw->pw_uid;
-  return fail(Errc::config, fmt::format("allow-uid: no user named '{}'", name));
+  return fail(Errc::config, fmt::format("no user named '{}'", name));
 }
 
 }  // namespace
@@ -121,11 +167,23 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
   return std::chrono::milliseconds(static_cast<std::int64_t>(value * scale));
 }
 
-Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup& env) {
+Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const EnvLookup& env) {
+  // tokend rotate-key [options]: the same options, and the new key.
+  const bool rotate = argc_in >= 2 && std::string_view(argv_in[1]) == "rotate-key";
+  std::vector<const char*> args(argv_in, argv_in + argc_in);
+  if (rotate) args.erase(args.begin() + 1);
+  const int argc = static_cast<int>(args.size());
+  const char* const* argv = args.data();
+
   po::options_description general("Options");
   general.add_options()("help,h", "show this help and exit")(
       "version", "show the version and exit")("config", po::value<std::string>(),
-                                              "config file (INI; env TOKEND_CONFIG)");
+                                              "config file (INI; env TOKEND_CONFIG)")(
+      "server",
+      "server mode: many users, PostgreSQL, identity from a trusted proxy or services "
+      "(docs/server-mode.md)")("new-kek-file", po::value<std::string>(),
+                               "rotate-key: the new key-encryption key's file")(
+      "new-kek-id", po::value<std::string>(), "rotate-key: the new key's id (default: derived)");
   for (const auto& s : k_settings) {
     general.add_options()(s.name, po::value<std::string>(),
                           fmt::format("{} (env {})", s.help, s.env).c_str());
@@ -153,7 +211,19 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
           "level and format, allow-uid, limits and timeouts; paths need a restart).\n"
           "Exit codes: 0 stopped by SIGTERM/SIGINT; 1 start refused (another tokend on the\n"
           "socket, an unsafe socket directory or key file, a wrong key, a database that\n"
-          "cannot be opened); 2 bad command line or configuration.\n";
+          "cannot be opened); 2 bad command line or configuration.\n"
+          "\nServer mode (--server) keeps many users' grants in PostgreSQL: the connection\n"
+          "string from database-url-file, secrets sealed with the key-encryption key\n"
+          "(kek-file, $CREDENTIALS_DIRECTORY/tokend.kek or TOKEND_KEK). Every request acts\n"
+          "for one user: the trusted proxy (trusted-proxy-uid) names it in user-header, or\n"
+          "a service sends Authorization: Bearer SECRET and X-Tokend-Act-As: USER. Services\n"
+          "are config-file sections:\n"
+          "  [service.mcp]\n"
+          "  secret-file = /etc/tokend/mcp.secret     (0600, at least 32 bytes)\n"
+          "  act-for = *@example.com, bob             (user ids, *@DOMAIN or *)\n"
+          "rotate-key re-wraps every row's data key with the key in --new-kek-file (the\n"
+          "current key from the usual sources); exit 0 done, 1 failed with nothing\n"
+          "changed, 2 bad command line or configuration.\n";
   out.help_text = help.str();
   if (flags.count("help") != 0) {
     out.action = ParsedArgs::Action::help;
@@ -163,6 +233,26 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
     out.action = ParsedArgs::Action::version;
     return out;
   }
+  if (rotate) out.action = ParsedArgs::Action::rotate_key;
+  const bool server = flags.count("server") != 0;
+  out.config.server.enabled = server;
+  if (rotate && server) {
+    return fail(Errc::invalid_argument, "rotate-key does not take --server; see tokend --help");
+  }
+  if (!rotate && (flags.count("new-kek-file") != 0 || flags.count("new-kek-id") != 0)) {
+    return fail(Errc::invalid_argument,
+                "--new-kek-file and --new-kek-id belong to tokend rotate-key; see tokend --help");
+  }
+  if (rotate) {
+    auto file = lookup(flags, "new-kek-file");
+    if (!file || file->empty()) {
+      return fail(Errc::invalid_argument,
+                  "rotate-key needs --new-kek-file FILE: the new key-encryption key (make one "
+                  "with openssl rand -hex 32)");
+    }
+    out.new_kek.key_file = *file;
+    if (auto id = lookup(flags, "new-kek-id")) out.new_kek.key_id = *id;
+  }
 
   PathOverrides path_flags;
   if (auto c = lookup(flags, "config")) path_flags.config = *c;
@@ -171,6 +261,7 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
   // The config file: optional at its default place, required when named.
   po::variables_map file;
   const bool config_named = path_flags.config.has_value() || env("TOKEND_CONFIG").has_value();
+  std::map<std::string, ServiceSection> services;
   if (std::filesystem::exists(defaults.config)) {
     std::ifstream in(defaults.config);
     if (!in)
@@ -179,7 +270,34 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
     po::options_description file_options;
     for (const auto& s : k_settings) file_options.add_options()(s.name, po::value<std::string>());
     try {
-      po::store(po::parse_config_file(in, file_options, /*allow_unregistered=*/false), file);
+      // [service.NAME] sections are not known in advance: taken apart here,
+      // every other unknown key is an error.
+      auto parsed = po::parse_config_file(in, file_options, /*allow_unregistered=*/true);
+      for (const auto& o : parsed.options) {
+        if (!o.unregistered) continue;
+        const std::string& key = o.string_key;
+        const auto dot = key.rfind('.');
+        if (!key.starts_with("service.") || dot <= 8 || o.value.size() != 1) {
+          return fail(Errc::config, fmt::format("config file {}: unrecognised option '{}'",
+                                                defaults.config.string(), key));
+        }
+        const std::string name = key.substr(8, dot - 8);
+        const std::string field = key.substr(dot + 1);
+        auto& section = services[name];
+        if (field == "secret-file") {
+          section.secret_file = o.value.front();
+          section.has_secret_file = true;
+        } else if (field == "act-for") {
+          section.act_for = split_list(o.value.front());
+          section.has_act_for = true;
+        } else {
+          return fail(Errc::config,
+                      fmt::format("config file {}: [service.{}] has no setting '{}' (only "
+                                  "secret-file and act-for)",
+                                  defaults.config.string(), name, field));
+        }
+      }
+      po::store(parsed, file);
     } catch (const po::error& e) {
       return fail(Errc::config,
                   fmt::format("config file {}: {}", defaults.config.string(), e.what()));
@@ -227,7 +345,7 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
       while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
       if (!item.empty()) {
         auto uid = parse_user(item);
-        if (!uid) return std::unexpected(uid.error());
+        if (!uid) return std::unexpected(uid.error().context("allow-uid"));
         c.allowed_uids.insert(*uid);
       }
       if (comma == std::string_view::npos) break;
@@ -284,6 +402,81 @@ Result<ParsedArgs> parse_args(int argc, const char* const* argv, const EnvLookup
     c.ca_bundle = *v;
   }
   if (auto v = setting("notify-command")) c.notify_command = *v;
+
+  // Server mode's settings, and the ones each mode has no use for.
+  const bool server_settings_used = server || rotate;
+  if (!server_settings_used) {
+    for (const auto name : k_server_settings) {
+      if (setting(std::string(name).c_str())) {
+        return fail(
+            Errc::config,
+            fmt::format("{} is a server-mode setting: add --server (docs/server-mode.md)", name));
+      }
+    }
+    if (!services.empty()) {
+      return fail(Errc::config, fmt::format("[service.{}] is a server-mode setting: add --server "
+                                            "(docs/server-mode.md)",
+                                            services.begin()->first));
+    }
+    return out;
+  }
+  if (server) {
+    for (const auto name : k_single_user_settings) {
+      if (setting(std::string(name).c_str())) {
+        return fail(Errc::config,
+                    fmt::format("{} is not used in server mode: the data is in PostgreSQL "
+                                "(database-url-file); remove it",
+                                name));
+      }
+    }
+  }
+  ServerSettings& srv = c.server;
+  if (auto v = setting("database-url-file"); v && !v->empty()) {
+    srv.database_url_file = *v;
+  } else {
+    return fail(Errc::config,
+                "server mode needs database-url-file: a file (0600) holding the PostgreSQL "
+                "connection string, e.g. host=/run/postgresql dbname=tokend");
+  }
+  if (auto v = setting("kek-file")) srv.kek.key_file = *v;
+  if (auto v = setting("kek-id")) srv.kek.key_id = *v;
+  if (!server) return out;  // rotate-key needs no more
+
+  if (auto v = setting("user-header")) srv.identity.user_header = *v;
+  if (auto v = setting("trusted-proxy-uid")) {
+    for (const auto& item : split_list(*v)) {
+      auto uid = parse_user(item);
+      if (!uid) return std::unexpected(uid.error().context("trusted-proxy-uid"));
+      srv.identity.trusted_proxy_uids.insert(*uid);
+    }
+  }
+  for (const auto& [name, section] : services) {
+    if (!section.has_secret_file || section.secret_file.empty()) {
+      return fail(Errc::config,
+                  fmt::format("[service.{}] needs secret-file: a file (0600) holding the "
+                              "service's secret (openssl rand -hex 32)",
+                              name));
+    }
+    if (!section.has_act_for) {
+      return fail(Errc::config, fmt::format("[service.{}] needs act-for: the users it may act "
+                                            "for (user ids, *@DOMAIN or *)",
+                                            name));
+    }
+    auto secret = fs::read_private_file(section.secret_file, 4096);
+    if (!secret) {
+      return fail(Errc::config,
+                  fmt::format("[service.{}] secret-file: {}", name, secret.error().message));
+    }
+    auto policy = make_service_policy(name, *secret, section.act_for);
+    if (!policy) return std::unexpected(policy.error());
+    srv.identity.services.push_back(std::move(*policy));
+  }
+  if (auto r = check_identity_config(srv.identity); !r) return std::unexpected(r.error());
+  if (srv.identity.trusted_proxy_uids.empty() && srv.identity.services.empty()) {
+    return fail(Errc::config,
+                "server mode needs a way to name users: trusted-proxy-uid (the authenticating "
+                "reverse proxy) or a [service.NAME] section, or both");
+  }
   return out;
 }
 

@@ -20,14 +20,13 @@
 #include "net/http_client.hpp"
 #include "net/loop.hpp"
 #include "notify.hpp"
+#include "process.hpp"
 #include "proxy/proxy.hpp"
 #include "tokens/events.hpp"
 #include "tokens/timer_port.hpp"
 #include "tokens/token_service.hpp"
 
 namespace tokend::daemon {
-
-namespace {
 
 // Many clients at once need many descriptors: use the hard limit.
 void raise_fd_limit() {
@@ -73,8 +72,6 @@ std::set<uid_t> usable_allowed_uids(const std::set<uid_t>& wanted) {
   }
   return usable;
 }
-
-}  // namespace
 
 int run_daemon(const Config& initial, const EnvLookup& env,
                const std::function<Result<Config>()>& reparse) {

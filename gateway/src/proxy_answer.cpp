@@ -54,6 +54,8 @@ Result<proxy::ProxyCall> proxy_call(const ipc::Request& req, std::string profile
   call.body_spool = req.body_spool;
   call.peer_uid = static_cast<std::int64_t>(peer.uid);
   call.peer_pid = static_cast<std::int64_t>(peer.pid);
+  call.user = peer.user;
+  call.service = peer.service;
   if (auto wait = req.header("x-tokend-retry-wait")) {
     std::int64_t n = -1;
     const auto [end, ec] = std::from_chars(wait->data(), wait->data() + wait->size(), n);

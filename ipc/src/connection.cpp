@@ -73,7 +73,7 @@ class StreamImpl final : public Stream {
 class ExchangeImpl final : public Exchange {
  public:
   ExchangeImpl(std::weak_ptr<Connection> c, Request r, Peer p)
-      : m_conn(std::move(c)), m_request(std::move(r)), m_peer(p) {}
+      : m_conn(std::move(c)), m_request(std::move(r)), m_peer(std::move(p)) {}
   [[nodiscard]] const Request& request() const override { return m_request; }
   [[nodiscard]] const Peer& peer() const override { return m_peer; }
   [[nodiscard]] std::string_view param(std::string_view name) const override {
@@ -123,7 +123,7 @@ class ExchangeImpl final : public Exchange {
 Connection::Connection(std::shared_ptr<Listener> listener, net::Stream io, Peer peer)
     : m_listener(*listener),
       m_keep_listener(std::move(listener)),
-      m_peer(peer),
+      m_peer(std::move(peer)),
       m_io(std::move(io)),
       m_decoder([&router = m_listener.router()](std::string_view method, std::string_view path) {
         return router.match(method, path).large_body;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <boost/container/small_vector.hpp>
 
+#include "codec.hpp"
+
 namespace tokend::ipc {
 
 namespace {
@@ -22,6 +24,34 @@ void split_path(std::string_view path, Out& out) {
     i = next;
   }
 }
+
+// An exchange seen through another router: its own path parameters and
+// peer, everything else the exchange it wraps.
+class DispatchedExchange final : public Exchange {
+ public:
+  DispatchedExchange(std::shared_ptr<Exchange> inner, Router::Params params, Peer peer)
+      : m_inner(std::move(inner)), m_params(std::move(params)), m_peer(std::move(peer)) {}
+  [[nodiscard]] const Request& request() const override { return m_inner->request(); }
+  [[nodiscard]] const Peer& peer() const override { return m_peer; }
+  [[nodiscard]] std::string_view param(std::string_view name) const override {
+    for (const auto& [k, v] : m_params) {
+      if (k == name) return v;
+    }
+    return {};
+  }
+  void respond(Response response) override { m_inner->respond(std::move(response)); }
+  std::shared_ptr<Stream> start_stream(int status, Headers headers,
+                                       StreamFraming framing) override {
+    return m_inner->start_stream(status, std::move(headers), framing);
+  }
+  [[nodiscard]] bool pending() const override { return m_inner->pending(); }
+  void on_abandon(std::function<void()> cb) override { m_inner->on_abandon(std::move(cb)); }
+
+ private:
+  std::shared_ptr<Exchange> m_inner;
+  Router::Params m_params;
+  Peer m_peer;
+};
 
 }  // namespace
 
@@ -94,6 +124,13 @@ Router::Match Router::match(std::string_view method, std::string_view path) cons
     return result;
   }
   return result;
+}
+
+void Router::dispatch(const std::shared_ptr<Exchange>& ex, Peer peer) const {
+  const Request& req = ex->request();
+  auto m = match(req.method, req.path);
+  if (m.handler == nullptr) return ex->respond(codec::no_route_answer(req.method, m.allowed));
+  (*m.handler)(std::make_shared<DispatchedExchange>(ex, std::move(m.params), std::move(peer)));
 }
 
 }  // namespace tokend::ipc

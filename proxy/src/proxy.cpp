@@ -133,7 +133,7 @@ Proxy::Proxy(net::Loop& loop, tokens::TokenService& tokens, net::HttpTransport& 
       m_http(http),
       m_store(store),
       m_clock(clock),
-      m_options(options) {}
+      m_options(std::move(options)) {}
 
 Proxy::~Proxy() {
   shutdown();
@@ -213,6 +213,12 @@ void Proxy::forward(ProxyCall call, Done done) {
   auto headers = request_headers(c->call.headers);
   if (!headers) return finish(c, refuse(Errc::invalid_argument, headers.error().message));
   c->headers = std::move(*headers);
+  if (!m_options.drop_headers.empty()) {
+    std::erase_if(c->headers, [this](const auto& h) {
+      return std::any_of(m_options.drop_headers.begin(), m_options.drop_headers.end(),
+                         [&](const std::string& d) { return ascii_iequals(h.first, d); });
+    });
+  }
   if (!c->call.mcp && needs_cloud_id(c->profile, c->call.rest)) return resolve_cloud(c);
   send(c);
 }
@@ -528,6 +534,8 @@ void Proxy::record(const std::shared_ptr<Call>& c, int status, std::optional<Err
               {"bytes_in", c->bytes_in},
               {"bytes_out", c->bytes_out}};
   if (error) e.detail["error"] = errc_name(*error);
+  if (!c->call.user.empty()) e.detail["user"] = c->call.user;
+  if (!c->call.service.empty()) e.detail["service"] = c->call.service;
   m_audit.push_back(std::move(e));
   if (m_audit.size() >= 1024) {
     flush_audit();

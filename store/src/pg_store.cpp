@@ -323,6 +323,10 @@ Result<PgDatabase> PgDatabase::open(const Secret& conninfo, Kek kek, const Clock
       detail::PgShared{std::move(*conn), std::move(kek), &clock}));
 }
 
+Result<> check_user_id(std::string_view user_id) {
+  return validate_user_id(user_id);
+}
+
 Result<PgStore> PgDatabase::store_for(std::string_view user_id) {
   if (auto r = validate_user_id(user_id); !r) return std::unexpected(r.error());
   return PgStore(m_shared, std::string(user_id));
@@ -330,6 +334,15 @@ Result<PgStore> PgDatabase::store_for(std::string_view user_id) {
 
 const std::string& PgDatabase::key_id() const {
   return m_shared->kek.id;
+}
+
+Result<std::vector<std::string>> PgDatabase::users() {
+  auto rows = m_shared->conn.exec("SELECT DISTINCT user_id FROM profiles ORDER BY user_id");
+  if (!rows) return std::unexpected(rows.error());
+  std::vector<std::string> out;
+  out.reserve(static_cast<std::size_t>(rows->size()));
+  for (int i = 0; i < rows->size(); ++i) out.emplace_back(rows->bytes(i, 0));
+  return out;
 }
 
 Result<int> PgDatabase::schema_version() {

@@ -66,3 +66,141 @@ TEST_CASE("--help and --version", "[daemon][config]") {
   CHECK(r->help_text.find("TOKEND_DB") != std::string::npos);
   CHECK(parse({"--version"}, env)->action == daemon::ParsedArgs::Action::version);
 }
+
+namespace {
+
+std::filesystem::path secret_at(const TempDir& t, const std::string& name,
+                                const std::string& secret) {
+  const auto p = t / name;
+  test::write_file_bytes(p, secret + "\n", 0600);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("server mode: database, key, trusted proxy and services from the config file",
+          "[daemon][config][server]") {
+  TempDir t;
+  const auto mcp = secret_at(t, "mcp.secret", std::string(64, 'a'));
+  const auto bot = secret_at(t, "bot.secret", std::string(40, 'b'));
+  test::write_file_bytes(t / "server.conf",
+                         "database-url-file = /etc/tokend/db\n"
+                         "kek-file = /etc/tokend/kek\n"
+                         "trusted-proxy-uid = 0, 33\n"
+                         "user-header = X-Auth-User\n"
+                         "[service.mcp]\n"
+                         "secret-file = " +
+                             mcp.string() +
+                             "\n"
+                             "act-for = *@example.com, bob\n"
+                             "[service.bot]\n"
+                             "secret-file = " +
+                             bot.string() + "\nact-for = *\n");
+  const auto env = env_of({{"HOME", t.path().string()}});
+  auto r = parse({"--server", "--config", (t / "server.conf").string().c_str()}, env);
+  REQUIRE(r);
+  const auto& srv = r->config.server;
+  CHECK(srv.enabled);
+  CHECK(srv.database_url_file == "/etc/tokend/db");
+  CHECK(srv.kek.key_file == "/etc/tokend/kek");
+  CHECK(srv.identity.user_header == "X-Auth-User");
+  CHECK(srv.identity.trusted_proxy_uids == std::set<uid_t>{0, 33});
+  REQUIRE(srv.identity.services.size() == 2);
+  const auto& first = srv.identity.services[0];  // sections sorted by name
+  CHECK(first.name == "bot");
+  CHECK(first.may_act_for("anyone"));
+  const auto& second = srv.identity.services[1];
+  CHECK(second.name == "mcp");
+  CHECK(second.may_act_for("alice@example.com"));
+  CHECK(second.may_act_for("bob"));
+  CHECK_FALSE(second.may_act_for("carol@example.org"));
+  CHECK(second.secret_digest == daemon::secret_digest(std::string(64, 'a')));
+}
+
+TEST_CASE("server mode: every wrong setting is a config error that names it",
+          "[daemon][config][server]") {
+  TempDir t;
+  const auto env = env_of({{"HOME", t.path().string()}});
+  const auto good = secret_at(t, "good.secret", std::string(64, 'a'));
+  const auto short_secret = secret_at(t, "short.secret", "tooshort");
+  const auto loose = t / "loose.secret";
+  test::write_file_bytes(loose, std::string(64, 'c'), 0644);
+  struct Case {
+    std::vector<std::string> args;
+    std::string file;
+    std::string expected;  // in the message
+  };
+  const std::string svc = "[service.mcp]\nsecret-file = " + good.string() + "\nact-for = *\n";
+  const Case cases[] = {
+      {{"--server"}, "trusted-proxy-uid = 0\n", "server mode needs database-url-file"},
+      {{"--server"}, "database-url-file = /x\n", "trusted-proxy-uid"},
+      {{}, "database-url-file = /x\n", "database-url-file is a server-mode setting"},
+      {{}, svc, "[service.mcp] is a server-mode setting"},
+      {{"--server"}, "database-url-file = /x\ndb = /y\n" + svc, "db is not used in server mode"},
+      {{"--server"},
+       "database-url-file = /x\ntrusted-proxy-uid = nosuchuser_zz\n",
+       "trusted-proxy-uid: no user named 'nosuchuser_zz'"},
+      {{"--server"},
+       "database-url-file = /x\n[service.mcp]\nact-for = *\n",
+       "[service.mcp] needs secret-file"},
+      {{"--server"},
+       "database-url-file = /x\n[service.mcp]\nsecret-file = " + good.string() + "\n",
+       "[service.mcp] needs act-for"},
+      {{"--server"},
+       "database-url-file = /x\n[service.mcp]\nsecret-file = " + short_secret.string() +
+           "\nact-for = *\n",
+       "its secret is 8 bytes; use at least 32"},
+      {{"--server"},
+       "database-url-file = /x\n[service.mcp]\nsecret-file = " + loose.string() + "\nact-for = *\n",
+       "[service.mcp] secret-file"},
+      {{"--server"},
+       "database-url-file = /x\n[service.mcp]\nsecret-file = " + good.string() +
+           "\nact-for = a*b\n",
+       "'*' may only stand alone"},
+      {{"--server"},
+       "database-url-file = /x\n[service.mcp]\nsecret-file = " + good.string() +
+           "\nact-for = *\ncolour = blue\n",
+       "[service.mcp] has no setting 'colour'"},
+      {{"--server"},
+       "database-url-file = /x\n" + svc + "[service.other]\nsecret-file = " + good.string() +
+           "\nact-for = *\n",
+       "have the same secret"},
+      {{"--server"},
+       "database-url-file = /x\nuser-header = Authorization\n" + svc,
+       "user-header may not be Authorization"},
+      {{"--new-kek-file", "/k"}, "", "belong to tokend rotate-key"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.file);
+    test::write_file_bytes(t / "c.conf", c.file);
+    std::vector<const char*> args;
+    for (const auto& a : c.args) args.push_back(a.c_str());
+    const std::string conf = (t / "c.conf").string();
+    args.push_back("--config");
+    args.push_back(conf.c_str());
+    auto r = parse(args, env);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message.find(c.expected) != std::string::npos);
+    CHECK(r.error().message.find(std::string(64, 'a')) == std::string::npos);
+  }
+}
+
+TEST_CASE("rotate-key: the new key's file is required; the current key from the usual settings",
+          "[daemon][config][server]") {
+  TempDir t;
+  const auto env = env_of({{"HOME", t.path().string()}});
+  auto r = parse({"rotate-key", "--database-url-file", "/db", "--new-kek-file", "/new.kek",
+                  "--new-kek-id", "k2"},
+                 env);
+  REQUIRE(r);
+  CHECK(r->action == daemon::ParsedArgs::Action::rotate_key);
+  CHECK(r->config.server.database_url_file == "/db");
+  CHECK(r->new_kek.key_file == "/new.kek");
+  CHECK(r->new_kek.key_id == "k2");
+  r = parse({"rotate-key", "--database-url-file", "/db"}, env);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message.find("rotate-key needs --new-kek-file") != std::string::npos);
+  r = parse({"rotate-key", "--new-kek-file", "/new.kek"}, env);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message.find("needs database-url-file") != std::string::npos);
+}

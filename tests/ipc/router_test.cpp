@@ -1,6 +1,8 @@
 #include "ipc/router.hpp"
 
 #include <catch2/catch_test_macros.hpp>
+#include <memory>
+#include <optional>
 
 #include "ipc/http.hpp"
 
@@ -87,4 +89,82 @@ TEST_CASE("one table answers every error code, in the API and for forwarded call
                           ErrorContext::forwarded);
   CHECK(r.status == 504);
   CHECK(r.body.find(R"("code":"upstream_timeout")") != std::string::npos);
+}
+
+namespace {
+
+// An exchange another router accepted: records what the handler answered.
+class RecordingExchange final : public Exchange {
+ public:
+  explicit RecordingExchange(Request r, Peer p) : m_request(std::move(r)), m_peer(std::move(p)) {}
+  [[nodiscard]] const Request& request() const override { return m_request; }
+  [[nodiscard]] const Peer& peer() const override { return m_peer; }
+  [[nodiscard]] std::string_view param(std::string_view) const override { return "outer"; }
+  void respond(Response response) override {
+    if (!answer) answer = std::move(response);
+  }
+  std::shared_ptr<Stream> start_stream(int, Headers, StreamFraming) override { return nullptr; }
+  [[nodiscard]] bool pending() const override { return !answer; }
+  void on_abandon(std::function<void()>) override {}
+
+  std::optional<Response> answer;
+
+ private:
+  Request m_request;
+  Peer m_peer;
+};
+
+std::shared_ptr<RecordingExchange> exchange(std::string method, std::string path) {
+  Request r;
+  r.method = std::move(method);
+  r.path = std::move(path);
+  r.target = r.path;
+  Peer p;
+  p.uid = 33;
+  p.pid = 7;
+  return std::make_shared<RecordingExchange>(std::move(r), p);
+}
+
+}  // namespace
+
+TEST_CASE("dispatch hands an exchange to this router's handler with its parameters and a peer",
+          "[ipc][router]") {
+  Router inner;
+  std::string seen_name, seen_user, seen_service;
+  uid_t seen_uid = 0;
+  inner.add("GET", "/v1/profiles/{name}/token", [&](const std::shared_ptr<Exchange>& ex) {
+    seen_name = std::string(ex->param("name"));
+    seen_user = ex->peer().user;
+    seen_service = ex->peer().service;
+    seen_uid = ex->peer().uid;
+    CHECK(ex->pending());
+    ex->respond(Response::json(200, {{"ok", true}}));
+  });
+  auto ex = exchange("GET", "/v1/profiles/jira/token");
+  Peer as = ex->peer();
+  as.user = "alice@example.com";
+  as.service = "mcp";
+  inner.dispatch(ex, as);
+  CHECK(seen_name == "jira");  // the inner router's parameter, not the outer exchange's
+  CHECK(seen_user == "alice@example.com");
+  CHECK(seen_service == "mcp");
+  CHECK(seen_uid == 33);
+  REQUIRE(ex->answer);
+  CHECK(ex->answer->status == 200);
+  CHECK(ex->peer().user.empty());  // the outer exchange is unchanged
+}
+
+TEST_CASE("dispatch answers 404 and 405 for what this router does not have", "[ipc][router]") {
+  Router inner;
+  int calls = 0;
+  inner.add("GET", "/v1/profiles", [&](const auto&) { ++calls; });
+  auto missing = exchange("GET", "/v1/nothing");
+  inner.dispatch(missing, missing->peer());
+  REQUIRE(missing->answer);
+  CHECK(missing->answer->status == 404);
+  auto wrong_method = exchange("DELETE", "/v1/profiles");
+  inner.dispatch(wrong_method, wrong_method->peer());
+  REQUIRE(wrong_method->answer);
+  CHECK(wrong_method->answer->status == 405);
+  CHECK(calls == 0);
 }

@@ -30,6 +30,11 @@ struct ApiOptions {
     l.max_connections = 64;
     return l;
   }();
+  // Server mode (many users, each with their own Api): what acts on tokend's
+  // host is refused, since the caller is not tokend's user: sinks (files
+  // written as tokend) and stand-in endpoints (a loopback port on tokend's
+  // host).
+  bool server_mode = false;
 };
 
 class Api {
@@ -41,6 +46,10 @@ class Api {
   Api& operator=(const Api&) = delete;
 
   void register_routes(ipc::Router& router);
+  // Registers every route register_routes has, with the same methods,
+  // patterns and body limits, all to `handler` (server mode's front router,
+  // which picks the caller's Api and dispatches there).
+  static void register_route_shapes(ipc::Router& router, const ipc::Handler& handler);
   // For /v1/metrics and /v1/health.
   void set_server(const ipc::Server* server) { m_server = server; }
   // Login, logout and test endpoints answer 503 without one.
@@ -80,6 +89,14 @@ class Api {
   void get_events(const ExchangePtr& ex);
   void get_audit(const ExchangePtr& ex);
   void get_metrics(const ExchangePtr& ex);  // api/src/metrics.cpp
+
+  struct RouteDef {
+    const char* method;
+    const char* pattern;
+    void (Api::*handler)(const ExchangePtr&);
+    bool large_body;
+  };
+  static const std::vector<RouteDef>& route_table();
 
   static void refuse_without_login(const ExchangePtr& ex);
   // Answers with the JSON a login-manager call produced, or its error.

@@ -12,13 +12,28 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/paths.hpp"
+#include "daemon/identity.hpp"
 #include "ipc/server.hpp"
+#include "store/kek.hpp"
 #include "store/types.hpp"
 
 namespace tokend::daemon {
 
+// Server mode (--server; docs/server-mode.md): many users on PostgreSQL.
+struct ServerSettings {
+  bool enabled = false;
+  // A file (0600, ours) holding the libpq connection string or URI: it may
+  // hold a password, so it is read only when the database is opened.
+  std::filesystem::path database_url_file;
+  store::KekOptions kek;  // kek-file and kek-id; empty: the other sources
+  // The trusted proxy's user header and uids, and the services with their
+  // secrets (read from their files, kept as digests) and policies.
+  IdentityConfig identity;
+};
+
 struct Config {
   Paths paths;
+  ServerSettings server;
   log::Options log;
   ipc::ServerLimits limits;
   std::set<uid_t> allowed_uids;                 // besides our own
@@ -37,10 +52,12 @@ struct Config {
 };
 
 struct ParsedArgs {
-  enum class Action { run, help, version };
+  enum class Action { run, help, version, rotate_key };
   Action action = Action::run;
   std::string help_text;
   Config config;
+  // tokend rotate-key --new-kek-file FILE [--new-kek-id ID]
+  store::KekOptions new_kek;
 };
 
 // argv parsing plus env and config file. Errors are usage errors (exit 2).

@@ -21,11 +21,17 @@ class Spool;  // large bodies kept in a temporary file (server side only)
 
 namespace tokend::ipc {
 
-// Who is on the other end of the socket (SO_PEERCRED / getpeereid).
+// Who is on the other end of the socket (SO_PEERCRED / getpeereid), and in
+// server mode who the request acts for, as the front router established it
+// (daemon/identity.hpp): the user, and the service acting for that user
+// (empty when the user came through the trusted proxy). Both are empty in
+// single-user mode.
 struct Peer {
   uid_t uid = static_cast<uid_t>(-1);
   gid_t gid = static_cast<gid_t>(-1);
   pid_t pid = 0;  // 0 when the platform cannot tell
+  std::string user;
+  std::string service;
 };
 
 using Headers = std::vector<std::pair<std::string, std::string>>;

@@ -89,6 +89,12 @@ class Router {
   // request on the socket comes through here).
   [[nodiscard]] Match match(std::string_view method, std::string_view path) const;
 
+  // Routes an exchange another router accepted (server mode's front router
+  // hands each request to its user's router): the handler sees this
+  // router's path parameters and `peer` in place of the exchange's own; a
+  // path or method this router does not have is answered 404 or 405.
+  void dispatch(const std::shared_ptr<Exchange>& ex, Peer peer) const;
+
  private:
   struct Segment {
     enum class Kind { literal, param, rest };

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/clock.hpp"
 #include "core/error.hpp"
@@ -31,6 +32,9 @@ struct ProxyOptions {
   // one fsync, per interval): a synchronous write per call would cost more
   // than the call. A crash loses at most this much of the proxy's audit.
   Millis audit_flush_interval{250};
+  // Request headers never sent upstream besides the ones every call drops
+  // (server mode: the trusted proxy's user header).
+  std::vector<std::string> drop_headers;
 };
 
 struct ProxyCall {
@@ -49,6 +53,9 @@ struct ProxyCall {
   bool mcp = false;
   std::optional<std::int64_t> peer_uid;
   std::optional<std::int64_t> peer_pid;
+  // Server mode: who the call acts for, and the service acting (audited).
+  std::string user;
+  std::string service;
 };
 
 // A proxied answer's body as it leaves the upstream. The caller attaches a

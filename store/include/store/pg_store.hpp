@@ -41,6 +41,10 @@ struct PgShared;
 
 class PgStore;
 
+// A user id: 1-256 bytes of UTF-8 without control characters; otherwise
+// Errc::invalid_argument saying so (never echoing the id).
+Result<> check_user_id(std::string_view user_id);
+
 class PgDatabase {
  public:
   // Connects (a libpq connection string or URI; it may hold a password and
@@ -57,6 +61,10 @@ class PgDatabase {
 
   // The store of one user: 1-256 bytes of UTF-8 without control characters.
   Result<PgStore> store_for(std::string_view user_id);
+
+  // The users that have at least one profile, sorted (server mode loads
+  // them at start so their refreshes run).
+  Result<std::vector<std::string>> users();
 
   // Re-wraps every row's data key (all users) with `new_kek`, in one
   // transaction that also replaces the key check; the encrypted values

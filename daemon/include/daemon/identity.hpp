@@ -1,0 +1,102 @@
+// Server mode: who a request acts for (docs/server-mode.md, "Identity").
+//
+// Every request acts for exactly one user, established in one of two ways:
+//   - the trusted authenticating reverse proxy names the user in its user
+//     header (X-Forwarded-User unless configured otherwise); the header is
+//     taken only from peers whose uid is a trusted proxy's, and from any
+//     other peer the request is refused, not the header ignored;
+//   - a service (an MCP server acting for its users) presents its own secret
+//     as `Authorization: Bearer SECRET` and names the user in
+//     X-Tokend-Act-As; its policy lists the users it may act for.
+// Anything else is refused with 401 (no identity established) or 403 (an
+// identity that may not be used), never answered for some default user.
+//
+// identify() is a pure decision over the request's headers and the peer's
+// uid; the caller answers a Refusal and writes its audit line.
+#pragma once
+
+#include <sys/types.h>
+
+#include <array>
+#include <expected>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/secret.hpp"
+#include "ipc/http.hpp"
+
+namespace tokend::daemon {
+
+inline constexpr std::string_view k_default_user_header = "X-Forwarded-User";
+inline constexpr std::string_view k_act_as_header = "X-Tokend-Act-As";
+
+// A service secret is at least this long (openssl rand -hex 32 gives 64).
+inline constexpr std::size_t k_min_service_secret_bytes = 32;
+
+// Users a service may act for: an exact user id; "*", every user; or
+// "*@DOMAIN", every user id LOCAL@DOMAIN whose LOCAL part is not empty and
+// holds no '@' (so "*@example.com" does not match "x@evil.org@example.com").
+class UserPattern {
+ public:
+  static Result<UserPattern> parse(std::string_view text);
+  [[nodiscard]] bool matches(std::string_view user) const;
+  [[nodiscard]] const std::string& text() const { return m_text; }
+
+ private:
+  enum class Kind { exact, any, domain };
+  Kind m_kind = Kind::exact;
+  std::string m_text;
+  std::string m_domain;  // "@example.com" for Kind::domain
+};
+
+using SecretDigest = std::array<unsigned char, 32>;
+
+// SHA-256 of a service secret: only the digest is kept in memory, and a
+// presented secret is compared by its digest in constant time.
+SecretDigest secret_digest(std::string_view secret);
+
+struct ServicePolicy {
+  std::string name;  // [A-Za-z0-9._-], 1-64
+  SecretDigest secret_digest{};
+  std::vector<UserPattern> act_for;
+
+  [[nodiscard]] bool may_act_for(std::string_view user) const;
+};
+
+// A service from its configured parts: the secret (read from its file), the
+// patterns. Errors name the service and what to change, never the secret.
+Result<ServicePolicy> make_service_policy(std::string name, const Secret& secret,
+                                          const std::vector<std::string>& act_for);
+
+struct IdentityConfig {
+  std::string user_header = std::string(k_default_user_header);
+  std::set<uid_t> trusted_proxy_uids;
+  std::vector<ServicePolicy> services;
+};
+
+// Checks a configuration as a whole: service names and secrets unique.
+Result<> check_identity_config(const IdentityConfig& config);
+
+// Who a request acts for.
+struct Caller {
+  std::string user;
+  std::string service;  // empty: the user came through the trusted proxy
+};
+
+// Why a request is refused. `user` and `service` are what could be
+// established (for the audit line); `user` only when it is a valid id.
+struct Refusal {
+  int status = 401;
+  std::string code;
+  std::string message;
+  std::string user;
+  std::string service;
+};
+
+std::expected<Caller, Refusal> identify(const IdentityConfig& config, const ipc::Request& request,
+                                        uid_t peer_uid);
+
+}  // namespace tokend::daemon

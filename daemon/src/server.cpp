@@ -1,0 +1,411 @@
+#include "daemon/server.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <csignal>
+#include <map>
+#include <memory>
+
+#include "api/api.hpp"
+#include "core/clock.hpp"
+#include "core/fs.hpp"
+#include "daemon/identity.hpp"
+#include "daemon/systemd.hpp"
+#include "ipc/server.hpp"
+#include "login/callback_listener.hpp"
+#include "login/login.hpp"
+#include "net/http_client.hpp"
+#include "net/loop.hpp"
+#include "net/spool.hpp"
+#include "process.hpp"
+#include "proxy/proxy.hpp"
+#include "store/kek.hpp"
+#include "store/pg_store.hpp"
+#include "tokens/events.hpp"
+#include "tokens/timer_port.hpp"
+#include "tokens/token_service.hpp"
+
+namespace tokend::daemon {
+
+namespace {
+
+// The connection string: one line of a private file; a secret throughout.
+Result<Secret> read_conninfo(const std::filesystem::path& file) {
+  auto contents = fs::read_private_file(file, 64 * 1024);
+  if (!contents) return std::unexpected(contents.error().context("database-url-file"));
+  std::string_view v = contents->reveal();
+  while (!v.empty() && (v.back() == '\n' || v.back() == '\r' || v.back() == ' ')) {
+    v.remove_suffix(1);
+  }
+  if (v.empty()) {
+    return fail(Errc::config,
+                fmt::format("database-url-file {} is empty: write the PostgreSQL connection "
+                            "string in it, e.g. host=/run/postgresql dbname=tokend",
+                            file.string()));
+  }
+  return Secret(v);
+}
+
+Result<store::PgDatabase> open_database(const ServerSettings& settings, const EnvLookup& env,
+                                        const Clock& clock) {
+  auto kek = store::resolve_kek(settings.kek, env);
+  if (!kek) return std::unexpected(kek.error());
+  auto conninfo = read_conninfo(settings.database_url_file);
+  if (!conninfo) return std::unexpected(conninfo.error());
+  return store::PgDatabase::open(*conninfo, std::move(*kek), clock);
+}
+
+// What every tenant shares: one loop, one HTTP client, one clock, one
+// database connection, the login redirect listener, the settings.
+struct Shared {
+  net::Loop& loop;
+  const Clock& clock;
+  net::HttpClient& http;
+  login::UvCallbackPort& callbacks;
+  const ipc::Server& server;
+  tokens::EngineOptions engine;
+  login::LoginOptions login;
+  api::ApiOptions api;
+  proxy::ProxyOptions proxy;
+  store::AuditRetention audit;
+};
+
+// One user's part of the server: the pieces of the single-user daemon, on
+// the shared loop. Its Api knows only its own TokenService and store, so
+// nothing a request does through it reaches another user's data.
+class Tenant {
+ public:
+  Tenant(Shared& shared, store::PgStore store)
+      : m_store(std::move(store)),
+        m_refresh_timer(shared.loop, shared.clock),
+        m_tokens(m_store, shared.clock, m_events, m_refresh_timer, shared.http, shared.engine),
+        m_login_timer(shared.loop, shared.clock),
+        m_login(m_tokens, shared.clock, m_events, m_login_timer, shared.http, &shared.callbacks,
+                shared.login),
+        m_proxy(shared.loop, m_tokens, shared.http, m_store, shared.clock, shared.proxy),
+        m_api(shared.loop, m_tokens, m_events, m_store, shared.clock, shared.api) {
+    m_store.set_audit_retention(shared.audit);
+    m_api.set_login(&m_login);
+    m_api.set_proxy(&m_proxy);
+    m_api.set_server(&shared.server);
+    m_api.register_routes(m_router);
+  }
+  Tenant(const Tenant&) = delete;
+  Tenant& operator=(const Tenant&) = delete;
+  ~Tenant() = default;
+
+  // Loads the user's profiles and schedules their refreshes.
+  Result<> start() {
+    if (auto r = m_store.prune_audit(); !r) {
+      spdlog::warn("user '{}': pruning the audit log: {}", m_store.user_id(), r.error().message);
+    }
+    return m_tokens.load();
+  }
+
+  // The single-user daemon's shutdown order; the shared HTTP client closes
+  // after every tenant.
+  void close() {
+    m_api.close();
+    m_login.shutdown();
+    m_proxy.shutdown();
+    m_tokens.shutdown();
+    m_refresh_timer.close();
+    m_login_timer.close();
+  }
+
+  void set_audit_retention(const store::AuditRetention& retention) {
+    m_store.set_audit_retention(retention);
+  }
+
+  [[nodiscard]] const ipc::Router& router() const { return m_router; }
+  [[nodiscard]] std::size_t profiles() const { return m_tokens.size(); }
+
+ private:
+  store::PgStore m_store;
+  tokens::EventBus m_events;
+  tokens::UvTimerPort m_refresh_timer;
+  tokens::TokenService m_tokens;
+  tokens::UvTimerPort m_login_timer;
+  login::LoginManager m_login;
+  proxy::Proxy m_proxy;
+  api::Api m_api;
+  ipc::Router m_router;
+};
+
+// The tenants of this process, made on first use and kept until it stops
+// (no eviction yet: an idle tenant costs two idle timers and its cache).
+class Tenants {
+ public:
+  Tenants(Shared& shared, store::PgDatabase& db) : m_shared(shared), m_db(db) {}
+
+  Result<Tenant*> get(const std::string& user) {
+    if (auto it = m_tenants.find(user); it != m_tenants.end()) return it->second.get();
+    if (m_closed) return fail(Errc::unavailable, "tokend is shutting down");
+    auto store = m_db.store_for(user);
+    if (!store) return std::unexpected(store.error());
+    auto tenant = std::make_unique<Tenant>(m_shared, std::move(*store));
+    if (auto r = tenant->start(); !r) {
+      tenant->close();
+      return std::unexpected(r.error().context(fmt::format("loading user '{}'", user)));
+    }
+    Tenant* raw = tenant.get();
+    m_tenants.emplace(user, std::move(tenant));
+    spdlog::info("user '{}': {} profile(s) loaded", user, raw->profiles());
+    return raw;
+  }
+
+  void close() {
+    m_closed = true;
+    for (auto& [user, tenant] : m_tenants) tenant->close();
+  }
+
+  void set_audit_retention(const store::AuditRetention& retention) {
+    m_shared.audit = retention;
+    for (auto& [user, tenant] : m_tenants) tenant->set_audit_retention(retention);
+  }
+
+  [[nodiscard]] std::size_t size() const { return m_tenants.size(); }
+
+ private:
+  Shared& m_shared;
+  store::PgDatabase& m_db;
+  std::map<std::string, std::unique_ptr<Tenant>, std::less<>> m_tenants;
+  bool m_closed = false;
+};
+
+// The refusal's audit line: the log always, and the audit log of the user it
+// named, when it named a valid one.
+void audit_refusal(store::PgDatabase& db, const ipc::Exchange& ex, const Refusal& r) {
+  const ipc::Peer& peer = ex.peer();
+  spdlog::warn("request refused ({} {}): peer uid {} pid {}{}{}: {}", r.status, r.code, peer.uid,
+               peer.pid, r.user.empty() ? std::string() : fmt::format(", user '{}'", r.user),
+               r.service.empty() ? std::string() : fmt::format(", service '{}'", r.service),
+               r.message);
+  if (r.user.empty()) return;
+  auto store = db.store_for(r.user);
+  if (!store) return;
+  store::AuditEvent e;
+  e.kind = "identity_refused";
+  e.peer_uid = static_cast<std::int64_t>(peer.uid);
+  e.peer_pid = static_cast<std::int64_t>(peer.pid);
+  e.detail = {{"code", r.code}, {"user", r.user}, {"method", ex.request().method}};
+  if (!r.service.empty()) e.detail["service"] = r.service;
+  // Best effort: the refusal stands whether or not its line is written.
+  if (auto w = store->append_audit(e); !w) {
+    spdlog::warn("user '{}': writing the audit log: {}", r.user, w.error().message);
+  }
+}
+
+std::set<uid_t> allowed_peers(const Config& config) {
+  std::set<uid_t> uids = config.allowed_uids;
+  uids.insert(config.server.identity.trusted_proxy_uids.begin(),
+              config.server.identity.trusted_proxy_uids.end());
+  return usable_allowed_uids(uids);
+}
+
+}  // namespace
+
+int run_server(const Config& initial, const EnvLookup& env,
+               const std::function<Result<Config>()>& reparse) {
+  Config config = initial;
+  raise_fd_limit();
+  std::signal(SIGPIPE, SIG_IGN);
+
+  SystemClock clock;
+  auto db = open_database(config.server, env, clock);
+  if (!db) {
+    spdlog::critical("{}", db.error().message);
+    return db.error().code == Errc::config ? 2 : 1;
+  }
+  auto users = db->users();
+  if (!users) {
+    spdlog::critical("listing the users with profiles: {}", users.error().message);
+    return 1;
+  }
+
+  net::Loop loop;
+  int exit_code = 0;
+  {
+    // Large proxied bodies pass through temporary files in the socket's
+    // private directory.
+    net::Spool::set_directory(config.paths.socket.parent_path());
+    net::HttpClientOptions http_options;
+    http_options.ca_bundle = config.ca_bundle;
+    http_options.user_agent = fmt::format("tokend/{}", version());
+    net::HttpClient http(loop, http_options);
+    login::UvCallbackPort callbacks(loop);
+    ipc::Router front;
+    ipc::Server server(loop, front, config.limits);
+
+    Shared shared{loop, clock, http, callbacks, server, {}, {}, {}, {}, config.audit};
+    shared.engine.policy.buffer = config.refresh_buffer;
+    shared.engine.max_concurrent = config.max_concurrent_refreshes;
+    shared.engine.http_timeout = config.http_timeout;
+    shared.login.flow_timeout = config.login_timeout;
+    shared.login.http_timeout = config.http_timeout;
+    shared.api.version = std::string(version());
+    shared.api.heartbeat = config.heartbeat;
+    shared.api.server_mode = true;
+    // The user header never goes upstream (X-Tokend-* and Authorization
+    // never do).
+    shared.proxy.drop_headers = {config.server.identity.user_header};
+    Tenants tenants(shared, *db);
+
+    // Users with profiles are loaded now, so their refreshes run.
+    for (const auto& user : *users) {
+      if (auto t = tenants.get(user); !t) {
+        spdlog::critical("{}", t.error().message);
+        tenants.close();
+        http.close();
+        server.close();
+        loop.run();
+        (void)loop.close();
+        return 1;
+      }
+    }
+
+    IdentityConfig identity = config.server.identity;
+    // The front router has every route of the API; each request is
+    // identified, then handed to its user's router.
+    api::Api::register_route_shapes(front, [&](const std::shared_ptr<ipc::Exchange>& ex) {
+      auto caller = identify(identity, ex->request(), ex->peer().uid);
+      if (!caller) {
+        audit_refusal(*db, *ex, caller.error());
+        const auto& r = caller.error();
+        return ex->respond(ipc::Response::error(r.status, r.code, r.message));
+      }
+      auto tenant = tenants.get(caller->user);
+      if (!tenant) {
+        spdlog::error("{}", tenant.error().message);
+        return ex->respond(ipc::error_response(tenant.error()));
+      }
+      ipc::Peer peer = ex->peer();
+      peer.user = std::move(caller->user);
+      peer.service = std::move(caller->service);
+      (*tenant)->router().dispatch(ex, std::move(peer));
+    });
+    server.set_allowed_uids(allowed_peers(config));
+    server.on_denied_peer([](const ipc::Peer& peer) {
+      spdlog::warn(
+          "connection refused: peer uid {} pid {} is not allowed (allow-uid, "
+          "trusted-proxy-uid)",
+          peer.uid, peer.pid);
+    });
+
+    const int activated = activated_socket();
+    auto listening =
+        activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
+    if (!listening) {
+      spdlog::critical("{}", listening.error().message);
+      tenants.close();
+      http.close();
+      server.close();
+      loop.run();
+      (void)loop.close();
+      return 1;
+    }
+
+    auto sigterm = net::Signal::create(loop);
+    auto sigint = net::Signal::create(loop);
+    auto sighup = net::Signal::create(loop);
+    if (!sigterm || !sigint || !sighup) {
+      spdlog::critical("cannot install signal handlers");
+      return 1;
+    }
+    bool stopping = false;
+    auto stop = [&](int sig) {
+      if (stopping) return;
+      stopping = true;
+      spdlog::info("received {}, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      notify("STOPPING=1");
+      tenants.close();
+      http.close();
+      server.drain(config.drain_timeout, [&] {
+        sigterm->close();
+        sigint->close();
+        sighup->close();
+      });
+    };
+    (void)sigterm->start(SIGTERM, stop);
+    (void)sigint->start(SIGINT, stop);
+    (void)sighup->start(SIGHUP, [&](int) {
+      auto fresh = reparse();
+      if (!fresh) {
+        spdlog::error("SIGHUP: configuration not reloaded: {}", fresh.error().message);
+        return;
+      }
+      if (fresh->paths.socket != config.paths.socket ||
+          fresh->server.database_url_file != config.server.database_url_file ||
+          fresh->server.kek.key_file != config.server.kek.key_file ||
+          fresh->server.identity.user_header != config.server.identity.user_header) {
+        spdlog::warn(
+            "SIGHUP: socket, database-url-file, kek-file and user-header changes take effect "
+            "after a restart");
+      }
+      spdlog::default_logger()->set_level(fresh->log.level);
+      server.set_limits(fresh->limits);
+      config.limits = fresh->limits;
+      config.allowed_uids = fresh->allowed_uids;
+      config.server.identity.trusted_proxy_uids = fresh->server.identity.trusted_proxy_uids;
+      config.server.identity.services = fresh->server.identity.services;
+      identity.trusted_proxy_uids = config.server.identity.trusted_proxy_uids;
+      identity.services = config.server.identity.services;
+      server.set_allowed_uids(allowed_peers(config));
+      config.drain_timeout = fresh->drain_timeout;
+      config.audit = fresh->audit;
+      tenants.set_audit_retention(config.audit);
+      spdlog::info("configuration reloaded: {} service(s), {} trusted proxy uid(s)",
+                   identity.services.size(), identity.trusted_proxy_uids.size());
+      notify("STATUS=configuration reloaded");
+    });
+
+    spdlog::info(
+        "tokend {} ready in server mode: {} user(s) with profiles, key {}, socket {}", version(),
+        users->size(), db->key_id(),
+        activated >= 0 ? std::string("(socket activation)") : config.paths.socket.string());
+    notify(fmt::format("READY=1\nSTATUS=serving {} user(s)", tenants.size()));
+    loop.run();
+  }
+  if (const int rc = loop.close(); rc != 0) {
+    spdlog::error("event loop closed with handles still open ({})", rc);
+    exit_code = 1;
+  }
+  spdlog::info("tokend stopped");
+  return exit_code;
+}
+
+int rotate_key_command(const ParsedArgs& args, const EnvLookup& env) {
+  SystemClock clock;
+  auto db = open_database(args.config.server, env, clock);
+  if (!db) {
+    spdlog::error("rotate-key: {}", db.error().message);
+    return db.error().code == Errc::config ? 2 : 1;
+  }
+  // The new key comes from its file only: never the environment, which
+  // holds the current one.
+  if (!fs::exists_nofollow(args.new_kek.key_file)) {
+    spdlog::error("rotate-key: --new-kek-file {} does not exist", args.new_kek.key_file.string());
+    return 2;
+  }
+  auto new_kek = store::resolve_kek(
+      args.new_kek, [](const char*) -> std::optional<std::string> { return std::nullopt; });
+  if (!new_kek) {
+    spdlog::error("rotate-key: the new key: {}", new_kek.error().message);
+    return 2;
+  }
+  const std::string old_id = db->key_id();
+  const std::string new_id = new_kek->id;
+  if (auto r = db->rotate_key(std::move(*new_kek)); !r) {
+    spdlog::error("rotate-key: nothing changed: {}", r.error().message);
+    return r.error().code == Errc::invalid_argument || r.error().code == Errc::config ? 2 : 1;
+  }
+  spdlog::info(
+      "rotate-key: every row's data key is now wrapped by key '{}' (was '{}'); start tokend "
+      "with the new key: running servers on the old key stop being able to open the database",
+      new_id, old_id);
+  return 0;
+}
+
+}  // namespace tokend::daemon
