@@ -306,6 +306,13 @@ class ServerModeTest(unittest.TestCase):
                 r = self.call(bob, "GET", "/v1/profiles")
                 self.assertEqual(r.status, 200, r.text)
                 self.assertNotIn("jira", r.text)
+                # Bob's metrics: none of Alice's profile, and none of the
+                # whole server's socket counters (every user's traffic).
+                r = self.call(bob, "GET", "/v1/metrics")
+                self.assertEqual(r.status, 200, r.text)
+                self.assertIn("tokend_waiting_requests", r.text)
+                self.assertNotIn('profile="jira"', r.text)
+                self.assertNotIn("tokend_http_", r.text)
                 for method, target, body in (
                         ("GET", "/v1/profiles/jira", None),
                         ("GET", "/v1/profiles/jira/token", None),
