@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -25,6 +26,27 @@ std::string escape_label(std::string_view v) {
 }
 
 }  // namespace
+
+void append_socket_metrics(std::string& out, const ipc::ServerStats& s) {
+  auto single = [&](std::string_view name, std::string_view type, std::string_view help,
+                    std::uint64_t value) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", name, help, name, type, name, value);
+  };
+  single("tokend_http_connections_open", "gauge", "Open API connections.", s.open_connections);
+  single("tokend_http_connections_total", "counter", "API connections accepted.",
+         s.connections_accepted);
+  single("tokend_http_connections_refused_total", "counter",
+         "Connections refused over the connection limit.", s.connections_refused);
+  single("tokend_http_peers_denied_total", "counter", "Connections from users not allowed.",
+         s.peers_denied);
+  single("tokend_http_requests_total", "counter", "API requests.", s.requests);
+  out +=
+      "# HELP tokend_http_responses_total API responses by status.\n"
+      "# TYPE tokend_http_responses_total counter\n";
+  for (const auto& [code, n] : s.responses_by_status) {
+    out += fmt::format("tokend_http_responses_total{{code=\"{}\"}} {}\n", code, n);
+  }
+}
 
 void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
   const auto now = to_unix_ms(m_clock.wall_now());
@@ -107,21 +129,7 @@ void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
   }
   single("tokend_waiting_requests", "gauge",
          "Token and login requests waiting for a login to finish.", waiting_count());
-  if (m_server != nullptr) {
-    const auto& s = m_server->stats();
-    single("tokend_http_connections_open", "gauge", "Open API connections.", s.open_connections);
-    single("tokend_http_connections_total", "counter", "API connections accepted.",
-           s.connections_accepted);
-    single("tokend_http_connections_refused_total", "counter",
-           "Connections refused over the connection limit.", s.connections_refused);
-    single("tokend_http_peers_denied_total", "counter", "Connections from users not allowed.",
-           s.peers_denied);
-    single("tokend_http_requests_total", "counter", "API requests.", s.requests);
-    metric("tokend_http_responses_total", "counter", "API responses by status.");
-    for (const auto& [code, n] : s.responses_by_status) {
-      out += fmt::format("tokend_http_responses_total{{code=\"{}\"}} {}\n", code, n);
-    }
-  }
+  if (m_server != nullptr) append_socket_metrics(out, m_server->stats());
   ipc::Response r;
   r.headers.emplace_back("Content-Type", "text/plain; version=0.0.4");
   r.body = std::move(out);

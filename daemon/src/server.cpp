@@ -2,9 +2,12 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
+#include <functional>
 #include <map>
 #include <memory>
 
@@ -268,6 +271,53 @@ int run_server(const Config& initial, const EnvLookup& env,
     }
 
     IdentityConfig identity = config.server.identity;
+    // The replica's own endpoints: health, readiness (the database answers)
+    // and the socket's counters, for the host's probes and Prometheus. They
+    // act for no user, so a request that names one is refused: through the
+    // reverse proxy they stay out of users' reach.
+    const auto started = clock.mono_now();
+    auto replica = [&](std::function<void(const std::shared_ptr<ipc::Exchange>&)> answer) {
+      return [&identity, answer = std::move(answer)](const std::shared_ptr<ipc::Exchange>& ex) {
+        const auto& req = ex->request();
+        if (req.header(identity.user_header) || req.header("Authorization") ||
+            req.header(k_act_as_header)) {
+          return ex->respond(ipc::Response::error(
+              403, "not_for_users",
+              "the /v1/server endpoints are the replica's own and act for no user; call them "
+              "without a user header or service credentials"));
+        }
+        answer(ex);
+      };
+    };
+    front.add("GET", "/v1/server/health", replica([&](const std::shared_ptr<ipc::Exchange>& ex) {
+                const auto up =
+                    std::chrono::duration_cast<std::chrono::seconds>(clock.mono_now() - started);
+                ex->respond(ipc::Response::json(200, {{"status", "ok"},
+                                                      {"version", std::string(version())},
+                                                      {"uptime_s", up.count()},
+                                                      {"users_loaded", tenants.size()},
+                                                      {"pid", ::getpid()}}));
+              }));
+    front.add(
+        "GET", "/v1/server/ready", replica([&](const std::shared_ptr<ipc::Exchange>& ex) {
+          auto schema = db->schema_version();
+          if (!schema) {
+            return ex->respond(ipc::Response::error(
+                503, "unavailable", "the database does not answer: " + schema.error().message));
+          }
+          ex->respond(ipc::Response::json(200, {{"ready", true}, {"schema_version", *schema}}));
+        }));
+    front.add("GET", "/v1/server/metrics", replica([&](const std::shared_ptr<ipc::Exchange>& ex) {
+                std::string out = fmt::format(
+                    "# HELP tokend_server_users_loaded Users whose profiles this replica holds.\n"
+                    "# TYPE tokend_server_users_loaded gauge\ntokend_server_users_loaded {}\n",
+                    tenants.size());
+                api::append_socket_metrics(out, server.stats());
+                ipc::Response r;
+                r.headers.emplace_back("Content-Type", "text/plain; version=0.0.4");
+                r.body = std::move(out);
+                ex->respond(std::move(r));
+              }));
     // The front router has every route of the API; each request is
     // identified, then handed to its user's router.
     api::Api::register_route_shapes(front, [&](const std::shared_ptr<ipc::Exchange>& ex) {

@@ -408,6 +408,33 @@ class ServerModeTest(unittest.TestCase):
         self.assertIn(("login_started", ALICE, "mcp"), kinds)
         self.assertIn(("proxy", ALICE, "mcp"), kinds)
 
+    # -- the replica's own endpoints -----------------------------------------------------
+
+    def test_replica_endpoints_answer_the_host_and_never_a_user(self):
+        self.put_grant(self.as_user(ALICE))
+        r = self.call([], "GET", "/v1/server/health")
+        self.assertEqual(r.status, 200, r.text)
+        health = r.json()
+        self.assertEqual(health["status"], "ok")
+        self.assertEqual(health["pid"], self.daemon.proc.pid)
+        self.assertGreaterEqual(health["users_loaded"], 1)
+        r = self.call([], "GET", "/v1/server/ready")
+        self.assertEqual(r.status, 200, r.text)
+        self.assertTrue(r.json()["ready"])
+        self.assertGreaterEqual(r.json()["schema_version"], 1)
+        r = self.call([], "GET", "/v1/server/metrics")
+        self.assertEqual(r.status, 200, r.text)
+        self.assertRegex(r.text, r"(?m)^tokend_server_users_loaded [1-9][0-9]*$")
+        self.assertRegex(r.text, r"(?m)^tokend_http_requests_total [1-9][0-9]*$")
+        self.assertNotIn(ALICE, r.text)
+        # Whoever names a user (through the proxy, or as a service) is refused:
+        # these act for no user, and the counters are every user's traffic.
+        for who in (self.as_user(ALICE), self.as_service(MCP_SECRET, ALICE)):
+            for target in ("/v1/server/health", "/v1/server/ready", "/v1/server/metrics"):
+                with self.subTest(who=[h[0] for h in who], target=target):
+                    r = self.call(who, "GET", target)
+                    self.assertEqual((r.status, r.code), (403, "not_for_users"), r.text)
+
     # -- identity -----------------------------------------------------------------------
 
     def test_no_identity_and_bad_credentials_are_refused(self):

@@ -37,6 +37,10 @@ struct ApiOptions {
   bool server_mode = false;
 };
 
+// The socket server's counters as Prometheus text (tokend_http_*): the
+// single-user /v1/metrics, and a server-mode replica's /v1/server/metrics.
+void append_socket_metrics(std::string& out, const ipc::ServerStats& stats);
+
 class Api {
  public:
   Api(net::Loop& loop, tokens::TokenService& tokens, tokens::EventBus& events, store::Store& store,
