@@ -87,11 +87,15 @@ constexpr Setting k_settings[] = {
      "whose requests name the user in user-header"},
     {"user-header", "TOKEND_USER_HEADER",
      "server mode: the trusted proxy's user header (default X-Forwarded-User)"},
+    {"user-rate-limit", "TOKEND_USER_RATE_LIMIT",
+     "server mode: requests a minute one user may make, in bursts up to that many; more get 429 "
+     "with Retry-After (default 6000; 0: no limit)"},
 };
 
 // Settings that only server mode (or rotate-key) reads.
-constexpr std::string_view k_server_settings[] = {"database-url-file", "kek-file", "kek-id",
-                                                  "trusted-proxy-uid", "user-header"};
+constexpr std::string_view k_server_settings[] = {
+    "database-url-file", "kek-file",    "kek-id",
+    "trusted-proxy-uid", "user-header", "user-rate-limit"};
 // Settings of the single-user daemon that server mode has no use for.
 constexpr std::string_view k_single_user_settings[] = {"db", "key-file", "notify-command"};
 
@@ -443,6 +447,11 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
   if (!server) return out;  // rotate-key needs no more
 
   if (auto v = setting("user-header")) srv.identity.user_header = *v;
+  if (auto v = setting("user-rate-limit")) {
+    auto n = parse_count("user-rate-limit", *v, 0, 1'000'000'000);
+    if (!n) return std::unexpected(n.error());
+    srv.user_rate_limit = static_cast<std::size_t>(*n);
+  }
   if (auto v = setting("trusted-proxy-uid")) {
     for (const auto& item : split_list(*v)) {
       auto uid = parse_user(item);

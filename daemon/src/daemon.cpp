@@ -142,14 +142,6 @@ int run_daemon(const Config& initial, const EnvLookup& env,
       (void)store->append_audit(e);
     });
 
-    const int activated = activated_socket();
-    auto listening =
-        activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
-    if (!listening) {
-      spdlog::critical("{}", listening.error().message);
-      return 1;
-    }
-
     auto sigterm = net::Signal::create(loop);
     auto sigint = net::Signal::create(loop);
     auto sighup = net::Signal::create(loop);
@@ -206,6 +198,16 @@ int run_daemon(const Config& initial, const EnvLookup& env,
       spdlog::info("configuration reloaded");
       notify("STATUS=configuration reloaded");
     });
+
+    // Listening comes last: once the socket exists a client (or a test) may
+    // signal us, and SIGTERM must already drain rather than kill.
+    const int activated = activated_socket();
+    auto listening =
+        activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
+    if (!listening) {
+      spdlog::critical("{}", listening.error().message);
+      return 1;
+    }
 
     spdlog::info("tokend {} ready: {} profile(s), database {}, socket {}{}", version(),
                  tokens.size(), config.paths.database.string(),

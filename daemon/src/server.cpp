@@ -24,6 +24,7 @@
 #include "net/spool.hpp"
 #include "process.hpp"
 #include "proxy/proxy.hpp"
+#include "proxy/route.hpp"
 #include "store/kek.hpp"
 #include "store/pg_store.hpp"
 #include "tokens/events.hpp"
@@ -98,6 +99,9 @@ class Tenant {
   }
   Tenant(const Tenant&) = delete;
   Tenant& operator=(const Tenant&) = delete;
+
+  // The user's request budget (user-rate-limit).
+  proxy::RateLimiter& limiter() { return m_limiter; }
   ~Tenant() = default;
 
   // Loads the user's profiles and schedules their refreshes.
@@ -136,6 +140,7 @@ class Tenant {
   proxy::Proxy m_proxy;
   api::Api m_api;
   ipc::Router m_router;
+  proxy::RateLimiter m_limiter;
 };
 
 // The tenants of this process, made on first use and kept until it stops
@@ -332,6 +337,17 @@ int run_server(const Config& initial, const EnvLookup& env,
         spdlog::error("{}", tenant.error().message);
         return ex->respond(ipc::error_response(tenant.error()));
       }
+      if (auto wait = (*tenant)->limiter().take(static_cast<double>(config.server.user_rate_limit),
+                                                clock.mono_now())) {
+        const auto seconds = (wait->count() + 999) / 1000;
+        auto r = ipc::Response::error(
+            429, "rate_limited",
+            fmt::format("user '{}' made more than {} requests in a minute (user-rate-limit); try "
+                        "again in {} s",
+                        caller->user, config.server.user_rate_limit, seconds));
+        r.headers.emplace_back("Retry-After", std::to_string(seconds));
+        return ex->respond(std::move(r));
+      }
       ipc::Peer peer = ex->peer();
       peer.user = std::move(caller->user);
       peer.service = std::move(caller->service);
@@ -344,19 +360,6 @@ int run_server(const Config& initial, const EnvLookup& env,
           "trusted-proxy-uid)",
           peer.uid, peer.pid);
     });
-
-    const int activated = activated_socket();
-    auto listening =
-        activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
-    if (!listening) {
-      spdlog::critical("{}", listening.error().message);
-      tenants.close();
-      http.close();
-      server.close();
-      loop.run();
-      (void)loop.close();
-      return 1;
-    }
 
     auto sigterm = net::Signal::create(loop);
     auto sigint = net::Signal::create(loop);
@@ -401,6 +404,7 @@ int run_server(const Config& initial, const EnvLookup& env,
       config.allowed_uids = fresh->allowed_uids;
       config.server.identity.trusted_proxy_uids = fresh->server.identity.trusted_proxy_uids;
       config.server.identity.services = fresh->server.identity.services;
+      config.server.user_rate_limit = fresh->server.user_rate_limit;
       identity.trusted_proxy_uids = config.server.identity.trusted_proxy_uids;
       identity.services = config.server.identity.services;
       server.set_allowed_uids(allowed_peers(config));
@@ -411,6 +415,24 @@ int run_server(const Config& initial, const EnvLookup& env,
                    identity.services.size(), identity.trusted_proxy_uids.size());
       notify("STATUS=configuration reloaded");
     });
+
+    // Listening comes last: once the socket exists a client (or a test) may
+    // signal us, and SIGTERM must already drain rather than kill.
+    const int activated = activated_socket();
+    auto listening =
+        activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
+    if (!listening) {
+      spdlog::critical("{}", listening.error().message);
+      tenants.close();
+      http.close();
+      server.close();
+      sigterm->close();
+      sigint->close();
+      sighup->close();
+      loop.run();
+      (void)loop.close();
+      return 1;
+    }
 
     spdlog::info(
         "tokend {} ready in server mode: {} user(s) with profiles, key {}, socket {}", version(),

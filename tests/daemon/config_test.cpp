@@ -88,6 +88,7 @@ TEST_CASE("server mode: database, key, trusted proxy and services from the confi
                          "kek-file = /etc/tokend/kek\n"
                          "trusted-proxy-uid = 0, 33\n"
                          "user-header = X-Auth-User\n"
+                         "user-rate-limit = 120\n"
                          "[service.mcp]\n"
                          "secret-file = " +
                              mcp.string() +
@@ -105,6 +106,7 @@ TEST_CASE("server mode: database, key, trusted proxy and services from the confi
   CHECK(srv.kek.key_file == "/etc/tokend/kek");
   CHECK(srv.identity.user_header == "X-Auth-User");
   CHECK(srv.identity.trusted_proxy_uids == std::set<uid_t>{0, 33});
+  CHECK(srv.user_rate_limit == 120);
   REQUIRE(srv.identity.services.size() == 2);
   const auto& first = srv.identity.services[0];  // sections sorted by name
   CHECK(first.name == "bot");
@@ -133,6 +135,9 @@ TEST_CASE("server mode: every wrong setting is a config error that names it",
   const std::string svc = "[service.mcp]\nsecret-file = " + good.string() + "\nact-for = *\n";
   const Case cases[] = {
       {{"--server"}, "trusted-proxy-uid = 0\n", "server mode needs database-url-file"},
+      {{"--server"},
+       "database-url-file = /x\ntrusted-proxy-uid = 0\nuser-rate-limit = lots\n",
+       "user-rate-limit must be a whole number from 0 to"},
       {{"--server"}, "database-url-file = /x\n", "trusted-proxy-uid"},
       {{}, "database-url-file = /x\n", "database-url-file is a server-mode setting"},
       {{}, svc, "[service.mcp] is a server-mode setting"},

@@ -4,6 +4,7 @@ No sleeps stand in for behaviour: every wait polls a condition against a
 deadline and fails with what was seen so far.
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -235,17 +236,26 @@ class Daemon:
         with self._lock:
             return "\n".join(self.lines)
 
+    # tokend's own "tokend VERSION ready" line, logged once it listens; a bare
+    # "ready" would also match, say, PostgreSQL's "already exists" notice.
+    READY_LINE = re.compile(r"\btokend \S+ ready\b")
+
     def wait_ready(self, socket_path, deadline=DEFAULT_DEADLINE):
-        self.wait_for_line("ready", deadline)
+        self.wait_for_line(self.READY_LINE, deadline)
         wait_for(lambda: os.path.exists(socket_path), f"socket {socket_path}", deadline)
 
     def wait_for_line(self, needle, deadline=DEFAULT_DEADLINE):
+        """Waits until the output holds `needle`: a string, or a compiled regex."""
+        def found():
+            out = self.output()
+            return needle.search(out) is not None if hasattr(needle, "search") else needle in out
+
         def seen():
-            if needle in self.output():
+            if found():
                 return True
             if self.proc.poll() is not None:
                 self._reader.join(timeout=5)
-                if needle in self.output():
+                if found():
                     return True
                 raise AssertionError(
                     f"tokend exited ({self.proc.returncode}) before printing {needle!r}:\n{self.output()}")

@@ -10,6 +10,7 @@ database. Every wait polls against a deadline."""
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -240,10 +241,10 @@ class ServerModeTest(unittest.TestCase):
                     f"act-for = {BOB}\n")
         return path
 
-    def start(self, trusted_uid=None, kek_file=None):
+    def start(self, trusted_uid=None, kek_file=None, extra=()):
         trusted = os.geteuid() if trusted_uid is None else trusted_uid
         args = ["--server", "--config", self.config(trusted), "--ca-bundle", self.up.ca_file,
-                "--log-level", "debug"]
+                "--log-level", "debug", *extra]
         if kek_file:
             args += ["--kek-file", kek_file]
         self.daemon = Daemon(TOKEND, self.xdg.env, args)
@@ -434,6 +435,24 @@ class ServerModeTest(unittest.TestCase):
                 with self.subTest(who=[h[0] for h in who], target=target):
                     r = self.call(who, "GET", target)
                     self.assertEqual((r.status, r.code), (403, "not_for_users"), r.text)
+
+    def test_each_user_has_a_request_budget(self):
+        self.restart(extra=["--user-rate-limit", "3"])
+        alice, bob = self.as_user(ALICE), self.as_service(OPS_SECRET, BOB)
+        for _ in range(3):
+            self.assertEqual(self.call(alice, "GET", "/v1/profiles").status, 200)
+        r = self.call(alice, "GET", "/v1/profiles")
+        self.assertEqual((r.status, r.code), (429, "rate_limited"), r.text)
+        self.assertIn("user-rate-limit", r.json()["error"]["message"])
+        retry = re.search(r"(?im)^retry-after: *([0-9]+)\r?$", r.headers)
+        self.assertIsNotNone(retry, r.headers)
+        self.assertTrue(1 <= int(retry.group(1)) <= 21, r.headers)  # a token every 20 s
+        # Another user's budget is their own, and the replica's endpoints
+        # are nobody's.
+        for _ in range(3):
+            self.assertEqual(self.call(bob, "GET", "/v1/profiles").status, 200)
+        self.assertEqual(self.call(bob, "GET", "/v1/profiles").status, 429)
+        self.assertEqual(self.call([], "GET", "/v1/server/health").status, 200)
 
     # -- identity -----------------------------------------------------------------------
 

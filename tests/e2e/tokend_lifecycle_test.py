@@ -18,7 +18,7 @@ class LifecycleTest(unittest.TestCase):
 
     def test_first_start_generates_key_and_private_files_then_sigterm_exits_0(self):
         d = Daemon(TOKEND, self.xdg.env)
-        d.wait_for_line("ready")
+        d.wait_for_line(d.READY_LINE)
         st = os.stat(self.xdg.key_file)
         self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
         self.assertEqual(st.st_size, 32)
@@ -31,7 +31,7 @@ class LifecycleTest(unittest.TestCase):
         with open(self.xdg.key_file, "rb") as f:
             key = f.read()
         d = Daemon(TOKEND, self.xdg.env)
-        d.wait_for_line("ready")
+        d.wait_for_line(d.READY_LINE)
         self.assertEqual(d.stop(), 0, d.output())
         with open(self.xdg.key_file, "rb") as f:
             self.assertEqual(f.read(), key, "the key must not be regenerated")
@@ -39,12 +39,12 @@ class LifecycleTest(unittest.TestCase):
     def test_sigint_also_exits_0(self):
         import signal
         d = Daemon(TOKEND, self.xdg.env)
-        d.wait_for_line("ready")
+        d.wait_for_line(d.READY_LINE)
         self.assertEqual(d.stop(signal.SIGINT), 0, d.output())
 
     def test_wrong_key_is_refused_naming_database_and_key_source(self):
         d = Daemon(TOKEND, self.xdg.env)
-        d.wait_for_line("ready")
+        d.wait_for_line(d.READY_LINE)
         self.assertEqual(d.stop(), 0)
         with open(self.xdg.db, "rb") as f:
             before = f.read()
@@ -57,7 +57,7 @@ class LifecycleTest(unittest.TestCase):
 
     def test_loose_key_file_is_refused_with_the_fix(self):
         d = Daemon(TOKEND, self.xdg.env)
-        d.wait_for_line("ready")
+        d.wait_for_line(d.READY_LINE)
         self.assertEqual(d.stop(), 0)
         os.chmod(self.xdg.key_file, 0o644)
         d = Daemon(TOKEND, self.xdg.env)

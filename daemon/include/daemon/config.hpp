@@ -29,6 +29,9 @@ struct ServerSettings {
   // The trusted proxy's user header and uids, and the services with their
   // secrets (read from their files, kept as digests) and policies.
   IdentityConfig identity;
+  // Requests a minute one user may make (a token bucket holding a minute's
+  // worth, so bursts up to it pass); 0: no limit.
+  std::size_t user_rate_limit = 6000;
 };
 
 struct Config {
