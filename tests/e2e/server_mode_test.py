@@ -266,6 +266,15 @@ class ServerModeTest(unittest.TestCase):
     def call(self, who, method, target, body=None):
         return exchange(self.socket, method, target, who, body)
 
+    def pending_login_code(self, who, name="jira"):
+        """Starts a login without a listener and consents at the fake: the code to paste."""
+        r = self.call(who, "POST", f"/v1/profiles/{name}/login", {"listen": False})
+        self.assertEqual(r.status, 200, r.text)
+        split = urllib.parse.urlsplit(r.json()["authorize_url"])
+        consent = self.up.request("GET", split.path + "?" + split.query)
+        self.assertEqual(consent.status, 302)
+        return redirect_params(consent.headers["location"])["code"]
+
     def put_grant(self, who, name="jira"):
         g = self.up.add_grant(CLIENT_ID, access_lifetime=3600)
         r = self.call(who, "PUT", f"/v1/profiles/{name}",
@@ -293,12 +302,7 @@ class ServerModeTest(unittest.TestCase):
         g = self.put_grant(alice)
         self.assertEqual(self.token(alice), g["access_token"])
         # Alice has a login waiting for its code, and the code.
-        r = self.call(alice, "POST", "/v1/profiles/jira/login", {"listen": False})
-        self.assertEqual(r.status, 200, r.text)
-        split = urllib.parse.urlsplit(r.json()["authorize_url"])
-        consent = self.up.request("GET", split.path + "?" + split.query)
-        self.assertEqual(consent.status, 302)
-        code = redirect_params(consent.headers["location"])["code"]
+        code = self.pending_login_code(alice)
         before = self.call(alice, "GET", "/v1/profiles/jira").json()
 
         for label, bob in (("bob through the proxy", self.as_user(BOB)),
@@ -383,12 +387,7 @@ class ServerModeTest(unittest.TestCase):
     def test_login_and_proxy_act_for_the_caller(self):
         alice = self.as_service(MCP_SECRET, ALICE)
         self.put_grant(alice)
-        r = self.call(alice, "POST", "/v1/profiles/jira/login", {"listen": False})
-        self.assertEqual(r.status, 200, r.text)
-        split = urllib.parse.urlsplit(r.json()["authorize_url"])
-        consent = self.up.request("GET", split.path + "?" + split.query)
-        self.assertEqual(consent.status, 302)
-        code = redirect_params(consent.headers["location"])["code"]
+        code = self.pending_login_code(alice)
         r = self.call(alice, "POST", "/v1/profiles/jira/login/complete", {"code": code})
         self.assertEqual(r.status, 200, r.text)
         self.assertEqual(r.json()["state"], "succeeded")
