@@ -17,6 +17,10 @@ Usage: bench/token_bench.sh [options]
   --target T           both (default) | nginx | tokend  (nginx-only / tokend-only also accepted)
   --connections "L"    connection counts (default "1 10 64")
   --tools "L"          h2load and/or loadgen (default "h2load loadgen")
+  --pin                servers on CPU 0, the client on CPU 1 (taskset): on a
+                       2-core machine this stops the scheduler from putting the
+                       client on the server's core now and then, which moves
+                       single runs by tens of percent (see bench/README.md)
   --h2load-latency     also take h2load's p50/p99 from its --log-file (costs h2load
                        ~15% throughput: one write() per request)
   --ready-timeout S    how long tokend may take to answer /v1/health (default 10)
@@ -44,6 +48,7 @@ target=both
 conns_list="1 10 64"
 tools="h2load loadgen"
 h2load_latency=0
+pin=0
 ready_timeout=10
 json_out=""
 keep=0
@@ -60,6 +65,7 @@ while [[ $# -gt 0 ]]; do
     --connections) conns_list=$2; shift 2 ;;
     --tools) tools=$2; shift 2 ;;
     --h2load-latency) h2load_latency=1; shift ;;
+    --pin) pin=1; shift ;;
     --ready-timeout) ready_timeout=$2; shift 2 ;;
     --tokend-arg) tokend_args+=("$2"); shift 2 ;;
     --json) json_out=$2; shift 2 ;;
@@ -101,6 +107,19 @@ fi
 if [[ " $targets " == *" tokend "* ]]; then
   need_bin "$tokend" tokend "build it with: cmake --build build --target tokend, or pass --tokend PATH"
 fi
+
+client_pin=()
+if [[ $pin -eq 1 ]]; then
+  need_cmd taskset util-linux
+  [[ $(nproc) -ge 2 ]] || die "--pin needs at least 2 CPUs"
+  client_pin=(taskset -c 1)
+fi
+# pin_server PID: the process, its threads and its children (nginx's worker) on CPU 0.
+pin_server() {
+  [[ $pin -eq 1 ]] || return 0
+  local p
+  for p in "$1" $(pgrep -P "$1" || true); do taskset -a -pc 0 "$p" >/dev/null; done
+}
 
 # --- temp dir and cleanup ------------------------------------------------
 tmp=$(mktemp -d /tmp/tokend-bench.XXXXXX)
@@ -169,6 +188,7 @@ EOF
     cat "$d/stdout.log" "$d/error.log" >&2 2>/dev/null || true
     die "nginx did not start (config $d/nginx.conf)"
   fi
+  pin_server "$NGINX_PID"
   NGINX_VERSION=$("$nginx_bin" -v 2>&1 | sed 's/^nginx version: //')
 }
 
@@ -180,6 +200,7 @@ start_bench_tokend() {
   log "starting tokend ($tokend), waiting up to ${ready_timeout}s for GET /v1/health on $TOKEND_SOCK"
   start_tokend "$tokend" "$d" "$TOKEND_SOCK" "$ready_timeout" "${tokend_args[@]}"
   log "tokend ready after ${TOKEND_READY_MS} ms (pid $TOKEND_PID)"
+  pin_server "$TOKEND_PID"
   token=$(random_hex 20)
   put_profile "$TOKEND_SOCK" bench "$token"
   # The endpoint under test must answer 200 with our token before we load it.
@@ -215,7 +236,7 @@ run_h2load() {  # TARGET CONNS
     lf=(--log-file="${logf[0]}")
   fi
   # -t 1: one client thread, like loadgen; the server has the other core.
-  h2load --h1 -t 1 -B "unix:$sock" -c "$c" -D "${dur_ms}ms" --warm-up-time="${warm_ms}ms" \
+  "${client_pin[@]}" h2load --h1 -t 1 -B "unix:$sock" -c "$c" -D "${dur_ms}ms" --warm-up-time="${warm_ms}ms" \
     "${lf[@]}" "http://localhost$token_path" >"$out" 2>&1 \
     || { cat "$out" >&2; die "h2load against $t (c=$c) failed"; }
   python3 "$bench_dir/benchutil.py" row --tool h2load --target "$t" --connections "$c" \
@@ -226,7 +247,7 @@ run_loadgen() {  # TARGET CONNS
   local t=$1 c=$2 sock out
   sock=$(sock_of "$t")
   out=$tmp/loadgen-$t-$c.json
-  "$loadgen" --socket "$sock" --path "$token_path" --connections "$c" \
+  "${client_pin[@]}" "$loadgen" --socket "$sock" --path "$token_path" --connections "$c" \
     --duration "$duration" --warmup "$warmup" --json >"$out" \
     || die "loadgen against $t (c=$c) failed (no response at all?)"
   python3 "$bench_dir/benchutil.py" row --tool loadgen --target "$t" --connections "$c" \
