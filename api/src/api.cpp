@@ -286,17 +286,15 @@ void Api::answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::stri
 ipc::Response Api::token_answer(const tokens::TokenGrant& grant, std::int64_t now_ms) {
   ipc::Response r;
   r.sensitive = true;
-  r.headers.emplace_back("Content-Type", "application/json");
+  r.content_type = "application/json";
   std::string& b = r.body;
-  b.reserve(128 + 2 * grant.token.reveal().size() + grant.authorization.reveal().size());
+  b.reserve(128 + grant.token().size() + grant.authorization().size());
   b += "{\"authorization\":";
-  json::append_quoted(b, grant.authorization.reveal());
-  if (grant.expires_at_ms) {
+  json::append_quoted(b, grant.authorization());
+  if (const auto expires_at_ms = grant.expires_at_ms()) {
     char digits[48];
-    const auto at =
-        std::to_chars(std::begin(digits), std::end(digits), *grant.expires_at_ms / 1000);
-    const auto in =
-        std::to_chars(at.ptr + 1, std::end(digits), (*grant.expires_at_ms - now_ms) / 1000);
+    const auto at = std::to_chars(std::begin(digits), std::end(digits), *expires_at_ms / 1000);
+    const auto in = std::to_chars(at.ptr + 1, std::end(digits), (*expires_at_ms - now_ms) / 1000);
     b += ",\"expires_at\":";
     b.append(std::begin(digits), at.ptr);
     b += ",\"expires_in\":";
@@ -305,9 +303,9 @@ ipc::Response Api::token_answer(const tokens::TokenGrant& grant, std::int64_t no
     b += ",\"expires_at\":null,\"expires_in\":null";
   }
   b += ",\"token\":";
-  json::append_quoted(b, grant.token.reveal());
+  json::append_quoted(b, grant.token());
   b += ",\"token_type\":";
-  json::append_quoted(b, grant.token_type);
+  json::append_quoted(b, grant.token_type());
   b += "}\n";
   return r;
 }

@@ -1,5 +1,6 @@
 #include "core/encoding.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
@@ -179,20 +180,25 @@ bool ascii_iequals(std::string_view a, std::string_view b) {
 std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space) {
   std::string out;
   out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    if (c == '%') {
-      if (i + 2 >= s.size()) return std::nullopt;  // needs two hex digits
-      const int hi = hex_value(s[i + 1]);
-      const int lo = hex_value(s[i + 2]);
-      if (hi < 0 || lo < 0) return std::nullopt;
-      out += static_cast<char>(hi * 16 + lo);
-      i += 2;
-    } else if (c == '+' && plus_is_space) {
+  // Runs without '%' (and '+', when it means a space) are copied whole: most
+  // paths and values have no escape at all.
+  std::size_t i = 0;
+  while (i < s.size()) {
+    auto next = std::min(s.find('%', i), s.size());
+    if (plus_is_space) next = std::min(s.substr(0, next).find('+', i), next);
+    out.append(s.substr(i, next - i));
+    if (next == s.size()) break;
+    if (s[next] == '+') {
       out += ' ';
-    } else {
-      out += c;
+      i = next + 1;
+      continue;
     }
+    if (next + 2 >= s.size()) return std::nullopt;  // needs two hex digits
+    const int hi = hex_value(s[next + 1]);
+    const int lo = hex_value(s[next + 2]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i = next + 3;
   }
   return out;
 }

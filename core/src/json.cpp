@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 
 namespace tokend::json {
 
@@ -67,12 +69,36 @@ Result<std::optional<bool>> optional_bool(const Json& obj, std::string_view key)
   return std::optional<bool>{it->get<bool>()};
 }
 
+namespace {
+
+constexpr bool plain_char(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  return u >= 0x20 && u < 0x7f && c != '"' && c != '\\';
+}
+
+// Whether no byte needs escaping, eight at a time (tokens are long and this
+// runs for every token answer): the classic "has a byte less than n / more
+// than n / equal to c" tests on a 64-bit word, exact for "any byte".
+bool plain_text(std::string_view s) {
+  constexpr std::uint64_t ones = 0x0101010101010101ULL;
+  constexpr std::uint64_t highs = 0x8080808080808080ULL;
+  const auto has_zero = [](std::uint64_t v) { return ((v - ones) & ~v & highs) != 0; };
+  std::size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    std::uint64_t w = 0;
+    std::memcpy(&w, s.data() + i, 8);
+    const bool below_space = ((w - ones * 0x20) & ~w & highs) != 0;
+    const bool above_tilde = (((w + ones * (127 - 0x7e)) | w) & highs) != 0;
+    if (below_space || above_tilde || has_zero(w ^ (ones * '"')) || has_zero(w ^ (ones * '\\')))
+      return false;
+  }
+  return std::all_of(s.begin() + static_cast<std::ptrdiff_t>(i), s.end(), plain_char);
+}
+
+}  // namespace
+
 void append_quoted(std::string& out, std::string_view s) {
-  const bool plain = std::all_of(s.begin(), s.end(), [](char c) {
-    const auto u = static_cast<unsigned char>(c);
-    return u >= 0x20 && u < 0x7f && c != '"' && c != '\\';
-  });
-  if (!plain) {
+  if (!plain_text(s)) {
     out += Json(s).dump(-1, ' ', false, Json::error_handler_t::replace);
     return;
   }

@@ -226,14 +226,24 @@ void append_number(std::string& out, Int n) {
 
 // A header a handler may not set itself: the framing is ours.
 bool framing_header(std::string_view name) {
-  return iequals(name, "content-length") || iequals(name, "transfer-encoding") ||
-         iequals(name, "connection");
+  if (name.empty()) return false;
+  switch (name.front()) {  // most names are ruled out by their first letter
+    case 'c':
+    case 'C':
+      return iequals(name, "content-length") || iequals(name, "connection");
+    case 't':
+    case 'T':
+      return iequals(name, "transfer-encoding");
+    default:
+      return false;
+  }
 }
 
 // A name or value that would end the header early or split it (defence in
 // depth: values from upstreams were checked where they came in).
 bool breaks_head(std::string_view s) {
-  return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
+  return std::any_of(s.begin(), s.end(),
+                     [](char c) { return c == '\r' || c == '\n' || c == '\0'; });
 }
 
 }  // namespace
@@ -242,16 +252,25 @@ bool breaks_head(std::string_view s) {
 // and Beast's field container costs an allocation per header on top of the
 // serializer. Beast still names the status (the same reason phrases) and
 // frames streamed heads below.
-std::string encode_response(Response response, unsigned version, bool keep_alive) {
+bool bodiless(int status) {
+  return (status >= 100 && status < 200) || status == 204 || status == 304;
+}
+
+void encode_head(const Response& response, unsigned version, bool keep_alive, std::string& out) {
+  using namespace std::string_view_literals;
   const int status = response.status;
-  // 1xx, 204 and 304 carry no body and no Content-Length (RFC 9110 §8.6).
-  const bool bodiless = (status >= 100 && status < 200) || status == 204 || status == 304;
   const auto reason = http::obsolete_reason(static_cast<http::status>(status));
-  std::string out;
-  out.reserve(128 + response.body.size() + response.headers.size() * 48);
-  out.append(version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ");
+  out.reserve(out.size() + 128 + response.headers.size() * 48);
+  out += version == 10 ? "HTTP/1.0 "sv : "HTTP/1.1 "sv;
   append_number(out, status);
-  out.append(" ").append(reason.data(), reason.size()).append("\r\nServer: tokend\r\n");
+  out += ' ';
+  out.append(reason.data(), reason.size());
+  out += "\r\nServer: tokend\r\n"sv;
+  if (!response.content_type.empty() && !breaks_head(response.content_type)) {
+    out += "Content-Type: "sv;
+    out += response.content_type;
+    out += "\r\n"sv;
+  }
   for (const auto& [name, value] : response.headers) {
     if (framing_header(name)) continue;
     if (name.empty() || breaks_head(name) || breaks_head(value)) {
@@ -259,17 +278,26 @@ std::string encode_response(Response response, unsigned version, bool keep_alive
                    breaks_head(name) ? std::string("(unprintable)") : name);
       continue;
     }
-    out.append(name).append(": ").append(value).append("\r\n");
+    out += name;
+    out += ": "sv;
+    out += value;
+    out += "\r\n"sv;
   }
-  if (!bodiless) {
-    out.append("Content-Length: ");
+  if (!bodiless(status)) {
+    out += "Content-Length: "sv;
     append_number(out, response.body.size());
-    out.append("\r\n");
+    out += "\r\n"sv;
   }
-  if (version == 10 && keep_alive) out.append("Connection: keep-alive\r\n");
-  if (version != 10 && !keep_alive) out.append("Connection: close\r\n");
-  out.append("\r\n");
-  if (!bodiless) out.append(response.body);
+  if (version == 10 && keep_alive) out += "Connection: keep-alive\r\n"sv;
+  if (version != 10 && !keep_alive) out += "Connection: close\r\n"sv;
+  out += "\r\n"sv;
+}
+
+std::string encode_response(Response response, unsigned version, bool keep_alive) {
+  std::string out;
+  out.reserve(128 + response.body.size() + response.headers.size() * 48);
+  encode_head(response, version, keep_alive, out);
+  if (!bodiless(response.status)) out += response.body;
   if (response.sensitive) secure_wipe(response.body);
   return out;
 }

@@ -76,7 +76,13 @@ class RequestDecoder {
   std::unique_ptr<State> m_state;
 };
 
-// The whole answer to a request of HTTP version `version` (10 or 11).
+// 1xx, 204 and 304 carry no body and no Content-Length (RFC 9110 §8.6).
+bool bodiless(int status);
+
+// The status line and header of a whole answer to a request of HTTP version
+// `version` (10 or 11), appended to `out` (a buffer the caller reuses).
+void encode_head(const Response& response, unsigned version, bool keep_alive, std::string& out);
+// The whole answer: its head and body (wiped when sensitive).
 std::string encode_response(Response response, unsigned version, bool keep_alive);
 
 // How a streamed body can be delimited for a request of `version`: HTTP/1.0

@@ -317,9 +317,39 @@ void Connection::respond(ExchangeImpl* ex, Response response) {
   const auto hold = std::move(m_current);  // keeps `ex` alive to the end of this call
   const bool close = response.close || !ex->request().keep_alive || m_listener.draining();
   ++m_listener.stats().responses_by_status[response.status];
-  const bool sensitive = response.sensitive;
-  write(codec::encode_response(std::move(response), ex->request().version, !close), sensitive);
+  m_head.clear();
+  codec::encode_head(response, ex->request().version, !close, m_head);
+  write_answer(response);
   finish_response(close);
+}
+
+// The head (in m_head, which keeps its capacity from answer to answer) and the
+// body go out in one writev, without being copied together first; only what
+// the socket did not take is copied into the write queue.
+void Connection::write_answer(Response& response) {
+  const bool sensitive = response.sensitive;
+  const std::string_view body =
+      codec::bodiless(response.status) ? std::string_view() : std::string_view(response.body);
+  std::size_t written = 0;
+  if (!is_closed() && m_pending_writes == 0) {
+    const int n = m_io.try_write(m_head, body);
+    if (n < 0 && n != UV_EAGAIN) {
+      if (sensitive) secure_wipe(response.body);
+      close();
+      return;
+    }
+    written = n > 0 ? static_cast<std::size_t>(n) : 0;
+  }
+  if (is_closed() || written == m_head.size() + body.size()) {
+    if (sensitive) secure_wipe(response.body);
+    return;
+  }
+  std::string rest;
+  rest.reserve(m_head.size() + body.size() - written);
+  if (written < m_head.size()) rest.append(m_head, written);
+  rest.append(body.substr(written > m_head.size() ? written - m_head.size() : 0));
+  if (sensitive) secure_wipe(response.body);
+  queue_write(std::move(rest), sensitive);
 }
 
 void Connection::finish_response(bool close) {
@@ -433,6 +463,10 @@ void Connection::write(std::string data, bool sensitive) {
       return;
     }
   }
+  queue_write(std::move(data), sensitive);
+}
+
+void Connection::queue_write(std::string data, bool sensitive) {
   ++m_pending_writes;
   // The write keeps a reference: the connection outlives its writes.
   const int rc = m_io.write(

@@ -81,6 +81,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void dispatch(Request request);
   // sensitive: the bytes hold a secret; every copy is wiped once written.
   void write(std::string data, bool sensitive = false);
+  void write_answer(Response& response);
+  // Behind whatever is queued, through libuv's write requests.
+  void queue_write(std::string data, bool sensitive);
   void on_write_done(int status);
   void finish_response(bool close);
   void begin_linger();
@@ -104,6 +107,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool m_closing_handles = false;
   State m_state = State::idle;
   std::string m_inbuf;
+  std::string m_head;  // the head of the answer being written (reused)
   codec::RequestDecoder m_decoder;
   std::shared_ptr<ExchangeImpl> m_current;
   std::shared_ptr<StreamImpl> m_stream;

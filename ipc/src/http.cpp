@@ -23,7 +23,7 @@ std::optional<std::string_view> Request::query_param(std::string_view name) cons
 Response Response::json(int status, const json::Json& body) {
   Response r;
   r.status = status;
-  r.headers.emplace_back("Content-Type", "application/json");
+  r.content_type = "application/json";
   r.body = body.dump(-1, ' ', false, json::Json::error_handler_t::replace);
   r.body += '\n';
   return r;
@@ -93,6 +93,7 @@ std::optional<std::vector<std::pair<std::string, std::string>>> parse_query(std:
 }
 
 std::optional<std::string> decode_path(std::string_view p) {
+  if (p.find('%') == std::string_view::npos) return std::string(p);  // nothing to decode
   auto d = tokend::percent_decode(p, false);
   if (!d) return std::nullopt;
   // An encoded slash or NUL changes the meaning of the path: refuse.

@@ -77,10 +77,25 @@ void Router::add(std::string method, std::string pattern, Handler handler, bool 
     }
     r.segments.push_back(std::move(seg));
   }
+  r.rest = !r.segments.empty() && r.segments.back().kind == Segment::Kind::rest;
+  r.fixed = r.segments.size() - (r.rest ? 1 : 0);
   m_routes.push_back(std::move(r));
   std::sort(m_routes.begin(), m_routes.end(), [](const Route& a, const Route& b) {
     return std::tie(a.pattern, a.method) < std::tie(b.pattern, b.method);
   });
+}
+
+// Whether the path's segments fit the route. The segment count rules out
+// most routes before any text is compared; literals are compared from the
+// last, where routes under the same prefix differ ("/v1/profiles/{name}/token"
+// against ".../refresh"). Every request on the socket comes through here.
+bool Router::fits(const Route& route, std::span<const std::string_view> segments) {
+  if (route.rest ? segments.size() < route.fixed : segments.size() != route.fixed) return false;
+  for (std::size_t i = route.fixed; i-- > 0;) {
+    const Segment& seg = route.segments[i];
+    if (seg.kind == Segment::Kind::literal && seg.text != segments[i]) return false;
+  }
+  return true;  // a final {rest...} takes whatever is left, even nothing
 }
 
 Router::Match Router::match(std::string_view method, std::string_view path) const {
@@ -88,18 +103,8 @@ Router::Match Router::match(std::string_view method, std::string_view path) cons
   // A path with a trailing slash or empty segment is not ours to guess at.
   boost::container::small_vector<std::string_view, 16> segments;
   split_path(path, segments);
-  const auto fits = [&](const Route& route) {
-    std::size_t i = 0;
-    for (const auto& seg : route.segments) {
-      if (seg.kind == Segment::Kind::rest) return true;  // takes whatever is left
-      if (i >= segments.size()) return false;
-      if (seg.kind == Segment::Kind::literal && seg.text != segments[i]) return false;
-      ++i;
-    }
-    return i == segments.size();
-  };
   for (const auto& route : m_routes) {
-    if (!fits(route)) continue;
+    if (!fits(route, {segments.data(), segments.size()})) continue;
     if (route.method != method) {
       result.allowed.push_back(route.method);
       continue;

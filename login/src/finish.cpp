@@ -136,7 +136,7 @@ void LoginManager::pick_cloud(Flow& f) {
                fl.extra["cloud_url"] = chosen.url;
                succeed(fl);
              },
-             {{"Authorization", std::string(grant->authorization.reveal())}});
+             {{"Authorization", std::string(grant->authorization())}});
 }
 
 }  // namespace tokend::login

@@ -105,7 +105,7 @@ void LoginManager::test(const std::string& name, JsonCallback done) {
         r.url = url;
         r.timeout = m_options.http_timeout;
         r.headers = {{"Accept", "application/json"},
-                     {"Authorization", std::string(grant->authorization.reveal())}};
+                     {"Authorization", std::string(grant->authorization())}};
         m_requests.start(std::move(r), [alive, name, url, what,
                                         done = std::move(done)](Result<net::HttpResponse> res) {
           if (!*alive) return;

@@ -178,6 +178,14 @@ int Stream::try_write(std::string_view data) {
   return uv_try_write(&m_block->uv.stream, &buf, 1);
 }
 
+int Stream::try_write(std::string_view first, std::string_view second) {
+  if (m_block == nullptr) return UV_EBADF;
+  std::array<uv_buf_t, 2> bufs = {
+      uv_buf_init(const_cast<char*>(first.data()), static_cast<unsigned>(first.size())),
+      uv_buf_init(const_cast<char*>(second.data()), static_cast<unsigned>(second.size()))};
+  return uv_try_write(&m_block->uv.stream, bufs.data(), 2);
+}
+
 int Stream::write(std::string data, std::function<void(int status)> done, bool wipe) {
   if (m_block == nullptr) return UV_EBADF;
   auto w = std::make_unique<WriteRequest>();

@@ -236,7 +236,7 @@ void Proxy::resolve_cloud(const std::shared_ptr<Call>& c) {
         r.url = oauth::accessible_resources_url(base);
         r.timeout = m_options.timeout;
         r.headers = {{"Accept", "application/json"},
-                     {"Authorization", std::string(grant->authorization.reveal())}};
+                     {"Authorization", std::string(grant->authorization())}};
         c->http_pending = true;
         c->http_id = m_http.start(std::move(r), [this, c](Result<net::HttpResponse> res) {
           c->http_pending = false;
@@ -301,7 +301,7 @@ void Proxy::send(const std::shared_ptr<Call>& c) {
         r.timeout = m_options.timeout;
         r.max_response_bytes = m_options.max_response_bytes;
         r.headers = c->headers;
-        r.headers.emplace_back("Authorization", std::string(grant->authorization.reveal()));
+        r.headers.emplace_back("Authorization", std::string(grant->authorization()));
         r.body = Secret(c->call.body);
         r.upload = c->call.body_spool;
         if (c->call.method != "HEAD") {

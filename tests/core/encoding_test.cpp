@@ -42,3 +42,18 @@ TEST_CASE("ASCII case folding leaves other bytes and the length alone") {
   CHECK_FALSE(tokend::ascii_iequals("Retry-After", "retry-afte"));
   CHECK_FALSE(tokend::ascii_iequals("a", "\xc3"));
 }
+
+TEST_CASE("percent_decode: runs copied whole, escapes and '+' decoded, bad escapes refused",
+          "[core][encoding]") {
+  CHECK(tokend::percent_decode("", false) == "");
+  CHECK(tokend::percent_decode("/v1/profiles/bench/token", false) == "/v1/profiles/bench/token");
+  CHECK(tokend::percent_decode("a%20b%2Fc%41", false) == "a b/cA");
+  CHECK(tokend::percent_decode("%41%42", false) == "AB");
+  CHECK(tokend::percent_decode("a+b", false) == "a+b");
+  CHECK(tokend::percent_decode("a+b%2B+", true) == "a b+ ");
+  CHECK(tokend::percent_decode("++", true) == "  ");
+  CHECK_FALSE(tokend::percent_decode("%", false));
+  CHECK_FALSE(tokend::percent_decode("ab%4", false));
+  CHECK_FALSE(tokend::percent_decode("%g1", true));
+  CHECK_FALSE(tokend::percent_decode("x+%zz", true));
+}

@@ -43,3 +43,21 @@ TEST_CASE("append_quoted gives Json's own string literal", "[core][json]") {
     CHECK(out == "x" + json::Json(s).dump(-1, ' ', false, json::Json::error_handler_t::replace));
   }
 }
+
+// Plain text is recognised eight bytes at a time: every byte value, at every
+// place of a word and of the tail after it, must still be seen.
+TEST_CASE("append_quoted sees every byte that needs escaping, wherever it is", "[core][json]") {
+  const auto literal = [](const std::string& s) {
+    return json::Json(s).dump(-1, ' ', false, json::Json::error_handler_t::replace);
+  };
+  for (int b = 0; b < 256; ++b) {
+    for (std::size_t at = 0; at < 19; ++at) {
+      std::string s(19, 'a');
+      s[at] = static_cast<char>(b);
+      std::string out;
+      json::append_quoted(out, s);
+      INFO("byte " << b << " at " << at);
+      REQUIRE(out == literal(s));
+    }
+  }
+}

@@ -94,7 +94,7 @@ TEST_CASE(
   for (int i = 0; i < 500; ++i) {
     rig.tokens->token_async("p", {60}, [&](Result<TokenGrant> g) {
       if (g) {
-        got.emplace_back(g->token.reveal());
+        got.emplace_back(g->token());
       } else {
         ++failed;
       }
@@ -159,7 +159,7 @@ TEST_CASE(
   auto g = rig.tokens->token("p", {60});
   INFO((g ? std::string() : g.error().message));
   REQUIRE(g);
-  CHECK(g->token.reveal() == "at-0");
+  CHECK(g->token() == "at-0");
   // Retry-After 20 s is honoured: nothing before it.
   rig.clock.advance(19s);
   rig.timer.fire_due();
@@ -168,7 +168,7 @@ TEST_CASE(
   REQUIRE(rig.http.pending.size() == 1);
   rig.http.reply(200, token_json("at-1", "rt-1"));
   CHECK(rig.store.get_credential("p")->state == CredState::valid);
-  CHECK(rig.tokens->token("p", {60})->token.reveal() == "at-1");
+  CHECK(rig.tokens->token("p", {60})->token() == "at-1");
 }
 
 TEST_CASE("bad answers change nothing stored and are retried", "[refresh][engine]") {
@@ -320,7 +320,7 @@ TEST_CASE("min_valid is capped at what a fresh token gives: 19 s tokens serve a 
   auto ask = [&](TokenRequest req) {
     rig.tokens->token_async("p", req, [&](Result<TokenGrant> g) {
       if (g) {
-        got.emplace_back(g->token.reveal());
+        got.emplace_back(g->token());
       } else {
         errors.push_back(g.error().message);
       }

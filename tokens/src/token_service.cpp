@@ -413,6 +413,25 @@ Result<std::vector<std::string>> TokenService::require_consent(
 
 // --- tokens ----------------------------------------------------------------
 
+TokenGrant::TokenGrant(std::string_view token_type, std::string_view token,
+                       std::optional<std::int64_t> expires_at_ms)
+    : m_bytes(Secret::concat({token_type, " ", token})),
+      m_type_size(token_type.size()),
+      m_authorization_size(m_bytes.size()),
+      m_token_at(token_type.size() + 1),
+      m_expires_at_ms(expires_at_ms) {}
+
+TokenGrant TokenGrant::with_authorization(std::string_view authorization, std::string_view token,
+                                          std::optional<std::int64_t> expires_at_ms) {
+  TokenGrant g;
+  g.m_bytes = Secret::concat({authorization, token});
+  g.m_type_size = std::min(authorization.find(' '), authorization.size());
+  g.m_authorization_size = authorization.size();
+  g.m_token_at = authorization.size();
+  g.m_expires_at_ms = expires_at_ms;
+  return g;
+}
+
 Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
                                           const TokenRequest& request) const {
   const store::Credential& c = e.credential;
@@ -439,18 +458,16 @@ Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
   if (c.state == CredState::disabled)
     return fail(Errc::unavailable, fmt::format("profile '{}' is disabled", name));
 
-  TokenGrant g;
-  g.token = c.access_token;
-  g.expires_at_ms = c.expires_at_ms;
   if (e.profile.kind == CredentialKind::api_token) {
     const Secret pair = Secret::concat({e.profile.config.email, ":", c.access_token.reveal()});
     std::string encoded = base64_encode(pair.reveal());
-    g.authorization = Secret::concat({"Basic ", encoded});
+    const Secret authorization = Secret::concat({"Basic ", encoded});
     secure_wipe(encoded);
-    g.token_type = "Basic";
-    return g;
+    return TokenGrant::with_authorization(authorization.reveal(), c.access_token.reveal(),
+                                          c.expires_at_ms);
   }
-  g.token_type = c.token_type.empty() || c.token_type == "bearer" ? "Bearer" : c.token_type;
+  const std::string_view token_type =
+      c.token_type.empty() || c.token_type == "bearer" ? std::string_view("Bearer") : c.token_type;
   if (c.expires_at_ms) {
     // Validity is judged on the wall clock at every request.
     const std::int64_t left_ms = *c.expires_at_ms - now_ms();
@@ -467,8 +484,7 @@ Result<TokenGrant> TokenService::grant_of(const Entry& e, std::string_view name,
                       std::max<std::int64_t>(0, left_ms / 1000), (need.count() + 999) / 1000, why));
     }
   }
-  g.authorization = Secret::concat({g.token_type, " ", c.access_token.reveal()});
-  return g;
+  return TokenGrant(token_type, c.access_token.reveal(), c.expires_at_ms);
 }
 
 Result<TokenGrant> TokenService::token(std::string_view name, const TokenRequest& request) {

@@ -55,6 +55,10 @@ struct Request {
 
 struct Response {
   int status = 200;
+  // The Content-Type, when it is a string with static storage
+  // ("application/json"): written without a header entry to allocate. Set
+  // this or a Content-Type header, not both.
+  std::string_view content_type;
   Headers headers;
   std::string body;
   bool close = false;  // close the connection after this response

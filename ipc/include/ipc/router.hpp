@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -107,7 +108,10 @@ class Router {
     std::vector<Segment> segments;
     Handler handler;
     bool large_body = false;
+    std::size_t fixed = 0;  // segments before a final {rest...}; all of them without one
+    bool rest = false;      // ends in {rest...}
   };
+  [[nodiscard]] static bool fits(const Route& route, std::span<const std::string_view> segments);
   std::vector<Route> m_routes;  // kept sorted by (pattern, method)
 };
 

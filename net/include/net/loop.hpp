@@ -200,6 +200,8 @@ class Stream : public detail::Owned<StreamHandle, StreamState> {
   void read_stop() noexcept;
   // Writes what the socket takes now: the byte count, or a uv error.
   int try_write(std::string_view data);
+  // Both, in one system call (writev): a head and the body after it.
+  int try_write(std::string_view first, std::string_view second);
   // Queues `data` (kept until written). On 0, `done` runs exactly once with
   // the write's status (UV_ECANCELED when the handle closes first, before
   // its close callback); otherwise never. wipe: the bytes hold a secret and

@@ -36,12 +36,40 @@
 
 namespace tokend::tokens {
 
-// What a caller gets for GET .../token.
-struct TokenGrant {
-  Secret token;          // the bare token (access token, API token or PAT)
-  Secret authorization;  // the full Authorization header value
-  std::string token_type;
-  std::optional<std::int64_t> expires_at_ms;
+// What a caller gets for GET .../token: the bare token (access token, API
+// token or PAT), the whole Authorization header value and the token type. They
+// share one wiped buffer, the header value first: one allocation per token
+// request (the socket API's hot path) and one copy of the token to wipe.
+class TokenGrant {
+ public:
+  TokenGrant() = default;
+  // "TYPE TOKEN" (Bearer, DPoP, ...): the token is the header value's tail.
+  TokenGrant(std::string_view token_type, std::string_view token,
+             std::optional<std::int64_t> expires_at_ms);
+  // A header value that does not end in the token ("Basic " and the base64 of
+  // email:token); its first word is the type.
+  static TokenGrant with_authorization(std::string_view authorization, std::string_view token,
+                                       std::optional<std::int64_t> expires_at_ms);
+
+  [[nodiscard]] std::string_view token() const noexcept {
+    return m_bytes.reveal().substr(m_token_at);
+  }
+  [[nodiscard]] std::string_view authorization() const noexcept {
+    return m_bytes.reveal().substr(0, m_authorization_size);
+  }
+  [[nodiscard]] std::string_view token_type() const noexcept {
+    return m_bytes.reveal().substr(0, m_type_size);
+  }
+  [[nodiscard]] std::optional<std::int64_t> expires_at_ms() const noexcept {
+    return m_expires_at_ms;
+  }
+
+ private:
+  Secret m_bytes;  // the Authorization value, then the token unless it ends it
+  std::size_t m_type_size = 0;
+  std::size_t m_authorization_size = 0;
+  std::size_t m_token_at = 0;
+  std::optional<std::int64_t> m_expires_at_ms;
 };
 
 // A profile as listed: no secrets.
