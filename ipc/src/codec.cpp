@@ -259,13 +259,17 @@ bool bodiless(int status) {
 void encode_head(const Response& response, unsigned version, bool keep_alive, std::string& out) {
   using namespace std::string_view_literals;
   const int status = response.status;
-  const auto reason = http::obsolete_reason(static_cast<http::status>(status));
   out.reserve(out.size() + 128 + response.headers.size() * 48);
-  out += version == 10 ? "HTTP/1.0 "sv : "HTTP/1.1 "sv;
-  append_number(out, status);
-  out += ' ';
-  out.append(reason.data(), reason.size());
-  out += "\r\nServer: tokend\r\n"sv;
+  if (status == 200 && version != 10) {
+    out += "HTTP/1.1 200 OK\r\nServer: tokend\r\n"sv;  // most answers, in one piece
+  } else {
+    out += version == 10 ? "HTTP/1.0 "sv : "HTTP/1.1 "sv;
+    append_number(out, status);
+    out += ' ';
+    const auto reason = http::obsolete_reason(static_cast<http::status>(status));
+    out.append(reason.data(), reason.size());
+    out += "\r\nServer: tokend\r\n"sv;
+  }
   if (!response.content_type.empty() && !breaks_head(response.content_type)) {
     out += "Content-Type: "sv;
     out += response.content_type;

@@ -83,6 +83,12 @@ void Router::add(std::string method, std::string pattern, Handler handler, bool 
   std::sort(m_routes.begin(), m_routes.end(), [](const Route& a, const Route& b) {
     return std::tie(a.pattern, a.method) < std::tie(b.pattern, b.method);
   });
+  for (std::size_t n = 0; n < k_indexed; ++n) {
+    m_by_count[n].clear();
+    for (const Route& route : m_routes) {
+      if (route.rest ? route.fixed <= n : route.fixed == n) m_by_count[n].push_back(&route);
+    }
+  }
 }
 
 // Whether the path's segments fit the route. The segment count rules out
@@ -103,11 +109,12 @@ Router::Match Router::match(std::string_view method, std::string_view path) cons
   // A path with a trailing slash or empty segment is not ours to guess at.
   boost::container::small_vector<std::string_view, 16> segments;
   split_path(path, segments);
-  for (const auto& route : m_routes) {
-    if (!fits(route, {segments.data(), segments.size()})) continue;
+  // True when the route takes the request (its handler is the result).
+  const auto take = [&](const Route& route) {
+    if (!fits(route, {segments.data(), segments.size()})) return false;
     if (route.method != method) {
       result.allowed.push_back(route.method);
-      continue;
+      return false;
     }
     std::size_t i = 0;
     for (const auto& seg : route.segments) {
@@ -126,7 +133,16 @@ Router::Match Router::match(std::string_view method, std::string_view path) cons
     result.handler = &route.handler;
     result.large_body = route.large_body;
     result.allowed.clear();
-    return result;
+    return true;
+  };
+  if (segments.size() < k_indexed) {
+    for (const Route* route : m_by_count[segments.size()]) {
+      if (take(*route)) break;
+    }
+  } else {
+    for (const Route& route : m_routes) {
+      if (take(route)) break;
+    }
   }
   return result;
 }

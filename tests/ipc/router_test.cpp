@@ -36,6 +36,45 @@ TEST_CASE("router matches parameters, rest segments and reports allowed methods"
   CHECK(r.match("GET", "/v1/profiles").handler);
 }
 
+// Routes are looked up by the path's segment count (up to a dozen), every
+// route beyond: both ways must find the same routes, in the table's order.
+TEST_CASE("router: short and very long paths, an empty rest, literals before parameters",
+          "[ipc][router]") {
+  Router r;
+  int hit = 0;
+  r.add("GET", "/v1/proxy/{name}/{rest...}", [&](const auto&) { hit = 1; });
+  r.add("GET", "/v1/profiles/{name}", [&](const auto&) { hit = 2; });
+  r.add("GET", "/v1/profiles/all", [&](const auto&) { hit = 3; });
+  r.add("POST", "/v1/deep/a/b/c/d/e/f/g/h/i/j/k/l/m", [&](const auto&) { hit = 4; });
+
+  std::string deep = "/v1/proxy/jira";
+  for (int i = 0; i < 20; ++i) deep += "/s" + std::to_string(i);
+  auto m = r.match("GET", deep);
+  REQUIRE(m.handler);
+  CHECK(m.param("rest").starts_with("s0/s1/"));
+  CHECK(m.param("rest").ends_with("/s19"));
+
+  m = r.match("GET", "/v1/proxy/jira");  // the rest may be empty
+  REQUIRE(m.handler);
+  CHECK(m.param("rest").empty());
+
+  m = r.match("GET", "/v1/profiles/all");
+  REQUIRE(m.handler);
+  (*m.handler)(nullptr);
+  CHECK(hit == 3);  // "all" sorts before "{name}"
+  m = r.match("GET", "/v1/profiles/jira");
+  REQUIRE(m.handler);
+  (*m.handler)(nullptr);
+  CHECK(hit == 2);
+
+  m = r.match("GET", "/v1/deep/a/b/c/d/e/f/g/h/i/j/k/l/m");  // 15 segments
+  CHECK_FALSE(m.handler);
+  CHECK(m.allowed == std::vector<std::string>{"POST"});
+  CHECK(r.match("POST", "/v1/deep/a/b/c/d/e/f/g/h/i/j/k/l/m").handler);
+  CHECK_FALSE(r.match("POST", "/v1/deep/a/b/c/d/e/f/g/h/i/j/k/l").handler);
+  CHECK_FALSE(r.match("GET", "/").handler);
+}
+
 TEST_CASE("path decoding refuses encoded separators and bad escapes", "[ipc][http]") {
   CHECK(*decode_path("/v1/a%20b") == "/v1/a b");
   CHECK_FALSE(decode_path("/v1/a%2Fb"));

@@ -3,6 +3,7 @@
 // turns the response into an event stream.
 #pragma once
 
+#include <array>
 #include <boost/container/small_vector.hpp>
 #include <cstdint>
 #include <functional>
@@ -113,6 +114,11 @@ class Router {
   };
   [[nodiscard]] static bool fits(const Route& route, std::span<const std::string_view> segments);
   std::vector<Route> m_routes;  // kept sorted by (pattern, method)
+  // For a path of n segments (n < k_indexed), the routes that can fit it, in
+  // table order: those of n segments and those whose {rest...} follows at
+  // most n. Longer paths try every route.
+  static constexpr std::size_t k_indexed = 12;
+  std::array<std::vector<const Route*>, k_indexed> m_by_count;
 };
 
 }  // namespace tokend::ipc
