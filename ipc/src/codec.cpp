@@ -5,16 +5,14 @@
 
 #include <algorithm>
 #include <array>
+#include <boost/beast/http/basic_parser.hpp>
 #include <boost/beast/http/empty_body.hpp>
-#include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/serializer.hpp>
 #include <boost/beast/http/status.hpp>
-#include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>  // operator<< on a head
 #include <charconv>
 #include <cstddef>
 #include <iterator>
-#include <memory_resource>
 #include <sstream>
 
 #include "core/secret.hpp"
@@ -52,16 +50,69 @@ Decoded refused(Refusal refusal) {
 // ---------------------------------------------------------------------------
 // RequestDecoder
 
+// Beast's parser, writing the request line, the fields and the body straight
+// into our Request: no field container to fill and copy out of (the socket
+// API's hot path; Beast's own request_parser cost a quarter of a token
+// request's instructions).
+class RequestParser final : public http::basic_parser<true> {
+ public:
+  Request& request() { return m_request; }
+  // A Transfer-Encoding field was sent.
+  [[nodiscard]] bool has_transfer_encoding() const { return m_transfer_encoding; }
+
+ private:
+  static constexpr std::size_t k_reserve_cap = 64 * 1024;
+
+  void on_request_impl(http::verb /*method*/, boost::beast::string_view method_str,
+                       boost::beast::string_view target, int version,
+                       boost::system::error_code& /*ec*/) override {
+    m_request.method.assign(method_str.data(), method_str.size());
+    m_request.target.assign(target.data(), target.size());
+    m_request.version = static_cast<unsigned>(version);
+    m_request.headers.reserve(8);
+  }
+  void on_response_impl(int /*code*/, boost::beast::string_view /*reason*/, int /*version*/,
+                        boost::system::error_code& ec) override {
+    ec = http::error::bad_version;  // never called for a request parser
+  }
+  void on_field_impl(http::field name, boost::beast::string_view name_string,
+                     boost::beast::string_view value, boost::system::error_code& /*ec*/) override {
+    if (name == http::field::transfer_encoding) m_transfer_encoding = true;
+    m_request.headers.emplace_back(std::string(name_string.data(), name_string.size()),
+                                   std::string(value.data(), value.size()));
+  }
+  void on_header_impl(boost::system::error_code& /*ec*/) override {}
+  void on_body_init_impl(const boost::optional<std::uint64_t>& content_length,
+                         boost::system::error_code& /*ec*/) override {
+    // The announced length was checked against the body limit already; a
+    // large one is spooled as it arrives, so reserve only so much.
+    if (content_length) {
+      m_request.body.reserve(
+          static_cast<std::size_t>(std::min<std::uint64_t>(*content_length, k_reserve_cap)));
+    }
+  }
+  std::size_t on_body_impl(boost::beast::string_view body,
+                           boost::system::error_code& /*ec*/) override {
+    m_request.body.append(body.data(), body.size());
+    return body.size();
+  }
+  void on_chunk_header_impl(std::uint64_t /*size*/, boost::beast::string_view /*extensions*/,
+                            boost::system::error_code& /*ec*/) override {}
+  std::size_t on_chunk_body_impl(std::uint64_t /*remain*/, boost::beast::string_view body,
+                                 boost::system::error_code& /*ec*/) override {
+    m_request.body.append(body.data(), body.size());
+    return body.size();
+  }
+  void on_finish_impl(boost::system::error_code& /*ec*/) override {}
+
+  Request m_request;
+  bool m_transfer_encoding = false;
+};
+
 struct RequestDecoder::State {
-  // The parser's header fields live in an arena that is reset for every
-  // request: a request's head costs no allocation until it outgrows the
-  // arena's first block (a few headers of ordinary size fit).
-  using FieldAllocator = std::pmr::polymorphic_allocator<char>;
-  using Parser = http::request_parser<http::string_body, FieldAllocator>;
+  using Parser = RequestParser;
 
   LargeBodyRoute large_body_route;
-  std::array<std::byte, 2048> arena_block;
-  std::pmr::monotonic_buffer_resource arena{arena_block.data(), arena_block.size()};
   // One parser per request; none between requests.
   std::optional<Parser> parser;
   bool body_checked = false;  // the route was asked about a large body
@@ -74,10 +125,7 @@ struct RequestDecoder::State {
 };
 
 void RequestDecoder::State::begin(const DecodeLimits& limits) {
-  parser.reset();
-  arena.release();  // nothing allocated from it outlives the parser
-  parser.emplace(std::piecewise_construct, std::make_tuple(),
-                 std::make_tuple(FieldAllocator(&arena)));
+  parser.emplace();
   parser->header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
   // The route decides the real limit once the header is in (check_body).
   parser->body_limit(std::max<std::uint64_t>(limits.max_body_bytes, limits.max_upload_bytes));
@@ -90,14 +138,14 @@ void RequestDecoder::State::begin(const DecodeLimits& limits) {
 // With the header in: the body limit of the route, and a large body moved
 // to a spool as it arrives.
 std::optional<Refusal> RequestDecoder::State::check_body(const DecodeLimits& limits) {
-  const auto& msg = parser->get();
-  const std::uint64_t have = (spool ? spool->size() : 0) + msg.body().size();
+  const Request& msg = parser->request();
+  const std::uint64_t have = (spool ? spool->size() : 0) + msg.body.size();
   const auto announced = parser->content_length();
   const std::uint64_t small = limits.max_body_bytes;
   if (!body_checked && (have > small || (announced && *announced > small))) {
     body_checked = true;
-    const std::string_view target(msg.target().data(), msg.target().size());
-    const std::string_view method(msg.method_string().data(), msg.method_string().size());
+    const std::string_view target = msg.target;
+    const std::string_view method = msg.method;
     const auto qpos = target.find('?');
     if (auto path = decode_path(target.substr(0, qpos)); path && large_body_route) {
       large_body = large_body_route(method, *path);
@@ -106,7 +154,7 @@ std::optional<Refusal> RequestDecoder::State::check_body(const DecodeLimits& lim
   const std::uint64_t limit = large_body ? limits.max_upload_bytes : small;
   if (have > limit || (announced && *announced > limit)) return Refusal{413, k_body_too_large};
   if (!large_body) return std::nullopt;
-  auto& body = parser->get().body();
+  auto& body = parser->request().body;
   if (body.size() < limits.spool_threshold) return std::nullopt;
   if (!spool) {
     auto created = net::Spool::create();
@@ -127,20 +175,13 @@ std::optional<Refusal> RequestDecoder::State::finish(Request& req) {
   // RFC 7230 §3.3.3: a Transfer-Encoding whose last coding is not chunked
   // leaves the body length unknowable; answer 400 and close rather than read
   // the rest as another request (request smuggling).
-  if (parser->get().count(http::field::transfer_encoding) != 0 && !parser->chunked()) {
+  if (parser->has_transfer_encoding() && !parser->chunked()) {
     return Refusal{400, "Transfer-Encoding must end with chunked"};
   }
-  auto msg = parser->release();
+  const bool keep_alive = parser->keep_alive();
+  req = std::move(parser->request());
+  req.keep_alive = keep_alive;
   parser.reset();
-  req.method = std::string(msg.method_string());
-  req.target = std::string(msg.target());
-  req.version = msg.version();
-  req.keep_alive = msg.keep_alive();
-  req.headers.reserve(static_cast<std::size_t>(std::distance(msg.begin(), msg.end())));
-  for (const auto& field : msg) {
-    req.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
-  }
-  req.body = std::move(msg.body());
   if (spool) {
     if (auto r = spool->append(req.body); !r) return Refusal{500, k_spool_failed};
     secure_wipe(req.body);
