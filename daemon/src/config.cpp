@@ -97,8 +97,8 @@ constexpr Setting k_settings[] = {
 
 // Settings that only server mode (or rotate-key) reads.
 constexpr std::string_view k_server_settings[] = {
-    "database-url-file", "kek-file",    "kek-id",
-    "trusted-proxy-uid", "user-header", "user-rate-limit", "public-url"};
+    "database-url-file", "kek-file",        "kek-id",    "trusted-proxy-uid",
+    "user-header",       "user-rate-limit", "public-url"};
 // Settings of the single-user daemon that server mode has no use for.
 constexpr std::string_view k_single_user_settings[] = {"db", "key-file", "notify-command"};
 

@@ -20,6 +20,7 @@
 namespace tokend::daemon {
 
 namespace connect_detail {
+namespace {
 
 // Template settings and the profile fields they become. Secrets never sit in
 // the config file itself: the client secret comes from its own file.
@@ -65,12 +66,23 @@ std::string html_escape(std::string_view s) {
   out.reserve(s.size());
   for (const char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -111,7 +123,8 @@ ipc::Response callback_page(int status, const std::string& profile, bool ok,
                             const std::string& reason, const std::string& message) {
   std::string body = fmt::format(
       "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-      "<title>{}</title><link rel=\"stylesheet\" href=\"app.css\">"
+      "<title>{}</title><link rel=\"icon\" href=\"icon.svg\" type=\"image/svg+xml\">"
+      "<link rel=\"stylesheet\" href=\"app.css\">"
       "<script src=\"callback.js\" defer></script></head>\n"
       "<body><main id=\"result\" data-profile=\"{}\" data-ok=\"{}\" data-reason=\"{}\" "
       "data-message=\"{}\"><h1>{}</h1><p>{}</p><p>You can close this window.</p></main>"
@@ -131,6 +144,7 @@ bool same_origin(const ipc::Request& req, const std::string& public_url) {
   return url && *origin == url->origin();
 }
 
+}  // namespace
 }  // namespace connect_detail
 
 using namespace connect_detail;
@@ -200,11 +214,13 @@ Result<ProviderTemplate> make_provider_template(
     }
     if (key == "client-secret" || key == "token" || key == "access-token" ||
         key == "refresh-token") {
-      return bad(fmt::format("sets '{}': secrets stay out of the config file; put the client "
-                             "secret in a file (0600) named by client-secret-file",
-                             key));
+      return bad(
+          fmt::format("sets '{}': secrets stay out of the config file; put the client "
+                      "secret in a file (0600) named by client-secret-file",
+                      key));
     }
-    const auto* field = std::ranges::find_if(k_fields, [&](const auto& f) { return f.first == key; });
+    const auto* field =
+        std::ranges::find_if(k_fields, [&](const auto& f) { return f.first == key; });
     if (field == k_fields.end()) {
       std::string known = "display-name, client-secret-file";
       for (const auto& f : k_fields) known += ", " + std::string(f.first);
@@ -238,21 +254,24 @@ ConnectPage::ConnectPage(tokens::TokenService& tokens, login::LoginManager& logi
     : m_tokens(tokens), m_login(login), m_settings(settings) {}
 
 namespace connect_detail {
+namespace {
 
 struct RouteShape {
   std::string_view method;
   std::string_view pattern;
 };
-constexpr std::array<RouteShape, 7> k_routes = {{
+constexpr std::array<RouteShape, 8> k_routes = {{
     {"GET", "/connect"},
     {"GET", "/connect/app.js"},
     {"GET", "/connect/app.css"},
     {"GET", "/connect/callback.js"},
+    {"GET", "/connect/icon.svg"},
     {"GET", "/connect/callback"},
     {"GET", "/connect/providers"},
     {"POST", "/connect/providers/{name}"},
 }};
 
+}  // namespace
 }  // namespace connect_detail
 
 void ConnectPage::register_route_shapes(ipc::Router& router, const ipc::Handler& handler) {
@@ -264,9 +283,11 @@ void ConnectPage::register_routes(ipc::Router& router) {
   router.add("GET", "/connect", asset("text/html; charset=utf-8", web::k_connect_html, "no-store"));
   router.add("GET", "/connect/app.js",
              asset("text/javascript; charset=utf-8", web::k_app_js, "no-cache"));
-  router.add("GET", "/connect/app.css", asset("text/css; charset=utf-8", web::k_app_css, "no-cache"));
+  router.add("GET", "/connect/app.css",
+             asset("text/css; charset=utf-8", web::k_app_css, "no-cache"));
   router.add("GET", "/connect/callback.js",
              asset("text/javascript; charset=utf-8", web::k_callback_js, "no-cache"));
+  router.add("GET", "/connect/icon.svg", asset("image/svg+xml", web::k_icon_svg, "no-cache"));
   router.add("GET", "/connect/callback",
              [this](const std::shared_ptr<ipc::Exchange>& ex) { callback(ex); });
   router.add("GET", "/connect/providers",
@@ -285,9 +306,8 @@ void ConnectPage::list_providers(const std::shared_ptr<ipc::Exchange>& ex) {
                     {"provider", json::string_or(p.body, "provider")},
                     {"description", json::string_or(p.body, "description")}});
   }
-  auto r = ipc::Response::json(200, {{"user", ex->peer().user},
-                                     {"redirect_uri", s.redirect_uri()},
-                                     {"providers", list}});
+  auto r = ipc::Response::json(
+      200, {{"user", ex->peer().user}, {"redirect_uri", s.redirect_uri()}, {"providers", list}});
   r.headers.emplace_back("Cache-Control", "no-store");
   ex->respond(std::move(r));
 }
@@ -308,18 +328,17 @@ void ConnectPage::connect(const std::shared_ptr<ipc::Exchange>& ex) {
   }
   json::Json body = t->body;
   if (!t->client_secret.empty()) body["client_secret"] = std::string(t->client_secret.reveal());
-  const auto now_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count();
+  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
   auto spec = tokens::parse_profile_spec(name, body, now_ms);
   if (body.contains("client_secret")) secure_wipe(body["client_secret"].get_ref<std::string&>());
   if (!spec) return ex->respond(ipc::error_response(spec.error()));
   auto created = m_tokens.put_profile(std::move(*spec));
   if (!created) return ex->respond(ipc::error_response(created.error()));
-  ex->respond(ipc::Response::json(*created ? 201 : 200,
-                                  {{"profile", name}, {"created", *created},
-                                   {"redirect_uri", s.redirect_uri()}}));
+  ex->respond(ipc::Response::json(
+      *created ? 201 : 200,
+      {{"profile", name}, {"created", *created}, {"redirect_uri", s.redirect_uri()}}));
 }
 
 // GET /connect/callback?code=...&state=... (or error=...): the provider's

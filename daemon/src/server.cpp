@@ -254,7 +254,16 @@ int run_server(const Config& initial, const EnvLookup& env,
     ipc::Router front;
     ipc::Server server(loop, front, config.limits);
 
-    Shared shared{loop,   clock, http, callbacks, server, {}, {}, {}, {}, config.audit,
+    Shared shared{loop,
+                  clock,
+                  http,
+                  callbacks,
+                  server,
+                  {},
+                  {},
+                  {},
+                  {},
+                  config.audit,
                   std::make_shared<const ConnectSettings>(config.server.connect)};
     shared.engine.policy.buffer = config.refresh_buffer;
     shared.engine.max_concurrent = config.max_concurrent_refreshes;
@@ -421,10 +430,9 @@ int run_server(const Config& initial, const EnvLookup& env,
       config.audit = fresh->audit;
       tenants.set_audit_retention(config.audit);
       shared.connect = std::make_shared<const ConnectSettings>(fresh->server.connect);
-      spdlog::info(
-          "configuration reloaded: {} service(s), {} trusted proxy uid(s), {} provider(s)",
-          identity.services.size(), identity.trusted_proxy_uids.size(),
-          shared.connect->providers.size());
+      spdlog::info("configuration reloaded: {} service(s), {} trusted proxy uid(s), {} provider(s)",
+                   identity.services.size(), identity.trusted_proxy_uids.size(),
+                   shared.connect->providers.size());
       notify("STATUS=configuration reloaded");
     });
 

@@ -90,6 +90,27 @@ try {
   result.denied_text = deniedText;
   await control('POST', 'config', { consent: 'approve' });
 
+  step('connect, the provider rejects the code (invalid_grant): the error shows on the page');
+  await control('POST', 'faults', { mode: 'invalid_grant_standard', target: 'token', count: 1 });
+  [popup] = await Promise.all([page.waitForEvent('popup'), page.click(`${row('wiki')} button.connect`)]);
+  await popup.waitForEvent('close');
+  const rejected = await page.waitForSelector(`${row('wiki', 'needs-login')} .error`);
+  result.invalid_grant_text = await rejected.textContent();
+  expect(/invalid_grant/.test(result.invalid_grant_text), `the error shown is "${result.invalid_grant_text}"`);
+  await shot(page, 'invalid-grant');
+
+  step('connect while the provider is down (503 at the token endpoint): the error shows');
+  await control('POST', 'faults', { mode: 'unavailable_503', target: 'token', count: 10 });
+  [popup] = await Promise.all([page.waitForEvent('popup'), page.click(`${row('wiki')} button.connect`)]);
+  await popup.waitForEvent('close');
+  await page.waitForFunction(
+    (sel) => /503|unavailable/i.test(document.querySelector(sel)?.textContent || ''),
+    `${row('wiki', 'needs-login')} .error`,
+  );
+  result.provider_down_text = await page.textContent(`${row('wiki')} .error`);
+  await control('DELETE', 'faults');
+  await shot(page, 'provider-down');
+
   step('connect: popup, consent, popup closes, the row turns connected without a reload');
   [popup] = await Promise.all([page.waitForEvent('popup'), page.click(`${row('jira')} button.connect`)]);
   const seen = [];

@@ -34,6 +34,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -106,10 +107,12 @@ master_process on;
 worker_processes 1;
 {user_line}
 pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
+error_log {dir}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
-    access_log {dir}/access.log;
+    # $uri, not $request: the callback's query holds an authorization code.
+    log_format noquery '$remote_addr [$time_local] "$request_method $uri" $status $body_bytes_sent';
+    access_log {dir}/access.log noquery;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
@@ -211,7 +214,7 @@ class ConnectBrowserTest(unittest.TestCase):
         write_private(os.path.join(d, "jira.secret"), CLIENT_SECRET + "\n")
         write_private(os.path.join(d, "wiki.secret"), WIKI_SECRET + "\n")
         up = self.up
-        conf = write_private(os.path.join(d, "server.conf"), f"""
+        self.conf = conf = write_private(os.path.join(d, "server.conf"), f"""
 database-url-file = {url}
 kek-file = {kek}
 socket = {self.socket}
@@ -241,6 +244,7 @@ authorize-url = {up.authorize_endpoint}
 token-url = {up.token_url}
 """)
         self.log = open(os.path.join(d, "tokend.log"), "ab")
+        self.addCleanup(self.log.close)
         fd = listener.fileno()
         # sd_listen_fds: fd 3, LISTEN_FDS=1, LISTEN_PID=the process's own.
         script = f'exec 3<&{fd} {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"'
@@ -249,6 +253,7 @@ token-url = {up.token_url}
                                 pass_fds=(fd,), env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         listener.close()
         self.procs.append(proc)
+        self.tokend = proc
         wait_for(lambda: b"ready in server mode" in self.read_log() or proc.poll() is not None,
                  "tokend --server to be ready")
         self.assertIsNone(proc.poll(), self.read_log().decode(errors="replace"))
@@ -268,9 +273,9 @@ token-url = {up.token_url}
             f.write(NGINX_CONF.format(user_line=user_line, dir=d, tmp=tmp, alice=ALICE, bob=BOB,
                                       port=self.port, cert=os.path.join(ca, "server.pem"),
                                       key=os.path.join(ca, "server.key"), socket=self.socket))
-        proc = subprocess.Popen([NGINX, "-c", conf, "-p", d, "-e", os.path.join(d, "error.log")],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=open(os.path.join(d, "nginx.stderr"), "ab"))
+        with open(os.path.join(d, "nginx.stderr"), "ab") as err:
+            proc = subprocess.Popen([NGINX, "-c", conf, "-p", d, "-e", os.path.join(d, "error.log")],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         self.procs.append(proc)
 
         def up():
@@ -337,7 +342,7 @@ token-url = {up.token_url}
                                           f"tokend's log:\n{self.read_log().decode(errors='replace')[-4000:]}")
         print(f"browser run: {time.monotonic() - started:.1f} s", file=sys.stderr)
         result = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("result: "))[8:])
-        self.assertEqual(len(result["screenshots"]), 5)
+        self.assertEqual(len(result["screenshots"]), 7)
         for path in result["screenshots"]:
             with open(path, "rb") as f:
                 self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n", path)
@@ -355,6 +360,49 @@ token-url = {up.token_url}
         bob_profiles = {p["name"]: p for p in json.loads(text)["profiles"]}
         self.assertEqual(bob_profiles["jira"]["state"], "valid")
         self.assertTrue(bob_profiles["jira"]["has_token"])
+
+        # SIGHUP: a bad template keeps the running configuration (and says
+        # why); a good one is offered at once.
+        with open(self.conf) as f:
+            good = f.read()
+        offered = lambda: [p["name"] for p in json.loads(self.as_bob("GET", "/connect/providers")[1])["providers"]]
+        self.assertEqual(offered(), ["jira", "wiki"])
+        write_private(self.conf, good + "[provider.drive]\nprovider = generic\nclient-id = x\n"
+                                        f"authorize-url = {self.up.authorize_endpoint}\n"
+                                        "redirect-uri = https://elsewhere.example/cb\n")
+        self.tokend.send_signal(signal.SIGHUP)
+        wait_for(lambda: b"SIGHUP: configuration not reloaded" in self.read_log(), "the SIGHUP refusal")
+        self.assertIn(b"[provider.drive] sets redirect-uri", self.read_log())
+        self.assertEqual(offered(), ["jira", "wiki"])
+        write_private(self.conf, good + "[provider.drive]\ndisplay-name = Drive\nprovider = generic\n"
+                                        f"client-id = x\nauthorize-url = {self.up.authorize_endpoint}\n"
+                                        f"token-url = {self.up.token_url}\n")
+        self.tokend.send_signal(signal.SIGHUP)
+        wait_for(lambda: b"3 provider(s)" in self.read_log(), "the SIGHUP reload")
+        self.assertEqual(offered(), ["drive", "jira", "wiki"])
+
+
+class TemplateRefusedTest(unittest.TestCase):
+    """A bad [provider.NAME] stops the start with exit 2, naming it."""
+
+    def test_bad_template_is_exit_2(self):
+        d = tempfile.mkdtemp(prefix="tokend-connect-conf-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, d, True)
+        url = write_private(os.path.join(d, "database-url"), "host=/nonexistent dbname=x")
+        cases = [
+            ("public-url = https://t.example\n[provider.jira]\nprovider = generic\nclient-id = a\n"
+             "client-secret = s3cret-MARKER\n", "[provider.jira] sets 'client-secret'"),
+            ("[provider.jira]\nprovider = generic\nclient-id = a\n", "[provider.jira] needs public-url"),
+            ("public-url = http://t.example\n", "is not https"),
+        ]
+        for text, expected in cases:
+            conf = write_private(os.path.join(d, "server.conf"),
+                                 f"database-url-file = {url}\ntrusted-proxy-uid = 0\n" + text)
+            r = subprocess.run([TOKEND, "--server", "--config", conf], capture_output=True, text=True,
+                               timeout=20, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(expected, r.stderr)
+            self.assertNotIn("s3cret-MARKER", r.stderr)
 
 
 if __name__ == "__main__":
