@@ -135,19 +135,21 @@ ipc::Response callback_page(int status, const std::string& profile, bool ok,
   return page_response(status, "text/html; charset=utf-8", std::move(body), "no-store");
 }
 
-// A browser's request from another site is refused: the page's own calls
-// carry its origin.
-bool same_origin(const ipc::Request& req, const std::string& public_url) {
-  auto origin = req.header("Origin");
-  if (!origin) return true;  // not a browser's cross-site call
-  auto url = net::parse_url(public_url, "public-url");
-  return url && *origin == url->origin();
-}
-
 }  // namespace
 }  // namespace connect_detail
 
 using namespace connect_detail;
+
+bool cross_site_write(const ipc::Request& req, const ConnectSettings& settings) {
+  if (req.method == "GET" || req.method == "HEAD") return false;
+  if (auto site = req.header("Sec-Fetch-Site"); site && *site != "same-origin" && *site != "none") {
+    return true;
+  }
+  auto origin = req.header("Origin");
+  if (!origin || settings.public_url.empty()) return false;
+  auto url = net::parse_url(settings.public_url, "public-url");
+  return !url || *origin != url->origin();
+}
 
 const ProviderTemplate* ConnectSettings::find(std::string_view name) const {
   for (const auto& p : providers) {
@@ -316,10 +318,6 @@ void ConnectPage::list_providers(const std::shared_ptr<ipc::Exchange>& ex) {
 // profile from the template; the page then starts the login.
 void ConnectPage::connect(const std::shared_ptr<ipc::Exchange>& ex) {
   const ConnectSettings& s = *m_settings;
-  if (!same_origin(ex->request(), s.public_url)) {
-    return ex->respond(ipc::Response::error(
-        403, "cross_origin", "this call comes from another site's page; use the connect page"));
-  }
   const std::string name(ex->param("name"));
   const ProviderTemplate* t = s.find(name);
   if (t == nullptr) {

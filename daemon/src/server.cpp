@@ -342,6 +342,12 @@ int run_server(const Config& initial, const EnvLookup& env,
     // The front router has every route of the API and the connect page;
     // each request is identified, then handed to its user's router.
     auto to_tenant = [&](const std::shared_ptr<ipc::Exchange>& ex) {
+      if (cross_site_write(ex->request(), *shared.connect)) {
+        return ex->respond(ipc::Response::error(
+            403, "cross_origin",
+            "a browser sent this request from another site's page; tokend takes changes only "
+            "from its own pages (public-url)"));
+      }
       auto caller = identify(identity, ex->request(), ex->peer().uid);
       if (!caller) {
         audit_refusal(*db, *ex, caller.error());

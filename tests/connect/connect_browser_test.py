@@ -290,13 +290,13 @@ token-url = {up.token_url}
 
     # --- bob, through nginx as his own browser would ---
 
-    def as_bob(self, method, path, body=None):
+    def as_bob(self, method, path, body=None, headers=()):
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.public + path, data=data, method=method,
                                      headers={"Cookie": "tokend_test_user=bob",
                                               "Content-Type": "application/json",
                                               # sent by a browser too; nginx replaces it
-                                              "X-Forwarded-User": ALICE})
+                                              "X-Forwarded-User": ALICE, **dict(headers)})
         try:
             with urllib.request.urlopen(req, context=self.ctx, timeout=10) as r:
                 return r.status, r.read().decode()
@@ -310,6 +310,17 @@ token-url = {up.token_url}
                               "http://tokend/connect/providers"], capture_output=True, text=True)
         if os.geteuid() == 0:
             self.assertIn("untrusted_user_header", raw.stdout)
+
+        # A change asked from another site's page (cross-site request
+        # forgery through the sign-in cookie) is refused on every route.
+        for extra in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            status, text = self.as_bob("POST", "/connect/providers/jira", headers=extra)
+            self.assertEqual((status, json.loads(text)["error"]["code"]), (403, "cross_origin"), text)
+            status, text = self.as_bob("POST", "/v1/profiles/jira/logout", {}, headers=extra)
+            self.assertEqual((status, json.loads(text)["error"]["code"]), (403, "cross_origin"), text)
+        status, text = self.as_bob("POST", "/connect/providers/nosuch",
+                                   headers={"Origin": f"https://localhost:{self.port}"})
+        self.assertEqual(status, 404, text)
 
         # Bob starts a Connect of his own; the provider's redirect for it
         # (a real code and his state) is what alice's browser will be sent to.

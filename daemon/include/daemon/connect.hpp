@@ -68,6 +68,14 @@ Result<ProviderTemplate> make_provider_template(
     const std::string& name, const std::vector<std::pair<std::string, std::string>>& settings,
     const std::string& public_url);
 
+// Whether a request that changes something comes from another site's page:
+// a `Sec-Fetch-Site` other than same-origin or none, or an `Origin` that is
+// not public-url's. Behind a proxy that signs users in with a cookie, such a
+// request would act for the signed-in user (cross-site request forgery);
+// server mode refuses it (403 cross_origin) on every route. GET and HEAD
+// change nothing and pass; services (no browser) send neither header.
+bool cross_site_write(const ipc::Request& req, const ConnectSettings& settings);
+
 // One user's connect page.
 class ConnectPage {
  public:
