@@ -76,7 +76,7 @@ struct Shared {
   proxy::ProxyOptions proxy;
   store::AuditRetention audit;
   // The connect page's public-url and provider templates (SIGHUP replaces).
-  std::shared_ptr<const ConnectSettings> connect;
+  std::shared_ptr<const ConnectSettings> connect = std::make_shared<const ConnectSettings>();
 };
 
 // One user's part of the server: the pieces of the single-user daemon, on
@@ -254,17 +254,8 @@ int run_server(const Config& initial, const EnvLookup& env,
     ipc::Router front;
     ipc::Server server(loop, front, config.limits);
 
-    Shared shared{loop,
-                  clock,
-                  http,
-                  callbacks,
-                  server,
-                  {},
-                  {},
-                  {},
-                  {},
-                  config.audit,
-                  std::make_shared<const ConnectSettings>(config.server.connect)};
+    Shared shared{loop, clock, http, callbacks, server, {}, {}, {}, {}, config.audit};
+    shared.connect = std::make_shared<const ConnectSettings>(config.server.connect);
     shared.engine.policy.buffer = config.refresh_buffer;
     shared.engine.max_concurrent = config.max_concurrent_refreshes;
     shared.engine.http_timeout = config.http_timeout;
