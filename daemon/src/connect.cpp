@@ -117,6 +117,15 @@ ipc::Handler asset(std::string_view type, std::string_view body, std::string_vie
   };
 }
 
+// The login manager's messages end with the command to run in a terminal;
+// on the page, Connect is what to press.
+std::string for_page(std::string message) {
+  if (const auto at = message.find(" — run tokenctl login "); at != std::string::npos) {
+    message.erase(at);
+  }
+  return message;
+}
+
 // The page the provider's redirect ends on: its script (callback.js) tells
 // the opener and closes the window; without an opener it stays, readable.
 ipc::Response callback_page(int status, const std::string& profile, bool ok,
@@ -130,8 +139,8 @@ ipc::Response callback_page(int status, const std::string& profile, bool ok,
       "data-message=\"{}\"><h1>{}</h1><p>{}</p><p>You can close this window.</p></main>"
       "</body></html>\n",
       ok ? "Connected" : "Not connected", html_escape(profile), ok ? "true" : "false",
-      html_escape(reason), html_escape(message), ok ? "Connected" : "Not connected",
-      html_escape(message));
+      html_escape(reason), html_escape(for_page(message)), ok ? "Connected" : "Not connected",
+      html_escape(for_page(message)));
   return page_response(status, "text/html; charset=utf-8", std::move(body), "no-store");
 }
 

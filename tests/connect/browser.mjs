@@ -97,6 +97,7 @@ try {
   const rejected = await page.waitForSelector(`${row('wiki', 'needs-login')} .error`);
   result.invalid_grant_text = await rejected.textContent();
   expect(/invalid_grant/.test(result.invalid_grant_text), `the error shown is "${result.invalid_grant_text}"`);
+  expect(!/tokenctl/.test(result.invalid_grant_text), `the page tells a browser user to run tokenctl: "${result.invalid_grant_text}"`);
   await shot(page, 'invalid-grant');
 
   step('connect while the provider is down (503 at the token endpoint): the error shows');

@@ -45,6 +45,12 @@
     return json;
   }
 
+  // tokend's login messages end with what to run in a terminal; here the
+  // button is what to press.
+  function forPage(message) {
+    return String(message || '').replace(/\s*[—-]+\s*run tokenctl login \S+ again\.?$/, '');
+  }
+
   function showNotice(text) {
     notice.textContent = text;
     notice.hidden = !text;
@@ -173,7 +179,7 @@
     const d = ev.data;
     if (!d || d.type !== 'tokend-connect' || typeof d.profile !== 'string') return;
     if (d.ok) loginErrors.delete(d.profile);
-    else if (d.profile) loginErrors.set(d.profile, d.message || d.reason || 'the sign-in failed');
+    else if (d.profile) loginErrors.set(d.profile, forPage(d.message || d.reason || 'the sign-in failed'));
     else showNotice(d.message || 'the sign-in failed');
     refreshSoon();
   });
@@ -203,7 +209,7 @@
       const name = data.profile;
       if (kind === 'login_failed' && name) {
         const why = data.error || data.reason || 'the sign-in failed';
-        loginErrors.set(name, why);
+        loginErrors.set(name, forPage(why));
       } else if (kind === 'login_succeeded' && name) {
         loginErrors.delete(name);
       }
