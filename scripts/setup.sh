@@ -25,6 +25,8 @@ packages=(
   curl  # docs examples call the proxy with curl
   systemd procps  # systemd-analyze and systemd-socket-activate for the unit tests; kill for ExecReload
   nodejs npm  # the interop tests run panva's oidc-provider (tests/interop, pinned by its package-lock.json)
+  chromium  # the connect page's browser test: Debian's headless Chromium, driven by playwright-core (tests/connect)
+  nginx  # that test's deployment: nginx terminates TLS, sets the user header and proxies to tokend's Unix socket
 )
 # Needed at a newer version than bookworm's own.
 newer_packages=(libsqlcipher-dev libcatch2-dev catch2)

@@ -87,6 +87,9 @@ constexpr Setting k_settings[] = {
      "whose requests name the user in user-header"},
     {"user-header", "TOKEND_USER_HEADER",
      "server mode: the trusted proxy's user header (default X-Forwarded-User)"},
+    {"public-url", "TOKEND_PUBLIC_URL",
+     "server mode: the https address browsers reach tokend at through the reverse proxy; the "
+     "connect page's redirect URI is {public-url}/connect/callback"},
     {"user-rate-limit", "TOKEND_USER_RATE_LIMIT",
      "server mode: requests a minute one user may make, in bursts up to that many; more get 429 "
      "with Retry-After (default 6000; 0: no limit)"},
@@ -94,8 +97,8 @@ constexpr Setting k_settings[] = {
 
 // Settings that only server mode (or rotate-key) reads.
 constexpr std::string_view k_server_settings[] = {
-    "database-url-file", "kek-file",    "kek-id",
-    "trusted-proxy-uid", "user-header", "user-rate-limit"};
+    "database-url-file", "kek-file",        "kek-id",    "trusted-proxy-uid",
+    "user-header",       "user-rate-limit", "public-url"};
 // Settings of the single-user daemon that server mode has no use for.
 constexpr std::string_view k_single_user_settings[] = {"db", "key-file", "notify-command"};
 
@@ -225,6 +228,10 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
           "  [service.mcp]\n"
           "  secret-file = /etc/tokend/mcp.secret     (0600, at least 32 bytes)\n"
           "  act-for = *@example.com, bob             (user ids, *@DOMAIN or *)\n"
+          "The connect page (GET /connect) offers the providers of [provider.NAME]\n"
+          "sections (a profile's settings: provider, client-id, client-secret-file,\n"
+          "scopes, issuer or authorize-url/token-url/revocation-url, display-name); their\n"
+          "redirect URI is {public-url}/connect/callback.\n"
           "rotate-key re-wraps every row's data key with the key in --new-kek-file (the\n"
           "current key from the usual sources); exit 0 done, 1 failed with nothing\n"
           "changed, 2 bad command line or configuration.\n";
@@ -266,6 +273,8 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
   po::variables_map file;
   const bool config_named = path_flags.config.has_value() || env("TOKEND_CONFIG").has_value();
   std::map<std::string, ServiceSection> services;
+  // [provider.NAME] sections: the connect page's templates (connect.cpp).
+  std::map<std::string, std::vector<std::pair<std::string, std::string>>> providers;
   if (std::filesystem::exists(defaults.config)) {
     std::ifstream in(defaults.config);
     if (!in)
@@ -281,6 +290,10 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
         if (!o.unregistered) continue;
         const std::string& key = o.string_key;
         const auto dot = key.rfind('.');
+        if (key.starts_with("provider.") && dot > 9 && o.value.size() == 1) {
+          providers[key.substr(9, dot - 9)].emplace_back(key.substr(dot + 1), o.value.front());
+          continue;
+        }
         if (!key.starts_with("service.") || dot <= 8 || o.value.size() != 1) {
           return fail(Errc::config, fmt::format("config file {}: unrecognised option '{}'",
                                                 defaults.config.string(), key));
@@ -422,6 +435,11 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
                                             "(docs/server-mode.md)",
                                             services.begin()->first));
     }
+    if (!providers.empty()) {
+      return fail(Errc::config, fmt::format("[provider.{}] is a server-mode setting: add --server "
+                                            "(docs/server-mode.md)",
+                                            providers.begin()->first));
+    }
     return out;
   }
   if (server) {
@@ -481,6 +499,16 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
     srv.identity.services.push_back(std::move(*policy));
   }
   if (auto r = check_identity_config(srv.identity); !r) return std::unexpected(r.error());
+  if (auto v = setting("public-url"); v && !v->empty()) {
+    auto url = parse_public_url(*v);
+    if (!url) return std::unexpected(url.error());
+    srv.connect.public_url = std::move(*url);
+  }
+  for (const auto& [name, fields] : providers) {
+    auto t = make_provider_template(name, fields, srv.connect.public_url);
+    if (!t) return std::unexpected(t.error());
+    srv.connect.providers.push_back(std::move(*t));
+  }
   if (srv.identity.trusted_proxy_uids.empty() && srv.identity.services.empty()) {
     return fail(Errc::config,
                 "server mode needs a way to name users: trusted-proxy-uid (the authenticating "

@@ -14,6 +14,7 @@
 #include "api/api.hpp"
 #include "core/clock.hpp"
 #include "core/fs.hpp"
+#include "daemon/connect.hpp"
 #include "daemon/identity.hpp"
 #include "daemon/systemd.hpp"
 #include "ipc/server.hpp"
@@ -74,6 +75,8 @@ struct Shared {
   api::ApiOptions api;
   proxy::ProxyOptions proxy;
   store::AuditRetention audit;
+  // The connect page's public-url and provider templates (SIGHUP replaces).
+  std::shared_ptr<const ConnectSettings> connect = std::make_shared<const ConnectSettings>();
 };
 
 // One user's part of the server: the pieces of the single-user daemon, on
@@ -89,13 +92,15 @@ class Tenant {
         m_login(m_tokens, shared.clock, m_events, m_login_timer, shared.http, &shared.callbacks,
                 shared.login),
         m_proxy(shared.loop, m_tokens, shared.http, m_store, shared.clock, shared.proxy),
-        m_api(shared.loop, m_tokens, m_events, m_store, shared.clock, shared.api) {
+        m_api(shared.loop, m_tokens, m_events, m_store, shared.clock, shared.api),
+        m_connect(m_tokens, m_login, shared.connect) {
     m_store.set_audit_retention(shared.audit);
     m_api.set_login(&m_login);
     m_api.set_proxy(&m_proxy);
     // No set_server: the socket's counters are every user's traffic, not
     // this user's, so a user's /v1/metrics leaves them out.
     m_api.register_routes(m_router);
+    m_connect.register_routes(m_router);
   }
   Tenant(const Tenant&) = delete;
   Tenant& operator=(const Tenant&) = delete;
@@ -139,6 +144,7 @@ class Tenant {
   login::LoginManager m_login;
   proxy::Proxy m_proxy;
   api::Api m_api;
+  ConnectPage m_connect;
   ipc::Router m_router;
   proxy::RateLimiter m_limiter;
 };
@@ -249,6 +255,7 @@ int run_server(const Config& initial, const EnvLookup& env,
     ipc::Server server(loop, front, config.limits);
 
     Shared shared{loop, clock, http, callbacks, server, {}, {}, {}, {}, config.audit};
+    shared.connect = std::make_shared<const ConnectSettings>(config.server.connect);
     shared.engine.policy.buffer = config.refresh_buffer;
     shared.engine.max_concurrent = config.max_concurrent_refreshes;
     shared.engine.http_timeout = config.http_timeout;
@@ -323,9 +330,15 @@ int run_server(const Config& initial, const EnvLookup& env,
                 r.body = std::move(out);
                 ex->respond(std::move(r));
               }));
-    // The front router has every route of the API; each request is
-    // identified, then handed to its user's router.
-    api::Api::register_route_shapes(front, [&](const std::shared_ptr<ipc::Exchange>& ex) {
+    // The front router has every route of the API and the connect page;
+    // each request is identified, then handed to its user's router.
+    auto to_tenant = [&](const std::shared_ptr<ipc::Exchange>& ex) {
+      if (cross_site_write(ex->request(), *shared.connect)) {
+        return ex->respond(ipc::Response::error(
+            403, "cross_origin",
+            "a browser sent this request from another site's page; tokend takes changes only "
+            "from its own pages (public-url)"));
+      }
       auto caller = identify(identity, ex->request(), ex->peer().uid);
       if (!caller) {
         audit_refusal(*db, *ex, caller.error());
@@ -352,7 +365,9 @@ int run_server(const Config& initial, const EnvLookup& env,
       peer.user = std::move(caller->user);
       peer.service = std::move(caller->service);
       (*tenant)->router().dispatch(ex, std::move(peer));
-    });
+    };
+    api::Api::register_route_shapes(front, to_tenant);
+    ConnectPage::register_route_shapes(front, to_tenant);
     server.set_allowed_uids(allowed_peers(config));
     server.on_denied_peer([](const ipc::Peer& peer) {
       spdlog::warn(
@@ -411,8 +426,10 @@ int run_server(const Config& initial, const EnvLookup& env,
       config.drain_timeout = fresh->drain_timeout;
       config.audit = fresh->audit;
       tenants.set_audit_retention(config.audit);
-      spdlog::info("configuration reloaded: {} service(s), {} trusted proxy uid(s)",
-                   identity.services.size(), identity.trusted_proxy_uids.size());
+      shared.connect = std::make_shared<const ConnectSettings>(fresh->server.connect);
+      spdlog::info("configuration reloaded: {} service(s), {} trusted proxy uid(s), {} provider(s)",
+                   identity.services.size(), identity.trusted_proxy_uids.size(),
+                   shared.connect->providers.size());
       notify("STATUS=configuration reloaded");
     });
 

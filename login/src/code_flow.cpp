@@ -187,6 +187,18 @@ void LoginManager::on_callback(const std::string& profile, std::uint64_t id,
   accept_code(fl, std::move(r), nullptr);
 }
 
+std::optional<std::string> LoginManager::awaiting_state(std::string_view state) const {
+  if (state.empty()) return std::nullopt;
+  std::optional<std::string> found;
+  // Every flow is compared, so the time taken says nothing of which matched.
+  for (const auto& [name, f] : m_flows) {
+    const bool awaiting = f->state == FlowState::pending && !f->device &&
+                          f->phase == Flow::Phase::awaiting && !f->state_value.reveal().empty();
+    if (constant_time_equal(state, f->state_value.reveal()) && awaiting) found = name;
+  }
+  return found;
+}
+
 void LoginManager::complete(const std::string& name, const Json& body, JsonCallback done) {
   auto it = m_flows.find(name);
   if (it == m_flows.end() || it->second->state != FlowState::pending || it->second->device ||

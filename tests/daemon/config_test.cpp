@@ -209,3 +209,104 @@ TEST_CASE("rotate-key: the new key's file is required; the current key from the 
   REQUIRE_FALSE(r);
   CHECK(r.error().message.find("needs database-url-file") != std::string::npos);
 }
+
+TEST_CASE("server mode: public-url and the connect page's provider templates",
+          "[daemon][config][server][connect]") {
+  TempDir t;
+  const auto secret = secret_at(t, "jira.secret", "cs-MARKER-template-secret\n");
+  test::write_file_bytes(t / "server.conf",
+                         "database-url-file = /x\n"
+                         "trusted-proxy-uid = 0\n"
+                         "public-url = https://tokend.example.com/tokend/\n"
+                         "[provider.jira]\n"
+                         "display-name = Jira Cloud\n"
+                         "provider = atlassian\n"
+                         "client-id = abc\n"
+                         "client-secret-file = " +
+                             secret.string() +
+                             "\n"
+                             "scopes = read:jira-work, offline_access\n"
+                             "[provider.gh]\n"
+                             "provider = generic\n"
+                             "client-id = public-app\n"
+                             "authorize-url = https://idp.example/authorize\n"
+                             "token-url = https://idp.example/token\n");
+  const auto env = env_of({{"HOME", t.path().string()}});
+  auto r = parse({"--server", "--config", (t / "server.conf").string().c_str()}, env);
+  REQUIRE(r);
+  const auto& c = r->config.server.connect;
+  CHECK(c.public_url == "https://tokend.example.com/tokend");
+  CHECK(c.redirect_uri() == "https://tokend.example.com/tokend/connect/callback");
+  REQUIRE(c.providers.size() == 2);
+  const auto* jira = c.find("jira");
+  REQUIRE(jira != nullptr);
+  CHECK(jira->display_name == "Jira Cloud");
+  CHECK(jira->client_secret.reveal() == "cs-MARKER-template-secret");
+  CHECK(jira->body.at("provider") == "atlassian");
+  CHECK(jira->body.at("scopes") == json::Json({"read:jira-work", "offline_access"}));
+  CHECK(jira->body.at("redirect_uri") == c.redirect_uri());
+  CHECK_FALSE(jira->body.contains("client_secret"));  // kept apart, as a Secret
+  const auto* gh = c.find("gh");
+  REQUIRE(gh != nullptr);
+  CHECK(gh->display_name == "gh");
+  CHECK(gh->client_secret.empty());
+  CHECK(c.find("nope") == nullptr);
+}
+
+TEST_CASE("server mode: a wrong provider template or public-url is a config error naming it",
+          "[daemon][config][server][connect]") {
+  TempDir t;
+  const auto env = env_of({{"HOME", t.path().string()}});
+  const auto loose = t / "loose.secret";
+  test::write_file_bytes(loose, "cs-MARKER-loose", 0644);
+  const std::string base = "database-url-file = /x\ntrusted-proxy-uid = 0\n";
+  const std::string url = "public-url = https://tokend.example.com\n";
+  const std::string gen =
+      "provider = generic\nclient-id = a\nauthorize-url = https://i/a\ntoken-url = https://i/t\n";
+  struct Case {
+    std::vector<std::string> args;
+    std::string file;
+    std::string expected;
+  };
+  const Case cases[] = {
+      {{"--server"}, base + "[provider.jira]\n" + gen, "[provider.jira] needs public-url"},
+      {{}, "[provider.jira]\n" + gen, "[provider.jira] is a server-mode setting"},
+      {{}, "public-url = https://x\n", "public-url is a server-mode setting"},
+      {{"--server"}, base + "public-url = http://tokend.example.com\n", "is not https"},
+      {{"--server"}, base + "public-url = https://tokend.example.com/?x=1\n", "has a query"},
+      {{"--server"}, base + "public-url = tokend.example.com\n", "public-url 'tokend.example.com'"},
+      {{"--server"},
+       base + url + "[provider.jira]\n" + gen + "redirect-uri = https://x/cb\n",
+       "fixes to https://tokend.example.com/connect/callback"},
+      {{"--server"},
+       base + url + "[provider.jira]\n" + gen + "client-secret = s3cret\n",
+       "secrets stay out of the config file"},
+      {{"--server"},
+       base + url + "[provider.jira]\n" + gen + "colour = blue\n",
+       "[provider.jira] has no setting 'colour'"},
+      {{"--server"},
+       base + url + "[provider.jira]\n" + gen + "client-secret-file = " + loose.string() + "\n",
+       "[provider.jira] client-secret-file"},
+      {{"--server"},
+       base + url + "[provider.jira]\n" + gen + "kind = pat\n",
+       "kind must be oauth2"},
+      {{"--server"},
+       base + url + "[provider.jira]\n" + gen + "token-url = not a url\n",
+       "[provider.jira] sets 'token-url' twice"},
+      {{"--server"}, base + url + "[provider.bad name]\n" + gen, "[provider.bad name]"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.file);
+    test::write_file_bytes(t / "c.conf", c.file);
+    std::vector<const char*> args;
+    for (const auto& a : c.args) args.push_back(a.c_str());
+    const std::string conf = (t / "c.conf").string();
+    args.push_back("--config");
+    args.push_back(conf.c_str());
+    auto r = parse(args, env);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::config);
+    CHECK(r.error().message.find(c.expected) != std::string::npos);
+    CHECK(r.error().message.find("cs-MARKER") == std::string::npos);
+  }
+}

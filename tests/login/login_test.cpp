@@ -407,6 +407,36 @@ TEST_CASE("a rejected code (PKCE mismatch, reuse) ends the flow with invalid_gra
   CHECK(rig.store.get_credential("p")->generation == 0);
 }
 
+// Server mode's fixed redirect URI (/connect/callback) finds the flow by its
+// state among one user's flows: only a pending code flow that awaits a
+// redirect, with exactly that state, is found.
+TEST_CASE("awaiting_state finds only the pending code flow with exactly that state", "[login]") {
+  LoginRig rig;
+  Json body = k_generic;
+  body["redirect_uri"] = "https://tokend.example.com/connect/callback";
+  rig.add(body);
+  const Json flow = rig.start({.device = false, .listen = false});
+  CHECK(flow["listening"] == false);  // an https redirect URI: no loopback listener
+  const std::string state = rig.param(flow["authorize_url"], "state");
+  REQUIRE_FALSE(state.empty());
+  CHECK(rig.login->awaiting_state(state) == std::optional<std::string>("p"));
+  CHECK_FALSE(rig.login->awaiting_state(""));
+  CHECK_FALSE(rig.login->awaiting_state(state + "x"));
+  CHECK_FALSE(rig.login->awaiting_state(state.substr(1)));
+  CHECK_FALSE(rig.login->awaiting_state("forged"));
+
+  // While the code is exchanged, and once the flow ended, nothing awaits it.
+  std::optional<Result<Json>> done;
+  rig.login->complete("p", Json{{"redirect_url", "?code=abc&state=" + form_encode(state)}},
+                      [&](Result<Json> r) { done = std::move(r); });
+  CHECK_FALSE(rig.login->awaiting_state(state));
+  rig.http.reply(200, tokens_json());
+  REQUIRE(done.has_value());
+  REQUIRE(done->has_value());
+  CHECK((**done)["state"] == "succeeded");
+  CHECK_FALSE(rig.login->awaiting_state(state));
+}
+
 TEST_CASE("a flow expires on the fake clock and closes its listener", "[login]") {
   LoginRig rig;
   rig.add(k_generic);

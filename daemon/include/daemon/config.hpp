@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/paths.hpp"
+#include "daemon/connect.hpp"
 #include "daemon/identity.hpp"
 #include "ipc/server.hpp"
 #include "store/kek.hpp"
@@ -32,6 +33,8 @@ struct ServerSettings {
   // Requests a minute one user may make (a token bucket holding a minute's
   // worth, so bursts up to it pass); 0: no limit.
   std::size_t user_rate_limit = 6000;
+  // public-url and the [provider.NAME] templates of the connect page.
+  ConnectSettings connect;
 };
 
 struct Config {

@@ -70,6 +70,11 @@ class LoginManager {
   // The current or last flow of the profile ({"state":"none"} when none).
   [[nodiscard]] json::Json status(const std::string& profile) const;
   [[nodiscard]] bool pending(const std::string& profile) const;
+  // The profile whose pending code flow waits for a redirect carrying this
+  // `state` (compared in constant time with each flow's); nullopt when no
+  // flow of this manager does. Server mode's fixed https redirect URI
+  // (/connect/callback) finds the caller's own flow with it.
+  [[nodiscard]] std::optional<std::string> awaiting_state(std::string_view state) const;
   // Finishes a pending code flow with a pasted redirect URL or bare code;
   // answers after the exchange.
   void complete(const std::string& profile, const json::Json& body, JsonCallback done);
