@@ -116,15 +116,12 @@ def run_ctl(tokenctl, env, *args, input=None, timeout=DEFAULT_DEADLINE):
                           text=True, timeout=timeout)
 
 
-def http_over_unix(socket_path, request_bytes, deadline=DEFAULT_DEADLINE):
-    """Sends raw bytes, returns everything until the server closes (or deadline)."""
-    import socket as so
-    s = so.socket(so.AF_UNIX, so.SOCK_STREAM)
-    s.settimeout(deadline)
-    s.connect(socket_path)
-    s.sendall(request_bytes)
-    chunks = []
+def send_and_read_to_close(s, request_bytes):
+    """Sends raw bytes on a connected socket, returns everything until the
+    server closes it (the socket's timeout bounds each wait); closes it."""
     try:
+        s.sendall(request_bytes)
+        chunks = []
         while True:
             b = s.recv(65536)
             if not b:
@@ -133,6 +130,25 @@ def http_over_unix(socket_path, request_bytes, deadline=DEFAULT_DEADLINE):
     finally:
         s.close()
     return b"".join(chunks)
+
+
+def split_answer(raw):
+    """(status, head text, body bytes) of one whole HTTP/1.x answer."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head[9:12]), head.decode(errors="replace"), body
+
+
+def http_over_unix(socket_path, request_bytes, deadline=DEFAULT_DEADLINE):
+    """Sends raw bytes, returns everything until the server closes (or deadline)."""
+    import socket as so
+    s = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    s.settimeout(deadline)
+    try:
+        s.connect(socket_path)
+    except OSError:
+        s.close()
+        raise
+    return send_and_read_to_close(s, request_bytes)
 
 
 def wait_for(predicate, what, deadline=DEFAULT_DEADLINE, interval=0.01):

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
 from client import FakeUpstream, redirect_params  # noqa: E402
 from harness import (DEFAULT_DEADLINE, EXIT_REFUSED, EXIT_USAGE, Daemon, XdgTree, binaries,  # noqa: E402
-                     stop_process, wait_for)
+                     http_over_unix, split_answer, stop_process, wait_for)
 
 TOKEND, TOKENCTL = binaries()
 PG_BIN = os.environ.get("TOKEND_PG_BINDIR", "/usr/lib/postgresql/15/bin")
@@ -134,20 +134,8 @@ def exchange(sock_path, method, target, headers=(), body=None, deadline=DEFAULT_
     for k, v in headers:
         head += f"{k}: {v}\r\n"
     head += f"Content-Length: {len(data)}\r\n\r\n"
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(deadline)
-    s.connect(sock_path)
-    s.sendall(head.encode() + data)
-    chunks = []
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        chunks.append(b)
-    s.close()
-    raw = b"".join(chunks)
-    head_bytes, _, payload = raw.partition(b"\r\n\r\n")
-    return Answer(int(head_bytes[9:12]), head_bytes.decode(errors="replace"), payload.decode(errors="replace"))
+    status, head_text, payload = split_answer(http_over_unix(sock_path, head.encode() + data, deadline))
+    return Answer(status, head_text, payload.decode(errors="replace"))
 
 
 class EventStream:

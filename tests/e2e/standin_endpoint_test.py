@@ -16,7 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
 from client import FakeUpstream  # noqa: E402
-from harness import Daemon, XdgTree, binaries, run_ctl, unix_request, wait_for  # noqa: E402
+from harness import (Daemon, XdgTree, binaries, run_ctl, send_and_read_to_close, split_answer,  # noqa: E402
+                     unix_request, wait_for)
 
 TOKEND, TOKENCTL = binaries()
 CLIENT_ID = "atl"
@@ -56,17 +57,8 @@ CHILD = textwrap.dedent('''
 
 def raw_http(port, request_bytes, deadline=20):
     """Sends raw bytes to the endpoint; (status, head text, body bytes)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=deadline) as s:
-        s.sendall(request_bytes)
-        chunks = []
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            chunks.append(b)
-    out = b"".join(chunks)
-    head, _, body = out.partition(b"\r\n\r\n")
-    return int(head[9:12]), head.decode(errors="replace"), body
+    s = socket.create_connection(("127.0.0.1", port), timeout=deadline)
+    return split_answer(send_and_read_to_close(s, request_bytes))
 
 
 def refused(port):
