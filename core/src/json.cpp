@@ -80,16 +80,16 @@ constexpr bool plain_char(char c) {
 // runs for every token answer): the classic "has a byte less than n / more
 // than n / equal to c" tests on a 64-bit word, exact for "any byte".
 bool plain_text(std::string_view s) {
-  constexpr std::uint64_t ones = 0x0101010101010101ULL;
-  constexpr std::uint64_t highs = 0x8080808080808080ULL;
-  const auto has_zero = [](std::uint64_t v) { return ((v - ones) & ~v & highs) != 0; };
+  constexpr std::uint64_t k_ones = 0x0101010101010101ULL;
+  constexpr std::uint64_t k_highs = 0x8080808080808080ULL;
+  const auto has_zero = [](std::uint64_t v) { return ((v - k_ones) & ~v & k_highs) != 0; };
   std::size_t i = 0;
   for (; i + 8 <= s.size(); i += 8) {
     std::uint64_t w = 0;
     std::memcpy(&w, s.data() + i, 8);
-    const bool below_space = ((w - ones * 0x20) & ~w & highs) != 0;
-    const bool above_tilde = (((w + ones * (127 - 0x7e)) | w) & highs) != 0;
-    if (below_space || above_tilde || has_zero(w ^ (ones * '"')) || has_zero(w ^ (ones * '\\')))
+    const bool below_space = ((w - k_ones * 0x20) & ~w & k_highs) != 0;
+    const bool above_tilde = (((w + k_ones * (127 - 0x7e)) | w) & k_highs) != 0;
+    if (below_space || above_tilde || has_zero(w ^ (k_ones * '"')) || has_zero(w ^ (k_ones * '\\')))
       return false;
   }
   return std::all_of(s.begin() + static_cast<std::ptrdiff_t>(i), s.end(), plain_char);
