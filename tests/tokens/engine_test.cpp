@@ -454,8 +454,8 @@ TEST_CASE("a replica that died holding the claim is taken over: the stored refre
   CHECK(rig.http.pending.front().request.body.reveal().find("refresh_token=rt-0") !=
         std::string::npos);
   rig.http.reply(200, token_json("at-1", "rt-1"));
-  REQUIRE(got);
-  REQUIRE(*got);
+  REQUIRE(got.has_value());
+  REQUIRE(got->has_value());
   CHECK((*got)->token.reveal() == "at-1");
   CHECK_FALSE(rig.store.get_credential("p")->refresh_inflight_since_ms);
 }
@@ -474,8 +474,8 @@ TEST_CASE("a credential rotated by another process since it was read is served, 
   REQUIRE(rig.store.store_token_set("p", t));
   std::optional<Result<>> done;
   rig.tokens->refresh("p", [&](Result<> r) { done = std::move(r); });
-  REQUIRE(done);
-  CHECK(*done);
+  REQUIRE(done.has_value());
+  CHECK(done->has_value());
   CHECK(rig.http.started == 0);
   CHECK(rig.tokens->stats().refreshes_adopted == 1);
   auto g = rig.tokens->token("p", {60});
