@@ -204,12 +204,6 @@ class Tenants {
   }
 
   [[nodiscard]] std::size_t size() const { return m_tenants.size(); }
-  // A loaded tenant, or nullptr (a user not loaded here reads the store
-  // when loaded).
-  Tenant* find(std::string_view user) {
-    auto it = m_tenants.find(user);
-    return it == m_tenants.end() ? nullptr : it->second.get();
-  }
   void for_each(const std::function<void(Tenant&)>& f) {
     for (auto& [user, tenant] : m_tenants) f(*tenant);
   }
@@ -361,7 +355,14 @@ int run_server(const Config& initial, const EnvLookup& env,
             return;
           }
           if (e->origin == replica_id) return;
-          if (Tenant* t = tenants.find(e->user)) t->apply_remote(*e);
+          // A user new to this replica is loaded, so every replica
+          // schedules every user's refreshes and one that dies is covered.
+          auto t = tenants.get(e->user);
+          if (!t) {
+            spdlog::warn("{}", t.error().message);
+            return;
+          }
+          (*t)->apply_remote(*e);
         },
         [&] { tenants.for_each([](Tenant& t) { t.resync(); }); });
     if (auto r = replicas.start(); !r) {

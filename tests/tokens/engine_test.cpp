@@ -393,9 +393,10 @@ TEST_CASE("a state write the store refuses is logged and counted, and memory kee
   CHECK(rig.tokens->stats().store_failures == 1);
 }
 
-TEST_CASE("a refresh whose claim another replica holds is not sent; its waiters get that "
-          "replica's token",
-          "[refresh][engine][replicas]") {
+TEST_CASE(
+    "a refresh whose claim another replica holds is not sent; its waiters get that "
+    "replica's token",
+    "[refresh][engine][replicas]") {
   EngineOptions options;
   options.claim_retry = 1s;
   Rig rig(std::move(options));
@@ -436,9 +437,10 @@ TEST_CASE("a refresh whose claim another replica holds is not sent; its waiters 
   CHECK(rig.faulty.claims == rig.faulty.releases);
 }
 
-TEST_CASE("a replica that died holding the claim is taken over: the stored refresh token is "
-          "retried once the claim is free",
-          "[refresh][engine][replicas]") {
+TEST_CASE(
+    "a replica that died holding the claim is taken over: the stored refresh token is "
+    "retried once the claim is free",
+    "[refresh][engine][replicas]") {
   Rig rig;
   rig.add("p", 30s);
   rig.clock.advance(15s);
@@ -460,9 +462,10 @@ TEST_CASE("a replica that died holding the claim is taken over: the stored refre
   CHECK_FALSE(rig.store.get_credential("p")->refresh_inflight_since_ms);
 }
 
-TEST_CASE("a credential rotated by another process since it was read is served, not refreshed "
-          "again",
-          "[refresh][engine][replicas]") {
+TEST_CASE(
+    "a credential rotated by another process since it was read is served, not refreshed "
+    "again",
+    "[refresh][engine][replicas]") {
   Rig rig;
   rig.add("p", 3600s);
   // Another process refreshed it (memory here still holds generation 1).

@@ -78,13 +78,15 @@ Result<> FeedWatcher::watch() {
   auto poll = net::Poll::create_socket(m_loop, fd);
   if (!poll) return std::unexpected(poll.error());
   m_poll = std::move(*poll);
-  if (const int rc = m_poll.start(UV_READABLE, [this](int status, int /*events*/) {
-        if (status < 0) {
-          lost(net::uv_error(status, "watching the listening connection"));
-          return;
-        }
-        on_readable();
-      });
+  if (const int rc =
+          m_poll.start(UV_READABLE,
+                       [this](int status, int /*events*/) {
+                         if (status < 0) {
+                           lost(net::uv_error(status, "watching the listening connection"));
+                           return;
+                         }
+                         on_readable();
+                       });
       rc != 0) {
     m_poll.close();
     return std::unexpected(net::uv_error(rc, "watching the listening connection"));

@@ -768,8 +768,8 @@ bool TokenService::due_now(const Entry& e) const {
 
 Millis TokenService::claim_retry_delay() {
   const double factor = 0.5 + m_options.random01();
-  return Millis(static_cast<std::int64_t>(static_cast<double>(m_options.claim_retry.count()) *
-                                          factor));
+  return Millis(
+      static_cast<std::int64_t>(static_cast<double>(m_options.claim_retry.count()) * factor));
 }
 
 void TokenService::adopt(Entry& e) {
@@ -777,9 +777,8 @@ void TokenService::adopt(Entry& e) {
   e.rt.failures = 0;
   schedule_from_token(e);
   if (e.credential.state == CredState::reauth_required) {
-    finish(e, fail(Errc::reauth_required,
-                   fmt::format("profile '{}' needs a new login ({})", e.profile.name,
-                               e.credential.last_error)));
+    finish(e, fail(Errc::reauth_required, fmt::format("profile '{}' needs a new login ({})",
+                                                      e.profile.name, e.credential.last_error)));
   } else {
     finish(e, {});
   }
@@ -802,13 +801,13 @@ void TokenService::reload(const std::string& name) {
   auto credential = m_store.get_credential(name);
   if (!credential) {
     ++m_stats.store_failures;
-    spdlog::error("profile {}: reading its credential again: {}", name,
-                  credential.error().message);
+    spdlog::error("profile {}: reading its credential again: {}", name, credential.error().message);
     return;
   }
   auto it = m_entries.find(name);
   if (it == m_entries.end()) {
-    auto [added, _] = m_entries.emplace(name, Entry{std::move(*profile), std::move(*credential), {}});
+    auto [added, _] =
+        m_entries.emplace(name, Entry{std::move(*profile), std::move(*credential), {}});
     schedule_from_token(added->second);
     rearm();
     return;

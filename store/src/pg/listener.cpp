@@ -85,8 +85,8 @@ PgListener::~PgListener() = default;
 Result<PgListener> PgListener::open(const Secret& conninfo, std::string channel) {
   auto conn = connect_and_listen(conninfo, channel);
   if (!conn) return std::unexpected(conn.error());
-  return PgListener(
-      std::make_unique<State>(State{Secret(conninfo.reveal()), std::move(channel), std::move(*conn)}));
+  return PgListener(std::make_unique<State>(
+      State{Secret(conninfo.reveal()), std::move(channel), std::move(*conn)}));
 }
 
 int PgListener::socket() const {
@@ -105,8 +105,8 @@ Result<std::vector<Notification>> PgListener::read() {
   }
   std::vector<Notification> out;
   while (PGnotify* n = PQnotifies(conn)) {
-    out.push_back(Notification{n->relname != nullptr ? n->relname : "",
-                               n->extra != nullptr ? n->extra : ""});
+    out.push_back(
+        Notification{n->relname != nullptr ? n->relname : "", n->extra != nullptr ? n->extra : ""});
     PQfreemem(n);
   }
   return out;

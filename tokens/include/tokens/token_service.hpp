@@ -95,7 +95,7 @@ struct EngineStats {
   std::uint64_t refreshes_failed = 0;
   std::size_t in_flight = 0;
   std::size_t peak_in_flight = 0;
-  std::uint64_t store_failures = 0;  // state writes or read-backs the store refused
+  std::uint64_t store_failures = 0;         // state writes or read-backs the store refused
   std::uint64_t claims_held_elsewhere = 0;  // refreshes not sent: another process held the claim
   std::uint64_t refreshes_adopted = 0;      // refreshes not sent: another process had rotated
   std::uint64_t reloads = 0;                // reload() calls (another process changed a profile)
