@@ -323,7 +323,7 @@ int run_server(const Config& initial, const EnvLookup& env,
     ipc::Router front;
     ipc::Server server(loop, front, config.limits);
 
-    Shared shared{loop, clock, http, callbacks, server, {}, {}, {}, {}, config.audit};
+    Shared shared{loop, clock, http, callbacks, server, {}, {}, {}, {}, config.audit, {}};
     shared.engine.policy.buffer = config.refresh_buffer;
     shared.engine.max_concurrent = config.max_concurrent_refreshes;
     shared.engine.http_timeout = config.http_timeout;
