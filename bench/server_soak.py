@@ -152,10 +152,20 @@ def main():
 
         def start(i):
             d = Daemon(tokend, xdg.env, ["--server", "--config", configs[i], "--ca-bundle", up.ca_file,
-                                         "--refresh-buffer", f"{a.buffer}s", "--log-level", "warn"])
+                                         "--refresh-buffer", f"{a.buffer}s", "--log-level", "info"])
             d.wait_ready(sockets[i], deadline=300)
             replicas[i] = d
             lives[i] += 1
+
+        def read_metrics(i):
+            try:
+                c = Conn(sockets[i])
+                status, text = c.request("GET", "/v1/server/metrics")
+                c.close()
+                if status == 200:
+                    last_metrics[i] = metric(text, "tokend_server_refreshes_ok_total")
+            except (OSError, ConnectionError, ValueError):
+                pass
 
         up.add_client("soak", "soak-secret", "client_secret_basic")
         up.config(reuse_window=600, access_lifetime=a.lifetime, log_limit=1000)
@@ -184,6 +194,11 @@ def main():
         for i in range(1, a.replicas):
             start(i)  # each loads every user with profiles
         up.clear_stats()
+        # What each replica refreshed before the measured window (replica 0
+        # during the population) is left out.
+        for i in range(a.replicas):
+            read_metrics(i)
+            refreshes_done[i] = -last_metrics[i]
 
         stop = threading.Event()
         samples = [[] for _ in range(a.replicas)]  # latencies in ms
@@ -217,16 +232,6 @@ def main():
                         code = f"{status}"
                         failure_kinds[code] = failure_kinds.get(code, 0) + 1
                 time.sleep(0.01)
-
-        def read_metrics(i):
-            try:
-                c = Conn(sockets[i])
-                status, text = c.request("GET", "/v1/server/metrics")
-                c.close()
-                if status == 200:
-                    last_metrics[i] = metric(text, "tokend_server_refreshes_ok_total")
-            except (OSError, ConnectionError, ValueError):
-                pass
 
         threads = [threading.Thread(target=sampler, args=(i,), daemon=True) for i in range(a.replicas)]
         for t in threads:
