@@ -8,7 +8,8 @@ token requests arrive on every replica; that a replica killed with SIGKILL
 in the middle of a refresh loses its claim with its connection and another
 replica takes the refresh over from the in-flight marker with the grant
 intact; and that a user's events on one replica reach that user's event
-stream on another, whose cache follows. Every wait polls against a deadline."""
+stream on another, whose cache follows, also after the replicas' listening
+connections were cut. Every wait polls against a deadline."""
 import json
 import os
 import secrets
@@ -263,6 +264,18 @@ class ReplicasTest(unittest.TestCase):
             # Another user's stream on replica 1 saw none of it.
         finally:
             stream.close()
+        # Every replica's listening connection is cut: each reconnects, and
+        # events cross again.
+        killed = self.pg.psql(self.database, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                             "WHERE application_name = 'tokend-listen'")
+        self.assertEqual(int(killed), REPLICAS)
+
+        def reconnected(i):
+            r = exchange(self.sockets[i], "GET", "/v1/server/metrics")
+            return ("tokend_server_replica_channel_reconnects_total 1\n" in r.text
+                    and "tokend_server_replica_channel_up 1\n" in r.text)
+        for i in range(REPLICAS):
+            wait_for(lambda i=i: reconnected(i), f"replica {i} to listen again")
         bob = EventStream(self.sockets[2], [("X-Forwarded-User", "bob@example.org")])
         try:
             bob.wait_for("tokend event stream", "bob's stream to open")
