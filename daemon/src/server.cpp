@@ -13,7 +13,9 @@
 
 #include "api/api.hpp"
 #include "core/clock.hpp"
+#include "core/encoding.hpp"
 #include "core/fs.hpp"
+#include "core/random.hpp"
 #include "daemon/connect.hpp"
 #include "daemon/identity.hpp"
 #include "daemon/systemd.hpp"
@@ -29,6 +31,7 @@
 #include "store/kek.hpp"
 #include "store/pg_store.hpp"
 #include "tokens/events.hpp"
+#include "tokens/replica.hpp"
 #include "tokens/timer_port.hpp"
 #include "tokens/token_service.hpp"
 
@@ -77,6 +80,8 @@ struct Shared {
   store::AuditRetention audit;
   // The connect page's public-url and provider templates (SIGHUP replaces).
   std::shared_ptr<const ConnectSettings> connect = std::make_shared<const ConnectSettings>();
+  // Tells the other replicas about one of a user's events (NOTIFY).
+  std::function<void(const std::string& user, const tokens::Event&)> tell_replicas;
 };
 
 // One user's part of the server: the pieces of the single-user daemon, on
@@ -101,6 +106,11 @@ class Tenant {
     // this user's, so a user's /v1/metrics leaves them out.
     m_api.register_routes(m_router);
     m_connect.register_routes(m_router);
+    // This replica's events go to the others; theirs come back through
+    // apply_remote, which must not send them on again.
+    m_forward = m_events.subscribe([this, &shared](const tokens::Event& e) {
+      if (!m_replaying && shared.tell_replicas) shared.tell_replicas(m_store.user_id(), e);
+    });
   }
   Tenant(const Tenant&) = delete;
   Tenant& operator=(const Tenant&) = delete;
@@ -134,6 +144,22 @@ class Tenant {
 
   [[nodiscard]] const ipc::Router& router() const { return m_router; }
   [[nodiscard]] std::size_t profiles() const { return m_tokens.size(); }
+  [[nodiscard]] const tokens::EngineStats& engine_stats() const { return m_tokens.stats(); }
+
+  // Another replica's event: the profile is read again, then this user's
+  // subscribers here see the event too.
+  void apply_remote(const tokens::ReplicaEvent& e) {
+    if (!e.profile.empty()) m_tokens.reload(e.profile);
+    m_replaying = true;
+    m_events.publish(e.kind, e.profile, e.at_ms, e.data);
+    m_replaying = false;
+  }
+  // Every profile read again (the replicas' channel was down).
+  void resync() {
+    if (auto r = m_tokens.reload_all(); !r) {
+      spdlog::warn("user '{}': re-reading the profiles: {}", m_store.user_id(), r.error().message);
+    }
+  }
 
  private:
   store::PgStore m_store;
@@ -147,6 +173,8 @@ class Tenant {
   ConnectPage m_connect;
   ipc::Router m_router;
   proxy::RateLimiter m_limiter;
+  tokens::EventBus::Subscription m_forward;
+  bool m_replaying = false;
 };
 
 // The tenants of this process, made on first use and kept until it stops
@@ -182,6 +210,9 @@ class Tenants {
   }
 
   [[nodiscard]] std::size_t size() const { return m_tenants.size(); }
+  void for_each(const std::function<void(Tenant&)>& f) {
+    for (auto& [user, tenant] : m_tenants) f(*tenant);
+  }
 
  private:
   Shared& m_shared;
@@ -189,6 +220,35 @@ class Tenants {
   std::map<std::string, std::unique_ptr<Tenant>, std::less<>> m_tenants;
   bool m_closed = false;
 };
+
+// This replica's share of the refreshes (counters over its tenants).
+void append_replica_metrics(std::string& out, Tenants& tenants,
+                            const tokens::FeedWatcher& replicas) {
+  tokens::EngineStats sum;
+  tenants.for_each([&](Tenant& t) {
+    const auto& s = t.engine_stats();
+    sum.refreshes_ok += s.refreshes_ok;
+    sum.refreshes_failed += s.refreshes_failed;
+    sum.claims_held_elsewhere += s.claims_held_elsewhere;
+    sum.refreshes_adopted += s.refreshes_adopted;
+    sum.reloads += s.reloads;
+    sum.in_flight += s.in_flight;
+  });
+  const std::pair<const char*, std::uint64_t> counters[] = {
+      {"tokend_server_refreshes_ok_total", sum.refreshes_ok},
+      {"tokend_server_refreshes_failed_total", sum.refreshes_failed},
+      {"tokend_server_refresh_claims_held_elsewhere_total", sum.claims_held_elsewhere},
+      {"tokend_server_refreshes_adopted_total", sum.refreshes_adopted},
+      {"tokend_server_reloads_total", sum.reloads},
+      {"tokend_server_replica_channel_reconnects_total", replicas.reconnects()}};
+  for (const auto& [name, value] : counters) {
+    out += fmt::format("# TYPE {} counter\n{} {}\n", name, name, value);
+  }
+  out += fmt::format(
+      "# TYPE tokend_server_refreshes_in_flight gauge\ntokend_server_refreshes_in_flight {}\n"
+      "# TYPE tokend_server_replica_channel_up gauge\ntokend_server_replica_channel_up {}\n",
+      sum.in_flight, replicas.connected() ? 1 : 0);
+}
 
 // The refusal's audit line: the log always, and the audit log of the user it
 // named, when it named a valid one.
@@ -240,6 +300,21 @@ int run_server(const Config& initial, const EnvLookup& env,
     return 1;
   }
 
+  // This process among the replicas sharing the database: its events
+  // carry the id, so it skips its own when they come back.
+  std::string replica_id = fmt::format("{}-", ::getpid());
+  if (auto nonce = random_secret(6)) replica_id += hex_encode(nonce->reveal());
+  auto conninfo = read_conninfo(config.server.database_url_file);
+  if (!conninfo) {
+    spdlog::critical("{}", conninfo.error().message);
+    return 2;
+  }
+  auto listener = store::PgListener::open(*conninfo, tokens::k_replica_channel);
+  if (!listener) {
+    spdlog::critical("listening for the other replicas: {}", listener.error().message);
+    return 1;
+  }
+
   net::Loop loop;
   int exit_code = 0;
   {
@@ -254,7 +329,7 @@ int run_server(const Config& initial, const EnvLookup& env,
     ipc::Router front;
     ipc::Server server(loop, front, config.limits);
 
-    Shared shared{loop, clock, http, callbacks, server, {}, {}, {}, {}, config.audit};
+    Shared shared{loop, clock, http, callbacks, server, {}, {}, {}, {}, config.audit, {}, {}};
     shared.connect = std::make_shared<const ConnectSettings>(config.server.connect);
     shared.engine.policy.buffer = config.refresh_buffer;
     shared.engine.max_concurrent = config.max_concurrent_refreshes;
@@ -268,11 +343,50 @@ int run_server(const Config& initial, const EnvLookup& env,
     // never do).
     shared.proxy.drop_headers = {config.server.identity.user_header};
     Tenants tenants(shared, *db);
+    shared.tell_replicas = [&](const std::string& user, const tokens::Event& e) {
+      // `expiring` is each replica's own reckoning, sent by every one.
+      if (e.kind == tokens::EventKind::expiring) return;
+      if (auto r = db->notify(tokens::k_replica_channel,
+                              tokens::encode_replica_event(replica_id, user, e));
+          !r) {
+        spdlog::warn("user '{}': telling the other replicas about {}: {}", user,
+                     tokens::to_string(e.kind), r.error().message);
+      }
+    };
+    tokens::FeedWatcher replicas(
+        loop, *listener,
+        [&](const store::Notification& n) {
+          auto e = tokens::decode_replica_event(n.payload);
+          if (!e) {
+            spdlog::warn("{}", e.error().message);
+            return;
+          }
+          if (e->origin == replica_id) return;
+          // A user new to this replica is loaded, so every replica
+          // schedules every user's refreshes and one that dies is covered.
+          auto t = tenants.get(e->user);
+          if (!t) {
+            spdlog::warn("{}", t.error().message);
+            return;
+          }
+          (*t)->apply_remote(*e);
+        },
+        [&] { tenants.for_each([](Tenant& t) { t.resync(); }); });
+    if (auto r = replicas.start(); !r) {
+      spdlog::critical("listening for the other replicas: {}", r.error().message);
+      tenants.close();
+      http.close();
+      server.close();
+      loop.run();
+      (void)loop.close();
+      return 1;
+    }
 
     // Users with profiles are loaded now, so their refreshes run.
     for (const auto& user : *users) {
       if (auto t = tenants.get(user); !t) {
         spdlog::critical("{}", t.error().message);
+        replicas.close();
         tenants.close();
         http.close();
         server.close();
@@ -324,6 +438,7 @@ int run_server(const Config& initial, const EnvLookup& env,
                     "# HELP tokend_server_users_loaded Users whose profiles this replica holds.\n"
                     "# TYPE tokend_server_users_loaded gauge\ntokend_server_users_loaded {}\n",
                     tenants.size());
+                append_replica_metrics(out, tenants, replicas);
                 api::append_socket_metrics(out, server.stats());
                 ipc::Response r;
                 r.headers.emplace_back("Content-Type", "text/plain; version=0.0.4");
@@ -389,6 +504,7 @@ int run_server(const Config& initial, const EnvLookup& env,
       stopping = true;
       spdlog::info("received {}, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
       notify("STOPPING=1");
+      replicas.close();
       tenants.close();
       http.close();
       server.drain(config.drain_timeout, [&] {
@@ -440,6 +556,7 @@ int run_server(const Config& initial, const EnvLookup& env,
         activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
     if (!listening) {
       spdlog::critical("{}", listening.error().message);
+      replicas.close();
       tenants.close();
       http.close();
       server.close();

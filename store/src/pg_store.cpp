@@ -1,6 +1,7 @@
 #include "store/pg_store.hpp"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <array>
 
@@ -345,6 +346,12 @@ Result<std::vector<std::string>> PgDatabase::users() {
   return out;
 }
 
+Result<> PgDatabase::notify(const char* channel, std::string_view payload) {
+  auto r = m_shared->conn.exec("SELECT pg_notify($1, $2)", Params().text(channel).text(payload));
+  if (!r) return std::unexpected(r.error());
+  return {};
+}
+
 Result<int> PgDatabase::schema_version() {
   return detail::pg::schema_version(m_shared->conn);
 }
@@ -604,6 +611,57 @@ Result<std::int64_t> PgStore::store_token_set(std::string_view name, const Token
   }
   if (auto r = tx->commit(); !r) return std::unexpected(r.error());
   return generation;
+}
+
+namespace {
+
+// The advisory lock key of one credential: 64 bits of a hash of the user
+// and the profile (neither holds a newline). Two credentials that collide
+// only make one replica wait for the other's refresh.
+std::string claim_key(std::string_view user, std::string_view profile) {
+  return fmt::format("tokend-refresh\n{}\n{}", user, profile);
+}
+
+}  // namespace
+
+Result<RefreshClaim> PgStore::claim_refresh(std::string_view name) {
+  auto& conn = m_shared->conn;
+  bool ours = false;
+  auto held = m_claims.find(name);
+  if (held != m_claims.end() && held->second == conn.resets()) {
+    ours = true;
+  } else {
+    if (held != m_claims.end()) m_claims.erase(held);  // the session that held it is gone
+    auto rows = conn.exec("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                          Params().text(claim_key(m_user, name)));
+    if (!rows) return std::unexpected(rows.error());
+    ours = rows->int8(0, 0) != 0;
+    // A reset while asking is a new session: what it answered is about
+    // that one, which now holds the lock.
+    if (ours) m_claims.emplace(std::string(name), conn.resets());
+  }
+  auto credential = read_credential_row(name, /*for_update=*/false);
+  if (!credential) {
+    if (ours) release_refresh(name);
+    return std::unexpected(credential.error());
+  }
+  return RefreshClaim{ours, std::move(*credential)};
+}
+
+void PgStore::release_refresh(std::string_view name) {
+  auto held = m_claims.find(name);
+  if (held == m_claims.end()) return;
+  const bool same_session = held->second == m_shared->conn.resets();
+  m_claims.erase(held);
+  if (!same_session) return;  // the lock ended with its session
+  auto rows = m_shared->conn.exec("SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                                  Params().text(claim_key(m_user, name)));
+  if (!rows) {
+    // The claim ends with the session at the latest; until then this
+    // replica is the only one that refreshes the credential.
+    spdlog::warn("user '{}', profile {}: releasing the refresh claim: {}", m_user, name,
+                 rows.error().message);
+  }
 }
 
 Result<> PgStore::mark_refresh_inflight(std::string_view name, std::int64_t at_ms) {

@@ -371,6 +371,12 @@ Result<> SqlcipherStore::ensure_profile_exists(std::string_view name) {
   return {};
 }
 
+Result<RefreshClaim> SqlcipherStore::claim_refresh(std::string_view name) {
+  auto c = get_credential(name);
+  if (!c) return std::unexpected(c.error());
+  return RefreshClaim{true, std::move(*c)};
+}
+
 Result<> SqlcipherStore::mark_refresh_inflight(std::string_view name, std::int64_t at_ms) {
   auto s = m_db->cached(
       "UPDATE credentials SET refresh_inflight_since = ?2, state = 'refreshing' WHERE profile = "

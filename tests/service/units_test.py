@@ -1,6 +1,7 @@
-"""systemd/tokend.service and systemd/tokend.socket: systemd-analyze verify
-passes with no output at all, and the hardening and path settings the daemon
-relies on are present and consistent with each other.
+"""systemd/tokend.service and systemd/tokend.socket (user units), and
+systemd/tokend-server.service (server mode, a system unit): systemd-analyze
+verify passes with no output at all, and the hardening and path settings the
+daemon relies on are present and consistent with each other.
 
     python3 tests/service/units_test.py
 """
@@ -9,8 +10,10 @@ import shutil
 import subprocess
 import unittest
 
-from service_support import (SERVICE_UNIT, SOCKET_UNIT, TempDir, main,
+from service_support import (REPO, SERVICE_UNIT, SOCKET_UNIT, TempDir, main,
                              make_executable)
+
+SERVER_UNIT = os.path.join(REPO, "systemd", "tokend-server.service")
 
 # Commands the units run besides tokend itself; verify checks that they exist.
 HOST_COMMANDS = ("/bin/mkdir", "/bin/kill")
@@ -191,6 +194,74 @@ class DirectivesTest(unittest.TestCase):
         # StateDirectory= resolves to ~/.config or ~/.local/state depending on
         # the systemd version: the database would move under the user's feet.
         self.assertNotIn("StateDirectory", self.service)
+
+class ServerUnitTest(unittest.TestCase):
+    """systemd/tokend-server.service, verified as a system unit."""
+
+    def setUp(self):
+        self.unit = parse_unit(SERVER_UNIT)
+        self.service = self.unit["Service"]
+        self.analyze = shutil.which("systemd-analyze")
+        self.tmp = TempDir()
+
+    def tearDown(self):
+        self.tmp.close()
+
+    def verify_copy(self, binary):
+        """Verifies a copy whose ExecStart= names `binary` (verify checks that
+        it is executable; /usr/bin/tokend is not installed here)."""
+        if self.analyze is None:
+            self.skipTest("systemd-analyze not installed (Debian: apt-get install systemd)")
+        with open(SERVER_UNIT) as f:
+            text = f.read()
+        self.assertEqual(text.count("ExecStart=/usr/bin/tokend "), 1)
+        path = self.tmp.sub("tokend-server.service")
+        with open(path, "w") as f:
+            f.write(text.replace("ExecStart=/usr/bin/tokend ", f"ExecStart={binary} "))
+        return subprocess.run([self.analyze, "verify", "--man=no", "--generators=no", path],
+                              capture_output=True, text=True, timeout=60)
+
+    def test_verifies_with_no_warnings(self):
+        binary = self.tmp.sub("tokend")
+        make_executable(binary)
+        r = self.verify_copy(binary)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr, "", "systemd-analyze verify printed warnings")
+
+    def test_verify_fails_without_the_binary(self):
+        r = self.verify_copy(self.tmp.sub("missing-tokend"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("missing-tokend", r.stderr)
+
+    def test_runs_server_mode_as_its_own_user_with_the_kek_as_a_credential(self):
+        s = self.service
+        expected = {
+            "Type": "notify",
+            "User": "tokend",
+            "ExecStart": "/usr/bin/tokend --server --config /etc/tokend/server.conf",
+            "ExecReload": "/bin/kill -HUP $MAINPID",
+            "Restart": "on-failure",
+            "RestartPreventExitStatus": "2",
+            "UMask": "0077",
+            # tokend reads $CREDENTIALS_DIRECTORY/tokend.kek (store/kek.hpp).
+            "LoadCredential": "tokend.kek:/etc/tokend/kek",
+            "RuntimeDirectory": "tokend",
+            # tokend refuses a socket directory looser than 0700.
+            "RuntimeDirectoryMode": "0700",
+            "NoNewPrivileges": "yes",
+            "ProtectSystem": "strict",
+            "ProtectHome": "yes",
+            "PrivateTmp": "yes",
+            "MemoryDenyWriteExecute": "yes",
+            "SystemCallFilter": "@system-service",
+            "CapabilityBoundingSet": "",
+        }
+        for key, value in expected.items():
+            with self.subTest(key=key):
+                self.assertEqual(one(s, key), value)
+        self.assertEqual(sorted(words(s, "RestrictAddressFamilies")), ["AF_INET", "AF_INET6", "AF_UNIX"])
+        self.assertEqual(one(self.unit["Install"], "WantedBy"), "multi-user.target")
+
 
 if __name__ == "__main__":
     main()

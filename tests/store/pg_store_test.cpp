@@ -1,7 +1,11 @@
 // What only the PostgreSQL store has: the schema's migrations, many users in
 // one database, per-row encryption under a key-encryption key, key rotation.
 // The Store contract itself is tested for it in store_test.cpp.
+#include <poll.h>
+
 #include <catch2/catch_test_macros.hpp>
+#include <chrono>
+#include <thread>
 
 #include "core/encoding.hpp"
 #include "store/detail/pg.hpp"
@@ -599,4 +603,98 @@ TEST_CASE("a lost connection fails one call with Errc::unavailable; the next rec
   REQUIRE_FALSE(lost);
   CHECK(lost.error().code == Errc::unavailable);
   check_filled(alice, "jira", "alice");
+}
+
+TEST_CASE("refresh claims: one connection (replica) at a time, ended by its connection",
+          "[store][pg][replicas]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  const auto kek = test::random_kek();
+  auto two = PgDatabase::open(db.conninfo(), kek, clock);
+  REQUIRE(two);
+  auto b = store_of(*two, "alice");
+  {
+    auto one = PgDatabase::open(db.conninfo(), kek, clock);
+    REQUIRE(one);
+    auto a = store_of(*one, "alice");
+    REQUIRE(a.put_profile(test::make_profile("p")));
+    REQUIRE(a.put_profile(test::make_profile("q")));
+    REQUIRE(a.store_token_set("p", test::make_tokens("at1", "rt1", 1)));
+
+    auto mine = a.claim_refresh("p");
+    REQUIRE(mine);
+    CHECK(mine->ours);
+    CHECK(mine->credential.refresh_token.reveal() == "rt1");
+    // Claiming what it holds again is still its claim (and one release ends it).
+    CHECK(a.claim_refresh("p")->ours);
+    REQUIRE(a.mark_refresh_inflight("p", 1234));
+
+    // The other replica: not its claim, but the row as stored now.
+    auto theirs = b.claim_refresh("p");
+    REQUIRE(theirs);
+    CHECK_FALSE(theirs->ours);
+    CHECK(theirs->credential.refresh_inflight_since_ms == 1234);
+    CHECK(theirs->credential.generation == 1);
+    // Another credential, and the same name of another user, are claimed apart.
+    CHECK(b.claim_refresh("q")->ours);
+    b.release_refresh("q");
+    REQUIRE(store_of(*one, "bob").put_profile(test::make_profile("p")));
+    auto bob = store_of(*two, "bob");
+    CHECK(bob.claim_refresh("p")->ours);
+    bob.release_refresh("p");
+
+    a.release_refresh("p");
+    a.release_refresh("p");  // idempotent
+    CHECK(b.claim_refresh("p")->ours);
+    b.release_refresh("p");
+    CHECK(a.claim_refresh("p")->ours);
+    // The first replica goes away (its connection closes) holding the claim.
+  }
+  // The server drops the session's locks when its backend has seen the
+  // connection close, a moment later: the survivor tries again meanwhile.
+  auto taken = b.claim_refresh("p");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (taken && !taken->ours && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    taken = b.claim_refresh("p");
+  }
+  REQUIRE(taken);
+  CHECK(taken->ours);
+  CHECK(taken->credential.refresh_inflight_since_ms == 1234);  // the marker stays
+  b.release_refresh("p");
+}
+
+TEST_CASE("a listener gets what another connection NOTIFYs; connections have a statement timeout",
+          "[store][pg][replicas]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  auto database = PgDatabase::open(db.conninfo(), test::random_kek(), clock);
+  REQUIRE(database);
+  auto listener = PgListener::open(db.conninfo(), "tokend_test_channel");
+  REQUIRE(listener);
+  REQUIRE(listener->socket() >= 0);
+  REQUIRE(database->notify("tokend_test_channel", R"({"hello":"there"})"));
+  REQUIRE(database->notify("another_channel", "not for it"));
+  REQUIRE(database->notify("tokend_test_channel", "second"));
+  std::vector<Notification> got;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (got.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{listener->socket(), POLLIN, 0};
+    ::poll(&p, 1, 100);
+    auto notes = listener->read();
+    REQUIRE(notes);
+    got.insert(got.end(), notes->begin(), notes->end());
+  }
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].channel == "tokend_test_channel");
+  CHECK(got[0].payload == R"({"hello":"there"})");
+  CHECK(got[1].payload == "second");
+  REQUIRE(listener->reconnect());
+  CHECK(listener->socket() >= 0);
+
+  auto c = pg::Connection::open(db.conninfo());
+  REQUIRE(c);
+  auto timeout = c->exec("SELECT current_setting('statement_timeout')");
+  REQUIRE(timeout);
+  CHECK(timeout->text(0, 0) == "15s");
 }

@@ -392,3 +392,97 @@ TEST_CASE("a state write the store refuses is logged and counted, and memory kee
   CHECK(rig.tokens->credential_of("p")->state == CredState::reauth_required);
   CHECK(rig.tokens->stats().store_failures == 1);
 }
+
+TEST_CASE(
+    "a refresh whose claim another replica holds is not sent; its waiters get that "
+    "replica's token",
+    "[refresh][engine][replicas]") {
+  EngineOptions options;
+  options.claim_retry = 1s;
+  Rig rig(std::move(options));
+  rig.add("p", 30s);
+  rig.clock.advance(15s);
+  rig.faulty.claims_held_elsewhere = true;
+  std::vector<std::string> got;
+  for (int i = 0; i < 3; ++i) {
+    rig.tokens->token_async("p", {60}, [&](Result<TokenGrant> g) {
+      REQUIRE(g);
+      got.emplace_back(g->token());
+    });
+  }
+  CHECK(rig.http.started == 0);
+  CHECK(rig.tokens->stats().claims_held_elsewhere == 1);  // one attempt for the three
+  // Its retry finds the claim still held: nothing sent.
+  rig.run_until_idle_or(1600ms);
+  CHECK(rig.http.started == 0);
+  CHECK(got.empty());
+  // The other replica commits its refresh, and its event arrives.
+  store::TokenSet t;
+  t.access_token = Secret("at-other");
+  t.refresh_token = Secret("rt-other");
+  t.expires_at_ms = to_unix_ms(rig.clock.wall_now()) + 3'600'000;
+  t.obtained_at_ms = to_unix_ms(rig.clock.wall_now());
+  REQUIRE(rig.store.store_token_set("p", t));
+  rig.tokens->reload("p");
+  CHECK(got == std::vector<std::string>{"at-other", "at-other", "at-other"});
+  CHECK(rig.http.started == 0);
+  // Its next refresh is scheduled from that token, and taken by whoever
+  // holds the claim then.
+  rig.faulty.claims_held_elsewhere = false;
+  rig.run_until_idle_or(3600s);
+  REQUIRE(rig.http.started == 1);
+  CHECK(rig.http.pending.front().request.body.reveal().find("refresh_token=rt-other") !=
+        std::string::npos);
+  rig.http.reply(200, token_json("at-2", "rt-2"));
+  CHECK(rig.faulty.claims == rig.faulty.releases);
+}
+
+TEST_CASE(
+    "a replica that died holding the claim is taken over: the stored refresh token is "
+    "retried once the claim is free",
+    "[refresh][engine][replicas]") {
+  Rig rig;
+  rig.add("p", 30s);
+  rig.clock.advance(15s);
+  // The other replica marked the refresh in flight, then died.
+  REQUIRE(rig.store.mark_refresh_inflight("p", to_unix_ms(rig.clock.wall_now())));
+  rig.faulty.claims_held_elsewhere = true;
+  std::optional<Result<TokenGrant>> got;
+  rig.tokens->token_async("p", {60}, [&](Result<TokenGrant> g) { got = std::move(g); });
+  CHECK(rig.http.started == 0);
+  rig.faulty.claims_held_elsewhere = false;  // its connection closed
+  rig.run_until_idle_or(2s);
+  REQUIRE(rig.http.started == 1);
+  CHECK(rig.http.pending.front().request.body.reveal().find("refresh_token=rt-0") !=
+        std::string::npos);
+  rig.http.reply(200, token_json("at-1", "rt-1"));
+  REQUIRE(got.has_value());
+  REQUIRE(got->has_value());
+  CHECK((*got)->token() == "at-1");
+  CHECK_FALSE(rig.store.get_credential("p")->refresh_inflight_since_ms);
+}
+
+TEST_CASE(
+    "a credential rotated by another process since it was read is served, not refreshed "
+    "again",
+    "[refresh][engine][replicas]") {
+  Rig rig;
+  rig.add("p", 3600s);
+  // Another process refreshed it (memory here still holds generation 1).
+  store::TokenSet t;
+  t.access_token = Secret("at-other");
+  t.refresh_token = Secret("rt-other");
+  t.expires_at_ms = to_unix_ms(rig.clock.wall_now()) + 3'600'000;
+  t.obtained_at_ms = to_unix_ms(rig.clock.wall_now());
+  REQUIRE(rig.store.store_token_set("p", t));
+  std::optional<Result<>> done;
+  rig.tokens->refresh("p", [&](Result<> r) { done = std::move(r); });
+  REQUIRE(done.has_value());
+  CHECK(done->has_value());
+  CHECK(rig.http.started == 0);
+  CHECK(rig.tokens->stats().refreshes_adopted == 1);
+  auto g = rig.tokens->token("p", {60});
+  REQUIRE(g);
+  CHECK(g->token() == "at-other");
+  CHECK(rig.faulty.claims == rig.faulty.releases);
+}

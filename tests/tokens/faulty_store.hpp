@@ -12,6 +12,10 @@ class FaultyStore final : public store::Store {
 
   bool fail_set_state = false;
   bool fail_reads = false;
+  // Another process (a replica) holds every refresh claim.
+  bool claims_held_elsewhere = false;
+  int claims = 0;
+  int releases = 0;
 
   Result<> put_profile(const store::Profile& p) override { return m_real.put_profile(p); }
   Result<store::Profile> get_profile(std::string_view n) override { return m_real.get_profile(n); }
@@ -28,6 +32,17 @@ class FaultyStore final : public store::Store {
                                        std::optional<std::int64_t> g,
                                        std::optional<std::int64_t> keep) override {
     return m_real.store_token_set(n, t, g, keep);
+  }
+  Result<store::RefreshClaim> claim_refresh(std::string_view n) override {
+    if (fail_reads) return refused();
+    auto claim = m_real.claim_refresh(n);
+    if (claim && claims_held_elsewhere) claim->ours = false;
+    if (claim && claim->ours) ++claims;
+    return claim;
+  }
+  void release_refresh(std::string_view n) override {
+    ++releases;
+    m_real.release_refresh(n);
   }
   Result<> mark_refresh_inflight(std::string_view n, std::int64_t at) override {
     return m_real.mark_refresh_inflight(n, at);

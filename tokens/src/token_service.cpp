@@ -77,7 +77,11 @@ void TokenService::shutdown() {
   m_shut_down = true;
   if (m_timer != nullptr) m_timer->disarm();
   for (auto& [name, e] : m_entries) {
-    if (e.rt.in_flight && m_http != nullptr) m_http->cancel(e.rt.http_id);
+    if (e.rt.in_flight && m_http != nullptr) {
+      m_http->cancel(e.rt.http_id);
+      // The marker stays: whoever refreshes next retries the refresh token.
+      m_store.release_refresh(name);
+    }
     e.rt.in_flight = false;
     auto waiters = std::move(e.rt.waiters);
     for (auto& w : waiters) w(fail(Errc::unavailable, "tokend is shutting down"));
@@ -215,19 +219,7 @@ Result<bool> TokenService::put_profile(ProfileSpec spec) {
 
 Result<> TokenService::remove_profile(std::string_view name) {
   if (auto r = m_store.delete_profile(name); !r) return r;
-  if (auto it = m_entries.find(name); it != m_entries.end()) {
-    Entry& e = it->second;
-    if (e.rt.in_flight && m_http != nullptr) {
-      m_http->cancel(e.rt.http_id);
-      e.rt.in_flight = false;
-      --m_stats.in_flight;
-    }
-    if (e.rt.due) m_due.erase({*e.rt.due, it->first});
-    auto waiters = std::move(e.rt.waiters);
-    m_entries.erase(it);
-    for (auto& w : waiters) w(fail(Errc::not_found, fmt::format("profile '{}' was removed", name)));
-    start_queued();
-  }
+  drop_entry(name, Error{Errc::not_found, fmt::format("profile '{}' was removed", name)});
   audit("profile_removed", name);
   m_events.publish(EventKind::profile_removed, std::string(name), now_ms());
   rearm();
@@ -297,12 +289,32 @@ Result<> TokenService::update_profile(const store::Profile& profile) {
   return {};
 }
 
-void TokenService::abandon_refresh(Entry& e, const Error& why) {
+void TokenService::drop_entry(std::string_view name, const Error& why) {
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) return;
+  Entry& e = it->second;
   if (e.rt.in_flight && m_http != nullptr) {
     m_http->cancel(e.rt.http_id);
+    m_store.release_refresh(name);
     e.rt.in_flight = false;
     --m_stats.in_flight;
   }
+  if (e.rt.queued) std::erase(m_ready, it->first);
+  if (e.rt.due) m_due.erase({*e.rt.due, it->first});
+  auto waiters = std::move(e.rt.waiters);
+  m_entries.erase(it);
+  for (auto& w : waiters) w(std::unexpected(why));
+  start_queued();
+}
+
+void TokenService::abandon_refresh(Entry& e, const Error& why) {
+  if (e.rt.in_flight && m_http != nullptr) {
+    m_http->cancel(e.rt.http_id);
+    m_store.release_refresh(e.profile.name);
+    e.rt.in_flight = false;
+    --m_stats.in_flight;
+  }
+  e.rt.held_elsewhere = false;
   finish(e, std::unexpected(why));
 }
 
@@ -316,6 +328,7 @@ Result<> TokenService::install_tokens(const std::string& name, const store::Toke
   const bool was_in_flight = e.rt.in_flight;
   if (was_in_flight && m_http != nullptr) {
     m_http->cancel(e.rt.http_id);
+    m_store.release_refresh(name);
     e.rt.in_flight = false;
     --m_stats.in_flight;
   }
@@ -617,6 +630,7 @@ void TokenService::on_tick() {
     auto it = m_entries.find(name);
     if (it == m_entries.end()) continue;
     Entry& e = it->second;
+    e.rt.held_elsewhere = false;  // its claim is tried again
     if (can_refresh(e)) {
       start_refresh(name);
       continue;
@@ -647,7 +661,9 @@ void TokenService::start_refresh(const std::string& name) {
   auto it = m_entries.find(name);
   if (it == m_entries.end() || m_shut_down) return;
   Entry& e = it->second;
-  if (e.rt.in_flight || e.rt.queued) return;  // single flight: waiters join it
+  // Single flight: waiters join the refresh in flight, or the wait for
+  // another process's.
+  if (e.rt.in_flight || e.rt.queued || e.rt.held_elsewhere) return;
   if (m_stats.in_flight >= m_options.max_concurrent) {
     e.rt.queued = true;
     m_ready.push_back(name);
@@ -678,10 +694,59 @@ void TokenService::launch(Entry& e) {
     finish(e, std::unexpected(Error{Errc::reauth_required, endpoint.error().message}));
     return;
   }
+  // Leadership: of the processes sharing the store, the one holding the
+  // claim refreshes, from the credential as stored now.
+  auto claim = m_store.claim_refresh(name);
+  if (!claim) {
+    ++m_stats.store_failures;
+    spdlog::error("profile {}: cannot claim the refresh: {}", name, claim.error().message);
+    finish(e, std::unexpected(claim.error()));
+    schedule(e, m_clock.wall_now() + backoff_delay(++e.rt.failures, m_options.random01(),
+                                                   std::nullopt, m_options.policy));
+    rearm();
+    return;
+  }
+  const bool changed = claim->credential.generation != e.credential.generation;
+  e.credential = std::move(claim->credential);
+  if (changed && (!claim->ours || !due_now(e))) {
+    // Rotated by another process (or a login) since it was read here.
+    if (claim->ours) m_store.release_refresh(name);
+    ++m_stats.refreshes_adopted;
+    spdlog::debug("profile {}: refreshed elsewhere (generation {}); not refreshing", name,
+                  e.credential.generation);
+    adopt(e);
+    return;
+  }
+  if (!claim->ours) {
+    // Another process is refreshing: its change ends the wait (reload()),
+    // or the claim is tried again shortly, in case that process died.
+    ++m_stats.claims_held_elsewhere;
+    e.rt.held_elsewhere = true;
+    spdlog::debug("profile {}: another replica is refreshing", name);
+    schedule(e, m_clock.wall_now() + claim_retry_delay());
+    rearm();
+    return;
+  }
+  const bool settled = e.credential.state == CredState::valid &&
+                       !e.credential.refresh_inflight_since_ms && !due_now(e);
+  if (!can_refresh(e) || (e.rt.waiters.empty() && settled)) {
+    // reauth_required or disabled since it was read here; or a scheduled
+    // refresh (nobody waits) of a credential adopted while it was queued.
+    m_store.release_refresh(name);
+    adopt(e);
+    return;
+  }
+  if (e.credential.refresh_inflight_since_ms) {
+    spdlog::info(
+        "profile {}: taking over a refresh left in flight (by a replica that stopped, or a "
+        "crash); retrying the stored refresh token",
+        name);
+  }
   const WallTime sent_at = m_clock.wall_now();
   // Rotation safety: the marker is on disk before the refresh token leaves.
   if (auto r = m_store.mark_refresh_inflight(name, to_unix_ms(sent_at)); !r) {
     spdlog::error("profile {}: cannot record the refresh: {}", name, r.error().message);
+    m_store.release_refresh(name);
     finish(e, std::unexpected(r.error()));
     schedule(e, sent_at + backoff_delay(++e.rt.failures, m_options.random01(), std::nullopt,
                                         m_options.policy));
@@ -706,6 +771,91 @@ void TokenService::launch(Entry& e) {
       });
 }
 
+bool TokenService::due_now(const Entry& e) const {
+  const auto& c = e.credential;
+  if (c.access_token.empty()) return true;  // a refresh token alone
+  if (!c.expires_at_ms) return false;
+  const WallTime expires = from_unix_ms(*c.expires_at_ms);
+  const WallTime obtained = from_unix_ms(c.obtained_at_ms.value_or(*c.expires_at_ms - 3'600'000));
+  // The earliest moment any process would refresh it (the whole jitter).
+  return m_clock.wall_now() >=
+         refresh_due(obtained, expires, buffer_of(e), m_options.policy.max_jitter, 1.0);
+}
+
+Millis TokenService::claim_retry_delay() {
+  const double factor = 0.5 + m_options.random01();
+  return Millis(
+      static_cast<std::int64_t>(static_cast<double>(m_options.claim_retry.count()) * factor));
+}
+
+void TokenService::adopt(Entry& e) {
+  e.rt.held_elsewhere = false;
+  e.rt.failures = 0;
+  schedule_from_token(e);
+  if (e.credential.state == CredState::reauth_required) {
+    finish(e, fail(Errc::reauth_required, fmt::format("profile '{}' needs a new login ({})",
+                                                      e.profile.name, e.credential.last_error)));
+  } else {
+    finish(e, {});
+  }
+  rearm();
+}
+
+void TokenService::reload(const std::string& name) {
+  ++m_stats.reloads;
+  auto profile = m_store.get_profile(name);
+  if (!profile) {
+    if (profile.error().code == Errc::not_found) {
+      drop_entry(name, Error{Errc::not_found, fmt::format("profile '{}' was removed", name)});
+      rearm();
+    } else {
+      ++m_stats.store_failures;
+      spdlog::error("profile {}: reading it again: {}", name, profile.error().message);
+    }
+    return;
+  }
+  auto credential = m_store.get_credential(name);
+  if (!credential) {
+    ++m_stats.store_failures;
+    spdlog::error("profile {}: reading its credential again: {}", name, credential.error().message);
+    return;
+  }
+  auto it = m_entries.find(name);
+  if (it == m_entries.end()) {
+    auto [added, _] =
+        m_entries.emplace(name, Entry{std::move(*profile), std::move(*credential), {}});
+    schedule_from_token(added->second);
+    rearm();
+    return;
+  }
+  Entry& e = it->second;
+  e.profile = std::move(*profile);
+  if (e.rt.in_flight) return;  // this process's refresh settles the credential
+  const bool changed = credential->generation != e.credential.generation;
+  const bool was_waiting = e.rt.held_elsewhere;
+  e.credential = std::move(*credential);
+  if (changed || (was_waiting && !can_refresh(e))) {
+    adopt(e);
+  } else if (!e.rt.held_elsewhere && !e.rt.queued) {
+    schedule_from_token(e);
+    rearm();
+  }
+}
+
+Result<> TokenService::reload_all() {
+  auto profiles = m_store.list_profiles();
+  if (!profiles) return std::unexpected(profiles.error());
+  std::set<std::string> names;
+  for (const auto& p : *profiles) names.insert(p.name);
+  std::vector<std::string> gone;
+  for (const auto& [name, e] : m_entries) {
+    if (!names.contains(name)) gone.push_back(name);
+  }
+  for (const auto& name : gone) reload(name);
+  for (const auto& name : names) reload(name);
+  return {};
+}
+
 void TokenService::finish(Entry& e, Result<> outcome) {
   auto waiters = std::move(e.rt.waiters);
   e.rt.waiters.clear();
@@ -727,6 +877,8 @@ void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResp
 
   if (tokens) {
     auto committed = m_store.store_token_set(name, *tokens, generation, now_ms() + reuse.count());
+    // The outcome is committed (or refused): others may claim now.
+    m_store.release_refresh(name);
     if (!committed) {
       // The profile was replaced meanwhile (a PUT with new tokens): its
       // credential wins; this answer belongs to the old one.
@@ -758,6 +910,7 @@ void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResp
           backoff_delay(e.rt.failures, m_options.random01(), f.retry_after, m_options.policy);
       const bool expired = e.credential.expires_at_ms && *e.credential.expires_at_ms <= now_ms();
       record_state(e, expired ? CredState::expired : CredState::backoff, f.message);
+      m_store.release_refresh(name);
       schedule(e, m_clock.wall_now() + delay);
       spdlog::warn("profile {}: refresh failed ({}); retrying in {} ms", name, f.message,
                    delay.count());
@@ -776,6 +929,7 @@ void TokenService::on_refresh_done(const std::string& name, Result<net::HttpResp
       const std::string message =
           f.kind == oauth::FailureKind::config ? "configuration: " + f.message : f.message;
       record_state(e, CredState::reauth_required, message);
+      m_store.release_refresh(name);
       schedule(e, std::nullopt);
       spdlog::warn("profile {}: {}; a new login is needed (tokenctl login {})", name, message,
                    name);

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,6 +30,7 @@
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/secret.hpp"
+#include "store/change_feed.hpp"
 #include "store/kek.hpp"
 #include "store/store.hpp"
 #include "store/types.hpp"
@@ -76,9 +78,37 @@ class PgDatabase {
   [[nodiscard]] const std::string& key_id() const;
   Result<int> schema_version();
 
+  // NOTIFY on `channel` (an identifier of ours, not user input) with
+  // `payload` (at most 7999 bytes, never a secret: every listener and the
+  // server's statement log may see it). Sent at once, outside any
+  // transaction.
+  Result<> notify(const char* channel, std::string_view payload);
+
  private:
   explicit PgDatabase(std::shared_ptr<detail::PgShared> shared);
   std::shared_ptr<detail::PgShared> m_shared;
+};
+
+// A connection of its own that LISTENs on one channel (server mode's
+// replicas tell each other what changed). Not thread-safe.
+class PgListener final : public ChangeFeed {
+ public:
+  // Connects and listens; `channel` is an identifier of ours.
+  static Result<PgListener> open(const Secret& conninfo, std::string channel);
+  PgListener(PgListener&&) noexcept;
+  PgListener& operator=(PgListener&&) noexcept;
+  PgListener(const PgListener&) = delete;
+  PgListener& operator=(const PgListener&) = delete;
+  ~PgListener() override;
+
+  [[nodiscard]] int socket() const override;
+  Result<std::vector<Notification>> read() override;
+  Result<> reconnect() override;
+
+ private:
+  struct State;
+  explicit PgListener(std::unique_ptr<State> state);
+  std::unique_ptr<State> m_state;
 };
 
 class PgStore final : public Store {
@@ -103,6 +133,11 @@ class PgStore final : public Store {
       std::string_view name, const TokenSet& tokens,
       std::optional<std::int64_t> expected_generation = {},
       std::optional<std::int64_t> keep_previous_until_ms = {}) override;
+  // A session-level advisory lock per credential, keyed by a 64-bit hash of
+  // the user and the profile, held by this store's connection: it ends with
+  // the connection (a replica killed with SIGKILL loses it at once).
+  Result<RefreshClaim> claim_refresh(std::string_view name) override;
+  void release_refresh(std::string_view name) override;
   Result<> mark_refresh_inflight(std::string_view name, std::int64_t at_ms) override;
   Result<> set_state(std::string_view name, CredState state,
                      std::string_view last_error = {}) override;
@@ -124,6 +159,9 @@ class PgStore final : public Store {
   std::shared_ptr<detail::PgShared> m_shared;
   std::string m_user;
   AuditRetention m_retention;
+  // The claims this store holds, with the connection's reset count when
+  // each was taken (a reset ended the session, and its locks).
+  std::map<std::string, std::uint64_t, std::less<>> m_claims;
 };
 
 }  // namespace tokend::store

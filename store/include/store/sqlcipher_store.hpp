@@ -50,6 +50,10 @@ class SqlcipherStore final : public Store {
       std::string_view name, const TokenSet& tokens,
       std::optional<std::int64_t> expected_generation = {},
       std::optional<std::int64_t> keep_previous_until_ms = {}) override;
+  // One process per database file: every claim is granted (the token
+  // service's single flight is the only leadership needed).
+  Result<RefreshClaim> claim_refresh(std::string_view name) override;
+  void release_refresh(std::string_view /*name*/) override {}
   Result<> mark_refresh_inflight(std::string_view name, std::int64_t at_ms) override;
   Result<> set_state(std::string_view name, CredState state,
                      std::string_view last_error = {}) override;

@@ -44,6 +44,19 @@ class Store {
       std::optional<std::int64_t> expected_generation = {},
       std::optional<std::int64_t> keep_previous_until_ms = {}) = 0;
 
+  // Refresh leadership among the processes that share this store (server
+  // mode's replicas on one PostgreSQL database). At most one process holds
+  // the claim of a credential at a time, and a process's claims end with it
+  // (kill -9 included). claim_refresh takes the claim when it is free (again
+  // when this store holds it already) and then reads the credential, so a
+  // refresh always starts from the refresh token as stored, never from a
+  // copy another process has rotated since. `ours` false: another process
+  // is refreshing; do not send a refresh. release_refresh gives the claim up
+  // once the refresh's outcome is committed; it is idempotent. A store used
+  // by one process (SQLCipher) grants every claim.
+  virtual Result<RefreshClaim> claim_refresh(std::string_view name) = 0;
+  virtual void release_refresh(std::string_view name) = 0;
+
   // Commits the marker that a refresh is about to be sent.
   virtual Result<> mark_refresh_inflight(std::string_view name, std::int64_t at_ms) = 0;
   // Sets state and last error, clearing the in-flight marker.

@@ -70,6 +70,12 @@ struct Credential {
       refresh_inflight_since_ms;  // marker committed before a refresh is sent
 };
 
+// The outcome of Store::claim_refresh.
+struct RefreshClaim {
+  bool ours = false;      // false: another process holds the claim
+  Credential credential;  // as stored, read after the claim was taken
+};
+
 struct AuditEvent {
   std::int64_t id = 0;
   std::int64_t at_ms = 0;

@@ -169,9 +169,11 @@ Result<Connection> Connection::open(const Secret& conninfo) {
   // default the string may override, client_encoding after it is ours.
   // libpq wants a NUL-terminated string: the copy is one, and is wiped.
   const Secret info(conninfo.reveal());
-  const std::array<const char*, 4> keywords{"application_name", "dbname", "client_encoding",
-                                            nullptr};
-  const std::array<const char*, 4> values{"tokend", info.reveal().data(), "UTF8", nullptr};
+  // statement_timeout and connect_timeout are defaults too.
+  const std::array<const char*, 6> keywords{
+      "application_name", "options", "connect_timeout", "dbname", "client_encoding", nullptr};
+  const std::array<const char*, 6> values{
+      "tokend", k_session_options, k_connect_timeout_s, info.reveal().data(), "UTF8", nullptr};
   Connection c(PQconnectdbParams(keywords.data(), values.data(), /*expand_dbname=*/1));
   if (!c.m_conn) return fail(Errc::internal, "PostgreSQL: out of memory while connecting");
   if (PQstatus(c.m_conn.get()) != CONNECTION_OK) {
@@ -197,6 +199,7 @@ Result<Rows> Connection::exec(const char* sql, const Params& params) {
                   "the connection to PostgreSQL was lost and could not be re-established: " +
                       trimmed(PQerrorMessage(conn)));
     }
+    ++m_resets;
     spdlog::info("the connection to PostgreSQL was lost and has been re-established");
   }
   const std::size_t n = params.m_values.size();

@@ -7,6 +7,15 @@
 //   a suspend or clock jump is noticed: schedules are kept in wall time);
 // - at most one refresh per profile is in flight; token requests that need a
 //   fresh token wait on it; a global cap limits concurrent refreshes;
+// - a refresh is sent only under the store's claim (Store::claim_refresh),
+//   from the credential re-read under it: of several processes sharing a
+//   store (server mode's replicas) one refreshes a credential at a time.
+//   One that finds the claim held elsewhere does not refresh: its waiters
+//   wait for the change (reload()) or for the claim, tried again shortly,
+//   which the other process loses when it dies; the credential it then
+//   reads carries the in-flight marker, and the refresh token stored is
+//   retried, as after a crash. One that finds the credential already
+//   rotated by another serves that;
 // - the in-flight marker is committed before a request is sent, and the new
 //   token set is committed in one transaction before any waiter is woken or
 //   any event is published; the previous refresh token is kept for the
@@ -102,6 +111,9 @@ struct EngineOptions {
   RefreshPolicy policy;
   std::size_t max_concurrent = 8;
   Millis http_timeout{30'000};
+  // How soon a refresh whose claim another process holds is tried again
+  // (times 0.5-1.5, random).
+  Millis claim_retry{1'000};
   std::function<double()> random01;  // uniform [0,1); jitter and backoff
 };
 
@@ -111,7 +123,10 @@ struct EngineStats {
   std::uint64_t refreshes_failed = 0;
   std::size_t in_flight = 0;
   std::size_t peak_in_flight = 0;
-  std::uint64_t store_failures = 0;  // state writes or read-backs the store refused
+  std::uint64_t store_failures = 0;         // state writes or read-backs the store refused
+  std::uint64_t claims_held_elsewhere = 0;  // refreshes not sent: another process held the claim
+  std::uint64_t refreshes_adopted = 0;      // refreshes not sent: another process had rotated
+  std::uint64_t reloads = 0;                // reload() calls (another process changed a profile)
 };
 
 class TokenService {
@@ -164,6 +179,17 @@ class TokenService {
   Result<std::vector<std::string>> require_consent(const std::string& name,
                                                    const std::vector<std::string>& challenged);
 
+  // Another process sharing the store changed profile `name` (server
+  // mode: a replica's event): the profile and credential are read again. A
+  // profile gone from the store is dropped (its waiters get not_found); a
+  // new one is added and scheduled; a credential another process rotated
+  // or marked reauth_required ends the waits on that process's refresh.
+  // While this process's own refresh of it is in flight, the credential is
+  // left to that refresh's commit.
+  void reload(const std::string& name);
+  // Every profile of the store (after notifications may have been lost).
+  Result<> reload_all();
+
   [[nodiscard]] const EngineStats& stats() const { return m_stats; }
   // Stops timers and cancels requests in flight (waiters get unavailable).
   void shutdown();
@@ -174,6 +200,7 @@ class TokenService {
     int failures = 0;
     bool in_flight = false;
     bool queued = false;
+    bool held_elsewhere = false;  // another process holds the refresh claim
     std::uint64_t http_id = 0;
     std::vector<DoneCallback> waiters;
     std::int64_t expiring_sent_for = -1;  // generation the expiring event was sent for
@@ -205,6 +232,12 @@ class TokenService {
   void finish(Entry& e, Result<> outcome);
   void start_queued();
   void reload_credential(Entry& e);
+  // The refresh is not sent: `e.credential` (read under the claim) is what
+  // to serve, or the claim is another process's.
+  void adopt(Entry& e);
+  void drop_entry(std::string_view name, const Error& why);
+  [[nodiscard]] bool due_now(const Entry& e) const;
+  [[nodiscard]] Millis claim_retry_delay();
   // Stores a state change and reloads the entry, so memory holds what the
   // store holds. A failed write is logged and counted; the entry then keeps
   // the stored state, as a restarted daemon would see it.

@@ -99,6 +99,10 @@ class Connection {
   // SQLSTATE, never the statement's parameters.
   Result<Rows> exec(const char* sql, const Params& params = {});
 
+  // How often the connection was re-established: a session's advisory
+  // locks die with it, so a claim taken before a reset is gone.
+  [[nodiscard]] std::uint64_t resets() const { return m_resets; }
+
  private:
   struct Finish {
     void operator()(pg_conn* c) const noexcept;
@@ -109,7 +113,15 @@ class Connection {
   // Inside a transaction a lost connection is not reset: the statements
   // after it would run outside the transaction.
   bool m_in_transaction = false;
+  std::uint64_t m_resets = 0;
 };
+
+// Options every connection of tokend's gets unless the connection string
+// sets "options" itself: a statement that runs longer than this is
+// cancelled (libpq is called on the loop thread), and a connect that does
+// not finish in time fails.
+inline constexpr const char* k_session_options = "-c statement_timeout=15000";
+inline constexpr const char* k_connect_timeout_s = "10";
 
 // BEGIN ... COMMIT; rolled back when destroyed without a successful commit().
 class Transaction {
