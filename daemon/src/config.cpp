@@ -1,6 +1,8 @@
 #include "daemon/config.hpp"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
+#include <netinet/in.h>
 #include <pwd.h>
 
 #include <boost/program_options.hpp>
@@ -8,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -90,18 +93,34 @@ constexpr Setting k_settings[] = {
     {"user-rate-limit", "TOKEND_USER_RATE_LIMIT",
      "server mode: requests a minute one user may make, in bursts up to that many; more get 429 "
      "with Retry-After (default 6000; 0: no limit)"},
+    {"tls-cert-file", "TOKEND_TLS_CERT_FILE",
+     "server mode: the TLS listeners' certificate (PEM, with its chain); SIGHUP reloads it"},
+    {"tls-key-file", "TOKEND_TLS_KEY_FILE",
+     "server mode: its private key (PEM, 0600, tokend's, not a symlink); SIGHUP reloads it"},
+    {"tls-client-ca-file", "TOKEND_TLS_CLIENT_CA_FILE",
+     "server mode: CA certificates (PEM) that sign services' client certificates (mTLS, "
+     "[service.NAME] cert-subject)"},
 };
+
+// `listen` may be given more than once (and each value may list several,
+// comma-separated); it is read apart from the single-valued settings.
+constexpr const char* k_listen = "listen";
+constexpr const char* k_listen_env = "TOKEND_LISTEN";
+constexpr const char* k_listen_help =
+    "server mode: HOST:PORT of a TLS listener ([::1]:8443 for IPv6; repeatable; env "
+    "TOKEND_LISTEN, comma-separated); needs tls-cert-file and tls-key-file";
 
 // Settings that only server mode (or rotate-key) reads.
 constexpr std::string_view k_server_settings[] = {
-    "database-url-file", "kek-file",    "kek-id",
-    "trusted-proxy-uid", "user-header", "user-rate-limit"};
+    "database-url-file", "kek-file",      "kek-id",       "trusted-proxy-uid", "user-header",
+    "user-rate-limit",   "tls-cert-file", "tls-key-file", "tls-client-ca-file"};
 // Settings of the single-user daemon that server mode has no use for.
 constexpr std::string_view k_single_user_settings[] = {"db", "key-file", "notify-command"};
 
 // A [service.NAME] section of the config file.
 struct ServiceSection {
   std::string secret_file;
+  std::string cert_subject;
   std::vector<std::string> act_for;
   bool has_secret_file = false;
   bool has_act_for = false;
@@ -171,6 +190,38 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
   return std::chrono::milliseconds(static_cast<std::int64_t>(value * scale));
 }
 
+Result<ServerSettings::ListenAddress> parse_listen_address(std::string_view text) {
+  auto bad = [&] {
+    return fail(Errc::config,
+                fmt::format("listen '{}': write HOST:PORT with an IPv4 address (0.0.0.0:8443) or "
+                            "a bracketed IPv6 one ([::]:8443)",
+                            text.substr(0, 128)));
+  };
+  ServerSettings::ListenAddress a;
+  std::string_view port;
+  if (text.starts_with('[')) {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return bad();
+    }
+    a.host = std::string(text.substr(1, close - 1));
+    port = text.substr(close + 2);
+    in6_addr v6{};
+    if (::inet_pton(AF_INET6, a.host.c_str(), &v6) != 1) return bad();
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos) return bad();
+    a.host = std::string(text.substr(0, colon));
+    port = text.substr(colon + 1);
+    in_addr v4{};
+    if (::inet_pton(AF_INET, a.host.c_str(), &v4) != 1) return bad();
+  }
+  auto n = parse_count("listen port", port, 1, 65535);
+  if (!n) return bad();
+  a.port = static_cast<std::uint16_t>(*n);
+  return a;
+}
+
 Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const EnvLookup& env) {
   // tokend rotate-key [options]: the same options, and the new key.
   const bool rotate = argc_in >= 2 && std::string_view(argv_in[1]) == "rotate-key";
@@ -192,6 +243,8 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
     general.add_options()(s.name, po::value<std::string>(),
                           fmt::format("{} (env {})", s.help, s.env).c_str());
   }
+  general.add_options()(k_listen, po::value<std::vector<std::string>>()->composing(),
+                        k_listen_help);
 
   ParsedArgs out;
   po::variables_map flags;
@@ -225,6 +278,13 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
           "  [service.mcp]\n"
           "  secret-file = /etc/tokend/mcp.secret     (0600, at least 32 bytes)\n"
           "  act-for = *@example.com, bob             (user ids, *@DOMAIN or *)\n"
+          "  cert-subject = mcp.internal              (over TLS: its client certificate's\n"
+          "                                            CN or a DNS/email/URI SAN, exactly)\n"
+          "listen = HOST:PORT (repeatable) serves the same API over TLS (tls-cert-file,\n"
+          "tls-key-file; TLS 1.2+, ALPN http/1.1); there the user header is never taken,\n"
+          "and a service authenticates by its secret or its client certificate\n"
+          "(tls-client-ca-file: optional for clients, but one that does not verify ends the\n"
+          "handshake). SIGHUP reloads the certificate and key for new connections.\n"
           "rotate-key re-wraps every row's data key with the key in --new-kek-file (the\n"
           "current key from the usual sources); exit 0 done, 1 failed with nothing\n"
           "changed, 2 bad command line or configuration.\n";
@@ -273,6 +333,7 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
                   fmt::format("cannot read config file {}", defaults.config.string()));
     po::options_description file_options;
     for (const auto& s : k_settings) file_options.add_options()(s.name, po::value<std::string>());
+    file_options.add_options()(k_listen, po::value<std::vector<std::string>>()->composing());
     try {
       // [service.NAME] sections are not known in advance: taken apart here,
       // every other unknown key is an error.
@@ -291,13 +352,15 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
         if (field == "secret-file") {
           section.secret_file = o.value.front();
           section.has_secret_file = true;
+        } else if (field == "cert-subject") {
+          section.cert_subject = o.value.front();
         } else if (field == "act-for") {
           section.act_for = split_list(o.value.front());
           section.has_act_for = true;
         } else {
           return fail(Errc::config,
                       fmt::format("config file {}: [service.{}] has no setting '{}' (only "
-                                  "secret-file and act-for)",
+                                  "secret-file, cert-subject and act-for)",
                                   defaults.config.string(), name, field));
         }
       }
@@ -407,9 +470,23 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
   }
   if (auto v = setting("notify-command")) c.notify_command = *v;
 
+  // `listen`: the flags' values, else the environment's, else the file's.
+  std::vector<std::string> listen_values;
+  if (flags.count(k_listen) != 0) {
+    listen_values = flags[k_listen].as<std::vector<std::string>>();
+  } else if (auto v = env(k_listen_env); v && !v->empty()) {
+    listen_values = {*v};
+  } else if (file.count(k_listen) != 0) {
+    listen_values = file[k_listen].as<std::vector<std::string>>();
+  }
+
   // Server mode's settings, and the ones each mode has no use for.
   const bool server_settings_used = server || rotate;
   if (!server_settings_used) {
+    if (!listen_values.empty()) {
+      return fail(Errc::config,
+                  "listen is a server-mode setting: add --server (docs/server-mode.md)");
+    }
     for (const auto name : k_server_settings) {
       if (setting(std::string(name).c_str())) {
         return fail(
@@ -459,11 +536,38 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
       srv.identity.trusted_proxy_uids.insert(*uid);
     }
   }
+  for (const auto& value : listen_values) {
+    for (const auto& item : split_list(value)) {
+      auto address = parse_listen_address(item);
+      if (!address) return std::unexpected(address.error());
+      srv.listen.push_back(std::move(*address));
+    }
+  }
+  if (auto v = setting("tls-cert-file")) srv.tls.cert_file = *v;
+  if (auto v = setting("tls-key-file")) srv.tls.key_file = *v;
+  if (auto v = setting("tls-client-ca-file")) srv.tls.client_ca_file = *v;
+  if (!srv.listen.empty() && (srv.tls.cert_file.empty() || srv.tls.key_file.empty())) {
+    return fail(Errc::config,
+                "listen needs tls-cert-file and tls-key-file: tokend serves TCP only over TLS");
+  }
+  if (srv.listen.empty() && (!srv.tls.cert_file.empty() || !srv.tls.key_file.empty() ||
+                             !srv.tls.client_ca_file.empty())) {
+    return fail(Errc::config,
+                "tls-cert-file, tls-key-file and tls-client-ca-file are for the TLS listeners: "
+                "add listen = HOST:PORT, or remove them");
+  }
   for (const auto& [name, section] : services) {
-    if (!section.has_secret_file || section.secret_file.empty()) {
+    if (!section.cert_subject.empty() && srv.tls.client_ca_file.empty()) {
       return fail(Errc::config,
-                  fmt::format("[service.{}] needs secret-file: a file (0600) holding the "
-                              "service's secret (openssl rand -hex 32)",
+                  fmt::format("[service.{}] cert-subject needs tls-client-ca-file: the CA that "
+                              "signs services' client certificates",
+                              name));
+    }
+    if ((!section.has_secret_file || section.secret_file.empty()) && section.cert_subject.empty()) {
+      return fail(Errc::config,
+                  fmt::format("[service.{}] needs secret-file (a file, 0600, holding the "
+                              "service's secret: openssl rand -hex 32) or cert-subject (its "
+                              "client certificate's CN or subject alternative name), or both",
                               name));
     }
     if (!section.has_act_for) {
@@ -471,12 +575,17 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
                                             "for (user ids, *@DOMAIN or *)",
                                             name));
     }
-    auto secret = fs::read_private_file(section.secret_file, 4096);
-    if (!secret) {
-      return fail(Errc::config,
-                  fmt::format("[service.{}] secret-file: {}", name, secret.error().message));
+    std::optional<Secret> secret;
+    if (section.has_secret_file && !section.secret_file.empty()) {
+      auto read = fs::read_private_file(section.secret_file, 4096);
+      if (!read) {
+        return fail(Errc::config,
+                    fmt::format("[service.{}] secret-file: {}", name, read.error().message));
+      }
+      secret = std::move(*read);
     }
-    auto policy = make_service_policy(name, *secret, section.act_for);
+    auto policy = make_service_policy(name, secret ? &*secret : nullptr, section.cert_subject,
+                                      section.act_for);
     if (!policy) return std::unexpected(policy.error());
     srv.identity.services.push_back(std::move(*policy));
   }

@@ -207,6 +207,52 @@ void audit_refusal(store::PgDatabase& db, const ipc::Exchange& ex, const Refusal
   }
 }
 
+// The TLS listeners (`listen`): one ipc::Server per address, on the same
+// front router and limits as the socket, all with the one certificate.
+class TlsListeners {
+ public:
+  Result<> open(net::Loop& loop, ipc::Router& front, const Config& config) {
+    if (config.server.listen.empty()) return {};
+    auto ctx = ipc::TlsContext::load(config.server.tls);
+    if (!ctx) return std::unexpected(ctx.error());
+    for (const auto& a : config.server.listen) {
+      auto server = std::make_unique<ipc::Server>(loop, front, config.limits);
+      auto port = server->listen_tls(a.host, a.port, *ctx);
+      if (!port) return std::unexpected(port.error());
+      spdlog::info("listening on {}:{} (TLS{})",
+                   a.host.find(':') != std::string::npos ? "[" + a.host + "]" : a.host, *port,
+                   (*ctx)->asks_client_cert() ? ", client certificates asked" : "");
+      m_servers.push_back(std::move(server));
+    }
+    return {};
+  }
+
+  // SIGHUP: the certificate and key (and client CA) again, for new
+  // connections; on an error the ones in use stay.
+  void reload(const Config& fresh) {
+    if (m_servers.empty()) return;
+    for (auto& s : m_servers) s->set_limits(fresh.limits);
+    auto ctx = ipc::TlsContext::load(fresh.server.tls);
+    if (!ctx) {
+      spdlog::error("SIGHUP: TLS certificate not reloaded (the current one stays): {}",
+                    ctx.error().message);
+      return;
+    }
+    for (auto& s : m_servers) s->set_tls_context(*ctx);
+    spdlog::info("TLS certificate and key reloaded");
+  }
+
+  void drain(std::chrono::milliseconds grace) {
+    for (auto& s : m_servers) s->drain(grace, [] {});
+  }
+  void close() {
+    for (auto& s : m_servers) s->close();
+  }
+
+ private:
+  std::vector<std::unique_ptr<ipc::Server>> m_servers;
+};
+
 std::set<uid_t> allowed_peers(const Config& config) {
   std::set<uid_t> uids = config.allowed_uids;
   uids.insert(config.server.identity.trusted_proxy_uids.begin(),
@@ -247,6 +293,7 @@ int run_server(const Config& initial, const EnvLookup& env,
     login::UvCallbackPort callbacks(loop);
     ipc::Router front;
     ipc::Server server(loop, front, config.limits);
+    TlsListeners tls;
 
     Shared shared{loop, clock, http, callbacks, server, {}, {}, {}, {}, config.audit};
     shared.engine.policy.buffer = config.refresh_buffer;
@@ -284,6 +331,11 @@ int run_server(const Config& initial, const EnvLookup& env,
     auto replica = [&](std::function<void(const std::shared_ptr<ipc::Exchange>&)> answer) {
       return [&identity, answer = std::move(answer)](const std::shared_ptr<ipc::Exchange>& ex) {
         const auto& req = ex->request();
+        if (ex->peer().tls) {
+          return ex->respond(ipc::Response::error(
+              403, "socket_only",
+              "the /v1/server endpoints are the replica's own: call them on the Unix socket"));
+        }
         if (req.header(identity.user_header) || req.header("Authorization") ||
             req.header(k_act_as_header)) {
           return ex->respond(ipc::Response::error(
@@ -326,7 +378,7 @@ int run_server(const Config& initial, const EnvLookup& env,
     // The front router has every route of the API; each request is
     // identified, then handed to its user's router.
     api::Api::register_route_shapes(front, [&](const std::shared_ptr<ipc::Exchange>& ex) {
-      auto caller = identify(identity, ex->request(), ex->peer().uid);
+      auto caller = identify(identity, ex->request(), ex->peer());
       if (!caller) {
         audit_refusal(*db, *ex, caller.error());
         const auto& r = caller.error();
@@ -376,6 +428,7 @@ int run_server(const Config& initial, const EnvLookup& env,
       notify("STOPPING=1");
       tenants.close();
       http.close();
+      tls.drain(config.drain_timeout);
       server.drain(config.drain_timeout, [&] {
         sigterm->close();
         sigint->close();
@@ -393,11 +446,13 @@ int run_server(const Config& initial, const EnvLookup& env,
       if (fresh->paths.socket != config.paths.socket ||
           fresh->server.database_url_file != config.server.database_url_file ||
           fresh->server.kek.key_file != config.server.kek.key_file ||
-          fresh->server.identity.user_header != config.server.identity.user_header) {
+          fresh->server.identity.user_header != config.server.identity.user_header ||
+          fresh->server.listen.size() != config.server.listen.size()) {
         spdlog::warn(
-            "SIGHUP: socket, database-url-file, kek-file and user-header changes take effect "
-            "after a restart");
+            "SIGHUP: socket, listen, database-url-file, kek-file and user-header changes take "
+            "effect after a restart");
       }
+      tls.reload(*fresh);
       spdlog::default_logger()->set_level(fresh->log.level);
       server.set_limits(fresh->limits);
       config.limits = fresh->limits;
@@ -421,11 +476,13 @@ int run_server(const Config& initial, const EnvLookup& env,
     const int activated = activated_socket();
     auto listening =
         activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
+    if (listening) listening = tls.open(loop, front, config);
     if (!listening) {
       spdlog::critical("{}", listening.error().message);
       tenants.close();
       http.close();
       server.close();
+      tls.close();
       sigterm->close();
       sigint->close();
       sighup->close();

@@ -5,15 +5,19 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/paths.hpp"
 #include "daemon/identity.hpp"
 #include "ipc/server.hpp"
+#include "ipc/tls.hpp"
 #include "store/kek.hpp"
 #include "store/types.hpp"
 
@@ -32,7 +36,18 @@ struct ServerSettings {
   // Requests a minute one user may make (a token bucket holding a minute's
   // worth, so bursts up to it pass); 0: no limit.
   std::size_t user_rate_limit = 6000;
+  // TLS listeners (`listen = HOST:PORT`, repeatable), their certificate and
+  // key, and the CA that signs services' client certificates.
+  struct ListenAddress {
+    std::string host;  // an IPv4 or IPv6 address, without brackets
+    std::uint16_t port = 0;
+  };
+  std::vector<ListenAddress> listen;
+  ipc::TlsFiles tls;
 };
+
+// "HOST:PORT" or "[V6]:PORT", checked.
+Result<ServerSettings::ListenAddress> parse_listen_address(std::string_view text);
 
 struct Config {
   Paths paths;
