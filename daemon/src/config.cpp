@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/fs.hpp"
+#include "oauth/protocol.hpp"
 
 namespace tokend::daemon {
 
@@ -100,6 +101,16 @@ constexpr Setting k_settings[] = {
     {"tls-client-ca-file", "TOKEND_TLS_CLIENT_CA_FILE",
      "server mode: CA certificates (PEM) that sign services' client certificates (mTLS, "
      "[service.NAME] cert-subject)"},
+    {"public-url", "TOKEND_PUBLIC_URL",
+     "server mode: the https origin users reach the TLS listener at (https://tokend.example.org); "
+     "OIDC sign-in's callback is {public-url}/auth/callback"},
+    {"oidc-issuer", "TOKEND_OIDC_ISSUER",
+     "server mode: the identity provider people sign in with (OIDC discovery from it)"},
+    {"oidc-client-id", "TOKEND_OIDC_CLIENT_ID", "server mode: tokend's client id at the provider"},
+    {"oidc-client-secret-file", "TOKEND_OIDC_CLIENT_SECRET_FILE",
+     "server mode: a file (0600) holding tokend's client secret at the provider"},
+    {"oidc-user-claim", "TOKEND_OIDC_USER_CLAIM",
+     "server mode: the ID token claim that is the user id: sub (default) or email"},
 };
 
 // `listen` may be given more than once (and each value may list several,
@@ -113,7 +124,8 @@ constexpr const char* k_listen_help =
 // Settings that only server mode (or rotate-key) reads.
 constexpr std::string_view k_server_settings[] = {
     "database-url-file", "kek-file",      "kek-id",       "trusted-proxy-uid", "user-header",
-    "user-rate-limit",   "tls-cert-file", "tls-key-file", "tls-client-ca-file"};
+    "user-rate-limit",   "tls-cert-file", "tls-key-file", "tls-client-ca-file",
+    "public-url", "oidc-issuer", "oidc-client-id", "oidc-client-secret-file", "oidc-user-claim"};
 // Settings of the single-user daemon that server mode has no use for.
 constexpr std::string_view k_single_user_settings[] = {"db", "key-file", "notify-command"};
 
@@ -285,6 +297,11 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
           "and a service authenticates by its secret or its client certificate\n"
           "(tls-client-ca-file: optional for clients, but one that does not verify ends the\n"
           "handshake). SIGHUP reloads the certificate and key for new connections.\n"
+          "People sign in over TLS with OIDC (oidc-issuer, oidc-client-id,\n"
+          "oidc-client-secret-file, public-url): GET /auth/login?return_to=PATH, the\n"
+          "provider's callback {public-url}/auth/callback, POST /auth/logout; the session\n"
+          "cookie __Host-tokend-session, and Origin = public-url on requests that change\n"
+          "something.\n"
           "rotate-key re-wraps every row's data key with the key in --new-kek-file (the\n"
           "current key from the usual sources); exit 0 done, 1 failed with nothing\n"
           "changed, 2 bad command line or configuration.\n";
@@ -556,6 +573,35 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
                 "tls-cert-file, tls-key-file and tls-client-ca-file are for the TLS listeners: "
                 "add listen = HOST:PORT, or remove them");
   }
+  if (auto v = setting("public-url")) {
+    auto url = checked_public_url(*v);
+    if (!url) return std::unexpected(url.error());
+    srv.oidc.public_url = *url;
+  }
+  auto& oidc = srv.oidc;
+  if (auto v = setting("oidc-issuer")) oidc.issuer = *v;
+  if (auto v = setting("oidc-client-id")) oidc.client_id = *v;
+  if (auto v = setting("oidc-client-secret-file")) oidc.client_secret_file = *v;
+  if (auto v = setting("oidc-user-claim")) {
+    if (*v != "sub" && *v != "email") {
+      return fail(Errc::config, "oidc-user-claim must be sub or email");
+    }
+    oidc.user_claim = *v;
+  }
+  if (!oidc.issuer.empty() || !oidc.client_id.empty() || !oidc.client_secret_file.empty()) {
+    if (oidc.issuer.empty() || oidc.client_id.empty() || oidc.client_secret_file.empty()) {
+      return fail(Errc::config,
+                  "OIDC sign-in needs oidc-issuer, oidc-client-id and oidc-client-secret-file");
+    }
+    if (auto r = oauth::check_endpoint_url("oidc-issuer", oidc.issuer); !r) {
+      return std::unexpected(r.error());
+    }
+    if (oidc.public_url.empty() || srv.listen.empty()) {
+      return fail(Errc::config,
+                  "OIDC sign-in needs listen (a TLS listener) and public-url (the https origin "
+                  "users reach it at): the session cookie travels over TLS only");
+    }
+  }
   for (const auto& [name, section] : services) {
     if (!section.cert_subject.empty() && srv.tls.client_ca_file.empty()) {
       return fail(Errc::config,
@@ -590,10 +636,11 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
     srv.identity.services.push_back(std::move(*policy));
   }
   if (auto r = check_identity_config(srv.identity); !r) return std::unexpected(r.error());
-  if (srv.identity.trusted_proxy_uids.empty() && srv.identity.services.empty()) {
+  if (srv.identity.trusted_proxy_uids.empty() && srv.identity.services.empty() &&
+      !oidc.enabled()) {
     return fail(Errc::config,
                 "server mode needs a way to name users: trusted-proxy-uid (the authenticating "
-                "reverse proxy) or a [service.NAME] section, or both");
+                "reverse proxy), a [service.NAME] section or OIDC sign-in (oidc-issuer)");
   }
   return out;
 }

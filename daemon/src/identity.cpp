@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "core/encoding.hpp"
+#include "daemon/oidc.hpp"
 #include "store/pg_store.hpp"
 
 namespace tokend::daemon {
@@ -234,7 +235,7 @@ std::expected<Caller, Refusal> identify(const IdentityConfig& config, const ipc:
 }
 
 std::expected<Caller, Refusal> identify(const IdentityConfig& config, const ipc::Request& request,
-                                        const ipc::Peer& peer) {
+                                        const ipc::Peer& peer, const SessionCookie& session) {
   const uid_t peer_uid = peer.uid;
   const auto user_values = header_values(request, config.user_header);
   const auto act_as_values = header_values(request, k_act_as_header);
@@ -266,6 +267,31 @@ std::expected<Caller, Refusal> identify(const IdentityConfig& config, const ipc:
     auto user = user_from(user_values.front(), config.user_header, {});
     if (!user) return std::unexpected(user.error());
     return Caller{std::move(*user), {}};
+  }
+
+  // A person signed in with OIDC: the session cookie, over TLS only.
+  if (peer.tls && session.present) {
+    if (!auth_values.empty() || !act_as_values.empty()) {
+      return refuse(403, "ambiguous_identity",
+                    fmt::format("a request signed in by session cookie carries neither "
+                                "Authorization nor {}",
+                                k_act_as_header));
+    }
+    if (session.user.empty()) {
+      return refuse(401, "session_expired",
+                    fmt::format("the session has ended or is unknown; sign in again at "
+                                "{}/auth/login",
+                                session.public_url));
+    }
+    if (state_changing(request.method) &&
+        !same_origin(request.header("Origin").value_or(""), session.public_url)) {
+      return refuse(403, "csrf_refused",
+                    fmt::format("a request signed in by cookie that changes something must come "
+                                "from tokend's own pages: its Origin must be {}",
+                                session.public_url),
+                    session.user);
+    }
+    return Caller{session.user, {}};
   }
 
   // A service: its certificate or its secret, then the user it names.

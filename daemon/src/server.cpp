@@ -15,6 +15,7 @@
 #include "core/clock.hpp"
 #include "core/fs.hpp"
 #include "daemon/identity.hpp"
+#include "daemon/oidc.hpp"
 #include "daemon/systemd.hpp"
 #include "ipc/server.hpp"
 #include "login/callback_listener.hpp"
@@ -253,6 +254,25 @@ class TlsListeners {
   std::vector<std::unique_ptr<ipc::Server>> m_servers;
 };
 
+// People's sign-in (OIDC) on the front router, when configured: the client
+// secret read from its file, the routes registered.
+Result<std::unique_ptr<OidcSignin>> build_oidc(const Config& config, net::HttpTransport& http,
+                                               store::PgDatabase& db, const Clock& clock,
+                                               ipc::Router& front) {
+  const auto& settings = config.server.oidc;
+  if (!settings.enabled()) return std::unique_ptr<OidcSignin>{};
+  auto secret = fs::read_private_file(settings.client_secret_file, 4096);
+  if (!secret) return std::unexpected(secret.error().context("oidc-client-secret-file"));
+  std::string_view v = secret->reveal();
+  while (!v.empty() && (v.back() == '\n' || v.back() == '\r' || v.back() == ' ')) {
+    v.remove_suffix(1);
+  }
+  auto oidc = std::make_unique<OidcSignin>(http, db, clock, settings, Secret(v),
+                                           config.http_timeout);
+  oidc->register_routes(front);
+  return oidc;
+}
+
 std::set<uid_t> allowed_peers(const Config& config) {
   std::set<uid_t> uids = config.allowed_uids;
   uids.insert(config.server.identity.trusted_proxy_uids.begin(),
@@ -323,6 +343,17 @@ int run_server(const Config& initial, const EnvLookup& env,
     }
 
     IdentityConfig identity = config.server.identity;
+    auto oidc_built = build_oidc(config, http, *db, clock, front);
+    if (!oidc_built) {
+      spdlog::critical("{}", oidc_built.error().message);
+      tenants.close();
+      http.close();
+      server.close();
+      loop.run();
+      (void)loop.close();
+      return 1;
+    }
+    std::unique_ptr<OidcSignin> oidc = std::move(*oidc_built);
     // The replica's own endpoints: health, readiness (the database answers)
     // and the socket's counters, for the host's probes and Prometheus. They
     // act for no user, so a request that names one is refused: through the
@@ -378,7 +409,15 @@ int run_server(const Config& initial, const EnvLookup& env,
     // The front router has every route of the API; each request is
     // identified, then handed to its user's router.
     api::Api::register_route_shapes(front, [&](const std::shared_ptr<ipc::Exchange>& ex) {
-      auto caller = identify(identity, ex->request(), ex->peer());
+      SessionCookie session;
+      if (oidc) {
+        if (auto user = oidc->session_of(ex->request(), ex->peer())) {
+          session.present = true;
+          session.user = std::move(*user);
+          session.public_url = config.server.oidc.public_url;
+        }
+      }
+      auto caller = identify(identity, ex->request(), ex->peer(), session);
       if (!caller) {
         audit_refusal(*db, *ex, caller.error());
         const auto& r = caller.error();

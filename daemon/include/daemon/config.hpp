@@ -16,6 +16,7 @@
 #include "core/log.hpp"
 #include "core/paths.hpp"
 #include "daemon/identity.hpp"
+#include "daemon/oidc.hpp"
 #include "ipc/server.hpp"
 #include "ipc/tls.hpp"
 #include "store/kek.hpp"
@@ -44,6 +45,8 @@ struct ServerSettings {
   };
   std::vector<ListenAddress> listen;
   ipc::TlsFiles tls;
+  // People's sign-in with OIDC over the TLS listeners (off without oidc-issuer).
+  OidcSettings oidc;
 };
 
 // "HOST:PORT" or "[V6]:PORT", checked.

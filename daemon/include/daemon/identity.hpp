@@ -9,7 +9,10 @@
 //   - a service (an MCP server acting for its users) authenticates as
 //     itself, by its secret (`Authorization: Bearer SECRET`) or, over TLS,
 //     by a client certificate that names its cert-subject, and names the
-//     user in X-Tokend-Act-As; its policy lists the users it may act for.
+//     user in X-Tokend-Act-As; its policy lists the users it may act for;
+//   - over TLS, a person signed in with OIDC presents the session cookie;
+//     a request that changes something must then come from public-url
+//     (Origin), so another site cannot make the browser send it.
 // Anything else is refused with 401 (no identity established) or 403 (an
 // identity that may not be used), never answered for some default user.
 //
@@ -109,10 +112,19 @@ struct Refusal {
   std::string service;
 };
 
+// A session cookie (server mode's OIDC sign-in), as the caller resolved it
+// against the database: present, and whose (empty: unknown or expired).
+struct SessionCookie {
+  bool present = false;
+  std::string user;
+  std::string public_url;  // the origin a state-changing request must come from
+};
+
 // `peer`: the connection's uid (Unix socket) or, on the TLS listener, its
-// verified client certificate's names.
+// verified client certificate's names; `session`: the request's session
+// cookie, taken over TLS only.
 std::expected<Caller, Refusal> identify(const IdentityConfig& config, const ipc::Request& request,
-                                        const ipc::Peer& peer);
+                                        const ipc::Peer& peer, const SessionCookie& session = {});
 // A peer on the Unix socket.
 std::expected<Caller, Refusal> identify(const IdentityConfig& config, const ipc::Request& request,
                                         uid_t peer_uid);
