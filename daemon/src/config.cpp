@@ -122,10 +122,20 @@ constexpr const char* k_listen_help =
     "TOKEND_LISTEN, comma-separated); needs tls-cert-file and tls-key-file";
 
 // Settings that only server mode (or rotate-key) reads.
-constexpr std::string_view k_server_settings[] = {
-    "database-url-file", "kek-file",      "kek-id",       "trusted-proxy-uid", "user-header",
-    "user-rate-limit",   "tls-cert-file", "tls-key-file", "tls-client-ca-file",
-    "public-url", "oidc-issuer", "oidc-client-id", "oidc-client-secret-file", "oidc-user-claim"};
+constexpr std::string_view k_server_settings[] = {"database-url-file",
+                                                  "kek-file",
+                                                  "kek-id",
+                                                  "trusted-proxy-uid",
+                                                  "user-header",
+                                                  "user-rate-limit",
+                                                  "tls-cert-file",
+                                                  "tls-key-file",
+                                                  "tls-client-ca-file",
+                                                  "public-url",
+                                                  "oidc-issuer",
+                                                  "oidc-client-id",
+                                                  "oidc-client-secret-file",
+                                                  "oidc-user-claim"};
 // Settings of the single-user daemon that server mode has no use for.
 constexpr std::string_view k_single_user_settings[] = {"db", "key-file", "notify-command"};
 
@@ -594,7 +604,7 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
                   "OIDC sign-in needs oidc-issuer, oidc-client-id and oidc-client-secret-file");
     }
     if (auto r = oauth::check_endpoint_url("oidc-issuer", oidc.issuer); !r) {
-      return std::unexpected(r.error());
+      return fail(Errc::config, r.error().message);
     }
     if (oidc.public_url.empty() || srv.listen.empty()) {
       return fail(Errc::config,
@@ -636,8 +646,7 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
     srv.identity.services.push_back(std::move(*policy));
   }
   if (auto r = check_identity_config(srv.identity); !r) return std::unexpected(r.error());
-  if (srv.identity.trusted_proxy_uids.empty() && srv.identity.services.empty() &&
-      !oidc.enabled()) {
+  if (srv.identity.trusted_proxy_uids.empty() && srv.identity.services.empty() && !oidc.enabled()) {
     return fail(Errc::config,
                 "server mode needs a way to name users: trusted-proxy-uid (the authenticating "
                 "reverse proxy), a [service.NAME] section or OIDC sign-in (oidc-issuer)");

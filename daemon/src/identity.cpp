@@ -58,8 +58,10 @@ std::expected<std::string, Refusal> user_from(std::string_view value, std::strin
 
 }  // namespace
 
+namespace {
 // The digest of a service's secret, after checking its shape.
 Result<SecretDigest> service_secret_digest(const std::string& name, const Secret& secret);
+}  // namespace
 
 Result<UserPattern> UserPattern::parse(std::string_view text) {
   UserPattern p;
@@ -171,6 +173,7 @@ Result<ServicePolicy> make_service_policy(std::string name, const Secret* secret
   return p;
 }
 
+namespace {
 Result<SecretDigest> service_secret_digest(const std::string& name, const Secret& secret) {
   std::string_view bytes = secret.reveal();
   bytes = trim(bytes);
@@ -189,6 +192,7 @@ Result<SecretDigest> service_secret_digest(const std::string& name, const Secret
   }
   return secret_digest(bytes);
 }
+}  // namespace
 
 Result<> check_identity_config(const IdentityConfig& config) {
   if (config.user_header.empty() ||

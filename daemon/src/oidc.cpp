@@ -125,7 +125,7 @@ Result<std::string> check_id_token(std::string_view id_token, const IdTokenExpec
   if (nonce.empty() || !constant_time_equal(nonce, e.nonce)) {
     return id_token_error("nonce is not the one this sign-in sent");
   }
-  const std::string user = json::string_or(c, e.user_claim.c_str());
+  std::string user = json::string_or(c, e.user_claim.c_str());
   if (user.empty()) {
     return id_token_error(fmt::format(
         "it has no '{}' claim (oidc-user-claim); the identity provider must put it in the ID "
@@ -239,10 +239,10 @@ class OidcSignin::Impl {
     if (auto err = req.query_param("error")) {
       return ex->respond(ipc::Response::error(
           401, "signin_denied",
-          fmt::format("the identity provider refused the sign-in: {} {}",
-                      oauth::printable_excerpt(*err, 64),
-                      oauth::printable_excerpt(req.query_param("error_description").value_or(""),
-                                               200))));
+          fmt::format(
+              "the identity provider refused the sign-in: {} {}",
+              oauth::printable_excerpt(*err, 64),
+              oauth::printable_excerpt(req.query_param("error_description").value_or(""), 200))));
     }
     const auto state = req.query_param("state");
     const auto code = req.query_param("code");
@@ -253,8 +253,7 @@ class OidcSignin::Impl {
     auto pending = m_db.take_signin(sha256(*state));
     if (!pending) return ex->respond(ipc::error_response(pending.error()));
     const auto browser = cookie_value(req, k_signin_cookie);
-    if (!*pending || !browser ||
-        !constant_time_equal(sha256(*browser), (*pending)->browser_hash)) {
+    if (!*pending || !browser || !constant_time_equal(sha256(*browser), (*pending)->browser_hash)) {
       return ex->respond(ipc::Response::error(
           400, "invalid_state",
           "this sign-in is unknown, used, expired or was started in another browser; sign in "
@@ -313,7 +312,9 @@ class OidcSignin::Impl {
                                      "sign-in is served on the TLS listener (public-url) only"));
   }
 
-  [[nodiscard]] std::string callback_url() const { return m_settings.public_url + "/auth/callback"; }
+  [[nodiscard]] std::string callback_url() const {
+    return m_settings.public_url + "/auth/callback";
+  }
 
   // Runs `next` once the provider's metadata is known (OIDC Discovery, the
   // URLs tried in order; the answer kept for the process's life).
@@ -337,16 +338,17 @@ class OidcSignin::Impl {
     req.headers.emplace_back("Accept", "application/json");
     track(m_http.start(std::move(req), [this, ex, urls, i, next = std::move(next)](
                                            Result<net::HttpResponse> r) mutable {
-      if (!r || r->status != 200) return fetch_metadata(ex, std::move(urls), i + 1, std::move(next));
+      if (!r || r->status != 200)
+        return fetch_metadata(ex, std::move(urls), i + 1, std::move(next));
       auto doc = json::parse(r->body.reveal(), "OpenID Connect metadata");
       if (!doc) return fetch_metadata(ex, std::move(urls), i + 1, std::move(next));
       auto meta = oauth::check_server_metadata(*doc, m_settings.issuer);
       if (!meta || meta->authorization_endpoint.empty() || meta->token_endpoint.empty()) {
         return ex->respond(ipc::Response::error(
             502, "idp_unavailable",
-            fmt::format("the metadata of {} is unusable: {}", m_settings.issuer,
-                        meta ? std::string("no authorization or token endpoint")
-                             : meta.error().message)));
+            fmt::format(
+                "the metadata of {} is unusable: {}", m_settings.issuer,
+                meta ? std::string("no authorization or token endpoint") : meta.error().message)));
       }
       m_metadata = std::move(*meta);
       next();
@@ -365,25 +367,26 @@ class OidcSignin::Impl {
     pending.browser_hash = sha256(browser->reveal());
     pending.nonce = std::string(nonce->reveal());
     pending.return_to = to;
-    pending.expires_at_ms =
-        to_unix_ms(m_clock.wall_now()) + static_cast<std::int64_t>(m_settings.signin_timeout.count());
+    pending.expires_at_ms = to_unix_ms(m_clock.wall_now()) +
+                            static_cast<std::int64_t>(m_settings.signin_timeout.count());
     if (auto r = m_db.put_signin(sha256(state->reveal()), pending); !r) {
       return ex->respond(ipc::error_response(r.error()));
     }
     std::string url = m_metadata->authorization_endpoint;
     url += url.find('?') == std::string::npos ? '?' : '&';
-    url += "response_type=code&client_id=" + percent_encode(m_settings.client_id) +
-           "&redirect_uri=" + percent_encode(callback_url()) + "&scope=" +
-           percent_encode(m_settings.user_claim == "email" ? "openid email" : "openid") +
-           "&state=" + percent_encode(state->reveal()) + "&nonce=" +
-           percent_encode(nonce->reveal()) +
-           "&code_challenge=" + oauth::pkce_challenge(verifier.reveal()) +
-           "&code_challenge_method=S256";
+    url +=
+        "response_type=code&client_id=" + percent_encode(m_settings.client_id) +
+        "&redirect_uri=" + percent_encode(callback_url()) +
+        "&scope=" + percent_encode(m_settings.user_claim == "email" ? "openid email" : "openid") +
+        "&state=" + percent_encode(state->reveal()) + "&nonce=" + percent_encode(nonce->reveal()) +
+        "&code_challenge=" + oauth::pkce_challenge(verifier.reveal()) +
+        "&code_challenge_method=S256";
     auto r = redirect(302, url);
     r.headers.emplace_back(
         "Set-Cookie",
-        cookie(k_signin_cookie, browser->reveal(),
-               std::chrono::duration_cast<std::chrono::seconds>(m_settings.signin_timeout).count()));
+        cookie(
+            k_signin_cookie, browser->reveal(),
+            std::chrono::duration_cast<std::chrono::seconds>(m_settings.signin_timeout).count()));
     ex->respond(std::move(r));
   }
 
@@ -408,11 +411,12 @@ class OidcSignin::Impl {
                                           {"redirect_uri", redirect_uri},
                                           {"code_verifier", verifier.reveal()}},
                                          m_http_timeout);
-    track(m_http.start(std::move(req), [this, ex, pending = std::move(pending)](
-                                           Result<net::HttpResponse> r) {
+    track(m_http.start(std::move(req), [this, ex,
+                                        pending = std::move(pending)](Result<net::HttpResponse> r) {
       if (!r) {
-        return ex->respond(ipc::Response::error(
-            502, "idp_unavailable", "the identity provider's token endpoint: " + r.error().message));
+        return ex->respond(
+            ipc::Response::error(502, "idp_unavailable",
+                                 "the identity provider's token endpoint: " + r.error().message));
       }
       if (r->status != 200) {
         const auto e = oauth::oauth_error_of(*r);
@@ -454,9 +458,9 @@ class OidcSignin::Impl {
     auto r = redirect(303, return_to);
     r.headers.emplace_back(
         "Set-Cookie",
-        cookie(k_session_cookie, id->reveal(),
-               std::chrono::duration_cast<std::chrono::seconds>(m_settings.session_lifetime)
-                   .count()));
+        cookie(
+            k_session_cookie, id->reveal(),
+            std::chrono::duration_cast<std::chrono::seconds>(m_settings.session_lifetime).count()));
     r.headers.emplace_back("Set-Cookie", cookie(k_signin_cookie, "", 0));
     ex->respond(std::move(r));
   }
@@ -465,7 +469,8 @@ class OidcSignin::Impl {
     // Finished transfers are not removed: cancelling one is a no-op, and a
     // sign-in makes two transfers.
     m_in_flight.push_back(id);
-    if (m_in_flight.size() > 1024) m_in_flight.erase(m_in_flight.begin(), m_in_flight.begin() + 512);
+    if (m_in_flight.size() > 1024)
+      m_in_flight.erase(m_in_flight.begin(), m_in_flight.begin() + 512);
   }
 
   net::HttpTransport& m_http;

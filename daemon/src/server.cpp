@@ -267,8 +267,8 @@ Result<std::unique_ptr<OidcSignin>> build_oidc(const Config& config, net::HttpTr
   while (!v.empty() && (v.back() == '\n' || v.back() == '\r' || v.back() == ' ')) {
     v.remove_suffix(1);
   }
-  auto oidc = std::make_unique<OidcSignin>(http, db, clock, settings, Secret(v),
-                                           config.http_timeout);
+  auto oidc =
+      std::make_unique<OidcSignin>(http, db, clock, settings, Secret(v), config.http_timeout);
   oidc->register_routes(front);
   return oidc;
 }

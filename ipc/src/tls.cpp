@@ -52,14 +52,14 @@ Result<std::shared_ptr<const TlsContext>> TlsContext::load(const TlsFiles& files
   std::shared_ptr<const TlsContext> owner(new TlsContext(ctx, !files.client_ca_file.empty()));
 
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-                               SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_options(
+      ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_alpn_select_cb(ctx, select_alpn, nullptr);
 
   if (SSL_CTX_use_certificate_chain_file(ctx, files.cert_file.c_str()) != 1) {
-    return fail(Errc::config, fmt::format("tls-cert-file {}: {}", files.cert_file.string(),
-                                          openssl_error()));
+    return fail(Errc::config,
+                fmt::format("tls-cert-file {}: {}", files.cert_file.string(), openssl_error()));
   }
   // The key is a secret file: private, ours, not a symlink; read once and
   // wiped.

@@ -134,7 +134,8 @@ std::string TlsSession::take_output() {
   const std::size_t pending = BIO_ctrl_pending(m_out);
   if (pending == 0) return out;
   out.resize(pending);
-  const int n = BIO_read(m_out, out.data(), static_cast<int>(std::min<std::size_t>(pending, INT_MAX)));
+  const int n =
+      BIO_read(m_out, out.data(), static_cast<int>(std::min<std::size_t>(pending, INT_MAX)));
   out.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
   return out;
 }
@@ -148,14 +149,14 @@ std::vector<std::string> TlsSession::client_cert_names() const {
     const int i = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
     if (i >= 0) {
       unsigned char* utf8 = nullptr;
-      const int len = ASN1_STRING_to_UTF8(
-          &utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i)));
+      const int len =
+          ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i)));
       if (len > 0) add_name(names, utf8, len);
       OPENSSL_free(utf8);
     }
   }
-  auto* sans = static_cast<GENERAL_NAMES*>(
-      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  auto* sans =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   if (sans != nullptr) {
     for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
       const GENERAL_NAME* gn = sk_GENERAL_NAME_value(sans, i);

@@ -804,9 +804,9 @@ Result<> PgDatabase::put_session(std::string_view id_hash, std::string_view user
 
 Result<std::optional<std::string>> PgDatabase::session_user(std::string_view id_hash) {
   const std::int64_t now = to_unix_ms(m_shared->clock->wall_now());
-  auto rows = m_shared->conn.exec(
-      "SELECT user_id FROM sessions WHERE id_hash = $1 AND expires_at > $2",
-      Params().bytes(id_hash).int8(now));
+  auto rows =
+      m_shared->conn.exec("SELECT user_id FROM sessions WHERE id_hash = $1 AND expires_at > $2",
+                          Params().bytes(id_hash).int8(now));
   if (!rows) return std::unexpected(rows.error());
   if (rows->empty()) return std::optional<std::string>{};
   return std::optional<std::string>{rows->text(0, 0)};

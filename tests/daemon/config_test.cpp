@@ -248,6 +248,18 @@ TEST_CASE("server mode: TLS listeners, their certificate, and services by certif
   REQUIRE(flags);
   REQUIRE(flags->config.server.listen.size() == 2);
   CHECK(flags->config.server.listen[1].host == "127.0.0.3");
+  auto with_oidc =
+      parse({"--server", "--config", conf.c_str(), "--public-url", "https://tokend.example.org/",
+             "--oidc-issuer", "https://idp.example.com", "--oidc-client-id", "tokend",
+             "--oidc-client-secret-file", "/s", "--oidc-user-claim", "email"},
+            env);
+  REQUIRE(with_oidc);
+  const auto& oidc = with_oidc->config.server.oidc;
+  CHECK(oidc.enabled());
+  CHECK(oidc.public_url == "https://tokend.example.org");
+  CHECK(oidc.issuer == "https://idp.example.com");
+  CHECK(oidc.client_id == "tokend");
+  CHECK(oidc.user_claim == "email");
   auto from_env =
       parse({"--server", "--config", conf.c_str()},
             env_of({{"HOME", t.path().string()}, {"TOKEND_LISTEN", "127.0.0.4:4, [::]:5"}}));
@@ -286,6 +298,22 @@ TEST_CASE("server mode: wrong TLS settings are config errors that name them",
            "listen = 127.0.0.1:8443\ntls-client-ca-file = /ca\n[service.a]\ncert-subject = "
            "g\nact-for = *\n[service.b]\ncert-subject = g\nact-for = *\n",
        "same cert-subject"},
+      {{"--server"},
+       base + "oidc-issuer = https://idp.example.com\n",
+       "OIDC sign-in needs oidc-issuer, oidc-client-id and oidc-client-secret-file"},
+      {{"--server"},
+       base + "oidc-issuer = https://idp.example.com\noidc-client-id = t\n"
+              "oidc-client-secret-file = /s\n",
+       "OIDC sign-in needs listen"},
+      {{"--server"},
+       base + tls + "listen = 127.0.0.1:8443\npublic-url = http://tokend.example.org\n",
+       "public-url 'http://tokend.example.org'"},
+      {{"--server"}, base + "oidc-user-claim = name\n", "oidc-user-claim must be sub or email"},
+      {{"--server"},
+       base + tls +
+           "listen = 127.0.0.1:8443\npublic-url = https://t.example\noidc-issuer = "
+           "http://idp.example.com\noidc-client-id = t\noidc-client-secret-file = /s\n",
+       "oidc-issuer"},
   };
   for (const auto& c : cases) {
     CAPTURE(c.file);

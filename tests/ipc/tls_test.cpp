@@ -2,6 +2,8 @@
 // at test time: handshakes, ALPN, versions, client certificates, plain HTTP
 // and silence on the TLS port, the limits and streams over TLS, a reloaded
 // certificate. Every test ends with uv_loop_close() == 0.
+#include "ipc/tls.hpp"
+
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -13,7 +15,6 @@
 
 #include "ipc/router.hpp"
 #include "ipc/server.hpp"
-#include "ipc/tls.hpp"
 #include "net/loop.hpp"
 #include "support/socket_client.hpp"
 #include "support/temp_dir.hpp"
@@ -38,8 +39,7 @@ const test::TestCa& ca() {
 
 class TlsFixture {
  public:
-  explicit TlsFixture(ipc::ServerLimits limits = {}, bool client_ca = false)
-      : m_limits(limits) {
+  explicit TlsFixture(ipc::ServerLimits limits = {}, bool client_ca = false) : m_limits(limits) {
     ipc::TlsFiles files{ca().server_cert, ca().server_key, {}};
     if (client_ca) files.client_ca_file = ca().ca_file;
     auto ctx = ipc::TlsContext::load(files);
@@ -108,7 +108,8 @@ class TlsFixture {
       router.add("GET", "/whoami", [](const std::shared_ptr<ipc::Exchange>& ex) {
         const auto& p = ex->peer();
         ex->respond(ipc::Response::json(
-            200, {{"tls", p.tls}, {"names", p.client_cert_names}, {"has_address", !p.address.empty()}}));
+            200,
+            {{"tls", p.tls}, {"names", p.client_cert_names}, {"has_address", !p.address.empty()}}));
       });
       router.add("GET", "/stream", [](const std::shared_ptr<ipc::Exchange>& ex) {
         auto s = ex->start_stream(200, {{"Content-Type", "text/event-stream"}});
@@ -315,8 +316,8 @@ TEST_CASE("the limits hold over TLS: 431 for a header too large, 503 never in pl
   {
     TlsClient c(f.port(), f.trusting());
     REQUIRE(c.ok());
-    REQUIRE(c.send("GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(2000, 'a') +
-                   "\r\n\r\n"));
+    REQUIRE(
+        c.send("GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(2000, 'a') + "\r\n\r\n"));
     CHECK(status_of(c.read_response()) == 431);
     CHECK(c.read_to_eof().has_value());
   }
@@ -350,11 +351,13 @@ TEST_CASE("an event stream over TLS arrives as sent and ends at drain", "[ipc][t
   CHECK(c.read_to_eof().has_value());
 }
 
-TEST_CASE("client certificates: verified names reach the handler, none is allowed, another "
-          "CA's ends the handshake",
-          "[ipc][tls]") {
+TEST_CASE(
+    "client certificates: verified names reach the handler, none is allowed, another "
+    "CA's ends the handshake",
+    "[ipc][tls]") {
   TlsFixture f({}, /*client_ca=*/true);
-  const auto good = ca().client("svc", "mcp-server", "URI:spiffe://example.org/mcp,DNS:mcp.internal");
+  const auto good =
+      ca().client("svc", "mcp-server", "URI:spiffe://example.org/mcp,DNS:mcp.internal");
   auto o = f.trusting();
   o.cert_file = good.cert;
   o.key_file = good.key;
@@ -364,17 +367,17 @@ TEST_CASE("client certificates: verified names reach the handler, none is allowe
     REQUIRE(c.send(request("/whoami")));
     auto r = c.read_response();
     CHECK(status_of(r) == 200);
-    CHECK(test::body_of(r) ==
-          R"({"has_address":true,"names":["mcp-server","spiffe://example.org/mcp","mcp.internal"],"tls":true})"
-          "\n");
+    CHECK(
+        test::body_of(r) ==
+        R"({"has_address":true,"names":["mcp-server","spiffe://example.org/mcp","mcp.internal"],"tls":true})"
+        "\n");
   }
   {
     TlsClient c(f.port(), f.trusting());  // no certificate
     REQUIRE(c.ok());
     REQUIRE(c.send(request("/whoami")));
-    CHECK(test::body_of(c.read_response()) ==
-          R"({"has_address":true,"names":[],"tls":true})"
-          "\n");
+    CHECK(test::body_of(c.read_response()) == R"({"has_address":true,"names":[],"tls":true})"
+                                              "\n");
   }
   for (const int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
     const auto rogue = ca().client("rogue", "mcp-server", "", /*rogue=*/true);

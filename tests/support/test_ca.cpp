@@ -39,7 +39,8 @@ void make_ca(const std::filesystem::path& cert, const std::filesystem::path& key
              const std::string& cn) {
   run("openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
       "-sha256 -subj '/CN=" +
-      cn + "' -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign -keyout " +
+      cn +
+      "' -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign -keyout " +
       q(key) + " -out " + q(cert));
 }
 

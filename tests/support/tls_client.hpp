@@ -14,17 +14,18 @@ using SSL_CTX = struct ssl_ctx_st;
 namespace tokend::test {
 
 struct TlsClientOptions {
-  std::filesystem::path ca_file;      // verify the server against it (empty: no check)
-  std::filesystem::path cert_file;    // a client certificate
+  std::filesystem::path ca_file;    // verify the server against it (empty: no check)
+  std::filesystem::path cert_file;  // a client certificate
   std::filesystem::path key_file;
-  std::string alpn = "http/1.1";      // empty: offer none
-  int max_version = 0;                // e.g. TLS1_1_VERSION; 0: the library's newest
+  std::string alpn = "http/1.1";  // empty: offer none
+  int max_version = 0;            // e.g. TLS1_1_VERSION; 0: the library's newest
   int min_version = 0;
 };
 
 class TlsClient {
  public:
-  TlsClient(std::uint16_t port, const TlsClientOptions& options, const std::string& host = "127.0.0.1");
+  TlsClient(std::uint16_t port, const TlsClientOptions& options,
+            const std::string& host = "127.0.0.1");
   ~TlsClient();
   TlsClient(const TlsClient&) = delete;
   TlsClient& operator=(const TlsClient&) = delete;
@@ -44,7 +45,8 @@ class TlsClient {
   std::string read_until(const std::string& needle,
                          std::chrono::milliseconds deadline = std::chrono::seconds(10));
   // Everything until the server closes (close_notify or EOF), or nullopt.
-  std::optional<std::string> read_to_eof(std::chrono::milliseconds deadline = std::chrono::seconds(10));
+  std::optional<std::string> read_to_eof(
+      std::chrono::milliseconds deadline = std::chrono::seconds(10));
 
  private:
   bool fill(std::chrono::steady_clock::time_point until);
