@@ -189,8 +189,10 @@ class Tenants {
 // named, when it named a valid one.
 void audit_refusal(store::PgDatabase& db, const ipc::Exchange& ex, const Refusal& r) {
   const ipc::Peer& peer = ex.peer();
-  spdlog::warn("request refused ({} {}): peer uid {} pid {}{}{}: {}", r.status, r.code, peer.uid,
-               peer.pid, r.user.empty() ? std::string() : fmt::format(", user '{}'", r.user),
+  spdlog::warn("request refused ({} {}): peer {}{}{}: {}", r.status, r.code,
+               peer.tls ? fmt::format("{} (TLS)", peer.address)
+                        : fmt::format("uid {} pid {}", peer.uid, peer.pid),
+               r.user.empty() ? std::string() : fmt::format(", user '{}'", r.user),
                r.service.empty() ? std::string() : fmt::format(", service '{}'", r.service),
                r.message);
   if (r.user.empty()) return;

@@ -23,8 +23,8 @@ std::string jwt(const json::Json& claims) {
 }
 
 json::Json good_claims() {
-  return {{"iss", k_issuer},       {"sub", "248289761001"}, {"aud", "tokend"},
-          {"exp", k_now + 300},    {"iat", k_now - 10},     {"nonce", "n-0S6_WzA2Mj"},
+  return {{"iss", k_issuer},         {"sub", "248289761001"}, {"aud", "tokend"},
+          {"exp", k_now + 300},      {"iat", k_now - 10},     {"nonce", "n-0S6_WzA2Mj"},
           {"email", "a@example.com"}};
 }
 
@@ -121,8 +121,8 @@ TEST_CASE("oidc: cookies, origins, public-url", "[daemon][oidc]") {
 
   CHECK(checked_public_url("https://tokend.example.org/") == "https://tokend.example.org");
   CHECK(checked_public_url("https://localhost:8443") == "https://localhost:8443");
-  for (const char* bad : {"http://tokend.example.org", "https://", "https://h/path",
-                          "https://h?x", "https://u@h", "tokend.example.org"}) {
+  for (const char* bad : {"http://tokend.example.org", "https://", "https://h/path", "https://h?x",
+                          "https://u@h", "tokend.example.org"}) {
     CAPTURE(bad);
     CHECK_FALSE(checked_public_url(bad));
   }
