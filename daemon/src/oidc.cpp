@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -336,23 +337,23 @@ class OidcSignin::Impl {
     req.url = urls[i];
     req.timeout = m_http_timeout;
     req.headers.emplace_back("Accept", "application/json");
-    track(m_http.start(std::move(req), [this, ex, urls, i, next = std::move(next)](
-                                           Result<net::HttpResponse> r) mutable {
-      if (!r || r->status != 200)
-        return fetch_metadata(ex, std::move(urls), i + 1, std::move(next));
-      auto doc = json::parse(r->body.reveal(), "OpenID Connect metadata");
-      if (!doc) return fetch_metadata(ex, std::move(urls), i + 1, std::move(next));
-      auto meta = oauth::check_server_metadata(*doc, m_settings.issuer);
-      if (!meta || meta->authorization_endpoint.empty() || meta->token_endpoint.empty()) {
-        return ex->respond(ipc::Response::error(
-            502, "idp_unavailable",
-            fmt::format(
-                "the metadata of {} is unusable: {}", m_settings.issuer,
-                meta ? std::string("no authorization or token endpoint") : meta.error().message)));
-      }
-      m_metadata = std::move(*meta);
-      next();
-    }));
+    start(std::move(req),
+          [this, ex, urls, i, next = std::move(next)](Result<net::HttpResponse> r) mutable {
+            if (!r || r->status != 200)
+              return fetch_metadata(ex, std::move(urls), i + 1, std::move(next));
+            auto doc = json::parse(r->body.reveal(), "OpenID Connect metadata");
+            if (!doc) return fetch_metadata(ex, std::move(urls), i + 1, std::move(next));
+            auto meta = oauth::check_server_metadata(*doc, m_settings.issuer);
+            if (!meta || meta->authorization_endpoint.empty() || meta->token_endpoint.empty()) {
+              return ex->respond(ipc::Response::error(
+                  502, "idp_unavailable",
+                  fmt::format("the metadata of {} is unusable: {}", m_settings.issuer,
+                              meta ? std::string("no authorization or token endpoint")
+                                   : meta.error().message)));
+            }
+            m_metadata = std::move(*meta);
+            next();
+          });
   }
 
   void redirect_to_provider(const std::shared_ptr<ipc::Exchange>& ex, const std::string& to) {
@@ -411,8 +412,7 @@ class OidcSignin::Impl {
                                           {"redirect_uri", redirect_uri},
                                           {"code_verifier", verifier.reveal()}},
                                          m_http_timeout);
-    track(m_http.start(std::move(req), [this, ex,
-                                        pending = std::move(pending)](Result<net::HttpResponse> r) {
+    start(std::move(req), [this, ex, pending = std::move(pending)](Result<net::HttpResponse> r) {
       if (!r) {
         return ex->respond(
             ipc::Response::error(502, "idp_unavailable",
@@ -442,7 +442,7 @@ class OidcSignin::Impl {
         return ex->respond(ipc::Response::error(401, "invalid_id_token", user.error().message));
       }
       start_session(ex, *user, pending.return_to);
-    }));
+    });
   }
 
   void start_session(const std::shared_ptr<ipc::Exchange>& ex, const std::string& user,
@@ -465,12 +465,17 @@ class OidcSignin::Impl {
     ex->respond(std::move(r));
   }
 
-  void track(std::uint64_t id) {
-    // Finished transfers are not removed: cancelling one is a no-op, and a
-    // sign-in makes two transfers.
-    m_in_flight.push_back(id);
-    if (m_in_flight.size() > 1024)
-      m_in_flight.erase(m_in_flight.begin(), m_in_flight.begin() + 512);
+  // Starts a transfer whose callback uses this object: one still in flight
+  // when it goes away is cancelled.
+  void start(net::HttpRequest req, net::HttpTransport::Callback done) {
+    auto id = std::make_shared<std::uint64_t>(0);
+    const auto started = m_http.start(
+        std::move(req), [this, id, done = std::move(done)](Result<net::HttpResponse> r) {
+          m_in_flight.erase(*id);
+          done(std::move(r));
+        });
+    *id = started;
+    m_in_flight.insert(started);
   }
 
   net::HttpTransport& m_http;
@@ -481,7 +486,7 @@ class OidcSignin::Impl {
   std::chrono::milliseconds m_http_timeout;
   Secret m_pkce_key;
   std::optional<store::ProviderMetadata> m_metadata;
-  std::vector<std::uint64_t> m_in_flight;
+  std::set<std::uint64_t> m_in_flight;
 };
 
 OidcSignin::OidcSignin(net::HttpTransport& http, store::PgDatabase& db, const Clock& clock,
