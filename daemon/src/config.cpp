@@ -1,6 +1,8 @@
 #include "daemon/config.hpp"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
+#include <netinet/in.h>
 #include <pwd.h>
 
 #include <boost/program_options.hpp>
@@ -8,10 +10,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <vector>
 
 #include "core/fs.hpp"
+#include "oauth/protocol.hpp"
 
 namespace tokend::daemon {
 
@@ -87,24 +91,59 @@ constexpr Setting k_settings[] = {
      "whose requests name the user in user-header"},
     {"user-header", "TOKEND_USER_HEADER",
      "server mode: the trusted proxy's user header (default X-Forwarded-User)"},
-    {"public-url", "TOKEND_PUBLIC_URL",
-     "server mode: the https address browsers reach tokend at through the reverse proxy; the "
-     "connect page's redirect URI is {public-url}/connect/callback"},
     {"user-rate-limit", "TOKEND_USER_RATE_LIMIT",
      "server mode: requests a minute one user may make, in bursts up to that many; more get 429 "
      "with Retry-After (default 6000; 0: no limit)"},
+    {"tls-cert-file", "TOKEND_TLS_CERT_FILE",
+     "server mode: the TLS listeners' certificate (PEM, with its chain); SIGHUP reloads it"},
+    {"tls-key-file", "TOKEND_TLS_KEY_FILE",
+     "server mode: its private key (PEM, 0600, tokend's, not a symlink); SIGHUP reloads it"},
+    {"tls-client-ca-file", "TOKEND_TLS_CLIENT_CA_FILE",
+     "server mode: CA certificates (PEM) that sign services' client certificates (mTLS, "
+     "[service.NAME] cert-subject)"},
+    {"public-url", "TOKEND_PUBLIC_URL",
+     "server mode: the https address browsers reach tokend at (https://tokend.example.org, or "
+     "with the reverse proxy's path prefix); the connect page's redirect URI is "
+     "{public-url}/connect/callback, OIDC sign-in's callback {public-url}/auth/callback"},
+    {"oidc-issuer", "TOKEND_OIDC_ISSUER",
+     "server mode: the identity provider people sign in with (OIDC discovery from it)"},
+    {"oidc-client-id", "TOKEND_OIDC_CLIENT_ID", "server mode: tokend's client id at the provider"},
+    {"oidc-client-secret-file", "TOKEND_OIDC_CLIENT_SECRET_FILE",
+     "server mode: a file (0600) holding tokend's client secret at the provider"},
+    {"oidc-user-claim", "TOKEND_OIDC_USER_CLAIM",
+     "server mode: the ID token claim that is the user id: sub (default) or email"},
 };
 
+// `listen` may be given more than once (and each value may list several,
+// comma-separated); it is read apart from the single-valued settings.
+constexpr const char* k_listen = "listen";
+constexpr const char* k_listen_env = "TOKEND_LISTEN";
+constexpr const char* k_listen_help =
+    "server mode: HOST:PORT of a TLS listener ([::1]:8443 for IPv6; repeatable; env "
+    "TOKEND_LISTEN, comma-separated); needs tls-cert-file and tls-key-file";
+
 // Settings that only server mode (or rotate-key) reads.
-constexpr std::string_view k_server_settings[] = {
-    "database-url-file", "kek-file",        "kek-id",    "trusted-proxy-uid",
-    "user-header",       "user-rate-limit", "public-url"};
+constexpr std::string_view k_server_settings[] = {"database-url-file",
+                                                  "kek-file",
+                                                  "kek-id",
+                                                  "trusted-proxy-uid",
+                                                  "user-header",
+                                                  "user-rate-limit",
+                                                  "tls-cert-file",
+                                                  "tls-key-file",
+                                                  "tls-client-ca-file",
+                                                  "public-url",
+                                                  "oidc-issuer",
+                                                  "oidc-client-id",
+                                                  "oidc-client-secret-file",
+                                                  "oidc-user-claim"};
 // Settings of the single-user daemon that server mode has no use for.
 constexpr std::string_view k_single_user_settings[] = {"db", "key-file", "notify-command"};
 
 // A [service.NAME] section of the config file.
 struct ServiceSection {
   std::string secret_file;
+  std::string cert_subject;
   std::vector<std::string> act_for;
   bool has_secret_file = false;
   bool has_act_for = false;
@@ -174,6 +213,38 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
   return std::chrono::milliseconds(static_cast<std::int64_t>(value * scale));
 }
 
+Result<ServerSettings::ListenAddress> parse_listen_address(std::string_view text) {
+  auto bad = [&] {
+    return fail(Errc::config,
+                fmt::format("listen '{}': write HOST:PORT with an IPv4 address (0.0.0.0:8443) or "
+                            "a bracketed IPv6 one ([::]:8443)",
+                            text.substr(0, 128)));
+  };
+  ServerSettings::ListenAddress a;
+  std::string_view port;
+  if (text.starts_with('[')) {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return bad();
+    }
+    a.host = std::string(text.substr(1, close - 1));
+    port = text.substr(close + 2);
+    in6_addr v6{};
+    if (::inet_pton(AF_INET6, a.host.c_str(), &v6) != 1) return bad();
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos) return bad();
+    a.host = std::string(text.substr(0, colon));
+    port = text.substr(colon + 1);
+    in_addr v4{};
+    if (::inet_pton(AF_INET, a.host.c_str(), &v4) != 1) return bad();
+  }
+  auto n = parse_count("listen port", port, 1, 65535);
+  if (!n) return bad();
+  a.port = static_cast<std::uint16_t>(*n);
+  return a;
+}
+
 Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const EnvLookup& env) {
   // tokend rotate-key [options]: the same options, and the new key.
   const bool rotate = argc_in >= 2 && std::string_view(argv_in[1]) == "rotate-key";
@@ -195,6 +266,8 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
     general.add_options()(s.name, po::value<std::string>(),
                           fmt::format("{} (env {})", s.help, s.env).c_str());
   }
+  general.add_options()(k_listen, po::value<std::vector<std::string>>()->composing(),
+                        k_listen_help);
 
   ParsedArgs out;
   po::variables_map flags;
@@ -232,6 +305,18 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
           "sections (a profile's settings: provider, client-id, client-secret-file,\n"
           "scopes, issuer or authorize-url/token-url/revocation-url, display-name); their\n"
           "redirect URI is {public-url}/connect/callback.\n"
+          "  cert-subject = mcp.internal              (over TLS: its client certificate's\n"
+          "                                            CN or a DNS/email/URI SAN, exactly)\n"
+          "listen = HOST:PORT (repeatable) serves the same API over TLS (tls-cert-file,\n"
+          "tls-key-file; TLS 1.2+, ALPN http/1.1); there the user header is never taken,\n"
+          "and a service authenticates by its secret or its client certificate\n"
+          "(tls-client-ca-file: optional for clients, but one that does not verify ends the\n"
+          "handshake). SIGHUP reloads the certificate and key for new connections.\n"
+          "People sign in over TLS with OIDC (oidc-issuer, oidc-client-id,\n"
+          "oidc-client-secret-file, public-url): GET /auth/login?return_to=PATH, the\n"
+          "provider's callback {public-url}/auth/callback, POST /auth/logout; the session\n"
+          "cookie __Host-tokend-session, and Origin = public-url on requests that change\n"
+          "something.\n"
           "rotate-key re-wraps every row's data key with the key in --new-kek-file (the\n"
           "current key from the usual sources); exit 0 done, 1 failed with nothing\n"
           "changed, 2 bad command line or configuration.\n";
@@ -282,6 +367,7 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
                   fmt::format("cannot read config file {}", defaults.config.string()));
     po::options_description file_options;
     for (const auto& s : k_settings) file_options.add_options()(s.name, po::value<std::string>());
+    file_options.add_options()(k_listen, po::value<std::vector<std::string>>()->composing());
     try {
       // [service.NAME] sections are not known in advance: taken apart here,
       // every other unknown key is an error.
@@ -304,13 +390,15 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
         if (field == "secret-file") {
           section.secret_file = o.value.front();
           section.has_secret_file = true;
+        } else if (field == "cert-subject") {
+          section.cert_subject = o.value.front();
         } else if (field == "act-for") {
           section.act_for = split_list(o.value.front());
           section.has_act_for = true;
         } else {
           return fail(Errc::config,
                       fmt::format("config file {}: [service.{}] has no setting '{}' (only "
-                                  "secret-file and act-for)",
+                                  "secret-file, cert-subject and act-for)",
                                   defaults.config.string(), name, field));
         }
       }
@@ -420,9 +508,23 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
   }
   if (auto v = setting("notify-command")) c.notify_command = *v;
 
+  // `listen`: the flags' values, else the environment's, else the file's.
+  std::vector<std::string> listen_values;
+  if (flags.count(k_listen) != 0) {
+    listen_values = flags[k_listen].as<std::vector<std::string>>();
+  } else if (auto v = env(k_listen_env); v && !v->empty()) {
+    listen_values = {*v};
+  } else if (file.count(k_listen) != 0) {
+    listen_values = file[k_listen].as<std::vector<std::string>>();
+  }
+
   // Server mode's settings, and the ones each mode has no use for.
   const bool server_settings_used = server || rotate;
   if (!server_settings_used) {
+    if (!listen_values.empty()) {
+      return fail(Errc::config,
+                  "listen is a server-mode setting: add --server (docs/server-mode.md)");
+    }
     for (const auto name : k_server_settings) {
       if (setting(std::string(name).c_str())) {
         return fail(
@@ -477,11 +579,68 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
       srv.identity.trusted_proxy_uids.insert(*uid);
     }
   }
-  for (const auto& [name, section] : services) {
-    if (!section.has_secret_file || section.secret_file.empty()) {
+  for (const auto& value : listen_values) {
+    for (const auto& item : split_list(value)) {
+      auto address = parse_listen_address(item);
+      if (!address) return std::unexpected(address.error());
+      srv.listen.push_back(std::move(*address));
+    }
+  }
+  if (auto v = setting("tls-cert-file")) srv.tls.cert_file = *v;
+  if (auto v = setting("tls-key-file")) srv.tls.key_file = *v;
+  if (auto v = setting("tls-client-ca-file")) srv.tls.client_ca_file = *v;
+  if (!srv.listen.empty() && (srv.tls.cert_file.empty() || srv.tls.key_file.empty())) {
+    return fail(Errc::config,
+                "listen needs tls-cert-file and tls-key-file: tokend serves TCP only over TLS");
+  }
+  if (srv.listen.empty() && (!srv.tls.cert_file.empty() || !srv.tls.key_file.empty() ||
+                             !srv.tls.client_ca_file.empty())) {
+    return fail(Errc::config,
+                "tls-cert-file, tls-key-file and tls-client-ca-file are for the TLS listeners: "
+                "add listen = HOST:PORT, or remove them");
+  }
+  if (auto v = setting("public-url")) {
+    auto url = parse_public_url(*v);
+    if (!url) return std::unexpected(url.error());
+    srv.oidc.public_url = *url;
+    srv.connect.public_url = std::move(*url);
+  }
+  auto& oidc = srv.oidc;
+  if (auto v = setting("oidc-issuer")) oidc.issuer = *v;
+  if (auto v = setting("oidc-client-id")) oidc.client_id = *v;
+  if (auto v = setting("oidc-client-secret-file")) oidc.client_secret_file = *v;
+  if (auto v = setting("oidc-user-claim")) {
+    if (*v != "sub" && *v != "email") {
+      return fail(Errc::config, "oidc-user-claim must be sub or email");
+    }
+    oidc.user_claim = *v;
+  }
+  if (!oidc.issuer.empty() || !oidc.client_id.empty() || !oidc.client_secret_file.empty()) {
+    if (oidc.issuer.empty() || oidc.client_id.empty() || oidc.client_secret_file.empty()) {
       return fail(Errc::config,
-                  fmt::format("[service.{}] needs secret-file: a file (0600) holding the "
-                              "service's secret (openssl rand -hex 32)",
+                  "OIDC sign-in needs oidc-issuer, oidc-client-id and oidc-client-secret-file");
+    }
+    if (auto r = oauth::check_endpoint_url("oidc-issuer", oidc.issuer); !r) {
+      return fail(Errc::config, r.error().message);
+    }
+    if (oidc.public_url.empty() || srv.listen.empty()) {
+      return fail(Errc::config,
+                  "OIDC sign-in needs listen (a TLS listener) and public-url (the https origin "
+                  "users reach it at): the session cookie travels over TLS only");
+    }
+  }
+  for (const auto& [name, section] : services) {
+    if (!section.cert_subject.empty() && srv.tls.client_ca_file.empty()) {
+      return fail(Errc::config,
+                  fmt::format("[service.{}] cert-subject needs tls-client-ca-file: the CA that "
+                              "signs services' client certificates",
+                              name));
+    }
+    if ((!section.has_secret_file || section.secret_file.empty()) && section.cert_subject.empty()) {
+      return fail(Errc::config,
+                  fmt::format("[service.{}] needs secret-file (a file, 0600, holding the "
+                              "service's secret: openssl rand -hex 32) or cert-subject (its "
+                              "client certificate's CN or subject alternative name), or both",
                               name));
     }
     if (!section.has_act_for) {
@@ -489,30 +648,30 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
                                             "for (user ids, *@DOMAIN or *)",
                                             name));
     }
-    auto secret = fs::read_private_file(section.secret_file, 4096);
-    if (!secret) {
-      return fail(Errc::config,
-                  fmt::format("[service.{}] secret-file: {}", name, secret.error().message));
+    std::optional<Secret> secret;
+    if (section.has_secret_file && !section.secret_file.empty()) {
+      auto read = fs::read_private_file(section.secret_file, 4096);
+      if (!read) {
+        return fail(Errc::config,
+                    fmt::format("[service.{}] secret-file: {}", name, read.error().message));
+      }
+      secret = std::move(*read);
     }
-    auto policy = make_service_policy(name, *secret, section.act_for);
+    auto policy = make_service_policy(name, secret ? &*secret : nullptr, section.cert_subject,
+                                      section.act_for);
     if (!policy) return std::unexpected(policy.error());
     srv.identity.services.push_back(std::move(*policy));
   }
   if (auto r = check_identity_config(srv.identity); !r) return std::unexpected(r.error());
-  if (auto v = setting("public-url"); v && !v->empty()) {
-    auto url = parse_public_url(*v);
-    if (!url) return std::unexpected(url.error());
-    srv.connect.public_url = std::move(*url);
-  }
   for (const auto& [name, fields] : providers) {
     auto t = make_provider_template(name, fields, srv.connect.public_url);
     if (!t) return std::unexpected(t.error());
     srv.connect.providers.push_back(std::move(*t));
   }
-  if (srv.identity.trusted_proxy_uids.empty() && srv.identity.services.empty()) {
+  if (srv.identity.trusted_proxy_uids.empty() && srv.identity.services.empty() && !oidc.enabled()) {
     return fail(Errc::config,
                 "server mode needs a way to name users: trusted-proxy-uid (the authenticating "
-                "reverse proxy) or a [service.NAME] section, or both");
+                "reverse proxy), a [service.NAME] section or OIDC sign-in (oidc-issuer)");
   }
   return out;
 }

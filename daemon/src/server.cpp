@@ -18,6 +18,7 @@
 #include "core/random.hpp"
 #include "daemon/connect.hpp"
 #include "daemon/identity.hpp"
+#include "daemon/oidc.hpp"
 #include "daemon/systemd.hpp"
 #include "ipc/server.hpp"
 #include "login/callback_listener.hpp"
@@ -254,8 +255,10 @@ void append_replica_metrics(std::string& out, Tenants& tenants,
 // named, when it named a valid one.
 void audit_refusal(store::PgDatabase& db, const ipc::Exchange& ex, const Refusal& r) {
   const ipc::Peer& peer = ex.peer();
-  spdlog::warn("request refused ({} {}): peer uid {} pid {}{}{}: {}", r.status, r.code, peer.uid,
-               peer.pid, r.user.empty() ? std::string() : fmt::format(", user '{}'", r.user),
+  spdlog::warn("request refused ({} {}): peer {}{}{}: {}", r.status, r.code,
+               peer.tls ? fmt::format("{} (TLS)", peer.address)
+                        : fmt::format("uid {} pid {}", peer.uid, peer.pid),
+               r.user.empty() ? std::string() : fmt::format(", user '{}'", r.user),
                r.service.empty() ? std::string() : fmt::format(", service '{}'", r.service),
                r.message);
   if (r.user.empty()) return;
@@ -271,6 +274,71 @@ void audit_refusal(store::PgDatabase& db, const ipc::Exchange& ex, const Refusal
   if (auto w = store->append_audit(e); !w) {
     spdlog::warn("user '{}': writing the audit log: {}", r.user, w.error().message);
   }
+}
+
+// The TLS listeners (`listen`): one ipc::Server per address, on the same
+// front router and limits as the socket, all with the one certificate.
+class TlsListeners {
+ public:
+  Result<> open(net::Loop& loop, ipc::Router& front, const Config& config) {
+    if (config.server.listen.empty()) return {};
+    auto ctx = ipc::TlsContext::load(config.server.tls);
+    if (!ctx) return std::unexpected(ctx.error());
+    for (const auto& a : config.server.listen) {
+      auto server = std::make_unique<ipc::Server>(loop, front, config.limits);
+      auto port = server->listen_tls(a.host, a.port, *ctx);
+      if (!port) return std::unexpected(port.error());
+      spdlog::info("listening on {}:{} (TLS{})",
+                   a.host.find(':') != std::string::npos ? "[" + a.host + "]" : a.host, *port,
+                   (*ctx)->asks_client_cert() ? ", client certificates asked" : "");
+      m_servers.push_back(std::move(server));
+    }
+    return {};
+  }
+
+  // SIGHUP: the certificate and key (and client CA) again, for new
+  // connections; on an error the ones in use stay.
+  void reload(const Config& fresh) {
+    if (m_servers.empty()) return;
+    for (auto& s : m_servers) s->set_limits(fresh.limits);
+    auto ctx = ipc::TlsContext::load(fresh.server.tls);
+    if (!ctx) {
+      spdlog::error("SIGHUP: TLS certificate not reloaded (the current one stays): {}",
+                    ctx.error().message);
+      return;
+    }
+    for (auto& s : m_servers) s->set_tls_context(*ctx);
+    spdlog::info("TLS certificate and key reloaded");
+  }
+
+  void drain(std::chrono::milliseconds grace) {
+    for (auto& s : m_servers) s->drain(grace, [] {});
+  }
+  void close() {
+    for (auto& s : m_servers) s->close();
+  }
+
+ private:
+  std::vector<std::unique_ptr<ipc::Server>> m_servers;
+};
+
+// People's sign-in (OIDC) on the front router, when configured: the client
+// secret read from its file, the routes registered.
+Result<std::unique_ptr<OidcSignin>> build_oidc(const Config& config, net::HttpTransport& http,
+                                               store::PgDatabase& db, const Clock& clock,
+                                               ipc::Router& front) {
+  const auto& settings = config.server.oidc;
+  if (!settings.enabled()) return std::unique_ptr<OidcSignin>{};
+  auto secret = fs::read_private_file(settings.client_secret_file, 4096);
+  if (!secret) return std::unexpected(secret.error().context("oidc-client-secret-file"));
+  std::string_view v = secret->reveal();
+  while (!v.empty() && (v.back() == '\n' || v.back() == '\r' || v.back() == ' ')) {
+    v.remove_suffix(1);
+  }
+  auto oidc =
+      std::make_unique<OidcSignin>(http, db, clock, settings, Secret(v), config.http_timeout);
+  oidc->register_routes(front);
+  return oidc;
 }
 
 std::set<uid_t> allowed_peers(const Config& config) {
@@ -328,6 +396,7 @@ int run_server(const Config& initial, const EnvLookup& env,
     login::UvCallbackPort callbacks(loop);
     ipc::Router front;
     ipc::Server server(loop, front, config.limits);
+    TlsListeners tls;
 
     Shared shared{loop, clock, http, callbacks, server, {}, {}, {}, {}, config.audit, {}, {}};
     shared.connect = std::make_shared<const ConnectSettings>(config.server.connect);
@@ -397,6 +466,17 @@ int run_server(const Config& initial, const EnvLookup& env,
     }
 
     IdentityConfig identity = config.server.identity;
+    auto oidc_built = build_oidc(config, http, *db, clock, front);
+    if (!oidc_built) {
+      spdlog::critical("{}", oidc_built.error().message);
+      tenants.close();
+      http.close();
+      server.close();
+      loop.run();
+      (void)loop.close();
+      return 1;
+    }
+    std::unique_ptr<OidcSignin> oidc = std::move(*oidc_built);
     // The replica's own endpoints: health, readiness (the database answers)
     // and the socket's counters, for the host's probes and Prometheus. They
     // act for no user, so a request that names one is refused: through the
@@ -405,6 +485,11 @@ int run_server(const Config& initial, const EnvLookup& env,
     auto replica = [&](std::function<void(const std::shared_ptr<ipc::Exchange>&)> answer) {
       return [&identity, answer = std::move(answer)](const std::shared_ptr<ipc::Exchange>& ex) {
         const auto& req = ex->request();
+        if (ex->peer().tls) {
+          return ex->respond(ipc::Response::error(
+              403, "socket_only",
+              "the /v1/server endpoints are the replica's own: call them on the Unix socket"));
+        }
         if (req.header(identity.user_header) || req.header("Authorization") ||
             req.header(k_act_as_header)) {
           return ex->respond(ipc::Response::error(
@@ -454,7 +539,15 @@ int run_server(const Config& initial, const EnvLookup& env,
             "a browser sent this request from another site's page; tokend takes changes only "
             "from its own pages (public-url)"));
       }
-      auto caller = identify(identity, ex->request(), ex->peer().uid);
+      SessionCookie session;
+      if (oidc) {
+        if (auto user = oidc->session_of(ex->request(), ex->peer())) {
+          session.present = true;
+          session.user = std::move(*user);
+          session.public_url = config.server.oidc.public_url;
+        }
+      }
+      auto caller = identify(identity, ex->request(), ex->peer(), session);
       if (!caller) {
         audit_refusal(*db, *ex, caller.error());
         const auto& r = caller.error();
@@ -507,6 +600,7 @@ int run_server(const Config& initial, const EnvLookup& env,
       replicas.close();
       tenants.close();
       http.close();
+      tls.drain(config.drain_timeout);
       server.drain(config.drain_timeout, [&] {
         sigterm->close();
         sigint->close();
@@ -524,11 +618,13 @@ int run_server(const Config& initial, const EnvLookup& env,
       if (fresh->paths.socket != config.paths.socket ||
           fresh->server.database_url_file != config.server.database_url_file ||
           fresh->server.kek.key_file != config.server.kek.key_file ||
-          fresh->server.identity.user_header != config.server.identity.user_header) {
+          fresh->server.identity.user_header != config.server.identity.user_header ||
+          fresh->server.listen.size() != config.server.listen.size()) {
         spdlog::warn(
-            "SIGHUP: socket, database-url-file, kek-file and user-header changes take effect "
-            "after a restart");
+            "SIGHUP: socket, listen, database-url-file, kek-file and user-header changes take "
+            "effect after a restart");
       }
+      tls.reload(*fresh);
       spdlog::default_logger()->set_level(fresh->log.level);
       server.set_limits(fresh->limits);
       config.limits = fresh->limits;
@@ -554,12 +650,14 @@ int run_server(const Config& initial, const EnvLookup& env,
     const int activated = activated_socket();
     auto listening =
         activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
+    if (listening) listening = tls.open(loop, front, config);
     if (!listening) {
       spdlog::critical("{}", listening.error().message);
       replicas.close();
       tenants.close();
       http.close();
       server.close();
+      tls.close();
       sigterm->close();
       sigint->close();
       sighup->close();

@@ -120,11 +120,13 @@ class ExchangeImpl final : public Exchange {
 // ---------------------------------------------------------------------------
 // Connection
 
-Connection::Connection(std::shared_ptr<Listener> listener, net::Stream io, Peer peer)
+Connection::Connection(std::shared_ptr<Listener> listener, net::Stream io, Peer peer,
+                       std::unique_ptr<TlsSession> tls)
     : m_listener(*listener),
       m_keep_listener(std::move(listener)),
       m_peer(std::move(peer)),
       m_io(std::move(io)),
+      m_tls(std::move(tls)),
       m_decoder([&router = m_listener.router()](std::string_view method, std::string_view path) {
         return router.match(method, path).large_body;
       }) {}
@@ -143,7 +145,9 @@ void Connection::start() {
 }
 
 void Connection::await_request() {
-  arm_timer(m_listener.limits().idle_timeout);
+  // A TLS handshake has the request timeout to complete (slow handshakes
+  // hold a connection slot as slow requests do).
+  arm_timer(m_tls ? m_listener.limits().request_timeout : m_listener.limits().idle_timeout);
 }
 
 void Connection::refuse(int status, std::string_view message) {
@@ -215,6 +219,19 @@ bool Connection::peer_gone() {
 void Connection::on_read(ssize_t nread, const uv_buf_t* buf) {
   if (nread == 0) return;
   if (nread < 0) {
+    on_end(nread);
+    return;
+  }
+  const std::string_view bytes(buf->base, static_cast<std::size_t>(nread));
+  if (m_tls) {
+    on_cipher(bytes);
+  } else {
+    on_bytes(bytes);
+  }
+}
+
+void Connection::on_end(ssize_t nread) {
+  {
     if (nread == UV_EOF && m_state == State::busy) {
       // Half-closed after sending a request: it still wants the answer. A
       // peer that closed altogether (exited) does not: its exchange is
@@ -232,19 +249,73 @@ void Connection::on_read(ssize_t nread, const uv_buf_t* buf) {
       return;
     }
     close();
-    return;
   }
+}
+
+void Connection::on_bytes(std::string_view bytes) {
   if (m_state == State::lingering) return;  // discarding until the peer closes
   if (m_state == State::streaming && m_framing.kind != StreamFraming::Kind::close) {
     // A pipelined request behind a framed stream waits for the stream's end.
-    m_inbuf.append(buf->base, static_cast<std::size_t>(nread));
+    m_inbuf.append(bytes);
     maybe_pause_reading();
     return;
   }
   if (m_state == State::closing || m_state == State::closed || m_state == State::streaming) return;
-  m_inbuf.append(buf->base, static_cast<std::size_t>(nread));
+  m_inbuf.append(bytes);
   pump();
   maybe_pause_reading();
+}
+
+void Connection::on_cipher(std::string_view bytes) {
+  if (m_tls_failed || is_closed()) return;  // discarding until the peer closes
+  if (!m_tls->established()) {
+    // A TLS record starts with its content type (22, a handshake): a letter
+    // is someone speaking plain HTTP to the TLS port.
+    if (m_state == State::idle && !bytes.empty() && bytes.front() >= 'A' && bytes.front() <= 'Z') {
+      refuse_plaintext();
+      return;
+    }
+    m_tls->feed(bytes);
+    const auto step = m_tls->handshake();
+    flush_tls();
+    if (step == TlsSession::Handshake::more) return;
+    if (step == TlsSession::Handshake::failed) {
+      spdlog::info("TLS handshake failed (peer {}): {}", m_peer.address, m_tls->error());
+      m_tls_failed = true;
+      close_after_flush();
+      return;
+    }
+    m_peer.tls = true;
+    m_peer.client_cert_names = m_tls->client_cert_names();
+    // The handshake took what was fed; records that came with its last
+    // flight are read below.
+    arm_timer(m_listener.limits().idle_timeout);
+  } else {
+    m_tls->feed(bytes);
+  }
+  std::string plain;
+  const auto status = m_tls->read(plain);
+  flush_tls();
+  if (!plain.empty()) on_bytes(plain);
+  secure_wipe(plain);
+  if (status == TlsSession::Status::closed) {
+    on_end(UV_EOF);  // close_notify: the peer's end of the stream
+  } else if (status == TlsSession::Status::failed) {
+    spdlog::info("TLS record error (peer {}): {}", m_peer.address, m_tls->error());
+    m_tls_failed = true;
+    close();
+  }
+}
+
+void Connection::refuse_plaintext() {
+  m_tls_failed = true;
+  m_state = State::busy;
+  ++m_listener.stats().responses_by_status[400];
+  write_raw(codec::encode_response(
+                codec::refusal_answer(400, "this port speaks HTTPS: use https:// to reach it"), 11,
+                false),
+            false);
+  finish_response(true);
 }
 
 void Connection::pump() {
@@ -330,6 +401,16 @@ void Connection::write_answer(Response& response) {
   const bool sensitive = response.sensitive;
   const std::string_view body =
       codec::bodiless(response.status) ? std::string_view() : std::string_view(response.body);
+  if (m_tls) {  // both into the session's records, which go out together
+    const bool ok = !is_closed() && !m_tls_failed && m_tls->write(m_head) && m_tls->write(body);
+    if (sensitive) secure_wipe(response.body);
+    if (!ok) {
+      close();
+      return;
+    }
+    flush_tls();
+    return;
+  }
   std::size_t written = 0;
   if (!is_closed() && m_pending_writes == 0) {
     const int n = m_io.try_write(m_head, body);
@@ -442,6 +523,24 @@ void Connection::close_after_flush() {
 }
 
 void Connection::write(std::string data, bool sensitive) {
+  if (m_tls) {
+    const bool ok = !is_closed() && !m_tls_failed && m_tls->write(data);
+    if (sensitive) secure_wipe(data);
+    if (!ok) {
+      close();
+      return;
+    }
+    flush_tls();
+    return;
+  }
+  write_raw(std::move(data), sensitive);
+}
+
+void Connection::flush_tls() {
+  if (m_tls && m_tls->has_output()) write_raw(m_tls->take_output(), false);
+}
+
+void Connection::write_raw(std::string data, bool sensitive) {
   if (is_closed()) {
     if (sensitive) secure_wipe(data);
     return;
@@ -498,6 +597,12 @@ void Connection::begin_linger() {
   // final answer is not destroyed by a reset from unread input.
   m_state = State::lingering;
   m_inbuf.clear();  // pipelined requests behind the closing answer are not served
+  if (m_tls && !m_tls_failed) {
+    m_tls->shutdown();  // close_notify, queued ahead of the socket's shutdown
+    flush_tls();
+    m_tls_failed = true;  // nothing more is read or written through it
+    if (is_closed()) return;
+  }
   if (m_io.shutdown() != 0) {
     close();
     return;

@@ -18,6 +18,7 @@
 #include "core/error.hpp"
 #include "ipc/router.hpp"
 #include "net/loop.hpp"
+#include "tls_session.hpp"
 
 namespace tokend::ipc {
 
@@ -38,8 +39,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   enum class State { idle, reading, busy, streaming, closing, lingering, closed };
 
   // `io` is the accepted socket, `peer` who is on its other end (nobody in
-  // particular on a loopback TCP listener).
-  Connection(std::shared_ptr<Listener> listener, net::Stream io, Peer peer);
+  // particular on a TCP listener). With `tls`, every byte read and written
+  // goes through it, and requests are read once its handshake is done.
+  Connection(std::shared_ptr<Listener> listener, net::Stream io, Peer peer,
+             std::unique_ptr<TlsSession> tls = nullptr);
 
   // Creates the connection's timer.
   Result<> init();
@@ -74,6 +77,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void resume_reading();
   void maybe_pause_reading();
   void on_read(ssize_t nread, const uv_buf_t* buf);
+  void on_end(ssize_t status);
+  // Plaintext from the peer (decrypted first on a TLS connection).
+  void on_bytes(std::string_view bytes);
+  // Ciphertext from the peer: the handshake, then records.
+  void on_cipher(std::string_view bytes);
+  // The first bytes on a TLS port are a plaintext HTTP request: a plain 400.
+  void refuse_plaintext();
   // After EOF: whether the peer closed both directions (POLLHUP), not just
   // its sending half.
   bool peer_gone();
@@ -84,6 +94,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void write_answer(Response& response);
   // Behind whatever is queued, through libuv's write requests.
   void queue_write(std::string data, bool sensitive);
+  // Bytes as they go on the socket (the TLS session's records, or plaintext).
+  void write_raw(std::string data, bool sensitive);
+  void flush_tls();
   void on_write_done(int status);
   void finish_response(bool close);
   void begin_linger();
@@ -104,6 +117,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // the connection owns them.
   net::Stream m_io;
   net::Timer m_timer;
+  std::unique_ptr<TlsSession> m_tls;
+  bool m_tls_failed = false;  // no more records: no close_notify either
   bool m_closing_handles = false;
   State m_state = State::idle;
   std::string m_inbuf;

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -44,6 +45,25 @@ Result<> remove_stale_socket(const std::string& p, const sockaddr_un& addr) {
   return {};
 }
 
+// "192.0.2.1:50000" or "[2001:db8::1]:50000"; empty if unknown.
+std::string peer_address(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (fd < 0 || ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return {};
+  std::array<char, INET6_ADDRSTRLEN> text{};
+  if (ss.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    if (::inet_ntop(AF_INET, &a->sin_addr, text.data(), text.size()) == nullptr) return {};
+    return fmt::format("{}:{}", text.data(), ntohs(a->sin_port));
+  }
+  if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    if (::inet_ntop(AF_INET6, &a->sin6_addr, text.data(), text.size()) == nullptr) return {};
+    return fmt::format("[{}]:{}", text.data(), ntohs(a->sin6_port));
+  }
+  return {};
+}
+
 }  // namespace
 
 Listener::Listener(net::Loop& loop, Router& router, ServerLimits limits)
@@ -75,6 +95,33 @@ Result<std::uint16_t> Listener::listen_loopback() {
   m_socket = std::move(*tcp);
   if (auto r = start_listening(); !r) return std::unexpected(r.error());
   return *port;
+}
+
+Result<std::uint16_t> Listener::listen_tls(const std::string& host, std::uint16_t port,
+                                           std::shared_ptr<const TlsContext> tls) {
+  sockaddr_storage addr{};
+  const bool v6 = host.find(':') != std::string::npos;
+  const int parsed = v6 ? uv_ip6_addr(host.c_str(), port, reinterpret_cast<sockaddr_in6*>(&addr))
+                        : uv_ip4_addr(host.c_str(), port, reinterpret_cast<sockaddr_in*>(&addr));
+  if (parsed != 0) {
+    return fail(Errc::config, fmt::format("listen {}: not an IPv4 or IPv6 address", host));
+  }
+  auto tcp = net::Tcp::create(m_loop);
+  if (!tcp) return std::unexpected(tcp.error().context("initialising the TLS listener"));
+  m_tcp = true;
+  m_tls = std::move(tls);
+  const std::string where =
+      v6 ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
+  // An IPv6 address serves IPv6 only: list the IPv4 one too for both.
+  if (const int rc = tcp->bind(reinterpret_cast<const sockaddr*>(&addr), v6 ? UV_TCP_IPV6ONLY : 0);
+      rc != 0) {
+    return std::unexpected(net::uv_error(rc, "binding " + where));
+  }
+  auto bound = tcp->local_port();
+  if (!bound) return std::unexpected(bound.error().context(where));
+  m_socket = std::move(*tcp);
+  if (auto r = start_listening(); !r) return std::unexpected(r.error().context(where));
+  return *bound;
 }
 
 Result<> Listener::start_listening() {
@@ -133,8 +180,18 @@ void Listener::on_connection(int status) {
     spdlog::warn("{}", accepted.error().message);
     return;
   }
+  std::unique_ptr<TlsSession> tls;
+  if (m_tls) {
+    auto session = TlsSession::create(m_tls);
+    if (!session) {
+      spdlog::warn("{}", session.error().message);
+      accepted->first.close();
+      return;
+    }
+    tls = std::move(*session);
+  }
   auto conn = std::make_shared<Connection>(shared_from_this(), std::move(accepted->first),
-                                           accepted->second);
+                                           accepted->second, std::move(tls));
   m_connections.emplace(conn.get(), conn);
   if (auto r = conn->init(); !r) {
     spdlog::warn("{}", r.error().message);
@@ -156,7 +213,9 @@ Result<std::pair<net::Stream, Peer>> Listener::accept_one() {
     // A TCP peer has no credentials to read: the listener's handlers
     // authenticate each request (see Server::listen_loopback).
     (void)io->nodelay(true);
-    return std::pair<net::Stream, Peer>{std::move(*io), Peer{}};
+    Peer peer;
+    peer.address = peer_address(io->fileno());
+    return std::pair<net::Stream, Peer>{std::move(*io), std::move(peer)};
   }
   auto io = net::Pipe::create(m_loop);
   if (!io) return std::unexpected(io.error());
@@ -175,6 +234,10 @@ Result<std::pair<net::Stream, Peer>> Listener::accept_one() {
 void Listener::admit(const std::shared_ptr<Connection>& conn) {
   if (m_connections.size() > m_limits.max_connections) {
     ++m_stats.connections_refused;
+    if (m_tls) {  // no plaintext answer on a TLS port, and no handshake to spend on it
+      conn->close();
+      return;
+    }
     conn->refuse(503, "too many connections to tokend; try again");
     return;
   }

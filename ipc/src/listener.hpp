@@ -1,5 +1,5 @@
 // The listening side of a Server: its socket (created at a path, handed over
-// by systemd, or loopback TCP), accepting with the peer-credential check,
+// by systemd, loopback TCP, or TCP with TLS), accepting with the peer-credential check,
 // the set of open connections and its limit, and drain on shutdown. It is
 // shared with its connections, so it lives until the last of them has
 // closed, even after ~Server.
@@ -19,6 +19,7 @@
 #include "core/error.hpp"
 #include "ipc/router.hpp"
 #include "ipc/server.hpp"
+#include "ipc/tls.hpp"
 #include "net/loop.hpp"
 
 namespace tokend::ipc {
@@ -30,6 +31,9 @@ class Listener : public std::enable_shared_from_this<Listener> {
   Result<> listen_path(const std::filesystem::path& path);
   Result<> listen_fd(int fd);
   Result<std::uint16_t> listen_loopback();
+  Result<std::uint16_t> listen_tls(const std::string& host, std::uint16_t port,
+                                   std::shared_ptr<const TlsContext> tls);
+  void set_tls_context(std::shared_ptr<const TlsContext> tls) { m_tls = std::move(tls); }
 
   void set_allowed_uids(std::set<uid_t> uids) { m_allowed = std::move(uids); }
   void set_limits(const ServerLimits& limits) { m_limits = limits; }
@@ -72,6 +76,7 @@ class Listener : public std::enable_shared_from_this<Listener> {
   Server::DeniedPeerHook m_denied_hook;
   net::Stream m_socket;  // a Pipe, or a Tcp for listen_loopback
   bool m_tcp = false;
+  std::shared_ptr<const TlsContext> m_tls;  // TLS on every connection (listen_tls)
   std::filesystem::path m_socket_path;
   ino_t m_socket_inode = 0;
   std::map<Connection*, std::shared_ptr<Connection>> m_connections;

@@ -28,6 +28,13 @@ Result<> Server::listen_fd(int fd) {
 Result<std::uint16_t> Server::listen_loopback() {
   return m_listener->listen_loopback();
 }
+Result<std::uint16_t> Server::listen_tls(const std::string& host, std::uint16_t port,
+                                         std::shared_ptr<const TlsContext> tls) {
+  return m_listener->listen_tls(host, port, std::move(tls));
+}
+void Server::set_tls_context(std::shared_ptr<const TlsContext> tls) {
+  m_listener->set_tls_context(std::move(tls));
+}
 void Server::set_allowed_uids(std::set<uid_t> uids) {
   m_listener->set_allowed_uids(std::move(uids));
 }

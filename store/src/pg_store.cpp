@@ -1,6 +1,8 @@
 #include "store/pg_store.hpp"
 
 #include <fmt/format.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <spdlog/spdlog.h>
 
 #include <array>
@@ -805,6 +807,86 @@ Result<std::vector<AuditEvent>> PgStore::recent_audit(std::size_t limit) {
     out.push_back(std::move(e));
   }
   return out;
+}
+
+Result<> PgDatabase::put_signin(std::string_view state_hash, const PendingSignin& signin) {
+  auto& conn = m_shared->conn;
+  const std::int64_t now = to_unix_ms(m_shared->clock->wall_now());
+  if (auto r = conn.exec("DELETE FROM signins WHERE expires_at < $1", Params().int8(now)); !r) {
+    return std::unexpected(r.error());
+  }
+  auto r = conn.exec(
+      "INSERT INTO signins (state_hash, browser_hash, nonce, return_to, expires_at) "
+      "VALUES ($1, $2, $3, $4, $5)",
+      Params()
+          .bytes(state_hash)
+          .bytes(signin.browser_hash)
+          .text(signin.nonce)
+          .text(signin.return_to)
+          .int8(signin.expires_at_ms));
+  if (!r) return std::unexpected(r.error());
+  return {};
+}
+
+Result<std::optional<PgDatabase::PendingSignin>> PgDatabase::take_signin(
+    std::string_view state_hash) {
+  const std::int64_t now = to_unix_ms(m_shared->clock->wall_now());
+  auto rows = m_shared->conn.exec(
+      "DELETE FROM signins WHERE state_hash = $1 "
+      "RETURNING browser_hash, nonce, return_to, expires_at",
+      Params().bytes(state_hash));
+  if (!rows) return std::unexpected(rows.error());
+  if (rows->empty() || rows->int8(0, 3) < now) return std::optional<PendingSignin>{};
+  PendingSignin s;
+  s.browser_hash = std::string(rows->bytes(0, 0));
+  s.nonce = rows->text(0, 1);
+  s.return_to = rows->text(0, 2);
+  s.expires_at_ms = rows->int8(0, 3);
+  return std::optional<PendingSignin>{std::move(s)};
+}
+
+Result<> PgDatabase::put_session(std::string_view id_hash, std::string_view user_id,
+                                 std::int64_t expires_at_ms) {
+  if (auto ok = check_user_id(user_id); !ok) return std::unexpected(ok.error());
+  auto& conn = m_shared->conn;
+  const std::int64_t now = to_unix_ms(m_shared->clock->wall_now());
+  if (auto r = conn.exec("DELETE FROM sessions WHERE expires_at < $1", Params().int8(now)); !r) {
+    return std::unexpected(r.error());
+  }
+  auto r = conn.exec(
+      "INSERT INTO sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+      Params().bytes(id_hash).text(user_id).int8(now).int8(expires_at_ms));
+  if (!r) return std::unexpected(r.error());
+  return {};
+}
+
+Result<std::optional<std::string>> PgDatabase::session_user(std::string_view id_hash) {
+  const std::int64_t now = to_unix_ms(m_shared->clock->wall_now());
+  auto rows =
+      m_shared->conn.exec("SELECT user_id FROM sessions WHERE id_hash = $1 AND expires_at > $2",
+                          Params().bytes(id_hash).int8(now));
+  if (!rows) return std::unexpected(rows.error());
+  if (rows->empty()) return std::optional<std::string>{};
+  return std::optional<std::string>{rows->text(0, 0)};
+}
+
+Result<> PgDatabase::delete_session(std::string_view id_hash) {
+  auto r = m_shared->conn.exec("DELETE FROM sessions WHERE id_hash = $1", Params().bytes(id_hash));
+  if (!r) return std::unexpected(r.error());
+  return {};
+}
+
+Secret PgDatabase::derive_key(std::string_view label) const {
+  std::string out(EVP_MAX_MD_SIZE, '\0');
+  unsigned int size = 0;
+  const auto key = m_shared->kek.material.reveal();
+  if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+           reinterpret_cast<const unsigned char*>(label.data()), label.size(),
+           reinterpret_cast<unsigned char*>(out.data()), &size) == nullptr) {
+    size = 0;
+  }
+  out.resize(size);
+  return Secret::adopt(std::move(out));
 }
 
 }  // namespace tokend::store

@@ -310,3 +310,123 @@ TEST_CASE("server mode: a wrong provider template or public-url is a config erro
     CHECK(r.error().message.find("cs-MARKER") == std::string::npos);
   }
 }
+
+TEST_CASE("server mode: TLS listeners, their certificate, and services by certificate",
+          "[daemon][config][server]") {
+  TempDir t;
+  const auto env = env_of({{"HOME", t.path().string()}});
+  test::write_file_bytes(t / "server.conf",
+                         "database-url-file = /x\n"
+                         "listen = 0.0.0.0:8443\n"
+                         "listen = [::1]:9443, 127.0.0.1:10443\n"
+                         "tls-cert-file = /etc/tokend/tls.pem\n"
+                         "tls-key-file = /etc/tokend/tls.key\n"
+                         "tls-client-ca-file = /etc/tokend/clients.pem\n"
+                         "[service.gate]\n"
+                         "cert-subject = spiffe://example.org/gate\n"
+                         "act-for = *@example.com\n");
+  const std::string conf = (t / "server.conf").string();
+  auto r = parse({"--server", "--config", conf.c_str()}, env);
+  REQUIRE(r);
+  const auto& srv = r->config.server;
+  REQUIRE(srv.listen.size() == 3);
+  CHECK(srv.listen[0].host == "0.0.0.0");
+  CHECK(srv.listen[0].port == 8443);
+  CHECK(srv.listen[1].host == "::1");
+  CHECK(srv.listen[1].port == 9443);
+  CHECK(srv.listen[2].port == 10443);
+  CHECK(srv.tls.cert_file == "/etc/tokend/tls.pem");
+  CHECK(srv.tls.key_file == "/etc/tokend/tls.key");
+  CHECK(srv.tls.client_ca_file == "/etc/tokend/clients.pem");
+  REQUIRE(srv.identity.services.size() == 1);
+  CHECK(srv.identity.services[0].cert_subject == "spiffe://example.org/gate");
+  CHECK_FALSE(srv.identity.services[0].has_secret);
+
+  // Flags replace the file's listeners; the environment lists them comma-separated.
+  auto flags = parse(
+      {"--server", "--config", conf.c_str(), "--listen", "127.0.0.2:1", "--listen", "127.0.0.3:2"},
+      env);
+  REQUIRE(flags);
+  REQUIRE(flags->config.server.listen.size() == 2);
+  CHECK(flags->config.server.listen[1].host == "127.0.0.3");
+  auto with_oidc =
+      parse({"--server", "--config", conf.c_str(), "--public-url", "https://tokend.example.org/",
+             "--oidc-issuer", "https://idp.example.com", "--oidc-client-id", "tokend",
+             "--oidc-client-secret-file", "/s", "--oidc-user-claim", "email"},
+            env);
+  REQUIRE(with_oidc);
+  const auto& oidc = with_oidc->config.server.oidc;
+  CHECK(oidc.enabled());
+  CHECK(oidc.public_url == "https://tokend.example.org");
+  CHECK(oidc.issuer == "https://idp.example.com");
+  CHECK(oidc.client_id == "tokend");
+  CHECK(oidc.user_claim == "email");
+  auto from_env =
+      parse({"--server", "--config", conf.c_str()},
+            env_of({{"HOME", t.path().string()}, {"TOKEND_LISTEN", "127.0.0.4:4, [::]:5"}}));
+  REQUIRE(from_env);
+  REQUIRE(from_env->config.server.listen.size() == 2);
+  CHECK(from_env->config.server.listen[1].host == "::");
+}
+
+TEST_CASE("server mode: wrong TLS settings are config errors that name them",
+          "[daemon][config][server]") {
+  TempDir t;
+  const auto env = env_of({{"HOME", t.path().string()}});
+  const std::string base = "database-url-file = /x\ntrusted-proxy-uid = 0\n";
+  const std::string tls = "tls-cert-file = /c\ntls-key-file = /k\n";
+  struct Case {
+    std::vector<std::string> args;
+    std::string file;
+    std::string expected;
+  };
+  const Case cases[] = {
+      {{}, "listen = 127.0.0.1:8443\n", "listen is a server-mode setting"},
+      {{}, tls, "tls-cert-file is a server-mode setting"},
+      {{"--server"}, base + "listen = 127.0.0.1:8443\n", "listen needs tls-cert-file"},
+      {{"--server"}, base + tls, "add listen = HOST:PORT"},
+      {{"--server"}, base + tls + "listen = localhost:8443\n", "listen 'localhost:8443'"},
+      {{"--server"}, base + tls + "listen = 127.0.0.1\n", "listen '127.0.0.1'"},
+      {{"--server"}, base + tls + "listen = 127.0.0.1:0\n", "listen '127.0.0.1:0'"},
+      {{"--server"}, base + tls + "listen = 127.0.0.1:70000\n", "listen '127.0.0.1:70000'"},
+      {{"--server"}, base + tls + "listen = ::1:8443\n", "listen '::1:8443'"},
+      {{"--server"}, base + tls + "listen = [::1]8443\n", "listen '[::1]8443'"},
+      {{"--server"},
+       base + tls + "listen = 127.0.0.1:8443\n[service.gate]\ncert-subject = g\nact-for = *\n",
+       "[service.gate] cert-subject needs tls-client-ca-file"},
+      {{"--server"},
+       base + tls +
+           "listen = 127.0.0.1:8443\ntls-client-ca-file = /ca\n[service.a]\ncert-subject = "
+           "g\nact-for = *\n[service.b]\ncert-subject = g\nact-for = *\n",
+       "same cert-subject"},
+      {{"--server"},
+       base + "oidc-issuer = https://idp.example.com\n",
+       "OIDC sign-in needs oidc-issuer, oidc-client-id and oidc-client-secret-file"},
+      {{"--server"},
+       base + "oidc-issuer = https://idp.example.com\noidc-client-id = t\n"
+              "oidc-client-secret-file = /s\n",
+       "OIDC sign-in needs listen"},
+      {{"--server"},
+       base + tls + "listen = 127.0.0.1:8443\npublic-url = http://tokend.example.org\n",
+       "public-url 'http://tokend.example.org'"},
+      {{"--server"}, base + "oidc-user-claim = name\n", "oidc-user-claim must be sub or email"},
+      {{"--server"},
+       base + tls +
+           "listen = 127.0.0.1:8443\npublic-url = https://t.example\noidc-issuer = "
+           "http://idp.example.com\noidc-client-id = t\noidc-client-secret-file = /s\n",
+       "oidc-issuer"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.file);
+    test::write_file_bytes(t / "c.conf", c.file);
+    std::vector<const char*> args;
+    for (const auto& a : c.args) args.push_back(a.c_str());
+    const std::string conf = (t / "c.conf").string();
+    args.push_back("--config");
+    args.push_back(conf.c_str());
+    auto r = parse(args, env);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::config);
+    CHECK(r.error().message.find(c.expected) != std::string::npos);
+  }
+}

@@ -284,3 +284,190 @@ TEST_CASE("service policies refuse short secrets, bad names and empty act-for",
   REQUIRE_FALSE(r);
   CHECK(r.error().message.find("same secret") != std::string::npos);
 }
+
+namespace {
+
+// mcp (secret and certificate), gate (certificate only), bot (secret only).
+IdentityConfig tls_config() {
+  IdentityConfig c = config();
+  c.services.clear();
+  const Secret mcp_secret(k_mcp_secret);
+  const Secret bot_secret(k_bot_secret);
+  auto mcp =
+      make_service_policy("mcp", &mcp_secret, "spiffe://example.org/mcp", {"*@example.com", "bob"});
+  auto gate = make_service_policy("gate", nullptr, "gate.internal", {"carol"});
+  auto bot = make_service_policy("bot", &bot_secret, "", {"carol"});
+  REQUIRE(mcp);
+  REQUIRE(gate);
+  REQUIRE(bot);
+  c.services = {std::move(*mcp), std::move(*gate), std::move(*bot)};
+  REQUIRE(check_identity_config(c));
+  return c;
+}
+
+ipc::Peer tls_peer(std::vector<std::string> names) {
+  ipc::Peer p;
+  p.tls = true;
+  p.address = "192.0.2.7:50000";
+  p.client_cert_names = std::move(names);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("identity over TLS: client certificates, secrets, and never the user header",
+          "[daemon][identity]") {
+  const auto cfg = tls_config();
+  const std::string bearer_mcp = "Bearer " + k_mcp_secret;
+  const std::string bearer_bot = "Bearer " + k_bot_secret;
+  struct Case {
+    const char* what;
+    std::vector<std::string> names;  // the verified certificate's
+    ipc::Headers headers;
+    int status;  // 0: accepted
+    std::string code_or_user;
+    std::string service;
+  };
+  const Case cases[] = {
+      {"a certificate naming a service by URI SAN, acting for an allowed user",
+       {"mcp-server", "spiffe://example.org/mcp"},
+       {{"X-Tokend-Act-As", "alice@example.com"}},
+       0,
+       "alice@example.com",
+       "mcp"},
+      {"a certificate naming a service by its CN",
+       {"gate.internal"},
+       {{"X-Tokend-Act-As", "carol"}},
+       0,
+       "carol",
+       "gate"},
+      {"a certificate service still needs X-Tokend-Act-As",
+       {"gate.internal"},
+       {},
+       401,
+       "act_as_required",
+       "gate"},
+      {"a certificate service outside its act-for",
+       {"gate.internal"},
+       {{"X-Tokend-Act-As", "alice@example.com"}},
+       403,
+       "act_as_denied",
+       "gate"},
+      {"names are compared exactly: no case folding",
+       {"GATE.internal"},
+       {{"X-Tokend-Act-As", "carol"}},
+       401,
+       "unauthenticated",
+       ""},
+      {"a certificate naming no service identifies nobody",
+       {"someone-else"},
+       {{"X-Tokend-Act-As", "carol"}},
+       401,
+       "unauthenticated",
+       ""},
+      {"a certificate naming no service, with a service's secret: the secret decides",
+       {"someone-else"},
+       {{"Authorization", bearer_bot}, {"X-Tokend-Act-As", "carol"}},
+       0,
+       "carol",
+       "bot"},
+      {"the secret over TLS without a certificate",
+       {},
+       {{"Authorization", bearer_mcp}, {"X-Tokend-Act-As", "bob"}},
+       0,
+       "bob",
+       "mcp"},
+      {"certificate and secret of the same service",
+       {"spiffe://example.org/mcp"},
+       {{"Authorization", bearer_mcp}, {"X-Tokend-Act-As", "bob"}},
+       0,
+       "bob",
+       "mcp"},
+      {"certificate of one service, secret of another",
+       {"gate.internal"},
+       {{"Authorization", bearer_bot}, {"X-Tokend-Act-As", "carol"}},
+       403,
+       "ambiguous_identity",
+       "bot"},
+      {"a certificate naming two services",
+       {"gate.internal", "spiffe://example.org/mcp"},
+       {{"X-Tokend-Act-As", "carol"}},
+       403,
+       "ambiguous_identity",
+       ""},
+      {"a certificate with a wrong secret",
+       {"gate.internal"},
+       {{"Authorization", "Bearer " + std::string(64, 'x')}, {"X-Tokend-Act-As", "carol"}},
+       401,
+       "unauthenticated",
+       ""},
+      {"the user header is never taken over TLS",
+       {},
+       {{"X-Forwarded-User", "alice"}},
+       403,
+       "untrusted_user_header",
+       ""},
+      {"not even with a service's certificate",
+       {"gate.internal"},
+       {{"X-Forwarded-User", "carol"}},
+       403,
+       "untrusted_user_header",
+       ""},
+      {"nothing at all over TLS", {}, {}, 401, "unauthenticated", ""},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.what);
+    auto got = identify(cfg, request(c.headers), tls_peer(c.names));
+    if (c.status == 0) {
+      REQUIRE(got);
+      CHECK(got->user == c.code_or_user);
+      CHECK(got->service == c.service);
+    } else {
+      REQUIRE_FALSE(got);
+      CHECK(got.error().status == c.status);
+      CHECK(got.error().code == c.code_or_user);
+      CHECK(got.error().service == c.service);
+      CHECK(got.error().message.find(k_mcp_secret.substr(0, 16)) == std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("identity: certificate names count only over TLS", "[daemon][identity]") {
+  const auto cfg = tls_config();
+  // A Unix socket peer cannot carry certificate names; were they set, they
+  // are not looked at.
+  ipc::Peer unix_peer;
+  unix_peer.uid = k_other_uid;
+  unix_peer.client_cert_names = {"gate.internal"};
+  auto got = identify(cfg, request({{"X-Tokend-Act-As", "carol"}}), unix_peer);
+  REQUIRE_FALSE(got);
+  CHECK(got.error().code == "unauthenticated");
+}
+
+TEST_CASE("service policies: a certificate instead of or besides a secret", "[daemon][identity]") {
+  auto none = make_service_policy("x", nullptr, "", {"*"});
+  REQUIRE_FALSE(none);
+  CHECK(none.error().message.find("secret-file or cert-subject") != std::string::npos);
+  CHECK_FALSE(make_service_policy("x", nullptr, "a\nb", {"*"}));
+  auto cert_only = make_service_policy("x", nullptr, "x.internal", {"*"});
+  REQUIRE(cert_only);
+  CHECK_FALSE(cert_only->has_secret);
+  IdentityConfig twice;
+  twice.services = {*make_service_policy("a", nullptr, "same", {"*"}),
+                    *make_service_policy("b", nullptr, "same", {"*"})};
+  auto r = check_identity_config(twice);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().message.find("same cert-subject") != std::string::npos);
+  // Two certificate-only services have no secret to collide.
+  IdentityConfig two;
+  two.services = {*make_service_policy("a", nullptr, "a.internal", {"*"}),
+                  *make_service_policy("b", nullptr, "b.internal", {"*"})};
+  CHECK(check_identity_config(two));
+  // A certificate-only service is never matched by a bearer secret (its
+  // digest is unset).
+  auto got = identify(
+      two, request({{"Authorization", "Bearer " + std::string(40, 'z')}, {"X-Tokend-Act-As", "u"}}),
+      tls_peer({}));
+  REQUIRE_FALSE(got);
+  CHECK(got.error().code == "unauthenticated");
+}

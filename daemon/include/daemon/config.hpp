@@ -5,16 +5,21 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/paths.hpp"
 #include "daemon/connect.hpp"
 #include "daemon/identity.hpp"
+#include "daemon/oidc.hpp"
 #include "ipc/server.hpp"
+#include "ipc/tls.hpp"
 #include "store/kek.hpp"
 #include "store/types.hpp"
 
@@ -35,7 +40,20 @@ struct ServerSettings {
   std::size_t user_rate_limit = 6000;
   // public-url and the [provider.NAME] templates of the connect page.
   ConnectSettings connect;
+  // TLS listeners (`listen = HOST:PORT`, repeatable), their certificate and
+  // key, and the CA that signs services' client certificates.
+  struct ListenAddress {
+    std::string host;  // an IPv4 or IPv6 address, without brackets
+    std::uint16_t port = 0;
+  };
+  std::vector<ListenAddress> listen;
+  ipc::TlsFiles tls;
+  // People's sign-in with OIDC over the TLS listeners (off without oidc-issuer).
+  OidcSettings oidc;
 };
+
+// "HOST:PORT" or "[V6]:PORT", checked.
+Result<ServerSettings::ListenAddress> parse_listen_address(std::string_view text);
 
 struct Config {
   Paths paths;

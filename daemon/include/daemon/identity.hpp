@@ -1,13 +1,18 @@
 // Server mode: who a request acts for (docs/server-mode.md, "Identity").
 //
-// Every request acts for exactly one user, established in one of two ways:
+// Every request acts for exactly one user, established in one of these ways:
 //   - the trusted authenticating reverse proxy names the user in its user
 //     header (X-Forwarded-User unless configured otherwise); the header is
-//     taken only from peers whose uid is a trusted proxy's, and from any
-//     other peer the request is refused, not the header ignored;
-//   - a service (an MCP server acting for its users) presents its own secret
-//     as `Authorization: Bearer SECRET` and names the user in
-//     X-Tokend-Act-As; its policy lists the users it may act for.
+//     taken only on the Unix socket from peers whose uid is a trusted
+//     proxy's, and from any other peer (any TLS peer too) the request is
+//     refused, not the header ignored;
+//   - a service (an MCP server acting for its users) authenticates as
+//     itself, by its secret (`Authorization: Bearer SECRET`) or, over TLS,
+//     by a client certificate that names its cert-subject, and names the
+//     user in X-Tokend-Act-As; its policy lists the users it may act for;
+//   - over TLS, a person signed in with OIDC presents the session cookie;
+//     a request that changes something must then come from public-url
+//     (Origin), so another site cannot make the browser send it.
 // Anything else is refused with 401 (no identity established) or 403 (an
 // identity that may not be used), never answered for some default user.
 //
@@ -60,7 +65,12 @@ SecretDigest secret_digest(std::string_view secret);
 
 struct ServicePolicy {
   std::string name;  // [A-Za-z0-9._-], 1-64
+  bool has_secret = false;
   SecretDigest secret_digest{};
+  // A verified client certificate is this service's when its subject CN or
+  // one of its DNS, email or URI subject alternative names equals this,
+  // byte for byte (empty: the service has no certificate).
+  std::string cert_subject;
   std::vector<UserPattern> act_for;
 
   [[nodiscard]] bool may_act_for(std::string_view user) const;
@@ -70,6 +80,11 @@ struct ServicePolicy {
 // patterns. Errors name the service and what to change, never the secret.
 Result<ServicePolicy> make_service_policy(std::string name, const Secret& secret,
                                           const std::vector<std::string>& act_for);
+// A service by its secret (null: none), its certificate's subject (empty:
+// none), or both; at least one.
+Result<ServicePolicy> make_service_policy(std::string name, const Secret* secret,
+                                          std::string_view cert_subject,
+                                          const std::vector<std::string>& act_for);
 
 struct IdentityConfig {
   std::string user_header = std::string(k_default_user_header);
@@ -77,7 +92,8 @@ struct IdentityConfig {
   std::vector<ServicePolicy> services;
 };
 
-// Checks a configuration as a whole: service names and secrets unique.
+// Checks a configuration as a whole: service names, secrets and
+// certificate subjects unique.
 Result<> check_identity_config(const IdentityConfig& config);
 
 // Who a request acts for.
@@ -96,6 +112,20 @@ struct Refusal {
   std::string service;
 };
 
+// A session cookie (server mode's OIDC sign-in), as the caller resolved it
+// against the database: present, and whose (empty: unknown or expired).
+struct SessionCookie {
+  bool present = false;
+  std::string user;
+  std::string public_url;  // the origin a state-changing request must come from
+};
+
+// `peer`: the connection's uid (Unix socket) or, on the TLS listener, its
+// verified client certificate's names; `session`: the request's session
+// cookie, taken over TLS only.
+std::expected<Caller, Refusal> identify(const IdentityConfig& config, const ipc::Request& request,
+                                        const ipc::Peer& peer, const SessionCookie& session = {});
+// A peer on the Unix socket.
 std::expected<Caller, Refusal> identify(const IdentityConfig& config, const ipc::Request& request,
                                         uid_t peer_uid);
 

@@ -21,7 +21,8 @@ class Spool;  // large bodies kept in a temporary file (server side only)
 
 namespace tokend::ipc {
 
-// Who is on the other end of the socket (SO_PEERCRED / getpeereid), and in
+// Who is on the other end of the socket (SO_PEERCRED / getpeereid; no uid on
+// a TCP connection), and in
 // server mode who the request acts for, as the front router established it
 // (daemon/identity.hpp): the user, and the service acting for that user
 // (empty when the user came through the trusted proxy). Both are empty in
@@ -32,6 +33,14 @@ struct Peer {
   pid_t pid = 0;  // 0 when the platform cannot tell
   std::string user;
   std::string service;
+  // A TCP peer: its address ("192.0.2.1:50000", "[::1]:50000"), for logs.
+  std::string address;
+  // The connection is TLS (server mode's `listen`), and the names of the
+  // client certificate it verified against tls-client-ca-file: the subject
+  // CN, then the DNS, email and URI subject alternative names (empty
+  // without a certificate).
+  bool tls = false;
+  std::vector<std::string> client_cert_names;
 };
 
 using Headers = std::vector<std::pair<std::string, std::string>>;

@@ -1,5 +1,6 @@
-// HTTP/1.1 on a Unix socket, on the libuv loop, or on a loopback
-// TCP port (the stand-in endpoints of tokenctl exec --endpoint).
+// HTTP/1.1 on a Unix socket, on the libuv loop, on a loopback TCP port
+// (the stand-in endpoints of tokenctl exec --endpoint), or on TCP with TLS
+// (server mode's `listen`).
 //
 // On a Unix socket peer credentials are read at accept: only allowed uids
 // get in; anyone else gets 403 and an audit callback. Requests are parsed with Beast on plain
@@ -20,6 +21,7 @@
 
 #include "core/error.hpp"
 #include "ipc/router.hpp"
+#include "ipc/tls.hpp"
 #include "net/loop.hpp"
 
 namespace tokend::ipc {
@@ -67,6 +69,17 @@ class Server {
   // router's handlers must authenticate each request themselves. One
   // listener per Server.
   Result<std::uint16_t> listen_loopback();
+  // Listens on HOST:PORT (an IPv4 or IPv6 address; port 0: the kernel
+  // picks) with TLS on every connection, and returns the port. As on the
+  // loopback, peers have no credentials: handlers authenticate each request
+  // (server mode: identify()). A connection has request_timeout to finish
+  // its handshake; a failed handshake closes it; plain HTTP sent to the port
+  // is answered 400 in plain text. Over the connection limit, a connection
+  // is closed without an answer.
+  Result<std::uint16_t> listen_tls(const std::string& host, std::uint16_t port,
+                                   std::shared_ptr<const TlsContext> tls);
+  // New connections use `tls` (a reloaded certificate); open ones keep theirs.
+  void set_tls_context(std::shared_ptr<const TlsContext> tls);
 
   void set_allowed_uids(std::set<uid_t> uids);  // the daemon's own uid is always allowed
   void set_limits(const ServerLimits& limits);

@@ -84,6 +84,28 @@ class PgDatabase {
   // transaction.
   Result<> notify(const char* channel, std::string_view payload);
 
+  // Server mode's sign-in (OIDC, docs/server-mode.md): state every replica
+  // shares. Keys are SHA-256 digests of what the browser holds (the state,
+  // the session id), never the values themselves; expired rows are removed
+  // as new ones are written.
+  struct PendingSignin {
+    std::string browser_hash;  // SHA-256 of the sign-in cookie
+    std::string nonce;
+    std::string return_to;
+    std::int64_t expires_at_ms = 0;
+  };
+  Result<> put_signin(std::string_view state_hash, const PendingSignin& signin);
+  // Removes it (one use) and returns it; nullopt when unknown or expired.
+  Result<std::optional<PendingSignin>> take_signin(std::string_view state_hash);
+  Result<> put_session(std::string_view id_hash, std::string_view user_id,
+                       std::int64_t expires_at_ms);
+  // The user of a session that has not expired; nullopt otherwise.
+  Result<std::optional<std::string>> session_user(std::string_view id_hash);
+  Result<> delete_session(std::string_view id_hash);
+  // HMAC-SHA256(key-encryption key, label): a key every replica with the
+  // same KEK derives alike (it changes when the KEK is rotated).
+  [[nodiscard]] Secret derive_key(std::string_view label) const;
+
  private:
   explicit PgDatabase(std::shared_ptr<detail::PgShared> shared);
   std::shared_ptr<detail::PgShared> m_shared;

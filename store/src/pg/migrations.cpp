@@ -91,8 +91,29 @@ constexpr std::array k_pg_schema_v1{
 ))sql",
 };
 
+// Server mode's sign-in (OIDC): sessions and sign-ins in progress, shared
+// by every replica. Only SHA-256 digests of what the browser holds are
+// stored; neither table is per user data a user's store reads.
+constexpr std::array k_pg_schema_v2{
+    R"sql(CREATE TABLE sessions (
+  id_hash    bytea PRIMARY KEY,
+  user_id    text NOT NULL CHECK (user_id <> ''),
+  created_at bigint NOT NULL,
+  expires_at bigint NOT NULL
+))sql",
+    "CREATE INDEX sessions_expires_at ON sessions (expires_at)",
+    R"sql(CREATE TABLE signins (
+  state_hash   bytea PRIMARY KEY,
+  browser_hash bytea NOT NULL,
+  nonce        text NOT NULL,
+  return_to    text NOT NULL,
+  expires_at   bigint NOT NULL
+))sql",
+};
+
 constexpr std::array k_pg_migrations{
     PgMigration{1, k_pg_schema_v1},
+    PgMigration{2, k_pg_schema_v2},
 };
 
 // pg_advisory_xact_lock key: "tokend" in ASCII. Held by every migration
