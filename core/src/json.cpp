@@ -82,15 +82,17 @@ constexpr bool plain_char(char c) {
 bool plain_text(std::string_view s) {
   constexpr std::uint64_t k_ones = 0x0101010101010101ULL;
   constexpr std::uint64_t k_highs = 0x8080808080808080ULL;
-  const auto has_zero = [](std::uint64_t v) { return ((v - k_ones) & ~v & k_highs) != 0; };
   std::size_t i = 0;
   for (; i + 8 <= s.size(); i += 8) {
     std::uint64_t w = 0;
     std::memcpy(&w, s.data() + i, 8);
-    const bool below_space = ((w - k_ones * 0x20) & ~w & k_highs) != 0;
-    const bool above_tilde = (((w + k_ones * (127 - 0x7e)) | w) & k_highs) != 0;
-    if (below_space || above_tilde || has_zero(w ^ (k_ones * '"')) || has_zero(w ^ (k_ones * '\\')))
-      return false;
+    const std::uint64_t quote = w ^ (k_ones * '"');
+    const std::uint64_t backslash = w ^ (k_ones * '\\');
+    // High bit of a byte set: a byte >= 0x80 (w), >= 0x7f (w + 1), < 0x20,
+    // '"' or '\\' (a zero byte after the XOR). One branch per word.
+    const std::uint64_t flagged = w | (w + k_ones) | ((w - k_ones * 0x20) & ~w) |
+                                  ((quote - k_ones) & ~quote) | ((backslash - k_ones) & ~backslash);
+    if ((flagged & k_highs) != 0) return false;
   }
   return std::all_of(s.begin() + static_cast<std::ptrdiff_t>(i), s.end(), plain_char);
 }

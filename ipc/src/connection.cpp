@@ -349,7 +349,7 @@ void Connection::pump() {
   if (m_state == State::idle && m_inbuf.empty()) arm_timer(m_listener.limits().idle_timeout);
 }
 
-void Connection::dispatch(Request req) {
+void Connection::dispatch(Request&& req) {
   m_state = State::busy;
   m_deadline_armed = false;  // a busy exchange has no timeout
   ++m_listener.stats().requests;

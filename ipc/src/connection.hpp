@@ -88,7 +88,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // its sending half.
   bool peer_gone();
   void pump();
-  void dispatch(Request request);
+  void dispatch(Request&& request);
   // sensitive: the bytes hold a secret; every copy is wiped once written.
   void write(std::string data, bool sensitive = false);
   void write_answer(Response& response);
