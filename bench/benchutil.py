@@ -180,7 +180,8 @@ def parse_loadgen(args):
 
 def cmd_row(args):
     res = parse_h2load(args) if args.tool == "h2load" else parse_loadgen(args)
-    row = {"target": args.target, "tool": args.tool, "connections": args.connections}
+    row = {"target": args.target, "tool": args.tool, "connections": args.connections,
+           "round": args.round}
     row.update(res)
     print(json.dumps(row))
 
@@ -219,21 +220,31 @@ def cmd_report(args):
                       fmt_num(r.get("non_2xx")), fmt_num(r.get("errors"))])
     print_table(headers, table, left_columns=2)
 
+    # Each ratio is taken within one round (tokend and nginx run one after
+    # the other); over several rounds, the median ratio and the range.
     ratios = []
-    by_key = {(r["target"], r["tool"], r["connections"]): r for r in rows}
-    for (target, tool, conns), r in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2])):
-        if target != "tokend":
-            continue
-        n = by_key.get(("nginx", tool, conns))
-        if n and n.get("rps"):
-            ratios.append({"tool": tool, "connections": conns,
-                           "tokend_rps": r.get("rps"), "nginx_rps": n["rps"],
-                           "ratio": (r.get("rps") or 0) / n["rps"]})
+    by_key = {(r["target"], r["tool"], r["connections"], r.get("round", 1)): r for r in rows}
+    per_config = {}
+    for (target, tool, conns, rnd), r in by_key.items():
+        n = by_key.get(("nginx", tool, conns, rnd))
+        if target == "tokend" and n and n.get("rps"):
+            per_config.setdefault((tool, conns), []).append(
+                ((r.get("rps") or 0) / n["rps"], r.get("rps"), n["rps"]))
+    for (tool, conns), runs in sorted(per_config.items()):
+        runs.sort()
+        median = runs[len(runs) // 2][0] if len(runs) % 2 else \
+            (runs[len(runs) // 2 - 1][0] + runs[len(runs) // 2][0]) / 2
+        ratios.append({"tool": tool, "connections": conns, "rounds": len(runs),
+                       "ratio": median, "min": runs[0][0], "max": runs[-1][0],
+                       "tokend_rps": sorted(x[1] or 0 for x in runs)[len(runs) // 2],
+                       "nginx_rps": sorted(x[2] for x in runs)[len(runs) // 2]})
     if ratios:
-        print("\ntokend / nginx req/s")
+        several = any(q["rounds"] > 1 for q in ratios)
+        print("\ntokend / nginx req/s" + (" (median over rounds, range)" if several else ""))
         for q in ratios:
+            extra = f"  [{q['min']:.2f}-{q['max']:.2f}, {q['rounds']} rounds]" if several else ""
             print(f"  {q['tool']:<8} c={q['connections']:<3} {q['ratio']:.2f}  "
-                  f"({fmt_num(q['tokend_rps'])} / {fmt_num(q['nginx_rps'])})")
+                  f"({fmt_num(q['tokend_rps'])} / {fmt_num(q['nginx_rps'])}){extra}")
     if args.json:
         doc = {"meta": json.loads(args.meta) if args.meta else {}, "results": rows,
                "ratios": ratios}
@@ -260,6 +271,7 @@ def main():
     s.add_argument("--tool", choices=("h2load", "loadgen"), required=True)
     s.add_argument("--target", required=True)
     s.add_argument("--connections", type=int, required=True)
+    s.add_argument("--round", type=int, default=1, help="which round of a repeated run")
     s.add_argument("output")
     s.add_argument("log", nargs="?")
     s.set_defaults(fn=cmd_row)

@@ -17,6 +17,9 @@ Usage: bench/token_bench.sh [options]
   --target T           both (default) | nginx | tokend  (nginx-only / tokend-only also accepted)
   --connections "L"    connection counts (default "1 10 64")
   --tools "L"          h2load and/or loadgen (default "h2load loadgen")
+  --rounds N           repeat every run N times, tokend and nginx alternating,
+                       and report each ratio's median over the rounds with its
+                       range (default 1; single runs move by 10-20% here)
   --pin                servers on CPU 0, the client on CPU 1 (taskset): on a
                        2-core machine this stops the scheduler from putting the
                        client on the server's core now and then, which moves
@@ -49,6 +52,7 @@ conns_list="1 10 64"
 tools="h2load loadgen"
 h2load_latency=0
 pin=0
+rounds=1
 ready_timeout=10
 json_out=""
 keep=0
@@ -66,6 +70,7 @@ while [[ $# -gt 0 ]]; do
     --tools) tools=$2; shift 2 ;;
     --h2load-latency) h2load_latency=1; shift ;;
     --pin) pin=1; shift ;;
+    --rounds) rounds=$2; shift 2 ;;
     --ready-timeout) ready_timeout=$2; shift 2 ;;
     --tokend-arg) tokend_args+=("$2"); shift 2 ;;
     --json) json_out=$2; shift 2 ;;
@@ -80,6 +85,7 @@ is_number "$duration" || die "--duration must be a number of seconds: $duration"
 is_number "$warmup" || die "--warmup must be a number of seconds: $warmup"
 is_number "$ready_timeout" || die "--ready-timeout must be a number of seconds: $ready_timeout"
 awk -v d="$duration" 'BEGIN { exit !(d > 0 && d <= 3600) }' || die "--duration must be in (0, 3600]"
+[[ $rounds =~ ^[0-9]+$ && $rounds -ge 1 && $rounds -le 100 ]] || die "--rounds: 1 to 100"
 for c in $conns_list; do
   [[ $c =~ ^[0-9]+$ && $c -ge 1 && $c -le 1000 ]] || die "--connections: bad count $c"
 done
@@ -240,7 +246,7 @@ run_h2load() {  # TARGET CONNS
     "${lf[@]}" "http://localhost$token_path" >"$out" 2>&1 \
     || { cat "$out" >&2; die "h2load against $t (c=$c) failed"; }
   python3 "$bench_dir/benchutil.py" row --tool h2load --target "$t" --connections "$c" \
-    "$out" "${logf[@]}" >>"$results"
+    --round "$round" "$out" "${logf[@]}" >>"$results"
 }
 
 run_loadgen() {  # TARGET CONNS
@@ -251,14 +257,16 @@ run_loadgen() {  # TARGET CONNS
     --duration "$duration" --warmup "$warmup" --json >"$out" \
     || die "loadgen against $t (c=$c) failed (no response at all?)"
   python3 "$bench_dir/benchutil.py" row --tool loadgen --target "$t" --connections "$c" \
-    "$out" >>"$results"
+    --round "$round" "$out" >>"$results"
 }
 
-for c in $conns_list; do
-  for tool in $tools; do
-    for t in $targets; do
-      log "  $t  $tool  c=$c"
-      "run_$tool" "$t" "$c"
+for round in $(seq "$rounds"); do
+  for c in $conns_list; do
+    for tool in $tools; do
+      for t in $targets; do
+        log "  $t  $tool  c=$c  (round $round of $rounds)"
+        "run_$tool" "$t" "$c"
+      done
     done
   done
 done
