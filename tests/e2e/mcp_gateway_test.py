@@ -368,6 +368,12 @@ class McpGatewayTest(unittest.TestCase):
         self.login()
         b = self.bridge()
         b.initialize()
+        # The bridge opens its GET stream after initializing, on its own time:
+        # opened after the clock moves, it would meet the 401 (and the refresh)
+        # before the tools/call below does.
+        wait_for(lambda: any(e["method"] == "GET" and e["ok"]
+                             for e in self.servers["session"].log()[self.log_before:]),
+                 "the GET stream")
         refreshes = self.grant_refreshes()
         for lifetime in range(3):
             # The token the bridge's calls carried has expired at the
