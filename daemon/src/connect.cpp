@@ -10,6 +10,7 @@
 
 #include "core/clock.hpp"
 #include "core/fs.hpp"
+#include "core/html.hpp"
 #include "daemon/web_assets.hpp"
 #include "ipc/http.hpp"
 #include "login/login.hpp"
@@ -58,33 +59,6 @@ std::vector<std::string> split_scopes(std::string_view text) {
     }
   }
   if (!cur.empty()) out.push_back(std::move(cur));
-  return out;
-}
-
-std::string html_escape(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (const char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
-    }
-  }
   return out;
 }
 

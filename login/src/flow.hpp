@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "core/encoding.hpp"
+#include "core/html.hpp"
 #include "login/login.hpp"
 #include "net/url.hpp"
 #include "oauth/atlassian.hpp"
@@ -86,32 +87,6 @@ inline bool is_client_id_metadata_url(std::string_view client_id) {
   if (!client_id.starts_with("https://")) return false;
   const auto slash = client_id.find('/', 8);
   return slash != std::string_view::npos && slash + 1 < client_id.size();
-}
-
-inline std::string html_escape(std::string_view s) {
-  std::string out;
-  for (const char c : s) {
-    switch (c) {
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '&':
-        out += "&amp;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
 }
 
 inline std::string page(std::string_view title, std::string_view text) {
