@@ -441,27 +441,27 @@ int run_server(const Config& initial, const EnvLookup& env,
           (*t)->apply_remote(*e);
         },
         [&] { tenants.for_each([](Tenant& t) { t.resync(); }); });
-    if (auto r = replicas.start(); !r) {
-      spdlog::critical("listening for the other replicas: {}", r.error().message);
+    // A start refused after this point: every handle made so far is closed
+    // and its close callbacks run before tokend exits 1.
+    const auto refuse_start = [&] {
+      replicas.close();
       tenants.close();
       http.close();
       server.close();
       loop.run();
       (void)loop.close();
       return 1;
+    };
+    if (auto r = replicas.start(); !r) {
+      spdlog::critical("listening for the other replicas: {}", r.error().message);
+      return refuse_start();
     }
 
     // Users with profiles are loaded now, so their refreshes run.
     for (const auto& user : *users) {
       if (auto t = tenants.get(user); !t) {
         spdlog::critical("{}", t.error().message);
-        replicas.close();
-        tenants.close();
-        http.close();
-        server.close();
-        loop.run();
-        (void)loop.close();
-        return 1;
+        return refuse_start();
       }
     }
 
@@ -469,12 +469,7 @@ int run_server(const Config& initial, const EnvLookup& env,
     auto oidc_built = build_oidc(config, http, *db, clock, front);
     if (!oidc_built) {
       spdlog::critical("{}", oidc_built.error().message);
-      tenants.close();
-      http.close();
-      server.close();
-      loop.run();
-      (void)loop.close();
-      return 1;
+      return refuse_start();
     }
     std::unique_ptr<OidcSignin> oidc = std::move(*oidc_built);
     // The replica's own endpoints: health, readiness (the database answers)
