@@ -271,11 +271,12 @@ def main():
         for i in range(a.replicas):
             read_metrics(i)
         rss = [rss_mib(i) for i in range(a.replicas)]
-        stats = up.stats()
+        # With 20,000 grants the fake takes a while to list them.
+        stats = up.stats(timeout=600)
         by_grant = stats.get("refreshes_by_grant", {})
         per_grant = [by_grant.get(g, 0) for g in grants.values()]
         grant_ids = set(grants.values())
-        listed = [g for g in up.grants() if g.get("grant_id") in grant_ids]
+        listed = [g for g in up.grants(timeout=600) if g.get("grant_id") in grant_ids]
         lost = [g["grant_id"] for g in listed if not g.get("alive", True)]
         # Each grant is refreshed once per cycle: about elapsed / (lifetime - buffer - jitter/2)
         # (a lifetime under twice the buffer refreshes at two thirds of it).
