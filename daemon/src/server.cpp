@@ -19,7 +19,6 @@
 #include "daemon/connect.hpp"
 #include "daemon/identity.hpp"
 #include "daemon/oidc.hpp"
-#include "daemon/systemd.hpp"
 #include "ipc/server.hpp"
 #include "login/callback_listener.hpp"
 #include "login/login.hpp"
@@ -579,93 +578,65 @@ int run_server(const Config& initial, const EnvLookup& env,
           peer.uid, peer.pid);
     });
 
-    auto sigterm = net::Signal::create(loop);
-    auto sigint = net::Signal::create(loop);
-    auto sighup = net::Signal::create(loop);
-    if (!sigterm || !sigint || !sighup) {
-      spdlog::critical("cannot install signal handlers");
-      return 1;
-    }
-    bool stopping = false;
-    auto stop = [&](int sig) {
-      if (stopping) return;
-      stopping = true;
-      spdlog::info("received {}, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-      notify("STOPPING=1");
+    ProcessSignals signals(loop);
+    const auto drain = [&](std::function<void()> drained) {
       replicas.close();
       tenants.close();
       http.close();
       tls.drain(config.drain_timeout);
-      server.drain(config.drain_timeout, [&] {
-        sigterm->close();
-        sigint->close();
-        sighup->close();
-      });
+      server.drain(config.drain_timeout, std::move(drained));
     };
-    (void)sigterm->start(SIGTERM, stop);
-    (void)sigint->start(SIGINT, stop);
-    (void)sighup->start(SIGHUP, [&](int) {
-      auto fresh = reparse();
-      if (!fresh) {
-        spdlog::error("SIGHUP: configuration not reloaded: {}", fresh.error().message);
-        return;
-      }
-      if (fresh->paths.socket != config.paths.socket ||
-          fresh->server.database_url_file != config.server.database_url_file ||
-          fresh->server.kek.key_file != config.server.kek.key_file ||
-          fresh->server.identity.user_header != config.server.identity.user_header ||
-          fresh->server.listen.size() != config.server.listen.size()) {
+    const auto apply = [&](const Config& fresh) {
+      if (fresh.paths.socket != config.paths.socket ||
+          fresh.server.database_url_file != config.server.database_url_file ||
+          fresh.server.kek.key_file != config.server.kek.key_file ||
+          fresh.server.identity.user_header != config.server.identity.user_header ||
+          fresh.server.listen.size() != config.server.listen.size()) {
         spdlog::warn(
             "SIGHUP: socket, listen, database-url-file, kek-file and user-header changes take "
             "effect after a restart");
       }
-      tls.reload(*fresh);
-      spdlog::default_logger()->set_level(fresh->log.level);
-      server.set_limits(fresh->limits);
-      config.limits = fresh->limits;
-      config.allowed_uids = fresh->allowed_uids;
-      config.server.identity.trusted_proxy_uids = fresh->server.identity.trusted_proxy_uids;
-      config.server.identity.services = fresh->server.identity.services;
-      config.server.user_rate_limit = fresh->server.user_rate_limit;
+      tls.reload(fresh);
+      spdlog::default_logger()->set_level(fresh.log.level);
+      server.set_limits(fresh.limits);
+      config.limits = fresh.limits;
+      config.allowed_uids = fresh.allowed_uids;
+      config.server.identity.trusted_proxy_uids = fresh.server.identity.trusted_proxy_uids;
+      config.server.identity.services = fresh.server.identity.services;
+      config.server.user_rate_limit = fresh.server.user_rate_limit;
       identity.trusted_proxy_uids = config.server.identity.trusted_proxy_uids;
       identity.services = config.server.identity.services;
       server.set_allowed_uids(allowed_peers(config));
-      config.drain_timeout = fresh->drain_timeout;
-      config.audit = fresh->audit;
+      config.drain_timeout = fresh.drain_timeout;
+      config.audit = fresh.audit;
       tenants.set_audit_retention(config.audit);
-      shared.connect = std::make_shared<const ConnectSettings>(fresh->server.connect);
+      shared.connect = std::make_shared<const ConnectSettings>(fresh.server.connect);
       spdlog::info("configuration reloaded: {} service(s), {} trusted proxy uid(s), {} provider(s)",
                    identity.services.size(), identity.trusted_proxy_uids.size(),
                    shared.connect->providers.size());
-      notify("STATUS=configuration reloaded");
-    });
+    };
+    if (auto r = signals.start(drain, reparse, apply); !r) {
+      spdlog::critical("{}", r.error().message);
+      signals.close();
+      return refuse_start();
+    }
 
     // Listening comes last: once the socket exists a client (or a test) may
     // signal us, and SIGTERM must already drain rather than kill.
-    const int activated = activated_socket();
-    auto listening =
-        activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
-    if (listening) listening = tls.open(loop, front, config);
+    auto listening = listen_on_socket(server, config.paths.socket);
+    if (listening) {
+      if (auto r = tls.open(loop, front, config); !r) listening = std::unexpected(r.error());
+    }
     if (!listening) {
       spdlog::critical("{}", listening.error().message);
-      replicas.close();
-      tenants.close();
-      http.close();
-      server.close();
       tls.close();
-      sigterm->close();
-      sigint->close();
-      sighup->close();
-      loop.run();
-      (void)loop.close();
-      return 1;
+      signals.close();
+      return refuse_start();
     }
-
-    spdlog::info(
-        "tokend {} ready in server mode: {} user(s) with profiles, key {}, socket {}", version(),
-        users->size(), db->key_id(),
-        activated >= 0 ? std::string("(socket activation)") : config.paths.socket.string());
-    notify(fmt::format("READY=1\nSTATUS=serving {} user(s)", tenants.size()));
+    announce_ready(
+        fmt::format("tokend {} ready in server mode: {} user(s) with profiles, key {}, socket {}",
+                    version(), users->size(), db->key_id(), *listening),
+        fmt::format("serving {} user(s)", tenants.size()));
     loop.run();
   }
   if (const int rc = loop.close(); rc != 0) {
