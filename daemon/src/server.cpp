@@ -16,6 +16,7 @@
 #include "core/encoding.hpp"
 #include "core/fs.hpp"
 #include "core/random.hpp"
+#include "daemon/budget.hpp"
 #include "daemon/connect.hpp"
 #include "daemon/identity.hpp"
 #include "daemon/oidc.hpp"
@@ -116,8 +117,6 @@ class Tenant {
   Tenant(const Tenant&) = delete;
   Tenant& operator=(const Tenant&) = delete;
 
-  // The user's request budget (user-rate-limit).
-  proxy::RateLimiter& limiter() { return m_limiter; }
   ~Tenant() = default;
 
   // Loads the user's profiles and schedules their refreshes.
@@ -173,7 +172,6 @@ class Tenant {
   api::Api m_api;
   ConnectPage m_connect;
   ipc::Router m_router;
-  proxy::RateLimiter m_limiter;
   tokens::EventBus::Subscription m_forward;
   bool m_replaying = false;
 };
@@ -466,6 +464,7 @@ int run_server(const Config& initial, const EnvLookup& env,
     }
 
     IdentityConfig identity = config.server.identity;
+    RequestBudgets budgets;  // user-rate-limit, the services' rate-limit
     auto oidc_built = build_oidc(config, http, *db, clock, front);
     if (!oidc_built) {
       spdlog::critical("{}", oidc_built.error().message);
@@ -548,21 +547,16 @@ int run_server(const Config& initial, const EnvLookup& env,
         const auto& r = caller.error();
         return ex->respond(ipc::Response::error(r.status, r.code, r.message));
       }
+      if (auto refused = budgets.take(
+              caller->user, config.server.user_rate_limit, caller->service,
+              service_rate_limit(identity, caller->service, config.server.service_rate_limit),
+              clock.mono_now())) {
+        return ex->respond(budget_response(*refused));
+      }
       auto tenant = tenants.get(caller->user);
       if (!tenant) {
         spdlog::error("{}", tenant.error().message);
         return ex->respond(ipc::error_response(tenant.error()));
-      }
-      if (auto wait = (*tenant)->limiter().take(static_cast<double>(config.server.user_rate_limit),
-                                                clock.mono_now())) {
-        const auto seconds = (wait->count() + 999) / 1000;
-        auto r = ipc::Response::error(
-            429, "rate_limited",
-            fmt::format("user '{}' made more than {} requests in a minute (user-rate-limit); try "
-                        "again in {} s",
-                        caller->user, config.server.user_rate_limit, seconds));
-        r.headers.emplace_back("Retry-After", std::to_string(seconds));
-        return ex->respond(std::move(r));
       }
       ipc::Peer peer = ex->peer();
       peer.user = std::move(caller->user);
@@ -627,6 +621,7 @@ int run_server(const Config& initial, const EnvLookup& env,
       config.server.identity.trusted_proxy_uids = fresh->server.identity.trusted_proxy_uids;
       config.server.identity.services = fresh->server.identity.services;
       config.server.user_rate_limit = fresh->server.user_rate_limit;
+      config.server.service_rate_limit = fresh->server.service_rate_limit;
       identity.trusted_proxy_uids = config.server.identity.trusted_proxy_uids;
       identity.services = config.server.identity.services;
       server.set_allowed_uids(allowed_peers(config));

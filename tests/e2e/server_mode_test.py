@@ -203,6 +203,7 @@ class ServerModeTest(unittest.TestCase):
         write_private(os.path.join(self.dir, "ops.secret"), OPS_SECRET + "\n")
         self.socket = os.path.join(self.dir, "srv", "tokend.sock")
         self.daemon = None
+        self.mcp_settings = ""  # more settings of [service.mcp]
         self.start()
 
     def tearDown(self):
@@ -224,6 +225,7 @@ class ServerModeTest(unittest.TestCase):
                     "[service.mcp]\n"
                     f"secret-file = {os.path.join(self.dir, 'mcp.secret')}\n"
                     "act-for = *@example.com\n"
+                    f"{self.mcp_settings}"
                     "[service.ops]\n"
                     f"secret-file = {os.path.join(self.dir, 'ops.secret')}\n"
                     f"act-for = {BOB}\n")
@@ -440,6 +442,52 @@ class ServerModeTest(unittest.TestCase):
             self.assertEqual(self.call(bob, "GET", "/v1/profiles").status, 200)
         self.assertEqual(self.call(bob, "GET", "/v1/profiles").status, 429)
         self.assertEqual(self.call([], "GET", "/v1/server/health").status, 200)
+
+    def test_each_service_has_a_request_budget(self):
+        # mcp may make 3 requests a minute over all its users; ops has no
+        # budget of its own (service-rate-limit defaults to 0).
+        self.mcp_settings = "rate-limit = 3\n"
+        self.restart()
+        for user in (ALICE, "carol@example.com", ALICE):
+            r = self.call(self.as_service(MCP_SECRET, user), "GET", "/v1/profiles")
+            self.assertEqual(r.status, 200, r.text)
+        r = self.call(self.as_service(MCP_SECRET, "dave@example.com"), "GET", "/v1/profiles")
+        self.assertEqual((r.status, r.code), (429, "rate_limited"), r.text)
+        self.assertIn("[service.mcp] rate-limit", r.json()["error"]["message"])
+        retry = re.search(r"(?im)^retry-after: *([0-9]+)\r?$", r.headers)
+        self.assertIsNotNone(retry, r.headers)
+        self.assertTrue(1 <= int(retry.group(1)) <= 20, r.headers)  # a request every 20 s
+        # Another service's budget is its own, and the users' requests
+        # through the proxy spend nothing of mcp's (nor the refusal theirs).
+        for _ in range(5):
+            self.assertEqual(self.call(self.as_service(OPS_SECRET, BOB), "GET", "/v1/profiles").status, 200)
+        self.assertEqual(self.call(self.as_user("dave@example.com"), "GET", "/v1/profiles").status, 200)
+        self.assertEqual(self.call(self.as_service(MCP_SECRET, ALICE), "GET", "/v1/profiles").status, 429)
+        # SIGHUP applies a changed budget.
+        self.mcp_settings = "rate-limit = 0\n"
+        self.config(os.geteuid())
+        self.daemon.proc.send_signal(signal.SIGHUP)
+        self.daemon.wait_for_line("configuration reloaded")
+        for _ in range(5):
+            self.assertEqual(self.call(self.as_service(MCP_SECRET, ALICE), "GET", "/v1/profiles").status, 200)
+
+    def test_a_service_acting_for_a_user_spends_the_users_budget_too(self):
+        self.mcp_settings = "rate-limit = 4\n"
+        self.restart(extra=["--user-rate-limit", "2"])
+        mcp = self.as_service(MCP_SECRET, ALICE)
+        for _ in range(2):
+            self.assertEqual(self.call(mcp, "GET", "/v1/profiles").status, 200)
+        r = self.call(mcp, "GET", "/v1/profiles")
+        self.assertEqual((r.status, r.code), (429, "rate_limited"), r.text)
+        self.assertIn(f"user '{ALICE}'", r.json()["error"]["message"])
+        self.assertIn("user-rate-limit", r.json()["error"]["message"])
+        # Refused by alice's budget, the request spent nothing of mcp's: 2 left.
+        for i in range(2):
+            self.assertEqual(self.call(self.as_service(MCP_SECRET, f"u{i}@example.com"), "GET",
+                                       "/v1/profiles").status, 200)
+        r = self.call(self.as_service(MCP_SECRET, "u2@example.com"), "GET", "/v1/profiles")
+        self.assertEqual((r.status, r.code), (429, "rate_limited"), r.text)
+        self.assertIn("[service.mcp] rate-limit", r.json()["error"]["message"])
 
     # -- identity -----------------------------------------------------------------------
 
