@@ -400,6 +400,33 @@ class ServerModeTest(unittest.TestCase):
 
     # -- the replica's own endpoints -----------------------------------------------------
 
+    def test_every_token_a_service_fetches_is_audited(self):
+        g = self.put_grant(self.as_user(ALICE))
+        mcp = self.as_service(MCP_SECRET, ALICE)
+        token = self.token(mcp)
+        self.assertEqual(token, g["access_token"])
+        r = self.call(mcp, "GET", "/v1/profiles/nope/token")
+        self.assertEqual((r.status, r.code), (404, "not_found"), r.text)
+        # Alice's own fetch through the proxy is no service's.
+        self.assertEqual(self.token(self.as_user(ALICE)), token)
+        r = self.call(self.as_user(ALICE), "GET", "/v1/audit")
+        self.assertEqual(r.status, 200, r.text)
+        fetched = sorted((e["profile"], e["detail"].get("user"), e["detail"].get("service"),
+                          e["detail"].get("status"), e["detail"].get("error"))
+                         for e in r.json()["events"] if e["kind"] == "token_fetched")
+        self.assertEqual(fetched, [("jira", ALICE, "mcp", 200, None),
+                                   ("nope", ALICE, "mcp", 404, "not_found")])
+        # No secret in the audit, as answered or as stored; none in Bob's.
+        stored = self.pg.psql(self.database, "SELECT kind, profile, detail FROM audit_events")
+        self.assertIsNotNone(stored)
+        self.assertIn("token_fetched", stored)
+        for text in (r.text, stored):
+            for secret in (token, g["refresh_token"], CLIENT_SECRET, MCP_SECRET):
+                self.assertNotIn(secret, text)
+        r = self.call(self.as_user(BOB), "GET", "/v1/audit")
+        self.assertEqual(r.status, 200, r.text)
+        self.assertNotIn("token_fetched", r.text)
+
     def test_replica_endpoints_answer_the_host_and_never_a_user(self):
         self.put_grant(self.as_user(ALICE))
         r = self.call([], "GET", "/v1/server/health")

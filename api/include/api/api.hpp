@@ -119,6 +119,10 @@ class Api {
                     Result<tokens::TokenGrant> grant);
   void audit_peer(const std::shared_ptr<ipc::Exchange>& ex, std::string_view kind,
                   std::string_view profile);
+  // token_fetched: a service fetched a user's token (user, service, profile,
+  // the answer's status and error code; never the token).
+  void audit_token_fetch(const std::shared_ptr<ipc::Exchange>& ex, std::string_view profile,
+                         int status, std::string_view error);
   void open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name,
                      std::int64_t wait_s, const ipc::Peer& audited);
 
