@@ -312,6 +312,23 @@ class TlsListeners {
   void drain(std::chrono::milliseconds grace) {
     for (auto& s : m_servers) s->drain(grace, [] {});
   }
+  [[nodiscard]] bool empty() const { return m_servers.empty(); }
+  // The listeners' TLS counters, summed.
+  [[nodiscard]] ipc::ServerStats stats() const {
+    ipc::ServerStats sum;
+    for (const auto& s : m_servers) {
+      const auto& t = s->stats();
+      sum.tls_handshakes_ok += t.tls_handshakes_ok;
+      sum.tls_handshakes_ok_client_cert += t.tls_handshakes_ok_client_cert;
+      sum.tls_failed_client_cert += t.tls_failed_client_cert;
+      sum.tls_failed_protocol += t.tls_failed_protocol;
+      sum.tls_failed_timeout += t.tls_failed_timeout;
+      sum.tls_failed_closed += t.tls_failed_closed;
+      sum.tls_plaintext_refused += t.tls_plaintext_refused;
+      sum.tls_connections_open += t.tls_connections_open;
+    }
+    return sum;
+  }
   void close() {
     for (auto& s : m_servers) s->close();
   }
@@ -519,6 +536,7 @@ int run_server(const Config& initial, const EnvLookup& env,
                     tenants.size());
                 append_replica_metrics(out, tenants, replicas);
                 api::append_socket_metrics(out, server.stats());
+                if (!tls.empty()) api::append_tls_metrics(out, tls.stats());
                 ipc::Response r;
                 r.headers.emplace_back("Content-Type", "text/plain; version=0.0.4");
                 r.body = std::move(out);

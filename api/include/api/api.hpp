@@ -40,6 +40,9 @@ struct ApiOptions {
 // The socket server's counters as Prometheus text (tokend_http_*): the
 // single-user /v1/metrics, and a server-mode replica's /v1/server/metrics.
 void append_socket_metrics(std::string& out, const ipc::ServerStats& stats);
+// The TLS listeners' own counters (tokend_tls_*), summed over them: a
+// server-mode replica's /v1/server/metrics.
+void append_tls_metrics(std::string& out, const ipc::ServerStats& stats);
 
 class Api {
  public:
