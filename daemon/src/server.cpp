@@ -67,6 +67,29 @@ Result<store::PgDatabase> open_database(const ServerSettings& settings, const En
   return store::PgDatabase::open(*conninfo, std::move(*kek), clock);
 }
 
+// SIGHUP: the key-encryption key from its source again (kek-file, the
+// credential; TOKEND_KEK was read once at start). A new key is taken once it
+// opens the database's key check (after `tokend rotate-key`); one that does
+// not, or cannot be read, is refused and the key in use stays.
+void reload_kek(store::PgDatabase& db, const ServerSettings& settings, const EnvLookup& env) {
+  auto kek = store::resolve_kek(settings.kek, env);
+  if (!kek) {
+    spdlog::error("SIGHUP: the key-encryption key was not re-read (key '{}' stays): {}",
+                  db.key_id(), kek.error().message);
+    return;
+  }
+  const std::string old_id = db.key_id();
+  const std::string source = kek->source;
+  auto switched = db.use_key(std::move(*kek));
+  if (!switched) {
+    spdlog::error("SIGHUP: the key-encryption key from {} was not taken (key '{}' stays): {}",
+                  source, old_id, switched.error().message);
+  } else if (*switched) {
+    spdlog::info("SIGHUP: key-encryption key '{}' from {} in use (was '{}')", db.key_id(), source,
+                 old_id);
+  }
+}
+
 // What every tenant shares: one loop, one HTTP client, one clock, one
 // database connection, the login redirect listener, the settings.
 struct Shared {
@@ -624,13 +647,13 @@ int run_server(const Config& initial, const EnvLookup& env,
       }
       if (fresh->paths.socket != config.paths.socket ||
           fresh->server.database_url_file != config.server.database_url_file ||
-          fresh->server.kek.key_file != config.server.kek.key_file ||
           fresh->server.identity.user_header != config.server.identity.user_header ||
           fresh->server.listen.size() != config.server.listen.size()) {
         spdlog::warn(
-            "SIGHUP: socket, listen, database-url-file, kek-file and user-header changes take "
-            "effect after a restart");
+            "SIGHUP: socket, listen, database-url-file and user-header changes take effect "
+            "after a restart");
       }
+      reload_kek(*db, fresh->server, env);
       tls.reload(*fresh);
       spdlog::default_logger()->set_level(fresh->log.level);
       server.set_limits(fresh->limits);

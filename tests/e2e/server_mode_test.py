@@ -6,7 +6,8 @@ tokens, logins, proxy and events are unreachable as another user, whether
 that user comes through the trusted proxy's header or through a service; the
 user header from a peer that is not the trusted proxy is refused; a service
 acts only for the users its policy names; `tokend rotate-key` re-wraps a live
-database. Every wait polls against a deadline."""
+database, and SIGHUP makes every replica take the rotated key. Every wait
+polls against a deadline."""
 import json
 import os
 import pwd
@@ -641,6 +642,74 @@ class ServerModeTest(unittest.TestCase):
         self.logs.append(self.daemon.output())
         self.daemon = None
 
+
+    def test_sighup_takes_a_rotated_key_on_every_replica(self):
+        alice = self.as_user(ALICE)
+        g = self.put_grant(alice)
+        old_key = write_private(os.path.join(self.dir, "kek.old"), self.kek + "\n")
+        # A second replica on the same database and key file.
+        socket2 = os.path.join(self.dir, "srv2", "tokend.sock")
+        second = Daemon(TOKEND, self.xdg.env, ["--server", "--config", self.config(os.geteuid()),
+                                               "--socket", socket2, "--ca-bundle", self.up.ca_file,
+                                               "--log-level", "debug"])
+        try:
+            second.wait_ready(socket2)
+            replicas = ((self.daemon, self.socket), (second, socket2))
+
+            def token_on(sock):
+                r = exchange(sock, "GET", "/v1/profiles/jira/token", alice)
+                self.assertEqual(r.status, 200, r.text)
+                return r.json()["token"]
+
+            # A wrong key, then a key file anyone may read: refused, the key
+            # in use stays, and both replicas go on serving.
+            write_private(self.kek_file, secrets.token_hex(32) + "\n")
+            self.daemon.proc.send_signal(signal.SIGHUP)
+            self.daemon.wait_for_line(re.compile(r"SIGHUP: the key-encryption key from .* was not taken "
+                                                 r"\(key 'kek-[0-9a-f]+' stays\): .*does not open this database"))
+            write_private(self.kek_file, self.kek + "\n")
+            os.chmod(self.kek_file, 0o644)
+            second.proc.send_signal(signal.SIGHUP)
+            second.wait_for_line("SIGHUP: the key-encryption key was not re-read")
+            os.chmod(self.kek_file, 0o600)
+            for _, sock in replicas:
+                self.assertEqual(token_on(sock), g["access_token"])
+
+            # rotate-key while both run, then the new key in the file and SIGHUP.
+            new_key = secrets.token_hex(32)
+            new_file = write_private(os.path.join(self.dir, "kek.new"), new_key + "\n")
+            r = self.rotate("--database-url-file", self.db_file, "--kek-file", self.kek_file,
+                            "--new-kek-file", new_file)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            new_id = re.search(r"now wrapped by key '([^']+)'", r.stderr).group(1)
+            write_private(self.kek_file, new_key + "\n")
+            for daemon, _ in replicas:
+                daemon.proc.send_signal(signal.SIGHUP)
+                daemon.wait_for_line(f"key-encryption key '{new_id}' from ")
+            # Each replica writes under the new key: a forced refresh is
+            # stored, and served by the other replica.
+            for (daemon, sock), (_, other) in (replicas, replicas[::-1]):
+                before = token_on(sock)
+                r = exchange(sock, "POST", "/v1/profiles/jira/refresh", alice)
+                self.assertEqual(r.status, 200, r.text)
+                fresh = token_on(sock)
+                self.assertNotEqual(fresh, before)
+                wait_for(lambda: token_on(other) == fresh, "the other replica to serve the new token")
+            self.assertEqual(self.pg.psql(self.database, "SELECT DISTINCT kek_id FROM credentials").split(),
+                             [new_id])
+            for daemon, _ in replicas:
+                self.assertNotIn(self.kek, daemon.output())
+                self.assertNotIn(new_key, daemon.output())
+        finally:
+            self.assertEqual(second.stop(), 0, second.output())
+            self.logs.append(second.output())
+        # The old key no longer opens the database.
+        old = Daemon(TOKEND, self.xdg.env, ["--server", "--config", self.config(os.geteuid()),
+                                            "--kek-file", old_key, "--socket",
+                                            os.path.join(self.dir, "srv3", "tokend.sock")])
+        self.assertEqual(old.wait_exit(), EXIT_REFUSED, old.output())
+        self.assertIn(new_id, old.output())
+        self.logs.append(old.output())
 
 if __name__ == "__main__":
     unittest.main()
