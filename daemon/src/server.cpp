@@ -10,11 +10,13 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "api/api.hpp"
 #include "core/clock.hpp"
 #include "core/encoding.hpp"
 #include "core/fs.hpp"
+#include "core/json.hpp"
 #include "core/random.hpp"
 #include "daemon/budget.hpp"
 #include "daemon/connect.hpp"
@@ -27,6 +29,7 @@
 #include "net/http_client.hpp"
 #include "net/loop.hpp"
 #include "net/spool.hpp"
+#include "oauth/discovery.hpp"
 #include "process.hpp"
 #include "proxy/proxy.hpp"
 #include "proxy/route.hpp"
@@ -379,6 +382,59 @@ Result<std::unique_ptr<OidcSignin>> build_oidc(const Config& config, net::HttpTr
   return oidc;
 }
 
+// OIDC sign-in's provider, asked once at start for its metadata (OIDC
+// Discovery, the URLs in order): one that does not answer, or answers with
+// nothing usable, refuses the start naming the issuer, rather than failing
+// every person's first sign-in. The loop runs until each answer (the socket
+// is not listening yet); OidcSignin fetches its own copy on first use.
+Result<> probe_oidc_issuer(net::Loop& loop, net::HttpTransport& http, const OidcSettings& oidc,
+                           std::chrono::milliseconds timeout) {
+  auto urls = oauth::metadata_urls(oidc.issuer);
+  if (!urls) return std::unexpected(urls.error().context("oidc-issuer"));
+  std::string tried;
+  for (const auto& url : *urls) {
+    std::optional<Result<net::HttpResponse>> answer;
+    net::HttpRequest req;
+    req.url = url;
+    req.timeout = timeout;
+    req.headers.emplace_back("Accept", "application/json");
+    http.start(std::move(req), [&](Result<net::HttpResponse> r) {
+      answer = std::move(r);
+      loop.stop();
+    });
+    (void)loop.run();
+    std::string why;
+    if (!answer) {
+      why = "no answer";
+    } else if (!*answer) {
+      why = (*answer).error().message;
+    } else if ((**answer).status != 200) {
+      why = fmt::format("HTTP {}", (**answer).status);
+    } else if (auto doc = json::parse((**answer).body.reveal(), "the metadata"); !doc) {
+      why = "not JSON";
+    } else {
+      auto meta = oauth::check_server_metadata(*doc, oidc.issuer);
+      if (!meta) {
+        return fail(Errc::unavailable,
+                    fmt::format("oidc-issuer {}: its OpenID Connect metadata ({}) is unusable: {}",
+                                oidc.issuer, url, meta.error().message));
+      }
+      if (meta->authorization_endpoint.empty() || meta->token_endpoint.empty()) {
+        return fail(Errc::unavailable,
+                    fmt::format("oidc-issuer {}: its OpenID Connect metadata ({}) names no "
+                                "authorization or token endpoint",
+                                oidc.issuer, url));
+      }
+      return {};
+    }
+    tried += fmt::format("{}{}: {}", tried.empty() ? "" : "; ", url, why);
+  }
+  return fail(Errc::unavailable,
+              fmt::format("oidc-issuer {} does not answer OpenID Connect discovery ({}); nobody "
+                          "could sign in: check the issuer's address and that this host reaches it",
+                          oidc.issuer, tried));
+}
+
 std::set<uid_t> allowed_peers(const Config& config) {
   std::set<uid_t> uids = config.allowed_uids;
   uids.insert(config.server.identity.trusted_proxy_uids.begin(),
@@ -511,6 +567,12 @@ int run_server(const Config& initial, const EnvLookup& env,
       return refuse_start();
     }
     std::unique_ptr<OidcSignin> oidc = std::move(*oidc_built);
+    if (oidc) {
+      if (auto r = probe_oidc_issuer(loop, http, config.server.oidc, config.http_timeout); !r) {
+        spdlog::critical("{}", r.error().message);
+        return refuse_start();
+      }
+    }
     // The replica's own endpoints: health, readiness (the database answers)
     // and the socket's counters, for the host's probes and Prometheus. They
     // act for no user, so a request that names one is refused: through the

@@ -10,6 +10,7 @@ answered 400; the replica's endpoints only on the socket; SIGHUP serving a
 new certificate to new connections; a key file that is not private refused
 at start; the listeners' counters in /v1/server/metrics after good and bad
 handshakes, exact. Every wait polls against a deadline."""
+import http.server
 import os
 import secrets
 import signal
@@ -17,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -252,6 +254,49 @@ class ServerTlsTest(unittest.TestCase):
                 got += b
         self.assertTrue(got.startswith(b"HTTP/1.1 400 "), got)
         self.assertIn(b"use https://", got)
+
+    def test_an_oidc_issuer_that_fails_discovery_refuses_the_start(self):
+        secret = write_private(os.path.join(self.dir, "oidc.secret"), "oidc-client-secret-MARKER\n")
+
+        class Garbage(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b"<html>not metadata</html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        garbage = http.server.HTTPServer(("127.0.0.1", 0), Garbage)
+        threading.Thread(target=garbage.serve_forever, daemon=True).start()
+        silent_port = free_port()  # nothing listens there
+        try:
+            for issuer, why in ((f"http://127.0.0.1:{garbage.server_port}", "not JSON"),
+                                (f"http://127.0.0.1:{silent_port}", "")):
+                with self.subTest(issuer=issuer):
+                    config = self.config()
+                    with open(config, "r+") as f:
+                        text = f.read()
+                        f.seek(0)
+                        f.write(f"public-url = https://localhost:{self.port}\n"
+                                f"oidc-issuer = {issuer}\noidc-client-id = tokend\n"
+                                f"oidc-client-secret-file = {secret}\n" + text)
+                    daemon = Daemon(TOKEND, self.xdg.env, ["--server", "--config", config])
+                    self.assertEqual(daemon.wait_exit(), EXIT_REFUSED, daemon.output())
+                    out = daemon.output()
+                    self.logs.append(out)
+                    self.assertIn(f"oidc-issuer {issuer} does not answer OpenID Connect discovery", out)
+                    self.assertIn(why, out)
+                    # Every handle closed before the exit, and nothing served.
+                    self.assertNotIn("handles still open", out)
+                    self.assertFalse(os.path.exists(self.socket))
+                    self.assertNotIn("oidc-client-secret-MARKER", out)
+        finally:
+            garbage.shutdown()
+            garbage.server_close()
 
     def tls_counters(self):
         """The tokend_tls_* samples of /v1/server/metrics (on the socket)."""
