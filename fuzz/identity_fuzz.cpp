@@ -60,11 +60,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::uint8_t which = in.byte();
     std::string value(in.line());
     switch (which % 5) {
-      case 0: request.headers.emplace_back("X-Forwarded-User", std::move(value)); break;
-      case 1: request.headers.emplace_back("X-Tokend-Act-As", std::move(value)); break;
-      case 2: request.headers.emplace_back("Authorization", std::move(value)); break;
-      case 3: request.headers.emplace_back("authorization", "Bearer " + std::string(k_secret)); break;
-      default: request.headers.emplace_back("Origin", std::move(value)); break;
+      case 0:
+        request.headers.emplace_back("X-Forwarded-User", std::move(value));
+        break;
+      case 1:
+        request.headers.emplace_back("X-Tokend-Act-As", std::move(value));
+        break;
+      case 2:
+        request.headers.emplace_back("Authorization", std::move(value));
+        break;
+      case 3:
+        request.headers.emplace_back("authorization", "Bearer " + std::string(k_secret));
+        break;
+      default:
+        request.headers.emplace_back("Origin", std::move(value));
+        break;
     }
   }
 

@@ -84,6 +84,25 @@ std::string row_name(const SecretTable& t, std::string_view user, std::string_vi
   return fmt::format("{} '{}' of user '{}'", t.what, row, user);
 }
 
+// Inside a transaction that has just written a data key wrapped by `kek`:
+// the key must still be the database's. A replica still on the old key after
+// `tokend rotate-key` would otherwise write a row (a new profile's secret, an
+// empty credential's first tokens) that no key opens any more. The rotation
+// locks both tables against writers, so this check, made after the write,
+// sees either the key before the rotation (which then re-wraps the row) or
+// the rotation's result.
+Result<> check_key_still_current(detail::pg::Connection& conn, const Kek& kek, const SecretTable& t,
+                                 std::string_view user, std::string_view row) {
+  auto rows = conn.exec("SELECT 1 FROM key_checks WHERE kek_id = $1", Params().text(kek.id));
+  if (!rows) return std::unexpected(rows.error());
+  if (!rows->empty()) return {};
+  return fail(Errc::wrong_key,
+              fmt::format("the {} was not written: the key-encryption key from {} (id '{}') is "
+                          "no longer the database's, which was rotated (tokend rotate-key); "
+                          "point kek-file at the new key and reload tokend (SIGHUP)",
+                          row_name(t, user, row), kek.source, kek.id));
+}
+
 Result<Secret> unwrap_row_key(const Kek& kek, std::string_view row_kek_id, std::string_view wrapped,
                               const SecretTable& t, std::string_view user, std::string_view row) {
   if (row_kek_id != kek.id) {
@@ -511,6 +530,12 @@ Result<> PgStore::put_profile(const Profile& p) {
       !r) {
     return std::unexpected(r.error());
   }
+  if (key) {
+    if (auto r = check_key_still_current(conn, m_shared->kek, k_profiles_table, m_user, p.name);
+        !r) {
+      return r;
+    }
+  }
   return tx->commit();
 }
 
@@ -636,6 +661,10 @@ Result<std::int64_t> PgStore::store_token_set(std::string_view name, const Token
               .int8(t.expires_at_ms)
               .int8(t.obtained_at_ms)
               .int8(generation));
+      !r) {
+    return std::unexpected(r.error());
+  }
+  if (auto r = check_key_still_current(conn, m_shared->kek, k_credentials_table, m_user, name);
       !r) {
     return std::unexpected(r.error());
   }

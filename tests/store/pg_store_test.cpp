@@ -571,6 +571,48 @@ TEST_CASE("use_key: a replica switches to the key another process rotated to",
   CHECK(PgDatabase::open(db.conninfo(), old_kek, clock).error().code == Errc::wrong_key);
 }
 
+TEST_CASE("a replica still on the rotated-away key writes no row that no key opens",
+          "[store][pg][encryption]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  const auto old_kek = test::random_kek("old KEK");
+  auto rotating = PgDatabase::open(db.conninfo(), old_kek, clock);
+  auto stale = PgDatabase::open(db.conninfo(), old_kek, clock);
+  REQUIRE(rotating);
+  REQUIRE(stale);
+  auto alice = store_of(*stale, "alice");
+  // A profile without secrets and an empty credential: nothing to decrypt,
+  // so nothing on the read path notices the rotation.
+  REQUIRE(alice.put_profile(test::make_profile("empty")));
+  const auto new_kek = test::random_kek("new KEK");
+  REQUIRE(rotating->rotate_key(new_kek));
+
+  // The empty credential's first tokens.
+  auto first = alice.store_token_set("empty", test::make_tokens("at-first", "rt-first", 1));
+  REQUIRE_FALSE(first);
+  CHECK(first.error().code == Errc::wrong_key);
+  CHECK(first.error().message.find("SIGHUP") != std::string::npos);
+  CHECK(first.error().message.find("at-first") == std::string::npos);
+  // A new profile with a client secret.
+  auto p = test::make_profile("fresh");
+  p.client_secret = Secret("fresh-client-secret");
+  auto put = alice.put_profile(p);
+  REQUIRE_FALSE(put);
+  CHECK(put.error().code == Errc::wrong_key);
+  // Nothing was written: no row under the old key id, no new profile.
+  auto c = raw_connection(db);
+  CHECK(one_int(c, "SELECT count(*) FROM profiles WHERE name = 'fresh'", pg::Params()) == 0);
+  CHECK(one_int(c, "SELECT count(*) FROM credentials WHERE kek_id = $1",
+                pg::Params().text(old_kek.id)) == 0);
+  // After it takes the new key, the same writes go through and read back.
+  REQUIRE(stale->use_key(new_kek));
+  REQUIRE(alice.store_token_set("empty", test::make_tokens("at-first", "rt-first", 1)));
+  REQUIRE(alice.put_profile(p));
+  CHECK(store_of(*rotating, "alice").get_credential("empty")->access_token.reveal() == "at-first");
+  CHECK(store_of(*rotating, "alice").get_profile("fresh")->client_secret.reveal() ==
+        "fresh-client-secret");
+}
+
 TEST_CASE("a rotation that meets a damaged row changes nothing", "[store][pg][encryption]") {
   PgTestDatabase db;
   FakeClock clock;
