@@ -844,7 +844,8 @@ Result<std::vector<AuditEvent>> PgStore::recent_audit(std::size_t limit) {
 namespace {
 
 constexpr const char* k_login_flow_columns =
-    "profile, kek_id, wrapped_key, code_verifier, redirect_uri, issuer, issuer_required, "
+    "profile, kek_id, wrapped_key, code_verifier, redirect_uri, issuer, "
+    "issuer_required::int::bigint, "
     "resource, scopes, replica, flow_id, started_at, expires_at";
 
 Result<PendingLogin> login_flow_from_row(const Rows& r, int i, const Kek& kek,
@@ -862,7 +863,7 @@ Result<PendingLogin> login_flow_from_row(const Rows& r, int i, const Kek& kek,
   }
   f.redirect_uri = r.text(i, 4);
   f.issuer = r.text(i, 5);
-  f.issuer_required = r.bytes(i, 6) == "t";
+  f.issuer_required = r.int8(i, 6) != 0;
   f.resource = r.text(i, 7);
   auto scopes = json::parse(r.bytes(i, 8), "a login flow's scopes");
   if (!scopes || !scopes->is_array()) {
@@ -892,10 +893,14 @@ Result<> PgStore::put_login_flow(const Secret& state, const PendingLogin& flow) 
                                  flow.profile, "code_verifier");
   if (!verifier) return std::unexpected(verifier.error());
   if (auto r = prune_login_flows(conn, now); !r) return r;
+  // Params holds views: the values it sends live until the statement ran.
+  const std::string digest = state_digest(state);
+  const std::string scopes =
+      json::Json(flow.scopes).dump(-1, ' ', false, json::Json::error_handler_t::replace);
   Params params;
   params.text(m_user)
       .text(flow.profile)
-      .bytes(state_digest(state))
+      .bytes(digest)
       .text(m_shared->kek.id)
       .bytes(key->wrapped)
       .bytes_or_null(*verifier)
@@ -903,7 +908,7 @@ Result<> PgStore::put_login_flow(const Secret& state, const PendingLogin& flow) 
       .text(flow.issuer)
       .text(flow.issuer_required ? "true" : "false")
       .text(flow.resource)
-      .text(json::Json(flow.scopes).dump(-1, ' ', false, json::Json::error_handler_t::replace))
+      .text(scopes)
       .text(flow.replica)
       .int8(flow.flow_id)
       .int8(flow.started_at_ms)
@@ -939,8 +944,9 @@ Result<std::optional<PendingLogin>> PgStore::take_login_flow(
     params.text(*profile);
     sql += fmt::format(" AND profile = ${}", ++n);
   }
+  const std::string digest = state != nullptr ? state_digest(*state) : std::string();
   if (state != nullptr) {
-    params.bytes(state_digest(*state));
+    params.bytes(digest);
     sql += fmt::format(" AND state_hash = ${}", ++n);
   }
   sql += fmt::format(" RETURNING {}", k_login_flow_columns);

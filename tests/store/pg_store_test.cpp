@@ -764,7 +764,11 @@ TEST_CASE("login flows: round trip by state, claimed once, one per profile, the 
   REQUIRE(bob.put_profile(test::make_profile("jira")));
   const std::int64_t expires = to_unix_ms(clock.wall_now()) + 600'000;
   const Secret state("STATE-MARKER-1");
-  REQUIRE(alice.put_login_flow(state, make_login("jira", "VERIFIER-MARKER-1", expires)));
+  {
+    auto put = alice.put_login_flow(state, make_login("jira", "VERIFIER-MARKER-1", expires));
+    INFO((put ? "" : put.error().message));
+    REQUIRE(put);
+  }
 
   // Bob, with the state: nothing, and Alice's flow stays.
   for (const std::optional<std::string_view> profile :

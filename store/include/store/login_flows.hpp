@@ -28,14 +28,14 @@ struct PendingLogin {
   std::string profile;
   Secret code_verifier;  // PKCE; empty when the profile sets pkce: off
   std::string redirect_uri;
-  std::string issuer;            // the iss the redirect must carry (RFC 9207); "" when unknown
-  bool issuer_required = false;  // the server says it always sends iss
-  std::string resource;          // RFC 8707
+  std::string issuer;               // the iss the redirect must carry (RFC 9207); "" when unknown
+  bool issuer_required = false;     // the server says it always sends iss
+  std::string resource;             // RFC 8707
   std::vector<std::string> scopes;  // asked for
   std::int64_t started_at_ms = 0;
   std::int64_t expires_at_ms = 0;
-  std::string replica;        // the replica that started it
-  std::int64_t flow_id = 0;   // that replica's id of the flow
+  std::string replica;       // the replica that started it
+  std::int64_t flow_id = 0;  // that replica's id of the flow
 };
 
 class LoginFlowStore {
@@ -50,8 +50,8 @@ class LoginFlowStore {
   // it, in one statement, so of two claims of one flow exactly one gets it.
   // By the digest of `state`, restricted to `profile` when given; by
   // `profile` alone without a state. nullopt when there is none.
-  virtual Result<std::optional<PendingLogin>> take_login_flow(std::optional<std::string_view> profile,
-                                                              const Secret* state) = 0;
+  virtual Result<std::optional<PendingLogin>> take_login_flow(
+      std::optional<std::string_view> profile, const Secret* state) = 0;
   // Whether the profile's flow with this state is still kept (not claimed,
   // replaced, or expired).
   virtual Result<bool> has_login_flow(std::string_view profile, const Secret& state) = 0;
