@@ -162,6 +162,7 @@ class Tenant {
     if (auto r = m_tokens.reload_all(); !r) {
       spdlog::warn("user '{}': re-reading the profiles: {}", m_store.user_id(), r.error().message);
     }
+    m_login.resync();  // logins completed elsewhere meanwhile
   }
 
  private:

@@ -148,7 +148,7 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
     pending.issuer_required = f.issuer_required;
     pending.resource = f.endpoint.resource;
     pending.scopes = f.asked_scopes;
-    pending.started_at_ms = to_unix_ms(m_clock.wall_now());
+    pending.started_at_ms = f.started_at_ms;
     pending.expires_at_ms = f.expires_at_ms;
     pending.replica = m_options.replica_id;
     pending.flow_id = static_cast<std::int64_t>(f.id);
@@ -265,6 +265,7 @@ LoginManager::Flow* LoginManager::adopt(store::PendingLogin pending,
   f.profile = name;
   f.phase = Flow::Phase::awaiting;
   const std::int64_t now_ms = to_unix_ms(m_clock.wall_now());
+  f.started_at_ms = pending.started_at_ms;
   f.expires_at_ms = pending.expires_at_ms;
   f.deadline =
       m_clock.mono_now() + Millis(std::max<std::int64_t>(0, pending.expires_at_ms - now_ms));

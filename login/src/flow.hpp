@@ -129,6 +129,7 @@ struct LoginManager::Flow {
   std::string warning;
   Json extra = Json::object();
   MonoTime deadline{};
+  std::int64_t started_at_ms = 0;
   std::int64_t expires_at_ms = 0;
   std::optional<std::int64_t> token_expires_at_ms;
   store::Profile resolved;

@@ -120,7 +120,8 @@ void LoginManager::start(const std::string& name, LoginRequest request, JsonCall
   f.profile = name;
   f.device = request.device;
   f.deadline = m_clock.mono_now() + m_options.flow_timeout;
-  f.expires_at_ms = to_unix_ms(m_clock.wall_now()) + m_options.flow_timeout.count();
+  f.started_at_ms = to_unix_ms(m_clock.wall_now());
+  f.expires_at_ms = f.started_at_ms + m_options.flow_timeout.count();
   const std::uint64_t id = f.id;
   const bool listen = request.listen;
   m_flows.insert_or_assign(name, std::move(flow));
@@ -300,6 +301,32 @@ void LoginManager::remote_event(tokens::EventKind kind, const std::string& profi
                           : kind == EventKind::login_failed  ? FlowState::failed
                                                              : FlowState::cancelled;
   end_from_remote(f, state, data);
+}
+
+void LoginManager::resync() {
+  if (m_flow_store == nullptr || m_shut_down) return;
+  std::vector<std::pair<std::string, std::uint64_t>> shared;
+  for (const auto& [name, f] : m_flows) {
+    if (f->state == FlowState::pending && f->shared && !f->claimed && !f->device)
+      shared.emplace_back(name, f->id);
+  }
+  for (const auto& [name, id] : shared) {
+    Flow* fp = find(name, id);
+    if (fp == nullptr || fp->state != FlowState::pending) continue;
+    Flow& f = *fp;
+    if (!f.elsewhere) {
+      auto held = m_flow_store->has_login_flow(name, f.state_value);
+      if (!held || *held) continue;  // still waiting (or unknown: the next event tells)
+    }
+    auto cred = m_tokens.credential_of(name);
+    if (cred && cred->obtained_at_ms && *cred->obtained_at_ms >= f.started_at_ms) {
+      Json data = Json::object();
+      if (cred->expires_at_ms) data["expires_at"] = *cred->expires_at_ms / 1000;
+      end_from_remote(f, FlowState::succeeded, data);
+    } else {
+      f.elsewhere = true;
+    }
+  }
 }
 
 void LoginManager::end_from_remote(Flow& f, FlowState state, const Json& data) {

@@ -1004,3 +1004,31 @@ TEST_CASE("server mode: a start, cancel or expiry on one replica ends the flow o
     CHECK(t.a.login->status("p")["state"] == "succeeded");
   }
 }
+
+TEST_CASE(
+    "server mode: after lost events, a flow completed elsewhere is judged from the credential",
+    "[login][replicas]") {
+  TwoReplicas t;
+  const std::string state = t.a.param(t.a.start({false, false})["authorize_url"], "state");
+  // Still kept: resync changes nothing.
+  t.a.login->resync();
+  CHECK(t.a.login->status("p")["state"] == "pending");
+  CHECK_FALSE(t.a.login->status("p").contains("phase"));
+  // B claims it: the row is gone, no new tokens yet: completing elsewhere.
+  REQUIRE(t.b.login->claim_state(state));
+  t.a.login->resync();
+  CHECK(t.a.login->status("p")["phase"] == "completing_elsewhere");
+  // B's tokens reach the shared credential (here: A's own store); B's event
+  // was lost, and the next resync finds them.
+  t.a.clock.advance(1s);
+  store::TokenSet tokens;
+  tokens.access_token = Secret("at-elsewhere");
+  tokens.token_type = "Bearer";
+  tokens.obtained_at_ms = to_unix_ms(t.a.clock.wall_now());
+  tokens.expires_at_ms = tokens.obtained_at_ms + 3'600'000;
+  REQUIRE(t.a.tokens->install_tokens("p", tokens));
+  t.a.login->resync();
+  const Json s = t.a.login->status("p");
+  CHECK(s["state"] == "succeeded");
+  CHECK(s["expires_at"] == *tokens.expires_at_ms / 1000);
+}

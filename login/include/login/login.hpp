@@ -99,6 +99,11 @@ class LoginManager {
   // login started there that replaced this manager's pending one cancels it.
   // Publishes nothing (the event itself is published by the caller).
   void remote_event(tokens::EventKind kind, const std::string& profile, const json::Json& data);
+  // After the replicas' channel was down (events lost): each pending flow
+  // this manager started whose row is gone from the store is judged from the
+  // credential: tokens obtained since the flow started end it as succeeded;
+  // otherwise it waits as "completing elsewhere" until an event or expiry.
+  void resync();
   // Finishes a pending code flow with a pasted redirect URL or bare code;
   // answers after the exchange.
   void complete(const std::string& profile, const json::Json& body, JsonCallback done);
