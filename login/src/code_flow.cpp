@@ -234,7 +234,7 @@ std::optional<std::string> LoginManager::claim_state(std::string_view state) {
     return std::nullopt;
   }
   if (!*taken) return std::nullopt;
-  const std::string profile = (*taken)->profile;
+  std::string profile = (*taken)->profile;
   if (adopt(std::move(**taken), std::string(state)) == nullptr) return std::nullopt;
   return profile;
 }
