@@ -11,7 +11,8 @@ replica (tokend_server_refreshes_ok_total summed over each replica's lives),
 grants lost (revoked by the provider's reuse detection, or no longer
 refreshable; must be 0), refreshes per grant per cycle, token request failures
 (a request that found its replica dead is counted apart), p50/p99 token
-latency per replica.
+latency per replica, how long a killed replica took to answer again, and each
+replica's resident memory at the end.
 
     bench/server_soak.py [--users 10000] [--profiles 2] [--lifetime 120] [--buffer 30]
                          [--replicas 3] [--duration 600] [--kill-every 30]
@@ -150,12 +151,23 @@ def main():
         refreshes_done = [0.0] * a.replicas  # of the replica's earlier lives
         last_metrics = [0.0] * a.replicas
 
+        ready_s = []  # how long each restart after a kill took to answer
+
         def start(i):
+            t = time.monotonic()
             d = Daemon(tokend, xdg.env, ["--server", "--config", configs[i], "--ca-bundle", up.ca_file,
                                          "--refresh-buffer", f"{a.buffer}s", "--log-level", "info"])
             d.wait_ready(sockets[i], deadline=300)
             replicas[i] = d
             lives[i] += 1
+            return time.monotonic() - t
+
+        def rss_mib(i):
+            with open(f"/proc/{replicas[i].proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return round(int(line.split()[1]) / 1024, 1)
+            return None
 
         def read_metrics(i):
             try:
@@ -249,7 +261,7 @@ def main():
                 last_metrics[victim] = 0.0
                 replicas[victim].stop(signal.SIGKILL)
                 kills.append(round(time.monotonic() - start_t, 1))
-                start(victim)
+                ready_s.append(start(victim))
                 next_kill += a.kill_every
             time.sleep(1.0)  # the metrics' reading pace
         stop.set()
@@ -258,11 +270,13 @@ def main():
         elapsed = time.monotonic() - start_t
         for i in range(a.replicas):
             read_metrics(i)
-        stats = up.stats()
+        rss = [rss_mib(i) for i in range(a.replicas)]
+        # With 20,000 grants the fake takes a while to list them.
+        stats = up.stats(timeout=600)
         by_grant = stats.get("refreshes_by_grant", {})
         per_grant = [by_grant.get(g, 0) for g in grants.values()]
         grant_ids = set(grants.values())
-        listed = [g for g in up.grants() if g.get("grant_id") in grant_ids]
+        listed = [g for g in up.grants(timeout=600) if g.get("grant_id") in grant_ids]
         lost = [g["grant_id"] for g in listed if not g.get("alive", True)]
         # Each grant is refreshed once per cycle: about elapsed / (lifetime - buffer - jitter/2)
         # (a lifetime under twice the buffer refreshes at two thirds of it).
@@ -283,6 +297,9 @@ def main():
             "refreshes_per_grant_min_max": [min(per_grant), max(per_grant)],
             "grants_lost": len(lost), "reuse_detections": stats.get("reuse_detections"),
             "undelivered_refresh_answers": stats.get("undelivered_responses"),
+            "restart_to_ready_s_median_max": [round(percentile(ready_s, 50) or 0, 2),
+                                              round(max(ready_s or [0]), 2)],
+            "rss_mib_per_replica_at_end": rss,
             "token_latency_ms_per_replica": [
                 {"p50": round(percentile(s, 50) or 0, 2), "p99": round(percentile(s, 99) or 0, 2), "n": len(s)}
                 for s in samples],

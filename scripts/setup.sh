@@ -42,40 +42,6 @@ codename() {
   printf '%s' "${VERSION_CODENAME:-}"
 }
 
-# Adds bookworm-backports next to bookworm in the existing sources.
-enable_backports() {
-  if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    return 1
-  fi
-  log "enabling bookworm-backports in the existing apt sources"
-  local f changed=1
-  # deb822 files: extend the Suites line that lists bookworm itself.
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    if grep -Eq '^Suites:.*(^|[[:space:]])bookworm([[:space:]]|$)' "$f"; then
-      as_root sed -i -E '/^Suites:/{/(^|[[:space:]])bookworm([[:space:]]|$)/s/$/ bookworm-backports/}' "$f"
-      changed=0
-    fi
-  done
-  # One-line format: copy each "deb URI bookworm ..." line with the suite changed.
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -f "$f" ] || continue
-    local lines
-    lines=$(grep -E '^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?[^[:space:]]+[[:space:]]+bookworm[[:space:]]' "$f" || true)
-    if [ -n "$lines" ]; then
-      printf '%s\n' "$lines" | sed -E 's/([[:space:]])bookworm([[:space:]])/\1bookworm-backports\2/' |
-        as_root tee /etc/apt/sources.list.d/tokend-bookworm-backports.list >/dev/null
-      changed=0
-      break
-    fi
-  done
-  if [ "$changed" -ne 0 ]; then
-    log "could not find a bookworm entry in the apt sources to add backports to"
-    exit 1
-  fi
-  return 0
-}
-
 installed_version() {
   dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | sed -n 's/^install ok installed //p'
 }
@@ -107,7 +73,9 @@ install_packages() {
   fi
   local newer=("${newer_packages[@]}")
   if [ "$(codename)" = bookworm ]; then
-    enable_backports || true
+    local rc=0
+    "$repo/scripts/enable-backports.sh" || rc=$?
+    [ "$rc" -le 1 ] || exit 1
     newer=("${newer_packages[@]/%//bookworm-backports}")
   fi
   log "installing packages"

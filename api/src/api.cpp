@@ -272,12 +272,31 @@ void Api::answer_token(const std::shared_ptr<ipc::Exchange>& ex, const std::stri
                  .first;
   }
   ++counts->second[grant ? std::string_view("ok") : errc_name(grant.error().code)];
-  if (!grant) {
-    if (grant.error().code == Errc::reauth_required)
-      return ex->respond(gateway::reauth_error(grant.error(), name));
-    return ex->respond(ipc::error_response(grant.error()));
+  ipc::Response answer = grant ? token_answer(*grant, to_unix_ms(m_clock.wall_now()))
+                         : grant.error().code == Errc::reauth_required
+                             ? gateway::reauth_error(grant.error(), name)
+                             : ipc::error_response(grant.error());
+  // A service fetching a user's token (server mode): one audit line in that
+  // user's log, whatever the answer; the token is never in it.
+  if (!ex->peer().service.empty()) {
+    audit_token_fetch(ex, name, answer.status,
+                      grant ? std::string_view() : errc_name(grant.error().code));
   }
-  ex->respond(token_answer(*grant, to_unix_ms(m_clock.wall_now())));
+  ex->respond(std::move(answer));
+}
+
+void Api::audit_token_fetch(const std::shared_ptr<ipc::Exchange>& ex, std::string_view profile,
+                            int status, std::string_view error) {
+  store::AuditEvent e;
+  e.kind = "token_fetched";
+  e.profile = std::string(profile);
+  e.peer_uid = static_cast<std::int64_t>(ex->peer().uid);
+  e.peer_pid = static_cast<std::int64_t>(ex->peer().pid);
+  e.detail = {{"user", ex->peer().user}, {"service", ex->peer().service}, {"status", status}};
+  if (!error.empty()) e.detail["error"] = std::string(error);
+  if (auto r = m_store.append_audit(e); !r) {  // the answer stands either way
+    spdlog::warn("user '{}': writing the audit log: {}", ex->peer().user, r.error().message);
+  }
 }
 
 // The answer to a token request, written without a Json tree (the socket

@@ -48,6 +48,29 @@ void append_socket_metrics(std::string& out, const ipc::ServerStats& s) {
   }
 }
 
+void append_tls_metrics(std::string& out, const ipc::ServerStats& s) {
+  out += fmt::format(
+      "# HELP tokend_tls_handshakes_ok_total TLS handshakes completed, by client certificate.\n"
+      "# TYPE tokend_tls_handshakes_ok_total counter\n"
+      "tokend_tls_handshakes_ok_total{{client_cert=\"none\"}} {}\n"
+      "tokend_tls_handshakes_ok_total{{client_cert=\"verified\"}} {}\n"
+      "# HELP tokend_tls_handshakes_failed_total TLS handshakes failed, by reason.\n"
+      "# TYPE tokend_tls_handshakes_failed_total counter\n"
+      "tokend_tls_handshakes_failed_total{{reason=\"client_cert\"}} {}\n"
+      "tokend_tls_handshakes_failed_total{{reason=\"protocol\"}} {}\n"
+      "tokend_tls_handshakes_failed_total{{reason=\"timeout\"}} {}\n"
+      "tokend_tls_handshakes_failed_total{{reason=\"closed\"}} {}\n"
+      "# HELP tokend_tls_plaintext_refused_total Plain HTTP sent to a TLS port, refused.\n"
+      "# TYPE tokend_tls_plaintext_refused_total counter\n"
+      "tokend_tls_plaintext_refused_total {}\n"
+      "# HELP tokend_tls_connections_open TLS connections open, handshake done.\n"
+      "# TYPE tokend_tls_connections_open gauge\n"
+      "tokend_tls_connections_open {}\n",
+      s.tls_handshakes_ok - s.tls_handshakes_ok_client_cert, s.tls_handshakes_ok_client_cert,
+      s.tls_failed_client_cert, s.tls_failed_protocol, s.tls_failed_timeout, s.tls_failed_closed,
+      s.tls_plaintext_refused, s.tls_connections_open);
+}
+
 void Api::get_metrics(const std::shared_ptr<ipc::Exchange>& ex) {
   const auto now = to_unix_ms(m_clock.wall_now());
   std::string out;

@@ -94,6 +94,10 @@ constexpr Setting k_settings[] = {
     {"user-rate-limit", "TOKEND_USER_RATE_LIMIT",
      "server mode: requests a minute one user may make, in bursts up to that many; more get 429 "
      "with Retry-After (default 6000; 0: no limit)"},
+    {"service-rate-limit", "TOKEND_SERVICE_RATE_LIMIT",
+     "server mode: requests a minute one service may make over all its users, unless its "
+     "[service.NAME] rate-limit says otherwise; more get 429 with Retry-After (default 0: no "
+     "limit)"},
     {"tls-cert-file", "TOKEND_TLS_CERT_FILE",
      "server mode: the TLS listeners' certificate (PEM, with its chain); SIGHUP reloads it"},
     {"tls-key-file", "TOKEND_TLS_KEY_FILE",
@@ -129,6 +133,7 @@ constexpr std::string_view k_server_settings[] = {"database-url-file",
                                                   "trusted-proxy-uid",
                                                   "user-header",
                                                   "user-rate-limit",
+                                                  "service-rate-limit",
                                                   "tls-cert-file",
                                                   "tls-key-file",
                                                   "tls-client-ca-file",
@@ -145,6 +150,7 @@ struct ServiceSection {
   std::string secret_file;
   std::string cert_subject;
   std::vector<std::string> act_for;
+  std::optional<std::string> rate_limit;
   bool has_secret_file = false;
   bool has_act_for = false;
 };
@@ -301,6 +307,8 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
           "  [service.mcp]\n"
           "  secret-file = /etc/tokend/mcp.secret     (0600, at least 32 bytes)\n"
           "  act-for = *@example.com, bob             (user ids, *@DOMAIN or *)\n"
+          "  rate-limit = 600                         (requests a minute over all its users;\n"
+          "                                            default service-rate-limit)\n"
           "The connect page (GET /connect) offers the providers of [provider.NAME]\n"
           "sections (a profile's settings: provider, client-id, client-secret-file,\n"
           "scopes, issuer or authorize-url/token-url/revocation-url, display-name); their\n"
@@ -395,10 +403,12 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
         } else if (field == "act-for") {
           section.act_for = split_list(o.value.front());
           section.has_act_for = true;
+        } else if (field == "rate-limit") {
+          section.rate_limit = o.value.front();
         } else {
           return fail(Errc::config,
                       fmt::format("config file {}: [service.{}] has no setting '{}' (only "
-                                  "secret-file, cert-subject and act-for)",
+                                  "secret-file, cert-subject, act-for and rate-limit)",
                                   defaults.config.string(), name, field));
         }
       }
@@ -572,6 +582,11 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
     if (!n) return std::unexpected(n.error());
     srv.user_rate_limit = static_cast<std::size_t>(*n);
   }
+  if (auto v = setting("service-rate-limit")) {
+    auto n = parse_count("service-rate-limit", *v, 0, 1'000'000'000);
+    if (!n) return std::unexpected(n.error());
+    srv.service_rate_limit = static_cast<std::size_t>(*n);
+  }
   if (auto v = setting("trusted-proxy-uid")) {
     for (const auto& item : split_list(*v)) {
       auto uid = parse_user(item);
@@ -660,6 +675,12 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
     auto policy = make_service_policy(name, secret ? &*secret : nullptr, section.cert_subject,
                                       section.act_for);
     if (!policy) return std::unexpected(policy.error());
+    if (section.rate_limit) {
+      auto n = parse_count(fmt::format("[service.{}] rate-limit", name), *section.rate_limit, 0,
+                           1'000'000'000);
+      if (!n) return std::unexpected(n.error());
+      policy->rate_limit = static_cast<std::size_t>(*n);
+    }
     srv.identity.services.push_back(std::move(*policy));
   }
   if (auto r = check_identity_config(srv.identity); !r) return std::unexpected(r.error());

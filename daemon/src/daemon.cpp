@@ -2,18 +2,13 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <csignal>
-#include <fstream>
-#include <tuple>
-#include <vector>
 
 #include "api/api.hpp"
 #include "core/clock.hpp"
 #include "daemon/startup.hpp"
-#include "daemon/systemd.hpp"
 #include "ipc/server.hpp"
 #include "login/callback_listener.hpp"
 #include "login/login.hpp"
@@ -27,51 +22,6 @@
 #include "tokens/token_service.hpp"
 
 namespace tokend::daemon {
-
-// Many clients at once need many descriptors: use the hard limit.
-void raise_fd_limit() {
-  rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
-    lim.rlim_cur = lim.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &lim);
-  }
-}
-
-// Inside a user namespace (systemd's PrivateUsers=yes) every uid without a
-// mapping shows up as the overflow uid, so allowing that uid would allow
-// everyone; an allowed uid without a mapping can never match.
-std::set<uid_t> usable_allowed_uids(const std::set<uid_t>& wanted) {
-  std::ifstream map("/proc/self/uid_map");
-  std::vector<std::tuple<std::uint64_t, std::uint64_t, std::uint64_t>> ranges;
-  std::uint64_t inside = 0, outside = 0, count = 0;
-  while (map >> inside >> outside >> count) ranges.emplace_back(inside, outside, count);
-  const bool namespaced = !(ranges.size() == 1 && std::get<0>(ranges[0]) == 0 &&
-                            std::get<1>(ranges[0]) == 0 && std::get<2>(ranges[0]) == 4294967295ULL);
-  if (!namespaced) return wanted;
-  std::uint64_t overflow = 65534;
-  std::ifstream("/proc/sys/kernel/overflowuid") >> overflow;
-  std::set<uid_t> usable;
-  for (const uid_t uid : wanted) {
-    if (uid == overflow) {
-      spdlog::warn(
-          "allow-uid {} ignored: in this user namespace every unmapped user appears as uid {}, so "
-          "allowing it would let everyone in (systemd PrivateUsers=yes)",
-          uid, overflow);
-      continue;
-    }
-    const bool mapped = std::any_of(ranges.begin(), ranges.end(), [&](const auto& r) {
-      return uid >= std::get<0>(r) && uid < std::get<0>(r) + std::get<2>(r);
-    });
-    if (!mapped) {
-      spdlog::warn(
-          "allow-uid {}: that user is not visible in tokend's user namespace (systemd "
-          "PrivateUsers=yes) and will be refused; see systemd/README.md",
-          uid);
-    }
-    usable.insert(uid);
-  }
-  return usable;
-}
 
 int run_daemon(const Config& initial, const EnvLookup& env,
                const std::function<Result<Config>()>& reparse) {
@@ -142,19 +92,8 @@ int run_daemon(const Config& initial, const EnvLookup& env,
       (void)store->append_audit(e);
     });
 
-    auto sigterm = net::Signal::create(loop);
-    auto sigint = net::Signal::create(loop);
-    auto sighup = net::Signal::create(loop);
-    if (!sigterm || !sigint || !sighup) {
-      spdlog::critical("cannot install signal handlers");
-      return 1;
-    }
-    bool stopping = false;
-    auto stop = [&](int sig) {
-      if (stopping) return;
-      stopping = true;
-      spdlog::info("received {}, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-      notify("STOPPING=1");
+    ProcessSignals signals(loop);
+    const auto drain = [&](std::function<void()> drained) {
       api.close();
       login.shutdown();
       proxy.shutdown();
@@ -163,57 +102,44 @@ int run_daemon(const Config& initial, const EnvLookup& env,
       http.close();
       refresh_timer.close();
       login_timer.close();
-      server.drain(config.drain_timeout, [&] {
-        sigterm->close();
-        sigint->close();
-        sighup->close();
-      });
+      server.drain(config.drain_timeout, std::move(drained));
     };
-    (void)sigterm->start(SIGTERM, stop);
-    (void)sigint->start(SIGINT, stop);
-    (void)sighup->start(SIGHUP, [&](int) {
-      auto fresh = reparse();
-      if (!fresh) {
-        spdlog::error("SIGHUP: configuration not reloaded: {}", fresh.error().message);
-        return;
-      }
-      if (fresh->paths.socket != config.paths.socket ||
-          fresh->paths.database != config.paths.database ||
-          fresh->paths.key_file != config.paths.key_file) {
+    const auto apply = [&](const Config& fresh) {
+      if (fresh.paths.socket != config.paths.socket ||
+          fresh.paths.database != config.paths.database ||
+          fresh.paths.key_file != config.paths.key_file) {
         spdlog::warn("SIGHUP: socket, database and key file changes take effect after a restart");
       }
-      spdlog::default_logger()->set_level(fresh->log.level);
-      server.set_limits(fresh->limits);
-      server.set_allowed_uids(usable_allowed_uids(fresh->allowed_uids));
-      config.log = fresh->log;
-      config.limits = fresh->limits;
-      config.allowed_uids = fresh->allowed_uids;
-      config.drain_timeout = fresh->drain_timeout;
-      config.notify_command = fresh->notify_command;
-      notifier.set_command(fresh->notify_command);
-      config.audit = fresh->audit;
+      spdlog::default_logger()->set_level(fresh.log.level);
+      server.set_limits(fresh.limits);
+      server.set_allowed_uids(usable_allowed_uids(fresh.allowed_uids));
+      config.log = fresh.log;
+      config.limits = fresh.limits;
+      config.allowed_uids = fresh.allowed_uids;
+      config.drain_timeout = fresh.drain_timeout;
+      config.notify_command = fresh.notify_command;
+      notifier.set_command(fresh.notify_command);
+      config.audit = fresh.audit;
       store->set_audit_retention(config.audit);
       if (auto r = store->prune_audit(); !r)
         spdlog::warn("pruning the audit log: {}", r.error().message);
       spdlog::info("configuration reloaded");
-      notify("STATUS=configuration reloaded");
-    });
+    };
+    if (auto r = signals.start(drain, reparse, apply); !r) {
+      spdlog::critical("{}", r.error().message);
+      return 1;
+    }
 
     // Listening comes last: once the socket exists a client (or a test) may
     // signal us, and SIGTERM must already drain rather than kill.
-    const int activated = activated_socket();
-    auto listening =
-        activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
+    auto listening = listen_on_socket(server, config.paths.socket);
     if (!listening) {
       spdlog::critical("{}", listening.error().message);
       return 1;
     }
-
-    spdlog::info("tokend {} ready: {} profile(s), database {}, socket {}{}", version(),
-                 tokens.size(), config.paths.database.string(),
-                 activated >= 0 ? std::string("(socket activation)") : config.paths.socket.string(),
-                 "");
-    notify(fmt::format("READY=1\nSTATUS=serving {} profile(s)", tokens.size()));
+    announce_ready(fmt::format("tokend {} ready: {} profile(s), database {}, socket {}", version(),
+                               tokens.size(), config.paths.database.string(), *listening),
+                   fmt::format("serving {} profile(s)", tokens.size()));
     loop.run();
   }
   if (const int rc = loop.close(); rc != 0) {

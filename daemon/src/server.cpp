@@ -10,22 +10,25 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "api/api.hpp"
 #include "core/clock.hpp"
 #include "core/encoding.hpp"
 #include "core/fs.hpp"
+#include "core/json.hpp"
 #include "core/random.hpp"
+#include "daemon/budget.hpp"
 #include "daemon/connect.hpp"
 #include "daemon/identity.hpp"
 #include "daemon/oidc.hpp"
-#include "daemon/systemd.hpp"
 #include "ipc/server.hpp"
 #include "login/callback_listener.hpp"
 #include "login/login.hpp"
 #include "net/http_client.hpp"
 #include "net/loop.hpp"
 #include "net/spool.hpp"
+#include "oauth/discovery.hpp"
 #include "process.hpp"
 #include "proxy/proxy.hpp"
 #include "proxy/route.hpp"
@@ -64,6 +67,29 @@ Result<store::PgDatabase> open_database(const ServerSettings& settings, const En
   auto conninfo = read_conninfo(settings.database_url_file);
   if (!conninfo) return std::unexpected(conninfo.error());
   return store::PgDatabase::open(*conninfo, std::move(*kek), clock);
+}
+
+// SIGHUP: the key-encryption key from its source again (kek-file, the
+// credential; TOKEND_KEK was read once at start). A new key is taken once it
+// opens the database's key check (after `tokend rotate-key`); one that does
+// not, or cannot be read, is refused and the key in use stays.
+void reload_kek(store::PgDatabase& db, const ServerSettings& settings, const EnvLookup& env) {
+  auto kek = store::resolve_kek(settings.kek, env);
+  if (!kek) {
+    spdlog::error("SIGHUP: the key-encryption key was not re-read (key '{}' stays): {}",
+                  db.key_id(), kek.error().message);
+    return;
+  }
+  const std::string old_id = db.key_id();
+  const std::string source = kek->source;
+  auto switched = db.use_key(std::move(*kek));
+  if (!switched) {
+    spdlog::error("SIGHUP: the key-encryption key from {} was not taken (key '{}' stays): {}",
+                  source, old_id, switched.error().message);
+  } else if (*switched) {
+    spdlog::info("SIGHUP: key-encryption key '{}' from {} in use (was '{}')", db.key_id(), source,
+                 old_id);
+  }
 }
 
 // What every tenant shares: one loop, one HTTP client, one clock, one
@@ -117,8 +143,6 @@ class Tenant {
   Tenant(const Tenant&) = delete;
   Tenant& operator=(const Tenant&) = delete;
 
-  // The user's request budget (user-rate-limit).
-  proxy::RateLimiter& limiter() { return m_limiter; }
   ~Tenant() = default;
 
   // Loads the user's profiles and schedules their refreshes.
@@ -176,7 +200,6 @@ class Tenant {
   api::Api m_api;
   ConnectPage m_connect;
   ipc::Router m_router;
-  proxy::RateLimiter m_limiter;
   tokens::EventBus::Subscription m_forward;
   bool m_replaying = false;
 };
@@ -317,6 +340,23 @@ class TlsListeners {
   void drain(std::chrono::milliseconds grace) {
     for (auto& s : m_servers) s->drain(grace, [] {});
   }
+  [[nodiscard]] bool empty() const { return m_servers.empty(); }
+  // The listeners' TLS counters, summed.
+  [[nodiscard]] ipc::ServerStats stats() const {
+    ipc::ServerStats sum;
+    for (const auto& s : m_servers) {
+      const auto& t = s->stats();
+      sum.tls_handshakes_ok += t.tls_handshakes_ok;
+      sum.tls_handshakes_ok_client_cert += t.tls_handshakes_ok_client_cert;
+      sum.tls_failed_client_cert += t.tls_failed_client_cert;
+      sum.tls_failed_protocol += t.tls_failed_protocol;
+      sum.tls_failed_timeout += t.tls_failed_timeout;
+      sum.tls_failed_closed += t.tls_failed_closed;
+      sum.tls_plaintext_refused += t.tls_plaintext_refused;
+      sum.tls_connections_open += t.tls_connections_open;
+    }
+    return sum;
+  }
   void close() {
     for (auto& s : m_servers) s->close();
   }
@@ -342,6 +382,59 @@ Result<std::unique_ptr<OidcSignin>> build_oidc(const Config& config, net::HttpTr
       std::make_unique<OidcSignin>(http, db, clock, settings, Secret(v), config.http_timeout);
   oidc->register_routes(front);
   return oidc;
+}
+
+// OIDC sign-in's provider, asked once at start for its metadata (OIDC
+// Discovery, the URLs in order): one that does not answer, or answers with
+// nothing usable, refuses the start naming the issuer, rather than failing
+// every person's first sign-in. The loop runs until each answer (the socket
+// is not listening yet); OidcSignin fetches its own copy on first use.
+Result<> probe_oidc_issuer(net::Loop& loop, net::HttpTransport& http, const OidcSettings& oidc,
+                           std::chrono::milliseconds timeout) {
+  auto urls = oauth::metadata_urls(oidc.issuer);
+  if (!urls) return std::unexpected(urls.error().context("oidc-issuer"));
+  std::string tried;
+  for (const auto& url : *urls) {
+    std::optional<Result<net::HttpResponse>> answer;
+    net::HttpRequest req;
+    req.url = url;
+    req.timeout = timeout;
+    req.headers.emplace_back("Accept", "application/json");
+    http.start(std::move(req), [&](Result<net::HttpResponse> r) {
+      answer = std::move(r);
+      loop.stop();
+    });
+    (void)loop.run();
+    std::string why;
+    if (!answer) {
+      why = "no answer";
+    } else if (!*answer) {
+      why = (*answer).error().message;
+    } else if ((**answer).status != 200) {
+      why = fmt::format("HTTP {}", (**answer).status);
+    } else if (auto doc = json::parse((**answer).body.reveal(), "the metadata"); !doc) {
+      why = "not JSON";
+    } else {
+      auto meta = oauth::check_server_metadata(*doc, oidc.issuer);
+      if (!meta) {
+        return fail(Errc::unavailable,
+                    fmt::format("oidc-issuer {}: its OpenID Connect metadata ({}) is unusable: {}",
+                                oidc.issuer, url, meta.error().message));
+      }
+      if (meta->authorization_endpoint.empty() || meta->token_endpoint.empty()) {
+        return fail(Errc::unavailable,
+                    fmt::format("oidc-issuer {}: its OpenID Connect metadata ({}) names no "
+                                "authorization or token endpoint",
+                                oidc.issuer, url));
+      }
+      return {};
+    }
+    tried += fmt::format("{}{}: {}", tried.empty() ? "" : "; ", url, why);
+  }
+  return fail(Errc::unavailable,
+              fmt::format("oidc-issuer {} does not answer OpenID Connect discovery ({}); nobody "
+                          "could sign in: check the issuer's address and that this host reaches it",
+                          oidc.issuer, tried));
 }
 
 std::set<uid_t> allowed_peers(const Config& config) {
@@ -470,12 +563,19 @@ int run_server(const Config& initial, const EnvLookup& env,
     }
 
     IdentityConfig identity = config.server.identity;
+    RequestBudgets budgets;  // user-rate-limit, the services' rate-limit
     auto oidc_built = build_oidc(config, http, *db, clock, front);
     if (!oidc_built) {
       spdlog::critical("{}", oidc_built.error().message);
       return refuse_start();
     }
     std::unique_ptr<OidcSignin> oidc = std::move(*oidc_built);
+    if (oidc) {
+      if (auto r = probe_oidc_issuer(loop, http, config.server.oidc, config.http_timeout); !r) {
+        spdlog::critical("{}", r.error().message);
+        return refuse_start();
+      }
+    }
     // The replica's own endpoints: health, readiness (the database answers)
     // and the socket's counters, for the host's probes and Prometheus. They
     // act for no user, so a request that names one is refused: through the
@@ -524,6 +624,7 @@ int run_server(const Config& initial, const EnvLookup& env,
                     tenants.size());
                 append_replica_metrics(out, tenants, replicas);
                 api::append_socket_metrics(out, server.stats());
+                if (!tls.empty()) api::append_tls_metrics(out, tls.stats());
                 ipc::Response r;
                 r.headers.emplace_back("Content-Type", "text/plain; version=0.0.4");
                 r.body = std::move(out);
@@ -552,21 +653,16 @@ int run_server(const Config& initial, const EnvLookup& env,
         const auto& r = caller.error();
         return ex->respond(ipc::Response::error(r.status, r.code, r.message));
       }
+      if (auto refused = budgets.take(
+              caller->user, config.server.user_rate_limit, caller->service,
+              service_rate_limit(identity, caller->service, config.server.service_rate_limit),
+              clock.mono_now())) {
+        return ex->respond(budget_response(*refused));
+      }
       auto tenant = tenants.get(caller->user);
       if (!tenant) {
         spdlog::error("{}", tenant.error().message);
         return ex->respond(ipc::error_response(tenant.error()));
-      }
-      if (auto wait = (*tenant)->limiter().take(static_cast<double>(config.server.user_rate_limit),
-                                                clock.mono_now())) {
-        const auto seconds = (wait->count() + 999) / 1000;
-        auto r = ipc::Response::error(
-            429, "rate_limited",
-            fmt::format("user '{}' made more than {} requests in a minute (user-rate-limit); try "
-                        "again in {} s",
-                        caller->user, config.server.user_rate_limit, seconds));
-        r.headers.emplace_back("Retry-After", std::to_string(seconds));
-        return ex->respond(std::move(r));
       }
       ipc::Peer peer = ex->peer();
       peer.user = std::move(caller->user);
@@ -583,93 +679,66 @@ int run_server(const Config& initial, const EnvLookup& env,
           peer.uid, peer.pid);
     });
 
-    auto sigterm = net::Signal::create(loop);
-    auto sigint = net::Signal::create(loop);
-    auto sighup = net::Signal::create(loop);
-    if (!sigterm || !sigint || !sighup) {
-      spdlog::critical("cannot install signal handlers");
-      return 1;
-    }
-    bool stopping = false;
-    auto stop = [&](int sig) {
-      if (stopping) return;
-      stopping = true;
-      spdlog::info("received {}, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-      notify("STOPPING=1");
+    ProcessSignals signals(loop);
+    const auto drain = [&](std::function<void()> drained) {
       replicas.close();
       tenants.close();
       http.close();
       tls.drain(config.drain_timeout);
-      server.drain(config.drain_timeout, [&] {
-        sigterm->close();
-        sigint->close();
-        sighup->close();
-      });
+      server.drain(config.drain_timeout, std::move(drained));
     };
-    (void)sigterm->start(SIGTERM, stop);
-    (void)sigint->start(SIGINT, stop);
-    (void)sighup->start(SIGHUP, [&](int) {
-      auto fresh = reparse();
-      if (!fresh) {
-        spdlog::error("SIGHUP: configuration not reloaded: {}", fresh.error().message);
-        return;
-      }
-      if (fresh->paths.socket != config.paths.socket ||
-          fresh->server.database_url_file != config.server.database_url_file ||
-          fresh->server.kek.key_file != config.server.kek.key_file ||
-          fresh->server.identity.user_header != config.server.identity.user_header ||
-          fresh->server.listen.size() != config.server.listen.size()) {
+    const auto apply = [&](const Config& fresh) {
+      if (fresh.paths.socket != config.paths.socket ||
+          fresh.server.database_url_file != config.server.database_url_file ||
+          fresh.server.identity.user_header != config.server.identity.user_header ||
+          fresh.server.listen.size() != config.server.listen.size()) {
         spdlog::warn(
-            "SIGHUP: socket, listen, database-url-file, kek-file and user-header changes take "
-            "effect after a restart");
+            "SIGHUP: socket, listen, database-url-file and user-header changes take effect "
+            "after a restart");
       }
-      tls.reload(*fresh);
-      spdlog::default_logger()->set_level(fresh->log.level);
-      server.set_limits(fresh->limits);
-      config.limits = fresh->limits;
-      config.allowed_uids = fresh->allowed_uids;
-      config.server.identity.trusted_proxy_uids = fresh->server.identity.trusted_proxy_uids;
-      config.server.identity.services = fresh->server.identity.services;
-      config.server.user_rate_limit = fresh->server.user_rate_limit;
+      reload_kek(*db, fresh.server, env);
+      tls.reload(fresh);
+      spdlog::default_logger()->set_level(fresh.log.level);
+      server.set_limits(fresh.limits);
+      config.limits = fresh.limits;
+      config.allowed_uids = fresh.allowed_uids;
+      config.server.identity.trusted_proxy_uids = fresh.server.identity.trusted_proxy_uids;
+      config.server.identity.services = fresh.server.identity.services;
+      config.server.user_rate_limit = fresh.server.user_rate_limit;
+      config.server.service_rate_limit = fresh.server.service_rate_limit;
       identity.trusted_proxy_uids = config.server.identity.trusted_proxy_uids;
       identity.services = config.server.identity.services;
       server.set_allowed_uids(allowed_peers(config));
-      config.drain_timeout = fresh->drain_timeout;
-      config.audit = fresh->audit;
+      config.drain_timeout = fresh.drain_timeout;
+      config.audit = fresh.audit;
       tenants.set_audit_retention(config.audit);
-      shared.connect = std::make_shared<const ConnectSettings>(fresh->server.connect);
+      shared.connect = std::make_shared<const ConnectSettings>(fresh.server.connect);
       spdlog::info("configuration reloaded: {} service(s), {} trusted proxy uid(s), {} provider(s)",
                    identity.services.size(), identity.trusted_proxy_uids.size(),
                    shared.connect->providers.size());
-      notify("STATUS=configuration reloaded");
-    });
+    };
+    if (auto r = signals.start(drain, reparse, apply); !r) {
+      spdlog::critical("{}", r.error().message);
+      signals.close();
+      return refuse_start();
+    }
 
     // Listening comes last: once the socket exists a client (or a test) may
     // signal us, and SIGTERM must already drain rather than kill.
-    const int activated = activated_socket();
-    auto listening =
-        activated >= 0 ? server.listen_fd(activated) : server.listen_path(config.paths.socket);
-    if (listening) listening = tls.open(loop, front, config);
+    auto listening = listen_on_socket(server, config.paths.socket);
+    if (listening) {
+      if (auto r = tls.open(loop, front, config); !r) listening = std::unexpected(r.error());
+    }
     if (!listening) {
       spdlog::critical("{}", listening.error().message);
-      replicas.close();
-      tenants.close();
-      http.close();
-      server.close();
       tls.close();
-      sigterm->close();
-      sigint->close();
-      sighup->close();
-      loop.run();
-      (void)loop.close();
-      return 1;
+      signals.close();
+      return refuse_start();
     }
-
-    spdlog::info(
-        "tokend {} ready in server mode: {} user(s) with profiles, key {}, socket {}", version(),
-        users->size(), db->key_id(),
-        activated >= 0 ? std::string("(socket activation)") : config.paths.socket.string());
-    notify(fmt::format("READY=1\nSTATUS=serving {} user(s)", tenants.size()));
+    announce_ready(
+        fmt::format("tokend {} ready in server mode: {} user(s) with profiles, key {}, socket {}",
+                    version(), users->size(), db->key_id(), *listening),
+        fmt::format("serving {} user(s)", tenants.size()));
     loop.run();
   }
   if (const int rc = loop.close(); rc != 0) {

@@ -231,6 +231,10 @@ void Connection::on_read(ssize_t nread, const uv_buf_t* buf) {
 }
 
 void Connection::on_end(ssize_t nread) {
+  if (handshake_unfinished()) {
+    ++m_listener.stats().tls_failed_closed;
+    m_tls_failed = true;
+  }
   {
     if (nread == UV_EOF && m_state == State::busy) {
       // Half-closed after sending a request: it still wants the answer. A
@@ -281,12 +285,19 @@ void Connection::on_cipher(std::string_view bytes) {
     if (step == TlsSession::Handshake::more) return;
     if (step == TlsSession::Handshake::failed) {
       spdlog::info("TLS handshake failed (peer {}): {}", m_peer.address, m_tls->error());
+      auto& stats = m_listener.stats();
+      ++(m_tls->client_cert_rejected() ? stats.tls_failed_client_cert : stats.tls_failed_protocol);
       m_tls_failed = true;
       close_after_flush();
       return;
     }
     m_peer.tls = true;
     m_peer.client_cert_names = m_tls->client_cert_names();
+    auto& stats = m_listener.stats();
+    ++stats.tls_handshakes_ok;
+    if (m_tls->has_verified_client_cert()) ++stats.tls_handshakes_ok_client_cert;
+    ++stats.tls_connections_open;
+    m_tls_counted_open = true;
     // The handshake took what was fed; records that came with its last
     // flight are read below.
     arm_timer(m_listener.limits().idle_timeout);
@@ -309,6 +320,7 @@ void Connection::on_cipher(std::string_view bytes) {
 
 void Connection::refuse_plaintext() {
   m_tls_failed = true;
+  ++m_listener.stats().tls_plaintext_refused;
   m_state = State::busy;
   ++m_listener.stats().responses_by_status[400];
   write_raw(codec::encode_response(
@@ -646,6 +658,10 @@ void Connection::on_timer() {
     return;
   }
   m_deadline_armed = false;
+  if (handshake_unfinished()) {
+    ++m_listener.stats().tls_failed_timeout;
+    m_tls_failed = true;
+  }
   switch (m_state) {
     case State::reading:
       refuse(408, "request not received in time");

@@ -60,6 +60,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   [[nodiscard]] const Peer& peer() const { return m_peer; }
   [[nodiscard]] bool counted() const { return m_counted; }
+  // Included in tls_connections_open (its handshake is done).
+  [[nodiscard]] bool tls_counted_open() const { return m_tls_counted_open; }
 
   // For the connection's Exchange and Stream.
   void respond(ExchangeImpl* ex, Response response);
@@ -119,6 +121,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   net::Timer m_timer;
   std::unique_ptr<TlsSession> m_tls;
   bool m_tls_failed = false;  // no more records: no close_notify either
+  bool m_tls_counted_open = false;
+  // A TLS connection whose handshake neither finished nor failed yet.
+  [[nodiscard]] bool handshake_unfinished() const {
+    return m_tls && !m_tls_failed && !m_tls->established();
+  }
   bool m_closing_handles = false;
   State m_state = State::idle;
   std::string m_inbuf;

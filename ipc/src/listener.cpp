@@ -259,6 +259,7 @@ void Listener::remove(Connection* c) {
   auto it = m_connections.find(c);
   if (it == m_connections.end()) return;
   if (it->second->counted()) --m_stats.open_connections;
+  if (it->second->tls_counted_open()) --m_stats.tls_connections_open;
   m_connections.erase(it);
   check_drained();
 }

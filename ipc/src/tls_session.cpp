@@ -75,6 +75,7 @@ TlsSession::Status TlsSession::failure(int rc) {
     m_error = "TLS error";
   }
   if (const long v = SSL_get_verify_result(m_ssl); v != X509_V_OK) {
+    m_cert_rejected = true;
     m_error += std::string(" (client certificate: ") + X509_verify_cert_error_string(v) + ")";
   }
   return Status::failed;
@@ -138,6 +139,11 @@ std::string TlsSession::take_output() {
       BIO_read(m_out, out.data(), static_cast<int>(std::min<std::size_t>(pending, INT_MAX)));
   out.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
   return out;
+}
+
+bool TlsSession::has_verified_client_cert() const {
+  return m_established && SSL_get0_peer_certificate(m_ssl) != nullptr &&
+         SSL_get_verify_result(m_ssl) == X509_V_OK;
 }
 
 std::vector<std::string> TlsSession::client_cert_names() const {

@@ -46,6 +46,10 @@ class TlsSession {
 
   // Why the handshake or a record failed (for the log; holds no secret).
   [[nodiscard]] const std::string& error() const { return m_error; }
+  // The failure was the client certificate's: it did not verify.
+  [[nodiscard]] bool client_cert_rejected() const { return m_cert_rejected; }
+  // Established with a client certificate that verified.
+  [[nodiscard]] bool has_verified_client_cert() const;
   // The verified client certificate's subject CN, then its DNS, email and
   // URI subject alternative names; empty without one.
   [[nodiscard]] std::vector<std::string> client_cert_names() const;
@@ -60,6 +64,7 @@ class TlsSession {
   BIO* m_in;   // owned by m_ssl
   BIO* m_out;  // owned by m_ssl
   bool m_established = false;
+  bool m_cert_rejected = false;
   std::string m_error;
 };
 

@@ -1,6 +1,7 @@
 #include "store/pg_store.hpp"
 
 #include <fmt/format.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <spdlog/spdlog.h>
@@ -90,10 +91,12 @@ std::string row_name(const SecretTable& t, std::string_view user, std::string_vi
 Result<Secret> unwrap_row_key(const Kek& kek, std::string_view row_kek_id, std::string_view wrapped,
                               const SecretTable& t, std::string_view user, std::string_view row) {
   if (row_kek_id != kek.id) {
-    return fail(Errc::wrong_key,
-                fmt::format("the {} is encrypted under key id '{}', but the key-encryption key "
-                            "from {} has id '{}'; the database's key was rotated: use the new key",
-                            row_name(t, user, row), row_kek_id, kek.source, kek.id));
+    return fail(
+        Errc::wrong_key,
+        fmt::format("the {} is encrypted under key id '{}', but the key-encryption key "
+                    "from {} has id '{}'; the database's key was rotated (tokend rotate-key): "
+                    "point kek-file at the new key and reload tokend (SIGHUP)",
+                    row_name(t, user, row), row_kek_id, kek.source, kek.id));
   }
   auto key = detail::open(kek.material, wrapped, data_key_aad(kek.id, t, user, row));
   if (!key) {
@@ -278,8 +281,9 @@ Error wrong_kek(const Kek& kek, std::string_view detail) {
 }
 
 // Proves `kek` is the database's key before anything is read or written; on
-// a database without one yet, makes it the database's key.
-Result<> check_kek(detail::pg::Connection& conn, const Kek& kek, std::int64_t now_ms) {
+// a database without one yet, makes it the database's key when `may_adopt`.
+Result<> check_kek(detail::pg::Connection& conn, const Kek& kek, std::int64_t now_ms,
+                   bool may_adopt = true) {
   auto tx = Transaction::begin(conn);
   if (!tx) return std::unexpected(tx.error());
   if (auto r = conn.exec("SELECT pg_advisory_xact_lock($1)", Params().int8(k_key_lock)); !r) {
@@ -301,6 +305,9 @@ Result<> check_kek(detail::pg::Connection& conn, const Kek& kek, std::int64_t no
   if (!others.empty()) {
     return std::unexpected(
         wrong_kek(kek, fmt::format("the rows are encrypted under key id {}", others)));
+  }
+  if (!may_adopt) {
+    return std::unexpected(wrong_kek(kek, "the database has no key check to prove it against"));
   }
   // No key yet: a new database, unless encrypted rows lost their key check
   // (then no key can be proven right, and none is made the database's key).
@@ -386,6 +393,27 @@ Result<> PgDatabase::notify(const char* channel, std::string_view payload) {
 
 Result<int> PgDatabase::schema_version() {
   return detail::pg::schema_version(m_shared->conn);
+}
+
+Result<bool> PgDatabase::use_key(Kek kek) {
+  const Kek& current = m_shared->kek;
+  if (kek.material.size() != detail::k_aes256_key_bytes) {
+    return fail(Errc::config,
+                fmt::format("the key-encryption key from {} is not 32 bytes", kek.source));
+  }
+  if (auto r = validate_kek_id(kek.id); !r) return std::unexpected(r.error());
+  if (kek.id == current.id && kek.material.size() == current.material.size() &&
+      CRYPTO_memcmp(kek.material.reveal().data(), current.material.reveal().data(),
+                    kek.material.size()) == 0) {
+    return false;
+  }
+  if (auto r = check_kek(m_shared->conn, kek, to_unix_ms(m_shared->clock->wall_now()),
+                         /*may_adopt=*/false);
+      !r) {
+    return std::unexpected(r.error());
+  }
+  m_shared->kek = std::move(kek);
+  return true;
 }
 
 Result<> PgDatabase::rotate_key(Kek new_kek) {

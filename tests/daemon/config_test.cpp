@@ -3,6 +3,7 @@
 #include <catch2/catch_test_macros.hpp>
 #include <map>
 
+#include "daemon/budget.hpp"
 #include "support/env.hpp"
 #include "support/temp_dir.hpp"
 
@@ -89,11 +90,13 @@ TEST_CASE("server mode: database, key, trusted proxy and services from the confi
                          "trusted-proxy-uid = 0, 33\n"
                          "user-header = X-Auth-User\n"
                          "user-rate-limit = 120\n"
+                         "service-rate-limit = 900\n"
                          "[service.mcp]\n"
                          "secret-file = " +
                              mcp.string() +
                              "\n"
                              "act-for = *@example.com, bob\n"
+                             "rate-limit = 30\n"
                              "[service.bot]\n"
                              "secret-file = " +
                              bot.string() + "\nact-for = *\n");
@@ -107,16 +110,21 @@ TEST_CASE("server mode: database, key, trusted proxy and services from the confi
   CHECK(srv.identity.user_header == "X-Auth-User");
   CHECK(srv.identity.trusted_proxy_uids == std::set<uid_t>{0, 33});
   CHECK(srv.user_rate_limit == 120);
+  CHECK(srv.service_rate_limit == 900);
   REQUIRE(srv.identity.services.size() == 2);
   const auto& first = srv.identity.services[0];  // sections sorted by name
   CHECK(first.name == "bot");
   CHECK(first.may_act_for("anyone"));
+  CHECK_FALSE(first.rate_limit);  // service-rate-limit's
   const auto& second = srv.identity.services[1];
   CHECK(second.name == "mcp");
   CHECK(second.may_act_for("alice@example.com"));
   CHECK(second.may_act_for("bob"));
   CHECK_FALSE(second.may_act_for("carol@example.org"));
   CHECK(second.secret_digest == daemon::secret_digest(std::string(64, 'a')));
+  CHECK(second.rate_limit == std::optional<std::size_t>(30));
+  CHECK(daemon::service_rate_limit(srv.identity, "mcp", srv.service_rate_limit) == 30);
+  CHECK(daemon::service_rate_limit(srv.identity, "bot", srv.service_rate_limit) == 900);
 }
 
 TEST_CASE("server mode: every wrong setting is a config error that names it",
@@ -138,6 +146,13 @@ TEST_CASE("server mode: every wrong setting is a config error that names it",
       {{"--server"},
        "database-url-file = /x\ntrusted-proxy-uid = 0\nuser-rate-limit = lots\n",
        "user-rate-limit must be a whole number from 0 to"},
+      {{"--server"},
+       "database-url-file = /x\ntrusted-proxy-uid = 0\nservice-rate-limit = -1\n",
+       "service-rate-limit must be a whole number from 0 to"},
+      {{"--server"},
+       "database-url-file = /x\n" + svc + "rate-limit = 5/s\n",
+       "[service.mcp] rate-limit must be a whole number from 0 to"},
+      {{}, "service-rate-limit = 5\n", "service-rate-limit is a server-mode setting"},
       {{"--server"}, "database-url-file = /x\n", "trusted-proxy-uid"},
       {{}, "database-url-file = /x\n", "database-url-file is a server-mode setting"},
       {{}, svc, "[service.mcp] is a server-mode setting"},

@@ -6,7 +6,8 @@ tokens, logins, proxy and events are unreachable as another user, whether
 that user comes through the trusted proxy's header or through a service; the
 user header from a peer that is not the trusted proxy is refused; a service
 acts only for the users its policy names; `tokend rotate-key` re-wraps a live
-database. Every wait polls against a deadline."""
+database, and SIGHUP makes every replica take the rotated key. Every wait
+polls against a deadline."""
 import json
 import os
 import pwd
@@ -203,6 +204,7 @@ class ServerModeTest(unittest.TestCase):
         write_private(os.path.join(self.dir, "ops.secret"), OPS_SECRET + "\n")
         self.socket = os.path.join(self.dir, "srv", "tokend.sock")
         self.daemon = None
+        self.mcp_settings = ""  # more settings of [service.mcp]
         self.start()
 
     def tearDown(self):
@@ -224,6 +226,7 @@ class ServerModeTest(unittest.TestCase):
                     "[service.mcp]\n"
                     f"secret-file = {os.path.join(self.dir, 'mcp.secret')}\n"
                     "act-for = *@example.com\n"
+                    f"{self.mcp_settings}"
                     "[service.ops]\n"
                     f"secret-file = {os.path.join(self.dir, 'ops.secret')}\n"
                     f"act-for = {BOB}\n")
@@ -329,7 +332,10 @@ class ServerModeTest(unittest.TestCase):
                 self.assertEqual(r.status, 200, r.text)
                 self.assertNotIn(ALICE, r.text)
                 events = r.json()["events"]
-                self.assertEqual({e["kind"] for e in events}, {"proxy", "logout_requested"})
+                # (A service's token fetch is audited too, found or not.)
+                service = label.endswith("service")
+                self.assertEqual({e["kind"] for e in events},
+                                 {"proxy", "logout_requested"} | ({"token_fetched"} if service else set()))
                 self.assertEqual({e["detail"]["user"] for e in events}, {BOB})
 
         # Alice's profile is as it was, nothing reached the provider for it,
@@ -398,6 +404,33 @@ class ServerModeTest(unittest.TestCase):
 
     # -- the replica's own endpoints -----------------------------------------------------
 
+    def test_every_token_a_service_fetches_is_audited(self):
+        g = self.put_grant(self.as_user(ALICE))
+        mcp = self.as_service(MCP_SECRET, ALICE)
+        token = self.token(mcp)
+        self.assertEqual(token, g["access_token"])
+        r = self.call(mcp, "GET", "/v1/profiles/nope/token")
+        self.assertEqual((r.status, r.code), (404, "not_found"), r.text)
+        # Alice's own fetch through the proxy is no service's.
+        self.assertEqual(self.token(self.as_user(ALICE)), token)
+        r = self.call(self.as_user(ALICE), "GET", "/v1/audit")
+        self.assertEqual(r.status, 200, r.text)
+        fetched = sorted((e["profile"], e["detail"].get("user"), e["detail"].get("service"),
+                          e["detail"].get("status"), e["detail"].get("error"))
+                         for e in r.json()["events"] if e["kind"] == "token_fetched")
+        self.assertEqual(fetched, [("jira", ALICE, "mcp", 200, None),
+                                   ("nope", ALICE, "mcp", 404, "not_found")])
+        # No secret in the audit, as answered or as stored; none in Bob's.
+        stored = self.pg.psql(self.database, "SELECT kind, profile, detail FROM audit_events")
+        self.assertIsNotNone(stored)
+        self.assertIn("token_fetched", stored)
+        for text in (r.text, stored):
+            for secret in (token, g["refresh_token"], CLIENT_SECRET, MCP_SECRET):
+                self.assertNotIn(secret, text)
+        r = self.call(self.as_user(BOB), "GET", "/v1/audit")
+        self.assertEqual(r.status, 200, r.text)
+        self.assertNotIn("token_fetched", r.text)
+
     def test_replica_endpoints_answer_the_host_and_never_a_user(self):
         self.put_grant(self.as_user(ALICE))
         r = self.call([], "GET", "/v1/server/health")
@@ -440,6 +473,52 @@ class ServerModeTest(unittest.TestCase):
             self.assertEqual(self.call(bob, "GET", "/v1/profiles").status, 200)
         self.assertEqual(self.call(bob, "GET", "/v1/profiles").status, 429)
         self.assertEqual(self.call([], "GET", "/v1/server/health").status, 200)
+
+    def test_each_service_has_a_request_budget(self):
+        # mcp may make 3 requests a minute over all its users; ops has no
+        # budget of its own (service-rate-limit defaults to 0).
+        self.mcp_settings = "rate-limit = 3\n"
+        self.restart()
+        for user in (ALICE, "carol@example.com", ALICE):
+            r = self.call(self.as_service(MCP_SECRET, user), "GET", "/v1/profiles")
+            self.assertEqual(r.status, 200, r.text)
+        r = self.call(self.as_service(MCP_SECRET, "dave@example.com"), "GET", "/v1/profiles")
+        self.assertEqual((r.status, r.code), (429, "rate_limited"), r.text)
+        self.assertIn("[service.mcp] rate-limit", r.json()["error"]["message"])
+        retry = re.search(r"(?im)^retry-after: *([0-9]+)\r?$", r.headers)
+        self.assertIsNotNone(retry, r.headers)
+        self.assertTrue(1 <= int(retry.group(1)) <= 20, r.headers)  # a request every 20 s
+        # Another service's budget is its own, and the users' requests
+        # through the proxy spend nothing of mcp's (nor the refusal theirs).
+        for _ in range(5):
+            self.assertEqual(self.call(self.as_service(OPS_SECRET, BOB), "GET", "/v1/profiles").status, 200)
+        self.assertEqual(self.call(self.as_user("dave@example.com"), "GET", "/v1/profiles").status, 200)
+        self.assertEqual(self.call(self.as_service(MCP_SECRET, ALICE), "GET", "/v1/profiles").status, 429)
+        # SIGHUP applies a changed budget.
+        self.mcp_settings = "rate-limit = 0\n"
+        self.config(os.geteuid())
+        self.daemon.proc.send_signal(signal.SIGHUP)
+        self.daemon.wait_for_line("configuration reloaded")
+        for _ in range(5):
+            self.assertEqual(self.call(self.as_service(MCP_SECRET, ALICE), "GET", "/v1/profiles").status, 200)
+
+    def test_a_service_acting_for_a_user_spends_the_users_budget_too(self):
+        self.mcp_settings = "rate-limit = 4\n"
+        self.restart(extra=["--user-rate-limit", "2"])
+        mcp = self.as_service(MCP_SECRET, ALICE)
+        for _ in range(2):
+            self.assertEqual(self.call(mcp, "GET", "/v1/profiles").status, 200)
+        r = self.call(mcp, "GET", "/v1/profiles")
+        self.assertEqual((r.status, r.code), (429, "rate_limited"), r.text)
+        self.assertIn(f"user '{ALICE}'", r.json()["error"]["message"])
+        self.assertIn("user-rate-limit", r.json()["error"]["message"])
+        # Refused by alice's budget, the request spent nothing of mcp's: 2 left.
+        for i in range(2):
+            self.assertEqual(self.call(self.as_service(MCP_SECRET, f"u{i}@example.com"), "GET",
+                                       "/v1/profiles").status, 200)
+        r = self.call(self.as_service(MCP_SECRET, "u2@example.com"), "GET", "/v1/profiles")
+        self.assertEqual((r.status, r.code), (429, "rate_limited"), r.text)
+        self.assertIn("[service.mcp] rate-limit", r.json()["error"]["message"])
 
     # -- identity -----------------------------------------------------------------------
 
@@ -563,6 +642,74 @@ class ServerModeTest(unittest.TestCase):
         self.logs.append(self.daemon.output())
         self.daemon = None
 
+
+    def test_sighup_takes_a_rotated_key_on_every_replica(self):
+        alice = self.as_user(ALICE)
+        g = self.put_grant(alice)
+        old_key = write_private(os.path.join(self.dir, "kek.old"), self.kek + "\n")
+        # A second replica on the same database and key file.
+        socket2 = os.path.join(self.dir, "srv2", "tokend.sock")
+        second = Daemon(TOKEND, self.xdg.env, ["--server", "--config", self.config(os.geteuid()),
+                                               "--socket", socket2, "--ca-bundle", self.up.ca_file,
+                                               "--log-level", "debug"])
+        try:
+            second.wait_ready(socket2)
+            replicas = ((self.daemon, self.socket), (second, socket2))
+
+            def token_on(sock):
+                r = exchange(sock, "GET", "/v1/profiles/jira/token", alice)
+                self.assertEqual(r.status, 200, r.text)
+                return r.json()["token"]
+
+            # A wrong key, then a key file anyone may read: refused, the key
+            # in use stays, and both replicas go on serving.
+            write_private(self.kek_file, secrets.token_hex(32) + "\n")
+            self.daemon.proc.send_signal(signal.SIGHUP)
+            self.daemon.wait_for_line(re.compile(r"SIGHUP: the key-encryption key from .* was not taken "
+                                                 r"\(key 'kek-[0-9a-f]+' stays\): .*does not open this database"))
+            write_private(self.kek_file, self.kek + "\n")
+            os.chmod(self.kek_file, 0o644)
+            second.proc.send_signal(signal.SIGHUP)
+            second.wait_for_line("SIGHUP: the key-encryption key was not re-read")
+            os.chmod(self.kek_file, 0o600)
+            for _, sock in replicas:
+                self.assertEqual(token_on(sock), g["access_token"])
+
+            # rotate-key while both run, then the new key in the file and SIGHUP.
+            new_key = secrets.token_hex(32)
+            new_file = write_private(os.path.join(self.dir, "kek.new"), new_key + "\n")
+            r = self.rotate("--database-url-file", self.db_file, "--kek-file", self.kek_file,
+                            "--new-kek-file", new_file)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            new_id = re.search(r"now wrapped by key '([^']+)'", r.stderr).group(1)
+            write_private(self.kek_file, new_key + "\n")
+            for daemon, _ in replicas:
+                daemon.proc.send_signal(signal.SIGHUP)
+                daemon.wait_for_line(f"key-encryption key '{new_id}' from ")
+            # Each replica writes under the new key: a forced refresh is
+            # stored, and served by the other replica.
+            for (daemon, sock), (_, other) in (replicas, replicas[::-1]):
+                before = token_on(sock)
+                r = exchange(sock, "POST", "/v1/profiles/jira/refresh", alice)
+                self.assertEqual(r.status, 200, r.text)
+                fresh = token_on(sock)
+                self.assertNotEqual(fresh, before)
+                wait_for(lambda: token_on(other) == fresh, "the other replica to serve the new token")
+            self.assertEqual(self.pg.psql(self.database, "SELECT DISTINCT kek_id FROM credentials").split(),
+                             [new_id])
+            for daemon, _ in replicas:
+                self.assertNotIn(self.kek, daemon.output())
+                self.assertNotIn(new_key, daemon.output())
+        finally:
+            self.assertEqual(second.stop(), 0, second.output())
+            self.logs.append(second.output())
+        # The old key no longer opens the database.
+        old = Daemon(TOKEND, self.xdg.env, ["--server", "--config", self.config(os.geteuid()),
+                                            "--kek-file", old_key, "--socket",
+                                            os.path.join(self.dir, "srv3", "tokend.sock")])
+        self.assertEqual(old.wait_exit(), EXIT_REFUSED, old.output())
+        self.assertIn(new_id, old.output())
+        self.logs.append(old.output())
 
 if __name__ == "__main__":
     unittest.main()

@@ -8,7 +8,9 @@ only with X-Tokend-Act-As; a certificate from another CA refused in the
 handshake; the user header never taken over TLS; plain HTTP on the TLS port
 answered 400; the replica's endpoints only on the socket; SIGHUP serving a
 new certificate to new connections; a key file that is not private refused
-at start. Every wait polls against a deadline."""
+at start; the listeners' counters in /v1/server/metrics after good and bad
+handshakes, exact. Every wait polls against a deadline."""
+import http.server
 import os
 import secrets
 import signal
@@ -16,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,7 +29,7 @@ from harness import EXIT_REFUSED, Daemon, XdgTree, binaries, free_port, wait_for
 TOKEND, TOKENCTL = binaries()
 
 from make_ca import make_ca  # noqa: E402
-from server_mode_test import Answer, PgCluster, write_private  # noqa: E402
+from server_mode_test import Answer, PgCluster, exchange, write_private  # noqa: E402
 
 ALICE = "alice@example.com"
 BOB = "bob@example.org"
@@ -134,8 +137,9 @@ class ServerTlsTest(unittest.TestCase):
                     f"act-for = {BOB}\n")
         return path
 
-    def start(self):
-        self.daemon = Daemon(TOKEND, self.xdg.env, ["--server", "--config", self.config(), "--log-level", "debug"])
+    def start(self, extra=()):
+        self.daemon = Daemon(TOKEND, self.xdg.env, ["--server", "--config", self.config(), "--log-level", "debug",
+                                                    *extra])
         self.daemon.wait_ready(self.socket)
 
     def context(self, cert=None, max_version=None):
@@ -250,6 +254,125 @@ class ServerTlsTest(unittest.TestCase):
                 got += b
         self.assertTrue(got.startswith(b"HTTP/1.1 400 "), got)
         self.assertIn(b"use https://", got)
+
+    def test_an_oidc_issuer_that_fails_discovery_refuses_the_start(self):
+        secret = write_private(os.path.join(self.dir, "oidc.secret"), "oidc-client-secret-MARKER\n")
+
+        class Garbage(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b"<html>not metadata</html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        garbage = http.server.HTTPServer(("127.0.0.1", 0), Garbage)
+        threading.Thread(target=garbage.serve_forever, daemon=True).start()
+        silent_port = free_port()  # nothing listens there
+        try:
+            for issuer, why in ((f"http://127.0.0.1:{garbage.server_port}", "not JSON"),
+                                (f"http://127.0.0.1:{silent_port}", "")):
+                with self.subTest(issuer=issuer):
+                    config = self.config()
+                    with open(config, "r+") as f:
+                        text = f.read()
+                        f.seek(0)
+                        f.write(f"public-url = https://localhost:{self.port}\n"
+                                f"oidc-issuer = {issuer}\noidc-client-id = tokend\n"
+                                f"oidc-client-secret-file = {secret}\n" + text)
+                    daemon = Daemon(TOKEND, self.xdg.env, ["--server", "--config", config])
+                    self.assertEqual(daemon.wait_exit(), EXIT_REFUSED, daemon.output())
+                    out = daemon.output()
+                    self.logs.append(out)
+                    self.assertIn(f"oidc-issuer {issuer} does not answer OpenID Connect discovery", out)
+                    self.assertIn(why, out)
+                    # Every handle closed before the exit, and nothing served.
+                    self.assertNotIn("handles still open", out)
+                    self.assertFalse(os.path.exists(self.socket))
+                    self.assertNotIn("oidc-client-secret-MARKER", out)
+        finally:
+            garbage.shutdown()
+            garbage.server_close()
+
+    def tls_counters(self):
+        """The tokend_tls_* samples of /v1/server/metrics (on the socket)."""
+        r = exchange(self.socket, "GET", "/v1/server/metrics")
+        self.assertEqual(r.status, 200, r.text)
+        out = {}
+        for line in r.text.splitlines():
+            if line.startswith("tokend_tls_"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = int(value)
+        return out
+
+    def expect_tls_counters(self, expected):
+        """Polls until the counters are exactly `expected` (the loop counts a
+        connection's end when it reads it), then checks once more."""
+        try:
+            wait_for(lambda: self.tls_counters() == expected, "the TLS counters", deadline=10)
+        finally:
+            self.assertEqual(self.tls_counters(), expected)
+
+    def test_tls_listener_counters_in_the_replica_metrics(self):
+        self.start(extra=["--request-timeout", "1s"])
+        c = {'tokend_tls_handshakes_ok_total{client_cert="none"}': 0,
+             'tokend_tls_handshakes_ok_total{client_cert="verified"}': 0,
+             'tokend_tls_handshakes_failed_total{reason="client_cert"}': 0,
+             'tokend_tls_handshakes_failed_total{reason="protocol"}': 0,
+             'tokend_tls_handshakes_failed_total{reason="timeout"}': 0,
+             'tokend_tls_handshakes_failed_total{reason="closed"}': 0,
+             'tokend_tls_plaintext_refused_total': 0,
+             'tokend_tls_connections_open': 0}
+        self.expect_tls_counters(c)
+        # A handshake without a client certificate, kept open.
+        held = self.connect()
+        c['tokend_tls_handshakes_ok_total{client_cert="none"}'] = 1
+        c['tokend_tls_connections_open'] = 1
+        self.expect_tls_counters(c)
+        # One with the service's certificate; its connection closes after the answer.
+        self.assertEqual(self.call("GET", "/v1/profiles", [("X-Tokend-Act-As", ALICE)], cert=self.gate).status, 200)
+        c['tokend_tls_handshakes_ok_total{client_cert="verified"}'] = 1
+        self.expect_tls_counters(c)
+        # A certificate from another CA, in TLS 1.2 and 1.3.
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            with self.assertRaises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+                with self.connect(self.rogue, max_version=version) as s:
+                    s.sendall(b"GET /v1/profiles HTTP/1.1\r\nHost: x\r\n\r\n")
+                    if not s.recv(1024):
+                        raise ConnectionResetError("closed without an answer")
+        c['tokend_tls_handshakes_failed_total{reason="client_cert"}'] = 2
+        self.expect_tls_counters(c)
+        # ALPN without http/1.1: refused by TLS itself.
+        ctx = self.context()
+        ctx.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw:
+            with self.assertRaises((ssl.SSLError, ConnectionResetError)):
+                ctx.wrap_socket(raw, server_hostname="localhost")
+        c['tokend_tls_handshakes_failed_total{reason="protocol"}'] = 1
+        self.expect_tls_counters(c)
+        # Plain HTTP.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 400 "))
+        c['tokend_tls_plaintext_refused_total'] = 1
+        self.expect_tls_counters(c)
+        # A peer gone before its handshake; one that never finishes it
+        # (request-timeout 1 s).
+        socket.create_connection(("127.0.0.1", self.port), timeout=10).close()
+        c['tokend_tls_handshakes_failed_total{reason="closed"}'] = 1
+        self.expect_tls_counters(c)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as silent:
+            silent.sendall(b"\x16\x03\x01")  # the start of a record, no more
+            c['tokend_tls_handshakes_failed_total{reason="timeout"}'] = 1
+            self.expect_tls_counters(c)
+        # The held connection ends.
+        held.close()
+        c['tokend_tls_connections_open'] = 0
+        self.expect_tls_counters(c)
 
     def test_sighup_serves_a_new_certificate_to_new_connections(self):
         self.start()

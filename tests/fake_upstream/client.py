@@ -561,10 +561,10 @@ class UpstreamClient:
 
     # -- control API -------------------------------------------------------------
 
-    def control(self, method, path, obj=None):
+    def control(self, method, path, obj=None, timeout=10.0):
         body = json.dumps(obj) if obj is not None else None
         headers = {"Content-Type": "application/json"} if body is not None else {}
-        reply = self.request(method, "/_control/" + path.lstrip("/"), body, headers)
+        reply = self.request(method, "/_control/" + path.lstrip("/"), body, headers, timeout=timeout)
         if not 200 <= reply.status < 300:
             raise ControlError(reply.status, reply.body)
         return reply.json()
@@ -601,8 +601,8 @@ class UpstreamClient:
     def grant(self, grant_id):
         return self.control("GET", f"grants/{urllib.parse.quote(grant_id)}")
 
-    def grants(self):
-        return self.control("GET", "grants")["grants"]
+    def grants(self, timeout=10.0):
+        return self.control("GET", "grants", timeout=timeout)["grants"]
 
     def revoke_grant(self, grant_id):
         return self.control("POST", f"grants/{urllib.parse.quote(grant_id)}/revoke", {})
@@ -637,8 +637,8 @@ class UpstreamClient:
     def clear_log(self):
         return self.control("DELETE", "log")
 
-    def stats(self):
-        return self.control("GET", "stats")
+    def stats(self, timeout=10.0):
+        return self.control("GET", "stats", timeout=timeout)
 
     def clear_stats(self):
         return self.control("DELETE", "stats")

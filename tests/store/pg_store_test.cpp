@@ -516,6 +516,63 @@ TEST_CASE("rotate_key re-wraps every data key; afterwards only the new key opens
         Errc::invalid_argument);
 }
 
+TEST_CASE("use_key: a replica switches to the key another process rotated to",
+          "[store][pg][encryption]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  const auto old_kek = test::random_kek("old KEK");
+  auto rotating = PgDatabase::open(db.conninfo(), old_kek, clock);
+  auto replica = PgDatabase::open(db.conninfo(), old_kek, clock);
+  REQUIRE(rotating);
+  REQUIRE(replica);
+  auto alice = store_of(*replica, "alice");
+  fill(alice, "jira", "alice");
+
+  // The key in use again: nothing to do.
+  auto same = replica->use_key(old_kek);
+  REQUIRE(same);
+  CHECK_FALSE(*same);
+  // A key the database does not know is refused, naming the id in use,
+  // and the key in use stays.
+  const auto stranger = test::random_kek("stranger KEK");
+  auto refused = replica->use_key(stranger);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Errc::wrong_key);
+  CHECK(refused.error().message.find("stranger KEK") != std::string::npos);
+  CHECK(refused.error().message.find(old_kek.id) != std::string::npos);
+  CHECK(replica->key_id() == old_kek.id);
+  auto c = raw_connection(db);
+  CHECK(one_int(c, "SELECT count(*) FROM key_checks WHERE kek_id = $1",
+                pg::Params().text(stranger.id)) == 0);
+  // A key with the current id but other bytes does not open its key check.
+  auto forged = replica->use_key(Kek{*random_secret(32), old_kek.id, "forged"});
+  REQUIRE_FALSE(forged);
+  CHECK(forged.error().code == Errc::wrong_key);
+  CHECK(replica->key_id() == old_kek.id);
+
+  // Another process rotates: the replica's writes fail, naming the new id
+  // and what to do, until it takes the new key.
+  const auto new_kek = test::random_kek("new KEK");
+  REQUIRE(rotating->rotate_key(new_kek));
+  auto stale = alice.store_token_set("jira", test::make_tokens("alice-at2", "alice-rt2", 2));
+  REQUIRE_FALSE(stale);
+  CHECK(stale.error().code == Errc::wrong_key);
+  CHECK(stale.error().message.find(new_kek.id) != std::string::npos);
+  CHECK(stale.error().message.find("SIGHUP") != std::string::npos);
+  // The old key no longer proves itself either.
+  CHECK(replica->use_key(test::random_kek("another")).error().code == Errc::wrong_key);
+  auto switched = replica->use_key(new_kek);
+  REQUIRE(switched);
+  CHECK(*switched);
+  CHECK(replica->key_id() == new_kek.id);
+  // Its stores use it at once: the write goes through, under the new id.
+  REQUIRE(alice.store_token_set("jira", test::make_tokens("alice-at2", "alice-rt2", 2)));
+  CHECK(alice.get_credential("jira")->access_token.reveal() == "alice-at2");
+  CHECK(one_int(c, "SELECT count(*) FROM credentials WHERE kek_id <> $1",
+                pg::Params().text(new_kek.id)) == 0);
+  CHECK(PgDatabase::open(db.conninfo(), old_kek, clock).error().code == Errc::wrong_key);
+}
+
 TEST_CASE("a rotation that meets a damaged row changes nothing", "[store][pg][encryption]") {
   PgTestDatabase db;
   FakeClock clock;

@@ -40,6 +40,9 @@ struct ApiOptions {
 // The socket server's counters as Prometheus text (tokend_http_*): the
 // single-user /v1/metrics, and a server-mode replica's /v1/server/metrics.
 void append_socket_metrics(std::string& out, const ipc::ServerStats& stats);
+// The TLS listeners' own counters (tokend_tls_*), summed over them: a
+// server-mode replica's /v1/server/metrics.
+void append_tls_metrics(std::string& out, const ipc::ServerStats& stats);
 
 class Api {
  public:
@@ -119,6 +122,10 @@ class Api {
                     Result<tokens::TokenGrant> grant);
   void audit_peer(const std::shared_ptr<ipc::Exchange>& ex, std::string_view kind,
                   std::string_view profile);
+  // token_fetched: a service fetched a user's token (user, service, profile,
+  // the answer's status and error code; never the token).
+  void audit_token_fetch(const std::shared_ptr<ipc::Exchange>& ex, std::string_view profile,
+                         int status, std::string_view error);
   void open_endpoint(const std::shared_ptr<ipc::Exchange>& ex, const std::string& name,
                      std::int64_t wait_s, const ipc::Peer& audited);
 

@@ -38,6 +38,9 @@ struct ServerSettings {
   // Requests a minute one user may make (a token bucket holding a minute's
   // worth, so bursts up to it pass); 0: no limit.
   std::size_t user_rate_limit = 6000;
+  // Requests a minute a service may make over all its users, unless its
+  // [service.NAME] rate-limit says otherwise; 0: no limit (daemon/budget.hpp).
+  std::size_t service_rate_limit = 0;
   // public-url and the [provider.NAME] templates of the connect page.
   ConnectSettings connect;
   // TLS listeners (`listen = HOST:PORT`, repeatable), their certificate and

@@ -24,6 +24,7 @@
 
 #include <array>
 #include <expected>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -72,6 +73,9 @@ struct ServicePolicy {
   // byte for byte (empty: the service has no certificate).
   std::string cert_subject;
   std::vector<UserPattern> act_for;
+  // Requests a minute this service may make, over all its users (its
+  // `rate-limit`; nullopt: service-rate-limit; 0: no limit).
+  std::optional<std::size_t> rate_limit;
 
   [[nodiscard]] bool may_act_for(std::string_view user) const;
 };

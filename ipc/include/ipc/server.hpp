@@ -48,6 +48,20 @@ struct ServerStats {
   std::uint64_t requests = 0;
   std::uint64_t open_connections = 0;
   std::map<int, std::uint64_t> responses_by_status;
+  // A TLS listener's (listen_tls): handshakes done, with a verified client
+  // certificate or none; handshakes failed, by why: a client certificate
+  // that did not verify, anything else TLS refused (versions, ciphers,
+  // ALPN, malformed records, the client's own alert), not finished within
+  // request-timeout, the peer gone before finishing; plain HTTP refused;
+  // connections whose handshake is done, open now.
+  std::uint64_t tls_handshakes_ok = 0;
+  std::uint64_t tls_handshakes_ok_client_cert = 0;
+  std::uint64_t tls_failed_client_cert = 0;
+  std::uint64_t tls_failed_protocol = 0;
+  std::uint64_t tls_failed_timeout = 0;
+  std::uint64_t tls_failed_closed = 0;
+  std::uint64_t tls_plaintext_refused = 0;
+  std::uint64_t tls_connections_open = 0;
 };
 
 class Server {

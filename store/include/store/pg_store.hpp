@@ -75,6 +75,13 @@ class PgDatabase {
   // and this PgDatabase and its stores use it. A key with the current id is
   // refused.
   Result<> rotate_key(Kek new_kek);
+  // Switches this PgDatabase and its stores to `kek` once it opens the
+  // database's key check (after another process's rotate_key); nothing is
+  // made or changed in the database. true: switched; false: `kek` is the
+  // key in use. A key that does not open the database: Errc::wrong_key
+  // naming its source and id and the ids the database has, and the key in
+  // use stays.
+  Result<bool> use_key(Kek kek);
 
   [[nodiscard]] const std::string& key_id() const;
   Result<int> schema_version();
