@@ -334,7 +334,8 @@ void ConnectPage::callback(const std::shared_ptr<ipc::Exchange>& ex) {
                                      "This address is the end of a sign-in at a provider, and "
                                      "this request carries no sign-in state: nothing was done."));
   }
-  auto profile = m_login.awaiting_state(*state);
+  // This replica's flow, or one another replica started, claimed here.
+  auto profile = m_login.claim_state(*state);
   if (!profile) {
     spdlog::warn("user '{}': the connect callback's state is no pending sign-in of theirs",
                  ex->peer().user);

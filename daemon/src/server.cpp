@@ -128,6 +128,7 @@ class Tenant {
         m_connect(m_tokens, m_login, shared.connect) {
     m_store.set_audit_retention(shared.audit);
     m_api.set_login(&m_login);
+    m_login.share_flows(&m_store);  // any replica can complete a login (the store's login_flows)
     m_api.set_proxy(&m_proxy);
     // No set_server: the socket's counters are every user's traffic, not
     // this user's, so a user's /v1/metrics leaves them out.
@@ -178,12 +179,14 @@ class Tenant {
     m_replaying = true;
     m_events.publish(e.kind, e.profile, e.at_ms, e.data);
     m_replaying = false;
+    m_login.remote_event(e.kind, e.profile, e.data);
   }
   // Every profile read again (the replicas' channel was down).
   void resync() {
     if (auto r = m_tokens.reload_all(); !r) {
       spdlog::warn("user '{}': re-reading the profiles: {}", m_store.user_id(), r.error().message);
     }
+    m_login.resync();  // logins completed elsewhere meanwhile
   }
 
  private:
@@ -498,6 +501,7 @@ int run_server(const Config& initial, const EnvLookup& env,
     shared.engine.http_timeout = config.http_timeout;
     shared.login.flow_timeout = config.login_timeout;
     shared.login.http_timeout = config.http_timeout;
+    shared.login.replica_id = replica_id;
     shared.api.version = std::string(version());
     shared.api.heartbeat = config.heartbeat;
     shared.api.server_mode = true;

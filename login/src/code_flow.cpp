@@ -134,6 +134,30 @@ void LoginManager::begin_code(Flow& f, JsonCallback done) {
     }
     f.listener = std::move(*listener);
   }
+  f.expected_issuer = ep.issuer;
+  f.issuer_required =
+      p.config.discovered && p.config.discovered->authorization_response_iss_parameter_supported;
+  if (m_flow_store != nullptr) {
+    // Server mode: kept where every replica finds it (replacing the
+    // profile's previous one), so any of them can complete it.
+    store::PendingLogin pending;
+    pending.profile = name;
+    if (f.pkce) pending.code_verifier = Secret(f.pkce->verifier.reveal());
+    pending.redirect_uri = f.redirect_uri;
+    pending.issuer = f.expected_issuer;
+    pending.issuer_required = f.issuer_required;
+    pending.resource = f.endpoint.resource;
+    pending.scopes = f.asked_scopes;
+    pending.started_at_ms = f.started_at_ms;
+    pending.expires_at_ms = f.expires_at_ms;
+    pending.replica = m_options.replica_id;
+    pending.flow_id = static_cast<std::int64_t>(f.id);
+    if (auto r = m_flow_store->put_login_flow(f.state_value, pending); !r) {
+      fail_start(r.error().context("keeping the login where every replica finds it"));
+      return;
+    }
+    f.shared = true;
+  }
   f.phase = Flow::Phase::awaiting;
   m_events.publish(tokens::EventKind::login_started, name, to_unix_ms(m_clock.wall_now()),
                    {{"flow", "code"}});
@@ -193,28 +217,134 @@ std::optional<std::string> LoginManager::awaiting_state(std::string_view state) 
   // Every flow is compared, so the time taken says nothing of which matched.
   for (const auto& [name, f] : m_flows) {
     const bool awaiting = f->state == FlowState::pending && !f->device &&
-                          f->phase == Flow::Phase::awaiting && !f->state_value.reveal().empty();
+                          f->phase == Flow::Phase::awaiting && !f->elsewhere &&
+                          !f->state_value.reveal().empty();
     if (constant_time_equal(state, f->state_value.reveal()) && awaiting) found = name;
   }
   return found;
 }
 
+std::optional<std::string> LoginManager::claim_state(std::string_view state) {
+  if (auto local = awaiting_state(state)) return local;
+  if (m_flow_store == nullptr || state.empty() || m_shut_down) return std::nullopt;
+  const Secret presented{state};
+  auto taken = m_flow_store->take_login_flow(std::nullopt, &presented);
+  if (!taken) {
+    spdlog::warn("looking up a login another replica started: {}", taken.error().message);
+    return std::nullopt;
+  }
+  if (!*taken) return std::nullopt;
+  std::string profile = (*taken)->profile;
+  if (adopt(std::move(**taken), std::string(state)) == nullptr) return std::nullopt;
+  return profile;
+}
+
+LoginManager::Flow* LoginManager::adopt(store::PendingLogin pending,
+                                        std::optional<std::string> state) {
+  const std::string name = pending.profile;
+  auto profile = m_tokens.profile_of(name);
+  if (!profile) {
+    spdlog::warn("profile {}: a login started on replica {} cannot be completed here: {}", name,
+                 pending.replica, profile.error().message);
+    return nullptr;
+  }
+  auto endpoint = oauth::token_endpoint_of(*profile);
+  if (!endpoint) {
+    spdlog::warn("profile {}: a login started on replica {} cannot be completed here: {}", name,
+                 pending.replica, endpoint.error().message);
+    return nullptr;
+  }
+  // A flow of the profile this manager holds is older than the one the
+  // store kept (which replaced it there).
+  if (auto it = m_flows.find(name); it != m_flows.end() && it->second->state == FlowState::pending)
+    fail_flow(*it->second, FlowState::cancelled, "replaced",
+              "a newer login for this profile, started on another replica, replaced it");
+  auto flow = std::make_unique<Flow>();
+  Flow& f = *flow;
+  f.id = m_next_flow++;
+  f.profile = name;
+  f.phase = Flow::Phase::awaiting;
+  const std::int64_t now_ms = to_unix_ms(m_clock.wall_now());
+  f.started_at_ms = pending.started_at_ms;
+  f.expires_at_ms = pending.expires_at_ms;
+  f.deadline =
+      m_clock.mono_now() + Millis(std::max<std::int64_t>(0, pending.expires_at_ms - now_ms));
+  f.resolved = std::move(*profile);
+  f.endpoint = std::move(*endpoint);
+  f.endpoint.resource = pending.resource;
+  if (!pending.code_verifier.empty()) {
+    f.pkce = oauth::Pkce{std::move(pending.code_verifier), {}};
+    f.pkce->challenge = oauth::pkce_challenge(f.pkce->verifier.reveal());
+  }
+  f.redirect_uri = pending.redirect_uri;
+  f.asked_scopes = std::move(pending.scopes);
+  f.expected_issuer = pending.issuer;
+  f.issuer_required = pending.issuer_required;
+  if (state) f.state_value = Secret(*state);
+  f.extra["listen"] = false;
+  f.shared = true;
+  f.claimed = true;
+  f.origin_replica = pending.replica;
+  f.origin_id = static_cast<std::uint64_t>(pending.flow_id);
+  spdlog::info("profile {}: completing a login started on replica {}", name, pending.replica);
+  Flow* out = &f;
+  m_flows.insert_or_assign(name, std::move(flow));
+  rearm();
+  return out;
+}
+
+void LoginManager::refuse_completion(Flow& f, const Error& e) {
+  auto completions = std::move(f.completions);
+  f.completions.clear();
+  for (auto& c : completions) c(std::unexpected(e));
+  if (f.browser_reply) {
+    f.browser_reply({409, page("Sign-in not pending", e.message)});
+    f.browser_reply = nullptr;
+  }
+}
+
 void LoginManager::complete(const std::string& name, const Json& body, JsonCallback done) {
   auto it = m_flows.find(name);
-  if (it == m_flows.end() || it->second->state != FlowState::pending || it->second->device ||
-      it->second->phase != Flow::Phase::awaiting) {
+  const bool here = it != m_flows.end() && it->second->state == FlowState::pending &&
+                    !it->second->device && it->second->phase == Flow::Phase::awaiting &&
+                    !it->second->elsewhere;
+  if (!here && m_flow_store == nullptr) {
     done(fail(
         Errc::conflict,
         fmt::format("no login is waiting for a code for '{}'; start one with tokenctl login {}",
                     name, name)));
     return;
   }
-  Flow& f = *it->second;
   if (!body.is_object()) {
     done(fail(Errc::invalid_argument,
               "the body must be {\"redirect_url\": ...} or {\"code\": ...}"));
     return;
   }
+  // The flow held here, or (server mode) the profile's flow another replica
+  // started, claimed now: by its state when the redirect has one.
+  const auto accept_or_claim = [&](Redirect r, JsonCallback then) {
+    if (here) {
+      accept_code(*it->second, std::move(r), std::move(then));
+      return;
+    }
+    const Secret presented{r.state.value_or(std::string())};
+    auto taken = m_flow_store->take_login_flow(name, presented.empty() ? nullptr : &presented);
+    if (!taken) {
+      secure_wipe(r.code);
+      then(std::unexpected(taken.error()));
+      return;
+    }
+    Flow* f = *taken ? adopt(std::move(**taken), r.state) : nullptr;
+    if (f == nullptr) {
+      secure_wipe(r.code);
+      then(fail(
+          Errc::conflict,
+          fmt::format("no login is waiting for a code for '{}'; start one with tokenctl login {}",
+                      name, name)));
+      return;
+    }
+    accept_code(*f, std::move(r), std::move(then));
+  };
   const std::string redirect_url = json::string_or(body, "redirect_url");
   const std::string bare = json::string_or(body, "code");
   if (!redirect_url.empty()) {
@@ -241,7 +371,7 @@ void LoginManager::complete(const std::string& name, const Json& body, JsonCallb
                 "of the page the browser ended on (it contains ?code=...)"));
       return;
     }
-    accept_code(f, std::move(r), std::move(done));
+    accept_or_claim(std::move(r), std::move(done));
     return;
   }
   if (bare.empty() || bare.size() > 4096) {
@@ -254,7 +384,7 @@ void LoginManager::complete(const std::string& name, const Json& body, JsonCallb
   r.code = bare;
   r.state = std::nullopt;
   r.bare = true;
-  accept_code(f, std::move(r), std::move(done));
+  accept_or_claim(std::move(r), std::move(done));
 }
 
 void LoginManager::accept_code(Flow& f, Redirect r, JsonCallback done) {
@@ -270,13 +400,29 @@ void LoginManager::accept_code(Flow& f, Redirect r, JsonCallback done) {
             f.profile));
     return;
   }
+  if (f.shared && !f.claimed) {
+    // Server mode: the flow is claimed from the store first, so that of
+    // the replicas a redirect (or a replay of it) reaches, one redeems it.
+    auto taken = m_flow_store->take_login_flow(f.profile, &f.state_value);
+    if (!taken || !*taken) {
+      secure_wipe(code);
+      if (taken) f.elsewhere = true;  // its outcome comes as the other replica's event
+      refuse_completion(
+          f, taken ? Error{Errc::conflict,
+                           fmt::format("the login for '{}' is no longer waiting here: another "
+                                       "replica took its code (or it was replaced, cancelled or "
+                                       "expired there); nothing was redeemed by this request",
+                                       f.profile)}
+                   : taken.error());
+      return;
+    }
+    f.claimed = true;
+  }
   // RFC 9207: where the server says it sends iss, or whenever iss is there,
   // it must be the issuer this login is for (a mix-up attack otherwise).
   // Checked before the code (or an error) is acted on.
-  const std::string issuer = oauth::endpoints_of(f.resolved).issuer;
-  const bool advertised =
-      f.resolved.config.discovered &&
-      f.resolved.config.discovered->authorization_response_iss_parameter_supported;
+  const std::string& issuer = f.expected_issuer;
+  const bool advertised = f.issuer_required;
   if (!r.bare && !issuer.empty() && (r.iss || advertised)) {
     if (!r.iss) {
       secure_wipe(code);

@@ -129,6 +129,7 @@ struct LoginManager::Flow {
   std::string warning;
   Json extra = Json::object();
   MonoTime deadline{};
+  std::int64_t started_at_ms = 0;
   std::int64_t expires_at_ms = 0;
   std::optional<std::int64_t> token_expires_at_ms;
   store::Profile resolved;
@@ -143,6 +144,20 @@ struct LoginManager::Flow {
   std::vector<std::string> asked_scopes;
   std::string authorize_url;
   std::unique_ptr<CallbackListener> listener;
+  // RFC 9207: the issuer the redirect must name, and whether it must carry
+  // iss (fixed when the flow starts, and kept with a shared flow).
+  std::string expected_issuer;
+  bool issuer_required = false;
+  // Server mode (share_flows): kept in the store while it waits; claimed
+  // from it by this manager (the code is ours to redeem); or claimed by
+  // another replica, whose event ends it here.
+  bool shared = false;
+  bool claimed = false;
+  bool elsewhere = false;
+  // A flow another replica started: that replica and its flow's id, named
+  // in this flow's events so that it ends its own flow with them.
+  std::string origin_replica;
+  std::uint64_t origin_id = 0;
   std::function<void(CallbackReply)> browser_reply;
   std::vector<JsonCallback> completions;
   JsonCallback start_done;  // a start still waiting for the provider

@@ -120,10 +120,17 @@ void LoginManager::start(const std::string& name, LoginRequest request, JsonCall
   f.profile = name;
   f.device = request.device;
   f.deadline = m_clock.mono_now() + m_options.flow_timeout;
-  f.expires_at_ms = to_unix_ms(m_clock.wall_now()) + m_options.flow_timeout.count();
+  f.started_at_ms = to_unix_ms(m_clock.wall_now());
+  f.expires_at_ms = f.started_at_ms + m_options.flow_timeout.count();
   const std::uint64_t id = f.id;
   const bool listen = request.listen;
   m_flows.insert_or_assign(name, std::move(flow));
+  if (m_flow_store != nullptr && request.device) {
+    // One flow per profile: a code flow another replica keeps for it ends
+    // (that replica cancels its own on this start's event).
+    if (auto r = m_flow_store->take_login_flow(name, nullptr); !r)
+      spdlog::warn("profile {}: removing the login kept for it: {}", name, r.error().message);
+  }
   resolve(name, [this, name, id, listen, done = std::move(done)](Result<store::Profile> p) {
     Flow* fp = find(name, id);
     if (fp == nullptr || fp->state != FlowState::pending) {
@@ -166,6 +173,7 @@ void LoginManager::succeed(Flow& f) {
   f.state = FlowState::succeeded;
   f.phase = Flow::Phase::done;
   Json data = {{"flow", f.device ? "device" : "code"}};
+  data.update(origin_of(f));
   if (f.token_expires_at_ms) data["expires_at"] = *f.token_expires_at_ms / 1000;
   if (f.extra.contains("cloud_id")) data["cloud_id"] = f.extra["cloud_id"];
   spdlog::info("profile {}: login succeeded ({} flow)", f.profile, f.device ? "device" : "code");
@@ -193,9 +201,9 @@ void LoginManager::fail_flow(Flow& f, FlowState state, std::string reason, std::
   const tokens::EventKind event = f.state == FlowState::cancelled
                                       ? tokens::EventKind::login_cancelled
                                       : tokens::EventKind::login_failed;
-  m_events.publish(
-      event, f.profile, to_unix_ms(m_clock.wall_now()),
-      {{"flow", f.device ? "device" : "code"}, {"reason", f.reason}, {"error", f.message}});
+  Json data = {{"flow", f.device ? "device" : "code"}, {"reason", f.reason}, {"error", f.message}};
+  data.update(origin_of(f));
+  m_events.publish(event, f.profile, to_unix_ms(m_clock.wall_now()), data);
   if (f.browser_reply) {
     f.browser_reply({400, page("Sign-in failed", f.message)});
     f.browser_reply = nullptr;
@@ -203,8 +211,20 @@ void LoginManager::fail_flow(Flow& f, FlowState state, std::string reason, std::
   end_flow(f);
 }
 
+Json LoginManager::origin_of(const Flow& f) const {
+  if (f.origin_replica.empty()) return Json::object();
+  return {{"replica", f.origin_replica}, {"flow_id", f.origin_id}};
+}
+
 void LoginManager::end_flow(Flow& f) {
   f.listener.reset();  // the port is closed as soon as the flow ends
+  // A shared flow that ended here unclaimed leaves the store. Not at
+  // shutdown: another replica may still complete it.
+  if (f.shared && !f.claimed && !f.elsewhere && !m_shut_down && m_flow_store != nullptr) {
+    if (auto r = m_flow_store->drop_login_flow(f.profile, f.state_value); !r)
+      spdlog::warn("profile {}: removing the ended login from the store: {}", f.profile,
+                   r.error().message);
+  }
   f.device_code = Secret();
   f.state_value = Secret();
   f.pkce.reset();
@@ -223,11 +243,116 @@ void LoginManager::end_flow(Flow& f) {
 
 Result<> LoginManager::cancel(const std::string& name) {
   auto it = m_flows.find(name);
+  if ((it == m_flows.end() || it->second->state != FlowState::pending) && m_flow_store != nullptr) {
+    // A flow another replica started and keeps in the store: taken from it
+    // (so nobody redeems it), and that replica ends its own on the event.
+    auto taken = m_flow_store->take_login_flow(name, nullptr);
+    if (!taken) return std::unexpected(taken.error());
+    if (*taken) {
+      Json data = {{"flow", "code"},
+                   {"reason", "cancelled"},
+                   {"error", "the login was cancelled"},
+                   {"replica", (*taken)->replica},
+                   {"flow_id", static_cast<std::uint64_t>((*taken)->flow_id)}};
+      spdlog::warn("profile {}: login cancelled (started on replica {})", name, (*taken)->replica);
+      m_events.publish(tokens::EventKind::login_cancelled, name, to_unix_ms(m_clock.wall_now()),
+                       data);
+      return {};
+    }
+  }
   if (it == m_flows.end() || it->second->state != FlowState::pending) {
     return fail(Errc::conflict, fmt::format("no login is pending for '{}'", name));
   }
   fail_flow(*it->second, FlowState::cancelled, "cancelled", "the login was cancelled");
   return {};
+}
+
+void LoginManager::remote_event(tokens::EventKind kind, const std::string& profile,
+                                const Json& data) {
+  if (m_flow_store == nullptr || m_shut_down) return;
+  auto it = m_flows.find(profile);
+  if (it == m_flows.end()) return;
+  Flow& f = *it->second;
+  if (f.state != FlowState::pending || !f.shared || f.claimed) return;
+  using tokens::EventKind;
+  if (kind == EventKind::login_started) {
+    // A start on another replica replaced this flow in the store (unless
+    // another replica claimed it first: then that one's outcome ends it).
+    if (f.elsewhere) return;
+    auto held = m_flow_store->has_login_flow(profile, f.state_value);
+    if (held && !*held) {
+      end_from_remote(f, FlowState::cancelled,
+                      {{"reason", "replaced"},
+                       {"error",
+                        "a newer login for this profile, started on another replica, "
+                        "replaced it"}});
+    }
+    return;
+  }
+  if (kind != EventKind::login_succeeded && kind != EventKind::login_failed &&
+      kind != EventKind::login_cancelled)
+    return;
+  // Only the outcome of this very flow, completed on another replica.
+  if (!data.is_object() || json::string_or(data, "replica") != m_options.replica_id ||
+      !data.contains("flow_id") || !data["flow_id"].is_number_integer() ||
+      data["flow_id"].get<std::uint64_t>() != f.id)
+    return;
+  const FlowState state = kind == EventKind::login_succeeded ? FlowState::succeeded
+                          : kind == EventKind::login_failed  ? FlowState::failed
+                                                             : FlowState::cancelled;
+  end_from_remote(f, state, data);
+}
+
+void LoginManager::resync() {
+  if (m_flow_store == nullptr || m_shut_down) return;
+  std::vector<std::pair<std::string, std::uint64_t>> shared;
+  for (const auto& [name, f] : m_flows) {
+    if (f->state == FlowState::pending && f->shared && !f->claimed && !f->device)
+      shared.emplace_back(name, f->id);
+  }
+  for (const auto& [name, id] : shared) {
+    Flow* fp = find(name, id);
+    if (fp == nullptr || fp->state != FlowState::pending) continue;
+    Flow& f = *fp;
+    if (!f.elsewhere) {
+      auto held = m_flow_store->has_login_flow(name, f.state_value);
+      if (!held || *held) continue;  // still waiting (or unknown: the next event tells)
+    }
+    auto cred = m_tokens.credential_of(name);
+    if (cred && cred->obtained_at_ms && *cred->obtained_at_ms >= f.started_at_ms) {
+      Json data = Json::object();
+      if (cred->expires_at_ms) data["expires_at"] = *cred->expires_at_ms / 1000;
+      end_from_remote(f, FlowState::succeeded, data);
+    } else {
+      f.elsewhere = true;
+    }
+  }
+}
+
+void LoginManager::end_from_remote(Flow& f, FlowState state, const Json& data) {
+  f.state = state;
+  f.phase = Flow::Phase::done;
+  f.elsewhere = true;  // nothing of it is left in the store to remove
+  if (state == FlowState::succeeded) {
+    if (auto e = data.find("expires_at"); e != data.end() && e->is_number_integer())
+      f.token_expires_at_ms = e->get<std::int64_t>() * 1000;
+    if (auto c = data.find("cloud_id"); c != data.end() && c->is_string()) f.extra["cloud_id"] = *c;
+    spdlog::info("profile {}: login succeeded on another replica", f.profile);
+  } else {
+    f.reason = oauth::printable_excerpt(json::string_or(data, "reason"), 64);
+    f.message = oauth::printable_excerpt(json::string_or(data, "error"), 2000);
+    spdlog::info("profile {}: login {} on another replica: {}", f.profile, to_string(state),
+                 f.message);
+  }
+  if (f.browser_reply) {
+    f.browser_reply(
+        state == FlowState::succeeded
+            ? CallbackReply{200, page("Signed in", "tokend signed in profile " + f.profile +
+                                                       ". You can close this tab.")}
+            : CallbackReply{400, page("Sign-in failed", f.message)});
+    f.browser_reply = nullptr;
+  }
+  end_flow(f);
 }
 
 bool LoginManager::pending(const std::string& profile) const {
@@ -249,6 +374,9 @@ Json LoginManager::status(const std::string& name) const {
     j["expires_in"] = std::max<std::int64_t>(0, (f.expires_at_ms - now) / 1000);
     if (f.phase == Flow::Phase::resolving) {
       j["phase"] = "starting";  // discovery or registration still running
+    } else if (f.elsewhere) {
+      // Another replica took its code; its outcome comes with its event.
+      j["phase"] = "completing_elsewhere";
     } else if (f.device) {
       j["user_code"] = f.user_code;
       j["verification_uri"] = f.verification_uri;

@@ -47,6 +47,10 @@ struct SecretTable {
 };
 constexpr SecretTable k_profiles_table{"profiles", "name", "profile"};
 constexpr SecretTable k_credentials_table{"credentials", "profile", "credential"};
+constexpr SecretTable k_login_flows_table{"login_flows", "profile", "login flow"};
+// Expired login flows deleted by one statement (at start, and with each new
+// flow), so the work of one is bounded.
+constexpr std::int64_t k_login_flow_prune_batch = 500;
 
 // --- the envelope of a row --------------------------------------------------
 
@@ -147,6 +151,28 @@ Result<Secret> key_check_value(const Kek& kek) {
   auto sealed = detail::seal(kek.material, k_key_check_plaintext, key_check_aad(kek.id));
   if (!sealed) return std::unexpected(sealed.error());
   return Secret::adopt(std::move(*sealed));
+}
+
+// The key of a login flow: SHA-256 of its state (the state is never kept).
+std::string state_digest(const Secret& state) {
+  std::string out(EVP_MAX_MD_SIZE, '\0');
+  unsigned int size = 0;
+  const auto v = state.reveal();
+  if (EVP_Digest(v.data(), v.size(), reinterpret_cast<unsigned char*>(out.data()), &size,
+                 EVP_sha256(), nullptr) != 1) {
+    size = 0;
+  }
+  out.resize(size);
+  return out;
+}
+
+Result<> prune_login_flows(detail::pg::Connection& conn, std::int64_t now_ms) {
+  auto r = conn.exec(
+      "DELETE FROM login_flows WHERE ctid IN (SELECT ctid FROM login_flows WHERE expires_at <= $1 "
+      "LIMIT $2)",
+      Params().int8(now_ms).int8(k_login_flow_prune_batch));
+  if (!r) return std::unexpected(r.error());
+  return {};
 }
 
 Error not_found(std::string_view name) {
@@ -348,6 +374,10 @@ Result<PgDatabase> PgDatabase::open(const Secret& conninfo, Kek kek, const Clock
   if (auto r = check_kek(*conn, kek, to_unix_ms(clock.wall_now())); !r) {
     return std::unexpected(r.error());
   }
+  // Login flows that expired while no replica ran.
+  if (auto r = prune_login_flows(*conn, to_unix_ms(clock.wall_now())); !r) {
+    return std::unexpected(r.error().context("deleting expired login flows"));
+  }
   return PgDatabase(std::make_shared<detail::PgShared>(
       detail::PgShared{std::move(*conn), std::move(kek), &clock}));
 }
@@ -425,7 +455,7 @@ Result<> PgDatabase::rotate_key(Kek new_kek) {
     return std::unexpected(r.error());
   }
   // Writers (of any replica) wait until the rotation commits; readers go on.
-  if (auto r = conn.exec("LOCK TABLE profiles, credentials IN EXCLUSIVE MODE"); !r) {
+  if (auto r = conn.exec("LOCK TABLE profiles, credentials, login_flows IN EXCLUSIVE MODE"); !r) {
     return std::unexpected(r.error());
   }
   {
@@ -437,7 +467,7 @@ Result<> PgDatabase::rotate_key(Kek new_kek) {
       return std::unexpected(wrong_kek(old, "the database moved to another key meanwhile"));
     }
   }
-  for (const SecretTable& t : {k_profiles_table, k_credentials_table}) {
+  for (const SecretTable& t : {k_profiles_table, k_credentials_table, k_login_flows_table}) {
     auto rows = conn.exec(fmt::format("SELECT user_id, {}, kek_id, wrapped_key FROM {} WHERE "
                                       "wrapped_key IS NOT NULL",
                                       t.row_column, t.table)
@@ -864,6 +894,146 @@ Result<std::vector<AuditEvent>> PgStore::recent_audit(std::size_t limit) {
     out.push_back(std::move(e));
   }
   return out;
+}
+
+// --- login flows across replicas -------------------------------------------
+
+namespace {
+
+constexpr const char* k_login_flow_columns =
+    "profile, kek_id, wrapped_key, code_verifier, redirect_uri, issuer, "
+    "issuer_required::int::bigint, "
+    "resource, scopes, replica, flow_id, started_at, expires_at";
+
+Result<PendingLogin> login_flow_from_row(const Rows& r, int i, const Kek& kek,
+                                         std::string_view user) {
+  PendingLogin f;
+  f.profile = r.text(i, 0);
+  auto key =
+      unwrap_row_key(kek, r.bytes(i, 1), r.bytes(i, 2), k_login_flows_table, user, f.profile);
+  if (!key) return std::unexpected(key.error());
+  if (!r.is_null(i, 3)) {
+    auto verifier =
+        decrypt_column(*key, r.bytes(i, 3), k_login_flows_table, user, f.profile, "code_verifier");
+    if (!verifier) return std::unexpected(verifier.error());
+    f.code_verifier = std::move(*verifier);
+  }
+  f.redirect_uri = r.text(i, 4);
+  f.issuer = r.text(i, 5);
+  f.issuer_required = r.int8(i, 6) != 0;
+  f.resource = r.text(i, 7);
+  auto scopes = json::parse(r.bytes(i, 8), "a login flow's scopes");
+  if (!scopes || !scopes->is_array()) {
+    return fail(Errc::corrupt, fmt::format("the scopes of the {} are not a JSON array",
+                                           row_name(k_login_flows_table, user, f.profile)));
+  }
+  for (const auto& s : *scopes) {
+    if (s.is_string()) f.scopes.push_back(s.get<std::string>());
+  }
+  f.replica = r.text(i, 9);
+  f.flow_id = r.int8(i, 10);
+  f.started_at_ms = r.int8(i, 11);
+  f.expires_at_ms = r.int8(i, 12);
+  return f;
+}
+
+}  // namespace
+
+Result<> PgStore::put_login_flow(const Secret& state, const PendingLogin& flow) {
+  if (state.empty()) return fail(Errc::invalid_argument, "a login flow needs a state");
+  if (auto r = validate_profile_name(flow.profile); !r) return r;
+  auto& conn = m_shared->conn;
+  const std::int64_t now = to_unix_ms(m_shared->clock->wall_now());
+  auto key = new_row_key(m_shared->kek, k_login_flows_table, m_user, flow.profile);
+  if (!key) return std::unexpected(key.error());
+  auto verifier = encrypt_column(*key, flow.code_verifier, k_login_flows_table, m_user,
+                                 flow.profile, "code_verifier");
+  if (!verifier) return std::unexpected(verifier.error());
+  if (auto r = prune_login_flows(conn, now); !r) return r;
+  // Params holds views: the values it sends live until the statement ran.
+  const std::string digest = state_digest(state);
+  const std::string scopes =
+      json::Json(flow.scopes).dump(-1, ' ', false, json::Json::error_handler_t::replace);
+  Params params;
+  params.text(m_user)
+      .text(flow.profile)
+      .bytes(digest)
+      .text(m_shared->kek.id)
+      .bytes(key->wrapped)
+      .bytes_or_null(*verifier)
+      .text(flow.redirect_uri)
+      .text(flow.issuer)
+      .text(flow.issuer_required ? "true" : "false")
+      .text(flow.resource)
+      .text(scopes)
+      .text(flow.replica)
+      .int8(flow.flow_id)
+      .int8(flow.started_at_ms)
+      .int8(flow.expires_at_ms);
+  auto r = conn.exec(
+      "INSERT INTO login_flows (user_id, profile, state_hash, kek_id, wrapped_key, code_verifier, "
+      "redirect_uri, issuer, issuer_required, resource, scopes, replica, flow_id, started_at, "
+      "expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::boolean, $10, $11, $12, $13, $14, "
+      "$15) "
+      "ON CONFLICT (user_id, profile) DO UPDATE SET state_hash = EXCLUDED.state_hash, "
+      "kek_id = EXCLUDED.kek_id, wrapped_key = EXCLUDED.wrapped_key, "
+      "code_verifier = EXCLUDED.code_verifier, redirect_uri = EXCLUDED.redirect_uri, "
+      "issuer = EXCLUDED.issuer, issuer_required = EXCLUDED.issuer_required, "
+      "resource = EXCLUDED.resource, scopes = EXCLUDED.scopes, replica = EXCLUDED.replica, "
+      "flow_id = EXCLUDED.flow_id, started_at = EXCLUDED.started_at, expires_at = "
+      "EXCLUDED.expires_at",
+      params);
+  if (!r) return std::unexpected(r.error());
+  return {};
+}
+
+Result<std::optional<PendingLogin>> PgStore::take_login_flow(
+    std::optional<std::string_view> profile, const Secret* state) {
+  if (!profile && state == nullptr) {
+    return fail(Errc::invalid_argument, "a login flow is taken by its profile or its state");
+  }
+  const std::int64_t now = to_unix_ms(m_shared->clock->wall_now());
+  Params params;
+  params.text(m_user);
+  std::string sql = "DELETE FROM login_flows WHERE user_id = $1";
+  int n = 1;
+  if (profile) {
+    params.text(*profile);
+    sql += fmt::format(" AND profile = ${}", ++n);
+  }
+  const std::string digest = state != nullptr ? state_digest(*state) : std::string();
+  if (state != nullptr) {
+    params.bytes(digest);
+    sql += fmt::format(" AND state_hash = ${}", ++n);
+  }
+  sql += fmt::format(" RETURNING {}", k_login_flow_columns);
+  // The claim: one statement removes the row, so of two replicas claiming
+  // one flow, exactly one gets it back.
+  auto rows = m_shared->conn.exec(sql.c_str(), params);
+  if (!rows) return std::unexpected(rows.error());
+  if (rows->empty()) return std::optional<PendingLogin>{};
+  auto f = login_flow_from_row(*rows, 0, m_shared->kek, m_user);
+  if (!f) return std::unexpected(f.error());
+  if (f->expires_at_ms <= now) return std::optional<PendingLogin>{};  // gone with it
+  return std::optional<PendingLogin>{std::move(*f)};
+}
+
+Result<bool> PgStore::has_login_flow(std::string_view profile, const Secret& state) {
+  const std::int64_t now = to_unix_ms(m_shared->clock->wall_now());
+  auto rows = m_shared->conn.exec(
+      "SELECT count(*) FROM login_flows WHERE user_id = $1 AND profile = $2 AND state_hash = $3 "
+      "AND expires_at > $4",
+      Params().text(m_user).text(profile).bytes(state_digest(state)).int8(now));
+  if (!rows) return std::unexpected(rows.error());
+  return rows->int8(0, 0) > 0;
+}
+
+Result<> PgStore::drop_login_flow(std::string_view profile, const Secret& state) {
+  auto r = m_shared->conn.exec(
+      "DELETE FROM login_flows WHERE user_id = $1 AND profile = $2 AND state_hash = $3",
+      Params().text(m_user).text(profile).bytes(state_digest(state)));
+  if (!r) return std::unexpected(r.error());
+  return {};
 }
 
 Result<> PgDatabase::put_signin(std::string_view state_hash, const PendingSignin& signin) {

@@ -250,7 +250,8 @@ struct LoginRig {
   std::vector<Event> seen;
   EventBus::Subscription sub;
 
-  LoginRig() : store(*store::SqlcipherStore::open(dir / "t.db", test::random_raw_key(), clock)) {
+  explicit LoginRig(std::string replica = {})
+      : store(*store::SqlcipherStore::open(dir / "t.db", test::random_raw_key(), clock)) {
     spdlog::set_level(spdlog::level::off);
     sub = events.subscribe([this](const Event& e) { seen.push_back(e); });
     tokens =
@@ -261,6 +262,14 @@ struct LoginRig {
       return Result<Secret>(
           Secret("fixed-random-value-" + std::to_string(++n) + "-padded-to-forty-three-chars"));
     };
+    if (!replica.empty()) {
+      // Replicas draw different states and verifiers.
+      o.random = [n = 0, replica](std::size_t) mutable {
+        return Result<Secret>(Secret("random-" + replica + "-" + std::to_string(++n) +
+                                     "-padded-to-forty-three-characters"));
+      };
+      o.replica_id = replica;
+    }
     login =
         std::make_unique<LoginManager>(*tokens, clock, events, login_timer, http, &callbacks, o);
   }
@@ -768,4 +777,258 @@ TEST_CASE(
       CHECK_FALSE(rig.tokens->get("p")->has_token);
     }
   }
+}
+
+// --- server mode: flows kept where every replica finds them --------------------
+
+namespace {
+
+// One user's login_flows table, as PgStore keeps it (store/login_flows.hpp),
+// shared by two managers (two replicas).
+class FakeFlowStore final : public store::LoginFlowStore {
+ public:
+  struct Row {
+    std::string state;  // the real store keeps its SHA-256
+    store::PendingLogin flow;
+  };
+  std::map<std::string, Row, std::less<>> rows;  // by profile
+  FakeClock* clock = nullptr;
+  int takes = 0;
+
+  Result<> put_login_flow(const Secret& state, const store::PendingLogin& f) override {
+    Row r{std::string(state.reveal()), {}};
+    r.flow.profile = f.profile;
+    r.flow.code_verifier = Secret(f.code_verifier.reveal());
+    r.flow.redirect_uri = f.redirect_uri;
+    r.flow.issuer = f.issuer;
+    r.flow.issuer_required = f.issuer_required;
+    r.flow.resource = f.resource;
+    r.flow.scopes = f.scopes;
+    r.flow.started_at_ms = f.started_at_ms;
+    r.flow.expires_at_ms = f.expires_at_ms;
+    r.flow.replica = f.replica;
+    r.flow.flow_id = f.flow_id;
+    rows.insert_or_assign(f.profile, std::move(r));
+    return {};
+  }
+  Result<std::optional<store::PendingLogin>> take_login_flow(
+      std::optional<std::string_view> profile, const Secret* state) override {
+    ++takes;
+    for (auto it = rows.begin(); it != rows.end(); ++it) {
+      if (profile && it->first != *profile) continue;
+      if (state != nullptr && it->second.state != state->reveal()) continue;
+      store::PendingLogin out = std::move(it->second.flow);
+      rows.erase(it);
+      if (out.expires_at_ms <= to_unix_ms(clock->wall_now())) return std::nullopt;
+      return std::optional<store::PendingLogin>(std::move(out));
+    }
+    return std::optional<store::PendingLogin>{};
+  }
+  Result<bool> has_login_flow(std::string_view profile, const Secret& state) override {
+    auto it = rows.find(profile);
+    return it != rows.end() && it->second.state == state.reveal();
+  }
+  Result<> drop_login_flow(std::string_view profile, const Secret& state) override {
+    auto it = rows.find(profile);
+    if (it != rows.end() && it->second.state == state.reveal()) rows.erase(it);
+    return {};
+  }
+};
+
+const std::string k_public_callback = "https://tokend.example.com/connect/callback";
+
+struct TwoReplicas {
+  FakeFlowStore flows;
+  LoginRig a{"A"};
+  LoginRig b{"B"};
+  TwoReplicas() {
+    flows.clock = &a.clock;
+    Json body = k_generic;
+    body["redirect_uri"] = k_public_callback;
+    for (LoginRig* r : {&a, &b}) {
+      r->login->share_flows(&flows);
+      r->add(body);
+    }
+  }
+  // The events a replica's bus saw of one kind.
+  static std::vector<Event> of(const LoginRig& r, EventKind kind) {
+    std::vector<Event> out;
+    for (const auto& e : r.seen) {
+      if (e.kind == kind) out.push_back(e);
+    }
+    return out;
+  }
+  // What the server does with another replica's event (Tenant::apply_remote).
+  static void relay(const LoginRig& from, LoginRig& to, EventKind kind) {
+    for (const auto& e : of(from, kind)) to.login->remote_event(e.kind, e.profile, e.data);
+  }
+};
+
+// The answer comes after the exchange, maybe later: read it through the pointer.
+std::shared_ptr<std::optional<Result<Json>>> complete_with(LoginRig& r, const std::string& query) {
+  auto done = std::make_shared<std::optional<Result<Json>>>();
+  r.login->complete("p", Json{{"redirect_url", k_public_callback + "?" + query}},
+                    [done](Result<Json> x) { *done = std::move(x); });
+  return done;
+}
+
+}  // namespace
+
+TEST_CASE("server mode: a flow started on one replica is completed on another, once",
+          "[login][replicas]") {
+  TwoReplicas t;
+  const Json flow = t.a.start({.device = false, .listen = false});
+  const std::string url = flow["authorize_url"];
+  const std::string state = t.a.param(url, "state");
+  REQUIRE(t.flows.rows.size() == 1);
+  CHECK(t.flows.rows.at("p").flow.replica == "A");
+  CHECK(t.flows.rows.at("p").flow.flow_id == flow["id"].get<std::int64_t>());
+  CHECK(t.flows.rows.at("p").flow.redirect_uri == k_public_callback);
+
+  // Replica B gets the provider's redirect: it claims the flow.
+  CHECK(t.b.login->claim_state(state) == std::optional<std::string>("p"));
+  CHECK(t.flows.rows.empty());
+  std::optional<Result<Json>> done;
+  t.b.login->complete(
+      "p", Json{{"redirect_url", k_public_callback + "?code=abc&state=" + form_encode(state)}},
+      [&](Result<Json> r) { done = std::move(r); });
+  REQUIRE(t.b.http.pending.size() == 1);
+  const std::string body = t.b.last_body();
+  // A's PKCE verifier, A's redirect URI.
+  CHECK(pkce_challenge(t.b.param("?" + body, "code_verifier")) == t.a.param(url, "code_challenge"));
+  CHECK(t.b.param("?" + body, "redirect_uri") == k_public_callback);
+  CHECK(t.b.param("?" + body, "code") == "abc");
+  // A replay of the redirect, to either replica, finds nothing to claim.
+  CHECK_FALSE(t.b.login->claim_state(state));
+  t.b.http.reply(200, tokens_json());
+  REQUIRE(done.has_value());
+  REQUIRE(done->has_value());
+  CHECK((**done)["state"] == "succeeded");
+  CHECK(t.b.tokens->token("p", {})->token() == "at-1");
+  const auto succeeded = TwoReplicas::of(t.b, EventKind::login_succeeded);
+  REQUIRE(succeeded.size() == 1);
+  CHECK(succeeded[0].data["replica"] == "A");
+  CHECK(succeeded[0].data["flow_id"] == flow["id"]);
+
+  // A learns the outcome from B's event, publishing nothing of its own.
+  CHECK(t.a.login->status("p")["state"] == "pending");
+  const std::size_t seen = t.a.seen.size();
+  TwoReplicas::relay(t.b, t.a, EventKind::login_succeeded);
+  CHECK(t.a.login->status("p")["state"] == "succeeded");
+  CHECK(t.a.seen.size() == seen);
+  CHECK_FALSE(t.a.login->claim_state(state));
+  CHECK(t.a.http.pending.empty());
+  // Another event of the profile (not this flow's) changes nothing.
+  t.a.login->remote_event(EventKind::login_failed, "p", {{"replica", "A"}, {"flow_id", 999}});
+  CHECK(t.a.login->status("p")["state"] == "succeeded");
+}
+
+TEST_CASE("server mode: a redirect reaching the starting replica after another claimed it",
+          "[login][replicas]") {
+  TwoReplicas t;
+  const Json flow = t.a.start({.device = false, .listen = false});
+  const std::string state = t.a.param(flow["authorize_url"], "state");
+  REQUIRE(t.b.login->claim_state(state));
+  // A still holds the flow as pending, but the store no longer has it: A
+  // redeems nothing and says so.
+  REQUIRE(t.a.login->claim_state(state) == std::optional<std::string>("p"));
+  auto done = complete_with(t.a, "code=abc&state=" + form_encode(state));
+  REQUIRE(done->has_value());
+  REQUIRE_FALSE((*done)->has_value());
+  CHECK((*done)->error().code == Errc::conflict);
+  CHECK(t.a.http.pending.empty());
+  Json s = t.a.login->status("p");
+  CHECK(s["state"] == "pending");
+  CHECK(s["phase"] == "completing_elsewhere");
+  CHECK_FALSE(t.a.login->awaiting_state(state));
+
+  // B's exchange fails; A's flow ends with B's reason.
+  auto b_done = complete_with(t.b, "code=abc&state=" + form_encode(state));
+  t.b.http.reply(400, R"({"error":"invalid_grant"})");
+  REQUIRE(b_done->has_value());
+  CHECK((**b_done)->at("state") == "failed");
+  TwoReplicas::relay(t.b, t.a, EventKind::login_failed);
+  s = t.a.login->status("p");
+  CHECK(s["state"] == "failed");
+  CHECK(s["error"]["reason"] == "invalid_grant");
+}
+
+TEST_CASE("server mode: a start, cancel or expiry on one replica ends the flow on the other",
+          "[login][replicas]") {
+  TwoReplicas t;
+  SECTION("a newer start on B replaces A's flow") {
+    const std::string old_state = t.a.param(t.a.start({false, false})["authorize_url"], "state");
+    const std::string new_state = t.b.param(t.b.start({false, false})["authorize_url"], "state");
+    REQUIRE(t.flows.rows.size() == 1);
+    CHECK(t.flows.rows.at("p").flow.replica == "B");
+    TwoReplicas::relay(t.b, t.a, EventKind::login_started);
+    const Json s = t.a.login->status("p");
+    CHECK(s["state"] == "cancelled");
+    CHECK(s["error"]["reason"] == "replaced");
+    CHECK_FALSE(t.b.login->claim_state(old_state));
+    CHECK(t.a.login->claim_state(new_state) == std::optional<std::string>("p"));
+  }
+  SECTION("a cancel on B of the flow A holds") {
+    const std::string state = t.a.param(t.a.start({false, false})["authorize_url"], "state");
+    REQUIRE(t.b.login->cancel("p"));
+    CHECK(t.flows.rows.empty());
+    TwoReplicas::relay(t.b, t.a, EventKind::login_cancelled);
+    CHECK(t.a.login->status("p")["state"] == "cancelled");
+    CHECK_FALSE(t.b.login->claim_state(state));
+    CHECK(t.b.login->cancel("p").error().code == Errc::conflict);
+  }
+  SECTION("A's flow expires: it leaves the store") {
+    t.a.start({false, false});
+    REQUIRE(t.flows.rows.size() == 1);
+    t.a.clock.advance(601s);
+    CHECK(t.a.login_timer.fire_due());
+    CHECK(t.a.login->status("p")["state"] == "expired");
+    CHECK(t.flows.rows.empty());
+  }
+  SECTION("A shuts down: the flow stays for another replica to complete") {
+    const std::string state = t.a.param(t.a.start({false, false})["authorize_url"], "state");
+    t.a.login->shutdown();
+    REQUIRE(t.flows.rows.size() == 1);
+    CHECK(t.b.login->claim_state(state) == std::optional<std::string>("p"));
+  }
+  SECTION("a bare code pasted on B completes A's flow by its profile") {
+    t.a.start({false, false});
+    std::optional<Result<Json>> done;
+    t.b.login->complete("p", Json{{"code", "abc"}}, [&](Result<Json> r) { done = std::move(r); });
+    REQUIRE(t.b.http.pending.size() == 1);
+    t.b.http.reply(200, tokens_json());
+    REQUIRE(done.has_value());
+    REQUIRE(done->has_value());
+    CHECK((**done)["state"] == "succeeded");
+    TwoReplicas::relay(t.b, t.a, EventKind::login_succeeded);
+    CHECK(t.a.login->status("p")["state"] == "succeeded");
+  }
+}
+
+TEST_CASE(
+    "server mode: after lost events, a flow completed elsewhere is judged from the credential",
+    "[login][replicas]") {
+  TwoReplicas t;
+  const std::string state = t.a.param(t.a.start({false, false})["authorize_url"], "state");
+  // Still kept: resync changes nothing.
+  t.a.login->resync();
+  CHECK(t.a.login->status("p")["state"] == "pending");
+  CHECK_FALSE(t.a.login->status("p").contains("phase"));
+  // B claims it: the row is gone, no new tokens yet: completing elsewhere.
+  REQUIRE(t.b.login->claim_state(state));
+  t.a.login->resync();
+  CHECK(t.a.login->status("p")["phase"] == "completing_elsewhere");
+  // B's tokens reach the shared credential (here: A's own store); B's event
+  // was lost, and the next resync finds them.
+  t.a.clock.advance(1s);
+  store::TokenSet tokens;
+  tokens.access_token = Secret("at-elsewhere");
+  tokens.token_type = "Bearer";
+  tokens.obtained_at_ms = to_unix_ms(t.a.clock.wall_now());
+  tokens.expires_at_ms = tokens.obtained_at_ms + 3'600'000;
+  REQUIRE(t.a.tokens->install_tokens("p", tokens));
+  t.a.login->resync();
+  const Json s = t.a.login->status("p");
+  CHECK(s["state"] == "succeeded");
+  CHECK(s["expires_at"] == *tokens.expires_at_ms / 1000);
 }

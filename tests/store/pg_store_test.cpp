@@ -3,6 +3,7 @@
 // The Store contract itself is tested for it in store_test.cpp.
 #include <poll.h>
 
+#include <atomic>
 #include <catch2/catch_test_macros.hpp>
 #include <chrono>
 #include <thread>
@@ -123,11 +124,12 @@ TEST_CASE("PostgreSQL schema: migrated from an empty database, then again withou
   CHECK(pg::schema_version(c).value_or(-1) == pg::latest_schema_version());
   const std::string schema = catalogue(c);
   for (const char* table : {"profiles.", "credentials.", "audit_events.", "audit_sequences.",
-                            "key_checks.", "schema_version."}) {
+                            "key_checks.", "schema_version.", "login_flows."}) {
     CHECK(schema.find(table) != std::string::npos);
   }
   // Per-user data: user_id leads the primary key of every such table.
-  for (const char* table : {"profiles", "credentials", "audit_events", "audit_sequences"}) {
+  for (const char* table :
+       {"profiles", "credentials", "audit_events", "audit_sequences", "login_flows"}) {
     INFO(table);
     CHECK(one_text(c,
                    "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a "
@@ -796,4 +798,267 @@ TEST_CASE("a listener gets what another connection NOTIFYs; connections have a s
   auto timeout = c->exec("SELECT current_setting('statement_timeout')");
   REQUIRE(timeout);
   CHECK(timeout->text(0, 0) == "15s");
+}
+
+// --- login flows across replicas (store/login_flows.hpp) ---------------------
+
+namespace {
+
+PendingLogin make_login(const std::string& profile, const std::string& verifier,
+                        std::int64_t expires_at_ms) {
+  PendingLogin f;
+  f.profile = profile;
+  f.code_verifier = Secret(verifier);
+  f.redirect_uri = "https://tokend.example.com/connect/callback";
+  f.issuer = "https://as.example.com";
+  f.issuer_required = true;
+  f.resource = "https://mcp.example.com/mcp";
+  f.scopes = {"read:jira-work", "offline_access"};
+  f.started_at_ms = 1'000;
+  f.expires_at_ms = expires_at_ms;
+  f.replica = "123-abcdef";
+  f.flow_id = 7;
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("schema 3 adds login_flows to a schema-2 database, its rows kept",
+          "[store][pg][migration]") {
+  PgTestDatabase db;
+  auto c = raw_connection(db);
+  REQUIRE(pg::migrate(c, 2));
+  CHECK(pg::schema_version(c).value_or(-1) == 2);
+  CHECK(catalogue(c).find("login_flows.") == std::string::npos);
+  FakeClock clock;
+  const auto kek = test::random_kek();
+  {
+    // A PgDatabase of this version migrates when it opens; the rows it
+    // finds stay readable.
+    exec_ok(c,
+            "INSERT INTO profiles (user_id, name, kind, created_at, updated_at) "
+            "VALUES ('alice', 'jira', 'oauth2', 1, 1)");
+    exec_ok(c, "INSERT INTO credentials (user_id, profile) VALUES ('alice', 'jira')");
+  }
+  auto database = PgDatabase::open(db.conninfo(), kek, clock);
+  REQUIRE(database);
+  CHECK(database->schema_version().value_or(-1) == 3);
+  CHECK(catalogue(c).find("login_flows.code_verifier:bytea") != std::string::npos);
+  auto alice = store_of(*database, "alice");
+  REQUIRE(alice.get_profile("jira"));
+  REQUIRE(alice.put_login_flow(Secret("state-1"), make_login("jira", "verifier-1", 60'000)));
+  CHECK(one_int(c, "SELECT count(*) FROM login_flows") == 1);
+}
+
+TEST_CASE("login flows: round trip by state, claimed once, one per profile, the user's own",
+          "[store][pg][login_flows]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  auto database = PgDatabase::open(db.conninfo(), test::random_kek(), clock);
+  REQUIRE(database);
+  auto alice = store_of(*database, "alice");
+  auto bob = store_of(*database, "bob");
+  REQUIRE(alice.put_profile(test::make_profile("jira")));
+  REQUIRE(alice.put_profile(test::make_profile("conf")));
+  REQUIRE(bob.put_profile(test::make_profile("jira")));
+  const std::int64_t expires = to_unix_ms(clock.wall_now()) + 600'000;
+  const Secret state("STATE-MARKER-1");
+  {
+    auto put = alice.put_login_flow(state, make_login("jira", "VERIFIER-MARKER-1", expires));
+    INFO((put ? "" : put.error().message));
+    REQUIRE(put);
+  }
+
+  // Bob, with the state: nothing, and Alice's flow stays.
+  for (const std::optional<std::string_view> profile :
+       {std::optional<std::string_view>{}, std::optional<std::string_view>{"jira"}}) {
+    auto none = bob.take_login_flow(profile, &state);
+    REQUIRE(none);
+    CHECK_FALSE(*none);
+  }
+  CHECK(bob.has_login_flow("jira", state).value_or(true) == false);
+  CHECK(alice.has_login_flow("jira", state).value_or(false));
+  // Another state, or the state with another profile: nothing.
+  const Secret other("STATE-MARKER-2");
+  CHECK_FALSE(alice.take_login_flow(std::nullopt, &other).value());
+  CHECK_FALSE(alice.take_login_flow("conf", &state).value());
+  CHECK(alice.has_login_flow("jira", state).value_or(false));
+
+  auto taken = alice.take_login_flow(std::nullopt, &state);
+  REQUIRE(taken);
+  REQUIRE(*taken);
+  const PendingLogin& f = **taken;
+  CHECK(f.profile == "jira");
+  CHECK(f.code_verifier.reveal() == "VERIFIER-MARKER-1");
+  CHECK(f.redirect_uri == "https://tokend.example.com/connect/callback");
+  CHECK(f.issuer == "https://as.example.com");
+  CHECK(f.issuer_required);
+  CHECK(f.resource == "https://mcp.example.com/mcp");
+  CHECK(f.scopes == std::vector<std::string>{"read:jira-work", "offline_access"});
+  CHECK(f.started_at_ms == 1'000);
+  CHECK(f.expires_at_ms == expires);
+  CHECK(f.replica == "123-abcdef");
+  CHECK(f.flow_id == 7);
+  auto again = alice.take_login_flow(std::nullopt, &state);
+  REQUIRE(again);
+  CHECK_FALSE(*again);
+  CHECK_FALSE(alice.has_login_flow("jira", state).value_or(true));
+
+  // One flow per profile: a new start replaces the old, whose state then
+  // finds nothing.
+  REQUIRE(alice.put_login_flow(state, make_login("jira", "v-old", expires)));
+  REQUIRE(alice.put_login_flow(other, make_login("jira", "v-new", expires)));
+  CHECK_FALSE(alice.take_login_flow(std::nullopt, &state).value());
+  auto by_profile = alice.take_login_flow("jira", nullptr);
+  REQUIRE(by_profile);
+  REQUIRE(*by_profile);
+  CHECK((*by_profile)->code_verifier.reveal() == "v-new");
+  // No PKCE: no verifier, none stored.
+  REQUIRE(alice.put_login_flow(state, make_login("conf", "", expires)));
+  auto c = raw_connection(db);
+  CHECK(one_int(c, "SELECT count(*) FROM login_flows WHERE code_verifier IS NULL") == 1);
+  auto plain = alice.take_login_flow("conf", &state);
+  REQUIRE(plain);
+  REQUIRE(*plain);
+  CHECK((*plain)->code_verifier.empty());
+  // drop_login_flow removes only the flow with that state.
+  REQUIRE(alice.put_login_flow(state, make_login("jira", "v", expires)));
+  REQUIRE(alice.drop_login_flow("jira", other));
+  CHECK(alice.has_login_flow("jira", state).value_or(false));
+  REQUIRE(alice.drop_login_flow("jira", state));
+  CHECK(one_int(c, "SELECT count(*) FROM login_flows") == 0);
+  // The profile's removal takes its flow with it.
+  REQUIRE(alice.put_login_flow(state, make_login("jira", "v", expires)));
+  REQUIRE(alice.delete_profile("jira"));
+  CHECK(one_int(c, "SELECT count(*) FROM login_flows") == 0);
+}
+
+TEST_CASE("login flows: the same flow claimed through two connections is redeemed once",
+          "[store][pg][login_flows][replicas]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  const auto kek = test::random_kek();
+  auto one = PgDatabase::open(db.conninfo(), kek, clock);
+  auto two = PgDatabase::open(db.conninfo(), kek, clock);
+  REQUIRE(one);
+  REQUIRE(two);
+  auto a1 = store_of(*one, "alice");
+  auto a2 = store_of(*two, "alice");
+  REQUIRE(a1.put_profile(test::make_profile("jira")));
+  const Secret state("s");
+  const std::int64_t expires = to_unix_ms(clock.wall_now()) + 600'000;
+  int got = 0;
+  for (int round = 0; round < 20; ++round) {
+    REQUIRE(a1.put_login_flow(state, make_login("jira", "v", expires)));
+    // Each connection from a thread of its own, both claiming at once.
+    std::atomic<int> ready{0};
+    Result<std::optional<PendingLogin>> x = std::optional<PendingLogin>{};
+    Result<std::optional<PendingLogin>> y = std::optional<PendingLogin>{};
+    auto claim = [&](PgStore& s, Result<std::optional<PendingLogin>>& out) {
+      ready.fetch_add(1);
+      while (ready.load() < 2) std::this_thread::yield();
+      out = s.take_login_flow(std::nullopt, &state);
+    };
+    std::thread t1(claim, std::ref(a1), std::ref(x));
+    std::thread t2(claim, std::ref(a2), std::ref(y));
+    t1.join();
+    t2.join();
+    REQUIRE(x);
+    REQUIRE(y);
+    got += (*x ? 1 : 0) + (*y ? 1 : 0);
+    CHECK((*x).has_value() != (*y).has_value());
+  }
+  CHECK(got == 20);
+}
+
+TEST_CASE("login flows: expired ones are never returned and are deleted",
+          "[store][pg][login_flows]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  const auto kek = test::random_kek();
+  auto database = PgDatabase::open(db.conninfo(), kek, clock);
+  REQUIRE(database);
+  auto alice = store_of(*database, "alice");
+  REQUIRE(alice.put_profile(test::make_profile("jira")));
+  REQUIRE(alice.put_profile(test::make_profile("conf")));
+  const std::int64_t now = to_unix_ms(clock.wall_now());
+  const Secret state("s1");
+  REQUIRE(alice.put_login_flow(state, make_login("jira", "v", now + 1'000)));
+  CHECK(alice.has_login_flow("jira", state).value_or(false));
+  clock.jump_wall(Millis(1'000));
+  CHECK_FALSE(alice.has_login_flow("jira", state).value_or(true));
+  auto c = raw_connection(db);
+  CHECK(one_int(c, "SELECT count(*) FROM login_flows") == 1);
+  // Another flow's start deletes the expired rows (every user's).
+  REQUIRE(alice.put_login_flow(Secret("s2"), make_login("conf", "v", now + 600'000)));
+  CHECK(one_int(c, "SELECT count(*) FROM login_flows") == 1);
+  // Claiming an expired one returns nothing, and it is gone.
+  clock.jump_wall(Millis(600'000));
+  const Secret s2("s2");
+  auto late = alice.take_login_flow(std::nullopt, &s2);
+  REQUIRE(late);
+  CHECK_FALSE(*late);
+  CHECK(one_int(c, "SELECT count(*) FROM login_flows") == 0);
+  // At start (PgDatabase::open), expired rows go too.
+  REQUIRE(alice.put_login_flow(state, make_login("jira", "v", to_unix_ms(clock.wall_now()) + 10)));
+  clock.jump_wall(Millis(10));
+  CHECK(one_int(c, "SELECT count(*) FROM login_flows") == 1);
+  REQUIRE(PgDatabase::open(db.conninfo(), kek, clock));
+  CHECK(one_int(c, "SELECT count(*) FROM login_flows") == 0);
+}
+
+TEST_CASE("login flows: the verifier and the state are not in the database nor its log; rotated",
+          "[store][pg][login_flows][encryption]") {
+  PgTestDatabase db;
+  FakeClock clock;
+  auto database = PgDatabase::open(db.conninfo(), test::random_kek(), clock);
+  REQUIRE(database);
+  auto alice = store_of(*database, "alice");
+  REQUIRE(alice.put_profile(test::make_profile("jira")));
+  const std::string verifier = "VERIFIER-MARKER-9d41c7";
+  const std::string state = "STATE-MARKER-3a0e55";
+  const std::int64_t expires = to_unix_ms(clock.wall_now()) + 600'000;
+  REQUIRE(alice.put_login_flow(Secret(state), make_login("jira", verifier, expires)));
+
+  auto c = raw_connection(db);
+  // The table's own bytes: the row as text, the verifier column an envelope.
+  const std::string row =
+      one_text(c, "SELECT row_to_json(t)::text FROM login_flows t WHERE user_id = 'alice'");
+  CHECK(row.find("connect/callback") != std::string::npos);  // the control
+  CHECK(one_int(c, "SELECT length(code_verifier) FROM login_flows") ==
+        static_cast<std::int64_t>(verifier.size() + 29));
+  const std::string dump = db.dump();
+  const std::string log = test::PgServer::shared().log();
+  REQUIRE(dump.find("connect/callback") != std::string::npos);
+  for (const std::string& secret : {verifier, state}) {
+    for (const std::string& form : {secret, hex_encode(secret), base64_encode(secret)}) {
+      INFO(form);
+      CHECK(row.find(form) == std::string::npos);
+      CHECK(dump.find(form) == std::string::npos);
+      CHECK(log.find(form) == std::string::npos);
+    }
+  }
+  // Moved to another user's row, the verifier does not decrypt.
+  auto bob = store_of(*database, "bob");
+  REQUIRE(bob.put_profile(test::make_profile("jira")));
+  REQUIRE(bob.put_login_flow(Secret("bob-state"), make_login("jira", "bob-v", expires)));
+  exec_ok(c,
+          "UPDATE login_flows SET (kek_id, wrapped_key, code_verifier) = (SELECT kek_id, "
+          "wrapped_key, code_verifier FROM login_flows WHERE user_id = 'alice') WHERE user_id = "
+          "'bob'");
+  const Secret bob_state("bob-state");
+  auto moved = bob.take_login_flow(std::nullopt, &bob_state);
+  REQUIRE_FALSE(moved);
+  CHECK(moved.error().code == Errc::corrupt);
+  CHECK(moved.error().message.find(verifier) == std::string::npos);
+
+  // A key rotation re-wraps the flow's data key; it still opens.
+  REQUIRE(database->rotate_key(test::random_kek("second KEK")));
+  CHECK(one_int(c, "SELECT count(*) FROM login_flows WHERE kek_id <> $1",
+                pg::Params().text(database->key_id())) == 0);
+  const Secret alice_state(state);
+  auto taken = alice.take_login_flow("jira", &alice_state);
+  REQUIRE(taken);
+  REQUIRE(*taken);
+  CHECK((*taken)->code_verifier.reveal() == verifier);
 }

@@ -9,6 +9,11 @@
 // stored unless the flow succeeds (discovered metadata and a registered
 // client excepted: those are kept so they are not repeated).
 //
+// Server mode (share_flows): a pending code flow is kept in a
+// store::LoginFlowStore too, so that whichever replica gets its redirect (or
+// the pasted one) can claim it, once, and redeem the code; the replica that
+// started it learns the outcome from that replica's event (remote_event).
+//
 // Single-threaded: call from the loop thread only.
 #pragma once
 
@@ -26,6 +31,7 @@
 #include "login/callback_port.hpp"
 #include "login/tracked_requests.hpp"
 #include "net/http_client.hpp"
+#include "store/login_flows.hpp"
 #include "tokens/events.hpp"
 #include "tokens/timer_port.hpp"
 #include "tokens/token_service.hpp"
@@ -44,6 +50,9 @@ struct LoginOptions {
   Millis http_timeout{30'000};
   // Entropy for state values and PKCE verifiers (tests pin it).
   std::function<Result<Secret>(std::size_t bytes)> random;
+  // Server mode: this replica's id, kept with the flows it starts and named
+  // in the events of a flow completed on another replica.
+  std::string replica_id;
 };
 
 struct LoginRequest {
@@ -75,9 +84,31 @@ class LoginManager {
   // flow of this manager does. Server mode's fixed https redirect URI
   // (/connect/callback) finds the caller's own flow with it.
   [[nodiscard]] std::optional<std::string> awaiting_state(std::string_view state) const;
+  // awaiting_state, and then (with share_flows) the store's flows of this
+  // user: one another replica started is claimed (taken from the store, so
+  // no other replica can redeem it) and becomes this manager's flow,
+  // awaiting its code. The connect page's callback uses this.
+  [[nodiscard]] std::optional<std::string> claim_state(std::string_view state);
+  // Server mode: pending code flows are kept in `flows` (one user's) while
+  // they wait, and completions of flows this manager does not hold are
+  // claimed from it. Without it (the single-user daemon) flows live only
+  // here. Call before the first start.
+  void share_flows(store::LoginFlowStore* flows) { m_flow_store = flows; }
+  // Another replica's event of this user (server mode): a login it
+  // finished that started here ends this manager's flow the same way; a
+  // login started there that replaced this manager's pending one cancels it.
+  // Publishes nothing (the event itself is published by the caller).
+  void remote_event(tokens::EventKind kind, const std::string& profile, const json::Json& data);
+  // After the replicas' channel was down (events lost): each pending flow
+  // this manager started whose row is gone from the store is judged from the
+  // credential: tokens obtained since the flow started end it as succeeded;
+  // otherwise it waits as "completing elsewhere" until an event or expiry.
+  void resync();
   // Finishes a pending code flow with a pasted redirect URL or bare code;
   // answers after the exchange.
   void complete(const std::string& profile, const json::Json& body, JsonCallback done);
+  // With share_flows, a flow of the profile kept by another replica is
+  // cancelled too (taken from the store; that replica ends it on the event).
   Result<> cancel(const std::string& profile);
   // Revokes where possible and forgets the tokens.
   void logout(const std::string& profile, JsonCallback done);
@@ -94,6 +125,14 @@ class LoginManager {
   void on_callback(const std::string& profile, std::uint64_t flow_id, const CallbackRequest& req,
                    std::function<void(CallbackReply)> reply);
   void accept_code(Flow& f, Redirect r, JsonCallback done);
+  // A flow another replica started, claimed from the store; nullptr (and a
+  // warning) when its profile cannot be used any more.
+  Flow* adopt(store::PendingLogin pending, std::optional<std::string> state);
+  // Answers a completion of a flow that stays as it is (the claim failed).
+  void refuse_completion(Flow& f, const Error& e);
+  // Ends a flow with another replica's outcome, publishing nothing.
+  void end_from_remote(Flow& f, FlowState state, const json::Json& data);
+  [[nodiscard]] json::Json origin_of(const Flow& f) const;
   void exchange(Flow& f, std::string code);
   void poll_device(Flow& f);
   void on_tokens(Flow& f, const store::TokenSet& tokens);
@@ -143,6 +182,7 @@ class LoginManager {
   net::HttpTransport& m_http;
   CallbackPort* m_callbacks;
   LoginOptions m_options;
+  store::LoginFlowStore* m_flow_store = nullptr;
   std::map<std::string, std::unique_ptr<Flow>, std::less<>> m_flows;
   std::uint64_t m_next_flow = 1;
   bool m_shut_down = false;

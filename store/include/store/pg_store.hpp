@@ -32,6 +32,7 @@
 #include "core/secret.hpp"
 #include "store/change_feed.hpp"
 #include "store/kek.hpp"
+#include "store/login_flows.hpp"
 #include "store/store.hpp"
 #include "store/types.hpp"
 
@@ -140,7 +141,7 @@ class PgListener final : public ChangeFeed {
   std::unique_ptr<State> m_state;
 };
 
-class PgStore final : public Store {
+class PgStore final : public Store, public LoginFlowStore {
  public:
   PgStore(PgStore&&) noexcept;
   PgStore& operator=(PgStore&&) noexcept;
@@ -177,6 +178,14 @@ class PgStore final : public Store {
   Result<std::int64_t> append_audit(const AuditEvent& event) override;
   Result<> append_audit_batch(const std::vector<AuditEvent>& events) override;
   Result<std::vector<AuditEvent>> recent_audit(std::size_t limit) override;
+
+  // Login flows across replicas (store/login_flows.hpp): the table
+  // login_flows, the verifier sealed like the tokens.
+  Result<> put_login_flow(const Secret& state, const PendingLogin& flow) override;
+  Result<std::optional<PendingLogin>> take_login_flow(std::optional<std::string_view> profile,
+                                                      const Secret* state) override;
+  Result<bool> has_login_flow(std::string_view profile, const Secret& state) override;
+  Result<> drop_login_flow(std::string_view profile, const Secret& state) override;
 
  private:
   friend class PgDatabase;

@@ -111,9 +111,37 @@ constexpr std::array k_pg_schema_v2{
 ))sql",
 };
 
+// Login flows in progress (authorization code + PKCE), so that any replica
+// can complete one another started: one per profile, found by the SHA-256
+// of its state; the PKCE verifier is a secret column under the row's data
+// key. Deleted with the profile.
+constexpr std::array k_pg_schema_v3{
+    R"sql(CREATE TABLE login_flows (
+  user_id         text NOT NULL,
+  profile         text NOT NULL,
+  state_hash      bytea NOT NULL UNIQUE,
+  kek_id          text NOT NULL,
+  wrapped_key     bytea NOT NULL,
+  code_verifier   bytea,
+  redirect_uri    text NOT NULL,
+  issuer          text NOT NULL DEFAULT '',
+  issuer_required boolean NOT NULL DEFAULT false,
+  resource        text NOT NULL DEFAULT '',
+  scopes          text NOT NULL DEFAULT '[]',
+  replica         text NOT NULL DEFAULT '',
+  flow_id         bigint NOT NULL DEFAULT 0,
+  started_at      bigint NOT NULL,
+  expires_at      bigint NOT NULL,
+  PRIMARY KEY (user_id, profile),
+  FOREIGN KEY (user_id, profile) REFERENCES profiles (user_id, name) ON DELETE CASCADE
+))sql",
+    "CREATE INDEX login_flows_expires_at ON login_flows (expires_at)",
+};
+
 constexpr std::array k_pg_migrations{
     PgMigration{1, k_pg_schema_v1},
     PgMigration{2, k_pg_schema_v2},
+    PgMigration{3, k_pg_schema_v3},
 };
 
 // pg_advisory_xact_lock key: "tokend" in ASCII. Held by every migration
