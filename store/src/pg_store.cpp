@@ -970,6 +970,8 @@ Result<> PgStore::put_login_flow(const Secret& state, const PendingLogin& flow) 
       .int8(flow.flow_id)
       .int8(flow.started_at_ms)
       .int8(flow.expires_at_ms);
+  auto tx = Transaction::begin(conn);
+  if (!tx) return std::unexpected(tx.error());
   auto r = conn.exec(
       "INSERT INTO login_flows (user_id, profile, state_hash, kek_id, wrapped_key, code_verifier, "
       "redirect_uri, issuer, issuer_required, resource, scopes, replica, flow_id, started_at, "
@@ -984,7 +986,12 @@ Result<> PgStore::put_login_flow(const Secret& state, const PendingLogin& flow) 
       "EXCLUDED.expires_at",
       params);
   if (!r) return std::unexpected(r.error());
-  return {};
+  if (auto c =
+          check_key_still_current(conn, m_shared->kek, k_login_flows_table, m_user, flow.profile);
+      !c) {
+    return c;
+  }
+  return tx->commit();
 }
 
 Result<std::optional<PendingLogin>> PgStore::take_login_flow(

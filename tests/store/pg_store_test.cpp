@@ -1,6 +1,7 @@
 // What only the PostgreSQL store has: the schema's migrations, many users in
 // one database, per-row encryption under a key-encryption key, key rotation.
 // The Store contract itself is tested for it in store_test.cpp.
+#include <fmt/format.h>
 #include <poll.h>
 
 #include <atomic>
@@ -601,11 +602,23 @@ TEST_CASE("a replica still on the rotated-away key writes no row that no key ope
   auto put = alice.put_profile(p);
   REQUIRE_FALSE(put);
   CHECK(put.error().code == Errc::wrong_key);
+  // A login flow's PKCE verifier.
+  PendingLogin flow;
+  flow.profile = "empty";
+  flow.code_verifier = Secret("verifier-under-the-old-key");
+  flow.redirect_uri = "https://tokend.example.com/connect/callback";
+  flow.expires_at_ms = std::int64_t{1} << 50;
+  auto pending = alice.put_login_flow(Secret("state-under-the-old-key"), flow);
+  REQUIRE_FALSE(pending);
+  CHECK(pending.error().code == Errc::wrong_key);
   // Nothing was written: no row under the old key id, no new profile.
   auto c = raw_connection(db);
   CHECK(one_int(c, "SELECT count(*) FROM profiles WHERE name = 'fresh'", pg::Params()) == 0);
-  CHECK(one_int(c, "SELECT count(*) FROM credentials WHERE kek_id = $1",
-                pg::Params().text(old_kek.id)) == 0);
+  for (const char* table : {"credentials", "login_flows"}) {
+    INFO(table);
+    CHECK(one_int(c, fmt::format("SELECT count(*) FROM {} WHERE kek_id = $1", table).c_str(),
+                  pg::Params().text(old_kek.id)) == 0);
+  }
   // After it takes the new key, the same writes go through and read back.
   REQUIRE(stale->use_key(new_kek));
   REQUIRE(alice.store_token_set("empty", test::make_tokens("at-first", "rt-first", 1)));
