@@ -111,7 +111,8 @@ Result<std::string> member(const json::Json& jwk, const char* name, std::size_t 
 
 Result<Pkey> from_params(const char* type, OSSL_PARAM_BLD* bld) {
   std::unique_ptr<OSSL_PARAM, ParamFree> params(OSSL_PARAM_BLD_to_param(bld));
-  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> ctx(EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
+  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> ctx(
+      EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
   EVP_PKEY* raw = nullptr;
   if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
       EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) != 1 ||
@@ -120,7 +121,8 @@ Result<Pkey> from_params(const char* type, OSSL_PARAM_BLD* bld) {
   }
   Pkey key(raw);
   // A point off the curve, a modulus OpenSSL finds wrong: refused here.
-  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> check(EVP_PKEY_CTX_new_from_pkey(nullptr, raw, nullptr));
+  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> check(
+      EVP_PKEY_CTX_new_from_pkey(nullptr, raw, nullptr));
   if (!check || EVP_PKEY_public_check(check.get()) != 1) {
     return protocol("OpenSSL's public key check fails");
   }
@@ -133,10 +135,10 @@ Result<Pkey> rsa_key(const json::Json& jwk) {
   auto e = member(jwk, "e");
   if (!e) return std::unexpected(e.error());
   if (n->size() > 1024 || e->size() > 8) return protocol("'n' or 'e' is too long");
-  std::unique_ptr<BIGNUM, BnFree> bn_n(
-      BN_bin2bn(reinterpret_cast<const unsigned char*>(n->data()), static_cast<int>(n->size()), nullptr));
-  std::unique_ptr<BIGNUM, BnFree> bn_e(
-      BN_bin2bn(reinterpret_cast<const unsigned char*>(e->data()), static_cast<int>(e->size()), nullptr));
+  std::unique_ptr<BIGNUM, BnFree> bn_n(BN_bin2bn(reinterpret_cast<const unsigned char*>(n->data()),
+                                                 static_cast<int>(n->size()), nullptr));
+  std::unique_ptr<BIGNUM, BnFree> bn_e(BN_bin2bn(reinterpret_cast<const unsigned char*>(e->data()),
+                                                 static_cast<int>(e->size()), nullptr));
   if (!bn_n || !bn_e) return protocol("out of memory building an RSA key");
   // RFC 7518 §6.3.1.1 forbids leading zero octets in 'n'; some providers
   // send them anyway, and they change nothing: the size counts in bits.
@@ -148,7 +150,8 @@ Result<Pkey> rsa_key(const json::Json& jwk) {
     return protocol("'e' is not an odd exponent above 1");
   }
   std::unique_ptr<OSSL_PARAM_BLD, BldFree> bld(OSSL_PARAM_BLD_new());
-  if (!bn_n || !bn_e || !bld || OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, bn_n.get()) != 1 ||
+  if (!bn_n || !bn_e || !bld ||
+      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, bn_n.get()) != 1 ||
       OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, bn_e.get()) != 1) {
     return protocol("out of memory building an RSA key");
   }
@@ -163,8 +166,10 @@ Result<Pkey> ec_key(const json::Json& jwk) {
   std::string point = "\x04" + *x + *y;  // SEC 1 uncompressed
   std::unique_ptr<OSSL_PARAM_BLD, BldFree> bld(OSSL_PARAM_BLD_new());
   char group[] = "prime256v1";
-  if (!bld || OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
-      OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()) != 1) {
+  if (!bld ||
+      OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
+      OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(),
+                                       point.size()) != 1) {
     return protocol("out of memory building an EC key");
   }
   return from_params("EC", bld.get());
@@ -174,7 +179,8 @@ Result<Pkey> ed25519_key(const json::Json& jwk) {
   auto x = member(jwk, "x", 32);
   if (!x) return std::unexpected(x.error());
   std::unique_ptr<OSSL_PARAM_BLD, BldFree> bld(OSSL_PARAM_BLD_new());
-  if (!bld || OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, x->data(), x->size()) != 1) {
+  if (!bld || OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, x->data(),
+                                               x->size()) != 1) {
     return protocol("out of memory building an Ed25519 key");
   }
   return from_params("ED25519", bld.get());
@@ -240,7 +246,8 @@ std::optional<std::string> base64url_decode(std::string_view text) {
 
 Result<Compact> parse_compact(std::string_view text) {
   if (text.size() > k_max_compact_size) {
-    return protocol(fmt::format("the JWS is {} bytes, over the limit of {}", text.size(), k_max_compact_size));
+    return protocol(
+        fmt::format("the JWS is {} bytes, over the limit of {}", text.size(), k_max_compact_size));
   }
   const auto dot1 = text.find('.');
   const auto dot2 = dot1 == std::string_view::npos ? dot1 : text.find('.', dot1 + 1);
@@ -255,7 +262,8 @@ Result<Compact> parse_compact(std::string_view text) {
   if (!header || !header->is_object()) return protocol("its JOSE header is not a JSON object");
   Compact out;
   const auto alg = header->find("alg");
-  if (alg == header->end() || !alg->is_string()) return protocol("its JOSE header has no string 'alg'");
+  if (alg == header->end() || !alg->is_string())
+    return protocol("its JOSE header has no string 'alg'");
   out.alg = alg->get<std::string>();
   if (out.alg == "none" || out.alg.empty()) {
     return refused("alg 'none': an unsigned token is refused");
@@ -287,7 +295,8 @@ KeySet& KeySet::operator=(KeySet&&) noexcept = default;
 
 Result<KeySet> KeySet::parse(std::string_view document) {
   if (document.size() > k_max_jwks_size) {
-    return protocol(fmt::format("the JWK Set is {} bytes, over the limit of {}", document.size(), k_max_jwks_size));
+    return protocol(fmt::format("the JWK Set is {} bytes, over the limit of {}", document.size(),
+                                k_max_jwks_size));
   }
   auto doc = json::parse(document, "the JWK Set", 8);
   if (!doc) return protocol("the JWK Set is not JSON: " + doc.error().message);
@@ -295,7 +304,8 @@ Result<KeySet> KeySet::parse(std::string_view document) {
   const auto keys = doc->find("keys");
   if (keys == doc->end() || !keys->is_array()) return protocol("the JWK Set has no 'keys' array");
   if (keys->size() > k_max_keys) {
-    return protocol(fmt::format("the JWK Set has {} keys, over the limit of {}", keys->size(), k_max_keys));
+    return protocol(
+        fmt::format("the JWK Set has {} keys, over the limit of {}", keys->size(), k_max_keys));
   }
   KeySet set;
   for (const auto& jwk : *keys) {
@@ -307,7 +317,9 @@ Result<KeySet> KeySet::parse(std::string_view document) {
       }
       kid = k->get<std::string>();
     }
-    const auto skip = [&set, &kid](std::string why) { set.m_skipped.emplace_back(kid, std::move(why)); };
+    const auto skip = [&set, &kid](std::string why) {
+      set.m_skipped.emplace_back(kid, std::move(why));
+    };
     const std::string kty = json::string_or(jwk, "kty");
     const std::string crv = json::string_or(jwk, "crv");
     const std::string use = json::string_or(jwk, "use");
@@ -316,9 +328,10 @@ Result<KeySet> KeySet::parse(std::string_view document) {
       continue;
     }
     if (const auto ops = jwk.find("key_ops"); ops != jwk.end()) {
-      const bool verify = ops->is_array() && std::any_of(ops->begin(), ops->end(), [](const json::Json& o) {
-                            return o.is_string() && o.get_ref<const std::string&>() == "verify";
-                          });
+      const bool verify =
+          ops->is_array() && std::any_of(ops->begin(), ops->end(), [](const json::Json& o) {
+            return o.is_string() && o.get_ref<const std::string&>() == "verify";
+          });
       if (!verify) {
         skip("its key_ops lack 'verify'");
         continue;
@@ -348,8 +361,9 @@ Result<KeySet> KeySet::parse(std::string_view document) {
       key->kty = Kty::ed25519;
       built = ed25519_key(jwk);
     } else {
-      skip(fmt::format("kty '{}' crv '{}' is not one tokend verifies with (RSA, EC P-256, OKP Ed25519)",
-                       excerpt(kty), excerpt(crv)));
+      skip(fmt::format(
+          "kty '{}' crv '{}' is not one tokend verifies with (RSA, EC P-256, OKP Ed25519)",
+          excerpt(kty), excerpt(crv)));
       continue;
     }
     if (!built) {
@@ -357,18 +371,20 @@ Result<KeySet> KeySet::parse(std::string_view document) {
       continue;
     }
     if (!key->alg.empty() && !key->fits(key->alg)) {
-      skip(fmt::format("its alg '{}' is not one tokend verifies with {}", excerpt(key->alg), kty_name(key->kty)));
+      skip(fmt::format("its alg '{}' is not one tokend verifies with {}", excerpt(key->alg),
+                       kty_name(key->kty)));
       continue;
     }
     key->pkey = std::move(*built);
-    if (key->kty == Kty::rsa) key->rsa_bytes = static_cast<std::size_t>(EVP_PKEY_get_size(key->pkey.get()));
+    if (key->kty == Kty::rsa)
+      key->rsa_bytes = static_cast<std::size_t>(EVP_PKEY_get_size(key->pkey.get()));
     set.m_keys.push_back(std::move(key));
   }
   if (set.m_keys.empty()) {
     return protocol(set.m_skipped.empty()
                         ? std::string("the JWK Set has no keys")
-                        : fmt::format("the JWK Set has no usable key (key '{}': {})", excerpt(set.m_skipped[0].first),
-                                      set.m_skipped[0].second));
+                        : fmt::format("the JWK Set has no usable key (key '{}': {})",
+                                      excerpt(set.m_skipped[0].first), set.m_skipped[0].second));
   }
   return set;
 }
@@ -384,11 +400,13 @@ bool KeySet::has_key(std::string_view kid, std::string_view alg) const {
 
 Result<> KeySet::verify(const Compact& jws, const std::vector<std::string>& allowed) const {
   if (!supported_alg(jws.alg)) {
-    return refused(fmt::format("alg '{}' is refused: tokend verifies RS256, PS256, ES256 and EdDSA", excerpt(jws.alg)));
+    return refused(fmt::format("alg '{}' is refused: tokend verifies RS256, PS256, ES256 and EdDSA",
+                               excerpt(jws.alg)));
   }
   if (std::find(allowed.begin(), allowed.end(), jws.alg) == allowed.end()) {
-    return refused(
-        fmt::format("alg '{}' is not one the issuer advertises (id_token_signing_alg_values_supported)", jws.alg));
+    return refused(fmt::format(
+        "alg '{}' is not one the issuer advertises (id_token_signing_alg_values_supported)",
+        jws.alg));
   }
   const Key* key = nullptr;
   if (!jws.kid.empty()) {
@@ -402,16 +420,20 @@ Result<> KeySet::verify(const Compact& jws, const std::vector<std::string>& allo
       }
     }
     if (key == nullptr && named) {
-      const auto it = std::find_if(m_keys.begin(), m_keys.end(), [&](const auto& k) { return k->kid == jws.kid; });
+      const auto it = std::find_if(m_keys.begin(), m_keys.end(),
+                                   [&](const auto& k) { return k->kid == jws.kid; });
       return refused(fmt::format("key '{}' is {}{}, which cannot verify alg '{}'", excerpt(jws.kid),
-                                 kty_name((*it)->kty), (*it)->alg.empty() ? "" : " for alg " + (*it)->alg, jws.alg));
+                                 kty_name((*it)->kty),
+                                 (*it)->alg.empty() ? "" : " for alg " + (*it)->alg, jws.alg));
     }
     if (key == nullptr) {
       for (const auto& [kid, why] : m_skipped) {
-        if (kid == jws.kid) return refused(fmt::format("key '{}' of the issuer's JWK Set is unusable: {}", excerpt(kid), why));
+        if (kid == jws.kid)
+          return refused(
+              fmt::format("key '{}' of the issuer's JWK Set is unusable: {}", excerpt(kid), why));
       }
-      return std::unexpected(
-          Error{Errc::not_found, fmt::format("no key '{}' in the issuer's JWK Set", excerpt(jws.kid))});
+      return std::unexpected(Error{
+          Errc::not_found, fmt::format("no key '{}' in the issuer's JWK Set", excerpt(jws.kid))});
     }
   } else {
     std::size_t fitting = 0;
@@ -422,11 +444,13 @@ Result<> KeySet::verify(const Compact& jws, const std::vector<std::string>& allo
       }
     }
     if (fitting == 0) {
-      return std::unexpected(Error{Errc::not_found, fmt::format("no key for alg '{}' in the issuer's JWK Set", jws.alg)});
+      return std::unexpected(Error{
+          Errc::not_found, fmt::format("no key for alg '{}' in the issuer's JWK Set", jws.alg)});
     }
     if (fitting > 1) {
       return refused(
-          fmt::format("the token names no kid and the issuer's JWK Set has {} keys for alg '{}'", fitting, jws.alg));
+          fmt::format("the token names no kid and the issuer's JWK Set has {} keys for alg '{}'",
+                      fitting, jws.alg));
     }
   }
 
@@ -437,29 +461,29 @@ Result<> KeySet::verify(const Compact& jws, const std::vector<std::string>& allo
     if (!der) return refused("the signature is not an ES256 signature (64 bytes)");
     signature = std::move(*der);
   } else if (key->kty == Kty::rsa) {
-    if (signature.size() != key->rsa_bytes) return refused("the signature's length is not the key's");
+    if (signature.size() != key->rsa_bytes)
+      return refused("the signature's length is not the key's");
   } else {
     md = nullptr;  // EdDSA signs the message itself
-    if (signature.size() != 64) return refused("the signature is not an Ed25519 signature (64 bytes)");
+    if (signature.size() != 64)
+      return refused("the signature is not an Ed25519 signature (64 bytes)");
   }
   std::unique_ptr<EVP_MD_CTX, MdCtxFree> ctx(EVP_MD_CTX_new());
   EVP_PKEY_CTX* pctx = nullptr;
   if (!ctx || EVP_DigestVerifyInit(ctx.get(), &pctx, md, nullptr, key->pkey.get()) != 1) {
     return refused("OpenSSL could not start verifying");
   }
-  if (jws.alg == "PS256" &&
-      (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
-       EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1 ||
-       EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) != 1)) {
+  if (jws.alg == "PS256" && (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
+                             EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1 ||
+                             EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) != 1)) {
     return refused("OpenSSL could not set up RSASSA-PSS");
   }
-  const int ok = EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(signature.data()),
-                                  signature.size(),
-                                  reinterpret_cast<const unsigned char*>(jws.signing_input.data()),
-                                  jws.signing_input.size());
+  const int ok = EVP_DigestVerify(
+      ctx.get(), reinterpret_cast<const unsigned char*>(signature.data()), signature.size(),
+      reinterpret_cast<const unsigned char*>(jws.signing_input.data()), jws.signing_input.size());
   if (ok != 1) {
-    return refused(fmt::format("its {} signature does not verify with key '{}' of the issuer", jws.alg,
-                               excerpt(key->kid)));
+    return refused(fmt::format("its {} signature does not verify with key '{}' of the issuer",
+                               jws.alg, excerpt(key->kid)));
   }
   return {};
 }
