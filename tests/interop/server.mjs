@@ -132,8 +132,8 @@ server.listen(0, '127.0.0.1', () => {
   const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
   provider.use(async (ctx, next) => {
     await next();
-    if (ctx.path === '/jwks') emit({ event: 'jwks.fetched' });
-    const how = ctx.path === '/token' && ctx.oidc?.client ? tamper.get(ctx.oidc.client.clientId) : undefined;
+    if (signingKeys && ctx.path === '/jwks') emit({ event: 'jwks.fetched' });
+    const how = signingKeys && ctx.path === '/token' && ctx.oidc?.client ? tamper.get(ctx.oidc.client.clientId) : undefined;
     if (!how || !ctx.body || typeof ctx.body.id_token !== 'string') return;
     const [h, p, sig] = ctx.body.id_token.split('.');
     const header = JSON.parse(Buffer.from(h, 'base64url').toString());
