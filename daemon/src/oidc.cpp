@@ -541,7 +541,8 @@ class OidcSignin::Impl {
                                           {"redirect_uri", redirect_uri},
                                           {"code_verifier", verifier.reveal()}},
                                          m_http_timeout);
-    start(std::move(req), [this, ex, pending = std::move(pending)](Result<net::HttpResponse> r) {
+    start(std::move(req), [this, ex,
+                           pending = std::move(pending)](Result<net::HttpResponse> r) mutable {
       if (!r) {
         return ex->respond(
             ipc::Response::error(502, "idp_unavailable",
