@@ -14,7 +14,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=${TOKEND_FUZZ_BUILD:-$repo/build-fuzz}
-targets=(token_answer metadata challenge dotenv mcp_framing proxy_path url http_server callback_listener standin_endpoint tls_record identity)
+targets=(token_answer metadata challenge dotenv mcp_framing proxy_path url http_server callback_listener standin_endpoint tls_record identity jws)
 
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 log() { printf '==> %s\n' "$*" >&2; }

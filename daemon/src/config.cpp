@@ -116,6 +116,11 @@ constexpr Setting k_settings[] = {
      "server mode: a file (0600) holding tokend's client secret at the provider"},
     {"oidc-user-claim", "TOKEND_OIDC_USER_CLAIM",
      "server mode: the ID token claim that is the user id: sub (default) or email"},
+    {"session-lifetime", "TOKEND_SESSION_LIFETIME",
+     "server mode: how long an OIDC sign-in's session lasts, 5s to 30d (default 8h)"},
+    {"oidc-post-logout-redirect-uri", "TOKEND_OIDC_POST_LOGOUT_REDIRECT_URI",
+     "server mode: where the provider sends people after logout (its end_session_endpoint); "
+     "default public-url; register it at the provider"},
 };
 
 // `listen` may be given more than once (and each value may list several,
@@ -141,7 +146,9 @@ constexpr std::string_view k_server_settings[] = {"database-url-file",
                                                   "oidc-issuer",
                                                   "oidc-client-id",
                                                   "oidc-client-secret-file",
-                                                  "oidc-user-claim"};
+                                                  "oidc-user-claim",
+                                                  "session-lifetime",
+                                                  "oidc-post-logout-redirect-uri"};
 // Settings of the single-user daemon that server mode has no use for.
 constexpr std::string_view k_single_user_settings[] = {"db", "key-file", "notify-command"};
 
@@ -322,9 +329,11 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
           "handshake). SIGHUP reloads the certificate and key for new connections.\n"
           "People sign in over TLS with OIDC (oidc-issuer, oidc-client-id,\n"
           "oidc-client-secret-file, public-url): GET /auth/login?return_to=PATH, the\n"
-          "provider's callback {public-url}/auth/callback, POST /auth/logout; the session\n"
-          "cookie __Host-tokend-session, and Origin = public-url on requests that change\n"
-          "something.\n"
+          "provider's callback {public-url}/auth/callback, POST /auth/logout (then the\n"
+          "provider's end_session_endpoint, back to oidc-post-logout-redirect-uri); the\n"
+          "session cookie __Host-tokend-session (session-lifetime, default 8h), and\n"
+          "Origin = public-url on requests that change something. The ID token's signature\n"
+          "is checked with the provider's JWKS (RS256, PS256, ES256, EdDSA).\n"
           "rotate-key re-wraps every row's data key with the key in --new-kek-file (the\n"
           "current key from the usual sources); exit 0 done, 1 failed with nothing\n"
           "changed, 2 bad command line or configuration.\n";
@@ -629,6 +638,21 @@ Result<ParsedArgs> parse_args(int argc_in, const char* const* argv_in, const Env
       return fail(Errc::config, "oidc-user-claim must be sub or email");
     }
     oidc.user_claim = *v;
+  }
+  if (auto v = setting("session-lifetime")) {
+    auto d = parse_duration(*v);
+    if (!d || *d < std::chrono::seconds(5) || *d > std::chrono::days(30)) {
+      return fail(Errc::config, fmt::format("session-lifetime '{}' must be a duration from 5s to "
+                                            "30d (e.g. 8h, the default)",
+                                            *v));
+    }
+    oidc.session_lifetime = *d;
+  }
+  if (auto v = setting("oidc-post-logout-redirect-uri")) {
+    if (auto r = oauth::check_endpoint_url("oidc-post-logout-redirect-uri", *v); !r) {
+      return fail(Errc::config, r.error().message);
+    }
+    oidc.post_logout_redirect_uri = *v;
   }
   if (!oidc.issuer.empty() || !oidc.client_id.empty() || !oidc.client_secret_file.empty()) {
     if (oidc.issuer.empty() || oidc.client_id.empty() || oidc.client_secret_file.empty()) {

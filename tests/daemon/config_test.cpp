@@ -367,11 +367,14 @@ TEST_CASE("server mode: TLS listeners, their certificate, and services by certif
   auto with_oidc =
       parse({"--server", "--config", conf.c_str(), "--public-url", "https://tokend.example.org/",
              "--oidc-issuer", "https://idp.example.com", "--oidc-client-id", "tokend",
-             "--oidc-client-secret-file", "/s", "--oidc-user-claim", "email"},
+             "--oidc-client-secret-file", "/s", "--oidc-user-claim", "email", "--session-lifetime",
+             "90m", "--oidc-post-logout-redirect-uri", "https://tokend.example.org/bye"},
             env);
   REQUIRE(with_oidc);
   const auto& oidc = with_oidc->config.server.oidc;
   CHECK(oidc.enabled());
+  CHECK(oidc.session_lifetime == std::chrono::minutes(90));
+  CHECK(oidc.post_logout_redirect_uri == "https://tokend.example.org/bye");
   CHECK(oidc.public_url == "https://tokend.example.org");
   CHECK(oidc.issuer == "https://idp.example.com");
   CHECK(oidc.client_id == "tokend");
@@ -425,6 +428,15 @@ TEST_CASE("server mode: wrong TLS settings are config errors that name them",
        base + tls + "listen = 127.0.0.1:8443\npublic-url = http://tokend.example.org\n",
        "public-url 'http://tokend.example.org'"},
       {{"--server"}, base + "oidc-user-claim = name\n", "oidc-user-claim must be sub or email"},
+      {{"--server"},
+       base + "session-lifetime = 4s\n",
+       "session-lifetime '4s' must be a duration from 5s to 30d (e.g. 8h, the default)"},
+      {{"--server"}, base + "session-lifetime = 31d\n", "session-lifetime '31d' must be"},
+      {{"--server"}, base + "session-lifetime = soon\n", "session-lifetime 'soon' must be"},
+      {{}, "session-lifetime = 1h\n", "session-lifetime is a server-mode setting"},
+      {{"--server"},
+       base + "oidc-post-logout-redirect-uri = http://t.example/\n",
+       "oidc-post-logout-redirect-uri"},
       {{"--server"},
        base + tls +
            "listen = 127.0.0.1:8443\npublic-url = https://t.example\noidc-issuer = "

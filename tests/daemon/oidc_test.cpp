@@ -96,6 +96,41 @@ TEST_CASE("oidc: the ID token's claims, rule by rule", "[daemon][oidc]") {
   }
 }
 
+TEST_CASE("oidc: a user claim the ID token lacks comes from userinfo", "[daemon][oidc]") {
+  auto no_email = good_claims();
+  no_email.erase("email");
+  auto e = expect("email");
+  REQUIRE_FALSE(check_id_token(jwt(no_email), e));
+  e.user_claim_elsewhere = true;
+  REQUIRE(check_id_token(jwt(no_email), e) == "");
+  REQUIRE(check_id_token(jwt(good_claims()), e) == "a@example.com");
+
+  const std::string sub = "248289761001";
+  CHECK(user_from_userinfo(R"({"sub":"248289761001","email":"a@example.com"})", sub, "email") ==
+        "a@example.com");
+  CHECK(
+      user_from_userinfo(R"({"sub":"248289761001","email":"a@example.com","email_verified":true})",
+                         sub, "email") == "a@example.com");
+  const auto refused = [&sub](std::string_view body) {
+    auto r = user_from_userinfo(body, sub, "email");
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::login_failed);
+    return r.error().message;
+  };
+  CHECK(refused(R"({"sub":"someone-else","email":"a@example.com"})") ==
+        "the userinfo answer: its sub is not the ID token's (OpenID Connect Core 5.3.4)");
+  CHECK(refused(R"({"email":"a@example.com"})") ==
+        "the userinfo answer: its sub is not the ID token's (OpenID Connect Core 5.3.4)");
+  CHECK(refused(R"({"sub":"248289761001"})") ==
+        "the userinfo answer: it has no 'email' claim either (oidc-user-claim)");
+  CHECK(refused(R"({"sub":"248289761001","email":"a@example.com","email_verified":false})") ==
+        "the userinfo answer: email_verified is false");
+  CHECK(refused("eyJhbGciOiJSUzI1NiJ9.e30.c2ln") == "the userinfo answer: it is not a JSON object");
+  CHECK(refused("[]") == "the userinfo answer: it is not a JSON object");
+  auto empty_sub = user_from_userinfo(R"({"sub":"","email":"a@example.com"})", "", "email");
+  CHECK_FALSE(empty_sub);
+}
+
 TEST_CASE("oidc: return_to stays on tokend", "[daemon][oidc]") {
   CHECK(checked_return_to("") == "/");
   CHECK(checked_return_to("/connect?x=1") == "/connect?x=1");

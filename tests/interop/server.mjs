@@ -13,6 +13,13 @@
 //
 // Environment: INTEROP_REDIRECT_URIS (comma-separated, for the
 // pre-registered clients), INTEROP_CLIENT_SECRET, INTEROP_ACCESS_TTL.
+// INTEROP_SIGNING_KEYS=1: signing keys made at start (RSA 2048, EC P-256,
+// Ed25519), so a client may ask for RS256, PS256, ES256 or EdDSA ID tokens
+// (else oidc-provider's development key: RS256 only). Then also, for
+// tokend's server-mode sign-in tests: POST /test/tamper {client_id, how}
+// makes the token endpoint's ID tokens for that client come out altered
+// (how: signature, kid, none, hs256), and every JWKS fetch is an event.
+import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
@@ -45,7 +52,21 @@ server.listen(0, '127.0.0.1', () => {
     ctx.body = `<!DOCTYPE html><html><body>${form}</body></html>`;
   };
 
+  const signingKeys = process.env.INTEROP_SIGNING_KEYS === '1';
+  const keyOf = (type, options, kid) => ({
+    ...generateKeyPairSync(type, options).privateKey.export({ format: 'jwk' }), kid, use: 'sig',
+  });
+  const extra = signingKeys ? {
+    jwks: {
+      keys: [keyOf('rsa', { modulusLength: 2048 }, 'rsa-1'), keyOf('ec', { namedCurve: 'P-256' }, 'ec-1'),
+        keyOf('ed25519', {}, 'ed-1')],
+    },
+    enabledJWA: { idTokenSigningAlgValues: ['RS256', 'PS256', 'ES256', 'EdDSA'] },
+  } : {};
+  const tamper = new Map(); // client_id -> how
+
   const provider = new Provider(issuer, {
+    ...extra,
     clients: [
       {
         client_id: 'web-app',
@@ -86,6 +107,7 @@ server.listen(0, '127.0.0.1', () => {
         successSource: async (ctx) => { ctx.body = '<!DOCTYPE html><html><body>Device signed in</body></html>'; },
       },
       revocation: { enabled: true },
+      rpInitiatedLogout: { enabled: true },
       introspection: { enabled: true },
       registration: { enabled: true },
       resourceIndicators: {
@@ -103,6 +125,32 @@ server.listen(0, '127.0.0.1', () => {
     rotateRefreshToken: () => true,
     pkce: { required: () => true },
     ttl: { AccessToken: accessTtl, Interaction: 600, Session: 3600, Grant: 86400, RefreshToken: 86400 },
+  });
+
+  // The token endpoint's ID token altered after signing, for clients the
+  // test named; each JWKS fetch reported.
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  provider.use(async (ctx, next) => {
+    await next();
+    if (signingKeys && ctx.path === '/jwks') emit({ event: 'jwks.fetched' });
+    const how = signingKeys && ctx.path === '/token' && ctx.oidc?.client ? tamper.get(ctx.oidc.client.clientId) : undefined;
+    if (!how || !ctx.body || typeof ctx.body.id_token !== 'string') return;
+    const [h, p, sig] = ctx.body.id_token.split('.');
+    const header = JSON.parse(Buffer.from(h, 'base64url').toString());
+    let out;
+    if (how === 'signature') {
+      const bytes = Buffer.from(sig, 'base64url');
+      bytes[bytes.length - 1] ^= 1;
+      out = `${h}.${p}.${bytes.toString('base64url')}`;
+    } else if (how === 'kid') {
+      out = `${b64({ ...header, kid: 'rotated-away' })}.${p}.${sig}`;
+    } else if (how === 'none') {
+      out = `${b64({ alg: 'none' })}.${p}.`;
+    } else if (how === 'hs256') {
+      out = `${b64({ ...header, alg: 'HS256' })}.${p}.${sig}`;
+    }
+    ctx.body = { ...ctx.body, id_token: out };
+    emit({ event: 'id_token.tampered', how });
   });
 
   for (const name of ['grant.success', 'grant.error', 'grant.revoked', 'revocation.error',
@@ -182,7 +230,17 @@ server.listen(0, '127.0.0.1', () => {
       if (!res.headersSent) res.writeHead(500);
       res.end();
     };
-    if (req.url.startsWith('/interaction/')) {
+    if (signingKeys && req.method === 'POST' && req.url === '/test/tamper') {
+      let body = '';
+      req.on('data', (chunk) => { body += chunk; });
+      req.on('end', () => {
+        const { client_id: clientId, how } = JSON.parse(body);
+        if (how) tamper.set(clientId, how); else tamper.delete(clientId);
+        emit({ event: 'tamper.set' });
+        res.writeHead(204);
+        res.end();
+      });
+    } else if (req.url.startsWith('/interaction/')) {
       interaction(req, res).catch(done);
     } else if (req.url === '/mcp' || req.url.startsWith('/mcp?') || req.url === prmPath) {
       resource(req, res).catch(done);

@@ -4,9 +4,14 @@
 //
 //   GET  /auth/login?return_to=PATH  -> 302 to the provider (code, PKCE S256,
 //                                       state, nonce), a sign-in cookie
-//   GET  /auth/callback              -> code exchange, ID token checked, a
-//                                       session; 303 to return_to
-//   POST /auth/logout                -> the session ends
+//   GET  /auth/callback              -> code exchange, ID token checked (its
+//                                       JWS signature with the issuer's JWKS,
+//                                       then its claims; userinfo for a user
+//                                       claim the token lacks), a session;
+//                                       303 to return_to
+//   POST /auth/logout                -> the session ends; 303 to the
+//                                       provider's end_session_endpoint when
+//                                       it has one (RP-initiated logout)
 //
 // The pure parts (ID token claims, return_to, cookies, origins) are free
 // functions tested on their own; OidcSignin holds the routes.
@@ -36,6 +41,9 @@ namespace tokend::daemon {
 
 inline constexpr std::string_view k_session_cookie = "__Host-tokend-session";
 inline constexpr std::string_view k_signin_cookie = "__Host-tokend-signin";
+// The ID token, encrypted and bound to the session, for the provider's
+// logout (id_token_hint).
+inline constexpr std::string_view k_logout_cookie = "__Host-tokend-logout";
 
 struct OidcSettings {
   std::string issuer;
@@ -43,7 +51,8 @@ struct OidcSettings {
   std::filesystem::path client_secret_file;
   std::string user_claim = "sub";  // or "email"
   std::string public_url;          // https://HOST[:PORT], the base users reach tokend at
-  std::chrono::milliseconds session_lifetime{8 * 3600 * 1000};
+  std::chrono::milliseconds session_lifetime{8 * 3600 * 1000};  // session-lifetime
+  std::string post_logout_redirect_uri;                         // empty: public_url
   std::chrono::milliseconds signin_timeout{10 * 60 * 1000};
   [[nodiscard]] bool enabled() const { return !issuer.empty(); }
 };
@@ -53,9 +62,8 @@ struct OidcSettings {
 // more than one, equals it), `exp` is after now and `iat` not in the future
 // (with `skew` both ways), `nonce` equals the one sent. Returns the user id
 // from `user_claim` (`email` only when `email_verified` is not false), or an
-// Errc::unauthenticated error naming the claim that failed. The token's
-// signature is not checked: it comes straight from the token endpoint over
-// TLS (§3.1.3.7, item 6).
+// Errc::login_failed error naming the claim that failed. Only the claims:
+// OidcSignin checks the token's signature first (daemon/jws.hpp).
 struct IdTokenExpectations {
   std::string issuer;
   std::string client_id;
@@ -63,8 +71,18 @@ struct IdTokenExpectations {
   std::string user_claim = "sub";
   WallTime now;
   std::chrono::seconds skew{120};
+  // A token without `user_claim` gives "" instead of an error: the caller
+  // asks the userinfo endpoint.
+  bool user_claim_elsewhere = false;
 };
 Result<std::string> check_id_token(std::string_view id_token, const IdTokenExpectations& expect);
+
+// The user id from a userinfo answer (OIDC Core §5.3.2): a JSON object whose
+// `sub` equals the ID token's (§5.3.4; else the answer is not about this
+// user) and which holds `user_claim` (`email` not with `email_verified`
+// false), a valid user id. Errc::login_failed otherwise.
+Result<std::string> user_from_userinfo(std::string_view body, std::string_view id_token_sub,
+                                       std::string_view user_claim);
 
 // return_to: a path on tokend ("/", "/connect?x=1"), never another origin
 // ("//evil", "/\\evil", "https://..."), no control characters. Empty: "/".
