@@ -385,15 +385,20 @@ Result<std::unique_ptr<OidcSignin>> build_oidc(const Config& config, net::HttpTr
 }
 
 // OIDC sign-in's provider, asked once at start for its metadata (OIDC
-// Discovery, the URLs in order): one that does not answer, or answers with
-// nothing usable, refuses the start naming the issuer, rather than failing
-// every person's first sign-in. The loop runs until each answer (the socket
-// is not listening yet); OidcSignin fetches its own copy on first use.
+// Discovery, the URLs in order): one that answers with nothing usable (a
+// wrong address, a page that is not metadata) refuses the start naming the
+// issuer, rather than failing every person's first sign-in. One that cannot
+// be reached (no connection, a timeout, 5xx or 429 at every URL) is
+// Errc::transient: the caller starts anyway, since services and proxied
+// users need no sign-in and a replica must come back during an identity
+// provider's outage. The loop runs until each answer (the socket is not
+// listening yet); OidcSignin fetches its own copy on first use.
 Result<> probe_oidc_issuer(net::Loop& loop, net::HttpTransport& http, const OidcSettings& oidc,
                            std::chrono::milliseconds timeout) {
   auto urls = oauth::metadata_urls(oidc.issuer);
   if (!urls) return std::unexpected(urls.error().context("oidc-issuer"));
   std::string tried;
+  bool only_unreachable = true;
   for (const auto& url : *urls) {
     std::optional<Result<net::HttpResponse>> answer;
     net::HttpRequest req;
@@ -412,8 +417,10 @@ Result<> probe_oidc_issuer(net::Loop& loop, net::HttpTransport& http, const Oidc
       why = (*answer).error().message;
     } else if ((**answer).status != 200) {
       why = fmt::format("HTTP {}", (**answer).status);
+      if ((**answer).status < 500 && (**answer).status != 429) only_unreachable = false;
     } else if (auto doc = json::parse((**answer).body.reveal(), "the metadata"); !doc) {
       why = "not JSON";
+      only_unreachable = false;
     } else {
       auto meta = oauth::check_server_metadata(*doc, oidc.issuer);
       if (!meta) {
@@ -430,6 +437,13 @@ Result<> probe_oidc_issuer(net::Loop& loop, net::HttpTransport& http, const Oidc
       return {};
     }
     tried += fmt::format("{}{}: {}", tried.empty() ? "" : "; ", url, why);
+  }
+  if (only_unreachable) {
+    return fail(Errc::transient,
+                fmt::format("oidc-issuer {} cannot be reached for OpenID Connect discovery ({}); "
+                            "starting anyway: sign-in is tried again at each person's first "
+                            "sign-in; services and the trusted proxy's users are served",
+                            oidc.issuer, tried));
   }
   return fail(Errc::unavailable,
               fmt::format("oidc-issuer {} does not answer OpenID Connect discovery ({}); nobody "
@@ -572,8 +586,11 @@ int run_server(const Config& initial, const EnvLookup& env,
     std::unique_ptr<OidcSignin> oidc = std::move(*oidc_built);
     if (oidc) {
       if (auto r = probe_oidc_issuer(loop, http, config.server.oidc, config.http_timeout); !r) {
-        spdlog::critical("{}", r.error().message);
-        return refuse_start();
+        if (r.error().code != Errc::transient) {
+          spdlog::critical("{}", r.error().message);
+          return refuse_start();
+        }
+        spdlog::warn("{}", r.error().message);
       }
     }
     // The replica's own endpoints: health, readiness (the database answers)

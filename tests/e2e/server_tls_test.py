@@ -255,7 +255,7 @@ class ServerTlsTest(unittest.TestCase):
         self.assertTrue(got.startswith(b"HTTP/1.1 400 "), got)
         self.assertIn(b"use https://", got)
 
-    def test_an_oidc_issuer_that_fails_discovery_refuses_the_start(self):
+    def test_an_oidc_issuer_that_answers_garbage_refuses_the_start_one_unreachable_does_not(self):
         secret = write_private(os.path.join(self.dir, "oidc.secret"), "oidc-client-secret-MARKER\n")
 
         class Garbage(http.server.BaseHTTPRequestHandler):
@@ -276,6 +276,7 @@ class ServerTlsTest(unittest.TestCase):
         try:
             for issuer, why in ((f"http://127.0.0.1:{garbage.server_port}", "not JSON"),
                                 (f"http://127.0.0.1:{silent_port}", "")):
+                unreachable = issuer.endswith(f":{silent_port}")
                 with self.subTest(issuer=issuer):
                     config = self.config()
                     with open(config, "r+") as f:
@@ -285,6 +286,19 @@ class ServerTlsTest(unittest.TestCase):
                                 f"oidc-issuer = {issuer}\noidc-client-id = tokend\n"
                                 f"oidc-client-secret-file = {secret}\n" + text)
                     daemon = Daemon(TOKEND, self.xdg.env, ["--server", "--config", config])
+                    if unreachable:
+                        # An identity provider that cannot be reached does not keep
+                        # a replica down: it starts, says so, and serves the socket.
+                        daemon.wait_ready(self.socket)
+                        self.assertEqual(exchange(self.socket, "GET", "/v1/server/ready").status, 200)
+                        self.assertEqual(daemon.stop(), 0)
+                        out = daemon.output()
+                        self.logs.append(out)
+                        self.assertIn(f"oidc-issuer {issuer} cannot be reached for OpenID Connect "
+                                      "discovery", out)
+                        self.assertIn("starting anyway", out)
+                        self.assertNotIn("oidc-client-secret-MARKER", out)
+                        continue
                     self.assertEqual(daemon.wait_exit(), EXIT_REFUSED, daemon.output())
                     out = daemon.output()
                     self.logs.append(out)
