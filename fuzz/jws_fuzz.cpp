@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/encoding.hpp"
 #include "daemon/jws.hpp"
 #include "fuzz_input.hpp"
 
@@ -18,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   fuzz::Input in(data, size);
   const auto document = in.line();
   const auto token = in.rest();
-  (void)jws::base64url_decode(token);
+  (void)tokend::base64url_decode(token);
   const auto compact = jws::parse_compact(token);
   if (compact && (compact->alg == "none" || compact->signature.empty())) std::abort();
   const auto keys = jws::KeySet::parse(document);

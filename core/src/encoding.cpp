@@ -47,6 +47,17 @@ std::string base64_with(std::string_view bytes, std::string_view alphabet, bool 
   return out;
 }
 
+// A base64 character's value: the standard alphabet's 62 and 63 are '+' and
+// '/', the URL-safe one's '-' and '_'; -1 for anything else.
+int base64_value(char c, char c62, char c63) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == c62) return 62;
+  if (c == c63) return 63;
+  return -1;
+}
+
 }  // namespace
 
 std::string hex_encode(std::string_view bytes) {
@@ -92,18 +103,8 @@ std::optional<std::string> base64_decode(std::string_view text) {
   std::size_t padding = 0;
   for (std::size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
-    int v = -1;
-    if (c >= 'A' && c <= 'Z')
-      v = c - 'A';
-    else if (c >= 'a' && c <= 'z')
-      v = c - 'a' + 26;
-    else if (c >= '0' && c <= '9')
-      v = c - '0' + 52;
-    else if (c == '+')
-      v = 62;
-    else if (c == '/')
-      v = 63;
-    else if (c == '=' && i + 2 >= text.size()) {
+    const int v = base64_value(c, '+', '/');
+    if (v < 0 && c == '=' && i + 2 >= text.size()) {
       ++padding;
       continue;
     }
@@ -115,6 +116,26 @@ std::optional<std::string> base64_decode(std::string_view text) {
       out += static_cast<char>((acc >> static_cast<unsigned>(bits)) & 0xFFU);
     }
   }
+  return out;
+}
+
+std::optional<std::string> base64url_decode(std::string_view text) {
+  if (text.size() % 4 == 1) return std::nullopt;
+  std::string out;
+  out.reserve(text.size() / 4 * 3 + 2);
+  std::uint32_t acc = 0;
+  int bits = 0;
+  for (const char c : text) {
+    const int v = base64_value(c, '-', '_');
+    if (v < 0) return std::nullopt;
+    acc = ((acc << 6) | static_cast<std::uint32_t>(v)) & 0xFFFFFFu;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xFFu));
+    }
+  }
+  if (bits > 0 && (acc & ((1u << bits) - 1u)) != 0) return std::nullopt;
   return out;
 }
 

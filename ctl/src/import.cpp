@@ -8,6 +8,8 @@
 #include <limits>
 #include <vector>
 
+#include "core/encoding.hpp"
+
 namespace tokend::ctl {
 
 namespace {
@@ -17,37 +19,6 @@ std::string_view trim(std::string_view s) {
   while (!s.empty() && space(s.front())) s.remove_prefix(1);
   while (!s.empty() && space(s.back())) s.remove_suffix(1);
   return s;
-}
-
-int base64url_value(char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '-') return 62;
-  if (c == '_') return 63;
-  return -1;
-}
-
-// base64url without padding (trailing '=' tolerated); nullopt on a bad character
-// or an impossible length.
-std::optional<std::string> base64url_decode(std::string_view in) {
-  while (!in.empty() && in.back() == '=') in.remove_suffix(1);
-  if (in.size() % 4 == 1) return std::nullopt;
-  std::string out;
-  out.reserve(in.size() * 3 / 4);
-  std::uint32_t acc = 0;
-  int bits = 0;
-  for (const char c : in) {
-    const int v = base64url_value(c);
-    if (v < 0) return std::nullopt;
-    acc = (acc << 6) | static_cast<std::uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += static_cast<char>((acc >> bits) & 0xFFU);
-    }
-  }
-  return out;
 }
 
 const Secret* find(const DotenvValues& vars, std::string_view key) {
@@ -64,7 +35,10 @@ std::optional<std::int64_t> jwt_expiry(std::string_view token) {
   const auto second = token.find('.', first + 1);
   if (second == std::string_view::npos || token.find('.', second + 1) != std::string_view::npos)
     return std::nullopt;
-  auto payload = base64url_decode(token.substr(first + 1, second - first - 1));
+  // Padding is not part of a JWT (RFC 7515 §2) but is tolerated here.
+  std::string_view encoded = token.substr(first + 1, second - first - 1);
+  while (!encoded.empty() && encoded.back() == '=') encoded.remove_suffix(1);
+  auto payload = base64url_decode(encoded);
   if (!payload) return std::nullopt;
   auto claims = json::parse(*payload, "JWT payload");
   if (!claims || !claims->is_object()) return std::nullopt;

@@ -12,6 +12,7 @@
 #include <array>
 #include <utility>
 
+#include "core/encoding.hpp"
 #include "core/json.hpp"
 
 namespace tokend::daemon::jws {
@@ -66,15 +67,6 @@ std::optional<Kty> kty_for(std::string_view alg) {
   if (alg == "ES256") return Kty::ec_p256;
   if (alg == "EdDSA") return Kty::ed25519;
   return std::nullopt;
-}
-
-int b64url_value(char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '-') return 62;
-  if (c == '_') return 63;
-  return -1;
 }
 
 std::string excerpt(std::string_view s) {
@@ -222,26 +214,6 @@ struct KeySet::Key {
 
 bool supported_alg(std::string_view alg) {
   return kty_for(alg).has_value();
-}
-
-std::optional<std::string> base64url_decode(std::string_view text) {
-  if (text.size() % 4 == 1) return std::nullopt;
-  std::string out;
-  out.reserve(text.size() / 4 * 3 + 2);
-  std::uint32_t acc = 0;
-  int bits = 0;
-  for (const char c : text) {
-    const int v = b64url_value(c);
-    if (v < 0) return std::nullopt;
-    acc = ((acc << 6) | static_cast<std::uint32_t>(v)) & 0xFFFFFFu;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xFFu));
-    }
-  }
-  if (bits > 0 && (acc & ((1u << bits) - 1u)) != 0) return std::nullopt;
-  return out;
 }
 
 Result<Compact> parse_compact(std::string_view text) {

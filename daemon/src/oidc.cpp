@@ -81,7 +81,7 @@ Result<std::string> check_id_token(std::string_view id_token, const IdTokenExpec
   if (dot2 == std::string_view::npos || id_token.find('.', dot2 + 1) != std::string_view::npos) {
     return id_token_error("is not a compact JWT (three base64url parts)");
   }
-  auto payload = jws::base64url_decode(id_token.substr(dot1 + 1, dot2 - dot1 - 1));
+  auto payload = base64url_decode(id_token.substr(dot1 + 1, dot2 - dot1 - 1));
   if (!payload) return id_token_error("its payload is not base64url");
   auto parsed = json::parse(*payload, "the ID token's claims");
   if (!parsed || !parsed->is_object()) return id_token_error("its payload is not a JSON object");
@@ -705,7 +705,7 @@ class OidcSignin::Impl {
 
   // The ID token sealed by seal_hint, or "" when it does not open.
   std::string open_hint(std::string_view sealed, std::string_view session_id) {
-    auto bytes = jws::base64url_decode(sealed);
+    auto bytes = base64url_decode(sealed);
     if (!bytes || bytes->size() < 12 + 16 + 1 || bytes->size() > 12 + 16 + k_max_hint_size) {
       return {};
     }

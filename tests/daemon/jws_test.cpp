@@ -91,19 +91,19 @@ std::string error_of(const Result<>& r) {
 }  // namespace
 
 TEST_CASE("jws: strict base64url", "[daemon][jws]") {
-  CHECK(jws::base64url_decode("") == "");
-  CHECK(jws::base64url_decode("Zg") == "f");
-  CHECK(jws::base64url_decode("Zm8") == "fo");
-  CHECK(jws::base64url_decode("Zm9v") == "foo");
-  CHECK(jws::base64url_decode("-_8") == std::string("\xfb\xff", 2));
-  CHECK_FALSE(jws::base64url_decode("Zg=="));   // padding
-  CHECK_FALSE(jws::base64url_decode("Zm9v+"));  // the standard alphabet
-  CHECK_FALSE(jws::base64url_decode("Zm9/"));
-  CHECK_FALSE(jws::base64url_decode("Zm 9v"));  // white space
-  CHECK_FALSE(jws::base64url_decode("Z"));      // a length no encoding has
-  CHECK_FALSE(jws::base64url_decode("Zh"));     // non-zero unused bits: not canonical
-  CHECK_FALSE(jws::base64url_decode("Zm9"));
-  CHECK_FALSE(jws::base64url_decode(std::string("Zm\0v", 4)));
+  CHECK(base64url_decode("") == "");
+  CHECK(base64url_decode("Zg") == "f");
+  CHECK(base64url_decode("Zm8") == "fo");
+  CHECK(base64url_decode("Zm9v") == "foo");
+  CHECK(base64url_decode("-_8") == std::string("\xfb\xff", 2));
+  CHECK_FALSE(base64url_decode("Zg=="));   // padding
+  CHECK_FALSE(base64url_decode("Zm9v+"));  // the standard alphabet
+  CHECK_FALSE(base64url_decode("Zm9/"));
+  CHECK_FALSE(base64url_decode("Zm 9v"));  // white space
+  CHECK_FALSE(base64url_decode("Z"));      // a length no encoding has
+  CHECK_FALSE(base64url_decode("Zh"));     // non-zero unused bits: not canonical
+  CHECK_FALSE(base64url_decode("Zm9"));
+  CHECK_FALSE(base64url_decode(std::string("Zm\0v", 4)));
 }
 
 TEST_CASE("jws: the RFC 7515 and RFC 8037 vectors verify", "[daemon][jws]") {

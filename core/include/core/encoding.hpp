@@ -17,6 +17,10 @@ std::string base64url_encode(std::string_view bytes);  // no padding
 std::string base64_encode(std::string_view bytes);     // with padding
 // Standard alphabet with padding (RFC 4648 §4); nullopt when malformed.
 std::optional<std::string> base64_decode(std::string_view text);
+// RFC 7515 §2 base64url: the URL-safe alphabet, no padding, no white space,
+// and the unused bits of the last character zero (one encoding per value);
+// nullopt otherwise.
+std::optional<std::string> base64url_decode(std::string_view text);
 
 // RFC 3986 unreserved characters (ALPHA DIGIT - . _ ~).
 bool is_unreserved(char c);

@@ -28,10 +28,6 @@ inline constexpr std::size_t k_max_kid_size = 256;
 // The algorithms tokend verifies: RS256, PS256, ES256, EdDSA.
 bool supported_alg(std::string_view alg);
 
-// RFC 7515 §2 base64url: the URL-safe alphabet, no padding, no white space,
-// and the unused bits of the last character zero (one encoding per value).
-std::optional<std::string> base64url_decode(std::string_view text);
-
 // A compact JWS taken apart (nothing verified yet).
 struct Compact {
   std::string alg;
