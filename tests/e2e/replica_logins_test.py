@@ -12,7 +12,6 @@ replica redeems nothing; another user's request with the state completes
 nothing and leaves the flow pending. Every wait polls against a deadline."""
 import os
 import re
-import secrets
 import sys
 import unittest
 import urllib.parse
@@ -20,11 +19,11 @@ import urllib.parse
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
-from client import FakeUpstream, redirect_params  # noqa: E402
+from client import redirect_params  # noqa: E402
 from harness import Daemon, XdgTree, binaries, wait_for  # noqa: E402
 
 TOKEND, _ = binaries()  # before server_mode_test's own call takes the arguments
-from server_mode_test import EventStream, PgCluster, exchange, write_private  # noqa: E402
+from server_mode_test import EventStream, PgUpstreamCase, exchange  # noqa: E402
 
 CLIENT_ID = "replica-login-app"
 CLIENT_SECRET = "cs-MARKER-replica-login-secret"
@@ -35,42 +34,19 @@ PUBLIC = "https://tokend.example.test"
 REDIRECT = PUBLIC + "/connect/callback"
 
 
-class ReplicaLoginsTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.pg = PgCluster()
-        cls.up = FakeUpstream(quiet=True)
-        cls.logs = []
-
-    @classmethod
-    def tearDownClass(cls):
-        issued = [t["token"] for t in cls.up.tokens() if t.get("token")]
-        cls.up.stop()
-        server_log = cls.pg.server_log()
-        cls.pg.stop()
-        # No secret in any replica's output, nor in PostgreSQL's statement
-        # log (which shows every statement's parameters).
-        for text in cls.logs + [server_log]:
-            for s in issued + [CLIENT_SECRET]:
-                assert s not in text, "a secret appears in a log"
+class ReplicaLoginsTest(PgUpstreamCase):
+    SECRETS = (CLIENT_SECRET,)
 
     def setUp(self):
         self.up.reset()
         self.up.add_client(CLIENT_ID, CLIENT_SECRET, "client_secret_basic")
         self.xdg = XdgTree()
         self.dir = self.xdg.root
-        self.database = "tokend_" + secrets.token_hex(6)
-        self.assertIsNotNone(self.pg.psql("postgres", f"CREATE DATABASE {self.database}"))
-        db_file = write_private(os.path.join(self.dir, "db.conninfo"), self.pg.conninfo(self.database) + "\n")
-        kek_file = write_private(os.path.join(self.dir, "kek"), secrets.token_hex(32) + "\n")
+        self.new_database()
         self.sockets = []
         self.replicas = []
         for i in range(REPLICAS):
-            sock = os.path.join(self.dir, f"r{i}", "tokend.sock")
-            conf = os.path.join(self.dir, f"r{i}.conf")
-            with open(conf, "w") as f:
-                f.write(f"database-url-file = {db_file}\nkek-file = {kek_file}\n"
-                        f"trusted-proxy-uid = {os.geteuid()}\nsocket = {sock}\npublic-url = {PUBLIC}\n")
+            conf, sock = self.replica_config(i, f"public-url = {PUBLIC}\n")
             self.sockets.append(sock)
             d = Daemon(TOKEND, self.xdg.env, ["--server", "--config", conf, "--ca-bundle", self.up.ca_file,
                                               "--log-level", "debug"])

@@ -12,7 +12,6 @@ stream on another, whose cache follows, also after the replicas' listening
 connections were cut. Every wait polls against a deadline."""
 import json
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -21,11 +20,10 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fake_upstream"))
 
-from client import FakeUpstream  # noqa: E402
 from harness import Daemon, XdgTree, binaries, wait_for  # noqa: E402
 
 TOKEND, _ = binaries()  # before server_mode_test's own call takes the arguments
-from server_mode_test import EventStream, PgCluster, exchange, write_private  # noqa: E402
+from server_mode_test import EventStream, PgUpstreamCase, exchange  # noqa: E402
 
 CLIENT_ID = "replica-app"
 CLIENT_SECRET = "cs-MARKER-replica-secret"
@@ -34,24 +32,8 @@ USER = [("X-Forwarded-User", ALICE)]
 REPLICAS = 3
 
 
-class ReplicasTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.pg = PgCluster()
-        cls.up = FakeUpstream(quiet=True)
-        cls.logs = []
-
-    @classmethod
-    def tearDownClass(cls):
-        issued = [t["token"] for t in cls.up.tokens() if t.get("token")]
-        cls.up.stop()
-        server_log = cls.pg.server_log()
-        cls.pg.stop()
-        # No secret in any replica's output, nor in PostgreSQL's statement log
-        # (which logs every NOTIFY's payload).
-        for text in cls.logs + [server_log]:
-            for s in issued + [CLIENT_SECRET]:
-                assert s not in text, "a secret appears in a log"
+class ReplicasTest(PgUpstreamCase):
+    SECRETS = (CLIENT_SECRET,)
 
     def setUp(self):
         self.up.reset()
@@ -59,19 +41,11 @@ class ReplicasTest(unittest.TestCase):
         self.up.config(reuse_window=600)
         self.xdg = XdgTree()
         self.dir = self.xdg.root
-        database = "tokend_" + secrets.token_hex(6)
-        self.assertIsNotNone(self.pg.psql("postgres", f"CREATE DATABASE {database}"))
-        self.database = database
-        db_file = write_private(os.path.join(self.dir, "db.conninfo"), self.pg.conninfo(database) + "\n")
-        kek_file = write_private(os.path.join(self.dir, "kek"), secrets.token_hex(32) + "\n")
+        self.new_database()
         self.sockets = []
         self.configs = []
         for i in range(REPLICAS):
-            sock = os.path.join(self.dir, f"r{i}", "tokend.sock")
-            conf = os.path.join(self.dir, f"r{i}.conf")
-            with open(conf, "w") as f:
-                f.write(f"database-url-file = {db_file}\nkek-file = {kek_file}\n"
-                        f"trusted-proxy-uid = {os.geteuid()}\nsocket = {sock}\n")
+            conf, sock = self.replica_config(i)
             self.sockets.append(sock)
             self.configs.append(conf)
         self.replicas = [None] * REPLICAS

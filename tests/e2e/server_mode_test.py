@@ -170,7 +170,15 @@ class EventStream:
         self.sock.close()
 
 
-class ServerModeTest(unittest.TestCase):
+class PgUpstreamCase(unittest.TestCase):
+    """Server-mode tests against the fake upstream: one throwaway PostgreSQL and
+    one fake upstream for the class; a database and a key-encryption key of its
+    own for each test (new_database); at the end, every tokend output the test
+    kept in `logs` and PostgreSQL's statement log (which shows every
+    statement's parameters) swept for every token the fake issued and the
+    class's SECRETS."""
+    SECRETS = ()
+
     @classmethod
     def setUpClass(cls):
         cls.pg = PgCluster()
@@ -183,10 +191,36 @@ class ServerModeTest(unittest.TestCase):
         cls.up.stop()
         server_log = cls.pg.server_log()
         cls.pg.stop()
-        # No secret in tokend's output or in PostgreSQL's statement log.
         for text in cls.logs + [server_log]:
-            for s in issued + [MCP_SECRET, MCP_SECRET_2, OPS_SECRET, CLIENT_SECRET]:
+            for s in issued + list(cls.SECRETS):
                 assert s not in text, "a secret appears in a log"
+
+    def new_database(self):
+        """A database of this test's own, and in self.dir its connection string's
+        file and a new key-encryption key's: sets database, db_file, kek, kek_file."""
+        self.database = "tokend_" + secrets.token_hex(6)
+        self.assertIsNotNone(self.pg.psql("postgres", f"CREATE DATABASE {self.database}"))
+        self.db_file = write_private(os.path.join(self.dir, "db.conninfo"), self.pg.conninfo(self.database) + "\n")
+        self.kek = secrets.token_hex(32)
+        self.kek_file = write_private(os.path.join(self.dir, "kek"), self.kek + "\n")
+
+    def replica_config(self, i, extra=""):
+        """Replica i's config (the shared database and key, the trusted proxy
+        being this test's uid, a socket of its own, then `extra`): (path, socket)."""
+        sock = os.path.join(self.dir, f"r{i}", "tokend.sock")
+        conf = os.path.join(self.dir, f"r{i}.conf")
+        with open(conf, "w") as f:
+            f.write(f"database-url-file = {self.db_file}\nkek-file = {self.kek_file}\n"
+                    f"trusted-proxy-uid = {os.geteuid()}\nsocket = {sock}\n{extra}")
+        return conf, sock
+
+
+class ServerModeTest(PgUpstreamCase):
+    SECRETS = (MCP_SECRET, MCP_SECRET_2, OPS_SECRET, CLIENT_SECRET)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
         for text in cls.logs:
             assert DB_PASSWORD not in text, "the connection string appears in tokend's log"
 
@@ -195,11 +229,7 @@ class ServerModeTest(unittest.TestCase):
         self.up.add_client(CLIENT_ID, CLIENT_SECRET, "client_secret_basic", redirect_uris=[REDIRECT])
         self.xdg = XdgTree()
         self.dir = self.xdg.root
-        self.database = "tokend_" + secrets.token_hex(6)
-        self.assertIsNotNone(self.pg.psql("postgres", f"CREATE DATABASE {self.database}"))
-        self.db_file = write_private(os.path.join(self.dir, "db.conninfo"), self.pg.conninfo(self.database) + "\n")
-        self.kek = secrets.token_hex(32)
-        self.kek_file = write_private(os.path.join(self.dir, "kek"), self.kek + "\n")
+        self.new_database()
         write_private(os.path.join(self.dir, "mcp.secret"), MCP_SECRET + "\n")
         write_private(os.path.join(self.dir, "ops.secret"), OPS_SECRET + "\n")
         self.socket = os.path.join(self.dir, "srv", "tokend.sock")
